@@ -1,0 +1,80 @@
+"""Error kinds shared by every component.
+
+A service raises these inside; they become a wire error ``(code, description)``
+only at the edge (a NATS micro error reply or an HTTP status), and are raised
+again on the calling side by the bus client, so callers can tell a permanent
+failure (bad input, not found) from a retryable one (unavailable).
+"""
+
+from __future__ import annotations
+
+
+class TetherError(Exception):
+    """Root of every error Tether raises on purpose."""
+
+    code: str = "500"
+    retryable: bool = False
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description)
+        self.description = description
+
+
+class InvalidInput(TetherError):
+    """The request or message is malformed or names something invalid."""
+
+    code = "400"
+
+
+class Unauthenticated(TetherError):
+    """No valid credentials were presented."""
+
+    code = "401"
+
+
+class Forbidden(TetherError):
+    """Valid credentials, but not allowed to do this."""
+
+    code = "403"
+
+
+class NotFound(TetherError):
+    """The named object does not exist."""
+
+    code = "404"
+
+
+class Conflict(TetherError):
+    """The object exists already, or changed under us, or the transition is illegal."""
+
+    code = "409"
+
+
+class Gone(TetherError):
+    """A one-time thing (a connect token) was already used or has expired."""
+
+    code = "410"
+
+
+class Unavailable(TetherError):
+    """A part the request needs is not reachable right now; try again."""
+
+    code = "503"
+    retryable = True
+
+
+class Internal(TetherError):
+    """A bug: the service failed in a way it did not expect."""
+
+    code = "500"
+
+
+_BY_CODE: dict[str, type[TetherError]] = {
+    cls.code: cls
+    for cls in (InvalidInput, Unauthenticated, Forbidden, NotFound, Conflict, Gone, Unavailable, Internal)
+}
+
+
+def from_wire(code: str, description: str) -> TetherError:
+    """Rebuild the error a remote service answered with."""
+    return _BY_CODE.get(code, Internal)(description)

@@ -1,0 +1,1 @@
+"""Access: users, teams, roles, API tokens, permission checks, audit."""

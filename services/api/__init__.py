@@ -1,0 +1,1 @@
+"""The HTTP API (OpenAPI) and web UI: the only door for people and for the CLI."""

@@ -1,0 +1,76 @@
+"""API ``run``: the HTTP server on top of one NATS connection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+
+import uvicorn
+
+from services.api.app import Platform, create_app
+from services.bus import Telemetry, connect
+from services.bus.settings import ServiceSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settings:
+    common: ServiceSettings = field(default_factory=ServiceSettings)
+    """Bus and telemetry."""
+
+    host: str = "127.0.0.1"
+    """Address the HTTP server listens on."""
+
+    port: int = 8080
+    """HTTP port."""
+
+    public_nats_url: str | None = None
+    """NATS URL agents are told to dial (default: the bus URL)."""
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            common=ServiceSettings.from_env(),
+            host=os.environ.get("TETHER_HTTP_HOST", "127.0.0.1"),
+            port=int(os.environ.get("TETHER_HTTP_PORT", "8080")),
+            public_nats_url=os.environ.get("TETHER_PUBLIC_NATS_URL") or None,
+        )
+
+
+async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None) -> None:
+    telemetry = telemetry or Telemetry.create("api", settings.common.telemetry)
+    nc = await connect(settings.common.bus, "api")
+    try:
+        platform = Platform(
+            nc=nc,
+            nats_url=settings.public_nats_url or settings.common.bus.servers[0],
+            request_timeout=settings.common.bus.request_timeout,
+        )
+        app = create_app(platform)
+        config = uvicorn.Config(
+            app, host=settings.host, port=settings.port, log_level="warning", access_log=False, lifespan="off"
+        )
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        serving = asyncio.create_task(server.serve(), name="api-http")
+        while not server.started:
+            if serving.done():
+                await serving  # raises the bind error
+                raise RuntimeError("HTTP server stopped during start")
+            await asyncio.sleep(0.05)
+        logger.info("api listening on http://%s:%d", settings.host, settings.port)
+        if ready:
+            ready.set()
+        try:
+            await asyncio.shield(serving)
+        except asyncio.CancelledError:
+            # Stop taking connections, let in-flight requests finish, then go.
+            server.should_exit = True
+            await asyncio.wait([serving], timeout=10)
+            raise
+    finally:
+        await nc.drain()
+        telemetry.shutdown()

@@ -1,0 +1,20 @@
+"""The services' bus runtime: the only part of ``services`` that imports ``nats``."""
+
+from services.bus.connection import connect
+from services.bus.endpoints import ServiceHost, call
+from services.bus.kv import Bucket
+from services.bus.settings import BusSettings, TelemetrySettings
+from services.bus.streams import ensure_bucket, ensure_platform_streams
+from services.bus.telemetry import Telemetry
+
+__all__ = [
+    "Bucket",
+    "BusSettings",
+    "ServiceHost",
+    "Telemetry",
+    "TelemetrySettings",
+    "call",
+    "connect",
+    "ensure_bucket",
+    "ensure_platform_streams",
+]

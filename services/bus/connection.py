@@ -1,0 +1,67 @@
+"""Connecting a platform service to NATS: reconnect forever, with jittered backoff."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+
+from schemas.retrying import backoff_delay
+from services.bus.settings import BusSettings
+
+logger = logging.getLogger(__name__)
+
+
+def _jittered_reconnects() -> tuple[Any, Any]:
+    """A server picker with jittered exponential delay, and the callback that resets it."""
+    attempts = 0
+
+    def pick(servers: list[Any], _info: dict[str, Any]) -> tuple[Any, float]:
+        nonlocal attempts
+        delay = backoff_delay(attempts, base=0.25, cap=5.0) if attempts else 0.0
+        attempts += 1
+        return servers[attempts % len(servers)], delay
+
+    async def reset() -> None:
+        nonlocal attempts
+        attempts = 0
+
+    return pick, reset
+
+
+async def connect(settings: BusSettings, name: str) -> Client:
+    """Connect as service ``name``; the first connect retries until it succeeds."""
+    pick, reset = _jittered_reconnects()
+
+    async def on_error(exc: Exception) -> None:
+        logger.warning("nats (%s): %s", name, exc)
+
+    async def on_reconnected() -> None:
+        await reset()
+        logger.info("nats (%s): reconnected", name)
+
+    async def on_disconnected() -> None:
+        logger.warning("nats (%s): disconnected", name)
+
+    auth: dict[str, Any] = {}
+    if settings.creds_file:
+        auth["user_credentials"] = settings.creds_file
+    elif settings.user:
+        auth["user"] = settings.user
+        auth["password"] = settings.password
+    return await nats.connect(
+        settings.servers,
+        name=f"tether-{name}",
+        max_reconnect_attempts=-1,
+        allow_reconnect=True,
+        connect_timeout=2,
+        reconnect_to_server_handler=pick,
+        error_cb=on_error,
+        reconnected_cb=on_reconnected,
+        disconnected_cb=on_disconnected,
+        ping_interval=10,
+        max_outstanding_pings=3,
+        **auth,
+    )

@@ -1,0 +1,34 @@
+"""Running a service process until SIGINT/SIGTERM, then shutting down in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Coroutine
+from typing import Any
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("TETHER_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run_main(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main``; the first SIGINT/SIGTERM cancels it so it can shut down cleanly."""
+    setup_logging()
+
+    async def runner() -> None:
+        task = asyncio.create_task(main, name="main")
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(runner())

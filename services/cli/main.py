@@ -1,0 +1,219 @@
+"""The ``tether`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from schemas.errors import InvalidInput
+from schemas.names import check_name, parse_label
+from services.cli import output as out
+from services.cli.client import ApiError, Client
+from services.cli.config import NotLoggedIn, load_context, save_context
+from services.cli.output import Output
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Tether: many Kubernetes clusters as one.")
+cluster_app = typer.Typer(no_args_is_help=True, help="Connected clusters.")
+agent_app = typer.Typer(no_args_is_help=True, help="The agent that connects a cluster.")
+app.add_typer(cluster_app, name="cluster")
+app.add_typer(agent_app, name="agent")
+
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    out.err.print(f"[red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def client() -> Client:
+    try:
+        return Client(load_context())
+    except NotLoggedIn as exc:
+        fail(str(exc))
+
+
+def api(method: str, path: str, **kwargs: Any) -> Any:
+    try:
+        return client().request(method, path, **kwargs)
+    except ApiError as exc:
+        fail(exc.message)
+
+
+# --- platform -------------------------------------------------------------------------
+@app.command()
+def up(
+    data_dir: Annotated[Path | None, typer.Option(help="Where the platform keeps its state")] = None,
+    nats_port: Annotated[int, typer.Option(help="NATS client port (agents dial it)")] = 4222,
+    nats_host: Annotated[str, typer.Option(help="NATS listen address (0.0.0.0 for remote agents)")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option(help="API and web UI port")] = 8080,
+    local_driver: Annotated[str | None, typer.Option(help="sim or kube (default: detect)")] = None,
+    heartbeat_interval: Annotated[float, typer.Option(help="Seconds between agent heartbeats")] = 5.0,
+    offline_after: Annotated[float, typer.Option(help="Seconds of silence before a cluster is offline")] = 12.0,
+) -> None:
+    """Run the whole platform in the foreground: NATS, every service, and the local cluster's agent."""
+    from services.bus.running import setup_logging
+    from services.platform.supervisor import PlatformError, UpSettings, default_data_dir
+    from services.platform.supervisor import Platform as Embedded
+
+    if local_driver not in (None, "sim", "kube"):
+        fail(f"invalid --local-driver {local_driver!r}: expected sim or kube")
+    setup_logging()
+    settings = UpSettings(
+        data_dir=data_dir or default_data_dir(), nats_port=nats_port, nats_host=nats_host,
+        http_port=http_port, local_driver=local_driver, heartbeat_interval=heartbeat_interval,
+        offline_after=offline_after,
+    )
+
+    def say(line: str) -> None:
+        out.console.print(f"[bold cyan]tether[/] {line}", highlight=False)
+
+    def on_ready(api_url: str, token: str) -> None:
+        say(f"CLI context written to {save_context(api_url, token)}")
+
+    platform = Embedded(settings, say, on_ready)
+
+    async def main() -> None:
+        import signal
+
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await platform.run()
+        except asyncio.CancelledError:
+            pass
+
+    try:
+        asyncio.run(main())
+    except PlatformError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def login(
+    server: Annotated[str, typer.Option(help="API URL, e.g. http://127.0.0.1:8080")],
+    token: Annotated[str, typer.Option(help="Your API token")],
+) -> None:
+    """Save a context (server and token) for the following commands."""
+    from services.cli.config import Context
+
+    try:
+        who = Client(Context(server=server, token=token)).get("/api/v1/whoami")
+    except ApiError as exc:
+        fail(exc.message)
+    path = save_context(server, token)
+    out.console.print(f"logged in to {server} as {who['user']} (context saved to {path})", highlight=False)
+
+
+@app.command()
+def whoami(output: OutputOpt = Output.table) -> None:
+    """Show who the current token belongs to."""
+    who = api("GET", "/api/v1/whoami")
+    if output == Output.json:
+        out.print_json(who)
+    else:
+        out.console.print(f"{who['user']}{' (platform admin)' if who['platform_admin'] else ''}")
+
+
+# --- clusters --------------------------------------------------------------------------
+@cluster_app.command("connect")
+def cluster_connect(
+    name: str,
+    display_name: Annotated[str, typer.Option(help="Human-friendly name")] = "",
+    description: Annotated[str, typer.Option(help="Free text")] = "",
+    label: Annotated[list[str] | None, typer.Option(help="k=v, repeatable")] = None,
+    token_ttl: Annotated[float, typer.Option(help="Seconds the connect token stays valid")] = 3600.0,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Register a cluster; print its one-time connect token and the command that runs its agent."""
+    try:
+        check_name(name, "cluster name")
+        labels = dict(parse_label(text) for text in (label or []))
+    except InvalidInput as exc:
+        fail(exc.description)
+    res = api(
+        "POST", "/api/v1/clusters",
+        json={"name": name, "display_name": display_name, "description": description,
+              "labels": labels, "token_ttl": token_ttl},
+    )
+    if output == Output.json:
+        out.print_json(res)
+        return
+    out.console.print(f"cluster [bold]{name}[/] registered; its connect token works once, until {res['expires_at']}.")
+    out.console.print("Run its agent (it only dials out to NATS):\n")
+    sys.stdout.write(f"  {res['agent_command']}\n\n")
+    sys.stdout.flush()
+
+
+@cluster_app.command("list")
+def cluster_list(output: OutputOpt = Output.table) -> None:
+    """List connected clusters."""
+    res = api("GET", "/api/v1/clusters")
+    if output == Output.json:
+        out.print_json(res["items"])
+        return
+    rows = [
+        [
+            c["name"], out.status_of(c), out.ago(c["last_seen"]), f"{c['nodes_ready']}/{c['node_count']}",
+            f"{c['capacity']['cpu']:g}", out.gib(c["capacity"]["memory"]), c["kubernetes_version"] or "-",
+            c["agent_version"] or "-", ",".join(f"{k}={v}" for k, v in sorted(c["labels"].items())) or "-",
+        ]
+        for c in res["items"]
+    ]
+    out.table(["NAME", "STATUS", "LAST SEEN", "NODES", "CPU", "MEMORY", "KUBERNETES", "AGENT", "LABELS"], rows)
+
+
+@cluster_app.command("get")
+def cluster_get(name: str, output: OutputOpt = Output.table) -> None:
+    """Show one cluster."""
+    c = api("GET", f"/api/v1/clusters/{name}")
+    if output == Output.json:
+        out.print_json(c)
+        return
+    fields = [
+        ("Name", c["name"]), ("Display name", c["display_name"]), ("Description", c["description"] or "-"),
+        ("Status", out.status_of(c)), ("Local", str(c["local"]).lower()), ("Last seen", out.ago(c["last_seen"])),
+        ("Connected since", c["connected_since"] or "-"), ("Driver", c["driver"] or "-"),
+        ("Kubernetes", c["kubernetes_version"] or "-"), ("Agent", c["agent_version"] or "-"),
+        ("Nodes", f"{c['nodes_ready']}/{c['node_count']} ready"),
+        ("Capacity", f"{c['capacity']['cpu']:g} CPU, {out.gib(c['capacity']['memory'])}"),
+        ("Labels", ", ".join(f"{k}={v}" for k, v in sorted(c["labels"].items())) or "-"),
+    ]
+    for key, value in fields:
+        out.console.print(f"[bold]{key + ':':<17}[/]{value}", highlight=False)
+    if c["conditions"]:
+        out.console.print("[bold]Conditions:[/]")
+        out.table(
+            ["  TYPE", "STATUS", "REASON", "MESSAGE", "SINCE"],
+            [[f"  {x['type']}", x["status"], x["reason"], x["message"], out.ago(x["last_transition_time"])]
+             for x in c["conditions"]],
+        )
+
+
+@cluster_app.command("disconnect")
+def cluster_disconnect(name: str) -> None:
+    """Revoke a cluster's credentials; its agent stops."""
+    api("POST", f"/api/v1/clusters/{name}/disconnect")
+    out.console.print(f"cluster [bold]{name}[/] disconnected; its agent's credentials no longer work.")
+
+
+# --- agent ---------------------------------------------------------------------------------
+@agent_app.command(
+    "run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def agent_run(ctx: typer.Context) -> None:
+    """Run a cluster's agent (same as ``python -m agent run``): --server URL --token TOKEN [--driver sim|kube] [--state-dir DIR]."""
+    argv = [sys.executable, "-m", "agent", "run", *ctx.args]
+    os.execv(sys.executable, argv)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Health: heartbeats -> presence on the platform's clock; online/offline; cluster health."""

@@ -1,0 +1,113 @@
+"""Pure presence rules. ``now`` is always the platform's clock, never the agent's."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from schemas.messages import ClusterHealth, Condition, Heartbeat, Presence
+
+Transition = Literal["online", "offline"] | None
+
+LINK_UP = "LinkUp"
+HEALTHY = "Healthy"
+
+
+def _set_condition(
+    conditions: tuple[Condition, ...], new: Condition
+) -> tuple[Condition, ...]:
+    """Replace the condition of the same type; keep its transition time if the status did not change."""
+    out = []
+    found = False
+    for c in conditions:
+        if c.type == new.type:
+            found = True
+            if c.status == new.status:
+                new = msgspec.structs.replace(new, last_transition_time=c.last_transition_time)
+            out.append(new)
+        else:
+            out.append(c)
+    if not found:
+        out.append(new)
+    return tuple(out)
+
+
+def health_condition(health: ClusterHealth, now: float) -> Condition:
+    """'Cluster healthy' is a fact apart from 'link up'."""
+    if not health.api_reachable:
+        return Condition(
+            type=HEALTHY, status="False", reason="APIServerUnreachable",
+            message="the agent cannot reach the cluster's API server", last_transition_time=now,
+        )
+    if health.nodes_total == 0:
+        return Condition(
+            type=HEALTHY, status="False", reason="NoNodes", message="the cluster reports no nodes",
+            last_transition_time=now,
+        )
+    if health.nodes_ready < health.nodes_total:
+        return Condition(
+            type=HEALTHY, status="False", reason="NodesNotReady",
+            message=f"{health.nodes_ready}/{health.nodes_total} nodes ready", last_transition_time=now,
+        )
+    return Condition(
+        type=HEALTHY, status="True", reason="AllNodesReady",
+        message=f"{health.nodes_ready}/{health.nodes_total} nodes ready", last_transition_time=now,
+    )
+
+
+def observe(current: Presence | None, hb: Heartbeat, now: float) -> tuple[Presence, Transition]:
+    """A heartbeat arrived at ``now``."""
+    was_online = current is not None and current.online
+    conditions = current.conditions if current else ()
+    conditions = _set_condition(
+        conditions,
+        Condition(type=LINK_UP, status="True", reason="HeartbeatReceived",
+                  message="the agent is connected", last_transition_time=now),
+    )
+    conditions = _set_condition(conditions, health_condition(hb.health, now))
+    presence = Presence(
+        cluster=hb.cluster,
+        online=True,
+        last_seen=now,
+        connected_since=current.connected_since if was_online and current else now,
+        session=hb.session,
+        health=hb.health,
+        conditions=conditions,
+    )
+    return presence, (None if was_online else "online")
+
+
+def is_overdue(presence: Presence, now: float, offline_after: float) -> bool:
+    return presence.online and now - presence.last_seen > offline_after
+
+
+def mark_offline(presence: Presence, now: float, reason: str, message: str) -> Presence:
+    conditions = _set_condition(
+        presence.conditions,
+        Condition(type=LINK_UP, status="False", reason=reason, message=message, last_transition_time=now),
+    )
+    conditions = _set_condition(
+        conditions,
+        Condition(type=HEALTHY, status="Unknown", reason="LinkDown",
+                  message="no heartbeat: health unknown", last_transition_time=now),
+    )
+    return msgspec.structs.replace(presence, online=False, connected_since=0.0, conditions=conditions)
+
+
+def sweep(presence: Presence, now: float, offline_after: float) -> tuple[Presence, Transition]:
+    """Periodic check: an online cluster whose heartbeats stopped goes offline."""
+    if not is_overdue(presence, now, offline_after):
+        return presence, None
+    silent = now - presence.last_seen
+    return (
+        mark_offline(presence, now, "HeartbeatMissed", f"no heartbeat for {silent:.1f}s"),
+        "offline",
+    )
+
+
+def merge_seen(stored: Presence, mine: Presence) -> Presence | None:
+    """Fold this replica's newer last-seen/health into the stored record (None: nothing newer)."""
+    if mine.last_seen <= stored.last_seen:
+        return None
+    return msgspec.structs.replace(stored, last_seen=mine.last_seen, health=mine.health, session=mine.session)

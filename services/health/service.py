@@ -1,0 +1,215 @@
+"""Health handlers and ``run``.
+
+Every replica subscribes to all heartbeats (no queue group), so each has the
+whole fleet's presence in memory and answers reads from it. Transitions are
+written to KV with compare-and-set: of two replicas, exactly one wins and
+publishes the public event. Last-seen times are flushed in batches, so a
+restarted replica starts from at most one flush interval behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from schemas import subjects
+from schemas.errors import NotFound, TetherError
+from schemas.messages import (
+    ClusterEvent,
+    Empty,
+    Heartbeat,
+    NameRequest,
+    Presence,
+    PresenceList,
+    decode,
+    encode,
+)
+from services import VERSION
+from services.bus import Bucket, ServiceHost, Telemetry, connect, ensure_bucket, ensure_platform_streams
+from services.bus.settings import ServiceSettings
+from services.health import logic
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settings:
+    common: ServiceSettings = field(default_factory=ServiceSettings)
+    """Bus and telemetry."""
+
+    offline_after: float = 12.0
+    """Seconds without a heartbeat before a cluster is offline (budget: shown within 15 s)."""
+
+    sweep_interval: float = 1.0
+    """Seconds between checks for silent clusters."""
+
+    flush_interval: float = 2.0
+    """Seconds between batched writes of last-seen times to KV."""
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            common=ServiceSettings.from_env(),
+            offline_after=float(os.environ.get("TETHER_OFFLINE_AFTER", "12")),
+            sweep_interval=float(os.environ.get("TETHER_SWEEP_INTERVAL", "1")),
+            flush_interval=float(os.environ.get("TETHER_FLUSH_INTERVAL", "2")),
+        )
+
+
+class HealthMonitor:
+    def __init__(self, settings: Settings, js: JetStreamContext, presence: Bucket[Presence]) -> None:
+        self.settings = settings
+        self.js = js
+        self.bucket = presence
+        self.presence: dict[str, Presence] = {}
+        self.dirty: set[str] = set()
+        self.malformed = 0
+
+    async def load(self) -> None:
+        self.presence = await self.bucket.items()
+        logger.info("loaded presence of %d clusters", len(self.presence))
+
+    async def _publish(self, kind: str, cluster: str, at: float, reason: str = "") -> None:
+        event = ClusterEvent(kind=kind, cluster=cluster, at=at, reason=reason)  # type: ignore[arg-type]
+        await self.js.publish(subjects.public_event(f"cluster.{kind}"), encode(event))
+
+    async def on_heartbeat(self, msg: Msg) -> None:
+        now = time.time()
+        try:
+            hb = decode(msg.data, Heartbeat)
+            if subjects.cluster_of_heartbeat(msg.subject) != hb.cluster:
+                raise TetherError(f"heartbeat for {hb.cluster!r} arrived on {msg.subject!r}")
+        except TetherError as exc:
+            self.malformed += 1
+            logger.warning("dropped heartbeat on %s: %s", msg.subject, exc.description)
+            return
+        new, transition = logic.observe(self.presence.get(hb.cluster), hb, now)
+        self.presence[hb.cluster] = new
+        if transition is None:
+            self.dirty.add(hb.cluster)
+            return
+        await self._transition(new, transition, now)
+
+    async def _transition(self, new: Presence, kind: str, now: float) -> None:
+        """Write a transition with CAS; publish the event only if this replica wrote it."""
+        wrote = False
+
+        def change(stored: Presence | None) -> Presence | None:
+            nonlocal wrote
+            if stored is not None and stored.online == new.online:
+                wrote = False
+                return None  # another replica (or an earlier run) recorded it already
+            wrote = True
+            return new
+
+        try:
+            await self.bucket.mutate(new.cluster, change)
+        except TetherError as exc:
+            logger.warning("could not record %s of %s: %s", kind, new.cluster, exc)
+            return
+        self.dirty.discard(new.cluster)
+        if wrote:
+            logger.info("cluster %s is %s", new.cluster, kind)
+            await self._publish(kind, new.cluster, now)
+
+    async def sweep_once(self) -> None:
+        now = time.time()
+        for name, current in list(self.presence.items()):
+            new, transition = logic.sweep(current, now, self.settings.offline_after)
+            if transition is not None:
+                self.presence[name] = new
+                await self._transition(new, transition, now)
+
+    async def flush_once(self) -> None:
+        dirty, self.dirty = self.dirty, set()
+        for name in dirty:
+            mine = self.presence.get(name)
+            if mine is None:
+                continue
+            try:
+                await self.bucket.mutate(name, lambda stored, mine=mine: mine if stored is None else logic.merge_seen(stored, mine))
+            except TetherError as exc:
+                logger.warning("could not flush presence of %s: %s", name, exc)
+                self.dirty.add(name)
+
+    async def on_disconnected(self, msg: Msg) -> None:
+        try:
+            event = decode(msg.data, ClusterEvent)
+        except TetherError as exc:
+            logger.warning("dropped event on %s: %s", msg.subject, exc.description)
+            return
+        current = self.presence.get(event.cluster)
+        if current is not None and current.online:
+            new = logic.mark_offline(current, time.time(), "Disconnected", "the cluster was disconnected")
+            self.presence[event.cluster] = new
+            await self._transition(new, "offline", time.time())
+
+    async def every(self, interval: float, step: str) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await (self.sweep_once() if step == "sweep" else self.flush_once())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("%s failed; will retry", step)
+
+    async def list(self, _req: Empty) -> PresenceList:
+        return PresenceList(items=sorted(self.presence.values(), key=lambda p: p.cluster))
+
+    async def get(self, req: NameRequest) -> Presence:
+        found = self.presence.get(req.name)
+        if found is None:
+            raise NotFound(f"no presence for cluster {req.name!r}")
+        return found
+
+
+async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None) -> None:
+    telemetry = telemetry or Telemetry.create("health", settings.common.telemetry)
+    nc: Client = await connect(settings.common.bus, "health")
+    try:
+        js = nc.jetstream()
+        replicas = settings.common.bus.replicas
+        await ensure_platform_streams(js, replicas)
+        bucket = await ensure_bucket(js, subjects.BUCKET_PRESENCE, Presence, replicas=replicas)
+        monitor = HealthMonitor(settings, js, bucket)
+        await monitor.load()
+        meter = telemetry.meter(__name__)
+        meter.create_observable_gauge(
+            "tether.clusters.online",
+            callbacks=[lambda _opts: _gauge(sum(p.online for p in monitor.presence.values()))],
+            description="Clusters whose agent is connected",
+        )
+        hb_sub = await nc.subscribe(subjects.HEARTBEAT_ANY, cb=monitor.on_heartbeat, pending_msgs_limit=200_000)
+        ev_sub = await nc.subscribe(subjects.public_event("cluster.disconnected"), cb=monitor.on_disconnected)
+        host = ServiceHost(nc, "health", VERSION, telemetry.tracer(__name__))
+        host.endpoint(subjects.Health.PRESENCE_LIST, Empty, monitor.list)
+        host.endpoint(subjects.Health.PRESENCE_GET, NameRequest, monitor.get)
+        async with host, asyncio.TaskGroup() as tg:
+            tg.create_task(monitor.every(settings.sweep_interval, "sweep"), name="health-sweep")
+            tg.create_task(monitor.every(settings.flush_interval, "flush"), name="health-flush")
+            logger.info("health ready (offline after %.1fs)", settings.offline_after)
+            if ready:
+                ready.set()
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await hb_sub.unsubscribe()
+                await ev_sub.unsubscribe()
+                await monitor.flush_once()
+    finally:
+        await nc.drain()
+        telemetry.shutdown()
+
+
+def _gauge(value: float) -> list:  # type: ignore[type-arg]
+    from opentelemetry.metrics import Observation
+
+    return [Observation(value)]

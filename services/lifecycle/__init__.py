@@ -1,0 +1,1 @@
+"""Lifecycle: tenant-cluster and space state machines, desired state, commands to agents."""

@@ -1,0 +1,1 @@
+"""``tether up``: the whole platform embedded on one machine, supervised in the foreground."""

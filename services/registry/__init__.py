@@ -1,0 +1,1 @@
+"""Registry: clusters (connect tokens, agent identity, metadata, labels, duplicate guard)."""

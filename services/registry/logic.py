@@ -1,0 +1,140 @@
+"""Pure rules of the registry: no I/O, no clock of its own (``now`` is passed in)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+
+import msgspec
+
+from schemas.errors import Conflict, Gone, InvalidInput, Unauthenticated
+from schemas.messages import AgentBootstrap, AgentHello, ClusterCreate, ClusterRecord
+from schemas.names import check_labels, check_name
+
+CONNECT_TOKEN_PREFIX = "tct"
+CREDENTIAL_PREFIX = "tac"
+MAX_TEXT = 1024
+_UID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _matches(secret: str, digest: str) -> bool:
+    return bool(digest) and hmac.compare_digest(hash_secret(secret), digest)
+
+
+def make_secret(prefix: str, cluster: str) -> str:
+    """``<prefix>.<cluster>.<random>``: the cluster name lets the registry find the record."""
+    return f"{prefix}.{cluster}.{secrets.token_urlsafe(32)}"
+
+
+def cluster_of_secret(secret: str, prefix: str, what: str) -> str:
+    parts = secret.split(".")
+    if len(parts) != 3 or parts[0] != prefix or not parts[2]:
+        raise Unauthenticated(f"malformed {what}")
+    return check_name(parts[1], "cluster name")
+
+
+def check_cluster_uid(uid: str) -> str:
+    if not _UID.match(uid):
+        raise InvalidInput(f"invalid cluster UID {uid!r}: expected 1-128 letters, digits, '-' or '_'")
+    return uid
+
+
+def validate_create(req: ClusterCreate) -> None:
+    check_name(req.name, "cluster name")
+    check_labels(req.labels)
+    if len(req.display_name) > MAX_TEXT or len(req.description) > MAX_TEXT:
+        raise InvalidInput(f"display name and description must be at most {MAX_TEXT} characters")
+    if not 60 <= req.token_ttl <= 30 * 24 * 3600:
+        raise InvalidInput("token_ttl must be between 60 seconds and 30 days")
+
+
+def register(req: ClusterCreate, existing: ClusterRecord | None, now: float) -> tuple[ClusterRecord, str]:
+    """A new (or reconnecting) cluster record and its one-time connect token.
+
+    Connecting a name again is allowed while it is not connected (a lost token,
+    or a cluster that was disconnected); a connected cluster is a conflict.
+    """
+    validate_create(req)
+    if existing is not None and existing.state == "connected":
+        raise Conflict(
+            f"cluster {req.name!r} is already connected; disconnect it first to connect it again"
+        )
+    token = make_secret(CONNECT_TOKEN_PREFIX, req.name)
+    record = ClusterRecord(
+        name=req.name,
+        display_name=req.display_name or (existing.display_name if existing else "") or req.name,
+        description=req.description or (existing.description if existing else ""),
+        labels=req.labels or (dict(existing.labels) if existing else {}),
+        local=req.local,
+        created_at=existing.created_at if existing else now,
+        state="pending",
+        token_hash=hash_secret(token),
+        token_expires_at=now + req.token_ttl,
+    )
+    return record, token
+
+
+def redeem(record: ClusterRecord, req: AgentBootstrap, now: float) -> tuple[ClusterRecord, str]:
+    """Spend the connect token; return the connected record and the agent's credential."""
+    check_cluster_uid(req.cluster_uid)
+    if record.state == "connected" or not record.token_hash:
+        raise Gone(f"connect token for cluster {record.name!r} was already used")
+    if not _matches(req.token, record.token_hash):
+        raise Unauthenticated(f"wrong connect token for cluster {record.name!r}")
+    if now > record.token_expires_at:
+        raise Gone(
+            f"connect token for cluster {record.name!r} expired; run 'tether cluster connect {record.name}' again"
+        )
+    credential = make_secret(CREDENTIAL_PREFIX, record.name)
+    return (
+        msgspec.structs.replace(
+            record,
+            state="connected",
+            token_hash="",
+            token_expires_at=0.0,
+            cluster_uid=req.cluster_uid,
+            credential_hash=hash_secret(credential),
+            connected_at=now,
+            agent_version=req.agent_version,
+            kubernetes_version=req.kubernetes_version,
+            driver=req.driver,
+        ),
+        credential,
+    )
+
+
+def admit(record: ClusterRecord, hello: AgentHello) -> ClusterRecord:
+    """Check an agent's credential on (re)connect; return the record with its reported versions."""
+    if record.state == "disconnected":
+        raise Unauthenticated(f"cluster {record.name!r} was disconnected from the platform")
+    if record.state != "connected" or not _matches(hello.credential, record.credential_hash):
+        raise Unauthenticated(f"invalid agent credential for cluster {record.name!r}")
+    if hello.cluster_uid != record.cluster_uid:
+        raise Conflict(
+            f"agent for {record.name!r} now runs on a different cluster "
+            f"(UID {hello.cluster_uid}, registered {record.cluster_uid})"
+        )
+    return msgspec.structs.replace(
+        record,
+        agent_version=hello.agent_version or record.agent_version,
+        kubernetes_version=hello.kubernetes_version or record.kubernetes_version,
+        driver=hello.driver or record.driver,
+    )
+
+
+def disconnect(record: ClusterRecord, now: float) -> ClusterRecord:
+    if record.state == "disconnected":
+        return record
+    return msgspec.structs.replace(
+        record, state="disconnected", credential_hash="", token_hash="", disconnected_at=now
+    )
+
+
+def duplicate_error(uid: str, holder: str) -> Conflict:
+    return Conflict(f"this cluster (UID {uid}) is already connected as {holder!r}")

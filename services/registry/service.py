@@ -1,0 +1,175 @@
+"""Registry handlers and ``run``: thin glue between the bus and ``logic``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from schemas import subjects
+from schemas.errors import NotFound
+from schemas.messages import (
+    AgentBootstrap,
+    AgentCredentials,
+    AgentHello,
+    AgentWelcome,
+    ClusterConnectInfo,
+    ClusterCreate,
+    ClusterEvent,
+    ClusterList,
+    ClusterRecord,
+    ClusterUidClaim,
+    ControlNotice,
+    Empty,
+    NameRequest,
+    encode,
+)
+from schemas.names import check_name
+from services import VERSION
+from services.bus import Bucket, ServiceHost, Telemetry, connect, ensure_bucket, ensure_platform_streams
+from services.bus.settings import ServiceSettings
+from services.registry import logic
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settings:
+    common: ServiceSettings = field(default_factory=ServiceSettings)
+    """Bus and telemetry."""
+
+    heartbeat_interval: float = 5.0
+    """Seconds between agent heartbeats, told to each agent when it connects."""
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        import os
+
+        return cls(
+            common=ServiceSettings.from_env(),
+            heartbeat_interval=float(os.environ.get("TETHER_HEARTBEAT_INTERVAL", "5")),
+        )
+
+
+class Registry:
+    def __init__(
+        self, settings: Settings, nc: Client, js: JetStreamContext,
+        clusters: Bucket[ClusterRecord], uids: Bucket[ClusterUidClaim],
+    ) -> None:
+        self.settings = settings
+        self.nc = nc
+        self.js = js
+        self.clusters = clusters
+        self.uids = uids
+
+    async def _record(self, name: str) -> tuple[ClusterRecord, int]:
+        check_name(name, "cluster name")
+        found = await self.clusters.get(name)
+        if found is None:
+            raise NotFound(f"cluster {name!r} not found")
+        return found
+
+    async def _event(self, kind: str, cluster: str, reason: str = "") -> None:
+        event = ClusterEvent(kind=kind, cluster=cluster, at=time.time(), reason=reason)  # type: ignore[arg-type]
+        await self.js.publish(subjects.public_event(f"cluster.{kind}"), encode(event))
+
+    async def create(self, req: ClusterCreate) -> ClusterConnectInfo:
+        logic.validate_create(req)
+        token = ""
+
+        def change(existing: ClusterRecord | None) -> ClusterRecord:
+            nonlocal token
+            record, token = logic.register(req, existing, time.time())
+            return record
+
+        record = await self.clusters.mutate(req.name, change)
+        assert record is not None
+        await self._event("registered", record.name)
+        return ClusterConnectInfo(cluster=record, token=token, expires_at=record.token_expires_at)
+
+    async def get(self, req: NameRequest) -> ClusterRecord:
+        record, _ = await self._record(req.name)
+        return record
+
+    async def list(self, _req: Empty) -> ClusterList:
+        items = await self.clusters.items()
+        return ClusterList(clusters=sorted(items.values(), key=lambda r: r.name))
+
+    async def disconnect(self, req: NameRequest) -> ClusterRecord:
+        record, revision = await self._record(req.name)
+        updated = logic.disconnect(record, time.time())
+        if updated is not record:
+            await self.clusters.update(record.name, updated, revision)
+            if record.cluster_uid:
+                claim = await self.uids.get(record.cluster_uid)
+                if claim and claim[0].cluster == record.name:
+                    await self.uids.delete(record.cluster_uid)
+            await self.nc.publish(
+                subjects.control(record.name),
+                encode(ControlNotice(kind="revoked", reason=f"cluster {record.name!r} was disconnected")),
+            )
+            await self._event("disconnected", record.name)
+        return updated
+
+    async def bootstrap(self, req: AgentBootstrap) -> AgentCredentials:
+        name = logic.cluster_of_secret(req.token, logic.CONNECT_TOKEN_PREFIX, "connect token")
+        logic.check_cluster_uid(req.cluster_uid)
+        record, revision = await self._record(name)
+        connected, credential = logic.redeem(record, req, time.time())
+        # The duplicate guard: a create-only key per physical cluster UID.
+        claim = await self.uids.get(req.cluster_uid)
+        if claim is not None and claim[0].cluster != name:
+            holder = await self.clusters.get(claim[0].cluster)
+            if holder is not None and holder[0].state != "disconnected":
+                raise logic.duplicate_error(req.cluster_uid, claim[0].cluster)
+            await self.uids.put(req.cluster_uid, ClusterUidClaim(cluster=name))
+        elif claim is None:
+            try:
+                await self.uids.create(req.cluster_uid, ClusterUidClaim(cluster=name))
+            except Exception:
+                winner = await self.uids.get(req.cluster_uid)
+                raise logic.duplicate_error(req.cluster_uid, winner[0].cluster if winner else "?") from None
+        # Spending the token is a CAS on the record: of two racing agents, one wins.
+        await self.clusters.update(name, connected, revision)
+        await self._event("connected", name)
+        logger.info("cluster %s connected (uid %s)", name, req.cluster_uid)
+        return AgentCredentials(cluster=name, credential=credential)
+
+    async def hello(self, req: AgentHello) -> AgentWelcome:
+        record, revision = await self._record(req.cluster)
+        admitted = logic.admit(record, req)
+        if admitted != record:
+            await self.clusters.update(record.name, admitted, revision)
+        return AgentWelcome(cluster=record.name, heartbeat_interval=self.settings.heartbeat_interval)
+
+
+async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None) -> None:
+    telemetry = telemetry or Telemetry.create("registry", settings.common.telemetry)
+    nc = await connect(settings.common.bus, "registry")
+    try:
+        js = nc.jetstream()
+        replicas = settings.common.bus.replicas
+        await ensure_platform_streams(js, replicas)
+        clusters = await ensure_bucket(js, subjects.BUCKET_CLUSTERS, ClusterRecord, replicas=replicas, history=5)
+        uids = await ensure_bucket(js, subjects.BUCKET_CLUSTER_UIDS, ClusterUidClaim, replicas=replicas)
+        registry = Registry(settings, nc, js, clusters, uids)
+        host = ServiceHost(nc, "registry", VERSION, telemetry.tracer(__name__))
+        R = subjects.Registry
+        host.endpoint(R.CLUSTER_CREATE, ClusterCreate, registry.create)
+        host.endpoint(R.CLUSTER_GET, NameRequest, registry.get)
+        host.endpoint(R.CLUSTER_LIST, Empty, registry.list)
+        host.endpoint(R.CLUSTER_DISCONNECT, NameRequest, registry.disconnect)
+        host.endpoint(R.AGENT_BOOTSTRAP, AgentBootstrap, registry.bootstrap)
+        host.endpoint(R.AGENT_HELLO, AgentHello, registry.hello)
+        async with host:
+            logger.info("registry ready")
+            if ready:
+                ready.set()
+            await asyncio.Event().wait()
+    finally:
+        await nc.drain()
+        telemetry.shutdown()
