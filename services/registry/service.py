@@ -11,7 +11,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from schemas import subjects
-from schemas.errors import NotFound
+from schemas.errors import Conflict, NotFound
 from schemas.messages import (
     AgentBootstrap,
     AgentCredentials,
@@ -130,7 +130,7 @@ class Registry:
         elif claim is None:
             try:
                 await self.uids.create(req.cluster_uid, ClusterUidClaim(cluster=name))
-            except Exception:
+            except Conflict:
                 winner = await self.uids.get(req.cluster_uid)
                 raise logic.duplicate_error(req.cluster_uid, winner[0].cluster if winner else "?") from None
         # Spending the token is a CAS on the record: of two racing agents, one wins.

@@ -1,0 +1,44 @@
+# Tether: `make up` runs the platform, `make test` runs every check and test.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+
+.PHONY: install up test unit lint fmt bench clean kube-bin
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## Start the whole platform in the foreground on its embedded default (Ctrl-C stops it).
+up: install
+	$(BIN)/tether up $(ARGS)
+
+## Lint, type-check, check the layers, then run the whole test suite.
+test: install lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Only the tests that need no server (pure logic).
+unit: install
+	$(PY) -m pytest -m "not kube" tests/unit $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## Build (once per machine) the kube-apiserver and etcd used by the `kube` tests.
+kube-bin:
+	bash tests/tools/kubebin/build.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,231 @@
+"""Test harness: real nats-server, services and agents as real processes, waits with deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from services.platform.natsd import NatsServer, NatsServerConfig, free_port
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+
+# Fast clocks for tests: the same code paths as production, shorter intervals.
+FAST_ENV = {
+    "TETHER_HEARTBEAT_INTERVAL": "0.5",
+    "TETHER_OFFLINE_AFTER": "2.0",
+    "TETHER_SWEEP_INTERVAL": "0.2",
+    "TETHER_FLUSH_INTERVAL": "0.5",
+    "TETHER_LOG_LEVEL": "INFO",
+}
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[T | None]] | Callable[[], T | None],
+    *,
+    timeout: float = 15.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            result = check()
+            if asyncio.iscoroutine(result):
+                result = await result
+            last = result
+            if result:
+                return result  # type: ignore[return-value]
+        except Exception as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+        await asyncio.sleep(interval)
+
+
+def start_nats(tmp: Path, name: str = "nats") -> NatsServer:
+    server = NatsServer(
+        NatsServerConfig(store_dir=tmp / name / "js", port=free_port(), server_name=name),
+        conf_path=tmp / name / "nats.conf",
+        log_path=tmp / name / "nats.log",
+    )
+    server.start()
+    return server
+
+
+@dataclass
+class Proc:
+    """A child process of ours (a service or an agent), with its log."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+            )
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    async def wait_exit(self, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        proc = self.proc
+        await wait_for(lambda: proc.poll() is not None, timeout=timeout, what=f"{self.name} to exit")
+        return int(proc.returncode)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@dataclass
+class Stack:
+    """NATS plus every platform service as separate processes, and agents on demand."""
+
+    tmp: Path
+    env_overrides: dict[str, str] = field(default_factory=dict)
+    nats: NatsServer | None = None
+    services: dict[str, Proc] = field(default_factory=dict)
+    agents: list[Proc] = field(default_factory=list)
+    http_port: int = 0
+    admin_token: str = ""
+
+    @property
+    def nats_url(self) -> str:
+        assert self.nats is not None
+        return self.nats.url
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(FAST_ENV)
+        env["TETHER_NATS_URL"] = self.nats_url
+        env.update(self.env_overrides)
+        env.update(extra)
+        return env
+
+    def service(self, name: str) -> Proc:
+        extra: dict[str, str] = {}
+        if name == "access":
+            extra["TETHER_ADMIN_TOKEN_FILE"] = str(self.tmp / "admin.token")
+        if name == "api":
+            extra["TETHER_HTTP_PORT"] = str(self.http_port)
+        return Proc(
+            name=name, argv=[sys.executable, "-m", f"services.{name}"],
+            env=self.env(**extra), log=self.tmp / "logs" / f"{name}.log",
+        )
+
+    async def start(self, services: tuple[str, ...] = ("registry", "access", "lifecycle", "health", "api")) -> None:
+        self.nats = start_nats(self.tmp)
+        await self.nats.wait_ready()
+        self.http_port = free_port()
+        self.admin_token = "tat_" + os.urandom(24).hex()
+        (self.tmp / "admin.token").write_text(self.admin_token)
+        for name in services:
+            self.services[name] = self.service(name).start()
+        if "api" in services:
+            await self.wait_healthy()
+
+    async def wait_healthy(self, timeout: float = 30.0) -> None:
+        async def healthy() -> bool:
+            async with httpx.AsyncClient(timeout=2) as http:
+                return (await http.get(f"{self.api}/healthz")).status_code == 200
+
+        await wait_for(healthy, timeout=timeout, what="platform /healthz")
+
+    def restart_service(self, name: str) -> Proc:
+        self.services[name] = self.service(name).start()
+        return self.services[name]
+
+    def http(self, token: str | None = None) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.api, timeout=10, headers={"Authorization": f"Bearer {token or self.admin_token}"}
+        )
+
+    async def connect_cluster(self, name: str, **body: Any) -> dict[str, Any]:
+        async with self.http() as http:
+            resp = await http.post("/api/v1/clusters", json={"name": name, **body})
+            assert resp.status_code == 201, resp.text
+            return dict(resp.json())
+
+    async def cluster(self, name: str) -> dict[str, Any]:
+        async with self.http() as http:
+            resp = await http.get(f"/api/v1/clusters/{name}")
+            assert resp.status_code == 200, resp.text
+            return dict(resp.json())
+
+    def agent(self, state_dir: Path, token: str | None = None, *, extra_env: dict[str, str] | None = None,
+              name: str = "agent") -> Proc:
+        argv = [sys.executable, "-m", "agent", "run", "--server", self.nats_url, "--driver", "sim",
+                "--state-dir", str(state_dir)]
+        if token:
+            argv += ["--token", token]
+        proc = Proc(name=name, argv=argv, env=self.env(**(extra_env or {})),
+                    log=self.tmp / "logs" / f"{name}-{len(self.agents)}.log").start()
+        self.agents.append(proc)
+        return proc
+
+    async def wait_online(self, name: str, online: bool = True, timeout: float = 15.0) -> dict[str, Any]:
+        async def check() -> dict[str, Any] | None:
+            c = await self.cluster(name)
+            return c if c["online"] is online else None
+
+        return await wait_for(check, timeout=timeout, what=f"cluster {name} online={online}")
+
+    def stop(self) -> None:
+        for proc in self.agents:
+            proc.stop()
+        for proc in self.services.values():
+            proc.stop()
+        if self.nats:
+            self.nats.stop()
+
+    def logs(self) -> str:
+        out = []
+        for path in sorted((self.tmp / "logs").glob("*.log")):
+            out.append(f"===== {path.name}\n{path.read_text(errors='replace')[-4000:]}")
+        return "\n".join(out)
+
+
+def dump(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=str)

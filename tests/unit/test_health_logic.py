@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from schemas.messages import Capacity, ClusterHealth, Heartbeat
+from services.health import logic
+
+HEALTHY = ClusterHealth(nodes_ready=3, nodes_total=3, capacity=Capacity(cpu=12, memory=48 << 30))
+
+
+def hb(health: ClusterHealth = HEALTHY, sent_at: float = 0.0) -> Heartbeat:
+    return Heartbeat(cluster="edge-1", session="s1", seq=1, sent_at=sent_at, health=health)
+
+
+def cond(presence, type_):  # type: ignore[no-untyped-def]
+    return next(c for c in presence.conditions if c.type == type_)
+
+
+def test_first_heartbeat_brings_a_cluster_online_on_the_platform_clock() -> None:
+    # The agent's clock is far off; presence must use the platform's.
+    presence, transition = logic.observe(None, hb(sent_at=5.0), now=100.0)
+    assert transition == "online"
+    assert presence.online and presence.last_seen == 100.0 and presence.connected_since == 100.0
+    assert cond(presence, logic.LINK_UP).status == "True"
+    assert cond(presence, logic.HEALTHY).status == "True"
+
+
+def test_later_heartbeats_are_no_transition_and_keep_connected_since() -> None:
+    first, _ = logic.observe(None, hb(), now=100.0)
+    second, transition = logic.observe(first, hb(), now=105.0)
+    assert transition is None
+    assert second.connected_since == 100.0 and second.last_seen == 105.0
+    assert cond(second, logic.LINK_UP).last_transition_time == 100.0
+
+
+def test_sweep_marks_offline_only_after_the_budget() -> None:
+    presence, _ = logic.observe(None, hb(), now=100.0)
+    same, transition = logic.sweep(presence, now=111.9, offline_after=12.0)
+    assert transition is None and same.online
+    offline, transition = logic.sweep(presence, now=112.5, offline_after=12.0)
+    assert transition == "offline" and not offline.online
+    assert cond(offline, logic.LINK_UP).status == "False"
+    assert cond(offline, logic.LINK_UP).reason == "HeartbeatMissed"
+    assert cond(offline, logic.HEALTHY).status == "Unknown"
+    again, transition = logic.observe(offline, hb(), now=120.0)
+    assert transition == "online" and again.connected_since == 120.0
+
+
+def test_link_up_and_cluster_healthy_are_separate_facts() -> None:
+    sick = ClusterHealth(nodes_ready=1, nodes_total=3)
+    presence, _ = logic.observe(None, hb(sick), now=1.0)
+    assert presence.online
+    assert cond(presence, logic.LINK_UP).status == "True"
+    healthy = cond(presence, logic.HEALTHY)
+    assert healthy.status == "False" and healthy.reason == "NodesNotReady" and "1/3" in healthy.message
+    unreachable, _ = logic.observe(presence, hb(ClusterHealth(nodes_total=3, api_reachable=False)), now=2.0)
+    assert cond(unreachable, logic.HEALTHY).reason == "APIServerUnreachable"
+
+
+def test_merge_seen_only_moves_forward() -> None:
+    stored, _ = logic.observe(None, hb(), now=100.0)
+    mine, _ = logic.observe(stored, hb(), now=101.0)
+    merged = logic.merge_seen(stored, mine)
+    assert merged is not None and merged.last_seen == 101.0
+    assert logic.merge_seen(mine, stored) is None

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import pytest
+
+from schemas.errors import Conflict, Gone, InvalidInput, Unauthenticated
+from schemas.messages import AgentBootstrap, AgentHello, ClusterCreate
+from services.registry import logic
+
+NOW = 1_000_000.0
+
+
+def registered(name: str = "edge-1", ttl: float = 3600.0):  # type: ignore[no-untyped-def]
+    return logic.register(ClusterCreate(name=name, labels={"env": "dev"}, token_ttl=ttl), None, NOW)
+
+
+def test_register_stores_only_a_hash_of_the_token() -> None:
+    record, token = registered()
+    assert token.startswith("tct.edge-1.")
+    assert token not in record.token_hash
+    assert record.token_hash == logic.hash_secret(token)
+    assert record.state == "pending"
+    assert record.token_expires_at == NOW + 3600
+
+
+@pytest.mark.parametrize("name", ["Edge", "edge_1", "-edge", "edge-", "", "a" * 64, "a.b"])
+def test_register_refuses_names_that_are_not_dns_labels(name: str) -> None:
+    with pytest.raises(InvalidInput, match="invalid cluster name"):
+        logic.register(ClusterCreate(name=name), None, NOW)
+
+
+def test_register_refuses_bad_labels() -> None:
+    with pytest.raises(InvalidInput, match="label"):
+        logic.register(ClusterCreate(name="ok", labels={"bad key!": "x"}), None, NOW)
+
+
+def test_redeem_spends_the_token_and_issues_a_credential() -> None:
+    record, token = registered()
+    connected, credential = logic.redeem(record, AgentBootstrap(token=token, cluster_uid="uid-1"), NOW + 1)
+    assert connected.state == "connected"
+    assert connected.token_hash == ""
+    assert connected.cluster_uid == "uid-1"
+    assert connected.credential_hash == logic.hash_secret(credential)
+    with pytest.raises(Gone, match="already used"):
+        logic.redeem(connected, AgentBootstrap(token=token, cluster_uid="uid-1"), NOW + 2)
+
+
+def test_redeem_refuses_a_wrong_or_expired_token() -> None:
+    record, token = registered(ttl=60)
+    with pytest.raises(Unauthenticated, match="wrong connect token"):
+        logic.redeem(record, AgentBootstrap(token=token + "x", cluster_uid="u"), NOW)
+    with pytest.raises(Gone, match="expired"):
+        logic.redeem(record, AgentBootstrap(token=token, cluster_uid="u"), NOW + 61)
+
+
+def test_redeem_refuses_a_malformed_uid() -> None:
+    record, token = registered()
+    with pytest.raises(InvalidInput, match="cluster UID"):
+        logic.redeem(record, AgentBootstrap(token=token, cluster_uid="has spaces"), NOW)
+
+
+def test_connecting_a_connected_cluster_again_is_a_conflict() -> None:
+    record, token = registered()
+    connected, _ = logic.redeem(record, AgentBootstrap(token=token, cluster_uid="u"), NOW)
+    with pytest.raises(Conflict, match="already connected"):
+        logic.register(ClusterCreate(name="edge-1"), connected, NOW)
+    # a disconnected one may be connected again, keeping its labels
+    again, new_token = logic.register(ClusterCreate(name="edge-1"), logic.disconnect(connected, NOW), NOW)
+    assert again.state == "pending" and new_token != token and again.labels == {"env": "dev"}
+
+
+def test_admit_checks_credential_state_and_uid() -> None:
+    record, token = registered()
+    connected, credential = logic.redeem(record, AgentBootstrap(token=token, cluster_uid="u"), NOW)
+    hello = AgentHello(cluster="edge-1", credential=credential, cluster_uid="u", agent_version="9")
+    assert logic.admit(connected, hello).agent_version == "9"
+    with pytest.raises(Unauthenticated, match="invalid agent credential"):
+        logic.admit(connected, AgentHello(cluster="edge-1", credential="tac.edge-1.nope", cluster_uid="u"))
+    with pytest.raises(Conflict, match="different cluster"):
+        logic.admit(connected, AgentHello(cluster="edge-1", credential=credential, cluster_uid="other"))
+    with pytest.raises(Unauthenticated, match="disconnected"):
+        logic.admit(logic.disconnect(connected, NOW), hello)
+
+
+def test_cluster_of_secret() -> None:
+    assert logic.cluster_of_secret("tct.edge-1.abc", "tct", "token") == "edge-1"
+    for bad in ("tct.edge-1", "xx.edge-1.abc", "tct.Edge.abc", "tct.edge-1."):
+        with pytest.raises((Unauthenticated, InvalidInput)):
+            logic.cluster_of_secret(bad, "tct", "token")
