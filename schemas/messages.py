@@ -74,7 +74,7 @@ class ClusterHealth(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # --- heartbeats ---------------------------------------------------------------------
-class Heartbeat(Message, tag="heartbeat.v1"):
+class Heartbeat(Message, frozen=True, tag="heartbeat.v1"):
     cluster: str
     session: str
     """Random per agent process; a new one means the agent restarted."""
@@ -85,7 +85,7 @@ class Heartbeat(Message, tag="heartbeat.v1"):
 
 
 # --- registry records and endpoints ---------------------------------------------------
-class ClusterRecord(Message, tag="cluster-record.v1"):
+class ClusterRecord(Message, frozen=True, tag="cluster-record.v1"):
     """The registry's record of a cluster (KV ``tether-clusters``)."""
 
     name: str
@@ -108,7 +108,7 @@ class ClusterRecord(Message, tag="cluster-record.v1"):
     driver: str = ""
 
 
-class ClusterCreate(Message, tag="cluster-create.v1"):
+class ClusterCreate(Message, frozen=True, tag="cluster-create.v1"):
     name: str
     display_name: str = ""
     description: str = ""
@@ -117,26 +117,26 @@ class ClusterCreate(Message, tag="cluster-create.v1"):
     token_ttl: float = 3600.0
 
 
-class ClusterConnectInfo(Message, tag="cluster-connect-info.v1"):
+class ClusterConnectInfo(Message, frozen=True, tag="cluster-connect-info.v1"):
     cluster: ClusterRecord
     token: str
     """The one-time connect token, shown once."""
     expires_at: float
 
 
-class NameRequest(Message, tag="name-request.v1"):
+class NameRequest(Message, frozen=True, tag="name-request.v1"):
     name: str
 
 
-class Empty(Message, tag="empty.v1"):
+class Empty(Message, frozen=True, tag="empty.v1"):
     pass
 
 
-class ClusterList(Message, tag="cluster-list.v1"):
+class ClusterList(Message, frozen=True, tag="cluster-list.v1"):
     clusters: list[ClusterRecord]
 
 
-class AgentBootstrap(Message, tag="agent-bootstrap.v1"):
+class AgentBootstrap(Message, frozen=True, tag="agent-bootstrap.v1"):
     """An agent's first call: trade the one-time token for its own credential."""
 
     token: str
@@ -146,12 +146,12 @@ class AgentBootstrap(Message, tag="agent-bootstrap.v1"):
     driver: str = ""
 
 
-class AgentCredentials(Message, tag="agent-credentials.v1"):
+class AgentCredentials(Message, frozen=True, tag="agent-credentials.v1"):
     cluster: str
     credential: str
 
 
-class AgentHello(Message, tag="agent-hello.v1"):
+class AgentHello(Message, frozen=True, tag="agent-hello.v1"):
     """Sent on every (re)connect; refused once the cluster is disconnected."""
 
     cluster: str
@@ -162,12 +162,12 @@ class AgentHello(Message, tag="agent-hello.v1"):
     driver: str = ""
 
 
-class AgentWelcome(Message, tag="agent-welcome.v1"):
+class AgentWelcome(Message, frozen=True, tag="agent-welcome.v1"):
     cluster: str
     heartbeat_interval: float
 
 
-class ControlNotice(Message, tag="control-notice.v1"):
+class ControlNotice(Message, frozen=True, tag="control-notice.v1"):
     """Core-NATS notice to one agent."""
 
     kind: Literal["revoked"]
@@ -175,7 +175,7 @@ class ControlNotice(Message, tag="control-notice.v1"):
 
 
 # --- health ---------------------------------------------------------------------------
-class Presence(Message, tag="presence.v1"):
+class Presence(Message, frozen=True, tag="presence.v1"):
     """Health's view of one cluster (KV ``tether-presence``); platform clock."""
 
     cluster: str
@@ -188,33 +188,33 @@ class Presence(Message, tag="presence.v1"):
     conditions: tuple[Condition, ...] = ()
 
 
-class PresenceList(Message, tag="presence-list.v1"):
+class PresenceList(Message, frozen=True, tag="presence-list.v1"):
     items: list[Presence]
 
 
 # --- access ---------------------------------------------------------------------------------
-class UserRecord(Message, tag="user-record.v1"):
+class UserRecord(Message, frozen=True, tag="user-record.v1"):
     name: str
     email: str = ""
     platform_admin: bool = False
     created_at: float = 0.0
 
 
-class TokenRecord(Message, tag="token-record.v1"):
+class TokenRecord(Message, frozen=True, tag="token-record.v1"):
     user: str
     created_at: float = 0.0
 
 
-class Authenticate(Message, tag="authenticate.v1"):
+class Authenticate(Message, frozen=True, tag="authenticate.v1"):
     token: str
 
 
-class Principal(Message, tag="principal.v1"):
+class Principal(Message, frozen=True, tag="principal.v1"):
     user: str
     platform_admin: bool = False
 
 
-class AdminBootstrap(Message, tag="admin-bootstrap.v1"):
+class AdminBootstrap(Message, frozen=True, tag="admin-bootstrap.v1"):
     """Make sure the first platform admin exists with this token (idempotent)."""
 
     name: str
@@ -222,7 +222,7 @@ class AdminBootstrap(Message, tag="admin-bootstrap.v1"):
 
 
 # --- public events (tether.events.>) ------------------------------------------------------
-class ClusterEvent(Message, tag="cluster-event.v1"):
+class ClusterEvent(Message, frozen=True, tag="cluster-event.v1"):
     """Published on ``tether.events.cluster.<kind>``."""
 
     kind: Literal["registered", "connected", "online", "offline", "disconnected"]
@@ -231,7 +231,7 @@ class ClusterEvent(Message, tag="cluster-event.v1"):
     reason: str = ""
 
 
-class ClusterUidClaim(Message, tag="cluster-uid-claim.v1"):
+class ClusterUidClaim(Message, frozen=True, tag="cluster-uid-claim.v1"):
     """Registry's duplicate guard: a physical cluster UID belongs to one cluster name."""
 
     cluster: str

@@ -7,7 +7,9 @@ import re
 from schemas.errors import InvalidInput
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 
 
@@ -18,10 +20,7 @@ def dns1123_label_error(name: str) -> str | None:
     if len(name) > 63:
         return f"must be at most 63 characters (got {len(name)})"
     if not _DNS1123_LABEL.match(name):
-        return (
-            "must consist of lower case letters, digits and '-', "
-            "and start and end with a letter or digit"
-        )
+        return "must consist of lower case letters, digits and '-', and start and end with a letter or digit"
     return None
 
 

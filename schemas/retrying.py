@@ -16,7 +16,7 @@ def backoff_delay(
     cap: float = 30.0,
     rng: random.Random | None = None,
 ) -> float:
-    """Delay before retry number ``attempt`` (0-based): uniform in [d/2, d], d = min(cap, base * 2**attempt)."""
-    ceiling = min(cap, base * (2 ** min(attempt, 30)))
-    r = rng.random() if rng else random.random()
+    """Delay before retry ``attempt`` (0-based): uniform in [d/2, d], d = min(cap, base * 2**attempt)."""
+    ceiling = min(cap, base * 2.0 ** min(attempt, 30))
+    r: float = rng.random() if rng else random.random()
     return ceiling / 2 + r * ceiling / 2

@@ -80,7 +80,12 @@ class Proc:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+                self.argv,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,
             )
         return self
 
@@ -151,11 +156,15 @@ class Stack:
         if name == "api":
             extra["TETHER_HTTP_PORT"] = str(self.http_port)
         return Proc(
-            name=name, argv=[sys.executable, "-m", f"services.{name}"],
-            env=self.env(**extra), log=self.tmp / "logs" / f"{name}.log",
+            name=name,
+            argv=[sys.executable, "-m", f"services.{name}"],
+            env=self.env(**extra),
+            log=self.tmp / "logs" / f"{name}.log",
         )
 
-    async def start(self, services: tuple[str, ...] = ("registry", "access", "lifecycle", "health", "api")) -> None:
+    async def start(
+        self, services: tuple[str, ...] = ("registry", "access", "lifecycle", "health", "api")
+    ) -> None:
         self.nats = start_nats(self.tmp)
         await self.nats.wait_ready()
         self.http_port = free_port()
@@ -194,14 +203,34 @@ class Stack:
             assert resp.status_code == 200, resp.text
             return dict(resp.json())
 
-    def agent(self, state_dir: Path, token: str | None = None, *, extra_env: dict[str, str] | None = None,
-              name: str = "agent") -> Proc:
-        argv = [sys.executable, "-m", "agent", "run", "--server", self.nats_url, "--driver", "sim",
-                "--state-dir", str(state_dir)]
+    def agent(
+        self,
+        state_dir: Path,
+        token: str | None = None,
+        *,
+        extra_env: dict[str, str] | None = None,
+        name: str = "agent",
+    ) -> Proc:
+        argv = [
+            sys.executable,
+            "-m",
+            "agent",
+            "run",
+            "--server",
+            self.nats_url,
+            "--driver",
+            "sim",
+            "--state-dir",
+            str(state_dir),
+        ]
         if token:
             argv += ["--token", token]
-        proc = Proc(name=name, argv=argv, env=self.env(**(extra_env or {})),
-                    log=self.tmp / "logs" / f"{name}-{len(self.agents)}.log").start()
+        proc = Proc(
+            name=name,
+            argv=argv,
+            env=self.env(**(extra_env or {})),
+            log=self.tmp / "logs" / f"{name}-{len(self.agents)}.log",
+        ).start()
         self.agents.append(proc)
         return proc
 

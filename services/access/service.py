@@ -12,9 +12,9 @@ from schemas import subjects
 from schemas.errors import Conflict, InvalidInput, Unauthenticated
 from schemas.messages import AdminBootstrap, Authenticate, Principal, TokenRecord, UserRecord
 from services import VERSION
+from services.access import logic
 from services.bus import Bucket, ServiceHost, Telemetry, connect, ensure_bucket
 from services.bus.settings import ServiceSettings
-from services.access import logic
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,9 @@ class Access:
         return Principal(user=req.name, platform_admin=True)
 
 
-async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None) -> None:
+async def run(
+    settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None
+) -> None:
     telemetry = telemetry or Telemetry.create("access", settings.common.telemetry)
     nc = await connect(settings.common.bus, "access")
     try:

@@ -32,6 +32,8 @@ from schemas.messages import (
     ClusterList,
     ClusterRecord,
     Empty,
+    M,
+    Message,
     NameRequest,
     Presence,
     PresenceList,
@@ -62,7 +64,7 @@ class Platform:
     def __post_init__(self) -> None:
         self._auth_cache: dict[str, tuple[float, Principal]] = {}
 
-    async def call(self, subject: str, message, reply_type):  # type: ignore[no-untyped-def]
+    async def call(self, subject: str, message: Message, reply_type: type[M]) -> M:
         return await call(self.nc, subject, message, reply_type, timeout=self.request_timeout)
 
     async def authenticate(self, token: str) -> Principal:
@@ -166,15 +168,23 @@ def create_app(platform: Platform) -> FastAPI:
         return logic.cluster_view(record, presence)
 
     @app.post(
-        "/api/v1/clusters", response_model=ClusterConnectOut, status_code=201, responses=ERRORS, tags=["clusters"]
+        "/api/v1/clusters",
+        response_model=ClusterConnectOut,
+        status_code=201,
+        responses=ERRORS,
+        tags=["clusters"],
     )
     async def connect_cluster(body: ClusterConnectIn, who: Who) -> ClusterConnectOut:
         require_admin(who)
         info = await platform.call(
             subjects.Registry.CLUSTER_CREATE,
             ClusterCreate(
-                name=body.name, display_name=body.display_name, description=body.description,
-                labels=body.labels, local=body.local, token_ttl=body.token_ttl,
+                name=body.name,
+                display_name=body.display_name,
+                description=body.description,
+                labels=body.labels,
+                local=body.local,
+                token_ttl=body.token_ttl,
             ),
             ClusterConnectInfo,
         )
@@ -192,8 +202,9 @@ def create_app(platform: Platform) -> FastAPI:
     async def disconnect_cluster(name: str, who: Who) -> ClusterOut:
         require_admin(who)
         check_name(name, "cluster name")
-        record = await platform.call(subjects.Registry.CLUSTER_DISCONNECT, NameRequest(name=name), ClusterRecord)
+        record = await platform.call(
+            subjects.Registry.CLUSTER_DISCONNECT, NameRequest(name=name), ClusterRecord
+        )
         return logic.cluster_view(record, await presence_of(name))
 
     return app
-

@@ -22,7 +22,10 @@ def ts(seconds: float) -> datetime | None:
 
 def _condition(c: Condition) -> ConditionOut:
     return ConditionOut(
-        type=c.type, status=c.status, reason=c.reason, message=c.message,
+        type=c.type,
+        status=c.status,
+        reason=c.reason,
+        message=c.message,
         last_transition_time=ts(c.last_transition_time),
     )
 
@@ -49,7 +52,9 @@ def cluster_view(record: ClusterRecord, presence: Presence | None) -> ClusterOut
         driver=(health.driver if health and health.driver else record.driver),
         node_count=health.nodes_total if health else 0,
         nodes_ready=health.nodes_ready if health else 0,
-        capacity=CapacityOut(cpu=health.capacity.cpu if health else 0.0, memory=health.capacity.memory if health else 0),
+        capacity=CapacityOut(
+            cpu=health.capacity.cpu if health else 0.0, memory=health.capacity.memory if health else 0
+        ),
         conditions=conditions,
         created_at=ts(record.created_at),
     )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -40,7 +42,17 @@ class Settings:
         )
 
 
-async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None) -> None:
+class _Server(uvicorn.Server):
+    """Signals belong to the process's runner, which cancels ``run``; uvicorn must not take them."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def run(
+    settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None
+) -> None:
     telemetry = telemetry or Telemetry.create("api", settings.common.telemetry)
     nc = await connect(settings.common.bus, "api")
     try:
@@ -53,8 +65,7 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
         config = uvicorn.Config(
             app, host=settings.host, port=settings.port, log_level="warning", access_log=False, lifespan="off"
         )
-        server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        server = _Server(config)
         serving = asyncio.create_task(server.serve(), name="api-http")
         while not server.started:
             if serving.done():

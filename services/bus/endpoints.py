@@ -53,9 +53,7 @@ class ServiceHost:
 
         async def handle(req: Request) -> None:
             ctx = tracing.extract(req.headers)
-            with self._tracer.start_as_current_span(
-                subject, context=ctx, kind=SpanKind.SERVER
-            ) as span:
+            with self._tracer.start_as_current_span(subject, context=ctx, kind=SpanKind.SERVER) as span:
                 try:
                     message = decode(req.data, request_type)
                     reply = await handler(message)
@@ -106,9 +104,7 @@ class ServiceHost:
         await self.stop()
 
 
-async def call(
-    nc: Client, subject: str, message: Message, reply_type: type[M], *, timeout: float = 5.0
-) -> M:
+async def call(nc: Client, subject: str, message: Message, reply_type: type[M], *, timeout: float = 5.0) -> M:
     """Request/reply with a typed answer; remote errors are raised as their TetherError kind."""
     try:
         msg = await nc.request(subject, encode(message), timeout=timeout, headers=tracing.inject())

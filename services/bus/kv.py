@@ -92,7 +92,7 @@ class Bucket(Generic[M]):
                 if entry.value:
                     out[entry.key] = decode(entry.value, self.type)
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]
         return out
 
     async def keys(self) -> list[str]:

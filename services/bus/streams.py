@@ -59,16 +59,20 @@ async def ensure_platform_streams(js: JetStreamContext, replicas: int) -> None:
 
 
 async def ensure_bucket(
-    js: JetStreamContext, name: str, type_: type[M], *, replicas: int, history: int = 1, ttl: float | None = None
+    js: JetStreamContext,
+    name: str,
+    type_: type[M],
+    *,
+    replicas: int,
+    history: int = 1,
+    ttl: float | None = None,
 ) -> Bucket[M]:
     """Open the bucket, creating it on first use."""
     try:
         kv = await js.key_value(name)
     except BucketNotFoundError:
         kv = await js.create_key_value(
-            KeyValueConfig(
-                bucket=name, history=history, replicas=replicas, ttl=ttl, storage=StorageType.FILE
-            )
+            KeyValueConfig(bucket=name, history=history, replicas=replicas, ttl=ttl, storage=StorageType.FILE)
         )
         logger.info("created bucket %s", name)
     return Bucket(kv, type_)

@@ -50,23 +50,31 @@ def api(method: str, path: str, **kwargs: Any) -> Any:
 def up(
     data_dir: Annotated[Path | None, typer.Option(help="Where the platform keeps its state")] = None,
     nats_port: Annotated[int, typer.Option(help="NATS client port (agents dial it)")] = 4222,
-    nats_host: Annotated[str, typer.Option(help="NATS listen address (0.0.0.0 for remote agents)")] = "127.0.0.1",
+    nats_host: Annotated[
+        str, typer.Option(help="NATS listen address (0.0.0.0 for remote agents)")
+    ] = "127.0.0.1",
     http_port: Annotated[int, typer.Option(help="API and web UI port")] = 8080,
     local_driver: Annotated[str | None, typer.Option(help="sim or kube (default: detect)")] = None,
     heartbeat_interval: Annotated[float, typer.Option(help="Seconds between agent heartbeats")] = 5.0,
-    offline_after: Annotated[float, typer.Option(help="Seconds of silence before a cluster is offline")] = 12.0,
+    offline_after: Annotated[
+        float, typer.Option(help="Seconds of silence before a cluster is offline")
+    ] = 12.0,
 ) -> None:
     """Run the whole platform in the foreground: NATS, every service, and the local cluster's agent."""
     from services.bus.running import setup_logging
-    from services.platform.supervisor import PlatformError, UpSettings, default_data_dir
     from services.platform.supervisor import Platform as Embedded
+    from services.platform.supervisor import PlatformError, UpSettings, default_data_dir
 
     if local_driver not in (None, "sim", "kube"):
         fail(f"invalid --local-driver {local_driver!r}: expected sim or kube")
     setup_logging()
     settings = UpSettings(
-        data_dir=data_dir or default_data_dir(), nats_port=nats_port, nats_host=nats_host,
-        http_port=http_port, local_driver=local_driver, heartbeat_interval=heartbeat_interval,
+        data_dir=data_dir or default_data_dir(),
+        nats_port=nats_port,
+        nats_host=nats_host,
+        http_port=http_port,
+        local_driver=local_driver,
+        heartbeat_interval=heartbeat_interval,
         offline_after=offline_after,
     )
 
@@ -140,14 +148,22 @@ def cluster_connect(
     except InvalidInput as exc:
         fail(exc.description)
     res = api(
-        "POST", "/api/v1/clusters",
-        json={"name": name, "display_name": display_name, "description": description,
-              "labels": labels, "token_ttl": token_ttl},
+        "POST",
+        "/api/v1/clusters",
+        json={
+            "name": name,
+            "display_name": display_name,
+            "description": description,
+            "labels": labels,
+            "token_ttl": token_ttl,
+        },
     )
     if output == Output.json:
         out.print_json(res)
         return
-    out.console.print(f"cluster [bold]{name}[/] registered; its connect token works once, until {res['expires_at']}.")
+    out.console.print(
+        f"cluster [bold]{name}[/] registered; its connect token works once, until {res['expires_at']}."
+    )
     out.console.print("Run its agent (it only dials out to NATS):\n")
     sys.stdout.write(f"  {res['agent_command']}\n\n")
     sys.stdout.flush()
@@ -162,13 +178,21 @@ def cluster_list(output: OutputOpt = Output.table) -> None:
         return
     rows = [
         [
-            c["name"], out.status_of(c), out.ago(c["last_seen"]), f"{c['nodes_ready']}/{c['node_count']}",
-            f"{c['capacity']['cpu']:g}", out.gib(c["capacity"]["memory"]), c["kubernetes_version"] or "-",
-            c["agent_version"] or "-", ",".join(f"{k}={v}" for k, v in sorted(c["labels"].items())) or "-",
+            c["name"],
+            out.status_of(c),
+            out.ago(c["last_seen"]),
+            f"{c['nodes_ready']}/{c['node_count']}",
+            f"{c['capacity']['cpu']:g}",
+            out.gib(c["capacity"]["memory"]),
+            c["kubernetes_version"] or "-",
+            c["agent_version"] or "-",
+            ",".join(f"{k}={v}" for k, v in sorted(c["labels"].items())) or "-",
         ]
         for c in res["items"]
     ]
-    out.table(["NAME", "STATUS", "LAST SEEN", "NODES", "CPU", "MEMORY", "KUBERNETES", "AGENT", "LABELS"], rows)
+    out.table(
+        ["NAME", "STATUS", "LAST SEEN", "NODES", "CPU", "MEMORY", "KUBERNETES", "AGENT", "LABELS"], rows
+    )
 
 
 @cluster_app.command("get")
@@ -179,10 +203,16 @@ def cluster_get(name: str, output: OutputOpt = Output.table) -> None:
         out.print_json(c)
         return
     fields = [
-        ("Name", c["name"]), ("Display name", c["display_name"]), ("Description", c["description"] or "-"),
-        ("Status", out.status_of(c)), ("Local", str(c["local"]).lower()), ("Last seen", out.ago(c["last_seen"])),
-        ("Connected since", c["connected_since"] or "-"), ("Driver", c["driver"] or "-"),
-        ("Kubernetes", c["kubernetes_version"] or "-"), ("Agent", c["agent_version"] or "-"),
+        ("Name", c["name"]),
+        ("Display name", c["display_name"]),
+        ("Description", c["description"] or "-"),
+        ("Status", out.status_of(c)),
+        ("Local", str(c["local"]).lower()),
+        ("Last seen", out.ago(c["last_seen"])),
+        ("Connected since", c["connected_since"] or "-"),
+        ("Driver", c["driver"] or "-"),
+        ("Kubernetes", c["kubernetes_version"] or "-"),
+        ("Agent", c["agent_version"] or "-"),
         ("Nodes", f"{c['nodes_ready']}/{c['node_count']} ready"),
         ("Capacity", f"{c['capacity']['cpu']:g} CPU, {out.gib(c['capacity']['memory'])}"),
         ("Labels", ", ".join(f"{k}={v}" for k, v in sorted(c["labels"].items())) or "-"),
@@ -193,8 +223,10 @@ def cluster_get(name: str, output: OutputOpt = Output.table) -> None:
         out.console.print("[bold]Conditions:[/]")
         out.table(
             ["  TYPE", "STATUS", "REASON", "MESSAGE", "SINCE"],
-            [[f"  {x['type']}", x["status"], x["reason"], x["message"], out.ago(x["last_transition_time"])]
-             for x in c["conditions"]],
+            [
+                [f"  {x['type']}", x["status"], x["reason"], x["message"], out.ago(x["last_transition_time"])]
+                for x in c["conditions"]
+            ],
         )
 
 
@@ -207,10 +239,14 @@ def cluster_disconnect(name: str) -> None:
 
 # --- agent ---------------------------------------------------------------------------------
 @agent_app.command(
-    "run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    "run",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )
 def agent_run(ctx: typer.Context) -> None:
-    """Run a cluster's agent (same as ``python -m agent run``): --server URL --token TOKEN [--driver sim|kube] [--state-dir DIR]."""
+    """Run a cluster's agent (same as ``python -m agent run``).
+
+    --server URL --token TOKEN [--driver sim|kube] [--state-dir DIR]
+    """
     argv = [sys.executable, "-m", "agent", "run", *ctx.args]
     os.execv(sys.executable, argv)
 

@@ -29,8 +29,7 @@ def ago(iso: str | None) -> str:
         return "never"
     then = datetime.fromisoformat(iso)
     secs = (datetime.now(UTC) - then).total_seconds()
-    if secs < 0:
-        secs = 0
+    secs = max(secs, 0)
     if secs < 90:
         return f"{secs:.0f}s ago"
     if secs < 5400:

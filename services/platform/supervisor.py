@@ -70,7 +70,6 @@ class UpSettings:
     """Seconds of silence before a cluster is shown offline."""
 
 
-
 @dataclass
 class Child:
     name: str
@@ -83,10 +82,13 @@ class Child:
 
     async def start(self) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as out:
+        fd = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.argv, env=self.env, stdout=out, stderr=out, start_new_session=True
+                *self.argv, env=self.env, stdout=fd, stderr=fd, start_new_session=True
             )
+        finally:
+            os.close(fd)
 
     async def stop(self, timeout: float = 10.0) -> None:
         proc = self.proc
@@ -115,7 +117,9 @@ class Platform:
         self.logs = self.data / "logs"
         self.nats = NatsServer(
             NatsServerConfig(
-                store_dir=self.data / "nats", port=settings.nats_port, host=settings.nats_host,
+                store_dir=self.data / "nats",
+                port=settings.nats_port,
+                host=settings.nats_host,
                 server_name="tether-embedded",
             ),
             conf_path=self.data / "nats.conf",
@@ -172,14 +176,24 @@ class Platform:
                 public = f"nats://{socket.getfqdn()}:{self.s.nats_port}"
             extra["TETHER_PUBLIC_NATS_URL"] = public
         return Child(
-            name=name, argv=[sys.executable, "-m", f"services.{name}"],
-            env=self._env(**extra), log=self.logs / f"{name}.log",
+            name=name,
+            argv=[sys.executable, "-m", f"services.{name}"],
+            env=self._env(**extra),
+            log=self.logs / f"{name}.log",
         )
 
     def agent_child(self, driver: str, token: str | None) -> Child:
         argv = [
-            sys.executable, "-m", "agent", "run", "--server", self.nats.url,
-            "--driver", driver, "--state-dir", str(self.data / "agents" / "local"),
+            sys.executable,
+            "-m",
+            "agent",
+            "run",
+            "--server",
+            self.nats.url,
+            "--driver",
+            driver,
+            "--state-dir",
+            str(self.data / "agents" / "local"),
         ]
         if token:
             argv += ["--token", token]
@@ -209,8 +223,12 @@ class Platform:
             return None
         headers = {"Authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(base_url=self.api_url, timeout=10, headers=headers) as http:
-            body = {"name": "local", "display_name": "Platform cluster", "local": True,
-                    "description": "The cluster the platform runs on"}
+            body = {
+                "name": "local",
+                "display_name": "Platform cluster",
+                "local": True,
+                "description": "The cluster the platform runs on",
+            }
             resp = await http.post("/api/v1/clusters", json=body)
             if resp.status_code == 409:
                 # Connected before, but its credentials are gone (state dir wiped): start over.
@@ -240,7 +258,11 @@ class Platform:
     async def run(self) -> None:
         self.lock()
         token, first = self.admin_token()
-        driver, why = (self.s.local_driver, "chosen with --local-driver") if self.s.local_driver else detect_local_driver()
+        driver, why = (
+            (self.s.local_driver, "chosen with --local-driver")
+            if self.s.local_driver
+            else detect_local_driver()
+        )
         self.say(f"data dir: {self.data}")
         self.nats.start()
         try:

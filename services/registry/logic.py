@@ -62,9 +62,7 @@ def register(req: ClusterCreate, existing: ClusterRecord | None, now: float) -> 
     """
     validate_create(req)
     if existing is not None and existing.state == "connected":
-        raise Conflict(
-            f"cluster {req.name!r} is already connected; disconnect it first to connect it again"
-        )
+        raise Conflict(f"cluster {req.name!r} is already connected; disconnect it first to connect it again")
     token = make_secret(CONNECT_TOKEN_PREFIX, req.name)
     record = ClusterRecord(
         name=req.name,
@@ -89,7 +87,8 @@ def redeem(record: ClusterRecord, req: AgentBootstrap, now: float) -> tuple[Clus
         raise Unauthenticated(f"wrong connect token for cluster {record.name!r}")
     if now > record.token_expires_at:
         raise Gone(
-            f"connect token for cluster {record.name!r} expired; run 'tether cluster connect {record.name}' again"
+            f"connect token for cluster {record.name!r} expired; "
+            f"run 'tether cluster connect {record.name}' again"
         )
     credential = make_secret(CREDENTIAL_PREFIX, record.name)
     return (

@@ -57,8 +57,12 @@ class Settings:
 
 class Registry:
     def __init__(
-        self, settings: Settings, nc: Client, js: JetStreamContext,
-        clusters: Bucket[ClusterRecord], uids: Bucket[ClusterUidClaim],
+        self,
+        settings: Settings,
+        nc: Client,
+        js: JetStreamContext,
+        clusters: Bucket[ClusterRecord],
+        uids: Bucket[ClusterUidClaim],
     ) -> None:
         self.settings = settings
         self.nc = nc
@@ -147,14 +151,18 @@ class Registry:
         return AgentWelcome(cluster=record.name, heartbeat_interval=self.settings.heartbeat_interval)
 
 
-async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None) -> None:
+async def run(
+    settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None
+) -> None:
     telemetry = telemetry or Telemetry.create("registry", settings.common.telemetry)
     nc = await connect(settings.common.bus, "registry")
     try:
         js = nc.jetstream()
         replicas = settings.common.bus.replicas
         await ensure_platform_streams(js, replicas)
-        clusters = await ensure_bucket(js, subjects.BUCKET_CLUSTERS, ClusterRecord, replicas=replicas, history=5)
+        clusters = await ensure_bucket(
+            js, subjects.BUCKET_CLUSTERS, ClusterRecord, replicas=replicas, history=5
+        )
         uids = await ensure_bucket(js, subjects.BUCKET_CLUSTER_UIDS, ClusterUidClaim, replicas=replicas)
         registry = Registry(settings, nc, js, clusters, uids)
         host = ServiceHost(nc, "registry", VERSION, telemetry.tracer(__name__))

@@ -63,14 +63,20 @@ async def test_spent_and_wrong_connect_tokens_are_refused(stack: Stack, tmp_path
     assert "cluster 'ghost' not found" in unknown.output()
 
 
-async def test_malformed_messages_get_an_error_and_services_keep_running(stack: Stack, tmp_path: Path) -> None:
+async def test_malformed_messages_get_an_error_and_services_keep_running(
+    stack: Stack, tmp_path: Path
+) -> None:
     info = await stack.connect_cluster("edge-1")
     stack.agent(tmp_path / "a", info["token"])
     await stack.wait_online("edge-1")
     nc = await nats.connect(stack.nats_url)
     try:
-        for subject in (subjects.Registry.CLUSTER_CREATE, subjects.Registry.AGENT_BOOTSTRAP,
-                        subjects.Health.PRESENCE_GET, subjects.Access.AUTHENTICATE):
+        for subject in (
+            subjects.Registry.CLUSTER_CREATE,
+            subjects.Registry.AGENT_BOOTSTRAP,
+            subjects.Health.PRESENCE_GET,
+            subjects.Access.AUTHENTICATE,
+        ):
             for payload in (b"", b"{not json", b'{"type":"cluster-create.v1","name":42}', b"\xff\xfe"):
                 reply = await nc.request(subject, payload, timeout=5)
                 assert reply.headers and reply.headers[ERROR_CODE] == "400", (subject, payload, reply.headers)

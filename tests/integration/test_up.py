@@ -41,8 +41,14 @@ class Up:
         self.data = tmp / "data"
         self.nats_port = free_port()
         self.http_port = free_port()
-        self.env = dict(os.environ, TETHER_CONFIG=str(tmp / "config.json"), TETHER_LOG_LEVEL="INFO",
-                        TETHER_SWEEP_INTERVAL="0.2", TETHER_FLUSH_INTERVAL="0.5", HOME=str(tmp / "home"))
+        self.env = dict(
+            os.environ,
+            TETHER_CONFIG=str(tmp / "config.json"),
+            TETHER_LOG_LEVEL="INFO",
+            TETHER_SWEEP_INTERVAL="0.2",
+            TETHER_FLUSH_INTERVAL="0.5",
+            HOME=str(tmp / "home"),
+        )
         self.env.pop("TETHER_SERVER", None)
         self.env.pop("TETHER_TOKEN", None)
         self.env.pop("KUBECONFIG", None)
@@ -53,14 +59,29 @@ class Up:
         self.runs += 1
         self.proc = Proc(
             name=f"up-{self.runs}",
-            argv=[*TETHER, "up", "--data-dir", str(self.data), "--nats-port", str(self.nats_port),
-                  "--http-port", str(self.http_port), "--heartbeat-interval", "0.5", "--offline-after", "2"],
-            env=self.env, log=self.tmp / f"up-{self.runs}.log",
+            argv=[
+                *TETHER,
+                "up",
+                "--data-dir",
+                str(self.data),
+                "--nats-port",
+                str(self.nats_port),
+                "--http-port",
+                str(self.http_port),
+                "--heartbeat-interval",
+                "0.5",
+                "--offline-after",
+                "2",
+            ],
+            env=self.env,
+            log=self.tmp / f"up-{self.runs}.log",
         ).start()
         return self.proc
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run([*TETHER, *args], env=self.env, capture_output=True, text=True, cwd=ROOT, timeout=60)
+        res = subprocess.run(
+            [*TETHER, *args], env=self.env, capture_output=True, text=True, cwd=ROOT, timeout=60
+        )
         if check:
             assert res.returncode == 0, res.stderr + res.stdout
         return res
@@ -108,8 +129,12 @@ async def test_up_connect_list_stop_and_restart_keeps_state(up: Up, tmp_path: Pa
     connect = json.loads(up.cli("cluster", "connect", "edge-1", "--label", "env=dev", "-o", "json").stdout)
     argv = connect["agent_command"].split()
     assert argv[:3] == ["tether", "agent", "run"]
-    agent = Proc(name="edge-1", argv=[*TETHER, *argv[1:], "--state-dir", str(tmp_path / "edge-1")],
-                 env=up.env, log=tmp_path / "edge-1.log").start()
+    agent = Proc(
+        name="edge-1",
+        argv=[*TETHER, *argv[1:], "--state-dir", str(tmp_path / "edge-1")],
+        env=up.env,
+        log=tmp_path / "edge-1.log",
+    ).start()
     try:
         await wait_for(lambda: up.clusters()["edge-1"]["online"], what="edge-1 online")
         table = up.cli("cluster", "list").stdout
@@ -129,7 +154,9 @@ async def test_up_connect_list_stop_and_restart_keeps_state(up: Up, tmp_path: Pa
     await up.wait_ready()
     assert "created" not in second.output()
     assert (up.data / "admin.token").read_text().strip() == token
-    clusters = await wait_for(lambda: (c := up.clusters()) and c["local"]["online"] and c, what="local online again")
+    clusters = await wait_for(
+        lambda: (c := up.clusters()) and c["local"]["online"] and c, what="local online again"
+    )
     assert clusters["edge-1"]["labels"] == {"env": "dev"}
     assert clusters["edge-1"]["state"] == "connected"
 
@@ -150,9 +177,20 @@ async def test_second_up_on_the_same_data_dir_is_refused(up: Up) -> None:
     up.start()
     await up.wait_ready()
     res = subprocess.run(
-        [*TETHER, "up", "--data-dir", str(up.data), "--nats-port", str(free_port()),
-         "--http-port", str(free_port())],
-        env=up.env, capture_output=True, text=True, timeout=30,
+        [
+            *TETHER,
+            "up",
+            "--data-dir",
+            str(up.data),
+            "--nats-port",
+            str(free_port()),
+            "--http-port",
+            str(free_port()),
+        ],
+        env=up.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert res.returncode == 1
     assert "another 'tether up' is already running" in res.stderr

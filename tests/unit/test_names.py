@@ -32,7 +32,10 @@ def test_decode_errors_name_the_message_and_the_field() -> None:
     with pytest.raises(InvalidInput, match="malformed Heartbeat"):
         decode(b"{not json", Heartbeat)
     with pytest.raises(InvalidInput, match=r"invalid Heartbeat message: .*seq"):
-        decode(b'{"type":"heartbeat.v1","cluster":"a","session":"s","seq":"x","sent_at":1,"health":{}}', Heartbeat)
+        decode(
+            b'{"type":"heartbeat.v1","cluster":"a","session":"s","seq":"x","sent_at":1,"health":{}}',
+            Heartbeat,
+        )
 
 
 def test_messages_round_trip_and_ignore_unknown_fields() -> None:
