@@ -31,6 +31,10 @@ FAST_ENV = {
 }
 
 
+class Abort(Exception):
+    """Raised by a check to stop waiting at once (the thing waited for can no longer happen)."""
+
+
 async def wait_for(
     check: Callable[[], Awaitable[T | None]] | Callable[[], T | None],
     *,
@@ -49,6 +53,8 @@ async def wait_for(
             last = result
             if result:
                 return result  # type: ignore[return-value]
+        except Abort:
+            raise
         except Exception as exc:
             last = exc
         if time.monotonic() > deadline:

@@ -12,7 +12,6 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from nats.aio.client import Client
 
 from schemas import subjects
 from schemas.api import (
@@ -41,7 +40,7 @@ from schemas.messages import (
 )
 from schemas.names import check_name
 from services.api import logic
-from services.bus import call
+from services.bus import Connection, call
 from services.bus.endpoints import ping
 
 logger = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
 class Platform:
     """What the routes reach: the bus, and where agents connect."""
 
-    nc: Client
+    nc: Connection
     nats_url: str
     request_timeout: float = 5.0
     auth_cache_ttl: float = 5.0

@@ -1,5 +1,9 @@
 """The services' bus runtime: the only part of ``services`` that imports ``nats``."""
 
+from nats.aio.client import Client as Connection
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext as JetStream
+
 from services.bus.connection import connect
 from services.bus.endpoints import ServiceHost, call
 from services.bus.kv import Bucket
@@ -10,6 +14,9 @@ from services.bus.telemetry import Telemetry
 __all__ = [
     "Bucket",
     "BusSettings",
+    "Connection",
+    "JetStream",
+    "Msg",
     "ServiceHost",
     "Telemetry",
     "TelemetrySettings",

@@ -42,6 +42,20 @@ def platform_streams(replicas: int) -> list[StreamConfig]:
     ]
 
 
+def cmd_stream(replicas: int) -> StreamConfig:
+    """Commands to agents: a work queue, one durable consumer per agent filtered on its cluster."""
+    return StreamConfig(
+        name=subjects.CMD_STREAM,
+        description="Commands to agents; one durable consumer per agent, filtered on its cluster",
+        subjects=[subjects.CMD_ANY],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        duplicate_window=24 * 3600.0,
+        max_consumers=-1,
+    )
+
+
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     """Create the stream, or bring an existing one's config up to date."""
     try:

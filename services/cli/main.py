@@ -17,7 +17,12 @@ from services.cli.client import ApiError, Client
 from services.cli.config import NotLoggedIn, load_context, save_context
 from services.cli.output import Output
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Tether: many Kubernetes clusters as one.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Tether: many Kubernetes clusters as one.",
+)
 cluster_app = typer.Typer(no_args_is_help=True, help="Connected clusters.")
 agent_app = typer.Typer(no_args_is_help=True, help="The agent that connects a cluster.")
 app.add_typer(cluster_app, name="cluster")

@@ -15,10 +15,6 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-
 from schemas import subjects
 from schemas.errors import NotFound, TetherError
 from schemas.messages import (
@@ -32,7 +28,17 @@ from schemas.messages import (
     encode,
 )
 from services import VERSION
-from services.bus import Bucket, ServiceHost, Telemetry, connect, ensure_bucket, ensure_platform_streams
+from services.bus import (
+    Bucket,
+    Connection,
+    JetStream,
+    Msg,
+    ServiceHost,
+    Telemetry,
+    connect,
+    ensure_bucket,
+    ensure_platform_streams,
+)
 from services.bus.settings import ServiceSettings
 from services.health import logic
 
@@ -64,7 +70,7 @@ class Settings:
 
 
 class HealthMonitor:
-    def __init__(self, settings: Settings, js: JetStreamContext, presence: Bucket[Presence]) -> None:
+    def __init__(self, settings: Settings, js: JetStream, presence: Bucket[Presence]) -> None:
         self.settings = settings
         self.js = js
         self.bucket = presence
@@ -177,7 +183,7 @@ async def run(
     settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None
 ) -> None:
     telemetry = telemetry or Telemetry.create("health", settings.common.telemetry)
-    nc: Client = await connect(settings.common.bus, "health")
+    nc: Connection = await connect(settings.common.bus, "health")
     try:
         js = nc.jetstream()
         replicas = settings.common.bus.replicas

@@ -6,13 +6,10 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-
-from schemas import subjects
 from services import VERSION
 from services.bus import ServiceHost, Telemetry, connect, ensure_platform_streams
 from services.bus.settings import ServiceSettings
-from services.bus.streams import ensure_stream
+from services.bus.streams import cmd_stream, ensure_stream
 
 logger = logging.getLogger(__name__)
 
@@ -25,18 +22,6 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         return cls(common=ServiceSettings.from_env())
-
-
-def cmd_stream(replicas: int) -> StreamConfig:
-    return StreamConfig(
-        name=subjects.CMD_STREAM,
-        description="Commands to agents; one durable consumer per agent, filtered on its cluster",
-        subjects=[subjects.CMD_ANY],
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        num_replicas=replicas,
-        duplicate_window=24 * 3600.0,
-    )
 
 
 async def run(

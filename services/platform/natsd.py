@@ -112,6 +112,8 @@ class NatsServer:
         self.conf_path.parent.mkdir(parents=True, exist_ok=True)
         self.config.store_dir.mkdir(parents=True, exist_ok=True)
         self.conf_path.write_text(self.config.render())
+        if self.log_path:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
             self.proc = subprocess.Popen(

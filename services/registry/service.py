@@ -7,9 +7,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from nats.aio.client import Client
-from nats.js import JetStreamContext
-
 from schemas import subjects
 from schemas.errors import Conflict, NotFound
 from schemas.messages import (
@@ -30,7 +27,16 @@ from schemas.messages import (
 )
 from schemas.names import check_name
 from services import VERSION
-from services.bus import Bucket, ServiceHost, Telemetry, connect, ensure_bucket, ensure_platform_streams
+from services.bus import (
+    Bucket,
+    Connection,
+    JetStream,
+    ServiceHost,
+    Telemetry,
+    connect,
+    ensure_bucket,
+    ensure_platform_streams,
+)
 from services.bus.settings import ServiceSettings
 from services.registry import logic
 
@@ -59,8 +65,8 @@ class Registry:
     def __init__(
         self,
         settings: Settings,
-        nc: Client,
-        js: JetStreamContext,
+        nc: Connection,
+        js: JetStream,
         clusters: Bucket[ClusterRecord],
         uids: Bucket[ClusterUidClaim],
     ) -> None:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import nats
+from nats.aio.msg import Msg
 
 from schemas import subjects
 from schemas.messages import ClusterEvent, decode
@@ -31,7 +32,11 @@ FIELDS = {
 async def test_connect_heartbeat_offline_online(stack: Stack, tmp_path: Path) -> None:
     nc = await nats.connect(stack.nats_url)
     events: list[ClusterEvent] = []
-    await nc.subscribe(subjects.public_event("cluster.*"), cb=lambda m: _append(events, m))
+
+    async def collect(msg: Msg) -> None:
+        events.append(decode(msg.data, ClusterEvent))
+
+    await nc.subscribe(subjects.public_event("cluster.*"), cb=collect)
     try:
         info = await stack.connect_cluster("edge-1", display_name="Edge one", labels={"env": "dev"})
         assert info["cluster"]["state"] == "pending"
@@ -76,10 +81,6 @@ async def test_connect_heartbeat_offline_online(stack: Stack, tmp_path: Path) ->
         assert kinds == ["registered", "connected", "online", "offline", "online"]
     finally:
         await nc.close()
-
-
-async def _append(events: list[ClusterEvent], msg) -> None:  # type: ignore[no-untyped-def]
-    events.append(decode(msg.data, ClusterEvent))
 
 
 async def test_disconnect_stops_the_agent_and_refuses_it_later(stack: Stack, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from services.platform.natsd import free_port
-from tests.harness import ROOT, Proc, wait_for
+from tests.harness import ROOT, Abort, Proc, wait_for
 
 TETHER = [sys.executable, "-m", "services.cli"]
 
@@ -94,7 +94,8 @@ class Up:
         proc = self.proc
 
         def ready() -> bool:
-            assert proc.running, proc.output()
+            if not proc.running:
+                raise Abort(f"tether up exited:\n{proc.output()}")
             return "ready." in proc.output()
 
         await wait_for(ready, timeout=60, what="tether up to be ready")

@@ -1,0 +1,491 @@
+"""The agent's life: identity, hello, heartbeats, control notices, and an orderly stop.
+
+Start-up, in order:
+
+1. lock the state directory (one agent per identity), make the driver, read
+   the cluster's UID and health;
+2. connect to NATS (retries forever);
+3. credentials: the stored ones, or trade the connect token for new ones;
+4. listen for control notices, then say hello (refused once the cluster was
+   disconnected from the platform);
+5. heartbeat at once, so the cluster shows online within a second.
+
+Then three tasks run until the agent is stopped or refused: ``agent-heartbeat``,
+``agent-hello`` (hello again after every reconnect) and ``agent-control``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from types import TracebackType
+
+import msgspec
+
+from agent import VERSION
+from agent import credentials as creds_store
+from agent.bus import Connection, Subscription, connect, request
+from agent.credentials import Credentials
+from agent.drivers import Driver, make_driver
+from agent.errors import AgentError, DriverError, PermanentError
+from agent.settings import AgentSettings
+from agent.statefiles import StateLock
+from schemas import subjects
+from schemas.errors import Gone, Internal, NotFound, TetherError, Unauthenticated, Unavailable
+from schemas.messages import (
+    AgentBootstrap,
+    AgentCredentials,
+    AgentHello,
+    AgentWelcome,
+    ClusterHealth,
+    ControlNotice,
+    Heartbeat,
+    M,
+    Message,
+    decode,
+)
+from schemas.retrying import backoff_delay
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HEARTBEAT_INTERVAL = 5.0
+"""Used when the platform's welcome carries no usable interval."""
+RETRY_BACKOFF = (0.5, 30.0)
+"""(base, cap) seconds between attempts of a request the platform could not answer."""
+
+
+def planned_cluster(settings: AgentSettings) -> str | None:
+    """The cluster this agent will connect as: the token's when it names another, else the stored one."""
+    stored = creds_store.load(settings.state_path)
+    token_cluster = settings.token_cluster
+    if token_cluster is not None and (stored is None or stored.cluster != token_cluster):
+        return token_cluster
+    return stored.cluster if stored else token_cluster
+
+
+def _reconnect_hint(cluster: str) -> str:
+    return (
+        f"to connect it again, get a new connect token ('tether cluster connect {cluster}') "
+        "and start the agent with --token"
+    )
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+class Agent:
+    """One agent. Use as ``async with Agent(settings) as agent: await agent.wait()``.
+
+    ``stop()`` is safe to call twice and from any task; ``wait()`` returns when
+    the agent was stopped and raises PermanentError when it stopped itself
+    (revoked, refused).
+    """
+
+    def __init__(self, settings: AgentSettings, *, driver: Driver | None = None) -> None:
+        self.settings = settings
+        self.session = secrets.token_hex(8)
+        """Random per process: the platform sees a restart as a new session."""
+        self._driver = driver
+        self._owns_driver = driver is None
+        self._lock = StateLock(settings.state_path)
+        self._conn: Connection | None = None
+        self._credentials: Credentials | None = None
+        self._cluster_uid = ""
+        self._health = ClusterHealth(agent_version=VERSION)
+        self._api_ok = True
+        self._interval = settings.heartbeat_interval or DEFAULT_HEARTBEAT_INTERVAL
+        self._seq = 0
+        self._reconnected = asyncio.Event()
+        self._beat_now = asyncio.Event()
+        self._control: Subscription | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._shutdown_task: asyncio.Task[None] | None = None
+
+    # --- what tests and callers may look at -------------------------------------------------
+    @property
+    def cluster(self) -> str:
+        if self._credentials is None:
+            raise AgentError("the agent has no credentials yet")
+        return self._credentials.cluster
+
+    @property
+    def cluster_uid(self) -> str:
+        return self._cluster_uid
+
+    @property
+    def driver(self) -> Driver:
+        if self._driver is None:
+            raise AgentError("the agent has not started")
+        return self._driver
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self._interval
+
+    @property
+    def heartbeats_sent(self) -> int:
+        return self._seq
+
+    @property
+    def connection(self) -> Connection:
+        if self._conn is None:
+            raise AgentError("the agent is not connected")
+        return self._conn
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def __aenter__(self) -> Agent:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Everything up to the first heartbeat; on failure, undo what was done and raise."""
+        if self._main is not None or self._shutdown_task is not None:
+            raise AgentError("an agent can be started only once")
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+        self._main = asyncio.create_task(self._serve(), name="agent-main")
+
+    async def wait(self) -> None:
+        """Until the agent stops; raises what stopped it (PermanentError when refused or revoked)."""
+        if self._main is None:
+            raise AgentError("the agent has not started")
+        await asyncio.wait({self._main})
+        if not self._main.cancelled() and (exc := self._main.exception()) is not None:
+            raise exc
+
+    async def stop(self) -> None:
+        """Stop heartbeats, unsubscribe, drain the connection, close the driver. Safe twice."""
+        if self._shutdown_task is None:
+            self._shutdown_task = asyncio.create_task(self._shutdown(), name="agent-shutdown")
+        await asyncio.shield(self._shutdown_task)
+
+    # --- start-up -------------------------------------------------------------------------------
+    async def _start(self) -> None:
+        settings = self.settings
+        self._lock.acquire()
+
+        if self._driver is None:
+            try:
+                self._driver = make_driver(settings)
+            except DriverError as exc:
+                raise PermanentError(str(exc)) from exc
+        try:
+            self._cluster_uid = await self._driver.cluster_uid()
+            self._health = await self._driver.health()
+        except DriverError as exc:
+            raise PermanentError(
+                f"cannot read the cluster through the {self._driver.name} driver: {exc}"
+            ) from exc
+
+        stored = creds_store.load(settings.state_path)
+        token = settings.token
+        token_cluster = settings.token_cluster
+        fallback_token: str | None = None
+        if stored is not None and token is not None:
+            if stored.cluster == token_cluster:
+                logger.info(
+                    "cluster %r is already connected (credentials in %s); the connect token is not needed "
+                    "and is ignored",
+                    stored.cluster,
+                    creds_store.path_in(settings.state_path),
+                )
+                fallback_token, token = token, None
+            else:
+                logger.warning(
+                    "%s holds credentials of cluster %r; connecting cluster %r with the given token instead",
+                    creds_store.path_in(settings.state_path),
+                    stored.cluster,
+                    token_cluster,
+                )
+                stored = None
+        if stored is None and token is None:
+            raise PermanentError(
+                f"no agent credentials in {settings.state_path} and no connect token: start the agent with "
+                "--token (from 'tether cluster connect <name>')"
+            )
+
+        server = settings.server or (stored.server if stored else "")
+        if not server:
+            raise PermanentError("no NATS server given: pass --server (or set TETHER_AGENT_SERVER)")
+        cluster = stored.cluster if stored else (token_cluster or "?")
+        logger.info(
+            "tether agent %s for cluster %r (driver %s, cluster UID %s, state in %s)",
+            VERSION,
+            cluster,
+            self._driver.name,
+            self._cluster_uid,
+            settings.state_path,
+        )
+
+        self._conn = await connect(
+            replace(settings, server=server), f"tether-agent-{cluster}", on_reconnected=self._reconnected.set
+        )
+
+        if stored is None:
+            assert token is not None
+            stored = await self._bootstrap(token, server)
+        self._credentials = stored
+
+        # Listen before saying hello, so a revocation right after it is not missed.
+        self._control = await self._conn.subscribe(subjects.control(stored.cluster))
+        self._reconnected.clear()
+        try:
+            await self._hello()
+        except PermanentError as refused:
+            cause = refused.__cause__
+            if fallback_token is None or not isinstance(cause, Unauthenticated | NotFound):
+                raise
+            logger.warning(
+                "the stored credentials were refused (%s); trying the given connect token", cause.description
+            )
+            try:
+                self._credentials = await self._bootstrap(fallback_token, server)
+            except PermanentError as exc:
+                raise PermanentError(
+                    f"{cause.description}; the given connect token did not help: {exc}"
+                ) from exc
+            await self._hello()
+
+        await self._beat()
+
+    async def _call(
+        self,
+        what: str,
+        subject: str,
+        message: Message,
+        reply_type: type[M],
+        failures: list[TetherError] | None = None,
+    ) -> M:
+        """Request until the platform answers; Unavailable (and Internal) are retried with backoff.
+
+        Each retried failure is appended to ``failures`` when given.
+        """
+        base, cap = RETRY_BACKOFF
+        attempt = 0
+        while True:
+            try:
+                return await request(
+                    self.connection, subject, message, reply_type, self.settings.request_timeout
+                )
+            except (Unavailable, Internal) as exc:
+                if failures is not None:
+                    failures.append(exc)
+                delay = backoff_delay(attempt, base=base, cap=cap)
+                attempt += 1
+                level = logging.ERROR if isinstance(exc, Internal) else logging.WARNING
+                logger.log(
+                    level, "%s (attempt %d): %s; retrying in %.1fs", what, attempt, exc.description, delay
+                )
+                await asyncio.sleep(delay)
+
+    async def _bootstrap(self, token: str, server: str) -> Credentials:
+        """Trade the connect token for this agent's own credential and store it."""
+        health = self._health
+        message = AgentBootstrap(
+            token=token,
+            cluster_uid=self._cluster_uid,
+            agent_version=VERSION,
+            kubernetes_version=health.kubernetes_version,
+            driver=self.driver.name,
+        )
+        failed: list[TetherError] = []
+        try:
+            answer = await self._call(
+                "connecting the cluster", subjects.Registry.AGENT_BOOTSTRAP, message, AgentCredentials, failed
+            )
+        except TetherError as exc:
+            text = exc.description
+            if isinstance(exc, Gone) and failed:
+                # The token is spent by the first request that reaches the registry; if its
+                # answer was lost, the retry finds it spent and the credential is gone with it.
+                text = (
+                    f"{text} (an earlier attempt may have connected the cluster without its answer "
+                    "reaching this agent: disconnect the cluster and connect it again)"
+                )
+            raise PermanentError(text) from exc
+        credentials = Credentials(cluster=answer.cluster, credential=answer.credential, server=server)
+        try:
+            path = creds_store.save(self.settings.state_path, credentials)
+        except OSError as exc:
+            raise PermanentError(
+                f"the cluster {answer.cluster!r} was connected, but its credential cannot be saved ({exc}); "
+                f"disconnect it ('tether cluster disconnect {answer.cluster}') and connect it again"
+            ) from exc
+        logger.info("cluster %r connected to the platform; credentials saved in %s", answer.cluster, path)
+        return credentials
+
+    async def _hello(self) -> None:
+        """Present the credential; PermanentError (cause: the service's error) when refused."""
+        assert self._credentials is not None
+        health = await self._current_health()
+        message = AgentHello(
+            cluster=self._credentials.cluster,
+            credential=self._credentials.credential,
+            cluster_uid=self._cluster_uid,
+            agent_version=VERSION,
+            kubernetes_version=health.kubernetes_version,
+            driver=self.driver.name,
+        )
+        try:
+            welcome = await self._call(
+                "saying hello to the platform", subjects.Registry.AGENT_HELLO, message, AgentWelcome
+            )
+        except TetherError as exc:
+            text = exc.description
+            if isinstance(exc, Unauthenticated | NotFound):
+                text = f"{text}; {_reconnect_hint(self._credentials.cluster)}"
+            raise PermanentError(text) from exc
+        self._apply_welcome(welcome)
+
+    def _apply_welcome(self, welcome: AgentWelcome) -> None:
+        if self.settings.heartbeat_interval is not None:
+            interval = self.settings.heartbeat_interval
+        elif 0 < welcome.heartbeat_interval <= 3600:
+            interval = welcome.heartbeat_interval
+        else:
+            logger.warning(
+                "the platform asked for a heartbeat every %gs; using %gs",
+                welcome.heartbeat_interval,
+                DEFAULT_HEARTBEAT_INTERVAL,
+            )
+            interval = DEFAULT_HEARTBEAT_INTERVAL
+        if interval != self._interval:
+            logger.info("heartbeat every %gs", interval)
+        self._interval = interval
+        logger.info("platform welcomed cluster %r", welcome.cluster)
+
+    # --- running --------------------------------------------------------------------------------
+    async def _serve(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._heartbeats(), name="agent-heartbeat")
+                tg.create_task(self._hellos(), name="agent-hello")
+                tg.create_task(self._control_notices(), name="agent-control")
+        except BaseExceptionGroup as group:
+            leaves = _leaves(group)
+            primary = next((e for e in leaves if isinstance(e, PermanentError)), leaves[0])
+            for other in leaves:
+                if other is not primary and not isinstance(other, asyncio.CancelledError):
+                    logger.error("agent task failed too: %r", other)
+            raise primary from None
+
+    async def _heartbeats(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + self._interval
+        while True:
+            delay = next_at - loop.time()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._beat_now.wait()
+            self._beat_now.clear()
+            await self._beat()
+            next_at = loop.time() + self._interval
+
+    async def _beat(self) -> None:
+        """Publish one heartbeat; never raises for a link or cluster problem."""
+        conn = self.connection
+        if not conn.is_connected:
+            # Heartbeats buffered through an outage carry nothing (presence uses the
+            # platform's clock); a fresh one follows the hello after the reconnect.
+            logger.debug("link down; heartbeat skipped")
+            return
+        health = await self._current_health()
+        self._seq += 1
+        beat = Heartbeat(
+            cluster=self.cluster, session=self.session, seq=self._seq, sent_at=time.time(), health=health
+        )
+        try:
+            await conn.publish(subjects.heartbeat(self.cluster), beat)
+        except Unavailable as exc:
+            logger.warning("heartbeat %d not sent: %s", self._seq, exc.description)
+
+    async def _current_health(self) -> ClusterHealth:
+        """The driver's health now; the last known one marked unreachable when the driver fails."""
+        try:
+            health = await self.driver.health()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if self._api_ok:
+                logger.warning("cannot read the cluster's health: %s", exc)
+            self._api_ok = False
+            return msgspec.structs.replace(self._health, api_reachable=False)
+        if not self._api_ok:
+            logger.info("the cluster's API is reachable again")
+        self._api_ok = True
+        self._health = health
+        return health
+
+    async def _hellos(self) -> None:
+        """Say hello again after every reconnect; a refusal stops the agent."""
+        while True:
+            await self._reconnected.wait()
+            self._reconnected.clear()
+            await self._hello()
+            self._beat_now.set()
+
+    async def _control_notices(self) -> None:
+        assert self._control is not None
+        async for incoming in self._control:
+            try:
+                notice = decode(incoming.data, ControlNotice)
+            except TetherError as exc:
+                logger.warning("ignoring a control notice on %s: %s", incoming.subject, exc.description)
+                continue
+            if notice.kind == "revoked":
+                reason = notice.reason or f"cluster {self.cluster!r} was disconnected from the platform"
+                logger.error("the platform revoked this agent: %s", reason)
+                raise PermanentError(f"{reason}; {_reconnect_hint(self.cluster)}")
+
+    # --- shutdown -------------------------------------------------------------------------------
+    async def _shutdown(self) -> None:
+        main = self._main
+        if main is not None:
+            if not main.done():
+                main.cancel()
+            await asyncio.wait({main})
+            if not main.cancelled():
+                main.exception()  # reported by wait(); do not let asyncio warn it was never retrieved
+        if self._control is not None:
+            await self._quietly("unsubscribe from control notices", self._control.unsubscribe)
+        if self._conn is not None:
+            conn, timeout = self._conn, self.settings.shutdown_timeout
+            await self._quietly("close the NATS connection", lambda: conn.close(timeout))
+        if self._driver is not None and self._owns_driver:
+            await self._quietly("close the driver", self._driver.close)
+        self._lock.release()
+        if main is not None:
+            logger.info("agent stopped")
+
+    @staticmethod
+    async def _quietly(what: str, step: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await step()
+        except Exception:
+            logger.exception("while stopping: cannot %s", what)
+
+
+async def run(settings: AgentSettings, *, ready: asyncio.Event | None = None) -> None:
+    """Run one agent until cancelled; raises PermanentError when it cannot go on."""
+    async with Agent(settings) as agent:
+        if ready is not None:
+            ready.set()
+        await agent.wait()

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Build real kube-apiserver and etcd binaries (like controller-runtime's envtest
+# assets) from the Go module proxy and cache them outside the repository.
+#
+#   tests/tools/kubebin/build.sh        -> prints the cache directory (last stdout line)
+#
+# Cache: ${TETHER_KUBE_BIN_DIR:-$HOME/.cache/tether/kube-bin}/<k8s>-etcd<etcd>/
+#        containing kube-apiserver and etcd. Built once per machine; a cache hit
+#        needs no Go toolchain and returns immediately.
+# Versions are pinned by the wrapper modules apiserver/go.mod and etcd/go.mod
+# (with committed go.sum files).
+#
+# Exit codes: 0 ok (directory printed on stdout), 3 Go toolchain missing/too
+# old, anything else = build failure. All progress goes to stderr.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REQUIRED_GO_MINOR=26 # k8s.io/kubernetes v1.36 and etcd v3.6.16 declare "go 1.26.0"
+
+log() { printf '[kubebin] %s\n' "$*" >&2; }
+
+# Version of a module required by a wrapper go.mod (no Go toolchain needed).
+mod_version() { # <go.mod> <module path>
+    awk -v m="$2" '($1 == m && $2 ~ /^v/) || ($1 == "require" && $2 == m) {
+        print ($1 == "require") ? $3 : $2; exit }' "$1"
+}
+
+K8S_VERSION="$(mod_version "$HERE/apiserver/go.mod" k8s.io/kubernetes)"
+ETCD_VERSION="$(mod_version "$HERE/etcd/go.mod" go.etcd.io/etcd/server/v3)"
+if [[ -z "$K8S_VERSION" || -z "$ETCD_VERSION" ]]; then
+    log "cannot read pinned versions from $HERE/{apiserver,etcd}/go.mod"
+    exit 1
+fi
+
+CACHE_ROOT="${TETHER_KUBE_BIN_DIR:-$HOME/.cache/tether/kube-bin}"
+mkdir -p "$CACHE_ROOT"
+CACHE_ROOT="$(cd "$CACHE_ROOT" && pwd -P)"
+DEST="$CACHE_ROOT/${K8S_VERSION#v}-etcd${ETCD_VERSION#v}"
+
+complete() { [[ -x "$DEST/kube-apiserver" && -x "$DEST/etcd" ]]; }
+
+if complete; then
+    printf '%s\n' "$DEST"
+    exit 0
+fi
+
+# --- Go toolchain -----------------------------------------------------------
+GO="${GO:-}"
+if [[ -z "$GO" ]]; then
+    if command -v go >/dev/null 2>&1; then
+        GO="$(command -v go)"
+    elif [[ -x /usr/local/go/bin/go ]]; then
+        GO=/usr/local/go/bin/go
+    fi
+fi
+go_missing() {
+    log "ERROR: $1"
+    log "Install Go >= 1.${REQUIRED_GO_MINOR} (https://go.dev/dl/) to build kube-apiserver ${K8S_VERSION} and etcd ${ETCD_VERSION}."
+    log "Without it the Kubernetes (kube-apiserver) tests will be skipped locally."
+    exit 3
+}
+[[ -n "$GO" ]] || go_missing "'go' was not found on PATH."
+[[ -x "$GO" ]] || command -v "$GO" >/dev/null 2>&1 || go_missing "GO=$GO is not executable."
+go_ver="$("$GO" env GOVERSION 2>/dev/null || true)" # e.g. go1.26.8
+if [[ "$go_ver" =~ ^go1\.([0-9]+) ]]; then
+    minor="${BASH_REMATCH[1]}"
+    if ((minor < 21)); then
+        go_missing "$go_ver is too old (no automatic toolchain switching)."
+    elif ((minor < REQUIRED_GO_MINOR)); then
+        if [[ "$("$GO" env GOTOOLCHAIN)" == local* ]]; then
+            go_missing "$go_ver is too old and GOTOOLCHAIN=local forbids downloading go1.${REQUIRED_GO_MINOR}."
+        fi
+        log "$go_ver < go1.${REQUIRED_GO_MINOR}: Go will download a newer toolchain from the module proxy."
+    fi
+else
+    log "warning: could not parse Go version '${go_ver}', trying anyway"
+fi
+
+# --- Build ------------------------------------------------------------------
+# Serialize concurrent invocations (e.g. pytest-xdist workers) when possible.
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$CACHE_ROOT/.lock"
+    if ! flock -n 9; then
+        log "another build is running; waiting for $CACHE_ROOT/.lock"
+        flock 9
+    fi
+    if complete; then
+        printf '%s\n' "$DEST"
+        exit 0
+    fi
+    # We hold the lock, so leftovers of killed builds can go.
+    rm -rf "$CACHE_ROOT"/.build.*
+fi
+
+TMP="$(mktemp -d "$CACHE_ROOT/.build.XXXXXX")" # same filesystem -> atomic rename
+cleanup() { rm -rf "$TMP"; }
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+export CGO_ENABLED=0 GOWORK=off GOFLAGS=-mod=readonly
+BUILD_FLAGS=(-trimpath -buildvcs=false)
+
+start=$SECONDS
+
+# etcd first: it is small (~1-3 min) and makes failures show up early.
+log "building etcd ${ETCD_VERSION} (go.etcd.io/etcd/server/v3) with $("$GO" version)"
+(cd "$HERE/etcd" && "$GO" build "${BUILD_FLAGS[@]}" -ldflags='-s -w' \
+    -o "$TMP/etcd" go.etcd.io/etcd/server/v3)
+log "etcd built in $((SECONDS - start))s"
+
+# Same version stamping as kubernetes' hack/lib/version.sh. gitCommit is left
+# empty (the module proxy does not expose it); buildDate = tag time, so the
+# build is reproducible.
+k8s_minor="$(cut -d. -f2 <<<"${K8S_VERSION#v}")"
+k8s_date="$(cd "$HERE/apiserver" && "$GO" list -m \
+    -f '{{with .Time}}{{.UTC.Format "2006-01-02T15:04:05Z"}}{{end}}' k8s.io/kubernetes)"
+ldflags='-s -w'
+for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+    ldflags+=" -X ${pkg}.gitVersion=${K8S_VERSION}"
+    ldflags+=" -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=${k8s_minor}"
+    ldflags+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.gitCommit="
+    if [[ -n "$k8s_date" ]]; then ldflags+=" -X ${pkg}.buildDate=${k8s_date}"; fi
+done
+
+t=$SECONDS
+log "building kube-apiserver ${K8S_VERSION} (k8s.io/kubernetes/cmd/kube-apiserver); this takes 10-20 minutes on 2 cores"
+(cd "$HERE/apiserver" && "$GO" build "${BUILD_FLAGS[@]}" -ldflags="$ldflags" \
+    -o "$TMP/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver)
+log "kube-apiserver built in $((SECONDS - t))s"
+
+"$TMP/etcd" --version >&2
+"$TMP/kube-apiserver" --version >&2
+
+# Publish atomically: rename(2) of the complete directory.
+chmod 755 "$TMP"
+if [[ -e "$DEST" ]] && ! complete; then
+    log "removing incomplete $DEST"
+    rm -rf "$DEST"
+fi
+if [[ -e "$DEST" ]]; then
+    log "another build won the race; using it" # only possible without flock
+else
+    mv "$TMP" "$DEST"
+fi
+complete || { log "ERROR: $DEST is incomplete after the build"; exit 1; }
+log "done in $((SECONDS - start))s"
+printf '%s\n' "$DEST"
