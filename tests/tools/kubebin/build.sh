@@ -124,7 +124,7 @@ for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
 done
 
 t=$SECONDS
-log "building kube-apiserver ${K8S_VERSION} (k8s.io/kubernetes/cmd/kube-apiserver); this takes 10-20 minutes on 2 cores"
+log "building kube-apiserver ${K8S_VERSION} (k8s.io/kubernetes/cmd/kube-apiserver) (cold Go build cache: ~4 min on 2 cores)"
 (cd "$HERE/apiserver" && "$GO" build "${BUILD_FLAGS[@]}" -ldflags="$ldflags" \
     -o "$TMP/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver)
 log "kube-apiserver built in $((SECONDS - t))s"
