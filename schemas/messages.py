@@ -235,3 +235,314 @@ class ClusterUidClaim(Message, frozen=True, tag="cluster-uid-claim.v1"):
     """Registry's duplicate guard: a physical cluster UID belongs to one cluster name."""
 
     cluster: str
+
+
+# =====================================================================================
+# Projects, access, tenant clusters and spaces
+# =====================================================================================
+Role = Literal["admin", "user", "viewer"]
+"""A member's role in a project."""
+
+AccessLevel = Literal["admin", "edit", "view"]
+"""What a member gets inside one tenant cluster or space (its RBAC on the cluster)."""
+
+WorkloadKind = Literal["tenant", "space"]
+DesiredState = Literal["running", "sleeping", "deleted"]
+
+
+class Quota(msgspec.Struct, frozen=True, kw_only=True):
+    """Per-project limits; None means unlimited."""
+
+    tenants: int | None = None
+    spaces: int | None = None
+    cpu: float | None = None
+    """CPU cores."""
+    memory: int | None = None
+    """Bytes."""
+
+
+class Resources(msgspec.Struct, frozen=True, kw_only=True):
+    cpu: float = 0.0
+    memory: int = 0
+
+
+class ProjectRecord(Message, frozen=True, tag="project-record.v1"):
+    """Registry KV ``tether-projects``."""
+
+    name: str
+    display_name: str = ""
+    clusters: tuple[str, ...] = ()
+    """Clusters the project may use, by name (empty with an empty selector: any)."""
+    cluster_selector: dict[str, str] = msgspec.field(default_factory=dict)
+    """Or any cluster whose labels match all of these."""
+    quota: Quota = msgspec.field(default_factory=Quota)
+    created_by: str = ""
+    created_at: float = 0.0
+
+
+class ProjectCreate(Message, frozen=True, tag="project-create.v1"):
+    name: str
+    display_name: str = ""
+    clusters: tuple[str, ...] = ()
+    cluster_selector: dict[str, str] = msgspec.field(default_factory=dict)
+    quota: Quota = msgspec.field(default_factory=Quota)
+    created_by: str = ""
+
+
+class ProjectList(Message, frozen=True, tag="project-list.v1"):
+    projects: list[ProjectRecord]
+
+
+class NamesRequest(Message, frozen=True, tag="names-request.v1"):
+    """A filter by names; ``all`` ignores ``names``."""
+
+    names: tuple[str, ...] = ()
+    all: bool = False
+
+
+class TeamRecord(Message, frozen=True, tag="team-record.v1"):
+    name: str
+    members: tuple[str, ...] = ()
+    created_at: float = 0.0
+
+
+class Membership(Message, frozen=True, tag="membership.v1"):
+    """Access KV ``tether-members``: who has which role in one project."""
+
+    project: str
+    users: dict[str, Role] = msgspec.field(default_factory=dict)
+    teams: dict[str, Role] = msgspec.field(default_factory=dict)
+
+
+class MemberChange(Message, frozen=True, tag="member-change.v1"):
+    """Set (role) or remove (role None) one user's or team's membership."""
+
+    project: str
+    user: str = ""
+    team: str = ""
+    role: Role | None = None
+
+
+class UserCreate(Message, frozen=True, tag="user-create.v1"):
+    name: str
+    email: str = ""
+    platform_admin: bool = False
+
+
+class UserCreated(Message, frozen=True, tag="user-created.v1"):
+    user: UserRecord
+    token: str
+    """The user's API token, shown once."""
+
+
+class UserList(Message, frozen=True, tag="user-list.v1"):
+    users: list[UserRecord]
+
+
+class TeamCreate(Message, frozen=True, tag="team-create.v1"):
+    name: str
+    members: tuple[str, ...] = ()
+
+
+class TeamMemberAdd(Message, frozen=True, tag="team-member-add.v1"):
+    team: str
+    user: str
+
+
+class TeamList(Message, frozen=True, tag="team-list.v1"):
+    teams: list[TeamRecord]
+
+
+class Authorize(Message, frozen=True, tag="authorize.v1"):
+    """May ``user`` do ``action`` (e.g. ``tenant.manage``) in ``project`` on an object owned by ``owner``?"""
+
+    user: str
+    action: str
+    project: str = ""
+    owner: str = ""
+
+
+class Decision(Message, frozen=True, tag="decision.v1"):
+    allowed: bool
+    role: Role | None = None
+    """The user's effective role in the project (None: not a member)."""
+    reason: str = ""
+
+
+class VisibleProjects(Message, frozen=True, tag="visible-projects.v1"):
+    """Projects a user may see: every one when ``all``, else ``projects`` with the user's role."""
+
+    all: bool = False
+    projects: dict[str, Role] = msgspec.field(default_factory=dict)
+
+
+class MembershipChanged(Message, frozen=True, tag="membership-changed.v1"):
+    """Published on ``tether.events.project.members``: lifecycle re-sends the project's RBAC."""
+
+    project: str
+    at: float
+
+
+# --- lifecycle ---------------------------------------------------------------------------
+class Member(msgspec.Struct, frozen=True, kw_only=True):
+    """One RBAC subject of a tenant cluster or space: ``user:<name>`` or ``team:<name>``."""
+
+    subject: str
+    access: AccessLevel
+
+
+class WorkloadSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """The desired state of one tenant cluster or space: what the agent makes true."""
+
+    kind: WorkloadKind
+    project: str
+    name: str
+    cluster: str
+    state: DesiredState = "running"
+    version: str = ""
+    """Tenant clusters: the control plane's Kubernetes version."""
+    resources: Resources = msgspec.field(default_factory=Resources)
+    members: tuple[Member, ...] = ()
+    quota: Quota = msgspec.field(default_factory=Quota)
+    """The project's quota, enforced in the namespace (ResourceQuota)."""
+
+
+class Observed(msgspec.Struct, frozen=True, kw_only=True):
+    """What the agent last reported for the object."""
+
+    generation: int
+    state: DesiredState
+    version: str = ""
+    at: float = 0.0
+
+
+class Failure(msgspec.Struct, frozen=True, kw_only=True):
+    generation: int
+    reason: str
+    message: str
+    at: float
+
+
+class WorkloadRecord(Message, frozen=True, tag="workload-record.v1"):
+    """Lifecycle KV ``tether-desired``, key ``<cluster>.<kind>.<project>.<name>``: desired and observed."""
+
+    spec: WorkloadSpec
+    generation: int
+    """Bumped by every change of ``spec``; the agent applies a generation at most once."""
+    op_id: str
+    """Operation that produced this generation; the command's ``Nats-Msg-Id``."""
+    operation: str
+    """create, sleep, wake, upgrade, delete, access, resync."""
+    created_by: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    sleep_after: float = 0.0
+    """Seconds of inactivity before lifecycle puts a tenant to sleep (0: never)."""
+    last_activity: float = 0.0
+    observed: Observed | None = None
+    failure: Failure | None = None
+    conditions: tuple[Condition, ...] = ()
+
+
+class WorkloadCreate(Message, frozen=True, tag="workload-create.v1"):
+    kind: WorkloadKind
+    project: str
+    name: str
+    cluster: str = ""
+    """Empty: placed by the platform."""
+    version: str = ""
+    sleep_after: float = 0.0
+    resources: Resources | None = None
+    created_by: str = ""
+
+
+class WorkloadRef(Message, frozen=True, tag="workload-ref.v1"):
+    kind: WorkloadKind
+    project: str
+    name: str
+
+
+class WorkloadAction(Message, frozen=True, tag="workload-action.v1"):
+    kind: WorkloadKind
+    project: str
+    name: str
+    action: Literal["sleep", "wake", "upgrade", "delete"]
+    version: str = ""
+    by: str = ""
+
+
+class WorkloadQuery(Message, frozen=True, tag="workload-query.v1"):
+    kind: WorkloadKind
+    projects: tuple[str, ...] = ()
+    """Only these projects; empty with ``all``: every project."""
+    all: bool = False
+    cluster: str = ""
+
+
+class WorkloadList(Message, frozen=True, tag="workload-list.v1"):
+    items: list[WorkloadRecord]
+
+
+class Command(Message, frozen=True, tag="command.v1"):
+    """On ``tether.cmd.<cluster>.apply`` (stream CMD): make ``spec`` true at ``generation``.
+
+    Applying is idempotent: an object already at ``generation`` or later is left
+    alone (and the result is reported again).
+    """
+
+    op_id: str
+    generation: int
+    spec: WorkloadSpec
+    issued_at: float
+    operation: str = ""
+
+
+class CommandResult(Message, frozen=True, tag="command-result.v1"):
+    """On ``tether.evt.<cluster>.result`` (stream EVT)."""
+
+    op_id: str
+    cluster: str
+    kind: WorkloadKind
+    project: str
+    name: str
+    generation: int
+    ok: bool
+    applied: bool = True
+    """False when the generation was already applied (a redelivery): nothing was done again."""
+    state: DesiredState = "running"
+    version: str = ""
+    reason: str = ""
+    message: str = ""
+    at: float = 0.0
+
+
+class InventoryItem(msgspec.Struct, frozen=True, kw_only=True):
+    kind: WorkloadKind
+    project: str
+    name: str
+    generation: int
+    state: DesiredState
+    version: str = ""
+    last_activity: float = 0.0
+
+
+class Inventory(Message, frozen=True, tag="inventory.v1"):
+    """On ``tether.evt.<cluster>.inventory``: everything the platform owns on the cluster."""
+
+    cluster: str
+    items: tuple[InventoryItem, ...]
+    at: float
+    reason: Literal["connect", "periodic", "requested"] = "periodic"
+
+
+class WorkloadEvent(Message, frozen=True, tag="workload-event.v1"):
+    """Published on ``tether.events.<kind>.<phase>`` (phase lower-case) and ``tether.events.command.failed``."""
+
+    kind: WorkloadKind
+    project: str
+    name: str
+    cluster: str
+    phase: str
+    at: float
+    reason: str = ""
+    message: str = ""

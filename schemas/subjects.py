@@ -33,6 +33,39 @@ BUCKET_USERS = "tether-users"
 """Access: users, their roles and token hashes."""
 BUCKET_TOKENS = "tether-tokens"
 """Access: API token hash -> user name."""
+BUCKET_TEAMS = "tether-teams"
+"""Access: teams and their members."""
+BUCKET_MEMBERS = "tether-members"
+"""Access: project -> membership (users and teams with roles)."""
+BUCKET_PROJECTS = "tether-projects"
+"""Registry: projects (allowed clusters, selector, quota)."""
+BUCKET_DESIRED = "tether-desired"
+"""Lifecycle: desired and observed state of every tenant cluster and space, with revisions."""
+
+# --- agent command verbs and event kinds ---------------------------------------------
+VERB_APPLY = "apply"
+EVT_RESULT = "result"
+EVT_INVENTORY = "inventory"
+LIFECYCLE_RESULTS_CONSUMER = "lifecycle-results"
+LIFECYCLE_INVENTORY_CONSUMER = "lifecycle-inventory"
+LIFECYCLE_MEMBERSHIP_CONSUMER = "lifecycle-membership"
+
+
+def workload_key(cluster: str, kind: str, project: str, name: str) -> str:
+    """KV key of one tenant cluster or space (every part is a DNS-1123 label)."""
+    return f"{_cluster(cluster)}.{kind}.{check_name(project, 'project name')}.{check_name(name, f'{kind} name')}"
+
+
+def evt_kind(kind: str) -> str:
+    """Filter for one kind of agent event across clusters."""
+    return f"{ROOT}.evt.*.{kind}"
+
+
+def cluster_of_evt(subject: str) -> str | None:
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[0] != ROOT or parts[1] != "evt":
+        return None
+    return parts[2]
 
 
 def _cluster(cluster: str) -> str:
@@ -107,6 +140,21 @@ class Registry:
     AGENT_HELLO = svc(SERVICE, "agent.hello")
 
 
+class Lifecycle:
+    SERVICE = "lifecycle"
+    CREATE = svc(SERVICE, "workload.create")
+    GET = svc(SERVICE, "workload.get")
+    LIST = svc(SERVICE, "workload.list")
+    ACTION = svc(SERVICE, "workload.action")
+
+
+class Projects:
+    SERVICE = "registry"
+    CREATE = svc(SERVICE, "project.create")
+    GET = svc(SERVICE, "project.get")
+    LIST = svc(SERVICE, "project.list")
+
+
 class Health:
     SERVICE = "health"
     PRESENCE_LIST = svc(SERVICE, "presence.list")
@@ -119,3 +167,13 @@ class Access:
     USER_CREATE = svc(SERVICE, "user.create")
     USER_LIST = svc(SERVICE, "user.list")
     BOOTSTRAP_ADMIN = svc(SERVICE, "admin.bootstrap")
+    AUTHORIZE = svc(SERVICE, "authorize")
+    VISIBLE = svc(SERVICE, "visible")
+    TEAM_CREATE = svc(SERVICE, "team.create")
+    TEAM_ADD_MEMBER = svc(SERVICE, "team.add-member")
+    TEAM_LIST = svc(SERVICE, "team.list")
+    MEMBER_SET = svc(SERVICE, "member.set")
+    MEMBERS_GET = svc(SERVICE, "member.get")
+
+
+MEMBERSHIP_CHANGED = public_event("project.members")
