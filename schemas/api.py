@@ -13,9 +13,7 @@ class ApiModel(BaseModel):
 
 
 class ErrorBody(ApiModel):
-    code: str = Field(
-        description="Machine-readable error code (HTTP-like: 400, 401, 403, 404, 409, 410, 503)"
-    )
+    code: str = Field(description="Machine-readable error code (HTTP-like: 400, 401, 403, 404, 409, 410, 503)")
     message: str = Field(description="What is wrong, for people")
 
 

@@ -70,8 +70,7 @@ class Internal(TetherError):
 
 
 _BY_CODE: dict[str, type[TetherError]] = {
-    cls.code: cls
-    for cls in (InvalidInput, Unauthenticated, Forbidden, NotFound, Conflict, Gone, Unavailable, Internal)
+    cls.code: cls for cls in (InvalidInput, Unauthenticated, Forbidden, NotFound, Conflict, Gone, Unavailable, Internal)
 }
 
 

@@ -424,7 +424,7 @@ class Failure(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class WorkloadRecord(Message, frozen=True, tag="workload-record.v1"):
-    """Lifecycle KV ``tether-desired``, key ``<cluster>.<kind>.<project>.<name>``: desired and observed."""
+    """Lifecycle KV ``tether-desired``, key ``<kind>.<project>.<name>``: desired and observed."""
 
     spec: WorkloadSpec
     generation: int

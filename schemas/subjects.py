@@ -51,9 +51,9 @@ LIFECYCLE_INVENTORY_CONSUMER = "lifecycle-inventory"
 LIFECYCLE_MEMBERSHIP_CONSUMER = "lifecycle-membership"
 
 
-def workload_key(cluster: str, kind: str, project: str, name: str) -> str:
+def workload_key(kind: str, project: str, name: str) -> str:
     """KV key of one tenant cluster or space (every part is a DNS-1123 label)."""
-    return f"{_cluster(cluster)}.{kind}.{check_name(project, 'project name')}.{check_name(name, f'{kind} name')}"
+    return f"{kind}.{check_name(project, 'project name')}.{check_name(name, f'{kind} name')}"
 
 
 def evt_kind(kind: str) -> str:

@@ -116,15 +116,12 @@ def create_app(platform: Platform) -> FastAPI:
         status = logic.http_status(exc)
         if status >= 500:
             logger.error("request failed: %s", exc.description)
-        return JSONResponse(
-            status_code=status, content={"error": {"code": exc.code, "message": exc.description}}
-        )
+        return JSONResponse(status_code=status, content={"error": {"code": exc.code, "message": exc.description}})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'body')}: {err.get('msg')}"
-            for err in exc.errors()
+            f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'body')}: {err.get('msg')}" for err in exc.errors()
         )
         return JSONResponse(status_code=400, content={"error": {"code": "400", "message": problems}})
 
@@ -195,15 +192,11 @@ def create_app(platform: Platform) -> FastAPI:
             agent_command=logic.agent_command(platform.nats_url, info.token),
         )
 
-    @app.post(
-        "/api/v1/clusters/{name}/disconnect", response_model=ClusterOut, responses=ERRORS, tags=["clusters"]
-    )
+    @app.post("/api/v1/clusters/{name}/disconnect", response_model=ClusterOut, responses=ERRORS, tags=["clusters"])
     async def disconnect_cluster(name: str, who: Who) -> ClusterOut:
         require_admin(who)
         check_name(name, "cluster name")
-        record = await platform.call(
-            subjects.Registry.CLUSTER_DISCONNECT, NameRequest(name=name), ClusterRecord
-        )
+        record = await platform.call(subjects.Registry.CLUSTER_DISCONNECT, NameRequest(name=name), ClusterRecord)
         return logic.cluster_view(record, await presence_of(name))
 
     return app

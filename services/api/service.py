@@ -50,9 +50,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def run(
-    settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None
-) -> None:
+async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None) -> None:
     telemetry = telemetry or Telemetry.create("api", settings.common.telemetry)
     nc = await connect(settings.common.bus, "api")
     try:

@@ -39,9 +39,7 @@ class Telemetry:
                 tracer_provider.add_span_processor(
                     BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces"))
                 )
-                readers.append(
-                    PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=f"{endpoint}/v1/metrics"))
-                )
+                readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=f"{endpoint}/v1/metrics")))
             except ImportError:
                 logger.warning("OTLP endpoint set but opentelemetry-exporter-otlp is not installed")
         if settings.prometheus_port is not None:

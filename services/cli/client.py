@@ -27,9 +27,7 @@ def _explain(status: int, message: str) -> str:
 class Client:
     def __init__(self, ctx: Context, timeout: float = 15.0) -> None:
         self.ctx = ctx
-        self.http = httpx.Client(
-            base_url=ctx.server, timeout=timeout, headers={"Authorization": f"Bearer {ctx.token}"}
-        )
+        self.http = httpx.Client(base_url=ctx.server, timeout=timeout, headers={"Authorization": f"Bearer {ctx.token}"})
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:

@@ -55,15 +55,11 @@ def api(method: str, path: str, **kwargs: Any) -> Any:
 def up(
     data_dir: Annotated[Path | None, typer.Option(help="Where the platform keeps its state")] = None,
     nats_port: Annotated[int, typer.Option(help="NATS client port (agents dial it)")] = 4222,
-    nats_host: Annotated[
-        str, typer.Option(help="NATS listen address (0.0.0.0 for remote agents)")
-    ] = "127.0.0.1",
+    nats_host: Annotated[str, typer.Option(help="NATS listen address (0.0.0.0 for remote agents)")] = "127.0.0.1",
     http_port: Annotated[int, typer.Option(help="API and web UI port")] = 8080,
     local_driver: Annotated[str | None, typer.Option(help="sim or kube (default: detect)")] = None,
     heartbeat_interval: Annotated[float, typer.Option(help="Seconds between agent heartbeats")] = 5.0,
-    offline_after: Annotated[
-        float, typer.Option(help="Seconds of silence before a cluster is offline")
-    ] = 12.0,
+    offline_after: Annotated[float, typer.Option(help="Seconds of silence before a cluster is offline")] = 12.0,
 ) -> None:
     """Run the whole platform in the foreground: NATS, every service, and the local cluster's agent."""
     from services.bus.running import setup_logging
@@ -166,9 +162,7 @@ def cluster_connect(
     if output == Output.json:
         out.print_json(res)
         return
-    out.console.print(
-        f"cluster [bold]{name}[/] registered; its connect token works once, until {res['expires_at']}."
-    )
+    out.console.print(f"cluster [bold]{name}[/] registered; its connect token works once, until {res['expires_at']}.")
     out.console.print("Run its agent (it only dials out to NATS):\n")
     sys.stdout.write(f"  {res['agent_command']}\n\n")
     sys.stdout.flush()
@@ -195,9 +189,7 @@ def cluster_list(output: OutputOpt = Output.table) -> None:
         ]
         for c in res["items"]
     ]
-    out.table(
-        ["NAME", "STATUS", "LAST SEEN", "NODES", "CPU", "MEMORY", "KUBERNETES", "AGENT", "LABELS"], rows
-    )
+    out.table(["NAME", "STATUS", "LAST SEEN", "NODES", "CPU", "MEMORY", "KUBERNETES", "AGENT", "LABELS"], rows)
 
 
 @cluster_app.command("get")

@@ -6,29 +6,13 @@ from typing import Literal
 
 import msgspec
 
+from schemas.conditions import set_condition
 from schemas.messages import ClusterHealth, Condition, Heartbeat, Presence
 
 Transition = Literal["online", "offline"] | None
 
 LINK_UP = "LinkUp"
 HEALTHY = "Healthy"
-
-
-def _set_condition(conditions: tuple[Condition, ...], new: Condition) -> tuple[Condition, ...]:
-    """Replace the condition of the same type; keep its transition time if the status did not change."""
-    out = []
-    found = False
-    for c in conditions:
-        if c.type == new.type:
-            found = True
-            if c.status == new.status:
-                new = msgspec.structs.replace(new, last_transition_time=c.last_transition_time)
-            out.append(new)
-        else:
-            out.append(c)
-    if not found:
-        out.append(new)
-    return tuple(out)
 
 
 def health_condition(health: ClusterHealth, now: float) -> Condition:
@@ -70,7 +54,7 @@ def observe(current: Presence | None, hb: Heartbeat, now: float) -> tuple[Presen
     """A heartbeat arrived at ``now``."""
     was_online = current is not None and current.online
     conditions = current.conditions if current else ()
-    conditions = _set_condition(
+    conditions = set_condition(
         conditions,
         Condition(
             type=LINK_UP,
@@ -80,7 +64,7 @@ def observe(current: Presence | None, hb: Heartbeat, now: float) -> tuple[Presen
             last_transition_time=now,
         ),
     )
-    conditions = _set_condition(conditions, health_condition(hb.health, now))
+    conditions = set_condition(conditions, health_condition(hb.health, now))
     presence = Presence(
         cluster=hb.cluster,
         online=True,
@@ -98,11 +82,11 @@ def is_overdue(presence: Presence, now: float, offline_after: float) -> bool:
 
 
 def mark_offline(presence: Presence, now: float, reason: str, message: str) -> Presence:
-    conditions = _set_condition(
+    conditions = set_condition(
         presence.conditions,
         Condition(type=LINK_UP, status="False", reason=reason, message=message, last_transition_time=now),
     )
-    conditions = _set_condition(
+    conditions = set_condition(
         conditions,
         Condition(
             type=HEALTHY,

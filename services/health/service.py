@@ -179,9 +179,7 @@ class HealthMonitor:
         return found
 
 
-async def run(
-    settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None
-) -> None:
+async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None) -> None:
     telemetry = telemetry or Telemetry.create("health", settings.common.telemetry)
     nc: Connection = await connect(settings.common.bus, "health")
     try:
@@ -197,9 +195,7 @@ async def run(
             callbacks=[lambda _opts: _gauge(sum(p.online for p in monitor.presence.values()))],
             description="Clusters whose agent is connected",
         )
-        hb_sub = await nc.subscribe(
-            subjects.HEARTBEAT_ANY, cb=monitor.on_heartbeat, pending_msgs_limit=200_000
-        )
+        hb_sub = await nc.subscribe(subjects.HEARTBEAT_ANY, cb=monitor.on_heartbeat, pending_msgs_limit=200_000)
         ev_sub = await nc.subscribe(subjects.public_event("cluster.disconnected"), cb=monitor.on_disconnected)
         host = ServiceHost(nc, "health", VERSION, telemetry.tracer(__name__))
         host.endpoint(subjects.Health.PRESENCE_LIST, Empty, monitor.list)

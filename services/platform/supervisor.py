@@ -259,9 +259,7 @@ class Platform:
         self.lock()
         token, first = self.admin_token()
         driver, why = (
-            (self.s.local_driver, "chosen with --local-driver")
-            if self.s.local_driver
-            else detect_local_driver()
+            (self.s.local_driver, "chosen with --local-driver") if self.s.local_driver else detect_local_driver()
         )
         self.say(f"data dir: {self.data}")
         self.nats.start()

@@ -9,8 +9,15 @@ import secrets
 
 import msgspec
 
-from schemas.errors import Conflict, Gone, InvalidInput, Unauthenticated
-from schemas.messages import AgentBootstrap, AgentHello, ClusterCreate, ClusterRecord
+from schemas.errors import Conflict, Gone, InvalidInput, NotFound, Unauthenticated
+from schemas.messages import (
+    AgentBootstrap,
+    AgentHello,
+    ClusterCreate,
+    ClusterRecord,
+    ProjectCreate,
+    ProjectRecord,
+)
 from schemas.names import check_labels, check_name
 
 CONNECT_TOKEN_PREFIX = "tct"
@@ -87,8 +94,7 @@ def redeem(record: ClusterRecord, req: AgentBootstrap, now: float) -> tuple[Clus
         raise Unauthenticated(f"wrong connect token for cluster {record.name!r}")
     if now > record.token_expires_at:
         raise Gone(
-            f"connect token for cluster {record.name!r} expired; "
-            f"run 'tether cluster connect {record.name}' again"
+            f"connect token for cluster {record.name!r} expired; run 'tether cluster connect {record.name}' again"
         )
     credential = make_secret(CREDENTIAL_PREFIX, record.name)
     return (
@@ -130,10 +136,34 @@ def admit(record: ClusterRecord, hello: AgentHello) -> ClusterRecord:
 def disconnect(record: ClusterRecord, now: float) -> ClusterRecord:
     if record.state == "disconnected":
         return record
-    return msgspec.structs.replace(
-        record, state="disconnected", credential_hash="", token_hash="", disconnected_at=now
-    )
+    return msgspec.structs.replace(record, state="disconnected", credential_hash="", token_hash="", disconnected_at=now)
 
 
 def duplicate_error(uid: str, holder: str) -> Conflict:
     return Conflict(f"this cluster (UID {uid}) is already connected as {holder!r}")
+
+
+def new_project(req: ProjectCreate, known_clusters: set[str], now: float) -> ProjectRecord:
+    """A validated project record; every named cluster must be registered."""
+    check_name(req.name, "project name")
+    for cluster in req.clusters:
+        check_name(cluster, "cluster name")
+        if cluster not in known_clusters:
+            raise NotFound(f"cluster {cluster!r} not found")
+    check_labels(req.cluster_selector)
+    q = req.quota
+    for field_name in ("tenants", "spaces", "cpu", "memory"):
+        value = getattr(q, field_name)
+        if value is not None and value < 0:
+            raise InvalidInput(f"quota {field_name} must not be negative")
+    if len(req.display_name) > MAX_TEXT:
+        raise InvalidInput(f"display name must be at most {MAX_TEXT} characters")
+    return ProjectRecord(
+        name=req.name,
+        display_name=req.display_name or req.name,
+        clusters=tuple(dict.fromkeys(req.clusters)),
+        cluster_selector=dict(req.cluster_selector),
+        quota=q,
+        created_by=req.created_by,
+        created_at=now,
+    )

@@ -23,6 +23,10 @@ from schemas.messages import (
     ControlNotice,
     Empty,
     NameRequest,
+    NamesRequest,
+    ProjectCreate,
+    ProjectList,
+    ProjectRecord,
     encode,
 )
 from schemas.names import check_name
@@ -69,7 +73,9 @@ class Registry:
         js: JetStream,
         clusters: Bucket[ClusterRecord],
         uids: Bucket[ClusterUidClaim],
+        projects: Bucket[ProjectRecord],
     ) -> None:
+        self.projects = projects
         self.settings = settings
         self.nc = nc
         self.js = js
@@ -149,6 +155,28 @@ class Registry:
         logger.info("cluster %s connected (uid %s)", name, req.cluster_uid)
         return AgentCredentials(cluster=name, credential=credential)
 
+    async def project_create(self, req: ProjectCreate) -> ProjectRecord:
+        check_name(req.name, "project name")
+        known = set((await self.clusters.items()).keys()) if req.clusters else set()
+        record = logic.new_project(req, known, time.time())
+        try:
+            await self.projects.create(req.name, record)
+        except Conflict:
+            raise Conflict(f"project {req.name!r} already exists") from None
+        return record
+
+    async def project_get(self, req: NameRequest) -> ProjectRecord:
+        check_name(req.name, "project name")
+        found = await self.projects.get(req.name)
+        if found is None:
+            raise NotFound(f"project {req.name!r} not found")
+        return found[0]
+
+    async def project_list(self, req: NamesRequest) -> ProjectList:
+        items = await self.projects.items()
+        wanted = items.values() if req.all else (items[n] for n in req.names if n in items)
+        return ProjectList(projects=sorted(wanted, key=lambda p: p.name))
+
     async def hello(self, req: AgentHello) -> AgentWelcome:
         record, revision = await self._record(req.cluster)
         admitted = logic.admit(record, req)
@@ -157,20 +185,17 @@ class Registry:
         return AgentWelcome(cluster=record.name, heartbeat_interval=self.settings.heartbeat_interval)
 
 
-async def run(
-    settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None
-) -> None:
+async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None) -> None:
     telemetry = telemetry or Telemetry.create("registry", settings.common.telemetry)
     nc = await connect(settings.common.bus, "registry")
     try:
         js = nc.jetstream()
         replicas = settings.common.bus.replicas
         await ensure_platform_streams(js, replicas)
-        clusters = await ensure_bucket(
-            js, subjects.BUCKET_CLUSTERS, ClusterRecord, replicas=replicas, history=5
-        )
+        clusters = await ensure_bucket(js, subjects.BUCKET_CLUSTERS, ClusterRecord, replicas=replicas, history=5)
         uids = await ensure_bucket(js, subjects.BUCKET_CLUSTER_UIDS, ClusterUidClaim, replicas=replicas)
-        registry = Registry(settings, nc, js, clusters, uids)
+        projects = await ensure_bucket(js, subjects.BUCKET_PROJECTS, ProjectRecord, replicas=replicas, history=5)
+        registry = Registry(settings, nc, js, clusters, uids, projects)
         host = ServiceHost(nc, "registry", VERSION, telemetry.tracer(__name__))
         R = subjects.Registry
         host.endpoint(R.CLUSTER_CREATE, ClusterCreate, registry.create)
@@ -179,6 +204,9 @@ async def run(
         host.endpoint(R.CLUSTER_DISCONNECT, NameRequest, registry.disconnect)
         host.endpoint(R.AGENT_BOOTSTRAP, AgentBootstrap, registry.bootstrap)
         host.endpoint(R.AGENT_HELLO, AgentHello, registry.hello)
+        host.endpoint(subjects.Projects.CREATE, ProjectCreate, registry.project_create)
+        host.endpoint(subjects.Projects.GET, NameRequest, registry.project_get)
+        host.endpoint(subjects.Projects.LIST, NamesRequest, registry.project_list)
         async with host:
             logger.info("registry ready")
             if ready:

@@ -1,0 +1,429 @@
+"""Pure lifecycle rules: placement, quotas, transitions, phases, RBAC, reconciliation.
+
+No I/O and no clock: ``now`` and operation ids are passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import msgspec
+
+from schemas.conditions import set_condition
+from schemas.errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable
+from schemas.messages import (
+    ClusterRecord,
+    CommandResult,
+    Condition,
+    Failure,
+    InventoryItem,
+    Member,
+    Membership,
+    Observed,
+    Presence,
+    ProjectRecord,
+    Quota,
+    Resources,
+    Role,
+    WorkloadCreate,
+    WorkloadKind,
+    WorkloadRecord,
+    WorkloadSpec,
+)
+from schemas.names import check_name
+from schemas.units import format_version, parse_version
+
+SUPPORTED_MINORS = range(31, 37)
+DEFAULT_VERSION = "v1.36"
+DEFAULT_RESOURCES: dict[str, Resources] = {
+    "tenant": Resources(cpu=1.0, memory=2 * 1024**3),
+    "space": Resources(cpu=0.5, memory=1 * 1024**3),
+}
+
+Phase = Literal["Pending", "Ready", "Sleeping", "Upgrading", "Deleting", "Failed"]
+
+
+# --- versions ------------------------------------------------------------------------
+def check_version(text: str) -> str:
+    minor, patch = parse_version(text)
+    if minor not in SUPPORTED_MINORS:
+        supported = ", ".join(f"v1.{m}" for m in SUPPORTED_MINORS)
+        raise InvalidInput(f"unsupported Kubernetes version {text!r}: supported are {supported}")
+    return format_version(minor, patch)
+
+
+def check_upgrade(current: str, target: str, name: str) -> str:
+    target = check_version(target)
+    cur_minor, cur_patch = parse_version(current)
+    new_minor, new_patch = parse_version(target)
+    if (new_minor, new_patch or 0) < (cur_minor, cur_patch or 0):
+        raise InvalidInput(f"cannot downgrade tenant {name!r} from {current} to {target}")
+    if new_minor > cur_minor + 1:
+        raise InvalidInput(
+            f"cannot upgrade tenant {name!r} from {current} to {target}: upgrade one minor version at a time "
+            f"(next: v1.{cur_minor + 1})"
+        )
+    if target == current:
+        raise InvalidInput(f"tenant {name!r} already runs {current}")
+    return target
+
+
+# --- placement ---------------------------------------------------------------------------
+def cluster_allowed(project: ProjectRecord, cluster: ClusterRecord) -> bool:
+    if not project.clusters and not project.cluster_selector:
+        return True
+    if cluster.name in project.clusters:
+        return True
+    return bool(project.cluster_selector) and all(
+        cluster.labels.get(k) == v for k, v in project.cluster_selector.items()
+    )
+
+
+def used_on(records: Iterable[WorkloadRecord], cluster: str) -> Resources:
+    cpu, memory = 0.0, 0
+    for r in records:
+        if r.spec.cluster == cluster and r.spec.state != "deleted":
+            cpu += r.spec.resources.cpu
+            memory += r.spec.resources.memory
+    return Resources(cpu=cpu, memory=memory)
+
+
+def room(cluster: str, presence: Presence | None, records: Iterable[WorkloadRecord], need: Resources) -> bool:
+    if presence is None:
+        return False
+    cap = presence.health.capacity
+    used = used_on(records, cluster)
+    return used.cpu + need.cpu <= cap.cpu and used.memory + need.memory <= cap.memory
+
+
+def place(
+    project: ProjectRecord,
+    requested: str,
+    clusters: Mapping[str, ClusterRecord],
+    presence: Mapping[str, Presence],
+    records: list[WorkloadRecord],
+    need: Resources,
+) -> str:
+    """The cluster a new tenant or space goes to."""
+    if requested:
+        check_name(requested, "cluster name")
+        cluster = clusters.get(requested)
+        if cluster is None or cluster.state == "disconnected":
+            raise NotFound(f"cluster {requested!r} not found")
+        if not cluster_allowed(project, cluster):
+            raise Forbidden(f"project {project.name!r} may not use cluster {requested!r}")
+        # An offline cluster is fine when named: the command waits for its agent.
+        p = presence.get(requested)
+        if p is not None and p.health.capacity.cpu and not room(requested, p, records, need):
+            raise Conflict(f"cluster {requested!r} has no room for {need.cpu:g} CPU and {_gib(need.memory)} memory")
+        return requested
+    candidates = [
+        c
+        for c in clusters.values()
+        if c.state == "connected"
+        and cluster_allowed(project, c)
+        and presence.get(c.name) is not None
+        and presence[c.name].online
+    ]
+    if not candidates:
+        raise Unavailable(f"no online cluster is available to project {project.name!r}")
+    fitting = [c for c in candidates if room(c.name, presence.get(c.name), records, need)]
+    if not fitting:
+        raise Conflict(
+            f"no online cluster of project {project.name!r} has room for {need.cpu:g} CPU and {_gib(need.memory)}"
+        )
+
+    def free_cpu(c: ClusterRecord) -> float:
+        return presence[c.name].health.capacity.cpu - used_on(records, c.name).cpu
+
+    return max(fitting, key=lambda c: (free_cpu(c), c.name)).name
+
+
+def _gib(n: int) -> str:
+    return f"{n / 1024**3:g}Gi"
+
+
+# --- quotas --------------------------------------------------------------------------------
+def check_quota(
+    project: ProjectRecord, records: Iterable[WorkloadRecord], kind: WorkloadKind, add: Resources, *, count: int = 1
+) -> None:
+    """Raise Forbidden naming the quota that ``add`` (and ``count`` more of ``kind``) would exceed."""
+    q: Quota = project.quota
+    live = [r for r in records if r.spec.project == project.name and r.spec.state != "deleted"]
+    n = sum(1 for r in live if r.spec.kind == kind) + count
+    limit = q.tenants if kind == "tenant" else q.spaces
+    if limit is not None and n > limit:
+        raise Forbidden(f"quota exceeded: project {project.name!r} allows {limit} {kind}s ({n - count} in use)")
+    cpu = sum(r.spec.resources.cpu for r in live) + add.cpu
+    if q.cpu is not None and cpu > q.cpu + 1e-9:
+        raise Forbidden(f"quota exceeded: project {project.name!r} allows {q.cpu:g} CPU (would use {cpu:g})")
+    memory = sum(r.spec.resources.memory for r in live) + add.memory
+    if q.memory is not None and memory > q.memory:
+        raise Forbidden(
+            f"quota exceeded: project {project.name!r} allows {_gib(q.memory)} memory (would use {_gib(memory)})"
+        )
+
+
+# --- RBAC ------------------------------------------------------------------------------------
+def members_for(membership: Membership, owner: str) -> tuple[Member, ...]:
+    """Who may use one tenant cluster or space, and how.
+
+    Project admins administer everything; the owner administers their own; other
+    users and viewers may look.
+    """
+    out: dict[str, Member] = {}
+
+    def level(role: Role, is_owner: bool) -> Literal["admin", "edit", "view"]:
+        if role == "admin" or (is_owner and role == "user"):
+            return "admin"
+        return "view"
+
+    for user, role in sorted(membership.users.items()):
+        out[f"user:{user}"] = Member(subject=f"user:{user}", access=level(role, user == owner))
+    for team, role in sorted(membership.teams.items()):
+        out[f"team:{team}"] = Member(subject=f"team:{team}", access=level(role, False))
+    return tuple(out.values())
+
+
+# --- records and transitions ---------------------------------------------------------------------
+def key(spec: WorkloadSpec) -> str:
+    return f"{spec.kind}.{spec.project}.{spec.name}"
+
+
+def validate_create(req: WorkloadCreate) -> None:
+    check_name(req.project, "project name")
+    check_name(req.name, f"{req.kind} name")
+    if req.cluster:
+        check_name(req.cluster, "cluster name")
+    if req.kind == "space" and (req.version or req.sleep_after):
+        raise InvalidInput("spaces have no version and do not sleep")
+    if req.version:
+        check_version(req.version)
+    if req.sleep_after < 0:
+        raise InvalidInput("sleep_after must not be negative")
+    if req.resources is not None and (req.resources.cpu < 0 or req.resources.memory < 0):
+        raise InvalidInput("resources must not be negative")
+
+
+def new_record(
+    req: WorkloadCreate, project: ProjectRecord, cluster: str, membership: Membership, now: float, op_id: str
+) -> WorkloadRecord:
+    spec = WorkloadSpec(
+        kind=req.kind,
+        project=req.project,
+        name=req.name,
+        cluster=cluster,
+        state="running",
+        version=check_version(req.version or DEFAULT_VERSION) if req.kind == "tenant" else "",
+        resources=req.resources or DEFAULT_RESOURCES[req.kind],
+        members=members_for(membership, req.created_by),
+        quota=project.quota,
+    )
+    record = WorkloadRecord(
+        spec=spec,
+        generation=1,
+        op_id=op_id,
+        operation="create",
+        created_by=req.created_by,
+        created_at=now,
+        updated_at=now,
+        sleep_after=req.sleep_after,
+        last_activity=now,
+    )
+    return with_conditions(record, now)
+
+
+def _bump(
+    record: WorkloadRecord, spec: WorkloadSpec, operation: str, op_id: str, now: float, activity: bool = True
+) -> WorkloadRecord:
+    new = msgspec.structs.replace(
+        record,
+        spec=spec,
+        generation=record.generation + 1,
+        op_id=op_id,
+        operation=operation,
+        updated_at=now,
+        last_activity=now if activity else record.last_activity,
+    )
+    return with_conditions(new, now)
+
+
+def act(record: WorkloadRecord, action: str, version: str, op_id: str, now: float) -> WorkloadRecord | None:
+    """Apply a user action; None when it changes nothing (already in that desired state)."""
+    spec = record.spec
+    what = f"{spec.kind} {spec.name!r}"
+    if spec.state == "deleted":
+        if action == "delete":
+            return None
+        raise Conflict(f"cannot {action} {what}: it is being deleted")
+    if action == "delete":
+        return _bump(record, msgspec.structs.replace(spec, state="deleted"), "delete", op_id, now)
+    if spec.kind != "tenant":
+        raise InvalidInput(f"cannot {action} {what}: only tenant clusters can {action}")
+    if action == "sleep":
+        if spec.state == "sleeping":
+            return None
+        return _bump(record, msgspec.structs.replace(spec, state="sleeping"), "sleep", op_id, now, activity=False)
+    if action == "wake":
+        if spec.state == "running":
+            return None
+        return _bump(record, msgspec.structs.replace(spec, state="running"), "wake", op_id, now)
+    if action == "upgrade":
+        if not version:
+            raise InvalidInput("upgrade needs a version")
+        target = check_upgrade(spec.version, version, spec.name)
+        return _bump(record, msgspec.structs.replace(spec, version=target), "upgrade", op_id, now)
+    raise InvalidInput(f"unknown action {action!r}: expected sleep, wake, upgrade or delete")
+
+
+def with_members(record: WorkloadRecord, membership: Membership, op_id: str, now: float) -> WorkloadRecord | None:
+    members = members_for(membership, record.created_by)
+    if members == record.spec.members or record.spec.state == "deleted":
+        return None
+    return _bump(record, msgspec.structs.replace(record.spec, members=members), "access", op_id, now, activity=False)
+
+
+def observe(record: WorkloadRecord, result: CommandResult, now: float) -> tuple[WorkloadRecord, bool]:
+    """Fold an agent's result in. Returns (record, gone): gone when a delete is done."""
+    if result.ok:
+        if record.observed is not None and record.observed.generation > result.generation:
+            return record, False  # an older result arriving late
+        observed = Observed(generation=result.generation, state=result.state, version=result.version, at=result.at)
+        failure = record.failure if record.failure and record.failure.generation > result.generation else None
+        new = msgspec.structs.replace(record, observed=observed, failure=failure, updated_at=now)
+        gone = result.state == "deleted" and result.generation >= record.generation
+        return with_conditions(new, now), gone
+    if result.generation < record.generation:
+        return record, False  # a stale failure: a newer generation is on its way
+    failure = Failure(
+        generation=result.generation, reason=result.reason or "ApplyFailed", message=result.message, at=result.at or now
+    )
+    return with_conditions(msgspec.structs.replace(record, failure=failure, updated_at=now), now), False
+
+
+def touch(record: WorkloadRecord, last_activity: float) -> WorkloadRecord | None:
+    if last_activity <= record.last_activity:
+        return None
+    return msgspec.structs.replace(record, last_activity=last_activity)
+
+
+def due_for_sleep(record: WorkloadRecord, now: float) -> bool:
+    return (
+        record.spec.kind == "tenant"
+        and record.spec.state == "running"
+        and record.sleep_after > 0
+        and now - record.last_activity > record.sleep_after
+    )
+
+
+# --- phases and conditions --------------------------------------------------------------------
+def in_sync(record: WorkloadRecord) -> bool:
+    return record.observed is not None and record.observed.generation >= record.generation
+
+
+def phase(record: WorkloadRecord) -> Phase:
+    spec, obs = record.spec, record.observed
+    if spec.state == "deleted":
+        return "Deleting"
+    if record.failure is not None and record.failure.generation >= record.generation:
+        return "Failed"
+    if obs is None:
+        return "Pending"
+    if in_sync(record):
+        return "Sleeping" if obs.state == "sleeping" else "Ready"
+    if spec.state == "running" and obs.version and spec.version != obs.version:
+        return "Upgrading"
+    if spec.state == "sleeping":
+        return "Sleeping"
+    return "Pending"
+
+
+def with_conditions(record: WorkloadRecord, now: float) -> WorkloadRecord:
+    p = phase(record)
+    conditions = record.conditions
+    if record.failure is not None and p == "Failed":
+        ready = Condition(
+            type="Ready",
+            status="False",
+            reason=record.failure.reason,
+            message=record.failure.message,
+            last_transition_time=now,
+        )
+    elif p in ("Ready", "Sleeping"):
+        ready = Condition(
+            type="Ready",
+            status="True" if p == "Ready" else "False",
+            reason="Applied" if p == "Ready" else "Asleep",
+            message=f"generation {record.generation} applied",
+            last_transition_time=now,
+        )
+    else:
+        ready = Condition(
+            type="Ready",
+            status="False",
+            reason=p,
+            message=f"waiting for the agent to apply {record.operation} (generation {record.generation})",
+            last_transition_time=now,
+        )
+    conditions = set_condition(conditions, ready)
+    synced = in_sync(record)
+    conditions = set_condition(
+        conditions,
+        Condition(
+            type="Synced",
+            status="True" if synced else "False",
+            reason="InSync" if synced else "CommandPending",
+            message="observed state matches desired" if synced else "the command waits for the cluster's agent",
+            last_transition_time=now,
+        ),
+    )
+    return msgspec.structs.replace(record, conditions=conditions)
+
+
+# --- reconciliation ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Resync:
+    resend: list[WorkloadRecord]
+    """Desired objects missing or stale on the cluster: send again."""
+    orphans: list[InventoryItem]
+    """Objects on the cluster the platform does not want: delete."""
+    done: list[WorkloadRecord]
+    """Desired deletions the cluster already shows done: forget the record."""
+    held_back: bool
+    """True when deletes were held back because the desired state is empty (grace period)."""
+
+
+def reconcile(
+    desired: list[WorkloadRecord],
+    inventory: Iterable[InventoryItem],
+    *,
+    empty_since: float | None,
+    now: float,
+    grace: float,
+) -> Resync:
+    have = {(i.kind, i.project, i.name): i for i in inventory}
+    want = {(r.spec.kind, r.spec.project, r.spec.name): r for r in desired}
+    resend, done = [], []
+    for k, r in want.items():
+        item = have.get(k)
+        if r.spec.state == "deleted":
+            if item is None:
+                done.append(r)
+            elif item.generation < r.generation:
+                resend.append(r)
+            continue
+        if item is None or item.generation < r.generation:
+            resend.append(r)
+    orphans = [i for k, i in have.items() if k not in want]
+    held_back = False
+    live_wanted = [r for r in desired if r.spec.state != "deleted"]
+    if orphans and not live_wanted and (empty_since is None or now - empty_since < grace):
+        # An empty desired state never deletes everything at once.
+        held_back, orphans = True, []
+    return Resync(resend=resend, orphans=orphans, done=done, held_back=held_back)
+
+
+def orphan_spec(item: InventoryItem, cluster: str) -> WorkloadSpec:
+    return WorkloadSpec(kind=item.kind, project=item.project, name=item.name, cluster=cluster, state="deleted")
