@@ -83,3 +83,159 @@ class HealthzOut(ApiModel):
 class WhoAmIOut(ApiModel):
     user: str
     platform_admin: bool
+
+
+# --- users, teams, projects ---------------------------------------------------------------
+RoleName = Literal["admin", "user", "viewer"]
+Phase = Literal["Pending", "Ready", "Sleeping", "Upgrading", "Deleting", "Failed"]
+
+
+class UserIn(ApiModel):
+    name: str = Field(description="DNS-1123 label", max_length=63)
+    email: str = Field("", max_length=254)
+    platform_admin: bool = False
+
+
+class UserOut(ApiModel):
+    name: str
+    email: str
+    platform_admin: bool
+    created_at: datetime | None
+
+
+class UserCreatedOut(ApiModel):
+    user: UserOut
+    token: str = Field(description="The user's API token; shown only once")
+
+
+class UserListOut(ApiModel):
+    items: list[UserOut]
+
+
+class TeamIn(ApiModel):
+    name: str = Field(max_length=63)
+    members: list[str] = Field(default_factory=list)
+
+
+class TeamMemberIn(ApiModel):
+    user: str = Field(max_length=63)
+
+
+class TeamOut(ApiModel):
+    name: str
+    members: list[str]
+    created_at: datetime | None
+
+
+class TeamListOut(ApiModel):
+    items: list[TeamOut]
+
+
+class QuotaModel(ApiModel):
+    tenants: int | None = Field(None, ge=0)
+    spaces: int | None = Field(None, ge=0)
+    cpu: float | None = Field(None, ge=0, description="CPU cores")
+    memory: int | None = Field(None, ge=0, description="Bytes")
+
+
+class ProjectIn(ApiModel):
+    name: str = Field(max_length=63)
+    display_name: str = Field("", max_length=1024)
+    clusters: list[str] = Field(default_factory=list, description="Clusters the project may use")
+    cluster_selector: dict[str, str] = Field(default_factory=dict, description="Or clusters with these labels")
+    quota: QuotaModel = Field(default_factory=QuotaModel)
+
+
+class MemberOut(ApiModel):
+    kind: Literal["user", "team"]
+    name: str
+    role: RoleName
+
+
+class UsageOut(ApiModel):
+    tenants: int
+    spaces: int
+    cpu: float
+    memory: int
+
+
+class ProjectOut(ApiModel):
+    name: str
+    display_name: str
+    clusters: list[str]
+    cluster_selector: dict[str, str]
+    quota: QuotaModel
+    members: list[MemberOut]
+    usage: UsageOut
+    my_role: RoleName | None = Field(description="The caller's role (None for a platform admin who is no member)")
+    created_by: str
+    created_at: datetime | None
+
+
+class ProjectListOut(ApiModel):
+    items: list[ProjectOut]
+
+
+class MemberIn(ApiModel):
+    user: str = Field("", max_length=63)
+    team: str = Field("", max_length=63)
+    role: RoleName
+
+
+# --- tenant clusters and spaces ------------------------------------------------------------
+class WorkloadIn(ApiModel):
+    name: str = Field(max_length=63)
+    cluster: str = Field("", max_length=63, description="Empty: the platform picks one")
+    version: str = Field("", max_length=32, description="Tenant clusters: Kubernetes version, e.g. v1.36")
+    sleep_after: float = Field(0, ge=0, description="Tenant clusters: seconds idle before sleeping (0: never)")
+    cpu: float | None = Field(None, ge=0)
+    memory: int | None = Field(None, ge=0)
+
+
+class UpgradeIn(ApiModel):
+    version: str = Field(max_length=32)
+
+
+class RbacMemberOut(ApiModel):
+    subject: str
+    access: Literal["admin", "edit", "view"]
+
+
+class DesiredOut(ApiModel):
+    generation: int
+    state: Literal["running", "sleeping", "deleted"]
+    version: str
+    cpu: float
+    memory: int
+    members: list[RbacMemberOut]
+    operation: str
+    op_id: str
+
+
+class ObservedOut(ApiModel):
+    generation: int
+    state: Literal["running", "sleeping", "deleted"]
+    version: str
+    at: datetime | None
+
+
+class WorkloadOut(ApiModel):
+    kind: Literal["tenant", "space"]
+    name: str
+    project: str
+    cluster: str
+    version: str
+    phase: Phase
+    desired: DesiredOut
+    observed: ObservedOut | None
+    in_sync: bool
+    failure: str | None
+    conditions: list[ConditionOut]
+    sleep_after: float
+    last_activity: datetime | None
+    created_by: str
+    created_at: datetime | None
+
+
+class WorkloadListOut(ApiModel):
+    items: list[WorkloadOut]

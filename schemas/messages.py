@@ -279,6 +279,16 @@ class ProjectRecord(Message, frozen=True, tag="project-record.v1"):
     created_by: str = ""
     created_at: float = 0.0
 
+    def allows(self, cluster: ClusterRecord) -> bool:
+        """May this project use ``cluster``? (No list and no selector: any cluster.)"""
+        if not self.clusters and not self.cluster_selector:
+            return True
+        if cluster.name in self.clusters:
+            return True
+        return bool(self.cluster_selector) and all(
+            cluster.labels.get(k) == v for k, v in self.cluster_selector.items()
+        )
+
 
 class ProjectCreate(Message, frozen=True, tag="project-create.v1"):
     name: str
@@ -442,6 +452,8 @@ class WorkloadRecord(Message, frozen=True, tag="workload-record.v1"):
     observed: Observed | None = None
     failure: Failure | None = None
     conditions: tuple[Condition, ...] = ()
+    phase: str = "Pending"
+    """Pending, Ready, Sleeping, Upgrading, Deleting or Failed; kept by lifecycle on every write."""
 
 
 class WorkloadCreate(Message, frozen=True, tag="workload-create.v1"):

@@ -211,14 +211,25 @@ class Access:
             await (self._user(name) if kind == "user" else self._team(name))
         try:
             await self.members.mutate(req.project, lambda current: logic.change_membership(current, req))
-        finally:
-            # Announce the current revision whatever happened, even a no-op or a
-            # removal that found nothing: a retry after a crash between the write
-            # and the publish must still announce it (same Nats-Msg-Id: deduplicated).
-            found = await self.members.get(req.project)
-            if found is not None:
-                await self._announce(req.project, found[1])
-        return found[0] if found else Membership(project=req.project)
+        except NotFound:
+            # Removing someone already gone: maybe our own earlier attempt, which
+            # crashed between the write and the publish. Announce the current revision.
+            await self._announce_current(req.project)
+            raise
+        return await self._announce_current(req.project)
+
+    async def _announce_current(self, project: str) -> Membership:
+        """Announce the project's current revision, even after a no-op.
+
+        A retry after a crash between the write and the publish must still
+        announce it; the same revision gives the same Nats-Msg-Id, so it is
+        deduplicated when it was already announced.
+        """
+        found = await self.members.get(project)
+        if found is None:
+            return Membership(project=project)
+        await self._announce(project, found[1])
+        return found[0]
 
     async def _announce(self, project: str, revision: int) -> None:
         event = encode(MembershipChanged(project=project, at=time.time()))
@@ -229,7 +240,8 @@ class Access:
                 return
             except Exception as exc:  # a leader election answers 503; retry with the same id
                 logger.warning("announcing members of %r (attempt %d): %r", project, attempt + 1, exc)
-                await asyncio.sleep(backoff_delay(attempt, base=0.2, cap=2.0))
+                if attempt + 1 < PUBLISH_ATTEMPTS:
+                    await asyncio.sleep(backoff_delay(attempt, base=0.2, cap=2.0))
         raise Unavailable(f"members of project {project!r} were saved but the change could not be announced")
 
     async def members_get(self, req: NameRequest) -> Membership:

@@ -6,9 +6,10 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Annotated
+from enum import Enum
+from typing import Annotated, Literal
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -21,22 +22,61 @@ from schemas.api import (
     ClusterOut,
     ErrorResponse,
     HealthzOut,
+    MemberIn,
+    ProjectIn,
+    ProjectListOut,
+    ProjectOut,
+    TeamIn,
+    TeamListOut,
+    TeamMemberIn,
+    TeamOut,
+    UpgradeIn,
+    UserCreatedOut,
+    UserIn,
+    UserListOut,
     WhoAmIOut,
+    WorkloadIn,
+    WorkloadListOut,
+    WorkloadOut,
 )
 from schemas.errors import Forbidden, TetherError, Unauthenticated
 from schemas.messages import (
     Authenticate,
+    Authorize,
     ClusterConnectInfo,
     ClusterCreate,
     ClusterList,
     ClusterRecord,
+    Decision,
     Empty,
     M,
+    MemberChange,
+    Membership,
     Message,
     NameRequest,
+    NamesRequest,
     Presence,
     PresenceList,
     Principal,
+    ProjectCreate,
+    ProjectList,
+    ProjectRecord,
+    Quota,
+    Resources,
+    TeamCreate,
+    TeamList,
+    TeamMemberAdd,
+    TeamRecord,
+    UserCreate,
+    UserCreated,
+    UserList,
+    VisibleProjects,
+    WorkloadAction,
+    WorkloadCreate,
+    WorkloadList,
+    WorkloadQuery,
+    WorkloadRecord,
+    WorkloadRef,
 )
 from schemas.names import check_name
 from services.api import logic
@@ -199,4 +239,299 @@ def create_app(platform: Platform) -> FastAPI:
         record = await platform.call(subjects.Registry.CLUSTER_DISCONNECT, NameRequest(name=name), ClusterRecord)
         return logic.cluster_view(record, await presence_of(name))
 
+    install_access_routes(app, platform)
+    install_workload_routes(app, platform)
     return app
+
+
+async def authorize(platform: Platform, who: Principal, action: str, project: str = "", owner: str = "") -> Decision:
+    """Ask access whether ``who`` may do ``action``; raise Forbidden with its reason when not."""
+    if who.platform_admin:
+        return Decision(allowed=True, reason="platform admin")
+    decision = await platform.call(
+        subjects.Access.AUTHORIZE, Authorize(user=who.user, action=action, project=project, owner=owner), Decision
+    )
+    if not decision.allowed:
+        raise Forbidden(decision.reason)
+    return decision
+
+
+async def visible(platform: Platform, who: Principal) -> VisibleProjects:
+    return await platform.call(subjects.Access.VISIBLE, NameRequest(name=who.user), VisibleProjects)
+
+
+async def all_workloads(platform: Platform) -> list[WorkloadRecord]:
+    tenants, spaces = await asyncio.gather(
+        platform.call(subjects.Lifecycle.LIST, WorkloadQuery(kind="tenant", all=True), WorkloadList),
+        platform.call(subjects.Lifecycle.LIST, WorkloadQuery(kind="space", all=True), WorkloadList),
+    )
+    return tenants.items + spaces.items
+
+
+def install_access_routes(app: FastAPI, platform: Platform) -> None:
+    @app.post("/api/v1/users", response_model=UserCreatedOut, status_code=201, responses=ERRORS, tags=["access"])
+    async def create_user(body: UserIn, who: Who) -> UserCreatedOut:
+        require_admin(who)
+        created = await platform.call(
+            subjects.Access.USER_CREATE,
+            UserCreate(name=body.name, email=body.email, platform_admin=body.platform_admin),
+            UserCreated,
+        )
+        return UserCreatedOut(user=logic.user_view(created.user), token=created.token)
+
+    @app.get("/api/v1/users", response_model=UserListOut, responses=ERRORS, tags=["access"])
+    async def list_users(who: Who) -> UserListOut:
+        require_admin(who)
+        users = await platform.call(subjects.Access.USER_LIST, Empty(), UserList)
+        return UserListOut(items=[logic.user_view(u) for u in users.users])
+
+    @app.post("/api/v1/teams", response_model=TeamOut, status_code=201, responses=ERRORS, tags=["access"])
+    async def create_team(body: TeamIn, who: Who) -> TeamOut:
+        require_admin(who)
+        team = await platform.call(
+            subjects.Access.TEAM_CREATE, TeamCreate(name=body.name, members=tuple(body.members)), TeamRecord
+        )
+        return logic.team_view(team)
+
+    @app.get("/api/v1/teams", response_model=TeamListOut, responses=ERRORS, tags=["access"])
+    async def list_teams(who: Who) -> TeamListOut:
+        require_admin(who)
+        teams = await platform.call(subjects.Access.TEAM_LIST, Empty(), TeamList)
+        return TeamListOut(items=[logic.team_view(t) for t in teams.teams])
+
+    @app.post("/api/v1/teams/{team}/members", response_model=TeamOut, responses=ERRORS, tags=["access"])
+    async def add_team_member(team: str, body: TeamMemberIn, who: Who) -> TeamOut:
+        require_admin(who)
+        check_name(team, "team name")
+        record = await platform.call(
+            subjects.Access.TEAM_ADD_MEMBER, TeamMemberAdd(team=team, user=body.user), TeamRecord
+        )
+        return logic.team_view(record)
+
+    async def project_out(name: str, who: Who, role: str | None) -> ProjectOut:
+        project, membership, records = await asyncio.gather(
+            platform.call(subjects.Projects.GET, NameRequest(name=name), ProjectRecord),
+            platform.call(subjects.Access.MEMBERS_GET, NameRequest(name=name), Membership),
+            all_workloads(platform),
+        )
+        return logic.project_view(project, membership, records, role)
+
+    @app.post("/api/v1/projects", response_model=ProjectOut, status_code=201, responses=ERRORS, tags=["projects"])
+    async def create_project(body: ProjectIn, who: Who) -> ProjectOut:
+        require_admin(who)
+        q = body.quota
+        await platform.call(
+            subjects.Projects.CREATE,
+            ProjectCreate(
+                name=body.name,
+                display_name=body.display_name,
+                clusters=tuple(body.clusters),
+                cluster_selector=body.cluster_selector,
+                created_by=who.user,
+                quota=Quota(tenants=q.tenants, spaces=q.spaces, cpu=q.cpu, memory=q.memory),
+            ),
+            ProjectRecord,
+        )
+        return await project_out(body.name, who, None)
+
+    @app.get("/api/v1/projects", response_model=ProjectListOut, responses=ERRORS, tags=["projects"])
+    async def list_projects(who: Who) -> ProjectListOut:
+        seen = await visible(platform, who)
+        projects, records = await asyncio.gather(
+            platform.call(subjects.Projects.LIST, NamesRequest(names=tuple(seen.projects), all=seen.all), ProjectList),
+            all_workloads(platform),
+        )
+        memberships = await asyncio.gather(
+            *(
+                platform.call(subjects.Access.MEMBERS_GET, NameRequest(name=p.name), Membership)
+                for p in projects.projects
+            )
+        )
+        return ProjectListOut(
+            items=[
+                logic.project_view(p, m, records, seen.projects.get(p.name))
+                for p, m in zip(projects.projects, memberships, strict=True)
+            ]
+        )
+
+    @app.get("/api/v1/projects/{name}", response_model=ProjectOut, responses=ERRORS, tags=["projects"])
+    async def get_project(name: str, who: Who) -> ProjectOut:
+        check_name(name, "project name")
+        decision = await authorize(platform, who, "project.read", name)
+        return await project_out(name, who, decision.role)
+
+    @app.put("/api/v1/projects/{name}/members", response_model=ProjectOut, responses=ERRORS, tags=["projects"])
+    async def set_member(name: str, body: MemberIn, who: Who) -> ProjectOut:
+        check_name(name, "project name")
+        decision = await authorize(platform, who, "project.manage", name)
+        await platform.call(subjects.Projects.GET, NameRequest(name=name), ProjectRecord)
+        await platform.call(
+            subjects.Access.MEMBER_SET,
+            MemberChange(project=name, user=body.user, team=body.team, role=body.role),
+            Membership,
+        )
+        return await project_out(name, who, decision.role)
+
+    @app.delete(
+        "/api/v1/projects/{name}/members/{kind}/{member}",
+        response_model=ProjectOut,
+        responses=ERRORS,
+        tags=["projects"],
+    )
+    async def remove_member(name: str, kind: Literal["user", "team"], member: str, who: Who) -> ProjectOut:
+        check_name(name, "project name")
+        decision = await authorize(platform, who, "project.manage", name)
+        await platform.call(subjects.Projects.GET, NameRequest(name=name), ProjectRecord)
+        change = MemberChange(
+            project=name, user=member if kind == "user" else "", team=member if kind == "team" else "", role=None
+        )
+        await platform.call(subjects.Access.MEMBER_SET, change, Membership)
+        return await project_out(name, who, decision.role)
+
+
+def install_workload_routes(app: FastAPI, platform: Platform) -> None:
+    for kind, plural in (("tenant", "tenants"), ("space", "spaces")):
+        _install_kind(app, platform, kind, plural)  # type: ignore[arg-type]
+
+
+def _install_kind(app: FastAPI, platform: Platform, kind: Literal["tenant", "space"], plural: str) -> None:
+    tags: list[str | Enum] = [plural]
+
+    async def fetch(project: str, name: str) -> WorkloadRecord:
+        return await platform.call(
+            subjects.Lifecycle.GET, WorkloadRef(kind=kind, project=project, name=name), WorkloadRecord
+        )
+
+    async def create(project: str, body: WorkloadIn, who: Who) -> WorkloadOut:
+        check_name(project, "project name")
+        await authorize(platform, who, "workload.create", project)
+        resources = None
+        if body.cpu is not None or body.memory is not None:
+            default = Resources(cpu=1.0, memory=1024**3)
+            resources = Resources(
+                cpu=body.cpu if body.cpu is not None else default.cpu,
+                memory=body.memory if body.memory is not None else default.memory,
+            )
+        record = await platform.call(
+            subjects.Lifecycle.CREATE,
+            WorkloadCreate(
+                kind=kind,
+                project=project,
+                name=body.name,
+                cluster=body.cluster,
+                version=body.version,
+                sleep_after=body.sleep_after,
+                resources=resources,
+                created_by=who.user,
+            ),
+            WorkloadRecord,
+        )
+        return logic.workload_view(record)
+
+    async def list_all(
+        who: Who,
+        project: Annotated[str | None, Query(description="Only this project")] = None,
+        cluster: Annotated[str | None, Query(description="Only this cluster")] = None,
+    ) -> WorkloadListOut:
+        if project is not None:
+            check_name(project, "project name")
+            await authorize(platform, who, "workload.read", project)
+            query = WorkloadQuery(kind=kind, projects=(project,), cluster=cluster or "")
+        else:
+            seen = await visible(platform, who)
+            query = WorkloadQuery(kind=kind, projects=tuple(seen.projects), all=seen.all, cluster=cluster or "")
+        records = await platform.call(subjects.Lifecycle.LIST, query, WorkloadList)
+        return WorkloadListOut(items=[logic.workload_view(r) for r in records.items])
+
+    async def get_one(project: str, name: str, who: Who) -> WorkloadOut:
+        check_name(project, "project name")
+        await authorize(platform, who, "workload.read", project)
+        return logic.workload_view(await fetch(project, name))
+
+    async def act(project: str, name: str, action: str, who: Who, version: str = "") -> WorkloadOut:
+        check_name(project, "project name")
+        check_name(name, f"{kind} name")
+        await authorize(platform, who, "workload.read", project)
+        current = await fetch(project, name)
+        await authorize(platform, who, "workload.manage", project, owner=current.created_by)
+        record = await platform.call(
+            subjects.Lifecycle.ACTION,
+            WorkloadAction(
+                kind=kind,
+                project=project,
+                name=name,
+                action=action,  # type: ignore[arg-type]
+                version=version,
+                by=who.user,
+            ),
+            WorkloadRecord,
+        )
+        return logic.workload_view(record)
+
+    async def delete(project: str, name: str, who: Who) -> WorkloadOut:
+        return await act(project, name, "delete", who)
+
+    base = f"/api/v1/projects/{{project}}/{plural}"
+    app.add_api_route(
+        base,
+        create,
+        methods=["POST"],
+        response_model=WorkloadOut,
+        status_code=201,
+        responses=ERRORS,
+        tags=tags,
+        name=f"create_{kind}",
+        summary=f"Create a {kind}",
+    )
+    app.add_api_route(
+        f"/api/v1/{plural}",
+        list_all,
+        methods=["GET"],
+        response_model=WorkloadListOut,
+        responses=ERRORS,
+        tags=tags,
+        name=f"list_{plural}",
+        summary=f"List {plural} the caller may see",
+    )
+    app.add_api_route(
+        f"{base}/{{name}}",
+        get_one,
+        methods=["GET"],
+        response_model=WorkloadOut,
+        responses=ERRORS,
+        tags=tags,
+        name=f"get_{kind}",
+        summary=f"Get a {kind}",
+    )
+    app.add_api_route(
+        f"{base}/{{name}}",
+        delete,
+        methods=["DELETE"],
+        response_model=WorkloadOut,
+        responses=ERRORS,
+        tags=tags,
+        name=f"delete_{kind}",
+        summary=f"Delete a {kind}",
+    )
+    if kind == "tenant":
+
+        async def sleep(project: str, name: str, who: Who) -> WorkloadOut:
+            return await act(project, name, "sleep", who)
+
+        async def wake(project: str, name: str, who: Who) -> WorkloadOut:
+            return await act(project, name, "wake", who)
+
+        async def upgrade(project: str, name: str, body: UpgradeIn, who: Who) -> WorkloadOut:
+            return await act(project, name, "upgrade", who, body.version)
+
+        for verb, fn in (("sleep", sleep), ("wake", wake), ("upgrade", upgrade)):
+            app.add_api_route(
+                f"{base}/{{name}}/{verb}",
+                fn,
+                methods=["POST"],
+                response_model=WorkloadOut,
+                responses=ERRORS,
+                tags=tags,
+                name=f"{verb}_tenant",
+                summary=f"{verb.capitalize()} a tenant",
+            )

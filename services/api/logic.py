@@ -5,9 +5,32 @@ from __future__ import annotations
 import shlex
 from datetime import UTC, datetime
 
-from schemas.api import CapacityOut, ClusterOut, ConditionOut
+from schemas.api import (
+    CapacityOut,
+    ClusterOut,
+    ConditionOut,
+    DesiredOut,
+    MemberOut,
+    ObservedOut,
+    ProjectOut,
+    QuotaModel,
+    RbacMemberOut,
+    TeamOut,
+    UsageOut,
+    UserOut,
+    WorkloadOut,
+)
 from schemas.errors import TetherError
-from schemas.messages import ClusterRecord, Condition, Presence
+from schemas.messages import (
+    ClusterRecord,
+    Condition,
+    Membership,
+    Presence,
+    ProjectRecord,
+    TeamRecord,
+    UserRecord,
+    WorkloadRecord,
+)
 
 HTTP_STATUS = {"400": 400, "401": 401, "403": 403, "404": 404, "409": 409, "410": 410, "503": 503}
 
@@ -62,3 +85,71 @@ def cluster_view(record: ClusterRecord, presence: Presence | None) -> ClusterOut
 
 def agent_command(nats_url: str, token: str) -> str:
     return f"tether agent run --server {shlex.quote(nats_url)} --token {shlex.quote(token)}"
+
+
+def workload_view(r: WorkloadRecord) -> WorkloadOut:
+    spec, obs = r.spec, r.observed
+    return WorkloadOut(
+        kind=spec.kind,
+        name=spec.name,
+        project=spec.project,
+        cluster=spec.cluster,
+        version=spec.version,
+        phase=r.phase,  # type: ignore[arg-type]
+        desired=DesiredOut(
+            generation=r.generation,
+            state=spec.state,
+            version=spec.version,
+            cpu=spec.resources.cpu,
+            memory=spec.resources.memory,
+            members=[RbacMemberOut(subject=m.subject, access=m.access) for m in spec.members],
+            operation=r.operation,
+            op_id=r.op_id,
+        ),
+        observed=ObservedOut(generation=obs.generation, state=obs.state, version=obs.version, at=ts(obs.at))
+        if obs
+        else None,
+        in_sync=obs is not None and obs.generation >= r.generation,
+        failure=f"{r.failure.reason}: {r.failure.message}" if r.failure and r.phase == "Failed" else None,
+        conditions=[_condition(c) for c in r.conditions],
+        sleep_after=r.sleep_after,
+        last_activity=ts(r.last_activity),
+        created_by=r.created_by,
+        created_at=ts(r.created_at),
+    )
+
+
+def user_view(u: UserRecord) -> UserOut:
+    return UserOut(name=u.name, email=u.email, platform_admin=u.platform_admin, created_at=ts(u.created_at))
+
+
+def team_view(t: TeamRecord) -> TeamOut:
+    return TeamOut(name=t.name, members=list(t.members), created_at=ts(t.created_at))
+
+
+def usage(project: str, records: list[WorkloadRecord]) -> UsageOut:
+    live = [r for r in records if r.spec.project == project and r.spec.state != "deleted"]
+    return UsageOut(
+        tenants=sum(r.spec.kind == "tenant" for r in live),
+        spaces=sum(r.spec.kind == "space" for r in live),
+        cpu=sum(r.spec.resources.cpu for r in live),
+        memory=sum(r.spec.resources.memory for r in live),
+    )
+
+
+def project_view(p: ProjectRecord, m: Membership, records: list[WorkloadRecord], my_role: str | None) -> ProjectOut:
+    members = [MemberOut(kind="user", name=n, role=role) for n, role in sorted(m.users.items())]
+    members += [MemberOut(kind="team", name=n, role=role) for n, role in sorted(m.teams.items())]
+    q = p.quota
+    return ProjectOut(
+        name=p.name,
+        display_name=p.display_name,
+        clusters=list(p.clusters),
+        cluster_selector=dict(p.cluster_selector),
+        quota=QuotaModel(tenants=q.tenants, spaces=q.spaces, cpu=q.cpu, memory=q.memory),
+        members=members,
+        usage=usage(p.name, records),
+        my_role=my_role,  # type: ignore[arg-type]
+        created_by=p.created_by,
+        created_at=ts(p.created_at),
+    )

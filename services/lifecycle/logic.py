@@ -71,16 +71,6 @@ def check_upgrade(current: str, target: str, name: str) -> str:
 
 
 # --- placement ---------------------------------------------------------------------------
-def cluster_allowed(project: ProjectRecord, cluster: ClusterRecord) -> bool:
-    if not project.clusters and not project.cluster_selector:
-        return True
-    if cluster.name in project.clusters:
-        return True
-    return bool(project.cluster_selector) and all(
-        cluster.labels.get(k) == v for k, v in project.cluster_selector.items()
-    )
-
-
 def used_on(records: Iterable[WorkloadRecord], cluster: str) -> Resources:
     cpu, memory = 0.0, 0
     for r in records:
@@ -112,7 +102,7 @@ def place(
         cluster = clusters.get(requested)
         if cluster is None or cluster.state == "disconnected":
             raise NotFound(f"cluster {requested!r} not found")
-        if not cluster_allowed(project, cluster):
+        if not project.allows(cluster):
             raise Forbidden(f"project {project.name!r} may not use cluster {requested!r}")
         # An offline cluster is fine when named: the command waits for its agent.
         p = presence.get(requested)
@@ -122,10 +112,7 @@ def place(
     candidates = [
         c
         for c in clusters.values()
-        if c.state == "connected"
-        and cluster_allowed(project, c)
-        and presence.get(c.name) is not None
-        and presence[c.name].online
+        if c.state == "connected" and project.allows(c) and presence.get(c.name) is not None and presence[c.name].online
     ]
     if not candidates:
         raise Unavailable(f"no online cluster is available to project {project.name!r}")
@@ -379,7 +366,7 @@ def with_conditions(record: WorkloadRecord, now: float) -> WorkloadRecord:
             last_transition_time=now,
         ),
     )
-    return msgspec.structs.replace(record, conditions=conditions)
+    return msgspec.structs.replace(record, conditions=conditions, phase=p)
 
 
 # --- reconciliation ---------------------------------------------------------------------------------
