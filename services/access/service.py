@@ -292,7 +292,6 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
         host = ServiceHost(nc, "access", VERSION, telemetry.tracer(__name__))
         A = subjects.Access
         host.endpoint(A.AUTHENTICATE, Authenticate, access.authenticate)
-        host.endpoint(A.BOOTSTRAP_ADMIN, AdminBootstrap, access.bootstrap_admin)
         host.endpoint(A.USER_CREATE, UserCreate, access.user_create)
         host.endpoint(A.USER_LIST, Empty, access.user_list)
         host.endpoint(A.TEAM_CREATE, TeamCreate, access.team_create)

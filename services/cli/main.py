@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated
 
 import typer
 
@@ -14,8 +14,11 @@ from schemas.errors import InvalidInput
 from schemas.names import check_name, parse_label
 from services.cli import output as out
 from services.cli.client import ApiError, Client
-from services.cli.config import NotLoggedIn, load_context, save_context
+from services.cli.common import OutputOpt, api, fail
+from services.cli.config import save_context
 from services.cli.output import Output
+from services.cli.people import project_app, team_app, user_app
+from services.cli.workloads import space_app, tenant_app
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -27,27 +30,11 @@ cluster_app = typer.Typer(no_args_is_help=True, help="Connected clusters.")
 agent_app = typer.Typer(no_args_is_help=True, help="The agent that connects a cluster.")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(agent_app, name="agent")
-
-OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    out.err.print(f"[red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
-def client() -> Client:
-    try:
-        return Client(load_context())
-    except NotLoggedIn as exc:
-        fail(str(exc))
-
-
-def api(method: str, path: str, **kwargs: Any) -> Any:
-    try:
-        return client().request(method, path, **kwargs)
-    except ApiError as exc:
-        fail(exc.message)
+app.add_typer(user_app, name="user")
+app.add_typer(team_app, name="team")
+app.add_typer(project_app, name="project")
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(space_app, name="space")
 
 
 # --- platform -------------------------------------------------------------------------
