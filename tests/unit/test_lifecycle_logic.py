@@ -1,0 +1,225 @@
+from __future__ import annotations
+
+import pytest
+
+from schemas.errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable
+from schemas.messages import (
+    Capacity,
+    ClusterHealth,
+    ClusterRecord,
+    CommandResult,
+    InventoryItem,
+    Membership,
+    Presence,
+    ProjectRecord,
+    Quota,
+    Resources,
+    WorkloadCreate,
+    WorkloadRecord,
+)
+from services.lifecycle import logic
+
+NOW = 1000.0
+MEMBERS = Membership(project="p1", users={"alice": "admin", "bob": "user", "carol": "viewer"}, teams={"devs": "user"})
+
+
+def project(**kw) -> ProjectRecord:  # type: ignore[no-untyped-def]
+    return ProjectRecord(name="p1", **kw)
+
+
+def tenant(name: str = "t1", cluster: str = "c1", owner: str = "bob", **kw) -> WorkloadRecord:  # type: ignore[no-untyped-def]
+    req = WorkloadCreate(kind="tenant", project="p1", name=name, created_by=owner, **kw)
+    return logic.new_record(req, project(), cluster, MEMBERS, NOW, f"op-{name}")
+
+
+def result(r: WorkloadRecord, ok: bool = True, **kw) -> CommandResult:  # type: ignore[no-untyped-def]
+    fields = dict(
+        op_id=r.op_id,
+        cluster=r.spec.cluster,
+        kind=r.spec.kind,
+        project=r.spec.project,
+        name=r.spec.name,
+        generation=r.generation,
+        ok=ok,
+        state=r.spec.state,
+        version=r.spec.version,
+        at=NOW,
+    )
+    fields.update(kw)
+    return CommandResult(**fields)  # type: ignore[arg-type]
+
+
+def cluster(name: str, labels: dict[str, str] | None = None, state: str = "connected") -> ClusterRecord:
+    return ClusterRecord(name=name, labels=labels or {}, state=state)  # type: ignore[arg-type]
+
+
+def presence(name: str, online: bool = True, cpu: float = 4, memory: int = 16 << 30) -> Presence:
+    return Presence(
+        cluster=name,
+        online=online,
+        health=ClusterHealth(nodes_ready=1, nodes_total=1, capacity=Capacity(cpu=cpu, memory=memory)),
+    )
+
+
+# --- create, phases, results ----------------------------------------------------------------------
+def test_a_new_tenant_is_pending_until_the_agent_reports() -> None:
+    r = tenant()
+    assert r.generation == 1 and r.phase == "Pending" and r.spec.version == logic.DEFAULT_VERSION
+    observed, gone = logic.observe(r, result(r), NOW + 1)
+    assert not gone and observed.phase == "Ready" and logic.in_sync(observed)
+    ready = next(c for c in observed.conditions if c.type == "Ready")
+    assert ready.status == "True"
+
+
+def test_sleep_wake_upgrade_delete_bump_generations_and_phases() -> None:
+    r, _ = logic.observe(tenant(version="v1.35"), result(tenant(version="v1.35")), NOW)
+    slept = logic.act(r, "sleep", "", "op2", NOW)
+    assert slept is not None and slept.generation == 2 and slept.spec.state == "sleeping"
+    assert logic.act(slept, "sleep", "", "op3", NOW) is None  # already asleep: no new operation
+    slept, _ = logic.observe(slept, result(slept), NOW)
+    assert slept.phase == "Sleeping"
+    woken = logic.act(slept, "wake", "", "op3", NOW)
+    assert woken is not None and woken.spec.state == "running"
+    woken, _ = logic.observe(woken, result(woken), NOW)
+    up = logic.act(woken, "upgrade", "1.36", "op4", NOW)
+    assert up is not None and up.spec.version == "v1.36" and up.phase == "Upgrading"
+    deleting = logic.act(up, "delete", "", "op5", NOW)
+    assert deleting is not None and deleting.phase == "Deleting"
+    _, gone = logic.observe(deleting, result(deleting, state="deleted"), NOW)
+    assert gone
+
+
+def test_illegal_transitions_are_conflicts_naming_the_reason() -> None:
+    deleting = logic.act(tenant(), "delete", "", "op2", NOW)
+    assert deleting is not None
+    with pytest.raises(Conflict, match="cannot wake tenant 't1': it is being deleted"):
+        logic.act(deleting, "wake", "", "op3", NOW)
+    assert logic.act(deleting, "delete", "", "op3", NOW) is None
+    space = logic.new_record(WorkloadCreate(kind="space", project="p1", name="s1"), project(), "c1", MEMBERS, NOW, "o")
+    with pytest.raises(InvalidInput, match="only tenant clusters can sleep"):
+        logic.act(space, "sleep", "", "op", NOW)
+
+
+@pytest.mark.parametrize(
+    ("current", "target", "message"),
+    [
+        ("v1.36", "v1.35", "cannot downgrade"),
+        ("v1.34", "v1.36", "one minor version at a time"),
+        ("v1.36", "v1.36", "already runs"),
+        ("v1.36", "2.0", "invalid Kubernetes version"),
+        ("v1.36", "v1.99", "unsupported Kubernetes version"),
+    ],
+)
+def test_bad_upgrades(current: str, target: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        logic.check_upgrade(current, target, "t1")
+
+
+def test_a_failure_is_reported_and_cleared_by_a_later_success() -> None:
+    r = tenant()
+    failed, _ = logic.observe(r, result(r, ok=False, reason="Forbidden", message="no RBAC"), NOW)
+    assert failed.phase == "Failed" and failed.failure is not None and failed.failure.reason == "Forbidden"
+    ok, _ = logic.observe(failed, result(r), NOW)
+    assert ok.phase == "Ready" and ok.failure is None
+
+
+def test_stale_results_do_not_move_state_backwards() -> None:
+    r = tenant()
+    r2 = logic.act(r, "sleep", "", "op2", NOW)
+    assert r2 is not None
+    newer, _ = logic.observe(r2, result(r2), NOW)
+    same, _ = logic.observe(newer, result(r), NOW)  # generation 1 arrives late
+    assert same.observed == newer.observed
+
+
+# --- access ------------------------------------------------------------------------------------------
+def test_members_for_gives_admins_and_the_owner_admin_others_view() -> None:
+    members = {m.subject: m.access for m in logic.members_for(MEMBERS, owner="bob")}
+    assert members == {"user:alice": "admin", "user:bob": "admin", "user:carol": "view", "team:devs": "view"}
+    members = {m.subject: m.access for m in logic.members_for(MEMBERS, owner="alice")}
+    assert members["user:bob"] == "view"
+
+
+def test_removing_a_member_bumps_the_generation_and_drops_them() -> None:
+    r = tenant()
+    fewer = Membership(project="p1", users={"alice": "admin", "bob": "user"})
+    changed = logic.with_members(r, fewer, "op2", NOW)
+    assert changed is not None and changed.generation == 2 and changed.operation == "access"
+    assert "user:carol" not in {m.subject for m in changed.spec.members}
+    assert logic.with_members(changed, fewer, "op3", NOW) is None
+
+
+# --- quotas and placement ----------------------------------------------------------------------------
+def test_quota_names_the_limit() -> None:
+    p = project(quota=Quota(tenants=1, cpu=1.5, memory=3 << 30))
+    records = [tenant()]
+    with pytest.raises(Forbidden, match="allows 1 tenants"):
+        logic.check_quota(p, records, "tenant", Resources(cpu=0.1))
+    with pytest.raises(Forbidden, match=r"allows 1.5 CPU \(would use 2\)"):
+        logic.check_quota(p, records, "space", Resources(cpu=1))
+    with pytest.raises(Forbidden, match="allows 3Gi memory"):
+        logic.check_quota(p, records, "space", Resources(memory=2 << 30))
+    logic.check_quota(p, records, "space", Resources(cpu=0.5, memory=1 << 30))
+
+
+def test_placement_picks_an_allowed_online_cluster_with_room() -> None:
+    clusters = {n: cluster(n, {"env": "prod" if n != "c3" else "dev"}) for n in ("c1", "c2", "c3")}
+    seen = {"c1": presence("c1", cpu=2), "c2": presence("c2", cpu=8), "c3": presence("c3", cpu=64)}
+    p = project(cluster_selector={"env": "prod"})
+    assert logic.place(p, "", clusters, seen, [], Resources(cpu=1)) == "c2"  # most free CPU, c3 not allowed
+    with pytest.raises(Forbidden, match="may not use cluster 'c3'"):
+        logic.place(p, "c3", clusters, seen, [], Resources(cpu=1))
+    with pytest.raises(NotFound, match="cluster 'nope' not found"):
+        logic.place(p, "nope", clusters, seen, [], Resources(cpu=1))
+    with pytest.raises(Conflict, match="has room"):
+        logic.place(p, "", clusters, seen, [], Resources(cpu=100))
+    offline = {k: presence(k, online=False) for k in seen}
+    with pytest.raises(Unavailable, match="no online cluster"):
+        logic.place(p, "", clusters, offline, [], Resources(cpu=1))
+    # Naming an offline cluster is fine: the command waits for its agent.
+    assert logic.place(p, "c1", clusters, offline, [], Resources(cpu=1)) == "c1"
+
+
+def test_placement_counts_what_is_already_there() -> None:
+    clusters = {"c1": cluster("c1"), "c2": cluster("c2")}
+    seen = {"c1": presence("c1", cpu=4), "c2": presence("c2", cpu=3)}
+    records = [tenant(f"t{i}", cluster="c1") for i in range(3)]  # 3 CPU used on c1
+    assert logic.place(project(), "", clusters, seen, records, Resources(cpu=1)) == "c2"
+
+
+# --- reconciliation ------------------------------------------------------------------------------------
+def item(name: str, generation: int = 1, state: str = "running") -> InventoryItem:
+    return InventoryItem(kind="tenant", project="p1", name=name, generation=generation, state=state)  # type: ignore[arg-type]
+
+
+def test_reconcile_resends_missing_and_stale_and_deletes_orphans() -> None:
+    a, b = tenant("a"), tenant("b")
+    b2 = logic.act(b, "sleep", "", "op", NOW)
+    assert b2 is not None
+    plan = logic.reconcile([a, b2], [item("b", 1), item("zombie")], empty_since=None, now=NOW, grace=600)
+    assert {r.spec.name for r in plan.resend} == {"a", "b"}
+    assert [i.name for i in plan.orphans] == ["zombie"]
+    assert not plan.held_back
+
+
+def test_reconcile_never_deletes_everything_when_desired_is_empty() -> None:
+    plan = logic.reconcile([], [item("x"), item("y")], empty_since=NOW, now=NOW + 10, grace=600)
+    assert plan.held_back and plan.orphans == []
+    later = logic.reconcile([], [item("x"), item("y")], empty_since=NOW, now=NOW + 601, grace=600)
+    assert not later.held_back and len(later.orphans) == 2
+
+
+def test_reconcile_forgets_deletions_already_done() -> None:
+    gone = logic.act(tenant("a"), "delete", "", "op", NOW)
+    assert gone is not None
+    plan = logic.reconcile([gone], [], empty_since=None, now=NOW, grace=600)
+    assert plan.done == [gone] and plan.resend == []
+
+
+def test_due_for_sleep() -> None:
+    r = tenant(sleep_after=60)
+    assert not logic.due_for_sleep(r, NOW + 59)
+    assert logic.due_for_sleep(r, NOW + 61)
+    slept = logic.act(r, "sleep", "", "op", NOW + 61)
+    assert slept is not None and not logic.due_for_sleep(slept, NOW + 1000)
+    assert not logic.due_for_sleep(tenant("never"), NOW + 10**6)
