@@ -23,14 +23,19 @@ from urllib.parse import urlsplit, urlunsplit
 
 from nats.aio.client import Client
 from nats.aio.client import Server as NatsServer
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError, NoServersError
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
+from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
+from nats.js.errors import NotFoundError as JsNotFound
 
 from agent.errors import PermanentError
 from agent.settings import AgentSettings
-from schemas import tracing
+from schemas import subjects, tracing
 from schemas.errors import Unavailable, from_wire
 from schemas.messages import M, Message, decode, encode
 from schemas.retrying import backoff_delay
@@ -73,6 +78,16 @@ class Incoming:
     subject: str
     data: bytes
     headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Published:
+    """A stream's acknowledgement of one message."""
+
+    stream: str
+    seq: int
+    duplicate: bool
+    """True when the stream already held a message with the same ``Nats-Msg-Id``."""
 
 
 class Subscription:
@@ -262,6 +277,39 @@ class Connection:
         except NatsError as exc:
             raise Unavailable(f"cannot subscribe to {subject}: {exc or type(exc).__name__}") from None
 
+    @property
+    def jetstream(self) -> JetStreamContext:
+        return self.client.jetstream()
+
+    async def js_publish(
+        self, subject: str, message: Message, *, msg_id: str | None = None, timeout: float = 5.0
+    ) -> Published:
+        """Publish into a stream and wait for its acknowledgement; one attempt.
+
+        ``msg_id`` becomes ``Nats-Msg-Id``: the stream drops a second message with the same
+        id inside its duplicate window, so a retry after a lost acknowledgement is harmless.
+        Raises Unavailable for everything that may pass: no stream (yet), a timeout, a 503
+        during a leader election, a link that is down.
+        """
+        headers = tracing.inject()
+        if msg_id:
+            headers[Header.MSG_ID] = msg_id
+        try:
+            ack = await self.client.jetstream().publish(
+                subject, encode(message), timeout=timeout, headers=headers or None
+            )
+        except NoStreamResponseError:
+            raise Unavailable(f"no stream stores {subject} (not created yet, or JetStream is down)") from None
+        except NatsTimeout:
+            raise Unavailable(f"no acknowledgement for {subject} within {timeout:g}s") from None
+        except ServiceUnavailableError:
+            raise Unavailable(f"JetStream is unavailable (503) for {subject}") from None
+        except APIError as exc:
+            raise Unavailable(f"JetStream refused {subject}: {_api_text(exc)}") from None
+        except NatsError as exc:
+            raise Unavailable(f"cannot publish on {subject}: {exc or type(exc).__name__}") from None
+        return Published(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
+
     # --- closing ------------------------------------------------------------------------------
     async def close(self, timeout: float = 5.0) -> None:
         """Drain (let in-flight messages go out), then close; bounded by ``timeout``. Safe twice."""
@@ -297,9 +345,7 @@ async def connect(
     return conn
 
 
-async def request(
-    conn: Connection, subject: str, message: Message, reply_type: type[M], timeout: float = 5.0
-) -> M:
+async def request(conn: Connection, subject: str, message: Message, reply_type: type[M], timeout: float = 5.0) -> M:
     """Request/reply with a typed answer.
 
     A service's error reply is raised as its ``TetherError`` kind (``from_wire``);
@@ -317,3 +363,242 @@ async def request(
     if ERROR_CODE in headers:
         raise from_wire(headers[ERROR_CODE], headers.get(ERROR_TEXT, ""))
     return decode(msg.data, reply_type)
+
+
+# --- the command queue ---------------------------------------------------------------------
+
+ACK_WAIT = 30.0
+"""Seconds the server waits for an acknowledgement before redelivering a command."""
+FETCH_TIMEOUT = 5.0
+"""Seconds one fetch waits for a command."""
+RECHECK_AFTER = 60.0
+"""Seconds of idle fetching after which the consumer's existence is checked again."""
+BIND_BACKOFF = (1.0, 30.0)
+"""(base, cap) seconds between attempts to set up the consumer."""
+
+
+def _api_text(exc: Exception) -> str:
+    if isinstance(exc, APIError) and exc.description:
+        return str(exc.description)
+    return str(exc) or type(exc).__name__
+
+
+class Delivery:
+    """One command delivered from the CMD stream, with its acknowledgements.
+
+    The acknowledgements raise Unavailable when they cannot be sent; an
+    acknowledgement that never arrives only means a redelivery, which the
+    revision check makes harmless.
+    """
+
+    def __init__(self, msg: Msg, ack_timeout: float = 5.0) -> None:
+        self._msg = msg
+        self._ack_timeout = ack_timeout
+        self.subject: str = msg.subject
+        self.data: bytes = msg.data
+        self.headers: dict[str, str] = dict(msg.headers or {})
+        try:
+            meta = msg.metadata
+            self.stream_seq: int = meta.sequence.stream
+            self.num_delivered: int = meta.num_delivered
+        except Exception:  # not a JetStream message: no metadata to read
+            self.stream_seq, self.num_delivered = 0, 1
+
+    def __repr__(self) -> str:
+        return f"Delivery(subject={self.subject!r}, seq={self.stream_seq}, delivered={self.num_delivered})"
+
+    async def _do(self, what: str, step: Callable[[], Any]) -> None:
+        try:
+            await step()
+        except (NatsError, TimeoutError) as exc:
+            raise Unavailable(f"cannot {what} command {self.stream_seq}: {exc or type(exc).__name__}") from None
+
+    async def ack(self) -> None:
+        """Done: the server removes the command. Waits for the server to confirm."""
+        await self._do("ack", lambda: self._msg.ack_sync(timeout=self._ack_timeout))
+
+    async def nak(self, delay: float | None = None) -> None:
+        """Not now: redeliver after ``delay`` seconds (nothing after it is delivered before)."""
+        await self._do("nak", lambda: self._msg.nak(delay=delay))
+
+    async def term(self) -> None:
+        """Never: the server drops the command without redelivering it."""
+        await self._do("terminate", self._msg.term)
+
+    async def in_progress(self) -> None:
+        """Still working on it: restart the server's acknowledgement timer."""
+        await self._do("extend", self._msg.in_progress)
+
+
+class CommandQueue:
+    """This cluster's commands, one at a time, through its durable pull consumer.
+
+    The consumer (``agent-<cluster>``, filtered on ``tether.cmd.<cluster>.>``,
+    explicit acks, one unacknowledged command at a time) is declared with
+    ``add_consumer`` (idempotent for an identical config; it also brings an
+    existing one's config up to date) and bound with ``pull_subscribe_bind``,
+    never ``pull_subscribe``, which would ignore an existing durable's config.
+
+    ``next()`` never raises for a bus problem: while the CMD stream does not
+    exist yet, JetStream is unavailable or the link is down, it backs off
+    with jitter (logging once per outage) and returns None, so the caller's
+    loop can look at its stop flag and call again.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        cluster: str,
+        *,
+        fetch_timeout: float = FETCH_TIMEOUT,
+        ack_wait: float = ACK_WAIT,
+        recheck_after: float = RECHECK_AFTER,
+    ) -> None:
+        self._conn = conn
+        self.cluster = cluster
+        self.consumer = subjects.agent_consumer(cluster)
+        self._fetch_timeout = fetch_timeout
+        self._ack_wait = ack_wait
+        self._recheck_after = recheck_after
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._attempt = 0
+        self._trouble: str | None = None
+        self._idle_since: float | None = None
+        self._closed = False
+        self._stale = False
+
+    def config(self) -> ConsumerConfig:
+        name = self.consumer
+        return ConsumerConfig(
+            name=name,
+            durable_name=name,
+            description=f"commands for the agent of cluster {self.cluster}",
+            filter_subject=subjects.cmd_all(self.cluster),
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self._ack_wait,
+            max_ack_pending=1,
+            max_deliver=-1,
+        )
+
+    def invalidate(self) -> None:
+        """Declare and bind the consumer again before the next fetch (after a reconnect).
+
+        Safe from a callback: the subscription in use is replaced by the next ``next()``.
+        """
+        self._stale = True
+
+    @staticmethod
+    async def _unsubscribe(sub: JetStreamContext.PullSubscription) -> None:
+        try:
+            await sub.unsubscribe()
+        except (NatsError, TimeoutError) as exc:
+            logger.debug("unbinding the command consumer: %s", exc or type(exc).__name__)
+
+    async def _bind(self) -> JetStreamContext.PullSubscription:
+        js = self._conn.jetstream
+        await js.add_consumer(subjects.CMD_STREAM, self.config(), timeout=self._fetch_timeout)
+        return await js.pull_subscribe_bind(durable=self.consumer, stream=subjects.CMD_STREAM)
+
+    async def _still_there(self) -> bool:
+        """False when the consumer is gone (the stream was deleted or re-created)."""
+        try:
+            await self._conn.jetstream.consumer_info(subjects.CMD_STREAM, self.consumer, timeout=self._fetch_timeout)
+        except JsNotFound:
+            return False
+        return True
+
+    def _trouble_began(self, text: str, *, expected: bool = False) -> float:
+        base, cap = BIND_BACKOFF
+        delay = backoff_delay(self._attempt, base=base, cap=cap)
+        self._attempt += 1
+        if self._trouble is None:
+            level = logging.WARNING if expected else logging.ERROR
+            logger.log(level, "%s; retrying with backoff (logged once until it works)", text)
+        else:
+            logger.debug("%s (attempt %d); retrying in %.1fs", text, self._attempt, delay)
+        self._trouble = text
+        return delay
+
+    def _trouble_over(self) -> None:
+        if self._trouble is not None:
+            logger.info("receiving commands for cluster %r again", self.cluster)
+        self._trouble = None
+        self._attempt = 0
+
+    async def _backoff(self, text: str, *, expected: bool = True) -> None:
+        await asyncio.sleep(self._trouble_began(text, expected=expected))
+
+    async def next(self) -> Delivery | None:
+        """The next command, or None after a quiet fetch or a backoff."""
+        if self._closed:
+            raise Unavailable("the command queue was closed")
+        loop = asyncio.get_running_loop()
+        if not self._conn.is_connected:
+            await self._backoff("not connected to NATS; commands wait")
+            return None
+        if self._stale:
+            self._stale = False
+            self._idle_since = None
+            old, self._sub = self._sub, None
+            if old is not None:
+                await self._unsubscribe(old)
+        if self._sub is None:
+            try:
+                self._sub = await self._bind()
+            except JsNotFound as exc:
+                await self._backoff(
+                    f"cannot bind to consumer {self.consumer} on stream {subjects.CMD_STREAM}: {_api_text(exc)} "
+                    "(the lifecycle service creates the stream); commands wait"
+                )
+                return None
+            except TimeoutError:
+                await self._backoff("JetStream did not answer; commands wait")
+                return None
+            except APIError as exc:
+                await self._backoff(f"JetStream refused the command consumer: {_api_text(exc)}", expected=False)
+                return None
+            except NatsError as exc:
+                await self._backoff(f"cannot bind to the command consumer: {exc or type(exc).__name__}")
+                return None
+            self._idle_since = None
+            logger.info("bound to consumer %s on stream %s for commands", self.consumer, subjects.CMD_STREAM)
+        elif self._idle_since is not None and loop.time() - self._idle_since > self._recheck_after:
+            # A deleted consumer (stream re-created) looks like a quiet one: check once in a while.
+            self._idle_since = None
+            try:
+                gone = not await self._still_there()
+            except (NatsError, TimeoutError) as exc:
+                logger.debug("checking consumer %s: %s", self.consumer, exc or type(exc).__name__)
+                gone = False
+            if gone:
+                logger.warning("consumer %s disappeared; declaring it again", self.consumer)
+                self._stale = True
+                return None
+        sub = self._sub
+        try:
+            msgs = await sub.fetch(1, timeout=self._fetch_timeout)
+        except TimeoutError:
+            # Quiet (nats-py's timeouts subclass the builtin); also a pull lost in a reconnect.
+            if self._idle_since is None:
+                self._idle_since = loop.time()
+            self._trouble_over()
+            return None
+        except (NatsError, ValueError) as exc:
+            # An API error status (consumer gone, ...), a closed connection or subscription.
+            self._stale = True
+            text = _api_text(exc) if isinstance(exc, APIError) else str(exc) or type(exc).__name__
+            await self._backoff(f"cannot fetch commands: {text}")
+            return None
+        self._trouble_over()
+        self._idle_since = None
+        if not msgs:
+            return None
+        return Delivery(msgs[0], ack_timeout=self._fetch_timeout)
+
+    async def close(self) -> None:
+        """Stop fetching; the consumer stays (it is durable). Safe twice."""
+        self._closed = True
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            await self._unsubscribe(sub)

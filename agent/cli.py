@@ -93,8 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="UID of the simulated cluster [$TETHER_SIM_CLUSTER_UID; default: generated once, kept]",
     )
+    run_cmd.add_argument("--kubeconfig", type=Path, default=None, help="kubeconfig for the kube driver [$KUBECONFIG]")
     run_cmd.add_argument(
-        "--kubeconfig", type=Path, default=None, help="kubeconfig for the kube driver [$KUBECONFIG]"
+        "--inventory-interval",
+        type=float,
+        metavar="SECONDS",
+        default=None,
+        help="seconds between inventory reports [$TETHER_INVENTORY_INTERVAL; default: 120]",
     )
     return parser
 
@@ -119,6 +124,11 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     try:
         heartbeat = args.heartbeat_interval or _float_env("TETHER_AGENT_HEARTBEAT_INTERVAL")
         sim_nodes = args.sim_nodes if args.sim_nodes is not None else int(_env("TETHER_SIM_NODES") or 3)
+        inventory = args.inventory_interval
+        if inventory is None:
+            inventory = _float_env("TETHER_INVENTORY_INTERVAL")
+        if inventory is None:
+            inventory = 120.0
     except ValueError as exc:
         raise AgentError(f"invalid number in the environment: {exc}") from None
     return AgentSettings(
@@ -130,6 +140,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         sim_nodes=sim_nodes,
         sim_cluster_uid=args.sim_cluster_uid,
         kubeconfig=args.kubeconfig,
+        inventory_interval=inventory,
     )
 
 

@@ -63,9 +63,7 @@ def load(state_dir: Path) -> Credentials | None:
         check_name(cluster, "cluster name")
     except InvalidInput as exc:
         raise PermanentError(f"{path} is damaged: {exc.description}") from None
-    return Credentials(
-        cluster=cluster, credential=credential, server=server if isinstance(server, str) else ""
-    )
+    return Credentials(cluster=cluster, credential=credential, server=server if isinstance(server, str) else "")
 
 
 def save(state_dir: Path, credentials: Credentials) -> Path:

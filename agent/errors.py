@@ -21,4 +21,23 @@ class RetryableError(AgentError):
 
 
 class DriverError(AgentError):
-    """The driver cannot reach or model its cluster."""
+    """The driver cannot reach or model its cluster, or refused to apply something.
+
+    ``str(error)`` is the message for people; ``reason`` a short CamelCase word
+    for machines (it becomes ``CommandResult.reason``). A ``transient`` error
+    (the cluster's API is unreachable) is worth retrying the same command
+    later; any other one is a permanent failure of that command.
+    """
+
+    def __init__(self, message: str, *, reason: str = "DriverError", transient: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+        self.transient = transient
+
+
+class ClusterUnreachable(DriverError):
+    """The cluster's API cannot be reached right now: a transient DriverError."""
+
+    def __init__(self, message: str, *, reason: str = "ClusterUnreachable") -> None:
+        super().__init__(message, reason=reason, transient=True)

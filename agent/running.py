@@ -10,8 +10,16 @@ Start-up, in order:
    disconnected from the platform);
 5. heartbeat at once, so the cluster shows online within a second.
 
-Then three tasks run until the agent is stopped or refused: ``agent-heartbeat``,
-``agent-hello`` (hello again after every reconnect) and ``agent-control``.
+Then five tasks run until the agent is stopped or refused: ``agent-heartbeat``,
+``agent-hello`` (hello again after every reconnect), ``agent-control``,
+``agent-commands`` (this cluster's commands from the CMD stream, one at a time,
+through ``agent.commands``) and ``agent-inventory`` (what the driver holds, on
+every (re)connect and every ``inventory_interval`` seconds).
+
+An orderly stop (``stop()``, SIGTERM) stops fetching commands, lets the command
+being applied finish and its result go out (up to ``shutdown_timeout``), then
+drains the connection. Anything cut short is redelivered on the next start and
+made harmless by the revision check.
 """
 
 from __future__ import annotations
@@ -24,12 +32,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from types import TracebackType
+from typing import Literal
 
 import msgspec
 
 from agent import VERSION
 from agent import credentials as creds_store
-from agent.bus import Connection, Subscription, connect, request
+from agent.bus import CommandQueue, Connection, Subscription, connect, request
+from agent.commands import CommandApplier
 from agent.credentials import Credentials
 from agent.drivers import Driver, make_driver
 from agent.errors import AgentError, DriverError, PermanentError
@@ -43,8 +53,10 @@ from schemas.messages import (
     AgentHello,
     AgentWelcome,
     ClusterHealth,
+    CommandResult,
     ControlNotice,
     Heartbeat,
+    Inventory,
     M,
     Message,
     decode,
@@ -57,6 +69,10 @@ DEFAULT_HEARTBEAT_INTERVAL = 5.0
 """Used when the platform's welcome carries no usable interval."""
 RETRY_BACKOFF = (0.5, 30.0)
 """(base, cap) seconds between attempts of a request the platform could not answer."""
+INVENTORY_BACKOFF = (1.0, 30.0)
+"""(base, cap) seconds between attempts to publish one inventory."""
+PUBLISH_TIMEOUT = 5.0
+"""Seconds to wait for a stream to acknowledge a result or an inventory."""
 
 
 def planned_cluster(settings: AgentSettings) -> str | None:
@@ -107,6 +123,12 @@ class Agent:
         self._reconnected = asyncio.Event()
         self._beat_now = asyncio.Event()
         self._control: Subscription | None = None
+        self._queue: CommandQueue | None = None
+        self._applier: CommandApplier | None = None
+        self._in_flight: asyncio.Task[object] | None = None
+        self._stopping = asyncio.Event()
+        self._inventory_now = asyncio.Event()
+        self._inventories = 0
         self._main: asyncio.Task[None] | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
 
@@ -134,6 +156,15 @@ class Agent:
     @property
     def heartbeats_sent(self) -> int:
         return self._seq
+
+    @property
+    def commands_applied(self) -> int:
+        """Commands this process applied (not counting redeliveries found already applied)."""
+        return self._applier.applied if self._applier else 0
+
+    @property
+    def inventories_sent(self) -> int:
+        return self._inventories
 
     @property
     def connection(self) -> Connection:
@@ -190,9 +221,7 @@ class Agent:
             self._cluster_uid = await self._driver.cluster_uid()
             self._health = await self._driver.health()
         except DriverError as exc:
-            raise PermanentError(
-                f"cannot read the cluster through the {self._driver.name} driver: {exc}"
-            ) from exc
+            raise PermanentError(f"cannot read the cluster through the {self._driver.name} driver: {exc}") from exc
 
         stored = creds_store.load(settings.state_path)
         token = settings.token
@@ -258,11 +287,19 @@ class Agent:
             try:
                 self._credentials = await self._bootstrap(fallback_token, server)
             except PermanentError as exc:
-                raise PermanentError(
-                    f"{cause.description}; the given connect token did not help: {exc}"
-                ) from exc
+                raise PermanentError(f"{cause.description}; the given connect token did not help: {exc}") from exc
             await self._hello()
 
+        cluster = self._credentials.cluster
+        self._queue = CommandQueue(self._conn, cluster)
+        self._conn.on_reconnected(self._queue.invalidate)
+        self._applier = CommandApplier(
+            cluster,
+            self._driver,
+            self._publish_result,
+            result_subject=subjects.evt(cluster, subjects.EVT_RESULT),
+        )
+        self._inventory_now.set()
         await self._beat()
 
     async def _call(
@@ -281,18 +318,14 @@ class Agent:
         attempt = 0
         while True:
             try:
-                return await request(
-                    self.connection, subject, message, reply_type, self.settings.request_timeout
-                )
+                return await request(self.connection, subject, message, reply_type, self.settings.request_timeout)
             except (Unavailable, Internal) as exc:
                 if failures is not None:
                     failures.append(exc)
                 delay = backoff_delay(attempt, base=base, cap=cap)
                 attempt += 1
                 level = logging.ERROR if isinstance(exc, Internal) else logging.WARNING
-                logger.log(
-                    level, "%s (attempt %d): %s; retrying in %.1fs", what, attempt, exc.description, delay
-                )
+                logger.log(level, "%s (attempt %d): %s; retrying in %.1fs", what, attempt, exc.description, delay)
                 await asyncio.sleep(delay)
 
     async def _bootstrap(self, token: str, server: str) -> Credentials:
@@ -378,6 +411,8 @@ class Agent:
                 tg.create_task(self._heartbeats(), name="agent-heartbeat")
                 tg.create_task(self._hellos(), name="agent-hello")
                 tg.create_task(self._control_notices(), name="agent-control")
+                tg.create_task(self._commands(), name="agent-commands")
+                tg.create_task(self._inventory(), name="agent-inventory")
         except BaseExceptionGroup as group:
             leaves = _leaves(group)
             primary = next((e for e in leaves if isinstance(e, PermanentError)), leaves[0])
@@ -409,9 +444,7 @@ class Agent:
             return
         health = await self._current_health()
         self._seq += 1
-        beat = Heartbeat(
-            cluster=self.cluster, session=self.session, seq=self._seq, sent_at=time.time(), health=health
-        )
+        beat = Heartbeat(cluster=self.cluster, session=self.session, seq=self._seq, sent_at=time.time(), health=health)
         try:
             await conn.publish(subjects.heartbeat(self.cluster), beat)
         except Unavailable as exc:
@@ -441,6 +474,7 @@ class Agent:
             self._reconnected.clear()
             await self._hello()
             self._beat_now.set()
+            self._inventory_now.set()
 
     async def _control_notices(self) -> None:
         assert self._control is not None
@@ -455,8 +489,99 @@ class Agent:
                 logger.error("the platform revoked this agent: %s", reason)
                 raise PermanentError(f"{reason}; {_reconnect_hint(self.cluster)}")
 
+    async def _commands(self) -> None:
+        """This cluster's commands, one at a time, until the agent stops."""
+        assert self._queue is not None and self._applier is not None
+        queue, applier = self._queue, self._applier
+        while not self._stopping.is_set():
+            delivery = await queue.next()
+            if delivery is None:
+                continue
+            if self._stopping.is_set():
+                # Fetched as the stop began: leave it for the next start, at once.
+                with contextlib.suppress(Unavailable):
+                    await delivery.nak()
+                return
+            # Its own task, shielded: an orderly stop lets the apply and its result finish.
+            self._in_flight = asyncio.create_task(applier.handle(delivery), name="agent-command-apply")
+            try:
+                await asyncio.shield(self._in_flight)
+            finally:
+                if self._in_flight.done():
+                    self._in_flight = None
+
+    async def _publish_result(self, subject: str, result: CommandResult, msg_id: str) -> None:
+        await self.connection.js_publish(subject, result, msg_id=msg_id, timeout=PUBLISH_TIMEOUT)
+
+    async def _inventory(self) -> None:
+        """Report the inventory after every (re)connect and every ``inventory_interval`` seconds."""
+        while True:
+            reason: Literal["connect", "periodic"] = "periodic"
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.inventory_interval):
+                    await self._inventory_now.wait()
+                reason = "connect"
+            self._inventory_now.clear()
+            await self._send_inventory(reason)
+
+    async def _send_inventory(self, reason: Literal["connect", "periodic"]) -> None:
+        """Publish one inventory, retrying until it lands, a newer one is due, or the interval passed."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.settings.inventory_interval
+        self._inventories += 1
+        msg_id = f"inventory-{self.session}-{self._inventories}"
+        subject = subjects.evt(self.cluster, subjects.EVT_INVENTORY)
+        base, cap = INVENTORY_BACKOFF
+        attempt = 0
+        while True:
+            try:
+                items = await self.driver.inventory()
+            except DriverError as exc:
+                logger.warning("cannot read the inventory (%s); it is reported once the cluster answers", exc)
+                return
+            except Exception:
+                logger.exception("the %s driver failed to list its inventory", self.driver.name)
+                return
+            message = Inventory(cluster=self.cluster, items=items, at=time.time(), reason=reason)
+            try:
+                await self.connection.js_publish(subject, message, msg_id=msg_id, timeout=PUBLISH_TIMEOUT)
+            except Unavailable as exc:
+                delay = backoff_delay(attempt, base=base, cap=cap)
+                attempt += 1
+                if attempt == 1:
+                    logger.warning("inventory not published: %s; retrying", exc.description)
+                if loop.time() + delay > give_up_at:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._inventory_now.wait()
+                if self._inventory_now.is_set():
+                    return  # a fresh one follows at once
+                continue
+            logger.info("inventory reported (%s, %d objects)", reason, len(items))
+            return
+
     # --- shutdown -------------------------------------------------------------------------------
+    async def _finish_in_flight(self) -> None:
+        """Let the command being applied finish (apply, result, ack), for up to ``shutdown_timeout``."""
+        task = self._in_flight
+        if task is None or task.done():
+            return
+        logger.info("stopping: finishing the command being applied")
+        done, _ = await asyncio.wait({task}, timeout=self.settings.shutdown_timeout)
+        if not done:
+            logger.warning(
+                "stopping: the command being applied did not finish within %gs; it will be delivered again",
+                self.settings.shutdown_timeout,
+            )
+            task.cancel()
+            await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("the command being applied failed: %r", task.exception())
+
     async def _shutdown(self) -> None:
+        self._stopping.set()
+        await self._finish_in_flight()
         main = self._main
         if main is not None:
             if not main.done():
@@ -464,6 +589,10 @@ class Agent:
             await asyncio.wait({main})
             if not main.cancelled():
                 main.exception()  # reported by wait(); do not let asyncio warn it was never retrieved
+        # The main task may have ended on its own (revoked) with a command still in flight.
+        await self._finish_in_flight()
+        if self._queue is not None:
+            await self._quietly("stop fetching commands", self._queue.close)
         if self._control is not None:
             await self._quietly("unsubscribe from control notices", self._control.unsubscribe)
         if self._conn is not None:

@@ -78,7 +78,11 @@ class AgentSettings:
     """Seconds to wait for the platform to answer one request (bootstrap, hello)."""
 
     shutdown_timeout: float = 5.0
-    """Seconds allowed for draining the NATS connection when the agent stops."""
+    """Seconds allowed for finishing the command being applied, and again for draining the
+    NATS connection, when the agent stops."""
+
+    inventory_interval: float = 120.0
+    """Seconds between periodic inventory reports (one is also sent after every (re)connect)."""
 
     def __post_init__(self) -> None:
         if self.driver not in DRIVERS:
@@ -98,6 +102,10 @@ class AgentSettings:
             raise PermanentError(f"sim nodes must not be negative, not {self.sim_nodes}")
         if self.request_timeout <= 0 or self.shutdown_timeout <= 0:
             raise PermanentError("request and shutdown timeouts must be positive")
+        if not 0 < self.inventory_interval <= 86400:
+            raise PermanentError(
+                f"inventory interval must be between 0 and 86400 seconds, not {self.inventory_interval:g}"
+            )
         if self.state_dir is None:
             if self.token is None:
                 raise PermanentError(
@@ -130,7 +138,7 @@ class AgentSettings:
             f"AgentSettings(server={self.server!r}, token={token}, driver={self.driver!r}, "
             f"state_dir={self.state_dir!r}, heartbeat_interval={self.heartbeat_interval!r}, "
             f"sim_nodes={self.sim_nodes!r}, sim_cluster_uid={self.sim_cluster_uid!r}, "
-            f"kubeconfig={self.kubeconfig!r})"
+            f"kubeconfig={self.kubeconfig!r}, inventory_interval={self.inventory_interval!r})"
         )
 
 

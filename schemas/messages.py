@@ -285,9 +285,7 @@ class ProjectRecord(Message, frozen=True, tag="project-record.v1"):
             return True
         if cluster.name in self.clusters:
             return True
-        return bool(self.cluster_selector) and all(
-            cluster.labels.get(k) == v for k, v in self.cluster_selector.items()
-        )
+        return bool(self.cluster_selector) and all(cluster.labels.get(k) == v for k, v in self.cluster_selector.items())
 
 
 class ProjectCreate(Message, frozen=True, tag="project-create.v1"):

@@ -27,6 +27,7 @@ FAST_ENV = {
     "TETHER_OFFLINE_AFTER": "2.0",
     "TETHER_SWEEP_INTERVAL": "0.2",
     "TETHER_FLUSH_INTERVAL": "0.5",
+    "TETHER_SLEEP_CHECK_INTERVAL": "0.3",
     "TETHER_LOG_LEVEL": "INFO",
 }
 
@@ -168,9 +169,7 @@ class Stack:
             log=self.tmp / "logs" / f"{name}.log",
         )
 
-    async def start(
-        self, services: tuple[str, ...] = ("registry", "access", "lifecycle", "health", "api")
-    ) -> None:
+    async def start(self, services: tuple[str, ...] = ("registry", "access", "lifecycle", "health", "api")) -> None:
         self.nats = start_nats(self.tmp)
         await self.nats.wait_ready()
         self.http_port = free_port()

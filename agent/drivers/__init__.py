@@ -7,10 +7,29 @@ imports ``kubernetes``, and only when it is chosen).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from agent.settings import AgentSettings
-from schemas.messages import ClusterHealth
+from schemas.messages import ClusterHealth, Command, DesiredState, InventoryItem
+
+
+@dataclass(frozen=True)
+class ApplyOutcome:
+    """What ``Driver.apply`` did with one command."""
+
+    applied: bool
+    """True: this generation was made true now. False: the object was already at this
+    generation or a later one (a redelivery, or an older command), and nothing was done."""
+
+    state: DesiredState
+    """The object's state on the cluster after the call (``deleted`` when it does not exist)."""
+
+    version: str = ""
+    """The object's version on the cluster after the call."""
+
+    generation: int = 0
+    """The object's generation on the cluster after the call (its tombstone's when deleted)."""
 
 
 @runtime_checkable
@@ -26,6 +45,23 @@ class Driver(Protocol):
 
     async def health(self) -> ClusterHealth:
         """Nodes, capacity and versions now; raises DriverError when the cluster is unreachable."""
+        ...
+
+    async def apply(self, command: Command) -> ApplyOutcome:
+        """Make ``command.spec`` true on the cluster, idempotently.
+
+        The revision check is against the object's *current* generation on the
+        cluster: when it is ``>= command.generation`` nothing is done and
+        ``applied`` is False. Otherwise the spec is applied and the new
+        generation recorded in the same step, so a crash never leaves a change
+        without its generation. Raises DriverError: ``transient`` (the API is
+        unreachable; the agent retries the command later) or permanent (the
+        command fails; the agent reports it and moves on).
+        """
+        ...
+
+    async def inventory(self) -> tuple[InventoryItem, ...]:
+        """Every tenant cluster and space the platform owns on the cluster now; DriverError if unreachable."""
         ...
 
     async def close(self) -> None:

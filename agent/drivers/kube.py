@@ -6,9 +6,12 @@ This is the only module of Tether that may import ``kubernetes``.
 
 from __future__ import annotations
 
+from agent.drivers import ApplyOutcome
 from agent.errors import DriverError
 from agent.settings import AgentSettings
-from schemas.messages import ClusterHealth
+from schemas.messages import ClusterHealth, Command, InventoryItem
+
+NOT_SUPPORTED = "the kube driver is not yet supported in this version; use --driver sim"
 
 
 class KubeDriver:
@@ -18,13 +21,19 @@ class KubeDriver:
 
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
-        raise DriverError("the kube driver is not yet supported in this version; use --driver sim")
+        raise DriverError(NOT_SUPPORTED, reason="NotSupported")
 
     async def cluster_uid(self) -> str:  # pragma: no cover - never constructed
-        raise DriverError("the kube driver is not yet supported in this version; use --driver sim")
+        raise DriverError(NOT_SUPPORTED, reason="NotSupported")
 
     async def health(self) -> ClusterHealth:  # pragma: no cover - never constructed
-        raise DriverError("the kube driver is not yet supported in this version; use --driver sim")
+        raise DriverError(NOT_SUPPORTED, reason="NotSupported")
+
+    async def apply(self, command: Command) -> ApplyOutcome:  # pragma: no cover - never constructed
+        raise DriverError(NOT_SUPPORTED, reason="NotSupported")
+
+    async def inventory(self) -> tuple[InventoryItem, ...]:  # pragma: no cover - never constructed
+        raise DriverError(NOT_SUPPORTED, reason="NotSupported")
 
     async def close(self) -> None:  # pragma: no cover - never constructed
         return None

@@ -2,30 +2,209 @@
 
 The simulated cluster has a stable identity like a real one: its UID (what
 the platform's duplicate guard keys on) is generated once and kept in the
-agent's state directory, so a restarted agent is the same cluster. Pure: no
-network, no ``nats``, no ``kubernetes``.
+agent's state directory (``sim-cluster.json``), so a restarted agent is the
+same cluster. Pure: no network, no ``nats``, no ``kubernetes``.
+
+Tenant clusters and spaces live in ``<state_dir>/sim-state.json`` (see
+``read_state`` for its format). The file is replaced atomically on every
+apply, and for the sim *writing that file is the apply*: a change and the
+generation that produced it are recorded in one step, so a ``kill -9`` at
+any moment leaves either the old cluster or the new one, never a change
+without its generation. Applying follows the rules of ``Driver.apply``:
+
+- ``running`` / ``sleeping``: the object exists in that state, at ``spec.version``;
+  sleep, wake and upgrade are just state and version changes. Becoming
+  ``running`` counts as activity (``last_activity``).
+- ``deleted``: the object is removed; its last generation stays behind as a
+  *tombstone*, so a redelivered delete is not applied again. Deleting an object
+  that does not exist is a successful apply (``applied=True``): the desired
+  state is true, and the generation is recorded in the tombstone.
+- The revision check compares ``command.generation`` with the object's current
+  generation (its tombstone's when it was deleted; 0 when never seen): equal or
+  older means nothing is done (``applied=False``).
+
+Knobs for tests (environment, read when the driver is made):
+
+- ``TETHER_SIM_APPLY_DELAY``: seconds every apply waits before it takes effect
+  (default 0), so a test can kill the agent in the middle of one;
+- ``TETHER_SIM_FAIL``: comma-separated object names whose applies fail
+  permanently with reason ``SimulatedFailure``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import re
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
+
+import msgspec
 
 from agent import VERSION
-from agent.errors import DriverError
+from agent.drivers import ApplyOutcome
+from agent.errors import ClusterUnreachable, DriverError
 from agent.settings import AgentSettings
 from agent.statefiles import read_json, write_json_atomic
-from schemas.messages import Capacity, ClusterHealth
+from schemas.messages import (
+    Capacity,
+    ClusterHealth,
+    Command,
+    DesiredState,
+    InventoryItem,
+    Member,
+    Quota,
+    Resources,
+    WorkloadKind,
+)
+
+logger = logging.getLogger(__name__)
 
 GiB = 1024**3
 KUBERNETES_VERSION = "v1.36.0-sim"
 STATE_FILE = "sim-cluster.json"
+"""The simulated cluster's identity (its UID)."""
+OBJECTS_FILE = "sim-state.json"
+"""The simulated cluster's tenant clusters and spaces, tombstones, apply log and counters."""
+STATE_FORMAT = 1
 UID_ENV = "TETHER_SIM_CLUSTER_UID"
+APPLY_DELAY_ENV = "TETHER_SIM_APPLY_DELAY"
+FAIL_ENV = "TETHER_SIM_FAIL"
+LOG_LIMIT = 10_000
+"""Entries kept in the apply log; older ones are dropped (counted in ``log_dropped``)."""
 _UID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+# --- the persisted model ------------------------------------------------------------------
+class SimObject(msgspec.Struct, frozen=True, kw_only=True):
+    """One tenant cluster or space on the simulated cluster."""
+
+    kind: WorkloadKind
+    project: str
+    name: str
+    generation: int
+    state: DesiredState
+    """``running`` or ``sleeping`` (a deleted object is removed)."""
+    version: str = ""
+    members: tuple[Member, ...] = ()
+    resources: Resources = msgspec.field(default_factory=Resources)
+    quota: Quota = msgspec.field(default_factory=Quota)
+    op_id: str = ""
+    """The operation that produced ``generation``."""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    last_activity: float = 0.0
+
+
+class Tombstone(msgspec.Struct, frozen=True, kw_only=True):
+    """The last generation of a deleted object."""
+
+    kind: WorkloadKind
+    project: str
+    name: str
+    generation: int
+    op_id: str = ""
+    at: float = 0.0
+
+
+class LogEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One generation applied (only real applies are logged, never skips or failures)."""
+
+    op_id: str
+    kind: WorkloadKind
+    project: str
+    name: str
+    generation: int
+    state: DesiredState
+    version: str = ""
+    at: float = 0.0
+
+
+class Counters(msgspec.Struct, frozen=True, kw_only=True):
+    applied: int = 0
+    """Generations applied."""
+    skipped: int = 0
+    """Commands not applied because the object was already at that generation or later."""
+    failed: int = 0
+    """Applies that failed (``TETHER_SIM_FAIL``)."""
+
+
+class SimState(msgspec.Struct, frozen=True, kw_only=True):
+    """The whole of ``sim-state.json``."""
+
+    format: int = STATE_FORMAT
+    objects: dict[str, SimObject] = msgspec.field(default_factory=dict)
+    """Keyed ``<kind>/<project>/<name>``."""
+    tombstones: dict[str, Tombstone] = msgspec.field(default_factory=dict)
+    """Keyed like ``objects``."""
+    log: list[LogEntry] = msgspec.field(default_factory=list)
+    """Append-only, oldest first; at most LOG_LIMIT entries."""
+    log_dropped: int = 0
+    """Entries dropped from the front of ``log``."""
+    counters: Counters = msgspec.field(default_factory=Counters)
+
+
+def object_key(kind: str, project: str, name: str) -> str:
+    """The key of an object in ``objects`` and ``tombstones``: ``<kind>/<project>/<name>``."""
+    return f"{kind}/{project}/{name}"
+
+
+def read_state(state_dir: Path) -> dict[str, Any]:
+    """The simulated cluster's ``sim-state.json`` in ``state_dir``, as plain JSON (for tests and demos).
+
+    Format (version 1)::
+
+        {
+          "format": 1,
+          "objects": {"<kind>/<project>/<name>": {
+              "kind", "project", "name", "generation", "state" ("running"|"sleeping"),
+              "version", "members": [{"subject", "access"}], "resources": {"cpu", "memory"},
+              "quota": {...}, "op_id", "created_at", "updated_at", "last_activity"}},
+          "tombstones": {"<kind>/<project>/<name>": {"kind", "project", "name", "generation", "op_id", "at"}},
+          "log": [{"op_id", "kind", "project", "name", "generation", "state", "version", "at"}],
+          "log_dropped": 0,
+          "counters": {"applied", "skipped", "failed"}
+        }
+
+    ``log`` holds one entry per generation actually applied, oldest first. A
+    state directory where nothing was ever applied reads as the empty state.
+    Raises ValueError when the file is damaged.
+    """
+    data = read_json(state_dir / OBJECTS_FILE)
+    if data is None:
+        return dict(msgspec.to_builtins(SimState()))
+    return data
+
+
+def _load_state(path: Path) -> SimState:
+    try:
+        data = read_json(path)
+    except (ValueError, OSError) as exc:
+        raise DriverError(f"cannot read the simulated cluster's objects: {exc}") from None
+    if data is None:
+        return SimState()
+    try:
+        state = msgspec.convert(data, SimState)
+    except msgspec.ValidationError as exc:
+        raise DriverError(f"{path} is damaged: {exc}") from None
+    if state.format != STATE_FORMAT:
+        raise DriverError(f"{path} has format {state.format}; this agent reads format {STATE_FORMAT}")
+    return state
+
+
+def _parse_delay(raw: str) -> float:
+    try:
+        delay = float(raw)
+    except ValueError:
+        raise DriverError(f"${APPLY_DELAY_ENV} must be a number of seconds, not {raw!r}") from None
+    if not 0 <= delay <= 3600:
+        raise DriverError(f"${APPLY_DELAY_ENV} must be between 0 and 3600 seconds, not {raw!r}")
+    return delay
 
 
 @dataclass(frozen=True)
@@ -67,15 +246,33 @@ class SimCluster:
         cpu_per_node: float = 4.0,
         memory_per_node: int = 16 * GiB,
         environ: Mapping[str, str] | None = None,
+        apply_delay: float | None = None,
+        fail: Iterable[str] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``apply_delay`` and ``fail`` default to ``$TETHER_SIM_APPLY_DELAY`` and ``$TETHER_SIM_FAIL``."""
         if nodes < 0:
             raise DriverError(f"a simulated cluster cannot have {nodes} nodes")
+        env = os.environ if environ is None else environ
         self.state_dir = state_dir
         self._nodes: dict[str, SimNode] = {
             f"sim-node-{i}": SimNode(name=f"sim-node-{i}", cpu=cpu_per_node, memory=memory_per_node)
             for i in range(1, nodes + 1)
         }
-        self._uid = self._resolve_uid(cluster_uid, os.environ if environ is None else environ)
+        self._uid = self._resolve_uid(cluster_uid, env)
+        if apply_delay is None:
+            apply_delay = _parse_delay(env.get(APPLY_DELAY_ENV, "").strip() or "0")
+        elif apply_delay < 0:
+            raise DriverError(f"the apply delay must not be negative, not {apply_delay:g}")
+        self.apply_delay = apply_delay
+        if fail is None:
+            fail = env.get(FAIL_ENV, "").split(",")
+        self.fail = frozenset(n.strip() for n in fail if n.strip())
+        self._clock = clock
+        self._objects_path = state_dir / OBJECTS_FILE
+        self._state = _load_state(self._objects_path)
+        self._apply_lock = asyncio.Lock()
+        self._api_reachable = True
         self._closed = False
 
     @classmethod
@@ -148,14 +345,188 @@ class SimCluster:
             api_reachable=True,
         )
 
+    def set_api_reachable(self, reachable: bool = True) -> None:
+        """Simulate an API-server outage: health, apply and inventory raise ClusterUnreachable."""
+        self._api_reachable = reachable
+
+    # --- objects ----------------------------------------------------------------------
+    @property
+    def state(self) -> SimState:
+        """Everything the simulated cluster holds now (what ``sim-state.json`` says)."""
+        return self._state
+
+    def get(self, kind: str, project: str, name: str) -> SimObject | None:
+        return self._state.objects.get(object_key(kind, project, name))
+
+    def generation_of(self, kind: str, project: str, name: str) -> int:
+        """The object's current generation: its own, its tombstone's, or 0 when never seen."""
+        key = object_key(kind, project, name)
+        obj = self._state.objects.get(key)
+        if obj is not None:
+            return obj.generation
+        tomb = self._state.tombstones.get(key)
+        return tomb.generation if tomb is not None else 0
+
+    def touch(self, kind: str, project: str, name: str, at: float | None = None) -> SimObject:
+        """Record activity in a tenant cluster or space (what auto-sleep watches); persisted."""
+        key = object_key(kind, project, name)
+        obj = self._state.objects.get(key)
+        if obj is None:
+            raise DriverError(f"no {kind} {project}/{name} on the simulated cluster", reason="NotFound")
+        obj = msgspec.structs.replace(obj, last_activity=self._clock() if at is None else at)
+        self._commit(msgspec.structs.replace(self._state, objects={**self._state.objects, key: obj}))
+        return obj
+
+    def _check_reachable(self) -> None:
+        if self._closed:
+            raise DriverError("the simulated cluster was closed")
+        if not self._api_reachable:
+            raise ClusterUnreachable("the simulated cluster's API server is unreachable")
+
+    def _commit(self, new: SimState) -> None:
+        """Write ``new`` to ``sim-state.json`` (atomically, durably), then make it current.
+
+        Synchronous on purpose: no other task can see or change the state between the
+        write and the swap, and a cancellation cannot fall between them.
+        """
+        try:
+            write_json_atomic(self._objects_path, msgspec.to_builtins(new))
+        except OSError as exc:
+            raise DriverError(
+                f"cannot save the simulated cluster's objects to {self._objects_path}: {exc}",
+                reason="StateNotSaved",
+                transient=True,
+            ) from None
+        self._state = new
+
+    def _count(self, **more: int) -> None:
+        """Bump counters; persisted best effort (a failure here must not fail the command)."""
+        c = self._state.counters
+        counters = Counters(
+            applied=c.applied + more.get("applied", 0),
+            skipped=c.skipped + more.get("skipped", 0),
+            failed=c.failed + more.get("failed", 0),
+        )
+        new = msgspec.structs.replace(self._state, counters=counters)
+        try:
+            self._commit(new)
+        except DriverError as exc:
+            logger.warning("%s", exc)
+            self._state = new
+
+    def _outcome(self, key: str, applied: bool) -> ApplyOutcome:
+        obj = self._state.objects.get(key)
+        if obj is not None:
+            return ApplyOutcome(applied=applied, state=obj.state, version=obj.version, generation=obj.generation)
+        tomb = self._state.tombstones.get(key)
+        return ApplyOutcome(applied=applied, state="deleted", generation=tomb.generation if tomb else 0)
+
+    def _applied(self, command: Command, now: float) -> SimState:
+        """The state after applying ``command`` (not yet saved)."""
+        spec = command.spec
+        key = object_key(spec.kind, spec.project, spec.name)
+        old = self._state
+        objects = dict(old.objects)
+        tombstones = dict(old.tombstones)
+        if spec.state == "deleted":
+            objects.pop(key, None)
+            tombstones[key] = Tombstone(
+                kind=spec.kind,
+                project=spec.project,
+                name=spec.name,
+                generation=command.generation,
+                op_id=command.op_id,
+                at=now,
+            )
+            version = ""
+        else:
+            before = objects.get(key)
+            waking = spec.state == "running" and (before is None or before.state != "running")
+            objects[key] = SimObject(
+                kind=spec.kind,
+                project=spec.project,
+                name=spec.name,
+                generation=command.generation,
+                state=spec.state,
+                version=spec.version,
+                members=spec.members,
+                resources=spec.resources,
+                quota=spec.quota,
+                op_id=command.op_id,
+                created_at=before.created_at if before else now,
+                updated_at=now,
+                last_activity=now if waking else (before.last_activity if before else 0.0),
+            )
+            tombstones.pop(key, None)
+            version = spec.version
+        entry = LogEntry(
+            op_id=command.op_id,
+            kind=spec.kind,
+            project=spec.project,
+            name=spec.name,
+            generation=command.generation,
+            state=spec.state,
+            version=version,
+            at=now,
+        )
+        log = [*old.log, entry]
+        dropped = max(0, len(log) - LOG_LIMIT)
+        c = old.counters
+        return SimState(
+            objects=objects,
+            tombstones=tombstones,
+            log=log[dropped:],
+            log_dropped=old.log_dropped + dropped,
+            counters=Counters(applied=c.applied + 1, skipped=c.skipped, failed=c.failed),
+        )
+
     # --- Driver ---------------------------------------------------------------------
     async def cluster_uid(self) -> str:
         return self._uid
 
     async def health(self) -> ClusterHealth:
-        if self._closed:
-            raise DriverError("the simulated cluster was closed")
+        self._check_reachable()
         return self.snapshot()
+
+    async def apply(self, command: Command) -> ApplyOutcome:
+        """Apply ``command`` (see the module's docstring); one apply at a time."""
+        spec = command.spec
+        for part, what in ((spec.project, "project"), (spec.name, "name")):
+            if not part or "/" in part:
+                raise DriverError(f"invalid {what} {part!r} in the command", reason="InvalidSpec")
+        key = object_key(spec.kind, spec.project, spec.name)
+        async with self._apply_lock:
+            self._check_reachable()
+            if self.apply_delay:
+                await asyncio.sleep(self.apply_delay)
+                self._check_reachable()
+            if self.generation_of(spec.kind, spec.project, spec.name) >= command.generation:
+                self._count(skipped=1)
+                return self._outcome(key, applied=False)
+            if spec.name in self.fail:
+                self._count(failed=1)
+                raise DriverError(
+                    f"simulated failure applying {spec.kind} {spec.project}/{spec.name} at generation "
+                    f"{command.generation} (${FAIL_ENV} names {spec.name!r})",
+                    reason="SimulatedFailure",
+                )
+            self._commit(self._applied(command, self._clock()))
+            return self._outcome(key, applied=True)
+
+    async def inventory(self) -> tuple[InventoryItem, ...]:
+        self._check_reachable()
+        return tuple(
+            InventoryItem(
+                kind=obj.kind,
+                project=obj.project,
+                name=obj.name,
+                generation=obj.generation,
+                state=obj.state,
+                version=obj.version,
+                last_activity=obj.last_activity,
+            )
+            for _, obj in sorted(self._state.objects.items())
+        )
 
     async def close(self) -> None:
         self._closed = True

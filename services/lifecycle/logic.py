@@ -194,9 +194,21 @@ def validate_create(req: WorkloadCreate) -> None:
         raise InvalidInput("resources must not be negative")
 
 
+def is_tombstone(record: WorkloadRecord) -> bool:
+    """A deleted object the cluster confirmed gone. Kept so generations never repeat for a name."""
+    return record.spec.state == "deleted" and in_sync(record)
+
+
 def new_record(
-    req: WorkloadCreate, project: ProjectRecord, cluster: str, membership: Membership, now: float, op_id: str
+    req: WorkloadCreate,
+    project: ProjectRecord,
+    cluster: str,
+    membership: Membership,
+    now: float,
+    op_id: str,
+    previous: WorkloadRecord | None = None,
 ) -> WorkloadRecord:
+    """A new object; re-creating a deleted name continues its generations (agents remember them)."""
     spec = WorkloadSpec(
         kind=req.kind,
         project=req.project,
@@ -210,7 +222,7 @@ def new_record(
     )
     record = WorkloadRecord(
         spec=spec,
-        generation=1,
+        generation=previous.generation + 1 if previous else 1,
         op_id=op_id,
         operation="create",
         created_by=req.created_by,
@@ -288,6 +300,12 @@ def observe(record: WorkloadRecord, result: CommandResult, now: float) -> tuple[
         generation=result.generation, reason=result.reason or "ApplyFailed", message=result.message, at=result.at or now
     )
     return with_conditions(msgspec.structs.replace(record, failure=failure, updated_at=now), now), False
+
+
+def confirm_deleted(record: WorkloadRecord, now: float) -> WorkloadRecord:
+    """The cluster shows the object gone (an inventory without it): make the record a tombstone."""
+    observed = Observed(generation=record.generation, state="deleted", at=now)
+    return with_conditions(msgspec.structs.replace(record, observed=observed, updated_at=now), now)
 
 
 def touch(record: WorkloadRecord, last_activity: float) -> WorkloadRecord | None:

@@ -54,6 +54,7 @@ from services.bus import (
     ensure_platform_streams,
 )
 from services.bus.consuming import consume
+from services.bus.faults import crash_point
 from services.bus.publishing import publish
 from services.bus.settings import ServiceSettings
 from services.bus.streams import cmd_stream, ensure_stream
@@ -137,11 +138,12 @@ class Lifecycle:
 
     # -- records ---------------------------------------------------------------------------
     async def all_records(self) -> list[WorkloadRecord]:
-        return list((await self.desired.items()).values())
+        """Every live record (tombstones of deleted objects left out)."""
+        return [r for r in (await self.desired.items()).values() if not logic.is_tombstone(r)]
 
     async def get_record(self, ref: WorkloadRef) -> tuple[WorkloadRecord, int]:
         found = await self.desired.get(subjects.workload_key(ref.kind, ref.project, ref.name))
-        if found is None:
+        if found is None or logic.is_tombstone(found[0]):
             raise NotFound(f"{ref.kind} {ref.name!r} not found in project {ref.project!r}")
         return found
 
@@ -159,9 +161,9 @@ class Lifecycle:
         # create-only KV write settles races between replicas on the same name.
         async with self._writes:
             records = await self.all_records()
-            if any(
-                r.spec.kind == req.kind and r.spec.project == req.project and r.spec.name == req.name for r in records
-            ):
+            k = subjects.workload_key(req.kind, req.project, req.name)
+            previous = await self.desired.get(k)
+            if previous is not None and not logic.is_tombstone(previous[0]):
                 raise Conflict(f"{req.kind} {req.name!r} already exists in project {req.project!r}")
             logic.check_quota(project, records, req.kind, need)
             cluster = logic.place(
@@ -172,8 +174,14 @@ class Lifecycle:
                 records,
                 need,
             )
-            record = logic.new_record(req, project, cluster, membership, time.time(), new_op_id())
-            await self.desired.create(logic.key(record.spec), record)
+            record = logic.new_record(
+                req, project, cluster, membership, time.time(), new_op_id(), previous[0] if previous else None
+            )
+            if previous is None:
+                await self.desired.create(k, record)
+            else:
+                await self.desired.update(k, record, previous[1])
+        crash_point("lifecycle-after-desired-write")
         logger.info("%s %s/%s desired on %s (op %s)", req.kind, req.project, req.name, cluster, record.op_id)
         await self.send(record)
         await self.announce(None, record, "Created")
@@ -212,6 +220,7 @@ class Lifecycle:
                 project = await self.project(req.project)
                 logic.check_quota(project, await self.all_records(), req.kind, record.spec.resources, count=0)
             await self.desired.update(logic.key(new.spec), new, revision)
+        crash_point("lifecycle-after-desired-write")
         logger.info(
             "%s %s/%s: %s (generation %d, op %s)", req.kind, req.project, req.name, req.action, new.generation, op_id
         )
@@ -232,18 +241,16 @@ class Lifecycle:
         if record.spec.cluster != result.cluster:
             logger.warning("result for %s from %s, but it lives on %s", k, result.cluster, record.spec.cluster)
             return
+        if logic.is_tombstone(record):
+            return  # a late copy of the deletion's result
         new, gone = logic.observe(record, result, time.time())
+        if new is record:
+            return
+        await self.desired.update(k, new, revision)  # a deleted object stays, as a tombstone
         if gone:
-            try:
-                await self.desired.kv.delete(k, last=revision)
-            except Exception as exc:  # a newer generation raced in: it will report again
-                raise Conflict(f"{k} changed while deleting: {exc}") from None
             logger.info("%s deleted from %s", k, result.cluster)
             await self.announce_deleted(record)
             return
-        if new is record:
-            return
-        await self.desired.update(k, new, revision)
         if not result.ok:
             logger.warning("%s failed on %s: %s: %s", k, result.cluster, result.reason, result.message)
         await self.announce(record, new, result.reason or "Applied")
@@ -301,7 +308,11 @@ class Lifecycle:
             )
             await publish(self.js, subjects.cmd(cluster, subjects.VERB_APPLY), command, msg_id=command.op_id)
         for record in plan.done:
-            await self.desired.delete(logic.key(record.spec))
+            k = logic.key(record.spec)
+            found = await self.desired.get(k)
+            if found is None or found[0].generation != record.generation:
+                continue
+            await self.desired.update(k, logic.confirm_deleted(found[0], now), found[1])
             await self.announce_deleted(record)
         for item in inventory.items:
             k = subjects.workload_key(item.kind, item.project, item.name)

@@ -45,9 +45,7 @@ def test_validation(tmp_path: Path) -> None:
 
 
 def test_servers_and_repr(tmp_path: Path) -> None:
-    settings = AgentSettings(
-        server=" nats://a:4222 , nats://b:4222,", token="tct.edge-1.hidden", state_dir=tmp_path
-    )
+    settings = AgentSettings(server=" nats://a:4222 , nats://b:4222,", token="tct.edge-1.hidden", state_dir=tmp_path)
     assert settings.servers == ["nats://a:4222", "nats://b:4222"]
     assert "hidden" not in repr(settings)
 
@@ -83,3 +81,19 @@ def test_run_is_the_default_command(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     settings = settings_from_args(args)
     assert (settings.server, settings.state_path, settings.heartbeat_interval) == ("nats://x", tmp_path, 2.0)
     assert settings.driver == "sim"
+
+
+def test_inventory_interval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert AgentSettings(state_dir=tmp_path).inventory_interval == 120.0
+    with pytest.raises(PermanentError, match="inventory interval"):
+        AgentSettings(state_dir=tmp_path, inventory_interval=0)
+    base = ["--server", "nats://x", "--state-dir", str(tmp_path)]
+    monkeypatch.delenv("TETHER_INVENTORY_INTERVAL", raising=False)
+    assert settings_from_args(build_parser().parse_args(_normalise(base))).inventory_interval == 120.0
+    monkeypatch.setenv("TETHER_INVENTORY_INTERVAL", "30")
+    assert settings_from_args(build_parser().parse_args(_normalise(base))).inventory_interval == 30.0
+    args = build_parser().parse_args(_normalise([*base, "--inventory-interval", "7"]))
+    assert settings_from_args(args).inventory_interval == 7.0
+    monkeypatch.setenv("TETHER_INVENTORY_INTERVAL", "0")
+    with pytest.raises(PermanentError, match="inventory interval"):
+        settings_from_args(build_parser().parse_args(_normalise(base)))

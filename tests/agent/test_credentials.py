@@ -13,9 +13,7 @@ from agent.errors import PermanentError
 
 def test_round_trip(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    creds = Credentials(
-        cluster="edge-1", credential="tac.edge-1.secret", server="nats://a:4222,nats://b:4222"
-    )
+    creds = Credentials(cluster="edge-1", credential="tac.edge-1.secret", server="nats://a:4222,nats://b:4222")
     path = credentials.save(state, creds)
     assert path == state / "credentials.json"
     assert credentials.load(state) == creds

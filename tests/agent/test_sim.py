@@ -33,9 +33,7 @@ async def test_uid_differs_between_state_dirs(tmp_path: Path) -> None:
     assert a != b
 
 
-async def test_env_overrides_uid_and_is_not_persisted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_env_overrides_uid_and_is_not_persisted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     own = await SimCluster(tmp_path).cluster_uid()
     monkeypatch.setenv(UID_ENV, "shared-uid-1")
     assert await SimCluster(tmp_path).cluster_uid() == "shared-uid-1"

@@ -63,9 +63,7 @@ async def test_spent_and_wrong_connect_tokens_are_refused(stack: Stack, tmp_path
     assert "cluster 'ghost' not found" in unknown.output()
 
 
-async def test_malformed_messages_get_an_error_and_services_keep_running(
-    stack: Stack, tmp_path: Path
-) -> None:
+async def test_malformed_messages_get_an_error_and_services_keep_running(stack: Stack, tmp_path: Path) -> None:
     info = await stack.connect_cluster("edge-1")
     stack.agent(tmp_path / "a", info["token"])
     await stack.wait_online("edge-1")

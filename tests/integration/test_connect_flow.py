@@ -40,9 +40,7 @@ async def test_connect_heartbeat_offline_online(stack: Stack, tmp_path: Path) ->
     try:
         info = await stack.connect_cluster("edge-1", display_name="Edge one", labels={"env": "dev"})
         assert info["cluster"]["state"] == "pending"
-        assert info["agent_command"].startswith(
-            f"tether agent run --server {stack.nats_url} --token tct.edge-1."
-        )
+        assert info["agent_command"].startswith(f"tether agent run --server {stack.nats_url} --token tct.edge-1.")
 
         agent = stack.agent(tmp_path / "edge-1", info["token"])
         cluster = await stack.wait_online("edge-1", timeout=15)

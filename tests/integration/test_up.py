@@ -79,9 +79,7 @@ class Up:
         return self.proc
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run(
-            [*TETHER, *args], env=self.env, capture_output=True, text=True, cwd=ROOT, timeout=60
-        )
+        res = subprocess.run([*TETHER, *args], env=self.env, capture_output=True, text=True, cwd=ROOT, timeout=60)
         if check:
             assert res.returncode == 0, res.stderr + res.stdout
         return res
@@ -155,9 +153,7 @@ async def test_up_connect_list_stop_and_restart_keeps_state(up: Up, tmp_path: Pa
     await up.wait_ready()
     assert "created" not in second.output()
     assert (up.data / "admin.token").read_text().strip() == token
-    clusters = await wait_for(
-        lambda: (c := up.clusters()) and c["local"]["online"] and c, what="local online again"
-    )
+    clusters = await wait_for(lambda: (c := up.clusters()) and c["local"]["online"] and c, what="local online again")
     assert clusters["edge-1"]["labels"] == {"env": "dev"}
     assert clusters["edge-1"]["state"] == "connected"
 

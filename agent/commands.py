@@ -1,0 +1,289 @@
+"""Applying one command: decode, check, apply through the driver, report, acknowledge.
+
+The order is what makes a command *exactly once in effect* (promises 3 and 8):
+
+1. the driver applies idempotently: an object already at the command's
+   generation (or a later one) is left alone, so a redelivery never applies
+   twice;
+2. the result is published into the EVT stream with
+   ``Nats-Msg-Id: result-<op_id>-<generation>`` and retried with the same id
+   until the stream acknowledges it;
+3. only then is the command acknowledged.
+
+A ``kill -9`` anywhere therefore never applies twice (step 1) and never loses a
+result (the command is redelivered, the result published again, and the
+stream drops the copy when the first one had landed).
+
+Pure of ``nats``: the delivery and the publisher are small protocols, so this
+is tested with fakes; ``agent.bus`` provides the real ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import msgspec
+
+from agent.drivers import Driver
+from agent.errors import DriverError
+from schemas.errors import InvalidInput, Unavailable
+from schemas.messages import Command, CommandResult, WorkloadKind, decode
+from schemas.names import dns1123_label_error
+from schemas.retrying import backoff_delay
+
+logger = logging.getLogger(__name__)
+
+KEEPALIVE_EVERY = 10.0
+"""Seconds between "still working on it" signals while a command is applied and reported
+(a third of the consumer's 30 s ack wait)."""
+NAK_BACKOFF = (1.0, 60.0)
+"""(base, cap) seconds before a command whose cluster was unreachable is delivered again."""
+PUBLISH_BACKOFF = (0.2, 10.0)
+"""(base, cap) seconds between attempts to publish a result."""
+
+Disposition = Literal["acked", "nacked", "terminated"]
+
+
+class Receipt(Protocol):
+    """One delivered command and its acknowledgements (``agent.bus.Delivery``)."""
+
+    subject: str
+    data: bytes
+    num_delivered: int
+
+    async def ack(self) -> None: ...
+
+    async def nak(self, delay: float | None = None) -> None: ...
+
+    async def term(self) -> None: ...
+
+    async def in_progress(self) -> None: ...
+
+
+PublishOnce = Callable[[str, CommandResult, str], Awaitable[object]]
+"""``(subject, result, msg_id)``: publish into the EVT stream once; raise Unavailable on failure."""
+
+
+def result_msg_id(op_id: str, generation: int) -> str:
+    """The ``Nats-Msg-Id`` of a command's result: the same for every redelivery of the command."""
+    return f"result-{op_id}-{generation}"
+
+
+class _AttributableSpec(msgspec.Struct, kw_only=True):
+    kind: WorkloadKind
+    project: str
+    name: str
+
+
+class _Attributable(msgspec.Struct, kw_only=True):
+    """The least of a command that names what it was about (to report a malformed one)."""
+
+    op_id: str
+    generation: int
+    spec: _AttributableSpec
+
+
+def check_command(command: Command, cluster: str) -> None:
+    """InvalidInput naming the problem when ``command`` cannot be applied by this agent."""
+    spec = command.spec
+    if not command.op_id.strip():
+        raise InvalidInput("invalid command: empty op_id")
+    if command.generation < 1:
+        raise InvalidInput(f"invalid command {command.op_id}: generation must be at least 1, not {command.generation}")
+    for value, what in ((spec.project, "project"), (spec.name, "name")):
+        problem = dns1123_label_error(value)
+        if problem:
+            raise InvalidInput(f"invalid command {command.op_id}: {what} {value!r} {problem}")
+    if spec.cluster != cluster:
+        raise InvalidInput(
+            f"command {command.op_id} is for cluster {spec.cluster!r}, but this agent serves cluster {cluster!r}"
+        )
+
+
+@dataclass(frozen=True)
+class Handled:
+    """What became of one delivery (for logs and tests)."""
+
+    disposition: Disposition
+    result: CommandResult | None = None
+
+
+class CommandApplier:
+    """Handles deliveries one at a time: the agent's half of the command path."""
+
+    def __init__(
+        self,
+        cluster: str,
+        driver: Driver,
+        publish: PublishOnce,
+        *,
+        result_subject: str,
+        keepalive_every: float = KEEPALIVE_EVERY,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cluster = cluster
+        self.driver = driver
+        self._publish = publish
+        self._subject = result_subject
+        self._keepalive_every = keepalive_every
+        self._clock = clock
+        self.applied = 0
+        """Commands applied by this process (for logs and tests)."""
+
+    async def handle(self, receipt: Receipt) -> Handled:
+        """Apply one delivered command and settle it; raises only CancelledError."""
+        async with self._keepalive(receipt):
+            try:
+                command = decode(receipt.data, Command)
+                check_command(command, self.cluster)
+            except InvalidInput as exc:
+                return await self._reject(receipt, exc.description)
+            return await self._apply(receipt, command)
+
+    # --- steps ------------------------------------------------------------------------------
+    async def _apply(self, receipt: Receipt, command: Command) -> Handled:
+        spec = command.spec
+        what = (
+            f"{command.operation or 'apply'} {spec.kind} {spec.project}/{spec.name} "
+            f"(op {command.op_id}, generation {command.generation})"
+        )
+        try:
+            outcome = await self.driver.apply(command)
+        except DriverError as exc:
+            if exc.transient:
+                delay = backoff_delay(max(0, receipt.num_delivered - 1), base=NAK_BACKOFF[0], cap=NAK_BACKOFF[1])
+                logger.warning("%s: %s; trying again in %.1fs", what, exc, delay)
+                await self._settle(receipt, "nak", delay)
+                return Handled("nacked")
+            logger.error("%s failed: %s: %s", what, exc.reason, exc)
+            result = self._result(command, ok=False, applied=False, reason=exc.reason, message=str(exc))
+        except Exception as exc:
+            # A bug in the driver: report it and move on rather than block the queue forever.
+            logger.exception("%s failed unexpectedly", what)
+            result = self._result(
+                command, ok=False, applied=False, reason="AgentError", message=f"{type(exc).__name__}: {exc}"
+            )
+        else:
+            if outcome.applied:
+                self.applied += 1
+                logger.info("%s: applied (%s%s)", what, outcome.state, f" {outcome.version}" if outcome.version else "")
+            else:
+                logger.info("%s: already at generation %d (%s); nothing to do", what, outcome.generation, outcome.state)
+            result = self._result(
+                command, ok=True, applied=outcome.applied, state=outcome.state, version=outcome.version
+            )
+        await self.publish(result)
+        await self._settle(receipt, "ack")
+        return Handled("acked", result)
+
+    async def _reject(self, receipt: Receipt, problem: str) -> Handled:
+        """A command that cannot be applied: report it when it says what it was about, then drop it."""
+        logger.error("dropping a command on %s: %s", receipt.subject, problem)
+        result: CommandResult | None = None
+        try:
+            about = msgspec.json.decode(receipt.data, type=_Attributable)
+        except msgspec.MsgspecError:
+            about = None
+        if about is not None and about.op_id.strip():
+            result = CommandResult(
+                op_id=about.op_id,
+                cluster=self.cluster,
+                kind=about.spec.kind,
+                project=about.spec.project,
+                name=about.spec.name,
+                generation=about.generation,
+                ok=False,
+                applied=False,
+                reason="InvalidCommand",
+                message=problem,
+                at=self._clock(),
+            )
+            await self.publish(result)
+        await self._settle(receipt, "term")
+        return Handled("terminated", result)
+
+    def _result(
+        self,
+        command: Command,
+        *,
+        ok: bool,
+        applied: bool,
+        state: Literal["running", "sleeping", "deleted"] | None = None,
+        version: str | None = None,
+        reason: str = "",
+        message: str = "",
+    ) -> CommandResult:
+        spec = command.spec
+        return CommandResult(
+            op_id=command.op_id,
+            cluster=self.cluster,
+            kind=spec.kind,
+            project=spec.project,
+            name=spec.name,
+            generation=command.generation,
+            ok=ok,
+            applied=applied,
+            state=spec.state if state is None else state,
+            version=spec.version if version is None else version,
+            reason=reason,
+            message=message,
+            at=self._clock(),
+        )
+
+    async def publish(self, result: CommandResult) -> None:
+        """Publish ``result`` until the stream acknowledges it, always with the same message id."""
+        msg_id = result_msg_id(result.op_id, result.generation)
+        attempt = 0
+        while True:
+            try:
+                await self._publish(self._subject, result, msg_id)
+            except Unavailable as exc:
+                delay = backoff_delay(attempt, base=PUBLISH_BACKOFF[0], cap=PUBLISH_BACKOFF[1])
+                attempt += 1
+                level = logging.WARNING if attempt in (1, 10) or attempt % 100 == 0 else logging.DEBUG
+                logger.log(
+                    level, "result %s not published yet (attempt %d): %s; retrying", msg_id, attempt, exc.description
+                )
+                await asyncio.sleep(delay)
+                continue
+            if attempt:
+                logger.info("result %s published after %d attempts", msg_id, attempt + 1)
+            return
+
+    @staticmethod
+    async def _settle(receipt: Receipt, how: Literal["ack", "nak", "term"], delay: float | None = None) -> None:
+        try:
+            if how == "ack":
+                await receipt.ack()
+            elif how == "nak":
+                await receipt.nak(delay)
+            else:
+                await receipt.term()
+        except Unavailable as exc:
+            # The server redelivers it after its ack wait; the revision check makes that harmless.
+            logger.warning("%s", exc.description)
+
+    @contextlib.asynccontextmanager
+    async def _keepalive(self, receipt: Receipt) -> AsyncIterator[None]:
+        """Tell the server every few seconds that the command is still being worked on."""
+
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(self._keepalive_every)
+                try:
+                    await receipt.in_progress()
+                except Unavailable as exc:
+                    logger.debug("%s", exc.description)
+
+        task = asyncio.create_task(tick(), name="agent-command-keepalive")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.wait({task})

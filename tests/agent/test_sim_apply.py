@@ -1,0 +1,254 @@
+"""The sim driver's apply: idempotent by generation, persistent, with a tombstone per delete."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.drivers import ApplyOutcome, Driver
+from agent.drivers.sim import (
+    APPLY_DELAY_ENV,
+    FAIL_ENV,
+    OBJECTS_FILE,
+    UID_ENV,
+    SimCluster,
+    object_key,
+    read_state,
+)
+from agent.errors import ClusterUnreachable, DriverError
+from schemas.messages import Command, DesiredState, Member, Resources, WorkloadKind, WorkloadSpec
+
+
+@pytest.fixture(autouse=True)
+def _no_env_knobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (UID_ENV, APPLY_DELAY_ENV, FAIL_ENV):
+        monkeypatch.delenv(name, raising=False)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def cmd(
+    generation: int,
+    state: DesiredState = "running",
+    *,
+    name: str = "t1",
+    kind: WorkloadKind = "tenant",
+    project: str = "p1",
+    version: str = "v1.35.0",
+    op_id: str | None = None,
+) -> Command:
+    return Command(
+        op_id=op_id or f"op-{name}-{generation}",
+        generation=generation,
+        issued_at=0.0,
+        spec=WorkloadSpec(
+            kind=kind,
+            project=project,
+            name=name,
+            cluster="c1",
+            state=state,
+            version=version,
+            resources=Resources(cpu=2.0, memory=1024),
+            members=(Member(subject="user:ann", access="admin"),),
+        ),
+    )
+
+
+def sim(path: Path, **kw: object) -> SimCluster:
+    return SimCluster(path, clock=Clock(), **kw)  # type: ignore[arg-type]
+
+
+async def test_the_sim_is_a_driver(tmp_path: Path) -> None:
+    assert isinstance(sim(tmp_path), Driver)
+
+
+async def test_apply_creates_and_logs(tmp_path: Path) -> None:
+    s = sim(tmp_path)
+    out = await s.apply(cmd(1))
+    assert out == ApplyOutcome(applied=True, state="running", version="v1.35.0", generation=1)
+    obj = s.get("tenant", "p1", "t1")
+    assert obj is not None and obj.generation == 1 and obj.state == "running"
+    assert obj.members == (Member(subject="user:ann", access="admin"),)
+    assert obj.last_activity > 0
+    state = read_state(tmp_path)
+    assert [(e["op_id"], e["generation"], e["state"]) for e in state["log"]] == [("op-t1-1", 1, "running")]
+    assert state["objects"][object_key("tenant", "p1", "t1")]["resources"] == {"cpu": 2.0, "memory": 1024}
+    assert state["counters"] == {"applied": 1, "skipped": 0, "failed": 0}
+    assert (tmp_path / OBJECTS_FILE).stat().st_mode & 0o777 == 0o600
+
+
+async def test_redelivery_of_the_same_generation_is_applied_once(tmp_path: Path) -> None:
+    s = sim(tmp_path)
+    first = await s.apply(cmd(1))
+    again = await s.apply(cmd(1))
+    assert first.applied and not again.applied
+    assert again.state == "running" and again.generation == 1
+    state = read_state(tmp_path)
+    assert len(state["log"]) == 1
+    assert state["counters"] == {"applied": 1, "skipped": 1, "failed": 0}
+
+
+async def test_generations_only_move_forward(tmp_path: Path) -> None:
+    s = sim(tmp_path)
+    await s.apply(cmd(1))
+    assert (await s.apply(cmd(3, "sleeping"))).applied
+    # An older generation arriving late changes nothing.
+    late = await s.apply(cmd(2, "running", version="v1.99.0"))
+    assert late == ApplyOutcome(applied=False, state="sleeping", version="v1.35.0", generation=3)
+    upgraded = await s.apply(cmd(4, "sleeping", version="v1.36.0"))
+    assert upgraded == ApplyOutcome(applied=True, state="sleeping", version="v1.36.0", generation=4)
+    assert [e["generation"] for e in read_state(tmp_path)["log"]] == [1, 3, 4]
+
+
+async def test_sleep_keeps_activity_and_wake_is_activity(tmp_path: Path) -> None:
+    s = sim(tmp_path)
+    await s.apply(cmd(1))
+    created = s.get("tenant", "p1", "t1")
+    assert created is not None
+    await s.apply(cmd(2, "sleeping"))
+    asleep = s.get("tenant", "p1", "t1")
+    assert asleep is not None and asleep.last_activity == created.last_activity
+    await s.apply(cmd(3, "running"))
+    awake = s.get("tenant", "p1", "t1")
+    assert awake is not None and awake.last_activity > created.last_activity
+    assert awake.created_at == created.created_at
+    touched = s.touch("tenant", "p1", "t1", at=5e9)
+    assert touched.last_activity == 5e9
+    assert read_state(tmp_path)["objects"]["tenant/p1/t1"]["last_activity"] == 5e9
+
+
+async def test_delete_leaves_a_tombstone(tmp_path: Path) -> None:
+    s = sim(tmp_path)
+    await s.apply(cmd(1))
+    gone = await s.apply(cmd(2, "deleted"))
+    assert gone == ApplyOutcome(applied=True, state="deleted", version="", generation=2)
+    assert s.get("tenant", "p1", "t1") is None
+    assert s.generation_of("tenant", "p1", "t1") == 2
+    # A redelivered delete is not applied again, nor is the create that came before it.
+    assert not (await s.apply(cmd(2, "deleted"))).applied
+    assert not (await s.apply(cmd(1))).applied
+    assert s.get("tenant", "p1", "t1") is None
+    # A newer generation brings it back and clears the tombstone.
+    assert (await s.apply(cmd(3))).applied
+    state = read_state(tmp_path)
+    assert "tenant/p1/t1" in state["objects"] and state["tombstones"] == {}
+    assert [e["state"] for e in state["log"]] == ["running", "deleted", "running"]
+
+
+async def test_deleting_a_missing_object_is_applied_and_remembered(tmp_path: Path) -> None:
+    s = sim(tmp_path)
+    out = await s.apply(cmd(1, "deleted", name="never"))
+    assert out.applied and out.state == "deleted"
+    assert read_state(tmp_path)["tombstones"]["tenant/p1/never"]["generation"] == 1
+    assert not (await s.apply(cmd(1, "deleted", name="never"))).applied
+
+
+async def test_kinds_and_projects_are_separate_objects(tmp_path: Path) -> None:
+    s = sim(tmp_path)
+    await s.apply(cmd(1, name="x"))
+    assert (await s.apply(cmd(1, name="x", kind="space", version=""))).applied
+    assert (await s.apply(cmd(1, name="x", project="p2"))).applied
+    items = await s.inventory()
+    assert [(i.kind, i.project, i.name) for i in items] == [
+        ("space", "p1", "x"),
+        ("tenant", "p1", "x"),
+        ("tenant", "p2", "x"),
+    ]
+
+
+async def test_state_survives_a_new_sim_on_the_same_dir(tmp_path: Path) -> None:
+    s = sim(tmp_path)
+    await s.apply(cmd(1))
+    await s.apply(cmd(2, "sleeping"))
+    await s.apply(cmd(1, name="gone"))
+    await s.apply(cmd(2, "deleted", name="gone"))
+    await s.close()
+
+    again = sim(tmp_path)
+    assert again.state == s.state
+    assert not (await again.apply(cmd(2, "sleeping"))).applied
+    assert not (await again.apply(cmd(2, "deleted", name="gone"))).applied
+    assert [(i.name, i.generation, i.state) for i in await again.inventory()] == [("t1", 2, "sleeping")]
+    assert len(read_state(tmp_path)["log"]) == 4
+    assert read_state(tmp_path)["counters"]["skipped"] == 2
+
+
+async def test_failure_knob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(FAIL_ENV, " bad , worse")
+    s = sim(tmp_path)
+    assert s.fail == {"bad", "worse"}
+    with pytest.raises(DriverError) as caught:
+        await s.apply(cmd(1, name="bad"))
+    assert caught.value.reason == "SimulatedFailure" and not caught.value.transient
+    assert "TETHER_SIM_FAIL" in str(caught.value)
+    assert (await s.apply(cmd(1, name="good"))).applied
+    state = read_state(tmp_path)
+    assert [e["name"] for e in state["log"]] == ["good"]
+    assert state["counters"] == {"applied": 1, "skipped": 0, "failed": 1}
+    assert s.get("tenant", "p1", "bad") is None
+
+
+async def test_apply_delay_knob_and_cancel_mid_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(APPLY_DELAY_ENV, "0.2")
+    s = sim(tmp_path)
+    assert s.apply_delay == 0.2
+    task = asyncio.create_task(s.apply(cmd(1)))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # Cancelled before it took effect: nothing applied, nothing logged.
+    assert s.get("tenant", "p1", "t1") is None and read_state(tmp_path)["log"] == []
+    assert (await s.apply(cmd(1))).applied
+
+
+def test_invalid_delay_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(APPLY_DELAY_ENV, "soon")
+    with pytest.raises(DriverError, match="TETHER_SIM_APPLY_DELAY"):
+        SimCluster(tmp_path)
+
+
+async def test_unreachable_api_is_transient(tmp_path: Path) -> None:
+    s = sim(tmp_path)
+    s.set_api_reachable(False)
+    with pytest.raises(ClusterUnreachable) as caught:
+        await s.apply(cmd(1))
+    assert caught.value.transient
+    with pytest.raises(ClusterUnreachable):
+        await s.inventory()
+    with pytest.raises(ClusterUnreachable):
+        await s.health()
+    s.set_api_reachable(True)
+    assert (await s.apply(cmd(1))).applied
+
+
+async def test_damaged_state_is_refused_not_replaced(tmp_path: Path) -> None:
+    (tmp_path / OBJECTS_FILE).write_text(json.dumps({"format": 1, "objects": {"x": {"kind": "nope"}}}))
+    with pytest.raises(DriverError, match="damaged"):
+        SimCluster(tmp_path)
+    (tmp_path / OBJECTS_FILE).write_text(json.dumps({"format": 99}))
+    with pytest.raises(DriverError, match="format 99"):
+        SimCluster(tmp_path)
+
+
+def test_read_state_of_a_fresh_dir(tmp_path: Path) -> None:
+    state = read_state(tmp_path)
+    assert state["log"] == [] and state["objects"] == {} and state["counters"]["applied"] == 0
+    assert not os.path.exists(tmp_path / OBJECTS_FILE)
+
+
+async def test_names_with_a_slash_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(DriverError) as caught:
+        await sim(tmp_path).apply(cmd(1, name="a/b"))
+    assert caught.value.reason == "InvalidSpec"
