@@ -208,6 +208,46 @@ class Stack:
             assert resp.status_code == 200, resp.text
             return dict(resp.json())
 
+    async def req(self, method: str, path: str, *, token: str | None = None, **kwargs: Any) -> httpx.Response:
+        async with self.http(token) as http:
+            return await http.request(method, path, **kwargs)
+
+    async def ok(self, method: str, path: str, *, token: str | None = None, **kwargs: Any) -> Any:
+        resp = await self.req(method, path, token=token, **kwargs)
+        assert resp.status_code < 300, f"{method} {path}: {resp.status_code} {resp.text}"
+        return resp.json()
+
+    async def user(self, name: str) -> str:
+        """Create a user; return their API token."""
+        return str((await self.ok("POST", "/api/v1/users", json={"name": name}))["token"])
+
+    async def connected(self, name: str, state_dir: Path, **env: str) -> Proc:
+        """Connect a cluster and run its agent until it is online."""
+        info = await self.connect_cluster(name)
+        proc = self.agent(state_dir, info["token"], extra_env=env or None, name=f"agent-{name}")
+        await self.wait_online(name)
+        return proc
+
+    async def workload(self, kind: str, project: str, name: str, token: str | None = None) -> dict[str, Any] | None:
+        resp = await self.req("GET", f"/api/v1/projects/{project}/{kind}s/{name}", token=token)
+        if resp.status_code == 404:
+            return None
+        assert resp.status_code == 200, resp.text
+        return dict(resp.json())
+
+    async def wait_synced(self, kind: str, project: str, name: str, timeout: float = 30.0) -> dict[str, Any]:
+        async def check() -> dict[str, Any] | None:
+            w = await self.workload(kind, project, name)
+            return w if w and w["in_sync"] else None
+
+        return await wait_for(check, timeout=timeout, what=f"{kind} {project}/{name} in sync")
+
+    async def wait_gone(self, kind: str, project: str, name: str, timeout: float = 30.0) -> None:
+        async def gone() -> bool:
+            return await self.workload(kind, project, name) is None
+
+        await wait_for(gone, timeout=timeout, what=f"{kind} {project}/{name} deleted")
+
     def agent(
         self,
         state_dir: Path,

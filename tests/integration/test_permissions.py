@@ -1,0 +1,105 @@
+"""Every API call is authorised: the role x action matrix, team roles, and access removal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.drivers.sim import read_state
+from tests.harness import Stack, wait_for
+
+P = "/api/v1/projects/p1"
+
+
+async def test_permission_matrix(stack: Stack, tmp_path: Path) -> None:
+    await stack.connected("c1", tmp_path / "c1")
+    tokens = {name: await stack.user(name) for name in ("alice", "bob", "carol", "dave", "erin")}
+    tokens["admin"] = stack.admin_token
+    await stack.ok("POST", "/api/v1/teams", json={"name": "devs", "members": ["erin"]})
+    await stack.ok("POST", "/api/v1/projects", json={"name": "p1"})
+    for who, role in (("alice", "admin"), ("bob", "user"), ("carol", "viewer")):
+        await stack.ok("PUT", f"{P}/members", json={"user": who, "role": role})
+    await stack.ok("PUT", f"{P}/members", json={"team": "devs", "role": "user"})
+    bobs = await stack.ok("POST", f"{P}/tenants", token=tokens["bob"], json={"name": "bobs"})
+    await stack.wait_synced("tenant", "p1", "bobs")
+
+    async def status(who: str, method: str, path: str, body: object = None) -> int:
+        return (await stack.req(method, path, token=tokens[who], json=body)).status_code
+
+    everyone = ("admin", "alice", "bob", "carol", "erin", "dave")
+    matrix: list[tuple[str, str, object, dict[str, int]]] = [
+        ("GET", "/api/v1/clusters", None, dict.fromkeys(everyone, 200)),
+        ("POST", "/api/v1/clusters", {"name": "cx"}, {"admin": 201} | dict.fromkeys(everyone[1:], 403)),
+        ("POST", "/api/v1/users", {"name": "zed"}, {"admin": 201} | dict.fromkeys(everyone[1:], 403)),
+        ("POST", "/api/v1/projects", {"name": "p2"}, {"admin": 201} | dict.fromkeys(everyone[1:], 403)),
+        ("GET", P, None, {"admin": 200, "alice": 200, "bob": 200, "carol": 200, "erin": 200, "dave": 403}),
+        (
+            "GET",
+            f"{P}/tenants/bobs",
+            None,
+            {"admin": 200, "alice": 200, "bob": 200, "carol": 200, "erin": 200, "dave": 403},
+        ),
+        (
+            "GET",
+            "/api/v1/tenants?project=p1",
+            None,
+            {"admin": 200, "alice": 200, "bob": 200, "carol": 200, "erin": 200, "dave": 403},
+        ),
+        ("POST", f"{P}/tenants/bobs/sleep", None, {"carol": 403, "erin": 403, "dave": 403, "bob": 200}),
+        ("POST", f"{P}/tenants/bobs/wake", None, {"carol": 403, "erin": 403, "dave": 403, "alice": 200}),
+        ("DELETE", f"{P}/tenants/bobs", None, {"carol": 403, "erin": 403, "dave": 403}),
+        (
+            "PUT",
+            f"{P}/members",
+            {"user": "dave", "role": "viewer"},
+            {"bob": 403, "carol": 403, "erin": 403, "dave": 403, "alice": 200},
+        ),
+    ]
+    for method, path, body, expected in matrix:
+        before = await stack.workload("tenant", "p1", "bobs")
+        for who, want in expected.items():
+            payload = body
+            if method == "POST" and isinstance(body, dict) and path.endswith(("clusters", "users", "projects")):
+                payload = {"name": f"{body['name']}-{who}"}
+            got = await status(who, method, path, payload)
+            assert got == want, f"{who} {method} {path}: {got} != {want}"
+            if got == 403 and before is not None:
+                after = await stack.workload("tenant", "p1", "bobs")
+                assert after is not None and after["desired"]["generation"] == before["desired"]["generation"]
+
+    # create: users (directly or through a team) and admins may; viewers and strangers may not
+    for who, want in (("carol", 403), ("dave", 403), ("erin", 201), ("alice", 201), ("bob", 201)):
+        resp = await stack.req("POST", f"{P}/spaces", token=tokens[who], json={"name": f"s-{who}"})
+        assert resp.status_code == want, (who, resp.text)
+    denied = await stack.req("POST", f"{P}/tenants/bobs/sleep", token=tokens["erin"])
+    assert "own" in denied.json()["error"]["message"]
+    # a user sees only the projects they belong to
+    assert [p["name"] for p in (await stack.ok("GET", "/api/v1/projects", token=tokens["dave"]))["items"]] == ["p1"]
+    carol_sees = (await stack.ok("GET", "/api/v1/tenants", token=tokens["carol"]))["items"]
+    assert [t["name"] for t in carol_sees] == ["bobs"]
+    assert bobs["created_by"] == "bob"
+
+
+async def test_removing_a_member_removes_their_access_on_the_cluster(stack: Stack, tmp_path: Path) -> None:
+    state = tmp_path / "c1"
+    await stack.connected("c1", state)
+    carol = await stack.user("carol")
+    await stack.user("bob")
+    await stack.ok("POST", "/api/v1/projects", json={"name": "p1"})
+    await stack.ok("PUT", f"{P}/members", json={"user": "bob", "role": "user"})
+    await stack.ok("PUT", f"{P}/members", json={"user": "carol", "role": "viewer"})
+    await stack.ok("POST", f"{P}/spaces", json={"name": "s1"})
+    await stack.wait_synced("space", "p1", "s1")
+
+    def members_on_cluster() -> dict[str, str]:
+        obj = read_state(state)["objects"]["space/p1/s1"]
+        return {m["subject"]: m["access"] for m in obj["members"]}
+
+    assert members_on_cluster() == {"user:bob": "view", "user:carol": "view"}
+    assert (await stack.req("GET", f"{P}/spaces/s1", token=carol)).status_code == 200
+
+    await stack.ok("DELETE", f"{P}/members/user/carol")
+    await wait_for(lambda: "user:carol" not in members_on_cluster(), timeout=20, what="carol's binding removed")
+    assert members_on_cluster() == {"user:bob": "view"}
+    assert (await stack.req("GET", f"{P}/spaces/s1", token=carol)).status_code == 403
+    space = await stack.wait_synced("space", "p1", "s1")
+    assert space["desired"]["operation"] == "access" and space["desired"]["generation"] == 2
