@@ -50,7 +50,8 @@ async def wait_for(
         try:
             result = check()
             if asyncio.iscoroutine(result):
-                result = await result
+                # A check that hangs must not outlive the deadline.
+                result = await asyncio.wait_for(result, max(0.1, deadline - time.monotonic()))
             last = result
             if result:
                 return result  # type: ignore[return-value]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import uvicorn
 
 from services.api.app import Platform, create_app
-from services.bus import Telemetry, connect
+from services.bus import Telemetry, close, connect
 from services.bus.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -81,5 +81,5 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
             await asyncio.wait([serving], timeout=10)
             raise
     finally:
-        await nc.drain()
+        await close(nc)
         telemetry.shutdown()

@@ -4,7 +4,7 @@ from nats.aio.client import Client as Connection
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext as JetStream
 
-from services.bus.connection import connect
+from services.bus.connection import close, connect
 from services.bus.endpoints import ServiceHost, call
 from services.bus.kv import Bucket
 from services.bus.settings import BusSettings, TelemetrySettings
@@ -21,6 +21,7 @@ __all__ = [
     "Telemetry",
     "TelemetrySettings",
     "call",
+    "close",
     "connect",
     "ensure_bucket",
     "ensure_platform_streams",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -65,3 +66,14 @@ async def connect(settings: BusSettings, name: str) -> Client:
         max_outstanding_pings=3,
         **auth,
     )
+
+
+async def close(nc: Client, timeout: float = 5.0) -> None:
+    """Drain (finish handling what was received, flush what was sent), then close; never hang."""
+    try:
+        await asyncio.wait_for(nc.drain(), timeout)
+    except Exception as exc:  # TimeoutError, or the connection already gone
+        logger.warning("nats: drain did not finish (%s); closing", exc or type(exc).__name__)
+    finally:
+        if not nc.is_closed:
+            await nc.close()

@@ -15,6 +15,8 @@ def setup_logging() -> None:
         level=os.environ.get("TETHER_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # One line per HTTP request is noise in a foreground terminal.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def run_main(main: Coroutine[Any, Any, None]) -> None:

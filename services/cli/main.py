@@ -67,7 +67,7 @@ def up(
     )
 
     def say(line: str) -> None:
-        out.console.print(f"[bold cyan]tether[/] {line}", highlight=False)
+        out.console.print(f"[bold cyan]tether[/] {line}", highlight=False, soft_wrap=True)
 
     def on_ready(api_url: str, token: str) -> None:
         say(f"CLI context written to {save_context(api_url, token)}")
@@ -149,7 +149,10 @@ def cluster_connect(
     if output == Output.json:
         out.print_json(res)
         return
-    out.console.print(f"cluster [bold]{name}[/] registered; its connect token works once, until {res['expires_at']}.")
+    out.console.print(
+        f"cluster [bold]{name}[/] registered; its connect token works once, until {res['expires_at']}.",
+        soft_wrap=True,
+    )
     out.console.print("Run its agent (it only dials out to NATS):\n")
     sys.stdout.write(f"  {res['agent_command']}\n\n")
     sys.stdout.flush()

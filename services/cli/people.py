@@ -204,6 +204,6 @@ def project_get(name: str, output: OutputOpt = Output.table) -> None:
         ("Your role", p["my_role"] or "-"),
         ("Created by", p["created_by"] or "-"),
     ):
-        out.console.print(f"[bold]{key + ':':<11}[/]{value}", highlight=False)
+        out.console.print(f"[bold]{key + ':':<12}[/]{value}", highlight=False)
     out.console.print("[bold]Members:[/]")
     out.table(["  KIND", "NAME", "ROLE"], [[f"  {m['kind']}", m["name"], m["role"]] for m in p["members"]])

@@ -35,6 +35,7 @@ from services.bus import (
     Msg,
     ServiceHost,
     Telemetry,
+    close,
     connect,
     ensure_bucket,
     ensure_platform_streams,
@@ -213,7 +214,7 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
                 await ev_sub.unsubscribe()
                 await monitor.flush_once()
     finally:
-        await nc.drain()
+        await close(nc)
         telemetry.shutdown()
 
 

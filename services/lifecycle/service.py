@@ -49,6 +49,7 @@ from services.bus import (
     ServiceHost,
     Telemetry,
     call,
+    close,
     connect,
     ensure_bucket,
     ensure_platform_streams,
@@ -433,5 +434,5 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
                 ready.set()
             await asyncio.Event().wait()
     finally:
-        await nc.drain()
+        await close(nc)
         telemetry.shutdown()

@@ -37,6 +37,7 @@ from services.bus import (
     JetStream,
     ServiceHost,
     Telemetry,
+    close,
     connect,
     ensure_bucket,
     ensure_platform_streams,
@@ -213,5 +214,5 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
                 ready.set()
             await asyncio.Event().wait()
     finally:
-        await nc.drain()
+        await close(nc)
         telemetry.shutdown()
