@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import UserString
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -116,6 +117,21 @@ class Subscription:
             logger.debug("unsubscribe from %s: %s", self._sub.subject, exc)
 
 
+@dataclass(frozen=True)
+class NatsIdentity:
+    """Who the agent is to the broker, and where its replies come (its own inbox)."""
+
+    creds: str
+    """A ``.creds`` file's path, or (``in_memory``) the creds text itself."""
+    inbox_prefix: str
+    refused: str
+    """What to tell the operator when the broker refuses these credentials."""
+    in_memory: bool = False
+
+
+AUTH_REFUSALS_BEFORE_GIVING_UP = 3
+
+
 class Connection:
     """One agent's NATS connection, with hooks for disconnects and reconnects.
 
@@ -132,6 +148,10 @@ class Connection:
         self._closing = False
         self._last_error: Exception | None = None
         self._reconnect_attempts = 0
+        self._identity: NatsIdentity | None = None
+        self._auth_refusals = 0
+        self.refused = asyncio.Event()
+        """Set when the broker keeps refusing our credentials (revoked or expired): stop for good."""
 
     # --- hooks ----------------------------------------------------------------------
     def on_reconnected(self, hook: Hook) -> None:
@@ -161,6 +181,10 @@ class Connection:
 
     async def _error_cb(self, exc: Exception) -> None:
         self._last_error = exc
+        if _is_auth_error(exc):
+            self._auth_refusals += 1
+            if self._established and self._auth_refusals >= AUTH_REFUSALS_BEFORE_GIVING_UP:
+                self.refused.set()
         if not self._established or self._closing:
             # First connect: the retry loop logs once per attempt instead.
             logger.debug("nats (%s): %s", self.name, exc)
@@ -175,16 +199,23 @@ class Connection:
 
     async def _reconnected_cb(self) -> None:
         self._reconnect_attempts = 0
+        self._auth_refusals = 0
         logger.info("nats (%s): reconnected to %s", self.name, self.connected_url or "?")
         self._run_hooks(self._on_reconnected, "reconnected")
 
     # --- connecting ---------------------------------------------------------------------
     async def _attempt(self, servers: list[str], settings: AgentSettings) -> Client:
         nc = Client()
+        auth: dict[str, Any] = {}
+        if self._identity is not None:
+            ident = self._identity
+            auth["user_credentials"] = UserString(ident.creds) if ident.in_memory else ident.creds
+            auth["inbox_prefix"] = ident.inbox_prefix
         try:
             await nc.connect(
                 servers,
                 name=self.name,
+                **auth,
                 allow_reconnect=True,
                 # One bounded pass over the servers; switched to -1 (forever) once connected.
                 max_reconnect_attempts=1,
@@ -206,8 +237,12 @@ class Connection:
         nc.options["reconnect_time_wait"] = 2  # only bounds how long close() waits for a reconnect task
         return nc
 
-    async def open(self, settings: AgentSettings) -> None:
-        """Connect, retrying forever with jittered backoff; PermanentError on an invalid URL."""
+    async def open(self, settings: AgentSettings, identity: NatsIdentity | None = None) -> None:
+        """Connect, retrying forever with jittered backoff.
+
+        PermanentError on an invalid URL, or when the broker refuses our credentials.
+        """
+        self._identity = identity
         servers = settings.servers
         if not servers:
             raise PermanentError("no NATS server given: pass --server (or set TETHER_AGENT_SERVER)")
@@ -219,6 +254,14 @@ class Connection:
                 self._nc = await self._attempt(servers, settings)
             except NoServersError:
                 reason: object = self._last_error or "no server answered"
+                if _is_auth_error(self._last_error):
+                    refused = (
+                        identity.refused
+                        if identity is not None
+                        else "NATS requires credentials and this agent has none: use the whole connect token "
+                        "printed by 'tether cluster connect'"
+                    )
+                    raise PermanentError(f"{refused} (NATS: {self._last_error})") from None
             except NatsError as exc:
                 # Raised before any dial: the URL list itself is unusable.
                 raise PermanentError(f"invalid NATS server URL in {_servers_text(servers)}: {exc}") from None
@@ -332,6 +375,7 @@ async def connect(
     settings: AgentSettings,
     name: str,
     *,
+    identity: NatsIdentity | None = None,
     on_reconnected: Hook | None = None,
     on_disconnected: Hook | None = None,
 ) -> Connection:
@@ -341,8 +385,13 @@ async def connect(
         conn.on_reconnected(on_reconnected)
     if on_disconnected is not None:
         conn.on_disconnected(on_disconnected)
-    await conn.open(settings)
+    await conn.open(settings, identity)
     return conn
+
+
+def _is_auth_error(exc: BaseException | None) -> bool:
+    text = str(exc or "").lower()
+    return "authorization violation" in text or "authentication expired" in text or "revoked" in text
 
 
 async def request(conn: Connection, subject: str, message: Message, reply_type: type[M], timeout: float = 5.0) -> M:

@@ -27,10 +27,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
@@ -38,19 +40,30 @@ import msgspec
 
 from agent import VERSION
 from agent import credentials as creds_store
-from agent.bus import CommandQueue, Connection, Subscription, connect, request
+from agent.bus import CommandQueue, Connection, NatsIdentity, Subscription, connect, request
 from agent.commands import CommandApplier
 from agent.credentials import Credentials
 from agent.drivers import Driver, make_driver
 from agent.errors import AgentError, DriverError, PermanentError
 from agent.settings import AgentSettings
-from agent.statefiles import StateLock
+from agent.statefiles import StateLock, write_text_atomic
 from schemas import subjects
+from schemas.credentials import (
+    agent_inbox_prefix,
+    bootstrap_seed,
+    jwt_times,
+    new_user_seed,
+    parse_connect_token,
+    read_creds,
+)
+from schemas.credentials import creds as creds_text
+from schemas.credentials import public_key as nats_public_key
 from schemas.errors import Gone, Internal, NotFound, TetherError, Unauthenticated, Unavailable
 from schemas.messages import (
     AgentBootstrap,
     AgentCredentials,
     AgentHello,
+    AgentRenew,
     AgentWelcome,
     ClusterHealth,
     CommandResult,
@@ -65,6 +78,8 @@ from schemas.retrying import backoff_delay
 
 logger = logging.getLogger(__name__)
 
+NATS_CREDS_FILE = "nats.creds"
+"""The agent's own NATS user (JWT and nkey seed), in its state dir."""
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
 """Used when the platform's welcome carries no usable interval."""
 RETRY_BACKOFF = (0.5, 30.0)
@@ -114,6 +129,7 @@ class Agent:
         self._owns_driver = driver is None
         self._lock = StateLock(settings.state_path)
         self._conn: Connection | None = None
+        self._server = ""
         self._credentials: Credentials | None = None
         self._cluster_uid = ""
         self._health = ClusterHealth(agent_version=VERSION)
@@ -263,17 +279,32 @@ class Agent:
             settings.state_path,
         )
 
-        self._conn = await connect(
-            replace(settings, server=server), f"tether-agent-{cluster}", on_reconnected=self._reconnected.set
-        )
+        self._server = server
+        identity = self._identity_for(stored.cluster) if stored is not None else None
+        if stored is None:
+            assert token is not None
+            identity = self._bootstrap_identity(token)
+        try:
+            await self._connect(identity)
+        except PermanentError:
+            if stored is None or fallback_token is None:
+                raise
+            # Our own NATS user was refused (revoked): the given token starts over.
+            logger.warning("the stored NATS credentials were refused; trying the given connect token")
+            stored, token, fallback_token = None, fallback_token, None
+            await self._connect(self._bootstrap_identity(token))
 
         if stored is None:
             assert token is not None
             stored = await self._bootstrap(token, server)
+            if self._nats_creds.exists():
+                # From the one-call bootstrap user to this agent's own NATS user.
+                await self.connection.close()
+                await self._connect(self._identity_for(stored.cluster))
         self._credentials = stored
 
         # Listen before saying hello, so a revocation right after it is not missed.
-        self._control = await self._conn.subscribe(subjects.control(stored.cluster))
+        self._control = await self.connection.subscribe(subjects.control(stored.cluster))
         self._reconnected.clear()
         try:
             await self._hello()
@@ -291,8 +322,8 @@ class Agent:
             await self._hello()
 
         cluster = self._credentials.cluster
-        self._queue = CommandQueue(self._conn, cluster)
-        self._conn.on_reconnected(self._queue.invalidate)
+        self._queue = CommandQueue(self.connection, cluster)
+        self.connection.on_reconnected(self._queue.invalidate)
         self._applier = CommandApplier(
             cluster,
             self._driver,
@@ -328,15 +359,100 @@ class Agent:
                 logger.log(level, "%s (attempt %d): %s; retrying in %.1fs", what, attempt, exc.description, delay)
                 await asyncio.sleep(delay)
 
+    # --- NATS identity -----------------------------------------------------------------------
+    @property
+    def _nats_creds(self) -> Path:
+        return self.settings.state_path / NATS_CREDS_FILE
+
+    def _identity_for(self, cluster: str) -> NatsIdentity | None:
+        """This agent's own NATS user, when the platform gave it one."""
+        if not self._nats_creds.exists():
+            return None
+        return NatsIdentity(
+            creds=str(self._nats_creds),
+            inbox_prefix=agent_inbox_prefix(cluster),
+            refused=(
+                f"NATS refused the credentials of cluster {cluster!r}: the cluster was disconnected from the "
+                f"platform, or its credentials expired while the agent was away; connect it again with a new "
+                f"connect token ('tether cluster connect {cluster}')"
+            ),
+        )
+
+    @staticmethod
+    def _bootstrap_identity(token: str) -> NatsIdentity | None:
+        """The one-call NATS user a connect token carries (None for tokens of an open NATS)."""
+        try:
+            cluster, secret, jwt = parse_connect_token(token)
+        except TetherError as exc:
+            raise PermanentError(f"invalid connect token: {exc.description}") from None
+        if not jwt:
+            return None
+        return NatsIdentity(
+            creds=creds_text(jwt, bootstrap_seed(secret)),
+            inbox_prefix=agent_inbox_prefix(cluster),
+            in_memory=True,
+            refused=(
+                f"NATS refused the connect token of cluster {cluster!r}: it is wrong or expired; run "
+                f"'tether cluster connect {cluster}' again for a new one"
+            ),
+        )
+
+    async def _connect(self, identity: NatsIdentity | None) -> None:
+        self._conn = await connect(
+            replace(self.settings, server=self._server),
+            f"tether-agent-{self.settings.token_cluster or 'agent'}",
+            identity=identity,
+            on_reconnected=self._reconnected.set,
+        )
+
+    def _save_nats_creds(self, jwt: str, seed: str) -> None:
+        write_text_atomic(self._nats_creds, creds_text(jwt, seed))
+
+    async def _renewals(self) -> None:
+        """Renew the NATS user JWT at about three quarters of its life (jittered), forever."""
+        assert self._credentials is not None
+        while True:
+            try:
+                text = self._nats_creds.read_text()
+            except OSError:
+                return  # an open NATS: nothing to renew
+            jwt, seed = read_creds(text)
+            issued, expires = jwt_times(jwt)
+            if not expires:
+                return
+            life = max(1.0, expires - issued)
+            at = issued + life * random.uniform(0.70, 0.80)
+            await asyncio.sleep(max(0.0, at - time.time()))
+            answer = await self._call(
+                "renewing the agent's NATS credentials",
+                subjects.Registry.AGENT_RENEW,
+                AgentRenew(cluster=self._credentials.cluster, credential=self._credentials.credential),
+                AgentCredentials,
+            )
+            if answer.jwt:
+                self._save_nats_creds(answer.jwt, seed)
+                logger.info(
+                    "NATS credentials renewed; valid until %s",
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(answer.expires_at)),
+                )
+
+    async def _watch_refusal(self) -> None:
+        conn = self.connection
+        await conn.refused.wait()
+        identity = self._identity_for(self._credentials.cluster if self._credentials else "?")
+        raise PermanentError(identity.refused if identity else "NATS refused this agent's credentials")
+
     async def _bootstrap(self, token: str, server: str) -> Credentials:
         """Trade the connect token for this agent's own credential and store it."""
         health = self._health
+        seed = new_user_seed()  # this agent's own NATS user; the seed never leaves this machine
         message = AgentBootstrap(
             token=token,
             cluster_uid=self._cluster_uid,
             agent_version=VERSION,
             kubernetes_version=health.kubernetes_version,
             driver=self.driver.name,
+            user_public_key=nats_public_key(seed),
         )
         failed: list[TetherError] = []
         try:
@@ -355,6 +471,8 @@ class Agent:
             raise PermanentError(text) from exc
         credentials = Credentials(cluster=answer.cluster, credential=answer.credential, server=server)
         try:
+            if answer.jwt:
+                self._save_nats_creds(answer.jwt, seed)
             path = creds_store.save(self.settings.state_path, credentials)
         except OSError as exc:
             raise PermanentError(
@@ -413,6 +531,8 @@ class Agent:
                 tg.create_task(self._control_notices(), name="agent-control")
                 tg.create_task(self._commands(), name="agent-commands")
                 tg.create_task(self._inventory(), name="agent-inventory")
+                tg.create_task(self._renewals(), name="agent-renew")
+                tg.create_task(self._watch_refusal(), name="agent-refusal")
         except BaseExceptionGroup as group:
             leaves = _leaves(group)
             primary = next((e for e in leaves if isinstance(e, PermanentError)), leaves[0])

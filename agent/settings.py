@@ -8,28 +8,23 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from agent.errors import PermanentError
-from schemas.errors import InvalidInput
-from schemas.names import check_name
+from schemas.credentials import CONNECT_TOKEN_PREFIX, parse_connect_token
+from schemas.errors import TetherError
 
 DriverName = Literal["sim", "kube"]
 DRIVERS: tuple[str, ...] = get_args(DriverName)
 
-CONNECT_TOKEN_PREFIX = "tct"
-"""Connect tokens look like ``tct.<cluster>.<secret>`` (see the registry)."""
-
 
 def cluster_of_token(token: str) -> str:
     """The cluster a connect token belongs to; PermanentError when the token is malformed."""
-    parts = token.strip().split(".")
-    if len(parts) != 3 or parts[0] != CONNECT_TOKEN_PREFIX or not parts[2]:
-        raise PermanentError(
-            f"malformed connect token: expected '{CONNECT_TOKEN_PREFIX}.<cluster>.<secret>' "
-            "as printed by 'tether cluster connect'"
-        )
     try:
-        return check_name(parts[1], "cluster name in the connect token")
-    except InvalidInput as exc:
-        raise PermanentError(exc.description) from None
+        cluster, _secret, _jwt = parse_connect_token(token.strip())
+    except TetherError as exc:
+        raise PermanentError(
+            f"{exc.description}: expected '{CONNECT_TOKEN_PREFIX}.<cluster>.<secret>[.<jwt>]' "
+            "as printed by 'tether cluster connect'"
+        ) from None
+    return cluster
 
 
 def default_state_root() -> Path:

@@ -56,6 +56,19 @@ def write_json_atomic(path: Path, data: dict[str, Any], mode: int = FILE_MODE) -
     _fsync_dir(path.parent)
 
 
+def write_text_atomic(path: Path, text: str, mode: int = FILE_MODE) -> None:
+    """Replace ``path`` with ``text`` atomically (temp file, fsync, rename), mode 0600."""
+    ensure_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
 def _fsync_dir(directory: Path) -> None:
     """Make a rename in ``directory`` durable (best effort where directories cannot be opened)."""
     try:

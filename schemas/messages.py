@@ -101,6 +101,8 @@ class ClusterRecord(Message, frozen=True, tag="cluster-record.v1"):
     cluster_uid: str = ""
     credential_hash: str = ""
     """SHA-256 of the agent's long-lived credential."""
+    nats_user: str = ""
+    """The agent's NATS user public key; revoked in the account when the cluster is disconnected."""
     connected_at: float = 0.0
     disconnected_at: float = 0.0
     agent_version: str = ""
@@ -144,9 +146,22 @@ class AgentBootstrap(Message, frozen=True, tag="agent-bootstrap.v1"):
     agent_version: str = ""
     kubernetes_version: str = ""
     driver: str = ""
+    user_public_key: str = ""
+    """The agent's own NATS user nkey (public part); its seed never leaves the agent."""
 
 
 class AgentCredentials(Message, frozen=True, tag="agent-credentials.v1"):
+    cluster: str
+    credential: str
+    jwt: str = ""
+    """The agent's NATS user JWT (empty when the broker does not enforce identities)."""
+    expires_at: float = 0.0
+    """When ``jwt`` expires; the agent renews it at about three quarters of its life."""
+
+
+class AgentRenew(Message, frozen=True, tag="agent-renew.v1"):
+    """Ask for a fresh NATS user JWT before the current one expires."""
+
     cluster: str
     credential: str
 

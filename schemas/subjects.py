@@ -138,6 +138,7 @@ class Registry:
     CLUSTER_TOKEN = svc(SERVICE, "cluster.token")
     AGENT_BOOTSTRAP = svc(SERVICE, "agent.bootstrap")
     AGENT_HELLO = svc(SERVICE, "agent.hello")
+    AGENT_RENEW = svc(SERVICE, "agent.renew")
 
 
 class Lifecycle:

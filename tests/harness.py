@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import nats
+import nats.aio.client
 
+from services.bus import identity
 from services.platform.natsd import NatsServer, NatsServerConfig, free_port
 
 T = TypeVar("T")
@@ -24,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Fast clocks for tests: the same code paths as production, shorter intervals.
 FAST_ENV = {
     "TETHER_HEARTBEAT_INTERVAL": "0.5",
-    "TETHER_OFFLINE_AFTER": "2.0",
+    "TETHER_OFFLINE_AFTER": "3.0",
     "TETHER_SWEEP_INTERVAL": "0.2",
     "TETHER_FLUSH_INTERVAL": "0.5",
     "TETHER_SLEEP_CHECK_INTERVAL": "0.3",
@@ -64,12 +67,12 @@ async def wait_for(
         await asyncio.sleep(interval)
 
 
-def start_nats(tmp: Path, name: str = "nats") -> NatsServer:
-    server = NatsServer(
-        NatsServerConfig(store_dir=tmp / name / "js", port=free_port(), server_name=name),
-        conf_path=tmp / name / "nats.conf",
-        log_path=tmp / name / "nats.log",
-    )
+def start_nats(tmp: Path, name: str = "nats", auth: Path | None = None) -> NatsServer:
+    """A real nats-server on a free port; with ``auth``, in operator mode with the platform's trust."""
+    config = NatsServerConfig(store_dir=tmp / name / "js", port=free_port(), server_name=name)
+    if auth is not None:
+        config.extra = identity.prepare(auth).server_config(tmp / name / "resolver")
+    server = NatsServer(config, conf_path=tmp / name / "nats.conf", log_path=tmp / name / "nats.log")
     server.start()
     return server
 
@@ -146,6 +149,25 @@ class Stack:
         return self.nats.url
 
     @property
+    def auth(self) -> Path:
+        return self.tmp / "auth"
+
+    async def nc(self) -> nats.aio.client.Client:
+        """A NATS connection with the platform services' identity."""
+        return await nats.connect(self.nats_url, user_credentials=str(self.auth / "platform.creds"))
+
+    async def nc_as_agent_of(self, cluster: str, state_dir: Path, **kwargs: Any) -> nats.aio.client.Client:
+        """A NATS connection with one agent's own credentials (from its state dir)."""
+        from schemas.credentials import agent_inbox_prefix
+
+        return await nats.connect(
+            self.nats_url,
+            user_credentials=str(state_dir / "nats.creds"),
+            inbox_prefix=agent_inbox_prefix(cluster).encode(),
+            **kwargs,
+        )
+
+    @property
     def api(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
@@ -153,12 +175,15 @@ class Stack:
         env = dict(os.environ)
         env.update(FAST_ENV)
         env["TETHER_NATS_URL"] = self.nats_url
+        env["TETHER_NATS_CREDS"] = str(self.auth / "platform.creds")
         env.update(self.env_overrides)
         env.update(extra)
         return env
 
     def service(self, name: str) -> Proc:
         extra: dict[str, str] = {}
+        if name == "registry":
+            extra["TETHER_AUTH_DIR"] = str(self.auth)
         if name == "access":
             extra["TETHER_ADMIN_TOKEN_FILE"] = str(self.tmp / "admin.token")
         if name == "api":
@@ -171,7 +196,7 @@ class Stack:
         )
 
     async def start(self, services: tuple[str, ...] = ("registry", "access", "lifecycle", "health", "api")) -> None:
-        self.nats = start_nats(self.tmp)
+        self.nats = start_nats(self.tmp, auth=self.auth)
         await self.nats.wait_ready()
         self.http_port = free_port()
         self.admin_token = "tat_" + os.urandom(24).hex()

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from schemas.retrying import backoff_delay
+from services.bus import identity
 from services.platform.natsd import NatsServer, NatsServerConfig
 
 logger = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ class Platform:
         self.on_ready = on_ready
         self.data = settings.data_dir.resolve()
         self.logs = self.data / "logs"
+        self.auth = self.data / "auth"
         self.nats = NatsServer(
             NatsServerConfig(
                 store_dir=self.data / "nats",
@@ -156,6 +158,7 @@ class Platform:
         env = dict(os.environ)
         env.update(
             TETHER_NATS_URL=self.nats.url,
+            TETHER_NATS_CREDS=str(self.auth / "platform.creds"),
             TETHER_HEARTBEAT_INTERVAL=str(self.s.heartbeat_interval),
             TETHER_OFFLINE_AFTER=str(self.s.offline_after),
             PYTHONUNBUFFERED="1",
@@ -165,6 +168,8 @@ class Platform:
 
     def service_child(self, name: str) -> Child:
         extra: dict[str, str] = {}
+        if name == "registry":
+            extra["TETHER_AUTH_DIR"] = str(self.auth)
         if name == "access":
             extra["TETHER_ADMIN_TOKEN_FILE"] = str(self.data / "admin.token")
         if name == "api":
@@ -262,6 +267,9 @@ class Platform:
             (self.s.local_driver, "chosen with --local-driver") if self.s.local_driver else detect_local_driver()
         )
         self.say(f"data dir: {self.data}")
+        # Broker-enforced identities, always: each agent may use only its own cluster's subjects.
+        trust = identity.prepare(self.auth)
+        self.nats.config.extra = trust.server_config(self.data / "nats-resolver")
         self.nats.start()
         try:
             await self.nats.wait_ready()

@@ -9,10 +9,12 @@ import secrets
 
 import msgspec
 
+from schemas.credentials import CONNECT_TOKEN_PREFIX, parse_connect_token
 from schemas.errors import Conflict, Gone, InvalidInput, NotFound, Unauthenticated
 from schemas.messages import (
     AgentBootstrap,
     AgentHello,
+    AgentRenew,
     ClusterCreate,
     ClusterRecord,
     ProjectCreate,
@@ -20,10 +22,10 @@ from schemas.messages import (
 )
 from schemas.names import check_labels, check_name
 
-CONNECT_TOKEN_PREFIX = "tct"
 CREDENTIAL_PREFIX = "tac"
 MAX_TEXT = 1024
 _UID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_USER_KEY = re.compile(r"^U[A-Z2-7]{55}$")
 
 
 def hash_secret(secret: str) -> str:
@@ -37,13 +39,6 @@ def _matches(secret: str, digest: str) -> bool:
 def make_secret(prefix: str, cluster: str) -> str:
     """``<prefix>.<cluster>.<random>``: the cluster name lets the registry find the record."""
     return f"{prefix}.{cluster}.{secrets.token_urlsafe(32)}"
-
-
-def cluster_of_secret(secret: str, prefix: str, what: str) -> str:
-    parts = secret.split(".")
-    if len(parts) != 3 or parts[0] != prefix or not parts[2]:
-        raise Unauthenticated(f"malformed {what}")
-    return check_name(parts[1], "cluster name")
 
 
 def check_cluster_uid(uid: str) -> str:
@@ -90,7 +85,8 @@ def redeem(record: ClusterRecord, req: AgentBootstrap, now: float) -> tuple[Clus
     check_cluster_uid(req.cluster_uid)
     if record.state == "connected" or not record.token_hash:
         raise Gone(f"connect token for cluster {record.name!r} was already used")
-    if not _matches(req.token, record.token_hash):
+    cluster, secret, _jwt = parse_connect_token(req.token)
+    if cluster != record.name or not _matches(f"{CONNECT_TOKEN_PREFIX}.{cluster}.{secret}", record.token_hash):
         raise Unauthenticated(f"wrong connect token for cluster {record.name!r}")
     if now > record.token_expires_at:
         raise Gone(
@@ -109,9 +105,29 @@ def redeem(record: ClusterRecord, req: AgentBootstrap, now: float) -> tuple[Clus
             agent_version=req.agent_version,
             kubernetes_version=req.kubernetes_version,
             driver=req.driver,
+            nats_user=req.user_public_key,
         ),
         credential,
     )
+
+
+def check_user_key(key: str) -> str:
+    if not _USER_KEY.match(key):
+        raise InvalidInput("invalid NATS user public key: expected 56 characters starting with 'U'")
+    return key
+
+
+def check_renewal(record: ClusterRecord, req: AgentRenew) -> None:
+    """Only a connected cluster's agent, with its credential, gets a fresh NATS identity."""
+    if record.state == "disconnected":
+        raise Unauthenticated(f"cluster {record.name!r} was disconnected from the platform")
+    if record.state != "connected" or not _matches(req.credential, record.credential_hash):
+        raise Unauthenticated(f"invalid agent credential for cluster {record.name!r}")
+
+
+def revocations(records: list[ClusterRecord]) -> dict[str, int]:
+    """NATS users to refuse: the agents of every disconnected cluster, as of their disconnection."""
+    return {r.nats_user: int(r.disconnected_at) + 1 for r in records if r.state == "disconnected" and r.nats_user}
 
 
 def admit(record: ClusterRecord, hello: AgentHello) -> ClusterRecord:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from schemas import subjects
-from schemas.errors import Conflict, NotFound
+from schemas.credentials import bootstrap_seed, parse_connect_token
+from schemas.errors import Conflict, NotFound, Unavailable
 from schemas.messages import (
     AgentBootstrap,
     AgentCredentials,
     AgentHello,
+    AgentRenew,
     AgentWelcome,
     ClusterConnectInfo,
     ClusterCreate,
@@ -41,8 +45,10 @@ from services.bus import (
     connect,
     ensure_bucket,
     ensure_platform_streams,
+    identity,
 )
-from services.bus.settings import ServiceSettings
+from services.bus.identity import Trust
+from services.bus.settings import BusSettings, ServiceSettings
 from services.registry import logic
 
 logger = logging.getLogger(__name__)
@@ -56,13 +62,23 @@ class Settings:
     heartbeat_interval: float = 5.0
     """Seconds between agent heartbeats, told to each agent when it connects."""
 
+    auth_dir: Path | None = None
+    """The platform's NATS trust (``tether up`` makes it): with it, every agent gets its own NATS user
+    allowed only its cluster's subjects, and disconnecting revokes it in the broker. None: an open NATS."""
+
+    agent_credential_ttl: float = 24 * 3600.0
+    """Lifetime of an agent's NATS user JWT; agents renew at about three quarters of it."""
+
     @classmethod
     def from_env(cls) -> Settings:
         import os
 
+        auth = os.environ.get("TETHER_AUTH_DIR")
         return cls(
             common=ServiceSettings.from_env(),
             heartbeat_interval=float(os.environ.get("TETHER_HEARTBEAT_INTERVAL", "5")),
+            auth_dir=Path(auth) if auth else None,
+            agent_credential_ttl=float(os.environ.get("TETHER_AGENT_CRED_TTL", str(24 * 3600))),
         )
 
 
@@ -75,8 +91,12 @@ class Registry:
         clusters: Bucket[ClusterRecord],
         uids: Bucket[ClusterUidClaim],
         projects: Bucket[ProjectRecord],
+        trust: Trust | None = None,
+        sys_nc: Connection | None = None,
     ) -> None:
         self.projects = projects
+        self.trust = trust
+        self.sys_nc = sys_nc
         self.settings = settings
         self.nc = nc
         self.js = js
@@ -105,8 +125,58 @@ class Registry:
 
         record = await self.clusters.mutate(req.name, change)
         assert record is not None
+        if self.trust is not None:
+            # The token carries a bootstrap NATS user, derived from its secret, good for one call.
+            _cluster, secret, _ = parse_connect_token(token)
+            seed = bootstrap_seed(secret)
+            pub_allow, sub_allow = identity.bootstrap_permissions(record.name)
+            jwt = identity.user_jwt(
+                identity.public_key(seed),
+                f"bootstrap-{record.name}",
+                self.trust.account_pub,
+                self.trust.account_signing,
+                pub_allow=pub_allow,
+                sub_allow=sub_allow,
+                expires=record.token_expires_at,
+            )
+            token = f"{token}.{jwt}"
         await self._event("registered", record.name)
         return ClusterConnectInfo(cluster=record, token=token, expires_at=record.token_expires_at)
+
+    def _agent_jwt(self, cluster: str, user_key: str) -> tuple[str, float]:
+        assert self.trust is not None
+        expires = time.time() + self.settings.agent_credential_ttl
+        pub_allow, sub_allow = identity.agent_permissions(cluster)
+        jwt = identity.user_jwt(
+            user_key,
+            f"agent-{cluster}",
+            self.trust.account_pub,
+            self.trust.account_signing,
+            pub_allow=pub_allow,
+            sub_allow=sub_allow,
+            expires=expires,
+            tags=[f"cluster:{cluster}"],
+        )
+        return jwt, expires
+
+    async def push_revocations(self) -> None:
+        """Send the account, with every disconnected agent revoked, to the server: it closes their links."""
+        if self.trust is None or self.sys_nc is None:
+            return
+        revoked = logic.revocations(list((await self.clusters.items()).values()))
+        reply = await self.sys_nc.request("$SYS.REQ.CLAIMS.UPDATE", self.trust.account_jwt(revoked).encode(), timeout=5)
+        answer = json.loads(reply.data or b"{}")
+        if answer.get("error"):
+            raise Unavailable(f"NATS refused the account update: {answer['error']}")
+        logger.info("account pushed to NATS with %d revoked agent(s)", len(revoked))
+
+    async def renew(self, req: AgentRenew) -> AgentCredentials:
+        record, _ = await self._record(req.cluster)
+        logic.check_renewal(record, req)
+        if self.trust is None or not record.nats_user:
+            return AgentCredentials(cluster=record.name, credential="")
+        jwt, expires = self._agent_jwt(record.name, record.nats_user)
+        return AgentCredentials(cluster=record.name, credential="", jwt=jwt, expires_at=expires)
 
     async def get(self, req: NameRequest) -> ClusterRecord:
         record, _ = await self._record(req.name)
@@ -129,12 +199,17 @@ class Registry:
                 subjects.control(record.name),
                 encode(ControlNotice(kind="revoked", reason=f"cluster {record.name!r} was disconnected")),
             )
+            await self.nc.flush()
             await self._event("disconnected", record.name)
+        # Also when already disconnected: a crash before the push is repaired by asking again.
+        await self.push_revocations()
         return updated
 
     async def bootstrap(self, req: AgentBootstrap) -> AgentCredentials:
-        name = logic.cluster_of_secret(req.token, logic.CONNECT_TOKEN_PREFIX, "connect token")
+        name, _secret, _jwt = parse_connect_token(req.token)
         logic.check_cluster_uid(req.cluster_uid)
+        if self.trust is not None:
+            logic.check_user_key(req.user_public_key)
         record, revision = await self._record(name)
         connected, credential = logic.redeem(record, req, time.time())
         # The duplicate guard: a create-only key per physical cluster UID.
@@ -154,7 +229,10 @@ class Registry:
         await self.clusters.update(name, connected, revision)
         await self._event("connected", name)
         logger.info("cluster %s connected (uid %s)", name, req.cluster_uid)
-        return AgentCredentials(cluster=name, credential=credential)
+        if self.trust is None:
+            return AgentCredentials(cluster=name, credential=credential)
+        jwt, expires = self._agent_jwt(name, req.user_public_key)
+        return AgentCredentials(cluster=name, credential=credential, jwt=jwt, expires_at=expires)
 
     async def project_create(self, req: ProjectCreate) -> ProjectRecord:
         check_name(req.name, "project name")
@@ -189,6 +267,7 @@ class Registry:
 async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None) -> None:
     telemetry = telemetry or Telemetry.create("registry", settings.common.telemetry)
     nc = await connect(settings.common.bus, "registry")
+    sys_nc: Connection | None = None
     try:
         js = nc.jetstream()
         replicas = settings.common.bus.replicas
@@ -196,7 +275,14 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
         clusters = await ensure_bucket(js, subjects.BUCKET_CLUSTERS, ClusterRecord, replicas=replicas, history=5)
         uids = await ensure_bucket(js, subjects.BUCKET_CLUSTER_UIDS, ClusterUidClaim, replicas=replicas)
         projects = await ensure_bucket(js, subjects.BUCKET_PROJECTS, ProjectRecord, replicas=replicas, history=5)
-        registry = Registry(settings, nc, js, clusters, uids, projects)
+        trust = Trust.load(settings.auth_dir) if settings.auth_dir else None
+        if trust is not None and settings.auth_dir is not None:
+            sys_nc = await connect(
+                BusSettings(url=settings.common.bus.url, creds_file=str(settings.auth_dir / "sys.creds")),
+                "registry-sys",
+            )
+        registry = Registry(settings, nc, js, clusters, uids, projects, trust, sys_nc)
+        await registry.push_revocations()
         host = ServiceHost(nc, "registry", VERSION, telemetry.tracer(__name__))
         R = subjects.Registry
         host.endpoint(R.CLUSTER_CREATE, ClusterCreate, registry.create)
@@ -205,6 +291,7 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
         host.endpoint(R.CLUSTER_DISCONNECT, NameRequest, registry.disconnect)
         host.endpoint(R.AGENT_BOOTSTRAP, AgentBootstrap, registry.bootstrap)
         host.endpoint(R.AGENT_HELLO, AgentHello, registry.hello)
+        host.endpoint(R.AGENT_RENEW, AgentRenew, registry.renew)
         host.endpoint(subjects.Projects.CREATE, ProjectCreate, registry.project_create)
         host.endpoint(subjects.Projects.GET, NameRequest, registry.project_get)
         host.endpoint(subjects.Projects.LIST, NamesRequest, registry.project_list)
@@ -214,5 +301,7 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
                 ready.set()
             await asyncio.Event().wait()
     finally:
+        if sys_nc is not None:
+            await close(sys_nc)
         await close(nc)
         telemetry.shutdown()

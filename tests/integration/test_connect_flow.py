@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import nats
 from nats.aio.msg import Msg
 
 from schemas import subjects
@@ -30,7 +29,7 @@ FIELDS = {
 
 
 async def test_connect_heartbeat_offline_online(stack: Stack, tmp_path: Path) -> None:
-    nc = await nats.connect(stack.nats_url)
+    nc = await stack.nc()
     events: list[ClusterEvent] = []
 
     async def collect(msg: Msg) -> None:
@@ -57,13 +56,13 @@ async def test_connect_heartbeat_offline_online(stack: Stack, tmp_path: Path) ->
         assert creds.exists() and oct(creds.stat().st_mode & 0o777) == "0o600"
         assert info["token"] not in creds.read_text()
 
-        # Stop the agent: offline within the budget (2 s in tests) after its last heartbeat.
+        # Stop the agent: offline within the budget (3 s in tests) after its last heartbeat.
         last_seen_before = (await stack.cluster("edge-1"))["last_seen"]
         agent.stop()
         stopped = time.monotonic()
         offline = await stack.wait_online("edge-1", online=False, timeout=10)
         detected_after = time.monotonic() - stopped
-        assert detected_after < 2.0 + 0.5 + 2.0, detected_after  # offline_after + heartbeat + sweep slack
+        assert detected_after < 3.0 + 0.5 + 2.0, detected_after  # offline_after + heartbeat + sweep slack
         assert offline["last_seen"] >= last_seen_before
         link = next(c for c in offline["conditions"] if c["type"] == "LinkUp")
         assert link["status"] == "False" and link["reason"] == "HeartbeatMissed"

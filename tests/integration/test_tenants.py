@@ -6,7 +6,6 @@ import random
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 
 from agent.drivers.sim import read_state
@@ -81,7 +80,7 @@ async def test_a_duplicate_publish_of_an_operation_is_dropped(stack: Stack, tmp_
     await project(stack)
     w = await tenant(stack, "t1")
     await stack.wait_synced("tenant", "p1", "t1")
-    nc = await nats.connect(stack.nats_url)
+    nc = await stack.nc()
     try:
         js = nc.jetstream()
         entry = await js.key_value(subjects.BUCKET_DESIRED)
@@ -125,7 +124,7 @@ async def test_lifecycle_killed_between_desired_write_and_publish(stack: Stack, 
     assert resp.status_code == 503  # the service died answering
     assert await faulty.wait_exit() == 137
     # The crash came after the desired state was written and before the command was published.
-    nc = await nats.connect(stack.nats_url)
+    nc = await stack.nc()
     try:
         js = nc.jetstream()
         kv = await js.key_value(subjects.BUCKET_DESIRED)

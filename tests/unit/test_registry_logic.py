@@ -79,10 +79,3 @@ def test_admit_checks_credential_state_and_uid() -> None:
         logic.admit(connected, AgentHello(cluster="edge-1", credential=credential, cluster_uid="other"))
     with pytest.raises(Unauthenticated, match="disconnected"):
         logic.admit(logic.disconnect(connected, NOW), hello)
-
-
-def test_cluster_of_secret() -> None:
-    assert logic.cluster_of_secret("tct.edge-1.abc", "tct", "token") == "edge-1"
-    for bad in ("tct.edge-1", "xx.edge-1.abc", "tct.Edge.abc", "tct.edge-1."):
-        with pytest.raises((Unauthenticated, InvalidInput)):
-            logic.cluster_of_secret(bad, "tct", "token")
