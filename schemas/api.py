@@ -239,3 +239,16 @@ class WorkloadOut(ApiModel):
 
 class WorkloadListOut(ApiModel):
     items: list[WorkloadOut]
+
+
+# --- cluster history and live events (web UI) ---------------------------------------------
+class ClusterEventOut(ApiModel):
+    kind: Literal["registered", "connected", "online", "offline", "disconnected"]
+    at: datetime
+    reason: str = ""
+
+
+class ClusterEventListOut(ApiModel):
+    items: list[ClusterEventOut] = Field(description="Newest first")
+    since: datetime = Field(description="Start of the window that was read")
+    truncated: bool = Field(description="True when older events in the window were left out (limit reached)")

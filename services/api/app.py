@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException
 
 from schemas import subjects
 from schemas.api import (
@@ -158,6 +159,12 @@ def create_app(platform: Platform) -> FastAPI:
             logger.error("request failed: %s", exc.description)
         return JSONResponse(status_code=status, content={"error": {"code": exc.code, "message": exc.description}})
 
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        # Framework errors (unparsable body, unknown route, wrong method) in the documented error shape.
+        body = {"error": {"code": str(exc.status_code), "message": str(exc.detail)}}
+        return JSONResponse(status_code=exc.status_code, content=body, headers=exc.headers)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
@@ -241,6 +248,9 @@ def create_app(platform: Platform) -> FastAPI:
 
     install_access_routes(app, platform)
     install_workload_routes(app, platform)
+    from services.api.web import install_web  # the UI's routes use this module's auth
+
+    install_web(app)
     return app
 
 

@@ -1,0 +1,248 @@
+"""The web UI (static files at ``/``) and the read-only routes it needs beyond the REST API.
+
+- ``GET /`` serves the single-page UI; ``/ui/*`` its static files (no build step, nothing from a CDN).
+- ``GET /api/v1/events/stream`` relays the public events (``tether.events.>``) as server-sent events,
+  filtered to what the caller may see. It takes the usual ``Authorization`` header (the UI reads it
+  with a streaming ``fetch``), so a token never appears in a URL.
+- ``GET /api/v1/clusters/{name}/events`` reads one cluster's online/offline history back from the
+  ``EVENTS`` stream with a short-lived ephemeral consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from schemas import subjects
+from schemas.api import ClusterEventListOut, ClusterEventOut
+from schemas.errors import Unavailable
+from schemas.messages import ClusterRecord, NameRequest, Principal, VisibleProjects
+from schemas.names import check_name
+from services.api.app import ERRORS, Platform, Who, platform_of, visible
+
+logger = logging.getLogger(__name__)
+
+UI_DIR = Path(__file__).resolve().parent / "ui"
+EVENT_PREFIX = subjects.public_event("")
+KEEPALIVE = 15.0
+"""Seconds between SSE comments that keep idle connections (and proxies) open."""
+VISIBILITY_TTL = 10.0
+"""Seconds a stream trusts its copy of the caller's visible projects."""
+QUEUE_LIMIT = 2000
+HISTORY_SCAN_LIMIT = 50_000
+"""Cluster events read at most per history request (every cluster's events share the subjects)."""
+HISTORY_TIME_BUDGET = 5.0
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+
+router = APIRouter()
+
+
+# --- pure rules -------------------------------------------------------------------------------
+def may_see(event: dict[str, Any], who: Principal, seen: VisibleProjects) -> bool:
+    """May ``who`` receive this public event? Clusters are visible to every user; project events to
+    the project's members; anything else (unknown kinds) to platform admins only."""
+    if who.platform_admin:
+        return True
+    if event.get("type") == "cluster-event.v1":
+        return True
+    project = event.get("project")
+    if isinstance(project, str) and project:
+        return seen.all or project in seen.projects
+    return False
+
+
+def sse(kind: str, data: str) -> bytes:
+    """One server-sent event (``data`` is one line of JSON)."""
+    return f"event: {kind}\ndata: {data}\n\n".encode()
+
+
+def cluster_history(events: list[dict[str, Any]], cluster: str, limit: int) -> tuple[list[ClusterEventOut], bool]:
+    """The last ``limit`` events of ``cluster`` (newest first) and whether older ones were dropped."""
+    kept: deque[ClusterEventOut] = deque(maxlen=limit)
+    total = 0
+    for event in events:
+        if event.get("cluster") != cluster or event.get("type") != "cluster-event.v1":
+            continue
+        total += 1
+        kept.append(
+            ClusterEventOut(
+                kind=event["kind"],
+                at=datetime.fromtimestamp(float(event.get("at", 0.0)), UTC),
+                reason=str(event.get("reason", "")),
+            )
+        )
+    return list(reversed(kept)), total > len(kept)
+
+
+# --- routes -----------------------------------------------------------------------------------
+@router.get("/", include_in_schema=False)
+async def index() -> FileResponse:
+    return FileResponse(
+        UI_DIR / "index.html",
+        headers={"Content-Security-Policy": CSP, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+@router.get(
+    "/api/v1/events/stream",
+    responses={
+        **ERRORS,
+        200: {
+            "description": "Server-sent events: `event: <kind>` (e.g. `cluster.online`, `tenant.sleeping`) with "
+            "the event's JSON as `data`; first `event: ready`; `event: resync` when events were dropped.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+    },
+    response_class=StreamingResponse,
+    tags=["events"],
+    summary="Live public events the caller may see (server-sent events)",
+)
+async def event_stream(request: Request, who: Who) -> StreamingResponse:
+    platform = platform_of(request)
+    seen = await visible(platform, who)
+    return StreamingResponse(
+        _relay(platform, who, seen),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _relay(platform: Platform, who: Principal, seen: VisibleProjects) -> AsyncIterator[bytes]:
+    queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=QUEUE_LIMIT)
+    dropped = False
+
+    async def on_event(msg: Any) -> None:
+        nonlocal dropped
+        try:
+            queue.put_nowait((msg.subject, msg.data))
+        except asyncio.QueueFull:
+            dropped = True
+
+    sub = await platform.nc.subscribe(subjects.PUBLIC_EVENTS_ANY, cb=on_event)
+    fetched = time.monotonic()
+    try:
+        yield b"retry: 2000\n\n" + sse("ready", json.dumps({"user": who.user}))
+        while True:
+            try:
+                subject, data = await asyncio.wait_for(queue.get(), KEEPALIVE)
+            except TimeoutError:
+                yield b": keepalive\n\n"
+                continue
+            if dropped:
+                dropped = False
+                while not queue.empty():
+                    queue.get_nowait()
+                yield sse("resync", "{}")
+                continue
+            try:
+                event = json.loads(data)
+            except ValueError:
+                continue
+            if not isinstance(event, dict):
+                continue
+            kind = subject.removeprefix(EVENT_PREFIX)
+            stale = time.monotonic() - fetched > VISIBILITY_TTL
+            if not who.platform_admin and (stale or event.get("type") == "membership-changed.v1"):
+                with contextlib.suppress(Exception):
+                    seen = await visible(platform, who)
+                    fetched = time.monotonic()
+            if may_see(event, who, seen):
+                yield sse(kind, json.dumps(event, separators=(",", ":")))
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+@router.get(
+    "/api/v1/clusters/{name}/events",
+    response_model=ClusterEventListOut,
+    responses=ERRORS,
+    tags=["clusters"],
+    summary="A cluster's recent transitions (registered, connected, online, offline, disconnected)",
+)
+async def cluster_events(
+    request: Request,
+    name: str,
+    who: Who,
+    limit: Annotated[int, Query(ge=1, le=1000, description="At most this many, newest first")] = 100,
+    hours: Annotated[float, Query(gt=0, le=168, description="How far back to look")] = 24.0,
+) -> ClusterEventListOut:
+    check_name(name, "cluster name")
+    platform = platform_of(request)
+    await platform.call(subjects.Registry.CLUSTER_GET, NameRequest(name=name), ClusterRecord)  # 404 when unknown
+    since = datetime.fromtimestamp(time.time() - hours * 3600, UTC)
+    raw, capped = await _read_cluster_events(platform, since)
+    items, truncated = cluster_history(raw, name, limit)
+    return ClusterEventListOut(items=items, since=since, truncated=truncated or capped)
+
+
+async def _read_cluster_events(platform: Platform, since: datetime) -> tuple[list[dict[str, Any]], bool]:
+    """Every cluster event since ``since``, oldest first, through an ephemeral pull consumer."""
+    js = platform.nc.jetstream()
+    try:
+        info = await js.add_consumer(
+            subjects.EVENTS_STREAM,
+            filter_subject=subjects.public_event("cluster.*"),
+            deliver_policy="by_start_time",
+            opt_start_time=since,
+            ack_policy="none",
+            inactive_threshold=30.0,
+            mem_storage=True,
+            num_replicas=1,
+        )
+    except Exception as exc:
+        raise Unavailable(f"cluster history is not available: {exc}") from None
+    events: list[dict[str, Any]] = []
+    capped = False
+    pending = int(info.num_pending or 0)
+    try:
+        if pending == 0:
+            return events, False
+        sub = await js.pull_subscribe_bind(consumer=info.name, stream=subjects.EVENTS_STREAM)
+        deadline = time.monotonic() + HISTORY_TIME_BUDGET
+        try:
+            while pending > 0:
+                if len(events) >= HISTORY_SCAN_LIMIT or time.monotonic() > deadline:
+                    capped = True
+                    break
+                try:
+                    batch = await sub.fetch(min(1000, pending), timeout=1.0)
+                except TimeoutError:
+                    break
+                for msg in batch:
+                    with contextlib.suppress(ValueError):
+                        event = json.loads(msg.data)
+                        if isinstance(event, dict):
+                            events.append(event)
+                    pending = int(msg.metadata.num_pending)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+    finally:
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(subjects.EVENTS_STREAM, info.name)
+    if capped:
+        logger.warning("cluster history read capped at %d events (a shorter window reads the newest)", len(events))
+    return events, capped
+
+
+def install_web(app: FastAPI) -> None:
+    """Add the UI and its routes to ``app``."""
+    app.include_router(router)
+    app.mount("/ui", StaticFiles(directory=UI_DIR), name="ui")
