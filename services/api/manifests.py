@@ -1,0 +1,277 @@
+"""The Kubernetes manifests that install a cluster's agent (``tether cluster connect NAME --manifests``).
+
+Pure Python (no ``kubernetes``): plain dicts rendered as multi-document YAML.
+The Helm chart in ``agent/deploy/helm/tether-agent`` renders the same objects
+(a test checks ``helm template`` against this module).
+
+What gets installed, all in the ``tether-agent`` namespace unless cluster-scoped:
+
+- **ServiceAccount** ``tether-agent``;
+- **ClusterRole/ClusterRoleBinding** ``tether-agent``: only what the kube driver
+  does. Namespaces (it makes one per tenant cluster and space), nodes (read, for
+  health), and in any namespace the kinds it manages there (ServiceAccounts,
+  Services, ResourceQuotas, LimitRanges, Roles, RoleBindings, StatefulSets,
+  NetworkPolicies). ConfigMaps only by the name of a tenant's
+  ``tether-control-plane`` (never anyone else's); ``bind`` only on the
+  ClusterRoles ``admin``, ``edit`` and ``view`` (to give members their access);
+  and a tenant's Lease by name, only so that it may grant it to the tenant's
+  control plane. No Secrets, Pods, ClusterRoles or ClusterRoleBindings;
+- **ValidatingAdmissionPolicy** ``tether-agent-namespaces`` (+ binding): what the
+  RBAC above cannot say. The agent's writes are refused outside namespaces
+  labelled ``tether.dev/managed-by=tether``, and it can neither label an
+  existing namespace as its own nor delete one that is not;
+- **Role/RoleBinding** ``tether-agent`` in its own namespace: read and update the
+  Secret ``tether-agent-state`` only;
+- **Secret** ``tether-agent-token``: the one-time connect token (spent by the
+  first connect; harmless afterwards);
+- **Secret** ``tether-agent-state``: where the agent keeps its long-lived
+  credentials (``$TETHER_AGENT_STATE_SECRET``), so a rescheduled pod is the same
+  agent. Its state directory itself is an ``emptyDir``;
+- **Deployment** ``tether-agent``: one replica, ``Recreate`` (never two agents at
+  once), non-root, read-only root filesystem, no privilege escalation.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from services import VERSION
+
+NAMESPACE = "tether-agent"
+NAME = "tether-agent"
+TOKEN_SECRET = "tether-agent-token"
+STATE_SECRET = "tether-agent-state"
+STATE_DIR = "/var/lib/tether-agent"
+DEFAULT_IMAGE = f"ghcr.io/tether-dev/tether-agent:{VERSION}"
+AGENT_USER = f"system:serviceaccount:{NAMESPACE}:{NAME}"
+MEMBER_CLUSTER_ROLES = ("admin", "edit", "view")
+CONTROL_PLANE = "tether-control-plane"
+MANAGED_LABEL = "tether.dev/managed-by"
+
+Obj = dict[str, Any]
+
+WRITE = ["get", "list", "create", "patch", "delete"]
+"""Server-side apply is ``patch`` (and ``create`` when the object is new); nothing uses ``update``."""
+
+CLUSTER_RULES: tuple[Obj, ...] = (
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": WRITE},
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list"]},
+    {
+        "apiGroups": [""],
+        "resources": ["serviceaccounts", "services", "resourcequotas", "limitranges"],
+        "verbs": WRITE,
+    },
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+    {
+        "apiGroups": [""],
+        "resources": ["configmaps"],
+        "resourceNames": [CONTROL_PLANE],
+        "verbs": ["get", "watch", "patch", "delete"],
+    },
+    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": WRITE},
+    {
+        "apiGroups": ["rbac.authorization.k8s.io"],
+        "resources": ["clusterroles"],
+        "resourceNames": list(MEMBER_CLUSTER_ROLES),
+        "verbs": ["bind"],
+    },
+    {"apiGroups": ["apps"], "resources": ["statefulsets"], "verbs": WRITE},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": WRITE},
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "resourceNames": [CONTROL_PLANE],
+        "verbs": ["get", "update"],
+    },
+)
+"""The agent's cluster-wide rules: exactly what ``agent.drivers.kube`` does, and what it grants to control planes."""
+
+POLICY_RESOURCES = (
+    "namespaces",
+    "serviceaccounts",
+    "services",
+    "configmaps",
+    "resourcequotas",
+    "limitranges",
+    "roles",
+    "rolebindings",
+    "statefulsets",
+    "networkpolicies",
+)
+
+
+def _owned(var: str) -> str:
+    return (
+        f"{var} != null && has({var}.metadata.labels) && '{MANAGED_LABEL}' in {var}.metadata.labels && "
+        f"{var}.metadata.labels['{MANAGED_LABEL}'] == 'tether'"
+    )
+
+
+POLICY_EXPRESSION = (
+    "request.resource.resource == 'namespaces' ? "
+    f"((request.operation == 'CREATE' || ({_owned('oldObject')})) && "
+    f"(request.operation == 'DELETE' || ({_owned('object')}))) : "
+    f"({_owned('namespaceObject')})"
+)
+
+
+def labels(cluster: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "tether", "tether.dev/cluster": cluster}
+
+
+def agent_container(*, server: str, image: str) -> Obj:
+    """The agent's container (the same in the Deployment and in the sidecar variant)."""
+    return {
+        "name": "agent",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python", "-m", "agent"],
+        "args": ["run", "--driver", "kube", "--server", server, "--state-dir", STATE_DIR],
+        "env": [
+            {
+                "name": "TETHER_AGENT_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": TOKEN_SECRET, "key": "token", "optional": True}},
+            },
+            {"name": "TETHER_AGENT_STATE_SECRET", "value": f"{NAMESPACE}/{STATE_SECRET}"},
+            {"name": "HOME", "value": "/tmp"},
+        ],
+        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": 65532,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": "state", "mountPath": STATE_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
+    }
+
+
+def objects(*, cluster: str, token: str, server: str, image: str = DEFAULT_IMAGE) -> list[Obj]:
+    """Every object that installs the agent of ``cluster``, in the order to apply them."""
+    common = labels(cluster)
+
+    def meta(name: str, namespaced: bool = True) -> Obj:
+        out: Obj = {"name": name}
+        if namespaced:
+            out["namespace"] = NAMESPACE
+        out["labels"] = dict(common)
+        return out
+
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": meta(NAMESPACE, namespaced=False)},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(NAME)},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": meta(NAME, namespaced=False),
+            "rules": [json.loads(json.dumps(rule)) for rule in CLUSTER_RULES],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": meta(NAME, namespaced=False),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NAME},
+            "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}],
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": meta("tether-agent-namespaces", namespaced=False),
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": ["", "rbac.authorization.k8s.io", "apps", "networking.k8s.io"],
+                            "apiVersions": ["*"],
+                            "operations": ["CREATE", "UPDATE", "DELETE"],
+                            "resources": list(POLICY_RESOURCES),
+                        }
+                    ]
+                },
+                "matchConditions": [
+                    {"name": "the-agent", "expression": f"request.userInfo.username == '{AGENT_USER}'"}
+                ],
+                "validations": [
+                    {
+                        "expression": POLICY_EXPRESSION,
+                        "message": "the Tether agent only manages namespaces labelled tether.dev/managed-by=tether "
+                        "and what is inside them",
+                        "reason": "Forbidden",
+                    }
+                ],
+            },
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": meta("tether-agent-namespaces", namespaced=False),
+            "spec": {"policyName": "tether-agent-namespaces", "validationActions": ["Deny"]},
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": meta(NAME),
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["secrets"],
+                    "resourceNames": [STATE_SECRET],
+                    "verbs": ["get", "patch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": meta(NAME),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME},
+            "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}],
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": meta(TOKEN_SECRET),
+            "type": "Opaque",
+            "stringData": {"token": token},
+        },
+        {"apiVersion": "v1", "kind": "Secret", "metadata": meta(STATE_SECRET), "type": "Opaque"},
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": meta(NAME),
+            "spec": {
+                "replicas": 1,
+                "strategy": {"type": "Recreate"},
+                "selector": {"matchLabels": {"app.kubernetes.io/name": NAME}},
+                "template": {
+                    "metadata": {"labels": dict(common)},
+                    "spec": {
+                        "serviceAccountName": NAME,
+                        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                        "containers": [agent_container(server=server, image=image)],
+                        "volumes": [
+                            {"name": "state", "emptyDir": {}},
+                            {"name": "tmp", "emptyDir": {}},
+                        ],
+                    },
+                },
+            },
+        },
+    ]
+
+
+def render(*, cluster: str, token: str, server: str, image: str = DEFAULT_IMAGE) -> str:
+    """The manifests as multi-document YAML, ready for ``kubectl apply -f -``."""
+    header = (
+        f"# Tether agent for cluster {cluster!r}: kubectl apply -f <this file>\n"
+        "# The Secret tether-agent-token holds a one-time connect token: keep this file private.\n"
+    )
+    return header + yaml.safe_dump_all(
+        objects(cluster=cluster, token=token, server=server, image=image), sort_keys=False, explicit_start=True
+    )
