@@ -73,6 +73,11 @@ class ClusterConnectOut(ApiModel):
     expires_at: datetime
     nats_url: str = Field(description="Where the agent connects (outbound)")
     agent_command: str = Field(description="The command that runs this cluster's agent")
+    manifests: str = Field(
+        "",
+        description="Kubernetes manifests (multi-document YAML) that install this cluster's agent in the cluster "
+        "itself: kubectl apply -f -. They hold the one-time token: keep them private.",
+    )
 
 
 class HealthzOut(ApiModel):

@@ -80,7 +80,7 @@ from schemas.messages import (
     WorkloadRef,
 )
 from schemas.names import check_name
-from services.api import logic
+from services.api import logic, manifests
 from services.bus import Connection, call
 from services.bus.endpoints import ping
 
@@ -237,6 +237,7 @@ def create_app(platform: Platform) -> FastAPI:
             expires_at=logic.ts(info.expires_at),  # type: ignore[arg-type]
             nats_url=platform.nats_url,
             agent_command=logic.agent_command(platform.nats_url, info.token),
+            manifests=manifests.render(cluster=info.cluster.name, token=info.token, server=platform.nats_url),
         )
 
     @app.post("/api/v1/clusters/{name}/disconnect", response_model=ClusterOut, responses=ERRORS, tags=["clusters"])

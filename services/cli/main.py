@@ -127,6 +127,14 @@ def cluster_connect(
     description: Annotated[str, typer.Option(help="Free text")] = "",
     label: Annotated[list[str] | None, typer.Option(help="k=v, repeatable")] = None,
     token_ttl: Annotated[float, typer.Option(help="Seconds the connect token stays valid")] = 3600.0,
+    manifests: Annotated[
+        bool,
+        typer.Option(
+            "--manifests",
+            help="Print only the Kubernetes manifests that install the agent in the cluster "
+            "(pipe them to 'kubectl apply -f -')",
+        ),
+    ] = False,
     output: OutputOpt = Output.table,
 ) -> None:
     """Register a cluster; print its one-time connect token and the command that runs its agent."""
@@ -146,6 +154,10 @@ def cluster_connect(
             "token_ttl": token_ttl,
         },
     )
+    if manifests:
+        sys.stdout.write(res.get("manifests") or "")
+        sys.stdout.flush()
+        return
     if output == Output.json:
         out.print_json(res)
         return
