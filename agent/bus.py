@@ -152,6 +152,9 @@ class Connection:
         self._auth_refusals = 0
         self.refused = asyncio.Event()
         """Set when the broker keeps refusing our credentials (revoked or expired): stop for good."""
+        self.lost = asyncio.Event()
+        """Set when the server closed the connection for good (nats-py does not reconnect after some
+        server errors): the agent must stop, and be restarted."""
 
     # --- hooks ----------------------------------------------------------------------
     def on_reconnected(self, hook: Hook) -> None:
@@ -197,6 +200,18 @@ class Connection:
         logger.warning("nats (%s): disconnected from the platform; reconnecting", self.name)
         self._run_hooks(self._on_disconnected, "disconnected")
 
+    async def _closed_cb(self) -> None:
+        if self._established and not self._closing:
+            logger.error("nats (%s): the server closed the connection: %s", self.name, self._last_error or "?")
+            if _is_auth_error(self._last_error):
+                self.refused.set()
+            self.lost.set()
+
+    async def force_reconnect(self) -> None:
+        """Reconnect now (e.g. to present renewed credentials before the old ones expire)."""
+        if self._nc is not None and self._nc.is_connected:
+            await self._nc.force_reconnect()
+
     async def _reconnected_cb(self) -> None:
         self._reconnect_attempts = 0
         self._auth_refusals = 0
@@ -228,6 +243,7 @@ class Connection:
                 error_cb=self._error_cb,
                 disconnected_cb=self._disconnected_cb,
                 reconnected_cb=self._reconnected_cb,
+                closed_cb=self._closed_cb,
             )
         except BaseException:
             with contextlib.suppress(Exception):

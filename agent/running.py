@@ -435,10 +435,21 @@ class Agent:
                     "NATS credentials renewed; valid until %s",
                     time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(answer.expires_at)),
                 )
+                # Present them now: the server closes a connection whose JWT expires. Commands wait
+                # in their stream meanwhile, so nothing is dropped.
+                await self.connection.force_reconnect()
 
     async def _watch_refusal(self) -> None:
         conn = self.connection
-        await conn.refused.wait()
+        refused = asyncio.ensure_future(conn.refused.wait())
+        lost = asyncio.ensure_future(conn.lost.wait())
+        try:
+            await asyncio.wait({refused, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            refused.cancel()
+            lost.cancel()
+        if not conn.refused.is_set():
+            raise AgentError("the NATS server closed the connection for good; the agent stops (restart it)")
         identity = self._identity_for(self._credentials.cluster if self._credentials else "?")
         raise PermanentError(identity.refused if identity else "NATS refused this agent's credentials")
 

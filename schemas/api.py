@@ -64,7 +64,7 @@ class ClusterConnectIn(ApiModel):
     description: str = Field("", max_length=1024)
     labels: dict[str, str] = Field(default_factory=dict)
     local: bool = Field(False, description="The cluster the platform itself runs on")
-    token_ttl: float = Field(3600.0, description="Seconds the one-time token stays valid", ge=60, le=2592000)
+    token_ttl: float = Field(3600.0, description="Seconds the one-time token stays valid", ge=1, le=2592000)
 
 
 class ClusterConnectOut(ApiModel):

@@ -115,6 +115,15 @@ def control(cluster: str) -> str:
     return f"{ROOT}.ctl.{_cluster(cluster)}"
 
 
+# --- audit -----------------------------------------------------------------------------
+AUDIT_API = f"{ROOT}.audit.api"
+AUDIT_ANY = f"{ROOT}.audit.>"
+
+
+def audit_command(cluster: str) -> str:
+    return f"{ROOT}.audit.cmd.{_cluster(cluster)}"
+
+
 # --- public events ----------------------------------------------------------
 def public_event(kind: str) -> str:
     """``kind`` is dotted, e.g. ``cluster.online``."""

@@ -133,7 +133,9 @@ async def principal(
 ) -> Principal:
     if creds is None or not creds.credentials:
         raise Unauthenticated("missing API token: send 'Authorization: Bearer <token>'")
-    return await platform_of(request).authenticate(creds.credentials)
+    who = await platform_of(request).authenticate(creds.credentials)
+    request.state.user = who.user  # for the audit trail
+    return who
 
 
 Who = Annotated[Principal, Depends(principal)]
@@ -252,6 +254,9 @@ def create_app(platform: Platform) -> FastAPI:
     from services.api.web import install_web  # the UI's routes use this module's auth
 
     install_web(app)
+    from services.api.audit import install_audit
+
+    install_audit(app, platform)
     return app
 
 

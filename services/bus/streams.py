@@ -30,6 +30,15 @@ def platform_streams(replicas: int) -> list[StreamConfig]:
             duplicate_window=120.0,
         ),
         StreamConfig(
+            name=subjects.AUDIT_STREAM,
+            description="Audit trail: every mutating API call and every command sent to an agent",
+            subjects=[subjects.AUDIT_ANY],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=90 * DAY,
+            num_replicas=replicas,
+        ),
+        StreamConfig(
             name=subjects.EVT_STREAM,
             description="Results, status and inventory reported by agents",
             subjects=[subjects.EVT_ANY],

@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -234,6 +234,46 @@ def cluster_disconnect(name: str) -> None:
     """Revoke a cluster's credentials; its agent stops."""
     api("POST", f"/api/v1/clusters/{name}/disconnect")
     out.console.print(f"cluster [bold]{name}[/] disconnected; its agent's credentials no longer work.")
+
+
+# --- audit ---------------------------------------------------------------------------------
+audit_app = typer.Typer(no_args_is_help=True, help="The audit trail (platform admins).")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("list")
+def audit_list(
+    since: Annotated[str, typer.Option(help="How far back: 1h, 2d, or an ISO 8601 time")] = "24h",
+    user: Annotated[str | None, typer.Option(help="Only this user")] = None,
+    cluster: Annotated[str | None, typer.Option(help="Only this cluster")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many records")] = 1000,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Who changed what, when, with what result: every mutating API call and every command sent."""
+    params: dict[str, Any] = {"since": since, "limit": limit}
+    if user:
+        params["user"] = user
+    if cluster:
+        params["cluster"] = cluster
+    items = api("GET", "/api/v1/audit", params=params)["items"]
+    if output == Output.json:
+        out.print_json(items)
+        return
+    out.table(
+        ["TIME", "KIND", "USER", "ACTION", "TARGET", "CLUSTER", "RESULT"],
+        [
+            [
+                a["at"][:19].replace("T", " "),
+                a["kind"],
+                a["user"] or "-",
+                a["action"],
+                a["target"],
+                a["cluster"] or "-",
+                a["result"],
+            ]
+            for a in items
+        ],
+    )
 
 
 # --- agent ---------------------------------------------------------------------------------

@@ -17,7 +17,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
+
 from schemas import subjects
+from schemas.audit import AuditRecord
 from schemas.errors import Conflict, InvalidInput, NotFound, TetherError
 from schemas.messages import (
     ClusterList,
@@ -108,7 +111,7 @@ class Lifecycle:
         )
 
     # -- commands and events ----------------------------------------------------------------
-    async def send(self, record: WorkloadRecord, op_id: str | None = None) -> None:
+    async def send(self, record: WorkloadRecord, op_id: str | None = None, by: str = "") -> None:
         command = Command(
             op_id=op_id or record.op_id,
             generation=record.generation,
@@ -117,6 +120,23 @@ class Lifecycle:
             operation=record.operation,
         )
         await publish(self.js, subjects.cmd(record.spec.cluster, subjects.VERB_APPLY), command, msg_id=command.op_id)
+        span = trace.get_current_span().get_span_context()
+        await publish(
+            self.js,
+            subjects.audit_command(record.spec.cluster),
+            AuditRecord(
+                kind="command",
+                at=time.time(),
+                user=by or record.created_by,
+                action=record.operation,
+                target=f"{record.spec.kind}/{record.spec.project}/{record.spec.name}",
+                cluster=record.spec.cluster,
+                result="issued",
+                op_id=command.op_id,
+                trace_id=f"{span.trace_id:032x}" if span.is_valid else "",
+            ),
+            msg_id=f"audit-{command.op_id}",
+        )
 
     async def announce(self, old: WorkloadRecord | None, new: WorkloadRecord, reason: str = "") -> None:
         before = logic.phase(old) if old else None
@@ -225,7 +245,7 @@ class Lifecycle:
         logger.info(
             "%s %s/%s: %s (generation %d, op %s)", req.kind, req.project, req.name, req.action, new.generation, op_id
         )
-        await self.send(new)
+        await self.send(new, by=req.by)
         await self.announce(record, new, req.action.capitalize())
         return new
 

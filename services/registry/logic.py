@@ -52,8 +52,8 @@ def validate_create(req: ClusterCreate) -> None:
     check_labels(req.labels)
     if len(req.display_name) > MAX_TEXT or len(req.description) > MAX_TEXT:
         raise InvalidInput(f"display name and description must be at most {MAX_TEXT} characters")
-    if not 60 <= req.token_ttl <= 30 * 24 * 3600:
-        raise InvalidInput("token_ttl must be between 60 seconds and 30 days")
+    if not 1 <= req.token_ttl <= 30 * 24 * 3600:
+        raise InvalidInput("token_ttl must be between 1 second and 30 days")
 
 
 def register(req: ClusterCreate, existing: ClusterRecord | None, now: float) -> tuple[ClusterRecord, str]:

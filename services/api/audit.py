@@ -1,0 +1,126 @@
+"""The audit trail at the API's edge: record every mutating call; read the trail back."""
+
+# No "from __future__ import annotations": FastAPI resolves the route's local annotations at definition.
+import logging
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import FastAPI, Query
+from opentelemetry import trace
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from schemas import subjects
+from schemas.audit import AuditListOut, AuditOut, AuditRecord
+from schemas.errors import InvalidInput, TetherError
+from schemas.names import check_name
+from schemas.units import parse_duration
+from services.bus.publishing import publish
+from services.bus.reading import read_since
+
+if TYPE_CHECKING:
+    from services.api.app import Platform
+
+logger = logging.getLogger(__name__)
+
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def install_audit(app: FastAPI, platform: "Platform") -> None:
+    from services.api.app import ERRORS, Who, require_admin
+
+    class AuditMiddleware:
+        """Pure ASGI (streams such as server-sent events pass through untouched)."""
+
+        def __init__(self, inner: ASGIApp) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http" or scope["method"] not in MUTATING or not scope["path"].startswith("/api/"):
+                await self.inner(scope, receive, send)
+                return
+            status = 500
+            scope.setdefault("state", {})  # the auth dependency writes the caller here
+
+            async def capture(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = int(message["status"])
+                await send(message)
+
+            try:
+                await self.inner(scope, receive, capture)
+            finally:
+                await record(scope, status)
+
+    async def record(scope: Scope, status: int) -> None:
+        path: str = scope["path"]
+        state = scope.get("state") or {}
+        span = trace.get_current_span().get_span_context()
+        parts = path.removeprefix("/api/v1/").split("/")
+        entry = AuditRecord(
+            kind="api",
+            at=time.time(),
+            user=str(state.get("user", "")),
+            action=f"{scope['method']} {path}",
+            target=path.removeprefix("/api/v1/"),
+            result=str(status),
+            trace_id=f"{span.trace_id:032x}" if span.is_valid else "",
+            cluster=parts[1] if parts[0] == "clusters" and len(parts) > 1 else "",
+        )
+        try:
+            await publish(platform.nc.jetstream(), subjects.AUDIT_API, entry)
+        except TetherError as exc:
+            # The change is done; losing its record is logged loudly, never silently.
+            logger.error("audit record lost for %s: %s", entry.action, exc.description)
+
+    app.add_middleware(AuditMiddleware)
+
+    @app.get("/api/v1/audit", response_model=AuditListOut, responses=ERRORS, tags=["audit"])
+    async def list_audit(
+        who: Who,
+        since: Annotated[str, Query(description="How far back: a duration (1h, 2d) or an ISO 8601 time")] = "24h",
+        user: Annotated[str | None, Query(description="Only this user")] = None,
+        cluster: Annotated[str | None, Query(description="Only this cluster")] = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> AuditListOut:
+        require_admin(who)
+        start = _since(since)
+        if cluster:
+            check_name(cluster, "cluster name")
+        records = await read_since(
+            platform.nc.jetstream(),
+            subjects.AUDIT_STREAM,
+            subjects.AUDIT_ANY,
+            start,
+            AuditRecord,
+            limit=limit,
+            keep=lambda r: (user is None or r.user == user) and (cluster is None or r.cluster == cluster),
+        )
+        return AuditListOut(items=[_out(r) for r in records])
+
+
+def _since(text: str) -> datetime:
+    try:
+        return datetime.fromtimestamp(time.time() - parse_duration(text), UTC)
+    except InvalidInput:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"invalid since {text!r}: expected a duration (1h, 2d) or an ISO 8601 time") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _out(r: AuditRecord) -> AuditOut:
+    return AuditOut(
+        kind=r.kind,
+        at=datetime.fromtimestamp(r.at, UTC),
+        user=r.user,
+        action=r.action,
+        target=r.target,
+        cluster=r.cluster,
+        result=r.result,
+        trace_id=r.trace_id,
+        op_id=r.op_id,
+    )
