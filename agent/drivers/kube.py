@@ -555,7 +555,7 @@ class KubeDriver:
                 slept_at=float_annotation(ns, ANN_SLEPT_AT),
                 active_at=float_annotation(ns, ANN_ACTIVE_AT),
             )
-            self._converge(stamp, ns)
+            self._converge(stamp, ns, repair=True)
             return self._current(ns, current)
         before = state_of(ns) if ns is not None else None
         slept_at, active_at = float_annotation(ns, ANN_SLEPT_AT), float_annotation(ns, ANN_ACTIVE_AT)
@@ -605,9 +605,13 @@ class KubeDriver:
                 found[object_key(item)] = item
         return found
 
-    def _converge(self, stamp: Stamp, ns: Obj | None) -> None:
-        """Make the workload's objects exactly ``desired``: check, apply, prune."""
+    def _converge(self, stamp: Stamp, ns: Obj | None, *, repair: bool = False) -> None:
+        """Make the workload's objects exactly the desired ones: check, apply, prune.
+
+        ``repair``: the generation is already on the cluster; only write when something drifted.
+        """
         desired = self._desired(stamp)
+        owner = (stamp.spec.kind, stamp.spec.project, stamp.spec.name)
         existing: dict[tuple[str, str, str], Obj] = {}
         if ns is not None:
             existing = self._children(stamp.spec.kind, stamp.namespace)
@@ -623,22 +627,25 @@ class KubeDriver:
                     "they are left alone",
                     reason="Conflict",
                 )
+        mine = {k: o for k, o in existing.items() if owner_of(o) == owner}
+        if repair and ns is not None:
+            found = {**mine, object_key({**ns, "kind": "Namespace"}): {**ns, "kind": "Namespace"}}
+            desired[0]["metadata"]["annotations"][ANN_SPEC] = annotations_of(ns).get(ANN_SPEC, "")
+            problems = drift(desired, found)
+            if not problems:
+                return
+            logger.warning(
+                "%s %s/%s at generation %d: putting back what drifted (%s)",
+                *owner,
+                stamp.generation,
+                "; ".join(problems),
+            )
         for obj in desired:
             self.api.apply(obj)
         wanted = {object_key(o) for o in desired}
-        for key, obj in existing.items():
-            if (
-                key not in wanted
-                and is_owned(obj)
-                and owner_of(obj)
-                == (
-                    stamp.spec.kind,
-                    stamp.spec.project,
-                    stamp.spec.name,
-                )
-            ):
-                logger.info("deleting %s %s/%s: no longer wanted", *key)
-                self.api.delete(key[0], key[2], key[1])
+        for key in mine.keys() - wanted:
+            logger.info("deleting %s %s/%s: no longer wanted", *key)
+            self.api.delete(key[0], key[2], key[1])
 
     def _delete(self, command: Command, ns_name: str, ns: Obj | None, current: int) -> ApplyOutcome:
         if ns is None:
@@ -665,44 +672,49 @@ class KubeDriver:
         return await self._run(self._inventory_sync)
 
     def _inventory_sync(self) -> tuple[InventoryItem, ...]:
-        namespaces = [ns for ns in self.api.list("Namespace", selector=MANAGED_SELECTOR) if not is_terminating(ns)]
-        if not namespaces:
+        workloads: dict[str, tuple[tuple[str, str, str], Obj]] = {}
+        for ns in self.api.list("Namespace", selector=MANAGED_SELECTOR):
+            owner = owner_of(ns)
+            name = ns["metadata"]["name"]
+            # Only a namespace that is where its owner's objects would be (a label copied elsewhere is not ours).
+            if owner is None or is_terminating(ns) or name != namespace_name(*owner):  # type: ignore[arg-type]
+                continue
+            workloads[name] = (owner, {**ns, "kind": "Namespace"})
+        if not workloads:
             return ()
-        owned: dict[tuple[str, str, str], Obj] = {}
-        for ns in namespaces:
-            owned[object_key({**ns, "kind": "Namespace"})] = {**ns, "kind": "Namespace"}
+        children: dict[str, dict[tuple[str, str, str], Obj]] = {name: {} for name in workloads}
         for kind in TENANT_KINDS:
             if kind == "ConfigMap":
                 continue
             for obj in self.api.list(kind, selector=MANAGED_SELECTOR):
-                owned[object_key(obj)] = obj
+                key = object_key(obj)
+                if key[1] in workloads and owner_of(obj) == workloads[key[1]][0]:
+                    children[key[1]][key] = obj
         items = []
-        for ns in namespaces:
-            owner = owner_of(ns)
-            if owner is None:
-                continue
-            kind, project, name = owner
-            generation = generation_of(ns)
-            state = state_of(ns)
+        for name, (owner, ns) in sorted(workloads.items()):
+            kind, project, workload = owner
             if kind == "tenant":
-                cm = self.api.get("ConfigMap", CONTROL_PLANE, ns["metadata"]["name"])
-                if cm is not None and is_owned(cm):
-                    owned[object_key({**cm, "kind": "ConfigMap"})] = {**cm, "kind": "ConfigMap"}
-            problems = self._drift_of(ns, owned)
+                cm = self.api.get("ConfigMap", CONTROL_PLANE, name)
+                if cm is not None and owner_of(cm) == owner:
+                    cm["kind"] = "ConfigMap"
+                    children[name][object_key(cm)] = cm
+            generation = generation_of(ns)
+            problems = self._drift_of(ns, {**children[name], object_key(ns): ns})
             if problems:
                 logger.warning(
                     "%s %s/%s drifted (%s); reporting generation 0 so that it is applied again",
                     kind,
                     project,
-                    name,
+                    workload,
                     "; ".join(problems),
                 )
                 generation = 0
+            state = state_of(ns)
             items.append(
                 InventoryItem(
                     kind="tenant" if kind == "tenant" else "space",
                     project=project,
-                    name=name,
+                    name=workload,
                     generation=generation,
                     state=state if state != "deleted" else "running",
                     version=annotations_of(ns).get(ANN_VERSION, ""),
@@ -711,7 +723,8 @@ class KubeDriver:
             )
         return tuple(sorted(items, key=lambda i: (i.kind, i.project, i.name)))
 
-    def _drift_of(self, ns: Obj, owned: Mapping[tuple[str, str, str], Obj]) -> list[str]:
+    def _drift_of(self, ns: Obj, found: Mapping[tuple[str, str, str], Obj]) -> list[str]:
+        """What differs between the workload's objects and what its namespace says they should be."""
         annotations = annotations_of(ns)
         spec: WorkloadSpec | None = decode_spec(annotations.get(ANN_SPEC, ""))
         owner = owner_of(ns)
@@ -730,7 +743,7 @@ class KubeDriver:
             return [str(exc)]
         # The spec was read from the namespace itself (re-encoding it may spell numbers differently).
         expected[0]["metadata"]["annotations"][ANN_SPEC] = annotations[ANN_SPEC]
-        return drift(expected, owned)
+        return drift(expected, found)
 
     # --- the state Secret -------------------------------------------------------------------------------
     def _restore_state(self) -> None:

@@ -8,6 +8,8 @@ ServiceAccount (as a process here, as a pod there).
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -122,3 +124,24 @@ async def test_cli_prints_the_manifests(stack: Stack, tmp_path: Path) -> None:
     objs = {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(out.decode())}
     assert objs[("Secret", "tether-agent-token")]["stringData"]["token"].startswith("tct.edge-9.")
     assert objs[("Namespace", "tether-agent")]["metadata"]["labels"]["tether.dev/cluster"] == "edge-9"
+
+
+async def test_tether_up_connects_the_kubeconfig_cluster_as_local(kubeconfig: Path, tmp_path: Path) -> None:
+    from tests.integration.test_up import Up, our_processes
+
+    up = Up(tmp_path)
+    up.env["KUBECONFIG"] = str(kubeconfig)
+    try:
+        proc = up.start()
+        await up.wait_ready()
+        assert "driver kube" in proc.output()
+        local = await wait_for(
+            lambda: (c := up.clusters().get("local", {})) and c.get("online") and c, timeout=30, what="local online"
+        )
+        assert local["kubernetes_version"] == "v1.36.5"
+        assert local["local"] is True
+    finally:
+        if up.proc:
+            up.proc.stop(timeout=20)
+        for pid in our_processes(str(up.data)) + our_processes(f":{up.nats_port}"):
+            os.kill(pid, signal.SIGKILL)
