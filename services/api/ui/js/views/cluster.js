@@ -79,13 +79,21 @@ function timeline(history, cluster) {
       { class: "legend" },
       h("span", {}, h("i", { style: "background:#3fb872" }), "online"),
       h("span", {}, h("i", { style: "background:#e26363" }), "offline"),
-      h("span", {}, h("i", { style: "background:#dfe3e8" }), "unknown"),
+      h("span", {}, h("i", { style: "background:#dfe3e8" }), "pending or unknown"),
     ),
   );
 }
 
 function nodeChart(list) {
-  if (list.length < 2) return h("p", { class: "muted small" }, "Collecting node samples…");
+  if (list.length < 2) {
+    const now = list[list.length - 1];
+    return h(
+      "p",
+      { class: "muted small" },
+      now && now.total ? `${now.ready}/${now.total} nodes ready. ` : "No node report yet. ",
+      "The chart fills in while this page stays open.",
+    );
+  }
   const w = 600;
   const hgt = 60;
   const t0 = list[0].t;
@@ -152,7 +160,7 @@ export async function render(ctx) {
         { class: "page-head" },
         h("h1", { testid: "cluster-name" }, c.display_name || c.name),
         badge(st.text, st.tone, "cluster-detail-status"),
-        h("span", { class: "chips" }, chips(c.labels)),
+        Object.keys(c.labels).length ? h("span", { class: "chips" }, chips(c.labels)) : null,
         h("span", { class: "spacer" }),
         ctx.me.platform_admin && c.state !== "disconnected"
           ? h("button", { type: "button", class: "btn btn-danger", testid: "disconnect-cluster", onclick: () => disconnect(c) }, "Disconnect")

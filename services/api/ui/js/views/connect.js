@@ -30,7 +30,7 @@ export async function render(ctx) {
     name: "name",
     required: true,
     maxlength: 63,
-    pattern: "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?",
+    pattern: "[a-z0-9]([a-z0-9\\-]{0,61}[a-z0-9])?",
     placeholder: "edge-1",
     autocomplete: "off",
     testid: "connect-name",

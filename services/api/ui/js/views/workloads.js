@@ -133,7 +133,7 @@ export function workloadTable(ctx, kind, items, roles, { reload, showCluster = t
 // A dialog that creates a tenant cluster or space in `project`.
 export async function createWorkload(ctx, kind, project, clusters) {
   const fields = [
-    h("div", { class: "field" }, h("label", { for: "wl-name" }, "Name"), h("input", { id: "wl-name", name: "name", required: true, maxlength: 63, pattern: "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", testid: "create-name" })),
+    h("div", { class: "field" }, h("label", { for: "wl-name" }, "Name"), h("input", { id: "wl-name", name: "name", required: true, maxlength: 63, pattern: "[a-z0-9]([a-z0-9\\-]{0,61}[a-z0-9])?", testid: "create-name" })),
     h(
       "div",
       { class: "field" },
