@@ -1,0 +1,112 @@
+"""The web UI's API: the live event stream (filtered per caller) and a cluster's history."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.harness import Stack, wait_for
+
+Event = tuple[str, dict[str, Any]]
+
+
+@contextlib.asynccontextmanager
+async def listening(stack: Stack, token: str) -> AsyncIterator[list[Event]]:
+    """Read ``/api/v1/events/stream`` as ``token`` in the background; yield the events seen so far."""
+    seen: list[Event] = []
+
+    async def read() -> None:
+        async with (
+            httpx.AsyncClient(base_url=stack.api, timeout=httpx.Timeout(10, read=None)) as http,
+            http.stream("GET", "/api/v1/events/stream", headers={"Authorization": f"Bearer {token}"}) as resp,
+        ):
+            assert resp.status_code == 200, await resp.aread()
+            assert resp.headers["content-type"].startswith("text/event-stream")
+            kind = "message"
+            async for line in resp.aiter_lines():
+                if line.startswith("event:"):
+                    kind = line.split(":", 1)[1].strip()
+                elif line.startswith("data:"):
+                    seen.append((kind, json.loads(line.split(":", 1)[1])))
+
+    task = asyncio.create_task(read())
+    try:
+        await wait_for(lambda: task.done() or any(k == "ready" for k, _ in seen), what="the stream to be ready")
+        if task.done():
+            task.result()
+        yield seen
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def kinds(events: list[Event], project: str | None = None) -> set[str]:
+    return {k for k, data in events if project is None or data.get("project") == project}
+
+
+async def test_the_event_stream_shows_each_user_only_what_they_may_see(stack: Stack, tmp_path: Path) -> None:
+    resp = await stack.req("GET", "/api/v1/events/stream", token="tat_nope")
+    assert resp.status_code == 401 and resp.json()["error"]["code"] == "401"
+
+    await stack.connected("c1", tmp_path / "c1")
+    for project in ("p1", "p2"):
+        await stack.ok("POST", "/api/v1/projects", json={"name": project, "clusters": ["c1"]})
+    viewer = await stack.user("vic")
+    await stack.ok("PUT", "/api/v1/projects/p1/members", json={"user": "vic", "role": "viewer"})
+    outsider = await stack.user("eve")
+
+    async with (
+        listening(stack, stack.admin_token) as admin_seen,
+        listening(stack, viewer) as viewer_seen,
+        listening(stack, outsider) as outsider_seen,
+    ):
+        await stack.ok("POST", "/api/v1/projects/p1/tenants", json={"name": "t1"})
+        await stack.ok("POST", "/api/v1/projects/p2/spaces", json={"name": "s2"})
+        await stack.connect_cluster("c2")
+        await wait_for(
+            lambda: {"tenant.ready"} <= kinds(admin_seen, "p1") and {"space.ready"} <= kinds(admin_seen, "p2"),
+            what="the admin to see both projects' events",
+        )
+        await wait_for(lambda: "tenant.ready" in kinds(viewer_seen, "p1"), what="the viewer to see p1's tenant")
+        await wait_for(
+            lambda: "cluster.registered" in kinds(outsider_seen) and "cluster.registered" in kinds(viewer_seen),
+            what="everyone to see cluster events",
+        )
+        assert kinds(viewer_seen, "p2") == set(), viewer_seen
+        assert [e for e in outsider_seen if "project" in e[1]] == [], outsider_seen
+        tenant_ready = next(data for kind, data in viewer_seen if kind == "tenant.ready")
+        assert tenant_ready["name"] == "t1" and tenant_ready["cluster"] == "c1"
+
+
+async def test_a_clusters_history_lists_its_transitions_newest_first(stack: Stack, tmp_path: Path) -> None:
+    agent = await stack.connected("c1", tmp_path / "c1")
+    await stack.connected("c2", tmp_path / "c2")
+    agent.stop()
+    await stack.wait_online("c1", online=False)
+
+    history = await stack.ok("GET", "/api/v1/clusters/c1/events")
+    # "connected" (registry, on the agent's hello) and "online" (health, on its first heartbeat) may race.
+    order = [e["kind"] for e in history["items"]]
+    assert order[0] == "offline" and order[-1] == "registered" and sorted(order[1:3]) == ["connected", "online"], order
+    assert history["truncated"] is False
+    times = [e["at"] for e in history["items"]]
+    assert times == sorted(times, reverse=True)
+
+    latest = await stack.ok("GET", "/api/v1/clusters/c1/events", params={"limit": 1})
+    assert [e["kind"] for e in latest["items"]] == ["offline"] and latest["truncated"] is True
+    c2 = await stack.ok("GET", "/api/v1/clusters/c2/events", params={"hours": 1})
+    assert sorted(e["kind"] for e in c2["items"]) == ["connected", "online", "registered"]
+
+    viewer = await stack.user("vic")  # clusters are visible to every signed-in user
+    assert (await stack.ok("GET", "/api/v1/clusters/c1/events", token=viewer))["items"]
+    missing = await stack.req("GET", "/api/v1/clusters/nope/events")
+    assert missing.status_code == 404 and "nope" in missing.json()["error"]["message"]
+    bad = await stack.req("GET", "/api/v1/clusters/c1/events", params={"limit": 0})
+    assert bad.status_code == 400
