@@ -17,10 +17,11 @@ What gets installed, all in the ``tether-agent`` namespace unless cluster-scoped
   and a tenant's Lease by name, only so that it may grant it to the tenant's
   control plane. No Secrets, Pods, ClusterRoles or ClusterRoleBindings;
 - **ValidatingAdmissionPolicy** ``tether-agent-namespaces`` (+ binding): what the
-  RBAC above cannot say. The agent's writes are refused outside namespaces
+  RBAC above cannot say. The agent's writes (as any ServiceAccount named
+  ``tether-agent``) are refused outside namespaces
   labelled ``tether.dev/managed-by=tether``, and it can neither label an
   existing namespace as its own nor delete one that is not;
-- **Role/RoleBinding** ``tether-agent`` in its own namespace: read and update the
+- **Role/RoleBinding** ``tether-agent`` in its own namespace: read and patch the
   Secret ``tether-agent-state`` only;
 - **Secret** ``tether-agent-token``: the one-time connect token (spent by the
   first connect; harmless afterwards);
@@ -118,6 +119,13 @@ POLICY_EXPRESSION = (
 )
 
 
+AGENT_MATCH = (
+    f"request.userInfo.username.startsWith('system:serviceaccount:') && request.userInfo.username.endsWith(':{NAME}')"
+)
+"""Whom the admission policy restricts: a ServiceAccount named ``tether-agent`` in any namespace (the
+Deployment's, or a sidecar's beside another workload, see ``agent/deploy/README.md``)."""
+
+
 def labels(cluster: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "tether", "tether.dev/cluster": cluster}
 
@@ -194,9 +202,7 @@ def objects(*, cluster: str, token: str, server: str, image: str = DEFAULT_IMAGE
                         }
                     ]
                 },
-                "matchConditions": [
-                    {"name": "the-agent", "expression": f"request.userInfo.username == '{AGENT_USER}'"}
-                ],
+                "matchConditions": [{"name": "the-agent", "expression": AGENT_MATCH}],
                 "validations": [
                     {
                         "expression": POLICY_EXPRESSION,

@@ -328,3 +328,55 @@ def test_helm_renders_the_same_objects(tmp_path: Path) -> None:
         [str(helm), "template", "x", str(CHART), "--kube-version", "1.36.5"], capture_output=True, text=True
     )
     assert missing.returncode != 0 and "set cluster" in missing.stderr
+
+
+def test_the_sidecar_example_runs_the_same_agent(installed: Path, admin_api: KubeApi) -> None:
+    """sidecar.yaml applies, its agent container is the Deployment's, and its ServiceAccount is confined too."""
+    docs = list(yaml.safe_load_all((ROOT / "agent" / "deploy" / "sidecar.yaml").read_text()))
+    admin_api.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "my-app"}}, field_manager="kubectl")
+    for obj in docs:
+        admin_api.apply(obj, field_manager="kubectl")
+    pod = by_key(docs)[("Deployment", "my-app")]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    agent = next(c for c in pod["containers"] if c["name"] == "tether-agent")
+    reference = manifests.agent_container(server="NATS_URL", image=manifests.DEFAULT_IMAGE)
+    for field in ("image", "command", "args", "resources", "securityContext"):
+        assert agent[field] == reference[field], field
+    assert [e["name"] for e in agent["env"]] == [e["name"] for e in reference["env"]]
+    assert {"name": "TETHER_AGENT_STATE_SECRET", "value": "my-app/tether-agent-state"} in agent["env"]
+    user = "system:serviceaccount:my-app:tether-agent"
+    groups = ("system:serviceaccounts", "system:serviceaccounts:my-app", "system:authenticated")
+    assert can(admin_api, user=user, groups=groups, verb="create", resource="namespaces")
+    assert can(
+        admin_api,
+        user=user,
+        groups=groups,
+        verb="patch",
+        resource="secrets",
+        namespace="my-app",
+        name="tether-agent-state",
+    )
+    assert not can(admin_api, user=user, groups=groups, verb="get", resource="secrets", namespace="my-app", name="x")
+    token = admin_api.request(
+        "POST",
+        "/api/v1/namespaces/my-app/serviceaccounts/tether-agent/token",
+        body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 600}},
+    )["status"]["token"]
+    cfg = yaml.safe_load(installed.read_text())
+    cfg["users"][0]["user"]["token"] = token
+    path = installed.parent / "kubeconfig-sidecar"
+    path.write_text(yaml.safe_dump(cfg))
+    sidecar = KubeApi.from_kubeconfig(path)
+    try:
+        with pytest.raises(DriverError) as outside:
+            sidecar.apply(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "metadata": {"name": "x", "namespace": "my-app"},
+                    "spec": {"ports": [{"port": 80}]},
+                }
+            )
+        assert outside.value.reason == "Forbidden" and "ValidatingAdmissionPolicy" in str(outside.value)
+    finally:
+        sidecar.close()
