@@ -252,12 +252,24 @@ class KubeApi:
         except (urllib3.exceptions.HTTPError, OSError, k8s_client.exceptions.ApiException) as exc:
             raise ClusterUnreachable(f"cannot reach the Kubernetes API server at {self.host}: {exc}") from None
         if status < 300:
-            return json.loads(data) if data else {}
+            try:
+                return json.loads(data) if data else {}
+            except ValueError:
+                raise DriverError(
+                    f"{what or path}: the API server answered {status} with something that is not JSON",
+                    reason="BadResponse",
+                ) from None
         if status == 404 and missing_ok:
             return None
         reason, message, details = _status_message(data)
         message = message or f"HTTP {status}"
         doing = f"{what}: " if what else f"{method} {path}: "
+        if status == 401:
+            # Credentials the server does not (or no longer) accept: nothing can be done until they are
+            # fixed or refreshed, so the cluster counts as unreachable and commands wait.
+            raise ClusterUnreachable(
+                f"{doing}the API server refused the agent's credentials: {message}", reason="Unauthorized"
+            )
         if status == 429 or status >= 500:
             raise ClusterUnreachable(
                 f"{doing}the API server answered {status}: {message}", reason=reason or "ServerError"

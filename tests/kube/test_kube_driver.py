@@ -465,3 +465,16 @@ async def test_control_plane_readiness(driver: KubeDriver, admin_api: KubeApi) -
     admin_api.patch_status("StatefulSet", "control-plane", {"status": {"replicas": 1, "readyReplicas": 1}}, ns)
     planes = {(c.project, c.name): c.ready for c in await driver.control_planes() if c.project == "rd"}
     assert planes == {("rd", "t1"): True, ("rd", "t2"): False}
+
+
+async def test_refused_credentials_make_the_cluster_unreachable(control_plane: ControlPlane, tmp_path: Path) -> None:
+    """A token the API server does not accept (revoked, expired): commands wait instead of failing."""
+    bad = control_plane.write_token_kubeconfig(tmp_path / "bad", "nobody", "not-a-valid-token")
+    d = KubeDriver(AgentSettings(driver="kube", kubeconfig=bad, state_dir=tmp_path / "a"), environ={})
+    try:
+        assert (await d.health()).api_reachable is False
+        with pytest.raises(DriverError) as refused:
+            await d.apply(command("space", "auth", "s1", 1))
+        assert refused.value.transient and refused.value.reason == "Unauthorized"
+    finally:
+        await d.close()
