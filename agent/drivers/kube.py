@@ -467,6 +467,7 @@ class KubeDriver:
         self._state_secret = _parse_secret_ref(env.get(STATE_SECRET_ENV, ""))
         self._mirrored: dict[str, bytes] = {}
         self._mirror_lock = threading.Lock()
+        self._mirror_failing = False
         if self._state_secret is not None:
             self._restore_state()
 
@@ -778,6 +779,7 @@ class KubeDriver:
                 continue
             try:
                 write_json_atomic(path, json.loads(raw))
+                self._mirrored[file] = path.read_bytes()
             except (OSError, ValueError) as exc:
                 raise DriverError(f"cannot restore {file} from the Secret {namespace}/{name}: {exc}") from None
             logger.info("restored %s from the Secret %s/%s", file, namespace, name)
@@ -805,8 +807,11 @@ class KubeDriver:
             try:
                 self.api.patch_merge("Secret", name, {"data": changed}, namespace)
             except DriverError as exc:
-                logger.warning("cannot save the agent's state in the Secret %s/%s: %s", namespace, name, exc)
+                level = logging.DEBUG if self._mirror_failing else logging.WARNING
+                logger.log(level, "cannot save the agent's state in the Secret %s/%s: %s", namespace, name, exc)
+                self._mirror_failing = True
                 return
+            self._mirror_failing = False
             for file, encoded in changed.items():
                 self._mirrored[file] = base64.b64decode(encoded)
                 logger.info("saved %s in the Secret %s/%s", file, namespace, name)

@@ -38,6 +38,7 @@ go_missing() {
     exit 3
 }
 [[ -n "$GO" ]] || go_missing "'go' was not found on PATH."
+[[ -x "$GO" ]] || command -v "$GO" >/dev/null 2>&1 || go_missing "GO=$GO is not executable."
 go_ver="$("$GO" env GOVERSION 2>/dev/null || true)"
 if [[ "$go_ver" =~ ^go1\.([0-9]+) ]] && ((BASH_REMATCH[1] < 21)); then
     go_missing "$go_ver is too old."
