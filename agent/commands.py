@@ -29,9 +29,11 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import msgspec
+from opentelemetry.trace import SpanKind, Tracer
 
 from agent.drivers import Driver
 from agent.errors import DriverError
+from schemas import tracing
 from schemas.errors import InvalidInput, Unavailable
 from schemas.messages import Command, CommandResult, WorkloadKind, decode
 from schemas.names import dns1123_label_error
@@ -126,7 +128,9 @@ class CommandApplier:
         result_subject: str,
         keepalive_every: float = KEEPALIVE_EVERY,
         clock: Callable[[], float] = time.time,
+        tracer: Tracer | None = None,
     ) -> None:
+        self._tracer = tracer
         self.cluster = cluster
         self.driver = driver
         self._publish = publish
@@ -138,6 +142,17 @@ class CommandApplier:
 
     async def handle(self, receipt: Receipt) -> Handled:
         """Apply one delivered command and settle it; raises only CancelledError."""
+        if self._tracer is None:
+            return await self._handle(receipt)
+        # The command carries the trace of the API call that caused it; the result carries it on.
+        headers = getattr(receipt, "headers", None) or {}
+        with self._tracer.start_as_current_span(
+            f"agent apply {receipt.subject}", context=tracing.extract(headers), kind=SpanKind.CONSUMER
+        ) as span:
+            span.set_attribute("tether.cluster", self.cluster)
+            return await self._handle(receipt)
+
+    async def _handle(self, receipt: Receipt) -> Handled:
         async with self._keepalive(receipt):
             try:
                 command = decode(receipt.data, Command)

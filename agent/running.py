@@ -37,6 +37,7 @@ from types import TracebackType
 from typing import Literal
 
 import msgspec
+from opentelemetry.sdk.trace import TracerProvider
 
 from agent import VERSION
 from agent import credentials as creds_store
@@ -47,6 +48,7 @@ from agent.drivers import Driver, make_driver
 from agent.errors import AgentError, DriverError, PermanentError
 from agent.settings import AgentSettings
 from agent.statefiles import StateLock, write_text_atomic
+from agent.telemetry import tracer_provider as make_tracer_provider
 from schemas import subjects
 from schemas.credentials import (
     agent_inbox_prefix,
@@ -121,8 +123,11 @@ class Agent:
     (revoked, refused).
     """
 
-    def __init__(self, settings: AgentSettings, *, driver: Driver | None = None) -> None:
+    def __init__(
+        self, settings: AgentSettings, *, driver: Driver | None = None, tracer_provider: TracerProvider | None = None
+    ) -> None:
         self.settings = settings
+        self._tracer_provider = tracer_provider or make_tracer_provider(settings.token_cluster or "")
         self.session = secrets.token_hex(8)
         """Random per process: the platform sees a restart as a new session."""
         self._driver = driver
@@ -329,6 +334,7 @@ class Agent:
             self._driver,
             self._publish_result,
             result_subject=subjects.evt(cluster, subjects.EVT_RESULT),
+            tracer=self._tracer_provider.get_tracer("tether.agent"),
         )
         self._inventory_now.set()
         await self._beat()
@@ -743,9 +749,16 @@ class Agent:
             logger.exception("while stopping: cannot %s", what)
 
 
-async def run(settings: AgentSettings, *, ready: asyncio.Event | None = None) -> None:
+async def run(
+    settings: AgentSettings, *, ready: asyncio.Event | None = None, tracer_provider: TracerProvider | None = None
+) -> None:
     """Run one agent until cancelled; raises PermanentError when it cannot go on."""
-    async with Agent(settings) as agent:
-        if ready is not None:
-            ready.set()
-        await agent.wait()
+    provider = tracer_provider or make_tracer_provider(settings.token_cluster or "")
+    try:
+        async with Agent(settings, tracer_provider=provider) as agent:
+            if ready is not None:
+                ready.set()
+            await agent.wait()
+    finally:
+        if tracer_provider is None:
+            provider.shutdown()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from opentelemetry.context import Context
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _propagator = TraceContextTextMapPropagator()
@@ -24,3 +25,9 @@ def inject(headers: dict[str, str] | None = None, context: Context | None = None
 def extract(headers: Mapping[str, str] | None) -> Context:
     """The trace context a message carries (an empty context when it carries none)."""
     return _propagator.extract(dict(headers or {}))
+
+
+def file_exporter(path: str) -> SpanExporter:
+    """Spans as JSON lines appended to ``path`` (every process of a test run can share one file)."""
+    out = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the provider
+    return ConsoleSpanExporter(out=out, formatter=lambda span: span.to_json(indent=None) + "\n")

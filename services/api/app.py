@@ -81,7 +81,7 @@ from schemas.messages import (
 )
 from schemas.names import check_name
 from services.api import logic, manifests
-from services.bus import Connection, call
+from services.bus import Connection, Telemetry, call
 from services.bus.endpoints import ping
 
 logger = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ class Platform:
     nats_url: str
     request_timeout: float = 5.0
     auth_cache_ttl: float = 5.0
+    telemetry: Telemetry | None = None
 
     def __post_init__(self) -> None:
         self._auth_cache: dict[str, tuple[float, Principal]] = {}
@@ -257,6 +258,10 @@ def create_app(platform: Platform) -> FastAPI:
     from services.api.audit import install_audit
 
     install_audit(app, platform)
+    if platform.telemetry is not None:
+        from services.api.observing import Observe
+
+        app.add_middleware(Observe, telemetry=platform.telemetry)  # outermost: spans cover the audit too
     return app
 
 

@@ -58,10 +58,17 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
             nc=nc,
             nats_url=settings.public_nats_url or settings.common.bus.servers[0],
             request_timeout=settings.common.bus.request_timeout,
+            telemetry=telemetry,
         )
         app = create_app(platform)
         config = uvicorn.Config(
-            app, host=settings.host, port=settings.port, log_level="warning", access_log=False, lifespan="off"
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=2,  # open event streams must not hold a stop for long
         )
         server = _Server(config)
         serving = asyncio.create_task(server.serve(), name="api-http")

@@ -16,6 +16,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry.trace import SpanKind, Tracer
 
 from schemas import tracing
 from schemas.errors import TetherError
@@ -36,6 +37,7 @@ async def consume(
     batch: int = 64,
     ack_wait: float = 30.0,
     deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
+    tracer: Tracer | None = None,
 ) -> None:
     """Run forever: fetch, handle, ack. Re-declares and re-binds after any bus failure."""
     failures = 0
@@ -61,7 +63,14 @@ async def consume(
                 except NatsTimeout:
                     continue
                 for msg in msgs:
-                    await _handle(msg, handler, durable)
+                    if tracer is None:
+                        await _handle(msg, handler, durable)
+                        continue
+                    # Continue the trace the message carries (API call -> command -> result -> status).
+                    with tracer.start_as_current_span(
+                        f"{durable} {msg.subject}", context=tracing.extract(msg.headers), kind=SpanKind.CONSUMER
+                    ):
+                        await _handle(msg, handler, durable)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -89,7 +98,3 @@ async def _handle(msg: Msg, handler: Handler, durable: str) -> None:
         await msg.nak(delay=5.0)
         return
     await msg.ack()
-
-
-def trace_context(msg: Msg) -> object:
-    return tracing.extract(msg.headers)

@@ -50,12 +50,16 @@ class TelemetrySettings:
     prometheus_port: int | None = None
     """Serve a Prometheus scrape endpoint on this port; None: no endpoint."""
 
+    trace_file: str | None = None
+    """Append every finished span as a JSON line to this file (for tests and offline debugging)."""
+
     @classmethod
     def from_env(cls) -> TelemetrySettings:
         port = os.environ.get("TETHER_PROMETHEUS_PORT")
         return cls(
             otlp_endpoint=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
             prometheus_port=int(port) if port else None,
+            trace_file=os.environ.get("TETHER_TRACE_FILE") or None,
         )
 
 

@@ -10,9 +10,10 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.trace import Tracer
 
+from schemas.tracing import file_exporter
 from services.bus.settings import TelemetrySettings
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,8 @@ class Telemetry:
         settings = settings or TelemetrySettings()
         resource = Resource.create({"service.name": f"tether-{service}", "service.namespace": "tether"})
         tracer_provider = TracerProvider(resource=resource)
+        if settings.trace_file:
+            tracer_provider.add_span_processor(SimpleSpanProcessor(file_exporter(settings.trace_file)))
         readers: list[MetricReader] = []
         if settings.otlp_endpoint:
             try:

@@ -15,6 +15,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from opentelemetry.metrics import Histogram
+
 from schemas import subjects
 from schemas.errors import NotFound, TetherError
 from schemas.messages import (
@@ -78,6 +80,7 @@ class HealthMonitor:
         self.presence: dict[str, Presence] = {}
         self.dirty: set[str] = set()
         self.malformed = 0
+        self.lag: Histogram | None = None
 
     async def load(self) -> None:
         self.presence = await self.bucket.items()
@@ -97,6 +100,8 @@ class HealthMonitor:
             self.malformed += 1
             logger.warning("dropped heartbeat on %s: %s", msg.subject, exc.description)
             return
+        if self.lag is not None and hb.sent_at:
+            self.lag.record(max(0.0, now - hb.sent_at))
         new, transition = logic.observe(self.presence.get(hb.cluster), hb, now)
         self.presence[hb.cluster] = new
         if transition is None:
@@ -191,6 +196,12 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
         monitor = HealthMonitor(settings, js, bucket)
         await monitor.load()
         meter = telemetry.meter(__name__)
+        monitor.lag = meter.create_histogram(
+            "tether.heartbeat.lag",
+            unit="s",
+            description="Heartbeat arrival (platform clock) minus its sending",
+            explicit_bucket_boundaries_advisory=[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+        )
         meter.create_observable_gauge(
             "tether.clusters.online",
             callbacks=[lambda _opts: _gauge(sum(p.online for p in monitor.presence.values()))],

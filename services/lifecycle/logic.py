@@ -12,7 +12,7 @@ from typing import Literal
 import msgspec
 
 from schemas.conditions import set_condition
-from schemas.errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable
+from schemas.errors import Conflict, Forbidden, InvalidInput, NotFound
 from schemas.messages import (
     ClusterRecord,
     CommandResult,
@@ -115,7 +115,8 @@ def place(
         if c.state == "connected" and project.allows(c) and presence.get(c.name) is not None and presence[c.name].online
     ]
     if not candidates:
-        raise Unavailable(f"no online cluster is available to project {project.name!r}")
+        # Permanent until a cluster comes online: a conflict with the fleet's state, not an outage of ours.
+        raise Conflict(f"no online cluster is available to project {project.name!r}")
     fitting = [c for c in candidates if room(c.name, presence.get(c.name), records, need)]
     if not fitting:
         raise Conflict(
@@ -275,6 +276,19 @@ def act(record: WorkloadRecord, action: str, version: str, op_id: str, now: floa
         target = check_upgrade(spec.version, version, spec.name)
         return _bump(record, msgspec.structs.replace(spec, version=target), "upgrade", op_id, now)
     raise InvalidInput(f"unknown action {action!r}: expected sleep, wake, upgrade or delete")
+
+
+def repeats_pending(record: WorkloadRecord, action: str, version: str) -> bool:
+    """True when ``action`` asks again for what the record's latest operation asked, and that is not applied
+    yet: a client retrying after a lost answer. It changes nothing; its command must only be sure to be out."""
+    if in_sync(record) or record.operation != action:
+        return False
+    if action != "upgrade":
+        return True
+    try:
+        return bool(version) and check_version(version) == record.spec.version
+    except InvalidInput:
+        return False
 
 
 def with_members(record: WorkloadRecord, membership: Membership, op_id: str, now: float) -> WorkloadRecord | None:

@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from schemas import subjects
 from schemas.audit import AuditRecord
@@ -87,19 +88,56 @@ class Settings:
         )
 
 
+LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
+"""Seconds: commands take milliseconds when the agent is there, minutes when it is not."""
+
+
 def new_op_id() -> str:
     return uuid.uuid4().hex
 
 
 class Lifecycle:
-    def __init__(self, settings: Settings, nc: Connection, js: JetStream, desired: Bucket[WorkloadRecord]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        nc: Connection,
+        js: JetStream,
+        desired: Bucket[WorkloadRecord],
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self.settings = settings
+        meter = (telemetry or Telemetry.create("lifecycle")).meter("tether.lifecycle")
+        self.issued = meter.create_counter("tether.commands.issued", description="Commands sent to agents")
+        self.applied = meter.create_counter("tether.commands.applied", description="Commands agents applied")
+        self.failed = meter.create_counter("tether.commands.failed", description="Commands agents could not apply")
+        self.resyncs = meter.create_counter("tether.resyncs", description="Inventories reconciled")
+        self.latency = meter.create_histogram(
+            "tether.command.latency",
+            unit="s",
+            description="From the desired-state write to the agent's result",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        )
+        self.pending: dict[str, int] = {}
+        meter.create_observable_gauge(
+            "tether.commands.pending",
+            callbacks=[self._observe_pending],
+            description="Desired changes not yet applied, per cluster",
+        )
         self.nc = nc
         self.js = js
         self.desired = desired
         self.timeout = settings.common.bus.request_timeout
         self.empty_since: dict[str, float] = {}
         self._writes = asyncio.Lock()
+
+    def _observe_pending(self, _options: CallbackOptions) -> list[Observation]:
+        return [Observation(n, {"cluster": cluster}) for cluster, n in self.pending.items()]
+
+    def count_pending(self, records: list[WorkloadRecord]) -> None:
+        pending = dict.fromkeys(self.pending, 0)
+        for r in records:
+            pending[r.spec.cluster] = pending.get(r.spec.cluster, 0) + (0 if logic.in_sync(r) else 1)
+        self.pending = pending
 
     # -- other services ----------------------------------------------------------------
     async def project(self, name: str) -> ProjectRecord:
@@ -120,6 +158,7 @@ class Lifecycle:
             operation=record.operation,
         )
         await publish(self.js, subjects.cmd(record.spec.cluster, subjects.VERB_APPLY), command, msg_id=command.op_id)
+        self.issued.add(1, {"cluster": record.spec.cluster})
         span = trace.get_current_span().get_span_context()
         await publish(
             self.js,
@@ -185,6 +224,10 @@ class Lifecycle:
             k = subjects.workload_key(req.kind, req.project, req.name)
             previous = await self.desired.get(k)
             if previous is not None and not logic.is_tombstone(previous[0]):
+                if not logic.in_sync(previous[0]):
+                    # Perhaps a retry of a create whose answer was lost before its command went out
+                    # (a crash, a NATS failover): send it again; the stream drops it if it has it.
+                    await self.send(previous[0])
                 raise Conflict(f"{req.kind} {req.name!r} already exists in project {req.project!r}")
             logic.check_quota(project, records, req.kind, need)
             cluster = logic.place(
@@ -233,6 +276,11 @@ class Lifecycle:
         op_id = new_op_id()
         async with self._writes:
             record, revision = await self.get_record(ref)
+            if logic.repeats_pending(record, req.action, req.version):
+                # A retry of the pending operation after a lost answer (a crash, a NATS failover): make
+                # sure its command went out; the stream drops it if it has it already.
+                await self.send(record, by=req.by)
+                return record
             new = logic.act(record, req.action, req.version, op_id, time.time())
             if new is None:
                 return record
@@ -267,6 +315,10 @@ class Lifecycle:
         new, gone = logic.observe(record, result, time.time())
         if new is record:
             return
+        if result.generation == record.generation and result.applied:
+            (self.applied if result.ok else self.failed).add(1, {"cluster": result.cluster})
+            if result.ok:
+                self.latency.record(max(0.0, result.at - record.updated_at), {"cluster": result.cluster})
         await self.desired.update(k, new, revision)  # a deleted object stays, as a tombstone
         if gone:
             logger.info("%s deleted from %s", k, result.cluster)
@@ -301,6 +353,7 @@ class Lifecycle:
             self.empty_since.pop(cluster, None)
         else:
             self.empty_since.setdefault(cluster, now)
+        self.resyncs.add(1, {"cluster": cluster})
         plan = logic.reconcile(
             desired,
             inventory.items,
@@ -377,7 +430,9 @@ class Lifecycle:
             await asyncio.sleep(self.settings.sleep_check_interval)
             try:
                 now = time.time()
-                for record in await self.all_records():
+                records = await self.all_records()
+                self.count_pending(records)
+                for record in records:
                     if logic.due_for_sleep(record, now):
                         logger.info(
                             "%s idle for %.0fs: sleeping it", logic.key(record.spec), now - record.last_activity
@@ -408,7 +463,8 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
         await ensure_platform_streams(js, replicas)
         await ensure_stream(js, cmd_stream(replicas))
         desired = await ensure_bucket(js, subjects.BUCKET_DESIRED, WorkloadRecord, replicas=replicas, history=5)
-        lifecycle = Lifecycle(settings, nc, js, desired)
+        lifecycle = Lifecycle(settings, nc, js, desired, telemetry)
+        tracer = telemetry.tracer("tether.lifecycle")
         await lifecycle.republish_pending()
         host = ServiceHost(nc, "lifecycle", VERSION, telemetry.tracer(__name__))
         L = subjects.Lifecycle
@@ -424,6 +480,7 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
                     durable=subjects.LIFECYCLE_RESULTS_CONSUMER,
                     filter_subject=subjects.evt_kind(subjects.EVT_RESULT),
                     handler=lifecycle.on_result,
+                    tracer=tracer,
                 ),
                 name="lifecycle-results",
             )

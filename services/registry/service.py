@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from opentelemetry.metrics import Observation
+
 from schemas import subjects
 from schemas.credentials import bootstrap_seed, parse_connect_token
 from schemas.errors import Conflict, NotFound, Unavailable
@@ -283,6 +285,24 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
             )
         registry = Registry(settings, nc, js, clusters, uids, projects, trust, sys_nc)
         await registry.push_revocations()
+        connected = [0]
+        telemetry.meter("tether.registry").create_observable_gauge(
+            "tether.clusters.connected",
+            callbacks=[lambda _o: [Observation(connected[0])]],
+            description="Clusters with a connected agent identity",
+        )
+
+        async def count_connected() -> None:
+            while True:
+                try:
+                    records = await clusters.items()
+                    connected[0] = sum(r.state == "connected" for r in records.values())
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    logger.debug("counting clusters: %s", exc)
+                await asyncio.sleep(10)
+
         host = ServiceHost(nc, "registry", VERSION, telemetry.tracer(__name__))
         R = subjects.Registry
         host.endpoint(R.CLUSTER_CREATE, ClusterCreate, registry.create)
@@ -295,7 +315,8 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
         host.endpoint(subjects.Projects.CREATE, ProjectCreate, registry.project_create)
         host.endpoint(subjects.Projects.GET, NameRequest, registry.project_get)
         host.endpoint(subjects.Projects.LIST, NamesRequest, registry.project_list)
-        async with host:
+        async with host, asyncio.TaskGroup() as tg:
+            tg.create_task(count_connected(), name="registry-count")
             logger.info("registry ready")
             if ready:
                 ready.set()

@@ -161,13 +161,13 @@ async def test_auto_sleep_after_inactivity(stack: Stack, tmp_path: Path) -> None
 async def test_placement_quota_and_bad_input(stack: Stack, tmp_path: Path) -> None:
     await project(stack, "empty")
     resp = await stack.req("POST", "/api/v1/projects/empty/tenants", json={"name": "t1"})
-    assert resp.status_code == 503 and "no online cluster is available to project 'empty'" in resp.text
+    assert resp.status_code == 409 and "no online cluster is available to project 'empty'" in resp.text
 
     await stack.connected("c1", tmp_path / "c1")
     await stack.ok("POST", "/api/v1/clusters", json={"name": "c2", "labels": {"env": "prod"}})
     await project(stack, "q", quota={"tenants": 1}, cluster_selector={"env": "prod"})
     resp = await stack.req("POST", "/api/v1/projects/q/tenants", json={"name": "t1"})
-    assert resp.status_code == 503, "c1 is online but not selected; c2 is not connected"
+    assert resp.status_code == 409, "c1 is online but not selected; c2 is not connected"
     await project(stack, "p1", quota={"tenants": 1, "spaces": 5})
     w = await tenant(stack, "t1", project="p1")
     assert w["cluster"] == "c1"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable
+from schemas.errors import Conflict, Forbidden, InvalidInput, NotFound
 from schemas.messages import (
     Capacity,
     ClusterHealth,
@@ -174,7 +174,7 @@ def test_placement_picks_an_allowed_online_cluster_with_room() -> None:
     with pytest.raises(Conflict, match="has room"):
         logic.place(p, "", clusters, seen, [], Resources(cpu=100))
     offline = {k: presence(k, online=False) for k in seen}
-    with pytest.raises(Unavailable, match="no online cluster"):
+    with pytest.raises(Conflict, match="no online cluster"):
         logic.place(p, "", clusters, offline, [], Resources(cpu=1))
     # Naming an offline cluster is fine: the command waits for its agent.
     assert logic.place(p, "c1", clusters, offline, [], Resources(cpu=1)) == "c1"
