@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections import UserString
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -150,6 +151,7 @@ class Connection:
         self._reconnect_attempts = 0
         self._identity: NatsIdentity | None = None
         self._auth_refusals = 0
+        self._fatal = asyncio.Event()
         self.refused = asyncio.Event()
         """Set when the broker keeps refusing our credentials (revoked or expired): stop for good."""
         self.lost = asyncio.Event()
@@ -184,6 +186,8 @@ class Connection:
 
     async def _error_cb(self, exc: Exception) -> None:
         self._last_error = exc
+        if not self._established and isinstance(exc, ssl.SSLCertVerificationError):
+            self._fatal.set()
         if _is_auth_error(exc):
             self._auth_refusals += 1
             if self._established and self._auth_refusals >= AUTH_REFUSALS_BEFORE_GIVING_UP:
@@ -222,6 +226,11 @@ class Connection:
     async def _attempt(self, servers: list[str], settings: AgentSettings) -> Client:
         nc = Client()
         auth: dict[str, Any] = {}
+        if settings.ca_file or any(s.startswith("tls://") for s in servers):
+            try:
+                auth["tls"] = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+            except (OSError, ssl.SSLError) as exc:
+                raise PermanentError(f"cannot use CA file {settings.ca_file}: {exc}") from None
         if self._identity is not None:
             ident = self._identity
             auth["user_credentials"] = UserString(ident.creds) if ident.in_memory else ident.creds
@@ -253,6 +262,28 @@ class Connection:
         nc.options["reconnect_time_wait"] = 2  # only bounds how long close() waits for a reconnect task
         return nc
 
+    async def _attempt_or_fatal(self, servers: list[str], settings: AgentSettings) -> Client:
+        """One connect attempt, abandoned at once when the server's certificate cannot be verified
+        (nats-py reports that through the error callback and keeps the attempt waiting)."""
+        self._fatal.clear()
+        attempt = asyncio.ensure_future(self._attempt(servers, settings))
+        fatal = asyncio.ensure_future(self._fatal.wait())
+        try:
+            await asyncio.wait({attempt, fatal}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            fatal.cancel()
+        if not attempt.done():
+            attempt.cancel()
+            with contextlib.suppress(BaseException):
+                await attempt
+            error = self._last_error
+            detail = error.verify_message if isinstance(error, ssl.SSLCertVerificationError) else str(error)
+            raise PermanentError(
+                f"the NATS server's TLS certificate cannot be verified ({detail}): pass the platform's CA with "
+                "--ca-file"
+            )
+        return attempt.result()
+
     async def open(self, settings: AgentSettings, identity: NatsIdentity | None = None) -> None:
         """Connect, retrying forever with jittered backoff.
 
@@ -267,9 +298,14 @@ class Connection:
         while True:
             self._last_error = None
             try:
-                self._nc = await self._attempt(servers, settings)
+                self._nc = await self._attempt_or_fatal(servers, settings)
             except NoServersError:
                 reason: object = self._last_error or "no server answered"
+                if isinstance(self._last_error, ssl.SSLCertVerificationError):
+                    raise PermanentError(
+                        f"the NATS server's TLS certificate cannot be verified ({self._last_error.verify_message}): "
+                        "pass the platform's CA with --ca-file"
+                    ) from None
                 if _is_auth_error(self._last_error):
                     refused = (
                         identity.refused
@@ -281,6 +317,11 @@ class Connection:
             except NatsError as exc:
                 # Raised before any dial: the URL list itself is unusable.
                 raise PermanentError(f"invalid NATS server URL in {_servers_text(servers)}: {exc}") from None
+            except ssl.SSLCertVerificationError as exc:
+                raise PermanentError(
+                    f"the NATS server's TLS certificate cannot be verified ({exc.verify_message}): "
+                    "pass the platform's CA with --ca-file"
+                ) from None
             except (TimeoutError, OSError) as exc:
                 reason = exc
             else:

@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run_cmd.add_argument("--kubeconfig", type=Path, default=None, help="kubeconfig for the kube driver [$KUBECONFIG]")
     run_cmd.add_argument(
+        "--ca-file",
+        type=Path,
+        default=None,
+        help="CA certificate that signed the NATS server's TLS certificate [$TETHER_AGENT_CA_FILE]",
+    )
+    run_cmd.add_argument(
         "--inventory-interval",
         type=float,
         metavar="SECONDS",
@@ -141,6 +147,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         sim_cluster_uid=args.sim_cluster_uid,
         kubeconfig=args.kubeconfig,
         inventory_interval=inventory,
+        ca_file=args.ca_file or (Path(ca) if (ca := os.environ.get("TETHER_AGENT_CA_FILE")) else None),
     )
 
 

@@ -69,6 +69,10 @@ class AgentSettings:
     kubeconfig: Path | None = None
     """Kubeconfig for the ``kube`` driver; None: in-cluster config, then ``$KUBECONFIG``."""
 
+    ca_file: Path | None = None
+    """CA certificate (PEM) the NATS server's TLS certificate is verified with (``tls://`` URLs);
+    None: the system's trust store."""
+
     request_timeout: float = 5.0
     """Seconds to wait for the platform to answer one request (bootstrap, hello)."""
 

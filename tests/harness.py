@@ -20,6 +20,7 @@ import nats.aio.client
 
 from services.bus import identity
 from services.platform.natsd import NatsServer, NatsServerConfig, free_port
+from services.platform.tls import TlsFiles, ensure_tls
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,9 +68,11 @@ async def wait_for(
         await asyncio.sleep(interval)
 
 
-def start_nats(tmp: Path, name: str = "nats", auth: Path | None = None) -> NatsServer:
+def start_nats(tmp: Path, name: str = "nats", auth: Path | None = None, tls: TlsFiles | None = None) -> NatsServer:
     """A real nats-server on a free port; with ``auth``, in operator mode with the platform's trust."""
     config = NatsServerConfig(store_dir=tmp / name / "js", port=free_port(), server_name=name)
+    if tls is not None:
+        config.tls_cert, config.tls_key = tls.cert, tls.key
     if auth is not None:
         config.extra = identity.prepare(auth).server_config(tmp / name / "resolver")
     server = NatsServer(config, conf_path=tmp / name / "nats.conf", log_path=tmp / name / "nats.log")
@@ -142,6 +145,7 @@ class Stack:
     agents: list[Proc] = field(default_factory=list)
     http_port: int = 0
     admin_token: str = ""
+    tls: bool = False
 
     @property
     def nats_url(self) -> str:
@@ -176,6 +180,8 @@ class Stack:
         env.update(FAST_ENV)
         env["TETHER_NATS_URL"] = self.nats_url
         env["TETHER_NATS_CREDS"] = str(self.auth / "platform.creds")
+        if self.tls:
+            env["TETHER_NATS_CA"] = env["TETHER_PUBLIC_CA_FILE"] = str(self.tmp / "tls" / "ca.pem")
         env.update(self.env_overrides)
         env.update(extra)
         return env
@@ -196,7 +202,7 @@ class Stack:
         )
 
     async def start(self, services: tuple[str, ...] = ("registry", "access", "lifecycle", "health", "api")) -> None:
-        self.nats = start_nats(self.tmp, auth=self.auth)
+        self.nats = start_nats(self.tmp, auth=self.auth, tls=ensure_tls(self.tmp / "tls") if self.tls else None)
         await self.nats.wait_ready()
         self.http_port = free_port()
         self.admin_token = "tat_" + os.urandom(24).hex()
@@ -329,3 +335,181 @@ class Stack:
 
 def dump(obj: Any) -> str:
     return json.dumps(obj, indent=2, default=str)
+
+
+# --- a clustered platform: three nats-server nodes, two processes of every service ----------------------
+def _monitor_json(server: NatsServer, path: str, timeout: float = 1.0) -> dict[str, Any]:
+    """One JSON document from a node's monitoring port (``/jsz``, ``/connz``, ...)."""
+    import urllib.request
+
+    url = f"http://127.0.0.1:{server.config.monitor_port}{path}"
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return dict(json.loads(resp.read()))
+
+
+def monitor(server: NatsServer, path: str, timeout: float = 1.0) -> dict[str, Any] | None:
+    """``_monitor_json``, or None when the node does not answer."""
+    try:
+        return _monitor_json(server, path, timeout)
+    except (OSError, ValueError):
+        return None
+
+
+def start_nats_cluster(tmp: Path, auth: Path, size: int = 3, cluster_name: str = "tether") -> list[NatsServer]:
+    """``size`` nats-server processes clustered on loopback, JetStream on each (own store dir), every node
+    routing to all the others, all in operator mode with the same trust (each with its own resolver dir)."""
+    trust = identity.prepare(auth)
+    ports: list[int] = []
+    while len(ports) < 2 * size:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    client_ports, route_ports = ports[:size], ports[size:]
+    nodes: list[NatsServer] = []
+    for i in range(size):
+        name = f"n{i}"
+        config = NatsServerConfig(
+            store_dir=tmp / name / "js",
+            port=client_ports[i],
+            server_name=name,
+            cluster_name=cluster_name,
+            cluster_port=route_ports[i],
+            routes=[f"nats-route://127.0.0.1:{p}" for j, p in enumerate(route_ports) if j != i],
+            extra=trust.server_config(tmp / name / "resolver"),
+        )
+        server = NatsServer(config, conf_path=tmp / name / "nats.conf", log_path=tmp / name / "nats.log")
+        nodes.append(server)
+    try:
+        for server in nodes:
+            server.start()
+    except BaseException:
+        for server in nodes:
+            server.stop()
+        raise
+    return nodes
+
+
+def meta_leader(nodes: list[NatsServer]) -> str | None:
+    """The JetStream meta leader's server name when every running node agrees on one, else None."""
+    leaders = set()
+    for server in nodes:
+        if server.proc is None or server.proc.poll() is not None:
+            continue
+        jsz = monitor(server, "/jsz")
+        leader = ((jsz or {}).get("meta_cluster") or {}).get("leader")
+        if not leader:
+            return None
+        leaders.add(leader)
+    return leaders.pop() if len(leaders) == 1 else None
+
+
+async def wait_jetstream_cluster(nodes: list[NatsServer], timeout: float = 30.0) -> str:
+    """Wait until every node is healthy and all agree on a JetStream meta leader; return its name."""
+    for server in nodes:
+        await server.wait_ready(timeout)
+    return await wait_for(
+        lambda: asyncio.to_thread(meta_leader, nodes), timeout=timeout, what="a JetStream meta leader"
+    )
+
+
+def clients_of(server: NatsServer) -> list[str]:
+    """Names of the client connections a node holds (empty when it does not answer)."""
+    connz = monitor(server, "/connz?limit=1024") or {}
+    return [str(c.get("name") or "") for c in connz.get("connections") or []]
+
+
+@dataclass
+class ClusteredStack(Stack):
+    """The scaled-out topology without containers: a 3-node JetStream cluster, ``per_service`` processes of
+    every service (APIs on different HTTP ports), streams and buckets at 3 replicas."""
+
+    per_service: int = 2
+    nodes: list[NatsServer] = field(default_factory=list)
+    replicas: dict[str, list[Proc]] = field(default_factory=dict)
+    api_ports: list[int] = field(default_factory=list)
+
+    @property
+    def nats_url(self) -> str:
+        return ",".join(server.url for server in self.nodes)
+
+    @property
+    def live_nodes(self) -> list[NatsServer]:
+        return [s for s in self.nodes if s.proc is not None and s.proc.poll() is None]
+
+    async def nc(self) -> nats.aio.client.Client:
+        return await nats.connect(
+            [s.url for s in self.nodes], user_credentials=str(self.auth / "platform.creds"), max_reconnect_attempts=-1
+        )
+
+    @property
+    def apis(self) -> list[str]:
+        """Base URLs of the API processes still running."""
+        procs = self.replicas.get("api", [])
+        return [f"http://127.0.0.1:{port}" for port, proc in zip(self.api_ports, procs, strict=False) if proc.running]
+
+    @property
+    def api(self) -> str:
+        live = self.apis
+        return live[0] if live else f"http://127.0.0.1:{self.http_port}"
+
+    def replica(self, name: str, index: int) -> Proc:
+        proc = self.service(name)
+        proc.name = f"{name}-{index}"
+        proc.log = self.tmp / "logs" / f"{name}-{index}.log"
+        if name == "api":
+            proc.env["TETHER_HTTP_PORT"] = str(self.api_ports[index])
+        return proc
+
+    async def start(self, services: tuple[str, ...] = ("registry", "access", "lifecycle", "health", "api")) -> None:
+        self.env_overrides.setdefault("TETHER_REPLICAS", "3")
+        self.nodes = start_nats_cluster(self.tmp, self.auth)
+        await wait_jetstream_cluster(self.nodes)
+        self.api_ports = [free_port() for _ in range(self.per_service)]
+        self.http_port = self.api_ports[0]
+        self.admin_token = "tat_" + os.urandom(24).hex()
+        (self.tmp / "admin.token").write_text(self.admin_token)
+        for name in services:
+            self.replicas[name] = [self.replica(name, i).start() for i in range(self.per_service)]
+            self.services[name] = self.replicas[name][0]
+        await self.wait_replicas_ready()
+        if "api" in services:
+            await self.wait_healthy()
+
+    READY_LINES = {
+        "registry": "registry ready",
+        "access": "access ready",
+        "lifecycle": "lifecycle ready",
+        "health": "health ready",
+        "api": "api listening on",
+    }
+
+    async def wait_replicas_ready(self, timeout: float = 60.0) -> None:
+        """Every process of every service has logged that it is ready (fail at once if one exited)."""
+
+        def ready() -> bool:
+            for name, procs in self.replicas.items():
+                for proc in procs:
+                    if not proc.running:
+                        raise Abort(f"{proc.name} exited during start:\n{proc.output()[-3000:]}")
+                    if self.READY_LINES.get(name, "") not in proc.output():
+                        return False
+            return True
+
+        await wait_for(ready, timeout=timeout, interval=0.2, what="every service replica ready")
+
+    def stop(self) -> None:
+        for proc in self.agents:
+            proc.stop()
+        for procs in self.replicas.values():
+            for proc in procs:
+                proc.stop()
+        for server in self.nodes:
+            server.stop()
+
+    def logs(self) -> str:
+        out = [super().logs()]
+        for server in self.nodes:
+            if server.log_path and server.log_path.exists():
+                text = server.log_path.read_text(errors="replace")
+                out.append(f"===== nats {server.config.server_name}\n{text[-3000:]}")
+        return "\n".join(out)

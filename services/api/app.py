@@ -101,6 +101,8 @@ class Platform:
     request_timeout: float = 5.0
     auth_cache_ttl: float = 5.0
     telemetry: Telemetry | None = None
+    ca_file: str = ""
+    """The CA agents verify a TLS NATS server with (printed in their command)."""
 
     def __post_init__(self) -> None:
         self._auth_cache: dict[str, tuple[float, Principal]] = {}
@@ -239,7 +241,7 @@ def create_app(platform: Platform) -> FastAPI:
             token=info.token,
             expires_at=logic.ts(info.expires_at),  # type: ignore[arg-type]
             nats_url=platform.nats_url,
-            agent_command=logic.agent_command(platform.nats_url, info.token),
+            agent_command=logic.agent_command(platform.nats_url, info.token, platform.ca_file),
             manifests=manifests.render(cluster=info.cluster.name, token=info.token, server=platform.nats_url),
         )
 

@@ -83,8 +83,9 @@ def cluster_view(record: ClusterRecord, presence: Presence | None) -> ClusterOut
     )
 
 
-def agent_command(nats_url: str, token: str) -> str:
-    return f"tether agent run --server {shlex.quote(nats_url)} --token {shlex.quote(token)}"
+def agent_command(nats_url: str, token: str, ca_file: str = "") -> str:
+    command = f"tether agent run --server {shlex.quote(nats_url)} --token {shlex.quote(token)}"
+    return command + (f" --ca-file {shlex.quote(ca_file)}" if ca_file else "")
 
 
 def workload_view(r: WorkloadRecord) -> WorkloadOut:

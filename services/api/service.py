@@ -29,6 +29,9 @@ class Settings:
     port: int = 8080
     """HTTP port."""
 
+    public_ca_file: str = ""
+    """Path of the NATS CA certificate, for the agent command (TLS only)."""
+
     public_nats_url: str | None = None
     """NATS URL agents are told to dial (default: the bus URL)."""
 
@@ -39,6 +42,7 @@ class Settings:
             host=os.environ.get("TETHER_HTTP_HOST", "127.0.0.1"),
             port=int(os.environ.get("TETHER_HTTP_PORT", "8080")),
             public_nats_url=os.environ.get("TETHER_PUBLIC_NATS_URL") or None,
+            public_ca_file=os.environ.get("TETHER_PUBLIC_CA_FILE", ""),
         )
 
 
@@ -59,6 +63,7 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
             nats_url=settings.public_nats_url or settings.common.bus.servers[0],
             request_timeout=settings.common.bus.request_timeout,
             telemetry=telemetry,
+            ca_file=settings.public_ca_file,
         )
         app = create_app(platform)
         config = uvicorn.Config(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import Any
 
 import nats
@@ -47,6 +48,8 @@ async def connect(settings: BusSettings, name: str) -> Client:
         logger.warning("nats (%s): disconnected", name)
 
     auth: dict[str, Any] = {}
+    if settings.ca_file or any(s.startswith("tls://") for s in settings.servers):
+        auth["tls"] = ssl.create_default_context(cafile=settings.ca_file)
     if settings.creds_file:
         auth["user_credentials"] = settings.creds_file
     elif settings.user:

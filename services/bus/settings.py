@@ -20,6 +20,9 @@ class BusSettings:
     creds_file: str | None = None
     """A NATS ``.creds`` file (decentralized auth), instead of user/password."""
 
+    ca_file: str | None = None
+    """CA certificate (PEM) to verify a TLS NATS server with; None: the system's trust store."""
+
     replicas: int = 1
     """Replicas for streams and KV buckets: 1 embedded, 3 on a JetStream cluster."""
 
@@ -37,6 +40,7 @@ class BusSettings:
             user=os.environ.get("TETHER_NATS_USER") or None,
             password=os.environ.get("TETHER_NATS_PASSWORD") or None,
             creds_file=os.environ.get("TETHER_NATS_CREDS") or None,
+            ca_file=os.environ.get("TETHER_NATS_CA") or None,
             replicas=int(os.environ.get("TETHER_REPLICAS", "1")),
             request_timeout=float(os.environ.get("TETHER_REQUEST_TIMEOUT", "5")),
         )

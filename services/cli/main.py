@@ -47,6 +47,7 @@ def up(
     local_driver: Annotated[str | None, typer.Option(help="sim or kube (default: detect)")] = None,
     heartbeat_interval: Annotated[float, typer.Option(help="Seconds between agent heartbeats")] = 5.0,
     offline_after: Annotated[float, typer.Option(help="Seconds of silence before a cluster is offline")] = 12.0,
+    tls: Annotated[bool, typer.Option(help="NATS over TLS with a private CA made on first start")] = False,
 ) -> None:
     """Run the whole platform in the foreground: NATS, every service, and the local cluster's agent."""
     from services.bus.running import setup_logging
@@ -64,6 +65,7 @@ def up(
         local_driver=local_driver,
         heartbeat_interval=heartbeat_interval,
         offline_after=offline_after,
+        tls=tls,
     )
 
     def say(line: str) -> None:

@@ -63,7 +63,13 @@ class NatsServerConfig:
     """``nats-route://host:port`` of the other nodes."""
 
     extra: str = ""
-    """Raw configuration appended as-is (auth blocks, TLS)."""
+    """Raw configuration appended as-is (auth blocks)."""
+
+    tls_cert: Path | None = None
+    """Server certificate (PEM): with it, clients must speak TLS (``tls://``)."""
+
+    tls_key: Path | None = None
+    """The certificate's private key (PEM)."""
 
     def render(self) -> str:
         lines = [
@@ -85,6 +91,14 @@ class NatsServerConfig:
                 "  routes: [" + ", ".join(json.dumps(r) for r in self.routes) + "]",
                 "}",
             ]
+        if self.tls_cert and self.tls_key:
+            lines += [
+                "tls {",
+                f"  cert_file: {json.dumps(str(self.tls_cert))}",
+                f"  key_file: {json.dumps(str(self.tls_key))}",
+                "  timeout: 5",
+                "}",
+            ]
         if self.extra:
             lines.append(self.extra)
         return "\n".join(lines) + "\n"
@@ -104,7 +118,8 @@ class NatsServer:
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.config.host in ("0.0.0.0", "::") else self.config.host
-        return f"nats://{host}:{self.config.port}"
+        scheme = "tls" if self.config.tls_cert else "nats"
+        return f"{scheme}://{host}:{self.config.port}"
 
     def start(self) -> None:
         self.conf_path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ import httpx
 from schemas.retrying import backoff_delay
 from services.bus import identity
 from services.platform.natsd import NatsServer, NatsServerConfig
+from services.platform.tls import ensure_tls
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,9 @@ class UpSettings:
 
     offline_after: float = 12.0
     """Seconds of silence before a cluster is shown offline."""
+
+    tls: bool = False
+    """NATS over TLS with a private CA made on first start (agents verify it with ``--ca-file``)."""
 
 
 @dataclass
@@ -128,6 +132,7 @@ class Platform:
             log_path=self.logs / "nats-server.log",
         )
         self.children: list[Child] = []
+        self.ca_file = ""
         self.api_url = f"http://127.0.0.1:{settings.http_port}"
         self._lock_fd: int | None = None
         self._stopping = False
@@ -159,6 +164,8 @@ class Platform:
         env.update(
             TETHER_NATS_URL=self.nats.url,
             TETHER_NATS_CREDS=str(self.auth / "platform.creds"),
+            TETHER_NATS_CA=self.ca_file,
+            TETHER_PUBLIC_CA_FILE=self.ca_file,
             TETHER_HEARTBEAT_INTERVAL=str(self.s.heartbeat_interval),
             TETHER_OFFLINE_AFTER=str(self.s.offline_after),
             PYTHONUNBUFFERED="1",
@@ -178,7 +185,7 @@ class Platform:
             if self.s.nats_host in ("0.0.0.0", "::"):
                 import socket
 
-                public = f"nats://{socket.getfqdn()}:{self.s.nats_port}"
+                public = f"{'tls' if self.s.tls else 'nats'}://{socket.getfqdn()}:{self.s.nats_port}"
             extra["TETHER_PUBLIC_NATS_URL"] = public
         return Child(
             name=name,
@@ -202,6 +209,8 @@ class Platform:
         ]
         if token:
             argv += ["--token", token]
+        if self.ca_file:
+            argv += ["--ca-file", self.ca_file]
         return Child(name="agent-local", argv=argv, env=self._env(), log=self.logs / "agent-local.log")
 
     async def wait_healthy(self, token: str, timeout: float = 60.0) -> None:
@@ -270,6 +279,10 @@ class Platform:
         # Broker-enforced identities, always: each agent may use only its own cluster's subjects.
         trust = identity.prepare(self.auth)
         self.nats.config.extra = trust.server_config(self.data / "nats-resolver")
+        if self.s.tls:
+            files = ensure_tls(self.data / "tls")
+            self.nats.config.tls_cert, self.nats.config.tls_key = files.cert, files.key
+            self.ca_file = str(files.ca)
         self.nats.start()
         try:
             await self.nats.wait_ready()

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from opentelemetry.metrics import Observation
@@ -50,7 +50,7 @@ from services.bus import (
     identity,
 )
 from services.bus.identity import Trust
-from services.bus.settings import BusSettings, ServiceSettings
+from services.bus.settings import ServiceSettings
 from services.registry import logic
 
 logger = logging.getLogger(__name__)
@@ -280,7 +280,7 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
         trust = Trust.load(settings.auth_dir) if settings.auth_dir else None
         if trust is not None and settings.auth_dir is not None:
             sys_nc = await connect(
-                BusSettings(url=settings.common.bus.url, creds_file=str(settings.auth_dir / "sys.creds")),
+                replace(settings.common.bus, creds_file=str(settings.auth_dir / "sys.creds")),
                 "registry-sys",
             )
         registry = Registry(settings, nc, js, clusters, uids, projects, trust, sys_nc)

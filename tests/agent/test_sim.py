@@ -96,10 +96,13 @@ async def test_closed_cluster_reports_an_error(tmp_path: Path) -> None:
         await sim.health()
 
 
-def test_make_driver(tmp_path: Path) -> None:
+def test_make_driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     driver = make_driver(AgentSettings(server="nats://x", state_dir=tmp_path, sim_nodes=5))
     assert isinstance(driver, SimCluster)
     assert isinstance(driver, Driver)
     assert len(driver.nodes) == 5
-    with pytest.raises(DriverError, match="kube driver is not yet supported"):
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(DriverError, match="no usable Kubernetes configuration"):
         make_driver(AgentSettings(server="nats://x", state_dir=tmp_path, driver="kube"))
