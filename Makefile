@@ -36,6 +36,10 @@ fmt: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+## Scale benchmark (apart from the tests): make bench ARGS="--agents 1000 --json bench.json".
+bench: install
+	$(PY) -m tests.bench $(ARGS)
+
 ## Build (once per machine) the kube-apiserver and etcd used by the `kube` tests.
 kube-bin:
 	bash tests/tools/kubebin/build.sh

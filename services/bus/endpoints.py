@@ -14,6 +14,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
@@ -24,6 +25,9 @@ from schemas.errors import TetherError, Unavailable, from_wire
 from schemas.messages import M, Message, decode, encode
 
 logger = logging.getLogger(__name__)
+
+BUS_TROUBLE = (NatsTimeout, NoRespondersError, NoStreamResponseError, ServiceUnavailableError)
+"""Errors from JetStream that pass (a leader election, a lost node): answered as Unavailable."""
 
 ERROR_CODE = "Nats-Service-Error-Code"
 ERROR_TEXT = "Nats-Service-Error"
@@ -63,6 +67,12 @@ class ServiceHost:
                     return
                 except asyncio.CancelledError:
                     raise
+                except BUS_TROUBLE as exc:
+                    # JetStream did not answer (a leader election, a lost node): the caller may try again.
+                    logger.warning("%s: %s", subject, exc or type(exc).__name__)
+                    span.record_exception(exc)
+                    await req.respond_error(Unavailable.code, f"{self._name}: NATS did not answer in time; try again")
+                    return
                 except Exception as exc:
                     logger.exception("%s: unexpected error", subject)
                     span.record_exception(exc)

@@ -6,12 +6,17 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Generic
 
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
-from nats.js.kv import KeyValue
+from nats.js.api import DeliverPolicy
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
-from schemas.errors import Conflict, Internal
+from schemas.errors import Conflict, Internal, Unavailable
 from schemas.messages import M, decode, encode
+
+MARKER_REASON = "Nats-Marker-Reason"
+"""Set on the markers the server leaves when it removes an entry (TTL, purge)."""
 
 
 class Bucket(Generic[M]):
@@ -81,25 +86,52 @@ class Bucket(Generic[M]):
             return new  # type: ignore[return-value]
         raise Internal(f"gave up updating {key!r} after {attempts} concurrent changes")
 
-    async def items(self) -> dict[str, M]:
-        """Every live record, read in one pass."""
-        watcher = await self.kv.watchall(ignore_deletes=True)
+    async def items(self, timeout: float = 10.0) -> dict[str, M]:
+        """Every live record, read in one pass.
+
+        Not through nats-py's watcher: on a JetStream cluster its "that was all" marker comes from the
+        ordered consumer's first info, which can report nothing pending before the consumer has looked, so
+        a full bucket reads as empty. Here the stream leader names the last sequence first, and the latest
+        entry of every key is read until that sequence has been seen.
+        """
+        js: JetStreamContext = self.kv._js
+        stream, prefix = self.kv._stream, self.kv._pre
+        state = (await js.stream_info(stream)).state
         out: dict[str, M] = {}
+        if not state.messages:
+            return out
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def received(msg: Msg) -> None:
+            await queue.put(msg)
+
+        sub = await js.subscribe(
+            f"{prefix}>",
+            stream=stream,
+            cb=received,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            inactive_threshold=30.0,
+        )
         try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                if entry.value:
-                    out[entry.key] = decode(entry.value, self.type)
+            async with asyncio.timeout(timeout):
+                while True:
+                    msg = await queue.get()
+                    key = msg.subject[len(prefix) :]
+                    headers = msg.headers or {}
+                    if headers.get(KV_OP) in (KV_DEL, KV_PURGE) or MARKER_REASON in headers or not msg.data:
+                        out.pop(key, None)
+                    else:
+                        out[key] = decode(msg.data, self.type)
+                    if msg.metadata.sequence.stream >= state.last_seq:
+                        return out
+        except TimeoutError:
+            raise Unavailable(f"could not read bucket {self.kv._name} within {timeout:g}s") from None
         finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        return out
+            await sub.unsubscribe()
 
     async def keys(self) -> list[str]:
-        try:
-            return list(await self.kv.keys())
-        except NoKeysError:
-            return []
+        return list(await self.items())
 
 
 async def open_bucket(js: JetStreamContext, name: str, type_: type[M]) -> Bucket[M]:

@@ -8,7 +8,7 @@ import logging
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, ServiceUnavailableError
+from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 
 from schemas import tracing
 from schemas.errors import Unavailable
@@ -29,7 +29,7 @@ async def publish(
         try:
             ack = await js.publish(subject, data, headers=headers, timeout=5)
             return not ack.duplicate
-        except (NatsTimeout, NoRespondersError, ServiceUnavailableError) as exc:
+        except (NatsTimeout, NoRespondersError, NoStreamResponseError, ServiceUnavailableError) as exc:
             last = exc
         except APIError as exc:
             if exc.code not in (503, None):

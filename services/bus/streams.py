@@ -2,19 +2,56 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import APIError, BucketNotFoundError, NotFoundError, ServiceUnavailableError
+from nats.js.kv import KeyValue
 
 from schemas import subjects
 from schemas.messages import M
+from schemas.retrying import backoff_delay
 from services.bus.kv import Bucket
 
 logger = logging.getLogger(__name__)
 
 DAY = 24 * 3600.0
+DECLARE_DEADLINE = 60.0
+"""Seconds a service keeps trying to declare its streams and buckets at start."""
+STREAM_NAME_IN_USE = 10058
+"""JetStream's error when a stream was created concurrently (by another replica) with another config."""
+
+T = TypeVar("T")
+
+
+def _passing(exc: Exception) -> bool:
+    """Errors that pass on a JetStream cluster: the meta leader is busy or being elected, or two replicas
+    declared the same stream at once (the server answers only one of them; the other times out)."""
+    if isinstance(exc, NatsTimeout | NoRespondersError | ServiceUnavailableError):
+        return True
+    return isinstance(exc, APIError) and (exc.code in (None, 503) or exc.err_code == STREAM_NAME_IN_USE)
+
+
+async def _declare(what: str, step: Callable[[], Awaitable[T]], deadline: float = DECLARE_DEADLINE) -> T:
+    give_up = time.monotonic() + deadline
+    attempt = 0
+    while True:
+        try:
+            return await step()
+        except Exception as exc:
+            if not _passing(exc) or time.monotonic() > give_up:
+                raise
+            delay = backoff_delay(attempt, base=0.25, cap=3.0)
+            attempt += 1
+            logger.warning("declaring %s: %s; retrying in %.1fs", what, exc or type(exc).__name__, delay)
+            await asyncio.sleep(delay)
 
 
 def platform_streams(replicas: int) -> list[StreamConfig]:
@@ -66,14 +103,34 @@ def cmd_stream(replicas: int) -> StreamConfig:
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Create the stream, or bring an existing one's config up to date."""
-    try:
-        await js.stream_info(config.name or "")
-    except NotFoundError:
-        await js.add_stream(config)
-        logger.info("created stream %s", config.name)
-        return
-    await js.update_stream(config)
+    """Create the stream, or bring an existing one's config up to date.
+
+    Retried through what passes on a cluster (every replica of every service declares the same streams
+    at start); an existing stream whose config already matches is left alone.
+    """
+
+    async def step() -> None:
+        try:
+            info = await js.stream_info(config.name or "")
+        except NotFoundError:
+            await js.add_stream(config)
+            logger.info("created stream %s", config.name)
+            return
+        if _differs(config, info.config):
+            await js.update_stream(config)
+
+    await _declare(f"stream {config.name}", step)
+
+
+def _differs(want: StreamConfig, have: StreamConfig) -> bool:
+    """True when a field ``want`` sets differs from the stream's (unsure representations count as different).
+
+    Zero values are left to the server's defaults, so they never count."""
+    current = have.as_dict()
+    return any(
+        name != "name" and value not in (None, 0) and current.get(name) != value
+        for name, value in want.as_dict().items()
+    )
 
 
 async def ensure_platform_streams(js: JetStreamContext, replicas: int) -> None:
@@ -90,12 +147,16 @@ async def ensure_bucket(
     history: int = 1,
     ttl: float | None = None,
 ) -> Bucket[M]:
-    """Open the bucket, creating it on first use."""
-    try:
-        kv = await js.key_value(name)
-    except BucketNotFoundError:
-        kv = await js.create_key_value(
-            KeyValueConfig(bucket=name, history=history, replicas=replicas, ttl=ttl, storage=StorageType.FILE)
-        )
-        logger.info("created bucket %s", name)
-    return Bucket(kv, type_)
+    """Open the bucket, creating it on first use (retried like ``ensure_stream``)."""
+
+    async def step() -> KeyValue:
+        try:
+            return await js.key_value(name)
+        except BucketNotFoundError:
+            kv = await js.create_key_value(
+                KeyValueConfig(bucket=name, history=history, replicas=replicas, ttl=ttl, storage=StorageType.FILE)
+            )
+            logger.info("created bucket %s", name)
+            return kv
+
+    return Bucket(await _declare(f"bucket {name}", step), type_)

@@ -27,7 +27,6 @@ from schemas.messages import (
     Presence,
     PresenceList,
     decode,
-    encode,
 )
 from services import VERSION
 from services.bus import (
@@ -42,6 +41,7 @@ from services.bus import (
     ensure_bucket,
     ensure_platform_streams,
 )
+from services.bus.publishing import publish
 from services.bus.settings import ServiceSettings
 from services.health import logic
 
@@ -88,7 +88,10 @@ class HealthMonitor:
 
     async def _publish(self, kind: str, cluster: str, at: float, reason: str = "") -> None:
         event = ClusterEvent(kind=kind, cluster=cluster, at=at, reason=reason)  # type: ignore[arg-type]
-        await self.js.publish(subjects.public_event(f"cluster.{kind}"), encode(event))
+        # Retried through a leader election with the same id, so a lost acknowledgement never doubles it.
+        await publish(
+            self.js, subjects.public_event(f"cluster.{kind}"), event, msg_id=f"cluster-{kind}-{cluster}-{at!r}"
+        )
 
     async def on_heartbeat(self, msg: Msg) -> None:
         now = time.time()

@@ -22,7 +22,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from schemas import subjects
 from schemas.audit import AuditRecord
-from schemas.errors import Conflict, InvalidInput, NotFound, TetherError
+from schemas.errors import Conflict, InvalidInput, NotFound, TetherError, Unavailable
 from schemas.messages import (
     ClusterList,
     Command,
@@ -315,11 +315,16 @@ class Lifecycle:
         new, gone = logic.observe(record, result, time.time())
         if new is record:
             return
+        try:
+            await self.desired.update(k, new, revision)  # a deleted object stays, as a tombstone
+        except Conflict:
+            # Another replica (or an action) wrote the record meanwhile: redelivered, the result is folded
+            # into the new one (dropping it would leave the record out of sync until the next resync).
+            raise Unavailable(f"{k} changed while a result was being recorded") from None
         if result.generation == record.generation and result.applied:
             (self.applied if result.ok else self.failed).add(1, {"cluster": result.cluster})
             if result.ok:
                 self.latency.record(max(0.0, result.at - record.updated_at), {"cluster": result.cluster})
-        await self.desired.update(k, new, revision)  # a deleted object stays, as a tombstone
         if gone:
             logger.info("%s deleted from %s", k, result.cluster)
             await self.announce_deleted(record)

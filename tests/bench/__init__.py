@@ -1,0 +1,1 @@
+"""Scale benchmark: ``python -m tests.bench [--agents N] [--json out.json]`` (``make bench``)."""

@@ -1,0 +1,168 @@
+"""The benchmark's table and its targets (printed as met / not met, never asserted)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+KB = 1024
+
+
+def _ms(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x * 1e3:.1f} ms"
+
+
+def _s(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f} s"
+
+
+def _le(x: float) -> str:
+    if x is None or math.isnan(x):
+        return "n/a"
+    return "> 10 s" if math.isinf(x) else f"≤ {x * 1e3:g} ms"
+
+
+def _get(d: dict[str, Any], *path: str, default: Any = math.nan) -> Any:
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return default
+        d = d[p]
+    return d
+
+
+def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    n = r.get("agents", 0)
+    out = []
+
+    def add(name: str, ok: bool | None, measured: str, note: str = "") -> None:
+        out.append({"target": name, "met": ok, "measured": measured, "note": note})
+
+    connected = "connect" in r
+    add(
+        "10,000 agents on one machine",
+        connected and n >= 10_000,
+        f"{n} agents connected and online" if connected else "not connected",
+        "" if n >= 10_000 else "run with --agents 10000",
+    )
+    p99 = _get(r, "commands", "fixed", "p99")
+    add(
+        "command round trip p99 ≤ 50 ms at 100/s with 1,000 agents",
+        (not math.isnan(p99)) and p99 <= 0.050 and n >= 1000,
+        f"p99 {_ms(p99)} at {_get(r, 'commands', 'fixed', 'rate'):g}/s with {n} agents",
+    )
+    top = _get(r, "commands", "max", "per_s")
+    add("≥ 1,000 commands/s sustained", (not math.isnan(top)) and top >= 1000, f"{top:.0f} commands/s")
+    off_max = _get(r, "offline", "max")
+    missing = _get(r, "offline", "missing", default=[])
+    add(
+        "every killed agent offline within 15 s",
+        (not math.isnan(off_max)) and off_max <= 15.0 and not missing,
+        f"max {_s(off_max)}, {len(missing)} never shown offline",
+    )
+    total = _get(r, "storm", "total_s")
+    lost = _get(r, "storm", "lost", default=None)
+    twice = _get(r, "storm", "applied_twice", default=None)
+    add(
+        "full resync of 10,000 agents after a NATS restart within 60 s, zero lost commands",
+        (not math.isnan(total)) and total <= 60.0 and lost == 0 and twice == 0 and n >= 10_000,
+        f"{_s(total)} for {n} agents; lost {lost}, applied twice {twice}",
+    )
+    per = _get(r, "memory", "services_bytes_per_cluster")
+    add(
+        "platform services ≤ 50 KB per connected cluster",
+        (not math.isnan(per)) and per <= 50 * KB,
+        f"{per / KB:.1f} KB per cluster" if not math.isnan(per) else "n/a",
+    )
+    return out
+
+
+def render(r: dict[str, Any]) -> str:
+    m = r.get("machine", {})
+    lines = [
+        f"Tether benchmark: {r.get('agents')} agents — {m.get('nproc')} CPUs ({m.get('cpu')}), "
+        f"{m.get('memory_bytes', 0) / 1024**3:.1f} GiB, Python {m.get('python')}",
+        "",
+        f"| {'figure':<52} | {'tether':<34} | {'raw NATS baseline (same run)':<40} |",
+        f"|{'-' * 54}|{'-' * 36}|{'-' * 42}|",
+    ]
+
+    def row(name: str, tether: str, raw: str = "") -> None:
+        lines.append(f"| {name:<52} | {tether:<34} | {raw:<40} |")
+
+    c, b = r.get("connect", {}), r.get("baseline_connect", {})
+    row(
+        "(1) all agents connected and online",
+        f"{_s(c.get('seconds', math.nan))} ({c.get('agents_per_s', math.nan):.0f}/s)",
+        f"{b.get('connections')} bare connects: {b.get('per_s', math.nan):.0f}/s",
+    )
+    row(
+        "    per agent, start → online p50 / p99",
+        f"{_s(_get(c, 'online_after', 'p50'))} / {_s(_get(c, 'online_after', 'p99'))}",
+    )
+    hb = r.get("heartbeats", {})
+    row(
+        "(2) heartbeats processed, steady (offered N/5 s)",
+        f"{_get(hb, 'steady', 'processed_per_s'):.0f}/s of {_get(hb, 'steady', 'offered_per_s'):.0f}/s",
+    )
+    row(
+        "    steady lag p50 / p99 (health's histogram)",
+        f"{_le(_get(hb, 'steady', 'lag_p50_le'))} / {_le(_get(hb, 'steady', 'lag_p99_le'))}",
+    )
+    row(
+        "    capacity (burst, processed in order)",
+        f"{_get(hb, 'capacity', 'processed_per_s'):.0f}/s",
+        f"core NATS → 1 Python sub: {_get(hb, 'baseline_core', 'per_s'):.0f}/s",
+    )
+    row(
+        "    burst lag p50 / p99",
+        f"{_le(_get(hb, 'capacity', 'lag_p50_le'))} / {_le(_get(hb, 'capacity', 'lag_p99_le'))}",
+    )
+    cm = r.get("commands", {})
+    f, bf = cm.get("fixed", {}), cm.get("baseline_fixed", {})
+    row(
+        f"(3) round trip at {f.get('rate', 0):g}/s p50 / p95 / p99",
+        f"{_ms(f.get('p50'))} / {_ms(f.get('p95'))} / {_ms(f.get('p99'))}",
+        f"JetStream {_ms(bf.get('p50'))} / {_ms(bf.get('p95'))} / {_ms(bf.get('p99'))}",
+    )
+    row("    of which the API call p50 / p99", f"{_ms(_get(f, 'api', 'p50'))} / {_ms(_get(f, 'api', 'p99'))}")
+    mx, bm = cm.get("max", {}), cm.get("baseline_max", {})
+    row(
+        f"    max throughput ({mx.get('concurrency')} in flight)",
+        f"{mx.get('per_s', math.nan):.0f}/s, p99 {_ms(mx.get('p99'))}",
+        f"JetStream {bm.get('per_s', math.nan):.0f}/s, p99 {_ms(bm.get('p99'))}",
+    )
+    o = r.get("offline", {})
+    row(
+        f"(4) offline detection ({o.get('detected')}/{o.get('killed')} killed)",
+        f"max {_s(o.get('max'))}, p99 {_s(o.get('p99'))}",
+        f"bound: offline_after + sweep = {o.get('bound', math.nan):g} s",
+    )
+    s = r.get("storm", {})
+    row(
+        f"(5) NATS + services restart, {s.get('pending_commands')} commands pending",
+        f"all done {_s(s.get('total_s'))}",
+        f"nats-server ready {_s(s.get('nats_ready_s'))}",
+    )
+    row(
+        "    back / resynced / pending applied",
+        f"{_s(s.get('back_s'))} / {_s(s.get('resynced_s'))} / {_s(s.get('applied_s'))}",
+    )
+    row("    lost / applied twice", f"{s.get('lost')} / {s.get('applied_twice')}")
+    mem = r.get("memory", {})
+    row(
+        "(6) services RSS growth per connected cluster",
+        f"{mem.get('services_bytes_per_cluster', math.nan) / KB:.1f} KB",
+    )
+    per = mem.get("per_service_bytes_per_cluster", {})
+    row("    by service", ", ".join(f"{k} {v / KB:.1f}" for k, v in per.items()) + " KB")
+    row(
+        "    NATS RSS growth per cluster",
+        f"{mem.get('nats_bytes_per_cluster', math.nan) / KB:.1f} KB",
+        f"per bare connection: {b.get('nats_bytes_per_connection', math.nan) / KB:.1f} KB",
+    )
+    lines += ["", "Targets:"]
+    for t in r.get("targets", []):
+        mark = "met" if t["met"] else "NOT met"
+        note = f" ({t['note']})" if t.get("note") else ""
+        lines.append(f"  [{mark:>7}] {t['target']}: {t['measured']}{note}")
+    return "\n".join(lines)

@@ -1,0 +1,781 @@
+"""The scale benchmark: a platform started for the run, N simulated agents, six figures beside raw NATS.
+
+``python -m tests.bench [--agents N] [--json out.json]`` (``make bench ARGS="--agents 1000"``).
+
+The platform is the test harness's ``Stack`` (a real nats-server in operator mode, every service as its own
+process) on production clocks (heartbeat 5 s, offline after 12 s). The agents are real ``Agent`` objects,
+each with its own NATS connection and credentials, many per worker process (``tests.bench.worker``). Every
+figure is printed beside a raw-NATS baseline measured on the same server in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform as pyplatform
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import nats.aio.client
+
+from agent.drivers.sim import read_state
+from schemas import subjects
+from schemas.messages import (
+    ClusterConnectInfo,
+    ClusterCreate,
+    ClusterEvent,
+    ClusterHealth,
+    Command,
+    Heartbeat,
+    Member,
+    NameRequest,
+    Presence,
+    Quota,
+    Resources,
+    WorkloadRecord,
+    WorkloadSpec,
+    decode,
+    encode,
+)
+from services.bus import call
+from services.platform.natsd import free_port
+from tests.bench import baseline
+from tests.bench.fleet import Fleet
+from tests.bench.stats import bucket_quantile, diff_buckets, histogram, parse_prometheus, summary
+from tests.bench.worker import rss_bytes
+from tests.harness import Proc, Stack, wait_for
+
+SERVICES = ("registry", "access", "lifecycle", "health", "api")
+
+# Production clocks: the targets are about what an operator gets, not the tests' fast clocks.
+PROD_ENV = {
+    "TETHER_HEARTBEAT_INTERVAL": "5",
+    "TETHER_OFFLINE_AFTER": "12",
+    "TETHER_SWEEP_INTERVAL": "1",
+    "TETHER_FLUSH_INTERVAL": "2",
+    "TETHER_SLEEP_CHECK_INTERVAL": "15",
+    "TETHER_LOG_LEVEL": "WARNING",
+}
+PROJECT = "bench"
+KB = 1024
+
+
+def log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class BenchStack(Stack):
+    """The harness's stack, each service with a Prometheus port the benchmark scrapes."""
+
+    prom: dict[str, int] = field(default_factory=dict)
+
+    def service(self, name: str) -> Proc:
+        proc = super().service(name)
+        port = self.prom.setdefault(name, free_port())
+        proc.env["TETHER_PROMETHEUS_PORT"] = str(port)
+        return proc
+
+    def pids(self) -> dict[str, int]:
+        out = {n: p.proc.pid for n, p in self.services.items() if p.proc is not None and p.running}
+        if self.nats is not None and self.nats.proc is not None:
+            out["nats"] = self.nats.proc.pid
+        return out
+
+    def rss(self) -> dict[str, int]:
+        return {name: rss_bytes(pid) for name, pid in self.pids().items()}
+
+    async def scrape(self, service: str) -> list[tuple[str, dict[str, str], float]]:
+        async with httpx.AsyncClient(timeout=10) as http:
+            resp = await http.get(f"http://127.0.0.1:{self.prom[service]}/metrics")
+            return parse_prometheus(resp.text)
+
+
+class Observer:
+    """Sees every write of the desired-state bucket (a core subscription on its KV subjects), so a command
+    is 'applied and observed' the moment lifecycle records the agent's result for its generation."""
+
+    def __init__(self) -> None:
+        self.observed: dict[str, tuple[int, float]] = {}
+        self.waiting: dict[str, tuple[int, asyncio.Future[float]]] = {}
+        self.sub: Any = None
+
+    async def start(self, nc: nats.aio.client.Client) -> None:
+        self.sub = await nc.subscribe(f"$KV.{subjects.BUCKET_DESIRED}.>", cb=self._on, pending_msgs_limit=1_000_000)
+
+    async def _on(self, msg: Any) -> None:
+        now = time.time()
+        if not msg.data:
+            return
+        try:
+            record = decode(msg.data, WorkloadRecord)
+        except Exception:
+            return
+        if record.observed is None:
+            return
+        key = msg.subject.split(".", 2)[2]
+        gen = record.observed.generation
+        prev = self.observed.get(key)
+        if prev is None or prev[0] < gen:
+            self.observed[key] = (gen, now)
+        want = self.waiting.get(key)
+        if want is not None and gen >= want[0] and not want[1].done():
+            want[1].set_result(now)
+            del self.waiting[key]
+
+    def seen(self, key: str, generation: int) -> float | None:
+        got = self.observed.get(key)
+        return got[1] if got is not None and got[0] >= generation else None
+
+    async def wait(self, key: str, generation: int, timeout: float) -> float:
+        at = self.seen(key, generation)
+        if at is not None:
+            return at
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.waiting[key] = (generation, fut)
+        return await asyncio.wait_for(fut, timeout)
+
+
+@dataclass
+class Tenant:
+    name: str
+    cluster: str
+    state: str = "running"
+
+    @property
+    def key(self) -> str:
+        return subjects.workload_key("tenant", PROJECT, self.name)
+
+
+@dataclass
+class Issued:
+    tenant: Tenant
+    generation: int
+    op_id: str
+    sent: float
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.n: int = args.agents
+        self.results: dict[str, Any] = {"agents": self.n, "machine": machine()}
+        root = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="tether-bench-"))
+        self.root = root
+        self.stack = BenchStack(tmp=root / "platform", env_overrides=dict(PROD_ENV))
+        # Agent state on tmpfs when there is one: the sim driver fsyncs its whole state on every apply,
+        # which would measure this machine's disk, not the platform.
+        shm = Path("/dev/shm")
+        self.state_root = Path(tempfile.mkdtemp(prefix="tether-bench-agents-", dir=shm if shm.is_dir() else root))
+        self.clusters = [f"c{i:05d}" for i in range(self.n)]
+        self.tenants: list[Tenant] = []
+        self.fleet: Fleet | None = None
+        self.nc: nats.aio.client.Client | None = None
+        self.observer = Observer()
+        self.online: dict[str, float] = {}
+        self.offline: dict[str, float] = {}
+        self.http: httpx.AsyncClient | None = None
+        self.issued: list[Issued] = []
+
+    # --- plumbing -----------------------------------------------------------------------
+    async def connect(self) -> nats.aio.client.Client:
+        return await nats.connect(
+            self.stack.nats_url,
+            user_credentials=str(self.stack.auth / "platform.creds"),
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            pending_size=64 * 1024 * 1024,
+            error_cb=_quiet,
+        )
+
+    async def _on_cluster_event(self, msg: Any) -> None:
+        try:
+            event = decode(msg.data, ClusterEvent)
+        except Exception:
+            return
+        if event.kind == "online":
+            self.online[event.cluster] = event.at
+        elif event.kind == "offline":
+            self.offline[event.cluster] = event.at
+
+    async def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        assert self.http is not None
+        for attempt in range(20):
+            resp = await self.http.request(method, path, **kwargs)
+            if resp.status_code == 503 and attempt < 19:
+                await asyncio.sleep(0.2 * (attempt + 1))
+                continue
+            if resp.status_code >= 300:
+                raise RuntimeError(f"{method} {path}: {resp.status_code} {resp.text[:300]}")
+            return resp.json()
+        raise AssertionError("unreachable")
+
+    async def presence(self) -> dict[str, Presence]:
+        """Presence of every bench cluster, read from the health service one by one."""
+        assert self.nc is not None
+        nc = self.nc
+        sem = asyncio.Semaphore(64)
+
+        async def one(name: str) -> tuple[str, Presence | None]:
+            async with sem:
+                try:
+                    return name, await call(
+                        nc, subjects.Health.PRESENCE_GET, NameRequest(name=name), Presence, timeout=10
+                    )
+                except Exception:
+                    return name, None
+
+        got = await asyncio.gather(*(one(c) for c in self.clusters))
+        return {n: p for n, p in got if p is not None}
+
+    # --- the run ----------------------------------------------------------------------------
+    async def run(self) -> dict[str, Any]:
+        try:
+            await self._run()
+        finally:
+            await self.cleanup()
+        return self.results
+
+    async def _run(self) -> None:
+        n = self.n
+        log(f"platform: starting nats-server and {', '.join(SERVICES)} (work dir {self.root})")
+        await self.stack.start()
+        self.nc = await self.connect()
+        await self.observer.start(self.nc)
+        await self.nc.subscribe(subjects.public_event("cluster.*"), cb=self._on_cluster_event)
+        self.http = httpx.AsyncClient(
+            base_url=self.stack.api,
+            timeout=60,
+            headers={"Authorization": f"Bearer {self.stack.admin_token}"},
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=256),
+        )
+        await asyncio.sleep(2)
+        rss_idle = self.stack.rss()
+        self.results["rss_idle"] = rss_idle
+
+        # Raw NATS: memory per bare connection, and how fast bare connections open (JWT auth).
+        bare_n = min(n, 1000)
+        nats_before = rss_bytes(self.stack.pids()["nats"])
+        conns, took = await baseline.bare_connections(self.connect, bare_n)
+        await asyncio.sleep(1)
+        nats_with = rss_bytes(self.stack.pids()["nats"])
+        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+        self.results["baseline_connect"] = {
+            "connections": bare_n,
+            "seconds": took,
+            "per_s": bare_n / took,
+            "nats_bytes_per_connection": (nats_with - nats_before) / bare_n,
+        }
+        each = (nats_with - nats_before) / bare_n / KB
+        log(f"baseline: {bare_n} bare connections in {took:.2f}s; NATS +{each:.1f} KB each")
+
+        # Register the clusters (setup, not measured: one connect token each, from the registry).
+        t0 = time.monotonic()
+        tokens = await self.register(self.clusters)
+        self.results["setup_register_s"] = time.monotonic() - t0
+        log(f"setup: {n} clusters registered in {time.monotonic() - t0:.1f}s")
+
+        # (1) N agents connected and online.
+        workers = self.args.workers or max(2, math.ceil(n / 2500))
+        self.fleet = Fleet(
+            server=self.stack.nats_url,
+            agents=dict(tokens),
+            state_root=self.state_root,
+            log_dir=self.root / "workers",
+            workers=workers,
+            env={"TETHER_LOG_LEVEL": "WARNING"},
+        )
+        await self.fleet.spawn()
+        log(f"fleet: {workers} worker processes ready; starting {n} agents at once")
+        started = time.time()
+        await self.fleet.start()
+        want = set(self.clusters)
+        await wait_for(
+            lambda: want <= set(self.online),
+            timeout=self.args.connect_timeout,
+            interval=0.2,
+            what=f"all {n} agents online (online: {len(self.online)}, up: {len(self.fleet.up)})",
+        )
+        last_up = max(self.fleet.up[c] for c in self.clusters)
+        last_online = max(self.online[c] for c in self.clusters)
+        per_agent = [self.online[c] - started for c in self.clusters]
+        self.results["connect"] = {
+            "seconds": last_online - started,
+            "agents_per_s": n / max(1e-9, last_online - started),
+            "last_agent_up_s": last_up - started,
+            "online_after": summary(per_agent),
+            "failed_attempts": len(self.fleet.failed),
+        }
+        log(f"(1) all {n} agents online in {last_online - started:.1f}s")
+        await asyncio.sleep(3)
+        rss_connected = self.stack.rss()
+        self.results["rss_connected"] = rss_connected
+
+        phases = set(self.args.phases.split(","))
+        # (2) heartbeats at N agents.
+        if "2" in phases:
+            await self.heartbeats()
+
+        # Tenants to command (setup).
+        t0 = time.monotonic()
+        await self.create_tenants()
+        self.results["setup_tenants"] = {"tenants": len(self.tenants), "seconds": time.monotonic() - t0}
+        log(f"setup: {len(self.tenants)} tenants created and applied in {time.monotonic() - t0:.1f}s")
+
+        # (3) command round trip.
+        if "3" in phases:
+            await self.commands()
+
+        # (6) memory per connected cluster (after the command phases: records and all).
+        rss_after = self.stack.rss()
+        self.results["memory"] = self.memory(rss_idle, rss_connected, rss_after)
+
+        # (4) offline detection.
+        if "4" in phases:
+            await self.offline_detection()
+
+        # (5) reconnect storm.
+        if "5" in phases:
+            await self.storm()
+
+    async def register(self, clusters: list[str]) -> dict[str, str]:
+        assert self.nc is not None
+        nc = self.nc
+        sem = asyncio.Semaphore(32)
+
+        async def one(name: str) -> tuple[str, str]:
+            async with sem:
+                info = await call(nc, subjects.Registry.CLUSTER_CREATE, ClusterCreate(name=name), ClusterConnectInfo)
+                return name, info.token
+
+        return dict(await asyncio.gather(*(one(c) for c in clusters)))
+
+    async def create_tenants(self) -> None:
+        count = min(self.args.tenants, self.n) if self.args.tenants else min(self.n, 1000)
+        await self.api("POST", "/api/v1/projects", json={"name": PROJECT})
+        self.tenants = [Tenant(name=f"t{i:05d}", cluster=self.clusters[i % self.n]) for i in range(count)]
+        sem = asyncio.Semaphore(8)
+
+        async def one(t: Tenant) -> None:
+            async with sem:
+                out = await self.api(
+                    "POST", f"/api/v1/projects/{PROJECT}/tenants", json={"name": t.name, "cluster": t.cluster}
+                )
+            await self.observer.wait(t.key, out["desired"]["generation"], 300)
+
+        await asyncio.gather(*(one(t) for t in self.tenants))
+
+    # --- (2) heartbeats ---------------------------------------------------------------------------
+    async def heartbeats(self) -> None:
+        assert self.nc is not None
+        window = self.args.hb_window
+        before = histogram(await self.stack.scrape("health"), "tether_heartbeat_lag_seconds")
+        t0 = time.monotonic()
+        await asyncio.sleep(window)
+        after = histogram(await self.stack.scrape("health"), "tether_heartbeat_lag_seconds")
+        elapsed = time.monotonic() - t0
+        buckets = diff_buckets(after[0], before[0])
+        processed = after[1] - before[1]
+        steady = {
+            "offered_per_s": self.n / 5.0,
+            "processed_per_s": processed / elapsed,
+            "lag_p50_le": bucket_quantile(buckets, 0.5),
+            "lag_p99_le": bucket_quantile(buckets, 0.99),
+            "lag_max_le": bucket_quantile(buckets, 1.0),
+        }
+        log(f"(2) steady: {steady['processed_per_s']:.0f} heartbeats/s processed at {self.n} agents")
+
+        # Capacity: a burst of real-looking heartbeats for the bench's clusters, as fast as NATS takes them;
+        # a marker for a cluster of its own follows, and health handles heartbeats in order.
+        burst = self.args.hb_burst
+        health = ClusterHealth(nodes_ready=3, nodes_total=3, driver="sim", kubernetes_version="v1.36.0-sim")
+        sample = encode(Heartbeat(cluster=self.clusters[0], session="bench", seq=1, sent_at=time.time(), health=health))
+        before = histogram(await self.stack.scrape("health"), "tether_heartbeat_lag_seconds")
+        marker = f"zz-marker-{int(time.time())}"
+        t0 = time.time()
+        for i in range(burst):
+            name = self.clusters[i % self.n]
+            hb = Heartbeat(cluster=name, session="bench-burst", seq=i, sent_at=time.time(), health=health)
+            await self.nc.publish(subjects.heartbeat(name), encode(hb))
+            if i % 1000 == 999:
+                await asyncio.sleep(0)
+        await self.nc.publish(
+            subjects.heartbeat(marker),
+            encode(Heartbeat(cluster=marker, session="m", seq=1, sent_at=time.time(), health=health)),
+        )
+        await self.nc.flush()
+        published = time.time()
+        nc = self.nc
+
+        async def marker_seen() -> bool:
+            try:
+                await call(nc, subjects.Health.PRESENCE_GET, NameRequest(name=marker), Presence, timeout=5)
+            except Exception:
+                return False
+            return True
+
+        await wait_for(marker_seen, timeout=300, interval=0.05, what="the burst's marker heartbeat")
+        done = time.time()
+        after = histogram(await self.stack.scrape("health"), "tether_heartbeat_lag_seconds")
+        buckets = diff_buckets(after[0], before[0])
+        capacity = {
+            "burst": burst,
+            "publish_s": published - t0,
+            "processed_per_s": burst / (done - t0),
+            "lag_p50_le": bucket_quantile(buckets, 0.5),
+            "lag_p99_le": bucket_quantile(buckets, 0.99),
+        }
+        log(f"(2) capacity: {capacity['processed_per_s']:.0f} heartbeats/s")
+        raw = await baseline.core_throughput(self.connect, len(sample), burst)
+        log(f"(2) baseline: bare core NATS {raw['per_s']:.0f} msgs/s to one Python subscriber")
+        self.results["heartbeats"] = {"steady": steady, "capacity": capacity, "baseline_core": raw}
+
+    # --- (3) commands ---------------------------------------------------------------------------
+    async def command(self, t: Tenant) -> Issued:
+        action = "sleep" if t.state == "running" else "wake"
+        sent = time.time()
+        out = await self.api("POST", f"/api/v1/projects/{PROJECT}/tenants/{t.name}/{action}")
+        t.state = "sleeping" if action == "sleep" else "running"
+        issued = Issued(tenant=t, generation=out["desired"]["generation"], op_id=out["desired"]["op_id"], sent=sent)
+        self.issued.append(issued)
+        return issued
+
+    async def round_trip(self, t: Tenant) -> tuple[float, float]:
+        """(round trip, API call) seconds of one command."""
+        issued = await self.command(t)
+        api_done = time.time()
+        at = await self.observer.wait(t.key, issued.generation, 60)
+        return at - issued.sent, api_done - issued.sent
+
+    async def commands(self) -> None:
+        rate, duration = self.args.rate, self.args.duration
+        free: deque[Tenant] = deque(self.tenants)
+        random.shuffle(free)
+        rts: list[float] = []
+        apis: list[float] = []
+        errors = 0
+        skipped = 0
+
+        async def shot(t: Tenant) -> None:
+            nonlocal errors
+            try:
+                rt, api = await self.round_trip(t)
+                rts.append(rt)
+                apis.append(api)
+            except Exception as exc:
+                errors += 1
+                log(f"command failed: {exc!r}")
+            finally:
+                free.append(t)
+
+        tasks = []
+        count = int(rate * duration)
+        t0 = time.monotonic()
+        for i in range(count):
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if not free:
+                skipped += 1
+                continue
+            tasks.append(asyncio.create_task(shot(free.popleft())))
+        await asyncio.gather(*tasks)
+        fixed = {"rate": rate, "seconds": duration, **summary(rts), "api": summary(apis), "errors": errors}
+        fixed["skipped"] = skipped
+        log(f"(3) {rate:g}/s: p50 {fixed['p50'] * 1e3:.1f} ms, p99 {fixed['p99'] * 1e3:.1f} ms")
+
+        # Max throughput: closed loop, `concurrency` commands in flight.
+        rts2: list[float] = []
+        errors2 = 0
+        stop_at = time.monotonic() + duration
+
+        async def loop() -> None:
+            nonlocal errors2
+            while time.monotonic() < stop_at:
+                if not free:
+                    await asyncio.sleep(0.01)
+                    continue
+                t = free.popleft()
+                try:
+                    rts2.append((await self.round_trip(t))[0])
+                except Exception as exc:
+                    errors2 += 1
+                    log(f"command failed: {exc!r}")
+                finally:
+                    free.append(t)
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(loop() for _ in range(self.args.concurrency)))
+        elapsed = time.monotonic() - t0
+        top = {
+            "concurrency": self.args.concurrency,
+            "per_s": len(rts2) / elapsed,
+            **summary(rts2),
+            "errors": errors2,
+        }
+        log(f"(3) max: {top['per_s']:.0f} commands/s, p99 {top['p99'] * 1e3:.1f} ms")
+
+        # Raw JetStream, same message size, same shape (one pull consumer per destination, one at a time).
+        size = len(encode(sample_command()))
+        async with baseline.JsRoundTrip(self.connect, size) as rt:
+            b_fixed = await rt.fixed_rate(rate, min(duration, 10))
+            b_top = await rt.max_rate(self.args.concurrency, min(duration, 10))
+        log(f"(3) baseline: JetStream p99 {b_fixed['p99'] * 1e3:.2f} ms at {rate:g}/s; max {b_top['per_s']:.0f}/s")
+        self.results["commands"] = {
+            "fixed": fixed,
+            "max": top,
+            "baseline_fixed": b_fixed,
+            "baseline_max": b_top,
+            "message_bytes": size,
+        }
+
+    # --- (6) memory --------------------------------------------------------------------------------
+    def memory(self, idle: dict[str, int], connected: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
+        services = [s for s in SERVICES if s in idle]
+        grow_connected = sum(connected.get(s, 0) - idle[s] for s in services)
+        grow_after = sum(after.get(s, 0) - idle[s] for s in services)
+        per = {s: (after.get(s, 0) - idle[s]) / self.n for s in services}
+        return {
+            "services_idle": sum(idle[s] for s in services),
+            "services_bytes_per_cluster_connected": grow_connected / self.n,
+            "services_bytes_per_cluster": grow_after / self.n,
+            "per_service_bytes_per_cluster": per,
+            "nats_bytes_per_cluster": (after.get("nats", 0) - idle.get("nats", 0)) / self.n,
+            "nats_bytes_per_cluster_connected": (connected.get("nats", 0) - idle.get("nats", 0)) / self.n,
+        }
+
+    # --- (4) offline detection ------------------------------------------------------------------------
+    async def offline_detection(self) -> None:
+        assert self.fleet is not None
+        k = self.args.kill or max(5, min(100, self.n // 20))
+        victims = random.sample(self.clusters, min(k, self.n))
+        for c in victims:
+            self.offline.pop(c, None)
+        beats = await self.fleet.kill(victims)
+        killed_at = time.time()
+        with contextlib.suppress(AssertionError):
+            await wait_for(lambda: all(c in self.offline for c in victims), timeout=60, interval=0.1)
+        detect = [self.offline[c] - beats[c] for c in victims if c in self.offline and beats.get(c)]
+        missing = [c for c in victims if c not in self.offline]
+        self.results["offline"] = {
+            "killed": len(victims),
+            "detected": len(detect),
+            "missing": missing,
+            **summary(detect),
+            "after_kill": summary([self.offline[c] - killed_at for c in victims if c in self.offline]),
+            "bound": 12.0 + 1.0,
+        }
+        log(f"(4) offline: {len(detect)}/{len(victims)} detected; max {max(detect, default=math.nan):.2f}s")
+        # Bring them back (their stored credentials; no token needed).
+        for c in victims:
+            self.online.pop(c, None)
+        await self.fleet.start(victims)
+        await wait_for(lambda: all(c in self.online for c in victims), timeout=120, interval=0.2, what="revived")
+
+    # --- (5) reconnect storm -------------------------------------------------------------------------
+    async def storm(self) -> None:
+        assert self.fleet is not None and self.nc is not None
+        pending_n = min(len(self.tenants), self.args.pending or len(self.tenants))
+        targets = random.sample(self.tenants, pending_n)
+        await self.fleet.gate(False)
+        await asyncio.sleep(1)
+        sem = asyncio.Semaphore(32)
+
+        async def issue(t: Tenant) -> Issued:
+            async with sem:
+                return await self.command(t)
+
+        pending = await asyncio.gather(*(issue(t) for t in targets))
+        log(f"(5) {len(pending)} commands issued and held back; restarting NATS and the services")
+        stop_t = time.time()
+        for name in reversed(SERVICES):
+            self.stack.services[name].stop()
+        assert self.stack.nats is not None
+        self.stack.nats.stop()
+        await self.fleet.gate(True)
+        await asyncio.sleep(self.args.outage)
+        t0 = time.time()
+        self.stack.nats.start()
+        await self.stack.nats.wait_ready(120)
+        for name in SERVICES:
+            self.stack.restart_service(name)
+        nats_ready = time.time()
+        log(f"(5) NATS back after {nats_ready - t0:.1f}s; waiting for {self.n} agents")
+
+        back = resynced = applied = 0.0
+        observed: set[str] = set()
+        deadline = time.monotonic() + self.args.storm_timeout
+        bucket = await self.nc.jetstream().key_value(subjects.BUCKET_DESIRED)
+        stats: dict[str, Any] = {}
+        while time.monotonic() < deadline and not (back and resynced and applied):
+            await asyncio.sleep(0.5)
+            now = time.time()
+            try:
+                stats = await self.fleet.stats(since=stop_t)
+            except Exception as exc:
+                log(f"stats: {exc!r}")
+                continue
+            if not back and stats["reconnected"] >= self.n and stats["connected"] >= self.n:
+                presence = await self.presence()
+                if sum(1 for p in presence.values() if p.online and p.last_seen > t0) >= self.n:
+                    back = now
+                    log(f"(5) all agents back after {back - t0:.1f}s")
+            if back and not resynced and stats["inventoried"] >= self.n:
+                with contextlib.suppress(Exception):
+                    info = await self.nc.jetstream().consumer_info(
+                        subjects.EVT_STREAM, subjects.LIFECYCLE_INVENTORY_CONSUMER
+                    )
+                    if info.num_pending == 0 and info.num_ack_pending == 0:
+                        resynced = now
+                        log(f"(5) all inventories reconciled after {resynced - t0:.1f}s")
+            if not applied:
+                for p in pending:
+                    if p.tenant.key in observed:
+                        continue
+                    if self.observer.seen(p.tenant.key, p.generation):
+                        observed.add(p.tenant.key)
+                if len(observed) < len(pending):
+                    for p in [p for p in pending if p.tenant.key not in observed][:200]:
+                        with contextlib.suppress(Exception):
+                            entry = await bucket.get(p.tenant.key)
+                            rec = decode(entry.value or b"", WorkloadRecord)
+                            if rec.observed is not None and rec.observed.generation >= p.generation:
+                                observed.add(p.tenant.key)
+                if len(observed) >= len(pending):
+                    applied = now
+                    log(f"(5) all {len(pending)} pending commands applied after {applied - t0:.1f}s")
+        lost, twice = self.check_ledgers(pending)
+        done = max(back, resynced, applied) if back and resynced and applied else math.nan
+        self.results["storm"] = {
+            "agents": self.n,
+            "pending_commands": len(pending),
+            "outage_s": t0 - stop_t,
+            "nats_ready_s": nats_ready - t0,
+            "back_s": back - t0 if back else math.nan,
+            "resynced_s": resynced - t0 if resynced else math.nan,
+            "applied_s": applied - t0 if applied else math.nan,
+            "total_s": done - t0 if back and resynced and applied else math.nan,
+            "lost": lost,
+            "applied_twice": twice,
+            "last_stats": stats,
+        }
+        log(f"(5) storm: total {self.results['storm']['total_s']:.1f}s; lost {lost}, twice {twice}")
+
+    def check_ledgers(self, pending: list[Issued]) -> tuple[int, int]:
+        """Commands (of this run) missing from, or twice in, their cluster's apply ledger."""
+        by_cluster: dict[str, list[Issued]] = {}
+        for p in self.issued:
+            by_cluster.setdefault(p.tenant.cluster, []).append(p)
+        lost = twice = 0
+        for cluster, issued in by_cluster.items():
+            ledger = read_state(self.state_root / cluster)["log"]
+            seen: dict[str, int] = {}
+            for entry in ledger:
+                seen[entry["op_id"]] = seen.get(entry["op_id"], 0) + 1
+            for p in issued:
+                count = seen.get(p.op_id, 0)
+                if count == 0:
+                    lost += 1
+                elif count > 1:
+                    twice += 1
+        return lost, twice
+
+    async def cleanup(self) -> None:
+        if self.http is not None:
+            await self.http.aclose()
+        if self.fleet is not None:
+            with contextlib.suppress(Exception):
+                await self.fleet.stop()
+            self.fleet.kill9()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+        self.stack.stop()
+        shutil.rmtree(self.state_root, ignore_errors=True)
+        if not self.args.keep and not self.args.work_dir:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+async def _quiet(_exc: Exception) -> None:
+    """The benchmark's own connections are expected to lose NATS in the storm."""
+
+
+def sample_command() -> Command:
+    spec = WorkloadSpec(
+        kind="tenant",
+        project=PROJECT,
+        name="t00001",
+        cluster="c00001",
+        state="sleeping",
+        version="v1.36",
+        resources=Resources(cpu=1.0, memory=2 * 1024**3),
+        members=(Member(subject="user:admin", access="admin"),),
+        quota=Quota(),
+    )
+    return Command(op_id="0" * 32, generation=2, spec=spec, issued_at=time.time(), operation="sleep")
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) * 1024
+    return {"nproc": os.cpu_count(), "memory_bytes": mem, "cpu": cpu, "python": pyplatform.python_version()}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--agents", type=int, default=1000, help="simulated agents (default 1000)")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--workers", type=int, default=0, help="worker processes (default: N/2500, at least 2)")
+    p.add_argument("--tenants", type=int, default=0, help="tenants to command (default: min(N, 1000))")
+    p.add_argument("--rate", type=float, default=100.0, help="fixed command rate (default 100/s)")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds per command phase")
+    p.add_argument("--concurrency", type=int, default=64, help="commands in flight at max throughput")
+    p.add_argument("--hb-window", type=float, default=10.0, help="seconds the steady heartbeat rate is measured")
+    p.add_argument("--hb-burst", type=int, default=20000, help="heartbeats in the capacity burst")
+    p.add_argument("--kill", type=int, default=0, help="agents killed for offline detection (default N/20)")
+    p.add_argument("--pending", type=int, default=0, help="commands pending in the storm (default: all tenants)")
+    p.add_argument("--outage", type=float, default=2.0, help="seconds NATS stays down in the storm")
+    p.add_argument("--connect-timeout", type=float, default=900.0)
+    p.add_argument("--storm-timeout", type=float, default=600.0)
+    p.add_argument("--phases", default="2,3,4,5", help="which of the phases 2-5 to run (1 and 6 always run)")
+    p.add_argument("--work-dir", help="keep everything here (default: a temporary dir, removed)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary work dir (logs)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tests.bench.report import render, targets
+
+    args = parse_args(argv)
+    bench = Bench(args)
+    try:
+        results = asyncio.run(bench.run())
+    except KeyboardInterrupt:
+        return 130
+    results["targets"] = targets(results)
+    print(render(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str, allow_nan=True))
+    return 0

@@ -1,0 +1,76 @@
+"""Small statistics helpers for the benchmark."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def pct(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by nearest rank; nan for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))
+    return ordered[k]
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    """count, p50, p95, p99, max (seconds in, seconds out)."""
+    return {
+        "count": len(values),
+        "p50": pct(values, 0.50),
+        "p95": pct(values, 0.95),
+        "p99": pct(values, 0.99),
+        "max": max(values) if values else math.nan,
+    }
+
+
+def parse_prometheus(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """(name, labels, value) of every sample in a Prometheus text exposition."""
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, labels = head, {}
+        if "{" in head:
+            name, _, rest = head.partition("{")
+            for part in rest.rstrip("}").split('",'):
+                if "=" in part:
+                    k, _, v = part.partition("=")
+                    labels[k.strip()] = v.strip().strip('"')
+        try:
+            out.append((name, labels, float(value)))
+        except ValueError:
+            continue
+    return out
+
+
+def histogram(samples: list[tuple[str, dict[str, str], float]], name: str) -> tuple[dict[float, float], float]:
+    """Cumulative bucket counts (by upper bound, summed over series) and the total count of ``name``."""
+    buckets: dict[float, float] = {}
+    count = 0.0
+    for n, labels, value in samples:
+        if n == f"{name}_bucket":
+            le = labels.get("le", "+Inf")
+            bound = math.inf if le == "+Inf" else float(le)
+            buckets[bound] = buckets.get(bound, 0.0) + value
+        elif n == f"{name}_count":
+            count += value
+    return buckets, count
+
+
+def bucket_quantile(buckets: dict[float, float], q: float) -> float:
+    """Upper bound of the bucket holding the ``q`` quantile (from cumulative counts)."""
+    total = buckets.get(math.inf, 0.0)
+    if total <= 0:
+        return math.nan
+    for bound in sorted(buckets):
+        if buckets[bound] >= q * total:
+            return bound
+    return math.inf
+
+
+def diff_buckets(after: dict[float, float], before: dict[float, float]) -> dict[float, float]:
+    return {b: after[b] - before.get(b, 0.0) for b in after}

@@ -1,0 +1,219 @@
+"""One worker process of the benchmark (and of the chaos tests): many in-process agents.
+
+Started as ``python -m tests.bench.worker CONFIG.json``. Every agent is a real ``agent.running.Agent``
+with the ``sim`` driver, its own state dir, its own NATS connection and its own credentials (it trades
+its connect token on first start, exactly like ``python -m agent run --token ...``). Only the driving is
+different: the worker is steered over stdin/stdout with one JSON object per line.
+
+Requests (stdin) and their answers (stdout, ``{"id": <request id>, ...}``):
+
+- ``{"op": "start", "clusters": [...]?}``: start those agents (default: all), all at once; every agent
+  reports ``{"ev": "up", "cluster", "t"}`` when it has said hello and sent its first heartbeat, or
+  ``{"ev": "failed", ...}``.
+- ``{"op": "kill", "clusters": [...]}``: stop those agents without a goodbye (tasks cancelled, socket
+  closed, nothing drained); answers each one's last heartbeat time.
+- ``{"op": "gate", "open": bool}``: while closed, no agent fetches a command (they stay connected).
+- ``{"op": "stats", "since": t}``: counts (connected, reconnected/inventory sent after ``since``),
+  the latest of those times, and this process's RSS.
+- ``{"op": "stop"}``: stop every agent in order, answer, exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from opentelemetry.sdk.trace import TracerProvider
+
+from agent.running import Agent
+from agent.settings import AgentSettings
+
+logger = logging.getLogger("tests.bench.worker")
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident set size of a process (Linux ``/proc``), 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return 0
+    return 0
+
+
+class BenchAgent(Agent):
+    """An agent that notes when it last sent a heartbeat and an inventory, and that can be held back."""
+
+    def __init__(self, settings: AgentSettings, *, gate: asyncio.Event, **kwargs: Any) -> None:
+        super().__init__(settings, **kwargs)
+        self.gate = gate
+        self.last_beat = 0.0
+        self.inventory_at = 0.0
+        self.reconnected_at = 0.0
+        self.up_at = 0.0
+
+    async def _beat(self) -> None:
+        connected = self._conn is not None and self._conn.is_connected
+        await super()._beat()
+        if connected:
+            self.last_beat = time.time()
+
+    async def _send_inventory(self, reason: Literal["connect", "periodic"]) -> None:
+        await super()._send_inventory(reason)
+        self.inventory_at = time.time()
+
+    async def _start(self) -> None:
+        await super()._start()
+        queue = self._queue
+        assert queue is not None
+        fetch = queue.next
+
+        async def gated() -> Any:
+            # While the gate is closed the agent stays connected and heartbeats, but fetches nothing.
+            await self.gate.wait()
+            return await fetch()
+
+        queue.next = gated  # type: ignore[method-assign]
+        self.connection.on_reconnected(self._note_reconnect)
+
+    def _note_reconnect(self) -> None:
+        self.reconnected_at = time.time()
+
+    async def kill(self) -> float:
+        """Die without a goodbye: the heartbeats stop, the socket closes, nothing is drained."""
+        main = self._main
+        if main is not None and not main.done():
+            main.cancel()
+            await asyncio.wait({main})
+        if self._conn is not None and self._conn._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._conn._nc.close()
+        return self.last_beat
+
+
+class Worker:
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.provider = TracerProvider()  # one for all: no exporter, spans are dropped
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.specs: dict[str, dict[str, Any]] = {a["cluster"]: a for a in config["agents"]}
+        self.agents: dict[str, BenchAgent] = {}
+        self.out = sys.stdout
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def emit(self, **obj: Any) -> None:
+        self.out.write(json.dumps(obj) + "\n")
+        self.out.flush()
+
+    def settings(self, cluster: str) -> AgentSettings:
+        spec = self.specs[cluster]
+        return AgentSettings(
+            server=self.config["server"],
+            token=spec.get("token") or None,
+            driver="sim",
+            state_dir=Path(spec["state_dir"]),
+            sim_nodes=3,
+            request_timeout=float(self.config.get("request_timeout", 5.0)),
+            shutdown_timeout=2.0,
+        )
+
+    async def start_one(self, cluster: str) -> None:
+        old = self.agents.get(cluster)
+        if old is not None:
+            await old.stop()  # a killed one: release its state lock
+        agent = BenchAgent(self.settings(cluster), gate=self.gate, tracer_provider=self.provider)
+        self.agents[cluster] = agent
+        try:
+            await agent.start()
+        except Exception as exc:
+            self.emit(ev="failed", cluster=cluster, error=f"{type(exc).__name__}: {exc}", t=time.time())
+            return
+        agent.up_at = time.time()
+        self.emit(ev="up", cluster=cluster, t=agent.up_at)
+
+    async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req.get("op")
+        if op == "start":
+            names = req.get("clusters") or list(self.specs)
+            for name in names:
+                task = asyncio.create_task(self.start_one(name), name=f"start-{name}")
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            return {"starting": len(names)}
+        if op == "kill":
+            beats = {}
+            for name in req["clusters"]:
+                agent = self.agents.get(name)
+                if agent is not None:
+                    beats[name] = await agent.kill()
+            return {"last_beat": beats, "t": time.time()}
+        if op == "gate":
+            if req.get("open", True):
+                self.gate.set()
+            else:
+                self.gate.clear()
+            return {"open": self.gate.is_set()}
+        if op == "stats":
+            since = float(req.get("since", 0.0))
+            live = [a for a in self.agents.values() if a._main is not None and not a._main.done()]
+            connected = [a for a in live if a._conn is not None and a._conn.is_connected]
+            reconnected = [a.reconnected_at for a in live if a.reconnected_at > since]
+            inventories = [a.inventory_at for a in live if a.inventory_at > since and a.reconnected_at > since]
+            return {
+                "agents": len(self.agents),
+                "live": len(live),
+                "connected": len(connected),
+                "applied": sum(a.commands_applied for a in self.agents.values()),
+                "reconnected": len(reconnected),
+                "reconnected_last": max(reconnected, default=0.0),
+                "inventoried": len(inventories),
+                "inventoried_last": max(inventories, default=0.0),
+                "rss": rss_bytes(),
+            }
+        if op == "stop":
+            await asyncio.gather(*(a.stop() for a in self.agents.values()), return_exceptions=True)
+            return {"stopped": len(self.agents)}
+        raise ValueError(f"unknown op {op!r}")
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        self.emit(ev="ready", pid=os.getpid())
+        while True:
+            line = await reader.readline()
+            if not line:
+                break  # the driver went away: stop everything
+            req = json.loads(line)
+            try:
+                answer = await self.handle(req)
+            except Exception as exc:
+                answer = {"error": f"{type(exc).__name__}: {exc}"}
+            self.emit(id=req.get("id"), **answer)
+            if req.get("op") == "stop":
+                return
+        await asyncio.gather(*(a.stop() for a in self.agents.values()), return_exceptions=True)
+
+
+def main() -> None:
+    config = json.loads(Path(sys.argv[1]).read_text())
+    logging.basicConfig(
+        level=os.environ.get("TETHER_LOG_LEVEL", "WARNING").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    asyncio.run(Worker(config).serve())
+
+
+if __name__ == "__main__":
+    main()
