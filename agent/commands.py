@@ -48,6 +48,11 @@ NAK_BACKOFF = (1.0, 60.0)
 """(base, cap) seconds before a command whose cluster was unreachable is delivered again."""
 PUBLISH_BACKOFF = (0.2, 10.0)
 """(base, cap) seconds between attempts to publish a result."""
+ACK_RETRY_FOR = 15.0
+"""Seconds an applied command's acknowledgement is retried before it is left to the server's redelivery
+(a repeated ack is harmless: the server confirms it again)."""
+ACK_BACKOFF = (0.25, 2.0)
+"""(base, cap) seconds between attempts to acknowledge."""
 
 Disposition = Literal["acked", "nacked", "terminated"]
 
@@ -273,16 +278,29 @@ class CommandApplier:
 
     @staticmethod
     async def _settle(receipt: Receipt, how: Literal["ack", "nak", "term"], delay: float | None = None) -> None:
-        try:
-            if how == "ack":
-                await receipt.ack()
-            elif how == "nak":
-                await receipt.nak(delay)
-            else:
-                await receipt.term()
-        except Unavailable as exc:
-            # The server redelivers it after its ack wait; the revision check makes that harmless.
-            logger.warning("%s", exc.description)
+        # An ack lost in a NATS failover (the consumer's leader moves) is tried again for a few seconds:
+        # with one command in flight, an unacknowledged one holds the whole queue for the ack wait.
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + (ACK_RETRY_FOR if how == "ack" else 0.0)
+        attempt = 0
+        while True:
+            try:
+                if how == "ack":
+                    await receipt.ack()
+                elif how == "nak":
+                    await receipt.nak(delay)
+                else:
+                    await receipt.term()
+                return
+            except Unavailable as exc:
+                pause = backoff_delay(attempt, base=ACK_BACKOFF[0], cap=ACK_BACKOFF[1])
+                if loop.time() + pause > give_up:
+                    # The server redelivers it after its ack wait; the revision check makes that harmless.
+                    logger.warning("%s", exc.description)
+                    return
+                attempt += 1
+                logger.info("%s; trying again", exc.description)
+                await asyncio.sleep(pause)
 
     @contextlib.asynccontextmanager
     async def _keepalive(self, receipt: Receipt) -> AsyncIterator[None]:

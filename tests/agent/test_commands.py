@@ -220,3 +220,25 @@ async def test_crash_between_apply_and_result_is_repaired_by_the_redelivery(tmp_
     assert stream.ids == ["result-op-t1-1-1"]
     assert events == ["publish", "ack"]
     assert len(read_state(tmp_path)["log"]) == 1
+
+
+async def test_an_ack_lost_in_a_failover_is_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.commands
+
+    monkeypatch.setattr(agent.commands, "ACK_BACKOFF", (0.001, 0.001))
+    applier, _stream, events, _driver = setup(tmp_path)
+
+    @dataclass
+    class FlakyAck(FakeReceipt):
+        failures: int = 2
+
+        async def ack(self) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise Unavailable("cannot ack command 16: nats: no responders available for request")
+            await super().ack()
+
+    receipt = FlakyAck(encode(command()), events)
+    handled = await applier.handle(receipt)
+    assert handled.disposition == "acked"
+    assert events == ["publish", "ack"] and receipt.failures == 0
