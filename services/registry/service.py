@@ -50,6 +50,7 @@ from services.bus import (
     identity,
 )
 from services.bus.identity import Trust
+from services.bus.publishing import publish
 from services.bus.settings import ServiceSettings
 from services.registry import logic
 
@@ -114,7 +115,8 @@ class Registry:
 
     async def _event(self, kind: str, cluster: str, reason: str = "") -> None:
         event = ClusterEvent(kind=kind, cluster=cluster, at=time.time(), reason=reason)  # type: ignore[arg-type]
-        await self.js.publish(subjects.public_event(f"cluster.{kind}"), encode(event))
+        # Retried through leader elections; the id makes a retry after a lost ack harmless.
+        await publish(self.js, subjects.public_event(f"cluster.{kind}"), event, msg_id=f"{kind}-{cluster}-{event.at}")
 
     async def create(self, req: ClusterCreate) -> ClusterConnectInfo:
         logic.validate_create(req)
