@@ -34,6 +34,13 @@ class CapacityOut(ApiModel):
     memory: int = Field(description="Allocatable memory, bytes")
 
 
+class ControlPlaneOut(ApiModel):
+    project: str
+    name: str
+    replicas: int = Field(description="Desired control-plane replicas (0 while the tenant sleeps)")
+    ready_replicas: int
+
+
 class ClusterOut(ApiModel):
     name: str
     display_name: str
@@ -52,6 +59,9 @@ class ClusterOut(ApiModel):
     capacity: CapacityOut
     conditions: list[ConditionOut]
     created_at: datetime | None
+    control_planes: list[ControlPlaneOut] = Field(
+        default_factory=list, description="Readiness of each tenant cluster's control plane on this cluster"
+    )
 
 
 class ClusterListOut(ApiModel):

@@ -60,6 +60,15 @@ class Capacity(msgspec.Struct, frozen=True, kw_only=True):
     """Bytes (allocatable)."""
 
 
+class ControlPlaneHealth(msgspec.Struct, frozen=True, kw_only=True):
+    """One tenant cluster's control plane on the connected cluster (0/0 while it sleeps)."""
+
+    project: str
+    name: str
+    replicas: int = 0
+    ready_replicas: int = 0
+
+
 class ClusterHealth(msgspec.Struct, frozen=True, kw_only=True):
     """What an agent reports about its cluster."""
 
@@ -71,6 +80,8 @@ class ClusterHealth(msgspec.Struct, frozen=True, kw_only=True):
     driver: str = ""
     api_reachable: bool = True
     """False when the agent runs but cannot reach its cluster's API server."""
+    control_planes: tuple[ControlPlaneHealth, ...] = ()
+    """Readiness of every tenant cluster's control plane."""
 
 
 # --- heartbeats ---------------------------------------------------------------------

@@ -95,7 +95,15 @@ from agent.drivers.kube_objects import (
 from agent.errors import ClusterUnreachable, DriverError
 from agent.settings import AgentSettings
 from agent.statefiles import write_json_atomic
-from schemas.messages import Capacity, ClusterHealth, Command, InventoryItem, WorkloadKind, WorkloadSpec
+from schemas.messages import (
+    Capacity,
+    ClusterHealth,
+    Command,
+    ControlPlaneHealth,
+    InventoryItem,
+    WorkloadKind,
+    WorkloadSpec,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -491,6 +499,14 @@ class KubeDriver:
         version = self.api.request("GET", "/version", what="reading the server version")
         nodes = self.api.list("Node")
         health = health_from(nodes, str((version or {}).get("gitVersion") or ""))
+        planes = self._control_planes_sync()
+        health = msgspec.structs.replace(
+            health,
+            control_planes=tuple(
+                ControlPlaneHealth(project=c.project, name=c.name, replicas=c.replicas, ready_replicas=c.ready_replicas)
+                for c in planes
+            ),
+        )
         self._mirror_state()
         return health
 
@@ -506,8 +522,11 @@ class KubeDriver:
 
     async def control_planes(self) -> tuple[ControlPlane, ...]:
         """Readiness of every tenant's control plane (one list of StatefulSets)."""
+        return await self._run(self._control_planes_sync)
+
+    def _control_planes_sync(self) -> tuple[ControlPlane, ...]:
         selector = f"{MANAGED_SELECTOR},{LABEL_KIND}=tenant"
-        sets = await self._run(lambda: self.api.list("StatefulSet", selector=selector))
+        sets = self.api.list("StatefulSet", selector=selector)
         out = []
         for sts in sets:
             owner = owner_of(sts)

@@ -55,6 +55,7 @@ from schemas.messages import (
     Capacity,
     ClusterHealth,
     Command,
+    ControlPlaneHealth,
     DesiredState,
     InventoryItem,
     Member,
@@ -343,6 +344,17 @@ class SimCluster:
             agent_version=VERSION,
             driver=self.name,
             api_reachable=True,
+            # A simulated control plane is ready as soon as it runs.
+            control_planes=tuple(
+                ControlPlaneHealth(
+                    project=o.project,
+                    name=o.name,
+                    replicas=int(o.state == "running"),
+                    ready_replicas=int(o.state == "running"),
+                )
+                for o in sorted(self._state.objects.values(), key=lambda o: (o.project, o.name))
+                if o.kind == "tenant"
+            ),
         )
 
     def set_api_reachable(self, reachable: bool = True) -> None:

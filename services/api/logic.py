@@ -9,6 +9,7 @@ from schemas.api import (
     CapacityOut,
     ClusterOut,
     ConditionOut,
+    ControlPlaneOut,
     DesiredOut,
     MemberOut,
     ObservedOut,
@@ -80,6 +81,10 @@ def cluster_view(record: ClusterRecord, presence: Presence | None) -> ClusterOut
         ),
         conditions=conditions,
         created_at=ts(record.created_at),
+        control_planes=[
+            ControlPlaneOut(project=c.project, name=c.name, replicas=c.replicas, ready_replicas=c.ready_replicas)
+            for c in (health.control_planes if health else ())
+        ],
     )
 
 

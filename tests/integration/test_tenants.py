@@ -72,6 +72,13 @@ async def test_commands_issued_during_an_outage_apply_once_in_order(stack: Stack
     }
     phases = {w["name"]: w["phase"] for w in (await stack.ok("GET", "/api/v1/tenants"))["items"]}
     assert phases == {"t0": "Ready", "t1": "Sleeping", "t2": "Ready"}
+    # Each tenant's control-plane readiness comes back in the cluster's health.
+
+    async def planes() -> dict[str, tuple[int, int]] | None:
+        seen = {c["name"]: (c["replicas"], c["ready_replicas"]) for c in (await stack.cluster("c1"))["control_planes"]}
+        return seen if len(seen) == 3 else None
+
+    assert await wait_for(planes, what="control planes in health") == {"t0": (1, 1), "t1": (0, 0), "t2": (1, 1)}
 
 
 async def test_a_duplicate_publish_of_an_operation_is_dropped(stack: Stack, tmp_path: Path) -> None:
