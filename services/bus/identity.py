@@ -65,7 +65,9 @@ def encode_jwt(claims: dict[str, Any], signer_seed: str) -> str:
     body["jti"] = ""
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).digest()
     body["jti"] = base64.b32encode(digest).rstrip(b"=").decode()
-    signing_input = f"{_b64(json.dumps(HEADER).encode())}.{_b64(json.dumps(body).encode())}"
+    header = json.dumps(HEADER, separators=(",", ":"))
+    payload = json.dumps(body, separators=(",", ":"))
+    signing_input = f"{_b64(header.encode())}.{_b64(payload.encode())}"
     signature = kp.sign(signing_input.encode())
     return f"{signing_input}.{_b64(signature)}"
 
