@@ -38,8 +38,13 @@ async def consume(
     ack_wait: float = 30.0,
     deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
     tracer: Tracer | None = None,
+    concurrency: int = 1,
 ) -> None:
-    """Run forever: fetch, handle, ack. Re-declares and re-binds after any bus failure."""
+    """Run forever: fetch, handle, ack. Re-declares and re-binds after any bus failure.
+
+    With ``concurrency`` > 1, the messages of one fetched batch are handled up to that many at a time,
+    those on the same subject still one after the other, in order (results of one cluster, say).
+    """
     failures = 0
     while True:
         try:
@@ -62,15 +67,21 @@ async def consume(
                     msgs = await sub.fetch(batch, timeout=2)
                 except NatsTimeout:
                     continue
+                if concurrency <= 1 or len(msgs) == 1:
+                    for msg in msgs:
+                        await _traced(msg, handler, durable, tracer)
+                    continue
+                by_subject: dict[str, list[Msg]] = {}
                 for msg in msgs:
-                    if tracer is None:
-                        await _handle(msg, handler, durable)
-                        continue
-                    # Continue the trace the message carries (API call -> command -> result -> status).
-                    with tracer.start_as_current_span(
-                        f"{durable} {msg.subject}", context=tracing.extract(msg.headers), kind=SpanKind.CONSUMER
-                    ):
-                        await _handle(msg, handler, durable)
+                    by_subject.setdefault(msg.subject, []).append(msg)
+                gate = asyncio.Semaphore(concurrency)
+
+                async def in_order(group: list[Msg], gate: asyncio.Semaphore = gate) -> None:
+                    async with gate:
+                        for msg in group:
+                            await _traced(msg, handler, durable, tracer)
+
+                await asyncio.gather(*(in_order(group) for group in by_subject.values()))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -78,6 +89,17 @@ async def consume(
             failures += 1
             logger.warning("consumer %s: %s; retrying in %.1fs", durable, exc or type(exc).__name__, delay)
             await asyncio.sleep(delay)
+
+
+async def _traced(msg: Msg, handler: Handler, durable: str, tracer: Tracer | None) -> None:
+    if tracer is None:
+        await _handle(msg, handler, durable)
+        return
+    # Continue the trace the message carries (API call -> command -> result -> status).
+    with tracer.start_as_current_span(
+        f"{durable} {msg.subject}", context=tracing.extract(msg.headers), kind=SpanKind.CONSUMER
+    ):
+        await _handle(msg, handler, durable)
 
 
 async def _handle(msg: Msg, handler: Handler, durable: str) -> None:

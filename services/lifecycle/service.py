@@ -25,6 +25,7 @@ from schemas.audit import AuditRecord
 from schemas.errors import Conflict, InvalidInput, NotFound, TetherError, Unavailable
 from schemas.messages import (
     ClusterList,
+    ClusterRecord,
     Command,
     CommandResult,
     Empty,
@@ -32,6 +33,7 @@ from schemas.messages import (
     Membership,
     MembershipChanged,
     NameRequest,
+    Presence,
     PresenceList,
     ProjectRecord,
     WorkloadAction,
@@ -88,6 +90,13 @@ class Settings:
         )
 
 
+RESULT_CONCURRENCY = 32
+"""Results of different clusters recorded at once (one cluster's still in order): each waits on KV and
+stream round trips, and one at a time capped the fleet at about a hundred commands a second."""
+
+INVENTORY_SNAPSHOT_TTL = 1.0
+"""Seconds one scan of the desired state serves inventories (10,000 agents report every 2 minutes)."""
+
 LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 """Seconds: commands take milliseconds when the agent is there, minutes when it is not."""
 
@@ -129,6 +138,7 @@ class Lifecycle:
         self.timeout = settings.common.bus.request_timeout
         self.empty_since: dict[str, float] = {}
         self._writes = asyncio.Lock()
+        self._snapshot: tuple[float, list[WorkloadRecord]] | None = None
 
     def _observe_pending(self, _options: CallbackOptions) -> list[Observation]:
         return [Observation(n, {"cluster": cluster}) for cluster, n in self.pending.items()]
@@ -201,6 +211,17 @@ class Lifecycle:
         """Every live record (tombstones of deleted objects left out)."""
         return [r for r in (await self.desired.items()).values() if not logic.is_tombstone(r)]
 
+    async def recent_records(self) -> list[WorkloadRecord]:
+        """``all_records()``, shared by the inventories of the next ``INVENTORY_SNAPSHOT_TTL`` seconds.
+
+        One bucket scan per inventory made resync cost O(clusters x records). What a slightly old snapshot
+        could get wrong is checked against the record itself before anything is sent.
+        """
+        now = time.monotonic()
+        if self._snapshot is None or now - self._snapshot[0] > INVENTORY_SNAPSHOT_TTL:
+            self._snapshot = (now, await self.all_records())
+        return self._snapshot[1]
+
     async def get_record(self, ref: WorkloadRef) -> tuple[WorkloadRecord, int]:
         found = await self.desired.get(subjects.workload_key(ref.kind, ref.project, ref.name))
         if found is None or logic.is_tombstone(found[0]):
@@ -212,10 +233,7 @@ class Lifecycle:
         logic.validate_create(req)
         project = await self.project(req.project)
         membership = await self.membership(req.project)
-        clusters, presence = await asyncio.gather(
-            call(self.nc, subjects.Registry.CLUSTER_LIST, Empty(), ClusterList, timeout=self.timeout),
-            call(self.nc, subjects.Health.PRESENCE_LIST, Empty(), PresenceList, timeout=self.timeout),
-        )
+        clusters, presence = await self.placement_view(req.cluster)
         need = req.resources or logic.DEFAULT_RESOURCES[req.kind]
         # One writer at a time per replica keeps quota and placement checks honest; the
         # create-only KV write settles races between replicas on the same name.
@@ -233,8 +251,8 @@ class Lifecycle:
             cluster = logic.place(
                 project,
                 req.cluster,
-                {c.name: c for c in clusters.clusters},
-                {p.cluster: p for p in presence.items},
+                clusters,
+                presence,
                 records,
                 need,
             )
@@ -250,6 +268,38 @@ class Lifecycle:
         await self.send(record)
         await self.announce(None, record, "Created")
         return record
+
+    async def placement_view(self, requested: str) -> tuple[dict[str, ClusterRecord], dict[str, Presence]]:
+        """The clusters (and their presence) placement chooses from: only the named one when there is one,
+        so a create does not list a fleet of 10,000 clusters twice."""
+        if requested:
+            check_name(requested, "cluster name")
+            found = await asyncio.gather(
+                call(
+                    self.nc,
+                    subjects.Registry.CLUSTER_GET,
+                    NameRequest(name=requested),
+                    ClusterRecord,
+                    timeout=self.timeout,
+                ),
+                call(
+                    self.nc, subjects.Health.PRESENCE_GET, NameRequest(name=requested), Presence, timeout=self.timeout
+                ),
+                return_exceptions=True,
+            )
+            for answer in found:
+                if isinstance(answer, BaseException) and not isinstance(answer, NotFound):
+                    raise answer
+            record, seen = found
+            return (
+                {record.name: record} if isinstance(record, ClusterRecord) else {},
+                {seen.cluster: seen} if isinstance(seen, Presence) else {},
+            )
+        clusters, presence = await asyncio.gather(
+            call(self.nc, subjects.Registry.CLUSTER_LIST, Empty(), ClusterList, timeout=self.timeout),
+            call(self.nc, subjects.Health.PRESENCE_LIST, Empty(), PresenceList, timeout=self.timeout),
+        )
+        return {c.name: c for c in clusters.clusters}, {p.cluster: p for p in presence.items}
 
     async def get(self, ref: WorkloadRef) -> WorkloadRecord:
         check_name(ref.project, "project name")
@@ -352,7 +402,7 @@ class Lifecycle:
         if time.time() - inventory.at > 600:
             return  # stale: a newer one will come
         cluster = inventory.cluster
-        desired = [r for r in await self.all_records() if r.spec.cluster == cluster]
+        desired = [r for r in await self.recent_records() if r.spec.cluster == cluster]
         now = time.time()
         if any(r.spec.state != "deleted" for r in desired):
             self.empty_since.pop(cluster, None)
@@ -373,10 +423,21 @@ class Lifecycle:
                 len(inventory.items),
                 self.settings.empty_grace,
             )
-        for record in plan.resend:
+        have = {(i.kind, i.project, i.name): i.generation for i in inventory.items}
+        for stale in plan.resend:
+            # The snapshot may be a moment old: re-send what the record says now.
+            found = await self.desired.get(logic.key(stale.spec))
+            record = found[0] if found is not None else None
+            if record is None or logic.is_tombstone(record) or record.spec.cluster != cluster:
+                continue
+            if have.get((record.spec.kind, record.spec.project, record.spec.name), 0) >= record.generation:
+                continue
             logger.info("resync %s: re-sending %s (generation %d)", cluster, logic.key(record.spec), record.generation)
             await self.send(record, op_id=f"resync-{new_op_id()}")
         for item in plan.orphans:
+            found = await self.desired.get(subjects.workload_key(item.kind, item.project, item.name))
+            if found is not None and not logic.is_tombstone(found[0]) and found[0].spec.cluster == cluster:
+                continue  # created since the snapshot: wanted, not an orphan
             logger.info("resync %s: deleting unknown %s %s/%s", cluster, item.kind, item.project, item.name)
             command = Command(
                 op_id=f"orphan-{new_op_id()}",
@@ -486,6 +547,7 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
                     filter_subject=subjects.evt_kind(subjects.EVT_RESULT),
                     handler=lifecycle.on_result,
                     tracer=tracer,
+                    concurrency=RESULT_CONCURRENCY,
                 ),
                 name="lifecycle-results",
             )
