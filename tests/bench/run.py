@@ -54,6 +54,7 @@ from services.bus import call
 from services.platform.natsd import free_port
 from tests.bench import baseline
 from tests.bench.fleet import Fleet
+from tests.bench.http import LeanHttp
 from tests.bench.stats import bucket_quantile, diff_buckets, histogram, parse_prometheus, summary
 from tests.bench.worker import rss_bytes
 from tests.harness import Proc, Stack, wait_for
@@ -187,7 +188,7 @@ class Bench:
         self.observer = Observer()
         self.online: dict[str, float] = {}
         self.offline: dict[str, float] = {}
-        self.http: httpx.AsyncClient | None = None
+        self.http: LeanHttp | None = None
         self.issued: list[Issued] = []
 
     # --- plumbing -----------------------------------------------------------------------
@@ -211,16 +212,16 @@ class Bench:
         elif event.kind == "offline":
             self.offline[event.cluster] = event.at
 
-    async def api(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def api(self, method: str, path: str, json: Any = None) -> Any:
         assert self.http is not None
         for attempt in range(20):
-            resp = await self.http.request(method, path, **kwargs)
-            if resp.status_code == 503 and attempt < 19:
+            status, body = await self.http.request(method, path, json)
+            if status == 503 and attempt < 19:
                 await asyncio.sleep(0.2 * (attempt + 1))
                 continue
-            if resp.status_code >= 300:
-                raise RuntimeError(f"{method} {path}: {resp.status_code} {resp.text[:300]}")
-            return resp.json()
+            if status >= 300:
+                raise RuntimeError(f"{method} {path}: {status} {str(body)[:300]}")
+            return body
         raise AssertionError("unreachable")
 
     async def presence(self) -> dict[str, Presence]:
@@ -256,12 +257,7 @@ class Bench:
         self.nc = await self.connect()
         await self.observer.start(self.nc)
         await self.nc.subscribe(subjects.public_event("cluster.*"), cb=self._on_cluster_event)
-        self.http = httpx.AsyncClient(
-            base_url=self.stack.api,
-            timeout=60,
-            headers={"Authorization": f"Bearer {self.stack.admin_token}"},
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=256),
-        )
+        self.http = LeanHttp("127.0.0.1", self.stack.http_port, self.stack.admin_token, size=256)
         await asyncio.sleep(2)
         rss_idle = self.stack.rss()
         self.results["rss_idle"] = rss_idle
@@ -695,7 +691,7 @@ class Bench:
 
     async def cleanup(self) -> None:
         if self.http is not None:
-            await self.http.aclose()
+            await self.http.close()
         if self.fleet is not None:
             with contextlib.suppress(Exception):
                 await self.fleet.stop()
