@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Generic
 
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.api import DeliverPolicy, StreamState
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from schemas.errors import Conflict, Internal, Unavailable
 from schemas.messages import M, decode, encode
+from schemas.retrying import backoff_delay
 
 MARKER_REASON = "Nats-Marker-Reason"
 """Set on the markers the server leaves when it removes an entry (TTL, purge)."""
@@ -96,7 +99,7 @@ class Bucket(Generic[M]):
         """
         js: JetStreamContext = self.kv._js
         stream, prefix = self.kv._stream, self.kv._pre
-        state = (await js.stream_info(stream)).state
+        state = await self._stream_state(js, stream, timeout)
         out: dict[str, M] = {}
         if not state.messages:
             return out
@@ -129,6 +132,21 @@ class Bucket(Generic[M]):
             raise Unavailable(f"could not read bucket {self.kv._name} within {timeout:g}s") from None
         finally:
             await sub.unsubscribe()
+
+    @staticmethod
+    async def _stream_state(js: JetStreamContext, stream: str, timeout: float) -> StreamState:
+        """The bucket stream's state. Right after another replica created the bucket on a JetStream cluster,
+        or during a leader election, it can read as missing or time out for a moment: retry, within bounds."""
+        give_up = time.monotonic() + timeout
+        attempt = 0
+        while True:
+            try:
+                return (await js.stream_info(stream)).state
+            except (NotFoundError, NatsTimeout, ServiceUnavailableError) as exc:
+                if time.monotonic() > give_up:
+                    raise Unavailable(f"bucket stream {stream} unavailable: {exc}") from None
+                await asyncio.sleep(backoff_delay(attempt, base=0.1, cap=1.0))
+                attempt += 1
 
     async def keys(self) -> list[str]:
         return list(await self.items())
