@@ -88,6 +88,10 @@ def platform_streams(replicas: int) -> list[StreamConfig]:
     ]
 
 
+CMD_MAX_CONSUMERS = 1_000_000
+"""Durable consumers the CMD stream allows: one per connected cluster."""
+
+
 def cmd_stream(replicas: int) -> StreamConfig:
     """Commands to agents: a work queue, one durable consumer per agent filtered on its cluster."""
     return StreamConfig(
@@ -98,7 +102,9 @@ def cmd_stream(replicas: int) -> StreamConfig:
         storage=StorageType.FILE,
         num_replicas=replicas,
         duplicate_window=24 * 3600.0,
-        max_consumers=-1,
+        # -1 would mean the server's default, and nats-server 2.15 defaults to 1,000 consumers per stream:
+        # agent 1,001 would be refused its command consumer.
+        max_consumers=CMD_MAX_CONSUMERS,
     )
 
 
@@ -147,16 +153,30 @@ async def ensure_bucket(
     history: int = 1,
     ttl: float | None = None,
 ) -> Bucket[M]:
-    """Open the bucket, creating it on first use (retried like ``ensure_stream``)."""
+    """Open the bucket, creating it on first use (retried like ``ensure_stream``).
+
+    On a single server, reads are direct gets: they bypass the JetStream API queue, which thousands of agents
+    declaring their command consumers (after a restart, say) keep busy for seconds. With replicas, a direct
+    get may be answered by a follower that lags, so there reads stay with the leader.
+    """
+    direct = replicas == 1
 
     async def step() -> KeyValue:
         try:
-            return await js.key_value(name)
+            kv = await js.key_value(name)
         except BucketNotFoundError:
             kv = await js.create_key_value(
-                KeyValueConfig(bucket=name, history=history, replicas=replicas, ttl=ttl, storage=StorageType.FILE)
+                KeyValueConfig(
+                    bucket=name, history=history, replicas=replicas, ttl=ttl, storage=StorageType.FILE, direct=direct
+                )
             )
             logger.info("created bucket %s", name)
             return kv
+        if direct and not kv._direct:
+            config = (await js.stream_info(f"KV_{name}")).config
+            config.allow_direct = True
+            await js.update_stream(config)
+            kv = await js.key_value(name)
+        return kv
 
     return Bucket(await _declare(f"bucket {name}", step), type_)

@@ -37,6 +37,8 @@ class Fleet:
     state_root: Path
     log_dir: Path
     workers: int = 2
+    start_concurrency: int = 0
+    """Agents starting at once per worker (0: all at once)."""
     env: dict[str, str] = field(default_factory=dict)
     on_event: Callable[[dict[str, Any]], None] | None = None
     procs: list[WorkerProc] = field(default_factory=list)
@@ -64,6 +66,7 @@ class Fleet:
             part = names[i::n]
             config = {
                 "server": self.server,
+                "start_concurrency": self.start_concurrency,
                 "agents": [{"cluster": c, "token": self.agents[c], "state_dir": str(self.state_dir(c))} for c in part],
             }
             path = self.log_dir / f"worker-{i}.json"

@@ -36,17 +36,19 @@ class LeanHttp:
         ).encode()
         async with self.gate:
             for attempt in range(2):
-                fresh = not self.idle
-                conn = self.idle.pop() if self.idle else await self._open()
+                fresh = attempt > 0 or not self.idle
+                conn = await self._open() if fresh else self.idle.pop()
                 reader, writer = conn
                 try:
                     writer.write(head + payload)
                     status, data = await self._response(reader)
                 except (OSError, asyncio.IncompleteReadError, HttpError):
                     writer.close()
-                    if fresh or attempt:
+                    if fresh:
                         raise
-                    continue  # a kept-alive connection the server had closed: once more on a new one
+                    # A kept-alive connection the server closed while idle (and so, likely, the other idle
+                    # ones): once more on a new one.
+                    continue
                 self.idle.append(conn)
                 return status, json.loads(data) if data else None
         raise AssertionError("unreachable")

@@ -293,9 +293,10 @@ class Bench:
             log_dir=self.root / "workers",
             workers=workers,
             env={"TETHER_LOG_LEVEL": "WARNING"},
+            start_concurrency=max(1, self.args.start_concurrency // workers),
         )
         await self.fleet.spawn()
-        log(f"fleet: {workers} worker processes ready; starting {n} agents at once")
+        log(f"fleet: {workers} worker processes ready; starting {n} agents ({self.args.start_concurrency} at a time)")
         started = time.time()
         await self.fleet.start()
         want = set(self.clusters)
@@ -753,6 +754,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kill", type=int, default=0, help="agents killed for offline detection (default N/20)")
     p.add_argument("--pending", type=int, default=0, help="commands pending in the storm (default: all tenants)")
     p.add_argument("--outage", type=float, default=2.0, help="seconds NATS stays down in the storm")
+    p.add_argument(
+        "--start-concurrency",
+        type=int,
+        default=400,
+        help="first connects in flight at once over all workers (each trades its one-time token with the "
+        "registry; default 400)",
+    )
     p.add_argument("--connect-timeout", type=float, default=900.0)
     p.add_argument("--storm-timeout", type=float, default=600.0)
     p.add_argument("--phases", default="2,3,4,5", help="which of the phases 2-5 to run (1 and 6 always run)")

@@ -110,6 +110,8 @@ class Worker:
         self.agents: dict[str, BenchAgent] = {}
         self.out = sys.stdout
         self.tasks: set[asyncio.Task[None]] = set()
+        self.starting = asyncio.Semaphore(int(config.get("start_concurrency") or 1_000_000))
+        """Agents starting at once in this process (a fleet rolls out in waves, not in one instant)."""
 
     def emit(self, **obj: Any) -> None:
         self.out.write(json.dumps(obj) + "\n")
@@ -134,7 +136,8 @@ class Worker:
         agent = BenchAgent(self.settings(cluster), gate=self.gate, tracer_provider=self.provider)
         self.agents[cluster] = agent
         try:
-            await agent.start()
+            async with self.starting:
+                await agent.start()
         except Exception as exc:
             self.emit(ev="failed", cluster=cluster, error=f"{type(exc).__name__}: {exc}", t=time.time())
             return
