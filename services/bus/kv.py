@@ -114,7 +114,10 @@ class Bucket(Generic[M]):
             cb=received,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-            inactive_threshold=30.0,
+            # The server reaps the consumer this long after the read ends. Short: a stream allows 1,000
+            # consumers (nats-server 2.15's default), and a busy lifecycle reads the bucket dozens of times
+            # a second (a create, an inventory), so 30 s of leftovers ran into that limit.
+            inactive_threshold=2.0,
         )
         try:
             async with asyncio.timeout(timeout):

@@ -174,6 +174,8 @@ class Bench:
         self.args = args
         self.n: int = args.agents
         self.results: dict[str, Any] = {"agents": self.n, "machine": machine()}
+        if args.work_dir:
+            shutil.rmtree(args.work_dir, ignore_errors=True)  # a run starts from nothing
         root = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="tether-bench-"))
         self.root = root
         self.stack = BenchStack(tmp=root / "platform", env_overrides=dict(PROD_ENV))
@@ -764,7 +766,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connect-timeout", type=float, default=900.0)
     p.add_argument("--storm-timeout", type=float, default=600.0)
     p.add_argument("--phases", default="2,3,4,5", help="which of the phases 2-5 to run (1 and 6 always run)")
-    p.add_argument("--work-dir", help="keep everything here (default: a temporary dir, removed)")
+    p.add_argument("--work-dir", help="emptied, then everything is kept here (default: a temporary dir, removed)")
     p.add_argument("--keep", action="store_true", help="keep the temporary work dir (logs)")
     return p.parse_args(argv)
 
