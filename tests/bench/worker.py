@@ -13,8 +13,8 @@ Requests (stdin) and their answers (stdout, ``{"id": <request id>, ...}``):
 - ``{"op": "kill", "clusters": [...]}``: stop those agents without a goodbye (tasks cancelled, socket
   closed, nothing drained); answers each one's last heartbeat time.
 - ``{"op": "gate", "open": bool}``: while closed, no agent fetches a command (they stay connected).
-- ``{"op": "stats", "since": t}``: counts (connected, reconnected/inventory sent after ``since``),
-  the latest of those times, and this process's RSS.
+- ``{"op": "stats", "since": t}``: counts (connected, reconnected/inventory sent after ``since``,
+  command consumers created or updated), the latest of those times, and this process's RSS.
 - ``{"op": "stop"}``: stop every agent in order, answer, exit.
 """
 
@@ -177,6 +177,7 @@ class Worker:
                 "live": len(live),
                 "connected": len(connected),
                 "applied": sum(a.commands_applied for a in self.agents.values()),
+                "declarations": sum(a._queue.declarations for a in self.agents.values() if a._queue is not None),
                 "reconnected": len(reconnected),
                 "reconnected_last": max(reconnected, default=0.0),
                 "inventoried": len(inventories),
