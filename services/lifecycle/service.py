@@ -66,6 +66,7 @@ from services.bus.publishing import publish
 from services.bus.settings import ServiceSettings
 from services.bus.streams import cmd_stream, ensure_stream
 from services.lifecycle import logic
+from services.lifecycle.concurrency import KeyedLocks, all_done
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class Lifecycle:
         self.timeout = settings.common.bus.request_timeout
         self.empty_since: dict[str, float] = {}
         self._writes = asyncio.Lock()
+        self._objects = KeyedLocks()
         self._snapshot: tuple[float, list[WorkloadRecord]] | None = None
 
     def _observe_pending(self, _options: CallbackOptions) -> list[Observation]:
@@ -160,6 +162,12 @@ class Lifecycle:
 
     # -- commands and events ----------------------------------------------------------------
     async def send(self, record: WorkloadRecord, op_id: str | None = None, by: str = "") -> None:
+        """Publish the command and its audit record; returns when the stream has both.
+
+        The two publishes overlap: each is retried with its own message id until acknowledged, and neither
+        depends on the other (a command whose publish fails is re-sent from the desired state, and its audit
+        record, once in, is not written twice).
+        """
         command = Command(
             op_id=op_id or record.op_id,
             generation=record.generation,
@@ -167,25 +175,23 @@ class Lifecycle:
             issued_at=time.time(),
             operation=record.operation,
         )
-        await publish(self.js, subjects.cmd(record.spec.cluster, subjects.VERB_APPLY), command, msg_id=command.op_id)
-        self.issued.add(1, {"cluster": record.spec.cluster})
         span = trace.get_current_span().get_span_context()
-        await publish(
-            self.js,
-            subjects.audit_command(record.spec.cluster),
-            AuditRecord(
-                kind="command",
-                at=time.time(),
-                user=by or record.created_by,
-                action=record.operation,
-                target=f"{record.spec.kind}/{record.spec.project}/{record.spec.name}",
-                cluster=record.spec.cluster,
-                result="issued",
-                op_id=command.op_id,
-                trace_id=f"{span.trace_id:032x}" if span.is_valid else "",
-            ),
-            msg_id=f"audit-{command.op_id}",
+        audit = AuditRecord(
+            kind="command",
+            at=time.time(),
+            user=by or record.created_by,
+            action=record.operation,
+            target=f"{record.spec.kind}/{record.spec.project}/{record.spec.name}",
+            cluster=record.spec.cluster,
+            result="issued",
+            op_id=command.op_id,
+            trace_id=f"{span.trace_id:032x}" if span.is_valid else "",
         )
+        await all_done(
+            publish(self.js, subjects.cmd(record.spec.cluster, subjects.VERB_APPLY), command, msg_id=command.op_id),
+            publish(self.js, subjects.audit_command(record.spec.cluster), audit, msg_id=f"audit-{command.op_id}"),
+        )
+        self.issued.add(1, {"cluster": record.spec.cluster})
 
     async def announce(self, old: WorkloadRecord | None, new: WorkloadRecord, reason: str = "") -> None:
         before = logic.phase(old) if old else None
@@ -265,8 +271,7 @@ class Lifecycle:
                 await self.desired.update(k, record, previous[1])
         crash_point("lifecycle-after-desired-write")
         logger.info("%s %s/%s desired on %s (op %s)", req.kind, req.project, req.name, cluster, record.op_id)
-        await self.send(record)
-        await self.announce(None, record, "Created")
+        await all_done(self.send(record), self.announce(None, record, "Created"))
         return record
 
     async def placement_view(self, requested: str) -> tuple[dict[str, ClusterRecord], dict[str, Presence]]:
@@ -324,7 +329,11 @@ class Lifecycle:
         if req.version and req.action != "upgrade":
             raise InvalidInput(f"--version applies to upgrade, not {req.action}")
         op_id = new_op_id()
-        async with self._writes:
+        # One action at a time per object (a second one waits, then sees the first's result rather than a
+        # conflict); actions on different objects run side by side: the CAS write settles any race with a
+        # create, a result or another replica. Only an upgrade checks the quota, so only it takes the
+        # writers' lock that keeps quota checks honest.
+        async with self._objects.hold(subjects.workload_key(ref.kind, ref.project, ref.name)):
             record, revision = await self.get_record(ref)
             if logic.repeats_pending(record, req.action, req.version):
                 # A retry of the pending operation after a lost answer (a crash, a NATS failover): make
@@ -337,14 +346,16 @@ class Lifecycle:
             if req.action == "upgrade":
                 # An upgrade runs old and new control planes side by side for a while.
                 project = await self.project(req.project)
-                logic.check_quota(project, await self.all_records(), req.kind, record.spec.resources, count=0)
-            await self.desired.update(logic.key(new.spec), new, revision)
+                async with self._writes:
+                    logic.check_quota(project, await self.all_records(), req.kind, record.spec.resources, count=0)
+                    await self.desired.update(logic.key(new.spec), new, revision)
+            else:
+                await self.desired.update(logic.key(new.spec), new, revision)
         crash_point("lifecycle-after-desired-write")
         logger.info(
             "%s %s/%s: %s (generation %d, op %s)", req.kind, req.project, req.name, req.action, new.generation, op_id
         )
-        await self.send(new, by=req.by)
-        await self.announce(record, new, req.action.capitalize())
+        await all_done(self.send(new, by=req.by), self.announce(record, new, req.action.capitalize()))
         return new
 
     # -- agent results, inventories, membership changes ---------------------------------------------
