@@ -38,8 +38,12 @@ def ensure_dir(directory: Path) -> Path:
 
 def write_json_atomic(path: Path, data: dict[str, Any], mode: int = FILE_MODE) -> None:
     """Replace ``path`` with ``data`` as JSON, atomically and durably, with permissions ``mode``."""
+    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), mode)
+
+
+def write_bytes_atomic(path: Path, payload: bytes, mode: int = FILE_MODE) -> None:
+    """Replace ``path`` with ``payload``, atomically and durably, with permissions ``mode``."""
     ensure_dir(path.parent)
-    payload = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:

@@ -50,7 +50,7 @@ from agent import VERSION
 from agent.drivers import ApplyOutcome
 from agent.errors import ClusterUnreachable, DriverError
 from agent.settings import AgentSettings
-from agent.statefiles import read_json, write_json_atomic
+from agent.statefiles import read_json, write_bytes_atomic, write_json_atomic
 from schemas.messages import (
     Capacity,
     ClusterHealth,
@@ -402,7 +402,10 @@ class SimCluster:
         write and the swap, and a cancellation cannot fall between them.
         """
         try:
-            write_json_atomic(self._objects_path, msgspec.to_builtins(new))
+            # msgspec's encoder and formatter (C), not json.dumps with an indent (pure Python): the whole
+            # state, ledger included, is written on every apply, and that was most of a busy agent's CPU.
+            payload = msgspec.json.format(msgspec.json.encode(new, order="sorted"), indent=2) + b"\n"
+            write_bytes_atomic(self._objects_path, payload)
         except OSError as exc:
             raise DriverError(
                 f"cannot save the simulated cluster's objects to {self._objects_path}: {exc}",
