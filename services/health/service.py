@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from opentelemetry.metrics import Histogram
 
 from schemas import subjects
-from schemas.errors import NotFound, TetherError
+from schemas.errors import Conflict, NotFound, TetherError
 from schemas.messages import (
     ClusterEvent,
     Empty,
@@ -79,6 +79,11 @@ class HealthMonitor:
         self.bucket = presence
         self.presence: dict[str, Presence] = {}
         self.dirty: set[str] = set()
+        self.written: dict[str, tuple[Presence, int]] = {}
+        """What this replica last wrote of a cluster's presence, and its revision. A flush writes on top of
+        it (compare-and-set) without reading first: half the KV round trips of 200 heartbeats a second at
+        1,000 clusters. Anyone else's write since (a transition, another replica) makes the write fail and
+        the next one read first."""
         self.malformed = 0
         self.lag: Histogram | None = None
 
@@ -124,6 +129,7 @@ class HealthMonitor:
             wrote = True
             return new
 
+        self.written.pop(new.cluster, None)
         try:
             await self.bucket.mutate(new.cluster, change)
         except TetherError as exc:
@@ -149,12 +155,34 @@ class HealthMonitor:
             if mine is None:
                 continue
             try:
-                await self.bucket.mutate(
-                    name, lambda stored, mine=mine: mine if stored is None else logic.merge_seen(stored, mine)
-                )
+                await self._flush(name, mine)
+            except Conflict:
+                self.dirty.add(name)  # written by another replica right now: the next flush reads it
             except TetherError as exc:
                 logger.warning("could not flush presence of %s: %s", name, exc)
                 self.dirty.add(name)
+
+    async def _flush(self, name: str, mine: Presence) -> None:
+        last = self.written.pop(name, None)
+        if last is not None:
+            new = logic.merge_seen(last[0], mine)
+            if new is None:
+                self.written[name] = last
+                return
+            try:
+                self.written[name] = (new, await self.bucket.update(name, new, last[1]))
+                return
+            except Conflict:
+                pass  # written by someone else since: read it
+        found = await self.bucket.get(name)
+        if found is None:
+            self.written[name] = (mine, await self.bucket.create(name, mine))
+            return
+        new = logic.merge_seen(found[0], mine)
+        if new is None:
+            self.written[name] = found
+            return
+        self.written[name] = (new, await self.bucket.update(name, new, found[1]))
 
     async def on_disconnected(self, msg: Msg) -> None:
         try:

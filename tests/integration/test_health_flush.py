@@ -1,0 +1,73 @@
+"""Health's last-seen flush against a real nats-server: two replicas writing one presence bucket."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from schemas import subjects
+from schemas.messages import ClusterHealth, Heartbeat, Presence
+from services.bus import Bucket, ensure_bucket
+from services.health import logic
+from services.health.service import HealthMonitor, Settings
+from services.platform.natsd import NatsServer
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Client]:
+    await nats_server.wait_ready()
+    conn = await nats.connect(nats_server.url)
+    yield conn
+    await conn.drain()
+
+
+class CountingBucket(Bucket[Presence]):
+    reads = 0
+
+    async def get(self, key: str) -> tuple[Presence, int] | None:
+        self.reads += 1
+        return await super().get(key)
+
+
+def beat(monitor: HealthMonitor, cluster: str, now: float) -> None:
+    """What ``on_heartbeat`` does with a heartbeat of an online cluster: note it, flush it later."""
+    hb = Heartbeat(cluster=cluster, session="s", seq=1, sent_at=now, health=ClusterHealth())
+    monitor.presence[cluster], _ = logic.observe(monitor.presence.get(cluster), hb, now)
+    monitor.dirty.add(cluster)
+
+
+async def test_flush_writes_without_reading_and_never_goes_back_in_time(nc: Client) -> None:
+    js = nc.jetstream()
+    plain = await ensure_bucket(js, subjects.BUCKET_PRESENCE, Presence, replicas=1)
+    a_bucket = CountingBucket(plain.kv, Presence)
+    a = HealthMonitor(Settings(), js, a_bucket)
+    b = HealthMonitor(Settings(), js, plain)
+
+    async def stored() -> float:
+        found = await plain.get("c1")
+        assert found is not None
+        return found[0].last_seen
+
+    beat(a, "c1", 100.0)
+    await a.flush_once()
+    beat(a, "c1", 110.0)
+    reads = a_bucket.reads
+    await a.flush_once()
+    assert await stored() == 110.0
+    assert a_bucket.reads == reads, "a replica's own last write is the base of its next one: no read"
+
+    beat(b, "c1", 120.0)  # the other replica heard a later heartbeat
+    await b.flush_once()
+    beat(a, "c1", 115.0)
+    await a.flush_once()
+    assert await stored() == 120.0, "an older last-seen never overwrites a newer one"
+    assert not a.dirty
+
+    beat(a, "c1", 130.0)
+    await a.flush_once()
+    assert await stored() == 130.0
+    assert not a.dirty and not b.dirty
