@@ -618,6 +618,11 @@ class CommandQueue:
         self.declarations = 0
         """Consumer creations (or updates) this queue asked for; lookups are not counted."""
 
+    @property
+    def bound(self) -> bool:
+        """Whether commands can be fetched (the consumer is declared and bound)."""
+        return self._sub is not None
+
     def config(self) -> ConsumerConfig:
         name = self.consumer
         return ConsumerConfig(

@@ -188,3 +188,49 @@ async def bare_connections(connect: Connect, count: int) -> tuple[list[nats.aio.
 
     conns = await asyncio.gather(*(one() for _ in range(count)))
     return list(conns), time.monotonic() - t0
+
+
+async def consumer_creation(connect: Connect, count: int, concurrency: int = 64) -> dict[str, Any]:
+    """``count`` durable consumers, one per cluster-like filter, created on a scratch work-queue stream the
+    way agents create theirs (file storage, explicit acks); the stream is deleted afterwards.
+
+    On a work-queue stream nats-server checks every new consumer's filter against all the others, so the
+    rate falls as the count grows: this is the floor under "every agent bound to its command consumer".
+    """
+    nc = await connect()
+    js = nc.jetstream()
+    stream = "BENCH_WQ"
+    try:
+        await js.add_stream(
+            StreamConfig(
+                name=stream,
+                subjects=["bench.wq.>"],
+                retention=RetentionPolicy.WORK_QUEUE,
+                max_consumers=count + 1,
+            )
+        )
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> None:
+            name = f"c{i:06d}"
+            async with sem:
+                await js.add_consumer(
+                    stream,
+                    ConsumerConfig(
+                        name=name,
+                        durable_name=name,
+                        filter_subject=f"bench.wq.{name}.>",
+                        ack_policy=AckPolicy.EXPLICIT,
+                        max_ack_pending=1,
+                    ),
+                    timeout=120,
+                )
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(one(i) for i in range(count)))
+        took = time.monotonic() - t0
+        return {"consumers": count, "seconds": took, "consumers_per_s": count / took}
+    finally:
+        with contextlib.suppress(Exception):
+            await js.delete_stream(stream)
+        await nc.close()

@@ -159,7 +159,7 @@ class Fleet:
     async def stats(self, since: float = 0.0) -> dict[str, Any]:
         parts = await self.ask_all(op="stats", since=since)
         total: dict[str, Any] = {"workers_rss": [p["rss"] for p in parts]}
-        for key in ("agents", "live", "connected", "applied", "declarations", "reconnected", "inventoried"):
+        for key in ("agents", "live", "connected", "applied", "declarations", "bound", "reconnected", "inventoried"):
             total[key] = sum(p[key] for p in parts)
         for key in ("reconnected_last", "inventoried_last"):
             total[key] = max(p[key] for p in parts)

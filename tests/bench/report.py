@@ -99,6 +99,11 @@ def render(r: dict[str, Any]) -> str:
         "    per agent, start → online p50 / p99",
         f"{_s(_get(c, 'online_after', 'p50'))} / {_s(_get(c, 'online_after', 'p99'))}",
     )
+    row(
+        "    all bound to their command consumer",
+        _s(c.get("all_bound_s", math.nan)),
+        f"{b.get('consumers', 0)} consumers created: {b.get('consumers_per_s', math.nan):.0f}/s",
+    )
     hb = r.get("heartbeats", {})
     row(
         "(2) heartbeats processed, steady (offered N/5 s)",

@@ -279,6 +279,9 @@ class Bench:
         }
         each = (nats_with - nats_before) / bare_n / KB
         log(f"baseline: {bare_n} bare connections in {took:.2f}s; NATS +{each:.1f} KB each")
+        created = await baseline.consumer_creation(self.connect, n)
+        self.results["baseline_connect"].update(created)
+        log(f"baseline: {n} work-queue consumers created in {created['seconds']:.1f}s")
 
         # Register the clusters (setup, not measured: one connect token each, from the registry).
         t0 = time.monotonic()
@@ -308,17 +311,29 @@ class Bench:
             interval=0.2,
             what=f"all {n} agents online (online: {len(self.online)}, up: {len(self.fleet.up)})",
         )
-        last_up = max(self.fleet.up[c] for c in self.clusters)
         last_online = max(self.online[c] for c in self.clusters)
+        fleet = self.fleet
+
+        async def all_bound() -> bool:
+            return bool((await fleet.stats())["bound"] == n)
+
+        # Online is not yet ready for commands: each agent also looks up (or creates) its command consumer.
+        await wait_for(all_bound, timeout=self.args.connect_timeout, interval=1.0, what=f"all {n} command consumers")
+        bound_at = time.time()
+        last_up = max(self.fleet.up[c] for c in self.clusters)
         per_agent = [self.online[c] - started for c in self.clusters]
         self.results["connect"] = {
             "seconds": last_online - started,
             "agents_per_s": n / max(1e-9, last_online - started),
             "last_agent_up_s": last_up - started,
+            "all_bound_s": bound_at - started,
             "online_after": summary(per_agent),
             "failed_attempts": len(self.fleet.failed),
         }
-        log(f"(1) all {n} agents online in {last_online - started:.1f}s")
+        log(
+            f"(1) all {n} agents online in {last_online - started:.1f}s, all bound to their command consumer by "
+            f"{bound_at - started:.1f}s"
+        )
         await asyncio.sleep(3)
         rss_connected = self.stack.rss()
         self.results["rss_connected"] = rss_connected

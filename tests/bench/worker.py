@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from opentelemetry.sdk.trace import TracerProvider
 
+from agent.cli import new_event_loop
 from agent.running import Agent
 from agent.settings import AgentSettings
 
@@ -178,6 +179,7 @@ class Worker:
                 "connected": len(connected),
                 "applied": sum(a.commands_applied for a in self.agents.values()),
                 "declarations": sum(a._queue.declarations for a in self.agents.values() if a._queue is not None),
+                "bound": sum(1 for a in live if a._queue is not None and a._queue.bound),
                 "reconnected": len(reconnected),
                 "reconnected_last": max(reconnected, default=0.0),
                 "inventoried": len(inventories),
@@ -216,7 +218,9 @@ def main() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    asyncio.run(Worker(config).serve())
+    # The agent's own loop (agent.cli): uvloop where it is installed.
+    with asyncio.Runner(loop_factory=new_event_loop) as run:
+        run.run(Worker(config).serve())
 
 
 if __name__ == "__main__":
