@@ -179,6 +179,16 @@ async def _serve(settings: AgentSettings) -> int:
     return EXIT_OK
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop where it is installed (Linux, macOS), the standard one elsewhere: the agent's
+    work is NATS round trips, and uvloop runs the loop and the socket I/O in C."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_normalise(list(sys.argv[1:] if argv is None else argv)))
     setup_logging()
@@ -190,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             f"(state in {settings.state_path})",
             flush=True,
         )
-        return asyncio.run(_serve(settings))
+        with asyncio.Runner(loop_factory=new_event_loop) as run:
+            return run.run(_serve(settings))
     except AgentError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_PERMANENT
