@@ -1,10 +1,15 @@
-"""Concurrency helpers of lifecycle's handlers (plain asyncio, no bus)."""
+"""Concurrency helpers of lifecycle's handlers (plain asyncio, no bus): locks, overlapping steps, a bounded
+memory of recent writes."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
 
 
 async def all_done(*steps: Awaitable[object]) -> None:
@@ -37,3 +42,29 @@ class KeyedLocks:
                 del self._locks[key]
             else:
                 self._locks[key] = (lock, users - 1)
+
+
+class Recent(Generic[V]):
+    """The ``size`` most recently used entries of a map; older ones are forgotten."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[str, V] = OrderedDict()
+
+    def get(self, key: str) -> V | None:
+        found = self._items.get(key)
+        if found is not None:
+            self._items.move_to_end(key)
+        return found
+
+    def put(self, key: str, value: V) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def forget(self, key: str) -> None:
+        self._items.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._items)

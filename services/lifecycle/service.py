@@ -66,7 +66,7 @@ from services.bus.publishing import publish
 from services.bus.settings import ServiceSettings
 from services.bus.streams import cmd_stream, ensure_stream
 from services.lifecycle import logic
-from services.lifecycle.concurrency import KeyedLocks, all_done
+from services.lifecycle.concurrency import KeyedLocks, Recent, all_done
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,10 @@ class Settings:
 RESULT_CONCURRENCY = 32
 """Results of different clusters recorded at once (one cluster's still in order): each waits on KV and
 stream round trips, and one at a time capped the fleet at about a hundred commands a second."""
+
+KNOWN_RECORDS = 20_000
+"""Records this replica wrote last, remembered with their revision (about 1 KB each): the next action or
+result on one of them writes on top of it (compare-and-set) without reading it first."""
 
 INVENTORY_SNAPSHOT_TTL = 1.0
 """Seconds one scan of the desired state serves inventories (10,000 agents report every 2 minutes)."""
@@ -140,6 +144,7 @@ class Lifecycle:
         self.empty_since: dict[str, float] = {}
         self._writes = asyncio.Lock()
         self._objects = KeyedLocks()
+        self._known: Recent[tuple[WorkloadRecord, int]] = Recent(KNOWN_RECORDS)
         self._snapshot: tuple[float, list[WorkloadRecord]] | None = None
 
     def _observe_pending(self, _options: CallbackOptions) -> list[Observation]:
@@ -266,9 +271,10 @@ class Lifecycle:
                 req, project, cluster, membership, time.time(), new_op_id(), previous[0] if previous else None
             )
             if previous is None:
-                await self.desired.create(k, record)
+                revision = await self.desired.create(k, record)
             else:
-                await self.desired.update(k, record, previous[1])
+                revision = await self.desired.update(k, record, previous[1])
+            self._known.put(k, (record, revision))
         crash_point("lifecycle-after-desired-write")
         logger.info("%s %s/%s desired on %s (op %s)", req.kind, req.project, req.name, cluster, record.op_id)
         await all_done(self.send(record), self.announce(None, record, "Created"))
@@ -333,24 +339,16 @@ class Lifecycle:
         # conflict); actions on different objects run side by side: the CAS write settles any race with a
         # create, a result or another replica. Only an upgrade checks the quota, so only it takes the
         # writers' lock that keeps quota checks honest.
-        async with self._objects.hold(subjects.workload_key(ref.kind, ref.project, ref.name)):
-            record, revision = await self.get_record(ref)
-            if logic.repeats_pending(record, req.action, req.version):
-                # A retry of the pending operation after a lost answer (a crash, a NATS failover): make
-                # sure its command went out; the stream drops it if it has it already.
-                await self.send(record, by=req.by)
-                return record
-            new = logic.act(record, req.action, req.version, op_id, time.time())
-            if new is None:
-                return record
-            if req.action == "upgrade":
-                # An upgrade runs old and new control planes side by side for a while.
-                project = await self.project(req.project)
-                async with self._writes:
-                    logic.check_quota(project, await self.all_records(), req.kind, record.spec.resources, count=0)
-                    await self.desired.update(logic.key(new.spec), new, revision)
-            else:
-                await self.desired.update(logic.key(new.spec), new, revision)
+        k = subjects.workload_key(ref.kind, ref.project, ref.name)
+        async with self._objects.hold(k):
+            known = self._known.get(k)
+            done = await self._act(req, known, op_id) if known is not None else None
+            if done is None:
+                done = await self._act(req, await self.get_record(ref), op_id, fresh=True)
+                assert done is not None  # a record just read always decides
+            record, new = done
+        if new is None:
+            return record
         crash_point("lifecycle-after-desired-write")
         logger.info(
             "%s %s/%s: %s (generation %d, op %s)", req.kind, req.project, req.name, req.action, new.generation, op_id
@@ -358,30 +356,86 @@ class Lifecycle:
         await all_done(self.send(new, by=req.by), self.announce(record, new, req.action.capitalize()))
         return new
 
+    async def _act(
+        self, req: WorkloadAction, found: tuple[WorkloadRecord, int], op_id: str, *, fresh: bool = False
+    ) -> tuple[WorkloadRecord, WorkloadRecord | None] | None:
+        """(the record, the new one written or None); None when ``found`` is a remembered record that may be
+        old (anything but a successful write on top of it): the caller reads the record and decides again."""
+        record, revision = found
+        if not fresh and logic.is_tombstone(record):
+            return None
+        if logic.repeats_pending(record, req.action, req.version):
+            if not fresh:
+                return None
+            # A retry of the pending operation after a lost answer (a crash, a NATS failover): make sure its
+            # command went out; the stream drops it if it has it already.
+            await self.send(record, by=req.by)
+            return record, None
+        try:
+            new = logic.act(record, req.action, req.version, op_id, time.time())
+        except TetherError:
+            if not fresh:
+                return None
+            raise
+        if new is None:
+            return (record, None) if fresh else None
+        k = logic.key(new.spec)
+        try:
+            if req.action == "upgrade":
+                # An upgrade runs old and new control planes side by side for a while.
+                project = await self.project(req.project)
+                async with self._writes:
+                    logic.check_quota(project, await self.all_records(), req.kind, record.spec.resources, count=0)
+                    written = await self.desired.update(k, new, revision)
+            else:
+                written = await self.desired.update(k, new, revision)
+        except Conflict:
+            self._known.forget(k)
+            if not fresh:
+                return None
+            raise
+        self._known.put(k, (new, written))
+        return record, new
+
     # -- agent results, inventories, membership changes ---------------------------------------------
     async def on_result(self, msg: Msg) -> None:
         result = decode(msg.data, CommandResult)
         if subjects.cluster_of_evt(msg.subject) != result.cluster:
             raise InvalidInput(f"result for {result.cluster!r} arrived on {msg.subject!r}")
         k = subjects.workload_key(result.kind, result.project, result.name)
+        known = self._known.get(k)
+        if known is not None and await self._record_result(k, result, known):
+            return
         found = await self.desired.get(k)
         if found is None:
             return  # an orphan's deletion, or a record already forgotten
+        await self._record_result(k, result, found, fresh=True)
+
+    async def _record_result(
+        self, k: str, result: CommandResult, found: tuple[WorkloadRecord, int], *, fresh: bool = False
+    ) -> bool:
+        """Fold ``result`` into the record; False when ``found`` is a remembered record that may be old
+        (anything but a successful write on top of it): the caller reads the record and tries again."""
         record, revision = found
         if record.spec.cluster != result.cluster:
-            logger.warning("result for %s from %s, but it lives on %s", k, result.cluster, record.spec.cluster)
-            return
+            if fresh:
+                logger.warning("result for %s from %s, but it lives on %s", k, result.cluster, record.spec.cluster)
+            return fresh
         if logic.is_tombstone(record):
-            return  # a late copy of the deletion's result
+            return fresh  # a late copy of the deletion's result
         new, gone = logic.observe(record, result, time.time())
         if new is record:
-            return
+            return fresh
         try:
-            await self.desired.update(k, new, revision)  # a deleted object stays, as a tombstone
+            written = await self.desired.update(k, new, revision)  # a deleted object stays, as a tombstone
         except Conflict:
+            self._known.forget(k)
+            if not fresh:
+                return False
             # Another replica (or an action) wrote the record meanwhile: redelivered, the result is folded
             # into the new one (dropping it would leave the record out of sync until the next resync).
             raise Unavailable(f"{k} changed while a result was being recorded") from None
+        self._known.put(k, (new, written))
         if result.generation == record.generation and result.applied:
             (self.applied if result.ok else self.failed).add(1, {"cluster": result.cluster})
             if result.ok:
@@ -389,10 +443,11 @@ class Lifecycle:
         if gone:
             logger.info("%s deleted from %s", k, result.cluster)
             await self.announce_deleted(record)
-            return
+            return True
         if not result.ok:
             logger.warning("%s failed on %s: %s: %s", k, result.cluster, result.reason, result.message)
         await self.announce(record, new, result.reason or "Applied")
+        return True
 
     async def announce_deleted(self, record: WorkloadRecord) -> None:
         event = WorkloadEvent(

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from services.lifecycle.concurrency import KeyedLocks, all_done
+from services.lifecycle.concurrency import KeyedLocks, Recent, all_done
 
 
 async def test_one_key_at_a_time_different_keys_side_by_side() -> None:
@@ -67,3 +67,14 @@ async def test_all_done_waits_for_every_step_before_raising() -> None:
     assert finished == ["slow"], "the other step ran to its end before the failure was raised"
     await all_done(slow())
     assert finished == ["slow", "slow"]
+
+
+def test_recent_keeps_the_most_recently_used() -> None:
+    recent: Recent[int] = Recent(2)
+    recent.put("a", 1)
+    recent.put("b", 2)
+    assert recent.get("a") == 1  # "a" is now the most recently used
+    recent.put("c", 3)
+    assert (recent.get("a"), recent.get("b"), recent.get("c")) == (1, None, 3)
+    recent.forget("a")
+    assert recent.get("a") is None and len(recent) == 1

@@ -1,0 +1,128 @@
+"""Two lifecycle replicas on one desired-state bucket (real nats-server): each writes on top of the record it
+wrote last without reading it first, and a write by the other one is never missed or overwritten."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from schemas import subjects
+from schemas.messages import (
+    CommandResult,
+    Membership,
+    ProjectRecord,
+    WorkloadAction,
+    WorkloadCreate,
+    WorkloadRecord,
+    encode,
+)
+from services.bus import Bucket, ensure_bucket, ensure_platform_streams
+from services.lifecycle import logic
+from services.lifecycle.service import Lifecycle, Settings
+from services.platform.natsd import NatsServer
+
+KEY = subjects.workload_key("tenant", "p1", "t1")
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Client]:
+    await nats_server.wait_ready()
+    conn = await nats.connect(nats_server.url)
+    yield conn
+    await conn.drain()
+
+
+class CountingBucket(Bucket[WorkloadRecord]):
+    reads = 0
+
+    async def get(self, key: str) -> tuple[WorkloadRecord, int] | None:
+        self.reads += 1
+        return await super().get(key)
+
+
+@dataclass
+class Delivered:
+    """The part of a delivered result lifecycle reads."""
+
+    subject: str
+    data: bytes
+
+
+def result_of(record: WorkloadRecord) -> Delivered:
+    spec = record.spec
+    result = CommandResult(
+        op_id=record.op_id,
+        cluster=spec.cluster,
+        kind=spec.kind,
+        project=spec.project,
+        name=spec.name,
+        generation=record.generation,
+        ok=True,
+        state=spec.state,
+        version=spec.version,
+        at=time.time(),
+    )
+    return Delivered(subjects.evt(spec.cluster, subjects.EVT_RESULT), encode(result))
+
+
+def act(action: str) -> WorkloadAction:
+    return WorkloadAction(kind="tenant", project="p1", name="t1", action=action, by="u")  # type: ignore[arg-type]
+
+
+async def test_replicas_write_on_top_of_their_own_writes_and_see_each_others(nc: Client) -> None:
+    js = nc.jetstream()
+    await ensure_platform_streams(js, 1)
+    await js.add_stream(name="TEST-CMD", subjects=[subjects.CMD_ANY])
+    plain = await ensure_bucket(js, subjects.BUCKET_DESIRED, WorkloadRecord, replicas=1, history=5)
+    a_bucket = CountingBucket(plain.kv, WorkloadRecord)
+    a = Lifecycle(Settings(), nc, js, a_bucket)
+    b = Lifecycle(Settings(), nc, js, plain)
+    seed = logic.new_record(
+        WorkloadCreate(kind="tenant", project="p1", name="t1", cluster="c1", created_by="u"),
+        ProjectRecord(name="p1"),
+        "c1",
+        Membership(project="p1"),
+        time.time(),
+        "op-create",
+    )
+    await plain.create(KEY, seed)
+
+    async def stored() -> WorkloadRecord:
+        found = await plain.get(KEY)
+        assert found is not None
+        return found[0]
+
+    slept = await a.action(act("sleep"))  # nothing remembered yet: read
+    await a.on_result(result_of(slept))  # type: ignore[arg-type]
+    reads = a_bucket.reads
+    woken = await a.action(act("wake"))
+    await a.on_result(result_of(woken))  # type: ignore[arg-type]
+    assert a_bucket.reads == reads, "a replica writes on top of its own last write without a read"
+    assert logic.in_sync(await stored()) and (await stored()).spec.state == "running"
+
+    # The other replica puts it to sleep; a's memory of it ("running", in sync) is now old.
+    other = await b.action(act("sleep"))
+    assert other.generation == woken.generation + 1
+    # a is asked to wake it: from its old memory that would be "already running, nothing to do".
+    again = await a.action(act("wake"))
+    assert again.generation == other.generation + 1 and again.spec.state == "running"
+    assert (await stored()).generation == again.generation
+
+    # Results: b records the wake's; then a gets the same result again (a redelivery) while it remembers
+    # the record before b's write: its write on top of that fails, it reads and folds the result into b's.
+    delivered = result_of(again)
+    await b.on_result(delivered)  # type: ignore[arg-type]
+    recorded = await stored()
+    assert recorded.observed is not None and recorded.observed.generation == again.generation
+    await a.on_result(delivered)  # type: ignore[arg-type]
+    now = await stored()
+    assert (now.generation, now.spec, now.observed) == (recorded.generation, recorded.spec, recorded.observed)
+    # And a's next action starts from what is stored, b's write included.
+    last = await a.action(act("sleep"))
+    assert last.generation == again.generation + 1 and last.observed == now.observed
