@@ -572,7 +572,7 @@ class Delivery:
 class CommandQueue:
     """This cluster's commands, one at a time, through its durable pull consumer.
 
-    The consumer (``agent-<cluster>``, filtered on ``tether.cmd.<cluster>.>``,
+    The consumer (``agent-<cluster>`` on its shard's stream, filtered on this cluster's commands,
     explicit acks, one unacknowledged command at a time) is looked up first and
     created (``add_consumer``, which also brings a different config up to date)
     only when it is missing or differs: on a work-queue stream every creation,
@@ -603,6 +603,7 @@ class CommandQueue:
         self._conn = conn
         self.cluster = cluster
         self.consumer = subjects.agent_consumer(cluster)
+        self.stream = subjects.cmd_stream(cluster)
         self._fetch_timeout = fetch_timeout
         self._declare_timeout = declare_timeout
         self._ack_wait = ack_wait
@@ -662,7 +663,7 @@ class CommandQueue:
         """Make sure the consumer exists with our config, creating it only when it does not."""
         js, want = self._conn.jetstream, self.config()
         try:
-            info = await js.consumer_info(subjects.CMD_STREAM, self.consumer, timeout=self._declare_timeout)
+            info = await js.consumer_info(self.stream, self.consumer, timeout=self._declare_timeout)
         except JsNotFound as exc:
             if exc.err_code == STREAM_NOT_FOUND:
                 raise
@@ -670,16 +671,16 @@ class CommandQueue:
             if self._same(info.config, want):
                 return
         self.declarations += 1
-        await js.add_consumer(subjects.CMD_STREAM, want, timeout=self._declare_timeout)
+        await js.add_consumer(self.stream, want, timeout=self._declare_timeout)
 
     async def _bind(self) -> JetStreamContext.PullSubscription:
         await self._declare()
-        return await self._conn.jetstream.pull_subscribe_bind(durable=self.consumer, stream=subjects.CMD_STREAM)
+        return await self._conn.jetstream.pull_subscribe_bind(durable=self.consumer, stream=self.stream)
 
     async def _still_there(self) -> bool:
         """False when the consumer is gone (the stream was deleted or re-created)."""
         try:
-            await self._conn.jetstream.consumer_info(subjects.CMD_STREAM, self.consumer, timeout=self._declare_timeout)
+            await self._conn.jetstream.consumer_info(self.stream, self.consumer, timeout=self._declare_timeout)
         except JsNotFound:
             return False
         return True
@@ -710,12 +711,12 @@ class CommandQueue:
         try:
             if self._sub is None:
                 self._sub = await self._bind()
-                logger.info("bound to consumer %s on stream %s for commands", self.consumer, subjects.CMD_STREAM)
+                logger.info("bound to consumer %s on stream %s for commands", self.consumer, self.stream)
             else:
                 await self._declare()
         except JsNotFound as exc:
             await self._backoff(
-                f"cannot bind to consumer {self.consumer} on stream {subjects.CMD_STREAM}: {_api_text(exc)} "
+                f"cannot bind to consumer {self.consumer} on stream {self.stream}: {_api_text(exc)} "
                 "(the lifecycle service creates the stream); commands wait"
             )
             return False
@@ -744,6 +745,8 @@ class CommandQueue:
                 fetch.cancel()
             # Wait for it even when cancelled: a command that came in meanwhile is in its result.
             await asyncio.wait({fetch})
+            if not fetch.cancelled():
+                fetch.exception()  # nats-py turns a cancelled fetch into a TimeoutError: seen, not an error
         if fetch.cancelled():
             raise TimeoutError("the fetch was ended by a reconnect")
         return fetch.result()

@@ -2,7 +2,7 @@
 
 Layout:
 
-- ``tether.cmd.<cluster>.<verb>``     commands to one agent (stream ``CMD``, work queue)
+- ``tether.cmd.<shard>.<cluster>.<verb>`` commands to one agent (stream ``CMD_<shard>``, work queue)
 - ``tether.evt.<cluster>.<kind>``     results, status and inventory from one agent (stream ``EVT``)
 - ``tether.hb.<cluster>``             heartbeats (core NATS, not persisted)
 - ``tether.ctl.<cluster>``            control notices to one agent (core NATS: revoked)
@@ -12,12 +12,22 @@ Layout:
 
 from __future__ import annotations
 
+import zlib
+
 from schemas.names import check_name
 
 ROOT = "tether"
 
 # --- streams and consumers -------------------------------------------------
-CMD_STREAM = "CMD"
+CMD_SHARDS = 16
+"""Commands live in this many work-queue streams, ``CMD_00`` to ``CMD_15``; all of one cluster's commands in
+the same one (``cmd_stream``), so they keep their order. nats-server checks every consumer of a work-queue
+stream against all its other consumers, when it creates one and again for each when it loads the stream at
+start: one stream holding 10,000 agents' consumers took 45 s to start and minutes to create them all.
+Sixteen streams of ~625 consumers each cut that cost sixteen-fold. Fixed for the life of a deployment: a
+different count would move clusters to other streams, away from their pending commands."""
+LEGACY_CMD_STREAM = "CMD"
+"""The single command stream of earlier versions (subjects ``tether.cmd.<cluster>.<verb>``)."""
 EVT_STREAM = "EVT"
 EVENTS_STREAM = "EVENTS"
 AUDIT_STREAM = "AUDIT"
@@ -74,12 +84,30 @@ def _cluster(cluster: str) -> str:
 
 
 # --- commands and agent events ----------------------------------------------------
+def cmd_shard(cluster: str) -> str:
+    """The shard (``00``..``15``) holding one cluster's commands: a stable hash of its name."""
+    return f"{zlib.crc32(_cluster(cluster).encode()) % CMD_SHARDS:02d}"
+
+
+def cmd_stream(cluster: str) -> str:
+    """The stream holding one cluster's commands."""
+    return f"CMD_{cmd_shard(cluster)}"
+
+
+CMD_STREAMS = tuple(f"CMD_{i:02d}" for i in range(CMD_SHARDS))
+
+
+def cmd_stream_subjects(stream: str) -> str:
+    """What one of ``CMD_STREAMS`` holds."""
+    return f"{ROOT}.cmd.{stream.removeprefix('CMD_')}.>"
+
+
 def cmd(cluster: str, verb: str) -> str:
-    return f"{ROOT}.cmd.{_cluster(cluster)}.{verb}"
+    return f"{ROOT}.cmd.{cmd_shard(cluster)}.{_cluster(cluster)}.{verb}"
 
 
 def cmd_all(cluster: str) -> str:
-    return f"{ROOT}.cmd.{_cluster(cluster)}.>"
+    return f"{ROOT}.cmd.{cmd_shard(cluster)}.{_cluster(cluster)}.>"
 
 
 CMD_ANY = f"{ROOT}.cmd.>"

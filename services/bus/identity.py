@@ -172,7 +172,7 @@ def write_secret(path: Path, text: str) -> None:
 def agent_permissions(cluster: str) -> tuple[list[str], list[str]]:
     """(publish, subscribe) allow-lists for one cluster's agent: its own subjects and nothing else."""
     consumer = subjects.agent_consumer(cluster)
-    stream = subjects.CMD_STREAM
+    stream = subjects.cmd_stream(cluster)
     publish = [
         subjects.heartbeat(cluster),
         f"tether.evt.{cluster}.>",

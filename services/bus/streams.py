@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ from nats.js.errors import APIError, BucketNotFoundError, NotFoundError, Service
 from nats.js.kv import KeyValue
 
 from schemas import subjects
+from schemas.errors import Unavailable
 from schemas.messages import M
 from schemas.retrying import backoff_delay
 from services.bus.kv import Bucket
@@ -89,15 +91,21 @@ def platform_streams(replicas: int) -> list[StreamConfig]:
 
 
 CMD_MAX_CONSUMERS = 1_000_000
-"""Durable consumers the CMD stream allows: one per connected cluster."""
+"""Durable consumers a command stream allows: one per connected cluster of its shard."""
 
 
-def cmd_stream(replicas: int) -> StreamConfig:
-    """Commands to agents: a work queue, one durable consumer per agent filtered on its cluster."""
+def cmd_streams(replicas: int) -> list[StreamConfig]:
+    """Commands to agents, sharded by cluster (``subjects.CMD_SHARDS``)."""
+    return [cmd_stream(name, replicas) for name in subjects.CMD_STREAMS]
+
+
+def cmd_stream(name: str, replicas: int) -> StreamConfig:
+    """One shard of the commands to agents: a work queue, one durable consumer per agent filtered on its
+    cluster."""
     return StreamConfig(
-        name=subjects.CMD_STREAM,
+        name=name,
         description="Commands to agents; one durable consumer per agent, filtered on its cluster",
-        subjects=[subjects.CMD_ANY],
+        subjects=[subjects.cmd_stream_subjects(name)],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         num_replicas=replicas,
@@ -126,6 +134,28 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
             await js.update_stream(config)
 
     await _declare(f"stream {config.name}", step)
+
+
+async def ensure_cmd_streams(js: JetStreamContext, replicas: int) -> None:
+    """Declare the command streams, after retiring an empty single ``CMD`` stream of earlier versions (its
+    subjects overlap theirs). One still holding commands is left alone, and the start fails saying so:
+    deleting it would lose them."""
+    try:
+        legacy = await js.stream_info(subjects.LEGACY_CMD_STREAM)
+    except NotFoundError:
+        pass
+    else:
+        if legacy.state.messages:
+            raise Unavailable(
+                f"stream {subjects.LEGACY_CMD_STREAM} of an earlier version still holds {legacy.state.messages} "
+                f"commands: start that version until its agents have applied them (the stream is empty), then "
+                f"this one"
+            )
+        with contextlib.suppress(NotFoundError):
+            await js.delete_stream(subjects.LEGACY_CMD_STREAM)
+            logger.warning("deleted the empty stream %s of an earlier version", subjects.LEGACY_CMD_STREAM)
+    for config in cmd_streams(replicas):
+        await ensure_stream(js, config)
 
 
 def _differs(want: StreamConfig, have: StreamConfig) -> bool:

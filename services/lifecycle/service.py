@@ -64,7 +64,7 @@ from services.bus.consuming import consume
 from services.bus.faults import crash_point
 from services.bus.publishing import publish
 from services.bus.settings import ServiceSettings
-from services.bus.streams import cmd_stream, ensure_stream
+from services.bus.streams import ensure_cmd_streams
 from services.lifecycle import logic
 from services.lifecycle.concurrency import KeyedLocks, Recent, all_done
 
@@ -593,7 +593,7 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
         js = nc.jetstream()
         replicas = settings.common.bus.replicas
         await ensure_platform_streams(js, replicas)
-        await ensure_stream(js, cmd_stream(replicas))
+        await ensure_cmd_streams(js, replicas)
         desired = await ensure_bucket(js, subjects.BUCKET_DESIRED, WorkloadRecord, replicas=replicas, history=5)
         lifecycle = Lifecycle(settings, nc, js, desired, telemetry)
         tracer = telemetry.tracer("tether.lifecycle")

@@ -117,7 +117,7 @@ async def test_agent_paused_past_ack_wait_and_agent_cut_off(stack: Stack, tmp_pa
             assert a.proc is not None
             a.proc.send_signal(signal.SIGSTOP)
             paused_at = time.monotonic()
-            info_a = await nc.jetstream().consumer_info(subjects.CMD_STREAM, subjects.agent_consumer("ca"))
+            info_a = await nc.jetstream().consumer_info(subjects.cmd_stream("ca"), subjects.agent_consumer("ca"))
             assert info_a.num_ack_pending == 1, "the agent was not caught in the middle of an apply"
 
             # While ca sleeps: two more operations for it, and cb's link is cut with operations going on.
@@ -140,7 +140,7 @@ async def test_agent_paused_past_ack_wait_and_agent_cut_off(stack: Stack, tmp_pa
             a.proc.send_signal(signal.SIGCONT)
             final_a = await op_a.settle(timeout=60)
             final_b = await op_b.settle(timeout=60)
-            info_a = await nc.jetstream().consumer_info(subjects.CMD_STREAM, subjects.agent_consumer("ca"))
+            info_a = await nc.jetstream().consumer_info(subjects.cmd_stream("ca"), subjects.agent_consumer("ca"))
         finally:
             await nc.close()
         assert info_a.num_redelivered == 0 and info_a.num_pending == 0 and info_a.num_ack_pending == 0

@@ -23,12 +23,14 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import Header
+from nats.js.api import Header, RetentionPolicy, StreamConfig
+from nats.js.errors import NotFoundError
 
 from agent.drivers.sim import APPLY_DELAY_ENV, FAIL_ENV, UID_ENV, read_state
 from agent.running import Agent
 from agent.settings import AgentSettings
 from schemas import subjects
+from schemas.errors import Unavailable
 from schemas.messages import (
     ClusterConnectInfo,
     ClusterCreate,
@@ -43,7 +45,7 @@ from schemas.messages import (
 )
 from services.bus.endpoints import call
 from services.bus.settings import BusSettings, ServiceSettings
-from services.bus.streams import cmd_stream, platform_streams
+from services.bus.streams import cmd_streams, ensure_cmd_streams, platform_streams
 from services.platform.natsd import NatsServer
 from services.registry.service import Settings as RegistrySettings
 from services.registry.service import run as run_registry
@@ -93,7 +95,7 @@ class Platform:
         return await self.evt(cluster, subjects.EVT_RESULT, CommandResult)
 
     async def cmd_pending(self) -> int:
-        return int((await self.js.stream_info(subjects.CMD_STREAM)).state.messages)
+        return int((await self.js.stream_info(subjects.cmd_stream("c1"))).state.messages)
 
 
 @pytest.fixture
@@ -101,7 +103,8 @@ async def platform(nats_server: NatsServer) -> AsyncIterator[Platform]:
     await nats_server.wait_ready()
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
-    await js.add_stream(cmd_stream(1))
+    for config in cmd_streams(1):
+        await js.add_stream(config)
     for config in platform_streams(1):
         await js.add_stream(config)
     registry = asyncio.create_task(
@@ -252,7 +255,8 @@ async def test_the_agent_waits_for_the_cmd_stream(nats_server: NatsServer, tmp_p
         settings = AgentSettings(server=p.url, token=token, state_dir=state_dir, heartbeat_interval=0.5)
         async with Agent(settings):
             await asyncio.sleep(1.5)  # fetching finds no stream; the agent keeps running
-            await js.add_stream(cmd_stream(1))
+            for config in cmd_streams(1):
+                await js.add_stream(config)
             assert await p.send(command(1, "t1", 1))
             await wait_for(lambda: len(read_state(state_dir)["log"]) == 1, what="the apply", timeout=40)
     finally:
@@ -357,3 +361,30 @@ async def test_commands_flow_again_after_the_server_restarts(
         await wait_for(lambda: len(read_state(state_dir)["log"]) == 2, what="the second apply", timeout=30)
         results = await wait_for(lambda: _at_least(platform.results("c1"), 2), what="both results")
         assert [r.op_id for r in results] == ["op-1", "op-2"]
+
+
+async def test_an_empty_command_stream_of_an_earlier_version_is_retired_and_a_full_one_kept(
+    nats_server: NatsServer,
+) -> None:
+    """Earlier versions kept every command in one stream ``CMD`` (subjects overlapping the shards'). Empty,
+    it is deleted; holding commands, it is kept and the start fails saying why."""
+    await nats_server.wait_ready()
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    legacy = StreamConfig(name="CMD", subjects=["tether.cmd.>"], retention=RetentionPolicy.WORK_QUEUE)
+    try:
+        await js.add_stream(legacy)
+        await js.publish("tether.cmd.c1.apply", b"{}")
+        with pytest.raises(Unavailable, match="stream CMD of an earlier version still holds 1 commands"):
+            await ensure_cmd_streams(js, 1)
+        assert (await js.stream_info("CMD")).state.messages == 1
+        await js.purge_stream("CMD")
+        await ensure_cmd_streams(js, 1)
+        with pytest.raises(NotFoundError):
+            await js.stream_info("CMD")
+        names = {(await js.stream_info(name)).config.name for name in subjects.CMD_STREAMS}
+        assert names == set(subjects.CMD_STREAMS)
+        ack = await js.publish(subjects.cmd("c1", subjects.VERB_APPLY), b"{}")
+        assert ack.stream == subjects.cmd_stream("c1")
+    finally:
+        await nc.close()

@@ -331,7 +331,8 @@ async def test_clustered_platform_survives_a_nats_node_and_a_replica_of_each_ser
 
             async def drained() -> bool:
                 # Every command was acknowledged: nothing waits in the work queue.
-                return (await js.stream_info(subjects.CMD_STREAM)).state.messages == 0
+                infos = [await js.stream_info(name) for name in subjects.CMD_STREAMS]
+                return sum(i.state.messages for i in infos) == 0
 
             await wait_for(drained, timeout=15, what="an empty CMD stream")
             events = await read_since(

@@ -39,8 +39,12 @@ async def test_an_agent_is_confined_to_its_own_subjects(stack: Stack, tmp_path: 
         await refused("subscribe to b's commands", nc.subscribe(subjects.cmd_all("b")))
         await refused("publish b's heartbeat", nc.publish(subjects.heartbeat("b"), b"{}"))
         await refused("publish b's events", nc.publish(subjects.evt("b", subjects.EVT_RESULT), b"{}"))
-        await refused("create b's consumer", nc.publish("$JS.API.CONSUMER.CREATE.CMD.agent-b.tether.cmd.b.>", b"{}"))
-        await refused("pull b's consumer", nc.publish("$JS.API.CONSUMER.MSG.NEXT.CMD.agent-b", b"{}"))
+        b_stream = subjects.cmd_stream("b")
+        await refused(
+            "create b's consumer",
+            nc.publish(f"$JS.API.CONSUMER.CREATE.{b_stream}.agent-b.{subjects.cmd_all('b')}", b"{}"),
+        )
+        await refused("pull b's consumer", nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{b_stream}.agent-b", b"{}"))
         await refused("read the registry's KV", nc.publish("$JS.API.DIRECT.GET.KV_tether-clusters", b"{}"))
         await refused("watch another bucket", nc.subscribe("$KV.tether-presence.>"))
         await refused("call a platform endpoint", nc.publish(subjects.Registry.CLUSTER_CREATE, b"{}"))

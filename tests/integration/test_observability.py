@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from schemas import subjects
 from services.platform.natsd import free_port
 from tests.harness import Stack, wait_for
 
@@ -46,7 +47,7 @@ async def test_one_trace_from_api_call_to_agent_and_back(tmp_path: Path) -> None
         names = {s["name"] for s in mine}
         assert "POST /api/v1/projects/{project}/spaces" in names
         assert "tether.svc.lifecycle.workload.create" in names
-        assert any(n.startswith("agent apply tether.cmd.c1.apply") for n in names)
+        assert any(n.startswith(f"agent apply {subjects.cmd('c1', subjects.VERB_APPLY)}") for n in names)
         assert any(n.startswith("lifecycle-results tether.evt.c1.result") for n in names)
     finally:
         stack.stop()

@@ -137,7 +137,7 @@ async def test_lifecycle_killed_between_desired_write_and_publish(stack: Stack, 
         kv = await js.key_value(subjects.BUCKET_DESIRED)
         written = decode((await kv.get("tenant.p1.t1")).value or b"", WorkloadRecord)
         assert written.generation == 1 and written.observed is None
-        assert (await js.stream_info(subjects.CMD_STREAM)).state.messages == 0
+        assert (await js.stream_info(subjects.cmd_stream("c1"))).state.messages == 0
     finally:
         await nc.close()
     stack.restart_service("lifecycle")

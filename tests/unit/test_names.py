@@ -45,3 +45,23 @@ def test_messages_round_trip_and_ignore_unknown_fields() -> None:
     assert decode(encode(msg), Heartbeat) == msg
     newer = encode(msg)[:-1] + b',"added_later":1}'
     assert decode(newer, Heartbeat) == msg
+
+
+def test_a_clusters_commands_stay_in_one_shard_whose_stream_holds_them() -> None:
+    names = [f"edge-{i}" for i in range(2000)]
+    for name in names[:50]:
+        stream = subjects.cmd_stream(name)
+        assert stream in subjects.CMD_STREAMS
+        held = subjects.cmd_stream_subjects(stream).removesuffix(">")
+        assert subjects.cmd(name, "apply").startswith(held)
+        assert subjects.cmd_all(name).startswith(held)
+        assert subjects.cmd(name, "apply").endswith(f".{name}.apply")
+    # Stable across processes and versions (a shard that moved would strand pending commands).
+    assert subjects.cmd_shard("edge-1") == "03"
+    assert subjects.cmd("c1", "apply") == "tether.cmd.01.c1.apply"
+    # Spread: no shard gets more than twice its share of 2,000 clusters.
+    counts = {s: 0 for s in subjects.CMD_STREAMS}
+    for name in names:
+        counts[subjects.cmd_stream(name)] += 1
+    assert max(counts.values()) < 2 * len(names) / subjects.CMD_SHARDS
+    assert min(counts.values()) > 0
