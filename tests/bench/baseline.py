@@ -190,36 +190,39 @@ async def bare_connections(connect: Connect, count: int) -> tuple[list[nats.aio.
     return list(conns), time.monotonic() - t0
 
 
-async def consumer_creation(connect: Connect, count: int, concurrency: int = 64) -> dict[str, Any]:
-    """``count`` durable consumers, one per cluster-like filter, created on a scratch work-queue stream the
-    way agents create theirs (file storage, explicit acks); the stream is deleted afterwards.
+async def consumer_creation(connect: Connect, count: int, streams: int, concurrency: int = 64) -> dict[str, Any]:
+    """``count`` durable consumers, one per cluster-like filter, spread over ``streams`` scratch work-queue
+    streams the way agents' are over the command shards (file storage, explicit acks); deleted afterwards.
 
-    On a work-queue stream nats-server checks every new consumer's filter against all the others, so the
-    rate falls as the count grows: this is the floor under "every agent bound to its command consumer".
+    On a work-queue stream nats-server checks every new consumer's filter against all the others of that
+    stream, so the rate falls as a stream's count grows: this is the floor under "every agent bound to its
+    command consumer".
     """
     nc = await connect()
     js = nc.jetstream()
-    stream = "BENCH_WQ"
+    names = [f"BENCH_WQ_{i:02d}" for i in range(streams)]
     try:
-        await js.add_stream(
-            StreamConfig(
-                name=stream,
-                subjects=["bench.wq.>"],
-                retention=RetentionPolicy.WORK_QUEUE,
-                max_consumers=count + 1,
+        for i, name in enumerate(names):
+            await js.add_stream(
+                StreamConfig(
+                    name=name,
+                    subjects=[f"bench.wq.{i:02d}.>"],
+                    retention=RetentionPolicy.WORK_QUEUE,
+                    max_consumers=count + 1,
+                )
             )
-        )
         sem = asyncio.Semaphore(concurrency)
 
         async def one(i: int) -> None:
             name = f"c{i:06d}"
+            shard = i % streams
             async with sem:
                 await js.add_consumer(
-                    stream,
+                    names[shard],
                     ConsumerConfig(
                         name=name,
                         durable_name=name,
-                        filter_subject=f"bench.wq.{name}.>",
+                        filter_subject=f"bench.wq.{shard:02d}.{name}.>",
                         ack_policy=AckPolicy.EXPLICIT,
                         max_ack_pending=1,
                     ),
@@ -229,8 +232,9 @@ async def consumer_creation(connect: Connect, count: int, concurrency: int = 64)
         t0 = time.monotonic()
         await asyncio.gather(*(one(i) for i in range(count)))
         took = time.monotonic() - t0
-        return {"consumers": count, "seconds": took, "consumers_per_s": count / took}
+        return {"consumers": count, "streams": streams, "seconds": took, "consumers_per_s": count / took}
     finally:
-        with contextlib.suppress(Exception):
-            await js.delete_stream(stream)
+        for name in names:
+            with contextlib.suppress(Exception):
+                await js.delete_stream(name)
         await nc.close()

@@ -102,7 +102,7 @@ def render(r: dict[str, Any]) -> str:
     row(
         "    all bound to their command consumer",
         _s(c.get("all_bound_s", math.nan)),
-        f"{b.get('consumers', 0)} consumers created: {b.get('consumers_per_s', math.nan):.0f}/s",
+        f"{b.get('consumers', 0)} consumers, {b.get('streams', 1)} streams: {b.get('consumers_per_s', math.nan):.0f}/s",
     )
     hb = r.get("heartbeats", {})
     row(

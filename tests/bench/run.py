@@ -279,7 +279,7 @@ class Bench:
         }
         each = (nats_with - nats_before) / bare_n / KB
         log(f"baseline: {bare_n} bare connections in {took:.2f}s; NATS +{each:.1f} KB each")
-        created = await baseline.consumer_creation(self.connect, n)
+        created = await baseline.consumer_creation(self.connect, n, streams=subjects.CMD_SHARDS)
         self.results["baseline_connect"].update(created)
         log(f"baseline: {n} work-queue consumers created in {created['seconds']:.1f}s")
 
