@@ -9,6 +9,7 @@ can never be handled (bad input) is terminated so it does not block the queue.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -42,10 +43,11 @@ async def consume(
 ) -> None:
     """Run forever: fetch, handle, ack. Re-declares and re-binds after any bus failure.
 
-    With ``concurrency`` > 1, the messages of one fetched batch are handled up to that many at a time,
-    those on the same subject still one after the other, in order (results of one cluster, say).
+    With ``concurrency`` > 1, messages are handled up to that many at a time, those on the same subject
+    still one after the other, in order (results of one cluster, say), while the next ones are fetched.
     """
     failures = 0
+    pipeline = _Pipeline(concurrency)
     while True:
         try:
             await js.add_consumer(
@@ -67,28 +69,58 @@ async def consume(
                     msgs = await sub.fetch(batch, timeout=2)
                 except NatsTimeout:
                     continue
-                if concurrency <= 1 or len(msgs) == 1:
+                if concurrency <= 1:
                     for msg in msgs:
                         await _traced(msg, handler, durable, tracer)
                     continue
-                by_subject: dict[str, list[Msg]] = {}
                 for msg in msgs:
-                    by_subject.setdefault(msg.subject, []).append(msg)
-                gate = asyncio.Semaphore(concurrency)
-
-                async def in_order(group: list[Msg], gate: asyncio.Semaphore = gate) -> None:
-                    async with gate:
-                        for msg in group:
-                            await _traced(msg, handler, durable, tracer)
-
-                await asyncio.gather(*(in_order(group) for group in by_subject.values()))
+                    pipeline.add(msg, _traced(msg, handler, durable, tracer))
+                # Fetch on while these are handled (a batch no longer waits for its slowest message), with
+                # at most two batches' worth in hand (each must be handled within the ack wait).
+                await pipeline.below(2 * max(batch, concurrency))
         except asyncio.CancelledError:
+            pipeline.cancel()
             raise
         except Exception as exc:
             delay = backoff_delay(failures, base=0.5, cap=10.0)
             failures += 1
             logger.warning("consumer %s: %s; retrying in %.1fs", durable, exc or type(exc).__name__, delay)
             await asyncio.sleep(delay)
+
+
+class _Pipeline:
+    """Messages handled side by side, those on one subject one after the other in arrival order."""
+
+    def __init__(self, concurrency: int) -> None:
+        self._gate = asyncio.Semaphore(concurrency)
+        self._last: dict[str, asyncio.Task[None]] = {}
+        self._running: set[asyncio.Task[None]] = set()
+
+    def add(self, msg: Msg, handle: Awaitable[None]) -> None:
+        task = asyncio.create_task(self._after(self._last.get(msg.subject), handle))
+        self._last[msg.subject] = task
+        self._running.add(task)
+        task.add_done_callback(functools.partial(self._done, msg.subject))
+
+    def cancel(self) -> None:
+        for task in self._running:
+            task.cancel()
+
+    def _done(self, subject: str, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if self._last.get(subject) is task:
+            del self._last[subject]
+
+    async def _after(self, previous: asyncio.Task[None] | None, handle: Awaitable[None]) -> None:
+        if previous is not None:
+            await asyncio.wait({previous})  # its outcome is its own (handled, nak'ed or logged)
+        async with self._gate:
+            await handle
+
+    async def below(self, limit: int) -> None:
+        """Wait until fewer than ``limit`` messages are being handled."""
+        while len(self._running) >= limit:
+            await asyncio.wait(set(self._running), return_when=asyncio.FIRST_COMPLETED)
 
 
 async def _traced(msg: Msg, handler: Handler, durable: str, tracer: Tracer | None) -> None:

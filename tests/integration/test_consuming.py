@@ -1,0 +1,65 @@
+"""Durable consumers handling messages side by side (real nats-server): one subject's in order, acked after
+handling, and a slow message never holds the messages of other subjects fetched after it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from services.bus.consuming import consume
+from services.platform.natsd import NatsServer
+from tests.harness import wait_for
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Client]:
+    await nats_server.wait_ready()
+    conn = await nats.connect(nats_server.url)
+    yield conn
+    await conn.drain()
+
+
+async def test_one_subject_in_order_others_not_held_by_a_slow_one(nc: Client) -> None:
+    js = nc.jetstream()
+    await js.add_stream(name="T", subjects=["t.>"])
+    release = asyncio.Event()
+    handled: list[str] = []
+
+    async def handler(msg: Msg) -> None:
+        body = msg.data.decode()
+        if body == "a1":
+            await release.wait()
+        handled.append(body)
+
+    await js.publish("t.a", b"a1")
+    await js.publish("t.b", b"b1")
+    task = asyncio.create_task(
+        consume(js, stream="T", durable="d", filter_subject="t.>", handler=handler, batch=2, concurrency=4)
+    )
+    try:
+        await wait_for(lambda: "b1" in handled, timeout=10, what="b1 handled")
+        for body in ("a2", "b2", "a3", "b3"):
+            await js.publish(f"t.{body[0]}", body.encode())
+        # Fetched after a1, which is still being handled: b's go on, a's wait for a1.
+        await wait_for(lambda: "b3" in handled, timeout=10, what="b2 and b3 handled while a1 is not")
+        assert handled == ["b1", "b2", "b3"]
+        release.set()
+        await wait_for(lambda: len(handled) == 6, timeout=10, what="every message handled")
+        assert [h for h in handled if h[0] == "a"] == ["a1", "a2", "a3"], "one subject's in order"
+
+        async def all_acked() -> bool:
+            info = await js.consumer_info("T", "d")
+            return info.num_ack_pending == 0 and info.num_pending == 0
+
+        await wait_for(all_acked, timeout=10, what="every message acknowledged")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
