@@ -65,6 +65,11 @@ class NatsServerConfig:
     extra: str = ""
     """Raw configuration appended as-is (auth blocks)."""
 
+    auth_timeout: float = 10.0
+    """Seconds a new connection has to authenticate. nats-server's default (about a second without TLS)
+    is too short when thousands of agents reconnect at once to a server that is also loading its streams:
+    connections closed mid-handshake come back and add to the storm they were part of."""
+
     tls_cert: Path | None = None
     """Server certificate (PEM): with it, clients must speak TLS (``tls://``)."""
 
@@ -77,6 +82,7 @@ class NatsServerConfig:
             f"listen: {json.dumps(f'{self.host}:{self.port}')}",
             f"http: {json.dumps(f'127.0.0.1:{self.monitor_port}')}",
             "max_payload: 8MB",
+            f"authorization {{ timeout: {self.auth_timeout:g} }}",
             "jetstream {",
             f"  store_dir: {json.dumps(str(self.store_dir))}",
             "  max_memory_store: 512MB",
