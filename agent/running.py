@@ -89,7 +89,12 @@ RETRY_BACKOFF = (0.5, 30.0)
 INVENTORY_BACKOFF = (1.0, 30.0)
 """(base, cap) seconds between attempts to publish one inventory."""
 PUBLISH_TIMEOUT = 5.0
-"""Seconds to wait for a stream to acknowledge a result or an inventory."""
+"""Seconds to wait for a stream to acknowledge a result."""
+PATIENT_TIMEOUT = 30.0
+"""Seconds to wait for the hello's answer and the inventory's acknowledgement. After a platform restart
+every agent sends both at once; asking again after a short timeout does not get an answer sooner (the
+first request is still in the queue and will be served) but lengthens the queue for all: 10,000 agents
+retrying hellos every 5 s kept the registry busy with questions nobody waited for any more."""
 
 
 def planned_cluster(settings: AgentSettings) -> str | None:
@@ -346,6 +351,7 @@ class Agent:
         message: Message,
         reply_type: type[M],
         failures: list[TetherError] | None = None,
+        timeout: float | None = None,
     ) -> M:
         """Request until the platform answers; Unavailable (and Internal) are retried with backoff.
 
@@ -355,7 +361,9 @@ class Agent:
         attempt = 0
         while True:
             try:
-                return await request(self.connection, subject, message, reply_type, self.settings.request_timeout)
+                return await request(
+                    self.connection, subject, message, reply_type, timeout or self.settings.request_timeout
+                )
             except (Unavailable, Internal) as exc:
                 if failures is not None:
                     failures.append(exc)
@@ -513,7 +521,11 @@ class Agent:
         )
         try:
             welcome = await self._call(
-                "saying hello to the platform", subjects.Registry.AGENT_HELLO, message, AgentWelcome
+                "saying hello to the platform",
+                subjects.Registry.AGENT_HELLO,
+                message,
+                AgentWelcome,
+                timeout=max(PATIENT_TIMEOUT, self.settings.request_timeout),
             )
         except TetherError as exc:
             text = exc.description
@@ -681,7 +693,7 @@ class Agent:
                 return
             message = Inventory(cluster=self.cluster, items=items, at=time.time(), reason=reason)
             try:
-                await self.connection.js_publish(subject, message, msg_id=msg_id, timeout=PUBLISH_TIMEOUT)
+                await self.connection.js_publish(subject, message, msg_id=msg_id, timeout=PATIENT_TIMEOUT)
             except Unavailable as exc:
                 delay = backoff_delay(attempt, base=base, cap=cap)
                 attempt += 1
