@@ -77,8 +77,10 @@ def observe(current: Presence | None, hb: Heartbeat, now: float) -> tuple[Presen
     return presence, (None if was_online else "online")
 
 
-def is_overdue(presence: Presence, now: float, offline_after: float) -> bool:
-    return presence.online and now - presence.last_seen > offline_after
+def is_overdue(presence: Presence, now: float, offline_after: float, not_before: float = 0.0) -> bool:
+    """Online, and silent for longer than ``offline_after`` counted from the later of its last heartbeat and
+    ``not_before`` (when the judging replica started listening)."""
+    return presence.online and now - max(presence.last_seen, not_before) > offline_after
 
 
 def mark_offline(presence: Presence, now: float, reason: str, message: str) -> Presence:
@@ -99,9 +101,13 @@ def mark_offline(presence: Presence, now: float, reason: str, message: str) -> P
     return msgspec.structs.replace(presence, online=False, connected_since=0.0, conditions=conditions)
 
 
-def sweep(presence: Presence, now: float, offline_after: float) -> tuple[Presence, Transition]:
-    """Periodic check: an online cluster whose heartbeats stopped goes offline."""
-    if not is_overdue(presence, now, offline_after):
+def sweep(presence: Presence, now: float, offline_after: float, not_before: float = 0.0) -> tuple[Presence, Transition]:
+    """Periodic check: an online cluster whose heartbeats stopped goes offline.
+
+    A replica judges only what it could have heard: ``not_before`` is when it started listening, so a
+    restarted replica never calls a cluster offline for heartbeats it was not there to receive (its stored
+    last-seen time may be older than the cluster's last heartbeat)."""
+    if not is_overdue(presence, now, offline_after, not_before):
         return presence, None
     silent = now - presence.last_seen
     return (
@@ -110,8 +116,17 @@ def sweep(presence: Presence, now: float, offline_after: float) -> tuple[Presenc
     )
 
 
-def merge_seen(stored: Presence, mine: Presence) -> Presence | None:
-    """Fold this replica's newer last-seen/health into the stored record (None: nothing newer)."""
+def merge_seen(stored: Presence, mine: Presence, min_advance: float = 0.0) -> Presence | None:
+    """Fold this replica's newer last-seen/health into the stored record (None: nothing worth writing).
+
+    A last-seen time alone that moved less than ``min_advance`` seconds is not worth a write; a new health
+    report or session always is."""
     if mine.last_seen <= stored.last_seen:
+        return None
+    if (
+        mine.last_seen - stored.last_seen < min_advance
+        and mine.health == stored.health
+        and mine.session == stored.session
+    ):
         return None
     return msgspec.structs.replace(stored, last_seen=mine.last_seen, health=mine.health, session=mine.session)

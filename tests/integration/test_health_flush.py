@@ -44,8 +44,9 @@ async def test_flush_writes_without_reading_and_never_goes_back_in_time(nc: Clie
     js = nc.jetstream()
     plain = await ensure_bucket(js, subjects.BUCKET_PRESENCE, Presence, replicas=1)
     a_bucket = CountingBucket(plain.kv, Presence)
-    a = HealthMonitor(Settings(), js, a_bucket)
-    b = HealthMonitor(Settings(), js, plain)
+    every = Settings(seen_write_interval=0.0)  # every newer last-seen time is written
+    a = HealthMonitor(every, js, a_bucket)
+    b = HealthMonitor(every, js, plain)
 
     async def stored() -> float:
         found = await plain.get("c1")

@@ -61,3 +61,26 @@ def test_merge_seen_only_moves_forward() -> None:
     merged = logic.merge_seen(stored, mine)
     assert merged is not None and merged.last_seen == 101.0
     assert logic.merge_seen(mine, stored) is None
+
+
+def test_a_restarted_replica_counts_silence_from_its_own_start() -> None:
+    # Stored last-seen 100 (written long ago); the replica started listening at 150.
+    presence, _ = logic.observe(None, hb(), now=100.0)
+    same, transition = logic.sweep(presence, now=155.0, offline_after=12.0, not_before=150.0)
+    assert transition is None and same.online, "offline for heartbeats the replica was not there to hear"
+    offline, transition = logic.sweep(presence, now=162.5, offline_after=12.0, not_before=150.0)
+    assert transition == "offline"
+    assert offline.last_seen == 100.0, "last seen stays the truth"
+
+
+def test_a_last_seen_time_alone_is_written_only_when_it_moved_enough() -> None:
+    stored, _ = logic.observe(None, hb(), now=100.0)
+    later, _ = logic.observe(stored, hb(), now=130.0)
+    assert logic.merge_seen(stored, later, min_advance=60.0) is None
+    much_later, _ = logic.observe(stored, hb(), now=161.0)
+    merged = logic.merge_seen(stored, much_later, min_advance=60.0)
+    assert merged is not None and merged.last_seen == 161.0
+    # A new health report is written at once, however recent the stored time.
+    sick, _ = logic.observe(stored, hb(health=ClusterHealth(nodes_ready=1, nodes_total=3)), now=105.0)
+    merged = logic.merge_seen(stored, sick, min_advance=60.0)
+    assert merged is not None and merged.health.nodes_ready == 1
