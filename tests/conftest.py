@@ -3,7 +3,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import nats
 import pytest
+from nats.aio.client import Client
 
 from services.platform.natsd import NatsServer
 from tests.harness import Stack, start_nats
@@ -14,6 +16,15 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     server = start_nats(tmp_path)
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
+    """A plain connection to ``nats_server`` (no auth), drained afterwards."""
+    await nats_server.wait_ready()
+    conn = await nats.connect(nats_server.url)
+    yield conn
+    await conn.drain()
 
 
 @pytest.fixture

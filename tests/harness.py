@@ -18,7 +18,8 @@ import httpx
 import nats
 import nats.aio.client
 
-from services.bus import identity
+from schemas.messages import Message
+from services.bus import Bucket, identity
 from services.platform.natsd import NatsServer, NatsServerConfig, free_port
 from services.platform.tls import TlsFiles, ensure_tls
 
@@ -513,3 +514,16 @@ class ClusteredStack(Stack):
                 text = server.log_path.read_text(errors="replace")
                 out.append(f"===== nats {server.config.server_name}\n{text[-3000:]}")
         return "\n".join(out)
+
+
+R = TypeVar("R", bound=Message)
+
+
+class CountingBucket(Bucket[R]):
+    """A bucket that counts its reads: tests assert a write path that should not read."""
+
+    reads = 0
+
+    async def get(self, key: str) -> tuple[R, int] | None:
+        self.reads += 1
+        return await super().get(key)

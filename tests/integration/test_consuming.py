@@ -5,25 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import nats
-import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from services.bus.consuming import consume
-from services.platform.natsd import NatsServer
 from tests.harness import wait_for
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Client]:
-    await nats_server.wait_ready()
-    conn = await nats.connect(nats_server.url)
-    yield conn
-    await conn.drain()
 
 
 async def test_one_subject_in_order_others_not_held_by_a_slow_one(nc: Client) -> None:

@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import nats
-import pytest
 from nats.aio.client import Client
 
 from schemas import subjects
 from schemas.messages import ClusterHealth, Heartbeat, Presence
-from services.bus import Bucket, ensure_bucket
+from services.bus import ensure_bucket
 from services.health import logic
 from services.health.service import HealthMonitor, Settings
-from services.platform.natsd import NatsServer
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Client]:
-    await nats_server.wait_ready()
-    conn = await nats.connect(nats_server.url)
-    yield conn
-    await conn.drain()
-
-
-class CountingBucket(Bucket[Presence]):
-    reads = 0
-
-    async def get(self, key: str) -> tuple[Presence, int] | None:
-        self.reads += 1
-        return await super().get(key)
+from tests.harness import CountingBucket
 
 
 def beat(monitor: HealthMonitor, cluster: str, now: float) -> None:
@@ -43,7 +22,7 @@ def beat(monitor: HealthMonitor, cluster: str, now: float) -> None:
 async def test_flush_writes_without_reading_and_never_goes_back_in_time(nc: Client) -> None:
     js = nc.jetstream()
     plain = await ensure_bucket(js, subjects.BUCKET_PRESENCE, Presence, replicas=1)
-    a_bucket = CountingBucket(plain.kv, Presence)
+    a_bucket = CountingBucket[Presence](plain.kv, Presence)
     every = Settings(seen_write_interval=0.0)  # every newer last-seen time is written
     a = HealthMonitor(every, js, a_bucket)
     b = HealthMonitor(every, js, plain)

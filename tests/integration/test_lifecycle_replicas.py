@@ -4,12 +4,8 @@ wrote last without reading it first, and a write by the other one is never misse
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
-import nats
-import pytest
 from nats.aio.client import Client
 
 from schemas import subjects
@@ -22,28 +18,12 @@ from schemas.messages import (
     WorkloadRecord,
     encode,
 )
-from services.bus import Bucket, ensure_bucket, ensure_platform_streams
+from services.bus import ensure_bucket, ensure_platform_streams
 from services.lifecycle import logic
 from services.lifecycle.service import Lifecycle, Settings
-from services.platform.natsd import NatsServer
+from tests.harness import CountingBucket
 
 KEY = subjects.workload_key("tenant", "p1", "t1")
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Client]:
-    await nats_server.wait_ready()
-    conn = await nats.connect(nats_server.url)
-    yield conn
-    await conn.drain()
-
-
-class CountingBucket(Bucket[WorkloadRecord]):
-    reads = 0
-
-    async def get(self, key: str) -> tuple[WorkloadRecord, int] | None:
-        self.reads += 1
-        return await super().get(key)
 
 
 @dataclass
@@ -80,7 +60,7 @@ async def test_replicas_write_on_top_of_their_own_writes_and_see_each_others(nc:
     await ensure_platform_streams(js, 1)
     await js.add_stream(name="TEST-CMD", subjects=[subjects.CMD_ANY])
     plain = await ensure_bucket(js, subjects.BUCKET_DESIRED, WorkloadRecord, replicas=1, history=5)
-    a_bucket = CountingBucket(plain.kv, WorkloadRecord)
+    a_bucket = CountingBucket[WorkloadRecord](plain.kv, WorkloadRecord)
     a = Lifecycle(Settings(), nc, js, a_bucket)
     b = Lifecycle(Settings(), nc, js, plain)
     seed = logic.new_record(
