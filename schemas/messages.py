@@ -8,9 +8,10 @@ with a new tag (``...v2``). Times are seconds since the epoch (float, UTC).
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
+from msgspec import Meta
 
 from schemas.errors import InvalidInput
 
@@ -42,6 +43,48 @@ def to_builtins(msg: Any) -> Any:
     return msgspec.to_builtins(msg)
 
 
+# --- bounds on what agents send ------------------------------------------------------
+# An agent runs on infrastructure the platform does not control: every field it sends is bounded here, so a
+# message that breaks a bound fails to decode (dropped or terminated with a log line) before any service
+# acts on it. Stored records reuse some of these types; the bounds are generous enough that anything the
+# platform writes itself stays within them (strings it copies from agents are cut with ``clip`` first).
+MAX_NAME = 63
+"""DNS-1123 label: cluster, project, tenant and space names."""
+MAX_SHORT = 128
+"""Versions, drivers, sessions, operation ids, reasons."""
+MAX_TEXT = 16_384
+"""Free text from a cluster (an error message); the platform keeps at most ``MAX_KEPT_TEXT`` of it."""
+MAX_KEPT_TEXT = 1_024
+"""Characters of an agent's free text kept in records and events."""
+MAX_SECRET = 1_024
+"""Tokens, credentials, keys."""
+MAX_OBJECTS = 5_000
+"""Tenant clusters and spaces one cluster may report (inventory items, control planes)."""
+MAX_GENERATION = 2**53 - 1
+"""Generations stay exact in every JSON reader (JavaScript's safe integers)."""
+MAX_TIME = 4_102_444_800.0
+"""Seconds since the epoch: 2100-01-01. A finite, representable time; later ones are refused."""
+MAX_COUNT = 1_000_000
+"""Nodes, replicas, sequence-like counters that are not sequences."""
+
+NAME_PATTERN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+"""A DNS-1123 label (as ``schemas.names.check_name``): names become KV keys and subject tokens, so a name
+with a dot or a wildcard from an agent must never reach a key."""
+
+AgentName = Annotated[str, Meta(min_length=1, max_length=MAX_NAME, pattern=NAME_PATTERN)]
+Short = Annotated[str, Meta(max_length=MAX_SHORT)]
+Text = Annotated[str, Meta(max_length=MAX_TEXT)]
+Secret = Annotated[str, Meta(max_length=MAX_SECRET)]
+Generation = Annotated[int, Meta(ge=0, le=MAX_GENERATION)]
+Time = Annotated[float, Meta(ge=0, le=MAX_TIME)]
+Count = Annotated[int, Meta(ge=0, le=MAX_COUNT)]
+
+
+def clip(text: str, limit: int = MAX_KEPT_TEXT) -> str:
+    """``text`` cut to ``limit`` characters (marked with an ellipsis), for what the platform keeps of it."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
 # --- shared pieces ---------------------------------------------------------------
 class Condition(msgspec.Struct, frozen=True, kw_only=True):
     """A fact about an object, Kubernetes-style."""
@@ -54,43 +97,43 @@ class Condition(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Capacity(msgspec.Struct, frozen=True, kw_only=True):
-    cpu: float = 0.0
+    cpu: Annotated[float, Meta(ge=0, le=10_000_000)] = 0.0
     """CPU cores (allocatable)."""
-    memory: int = 0
+    memory: Annotated[int, Meta(ge=0, le=2**62)] = 0
     """Bytes (allocatable)."""
 
 
 class ControlPlaneHealth(msgspec.Struct, frozen=True, kw_only=True):
     """One tenant cluster's control plane on the connected cluster (0/0 while it sleeps)."""
 
-    project: str
-    name: str
-    replicas: int = 0
-    ready_replicas: int = 0
+    project: AgentName
+    name: AgentName
+    replicas: Count = 0
+    ready_replicas: Count = 0
 
 
 class ClusterHealth(msgspec.Struct, frozen=True, kw_only=True):
     """What an agent reports about its cluster."""
 
-    nodes_ready: int = 0
-    nodes_total: int = 0
+    nodes_ready: Count = 0
+    nodes_total: Count = 0
     capacity: Capacity = msgspec.field(default_factory=Capacity)
-    kubernetes_version: str = ""
-    agent_version: str = ""
-    driver: str = ""
+    kubernetes_version: Short = ""
+    agent_version: Short = ""
+    driver: Short = ""
     api_reachable: bool = True
     """False when the agent runs but cannot reach its cluster's API server."""
-    control_planes: tuple[ControlPlaneHealth, ...] = ()
+    control_planes: Annotated[tuple[ControlPlaneHealth, ...], Meta(max_length=MAX_OBJECTS)] = ()
     """Readiness of every tenant cluster's control plane."""
 
 
 # --- heartbeats ---------------------------------------------------------------------
 class Heartbeat(Message, frozen=True, tag="heartbeat.v1"):
-    cluster: str
-    session: str
+    cluster: AgentName
+    session: Short
     """Random per agent process; a new one means the agent restarted."""
-    seq: int
-    sent_at: float
+    seq: Annotated[int, Meta(ge=0, le=2**63 - 1)]
+    sent_at: Time
     """Agent clock, informational only: presence uses the platform's clock."""
     health: ClusterHealth
 
@@ -152,12 +195,12 @@ class ClusterList(Message, frozen=True, tag="cluster-list.v1"):
 class AgentBootstrap(Message, frozen=True, tag="agent-bootstrap.v1"):
     """An agent's first call: trade the one-time token for its own credential."""
 
-    token: str
-    cluster_uid: str
-    agent_version: str = ""
-    kubernetes_version: str = ""
-    driver: str = ""
-    user_public_key: str = ""
+    token: Secret
+    cluster_uid: Short
+    agent_version: Short = ""
+    kubernetes_version: Short = ""
+    driver: Short = ""
+    user_public_key: Secret = ""
     """The agent's own NATS user nkey (public part); its seed never leaves the agent."""
 
 
@@ -173,19 +216,19 @@ class AgentCredentials(Message, frozen=True, tag="agent-credentials.v1"):
 class AgentRenew(Message, frozen=True, tag="agent-renew.v1"):
     """Ask for a fresh NATS user JWT before the current one expires."""
 
-    cluster: str
-    credential: str
+    cluster: AgentName
+    credential: Secret
 
 
 class AgentHello(Message, frozen=True, tag="agent-hello.v1"):
     """Sent on every (re)connect; refused once the cluster is disconnected."""
 
-    cluster: str
-    credential: str
-    cluster_uid: str
-    agent_version: str = ""
-    kubernetes_version: str = ""
-    driver: str = ""
+    cluster: AgentName
+    credential: Secret
+    cluster_uid: Short
+    agent_version: Short = ""
+    kubernetes_version: Short = ""
+    driver: Short = ""
 
 
 class AgentWelcome(Message, frozen=True, tag="agent-welcome.v1"):
@@ -536,38 +579,38 @@ class Command(Message, frozen=True, tag="command.v1"):
 class CommandResult(Message, frozen=True, tag="command-result.v1"):
     """On ``tether.evt.<cluster>.result`` (stream EVT)."""
 
-    op_id: str
-    cluster: str
+    op_id: Short
+    cluster: AgentName
     kind: WorkloadKind
-    project: str
-    name: str
-    generation: int
+    project: AgentName
+    name: AgentName
+    generation: Generation
     ok: bool
     applied: bool = True
     """False when the generation was already applied (a redelivery): nothing was done again."""
     state: DesiredState = "running"
-    version: str = ""
-    reason: str = ""
-    message: str = ""
-    at: float = 0.0
+    version: Short = ""
+    reason: Short = ""
+    message: Text = ""
+    at: Time = 0.0
 
 
 class InventoryItem(msgspec.Struct, frozen=True, kw_only=True):
     kind: WorkloadKind
-    project: str
-    name: str
-    generation: int
+    project: AgentName
+    name: AgentName
+    generation: Generation
     state: DesiredState
-    version: str = ""
-    last_activity: float = 0.0
+    version: Short = ""
+    last_activity: Time = 0.0
 
 
 class Inventory(Message, frozen=True, tag="inventory.v1"):
     """On ``tether.evt.<cluster>.inventory``: everything the platform owns on the cluster."""
 
-    cluster: str
-    items: tuple[InventoryItem, ...]
-    at: float
+    cluster: AgentName
+    items: Annotated[tuple[InventoryItem, ...], Meta(max_length=MAX_OBJECTS)]
+    at: Time
     reason: Literal["connect", "periodic", "requested"] = "periodic"
 
 

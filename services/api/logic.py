@@ -40,8 +40,15 @@ def http_status(error: TetherError) -> int:
     return HTTP_STATUS.get(error.code, 500)
 
 
+LATEST = 4_102_444_800.0
+"""2100-01-01: a stored time past it (written before agents' times were bounded) is shown as unknown."""
+
+
 def ts(seconds: float) -> datetime | None:
-    return datetime.fromtimestamp(seconds, UTC) if seconds else None
+    """A stored time for people; None when unset or not a time at all (a listing never fails on one)."""
+    if not seconds or not 0 < seconds <= LATEST:  # also NaN
+        return None
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 def _condition(c: Condition) -> ConditionOut:

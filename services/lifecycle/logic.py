@@ -31,11 +31,19 @@ from schemas.messages import (
     WorkloadKind,
     WorkloadRecord,
     WorkloadSpec,
+    clip,
 )
 from schemas.names import check_name
 from schemas.units import format_version, parse_version
 
 SUPPORTED_MINORS = range(31, 37)
+MAX_REASON = 64
+"""Characters of an agent's failure reason kept (a CamelCase word, like Kubernetes' reasons)."""
+MAX_RESENDS = 1_000
+"""Commands one inventory may re-send; the rest wait for the next resync (every 2 minutes)."""
+MAX_ORPHAN_DELETES = 100
+"""Deletes one inventory may cause; an inventory naming thousands of unknown objects must not flood the
+cluster's command stream (the rest wait for the next resync)."""
 DEFAULT_VERSION = "v1.36"
 DEFAULT_RESOURCES: dict[str, Resources] = {
     "tenant": Resources(cpu=1.0, memory=2 * 1024**3),
@@ -298,12 +306,36 @@ def with_members(record: WorkloadRecord, membership: Membership, op_id: str, now
     return _bump(record, msgspec.structs.replace(record.spec, members=members), "access", op_id, now, activity=False)
 
 
+# --- what an agent says, checked against what the platform knows ----------------------------------
+def agent_time(at: float, now: float) -> float:
+    """A time an agent reported, as the platform keeps it: never later than the platform's clock (an agent's
+    clock, or a hostile agent, must not put an object's activity or result in the future)."""
+    return min(max(at, 0.0), now)
+
+
+def result_problem(record: WorkloadRecord, result: CommandResult, cluster: str) -> str | None:
+    """Why ``result``, arriving on ``cluster``'s subject, must not touch ``record`` (None: it may).
+
+    A result only ever concerns an object placed on the sending cluster, at a generation the platform sent
+    (never above the desired one: a generation from the future would mark every later change applied)."""
+    if record.spec.cluster != cluster:
+        return f"it lives on cluster {record.spec.cluster!r}, not {cluster!r}"
+    if result.generation > record.generation:
+        return f"generation {result.generation} was never sent (the desired generation is {record.generation})"
+    return None
+
+
 def observe(record: WorkloadRecord, result: CommandResult, now: float) -> tuple[WorkloadRecord, bool]:
-    """Fold an agent's result in. Returns (record, gone): gone when a delete is done."""
+    """Fold an agent's result in. Returns (record, gone): gone when a delete is done.
+
+    The caller has checked ``result_problem``; times are clamped to ``now`` and free text is clipped."""
+    at = agent_time(result.at, now)
     if result.ok:
         if record.observed is not None and record.observed.generation > result.generation:
             return record, False  # an older result arriving late
-        observed = Observed(generation=result.generation, state=result.state, version=result.version, at=result.at)
+        observed = Observed(
+            generation=result.generation, state=result.state, version=clip(result.version, 64), at=at or now
+        )
         failure = record.failure if record.failure and record.failure.generation > result.generation else None
         new = msgspec.structs.replace(record, observed=observed, failure=failure, updated_at=now)
         gone = result.state == "deleted" and result.generation >= record.generation
@@ -311,7 +343,10 @@ def observe(record: WorkloadRecord, result: CommandResult, now: float) -> tuple[
     if result.generation < record.generation:
         return record, False  # a stale failure: a newer generation is on its way
     failure = Failure(
-        generation=result.generation, reason=result.reason or "ApplyFailed", message=result.message, at=result.at or now
+        generation=result.generation,
+        reason=clip(result.reason, MAX_REASON) or "ApplyFailed",
+        message=clip(result.message),
+        at=at or now,
     )
     return with_conditions(msgspec.structs.replace(record, failure=failure, updated_at=now), now), False
 
@@ -322,10 +357,28 @@ def confirm_deleted(record: WorkloadRecord, now: float) -> WorkloadRecord:
     return with_conditions(msgspec.structs.replace(record, observed=observed, updated_at=now), now)
 
 
-def touch(record: WorkloadRecord, last_activity: float) -> WorkloadRecord | None:
+def touch(record: WorkloadRecord, last_activity: float, now: float) -> WorkloadRecord | None:
+    """The record with the activity an agent reported (clamped to ``now``); None when it is not newer."""
+    last_activity = agent_time(last_activity, now)
     if last_activity <= record.last_activity:
         return None
     return msgspec.structs.replace(record, last_activity=last_activity)
+
+
+def activity_updates(desired: Iterable[WorkloadRecord], items: Iterable[InventoryItem], now: float) -> dict[str, float]:
+    """Record key -> newer last activity, for the objects of ``desired`` (one cluster's records) the
+    inventory reports busier than recorded. Items for anything else are ignored: an inventory only ever
+    touches records placed on the sending cluster."""
+    want = {(r.spec.kind, r.spec.project, r.spec.name): r for r in desired if not is_tombstone(r)}
+    out: dict[str, float] = {}
+    for item in items:
+        record = want.get((item.kind, item.project, item.name))
+        if record is None:
+            continue
+        at = agent_time(item.last_activity, now)
+        if at > record.last_activity:
+            out[key(record.spec)] = at
+    return out
 
 
 def due_for_sleep(record: WorkloadRecord, now: float) -> bool:
@@ -412,6 +465,8 @@ class Resync:
     """Desired deletions the cluster already shows done: forget the record."""
     held_back: bool
     """True when deletes were held back because the desired state is empty (grace period)."""
+    deferred: int = 0
+    """Re-sends and deletes left for the next resync (over ``max_resends`` / ``max_orphans``)."""
 
 
 def reconcile(
@@ -421,7 +476,11 @@ def reconcile(
     empty_since: float | None,
     now: float,
     grace: float,
+    max_resends: int = MAX_RESENDS,
+    max_orphans: int = MAX_ORPHAN_DELETES,
 ) -> Resync:
+    """What one inventory asks for: at most ``max_resends`` re-sends and ``max_orphans`` deletes, each object
+    at most once (an inventory naming one object twice counts once)."""
     have = {(i.kind, i.project, i.name): i for i in inventory}
     want = {(r.spec.kind, r.spec.project, r.spec.name): r for r in desired}
     resend, done = [], []
@@ -441,7 +500,10 @@ def reconcile(
     if orphans and not live_wanted and (empty_since is None or now - empty_since < grace):
         # An empty desired state never deletes everything at once.
         held_back, orphans = True, []
-    return Resync(resend=resend, orphans=orphans, done=done, held_back=held_back)
+    deferred = max(0, len(resend) - max_resends) + max(0, len(orphans) - max_orphans)
+    return Resync(
+        resend=resend[:max_resends], orphans=orphans[:max_orphans], done=done, held_back=held_back, deferred=deferred
+    )
 
 
 def orphan_spec(item: InventoryItem, cluster: str) -> WorkloadSpec:

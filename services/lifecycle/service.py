@@ -15,6 +15,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
@@ -24,12 +25,14 @@ from schemas import subjects
 from schemas.audit import AuditRecord
 from schemas.errors import Conflict, InvalidInput, NotFound, TetherError, Unavailable
 from schemas.messages import (
+    MAX_GENERATION,
     ClusterList,
     ClusterRecord,
     Command,
     CommandResult,
     Empty,
     Inventory,
+    InventoryItem,
     Membership,
     MembershipChanged,
     NameRequest,
@@ -108,6 +111,32 @@ LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 def new_op_id() -> str:
     return uuid.uuid4().hex
+
+
+def _stream_seq(msg: Msg) -> str:
+    """The message's sequence in its stream ('' when it has none, e.g. not from JetStream)."""
+    try:
+        return str(msg.metadata.sequence.stream)
+    except Exception:  # not a JetStream message
+        return ""
+
+
+class _Progress:
+    """Tells JetStream a long handler is still at work, so the message is not redelivered meanwhile."""
+
+    EVERY = 50
+
+    def __init__(self, msg: Msg) -> None:
+        self.msg = msg
+        self.steps = 0
+
+    async def tick(self) -> None:
+        self.steps += 1
+        if self.steps % self.EVERY == 0 and self.msg.reply:
+            try:
+                await self.msg.in_progress()
+            except Exception as exc:  # advisory: at worst the message comes back and repeats its commands' ids
+                logger.debug("in-progress ack failed: %s", exc)
 
 
 class Lifecycle:
@@ -417,9 +446,10 @@ class Lifecycle:
         """Fold ``result`` into the record; False when ``found`` is a remembered record that may be old
         (anything but a successful write on top of it): the caller reads the record and tries again."""
         record, revision = found
-        if record.spec.cluster != result.cluster:
+        problem = logic.result_problem(record, result, result.cluster)
+        if problem is not None:
             if fresh:
-                logger.warning("result for %s from %s, but it lives on %s", k, result.cluster, record.spec.cluster)
+                logger.warning("dropped result for %s from cluster %s: %s", k, result.cluster, problem)
             return fresh
         if logic.is_tombstone(record):
             return fresh  # a late copy of the deletion's result
@@ -439,7 +469,8 @@ class Lifecycle:
         if result.generation == record.generation and result.applied:
             (self.applied if result.ok else self.failed).add(1, {"cluster": result.cluster})
             if result.ok:
-                self.latency.record(max(0.0, result.at - record.updated_at), {"cluster": result.cluster})
+                at = logic.agent_time(result.at, time.time())
+                self.latency.record(max(0.0, at - record.updated_at), {"cluster": result.cluster})
         if gone:
             logger.info("%s deleted from %s", k, result.cluster)
             await self.announce_deleted(record)
@@ -463,13 +494,13 @@ class Lifecycle:
 
     async def on_inventory(self, msg: Msg) -> None:
         inventory = decode(msg.data, Inventory)
-        if subjects.cluster_of_evt(msg.subject) != inventory.cluster:
+        cluster = subjects.cluster_of_evt(msg.subject)  # the broker's word, never the payload's
+        if cluster != inventory.cluster:
             raise InvalidInput(f"inventory for {inventory.cluster!r} arrived on {msg.subject!r}")
-        if time.time() - inventory.at > 600:
-            return  # stale: a newer one will come
-        cluster = inventory.cluster
-        desired = [r for r in await self.recent_records() if r.spec.cluster == cluster]
         now = time.time()
+        if now - inventory.at > 600:
+            return  # stale: a newer one will come
+        desired = [r for r in await self.recent_records() if r.spec.cluster == cluster]
         if any(r.spec.state != "deleted" for r in desired):
             self.empty_since.pop(cluster, None)
         else:
@@ -489,45 +520,67 @@ class Lifecycle:
                 len(inventory.items),
                 self.settings.empty_grace,
             )
+        if plan.deferred:
+            logger.warning("resync %s: %d re-sends or deletes left for the next resync", cluster, plan.deferred)
+        # Ids derived from the inventory's place in the stream: a redelivered inventory (a handler that
+        # outlived its ack wait, a crash) asks for the same commands again, and the stream drops the copies.
+        origin = _stream_seq(msg) or new_op_id()
+        progress = _Progress(msg)
+        await self._resend(cluster, plan.resend, inventory, origin, progress)
+        await self._delete_orphans(cluster, plan.orphans, origin, now, progress)
+        for record in plan.done:
+            k = logic.key(record.spec)
+            found = await self.desired.get(k)
+            if found is None or found[0].generation != record.generation or found[0].spec.cluster != cluster:
+                continue
+            await self.desired.update(k, logic.confirm_deleted(found[0], now), found[1])
+            await self.announce_deleted(record)
+            await progress.tick()
+        for k, at in logic.activity_updates(desired, inventory.items, now).items():
+            found = await self.desired.get(k)
+            if found is None or found[0].spec.cluster != cluster:
+                continue
+            touched = logic.touch(found[0], at, now)
+            if touched is not None:
+                try:
+                    await self.desired.update(k, touched, found[1])
+                except Conflict:
+                    pass  # someone else wrote it; activity is advisory
+            await progress.tick()
+
+    async def _resend(
+        self, cluster: str, stale: Sequence[WorkloadRecord], inventory: Inventory, origin: str, progress: _Progress
+    ) -> None:
         have = {(i.kind, i.project, i.name): i.generation for i in inventory.items}
-        for stale in plan.resend:
+        for old in stale:
             # The snapshot may be a moment old: re-send what the record says now.
-            found = await self.desired.get(logic.key(stale.spec))
+            found = await self.desired.get(logic.key(old.spec))
             record = found[0] if found is not None else None
             if record is None or logic.is_tombstone(record) or record.spec.cluster != cluster:
                 continue
             if have.get((record.spec.kind, record.spec.project, record.spec.name), 0) >= record.generation:
                 continue
             logger.info("resync %s: re-sending %s (generation %d)", cluster, logic.key(record.spec), record.generation)
-            await self.send(record, op_id=f"resync-{new_op_id()}")
-        for item in plan.orphans:
+            await self.send(record, op_id=f"resync-{origin}-{logic.key(record.spec)}-{record.generation}")
+            await progress.tick()
+
+    async def _delete_orphans(
+        self, cluster: str, orphans: Sequence[InventoryItem], origin: str, now: float, progress: _Progress
+    ) -> None:
+        for item in orphans:
             found = await self.desired.get(subjects.workload_key(item.kind, item.project, item.name))
             if found is not None and not logic.is_tombstone(found[0]) and found[0].spec.cluster == cluster:
                 continue  # created since the snapshot: wanted, not an orphan
             logger.info("resync %s: deleting unknown %s %s/%s", cluster, item.kind, item.project, item.name)
             command = Command(
-                op_id=f"orphan-{new_op_id()}",
-                generation=item.generation + 1,
+                op_id=f"orphan-{origin}-{item.kind}.{item.project}.{item.name}",
+                generation=min(item.generation + 1, MAX_GENERATION),
                 spec=logic.orphan_spec(item, cluster),
                 issued_at=now,
                 operation="resync",
             )
             await publish(self.js, subjects.cmd(cluster, subjects.VERB_APPLY), command, msg_id=command.op_id)
-        for record in plan.done:
-            k = logic.key(record.spec)
-            found = await self.desired.get(k)
-            if found is None or found[0].generation != record.generation:
-                continue
-            await self.desired.update(k, logic.confirm_deleted(found[0], now), found[1])
-            await self.announce_deleted(record)
-        for item in inventory.items:
-            k = subjects.workload_key(item.kind, item.project, item.name)
-            found = await self.desired.get(k)
-            if found and (touched := logic.touch(found[0], item.last_activity)) is not None:
-                try:
-                    await self.desired.update(k, touched, found[1])
-                except Conflict:
-                    pass  # someone else wrote it; activity is advisory
+            await progress.tick()
 
     async def on_membership(self, msg: Msg) -> None:
         change = decode(msg.data, MembershipChanged)
