@@ -130,3 +130,48 @@ def merge_seen(stored: Presence, mine: Presence, min_advance: float = 0.0) -> Pr
     ):
         return None
     return msgspec.structs.replace(stored, last_seen=mine.last_seen, health=mine.health, session=mine.session)
+
+
+# --- heartbeat floods --------------------------------------------------------------------------------------
+class RateLimiter:
+    """Per-cluster token buckets: a cluster may send ``rate`` heartbeats a second (bursts up to ``burst``).
+
+    Checked first on every heartbeat, before it is decoded, so one agent's flood costs a dictionary look-up
+    per message and never delays another cluster's heartbeats. The clock is passed in (monotonic)."""
+
+    def __init__(self, rate: float, burst: float, max_clusters: int = 200_000) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_clusters = max_clusters
+        self._tokens: dict[str, tuple[float, float]] = {}
+        self.dropped: dict[str, int] = {}
+        """Heartbeats refused per cluster since the last ``take_dropped``."""
+
+    def allow(self, cluster: str, now: float) -> bool:
+        tokens, at = self._tokens.get(cluster, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens < 1.0:
+            self._tokens[cluster] = (tokens, now)
+            self.dropped[cluster] = self.dropped.get(cluster, 0) + 1
+            return False
+        if len(self._tokens) >= self.max_clusters and cluster not in self._tokens:
+            self._tokens.clear()  # a bound on memory; forgetting only ever lets a burst through again
+        self._tokens[cluster] = (tokens - 1.0, now)
+        return True
+
+    def take_dropped(self) -> dict[str, int]:
+        dropped, self.dropped = self.dropped, {}
+        return dropped
+
+
+def hold_judgement(backlog: int, limit: int, reconnects: int, last_reconnects: int) -> str | None:
+    """Why this replica must not judge any cluster's silence right now (None: it may).
+
+    Silence is only evidence when this replica would have heard a heartbeat: not while its own inbox is
+    backed up (heartbeats wait in it, or were dropped when it was full: a slow consumer) and not after its
+    connection was lost (heartbeats sent meanwhile went nowhere)."""
+    if reconnects != last_reconnects:
+        return "health's connection to NATS was re-established"
+    if backlog >= max(1, limit // 10):
+        return f"{backlog} heartbeats are waiting to be handled (limit {limit})"
+    return None

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from opentelemetry.metrics import Histogram
@@ -68,10 +69,21 @@ class Settings:
     replica hears every heartbeat, and a restarted one counts silence from its own start. Writing every
     heartbeat's time was 5,000 KV writes/s at 10,000 clusters, and delayed heartbeats behind them."""
 
+    heartbeat_rate: float = 10.0
+    """Heartbeats a second one cluster may send (agents send one every few seconds); the rest are dropped
+    unread, so one agent's flood cannot delay every other cluster's heartbeats."""
+
+    heartbeat_burst: float = 50.0
+
+    pending_limit: int = 200_000
+    """Heartbeats waiting in health's inbox before NATS' client drops some (a slow consumer). Past a tenth
+    of it, health holds its judgement of silent clusters (``logic.hold_judgement``)."""
+
     @classmethod
     def from_env(cls) -> Settings:
         return cls(
             common=ServiceSettings.from_env(),
+            heartbeat_rate=float(os.environ.get("TETHER_HEARTBEAT_RATE", "10")),
             offline_after=float(os.environ.get("TETHER_OFFLINE_AFTER", "12")),
             sweep_interval=float(os.environ.get("TETHER_SWEEP_INTERVAL", "1")),
             flush_interval=float(os.environ.get("TETHER_FLUSH_INTERVAL", "2")),
@@ -95,6 +107,11 @@ class HealthMonitor:
         self.lag: Histogram | None = None
         self.listening_since = time.time()
         """When this replica started hearing heartbeats: silence before it is not counted."""
+        self.limiter = logic.RateLimiter(settings.heartbeat_rate, settings.heartbeat_burst)
+        self.inbox: Callable[[], tuple[int, int]] | None = None
+        """(heartbeats waiting, reconnects so far) of this replica's connection, once subscribed."""
+        self._reconnects = 0
+        self._holding = False
 
     async def load(self) -> None:
         self.presence = await self.bucket.items()
@@ -108,6 +125,9 @@ class HealthMonitor:
         )
 
     async def on_heartbeat(self, msg: Msg) -> None:
+        # First and cheap: a flooding cluster's surplus is dropped before anything is decoded.
+        if not self.limiter.allow(msg.subject, time.monotonic()):
+            return
         now = time.time()
         try:
             hb = decode(msg.data, Heartbeat)
@@ -149,8 +169,31 @@ class HealthMonitor:
             logger.info("cluster %s is %s", new.cluster, kind)
             await self._publish(kind, new.cluster, now)
 
+    def judging(self, now: float) -> bool:
+        """False while this replica cannot trust its own hearing (see ``logic.hold_judgement``); silence is
+        then counted from when it can again."""
+        for subject, n in self.limiter.take_dropped().items():
+            logger.warning("dropped %d heartbeats on %s: over %.0f/s", n, subject, self.settings.heartbeat_rate)
+        if self.inbox is None:
+            return True
+        backlog, reconnects = self.inbox()
+        why = logic.hold_judgement(backlog, self.settings.pending_limit, reconnects, self._reconnects)
+        self._reconnects = reconnects
+        if why is None:
+            if self._holding:
+                logger.info("judging silent clusters again")
+            self._holding = False
+            return True
+        if not self._holding:
+            logger.warning("holding judgement of silent clusters: %s", why)
+        self._holding = True
+        self.listening_since = now
+        return False
+
     async def sweep_once(self) -> None:
         now = time.time()
+        if not self.judging(now):
+            return
         for name, current in list(self.presence.items()):
             new, transition = logic.sweep(current, now, self.settings.offline_after, self.listening_since)
             if transition is not None:
@@ -247,7 +290,13 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
             callbacks=[lambda _opts: _gauge(sum(p.online for p in monitor.presence.values()))],
             description="Clusters whose agent is connected",
         )
-        hb_sub = await nc.subscribe(subjects.HEARTBEAT_ANY, cb=monitor.on_heartbeat, pending_msgs_limit=200_000)
+        hb_sub = await nc.subscribe(
+            subjects.HEARTBEAT_ANY,
+            cb=monitor.on_heartbeat,
+            pending_msgs_limit=settings.pending_limit,
+            pending_bytes_limit=256 * 1024 * 1024,
+        )
+        monitor.inbox = lambda: (hb_sub.pending_msgs, int(nc.stats["reconnects"]))
         monitor.listening_since = time.time()
         ev_sub = await nc.subscribe(subjects.public_event("cluster.disconnected"), cb=monitor.on_disconnected)
         host = ServiceHost(nc, "health", VERSION, telemetry.tracer(__name__))

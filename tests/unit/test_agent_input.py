@@ -186,3 +186,44 @@ def test_views_survive_absurd_stored_values() -> None:
     assert view.last_activity is None and view.created_at is None
     assert view.desired.generation == 2**70
     assert api_logic.ts(-1) is None and api_logic.ts(0) is None and api_logic.ts(NOW) is not None
+
+
+# --- heartbeat floods ----------------------------------------------------------------------------------------
+def test_rate_limiter_cuts_one_cluster_not_another() -> None:
+    from services.health.logic import RateLimiter
+
+    limiter = RateLimiter(rate=10, burst=20)
+    t = 100.0
+    flood = sum(limiter.allow("tether.hb.a", t + i / 50_000) for i in range(50_000))  # 50k in one second
+    assert 20 <= flood <= 31  # the burst, plus what a second refills
+    assert limiter.allow("tether.hb.b", t + 0.5)  # another cluster is untouched
+    assert limiter.take_dropped() == {"tether.hb.a": 50_000 - flood}
+    assert limiter.take_dropped() == {}
+    assert limiter.allow("tether.hb.a", t + 10)  # refilled after the flood
+
+
+def test_rate_limiter_lets_honest_agents_through() -> None:
+    from services.health.logic import RateLimiter
+
+    limiter = RateLimiter(rate=10, burst=50)
+    assert all(limiter.allow(f"tether.hb.c{i % 100}", 100.0 + i * 0.005) for i in range(2_000))
+
+
+def test_rate_limiter_memory_is_bounded() -> None:
+    from services.health.logic import RateLimiter
+
+    limiter = RateLimiter(rate=1, burst=1, max_clusters=10)
+    for i in range(100):
+        assert limiter.allow(f"s{i}", 0.0)
+    assert len(limiter._tokens) <= 10
+
+
+def test_hold_judgement_when_health_itself_could_not_hear() -> None:
+    from services.health.logic import hold_judgement
+
+    assert hold_judgement(0, 200_000, 0, 0) is None
+    assert hold_judgement(19_999, 200_000, 0, 0) is None
+    backlog = hold_judgement(20_000, 200_000, 0, 0)
+    assert backlog is not None and "waiting" in backlog
+    reconnected = hold_judgement(0, 200_000, 3, 2)
+    assert reconnected is not None and "re-established" in reconnected
