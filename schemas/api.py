@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
 
 class ApiModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- bounds on what callers send (a request over them is a 400 naming the field, never a 500) -----------------
+MAX_LABELS = 64
+"""Labels (or selector terms) on one object."""
+MAX_LIST = 1_000
+"""Names in one list (a project's clusters, a team's members)."""
+MAX_BODY = 1024 * 1024
+"""Bytes of one request body (413 above it)."""
+
+Label = Annotated[str, StringConstraints(max_length=253)]
+"""A label key (the DNS-1123 prefix and name are checked by the service)."""
+LabelValue = Annotated[str, StringConstraints(max_length=63)]
+NameIn = Annotated[str, StringConstraints(max_length=63)]
+Labels = Annotated[dict[Label, LabelValue], Field(max_length=MAX_LABELS)]
 
 
 class ErrorBody(ApiModel):
@@ -72,9 +87,11 @@ class ClusterConnectIn(ApiModel):
     name: str = Field(description="DNS-1123 label", max_length=63)
     display_name: str = Field("", max_length=1024)
     description: str = Field("", max_length=1024)
-    labels: dict[str, str] = Field(default_factory=dict)
-    local: bool = Field(False, description="The cluster the platform itself runs on")
-    token_ttl: float = Field(3600.0, description="Seconds the one-time token stays valid", ge=1, le=2592000)
+    labels: Labels = Field(default_factory=dict, description=f"At most {MAX_LABELS}")
+    local: StrictBool = Field(False, description="The cluster the platform itself runs on")
+    token_ttl: float = Field(
+        3600.0, description="Seconds the one-time token stays valid", ge=1, le=2592000, allow_inf_nan=False
+    )
 
 
 class ClusterConnectOut(ApiModel):
@@ -108,7 +125,7 @@ Phase = Literal["Pending", "Ready", "Sleeping", "Upgrading", "Deleting", "Failed
 class UserIn(ApiModel):
     name: str = Field(description="DNS-1123 label", max_length=63)
     email: str = Field("", max_length=254)
-    platform_admin: bool = False
+    platform_admin: StrictBool = Field(False, description="true or false (a JSON boolean, nothing else)")
 
 
 class UserOut(ApiModel):
@@ -129,7 +146,7 @@ class UserListOut(ApiModel):
 
 class TeamIn(ApiModel):
     name: str = Field(max_length=63)
-    members: list[str] = Field(default_factory=list)
+    members: list[NameIn] = Field(default_factory=list, max_length=MAX_LIST)
 
 
 class TeamMemberIn(ApiModel):
@@ -147,17 +164,17 @@ class TeamListOut(ApiModel):
 
 
 class QuotaModel(ApiModel):
-    tenants: int | None = Field(None, ge=0)
-    spaces: int | None = Field(None, ge=0)
-    cpu: float | None = Field(None, ge=0, description="CPU cores")
-    memory: int | None = Field(None, ge=0, description="Bytes")
+    tenants: int | None = Field(None, ge=0, le=1_000_000)
+    spaces: int | None = Field(None, ge=0, le=1_000_000)
+    cpu: float | None = Field(None, ge=0, le=10_000_000, allow_inf_nan=False, description="CPU cores")
+    memory: int | None = Field(None, ge=0, le=2**62, description="Bytes")
 
 
 class ProjectIn(ApiModel):
     name: str = Field(max_length=63)
     display_name: str = Field("", max_length=1024)
-    clusters: list[str] = Field(default_factory=list, description="Clusters the project may use")
-    cluster_selector: dict[str, str] = Field(default_factory=dict, description="Or clusters with these labels")
+    clusters: list[NameIn] = Field(default_factory=list, max_length=MAX_LIST, description="Clusters it may use")
+    cluster_selector: Labels = Field(default_factory=dict, description="Or clusters with these labels")
     quota: QuotaModel = Field(default_factory=QuotaModel)
 
 
@@ -202,9 +219,11 @@ class WorkloadIn(ApiModel):
     name: str = Field(max_length=63)
     cluster: str = Field("", max_length=63, description="Empty: the platform picks one")
     version: str = Field("", max_length=32, description="Tenant clusters: Kubernetes version, e.g. v1.36")
-    sleep_after: float = Field(0, ge=0, description="Tenant clusters: seconds idle before sleeping (0: never)")
-    cpu: float | None = Field(None, ge=0)
-    memory: int | None = Field(None, ge=0)
+    sleep_after: float = Field(
+        0, ge=0, le=315_360_000, allow_inf_nan=False, description="Tenant clusters: seconds idle before sleeping"
+    )
+    cpu: float | None = Field(None, ge=0, le=1_000_000, allow_inf_nan=False)
+    memory: int | None = Field(None, ge=0, le=2**60)
 
 
 class UpgradeIn(ApiModel):

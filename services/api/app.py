@@ -40,7 +40,7 @@ from schemas.api import (
     WorkloadListOut,
     WorkloadOut,
 )
-from schemas.errors import Forbidden, TetherError, Unauthenticated
+from schemas.errors import Forbidden, NotFound, TetherError, Unauthenticated
 from schemas.messages import (
     Authenticate,
     Authorize,
@@ -199,21 +199,31 @@ def create_app(platform: Platform) -> FastAPI:
 
     @app.get("/api/v1/clusters", response_model=ClusterListOut, responses=ERRORS, tags=["clusters"])
     async def list_clusters(who: Who) -> ClusterListOut:
-        records, presence = await asyncio.gather(
+        records, presence, scope = await asyncio.gather(
             platform.call(subjects.Registry.CLUSTER_LIST, Empty(), ClusterList),
             platform.call(subjects.Health.PRESENCE_LIST, Empty(), PresenceList),
+            cluster_scope(platform, who),
         )
         by_name = {p.cluster: p for p in presence.items}
-        return ClusterListOut(items=[logic.cluster_view(r, by_name.get(r.name)) for r in records.clusters])
+        return ClusterListOut(
+            items=[
+                logic.cluster_view(r, by_name.get(r.name), scope)
+                for r in records.clusters
+                if logic.may_see_cluster(scope, r)
+            ]
+        )
 
     @app.get("/api/v1/clusters/{name}", response_model=ClusterOut, responses=ERRORS, tags=["clusters"])
     async def get_cluster(name: str, who: Who) -> ClusterOut:
         check_name(name, "cluster name")
-        record, presence = await asyncio.gather(
+        record, presence, scope = await asyncio.gather(
             platform.call(subjects.Registry.CLUSTER_GET, NameRequest(name=name), ClusterRecord),
             presence_of(name),
+            cluster_scope(platform, who),
         )
-        return logic.cluster_view(record, presence)
+        if not logic.may_see_cluster(scope, record):
+            raise NotFound(f"cluster {name!r} not found")  # its existence is not the caller's business either
+        return logic.cluster_view(record, presence, scope)
 
     @app.post(
         "/api/v1/clusters",
@@ -260,6 +270,9 @@ def create_app(platform: Platform) -> FastAPI:
     from services.api.audit import install_audit
 
     install_audit(app, platform)
+    from services.api.limits import BodyLimit
+
+    app.add_middleware(BodyLimit)  # outside the audit: a refused body is never read
     if platform.telemetry is not None:
         from services.api.observing import Observe
 
@@ -281,6 +294,19 @@ async def authorize(platform: Platform, who: Principal, action: str, project: st
 
 async def visible(platform: Platform, who: Principal) -> VisibleProjects:
     return await platform.call(subjects.Access.VISIBLE, NameRequest(name=who.user), VisibleProjects)
+
+
+async def cluster_scope(platform: Platform, who: Principal) -> list[ProjectRecord] | None:
+    """The projects whose clusters (and tenants on them) ``who`` may see; None: everything (platform admin)."""
+    if who.platform_admin:
+        return None
+    seen = await visible(platform, who)
+    if seen.all:
+        return None
+    if not seen.projects:
+        return []
+    found = await platform.call(subjects.Projects.LIST, NamesRequest(names=tuple(seen.projects)), ProjectList)
+    return found.projects
 
 
 async def all_workloads(platform: Platform) -> list[WorkloadRecord]:

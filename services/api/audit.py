@@ -79,9 +79,11 @@ def install_audit(app: FastAPI, platform: "Platform") -> None:
     @app.get("/api/v1/audit", response_model=AuditListOut, responses=ERRORS, tags=["audit"])
     async def list_audit(
         who: Who,
-        since: Annotated[str, Query(description="How far back: a duration (1h, 2d) or an ISO 8601 time")] = "24h",
-        user: Annotated[str | None, Query(description="Only this user")] = None,
-        cluster: Annotated[str | None, Query(description="Only this cluster")] = None,
+        since: Annotated[
+            str, Query(description="How far back: a duration (1h, 2d) or an ISO 8601 time", max_length=64)
+        ] = "24h",
+        user: Annotated[str | None, Query(description="Only this user", max_length=63)] = None,
+        cluster: Annotated[str | None, Query(description="Only this cluster", max_length=63)] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> AuditListOut:
         require_admin(who)
@@ -100,16 +102,26 @@ def install_audit(app: FastAPI, platform: "Platform") -> None:
         return AuditListOut(items=[_out(r) for r in records])
 
 
+MAX_LOOKBACK = 3650 * 86400.0
+"""Ten years: far more than the AUDIT stream keeps (90 days), far less than what overflows a date."""
+
+
 def _since(text: str) -> datetime:
     try:
-        return datetime.fromtimestamp(time.time() - parse_duration(text), UTC)
+        seconds = parse_duration(text)
     except InvalidInput:
         pass
+    else:
+        if seconds > MAX_LOOKBACK:
+            raise InvalidInput(f"invalid since {text!r}: at most 3650d back (the audit trail keeps 90 days)")
+        return datetime.fromtimestamp(time.time() - seconds, UTC)
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidInput(f"invalid since {text!r}: expected a duration (1h, 2d) or an ISO 8601 time") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    # Older than anything kept means "from the start"; a date near year 1 must not overflow on the way.
+    return max(when, datetime.fromtimestamp(time.time() - MAX_LOOKBACK, UTC))
 
 
 def _out(r: AuditRecord) -> AuditOut:

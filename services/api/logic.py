@@ -61,8 +61,18 @@ def _condition(c: Condition) -> ConditionOut:
     )
 
 
-def cluster_view(record: ClusterRecord, presence: Presence | None) -> ClusterOut:
-    """One cluster as people see it: registry facts plus health's presence."""
+def may_see_cluster(scope: list[ProjectRecord] | None, cluster: ClusterRecord) -> bool:
+    """May a user whose projects are ``scope`` (None: a platform admin) see ``cluster``? Only the clusters one
+    of their projects may use."""
+    return scope is None or any(p.allows(cluster) for p in scope)
+
+
+def cluster_view(
+    record: ClusterRecord, presence: Presence | None, scope: list[ProjectRecord] | None = None
+) -> ClusterOut:
+    """One cluster as people see it: registry facts plus health's presence; tenant control planes only of the
+    projects in ``scope`` (None: all, for platform admins)."""
+    projects = None if scope is None else {p.name for p in scope}
     online = bool(presence and presence.online and record.state == "connected")
     health = presence.health if presence else None
     conditions = [_condition(c) for c in presence.conditions] if presence else []
@@ -91,6 +101,7 @@ def cluster_view(record: ClusterRecord, presence: Presence | None) -> ClusterOut
         control_planes=[
             ControlPlaneOut(project=c.project, name=c.name, replicas=c.replicas, ready_replicas=c.ready_replicas)
             for c in (health.control_planes if health else ())
+            if projects is None or c.project in projects
         ],
     )
 

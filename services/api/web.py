@@ -27,10 +27,11 @@ from fastapi.staticfiles import StaticFiles
 
 from schemas import subjects
 from schemas.api import ClusterEventListOut, ClusterEventOut
-from schemas.errors import Unavailable
+from schemas.errors import NotFound, Unavailable
 from schemas.messages import ClusterRecord, NameRequest, Principal, VisibleProjects
 from schemas.names import check_name
-from services.api.app import ERRORS, Platform, Who, platform_of, visible
+from services.api.app import ERRORS, Platform, Who, cluster_scope, platform_of, visible
+from services.api.logic import may_see_cluster
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +186,9 @@ async def cluster_events(
 ) -> ClusterEventListOut:
     check_name(name, "cluster name")
     platform = platform_of(request)
-    await platform.call(subjects.Registry.CLUSTER_GET, NameRequest(name=name), ClusterRecord)  # 404 when unknown
+    record = await platform.call(subjects.Registry.CLUSTER_GET, NameRequest(name=name), ClusterRecord)  # 404
+    if not may_see_cluster(await cluster_scope(platform, who), record):
+        raise NotFound(f"cluster {name!r} not found")
     since = datetime.fromtimestamp(time.time() - hours * 3600, UTC)
     raw, capped = await _read_cluster_events(platform, since)
     items, truncated = cluster_history(raw, name, limit)

@@ -104,8 +104,13 @@ async def test_a_clusters_history_lists_its_transitions_newest_first(stack: Stac
     c2 = await stack.ok("GET", "/api/v1/clusters/c2/events", params={"hours": 1})
     assert sorted(e["kind"] for e in c2["items"]) == ["connected", "online", "registered"]
 
-    viewer = await stack.user("vic")  # clusters are visible to every signed-in user
+    viewer = await stack.user("vic")  # a cluster is visible to members of a project that may use it
+    hidden = await stack.req("GET", "/api/v1/clusters/c1/events", token=viewer)
+    assert hidden.status_code == 404
+    await stack.ok("POST", "/api/v1/projects", json={"name": "pv", "clusters": ["c1"]})
+    await stack.ok("PUT", "/api/v1/projects/pv/members", json={"user": "vic", "role": "viewer"})
     assert (await stack.ok("GET", "/api/v1/clusters/c1/events", token=viewer))["items"]
+    assert (await stack.req("GET", "/api/v1/clusters/c2/events", token=viewer)).status_code == 404
     missing = await stack.req("GET", "/api/v1/clusters/nope/events")
     assert missing.status_code == 404 and "nope" in missing.json()["error"]["message"]
     bad = await stack.req("GET", "/api/v1/clusters/c1/events", params={"limit": 0})
