@@ -35,6 +35,21 @@ def admin_token(path: Path) -> bool:
     return True
 
 
+def grafana_password(path: Path) -> bool:
+    """Create Grafana's admin password file unless it exists; True when created.
+
+    Readable by Grafana's own user (another uid than this job's): the file sits alone in a volume only this
+    job and Grafana mount, so nothing else sees it."""
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(secrets.token_urlsafe(24))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return True
+
+
 def render(secrets_dir: Path, nats_auth_dir: Path, resolver_dir: Path = RESOLVER_DIR) -> Path:
     """Prepare the trust and secrets; write the NATS auth block. Returns the auth block's path."""
     trust = identity.prepare(secrets_dir / "auth")
@@ -57,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--secrets", type=Path, required=True, help="the platform's secrets volume")
     parser.add_argument("--nats-auth", type=Path, required=True, help="the volume the NATS nodes include from")
     parser.add_argument("--resolver-dir", type=Path, default=RESOLVER_DIR, help="account resolver dir on each node")
+    parser.add_argument("--grafana-secrets", type=Path, help="Grafana's volume for its admin password")
     args = parser.parse_args(argv)
     target = render(args.secrets, args.nats_auth, args.resolver_dir)
+    if args.grafana_secrets is not None:
+        grafana_password(args.grafana_secrets / "admin.password")
     print(f"trust ready in {args.secrets / 'auth'}; NATS auth block in {target}", file=sys.stderr)
     return 0
 

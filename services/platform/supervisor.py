@@ -207,11 +207,12 @@ class Platform:
             "--state-dir",
             str(self.data / "agents" / "local"),
         ]
-        if token:
-            argv += ["--token", token]
         if self.ca_file:
             argv += ["--ca-file", self.ca_file]
-        return Child(name="agent-local", argv=argv, env=self._env(), log=self.logs / "agent-local.log")
+        # The connect token goes in the environment, never the command line: any local user can read a
+        # process's arguments (ps, /proc/<pid>/cmdline), only its owner its environment.
+        env = self._env(TETHER_AGENT_TOKEN=token) if token else self._env()
+        return Child(name="agent-local", argv=argv, env=env, log=self.logs / "agent-local.log")
 
     async def wait_healthy(self, token: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

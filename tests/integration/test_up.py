@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -124,6 +125,10 @@ async def test_up_connect_list_stop_and_restart_keeps_state(up: Up, tmp_path: Pa
     local = await wait_for(lambda: up.clusters().get("local", {}).get("online"), what="local online")
     assert local
     assert up.clusters()["local"]["local"] is True
+    # The local agent's connect token is never on a command line (world-readable in /proc).
+    for pid in our_processes(str(up.data)):
+        with contextlib.suppress(OSError):
+            assert b"tct." not in (Path("/proc") / str(pid) / "cmdline").read_bytes()
 
     connect = json.loads(up.cli("cluster", "connect", "edge-1", "--label", "env=dev", "-o", "json").stdout)
     argv = connect["agent_command"].split()

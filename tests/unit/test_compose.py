@@ -524,3 +524,64 @@ def test_dashboard_has_the_panels(dashboard: dict[str, Any]) -> None:
     per_cluster = [p for p in dashboard["panels"] if "per cluster" in p["title"].lower()]
     for panel in per_cluster:
         assert all("by (cluster)" in t["expr"] for t in panel["targets"]), panel["title"]
+
+
+# --- what compose exposes (issue 12) -------------------------------------------------------------------------
+PUBLIC_PORTS = {4222, 8080}
+"""What must be reachable from elsewhere: agents dial NATS' client port; people and CLIs use the API."""
+
+
+def published(service: dict[str, Any]) -> list[tuple[str, int]]:
+    """(host address, container port) of each published port; '' for every address."""
+    out = []
+    for entry in service.get("ports") or []:
+        parts = str(entry).split(":")
+        host = parts[0] if len(parts) == 3 else ""
+        out.append((host, int(parts[-1].split("/")[0])))
+    return out
+
+
+def test_admin_and_monitoring_ports_are_bound_to_loopback(services: dict[str, dict[str, Any]]) -> None:
+    seen = set()
+    for name, service in services.items():
+        for host, port in published(service):
+            seen.add(port)
+            if port not in PUBLIC_PORTS:
+                assert host == "127.0.0.1", f"{name} publishes {port} on every address"
+    assert {8222, 9090, 3000, 4317} <= seen  # the monitoring ports are still there, for the local operator
+
+
+def test_grafana_admin_password_is_a_generated_secret(services: dict[str, dict[str, Any]]) -> None:
+    grafana = next(iter(by_image(services, "grafana/grafana").values()))
+    env = grafana["environment"]
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in env
+    secret_file = env["GF_SECURITY_ADMIN_PASSWORD__FILE"]
+    volume = next(
+        source
+        for source, target in (str(v).split(":")[:2] for v in grafana["volumes"])
+        if secret_file.startswith(target)
+    )
+    trust = services["trust"]
+    assert any(str(v).startswith(f"{volume}:") for v in trust["volumes"])
+    assert grafana["depends_on"]["trust"]["condition"] == "service_completed_successfully"
+    # Only the init job and Grafana see that volume.
+    assert {n for n, s in services.items() if any(str(v).startswith(f"{volume}:") for v in s.get("volumes") or [])} == {
+        "trust",
+        next(iter(by_image(services, "grafana/grafana"))),
+    }
+
+
+def test_render_makes_grafana_password_once(render: ModuleType, tmp_path: Path) -> None:
+    args = [
+        "--secrets",
+        str(tmp_path / "s"),
+        "--nats-auth",
+        str(tmp_path / "n"),
+        "--grafana-secrets",
+        str(tmp_path / "g"),
+    ]
+    render.main(args)
+    password = (tmp_path / "g" / "admin.password").read_text()
+    assert len(password) >= 24 and password != "admin"
+    render.main(args)
+    assert (tmp_path / "g" / "admin.password").read_text() == password
