@@ -88,7 +88,7 @@ logger = logging.getLogger(__name__)
 
 SERVICES = ("registry", "access", "lifecycle", "health")
 ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 410, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 410, 413, 503)
 }
 
 
