@@ -31,7 +31,7 @@ from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError, NoServersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
+from nats.js.api import Header
 from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 from nats.js.errors import NotFoundError as JsNotFound
 
@@ -493,8 +493,6 @@ async def request(conn: Connection, subject: str, message: Message, reply_type: 
 
 # --- the command queue ---------------------------------------------------------------------
 
-ACK_WAIT = 30.0
-"""Seconds the server waits for an acknowledgement before redelivering a command."""
 FETCH_TIMEOUT = 20.0
 """Seconds one fetch waits for a command. A command arriving meanwhile is delivered at once; the wait only
 sets how many pull requests an idle agent sends (10,000 idle agents: 500/s). A pull lost in a reconnect
@@ -573,12 +571,13 @@ class CommandQueue:
     """This cluster's commands, one at a time, through its durable pull consumer.
 
     The consumer (``agent-<cluster>`` on its shard's stream, filtered on this cluster's commands,
-    explicit acks, one unacknowledged command at a time) is looked up first and
-    created (``add_consumer``, which also brings a different config up to date)
-    only when it is missing or differs: on a work-queue stream every creation,
-    even of an identical consumer, is checked against all other consumers, so
-    re-declaring on every reconnect would cost a 10,000-agent fleet minutes of
-    the server's JetStream API after a restart. It is bound with
+    explicit acks, one unacknowledged command at a time) is created by the platform
+    when the agent says hello; the agent's JWT may only look it up, fetch from it and
+    ack, so no agent can re-filter a consumer onto another cluster's commands. The
+    agent only looks it up (never re-declares after a reconnect: on a work-queue
+    stream every creation is checked against all other consumers, which would cost
+    a 10,000-agent fleet minutes of the server's JetStream API after a restart);
+    when it is missing, ``on_missing`` asks the platform again. It is bound with
     ``pull_subscribe_bind``, never ``pull_subscribe``, which would ignore an
     existing durable's config. The binding survives reconnects (nats-py
     restores the subscription); after a reconnect the consumer is only looked
@@ -597,8 +596,8 @@ class CommandQueue:
         *,
         fetch_timeout: float = FETCH_TIMEOUT,
         declare_timeout: float = DECLARE_TIMEOUT,
-        ack_wait: float = ACK_WAIT,
         recheck_after: float = RECHECK_AFTER,
+        on_missing: Hook | None = None,
     ) -> None:
         self._conn = conn
         self.cluster = cluster
@@ -606,7 +605,7 @@ class CommandQueue:
         self.stream = subjects.cmd_stream(cluster)
         self._fetch_timeout = fetch_timeout
         self._declare_timeout = declare_timeout
-        self._ack_wait = ack_wait
+        self._on_missing = on_missing
         self._recheck_after = recheck_after
         self._sub: JetStreamContext.PullSubscription | None = None
         self._attempt = 0
@@ -617,26 +616,12 @@ class CommandQueue:
         self._verify = False
         self._wake = asyncio.Event()
         self.declarations = 0
-        """Consumer creations (or updates) this queue asked for; lookups are not counted."""
+        """Times this queue found its consumer missing and asked the platform to create it again."""
 
     @property
     def bound(self) -> bool:
         """Whether commands can be fetched (the consumer is declared and bound)."""
         return self._sub is not None
-
-    def config(self) -> ConsumerConfig:
-        name = self.consumer
-        return ConsumerConfig(
-            name=name,
-            durable_name=name,
-            description=f"commands for the agent of cluster {self.cluster}",
-            filter_subject=subjects.cmd_all(self.cluster),
-            deliver_policy=DeliverPolicy.ALL,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self._ack_wait,
-            max_ack_pending=1,
-            max_deliver=-1,
-        )
 
     def invalidate(self) -> None:
         """After a reconnect: look the consumer up again and end the fetch in progress (its pull request
@@ -651,27 +636,17 @@ class CommandQueue:
         except (NatsError, TimeoutError) as exc:
             logger.debug("unbinding the command consumer: %s", exc or type(exc).__name__)
 
-    @staticmethod
-    def _same(have: ConsumerConfig, want: ConsumerConfig) -> bool:
-        """Whether an existing consumer's config is the one we declare (the fields we set)."""
-        return all(
-            getattr(have, f) == getattr(want, f)
-            for f in ("filter_subject", "deliver_policy", "ack_policy", "ack_wait", "max_ack_pending", "max_deliver")
-        )
-
     async def _declare(self) -> None:
-        """Make sure the consumer exists with our config, creating it only when it does not."""
-        js, want = self._conn.jetstream, self.config()
+        """Make sure the consumer exists. The platform creates it (at bootstrap and at every hello); the
+        agent's JWT may not create one. When it is missing, ask the platform again (``on_missing``: a hello)
+        and wait."""
         try:
-            info = await js.consumer_info(self.stream, self.consumer, timeout=self._declare_timeout)
+            await self._conn.jetstream.consumer_info(self.stream, self.consumer, timeout=self._declare_timeout)
         except JsNotFound as exc:
-            if exc.err_code == STREAM_NOT_FOUND:
-                raise
-        else:
-            if self._same(info.config, want):
-                return
-        self.declarations += 1
-        await js.add_consumer(self.stream, want, timeout=self._declare_timeout)
+            if exc.err_code != STREAM_NOT_FOUND and self._on_missing is not None:
+                self.declarations += 1
+                self._on_missing()
+            raise
 
     async def _bind(self) -> JetStreamContext.PullSubscription:
         await self._declare()

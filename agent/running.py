@@ -332,7 +332,8 @@ class Agent:
             await self._hello()
 
         cluster = self._credentials.cluster
-        self._queue = CommandQueue(self.connection, cluster)
+        # A consumer found missing (its stream re-created) is created again by the platform at a hello.
+        self._queue = CommandQueue(self.connection, cluster, on_missing=self._reconnected.set)
         self.connection.on_reconnected(self._queue.invalidate)
         self._applier = CommandApplier(
             cluster,
@@ -439,7 +440,7 @@ class Agent:
             await asyncio.sleep(max(0.0, at - time.time()))
             answer = await self._call(
                 "renewing the agent's NATS credentials",
-                subjects.Registry.AGENT_RENEW,
+                subjects.agent_call(subjects.Registry.AGENT_RENEW, self._credentials.cluster),
                 AgentRenew(cluster=self._credentials.cluster, credential=self._credentials.credential),
                 AgentCredentials,
             )
@@ -482,7 +483,11 @@ class Agent:
         failed: list[TetherError] = []
         try:
             answer = await self._call(
-                "connecting the cluster", subjects.Registry.AGENT_BOOTSTRAP, message, AgentCredentials, failed
+                "connecting the cluster",
+                subjects.agent_call(subjects.Registry.AGENT_BOOTSTRAP, parse_connect_token(token)[0]),
+                message,
+                AgentCredentials,
+                failed,
             )
         except TetherError as exc:
             text = exc.description
@@ -522,7 +527,7 @@ class Agent:
         try:
             welcome = await self._call(
                 "saying hello to the platform",
-                subjects.Registry.AGENT_HELLO,
+                subjects.agent_call(subjects.Registry.AGENT_HELLO, self._credentials.cluster),
                 message,
                 AgentWelcome,
                 timeout=max(PATIENT_TIMEOUT, self.settings.request_timeout),

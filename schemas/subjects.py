@@ -176,6 +176,29 @@ class Registry:
     AGENT_BOOTSTRAP = svc(SERVICE, "agent.bootstrap")
     AGENT_HELLO = svc(SERVICE, "agent.hello")
     AGENT_RENEW = svc(SERVICE, "agent.renew")
+    """The three above are bases: an agent calls them as ``agent_call(base, cluster)``."""
+
+
+def agent_call(endpoint: str, cluster: str) -> str:
+    """The subject one cluster's agent calls ``endpoint`` (one of ``Registry.AGENT_*``) on:
+    ``<endpoint>.<cluster>``. The agent's JWT allows only its own, so the cluster in the subject is the one
+    the broker authenticated: the service takes the caller's identity from it and answers only into that
+    cluster's inbox."""
+    return f"{endpoint}.{_cluster(cluster)}"
+
+
+def agent_calls(endpoint: str) -> str:
+    """What a service serves for ``agent_call``: every cluster's."""
+    return f"{endpoint}.*"
+
+
+def cluster_of_agent_call(endpoint: str, subject: str) -> str | None:
+    """The cluster of an ``agent_call`` subject of ``endpoint``, or None if it is not one."""
+    prefix = f"{endpoint}."
+    if not subject.startswith(prefix):
+        return None
+    tail = subject[len(prefix) :]
+    return tail if tail and "." not in tail else None
 
 
 class Lifecycle:

@@ -1,4 +1,8 @@
-"""Connecting a platform service to NATS: reconnect forever, with jittered backoff."""
+"""Connecting a platform service to NATS: reconnect forever, with jittered backoff.
+
+A connection the server closes for good (nats-py does not reconnect after some server errors, e.g. an
+authorization violation) ends the process with a non-zero code (``running.connection_lost``): a service
+that is alive but off the bus helps nobody, and its supervisor restarts a dead one."""
 
 from __future__ import annotations
 
@@ -7,10 +11,11 @@ import logging
 import ssl
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 
 from schemas.retrying import backoff_delay
+from services.bus import running
+from services.bus.limits import GuardedClient
 from services.bus.settings import BusSettings
 
 logger = logging.getLogger(__name__)
@@ -47,6 +52,14 @@ async def connect(settings: BusSettings, name: str) -> Client:
     async def on_disconnected() -> None:
         logger.warning("nats (%s): disconnected", name)
 
+    nc = GuardedClient()
+
+    async def on_closed() -> None:
+        if nc.closing:
+            return
+        logger.critical("nats (%s): the server closed the connection for good (%s)", name, nc.last_error)
+        running.connection_lost(name)
+
     auth: dict[str, Any] = {}
     if settings.ca_file or any(s.startswith("tls://") for s in settings.servers):
         auth["tls"] = ssl.create_default_context(cafile=settings.ca_file)
@@ -55,7 +68,7 @@ async def connect(settings: BusSettings, name: str) -> Client:
     elif settings.user:
         auth["user"] = settings.user
         auth["password"] = settings.password
-    return await nats.connect(
+    await nc.connect(
         settings.servers,
         name=f"tether-{name}",
         max_reconnect_attempts=-1,
@@ -65,14 +78,18 @@ async def connect(settings: BusSettings, name: str) -> Client:
         error_cb=on_error,
         reconnected_cb=on_reconnected,
         disconnected_cb=on_disconnected,
+        closed_cb=on_closed,
         ping_interval=10,
         max_outstanding_pings=3,
         **auth,
     )
+    return nc
 
 
 async def close(nc: Client, timeout: float = 5.0) -> None:
     """Drain (finish handling what was received, flush what was sent), then close; never hang."""
+    if isinstance(nc, GuardedClient):
+        nc.closing = True
     try:
         await asyncio.wait_for(nc.drain(), timeout)
     except Exception as exc:  # TimeoutError, or the connection already gone

@@ -7,11 +7,13 @@ back into the same ``TetherError`` kind on the calling side.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
@@ -20,9 +22,12 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 from opentelemetry.trace import SpanKind, Tracer
 
-from schemas import tracing
+from schemas import subjects, tracing
+from schemas.credentials import agent_inbox_prefix
 from schemas.errors import TetherError, Unavailable, from_wire
 from schemas.messages import M, Message, decode, encode
+from schemas.names import dns1123_label_error
+from services.bus.limits import fits
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +38,25 @@ ERROR_CODE = "Nats-Service-Error-Code"
 ERROR_TEXT = "Nats-Service-Error"
 
 
+PLATFORM_INBOX = "_INBOX."
+"""Where the platform's own callers (services, API, CLI through the API) get their replies: nats-py's default
+inbox prefix. Agents use their own (``_INBOX_<cluster>``), so no agent can read a platform reply."""
+
+
+def error_body(code: str, description: str) -> bytes:
+    """An error reply is never empty: the JetStream API takes an empty body as a valid request (delete,
+    purge), so an empty error reflected there would be one."""
+    return json.dumps({"error": {"code": code, "description": description}}).encode()
+
+
 class ServiceHost:
-    """One NATS micro service with typed endpoints. ``stop()`` is safe to call twice."""
+    """One NATS micro service with typed endpoints. ``stop()`` is safe to call twice.
+
+    Every reply goes only where its caller could read it: a platform endpoint answers only platform inboxes
+    (``_INBOX.``), an agent endpoint only the inbox of the cluster named in its subject, which the broker
+    lets only that cluster's agent publish on. Anything else is dropped with a log line: a reply subject is
+    the caller's choice, and this service's NATS user may publish where the caller may not.
+    """
 
     def __init__(self, nc: Client, name: str, version: str, tracer: Tracer) -> None:
         self._nc = nc
@@ -44,6 +66,8 @@ class ServiceHost:
         self._service: Service | None = None
         self._pending: list[tuple[str, str, Callable[[Request], Awaitable[None]]]] = []
         self._inflight: set[asyncio.Task[None]] = set()
+        self.refused_replies = 0
+        """Requests dropped because of where they wanted the reply (for tests and metrics)."""
 
     def endpoint(
         self,
@@ -51,43 +75,103 @@ class ServiceHost:
         request_type: type[M],
         handler: Callable[[M], Awaitable[Message]],
     ) -> None:
-        """Serve ``subject``: decode ``request_type``, call ``handler``, reply with its message."""
+        """Serve ``subject`` to the platform: decode ``request_type``, call ``handler``, reply with its message."""
         name = subject.rsplit(".", 2)
         endpoint_name = "-".join(name[-2:]).replace("_", "-")
 
         async def handle(req: Request) -> None:
-            ctx = tracing.extract(req.headers)
-            with self._tracer.start_as_current_span(subject, context=ctx, kind=SpanKind.SERVER) as span:
-                try:
-                    message = decode(req.data, request_type)
-                    reply = await handler(message)
-                except TetherError as exc:
-                    span.set_attribute("tether.error.code", exc.code)
-                    await req.respond_error(exc.code, exc.description)
-                    return
-                except asyncio.CancelledError:
-                    raise
-                except BUS_TROUBLE as exc:
-                    # JetStream did not answer (a leader election, a lost node): the caller may try again.
-                    logger.warning("%s: %s", subject, exc or type(exc).__name__)
-                    span.record_exception(exc)
-                    await req.respond_error(Unavailable.code, f"{self._name}: NATS did not answer in time; try again")
-                    return
-                except Exception as exc:
-                    logger.exception("%s: unexpected error", subject)
-                    span.record_exception(exc)
-                    await req.respond_error("500", f"internal error in {self._name}: {exc!r}")
-                    return
-                await req.respond(encode(reply))
+            if not self._reply_allowed(req, PLATFORM_INBOX):
+                return
+            await self._answer(req, subject, lambda: self._decoded(req, request_type, handler))
 
+        self._pending.append((endpoint_name, subject, self._concurrent(handle, endpoint_name)))
+
+    def agent_endpoint(
+        self,
+        base: str,
+        request_type: type[M],
+        handler: Callable[[M, str], Awaitable[Message]],
+    ) -> None:
+        """Serve ``subjects.agent_call(base, <cluster>)`` for every cluster: ``handler(message, cluster)``, where
+        ``cluster`` is the one in the subject (the broker's word for who is calling, not the message's)."""
+        parts = base.rsplit(".", 2)
+        endpoint_name = "-".join(parts[-2:]).replace("_", "-")
+
+        async def handle(req: Request) -> None:
+            cluster = subjects.cluster_of_agent_call(base, req.subject)
+            if cluster is None or dns1123_label_error(cluster) is not None:
+                logger.warning("%s: dropped a request on %r: not a cluster's subject", self._name, req.subject)
+                return
+            if not self._reply_allowed(req, f"{agent_inbox_prefix(cluster)}."):
+                return
+
+            async def run() -> Message:
+                return await handler(decode(req.data, request_type), cluster)
+
+            await self._answer(req, base, run)
+
+        self._pending.append((endpoint_name, subjects.agent_calls(base), self._concurrent(handle, endpoint_name)))
+
+    def _reply_allowed(self, req: Request, prefix: str) -> bool:
+        reply = _reply_of(req)
+        if reply.startswith(prefix) and len(reply) > len(prefix) and not any(c in reply for c in "*> \t"):
+            return True
+        self.refused_replies += 1
+        logger.warning(
+            "%s: dropped a request on %s: its reply subject %r is not under %r", self._name, req.subject, reply, prefix
+        )
+        return False
+
+    @staticmethod
+    async def _decoded(req: Request, request_type: type[M], handler: Callable[[M], Awaitable[Message]]) -> Message:
+        return await handler(decode(req.data, request_type))
+
+    def _concurrent(
+        self, handle: Callable[[Request], Coroutine[Any, Any, None]], name: str
+    ) -> Callable[[Request], Awaitable[None]]:
         async def concurrent(req: Request) -> None:
             # micro runs one callback at a time per endpoint; handlers wait on
             # KV round trips, so let them overlap.
-            task = asyncio.create_task(handle(req), name=f"{self._name}:{endpoint_name}")
+            task = asyncio.create_task(handle(req), name=f"{self._name}:{name}")
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
-        self._pending.append((endpoint_name, subject, concurrent))
+        return concurrent
+
+    async def _answer(self, req: Request, subject: str, run: Callable[[], Awaitable[Message]]) -> None:
+        ctx = tracing.extract(req.headers)
+        with self._tracer.start_as_current_span(subject, context=ctx, kind=SpanKind.SERVER) as span:
+            try:
+                reply = await run()
+            except TetherError as exc:
+                span.set_attribute("tether.error.code", exc.code)
+                await self._error(req, exc.code, exc.description)
+                return
+            except asyncio.CancelledError:
+                raise
+            except BUS_TROUBLE as exc:
+                # JetStream did not answer (a leader election, a lost node): the caller may try again.
+                logger.warning("%s: %s", subject, exc or type(exc).__name__)
+                span.record_exception(exc)
+                await self._error(req, Unavailable.code, f"{self._name}: NATS did not answer in time; try again")
+                return
+            except Exception as exc:
+                logger.exception("%s: unexpected error", subject)
+                span.record_exception(exc)
+                await self._error(req, "500", f"internal error in {self._name}: {exc!r}")
+                return
+            data = encode(reply)
+            if not fits(self._nc, data):
+                logger.error(
+                    "%s: reply of %d bytes is over the server's max payload; answered an error", subject, len(data)
+                )
+                await self._error(req, "500", f"{self._name}: the answer is too large to send ({len(data)} bytes)")
+                return
+            await _send(req, data)
+
+    async def _error(self, req: Request, code: str, description: str) -> None:
+        description = description[:MAX_ERROR_TEXT]
+        await _send(req, error_body(code, description), {ERROR_CODE: code, ERROR_TEXT: description})
 
     async def start(self) -> None:
         self._service = await add_service(
@@ -112,6 +196,22 @@ class ServiceHost:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.stop()
+
+
+MAX_ERROR_TEXT = 4096
+"""Characters of an error description sent back (a header: it must stay well below the max payload)."""
+
+
+def _reply_of(req: Request) -> str:
+    # nats-py's micro Request keeps its Msg private and exposes no reply subject.
+    return str(req._msg.reply or "")
+
+
+async def _send(req: Request, data: bytes, headers: dict[str, str] | None = None) -> None:
+    try:
+        await req.respond(data, headers=headers)
+    except NatsError as exc:
+        logger.warning("reply on %s not sent: %s", req.subject, exc or type(exc).__name__)
 
 
 async def call(nc: Client, subject: str, message: Message, reply_type: type[M], *, timeout: float = 5.0) -> M:

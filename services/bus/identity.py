@@ -176,11 +176,10 @@ def agent_permissions(cluster: str) -> tuple[list[str], list[str]]:
     publish = [
         subjects.heartbeat(cluster),
         f"tether.evt.{cluster}.>",
-        subjects.Registry.AGENT_HELLO,
-        subjects.Registry.AGENT_RENEW,
-        f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}",
-        f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}.>",
-        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
+        subjects.agent_call(subjects.Registry.AGENT_HELLO, cluster),
+        subjects.agent_call(subjects.Registry.AGENT_RENEW, cluster),
+        # The platform creates the consumer (at bootstrap and hello): the agent may only read and fetch from
+        # it and ack, never create, change or delete one, so it cannot re-filter it onto another cluster.
         f"$JS.API.CONSUMER.INFO.{stream}.{consumer}",
         f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
         f"$JS.ACK.{stream}.{consumer}.>",
@@ -191,7 +190,7 @@ def agent_permissions(cluster: str) -> tuple[list[str], list[str]]:
 
 def bootstrap_permissions(cluster: str) -> tuple[list[str], list[str]]:
     """The bootstrap user may only trade its token for credentials."""
-    return [subjects.Registry.AGENT_BOOTSTRAP], [f"{agent_inbox_prefix(cluster)}.>"]
+    return [subjects.agent_call(subjects.Registry.AGENT_BOOTSTRAP, cluster)], [f"{agent_inbox_prefix(cluster)}.>"]
 
 
 # --- the trust, on disk ---------------------------------------------------------------------------

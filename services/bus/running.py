@@ -6,8 +6,28 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from collections.abc import Coroutine
 from typing import Any
+
+logger = logging.getLogger(__name__)
+
+EXIT_BUS_LOST = 3
+"""Exit code of a service whose NATS connection was closed for good: its supervisor restarts it."""
+
+_main: list[asyncio.Task[None]] = []
+_lost: list[str] = []
+
+
+def connection_lost(name: str) -> None:
+    """The NATS connection ``name`` is closed for good: end the process (non-zero) so it is restarted.
+
+    Under ``run_main`` the service shuts down in order and exits ``EXIT_BUS_LOST``; elsewhere (a service run
+    inside a test) only the log line says so."""
+    _lost.append(name)
+    for task in _main:
+        if not task.done():
+            task.cancel()
 
 
 def setup_logging() -> None:
@@ -38,6 +58,7 @@ def run_main(main: Coroutine[Any, Any, None]) -> None:
 
     async def runner() -> None:
         task = asyncio.create_task(main, name="main")
+        _main.append(task)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
@@ -48,3 +69,7 @@ def run_main(main: Coroutine[Any, Any, None]) -> None:
 
     with asyncio.Runner(loop_factory=new_event_loop) as run:
         run.run(runner())
+    if _lost:
+        logger.critical("exiting with code %d: NATS connection %s closed for good", EXIT_BUS_LOST, ", ".join(_lost))
+        logging.shutdown()
+        sys.exit(EXIT_BUS_LOST)

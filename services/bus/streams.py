@@ -12,7 +12,15 @@ from typing import TypeVar
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import APIError, BucketNotFoundError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
@@ -27,6 +35,8 @@ logger = logging.getLogger(__name__)
 DAY = 24 * 3600.0
 DECLARE_DEADLINE = 60.0
 """Seconds a service keeps trying to declare its streams and buckets at start."""
+STREAM_NOT_FOUND = 10059
+"""JetStream's error code for a missing stream (a missing consumer is 10014)."""
 STREAM_NAME_IN_USE = 10058
 """JetStream's error when a stream was created concurrently (by another replica) with another config."""
 
@@ -210,3 +220,55 @@ async def ensure_bucket(
         return kv
 
     return Bucket(await _declare(f"bucket {name}", step), type_)
+
+
+# --- each agent's command consumer: created by the platform, only read by the agent ----------------------
+AGENT_ACK_WAIT = 30.0
+"""Seconds the server waits for an agent's acknowledgement before redelivering a command."""
+
+
+def agent_consumer_config(cluster: str) -> ConsumerConfig:
+    """The durable consumer one cluster's agent fetches its commands from: exactly its own filter, one
+    command in flight. The agent's JWT may read it, fetch and ack, nothing else: it cannot create, change or
+    delete a consumer, so it cannot re-filter one onto another cluster's commands or squat a name."""
+    name = subjects.agent_consumer(cluster)
+    return ConsumerConfig(
+        name=name,
+        durable_name=name,
+        description=f"commands for the agent of cluster {cluster}",
+        filter_subject=subjects.cmd_all(cluster),
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=AGENT_ACK_WAIT,
+        max_ack_pending=1,
+        max_deliver=-1,
+    )
+
+
+_AGENT_CONSUMER_FIELDS = ("filter_subject", "deliver_policy", "ack_policy", "ack_wait", "max_ack_pending")
+
+
+async def ensure_agent_consumer(js: JetStreamContext, cluster: str, *, timeout: float = 30.0) -> bool:
+    """Create (or put right) one agent's command consumer; True when it had to. Looked up first: on a
+    work-queue stream every creation, even of an identical consumer, is checked against all others."""
+    want = agent_consumer_config(cluster)
+    stream = subjects.cmd_stream(cluster)
+    try:
+        info = await js.consumer_info(stream, want.durable_name or "", timeout=timeout)
+    except NotFoundError as exc:
+        if exc.err_code == STREAM_NOT_FOUND:
+            raise Unavailable(f"stream {stream} does not exist yet (the lifecycle service creates it)") from None
+    else:
+        have = info.config
+        if all(getattr(have, f) == getattr(want, f) for f in _AGENT_CONSUMER_FIELDS):
+            return False
+        logger.warning("consumer %s on %s had another config; putting it right", want.durable_name, stream)
+    await js.add_consumer(stream, want, timeout=timeout)
+    return True
+
+
+async def delete_agent_consumer(js: JetStreamContext, cluster: str) -> None:
+    """Remove a disconnected cluster's command consumer (its pending commands stay in the stream until a
+    new consumer takes them, or the stream's limits drop them)."""
+    with contextlib.suppress(NotFoundError):
+        await js.delete_consumer(subjects.cmd_stream(cluster), subjects.agent_consumer(cluster))

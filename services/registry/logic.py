@@ -10,7 +10,7 @@ import secrets
 import msgspec
 
 from schemas.credentials import CONNECT_TOKEN_PREFIX, parse_connect_token
-from schemas.errors import Conflict, Gone, InvalidInput, NotFound, Unauthenticated
+from schemas.errors import Conflict, Forbidden, Gone, InvalidInput, NotFound, Unauthenticated
 from schemas.messages import (
     AgentBootstrap,
     AgentHello,
@@ -109,6 +109,13 @@ def redeem(record: ClusterRecord, req: AgentBootstrap, now: float) -> tuple[Clus
         ),
         credential,
     )
+
+
+def check_caller(caller: str, claimed: str) -> None:
+    """An agent speaks only for its own cluster: ``caller`` is the cluster the broker let publish the request
+    (from its subject), ``claimed`` the one the message names."""
+    if caller != claimed:
+        raise Forbidden(f"the agent of cluster {caller!r} cannot speak for cluster {claimed!r}")
 
 
 def check_user_key(key: str) -> str:

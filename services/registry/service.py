@@ -52,6 +52,7 @@ from services.bus import (
 from services.bus.identity import Trust
 from services.bus.publishing import publish
 from services.bus.settings import ServiceSettings
+from services.bus.streams import delete_agent_consumer, ensure_agent_consumer, ensure_cmd_streams
 from services.registry import logic
 
 logger = logging.getLogger(__name__)
@@ -174,7 +175,8 @@ class Registry:
             raise Unavailable(f"NATS refused the account update: {answer['error']}")
         logger.info("account pushed to NATS with %d revoked agent(s)", len(revoked))
 
-    async def renew(self, req: AgentRenew) -> AgentCredentials:
+    async def renew(self, req: AgentRenew, caller: str) -> AgentCredentials:
+        logic.check_caller(caller, req.cluster)
         record, _ = await self._record(req.cluster)
         logic.check_renewal(record, req)
         if self.trust is None or not record.nats_user:
@@ -205,12 +207,15 @@ class Registry:
             )
             await self.nc.flush()
             await self._event("disconnected", record.name)
+        # Also when already disconnected (a crash before it is repaired by asking again).
+        await delete_agent_consumer(self.js, record.name)
         # Also when already disconnected: a crash before the push is repaired by asking again.
         await self.push_revocations()
         return updated
 
-    async def bootstrap(self, req: AgentBootstrap) -> AgentCredentials:
+    async def bootstrap(self, req: AgentBootstrap, caller: str) -> AgentCredentials:
         name, _secret, _jwt = parse_connect_token(req.token)
+        logic.check_caller(caller, name)
         logic.check_cluster_uid(req.cluster_uid)
         if self.trust is not None:
             logic.check_user_key(req.user_public_key)
@@ -231,6 +236,7 @@ class Registry:
                 raise logic.duplicate_error(req.cluster_uid, winner[0].cluster if winner else "?") from None
         # Spending the token is a CAS on the record: of two racing agents, one wins.
         await self.clusters.update(name, connected, revision)
+        await ensure_agent_consumer(self.js, name)
         await self._event("connected", name)
         logger.info("cluster %s connected (uid %s)", name, req.cluster_uid)
         if self.trust is None:
@@ -260,11 +266,14 @@ class Registry:
         wanted = items.values() if req.all else (items[n] for n in req.names if n in items)
         return ProjectList(projects=sorted(wanted, key=lambda p: p.name))
 
-    async def hello(self, req: AgentHello) -> AgentWelcome:
+    async def hello(self, req: AgentHello, caller: str) -> AgentWelcome:
+        logic.check_caller(caller, req.cluster)
         record, revision = await self._record(req.cluster)
         admitted = logic.admit(record, req)
         if admitted != record:
             await self.clusters.update(record.name, admitted, revision)
+        # Also at every hello: a consumer lost with its stream comes back when its agent reconnects.
+        await ensure_agent_consumer(self.js, record.name)
         return AgentWelcome(cluster=record.name, heartbeat_interval=self.settings.heartbeat_interval)
 
 
@@ -276,6 +285,8 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
         js = nc.jetstream()
         replicas = settings.common.bus.replicas
         await ensure_platform_streams(js, replicas)
+        # The registry creates each agent's command consumer on these (lifecycle declares them too).
+        await ensure_cmd_streams(js, replicas)
         clusters = await ensure_bucket(js, subjects.BUCKET_CLUSTERS, ClusterRecord, replicas=replicas, history=5)
         uids = await ensure_bucket(js, subjects.BUCKET_CLUSTER_UIDS, ClusterUidClaim, replicas=replicas)
         projects = await ensure_bucket(js, subjects.BUCKET_PROJECTS, ProjectRecord, replicas=replicas, history=5)
@@ -311,9 +322,10 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
         host.endpoint(R.CLUSTER_GET, NameRequest, registry.get)
         host.endpoint(R.CLUSTER_LIST, Empty, registry.list)
         host.endpoint(R.CLUSTER_DISCONNECT, NameRequest, registry.disconnect)
-        host.endpoint(R.AGENT_BOOTSTRAP, AgentBootstrap, registry.bootstrap)
-        host.endpoint(R.AGENT_HELLO, AgentHello, registry.hello)
-        host.endpoint(R.AGENT_RENEW, AgentRenew, registry.renew)
+        # Called by agents (and connect tokens' bootstrap users): the cluster is the one in the subject.
+        host.agent_endpoint(R.AGENT_BOOTSTRAP, AgentBootstrap, registry.bootstrap)
+        host.agent_endpoint(R.AGENT_HELLO, AgentHello, registry.hello)
+        host.agent_endpoint(R.AGENT_RENEW, AgentRenew, registry.renew)
         host.endpoint(subjects.Projects.CREATE, ProjectCreate, registry.project_create)
         host.endpoint(subjects.Projects.GET, NameRequest, registry.project_get)
         host.endpoint(subjects.Projects.LIST, NamesRequest, registry.project_list)

@@ -215,7 +215,7 @@ async def test_hundreds_of_agents_reconnect_at_once(stack: Stack, tmp_path: Path
 
         # Commands pending (the agents hold back), then NATS goes away under all of them.
         declared = (await fleet.stats())["declarations"]
-        assert declared == n, f"{declared} command consumers created for {n} agents"
+        assert declared == 0, f"{declared} agents found no command consumer after their hello"
         await fleet.gate(False)
         await asyncio.sleep(0.5)
         rng = __import__("random").Random(3)
@@ -243,7 +243,7 @@ async def test_hundreds_of_agents_reconnect_at_once(stack: Stack, tmp_path: Path
         assert stats["live"] == n, "agents stopped"
         # The consumers survived the restart (file storage): coming back only looks them up. Declaring
         # them again would queue 500 consumer creations, each checked against every other consumer.
-        assert stats["declarations"] == n, f"{stats['declarations'] - n} command consumers created again"
+        assert stats["declarations"] == 0, f"{stats['declarations']} command consumers missing after the restart"
 
         # No storm of failures: jittered reconnects, and JetStream's API was not overrun.
         jsz = monitor(stack.nats, "/jsz") or {}

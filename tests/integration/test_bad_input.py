@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nats
 import pytest
 
 from schemas import subjects
@@ -71,15 +72,19 @@ async def test_malformed_messages_get_an_error_and_services_keep_running(stack: 
     stack.agent(tmp_path / "a", info["token"])
     await stack.wait_online("edge-1")
     nc = await stack.nc()
+    # Agent endpoints answer only into the calling cluster's inbox.
+    as_agent = await nats.connect(
+        stack.nats_url, user_credentials=str(stack.auth / "platform.creds"), inbox_prefix=b"_INBOX_edge-1"
+    )
     try:
-        for subject in (
-            subjects.Registry.CLUSTER_CREATE,
-            subjects.Registry.AGENT_BOOTSTRAP,
-            subjects.Health.PRESENCE_GET,
-            subjects.Access.AUTHENTICATE,
+        for conn, subject in (
+            (nc, subjects.Registry.CLUSTER_CREATE),
+            (as_agent, subjects.agent_call(subjects.Registry.AGENT_BOOTSTRAP, "edge-1")),
+            (nc, subjects.Health.PRESENCE_GET),
+            (nc, subjects.Access.AUTHENTICATE),
         ):
             for payload in (b"", b"{not json", b'{"type":"cluster-create.v1","name":42}', b"\xff\xfe"):
-                reply = await nc.request(subject, payload, timeout=5)
+                reply = await conn.request(subject, payload, timeout=5)
                 assert reply.headers and reply.headers[ERROR_CODE] == "400", (subject, payload, reply.headers)
                 assert "message" in reply.headers[ERROR_TEXT]
         # garbage and lies on the heartbeat subjects are dropped, with a log line naming the problem
@@ -88,6 +93,7 @@ async def test_malformed_messages_get_an_error_and_services_keep_running(stack: 
         await nc.flush()
     finally:
         await nc.close()
+        await as_agent.close()
     for name, proc in stack.services.items():
         assert proc.running, f"{name} died"
     cluster = await stack.cluster("edge-1")

@@ -1,0 +1,119 @@
+"""Reply-subject reflection: an agent (or a spent token's bootstrap user) asks a platform endpoint it may call
+and points the reply at a subject of its choice. The platform answers only into the caller's own inbox."""
+
+from __future__ import annotations
+
+import json
+
+from schemas import subjects
+from services.bus.endpoints import ERROR_CODE
+from tests.harness import wait_for
+from tests.hostile.conftest import Hostile
+
+HELLO = subjects.Registry.AGENT_HELLO
+RENEW = subjects.Registry.AGENT_RENEW
+BOOTSTRAP = subjects.Registry.AGENT_BOOTSTRAP
+
+
+def targets(h: Hostile) -> list[str]:
+    """Reply subjects an attacker would like the platform's own user to publish on."""
+    victim_stream = subjects.cmd_stream(h.victim)
+    return [
+        f"$JS.API.STREAM.DELETE.{subjects.AUDIT_STREAM}",
+        f"$JS.API.STREAM.PURGE.KV_{subjects.BUCKET_TOKENS}",
+        f"$JS.API.STREAM.PURGE.KV_{subjects.BUCKET_DESIRED}",
+        f"$JS.API.CONSUMER.DELETE.{victim_stream}.{subjects.agent_consumer(h.victim)}",
+        f"$KV.{subjects.BUCKET_TOKENS}.forged",
+        f"$KV.{subjects.BUCKET_DESIRED}.space.p1.before",
+        subjects.cmd(h.victim, subjects.VERB_APPLY),
+        f"_INBOX_{h.victim}.stolen",
+        "_INBOX.platform-looking",
+        f"{h.attacker_inbox}",  # the bare prefix, no token after it
+        f"{h.attacker_inbox}.*",
+    ]
+
+
+async def drops(h: Hostile, reply: str, before: int) -> None:
+    registry = h.stack.services["registry"]
+    await wait_for(
+        lambda: registry.output().count("dropped a request") > before,
+        timeout=5,
+        what=f"the registry to drop a request answering to {reply}",
+    )
+    assert repr(reply) in registry.output()
+
+
+async def test_agent_endpoints_never_answer_outside_the_callers_inbox(hostile: Hostile) -> None:
+    h = hostile
+    nc = await h.attacker_nc()
+    hello = json.dumps(
+        {"type": "agent-hello.v1", "cluster": h.attacker, "credential": "tac.evil.wrong", "cluster_uid": "x"}
+    ).encode()
+    renew = json.dumps({"type": "agent-renew.v1", "cluster": h.attacker, "credential": "wrong"}).encode()
+    for base, body in ((HELLO, hello), (RENEW, renew), (HELLO, b""), (RENEW, b"{not json")):
+        for reply in targets(h):
+            before = h.stack.services["registry"].output().count("dropped a request")
+            await nc.publish(subjects.agent_call(base, h.attacker), body, reply=reply)
+            await nc.flush()
+            await drops(h, reply, before)
+    await h.intact()
+    await h.legit_command_applies()
+
+
+async def test_a_spent_tokens_bootstrap_user_cannot_reflect_either(hostile: Hostile) -> None:
+    h = hostile
+    nc = await h.bootstrap_nc()
+    body = json.dumps({"type": "agent-bootstrap.v1", "token": h.spent_token, "cluster_uid": "x"}).encode()
+    for reply in targets(h):
+        before = h.stack.services["registry"].output().count("dropped a request")
+        await nc.publish(subjects.agent_call(BOOTSTRAP, h.attacker), body, reply=reply)
+        await nc.flush()
+        await drops(h, reply, before)
+    await h.intact()
+    await h.legit_command_applies()
+
+
+async def test_an_agent_may_call_only_its_own_clusters_endpoints(hostile: Hostile) -> None:
+    h = hostile
+    nc = await h.attacker_nc()
+    for base in (HELLO, RENEW, BOOTSTRAP):
+        before = len(h.errors)
+        await nc.publish(subjects.agent_call(base, h.victim), b"{}", reply=f"{h.attacker_inbox}.x")
+        await nc.flush()
+        await h.refused(f"a call to {base} as {h.victim}", before)
+    # The cluster-less subjects of earlier versions are not open to agents either.
+    for base in (HELLO, RENEW, BOOTSTRAP):
+        before = len(h.errors)
+        await nc.publish(base, b"{}", reply=f"{h.attacker_inbox}.x")
+        await nc.flush()
+        await h.refused(f"a call to {base}", before)
+    await h.intact()
+
+
+async def test_speaking_for_another_cluster_from_ones_own_subject_is_refused(hostile: Hostile) -> None:
+    h = hostile
+    nc = await h.attacker_nc()
+    victim = json.loads((h.tmp / h.victim / "credentials.json").read_text())
+    # Even with the victim's credential (stolen), the attacker's subject speaks only for the attacker.
+    body = json.dumps(
+        {"type": "agent-hello.v1", "cluster": h.victim, "credential": victim["credential"], "cluster_uid": "x"}
+    ).encode()
+    reply = await nc.request(subjects.agent_call(HELLO, h.attacker), body, timeout=5)
+    assert reply.headers and reply.headers[ERROR_CODE] == "403", reply.headers
+    await h.intact()
+
+
+async def test_error_replies_are_never_empty(hostile: Hostile) -> None:
+    h = hostile
+    nc = await h.attacker_nc()
+    for body in (b"", b"{oops", json.dumps({"type": "agent-renew.v1", "cluster": h.attacker}).encode()):
+        reply = await nc.request(subjects.agent_call(RENEW, h.attacker), body, timeout=5)
+        assert reply.headers and reply.headers[ERROR_CODE] in ("400", "401"), reply.headers
+        error = json.loads(reply.data)["error"]
+        assert error["code"] == reply.headers[ERROR_CODE] and error["description"]
+    platform = await h.stack.nc()
+    try:
+        reply = await platform.request(subjects.Registry.CLUSTER_GET, b"{}", timeout=5)
+        assert reply.data and json.loads(reply.data)["error"]["code"] == "400"
+    finally:
+        await platform.close()
