@@ -170,6 +170,7 @@ class Connection:
         self._last_error: Exception | None = None
         self._reconnect_attempts = 0
         self._identity: NatsIdentity | None = None
+        self._inbox_prefix: str | None = None
         self._auth_refusals = 0
         self._fatal = asyncio.Event()
         self.refused = asyncio.Event()
@@ -251,6 +252,8 @@ class Connection:
                 auth["tls"] = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
             except (OSError, ssl.SSLError) as exc:
                 raise PermanentError(f"cannot use CA file {settings.ca_file}: {exc}") from None
+        if self._inbox_prefix:
+            auth["inbox_prefix"] = self._inbox_prefix
         if self._identity is not None:
             ident = self._identity
             auth["user_credentials"] = UserString(ident.creds) if ident.in_memory else ident.creds
@@ -455,9 +458,13 @@ async def connect(
     identity: NatsIdentity | None = None,
     on_reconnected: Hook | None = None,
     on_disconnected: Hook | None = None,
+    inbox_prefix: str | None = None,
 ) -> Connection:
-    """A connection to ``settings.server`` as client ``name``; waits (forever) until the first connect."""
+    """A connection to ``settings.server`` as client ``name``; waits (forever) until the first connect.
+
+    ``inbox_prefix``: where replies come when there is no ``identity`` (an open NATS)."""
     conn = Connection(name)
+    conn._inbox_prefix = inbox_prefix
     if on_reconnected is not None:
         conn.on_reconnected(on_reconnected)
     if on_disconnected is not None:

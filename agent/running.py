@@ -140,6 +140,7 @@ class Agent:
         self._lock = StateLock(settings.state_path)
         self._conn: Connection | None = None
         self._server = ""
+        self._inbox_cluster = "?"
         self._credentials: Credentials | None = None
         self._cluster_uid = ""
         self._health = ClusterHealth(agent_version=VERSION)
@@ -290,6 +291,7 @@ class Agent:
         )
 
         self._server = server
+        self._inbox_cluster = cluster
         identity = self._identity_for(stored.cluster) if stored is not None else None
         if stored is None:
             assert token is not None
@@ -418,6 +420,8 @@ class Agent:
             f"tether-agent-{self.settings.token_cluster or 'agent'}",
             identity=identity,
             on_reconnected=self._reconnected.set,
+            # Even on an open NATS: the platform answers an agent only into its own cluster's inbox.
+            inbox_prefix=agent_inbox_prefix(self._inbox_cluster) if self._inbox_cluster != "?" else None,
         )
 
     def _save_nats_creds(self, jwt: str, seed: str) -> None:
