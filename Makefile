@@ -40,7 +40,7 @@ fmt: install
 bench: install
 	$(PY) -m tests.bench $(ARGS)
 
-## Build (once per machine) the kube-apiserver and etcd used by the `kube` tests.
+## Build (once per machine) the control plane and kwok used by the `kube` tests.
 kube-bin:
 	bash tests/tools/kubebin/build.sh
 

@@ -147,6 +147,11 @@ RESOURCES: dict[str, Resource] = {
     "ClusterRoleBinding": Resource("rbac.authorization.k8s.io/v1", "clusterrolebindings", namespaced=False),
     "StatefulSet": Resource("apps/v1", "statefulsets"),
     "Deployment": Resource("apps/v1", "deployments"),
+    "ReplicaSet": Resource("apps/v1", "replicasets"),
+    "Pod": Resource("v1", "pods"),
+    "PersistentVolumeClaim": Resource("v1", "persistentvolumeclaims"),
+    "PersistentVolume": Resource("v1", "persistentvolumes", namespaced=False),
+    "StorageClass": Resource("storage.k8s.io/v1", "storageclasses", namespaced=False),
     "NetworkPolicy": Resource("networking.k8s.io/v1", "networkpolicies"),
     "SubjectAccessReview": Resource("authorization.k8s.io/v1", "subjectaccessreviews", namespaced=False),
     "ValidatingAdmissionPolicy": Resource(

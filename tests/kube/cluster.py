@@ -1,8 +1,11 @@
-"""A real control plane for tests: etcd + kube-apiserver built by ``tests/tools/kubebin/build.sh``.
+"""A real test cluster: etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok.
 
-Like controller-runtime's envtest: no kubelet, no controller manager, no
-scheduler. Namespaces therefore stay ``Terminating`` after a delete (there is no
-namespace controller); ``finalize_namespace`` plays that controller's last step.
+All built by ``tests/tools/kubebin/build.sh``. kwok plays the kubelets of ``nodes`` fake nodes
+(``tests/kube/workers.py``): Deployments and StatefulSets make pods that are scheduled and become
+Running/Ready, PersistentVolumeClaims of the default StorageClass get a volume, deleted namespaces
+finalize, garbage collection works, and ``kubectl logs/exec/port-forward`` reach kwok's fake kubelet.
+``with_workers=False`` gives the bare API server of before (like controller-runtime's envtest): there a
+deleted namespace stays ``Terminating`` until ``finalize_namespace`` plays the namespace controller.
 Identities come from a token file: ``admin`` (``system:masters``) and
 ``narrow`` (no rights until a test grants some).
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import time
@@ -24,6 +28,7 @@ import yaml
 
 from agent.drivers.kube import KubeApi
 from services.platform.natsd import free_port
+from tests.kube.workers import Workers
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "tests" / "tools" / "kubebin" / "build.sh"
@@ -71,7 +76,8 @@ def build_helm() -> Path:
 
 @dataclass
 class ControlPlane:
-    """One etcd and one kube-apiserver on free loopback ports, in ``workdir``."""
+    """One etcd and one kube-apiserver on free loopback ports, in ``workdir``, and (``with_workers``) the
+    controllers, the scheduler and kwok with ``nodes`` fake nodes."""
 
     bin_dir: Path
     workdir: Path
@@ -81,6 +87,9 @@ class ControlPlane:
     etcd: subprocess.Popen[bytes] | None = None
     apiserver: subprocess.Popen[bytes] | None = None
     started_in: float = 0.0
+    with_workers: bool = True
+    nodes: int = 2
+    workers: Workers | None = None
 
     @property
     def url(self) -> str:
@@ -147,6 +156,8 @@ class ControlPlane:
                     "--service-cluster-ip-range=10.0.0.0/24",
                     "--allow-privileged=true",
                     "--disable-admission-plugins=ServiceAccount",
+                    # kwok's nodes are reached by IP (their host names resolve nowhere) for logs, exec, port-forward.
+                    "--kubelet-preferred-address-types=InternalIP",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -157,14 +168,29 @@ class ControlPlane:
         except BaseException:
             self.stop()
             raise
-        self.started_in = time.monotonic() - begin
         self._write_kubeconfig(self.kubeconfig(), "admin", self.admin_token)
         self._write_kubeconfig(self.narrow_kubeconfig(), "narrow", self.narrow_token)
         api = KubeApi.from_kubeconfig(self.kubeconfig())
         try:
-            aggregate_cluster_roles(api)
-        finally:
+            if self.with_workers:
+                self.workers = Workers(
+                    bin_dir=self.bin_dir,
+                    workdir=w,
+                    kubeconfig=self.kubeconfig(),
+                    cert_file=self.ca_file,
+                    key_file=w / "certs" / "apiserver.key",
+                    sa_key_file=w / "sa.key",
+                    nodes=self.nodes,
+                )
+                self.workers.start(api, timeout)
+            else:
+                aggregate_cluster_roles(api)
+        except BaseException:
             api.close()
+            self.stop()
+            raise
+        api.close()
+        self.started_in = time.monotonic() - begin
         return self
 
     def _wait_ready(self, timeout: float) -> None:
@@ -207,7 +233,13 @@ class ControlPlane:
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
     def stop(self) -> None:
-        """kube-apiserver first, then etcd; SIGKILL whatever does not stop within 10 s."""
+        """kwok and the controllers, then kube-apiserver, then etcd; SIGKILL whatever does not stop within 10 s.
+
+        The volumes the hostPath provisioner made for this cluster (empty directories under /tmp) go too."""
+        volumes: list[Path] = []
+        if self.workers is not None:
+            volumes = self._volume_paths()
+            self.workers.stop()
         for proc in (self.apiserver, self.etcd):
             if proc is None or proc.poll() is not None:
                 continue
@@ -217,6 +249,23 @@ class ControlPlane:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for path in volumes:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _volume_paths(self) -> list[Path]:
+        assert self.workers is not None
+        if self.apiserver is None or self.apiserver.poll() is not None:
+            return []
+        try:
+            api = KubeApi.from_kubeconfig(self.kubeconfig(), timeout=5)
+        except Exception:
+            return []
+        try:
+            return self.workers.volume_paths(api)
+        except Exception:
+            return []
+        finally:
+            api.close()
 
 
 def _matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:

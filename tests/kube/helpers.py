@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from typing import Any
 
@@ -89,6 +90,15 @@ def can(
         }
     )
     return bool(review["status"].get("allowed"))
+
+
+async def wait_gone(api: KubeApi, namespace: str, timeout: float = 60.0) -> None:
+    """Wait until the namespace controller has removed ``namespace`` (everything in it first)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while api.get("Namespace", namespace) is not None:
+        assert loop.time() < deadline, f"namespace {namespace} still exists after {timeout:g}s"
+        await asyncio.sleep(0.1)
 
 
 def finalize_namespace(api: KubeApi, name: str) -> None:
