@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import PermanentError
-from agent.statefiles import read_json, write_json_atomic
+from agent.statefiles import CREDENTIALS_FILE, read_json, write_json_atomic
 from schemas.errors import InvalidInput
 from schemas.names import check_name
 
-FILE_NAME = "credentials.json"
+FILE_NAME = CREDENTIALS_FILE
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ from agent.credentials import Credentials
 from agent.drivers import Driver, make_driver
 from agent.errors import AgentError, DriverError, PermanentError
 from agent.settings import AgentSettings
-from agent.statefiles import StateLock, write_text_atomic
+from agent.statefiles import NATS_CREDS_FILE, StateLock, write_text_atomic
 from agent.telemetry import tracer_provider as make_tracer_provider
 from schemas import subjects
 from schemas.credentials import (
@@ -80,8 +80,6 @@ from schemas.retrying import backoff_delay
 
 logger = logging.getLogger(__name__)
 
-NATS_CREDS_FILE = "nats.creds"
-"""The agent's own NATS user (JWT and nkey seed), in its state dir."""
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
 """Used when the platform's welcome carries no usable interval."""
 RETRY_BACKOFF = (0.5, 30.0)

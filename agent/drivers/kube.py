@@ -94,7 +94,7 @@ from agent.drivers.kube_objects import (
 )
 from agent.errors import ClusterUnreachable, DriverError
 from agent.settings import AgentSettings
-from agent.statefiles import write_json_atomic
+from agent.statefiles import IDENTITY_FILES, write_bytes_atomic
 from schemas.messages import (
     Capacity,
     ClusterHealth,
@@ -110,8 +110,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STATE_SECRET_ENV = "TETHER_AGENT_STATE_SECRET"
-STATE_FILES = ("credentials.json",)
-"""Files of the state directory kept in the state Secret."""
+STATE_FILES = IDENTITY_FILES
+"""Files of the state directory kept in the state Secret: every identity file (``agent.statefiles``)."""
 DEFAULT_TIMEOUT = 30.0
 
 
@@ -802,9 +802,9 @@ class KubeDriver:
             if path.exists():
                 continue
             try:
-                write_json_atomic(path, json.loads(raw))
+                write_bytes_atomic(path, raw)  # byte for byte: the creds file is not JSON
                 self._mirrored[file] = path.read_bytes()
-            except (OSError, ValueError) as exc:
+            except OSError as exc:
                 raise DriverError(f"cannot restore {file} from the Secret {namespace}/{name}: {exc}") from None
             logger.info("restored %s from the Secret %s/%s", file, namespace, name)
 
