@@ -46,6 +46,7 @@ from schemas.messages import (
     WorkloadQuery,
     WorkloadRecord,
     WorkloadRef,
+    clip,
     decode,
 )
 from schemas.names import check_name
@@ -475,9 +476,10 @@ class Lifecycle:
             logger.info("%s deleted from %s", k, result.cluster)
             await self.announce_deleted(record)
             return True
+        reason = clip(result.reason, logic.MAX_REASON)
         if not result.ok:
-            logger.warning("%s failed on %s: %s: %s", k, result.cluster, result.reason, result.message)
-        await self.announce(record, new, result.reason or "Applied")
+            logger.warning("%s failed on %s: %s: %s", k, result.cluster, reason, clip(result.message))
+        await self.announce(record, new, reason or "Applied")
         return True
 
     async def announce_deleted(self, record: WorkloadRecord) -> None:
