@@ -92,6 +92,9 @@ class ClusterConnectIn(ApiModel):
     token_ttl: float = Field(
         3600.0, description="Seconds the one-time token stays valid", ge=1, le=2592000, allow_inf_nan=False
     )
+    rotate_token: StrictBool = Field(
+        False, description="The name exists (pending or disconnected): issue a new connect token (else 409)"
+    )
 
 
 class ClusterConnectOut(ApiModel):
@@ -133,6 +136,7 @@ class UserOut(ApiModel):
     email: str
     platform_admin: bool
     created_at: datetime | None
+    disabled: bool = False
 
 
 class UserCreatedOut(ApiModel):
@@ -222,8 +226,10 @@ class WorkloadIn(ApiModel):
     sleep_after: float = Field(
         0, ge=0, le=315_360_000, allow_inf_nan=False, description="Tenant clusters: seconds idle before sleeping"
     )
-    cpu: float | None = Field(None, ge=0, le=1_000_000, allow_inf_nan=False)
-    memory: int | None = Field(None, ge=0, le=2**60)
+    cpu: float | None = Field(
+        None, ge=0, le=1_000_000, allow_inf_nan=False, description="CPU cores; default 1 (tenant cluster), 0.5 (space)"
+    )
+    memory: int | None = Field(None, ge=0, le=2**60, description="Bytes; default 2 Gi (tenant cluster), 1 Gi (space)")
 
 
 class UpgradeIn(ApiModel):

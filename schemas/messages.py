@@ -171,6 +171,8 @@ class ClusterCreate(Message, frozen=True, tag="cluster-create.v1"):
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     local: bool = False
     token_ttl: float = 3600.0
+    rotate_token: bool = False
+    """Connecting a name that exists issues a new connect token only with this (else a conflict)."""
 
 
 class ClusterConnectInfo(Message, frozen=True, tag="cluster-connect-info.v1"):
@@ -267,11 +269,17 @@ class UserRecord(Message, frozen=True, tag="user-record.v1"):
     email: str = ""
     platform_admin: bool = False
     created_at: float = 0.0
+    disabled: bool = False
+    """A disabled user's tokens are refused until the user is enabled again."""
 
 
 class TokenRecord(Message, frozen=True, tag="token-record.v1"):
     user: str
     created_at: float = 0.0
+    name: str = ""
+    """What the token is for (free text, shown in listings)."""
+    expires_at: float = 0.0
+    """0: never."""
 
 
 class Authenticate(Message, frozen=True, tag="authenticate.v1"):
@@ -294,7 +302,7 @@ class AdminBootstrap(Message, frozen=True, tag="admin-bootstrap.v1"):
 class ClusterEvent(Message, frozen=True, tag="cluster-event.v1"):
     """Published on ``tether.events.cluster.<kind>``."""
 
-    kind: Literal["registered", "connected", "online", "offline", "disconnected"]
+    kind: Literal["registered", "connected", "online", "offline", "disconnected", "removed"]
     cluster: str
     at: float
     reason: str = ""
@@ -347,6 +355,8 @@ class ProjectRecord(Message, frozen=True, tag="project-record.v1"):
     quota: Quota = msgspec.field(default_factory=Quota)
     created_by: str = ""
     created_at: float = 0.0
+    deleting: bool = False
+    """Being deleted with its tenants and spaces: nothing new is created in it."""
 
     def allows(self, cluster: ClusterRecord) -> bool:
         """May this project use ``cluster``? (No list and no selector: any cluster.)"""
@@ -533,6 +543,10 @@ class WorkloadCreate(Message, frozen=True, tag="workload-create.v1"):
     sleep_after: float = 0.0
     resources: Resources | None = None
     created_by: str = ""
+    cpu: float | None = None
+    """Requested CPU; None: lifecycle's default for the kind (``resources`` wins when set)."""
+    memory: int | None = None
+    """Requested memory in bytes; None: lifecycle's default for the kind."""
 
 
 class WorkloadRef(Message, frozen=True, tag="workload-ref.v1"):

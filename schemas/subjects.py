@@ -173,6 +173,8 @@ class Registry:
     CLUSTER_LIST = svc(SERVICE, "cluster.list")
     CLUSTER_DISCONNECT = svc(SERVICE, "cluster.disconnect")
     CLUSTER_TOKEN = svc(SERVICE, "cluster.token")
+    CLUSTER_UPDATE = svc(SERVICE, "cluster.update")
+    CLUSTER_REMOVE = svc(SERVICE, "cluster.remove")
     AGENT_BOOTSTRAP = svc(SERVICE, "agent.bootstrap")
     AGENT_HELLO = svc(SERVICE, "agent.hello")
     AGENT_RENEW = svc(SERVICE, "agent.renew")
@@ -207,6 +209,7 @@ class Lifecycle:
     GET = svc(SERVICE, "workload.get")
     LIST = svc(SERVICE, "workload.list")
     ACTION = svc(SERVICE, "workload.action")
+    FORGET_CLUSTER = svc(SERVICE, "cluster.forget")
 
 
 class Projects:
@@ -214,6 +217,8 @@ class Projects:
     CREATE = svc(SERVICE, "project.create")
     GET = svc(SERVICE, "project.get")
     LIST = svc(SERVICE, "project.list")
+    UPDATE = svc(SERVICE, "project.update")
+    DELETE = svc(SERVICE, "project.delete")
 
 
 class Health:
@@ -235,6 +240,15 @@ class Access:
     TEAM_LIST = svc(SERVICE, "team.list")
     MEMBER_SET = svc(SERVICE, "member.set")
     MEMBERS_GET = svc(SERVICE, "member.get")
+    MEMBERS_DELETE = svc(SERVICE, "member.delete")
+    USER_DELETE = svc(SERVICE, "user.delete")
+    USER_DISABLE = svc(SERVICE, "user.disable")
+    TOKEN_LIST = svc(SERVICE, "token.list")
+    TOKEN_CREATE = svc(SERVICE, "token.create")
+    TOKEN_REVOKE = svc(SERVICE, "token.revoke")
+    TOKEN_ROTATE = svc(SERVICE, "token.rotate")
+    TEAM_REMOVE_MEMBER = svc(SERVICE, "team.remove-member")
+    TEAM_DELETE = svc(SERVICE, "team.delete")
 
 
 MEMBERSHIP_CHANGED = public_event("project.members")

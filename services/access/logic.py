@@ -19,6 +19,7 @@ from schemas.messages import (
     Role,
     TeamCreate,
     TeamRecord,
+    TokenRecord,
     UserCreate,
     UserRecord,
 )
@@ -42,6 +43,67 @@ def check_token_shape(token: str) -> str:
     if not token.startswith(TOKEN_PREFIX) or not 20 <= len(token) <= 200:
         raise InvalidInput("malformed API token")
     return token
+
+
+TOKEN_ID_LENGTH = 12
+MAX_TOKEN_TTL = 5 * 365 * 24 * 3600.0
+MAX_TOKENS_PER_USER = 100
+MAX_TOKEN_NAME = 200
+
+
+def token_id(key: str) -> str:
+    """A token's public id: the start of its hash (its KV key)."""
+    return key[:TOKEN_ID_LENGTH]
+
+
+def check_token_id(text: str) -> str:
+    if len(text) != TOKEN_ID_LENGTH or any(c not in "0123456789abcdef" for c in text):
+        raise InvalidInput(
+            f"invalid token id {text!r}: expected {TOKEN_ID_LENGTH} hex digits (see 'tether token list')"
+        )
+    return text
+
+
+def new_token_record(user: str, name: str, ttl: float, now: float) -> TokenRecord:
+    check_name(user, "user name")
+    if len(name) > MAX_TOKEN_NAME or any(not c.isprintable() for c in name):
+        raise InvalidInput(f"a token name is at most {MAX_TOKEN_NAME} printable characters")
+    if not 0 <= ttl <= MAX_TOKEN_TTL:
+        raise InvalidInput("a token's ttl is between 0 (never expires) and 5 years")
+    return TokenRecord(user=user, created_at=now, name=name, expires_at=now + ttl if ttl else 0.0)
+
+
+def token_problem(record: TokenRecord, user: UserRecord | None, now: float) -> str:
+    """Why this token may not log in, or "" when it may."""
+    if user is None:
+        return f"the token's user {record.user!r} no longer exists"
+    if user.disabled:
+        return f"user {user.name!r} is disabled"
+    if record.expires_at and now >= record.expires_at:
+        return "API token expired"
+    return ""
+
+
+def other_enabled_admins(users: Iterable[UserRecord], name: str) -> int:
+    return sum(u.platform_admin and not u.disabled and u.name != name for u in users)
+
+
+def remove_team_member(team: TeamRecord, user: str) -> TeamRecord:
+    check_name(user, "user name")
+    if user not in team.members:
+        raise NotFound(f"user {user!r} is not a member of team {team.name!r}")
+    return TeamRecord(name=team.name, members=tuple(m for m in team.members if m != user), created_at=team.created_at)
+
+
+def without(membership: Membership, kind: str, name: str) -> Membership | None:
+    """The membership with one user or team removed, or None when they were not in it."""
+    table = membership.users if kind == "user" else membership.teams
+    if name not in table:
+        return None
+    rest = {k: v for k, v in table.items() if k != name}
+    if kind == "user":
+        return Membership(project=membership.project, users=rest, teams=dict(membership.teams))
+    return Membership(project=membership.project, users=dict(membership.users), teams=rest)
 
 
 # --- users and teams ------------------------------------------------------------------------

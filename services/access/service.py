@@ -37,6 +37,7 @@ from schemas.names import check_name
 from schemas.retrying import backoff_delay
 from services import VERSION
 from services.access import logic
+from services.access.people import People
 from services.bus import (
     Bucket,
     JetStream,
@@ -130,8 +131,9 @@ class Access:
         if found is None:
             raise Unauthenticated("unknown or revoked API token")
         user = await self.users.get(found[0].user)
-        if user is None:
-            raise Unauthenticated(f"the token's user {found[0].user!r} no longer exists")
+        problem = logic.token_problem(found[0], user[0] if user else None, time.time())
+        if problem or user is None:
+            raise Unauthenticated(problem)
         return Principal(user=user[0].name, platform_admin=user[0].platform_admin)
 
     async def bootstrap_admin(self, req: AdminBootstrap) -> Principal:
@@ -302,6 +304,7 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
         host.endpoint(A.MEMBERS_GET, NameRequest, access.members_get)
         host.endpoint(A.AUTHORIZE, Authorize, access.authorize)
         host.endpoint(A.VISIBLE, NameRequest, access.visible)
+        People(access).install(host)
         async with host:
             logger.info("access ready")
             if ready:

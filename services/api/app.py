@@ -63,7 +63,6 @@ from schemas.messages import (
     ProjectList,
     ProjectRecord,
     Quota,
-    Resources,
     TeamCreate,
     TeamList,
     TeamMemberAdd,
@@ -109,6 +108,10 @@ class Platform:
 
     async def call(self, subject: str, message: Message, reply_type: type[M]) -> M:
         return await call(self.nc, subject, message, reply_type, timeout=self.request_timeout)
+
+    def forget_sessions(self) -> None:
+        """After a token, a user or a role goes away: no cached answer may outlive it here."""
+        self._auth_cache.clear()
 
     async def authenticate(self, token: str) -> Principal:
         now = time.monotonic()
@@ -243,6 +246,7 @@ def create_app(platform: Platform) -> FastAPI:
                 labels=body.labels,
                 local=body.local,
                 token_ttl=body.token_ttl,
+                rotate_token=body.rotate_token,
             ),
             ClusterConnectInfo,
         )
@@ -264,6 +268,11 @@ def create_app(platform: Platform) -> FastAPI:
 
     install_access_routes(app, platform)
     install_workload_routes(app, platform)
+    from services.api.routes_people import install_people_routes
+    from services.api.routes_records import install_record_routes
+
+    install_people_routes(app, platform)
+    install_record_routes(app, platform)
     from services.api.web import install_web  # the UI's routes use this module's auth
 
     install_web(app)
@@ -454,13 +463,7 @@ def _install_kind(app: FastAPI, platform: Platform, kind: Literal["tenant", "spa
     async def create(project: str, body: WorkloadIn, who: Who) -> WorkloadOut:
         check_name(project, "project name")
         await authorize(platform, who, "workload.create", project)
-        resources = None
-        if body.cpu is not None or body.memory is not None:
-            default = Resources(cpu=1.0, memory=1024**3)
-            resources = Resources(
-                cpu=body.cpu if body.cpu is not None else default.cpu,
-                memory=body.memory if body.memory is not None else default.memory,
-            )
+        # Defaults for what is not given live in lifecycle's logic only.
         record = await platform.call(
             subjects.Lifecycle.CREATE,
             WorkloadCreate(
@@ -470,7 +473,8 @@ def _install_kind(app: FastAPI, platform: Platform, kind: Literal["tenant", "spa
                 cluster=body.cluster,
                 version=body.version,
                 sleep_after=body.sleep_after,
-                resources=resources,
+                cpu=body.cpu,
+                memory=body.memory,
                 created_by=who.user,
             ),
             WorkloadRecord,

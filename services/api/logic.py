@@ -144,7 +144,9 @@ def workload_view(r: WorkloadRecord) -> WorkloadOut:
 
 
 def user_view(u: UserRecord) -> UserOut:
-    return UserOut(name=u.name, email=u.email, platform_admin=u.platform_admin, created_at=ts(u.created_at))
+    return UserOut(
+        name=u.name, email=u.email, platform_admin=u.platform_admin, created_at=ts(u.created_at), disabled=u.disabled
+    )
 
 
 def team_view(t: TeamRecord) -> TeamOut:

@@ -13,11 +13,13 @@ import typer
 from schemas.errors import InvalidInput
 from schemas.names import check_name, parse_label
 from services.cli import output as out
+from services.cli.changes import install_cluster_verbs
 from services.cli.client import ApiError, Client
 from services.cli.common import OutputOpt, api, fail
 from services.cli.config import save_context
 from services.cli.output import Output
 from services.cli.people import project_app, team_app, user_app
+from services.cli.tokens import token_app
 from services.cli.workloads import space_app, tenant_app
 
 app = typer.Typer(
@@ -35,6 +37,8 @@ app.add_typer(team_app, name="team")
 app.add_typer(project_app, name="project")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(space_app, name="space")
+app.add_typer(token_app, name="token")
+install_cluster_verbs(cluster_app)
 
 
 # --- platform -------------------------------------------------------------------------
@@ -129,6 +133,9 @@ def cluster_connect(
     description: Annotated[str, typer.Option(help="Free text")] = "",
     label: Annotated[list[str] | None, typer.Option(help="k=v, repeatable")] = None,
     token_ttl: Annotated[float, typer.Option(help="Seconds the connect token stays valid")] = 3600.0,
+    rotate_token: Annotated[
+        bool, typer.Option(help="The name exists (pending or disconnected): issue a new connect token")
+    ] = False,
     manifests: Annotated[
         bool,
         typer.Option(
@@ -154,6 +161,7 @@ def cluster_connect(
             "description": description,
             "labels": labels,
             "token_ttl": token_ttl,
+            "rotate_token": rotate_token,
         },
     )
     if manifests:

@@ -248,6 +248,17 @@ class HealthMonitor:
             self.presence[event.cluster] = new
             await self._transition(new, "offline", time.time())
 
+    async def on_removed(self, msg: Msg) -> None:
+        """A removed cluster leaves no presence behind (in memory or in KV)."""
+        try:
+            event = decode(msg.data, ClusterEvent)
+        except TetherError as exc:
+            logger.warning("dropped event on %s: %s", msg.subject, exc.description)
+            return
+        self.presence.pop(event.cluster, None)
+        self.written.pop(event.cluster, None)
+        await self.bucket.kv.purge(event.cluster)
+
     async def every(self, interval: float, step: str) -> None:
         while True:
             await asyncio.sleep(interval)
@@ -299,6 +310,7 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
         monitor.inbox = lambda: (hb_sub.pending_msgs, int(nc.stats["reconnects"]))
         monitor.listening_since = time.time()
         ev_sub = await nc.subscribe(subjects.public_event("cluster.disconnected"), cb=monitor.on_disconnected)
+        removed_sub = await nc.subscribe(subjects.public_event("cluster.removed"), cb=monitor.on_removed)
         host = ServiceHost(nc, "health", VERSION, telemetry.tracer(__name__))
         host.endpoint(subjects.Health.PRESENCE_LIST, Empty, monitor.list)
         host.endpoint(subjects.Health.PRESENCE_GET, NameRequest, monitor.get)
@@ -313,6 +325,7 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
             finally:
                 await hb_sub.unsubscribe()
                 await ev_sub.unsubscribe()
+                await removed_sub.unsubscribe()
                 await monitor.flush_once()
     finally:
         await close(nc)

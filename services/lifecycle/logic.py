@@ -163,11 +163,12 @@ def check_quota(
 
 
 # --- RBAC ------------------------------------------------------------------------------------
-def members_for(membership: Membership, owner: str) -> tuple[Member, ...]:
+def members_for(membership: Membership, owner: str, owner_role: Role | None = None) -> tuple[Member, ...]:
     """Who may use one tenant cluster or space, and how.
 
-    Project admins administer everything; the owner administers their own; other
-    users and viewers may look.
+    Project admins administer everything; the owner administers their own, however they are a member
+    (``owner_role``: their effective role, through teams too; None: their direct role only); other users
+    and viewers may look. An owner who is no longer a user or admin of the project gets nothing as owner.
     """
     out: dict[str, Member] = {}
 
@@ -180,6 +181,8 @@ def members_for(membership: Membership, owner: str) -> tuple[Member, ...]:
         out[f"user:{user}"] = Member(subject=f"user:{user}", access=level(role, user == owner))
     for team, role in sorted(membership.teams.items()):
         out[f"team:{team}"] = Member(subject=f"team:{team}", access=level(role, False))
+    if owner and owner_role in ("user", "admin"):
+        out[f"user:{owner}"] = Member(subject=f"user:{owner}", access="admin")
     return tuple(out.values())
 
 
@@ -201,6 +204,20 @@ def validate_create(req: WorkloadCreate) -> None:
         raise InvalidInput("sleep_after must not be negative")
     if req.resources is not None and (req.resources.cpu < 0 or req.resources.memory < 0):
         raise InvalidInput("resources must not be negative")
+    if (req.cpu is not None and req.cpu < 0) or (req.memory is not None and req.memory < 0):
+        raise InvalidInput("resources must not be negative")
+
+
+def resources_for(req: WorkloadCreate) -> Resources:
+    """What a create asks for: ``resources`` when given, else each of ``cpu``/``memory`` given, else the
+    kind's default (``DEFAULT_RESOURCES``: the one place the platform's defaults live)."""
+    if req.resources is not None:
+        return req.resources
+    default = DEFAULT_RESOURCES[req.kind]
+    return Resources(
+        cpu=req.cpu if req.cpu is not None else default.cpu,
+        memory=req.memory if req.memory is not None else default.memory,
+    )
 
 
 def is_tombstone(record: WorkloadRecord) -> bool:
@@ -216,6 +233,7 @@ def new_record(
     now: float,
     op_id: str,
     previous: WorkloadRecord | None = None,
+    owner_role: Role | None = None,
 ) -> WorkloadRecord:
     """A new object; re-creating a deleted name continues its generations (agents remember them)."""
     spec = WorkloadSpec(
@@ -225,8 +243,8 @@ def new_record(
         cluster=cluster,
         state="running",
         version=check_version(req.version or DEFAULT_VERSION) if req.kind == "tenant" else "",
-        resources=req.resources or DEFAULT_RESOURCES[req.kind],
-        members=members_for(membership, req.created_by),
+        resources=resources_for(req),
+        members=members_for(membership, req.created_by, owner_role),
         quota=project.quota,
     )
     record = WorkloadRecord(
@@ -299,8 +317,10 @@ def repeats_pending(record: WorkloadRecord, action: str, version: str) -> bool:
         return False
 
 
-def with_members(record: WorkloadRecord, membership: Membership, op_id: str, now: float) -> WorkloadRecord | None:
-    members = members_for(membership, record.created_by)
+def with_members(
+    record: WorkloadRecord, membership: Membership, op_id: str, now: float, owner_role: Role | None = None
+) -> WorkloadRecord | None:
+    members = members_for(membership, record.created_by, owner_role)
     if members == record.spec.members or record.spec.state == "deleted":
         return None
     return _bump(record, msgspec.structs.replace(record.spec, members=members), "access", op_id, now, activity=False)

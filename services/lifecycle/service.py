@@ -39,6 +39,8 @@ from schemas.messages import (
     Presence,
     PresenceList,
     ProjectRecord,
+    Role,
+    VisibleProjects,
     WorkloadAction,
     WorkloadCreate,
     WorkloadEvent,
@@ -71,6 +73,7 @@ from services.bus.settings import ServiceSettings
 from services.bus.streams import ensure_cmd_streams
 from services.lifecycle import logic
 from services.lifecycle.concurrency import KeyedLocks, Recent, all_done
+from services.lifecycle.removal import Removal
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +198,18 @@ class Lifecycle:
             self.nc, subjects.Access.MEMBERS_GET, NameRequest(name=project), Membership, timeout=self.timeout
         )
 
+    async def role_of(self, user: str, project: str) -> Role | None:
+        """A user's effective role in a project (through teams too); None for no role or no such user."""
+        if not user:
+            return None
+        try:
+            seen = await call(
+                self.nc, subjects.Access.VISIBLE, NameRequest(name=user), VisibleProjects, timeout=self.timeout
+            )
+        except NotFound:
+            return None
+        return seen.projects.get(project)
+
     # -- commands and events ----------------------------------------------------------------
     async def send(self, record: WorkloadRecord, op_id: str | None = None, by: str = "") -> None:
         """Publish the command and its audit record; returns when the stream has both.
@@ -273,9 +288,12 @@ class Lifecycle:
     async def create(self, req: WorkloadCreate) -> WorkloadRecord:
         logic.validate_create(req)
         project = await self.project(req.project)
+        if project.deleting:
+            raise Conflict(f"project {req.project!r} is being deleted")
         membership = await self.membership(req.project)
+        owner_role = await self.role_of(req.created_by, req.project)
         clusters, presence = await self.placement_view(req.cluster)
-        need = req.resources or logic.DEFAULT_RESOURCES[req.kind]
+        need = logic.resources_for(req)
         # One writer at a time per replica keeps quota and placement checks honest; the
         # create-only KV write settles races between replicas on the same name.
         async with self._writes:
@@ -298,7 +316,14 @@ class Lifecycle:
                 need,
             )
             record = logic.new_record(
-                req, project, cluster, membership, time.time(), new_op_id(), previous[0] if previous else None
+                req,
+                project,
+                cluster,
+                membership,
+                time.time(),
+                new_op_id(),
+                previous[0] if previous else None,
+                owner_role,
             )
             if previous is None:
                 revision = await self.desired.create(k, record)
@@ -587,15 +612,20 @@ class Lifecycle:
     async def on_membership(self, msg: Msg) -> None:
         change = decode(msg.data, MembershipChanged)
         membership = await self.membership(change.project)
+        roles: dict[str, Role | None] = {}
         for record in await self.all_records():
             if record.spec.project != change.project:
                 continue
             k = logic.key(record.spec)
+            owner = record.created_by
+            if owner not in roles:
+                roles[owner] = await self.role_of(owner, change.project)
+            role = roles[owner]
 
-            def update(current: WorkloadRecord | None) -> WorkloadRecord | None:
+            def update(current: WorkloadRecord | None, role: Role | None = role) -> WorkloadRecord | None:
                 if current is None:
                     return None
-                return logic.with_members(current, membership, new_op_id(), time.time())
+                return logic.with_members(current, membership, new_op_id(), time.time(), role)
 
             before = await self.desired.get(k)
             new = await self.desired.mutate(k, update)
@@ -659,6 +689,7 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
         host.endpoint(L.GET, WorkloadRef, lifecycle.get)
         host.endpoint(L.LIST, WorkloadQuery, lifecycle.list)
         host.endpoint(L.ACTION, WorkloadAction, lifecycle.action)
+        Removal(lifecycle).install(host)
         async with host, asyncio.TaskGroup() as tg:
             tg.create_task(
                 consume(

@@ -243,6 +243,7 @@ class Platform:
                 "display_name": "Platform cluster",
                 "local": True,
                 "description": "The cluster the platform runs on",
+                "rotate_token": True,  # a local cluster registered before but never connected: a new token
             }
             resp = await http.post("/api/v1/clusters", json=body)
             if resp.status_code == 409:

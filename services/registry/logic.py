@@ -9,6 +9,7 @@ import secrets
 
 import msgspec
 
+from schemas.changes import ClusterUpdate, ProjectUpdate
 from schemas.credentials import CONNECT_TOKEN_PREFIX, parse_connect_token
 from schemas.errors import Conflict, Forbidden, Gone, InvalidInput, NotFound, Unauthenticated
 from schemas.messages import (
@@ -19,6 +20,7 @@ from schemas.messages import (
     ClusterRecord,
     ProjectCreate,
     ProjectRecord,
+    Quota,
 )
 from schemas.names import check_labels, check_name
 
@@ -65,6 +67,11 @@ def register(req: ClusterCreate, existing: ClusterRecord | None, now: float) -> 
     validate_create(req)
     if existing is not None and existing.state == "connected":
         raise Conflict(f"cluster {req.name!r} is already connected; disconnect it first to connect it again")
+    if existing is not None and not req.rotate_token:
+        raise Conflict(
+            f"cluster {req.name!r} already exists ({existing.state}); connect it again with --rotate-token "
+            "to issue a new connect token (the old one stops working)"
+        )
     token = make_secret(CONNECT_TOKEN_PREFIX, req.name)
     record = ClusterRecord(
         name=req.name,
@@ -190,3 +197,61 @@ def new_project(req: ProjectCreate, known_clusters: set[str], now: float) -> Pro
         created_by=req.created_by,
         created_at=now,
     )
+
+
+def _check_text(what: str, text: str) -> str:
+    if len(text) > MAX_TEXT:
+        raise InvalidInput(f"{what} must be at most {MAX_TEXT} characters")
+    return text
+
+
+def update_cluster(record: ClusterRecord, req: ClusterUpdate) -> ClusterRecord | None:
+    """The record with the given fields changed, or None when nothing changes."""
+    changes: dict[str, object] = {}
+    if req.display_name is not None:
+        changes["display_name"] = _check_text("display name", req.display_name) or record.name
+    if req.description is not None:
+        changes["description"] = _check_text("description", req.description)
+    if req.labels is not None:
+        changes["labels"] = dict(check_labels(req.labels))
+    if all(getattr(record, k) == v for k, v in changes.items()):
+        return None
+    return msgspec.structs.replace(record, **changes)
+
+
+def check_removable(record: ClusterRecord) -> None:
+    if record.state == "connected":
+        raise Conflict(
+            f"cluster {record.name!r} is connected; disconnect it first ('tether cluster disconnect {record.name}')"
+        )
+
+
+def _check_quota(q: Quota) -> Quota:
+    for field_name in ("tenants", "spaces", "cpu", "memory"):
+        value = getattr(q, field_name)
+        if value is not None and value < 0:
+            raise InvalidInput(f"quota {field_name} must not be negative")
+    return q
+
+
+def update_project(record: ProjectRecord, req: ProjectUpdate, known_clusters: set[str]) -> ProjectRecord | None:
+    """The project with the given fields changed, or None when nothing changes. Lowering a quota below what
+    is in use is allowed: nothing running is touched, only new creates are refused."""
+    changes: dict[str, object] = {}
+    if req.display_name is not None:
+        changes["display_name"] = _check_text("display name", req.display_name) or record.name
+    if req.clusters is not None:
+        for cluster in req.clusters:
+            check_name(cluster, "cluster name")
+            if cluster not in known_clusters:
+                raise NotFound(f"cluster {cluster!r} not found")
+        changes["clusters"] = tuple(dict.fromkeys(req.clusters))
+    if req.cluster_selector is not None:
+        changes["cluster_selector"] = dict(check_labels(req.cluster_selector))
+    if req.quota is not None:
+        changes["quota"] = _check_quota(req.quota)
+    if req.deleting is not None:
+        changes["deleting"] = req.deleting
+    if all(getattr(record, k) == v for k, v in changes.items()):
+        return None
+    return msgspec.structs.replace(record, **changes)

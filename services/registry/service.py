@@ -54,6 +54,7 @@ from services.bus.publishing import publish
 from services.bus.settings import ServiceSettings
 from services.bus.streams import delete_agent_consumer, ensure_agent_consumer, ensure_cmd_streams
 from services.registry import logic
+from services.registry.changes import Changes, live
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ class Registry:
 
     async def list(self, _req: Empty) -> ClusterList:
         items = await self.clusters.items()
-        return ClusterList(clusters=sorted(items.values(), key=lambda r: r.name))
+        return ClusterList(clusters=sorted(live(items), key=lambda r: r.name))
 
     async def disconnect(self, req: NameRequest) -> ClusterRecord:
         record, revision = await self._record(req.name)
@@ -309,7 +310,7 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
             while True:
                 try:
                     records = await clusters.items()
-                    connected[0] = sum(r.state == "connected" for r in records.values())
+                    connected[0] = sum(r.state == "connected" for r in live(records))
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -329,6 +330,7 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
         host.endpoint(subjects.Projects.CREATE, ProjectCreate, registry.project_create)
         host.endpoint(subjects.Projects.GET, NameRequest, registry.project_get)
         host.endpoint(subjects.Projects.LIST, NamesRequest, registry.project_list)
+        Changes(registry).install(host)
         async with host, asyncio.TaskGroup() as tg:
             tg.create_task(count_connected(), name="registry-count")
             logger.info("registry ready")

@@ -63,8 +63,13 @@ def test_connecting_a_connected_cluster_again_is_a_conflict() -> None:
     connected, _ = logic.redeem(record, AgentBootstrap(token=token, cluster_uid="u"), NOW)
     with pytest.raises(Conflict, match="already connected"):
         logic.register(ClusterCreate(name="edge-1"), connected, NOW)
-    # a disconnected one may be connected again, keeping its labels
-    again, new_token = logic.register(ClusterCreate(name="edge-1"), logic.disconnect(connected, NOW), NOW)
+    # a disconnected one is connected again only with rotate_token (a clear 409 otherwise), keeping its labels
+    with pytest.raises(Conflict, match="--rotate-token"):
+        logic.register(ClusterCreate(name="edge-1"), logic.disconnect(connected, NOW), NOW)
+    with pytest.raises(Conflict, match="--rotate-token"):
+        logic.register(ClusterCreate(name="edge-1"), record, NOW)
+    rotate = ClusterCreate(name="edge-1", rotate_token=True)
+    again, new_token = logic.register(rotate, logic.disconnect(connected, NOW), NOW)
     assert again.state == "pending" and new_token != token and again.labels == {"env": "dev"}
 
 
