@@ -21,10 +21,11 @@ from schemas.changes import (
     UserDisable,
 )
 from schemas.errors import Conflict, NotFound
-from schemas.messages import Membership, NameRequest, TeamRecord, TokenRecord, UserRecord
+from schemas.messages import Membership, MembershipChanged, NameRequest, TeamRecord, TokenRecord, UserRecord
 from schemas.names import check_name
 from services.access import logic
 from services.bus import ServiceHost
+from services.bus.publishing import publish
 
 if TYPE_CHECKING:
     from services.access.service import Access
@@ -169,10 +170,14 @@ class People:
 
         updated = await self.access.teams.mutate(req.team, change)
         assert updated is not None
-        # A team is an RBAC group: lifecycle re-sends the access of the projects the team is in.
+        # A team is an RBAC group: lifecycle re-sends the access of the projects the team is in (an owner's
+        # admin may come from the team). The membership's revision did not change, so the announcement needs
+        # an id of its own: the same id as the last one would be dropped by the stream as a duplicate.
         for membership in (await self.access.members.items()).values():
             if req.team in membership.teams:
-                await self.access._announce_current(membership.project)
+                event = MembershipChanged(project=membership.project, at=time.time())
+                msg_id = f"members-{membership.project}-team-{req.team}-{time.time_ns()}"
+                await publish(self.access.js, subjects.MEMBERSHIP_CHANGED, event, msg_id=msg_id)
         return updated
 
     async def team_delete(self, req: NameRequest) -> Removed:
