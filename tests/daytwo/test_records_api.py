@@ -155,7 +155,6 @@ async def test_cluster_update_remove_and_reconnect(stack: Stack, tmp_path: Path)
     assert (await stack.req("DELETE", "/api/v1/clusters/c1", token=bob)).status_code == 403
     resp = await stack.req("DELETE", "/api/v1/clusters/c1")
     assert resp.status_code == 409 and "space p1/s1" in resp.text
-    assert subjects.agent_consumer("c1") in await consumers(stack, "c1")
 
     # a space whose cluster is gone for good: its delete waits in the stream; the removal purges it
     await stack.ok("DELETE", "/api/v1/projects/p1/spaces/s1")
@@ -163,7 +162,6 @@ async def test_cluster_update_remove_and_reconnect(stack: Stack, tmp_path: Path)
     removed = await stack.ok("DELETE", "/api/v1/clusters/c1")
     assert "space p1/s1 (deletion never confirmed)" in removed["took"]
     assert any("undelivered command" in t for t in removed["took"]), removed
-    assert f"command consumer {subjects.agent_consumer('c1')}" in removed["took"]
     assert await pending_commands(stack, "c1") == 0
     assert subjects.agent_consumer("c1") not in await consumers(stack, "c1")
     assert (await stack.req("GET", "/api/v1/clusters/c1")).status_code == 404
