@@ -391,6 +391,13 @@ class Connection:
         except NatsError as exc:
             raise Unavailable(f"cannot publish on {subject}: {exc or type(exc).__name__}") from None
 
+    async def publish_bytes(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> None:
+        """Core-NATS publish of bytes already encoded (the Kubernetes gateway's frames)."""
+        try:
+            await self.client.publish(subject, data, headers=headers or None)
+        except NatsError as exc:
+            raise Unavailable(f"cannot publish on {subject}: {exc or type(exc).__name__}") from None
+
     async def request(self, subject: str, message: Message, reply_type: type[M], timeout: float) -> M:
         return await request(self, subject, message, reply_type, timeout)
 

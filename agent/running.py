@@ -46,6 +46,7 @@ from agent.commands import CommandApplier
 from agent.credentials import Credentials
 from agent.drivers import Driver, make_driver
 from agent.errors import AgentError, DriverError, PermanentError
+from agent.gateway import AgentGateway
 from agent.settings import AgentSettings
 from agent.statefiles import NATS_CREDS_FILE, StateLock, write_text_atomic
 from agent.telemetry import tracer_provider as make_tracer_provider
@@ -150,6 +151,7 @@ class Agent:
         self._control: Subscription | None = None
         self._queue: CommandQueue | None = None
         self._applier: CommandApplier | None = None
+        self._gateway: AgentGateway | None = None
         self._in_flight: asyncio.Task[object] | None = None
         self._stopping = asyncio.Event()
         self._inventory_now = asyncio.Event()
@@ -342,6 +344,12 @@ class Agent:
             result_subject=subjects.evt(cluster, subjects.EVT_RESULT),
             tracer=self._tracer_provider.get_tracer("tether.agent"),
         )
+        # The Kubernetes gateway: members' kubectl requests for this cluster (a driver without an API server
+        # answers them with the reason).
+        host = getattr(self._driver, "gateway_upstream", None)
+        tracer = self._tracer_provider.get_tracer("tether.agent.gateway")
+        self._gateway = AgentGateway(self.connection, cluster, host, tracer)
+        self.connection.on_reconnected(self._gateway.reset)
         self._inventory_now.set()
         await self._beat()
 
@@ -569,6 +577,8 @@ class Agent:
                 tg.create_task(self._inventory(), name="agent-inventory")
                 tg.create_task(self._renewals(), name="agent-renew")
                 tg.create_task(self._watch_refusal(), name="agent-refusal")
+                if self._gateway is not None:
+                    tg.create_task(self._gateway.serve(), name="agent-gateway")
         except BaseExceptionGroup as group:
             leaves = _leaves(group)
             primary = next((e for e in leaves if isinstance(e, PermanentError)), leaves[0])
@@ -751,6 +761,8 @@ class Agent:
             await self._quietly("stop fetching commands", self._queue.close)
         if self._control is not None:
             await self._quietly("unsubscribe from control notices", self._control.unsubscribe)
+        if self._gateway is not None:
+            await self._quietly("stop the gateway", self._gateway.close)
         if self._conn is not None:
             conn, timeout = self._conn, self.settings.shutdown_timeout
             await self._quietly("close the NATS connection", lambda: conn.close(timeout))

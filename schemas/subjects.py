@@ -8,6 +8,8 @@ Layout:
 - ``tether.ctl.<cluster>``            control notices to one agent (core NATS: revoked)
 - ``tether.events.<kind>``            public platform events for outside consumers
 - ``tether.svc.<service>.<endpoint>`` request/reply endpoints (NATS micro services)
+- ``tether.gw.<cluster>.req|ctl``    the Kubernetes gateway's requests to one agent (``schemas.gateway``)
+- ``tether.gwr.<cluster>.<api>.<n>``  one agent's answer frames for one gateway stream
 """
 
 from __future__ import annotations
@@ -141,6 +143,45 @@ def cluster_of_heartbeat(subject: str) -> str | None:
 
 def control(cluster: str) -> str:
     return f"{ROOT}.ctl.{_cluster(cluster)}"
+
+
+# --- the Kubernetes gateway (schemas.gateway) ------------------------------------------------------
+def gateway_requests(cluster: str) -> str:
+    """The API's new streams for one cluster's agent."""
+    return f"{ROOT}.gw.{_cluster(cluster)}.req"
+
+
+def gateway_control(cluster: str) -> str:
+    """The API's credits and cancels for one cluster's agent's streams."""
+    return f"{ROOT}.gw.{_cluster(cluster)}.ctl"
+
+
+def gateway_agent_inbound(cluster: str) -> str:
+    """What one cluster's agent subscribes to (and no other agent may)."""
+    return f"{ROOT}.gw.{_cluster(cluster)}.>"
+
+
+def gateway_frames(cluster: str, stream: str) -> str:
+    """Where one stream's answer goes: ``stream`` is ``<api>.<n>`` (``schemas.gateway.check_stream_id``)."""
+    return f"{ROOT}.gwr.{_cluster(cluster)}.{stream}"
+
+
+def gateway_agent_outbound(cluster: str) -> str:
+    """What one cluster's agent may publish its answers on (and no other agent may)."""
+    return f"{ROOT}.gwr.{_cluster(cluster)}.>"
+
+
+def gateway_frames_for_api(api: str) -> str:
+    """What one API process subscribes to: the answers to its own streams, from every cluster."""
+    return f"{ROOT}.gwr.*.{api}.*"
+
+
+def parse_gateway_frames(subject: str) -> tuple[str, str] | None:
+    """(cluster, stream) of a frames subject, or None if it is not one."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[0] != ROOT or parts[1] != "gwr":
+        return None
+    return parts[2], f"{parts[3]}.{parts[4]}"
 
 
 # --- audit -----------------------------------------------------------------------------

@@ -93,6 +93,7 @@ from agent.drivers.kube_objects import (
     state_of,
 )
 from agent.errors import ClusterUnreachable, DriverError
+from agent.gateway_upstream import Upstream
 from agent.settings import AgentSettings
 from agent.statefiles import IDENTITY_FILES, write_bytes_atomic
 from schemas.messages import (
@@ -839,6 +840,20 @@ class KubeDriver:
             for file, encoded in changed.items():
                 self._mirrored[file] = base64.b64decode(encoded)
                 logger.info("saved %s in the Secret %s/%s", file, namespace, name)
+
+    def gateway_upstream(self) -> Upstream:
+        """The host API server for the Kubernetes gateway (``agent.gateway``), with the agent's credentials."""
+        cfg = self.api.configuration
+        if cfg.refresh_api_key_hook is not None:
+            cfg.refresh_api_key_hook(cfg)  # in a pod: the projected token, re-read as it rotates
+        return Upstream(
+            url=str(cfg.host).rstrip("/"),
+            ca_file=str(cfg.ssl_ca_cert or ""),
+            cert_file=str(cfg.cert_file or ""),
+            key_file=str(cfg.key_file or ""),
+            authorization=str(cfg.get_api_key_with_prefix("authorization") or ""),
+            verify=bool(cfg.verify_ssl),
+        )
 
     async def close(self) -> None:
         if self._closed:

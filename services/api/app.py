@@ -279,6 +279,9 @@ def create_app(platform: Platform) -> FastAPI:
     from services.api.audit import install_audit
 
     install_audit(app, platform)
+    from services.api.gateway import install_gateway
+
+    install_gateway(app, platform)
     from services.api.limits import BodyLimit
 
     app.add_middleware(BodyLimit)  # outside the audit: a refused body is never read

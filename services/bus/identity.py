@@ -185,6 +185,9 @@ def agent_permissions(cluster: str) -> tuple[list[str], list[str]]:
         f"$JS.ACK.{stream}.{consumer}.>",
     ]
     subscribe = [subjects.control(cluster), f"{agent_inbox_prefix(cluster)}.>"]
+    # The Kubernetes gateway: requests for this cluster in, answer frames out (no reply subjects involved).
+    publish.append(subjects.gateway_agent_outbound(cluster))
+    subscribe.append(subjects.gateway_agent_inbound(cluster))
     return publish, subscribe
 
 

@@ -1,0 +1,283 @@
+"""The agent's half of the Kubernetes gateway: members' kubectl requests, made as the member.
+
+The API sends each request on ``tether.gw.<cluster>.req`` (only this agent may
+subscribe); this module calls the Kubernetes API server with
+``Impersonate-User: tether:user:<name>`` and ``Impersonate-Group`` for each of
+the member's teams (``tether:team:<team>``) and ``system:authenticated``, and
+sends the answer back as frames on ``tether.gwr.<cluster>.<stream>``.
+
+- **Spaces** reach the host API server, and only their own namespace plus
+  discovery (``schemas.gateway.space_path_refusal``, checked here again whatever
+  the API decided). Kubernetes RBAC (the space's RoleBindings) decides the rest.
+- **Tenant clusters** are not served yet (answered 501 with the reason).
+- **Flow control**: at most the credits the API granted are in flight per stream;
+  while it waits for credits, the upstream response is not read (TCP pushes back
+  on the API server), so a slow reader stalls only its own stream.
+- A cancel from the API (its client went away) closes the upstream call; a
+  reconnect of the agent ends every open stream (the API side has lost track).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from opentelemetry.trace import SpanKind, Tracer
+
+from agent.bus import Connection, Incoming, Subscription
+from agent.drivers.kube_objects import GROUP_PREFIX, USER_PREFIX, namespace_name
+from agent.gateway_upstream import Upstream
+from schemas import subjects, tracing
+from schemas.errors import TetherError, Unavailable
+from schemas.gateway import (
+    CHUNK,
+    MAX_STREAMS,
+    PING_INTERVAL,
+    WINDOW,
+    GatewayControl,
+    GatewayFrame,
+    GatewayRequest,
+    check_stream_id,
+    decode,
+    encode,
+    response_headers,
+    space_path_refusal,
+)
+from schemas.names import check_name
+
+logger = logging.getLogger(__name__)
+
+UPSTREAM_TIMEOUT = httpx.Timeout(connect=5.0, read=None, write=30.0, pool=5.0)
+"""No read timeout: a watch or ``logs -f`` is quiet for as long as it likes (the client's own
+``timeout=`` goes to the API server in the query, which ends the call)."""
+UPSTREAM_REFRESH = 60.0
+"""Seconds an upstream's credentials are reused before the driver is asked again (rotated tokens)."""
+
+UpstreamSource = Callable[[], Upstream]
+
+
+class GatewayError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def impersonation(request: GatewayRequest) -> list[tuple[str, str]]:
+    """The headers that make the call the member's own."""
+    user = check_name(request.user, "user name")
+    out = [("Impersonate-User", f"{USER_PREFIX}{user}")]
+    out += [("Impersonate-Group", f"{GROUP_PREFIX}{check_name(t, 'team name')}") for t in request.teams]
+    out.append(("Impersonate-Group", "system:authenticated"))
+    return out
+
+
+class _Stream:
+    """One request being served: its credits, its frame numbers, its task."""
+
+    def __init__(self, gateway: AgentGateway, request: GatewayRequest) -> None:
+        self.gateway = gateway
+        self.request = request
+        self.subject = subjects.gateway_frames(gateway.cluster, request.stream)
+        self.credits = max(1, min(request.window, WINDOW * 4))
+        self.credited = asyncio.Event()
+        self.seq = 0
+        self.last_sent = time.monotonic()
+        self.task: asyncio.Task[None] | None = None
+        self.ended_by_reset = False
+
+    def grant(self, credit: int) -> None:
+        self.credits = min(self.credits + max(0, credit), WINDOW * 4)
+        self.credited.set()
+
+    async def send(self, frame_kind: str, **fields: Any) -> None:
+        if frame_kind != "ping":
+            self.seq += 1
+        frame = GatewayFrame(kind=frame_kind, seq=self.seq if frame_kind != "ping" else 0, **fields)  # type: ignore[arg-type]
+        self.last_sent = time.monotonic()
+        await self.gateway.conn.publish_bytes(self.subject, encode(frame))
+
+    async def send_data(self, data: bytes) -> None:
+        for start in range(0, len(data), CHUNK):
+            while self.credits <= 0:
+                self.credited.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(PING_INTERVAL):
+                        await self.credited.wait()
+                if self.credits <= 0:
+                    await self.send("ping")
+            self.credits -= 1
+            await self.send("data", data=data[start : start + CHUNK])
+
+    async def pings(self) -> None:
+        """Tell the API the stream is alive while the upstream is quiet."""
+        while True:
+            await asyncio.sleep(PING_INTERVAL / 2)
+            if time.monotonic() - self.last_sent >= PING_INTERVAL:
+                with contextlib.suppress(Unavailable):
+                    await self.send("ping")
+
+
+class AgentGateway:
+    """Serves this cluster's gateway requests until cancelled."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        cluster: str,
+        host: UpstreamSource | None,
+        tracer: Tracer,
+    ) -> None:
+        self.conn = conn
+        self.cluster = cluster
+        self._host = host
+        self._tracer = tracer
+        self._streams: dict[str, _Stream] = {}
+        self._clients: dict[tuple[str, str, str, str, bool], httpx.AsyncClient] = {}
+        self._upstream: tuple[float, Upstream] | None = None
+        self._sub: Subscription | None = None
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    async def serve(self) -> None:
+        self._sub = await self.conn.subscribe(subjects.gateway_agent_inbound(self.cluster))
+        requests, control = subjects.gateway_requests(self.cluster), subjects.gateway_control(self.cluster)
+        async for incoming in self._sub:
+            try:
+                message = decode(incoming.data)
+            except TetherError as exc:
+                logger.warning("gateway: ignoring a message on %s: %s", incoming.subject, exc.description)
+                continue
+            if incoming.subject == requests and isinstance(message, GatewayRequest):
+                await self._start(message, incoming)
+            elif incoming.subject == control and isinstance(message, GatewayControl):
+                self._control(message)
+
+    def _control(self, control: GatewayControl) -> None:
+        stream = self._streams.get(control.stream)
+        if stream is None:
+            return
+        if control.cancel and stream.task is not None:
+            stream.task.cancel()
+        elif control.credit:
+            stream.grant(control.credit)
+
+    async def _start(self, request: GatewayRequest, incoming: Incoming) -> None:
+        try:
+            check_stream_id(request.stream)
+        except TetherError as exc:
+            logger.warning("gateway: %s", exc.description)
+            return
+        stream = _Stream(self, request)
+        if len(self._streams) >= MAX_STREAMS:
+            with contextlib.suppress(Unavailable):
+                await stream.send("error", status=429, error=f"the agent serves {MAX_STREAMS} streams already")
+            return
+        self._streams[request.stream] = stream
+        stream.task = asyncio.create_task(self._run(stream, incoming.headers), name=f"gateway-{request.stream}")
+
+    def reset(self) -> None:
+        """After a reconnect: end every open stream (the API gave them up or will see them end)."""
+        for stream in list(self._streams.values()):
+            stream.ended_by_reset = True
+            if stream.task is not None:
+                stream.task.cancel()
+
+    async def _run(self, stream: _Stream, headers: dict[str, str]) -> None:
+        request = stream.request
+        pinger = asyncio.create_task(stream.pings())
+        span_name = f"gateway {request.method} {request.target}"
+        try:
+            with self._tracer.start_as_current_span(span_name, context=tracing.extract(headers), kind=SpanKind.CLIENT):
+                await self._call(stream)
+        except asyncio.CancelledError:
+            if stream.ended_by_reset:
+                with contextlib.suppress(Unavailable):
+                    await stream.send("end")
+        except GatewayError as exc:
+            with contextlib.suppress(Unavailable):
+                await stream.send("error", status=exc.status, error=exc.message)
+        except Unavailable as exc:
+            logger.info("gateway stream %s: %s", request.stream, exc.description)
+        except Exception:
+            logger.exception("gateway stream %s failed", request.stream)
+            with contextlib.suppress(Unavailable):
+                await stream.send("error", status=502, error="the agent failed to make the call (see its log)")
+        finally:
+            pinger.cancel()
+            self._streams.pop(request.stream, None)
+
+    def _target(self, request: GatewayRequest) -> Upstream:
+        if request.target == "tenant":
+            raise GatewayError(501, "tenant clusters are not reachable through the gateway yet")
+        namespace = namespace_name("space", check_name(request.project), check_name(request.name))
+        try:
+            refusal = space_path_refusal(request.method, request.path, namespace)
+        except TetherError as exc:
+            raise GatewayError(400, exc.description) from None
+        if refusal:
+            raise GatewayError(403, refusal)
+        return self.host_upstream()
+
+    def host_upstream(self) -> Upstream:
+        if self._host is None:
+            raise GatewayError(501, f"cluster {self.cluster!r} has no Kubernetes API (its agent runs the sim driver)")
+        now = time.monotonic()
+        if self._upstream is None or now - self._upstream[0] > UPSTREAM_REFRESH:
+            self._upstream = (now, self._host())
+        return self._upstream[1]
+
+    def _client(self, upstream: Upstream) -> httpx.AsyncClient:
+        client = self._clients.get(upstream.tls_key)
+        if client is None:
+            client = httpx.AsyncClient(
+                verify=upstream.ssl_context(),
+                timeout=UPSTREAM_TIMEOUT,
+                limits=httpx.Limits(max_connections=MAX_STREAMS, max_keepalive_connections=64),
+                trust_env=False,
+            )
+            self._clients[upstream.tls_key] = client
+        return client
+
+    async def _call(self, stream: _Stream) -> None:
+        request = stream.request
+        try:
+            upstream = self._target(request)
+            headers = [*request.headers, *impersonation(request), ("Accept-Encoding", "identity")]
+        except TetherError as exc:
+            raise GatewayError(400, exc.description) from None
+        if upstream.authorization:
+            headers.append(("Authorization", upstream.authorization))
+        headers += list(tracing.inject().items())
+        url = f"{upstream.url}{request.path}" + (f"?{request.query}" if request.query else "")
+        client = self._client(upstream)
+        try:
+            async with client.stream(request.method, url, headers=headers, content=request.body or None) as resp:
+                await stream.send("head", status=resp.status_code, headers=response_headers(list(resp.headers.items())))
+                async for chunk in resp.aiter_raw():
+                    await stream.send_data(chunk)
+        except httpx.HTTPError as exc:
+            if stream.seq == 0:
+                text = f"cannot reach the Kubernetes API server of cluster {self.cluster!r}: {exc}"
+                raise GatewayError(503, text) from None
+            logger.info("gateway stream %s: upstream ended: %s", request.stream, exc)
+        await stream.send("end")
+
+    async def close(self) -> None:
+        self.reset()
+        tasks = [s.task for s in self._streams.values() if s.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=2)
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+        for client in self._clients.values():
+            with contextlib.suppress(Exception):
+                await client.aclose()
+        self._clients.clear()

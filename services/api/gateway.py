@@ -1,0 +1,415 @@
+"""The Kubernetes gateway in the API: kubectl talks to ``/kubernetes/project/<p>/space|tenant/<name>/...``.
+
+Each request is authenticated (the member's API token, usually from ``tether token``),
+refused when it carries ``Impersonate-*`` headers (the gateway says who the caller is,
+never the caller), authorised (a member of the project who is a member of the
+workload), refused at once when the workload's cluster is offline, and forwarded to
+that cluster's agent over NATS (``schemas.gateway``). The agent calls the Kubernetes
+API server as ``tether:user:<name>``; Kubernetes RBAC in the space (or inside the
+tenant cluster) decides what the member may do. Errors are Kubernetes ``Status``
+objects, so kubectl prints them as it prints the API server's own.
+
+Answers stream back frame by frame: a watch or ``logs -f`` holds at most one
+window of frames here, and a client that goes away cancels the upstream call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from opentelemetry import trace
+
+from schemas import subjects
+from schemas.audit import AuditRecord
+from schemas.errors import Forbidden, InvalidInput, NotFound, TetherError, Unauthenticated, Unavailable
+from schemas.gateway import (
+    HEAD_TIMEOUT,
+    IDLE_TIMEOUT,
+    MAX_REQUEST_BODY,
+    WINDOW,
+    GatewayFrame,
+    GatewayRequest,
+    clean_path,
+    impersonation_headers,
+    request_headers,
+)
+from schemas.messages import Empty, NameRequest, Presence, Principal, TeamList, WorkloadRecord, WorkloadRef
+from schemas.names import check_name
+from services.bus.gateway import GatewayLink, GatewayStream, StreamBroken
+from services.bus.publishing import publish
+
+if TYPE_CHECKING:
+    from services.api.app import Platform
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "/kubernetes/project"
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+RESOLVE_TTL = 2.0
+"""Seconds a member's resolved access (workload, teams, presence) is reused: kubectl sends bursts."""
+WEBSOCKET_KUBECTL = "1.31"
+"""The oldest kubectl whose exec/attach/cp/port-forward speak WebSocket (port-forward since 1.31)."""
+
+REASONS = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    410: "Gone",
+    413: "RequestEntityTooLarge",
+    429: "TooManyRequests",
+    502: "InternalError",
+    503: "ServiceUnavailable",
+    504: "Timeout",
+}
+
+
+class Refused(Exception):
+    """An answer the gateway gives itself (a Kubernetes Status)."""
+
+    def __init__(self, code: int, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+def status(code: int, message: str, retry_after: int | None = None) -> JSONResponse:
+    """A Kubernetes ``Status`` answer (kubectl prints ``Error from server (<reason>): <message>``)."""
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": REASONS.get(code, "InternalError"),
+        "code": code,
+    }
+    if retry_after is not None:
+        body["details"] = {"retryAfterSeconds": retry_after}
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return JSONResponse(status_code=code, content=body, headers=headers)
+
+
+_HTTP = {"401": 401, "403": 403, "404": 404, "400": 400, "409": 409, "410": 410, "503": 503}
+
+
+def refusal_of(exc: TetherError) -> Refused:
+    code = _HTTP.get(exc.code, 503 if isinstance(exc, Unavailable) else 500)
+    return Refused(code, exc.description)
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who is calling, on what, through which cluster."""
+
+    user: str
+    teams: tuple[str, ...]
+    record: WorkloadRecord
+
+    @property
+    def cluster(self) -> str:
+        return self.record.spec.cluster
+
+
+def is_member(record: WorkloadRecord, user: str, teams: tuple[str, ...]) -> bool:
+    subjects_ = {m.subject for m in record.spec.members}
+    return f"user:{user}" in subjects_ or any(f"team:{t}" in subjects_ for t in teams)
+
+
+def offline_text(cluster: str, presence: Presence | None) -> str:
+    if presence is None or not presence.last_seen:
+        return f"cluster {cluster!r} is offline (its agent has not connected yet)"
+    since = datetime.fromtimestamp(presence.last_seen, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"cluster {cluster!r} is offline since {since}: its agent is not connected"
+
+
+def readiness_refusal(record: WorkloadRecord) -> Refused | None:
+    """Why the workload cannot be reached now (None when it can)."""
+    kind, spec = record.spec.kind, record.spec
+    what = f"{kind} {spec.project}/{spec.name}"
+    if spec.state == "deleted" or record.phase == "Deleting":
+        return Refused(404, f"{what} is being deleted")
+    if spec.state == "sleeping" or record.phase == "Sleeping":
+        return Refused(503, f"{what} is asleep: wake it ('tether {kind} wake {spec.name} -p {spec.project}')", 30)
+    if record.observed is None:
+        return Refused(503, f"{what} is not ready yet (phase {record.phase})", 5)
+    return None
+
+
+class Gateway:
+    """The routes' state: the bus link and a short cache of resolved access."""
+
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self.link = GatewayLink(platform.nc)
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self._cache: dict[tuple[str, str, str, str], tuple[float, Access]] = {}
+        self._teams: tuple[float, dict[str, tuple[str, ...]]] = (0.0, {})
+        self._presence: dict[str, tuple[float, Presence | None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def ensure_started(self) -> None:
+        if self._started:
+            return
+        async with self._start_lock:
+            if not self._started:
+                await self.link.start()
+                self._started = True
+
+    # --- who and what -------------------------------------------------------------------------------
+    async def teams_of(self, user: str) -> tuple[str, ...]:
+        now = time.monotonic()
+        at, by_user = self._teams
+        if now - at > RESOLVE_TTL:
+            teams = await self.platform.call(subjects.Access.TEAM_LIST, Empty(), TeamList)
+            grouped: dict[str, list[str]] = {}
+            for team in teams.teams:
+                for member in team.members:
+                    grouped.setdefault(member, []).append(team.name)
+            by_user = {u: tuple(sorted(t)) for u, t in grouped.items()}
+            self._teams = (now, by_user)
+        return by_user.get(user, ())
+
+    async def presence(self, cluster: str) -> Presence | None:
+        now = time.monotonic()
+        hit = self._presence.get(cluster)
+        if hit and now - hit[0] < RESOLVE_TTL:
+            return hit[1]
+        try:
+            found: Presence | None = await self.platform.call(
+                subjects.Health.PRESENCE_GET, NameRequest(name=cluster), Presence
+            )
+        except NotFound:
+            found = None
+        if len(self._presence) > 10_000:
+            self._presence.clear()
+        self._presence[cluster] = (now, found)
+        return found
+
+    async def resolve(self, who: Principal, target: str, project: str, name: str) -> Access:
+        key = (who.user, target, project, name)
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit and now - hit[0] < RESOLVE_TTL:
+            return hit[1]
+        from services.api.app import authorize
+
+        await authorize(self.platform, who, "workload.read", project)
+        record, teams = await asyncio.gather(
+            self.platform.call(
+                subjects.Lifecycle.GET,
+                WorkloadRef(kind=target, project=project, name=name),  # type: ignore[arg-type]
+                WorkloadRecord,
+            ),
+            self.teams_of(who.user),
+        )
+        if not is_member(record, who.user, teams):
+            raise Forbidden(f"user {who.user!r} is not a member of {target} {project}/{name}")
+        access = Access(user=who.user, teams=teams, record=record)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = (now, access)
+        return access
+
+    # --- the exchange -------------------------------------------------------------------------------
+    async def open(self, access: Access, request: GatewayRequest) -> tuple[GatewayStream, GatewayFrame]:
+        """Send the request; the stream and its head frame (Refused when there is no answer)."""
+        await self.ensure_started()
+        stream = self.link.open(access.cluster, request.window)
+        request = GatewayRequest(**{**_fields(request), "stream": stream.id})
+        try:
+            await self.link.request(access.cluster, request)
+            head = await stream.next(HEAD_TIMEOUT)
+        except StreamBroken as exc:
+            await stream.close(cancel=True)
+            raise Refused(504, f"{exc} (cluster {access.cluster!r})") from None
+        except TetherError as exc:
+            await stream.close(cancel=False)
+            raise refusal_of(exc) from None
+        except BaseException:
+            self.cancel_later(stream)
+            raise
+        if head.kind == "error":
+            await stream.close(cancel=False)
+            raise Refused(head.status or 502, head.error or "the agent could not make the call")
+        if head.kind != "head":
+            await stream.close(cancel=True)
+            raise Refused(502, f"the agent answered with a {head.kind} frame first")
+        return stream, head
+
+    def cancel_later(self, stream: GatewayStream) -> None:
+        """Tell the agent to stop, from outside a cancelled scope (a client that went away)."""
+        task = asyncio.get_running_loop().create_task(stream.close(cancel=True))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def body(self, stream: GatewayStream) -> AsyncIterator[bytes]:
+        """The answer's bytes as the agent sends them; the upstream call is cancelled if the client goes."""
+        ended = False
+        try:
+            while True:
+                try:
+                    frame = await stream.next(IDLE_TIMEOUT)
+                except StreamBroken as exc:
+                    logger.warning("gateway stream %s on cluster %r ended: %s", stream.id, stream.cluster, exc)
+                    return
+                if frame.kind == "data":
+                    yield frame.data
+                    await stream.consumed(frame)
+                elif frame.kind == "end":
+                    ended = True
+                    return
+                else:  # error after the head: nothing to tell the client but the end
+                    ended = True
+                    logger.warning("gateway stream %s on cluster %r: %s", stream.id, stream.cluster, frame.error)
+                    return
+        finally:
+            if ended:
+                self.link.forget(stream.id)
+            else:
+                self.cancel_later(stream)
+
+
+def _fields(request: GatewayRequest) -> dict[str, Any]:
+    return {f: getattr(request, f) for f in request.__struct_fields__}
+
+
+async def read_body(request: Request) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_REQUEST_BODY:
+            raise Refused(413, f"request body larger than {MAX_REQUEST_BODY} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def kube_path(request: Request, project: str, target: str, name: str) -> str:
+    """The Kubernetes API path after the gateway's prefix, from the raw (undecoded) path."""
+    raw = bytes(request.scope.get("raw_path") or request.url.path.encode()).decode("latin-1")
+    raw = raw.split("?", 1)[0]
+    prefix = f"{PREFIX}/{project}/{target}/{name}"
+    if not raw.startswith(prefix + "/"):
+        raise Refused(400, "invalid gateway path")
+    try:
+        return clean_path(raw[len(prefix) :])
+    except InvalidInput as exc:
+        raise Refused(400, exc.description) from None
+
+
+def upgrade_refusal(request: Request) -> Refused | None:
+    upgrade = request.headers.get("upgrade", "")
+    if not upgrade:
+        return None
+    if "spdy" in upgrade.lower():
+        return Refused(
+            400,
+            f"this client asked for SPDY ({upgrade}), which the Tether gateway does not carry: exec, attach, cp and "
+            f"port-forward need kubectl {WEBSOCKET_KUBECTL} or newer (WebSocket, v5.channel.k8s.io)",
+        )
+    return Refused(400, f"unsupported upgrade {upgrade!r}")
+
+
+def install_gateway(app: FastAPI, platform: Platform) -> Gateway:
+    gateway = Gateway(platform)
+    app.state.gateway = gateway
+
+    async def proxy(request: Request, project: str, target: str, name: str, path: str) -> Response:
+        try:
+            return await _proxy(request, project, target, name)
+        except Refused as exc:
+            return status(exc.code, exc.message, exc.retry_after)
+        except TetherError as exc:
+            refused = refusal_of(exc)
+            return status(refused.code, refused.message)
+
+    async def _proxy(request: Request, project: str, target: str, name: str) -> Response:
+        if target not in ("space", "tenant"):
+            raise Refused(404, f"unknown kind {target!r}: expected space or tenant")
+        check_name(project, "project name")
+        check_name(name, f"{target} name")
+        who = await _principal(request)
+        if asked := impersonation_headers(list(request.headers.items())):
+            raise Refused(
+                403,
+                f"impersonation is not allowed through the Tether gateway ({', '.join(asked)}): requests run as "
+                f"the caller, tether:user:{who.user}",
+            )
+        if refused := upgrade_refusal(request):
+            raise refused
+        path = kube_path(request, project, target, name)
+        access = await gateway.resolve(who, target, project, name)
+        if refused := readiness_refusal(access.record):
+            raise refused
+        presence = await gateway.presence(access.cluster)
+        if presence is None or not presence.online:
+            raise Refused(503, offline_text(access.cluster, presence), 10)
+        body = await read_body(request)
+        forward = GatewayRequest(
+            stream="",
+            target=target,  # type: ignore[arg-type]
+            project=project,
+            name=name,
+            user=who.user,
+            teams=access.teams,
+            method=request.method,
+            path=path,
+            query=request.url.query,
+            headers=request_headers(list(request.headers.items())),
+            body=body,
+            window=WINDOW,
+        )
+        try:
+            stream, head = await gateway.open(access, forward)
+        except Refused as exc:
+            if request.method in MUTATING:
+                await _audit(platform, access, forward, str(exc.code))
+            raise
+        if request.method in MUTATING:
+            await _audit(platform, access, forward, str(head.status))
+        return StreamingResponse(gateway.body(stream), status_code=head.status, headers=dict(head.headers))
+
+    async def _principal(request: Request) -> Principal:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("missing API token: use a kubeconfig from 'tether space|tenant kubeconfig'")
+        who = await platform.authenticate(token.strip())
+        request.state.user = who.user
+        return who
+
+    app.add_api_route(
+        f"{PREFIX}/{{project}}/{{target}}/{{name}}/{{path:path}}",
+        proxy,
+        methods=METHODS,
+        include_in_schema=False,
+    )
+    return gateway
+
+
+async def _audit(platform: Platform, access: Access, request: GatewayRequest, result: str) -> None:
+    span = trace.get_current_span().get_span_context()
+    entry = AuditRecord(
+        kind="api",
+        at=time.time(),
+        user=access.user,
+        action=f"{request.method} {request.path}",
+        target=f"{request.target}/{request.project}/{request.name}",
+        cluster=access.cluster,
+        result=result,
+        trace_id=f"{span.trace_id:032x}" if span.is_valid else "",
+    )
+    with contextlib.suppress(TetherError):
+        await publish(platform.nc.jetstream(), subjects.AUDIT_API, entry)

