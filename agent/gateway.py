@@ -260,6 +260,10 @@ class AgentGateway:
         client = self._client(upstream)
         try:
             async with client.stream(request.method, url, headers=headers, content=request.body or None) as resp:
+                if resp.status_code == 401:
+                    # The agent's own credentials, not the member's: kubectl must not take it for its own.
+                    text = f"the Kubernetes API server of cluster {self.cluster!r} refused the agent's credentials"
+                    raise GatewayError(502, text)
                 await stream.send("head", status=resp.status_code, headers=response_headers(list(resp.headers.items())))
                 async for chunk in resp.aiter_raw():
                     await stream.send_data(chunk)

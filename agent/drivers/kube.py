@@ -851,7 +851,7 @@ class KubeDriver:
             ca_file=str(cfg.ssl_ca_cert or ""),
             cert_file=str(cfg.cert_file or ""),
             key_file=str(cfg.key_file or ""),
-            authorization=str(cfg.get_api_key_with_prefix("authorization") or ""),
+            authorization=str(cfg.get_api_key_with_prefix("BearerToken", alias="authorization") or ""),
             verify=bool(cfg.verify_ssl),
         )
 

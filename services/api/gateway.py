@@ -68,6 +68,7 @@ REASONS = {
     410: "Gone",
     413: "RequestEntityTooLarge",
     429: "TooManyRequests",
+    501: "NotImplemented",
     502: "InternalError",
     503: "ServiceUnavailable",
     504: "Timeout",
@@ -356,7 +357,8 @@ def install_gateway(app: FastAPI, platform: Platform) -> Gateway:
             raise refused
         presence = await gateway.presence(access.cluster)
         if presence is None or not presence.online:
-            raise Refused(503, offline_text(access.cluster, presence), 10)
+            # No Retry-After: kubectl would retry it silently until its timeout instead of saying why.
+            raise Refused(503, offline_text(access.cluster, presence))
         body = await read_body(request)
         forward = GatewayRequest(
             stream="",

@@ -35,6 +35,11 @@ class Settings:
     public_nats_url: str | None = None
     """NATS URL agents are told to dial (default: the bus URL)."""
 
+    tls_cert: str = ""
+    tls_key: str = ""
+    """HTTPS certificate and key files. kubectl sends no credentials to a plain-HTTP server, so the
+    Kubernetes gateway needs HTTPS (here, or at a proxy in front of the API)."""
+
     @classmethod
     def from_env(cls) -> Settings:
         return cls(
@@ -43,6 +48,8 @@ class Settings:
             port=int(os.environ.get("TETHER_HTTP_PORT", "8080")),
             public_nats_url=os.environ.get("TETHER_PUBLIC_NATS_URL") or None,
             public_ca_file=os.environ.get("TETHER_PUBLIC_CA_FILE", ""),
+            tls_cert=os.environ.get("TETHER_HTTP_TLS_CERT", ""),
+            tls_key=os.environ.get("TETHER_HTTP_TLS_KEY", ""),
         )
 
 
@@ -74,6 +81,8 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=2,  # open event streams must not hold a stop for long
+            ssl_certfile=settings.tls_cert or None,
+            ssl_keyfile=settings.tls_key or None,
         )
         server = _Server(config)
         serving = asyncio.create_task(server.serve(), name="api-http")
@@ -82,7 +91,8 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
                 await serving  # raises the bind error
                 raise RuntimeError("HTTP server stopped during start")
             await asyncio.sleep(0.05)
-        logger.info("api listening on http://%s:%d", settings.host, settings.port)
+        scheme = "https" if settings.tls_cert else "http"
+        logger.info("api listening on %s://%s:%d", scheme, settings.host, settings.port)
         if ready:
             ready.set()
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import ssl
 from typing import Any
 
 import httpx
@@ -24,10 +26,21 @@ def _explain(status: int, message: str) -> str:
     return message
 
 
+def _verify() -> ssl.SSLContext | bool:
+    """``$TETHER_CA_FILE``: the CA of an API whose HTTPS certificate a private CA signed."""
+    ca = os.environ.get("TETHER_CA_FILE")
+    return ssl.create_default_context(cafile=ca) if ca else True
+
+
 class Client:
     def __init__(self, ctx: Context, timeout: float = 15.0) -> None:
         self.ctx = ctx
-        self.http = httpx.Client(base_url=ctx.server, timeout=timeout, headers={"Authorization": f"Bearer {ctx.token}"})
+        self.http = httpx.Client(
+            base_url=ctx.server,
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {ctx.token}"},
+            verify=_verify(),
+        )
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:

@@ -8,6 +8,7 @@ changed with ``tether login`` is used at once.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -44,12 +45,15 @@ def tether_command() -> str:
 def build(kind: str, project: str, name: str, server: str) -> dict[str, Any]:
     entry = f"tether-{project}-{kind}-{name}"
     context: dict[str, Any] = {"cluster": entry, "user": entry}
+    cluster: dict[str, Any] = {"server": f"{server}{gateway_path(kind, project, name)}"}
+    if ca_file := os.environ.get("TETHER_CA_FILE"):
+        cluster["certificate-authority-data"] = base64.b64encode(Path(ca_file).read_bytes()).decode()
     if kind == "space":
         context["namespace"] = space_namespace(project, name)
     return {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": entry, "cluster": {"server": f"{server}{gateway_path(kind, project, name)}"}}],
+        "clusters": [{"name": entry, "cluster": cluster}],
         "users": [
             {
                 "name": entry,

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.harness import Proc, Stack
+from services.platform.tls import TlsFiles, ensure_tls
+from tests.harness import Proc, Stack, wait_for
 from tests.kube.cluster import ControlPlane
 from tests.kube.conftest import admin_api, control_plane, kube_bin, kubeconfig  # noqa: F401  (shared fixtures)
 
@@ -66,9 +69,43 @@ class Kubectl:
         )
 
 
+@dataclass
+class HttpsStack(Stack):
+    """The platform with its API on HTTPS (kubectl sends no credentials to a plain-HTTP server)."""
+
+    @property
+    def https(self) -> TlsFiles:
+        return ensure_tls(self.tmp / "https")
+
+    @property
+    def api(self) -> str:
+        return f"https://127.0.0.1:{self.http_port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        files = self.https
+        tls = {"TETHER_HTTP_TLS_CERT": str(files.cert), "TETHER_HTTP_TLS_KEY": str(files.key)}
+        return super().env(**tls, TETHER_CA_FILE=str(files.ca), **extra)
+
+    def http(self, token: str | None = None) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.api,
+            timeout=10,
+            headers={"Authorization": f"Bearer {token or self.admin_token}"},
+            verify=ssl.create_default_context(cafile=str(self.https.ca)),
+        )
+
+    async def wait_healthy(self, timeout: float = 30.0) -> None:
+        async def healthy() -> bool:
+            verify = ssl.create_default_context(cafile=str(self.https.ca))
+            async with httpx.AsyncClient(timeout=2, verify=verify) as http:
+                return (await http.get(f"{self.api}/healthz")).status_code == 200
+
+        await wait_for(healthy, timeout=timeout, what="platform /healthz over HTTPS")
+
+
 @pytest.fixture
 async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
-    s = Stack(tmp=tmp_path, env_overrides={"TETHER_INVENTORY_INTERVAL": "2"})
+    s = HttpsStack(tmp=tmp_path, env_overrides={"TETHER_INVENTORY_INTERVAL": "2"})
     try:
         await s.start()
         yield s
@@ -111,7 +148,9 @@ async def member_kubectl(stack: Stack, token: str, kind: str, project: str, name
         "TETHER_TOKEN": token,
         "TETHER_CONFIG": str(tmp / "cli.json"),
     }
+    if isinstance(stack, HttpsStack):
+        env["TETHER_CA_FILE"] = str(stack.https.ca)
     return Kubectl(kubeconfig=path, env=env)
 
 
-__all__ = ["ControlPlane", "Kubectl", "kube_agent", "member_kubectl", "tether"]
+__all__ = ["ControlPlane", "HttpsStack", "Kubectl", "kube_agent", "member_kubectl", "tether"]

