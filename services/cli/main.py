@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+import services.cli.kubeconfig  # noqa: F401  (adds `space|tenant kubeconfig`; its plugin is `tether token`)
 from schemas.errors import InvalidInput
 from schemas.names import check_name, parse_label
 from services.cli import output as out
@@ -17,7 +18,6 @@ from services.cli.changes import install_cluster_verbs
 from services.cli.client import ApiError, Client
 from services.cli.common import OutputOpt, api, fail
 from services.cli.config import save_context
-from services.cli.kubeconfig import token as token_command  # also adds `space|tenant kubeconfig`
 from services.cli.output import Output
 from services.cli.people import project_app, team_app, user_app
 from services.cli.tokens import token_app
@@ -29,7 +29,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Tether: many Kubernetes clusters as one.",
 )
-app.command("token")(token_command)
 cluster_app = typer.Typer(no_args_is_help=True, help="Connected clusters.")
 agent_app = typer.Typer(no_args_is_help=True, help="The agent that connects a cluster.")
 app.add_typer(cluster_app, name="cluster")

@@ -1,6 +1,7 @@
 """``tether token list|create|revoke|rotate``: a user's API tokens (your own, or anyone's as an admin).
 
-The ``token`` group is shared: the kubectl credential plugin lives beside these verbs (``tether token exec``).
+The ``token`` group is shared: with no subcommand it is the gateway's kubectl credential plugin
+(``services/cli/kubeconfig.py``), so ``tether token --server URL`` keeps working beside these verbs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,24 @@ from services.cli import output as out
 from services.cli.common import OutputOpt, api, fail
 from services.cli.output import Output
 
-token_app = typer.Typer(no_args_is_help=True, help="API tokens: list, create another, revoke, rotate.")
+token_app = typer.Typer(help="API tokens: list, create another, revoke, rotate; and kubectl's credential plugin.")
+
+
+@token_app.callback(invoke_without_command=True)
+def token_group(
+    ctx: typer.Context,
+    server: Annotated[str, typer.Option(help="Plugin mode: the API the kubeconfig points at")] = "",
+) -> None:
+    """API tokens: list, create another, revoke, rotate.
+
+    With no subcommand, kubectl's exec credential plugin (the gateway's ``tether token --server URL``,
+    written into kubeconfigs by ``tether space|tenant kubeconfig``).
+    """
+    if ctx.invoked_subcommand is None:
+        from services.cli.kubeconfig import token as exec_plugin
+
+        exec_plugin(server)
+
 
 UserOpt = Annotated[str | None, typer.Option("--user", "-u", help="Whose tokens (platform admins; default: yours)")]
 
