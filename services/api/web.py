@@ -28,7 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from schemas import subjects
 from schemas.api import ClusterEventListOut, ClusterEventOut
 from schemas.errors import NotFound, Unavailable
-from schemas.messages import ClusterRecord, NameRequest, Principal, VisibleProjects
+from schemas.messages import ClusterList, ClusterRecord, Empty, NameRequest, Principal, VisibleProjects
 from schemas.names import check_name
 from services.api.app import ERRORS, Platform, Who, cluster_scope, platform_of, visible
 from services.api.logic import may_see_cluster
@@ -55,13 +55,14 @@ router = APIRouter()
 
 
 # --- pure rules -------------------------------------------------------------------------------
-def may_see(event: dict[str, Any], who: Principal, seen: VisibleProjects) -> bool:
-    """May ``who`` receive this public event? Clusters are visible to every user; project events to
-    the project's members; anything else (unknown kinds) to platform admins only."""
+def may_see(event: dict[str, Any], who: Principal, seen: VisibleProjects, clusters: set[str] | None = None) -> bool:
+    """May ``who`` receive this public event? A cluster's events to members of the projects that may use it
+    (``clusters``: their names, None: all); project events to the project's members; anything else
+    (unknown kinds) to platform admins only."""
     if who.platform_admin:
         return True
     if event.get("type") == "cluster-event.v1":
-        return True
+        return clusters is None or event.get("cluster") in clusters
     project = event.get("project")
     if isinstance(project, str) and project:
         return seen.all or project in seen.projects
@@ -136,6 +137,8 @@ async def _relay(platform: Platform, who: Principal, seen: VisibleProjects) -> A
             dropped = True
 
     sub = await platform.nc.subscribe(subjects.PUBLIC_EVENTS_ANY, cb=on_event)
+    clusters_at = time.time()
+    clusters = await _visible_clusters(platform, who)
     fetched = time.monotonic()
     try:
         yield b"retry: 2000\n\n" + sse("ready", json.dumps({"user": who.user}))
@@ -162,12 +165,40 @@ async def _relay(platform: Platform, who: Principal, seen: VisibleProjects) -> A
             if not who.platform_admin and (stale or event.get("type") == "membership-changed.v1"):
                 with contextlib.suppress(Exception):
                     seen = await visible(platform, who)
+                    clusters_at = time.time()
+                    clusters = await _visible_clusters(platform, who)
                     fetched = time.monotonic()
-            if may_see(event, who, seen):
+            if clusters is not None and _news_of_a_cluster(event, clusters, clusters_at):
+                with contextlib.suppress(Exception):
+                    clusters_at = time.time()
+                    clusters = await _visible_clusters(platform, who)
+            if may_see(event, who, seen, clusters):
                 yield sse(kind, json.dumps(event, separators=(",", ":")))
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+def _news_of_a_cluster(event: dict[str, Any], clusters: set[str], listed_at: float) -> bool:
+    """Is ``event`` about a cluster the list read at ``listed_at`` could not know (registered since, or
+    changed after a while)? Then the list is read again before the event is judged."""
+    if event.get("type") != "cluster-event.v1" or event.get("cluster") in clusters:
+        return False
+    at = event.get("at")
+    if not isinstance(at, int | float) or at <= listed_at:
+        return False
+    return event.get("kind") == "registered" or at - listed_at > 5.0
+
+
+async def _visible_clusters(platform: Platform, who: Principal) -> set[str] | None:
+    """Names of the clusters ``who`` may see (None: all, for platform admins)."""
+    scope = await cluster_scope(platform, who)
+    if scope is None:
+        return None
+    if not scope:
+        return set()
+    listed = await platform.call(subjects.Registry.CLUSTER_LIST, Empty(), ClusterList)
+    return {c.name for c in listed.clusters if may_see_cluster(scope, c)}
 
 
 @router.get(

@@ -84,6 +84,7 @@ class Settings:
         return cls(
             common=ServiceSettings.from_env(),
             heartbeat_rate=float(os.environ.get("TETHER_HEARTBEAT_RATE", "10")),
+            pending_limit=int(os.environ.get("TETHER_HEARTBEAT_PENDING_LIMIT", "200000")),
             offline_after=float(os.environ.get("TETHER_OFFLINE_AFTER", "12")),
             sweep_interval=float(os.environ.get("TETHER_SWEEP_INTERVAL", "1")),
             flush_interval=float(os.environ.get("TETHER_FLUSH_INTERVAL", "2")),

@@ -56,8 +56,8 @@ async def test_the_event_stream_shows_each_user_only_what_they_may_see(stack: St
     assert resp.status_code == 401 and resp.json()["error"]["code"] == "401"
 
     await stack.connected("c1", tmp_path / "c1")
-    for project in ("p1", "p2"):
-        await stack.ok("POST", "/api/v1/projects", json={"name": project, "clusters": ["c1"]})
+    await stack.ok("POST", "/api/v1/projects", json={"name": "p1"})  # any cluster, c2 too once it exists
+    await stack.ok("POST", "/api/v1/projects", json={"name": "p2", "clusters": ["c1"]})
     viewer = await stack.user("vic")
     await stack.ok("PUT", "/api/v1/projects/p1/members", json={"user": "vic", "role": "viewer"})
     outsider = await stack.user("eve")
@@ -76,11 +76,12 @@ async def test_the_event_stream_shows_each_user_only_what_they_may_see(stack: St
         )
         await wait_for(lambda: "tenant.ready" in kinds(viewer_seen, "p1"), what="the viewer to see p1's tenant")
         await wait_for(
-            lambda: "cluster.registered" in kinds(outsider_seen) and "cluster.registered" in kinds(viewer_seen),
-            what="everyone to see cluster events",
+            lambda: "cluster.registered" in kinds(admin_seen) and "cluster.registered" in kinds(viewer_seen),
+            what="the admin and the member of a project that may use c2 to see its events",
         )
         assert kinds(viewer_seen, "p2") == set(), viewer_seen
         assert [e for e in outsider_seen if "project" in e[1]] == [], outsider_seen
+        assert [e for e in outsider_seen if e[0].startswith("cluster.")] == [], "no project: no cluster events"
         tenant_ready = next(data for kind, data in viewer_seen if kind == "tenant.ready")
         assert tenant_ready["name"] == "t1" and tenant_ready["cluster"] == "c1"
 
