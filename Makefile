@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 
-.PHONY: install up test unit lint fmt bench clean kube-bin
+.PHONY: install up test unit lint fmt bench clean kube-bin nats-cli api-lint-tools
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,14 @@ bench: install
 ## Build (once per machine) the control plane and kwok used by the `kube` tests.
 kube-bin:
 	bash tests/tools/kubebin/build.sh
+
+## Build (once per machine) the official nats CLI used by the `clients` tests.
+nats-cli:
+	bash tests/tools/natscli/build.sh
+
+## Install (once per lock file) the pinned OpenAPI and AsyncAPI linters used by the `clients` tests.
+api-lint-tools:
+	bash tests/tools/lint/install.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -292,3 +292,19 @@ class ClusterEventListOut(ApiModel):
     items: list[ClusterEventOut] = Field(description="Newest first")
     since: datetime = Field(description="Start of the window that was read")
     truncated: bool = Field(description="True when older events in the window were left out (limit reached)")
+
+
+# --- outside event readers ------------------------------------------------------------------------
+class EventsCredsIn(ApiModel):
+    name: str = Field(description="Who reads (a DNS label); names the NATS user and its reply inbox")
+    ttl_days: float = Field(30.0, gt=0, le=366, description="Days the credentials are valid (at most 366)")
+
+
+class EventsCredsOut(ApiModel):
+    name: str
+    creds: str = Field(description="A NATS .creds file: read tether.events.> and replay EVENTS, nothing else")
+    inbox_prefix: str = Field(description="The reply inbox prefix these credentials may use (--inbox-prefix)")
+    expires_at: datetime
+    nats_url: str = Field(description="Where to connect")
+    stream: str = Field(description="The stream that keeps the events (for replay)")
+    subjects: str = Field(description="The subjects these credentials may read")

@@ -41,6 +41,12 @@ def agent_inbox_prefix(cluster: str) -> str:
     return f"_INBOX_{check_name(cluster, 'cluster name')}"
 
 
+def events_inbox_prefix(name: str) -> str:
+    """An outside events reader's reply inbox: its own, so it reads no one's replies (cluster names
+    have no ``_``, so this never meets an agent's)."""
+    return f"_INBOX_events_{check_name(name, 'events reader name')}"
+
+
 def parse_connect_token(token: str) -> tuple[str, str, str]:
     """(cluster, secret, bootstrap JWT or '') of a connect token; Unauthenticated when malformed."""
     parts = token.split(".", 3)

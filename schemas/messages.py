@@ -639,3 +639,21 @@ class WorkloadEvent(Message, frozen=True, tag="workload-event.v1"):
     at: float
     reason: str = ""
     message: str = ""
+
+
+# --- outside event readers (issue 15) -----------------------------------------------------------
+class EventsCredsRequest(Message, frozen=True, tag="events-creds-request.v1"):
+    """Ask the registry for a subscribe-only NATS user for an outside consumer of the public events."""
+
+    name: str
+    ttl: float = 30 * 86400.0
+    """Seconds the credentials are valid (the registry bounds it)."""
+
+
+class EventsCreds(Message, frozen=True, tag="events-creds.v1"):
+    """A ``.creds`` text allowed to read the public events and the EVENTS stream's messages, nothing else."""
+
+    name: str
+    creds: str
+    inbox_prefix: str
+    expires_at: float

@@ -216,6 +216,7 @@ class Registry:
     CLUSTER_TOKEN = svc(SERVICE, "cluster.token")
     CLUSTER_UPDATE = svc(SERVICE, "cluster.update")
     CLUSTER_REMOVE = svc(SERVICE, "cluster.remove")
+    EVENTS_CREDS = svc(SERVICE, "events.creds")
     AGENT_BOOTSTRAP = svc(SERVICE, "agent.bootstrap")
     AGENT_HELLO = svc(SERVICE, "agent.hello")
     AGENT_RENEW = svc(SERVICE, "agent.renew")

@@ -282,6 +282,9 @@ def create_app(platform: Platform) -> FastAPI:
     from services.api.gateway import install_gateway
 
     install_gateway(app, platform)
+    from services.api.events import install_events
+
+    install_events(app, platform)
     from services.api.limits import BodyLimit
 
     app.add_middleware(BodyLimit)  # outside the audit: a refused body is never read

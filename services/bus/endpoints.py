@@ -174,8 +174,15 @@ class ServiceHost:
         await _send(req, error_body(code, description), {ERROR_CODE: code, ERROR_TEXT: description})
 
     async def start(self) -> None:
+        # A description and metadata always (nats-py sends null for unset ones, which the micro schema
+        # io.nats.micro.v1.info_response refuses: `nats schema validate` and stricter clients reject the reply).
         self._service = await add_service(
-            self._nc, name=f"tether-{self._name}", version=self._version, queue_group=f"tether-{self._name}"
+            self._nc,
+            name=f"tether-{self._name}",
+            version=self._version,
+            description=f"Tether {self._name} service",
+            metadata={"tether.service": self._name},
+            queue_group=f"tether-{self._name}",
         )
         for endpoint_name, subject, handler in self._pending:
             await self._service.add_endpoint(name=endpoint_name, subject=subject, handler=handler)

@@ -191,6 +191,19 @@ def agent_permissions(cluster: str) -> tuple[list[str], list[str]]:
     return publish, subscribe
 
 
+def events_reader_permissions(inbox_prefix: str) -> tuple[list[str], list[str]]:
+    """(publish, subscribe) for an outside consumer of the public events: live ``tether.events.>``, and replay
+    of EVENTS by reading its messages (stream info, message get: nothing that changes or creates anything).
+
+    No consumer creation on purpose: nats-server does not check a push consumer's deliver subject against
+    its creator's permissions, so a reader allowed to create one on EVENTS could aim the stream at any
+    subject of the platform's account (seen in tests/clients/test_nats_cli.py). Replies come only to its
+    own inbox prefix, so it reads no one else's replies."""
+    stream = subjects.EVENTS_STREAM
+    publish = [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.MSG.GET.{stream}"]
+    return publish, [subjects.PUBLIC_EVENTS_ANY, f"{inbox_prefix}.>"]
+
+
 def bootstrap_permissions(cluster: str) -> tuple[list[str], list[str]]:
     """The bootstrap user may only trade its token for credentials."""
     return [subjects.agent_call(subjects.Registry.AGENT_BOOTSTRAP, cluster)], [f"{agent_inbox_prefix(cluster)}.>"]

@@ -18,6 +18,7 @@ from services.cli.changes import install_cluster_verbs
 from services.cli.client import ApiError, Client
 from services.cli.common import OutputOpt, api, fail
 from services.cli.config import save_context
+from services.cli.events import events_app
 from services.cli.output import Output
 from services.cli.people import project_app, team_app, user_app
 from services.cli.tokens import token_app
@@ -40,6 +41,7 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(space_app, name="space")
 app.add_typer(token_app, name="token")
 install_cluster_verbs(cluster_app)
+app.add_typer(events_app, name="events")
 
 
 # --- platform -------------------------------------------------------------------------

@@ -371,6 +371,17 @@ def observe(record: WorkloadRecord, result: CommandResult, now: float) -> tuple[
     return with_conditions(msgspec.structs.replace(record, failure=failure, updated_at=now), now), False
 
 
+def result_outcome(record: WorkloadRecord, result: CommandResult) -> Literal["applied", "failed"] | None:
+    """What a result counts as, for the record it was folded into: a failure of the record's generation
+    counts whatever ``applied`` says (agents report every failure with ``applied=False``: nothing was done);
+    a success only when it was really applied (not a redelivery found already done)."""
+    if result.generation != record.generation:
+        return None
+    if not result.ok:
+        return "failed"
+    return "applied" if result.applied else None
+
+
 def confirm_deleted(record: WorkloadRecord, now: float) -> WorkloadRecord:
     """The cluster shows the object gone (an inventory without it): make the record a tombstone."""
     observed = Observed(generation=record.generation, state="deleted", at=now)

@@ -259,8 +259,6 @@ class Lifecycle:
             message=new.failure.message if after == "Failed" and new.failure else "",
         )
         await publish(self.js, subjects.public_event(f"{new.spec.kind}.{after.lower()}"), event)
-        if after == "Failed":
-            await publish(self.js, subjects.public_event("command.failed"), event)
 
     # -- records ---------------------------------------------------------------------------
     async def all_records(self) -> list[WorkloadRecord]:
@@ -492,11 +490,14 @@ class Lifecycle:
             # into the new one (dropping it would leave the record out of sync until the next resync).
             raise Unavailable(f"{k} changed while a result was being recorded") from None
         self._known.put(k, (new, written))
-        if result.generation == record.generation and result.applied:
-            (self.applied if result.ok else self.failed).add(1, {"cluster": result.cluster})
-            if result.ok:
-                at = logic.agent_time(result.at, time.time())
-                self.latency.record(max(0.0, at - record.updated_at), {"cluster": result.cluster})
+        outcome = logic.result_outcome(record, result)
+        if outcome == "applied":
+            self.applied.add(1, {"cluster": result.cluster})
+            at = logic.agent_time(result.at, time.time())
+            self.latency.record(max(0.0, at - record.updated_at), {"cluster": result.cluster})
+        elif outcome == "failed":
+            self.failed.add(1, {"cluster": result.cluster})
+            await self.announce_failed(new, result)
         if gone:
             logger.info("%s deleted from %s", k, result.cluster)
             await self.announce_deleted(record)
@@ -506,6 +507,21 @@ class Lifecycle:
             logger.warning("%s failed on %s: %s: %s", k, result.cluster, reason, clip(result.message))
         await self.announce(record, new, reason or "Applied")
         return True
+
+    async def announce_failed(self, record: WorkloadRecord, result: CommandResult) -> None:
+        """``command.failed`` for every failed command, a delete too (its phase stays Deleting, so no phase
+        event says it); one per operation (the message id), however often the result is delivered."""
+        event = WorkloadEvent(
+            kind=record.spec.kind,
+            project=record.spec.project,
+            name=record.spec.name,
+            cluster=record.spec.cluster,
+            phase=logic.phase(record),
+            at=time.time(),
+            reason=result.reason or "ApplyFailed",
+            message=result.message,
+        )
+        await publish(self.js, subjects.public_event("command.failed"), event, msg_id=f"failed-{result.op_id}")
 
     async def announce_deleted(self, record: WorkloadRecord) -> None:
         event = WorkloadEvent(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 import secrets
 
@@ -255,3 +256,13 @@ def update_project(record: ProjectRecord, req: ProjectUpdate, known_clusters: se
     if all(getattr(record, k) == v for k, v in changes.items()):
         return None
     return msgspec.structs.replace(record, **changes)
+
+EVENTS_CREDS_MAX_TTL = 366 * 86400.0
+"""Outside readers' credentials cannot be revoked one by one (nothing records them): their life is bounded."""
+
+
+def events_creds_ttl(ttl: float) -> float:
+    """The lifetime of an outside events reader's credentials, checked: 1 minute to a year."""
+    if not math.isfinite(ttl) or not 60 <= ttl <= EVENTS_CREDS_MAX_TTL:
+        raise InvalidInput(f"events credentials ttl must be 60 s to {EVENTS_CREDS_MAX_TTL / 86400:g} days, got {ttl!r}")
+    return ttl

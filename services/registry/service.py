@@ -12,7 +12,7 @@ from pathlib import Path
 from opentelemetry.metrics import Observation
 
 from schemas import subjects
-from schemas.credentials import bootstrap_seed, parse_connect_token
+from schemas.credentials import bootstrap_seed, events_inbox_prefix, parse_connect_token
 from schemas.errors import Conflict, NotFound, Unavailable
 from schemas.messages import (
     AgentBootstrap,
@@ -28,6 +28,8 @@ from schemas.messages import (
     ClusterUidClaim,
     ControlNotice,
     Empty,
+    EventsCreds,
+    EventsCredsRequest,
     NameRequest,
     NamesRequest,
     ProjectCreate,
@@ -245,6 +247,22 @@ class Registry:
         jwt, expires = self._agent_jwt(name, req.user_public_key)
         return AgentCredentials(cluster=name, credential=credential, jwt=jwt, expires_at=expires)
 
+    async def events_creds(self, req: EventsCredsRequest) -> EventsCreds:
+        """A subscribe-only NATS user for an outside consumer of the public events (signed here, the seed
+        made here and handed over once: the platform keeps no copy)."""
+        name = check_name(req.name, "events reader name")
+        ttl = logic.events_creds_ttl(req.ttl)
+        if self.trust is None:
+            raise Unavailable("this platform's NATS runs without identities; no credentials to sign")
+        prefix = events_inbox_prefix(name)
+        pub_allow, sub_allow = identity.events_reader_permissions(prefix)
+        expires = time.time() + ttl
+        text = self.trust.user_creds(
+            f"events-{name}", pub_allow=pub_allow, sub_allow=sub_allow, expires=expires, tags=["events-reader"]
+        )
+        logger.info("events reader credentials for %r signed (expire in %.0f days)", name, ttl / 86400)
+        return EventsCreds(name=name, creds=text, inbox_prefix=prefix, expires_at=expires)
+
     async def project_create(self, req: ProjectCreate) -> ProjectRecord:
         check_name(req.name, "project name")
         known = set((await self.clusters.items()).keys()) if req.clusters else set()
@@ -327,6 +345,7 @@ async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: 
         host.agent_endpoint(R.AGENT_BOOTSTRAP, AgentBootstrap, registry.bootstrap)
         host.agent_endpoint(R.AGENT_HELLO, AgentHello, registry.hello)
         host.agent_endpoint(R.AGENT_RENEW, AgentRenew, registry.renew)
+        host.endpoint(R.EVENTS_CREDS, EventsCredsRequest, registry.events_creds)
         host.endpoint(subjects.Projects.CREATE, ProjectCreate, registry.project_create)
         host.endpoint(subjects.Projects.GET, NameRequest, registry.project_get)
         host.endpoint(subjects.Projects.LIST, NamesRequest, registry.project_list)
