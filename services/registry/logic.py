@@ -257,6 +257,7 @@ def update_project(record: ProjectRecord, req: ProjectUpdate, known_clusters: se
         return None
     return msgspec.structs.replace(record, **changes)
 
+
 EVENTS_CREDS_MAX_TTL = 366 * 86400.0
 """Outside readers' credentials cannot be revoked one by one (nothing records them): their life is bounded."""
 
