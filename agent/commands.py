@@ -35,7 +35,7 @@ from agent.drivers import Driver
 from agent.errors import DriverError
 from schemas import tracing
 from schemas.errors import InvalidInput, Unavailable
-from schemas.messages import Command, CommandResult, WorkloadKind, decode
+from schemas.messages import MAX_KEPT_TEXT, MAX_SHORT, Command, CommandResult, WorkloadKind, clip, decode
 from schemas.names import dns1123_label_error
 from schemas.retrying import backoff_delay
 
@@ -221,7 +221,7 @@ class CommandApplier:
                 ok=False,
                 applied=False,
                 reason="InvalidCommand",
-                message=problem,
+                message=clip(problem, MAX_KEPT_TEXT),
                 at=self._clock(),
             )
             await self.publish(result)
@@ -251,8 +251,9 @@ class CommandApplier:
             applied=applied,
             state=spec.state if state is None else state,
             version=spec.version if version is None else version,
-            reason=reason,
-            message=message,
+            # Within the platform's bounds (schemas.messages): a longer one would be refused whole.
+            reason=clip(reason, MAX_SHORT),
+            message=clip(message, MAX_KEPT_TEXT),
             at=self._clock(),
         )
 

@@ -63,6 +63,7 @@ from schemas.credentials import creds as creds_text
 from schemas.credentials import public_key as nats_public_key
 from schemas.errors import Gone, Internal, NotFound, TetherError, Unauthenticated, Unavailable
 from schemas.messages import (
+    MAX_OBJECTS,
     AgentBootstrap,
     AgentCredentials,
     AgentHello,
@@ -609,6 +610,9 @@ class Agent:
             logger.debug("link down; heartbeat skipped")
             return
         health = await self._current_health()
+        if len(health.control_planes) > MAX_OBJECTS:
+            # The platform refuses a heartbeat over its bounds whole: report the first ones, stay online.
+            health = msgspec.structs.replace(health, control_planes=health.control_planes[:MAX_OBJECTS])
         self._seq += 1
         beat = Heartbeat(cluster=self.cluster, session=self.session, seq=self._seq, sent_at=time.time(), health=health)
         try:
@@ -708,6 +712,14 @@ class Agent:
             except Exception:
                 logger.exception("the %s driver failed to list its inventory", self.driver.name)
                 return
+            if len(items) > MAX_OBJECTS:
+                logger.error(
+                    "%d objects, over the %d one inventory may hold: reporting the first %d",
+                    len(items),
+                    MAX_OBJECTS,
+                    MAX_OBJECTS,
+                )
+                items = items[:MAX_OBJECTS]
             message = Inventory(cluster=self.cluster, items=items, at=time.time(), reason=reason)
             try:
                 await self.connection.js_publish(subject, message, msg_id=msg_id, timeout=PATIENT_TIMEOUT)
