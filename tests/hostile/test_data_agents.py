@@ -38,8 +38,10 @@ from schemas.messages import (
     InventoryItem,
     encode,
 )
+from services.bus.endpoints import ping
 from services.lifecycle.logic import MAX_ORPHAN_DELETES
 from tests.harness import Proc, Stack, wait_for
+from tests.hostile.conftest import BUCKETS, MICRO, SERVICES, STREAMS
 
 pytestmark = pytest.mark.hostile
 
@@ -53,6 +55,8 @@ class Fleet:
     """NATS connection with c1's agent's own credentials."""
     c1_state: Path
     victim_before: dict[str, Any]
+    stored: dict[str, int]
+    """Messages in the streams and buckets that matter, before the attack."""
 
     async def tenant(self, name: str) -> dict[str, Any]:
         return dict(await self.stack.ok("GET", f"{P}/{name}"))
@@ -63,9 +67,22 @@ class Fleet:
         assert c2["online"] is True and c2["state"] == "connected"
 
     async def still_answering(self) -> None:
+        """Every service alive and answering, and no stream or bucket shrunk (deleted, purged)."""
         for path in ("/api/v1/tenants", "/api/v1/clusters", "/api/v1/spaces", "/healthz"):
             resp = await self.stack.req("GET", path)
             assert resp.status_code == 200, (path, resp.text)
+        for name in SERVICES:
+            proc = self.stack.services[name]
+            assert proc.running, f"{name} died:\n{proc.output()[-3000:]}"
+        nc = await self.stack.nc()
+        try:
+            for name in MICRO:
+                assert await ping(nc, name, timeout=2), f"{name} does not answer"
+            after = await stored_counts(nc)
+        finally:
+            await nc.close()
+        for name, count in self.stored.items():
+            assert after[name] >= count, f"{name} lost messages: {count} -> {after[name]}"
 
     async def legit_command_applies(self) -> None:
         """c1's real agent back; an honest action on its tenant is applied."""
@@ -109,10 +126,23 @@ async def fleet(stack: Stack, tmp_path: Path) -> AsyncIterator[Fleet]:
     c1.stop()  # from here on, c1's credentials are the attacker's
     attacker = await stack.nc_as_agent_of("c1", tmp_path / "c1")
     victim = dict(await stack.ok("GET", f"{P}/victim"))
+    nc = await stack.nc()
     try:
-        yield Fleet(stack=stack, attacker=attacker, c1_state=tmp_path / "c1", victim_before=victim)
+        stored = await stored_counts(nc)
+    finally:
+        await nc.close()
+    try:
+        yield Fleet(stack=stack, attacker=attacker, c1_state=tmp_path / "c1", victim_before=victim, stored=stored)
     finally:
         await attacker.close()
+
+
+async def stored_counts(nc: Client) -> dict[str, int]:
+    js = nc.jetstream()
+    counts = {stream: (await js.stream_info(stream)).state.messages for stream in STREAMS}
+    for bucket in BUCKETS:
+        counts[bucket] = (await js.stream_info(f"KV_{bucket}")).state.messages
+    return counts
 
 
 RESULT = subjects.evt("c1", subjects.EVT_RESULT)
