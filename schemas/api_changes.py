@@ -60,3 +60,8 @@ class ClusterPatchIn(ApiModel):
     display_name: str | None = Field(None, max_length=1024)
     description: str | None = Field(None, max_length=1024)
     labels: Labels | None = Field(None, description="Replaces every label")
+
+
+class VersionOut(ApiModel):
+    version: str = Field(description="The platform's version")
+    api: str = Field(description="The REST API's version (the path prefix)")

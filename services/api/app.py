@@ -273,6 +273,9 @@ def create_app(platform: Platform) -> FastAPI:
 
     install_people_routes(app, platform)
     install_record_routes(app, platform)
+    from services.api.routes_meta import install_meta_routes
+
+    install_meta_routes(app)
     from services.api.web import install_web  # the UI's routes use this module's auth
 
     install_web(app)

@@ -36,9 +36,7 @@ def confirm(what: str, takes: list[str], yes: bool) -> None:
 
 
 def _said(output: Output, res: Any, text: str) -> None:
-    if output == Output.json:
-        out.print_json(res)
-    else:
+    if not out.structured(output, res):
         out.console.print(text, highlight=False, soft_wrap=True)
 
 

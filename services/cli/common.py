@@ -11,7 +11,7 @@ from services.cli.client import ApiError, Client
 from services.cli.config import NotLoggedIn, load_context
 from services.cli.output import Output
 
-OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table, wide, json, yaml or name")]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -17,7 +17,8 @@ from services.cli import output as out
 from services.cli.changes import install_cluster_verbs
 from services.cli.client import ApiError, Client
 from services.cli.common import OutputOpt, api, fail
-from services.cli.config import save_context
+from services.cli.config import save_context, save_up_context
+from services.cli.contexts import config_app
 from services.cli.events import events_app
 from services.cli.output import Output
 from services.cli.people import project_app, team_app, user_app
@@ -26,7 +27,7 @@ from services.cli.workloads import space_app, tenant_app
 
 app = typer.Typer(
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     help="Tether: many Kubernetes clusters as one.",
 )
@@ -40,6 +41,50 @@ app.add_typer(project_app, name="project")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(space_app, name="space")
 app.add_typer(token_app, name="token")
+app.add_typer(config_app, name="config")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from services import VERSION
+
+        print(f"tether {VERSION}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    context: Annotated[
+        str | None,
+        typer.Option("--context", envvar="TETHER_CONTEXT", help="Use this context (see 'tether config get-contexts')"),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the CLI's version")
+    ] = False,
+) -> None:
+    """Tether: many Kubernetes clusters as one."""
+    if context:
+        os.environ["TETHER_CONTEXT"] = context  # every command's load_context() reads it
+
+
+@app.command()
+def version(output: OutputOpt = Output.table) -> None:
+    """The CLI's version and the API's (of the current context)."""
+    from services import VERSION
+    from services.cli.config import NotLoggedIn, load_context
+
+    info: dict[str, Any] = {"client": VERSION}
+    try:
+        info["server"] = Client(load_context()).get("/api/v1/version")
+    except (ApiError, NotLoggedIn) as exc:
+        info["server_error"] = str(exc)
+    if out.structured(output, info, names=[VERSION]):
+        return
+    print(f"Client: tether {VERSION}")
+    server = info.get("server")
+    print(f"Server: tether {server['version']} (API {server['api']})" if server else f"Server: {info['server_error']}")
+
+
 install_cluster_verbs(cluster_app)
 app.add_typer(events_app, name="events")
 
@@ -79,7 +124,9 @@ def up(
         out.console.print(f"[bold cyan]tether[/] {line}", highlight=False, soft_wrap=True)
 
     def on_ready(api_url: str, token: str) -> None:
-        say(f"CLI context written to {save_context(api_url, token)}")
+        name, path, current = save_up_context(api_url, token, settings.data_dir)
+        note = "current" if current else f"not current: 'tether config use-context {name}' or --context {name}"
+        say(f"CLI context {name!r} written to {path} ({note})")
 
     platform = Embedded(settings, say, on_ready)
 
@@ -106,25 +153,32 @@ def up(
 def login(
     server: Annotated[str, typer.Option(help="API URL, e.g. http://127.0.0.1:8080")],
     token: Annotated[str, typer.Option(help="Your API token")],
+    context: Annotated[
+        str | None, typer.Option("--context", help="Name of the context to write (default: <user>@<host:port>)")
+    ] = None,
 ) -> None:
-    """Save a context (server and token) for the following commands."""
-    from services.cli.config import Context
+    """Save a named context (server and token) and make it current; other contexts are kept."""
+    from services.cli.config import ConfigError, Context, default_login_name
 
     try:
         who = Client(Context(server=server, token=token)).get("/api/v1/whoami")
     except ApiError as exc:
         fail(exc.message)
-    path = save_context(server, token)
-    out.console.print(f"logged in to {server} as {who['user']} (context saved to {path})", highlight=False)
+    try:
+        name = context or default_login_name(server, who["user"])
+        path = save_context(server, token, name, user=who["user"])
+    except ConfigError as exc:
+        fail(str(exc))
+    out.console.print(
+        f"logged in to {server} as {who['user']}: context {name!r} saved to {path} and made current", highlight=False
+    )
 
 
 @app.command()
 def whoami(output: OutputOpt = Output.table) -> None:
     """Show who the current token belongs to."""
     who = api("GET", "/api/v1/whoami")
-    if output == Output.json:
-        out.print_json(who)
-    else:
+    if not out.structured(output, who):
         out.console.print(f"{who['user']}{' (platform admin)' if who['platform_admin'] else ''}")
 
 
@@ -171,8 +225,7 @@ def cluster_connect(
         sys.stdout.write(res.get("manifests") or "")
         sys.stdout.flush()
         return
-    if output == Output.json:
-        out.print_json(res)
+    if out.structured(output, res):
         return
     out.console.print(
         f"cluster [bold]{name}[/] registered; its connect token works once, until {res['expires_at']}.",
@@ -187,8 +240,7 @@ def cluster_connect(
 def cluster_list(output: OutputOpt = Output.table) -> None:
     """List connected clusters."""
     res = api("GET", "/api/v1/clusters")
-    if output == Output.json:
-        out.print_json(res["items"])
+    if out.structured(output, res["items"]):
         return
     rows = [
         [
@@ -211,8 +263,7 @@ def cluster_list(output: OutputOpt = Output.table) -> None:
 def cluster_get(name: str, output: OutputOpt = Output.table) -> None:
     """Show one cluster."""
     c = api("GET", f"/api/v1/clusters/{name}")
-    if output == Output.json:
-        out.print_json(c)
+    if out.structured(output, c):
         return
     fields = [
         ("Name", c["name"]),
@@ -269,8 +320,7 @@ def audit_list(
     if cluster:
         params["cluster"] = cluster
     items = api("GET", "/api/v1/audit", params=params)["items"]
-    if output == Output.json:
-        out.print_json(items)
+    if out.structured(output, items):
         return
     out.table(
         ["TIME", "KIND", "USER", "ACTION", "TARGET", "CLUSTER", "RESULT"],
@@ -292,7 +342,9 @@ def audit_list(
 # --- agent ---------------------------------------------------------------------------------
 @agent_app.command(
     "run",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    # --help goes to the agent's own parser, which knows its options.
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
 )
 def agent_run(ctx: typer.Context) -> None:
     """Run a cluster's agent (same as ``python -m agent run``).

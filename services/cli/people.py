@@ -27,8 +27,7 @@ def user_create(
 ) -> None:
     """Create a user and print their API token (shown only this once)."""
     res = api("POST", "/api/v1/users", json={"name": name, "email": email, "platform_admin": platform_admin})
-    if output == Output.json:
-        out.print_json(res)
+    if out.structured(output, res):
         return
     out.console.print(f"user [bold]{name}[/] created. API token (shown only once):")
     print(f"  {res['token']}")
@@ -39,8 +38,7 @@ def user_create(
 def user_list(output: OutputOpt = Output.table) -> None:
     """List users."""
     res = api("GET", "/api/v1/users")["items"]
-    if output == Output.json:
-        out.print_json(res)
+    if out.structured(output, res):
         return
     out.table(
         ["NAME", "EMAIL", "PLATFORM ADMIN", "CREATED"],
@@ -56,9 +54,7 @@ def team_create(
 ) -> None:
     """Create a team."""
     res = api("POST", "/api/v1/teams", json={"name": name, "members": member or []})
-    if output == Output.json:
-        out.print_json(res)
-    else:
+    if not out.structured(output, res):
         out.console.print(f"team [bold]{name}[/] created with {len(res['members'])} member(s).")
 
 
@@ -66,9 +62,7 @@ def team_create(
 def team_add_member(team: str, user: str, output: OutputOpt = Output.table) -> None:
     """Add a user to a team."""
     res = api("POST", f"/api/v1/teams/{team}/members", json={"user": user})
-    if output == Output.json:
-        out.print_json(res)
-    else:
+    if not out.structured(output, res):
         out.console.print(f"team [bold]{team}[/]: {', '.join(res['members'])}")
 
 
@@ -76,8 +70,7 @@ def team_add_member(team: str, user: str, output: OutputOpt = Output.table) -> N
 def team_list(output: OutputOpt = Output.table) -> None:
     """List teams."""
     res = api("GET", "/api/v1/teams")["items"]
-    if output == Output.json:
-        out.print_json(res)
+    if out.structured(output, res):
         return
     out.table(["NAME", "MEMBERS"], [[t["name"], ", ".join(t["members"]) or "-"] for t in res])
 
@@ -118,9 +111,7 @@ def project_create(
             "quota": q,
         },
     )
-    if output == Output.json:
-        out.print_json(res)
-    else:
+    if not out.structured(output, res):
         out.console.print(f"project [bold]{name}[/] created (quota: {_quota_text(res['quota'])}).")
 
 
@@ -138,9 +129,7 @@ def project_add_member(
     if role not in ("admin", "user", "viewer"):
         fail(f"invalid --role {role!r}: expected admin, user or viewer")
     res = api("PUT", f"/api/v1/projects/{project}/members", json={"user": user, "team": team, "role": role})
-    if output == Output.json:
-        out.print_json(res)
-    else:
+    if not out.structured(output, res):
         who = f"user {user}" if user else f"team {team}"
         out.console.print(f"{who} is now {role} in project [bold]{project}[/].")
 
@@ -163,8 +152,7 @@ def project_remove_member(
 def project_list(output: OutputOpt = Output.table) -> None:
     """List the projects you may see."""
     res = api("GET", "/api/v1/projects")["items"]
-    if output == Output.json:
-        out.print_json(res)
+    if out.structured(output, res):
         return
     out.table(
         ["NAME", "MEMBERS", "TENANTS", "SPACES", "CPU", "QUOTA", "CLUSTERS"],
@@ -192,8 +180,7 @@ def _clusters_text(p: dict[str, Any]) -> str:
 def project_get(name: str, output: OutputOpt = Output.table) -> None:
     """Show a project: members and roles, allowed clusters, quota use."""
     p = api("GET", f"/api/v1/projects/{name}")
-    if output == Output.json:
-        out.print_json(p)
+    if out.structured(output, p):
         return
     u = p["usage"]
     for key, value in (

@@ -43,8 +43,7 @@ def _user(user: str | None) -> str:
 
 
 def _show_new(res: dict[str, object], output: Output, verb: str) -> None:
-    if output == Output.json:
-        out.print_json(res)
+    if out.structured(output, res):
         return
     info = res["info"]
     assert isinstance(info, dict)
@@ -59,8 +58,7 @@ def _show_new(res: dict[str, object], output: Output, verb: str) -> None:
 def token_list(user: UserOpt = None, output: OutputOpt = Output.table) -> None:
     """List API tokens (never the tokens themselves: their ids)."""
     items = api("GET", f"/api/v1/users/{_user(user)}/tokens")["items"]
-    if output == Output.json:
-        out.print_json(items)
+    if out.structured(output, items):
         return
     out.table(
         ["ID", "NAME", "CREATED", "EXPIRES"],
@@ -88,9 +86,7 @@ def token_create(
 def token_revoke(token_id: str, user: UserOpt = None, output: OutputOpt = Output.table) -> None:
     """Revoke one API token by id: it stops working at once."""
     res = api("DELETE", f"/api/v1/users/{_user(user)}/tokens/{token_id}")
-    if output == Output.json:
-        out.print_json(res)
-    else:
+    if not out.structured(output, res):
         out.console.print(f"token {token_id} revoked.", highlight=False)
 
 

@@ -81,9 +81,7 @@ def wait(kind: str, project: str, name: str, *, deleting: bool, timeout: float) 
 
 
 def _show(w: dict[str, Any], output: Output, verb: str) -> None:
-    if output == Output.json:
-        out.print_json(w)
-    else:
+    if not out.structured(output, w):
         out.console.print(f"{w['kind']} [bold]{w['name']}[/] {verb} on cluster {w['cluster']}: {_phase(w)}")
 
 
@@ -101,8 +99,7 @@ def _finish(
     if wait_flag:
         final = wait(kind, project, name, deleting=deleting, timeout=timeout)
         if final is None:
-            if output == Output.json:
-                out.print_json({**res, "phase": "Deleted"})
+            out.structured(output, {**res, "phase": "Deleted"})
             return
         res = final
     _show(res, output, verb)
@@ -143,8 +140,7 @@ def _create(
 def _list(kind: str, project: str | None, output: Output) -> None:
     params = {"project": project} if project else {}
     items = api("GET", f"/api/v1/{kind}s", params=params)["items"]
-    if output == Output.json:
-        out.print_json(items)
+    if out.structured(output, items):
         return
     cols = ["NAME", "PROJECT", "CLUSTER", "PHASE"] + (["VERSION"] if kind == "tenant" else []) + ["SYNCED", "AGE"]
     out.table(
@@ -160,8 +156,7 @@ def _list(kind: str, project: str | None, output: Output) -> None:
 
 def _get(kind: str, name: str, project: str, output: Output) -> None:
     w = api("GET", _path(kind, project, name))
-    if output == Output.json:
-        out.print_json(w)
+    if out.structured(output, w):
         return
     d, o = w["desired"], w["observed"]
     rows = [("Name", w["name"]), ("Project", w["project"]), ("Cluster", w["cluster"]), ("Phase", _phase(w))]

@@ -120,7 +120,7 @@ async def test_up_connect_list_stop_and_restart_keeps_state(up: Up, tmp_path: Pa
     assert "admin user 'admin' created" in out and "tat_" in out
     assert "driver sim" in out
     token = (up.data / "admin.token").read_text().strip()
-    assert json.loads((tmp_path / "config.json").read_text())["contexts"]["default"]["token"] == token
+    assert json.loads((tmp_path / "config.json").read_text())["contexts"]["data"]["token"] == token
 
     local = await wait_for(lambda: up.clusters().get("local", {}).get("online"), what="local online")
     assert local
