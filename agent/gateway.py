@@ -31,6 +31,7 @@ from opentelemetry.trace import SpanKind, Tracer
 
 from agent.bus import Connection, Incoming, Subscription
 from agent.drivers.kube_objects import GROUP_PREFIX, USER_PREFIX, namespace_name
+from agent.gateway_rbac import GrantError, Grants
 from agent.gateway_upstream import Upstream
 from schemas import subjects, tracing
 from schemas.errors import TetherError, Unavailable
@@ -68,13 +69,17 @@ class GatewayError(Exception):
         self.message = message
 
 
+def identity(request: GatewayRequest) -> tuple[str, list[str]]:
+    """The Kubernetes user and groups a member's call runs as."""
+    user = f"{USER_PREFIX}{check_name(request.user, 'user name')}"
+    groups = [f"{GROUP_PREFIX}{check_name(t, 'team name')}" for t in request.teams]
+    return user, [*groups, "system:authenticated"]
+
+
 def impersonation(request: GatewayRequest) -> list[tuple[str, str]]:
     """The headers that make the call the member's own."""
-    user = check_name(request.user, "user name")
-    out = [("Impersonate-User", f"{USER_PREFIX}{user}")]
-    out += [("Impersonate-Group", f"{GROUP_PREFIX}{check_name(t, 'team name')}") for t in request.teams]
-    out.append(("Impersonate-Group", "system:authenticated"))
-    return out
+    user, groups = identity(request)
+    return [("Impersonate-User", user)] + [("Impersonate-Group", g) for g in groups]
 
 
 class _Stream:
@@ -141,6 +146,7 @@ class AgentGateway:
         self._clients: dict[tuple[str, str, str, str, bool], httpx.AsyncClient] = {}
         self._upstream: tuple[float, Upstream] | None = None
         self._sub: Subscription | None = None
+        self._grants = Grants()
 
     @property
     def open_streams(self) -> int:
@@ -253,17 +259,28 @@ class AgentGateway:
             headers = [*request.headers, *impersonation(request), ("Accept-Encoding", "identity")]
         except TetherError as exc:
             raise GatewayError(400, exc.description) from None
-        if upstream.authorization:
-            headers.append(("Authorization", upstream.authorization))
-        headers += list(tracing.inject().items())
+        auth = [("Authorization", upstream.authorization)] if upstream.authorization else []
+        headers += [*auth, *tracing.inject().items()]
         url = f"{upstream.url}{request.path}" + (f"?{request.query}" if request.query else "")
         client = self._client(upstream)
+        try:
+            await self._grants.ensure(client, upstream.url, auth, *identity(request))
+        except (GrantError, httpx.HTTPError) as exc:
+            raise GatewayError(503, f"cannot set up impersonation on cluster {self.cluster!r}: {exc}") from None
         try:
             async with client.stream(request.method, url, headers=headers, content=request.body or None) as resp:
                 if resp.status_code == 401:
                     # The agent's own credentials, not the member's: kubectl must not take it for its own.
                     text = f"the Kubernetes API server of cluster {self.cluster!r} refused the agent's credentials"
                     raise GatewayError(502, text)
+                if resp.status_code == 403:
+                    first = await resp.aread()
+                    if b"cannot impersonate" in first:
+                        self._grants.forget()  # the role was put back to its seed (manifests re-applied)
+                    await stream.send("head", status=403, headers=response_headers(list(resp.headers.items())))
+                    await stream.send_data(first)
+                    await stream.send("end")
+                    return
                 await stream.send("head", status=resp.status_code, headers=response_headers(list(resp.headers.items())))
                 async for chunk in resp.aiter_raw():
                     await stream.send_data(chunk)

@@ -51,6 +51,23 @@ AGENT_USER = f"system:serviceaccount:{NAMESPACE}:{NAME}"
 MEMBER_CLUSTER_ROLES = ("admin", "edit", "view")
 CONTROL_PLANE = "tether-control-plane"
 MANAGED_LABEL = "tether.dev/managed-by"
+IMPERSONATOR = "tether-agent-impersonate"
+"""The ClusterRole naming the Tether subjects the agent may impersonate for the Kubernetes gateway. RBAC
+cannot say "users starting with tether:user:", so the agent adds each member (``tether:user:<name>``) and
+team (``tether:team:<name>``) by name as they first use the gateway (``agent/gateway_rbac.py``); the
+admission policy ``tether-agent-impersonation`` lets it write nothing else into that role."""
+IMPERSONATOR_SEED_RULES: tuple[Obj, ...] = (
+    # Never an empty resourceNames: that would mean every name. "tether:user:-" is no valid user name.
+    {"apiGroups": [""], "resources": ["users"], "resourceNames": ["tether:user:-"], "verbs": ["impersonate"]},
+    {"apiGroups": [""], "resources": ["groups"], "resourceNames": ["system:authenticated"], "verbs": ["impersonate"]},
+)
+IMPERSONATOR_EXPRESSION = (
+    "!has(object.aggregationRule) && has(object.rules) && object.rules.all(r, "
+    "r.verbs == ['impersonate'] && r.apiGroups == [''] && has(r.resourceNames) && size(r.resourceNames) > 0 && "
+    "((r.resources == ['users'] && r.resourceNames.all(n, n.startsWith('tether:user:'))) || "
+    "(r.resources == ['groups'] && r.resourceNames.all(n, n.startsWith('tether:team:') || "
+    "n == 'system:authenticated'))))"
+)
 
 Obj = dict[str, Any]
 
@@ -86,6 +103,13 @@ CLUSTER_RULES: tuple[Obj, ...] = (
         "resources": ["leases"],
         "resourceNames": [CONTROL_PLANE],
         "verbs": ["get", "update"],
+    },
+    {
+        # The gateway's impersonation list: only this role, and only Tether subjects in it (admission policy).
+        "apiGroups": ["rbac.authorization.k8s.io"],
+        "resources": ["clusterroles"],
+        "resourceNames": [IMPERSONATOR],
+        "verbs": ["get", "patch", "escalate"],
     },
 )
 """The agent's cluster-wide rules: exactly what ``agent.drivers.kube`` does, and what it grants to control planes."""
@@ -219,6 +243,7 @@ def objects(*, cluster: str, token: str, server: str, image: str = DEFAULT_IMAGE
             "metadata": meta("tether-agent-namespaces", namespaced=False),
             "spec": {"policyName": "tether-agent-namespaces", "validationActions": ["Deny"]},
         },
+        *impersonation_objects(meta),
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
@@ -268,6 +293,58 @@ def objects(*, cluster: str, token: str, server: str, image: str = DEFAULT_IMAGE
                     },
                 },
             },
+        },
+    ]
+
+
+def impersonation_objects(meta: Any) -> list[Obj]:
+    """The role of the subjects the gateway impersonates, its binding, and the policy that keeps it to Tether's."""
+    # The policy first: it must be in force before the role it guards is bound.
+    return [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": meta("tether-agent-impersonation", namespaced=False),
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": ["rbac.authorization.k8s.io"],
+                            "apiVersions": ["*"],
+                            "operations": ["CREATE", "UPDATE"],
+                            "resources": ["clusterroles"],
+                        }
+                    ]
+                },
+                "matchConditions": [{"name": "the-agent", "expression": AGENT_MATCH}],
+                "validations": [
+                    {
+                        "expression": IMPERSONATOR_EXPRESSION,
+                        "message": "the Tether agent may only list Tether users and teams to impersonate",
+                        "reason": "Forbidden",
+                    }
+                ],
+            },
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": meta("tether-agent-impersonation", namespaced=False),
+            "spec": {"policyName": "tether-agent-impersonation", "validationActions": ["Deny"]},
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": meta(IMPERSONATOR, namespaced=False),
+            "rules": [json.loads(json.dumps(rule)) for rule in IMPERSONATOR_SEED_RULES],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": meta(IMPERSONATOR, namespaced=False),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": IMPERSONATOR},
+            "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}],
         },
     ]
 
