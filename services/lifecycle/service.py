@@ -518,8 +518,8 @@ class Lifecycle:
             cluster=record.spec.cluster,
             phase=logic.phase(record),
             at=time.time(),
-            reason=result.reason or "ApplyFailed",
-            message=result.message,
+            reason=clip(result.reason, logic.MAX_REASON) or "ApplyFailed",
+            message=clip(result.message),  # an agent's text: bounded before it is published for everyone
         )
         await publish(self.js, subjects.public_event("command.failed"), event, msg_id=f"failed-{result.op_id}")
 

@@ -170,6 +170,13 @@ async def test_results_touch_only_the_senders_records_at_generations_sent(fleet:
     hostile.append(b"\x00not json at all")
     for message in hostile:
         await fleet.publish(RESULT, message)
+    watcher = await fleet.stack.nc()
+    announced: list[dict[str, Any]] = []
+
+    async def on_failed(msg: Any) -> None:
+        announced.append(msgspec.json.decode(msg.data))
+
+    sub = await watcher.subscribe(subjects.public_event("command.failed"), cb=on_failed)
     # Its own tenant's failure, legitimately reported, with a clock from 2096 and a novel for a message.
     await fleet.publish(RESULT, fleet.result("mine", gen, ok=False, reason="R" * 100, message="m" * 16_000, at=4.0e9))
 
@@ -183,6 +190,12 @@ async def test_results_touch_only_the_senders_records_at_generations_sent(fleet:
     assert len(mine_after["failure"]) <= MAX_KEPT_TEXT + 80
     ready = next(c for c in mine_after["conditions"] if c["type"] == "Ready")
     assert len(ready["message"]) <= MAX_KEPT_TEXT
+    try:
+        event = await wait_for(lambda: announced and announced[0], timeout=10, what="command.failed announced")
+    finally:
+        await sub.unsubscribe()
+        await watcher.close()
+    assert event["name"] == "mine" and len(event["message"]) <= MAX_KEPT_TEXT and len(event["reason"]) <= 64
     await fleet.victim_unchanged()
     await fleet.still_answering()
     listed = await fleet.stack.ok("GET", "/api/v1/tenants")
