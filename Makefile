@@ -7,9 +7,11 @@ BIN    := $(VENV)/bin
 .PHONY: install up test unit lint fmt bench clean kube-bin nats-cli api-lint-tools
 
 $(VENV)/.installed: pyproject.toml
+	@echo "tether: installing into $(VENV): the first time takes a few minutes (pip shows what it fetches)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install --progress-bar on -e '.[dev]'
+	@echo "tether: installed"
 	touch $@
 
 install: $(VENV)/.installed

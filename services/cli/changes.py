@@ -236,3 +236,41 @@ def install_cluster_verbs(cluster_app: typer.Typer) -> None:
         confirm(f"cluster {name}", takes, yes)
         res = api("DELETE", f"/api/v1/clusters/{name}")
         _said(output, res, f"cluster {name} removed.")
+
+
+def _cluster_state(name: str) -> str:
+    try:
+        c = client().get(f"/api/v1/clusters/{name}")
+    except ApiError as exc:
+        if exc.status == 404:
+            return "removed"
+        fail(exc.message)
+    if c["state"] != "connected":
+        return str(c["state"])
+    return "online" if c["online"] else "offline"
+
+
+def install_cluster_wait(cluster_app: typer.Typer) -> None:
+    @cluster_app.command("wait")
+    def cluster_wait(
+        name: str,
+        for_: Annotated[
+            str, typer.Option("--for", help="online, offline, pending, disconnected or removed")
+        ] = "online",
+        timeout: Annotated[float, typer.Option(help="Seconds to wait")] = 60.0,
+    ) -> None:
+        """Wait until a cluster is online (or offline, disconnected, removed), showing progress."""
+        wanted = ("online", "offline", "pending", "disconnected", "removed")
+        if for_ not in wanted:
+            fail(f"invalid --for {for_!r}: expected one of {', '.join(wanted)}")
+        deadline = time.monotonic() + timeout
+        state = ""
+        with out.console.status("") as status:
+            while time.monotonic() < deadline:
+                state = _cluster_state(name)
+                if state == for_:
+                    out.console.print(f"cluster {name} is {state}.", highlight=False)
+                    return
+                status.update(f"cluster {name}: {state}; waiting for {for_}…")
+                time.sleep(0.5)
+        fail(f"timed out after {timeout:g}s waiting for cluster {name!r} to be {for_} (it is {state})")

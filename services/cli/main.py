@@ -14,7 +14,7 @@ import services.cli.kubeconfig  # noqa: F401  (adds `space|tenant kubeconfig`; i
 from schemas.errors import InvalidInput
 from schemas.names import check_name, parse_label
 from services.cli import output as out
-from services.cli.changes import install_cluster_verbs
+from services.cli.changes import install_cluster_verbs, install_cluster_wait
 from services.cli.client import ApiError, Client
 from services.cli.common import OutputOpt, api, fail
 from services.cli.config import save_context, save_up_context
@@ -86,6 +86,7 @@ def version(output: OutputOpt = Output.table) -> None:
 
 
 install_cluster_verbs(cluster_app)
+install_cluster_wait(cluster_app)
 app.add_typer(events_app, name="events")
 
 
@@ -201,6 +202,7 @@ def cluster_connect(
             "(pipe them to 'kubectl apply -f -')",
         ),
     ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the one-time connect token")] = False,
     output: OutputOpt = Output.table,
 ) -> None:
     """Register a cluster; print its one-time connect token and the command that runs its agent."""
@@ -224,6 +226,9 @@ def cluster_connect(
     if manifests:
         sys.stdout.write(res.get("manifests") or "")
         sys.stdout.flush()
+        return
+    if quiet:
+        print(res["token"])
         return
     if out.structured(output, res):
         return

@@ -23,10 +23,14 @@ def user_create(
     name: str,
     email: Annotated[str, typer.Option(help="E-mail address")] = "",
     platform_admin: Annotated[bool, typer.Option(help="Make the user a platform admin")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the API token")] = False,
     output: OutputOpt = Output.table,
 ) -> None:
     """Create a user and print their API token (shown only this once)."""
     res = api("POST", "/api/v1/users", json={"name": name, "email": email, "platform_admin": platform_admin})
+    if quiet:
+        print(res["token"])
+        return
     if out.structured(output, res):
         return
     out.console.print(f"user [bold]{name}[/] created. API token (shown only once):")
