@@ -198,6 +198,13 @@ class CommandApplier:
             result = self._result(
                 command, ok=True, applied=outcome.applied, state=outcome.state, version=outcome.version
             )
+            if not outcome.settled:
+                result = msgspec.structs.replace(
+                    result,
+                    settled=False,
+                    reason=clip(outcome.reason, MAX_SHORT),
+                    message=clip(outcome.message, MAX_KEPT_TEXT),
+                )
         await self.publish(result)
         await self._settle(receipt, "ack")
         return Handled("acked", result)

@@ -44,11 +44,12 @@ from agent import credentials as creds_store
 from agent.bus import CommandQueue, Connection, NatsIdentity, Subscription, connect, request
 from agent.commands import CommandApplier
 from agent.credentials import Credentials
-from agent.drivers import Driver, make_driver
+from agent.drivers import Driver, StatusReporting, make_driver
 from agent.errors import AgentError, DriverError, PermanentError
 from agent.gateway import AgentGateway
 from agent.settings import AgentSettings
 from agent.statefiles import NATS_CREDS_FILE, StateLock, write_text_atomic
+from agent.statuses import StatusReporter
 from agent.telemetry import tracer_provider as make_tracer_provider
 from schemas import subjects
 from schemas.credentials import (
@@ -89,6 +90,8 @@ RETRY_BACKOFF = (0.5, 30.0)
 INVENTORY_BACKOFF = (1.0, 30.0)
 """(base, cap) seconds between attempts to publish one inventory."""
 PUBLISH_TIMEOUT = 5.0
+STATUS_INTERVAL = 2.0
+"""Seconds at most between two looks at the workloads' status (a tenant becoming Ready is reported within it)."""
 """Seconds to wait for a stream to acknowledge a result."""
 PATIENT_TIMEOUT = 30.0
 """Seconds to wait for the hello's answer and the inventory's acknowledgement. After a platform restart
@@ -153,6 +156,7 @@ class Agent:
         self._queue: CommandQueue | None = None
         self._applier: CommandApplier | None = None
         self._gateway: AgentGateway | None = None
+        self._statuses: StatusReporter | None = None
         self._in_flight: asyncio.Task[object] | None = None
         self._stopping = asyncio.Event()
         self._inventory_now = asyncio.Event()
@@ -351,6 +355,13 @@ class Agent:
         tracer = self._tracer_provider.get_tracer("tether.agent.gateway")
         self._gateway = AgentGateway(self.connection, cluster, host, tracer)
         self.connection.on_reconnected(self._gateway.reset)
+        if isinstance(self._driver, StatusReporting):
+            self._statuses = StatusReporter(
+                cluster,
+                self._driver,
+                self._publish_status,
+                result_subject=subjects.evt(cluster, subjects.EVT_RESULT),
+            )
         self._inventory_now.set()
         await self._beat()
 
@@ -580,6 +591,8 @@ class Agent:
                 tg.create_task(self._watch_refusal(), name="agent-refusal")
                 if self._gateway is not None:
                     tg.create_task(self._gateway.serve(), name="agent-gateway")
+                if self._statuses is not None:
+                    tg.create_task(self._report_statuses(self._statuses), name="agent-status")
         except BaseExceptionGroup as group:
             leaves = _leaves(group)
             primary = next((e for e in leaves if isinstance(e, PermanentError)), leaves[0])
@@ -682,6 +695,27 @@ class Agent:
 
     async def _publish_result(self, subject: str, result: CommandResult, msg_id: str) -> None:
         await self.connection.js_publish(subject, result, msg_id=msg_id, timeout=PUBLISH_TIMEOUT)
+        if self._statuses is not None:
+            self._statuses.note(result)
+
+    async def _publish_status(self, subject: str, result: CommandResult, msg_id: str) -> None:
+        await self.connection.js_publish(subject, result, msg_id=msg_id, timeout=PUBLISH_TIMEOUT)
+
+    async def _report_statuses(self, reporter: StatusReporter) -> None:
+        """Every few seconds: what settled since (a tenant became Ready, a namespace is gone) goes to the platform."""
+        every = min(self._interval, STATUS_INTERVAL)
+        while True:
+            await asyncio.sleep(every)
+            if not self.connection.is_connected:
+                continue
+            try:
+                await reporter.check()
+            except asyncio.CancelledError:
+                raise
+            except DriverError as exc:
+                logger.debug("cannot read the workloads' status: %s", exc)
+            except Exception:
+                logger.exception("the %s driver failed to report its workloads' status", self.driver.name)
 
     async def _inventory(self) -> None:
         """Report the inventory after every (re)connect and every ``inventory_interval`` seconds."""

@@ -54,6 +54,18 @@ class ControlPlaneOut(ApiModel):
     name: str
     replicas: int = Field(description="Desired control-plane replicas (0 while the tenant sleeps)")
     ready_replicas: int
+    ready: bool = Field(default=False, description="Its pod is Ready and the tenant's API answers /readyz")
+    version: str = Field(default="", description="The Kubernetes version the tenant runs now")
+    pods: int = Field(default=0, description="Pods in the tenant's namespace (control plane and synced workloads)")
+    reason: str = Field(default="", description="Why it is not ready (from its pod's status)")
+    message: str = ""
+
+
+class VersionsOut(ApiModel):
+    versions: list[str] = Field(description="Kubernetes versions a tenant cluster may run (v1.MINOR)")
+    default: str = Field(description="The version of a tenant created without --version")
+    upgrade: str = Field(description="How far one upgrade may go")
+    engine: str = Field(description="What runs each tenant cluster's control plane")
 
 
 class ClusterOut(ApiModel):
@@ -255,8 +267,13 @@ class DesiredOut(ApiModel):
 class ObservedOut(ApiModel):
     generation: int
     state: Literal["running", "sleeping", "deleted"]
-    version: str
+    version: str = Field(description="What the cluster runs (a tenant: its control plane's Kubernetes version)")
     at: datetime | None
+    settled: bool = Field(
+        default=True,
+        description="False while the cluster still gets there (a tenant not Ready yet, a namespace still going)",
+    )
+    reason: str = Field(default="", description="Why it has not settled (e.g. from its control plane pod's status)")
 
 
 class WorkloadOut(ApiModel):

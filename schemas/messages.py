@@ -110,6 +110,15 @@ class ControlPlaneHealth(msgspec.Struct, frozen=True, kw_only=True):
     name: AgentName
     replicas: Count = 0
     ready_replicas: Count = 0
+    ready: bool = False
+    """The control plane's pod is Ready and (on real clusters) the tenant's API answered ``/readyz``."""
+    version: Short = ""
+    """The Kubernetes version the tenant's control plane runs now (empty while none runs)."""
+    pods: Count = 0
+    """Pods in the tenant's namespace: its control plane and the workloads synced from inside it."""
+    reason: Short = ""
+    """Why it is not ready (from its pod's status), e.g. ``Unschedulable``."""
+    message: Text = ""
 
 
 class ClusterHealth(msgspec.Struct, frozen=True, kw_only=True):
@@ -501,6 +510,10 @@ class Observed(msgspec.Struct, frozen=True, kw_only=True):
     state: DesiredState
     version: str = ""
     at: float = 0.0
+    settled: bool = True
+    """False while the cluster still gets there (see ``CommandResult.settled``)."""
+    reason: str = ""
+    message: str = ""
 
 
 class Failure(msgspec.Struct, frozen=True, kw_only=True):
@@ -607,6 +620,9 @@ class CommandResult(Message, frozen=True, tag="command-result.v1"):
     reason: Short = ""
     message: Text = ""
     at: Time = 0.0
+    settled: bool = True
+    """False while the cluster is still getting there (a tenant's control plane not Ready yet, a deleted
+    namespace not gone yet); ``reason``/``message`` then say why. The agent reports again once it is."""
 
 
 class InventoryItem(msgspec.Struct, frozen=True, kw_only=True):

@@ -8,7 +8,7 @@ imports ``kubernetes``, and only when it is chosen).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from agent.settings import AgentSettings
 from schemas.messages import ClusterHealth, Command, DesiredState, InventoryItem
@@ -30,6 +30,14 @@ class ApplyOutcome:
 
     generation: int = 0
     """The object's generation on the cluster after the call (its tombstone's when deleted)."""
+
+    settled: bool = True
+    """False while the cluster still gets there (a tenant's control plane not Ready yet, a namespace still
+    terminating); ``reason`` and ``message`` say why. Such a driver reports again when it has settled
+    (``StatusReporting``)."""
+
+    reason: str = ""
+    message: str = ""
 
 
 @runtime_checkable
@@ -66,6 +74,32 @@ class Driver(Protocol):
 
     async def close(self) -> None:
         """Release what the driver holds; safe to call twice."""
+        ...
+
+
+@dataclass(frozen=True)
+class WorkloadStatus:
+    """How one tenant cluster is doing now, at the generation last applied to it."""
+
+    kind: Literal["tenant", "space"]
+    project: str
+    name: str
+    op_id: str
+    generation: int
+    state: DesiredState
+    settled: bool
+    reason: str = ""
+    message: str = ""
+    version: str = ""
+
+
+@runtime_checkable
+class StatusReporting(Protocol):
+    """A driver whose workloads settle after ``apply`` returns: the agent asks it again and again and reports
+    each change (a tenant that became Ready, a namespace that is gone)."""
+
+    async def statuses(self) -> tuple[WorkloadStatus, ...]:
+        """Every workload whose status the driver knows; one gone from the list since the last call is gone."""
         ...
 
 

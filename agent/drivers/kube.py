@@ -32,10 +32,15 @@ In a cluster the agent can keep its state directory's credentials in a Secret
 directory when the driver starts, written back when they change (see
 ``agent/deploy/README.md``).
 
-Knobs (environment, read when the driver is made): ``TETHER_TENANT_IMAGE``
-(image template with ``{version}``), ``TETHER_TENANT_STORAGE`` (size of a control
-plane's volume, default ``1Gi``), ``TETHER_TENANT_STORAGE_CLASS``,
-``TETHER_KUBE_TIMEOUT`` (seconds per API request, default 30).
+Tenant clusters are vCluster instances (``agent.drivers.vcluster``); their readiness, members inside them,
+sleep and wake of their workloads are ``agent.drivers.kube_tenants``.
+
+Knobs (environment, read when the driver is made): ``TETHER_TENANT_REGISTRY`` (registry of the tenant
+images, default ``ghcr.io``), ``TETHER_TENANT_IMAGE_REPOSITORY`` (default ``loft-sh/vcluster-oss``),
+``TETHER_TENANT_KUBERNETES_REPOSITORY`` (default ``loft-sh/kubernetes``), ``TETHER_TENANT_STORAGE`` (size of
+a control plane's volume, default ``5Gi``), ``TETHER_TENANT_STORAGE_CLASS``, ``TETHER_AGENT_NAMESPACE`` (the
+agent's namespace, admitted to the tenants' APIs; default ``tether-agent``), ``TETHER_KUBE_TIMEOUT`` (seconds
+per API request, default 30).
 """
 
 from __future__ import annotations
@@ -59,17 +64,14 @@ from kubernetes import config as k8s_config
 from kubernetes.config.config_exception import ConfigException
 
 from agent import VERSION
-from agent.drivers import ApplyOutcome
+from agent.drivers import ApplyOutcome, WorkloadStatus, vcluster
 from agent.drivers.kube_objects import (
     ANN_ACTIVE_AT,
     ANN_OP_ID,
     ANN_SLEPT_AT,
     ANN_SPEC,
     ANN_VERSION,
-    CONTROL_PLANE,
-    CONTROL_PLANE_WORKLOAD,
     FIELD_MANAGER,
-    LABEL_KIND,
     MANAGED_SELECTOR,
     TENANT_KINDS,
     Obj,
@@ -92,6 +94,8 @@ from agent.drivers.kube_objects import (
     parse_quantity,
     state_of,
 )
+from agent.drivers.kube_tenants import TenantRuntime
+from agent.drivers.tenant_status import TenantStatus
 from agent.errors import ClusterUnreachable, DriverError
 from agent.gateway_upstream import Upstream
 from agent.settings import AgentSettings
@@ -231,6 +235,36 @@ class KubeApi:
     @classmethod
     def from_kubeconfig(cls, kubeconfig: Path | None, *, timeout: float = DEFAULT_TIMEOUT) -> KubeApi:
         return cls(load_configuration(kubeconfig), timeout=timeout)
+
+    @classmethod
+    def from_kubeconfig_dict(cls, config: Mapping[str, Any], *, timeout: float = DEFAULT_TIMEOUT) -> KubeApi:
+        """A client of the cluster a parsed kubeconfig names (a tenant's, read from its Secret)."""
+        cfg = k8s_client.Configuration()
+        try:
+            k8s_config.load_kube_config_from_dict(  # type: ignore[no-untyped-call]
+                dict(config), client_configuration=cfg, persist_config=False, temp_file_path=None
+            )
+        except (ConfigException, ValueError, TypeError, KeyError) as exc:
+            raise DriverError(f"unusable kubeconfig: {exc}", reason="KubeconfigInvalid") from None
+        return cls(cfg, timeout=timeout)
+
+    def get_text(self, path: str, *, what: str = "") -> str:
+        """A GET answered with text (``/readyz``, a pod's log)."""
+        try:
+            _, url, headers, _, _ = self._client.param_serialize(
+                method="GET", resource_path=path, header_params={"Accept": "*/*"}, auth_settings=["BearerToken"]
+            )
+            response = self._client.call_api("GET", url, header_params=headers, _request_timeout=(5, self.timeout))
+            status = int(response.status)
+            data = response.read() or b""  # type: ignore[no-untyped-call]
+        except (urllib3.exceptions.HTTPError, OSError, k8s_client.exceptions.ApiException) as exc:
+            raise ClusterUnreachable(f"cannot reach the Kubernetes API server at {self.host}: {exc}") from None
+        text = data[:65536].decode(errors="replace")
+        if status >= 300:
+            raise DriverError(
+                f"{what or path}: the API server answered {status}: {text.strip()[:300]}", reason=f"HTTP{status}"
+            )
+        return text
 
     def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]
@@ -423,31 +457,53 @@ def health_from(nodes: Iterable[Mapping[str, Any]], version: str) -> ClusterHeal
 
 @dataclass(frozen=True)
 class ControlPlane:
-    """Readiness of one tenant's control plane, from its StatefulSet."""
+    """Readiness of one tenant's control plane: its pod Ready and its API answering."""
 
     project: str
     name: str
     replicas: int
     ready_replicas: int
+    ready: bool = False
+    version: str = ""
+    pods: int = 0
+    reason: str = ""
+    message: str = ""
 
-    @property
-    def ready(self) -> bool:
-        return self.replicas > 0 and self.ready_replicas >= self.replicas
+    @classmethod
+    def of(cls, status: TenantStatus) -> ControlPlane:
+        return cls(
+            project=status.project,
+            name=status.name,
+            replicas=status.replicas,
+            ready_replicas=status.ready_replicas,
+            ready=status.settled and status.state == "running",
+            version=status.version,
+            pods=status.pods,
+            reason=status.reason,
+            message=status.message,
+        )
 
 
 # --- the driver ---------------------------------------------------------------------------------------
 def tenant_settings_from_env(environ: Mapping[str, str]) -> TenantSettings:
-    kwargs: dict[str, Any] = {}
-    if image := environ.get("TETHER_TENANT_IMAGE", "").strip():
-        kwargs["image"] = image
+    images: dict[str, Any] = {}
+    for key, env in (
+        ("registry", "TETHER_TENANT_REGISTRY"),
+        ("repository", "TETHER_TENANT_IMAGE_REPOSITORY"),
+        ("kubernetes_repository", "TETHER_TENANT_KUBERNETES_REPOSITORY"),
+        ("storage_class", "TETHER_TENANT_STORAGE_CLASS"),
+    ):
+        if value := environ.get(env, "").strip():
+            images[key] = value
     if storage := environ.get("TETHER_TENANT_STORAGE", "").strip():
         try:
             parse_quantity(storage)
         except ValueError:
             raise DriverError(f"$TETHER_TENANT_STORAGE must be a quantity like 1Gi, not {storage!r}") from None
-        kwargs["storage"] = storage
-    if storage_class := environ.get("TETHER_TENANT_STORAGE_CLASS", "").strip():
-        kwargs["storage_class"] = storage_class
+        images["storage"] = storage
+    kwargs: dict[str, Any] = {"vcluster": vcluster.VClusterSettings(**images)}
+    if agent_ns := environ.get("TETHER_AGENT_NAMESPACE", "").strip():
+        kwargs["agent_namespace"] = agent_ns
     return TenantSettings(**kwargs)
 
 
@@ -473,6 +529,7 @@ class KubeDriver:
             raise DriverError("$TETHER_KUBE_TIMEOUT must be a number of seconds") from None
         self.api = api or KubeApi.from_kubeconfig(settings.kubeconfig, timeout=timeout)
         self.tenants = tenants or tenant_settings_from_env(env)
+        self.runtime = TenantRuntime(self.api, lambda config: KubeApi.from_kubeconfig_dict(config, timeout=timeout))
         self._clock = clock
         self._lock = asyncio.Lock()
         self._uid = ""
@@ -509,7 +566,17 @@ class KubeDriver:
         health = msgspec.structs.replace(
             health,
             control_planes=tuple(
-                ControlPlaneHealth(project=c.project, name=c.name, replicas=c.replicas, ready_replicas=c.ready_replicas)
+                ControlPlaneHealth(
+                    project=c.project,
+                    name=c.name,
+                    replicas=c.replicas,
+                    ready_replicas=c.ready_replicas,
+                    ready=c.ready,
+                    version=c.version,
+                    pods=c.pods,
+                    reason=c.reason,
+                    message=c.message,
+                )
                 for c in planes
             ),
         )
@@ -527,26 +594,31 @@ class KubeDriver:
         return health
 
     async def control_planes(self) -> tuple[ControlPlane, ...]:
-        """Readiness of every tenant's control plane (one list of StatefulSets)."""
+        """Readiness, version and pods of every tenant's control plane."""
         return await self._run(self._control_planes_sync)
 
     def _control_planes_sync(self) -> tuple[ControlPlane, ...]:
-        selector = f"{MANAGED_SELECTOR},{LABEL_KIND}=tenant"
-        sets = self.api.list("StatefulSet", selector=selector)
-        out = []
-        for sts in sets:
-            owner = owner_of(sts)
-            if owner is None or sts["metadata"].get("name") != CONTROL_PLANE_WORKLOAD:
-                continue
-            out.append(
-                ControlPlane(
-                    project=owner[1],
-                    name=owner[2],
-                    replicas=int((sts.get("spec") or {}).get("replicas") or 0),
-                    ready_replicas=int((sts.get("status") or {}).get("readyReplicas") or 0),
-                )
+        planes = [ControlPlane.of(s) for s in self.runtime.statuses() if s.state != "deleted"]
+        return tuple(sorted(planes, key=lambda c: (c.project, c.name)))
+
+    async def statuses(self) -> tuple[WorkloadStatus, ...]:
+        """Every tenant's status now (``StatusReporting``): the agent reports each change."""
+        found = await self._run(self.runtime.statuses)
+        return tuple(
+            WorkloadStatus(
+                kind=s.kind,
+                project=s.project,
+                name=s.name,
+                op_id=s.op_id,
+                generation=s.generation,
+                state=s.state,
+                settled=s.settled,
+                reason=s.reason,
+                message=s.message,
+                version=s.version,
             )
-        return tuple(sorted(out, key=lambda c: (c.project, c.name)))
+            for s in found
+        )
 
     # --- apply --------------------------------------------------------------------------------------
     async def apply(self, command: Command) -> ApplyOutcome:
@@ -606,20 +678,44 @@ class KubeDriver:
             spec=spec, generation=command.generation, op_id=command.op_id, slept_at=slept_at, active_at=active_at
         )
         self._converge(stamp, ns)
+        if spec.kind == "tenant":
+            if spec.state == "sleeping":
+                self.runtime.quiesce(ns_name)
+            elif before == "sleeping":
+                self.runtime.restored(ns_name)
+            else:
+                self.runtime.forget(ns_name)  # its members may have changed: apply them inside it again
+        settled, reason, message = self._settled(spec.kind, ns_name)
         return ApplyOutcome(
             applied=True,
             state=spec.state,
             version=spec.version if spec.kind == "tenant" else "",
             generation=command.generation,
+            settled=settled,
+            reason=reason,
+            message=message,
         )
 
-    @staticmethod
-    def _current(ns: Obj, generation: int) -> ApplyOutcome:
+    def _settled(self, kind: WorkloadKind, namespace: str) -> tuple[bool, str, str]:
+        """Has a tenant got where it was sent (its control plane Ready, asleep with no pods)? Spaces always have."""
+        if kind != "tenant":
+            return True, "", ""
+        for status in self.runtime.statuses():
+            if namespace_name("tenant", status.project, status.name) == namespace:
+                return status.settled, status.reason, status.message
+        return False, "ControlPlanePending", "no control plane yet"
+
+    def _current(self, ns: Obj, generation: int) -> ApplyOutcome:
+        owner = owner_of(ns)
+        settled, reason, message = self._settled(owner[0] if owner else "space", ns["metadata"]["name"])  # type: ignore[arg-type]
         return ApplyOutcome(
             applied=False,
             state=state_of(ns),
             version=annotations_of(ns).get(ANN_VERSION, ""),
             generation=generation,
+            settled=settled,
+            reason=reason,
+            message=message,
         )
 
     def _desired(self, stamp: Stamp) -> list[Obj]:
@@ -632,10 +728,10 @@ class KubeDriver:
         """Every object of the kinds the agent owns in ``namespace``, owned or not, by key."""
         found: dict[tuple[str, str, str], Obj] = {}
         for kind in kinds_of(workload):
-            if kind == "ConfigMap":
-                # Read by name only: the agent may not list (or read) anyone else's ConfigMaps.
-                cm = self.api.get(kind, CONTROL_PLANE, namespace)
-                items = [cm] if cm else []
+            if kind == "Secret":
+                # Read by name only: the agent may not list (or read) anyone else's Secrets.
+                secret = self.api.get(kind, vcluster.CONFIG_SECRET, namespace)
+                items = [secret] if secret else []
             else:
                 items = self.api.list(kind, namespace)
             for item in items:
@@ -689,10 +785,17 @@ class KubeDriver:
         if ns is None:
             return ApplyOutcome(applied=True, state="deleted", generation=command.generation)
         if current >= command.generation:
-            state = "deleted" if is_terminating(ns) else state_of(ns)
-            return ApplyOutcome(
-                applied=False, state=state, version=annotations_of(ns).get(ANN_VERSION, ""), generation=current
-            )
+            if is_terminating(ns):
+                return ApplyOutcome(
+                    applied=False,
+                    state="deleted",
+                    version=annotations_of(ns).get(ANN_VERSION, ""),
+                    generation=current,
+                    settled=False,
+                    reason="Terminating",
+                    message=f"namespace {ns_name} is being deleted",
+                )
+            return self._current(ns, current)
         spec = command.spec
         stored = decode_spec(annotations_of(ns).get(ANN_SPEC, "")) or spec
         stamp = Stamp(
@@ -703,7 +806,16 @@ class KubeDriver:
         # Record the delete's generation first: while the namespace terminates, a redelivery is a no-op.
         self.api.apply(namespace_object(stamp, state="deleted"))
         self.api.delete("Namespace", ns_name)
-        return ApplyOutcome(applied=True, state="deleted", generation=command.generation)
+        gone = self.api.get("Namespace", ns_name) is None
+        return ApplyOutcome(
+            applied=True,
+            state="deleted",
+            generation=command.generation,
+            # Deleting until the namespace is really gone; the agent reports again when it is.
+            settled=gone,
+            reason="" if gone else "Terminating",
+            message="" if gone else f"namespace {ns_name} is being deleted",
+        )
 
     # --- inventory ------------------------------------------------------------------------------------
     async def inventory(self) -> tuple[InventoryItem, ...]:
@@ -711,18 +823,33 @@ class KubeDriver:
 
     def _inventory_sync(self) -> tuple[InventoryItem, ...]:
         workloads: dict[str, tuple[tuple[str, str, str], Obj]] = {}
+        leaving: list[InventoryItem] = []
         for ns in self.api.list("Namespace", selector=MANAGED_SELECTOR):
             owner = owner_of(ns)
             name = ns["metadata"]["name"]
             # Only a namespace that is where its owner's objects would be (a label copied elsewhere is not ours).
-            if owner is None or is_terminating(ns) or name != namespace_name(*owner):  # type: ignore[arg-type]
+            if owner is None or name != namespace_name(*owner):  # type: ignore[arg-type]
+                continue
+            if is_terminating(ns):
+                # On its way out: reported deleted (at its delete's generation) until it is gone.
+                kind, project, workload = owner
+                leaving.append(
+                    InventoryItem(
+                        kind="tenant" if kind == "tenant" else "space",
+                        project=project,
+                        name=workload,
+                        generation=generation_of(ns),
+                        state="deleted",
+                        version=annotations_of(ns).get(ANN_VERSION, ""),
+                    )
+                )
                 continue
             workloads[name] = (owner, {**ns, "kind": "Namespace"})
         if not workloads:
-            return ()
+            return tuple(sorted(leaving, key=lambda i: (i.kind, i.project, i.name)))
         children: dict[str, dict[tuple[str, str, str], Obj]] = {name: {} for name in workloads}
         for kind in TENANT_KINDS:
-            if kind == "ConfigMap":
+            if kind == "Secret":
                 continue
             for obj in self.api.list(kind, selector=MANAGED_SELECTOR):
                 key = object_key(obj)
@@ -732,10 +859,10 @@ class KubeDriver:
         for name, (owner, ns) in sorted(workloads.items()):
             kind, project, workload = owner
             if kind == "tenant":
-                cm = self.api.get("ConfigMap", CONTROL_PLANE, name)
-                if cm is not None and owner_of(cm) == owner:
-                    cm["kind"] = "ConfigMap"
-                    children[name][object_key(cm)] = cm
+                secret = self.api.get("Secret", vcluster.CONFIG_SECRET, name)
+                if secret is not None and owner_of(secret) == owner:
+                    secret["kind"] = "Secret"
+                    children[name][object_key(secret)] = secret
             generation = generation_of(ns)
             problems = self._drift_of(ns, {**children[name], object_key(ns): ns})
             if problems:
@@ -759,7 +886,7 @@ class KubeDriver:
                     last_activity=float_annotation(ns, ANN_ACTIVE_AT),
                 )
             )
-        return tuple(sorted(items, key=lambda i: (i.kind, i.project, i.name)))
+        return tuple(sorted(items + leaving, key=lambda i: (i.kind, i.project, i.name)))
 
     def _drift_of(self, ns: Obj, found: Mapping[tuple[str, str, str], Obj]) -> list[str]:
         """What differs between the workload's objects and what its namespace says they should be."""

@@ -15,11 +15,11 @@ Layout on the host cluster (see ``agent/deploy/README.md`` for the picture):
 - in it a **ResourceQuota** and a **LimitRange** from the workload's resources
   (else the project's quota), and a **NetworkPolicy** that only admits traffic
   from the same namespace;
-- a tenant cluster's namespace also holds its control plane: a ServiceAccount,
-  Role and RoleBinding (only its own ConfigMap and Lease), a ConfigMap with its
-  settings and members, a StatefulSet (the image tag is the version; replicas 0
-  while it sleeps) and a Service. Its members get **no** binding on the host:
-  they are handed to the tenant's own control plane in the ConfigMap;
+- a tenant cluster's namespace also holds its control plane, a **vCluster** of a pinned version
+  (``agent.drivers.vcluster``): its configuration Secret, ServiceAccount, a RoleBinding of that
+  ServiceAccount to the syncer's ClusterRole (in this namespace only), two Services and a StatefulSet
+  with a PersistentVolumeClaim (replicas 0 while it sleeps). Its members get **no** binding on the
+  host: their access is applied inside the tenant, through its own API;
 - a space's namespace holds one RoleBinding per member, to the ClusterRole
   ``admin``, ``edit`` or ``view``, for ``User tether:user:<name>`` or
   ``Group tether:team:<name>``. A sleeping space admits no new pods (quota
@@ -28,16 +28,18 @@ Layout on the host cluster (see ``agent/deploy/README.md`` for the picture):
 
 from __future__ import annotations
 
+import base64
 import hashlib
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
+from agent.drivers import vcluster
+from agent.drivers.vcluster import VClusterSettings
 from schemas.messages import AccessLevel, DesiredState, Member, WorkloadKind, WorkloadSpec
 
 Obj = dict[str, Any]
@@ -64,10 +66,8 @@ ANN_SPEC = f"{DOMAIN}/spec"
 MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 """Label selector of every object the platform owns."""
 
-CONTROL_PLANE = "tether-control-plane"
-"""Name of a tenant's ServiceAccount, Role, RoleBinding, ConfigMap and Lease."""
-CONTROL_PLANE_WORKLOAD = "control-plane"
-"""Name of a tenant's StatefulSet and Service."""
+CONTROL_PLANE_WORKLOAD = vcluster.NAME
+"""Name of a tenant's StatefulSet and Service (the vCluster's name)."""
 QUOTA_NAME = "tether-quota"
 LIMITS_NAME = "tether-limits"
 ISOLATION_NAME = "tether-isolation"
@@ -78,24 +78,14 @@ MEMBER_ROLES: dict[AccessLevel, str] = {"admin": "admin", "edit": "edit", "view"
 USER_PREFIX = "tether:user:"
 GROUP_PREFIX = "tether:team:"
 
-DEFAULT_TENANT_IMAGE = "docker.io/rancher/k3s:{version}-k3s1"
-"""The tenant control plane's image; ``{version}`` is the tenant's version as ``vMAJOR.MINOR.PATCH``."""
-DEFAULT_TENANT_ARGS = (
-    "server",
-    "--disable-agent",
-    "--data-dir=/data",
-    f"--https-listen-port={CONTROL_PLANE_PORT}",
-    "--disable=traefik,servicelb,metrics-server,local-storage",
-    "--disable-network-policy",
-    "--flannel-backend=none",
-)
+ANN_RESTORE = f"{DOMAIN}/restore-replicas"
+"""On a host workload while its tenant sleeps: the replicas to give it back on wake."""
 
 _KIND_ORDER = (
     "Namespace",
     "ServiceAccount",
-    "Role",
     "RoleBinding",
-    "ConfigMap",
+    "Secret",
     "ResourceQuota",
     "LimitRange",
     "NetworkPolicy",
@@ -107,8 +97,6 @@ TENANT_KINDS: tuple[str, ...] = _KIND_ORDER[1:]
 SPACE_KINDS: tuple[str, ...] = ("RoleBinding", "ResourceQuota", "LimitRange", "NetworkPolicy")
 """Kinds the agent owns inside a space's namespace, in apply order."""
 
-_VERSION = re.compile(r"^v?(\d+)\.(\d+)(?:\.(\d+))?([-+][0-9A-Za-z.+-]*)?$")
-
 
 class SpecError(ValueError):
     """A spec that cannot be turned into Kubernetes objects (the message says why)."""
@@ -118,13 +106,10 @@ class SpecError(ValueError):
 class TenantSettings:
     """How tenant control planes are run on this cluster."""
 
-    image: str = DEFAULT_TENANT_IMAGE
-    """Image template; ``{version}`` is replaced by the tenant's version (``v1.35`` becomes ``v1.35.0``)."""
-    args: tuple[str, ...] = DEFAULT_TENANT_ARGS
-    storage: str = "1Gi"
-    """Size of each control plane's data volume (a PersistentVolumeClaim kept while it sleeps)."""
-    storage_class: str = ""
-    """StorageClass of that volume; empty: the cluster's default."""
+    vcluster: VClusterSettings = field(default_factory=VClusterSettings)
+    """Images, registry and the control plane's volume."""
+    agent_namespace: str = "tether-agent"
+    """The agent's namespace: its pods may reach each tenant's API (the tenant namespace admits nothing else)."""
 
 
 # --- names --------------------------------------------------------------------------------------
@@ -161,12 +146,11 @@ def parse_subject(subject: str) -> tuple[str, str]:
 
 
 def tenant_image(settings: TenantSettings, version: str) -> str:
-    """The control plane's image for ``version`` (SpecError when the version is not ``vMAJOR.MINOR[.PATCH]``)."""
-    match = _VERSION.match(version.strip())
-    if not match:
-        raise SpecError(f"invalid tenant version {version!r}: expected e.g. v1.36 or v1.36.2")
-    major, minor, patch, extra = match.groups()
-    return settings.image.replace("{version}", f"v{major}.{minor}.{patch or 0}{extra or ''}")
+    """The image of the Kubernetes binaries the tenant runs for ``version`` (SpecError when it is not one)."""
+    try:
+        return vcluster.kubernetes_image(settings.vcluster, version)
+    except vcluster.VClusterSpecError as exc:
+        raise SpecError(str(exc)) from None
 
 
 # --- quantities ---------------------------------------------------------------------------------
@@ -397,17 +381,23 @@ def limit_range_object(stamp: Stamp) -> Obj | None:
     }
 
 
-def isolation_object(stamp: Stamp) -> Obj:
-    """Ingress only from pods of the same namespace."""
+def isolation_object(stamp: Stamp, settings: TenantSettings | None = None) -> Obj:
+    """Ingress only from pods of the same namespace; a tenant's API also from the agent's namespace."""
+    ingress: list[Obj] = [{"from": [{"podSelector": {}}]}]
+    if stamp.spec.kind == "tenant" and settings is not None:
+        ingress.append(
+            {
+                "from": [
+                    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.agent_namespace}}}
+                ],
+                "ports": [{"protocol": "TCP", "port": vcluster.API_PORT}],
+            }
+        )
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": stamp.meta(ISOLATION_NAME),
-        "spec": {
-            "podSelector": {},
-            "policyTypes": ["Ingress"],
-            "ingress": [{"from": [{"podSelector": {}}]}],
-        },
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": ingress},
     }
 
 
@@ -445,112 +435,83 @@ def member_bindings(stamp: Stamp) -> list[Obj]:
     return out
 
 
-CONTROL_PLANE_RULES: tuple[Obj, ...] = (
-    {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [CONTROL_PLANE], "verbs": ["get", "watch"]},
-    {
-        "apiGroups": ["coordination.k8s.io"],
-        "resources": ["leases"],
-        "resourceNames": [CONTROL_PLANE],
-        "verbs": ["get", "update"],
-    },
-)
-"""What a tenant's control plane may do on the host: read its own ConfigMap, hold its own Lease. Nothing else."""
-
-
-def _app_labels(stamp: Stamp) -> dict[str, str]:
-    return {"app.kubernetes.io/name": CONTROL_PLANE, "app.kubernetes.io/instance": stamp.spec.name}
-
-
 def tenant_objects(stamp: Stamp, settings: TenantSettings) -> list[Obj]:
+    """The vCluster of a tenant: config Secret, ServiceAccount, the syncer's RoleBinding, Services, StatefulSet."""
     spec = stamp.spec
-    image = tenant_image(settings, spec.version)
-    members = sorted(
-        ({"subject": m.subject, "access": m.access} for m in spec.members), key=lambda m: (m["subject"], m["access"])
-    )
     for member in spec.members:
         parse_subject(member.subject)
-    resources: Obj = {}
-    if spec.resources.cpu > 0:
-        resources.setdefault("requests", {})["cpu"] = cpu_quantity(spec.resources.cpu)
-        resources.setdefault("limits", {})["cpu"] = cpu_quantity(spec.resources.cpu)
-    if spec.resources.memory > 0:
-        resources.setdefault("requests", {})["memory"] = memory_quantity(spec.resources.memory)
-        resources.setdefault("limits", {})["memory"] = memory_quantity(spec.resources.memory)
-    app = _app_labels(stamp)
-    container: Obj = {
-        "name": CONTROL_PLANE_WORKLOAD,
-        "image": image,
-        "args": list(settings.args),
-        "ports": [{"name": "https", "containerPort": CONTROL_PLANE_PORT, "protocol": "TCP"}],
-        "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": CONTROL_PLANE_PORT, "scheme": "HTTPS"},
-            "periodSeconds": 5,
-        },
-        "volumeMounts": [
-            {"name": "data", "mountPath": "/data"},
-            {"name": "config", "mountPath": "/etc/tether", "readOnly": True},
-        ],
-    }
-    if resources:
-        container["resources"] = resources
+    vc = settings.vcluster
+    try:
+        config = vcluster.config_yaml(spec, stamp.namespace, vc)
+        pod = vcluster.pod_spec(spec, vc)
+    except vcluster.VClusterSpecError as exc:
+        raise SpecError(str(exc)) from None
+    app = dict(vcluster.POD_LABELS)
     claim: Obj = {
         "metadata": {"name": "data"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": settings.storage}}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": vc.storage}}},
     }
-    if settings.storage_class:
-        claim["spec"]["storageClassName"] = settings.storage_class
+    if vc.storage_class:
+        claim["spec"]["storageClassName"] = vc.storage_class
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": stamp.meta(CONTROL_PLANE)},
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": stamp.meta(CONTROL_PLANE),
-            "rules": [dict(rule) for rule in CONTROL_PLANE_RULES],
-        },
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": stamp.meta(vcluster.SERVICE_ACCOUNT, **app)},
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
-            "metadata": stamp.meta(CONTROL_PLANE),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": CONTROL_PLANE},
-            "subjects": [{"kind": "ServiceAccount", "name": CONTROL_PLANE, "namespace": stamp.namespace}],
+            "metadata": stamp.meta(vcluster.SYNCER_BINDING, **app),
+            # A ClusterRole bound by a RoleBinding grants its rules in this namespace only.
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": vcluster.SYNCER_CLUSTER_ROLE,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": vcluster.SERVICE_ACCOUNT, "namespace": stamp.namespace}],
         },
         {
             "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": stamp.meta(CONTROL_PLANE),
-            "data": {
-                "project": spec.project,
-                "tenant": spec.name,
-                "version": spec.version,
-                # The tenant's members, for its own control plane's RBAC: never bound on the host.
-                "members.json": json.dumps(members, separators=(",", ":")),
+            "kind": "Secret",
+            "metadata": stamp.meta(vcluster.CONFIG_SECRET, **app),
+            "type": "Opaque",
+            "data": {"config.yaml": base64.b64encode(config.encode()).decode()},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": stamp.meta(CONTROL_PLANE_WORKLOAD, **app, **{"vcluster.loft.sh/service": "true"}),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": app,
+                "ports": [{"name": "https", "port": 443, "targetPort": vcluster.API_PORT, "protocol": "TCP"}],
             },
         },
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": stamp.meta(CONTROL_PLANE_WORKLOAD),
+            "metadata": stamp.meta(vcluster.HEADLESS_SERVICE, **app),
             "spec": {
+                "clusterIP": "None",
+                "publishNotReadyAddresses": True,
                 "selector": app,
-                "ports": [{"name": "https", "port": 443, "targetPort": CONTROL_PLANE_PORT, "protocol": "TCP"}],
+                "ports": [{"name": "https", "port": 443, "targetPort": vcluster.API_PORT, "protocol": "TCP"}],
             },
         },
         {
             "apiVersion": "apps/v1",
             "kind": "StatefulSet",
-            "metadata": stamp.meta(CONTROL_PLANE_WORKLOAD),
+            "metadata": stamp.meta(CONTROL_PLANE_WORKLOAD, **app),
             "spec": {
                 "replicas": 1 if spec.state == "running" else 0,
-                "serviceName": CONTROL_PLANE_WORKLOAD,
+                "serviceName": vcluster.HEADLESS_SERVICE,
+                "podManagementPolicy": "Parallel",
                 "selector": {"matchLabels": app},
                 "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Retain"},
                 "template": {
-                    "metadata": {"labels": {**app, **stamp.labels()}},
-                    "spec": {
-                        "serviceAccountName": CONTROL_PLANE,
-                        "containers": [container],
-                        "volumes": [{"name": "config", "configMap": {"name": CONTROL_PLANE}}],
+                    "metadata": {
+                        "labels": {**app, **stamp.labels()},
+                        # A new configuration rolls the pod, as the chart does.
+                        "annotations": {"vClusterConfigHash": vcluster.config_hash(config)},
                     },
+                    "spec": pod,
                 },
                 "volumeClaimTemplates": [claim],
             },
@@ -570,7 +531,7 @@ def desired_objects(stamp: Stamp, settings: TenantSettings) -> list[Obj]:
         out.extend(tenant_objects(stamp, settings))
     else:
         out.extend(member_bindings(stamp))
-    for extra in (quota_object(stamp), limit_range_object(stamp), isolation_object(stamp)):
+    for extra in (quota_object(stamp), limit_range_object(stamp), isolation_object(stamp, settings)):
         if extra is not None:
             out.append(extra)
     order = {kind: i for i, kind in enumerate(_KIND_ORDER)}

@@ -344,13 +344,18 @@ class SimCluster:
             agent_version=VERSION,
             driver=self.name,
             api_reachable=True,
-            # A simulated control plane is ready as soon as it runs.
+            # A simulated control plane is ready as soon as it runs: one fake pod, its version the spec's;
+            # asleep, it has no pods (the tenant's workloads stopped with it).
             control_planes=tuple(
                 ControlPlaneHealth(
                     project=o.project,
                     name=o.name,
                     replicas=int(o.state == "running"),
                     ready_replicas=int(o.state == "running"),
+                    ready=o.state == "running",
+                    version=o.version if o.state == "running" else "",
+                    pods=int(o.state == "running"),
+                    reason="" if o.state == "running" else "Sleeping",
                 )
                 for o in sorted(self._state.objects.values(), key=lambda o: (o.project, o.name))
                 if o.kind == "tenant"

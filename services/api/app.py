@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
-from schemas import subjects
+from schemas import subjects, versions
 from schemas.api import (
     ClusterConnectIn,
     ClusterConnectOut,
@@ -35,6 +35,7 @@ from schemas.api import (
     UserCreatedOut,
     UserIn,
     UserListOut,
+    VersionsOut,
     WhoAmIOut,
     WorkloadIn,
     WorkloadListOut,
@@ -187,6 +188,16 @@ def create_app(platform: Platform) -> FastAPI:
         ok = platform.nc.is_connected and all(results)
         body = HealthzOut(status="ok" if ok else "starting", services=services)
         return JSONResponse(status_code=200 if ok else 503, content=body.model_dump())
+
+    @app.get("/api/v1/versions", response_model=VersionsOut, responses=ERRORS, tags=["tenants"])
+    async def tenant_versions(who: Who) -> VersionsOut:
+        """The Kubernetes versions a tenant cluster may run (create and upgrade are checked against them)."""
+        return VersionsOut(
+            versions=versions.supported_versions(),
+            default=versions.DEFAULT_VERSION,
+            upgrade=versions.UPGRADE_RULE,
+            engine=versions.TENANT_ENGINE,
+        )
 
     @app.get("/api/v1/whoami", response_model=WhoAmIOut, responses=ERRORS, tags=["access"])
     async def whoami(who: Who) -> WhoAmIOut:

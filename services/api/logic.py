@@ -99,7 +99,17 @@ def cluster_view(
         conditions=conditions,
         created_at=ts(record.created_at),
         control_planes=[
-            ControlPlaneOut(project=c.project, name=c.name, replicas=c.replicas, ready_replicas=c.ready_replicas)
+            ControlPlaneOut(
+                project=c.project,
+                name=c.name,
+                replicas=c.replicas,
+                ready_replicas=c.ready_replicas,
+                ready=c.ready,
+                version=c.version,
+                pods=c.pods,
+                reason=c.reason,
+                message=c.message,
+            )
             for c in (health.control_planes if health else ())
             if projects is None or c.project in projects
         ],
@@ -130,7 +140,14 @@ def workload_view(r: WorkloadRecord) -> WorkloadOut:
             operation=r.operation,
             op_id=r.op_id,
         ),
-        observed=ObservedOut(generation=obs.generation, state=obs.state, version=obs.version, at=ts(obs.at))
+        observed=ObservedOut(
+            generation=obs.generation,
+            state=obs.state,
+            version=obs.version,
+            at=ts(obs.at),
+            settled=obs.settled,
+            reason=obs.reason,
+        )
         if obs
         else None,
         in_sync=obs is not None and obs.generation >= r.generation,

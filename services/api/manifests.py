@@ -10,12 +10,19 @@ What gets installed, all in the ``tether-agent`` namespace unless cluster-scoped
 - **ClusterRole/ClusterRoleBinding** ``tether-agent``: only what the kube driver
   does. Namespaces (it makes one per tenant cluster and space), nodes (read, for
   health), and in any namespace the kinds it manages there (ServiceAccounts,
-  Services, ResourceQuotas, LimitRanges, Roles, RoleBindings, StatefulSets,
-  NetworkPolicies). ConfigMaps only by the name of a tenant's
-  ``tether-control-plane`` (never anyone else's); ``bind`` only on the
-  ClusterRoles ``admin``, ``edit`` and ``view`` (to give members their access);
-  and a tenant's Lease by name, only so that it may grant it to the tenant's
-  control plane. No Secrets, Pods, ClusterRoles or ClusterRoleBindings;
+  Services, ResourceQuotas, LimitRanges, RoleBindings, StatefulSets,
+  NetworkPolicies). Secrets: create, and read or change only by the names of a
+  tenant's vCluster configuration (``vc-config-vcluster``) and read its kubeconfig
+  (``vc-vcluster``), never anyone else's. Pods: read (why a control plane is not
+  Ready) and delete (sleep stops what vCluster synced). ``bind`` only on the
+  ClusterRoles ``admin``, ``edit`` and ``view`` (members' access in spaces) and
+  ``tether-tenant-syncer``. No Roles, ClusterRoles or ClusterRoleBindings, and no
+  right to create pods;
+- **ClusterRole** ``tether-tenant-syncer``: what a tenant's vCluster syncer needs
+  (the vCluster chart's namespaced Role of the pinned version for the features we
+  turn on). The agent binds it with a RoleBinding in each tenant's namespace, so
+  each syncer has these rights in its own namespace only, and the agent itself
+  does not need to hold them (RBAC lets it grant what it may ``bind``);
 - **ValidatingAdmissionPolicy** ``tether-agent-namespaces`` (+ binding): what the
   RBAC above cannot say. The agent's writes (as any ServiceAccount named
   ``tether-agent``) are refused outside namespaces
@@ -49,7 +56,9 @@ STATE_DIR = "/var/lib/tether-agent"
 DEFAULT_IMAGE = f"ghcr.io/tether-dev/tether-agent:{VERSION}"
 AGENT_USER = f"system:serviceaccount:{NAMESPACE}:{NAME}"
 MEMBER_CLUSTER_ROLES = ("admin", "edit", "view")
-CONTROL_PLANE = "tether-control-plane"
+SYNCER_CLUSTER_ROLE = "tether-tenant-syncer"
+TENANT_CONFIG_SECRET = "vc-config-vcluster"
+TENANT_KUBECONFIG_SECRET = "vc-vcluster"
 MANAGED_LABEL = "tether.dev/managed-by"
 IMPERSONATOR = "tether-agent-impersonate"
 """The ClusterRole naming the Tether subjects the agent may impersonate for the Kubernetes gateway. RBAC
@@ -82,28 +91,24 @@ CLUSTER_RULES: tuple[Obj, ...] = (
         "resources": ["serviceaccounts", "services", "resourcequotas", "limitranges"],
         "verbs": WRITE,
     },
-    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
     {
         "apiGroups": [""],
-        "resources": ["configmaps"],
-        "resourceNames": [CONTROL_PLANE],
-        "verbs": ["get", "watch", "patch", "delete"],
+        "resources": ["secrets"],
+        "resourceNames": [TENANT_CONFIG_SECRET],
+        "verbs": ["get", "patch", "delete"],
     },
-    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": WRITE},
+    {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [TENANT_KUBECONFIG_SECRET], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "delete"]},
+    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings"], "verbs": WRITE},
     {
         "apiGroups": ["rbac.authorization.k8s.io"],
         "resources": ["clusterroles"],
-        "resourceNames": list(MEMBER_CLUSTER_ROLES),
+        "resourceNames": [*MEMBER_CLUSTER_ROLES, SYNCER_CLUSTER_ROLE],
         "verbs": ["bind"],
     },
     {"apiGroups": ["apps"], "resources": ["statefulsets"], "verbs": WRITE},
     {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": WRITE},
-    {
-        "apiGroups": ["coordination.k8s.io"],
-        "resources": ["leases"],
-        "resourceNames": [CONTROL_PLANE],
-        "verbs": ["get", "update"],
-    },
     {
         # The gateway's impersonation list: only this role, and only Tether subjects in it (admission policy).
         "apiGroups": ["rbac.authorization.k8s.io"],
@@ -112,16 +117,50 @@ CLUSTER_RULES: tuple[Obj, ...] = (
         "verbs": ["get", "patch", "escalate"],
     },
 )
-"""The agent's cluster-wide rules: exactly what ``agent.drivers.kube`` does, and what it grants to control planes."""
+"""The agent's cluster-wide rules: exactly what ``agent.drivers.kube`` and its gateway do."""
+
+SYNCER_RULES: tuple[Obj, ...] = (
+    {
+        "apiGroups": [""],
+        "resources": [
+            "configmaps",
+            "secrets",
+            "services",
+            "pods",
+            "pods/attach",
+            "pods/portforward",
+            "pods/exec",
+            "persistentvolumeclaims",
+        ],
+        "verbs": ["create", "delete", "patch", "update", "get", "list", "watch"],
+    },
+    {"apiGroups": [""], "resources": ["pods/status", "pods/ephemeralcontainers"], "verbs": ["patch", "update"]},
+    {"apiGroups": [""], "resources": ["pods/resize"], "verbs": ["patch", "update"]},
+    {
+        "apiGroups": ["apps"],
+        "resources": ["statefulsets", "replicasets", "deployments"],
+        "verbs": ["get", "list", "watch", "patch", "update"],
+    },
+    {"apiGroups": [""], "resources": ["endpoints", "pods/log"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "get", "list", "watch"]},
+    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["endpoints"], "verbs": ["create", "delete", "patch", "update"]},
+    {
+        "apiGroups": ["discovery.k8s.io"],
+        "resources": ["endpointslices"],
+        "verbs": ["create", "list", "get", "delete", "patch", "update", "watch"],
+    },
+)
+"""A tenant's vCluster syncer in its own namespace (as ``agent.drivers.vcluster.SYNCER_RULES``; tested equal)."""
 
 POLICY_RESOURCES = (
     "namespaces",
     "serviceaccounts",
     "services",
-    "configmaps",
+    "secrets",
+    "pods",
     "resourcequotas",
     "limitranges",
-    "roles",
     "rolebindings",
     "statefulsets",
     "networkpolicies",
@@ -136,10 +175,13 @@ def _owned(var: str) -> str:
 
 
 POLICY_EXPRESSION = (
-    "request.resource.resource == 'namespaces' ? "
+    # Its own state Secret is the one thing it writes outside them (Secrets are in the rules for tenants' configs).
+    f"(request.resource.resource == 'secrets' && request.namespace == '{NAMESPACE}' && "
+    f"request.name == '{STATE_SECRET}') || "
+    "(request.resource.resource == 'namespaces' ? "
     f"((request.operation == 'CREATE' || ({_owned('oldObject')})) && "
     f"(request.operation == 'DELETE' || ({_owned('object')}))) : "
-    f"({_owned('namespaceObject')})"
+    f"({_owned('namespaceObject')}))"
 )
 
 
@@ -202,6 +244,12 @@ def objects(*, cluster: str, token: str, server: str, image: str = DEFAULT_IMAGE
             "kind": "ClusterRole",
             "metadata": meta(NAME, namespaced=False),
             "rules": [json.loads(json.dumps(rule)) for rule in CLUSTER_RULES],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": meta(SYNCER_CLUSTER_ROLE, namespaced=False),
+            "rules": [json.loads(json.dumps(rule)) for rule in SYNCER_RULES],
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",

@@ -183,6 +183,17 @@ def whoami(output: OutputOpt = Output.table) -> None:
         out.console.print(f"{who['user']}{' (platform admin)' if who['platform_admin'] else ''}")
 
 
+@app.command()
+def versions(output: OutputOpt = Output.table) -> None:
+    """The Kubernetes versions a tenant cluster may run (create and upgrade are checked against them)."""
+    found = api("GET", "/api/v1/versions")
+    if out.structured(output, found):
+        return
+    out.console.print(f"tenant cluster versions: {', '.join(found['versions'])}", highlight=False)
+    out.console.print(f"default: {found['default']}; upgrades: {found['upgrade']}", highlight=False)
+    out.console.print(f"engine: {found['engine']}", highlight=False)
+
+
 # --- clusters --------------------------------------------------------------------------
 @cluster_app.command("connect")
 def cluster_connect(

@@ -11,6 +11,7 @@ from typing import Literal
 
 import msgspec
 
+from schemas import versions
 from schemas.conditions import set_condition
 from schemas.errors import Conflict, Forbidden, InvalidInput, NotFound
 from schemas.messages import (
@@ -36,7 +37,7 @@ from schemas.messages import (
 from schemas.names import check_name
 from schemas.units import format_version, parse_version
 
-SUPPORTED_MINORS = range(31, 37)
+SUPPORTED_MINORS = versions.SUPPORTED_MINORS
 MAX_REASON = 64
 """Characters of an agent's failure reason kept (a CamelCase word, like Kubernetes' reasons)."""
 MAX_RESENDS = 1_000
@@ -44,7 +45,7 @@ MAX_RESENDS = 1_000
 MAX_ORPHAN_DELETES = 100
 """Deletes one inventory may cause; an inventory naming thousands of unknown objects must not flood the
 cluster's command stream (the rest wait for the next resync)."""
-DEFAULT_VERSION = "v1.36"
+DEFAULT_VERSION = versions.DEFAULT_VERSION
 DEFAULT_RESOURCES: dict[str, Resources] = {
     "tenant": Resources(cpu=1.0, memory=2 * 1024**3),
     "space": Resources(cpu=0.5, memory=1 * 1024**3),
@@ -222,7 +223,7 @@ def resources_for(req: WorkloadCreate) -> Resources:
 
 def is_tombstone(record: WorkloadRecord) -> bool:
     """A deleted object the cluster confirmed gone. Kept so generations never repeat for a name."""
-    return record.spec.state == "deleted" and in_sync(record)
+    return record.spec.state == "deleted" and in_sync(record) and (record.observed is None or record.observed.settled)
 
 
 def new_record(
@@ -354,11 +355,18 @@ def observe(record: WorkloadRecord, result: CommandResult, now: float) -> tuple[
         if record.observed is not None and record.observed.generation > result.generation:
             return record, False  # an older result arriving late
         observed = Observed(
-            generation=result.generation, state=result.state, version=clip(result.version, 64), at=at or now
+            generation=result.generation,
+            state=result.state,
+            version=clip(result.version, 64),
+            at=at or now,
+            settled=result.settled,
+            reason="" if result.settled else clip(result.reason, 128),
+            message="" if result.settled else clip(result.message, 1000),
         )
         failure = record.failure if record.failure and record.failure.generation > result.generation else None
         new = msgspec.structs.replace(record, observed=observed, failure=failure, updated_at=now)
-        gone = result.state == "deleted" and result.generation >= record.generation
+        # A delete is done when the cluster says its objects are gone, not when their deletion began.
+        gone = result.state == "deleted" and result.generation >= record.generation and result.settled
         return with_conditions(new, now), gone
     if result.generation < record.generation:
         return record, False  # a stale failure: a newer generation is on its way
@@ -435,7 +443,12 @@ def phase(record: WorkloadRecord) -> Phase:
     if obs is None:
         return "Pending"
     if in_sync(record):
-        return "Sleeping" if obs.state == "sleeping" else "Ready"
+        if obs.state == "sleeping":
+            return "Sleeping"
+        # Applied, but a tenant is Ready only once its control plane is (the agent reports when it is).
+        if obs.settled:
+            return "Ready"
+        return "Upgrading" if record.operation == "upgrade" else "Pending"
     if spec.state == "running" and obs.version and spec.version != obs.version:
         return "Upgrading"
     if spec.state == "sleeping":
@@ -460,6 +473,14 @@ def with_conditions(record: WorkloadRecord, now: float) -> WorkloadRecord:
             status="True" if p == "Ready" else "False",
             reason="Applied" if p == "Ready" else "Asleep",
             message=f"generation {record.generation} applied",
+            last_transition_time=now,
+        )
+    elif record.observed is not None and in_sync(record) and not record.observed.settled:
+        ready = Condition(
+            type="Ready",
+            status="False",
+            reason=record.observed.reason or "NotReady",
+            message=record.observed.message or f"generation {record.generation} applied; waiting for it to be ready",
             last_transition_time=now,
         )
     else:
@@ -525,7 +546,8 @@ def reconcile(
             continue
         if item is None or item.generation < r.generation:
             resend.append(r)
-    orphans = [i for k, i in have.items() if k not in want]
+    # An object already on its way out (the cluster reports it deleted) needs no delete of ours.
+    orphans = [i for k, i in have.items() if k not in want and i.state != "deleted"]
     held_back = False
     live_wanted = [r for r in desired if r.spec.state != "deleted"]
     if orphans and not live_wanted and (empty_since is None or now - empty_since < grace):

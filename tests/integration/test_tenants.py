@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +198,18 @@ async def test_placement_quota_and_bad_input(stack: Stack, tmp_path: Path) -> No
         resp = await stack.req(method, path, json=body)
         assert resp.status_code == status, (path, resp.text)
         assert message in resp.json()["error"]["message"], (path, resp.text)
+
+    # the versions create and upgrade are checked against are published, to the API and the CLI
+    published = await stack.ok("GET", "/api/v1/versions")
+    assert published["versions"] == [f"v1.{m}" for m in range(31, 37)] and published["default"] == "v1.36"
+    assert published["engine"].startswith("vCluster 0.36.1")
+    env = {**stack.env(), "TETHER_SERVER": stack.api, "TETHER_TOKEN": stack.admin_token}
+    env["TETHER_CONFIG"] = str(tmp_path / "cli.json")
+    cli = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "tether"), "versions", "-o", "json", env=env, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await cli.communicate()
+    assert cli.returncode == 0 and json.loads(out) == published
 
     await stack.wait_synced("tenant", "p1", "t1")
     await stack.ok("DELETE", "/api/v1/projects/p1/tenants/t1")

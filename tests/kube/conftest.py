@@ -36,6 +36,18 @@ def control_plane(kube_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 @pytest.fixture(scope="session")
+def tenant_api_server(kube_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A second, bare API server standing in for a tenant's own (under kwok the vCluster never really runs):
+    tests write its kubeconfig into the tenant's Secret ``vc-vcluster``, where vCluster would write its own."""
+    cp = ControlPlane(bin_dir=kube_bin, workdir=tmp_path_factory.mktemp("tenant-api"), with_workers=False)
+    cp.start()
+    try:
+        yield cp
+    finally:
+        cp.stop()
+
+
+@pytest.fixture(scope="session")
 def kubeconfig(control_plane: ControlPlane) -> Path:
     return control_plane.kubeconfig()
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 from typing import Any
+
+import yaml
 
 from agent.drivers.kube import KubeApi
 from schemas.messages import Command, DesiredState, Member, Quota, Resources, WorkloadKind, WorkloadSpec
@@ -108,3 +111,38 @@ def finalize_namespace(api: KubeApi, name: str) -> None:
         return
     ns["spec"]["finalizers"] = []
     api.request("PUT", f"/api/v1/namespaces/{name}/finalize", body=ns, what=f"finalizing namespace {name}")
+
+
+def tenant_kubeconfig(server: Any) -> dict[str, Any]:
+    """A kubeconfig of the stand-in tenant API server (``tests.kube.cluster.ControlPlane``), CA inline, as vCluster
+    writes it into Secret ``vc-vcluster``."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "tether",
+                "cluster": {
+                    "server": server.url,
+                    "certificate-authority-data": base64.b64encode(server.ca_file.read_bytes()).decode(),
+                },
+            }
+        ],
+        "users": [{"name": "tether", "user": {"token": server.admin_token}}],
+        "contexts": [{"name": "tether", "context": {"cluster": "tether", "user": "tether"}}],
+        "current-context": "tether",
+    }
+
+
+def write_tenant_kubeconfig(api: KubeApi, namespace: str, server: Any) -> None:
+    """Play vCluster's part: its kubeconfig Secret in the tenant's namespace."""
+    config = yaml.safe_dump(tenant_kubeconfig(server)).encode()
+    api.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "vc-vcluster", "namespace": namespace},
+            "data": {"config": base64.b64encode(config).decode()},
+        },
+        field_manager="vcluster",
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,11 +14,12 @@ import yaml
 
 from agent.drivers.kube import KubeApi, KubeDriver
 from agent.drivers.kube_objects import namespace_name
+from agent.drivers.vcluster import MANAGED_BY
 from agent.errors import DriverError
 from agent.settings import AgentSettings
 from services.api import manifests
 from tests.kube.cluster import ROOT, ControlPlane, KubeBinUnavailable, build_helm, unavailable
-from tests.kube.helpers import can, command, finalize_namespace, get, member, names
+from tests.kube.helpers import can, command, get, member, names, wait_gone, write_tenant_kubeconfig
 
 pytestmark = pytest.mark.kube
 
@@ -75,6 +77,7 @@ def test_the_manifests_hold_what_the_agent_needs() -> None:
         ("Namespace", "tether-agent"),
         ("ServiceAccount", "tether-agent"),
         ("ClusterRole", "tether-agent"),
+        ("ClusterRole", "tether-tenant-syncer"),
         ("ClusterRoleBinding", "tether-agent"),
         ("ValidatingAdmissionPolicy", "tether-agent-namespaces"),
         ("ValidatingAdmissionPolicyBinding", "tether-agent-namespaces"),
@@ -117,7 +120,6 @@ def test_the_manifests_hold_what_the_agent_needs() -> None:
                 ("services", ""),
                 ("resourcequotas", ""),
                 ("limitranges", ""),
-                ("roles", "rbac.authorization.k8s.io"),
                 ("rolebindings", "rbac.authorization.k8s.io"),
                 ("statefulsets", "apps"),
                 ("networkpolicies", "networking.k8s.io"),
@@ -126,9 +128,15 @@ def test_the_manifests_hold_what_the_agent_needs() -> None:
         ],
         ("list", "rolebindings", "rbac.authorization.k8s.io", "", ""),  # inventory: one list per kind
         ("list", "statefulsets", "apps", "", ""),
-        ("create", "configmaps", "", "tether-t-p-t", ""),
-        *[(v, "configmaps", "", "tether-t-p-t", "tether-control-plane") for v in ("get", "patch", "delete")],
-        *[("bind", "clusterroles", "rbac.authorization.k8s.io", "", r) for r in ("admin", "edit", "view")],
+        ("create", "secrets", "", "tether-t-p-t", ""),  # a tenant's vCluster configuration
+        *[(v, "secrets", "", "tether-t-p-t", "vc-config-vcluster") for v in ("get", "patch", "delete")],
+        ("get", "secrets", "", "tether-t-p-t", "vc-vcluster"),  # the tenant's kubeconfig, to reach its API
+        *[(v, "pods", "", "tether-t-p-t", "") for v in ("get", "list", "delete")],  # readiness, sleep
+        ("list", "pods", "", "", ""),  # every tenant's status in one list
+        *[
+            ("bind", "clusterroles", "rbac.authorization.k8s.io", "", r)
+            for r in ("admin", "edit", "view", "tether-tenant-syncer")
+        ],
         *[
             ("get", "secrets", "", "tether-agent", "tether-agent-state"),
             ("patch", "secrets", "", "tether-agent", "tether-agent-state"),
@@ -166,8 +174,15 @@ def test_the_agent_may_do_what_the_driver_does(
         ("impersonate", "users", "", "", "", ""),
         ("impersonate", "serviceaccounts", "", "kube-system", "", ""),
         ("create", "pods", "", "tether-p-s", "", ""),
-        ("list", "pods", "", "", "", ""),
+        ("patch", "pods", "", "tether-t-p-t", "vcluster-0", ""),
         ("create", "pods", "", "tether-p-s", "x", "exec"),
+        ("get", "pods", "", "tether-t-p-t", "x", "log"),
+        ("patch", "secrets", "", "tether-t-p-t", "vc-vcluster", ""),  # read the tenant's kubeconfig, never write it
+        ("get", "secrets", "", "tether-t-p-t", "x-x-default-x-vcluster", ""),  # what tenants sync: theirs
+        ("create", "roles", "rbac.authorization.k8s.io", "tether-t-p-t", "", ""),
+        ("create", "persistentvolumeclaims", "", "tether-t-p-t", "", ""),
+        ("create", "endpoints", "", "tether-t-p-t", "", ""),
+        ("bind", "clusterroles", "rbac.authorization.k8s.io", "", "edit-all", ""),
         ("create", "deployments", "apps", "tether-p-s", "", ""),
         ("create", "daemonsets", "apps", "kube-system", "", ""),
         ("list", "configmaps", "", "", "", ""),
@@ -207,7 +222,9 @@ def test_the_agent_may_do_nothing_more(
     )
 
 
-async def test_the_driver_works_with_exactly_these_rights(installed: Path, admin_api: KubeApi, tmp_path: Path) -> None:
+async def test_the_driver_works_with_exactly_these_rights(
+    installed: Path, admin_api: KubeApi, tenant_api_server: ControlPlane, tmp_path: Path
+) -> None:
     """Every operation, as the agent's ServiceAccount: nothing is refused."""
     driver = KubeDriver(AgentSettings(driver="kube", kubeconfig=installed, state_dir=tmp_path / "agent"), environ={})
     alice = member("user:alice", "admin")
@@ -227,13 +244,34 @@ async def test_the_driver_works_with_exactly_these_rights(installed: Path, admin
         inventory = {(i.kind, i.name): i.generation for i in await driver.inventory() if i.project == "rbac"}
         assert inventory == {("tenant", "t1"): 4, ("space", "s1"): 3}
         assert await driver.control_planes()
+        # the tenant's status as the agent: its API reached through its kubeconfig Secret, members applied inside
+        tns = namespace_name("tenant", "rbac", "t1")
+        write_tenant_kubeconfig(admin_api, tns, tenant_api_server)
+        deadline = asyncio.get_running_loop().time() + 60
+        while not any(s.settled for s in await driver.statuses() if s.name == "t1" and s.project == "rbac"):
+            assert asyncio.get_running_loop().time() < deadline, await driver.statuses()
+            await asyncio.sleep(0.2)
+        # sleep deletes what vCluster synced, as the agent
+        admin_api.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "w-x-d-x-vcluster", "namespace": tns, "labels": {MANAGED_BY: "vcluster"}},
+                "spec": {"containers": [{"name": "w", "image": "example.invalid/w:1"}]},
+            },
+            field_manager="vcluster",
+        )
+        assert (await driver.apply(command("tenant", "rbac", "t1", 5, "sleeping", version="v1.36"))).applied
+        assert admin_api.get("Pod", "w-x-d-x-vcluster", tns) is None or (
+            admin_api.get("Pod", "w-x-d-x-vcluster", tns) or {}
+        ).get("metadata", {}).get("deletionTimestamp")
         # drift repair as the agent
-        admin_api.delete("RoleBinding", "tether-control-plane", namespace_name("tenant", "rbac", "t1"))
-        await driver.apply(command("tenant", "rbac", "t1", 4, version="v1.36"))
-        assert "tether-control-plane" in names(admin_api, "RoleBinding", namespace_name("tenant", "rbac", "t1"))
+        admin_api.delete("RoleBinding", "vc-vcluster", tns)
+        await driver.apply(command("tenant", "rbac", "t1", 5, "sleeping", version="v1.36"))
+        assert "vc-vcluster" in names(admin_api, "RoleBinding", tns)
         for kind, name in (("tenant", "t1"), ("space", "s1")):
             assert (await driver.apply(command(kind, "rbac", name, 9, "deleted"))).applied  # type: ignore[arg-type]
-            finalize_namespace(admin_api, namespace_name(kind, "rbac", name))  # type: ignore[arg-type]
+            await wait_gone(admin_api, namespace_name(kind, "rbac", name))  # type: ignore[arg-type]
     finally:
         await driver.close()
 

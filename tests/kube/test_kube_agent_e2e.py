@@ -23,7 +23,7 @@ from agent.drivers.kube_objects import namespace_name
 from services.api import manifests
 from tests.harness import Proc, Stack, wait_for
 from tests.kube.cluster import ControlPlane
-from tests.kube.helpers import finalize_namespace, get, names
+from tests.kube.helpers import get, names, write_tenant_kubeconfig
 
 pytestmark = pytest.mark.kube
 
@@ -62,7 +62,7 @@ def kube_agent(stack: Stack, kubeconfig: Path, state_dir: Path, token: str) -> P
 
 
 async def test_a_real_cluster_connected_with_its_manifests(
-    stack: Stack, control_plane: ControlPlane, admin_api: KubeApi, tmp_path: Path
+    stack: Stack, control_plane: ControlPlane, admin_api: KubeApi, tenant_api_server: ControlPlane, tmp_path: Path
 ) -> None:
     api = admin_api
     info = await stack.connect_cluster("kube-1")
@@ -86,30 +86,67 @@ async def test_a_real_cluster_connected_with_its_manifests(
     await stack.wait_synced("tenant", "e2e", "t1")
     await stack.wait_synced("space", "e2e", "s1")
     tns, sns = namespace_name("tenant", "e2e", "t1"), namespace_name("space", "e2e", "s1")
-    assert get(api, "StatefulSet", "control-plane", tns)["spec"]["replicas"] == 1
-    assert names(api, "RoleBinding", tns) == {"tether-control-plane"}, "tenant members get nothing on the host"
+    assert get(api, "StatefulSet", "vcluster", tns)["spec"]["replicas"] == 1
+    assert names(api, "RoleBinding", tns) == {"vc-vcluster"}, "tenant members get nothing on the host"
     assert "tether-user-bob-admin" in names(api, "RoleBinding", sns), "the space's owner administers it"
 
-    # sleep, then drift: a binding deleted by hand comes back with the next inventory's resync
+    # applied, and its pod Ready under kwok, but not Ready until the tenant's own API answers (and says why)
+    async def waiting_for_its_api() -> Any:
+        w = await stack.workload("tenant", "e2e", "t1")
+        ready = next((c for c in (w or {}).get("conditions", []) if c["type"] == "Ready"), {})
+        return w and w["phase"] == "Pending" and ready.get("reason") == "KubeconfigMissing" and w
+
+    await wait_for(waiting_for_its_api, timeout=60, what="tenant Pending, its pod Ready, its API not answering yet")
+    write_tenant_kubeconfig(api, tns, tenant_api_server)
+    await wait_for(lambda: phase_is(stack, "t1", "Ready"), timeout=60, what="tenant Ready")
+    w = await stack.workload("tenant", "e2e", "t1")
+    assert w is not None and w["observed"]["version"] == "v1.35.0", "the version the tenant runs"
+
+    async def healthy() -> Any:
+        planes = {c["name"]: c for c in (await stack.cluster("kube-1"))["control_planes"]}
+        plane = planes.get("t1") or {}
+        return plane.get("ready") and plane.get("version") == "v1.35.0" and plane.get("pods") == 1
+
+    await wait_for(healthy, timeout=30, what="the tenant's readiness, version and pods in the cluster's health")
+
+    # sleep: zero pods in its namespace
     await stack.ok("POST", "/api/v1/projects/e2e/tenants/t1/sleep", token=bob)
 
     async def asleep() -> Any:
-        w = await stack.workload("tenant", "e2e", "t1")
-        return w and w["phase"] == "Sleeping" and get(api, "StatefulSet", "control-plane", tns)["spec"]["replicas"] == 0
+        return await phase_is(stack, "t1", "Sleeping") and not api.list("Pod", tns)
 
-    await wait_for(asleep, timeout=30, what="tenant asleep with its control plane scaled to zero")
+    await wait_for(asleep, timeout=30, what="tenant asleep with no pod left")
+    # drift: a binding deleted by hand comes back with the next inventory's resync; a scaled StatefulSet too
     api.delete("RoleBinding", "tether-user-bob-admin", sns)
+    api.patch_merge("StatefulSet", "vcluster", {"spec": {"replicas": 2}}, tns)
     await wait_for(lambda: "tether-user-bob-admin" in names(api, "RoleBinding", sns), timeout=30, what="drift put back")
-
-    # delete: the namespace goes (the test plays the namespace controller's part)
-    await stack.ok("DELETE", "/api/v1/projects/e2e/tenants/t1", token=bob)
     await wait_for(
-        lambda: get(api, "Namespace", tns)["metadata"].get("deletionTimestamp") or None,
-        timeout=30,
-        what="the tenant's namespace being deleted",
+        lambda: get(api, "StatefulSet", "vcluster", tns)["spec"]["replicas"] == 0, timeout=30, what="scale put back"
     )
-    finalize_namespace(api, tns)
-    await stack.wait_gone("tenant", "e2e", "t1")
+    await wait_for(lambda: not api.list("Pod", tns), timeout=30, what="no pod left again")
+
+    # wake, then upgrade: a new pod with the new version, the data's claim kept
+    claim = get(api, "PersistentVolumeClaim", "data-vcluster-0", tns)["metadata"]["uid"]
+    await stack.ok("POST", "/api/v1/projects/e2e/tenants/t1/wake", token=bob)
+    await wait_for(lambda: phase_is(stack, "t1", "Ready"), timeout=60, what="tenant awake and Ready")
+    await stack.ok("POST", "/api/v1/projects/e2e/tenants/t1/upgrade", token=bob, json={"version": "v1.36"})
+
+    async def upgraded() -> Any:
+        w = await stack.workload("tenant", "e2e", "t1")
+        return w and w["phase"] == "Ready" and w["observed"]["version"] == "v1.36.0"
+
+    await wait_for(upgraded, timeout=60, what="tenant upgraded and Ready")
+    assert get(api, "PersistentVolumeClaim", "data-vcluster-0", tns)["metadata"]["uid"] == claim
+
+    # delete: Deleting until the namespace is gone, then gone
+    await stack.ok("DELETE", "/api/v1/projects/e2e/tenants/t1", token=bob)
+    await stack.wait_gone("tenant", "e2e", "t1", timeout=60)
+    assert api.get("Namespace", tns) is None, "the record went only once the namespace was gone"
+
+
+async def phase_is(stack: Stack, name: str, phase: str) -> bool:
+    w = await stack.workload("tenant", "e2e", name)
+    return bool(w and w["phase"] == phase)
 
 
 async def test_cli_prints_the_manifests(stack: Stack, tmp_path: Path) -> None:

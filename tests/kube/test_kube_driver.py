@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from agent.commands import CommandApplier
 from agent.drivers.kube import KubeApi, KubeDriver
 from agent.drivers.kube_objects import TenantSettings, namespace_name
+from agent.drivers.vcluster import VClusterSettings
 from agent.errors import DriverError
 from agent.settings import AgentSettings
 from schemas.messages import CommandResult, encode
@@ -31,12 +31,13 @@ def annotations(obj: dict[str, object]) -> dict[str, str]:
 
 
 def image_of(api: KubeApi, ns: str) -> str:
-    sts = get(api, "StatefulSet", "control-plane", ns)
-    return str(sts["spec"]["template"]["spec"]["containers"][0]["image"])
+    """The image of the tenant's Kubernetes binaries (its version)."""
+    sts = get(api, "StatefulSet", "vcluster", ns)
+    return str(sts["spec"]["template"]["spec"]["initContainers"][0]["image"])
 
 
 def replicas_of(api: KubeApi, ns: str) -> int:
-    return int(get(api, "StatefulSet", "control-plane", ns)["spec"]["replicas"])
+    return int(get(api, "StatefulSet", "vcluster", ns)["spec"]["replicas"])
 
 
 async def test_tenant_create_sleep_wake_upgrade_delete(driver: KubeDriver, admin_api: KubeApi) -> None:
@@ -58,23 +59,22 @@ async def test_tenant_create_sleep_wake_upgrade_delete(driver: KubeDriver, admin
     ann = annotations(namespace)
     assert ann["tether.dev/generation"] == "1" and ann["tether.dev/op-id"].startswith("op-")
     assert ann["tether.dev/state"] == "running" and "tether.dev/slept-at" not in ann
-    assert names(api, "ServiceAccount", ns) >= {"tether-control-plane"}
-    role = get(api, "Role", "tether-control-plane", ns)
-    assert {r["resources"][0] for r in role["rules"]} == {"configmaps", "leases"}
-    assert all(r["resourceNames"] == ["tether-control-plane"] for r in role["rules"])
-    # The only RoleBinding on the host is the control plane's own: members get none.
-    assert names(api, "RoleBinding", ns) == {"tether-control-plane"}
-    binding = get(api, "RoleBinding", "tether-control-plane", ns)
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "tether-control-plane", "namespace": ns}]
-    cm = get(api, "ConfigMap", "tether-control-plane", ns)
-    assert json.loads(cm["data"]["members.json"]) == [{"subject": "user:alice", "access": "admin"}]
+    assert names(api, "ServiceAccount", ns) >= {"vc-vcluster"}
+    assert names(api, "Role", ns) == set(), "the syncer's rules are the installed ClusterRole's, bound here"
+    # The only RoleBinding on the host is the syncer's own: members get none.
+    assert names(api, "RoleBinding", ns) == {"vc-vcluster"}
+    binding = get(api, "RoleBinding", "vc-vcluster", ns)
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "vc-vcluster", "namespace": ns}]
+    assert binding["roleRef"]["name"] == "tether-tenant-syncer"
+    assert "vc-config-vcluster" in names(api, "Secret", ns)
     assert replicas_of(api, ns) == 1
-    assert image_of(api, ns) == "docker.io/rancher/k3s:v1.35.0-k3s1"
-    sts = get(api, "StatefulSet", "control-plane", ns)
+    assert image_of(api, ns) == "ghcr.io/loft-sh/kubernetes:v1.35.0"
+    sts = get(api, "StatefulSet", "vcluster", ns)
     container = sts["spec"]["template"]["spec"]["containers"][0]
-    assert container["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}
-    assert sts["spec"]["template"]["spec"]["serviceAccountName"] == "tether-control-plane"
-    assert get(api, "Service", "control-plane", ns)["spec"]["ports"][0]["targetPort"] == 6443
+    assert container["image"] == "ghcr.io/loft-sh/vcluster-oss:0.36.1"
+    assert container["resources"]["requests"] == {"cpu": "200m", "memory": "256Mi"}
+    assert sts["spec"]["template"]["spec"]["serviceAccountName"] == "vc-vcluster"
+    assert get(api, "Service", "vcluster", ns)["spec"]["ports"][0]["targetPort"] == 8443
     quota = get(api, "ResourceQuota", "tether-quota", ns)
     assert quota["spec"]["hard"] == {
         "requests.cpu": "1",
@@ -84,9 +84,10 @@ async def test_tenant_create_sleep_wake_upgrade_delete(driver: KubeDriver, admin
     }
     assert names(api, "LimitRange", ns) == {"tether-limits"}
     policy = get(api, "NetworkPolicy", "tether-isolation", ns)
-    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {}}]}]
+    assert policy["spec"]["ingress"][0] == {"from": [{"podSelector": {}}]}
+    assert policy["spec"]["ingress"][1]["ports"] == [{"protocol": "TCP", "port": 8443}], "the agent reaches the API"
     assert policy["spec"]["podSelector"] == {}
-    for kind, name in (("ServiceAccount", "tether-control-plane"), ("StatefulSet", "control-plane")):
+    for kind, name in (("ServiceAccount", "vc-vcluster"), ("StatefulSet", "vcluster")):
         obj = get(api, kind, name, ns)
         assert labels(obj)["tether.dev/managed-by"] == "tether"
         assert annotations(obj)["tether.dev/generation"] == "1"
@@ -106,7 +107,6 @@ async def test_tenant_create_sleep_wake_upgrade_delete(driver: KubeDriver, admin
     assert replicas_of(api, ns) == 0
     ann = annotations(get(api, "Namespace", ns))
     assert ann["tether.dev/state"] == "sleeping" and float(ann["tether.dev/slept-at"]) > 0
-    assert json.loads(get(api, "ConfigMap", "tether-control-plane", ns)["data"]["members.json"]) == []
     inv = {(i.kind, i.project, i.name): i for i in await driver.inventory()}
     assert (inv[("tenant", "lc", "t1")].generation, inv[("tenant", "lc", "t1")].state) == (2, "sleeping")
 
@@ -116,10 +116,10 @@ async def test_tenant_create_sleep_wake_upgrade_delete(driver: KubeDriver, admin
     assert replicas_of(api, ns) == 1
     assert "tether.dev/slept-at" not in annotations(get(api, "Namespace", ns))
 
-    # upgrade: the image tag is the version
+    # upgrade: the Kubernetes image's tag is the version
     out = await driver.apply(command("tenant", "lc", "t1", 4, version="v1.36"))
     assert (out.applied, out.version) == (True, "v1.36")
-    assert image_of(api, ns) == "docker.io/rancher/k3s:v1.36.0-k3s1"
+    assert image_of(api, ns) == "ghcr.io/loft-sh/kubernetes:v1.36.0"
     assert annotations(get(api, "Namespace", ns))["tether.dev/version"] == "v1.36"
 
     # an older command (a late redelivery) changes nothing
@@ -137,7 +137,9 @@ async def test_tenant_create_sleep_wake_upgrade_delete(driver: KubeDriver, admin
         assert annotations(namespace)["tether.dev/generation"] == "5"
         again = await driver.apply(command("tenant", "lc", "t1", 5, "deleted"))
         assert again.state == "deleted"
-    assert ("tenant", "lc", "t1") not in {(i.kind, i.project, i.name) for i in await driver.inventory()}
+    # while it terminates, the inventory reports it deleted at the delete's generation (then not at all)
+    leaving = [i for i in await driver.inventory() if (i.kind, i.project, i.name) == ("tenant", "lc", "t1")]
+    assert all((i.state, i.generation) == ("deleted", 5) for i in leaving)
     # creating it again waits until the old namespace is gone (transient)
     if api.get("Namespace", ns) is not None:
         with pytest.raises(DriverError) as waiting:
@@ -216,11 +218,11 @@ async def test_drift_is_put_back_by_the_next_resync(driver: KubeDriver, admin_ap
     assert {(i.name, i.generation) for i in await driver.inventory() if i.project == "dr"} == {("t1", 1), ("s1", 1)}
 
     # by hand: a RoleBinding and a NetworkPolicy deleted, the StatefulSet scaled and re-imaged, an extra binding
-    api.delete("RoleBinding", "tether-control-plane", tenant_ns)
-    api.patch_merge("StatefulSet", "control-plane", {"spec": {"replicas": 3}}, tenant_ns)
-    sts = get(api, "StatefulSet", "control-plane", tenant_ns)
+    api.delete("RoleBinding", "vc-vcluster", tenant_ns)
+    api.patch_merge("StatefulSet", "vcluster", {"spec": {"replicas": 3}}, tenant_ns)
+    sts = get(api, "StatefulSet", "vcluster", tenant_ns)
     sts["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:latest"
-    api.request("PUT", f"/apis/apps/v1/namespaces/{tenant_ns}/statefulsets/control-plane", body=sts)
+    api.request("PUT", f"/apis/apps/v1/namespaces/{tenant_ns}/statefulsets/vcluster", body=sts)
     api.delete("NetworkPolicy", "tether-isolation", space_ns)
     api.delete("RoleBinding", "tether-user-alice-edit", space_ns)
 
@@ -234,9 +236,10 @@ async def test_drift_is_put_back_by_the_next_resync(driver: KubeDriver, admin_ap
     out = await driver.apply(resync_tenant)
     assert (out.applied, out.generation) == (False, 1)
     await driver.apply(resync_space)
-    assert names(api, "RoleBinding", tenant_ns) == {"tether-control-plane"}
+    assert names(api, "RoleBinding", tenant_ns) == {"vc-vcluster"}
     assert replicas_of(api, tenant_ns) == 1
-    assert image_of(api, tenant_ns) == "docker.io/rancher/k3s:v1.35.0-k3s1"
+    container = get(api, "StatefulSet", "vcluster", tenant_ns)["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "ghcr.io/loft-sh/vcluster-oss:0.36.1"
     assert names(api, "NetworkPolicy", space_ns) == {"tether-isolation"}
     assert names(api, "RoleBinding", space_ns) == {"tether-user-alice-edit"}
     # the repair keeps the operation that made the generation
@@ -302,16 +305,14 @@ async def test_objects_without_the_owner_label_are_never_touched(driver: KubeDri
     # one of ours replaced by an unlabelled object of the same name: refused, and left as it is
     tns = namespace_name("tenant", "un", "t1")
     await driver.apply(command("tenant", "un", "t1", 1, version="v1.35"))
-    api.delete("ServiceAccount", "tether-control-plane", tns)
-    api.create(
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "tether-control-plane", "namespace": tns}}
-    )
+    api.delete("ServiceAccount", "vc-vcluster", tns)
+    api.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "vc-vcluster", "namespace": tns}})
     with pytest.raises(DriverError) as refused:
         await driver.apply(command("tenant", "un", "t1", 2, version="v1.36"))
     assert refused.value.reason == "Conflict"
     assert "ServiceAccount" in str(refused.value)
-    assert "tether.dev/managed-by" not in labels(get(api, "ServiceAccount", "tether-control-plane", tns))
-    assert image_of(api, tns).endswith("v1.35.0-k3s1"), "nothing of the refused command was applied"
+    assert "tether.dev/managed-by" not in labels(get(api, "ServiceAccount", "vc-vcluster", tns))
+    assert image_of(api, tns).endswith("kubernetes:v1.35.0"), "nothing of the refused command was applied"
 
 
 async def test_too_little_rbac_is_a_clear_failed_command(
@@ -385,7 +386,7 @@ async def test_api_errors_keep_the_servers_reason(admin_api: KubeApi, kubeconfig
 
     invalid = KubeDriver(
         AgentSettings(driver="kube", kubeconfig=kubeconfig, state_dir=tmp_path / "a"),
-        tenants=TenantSettings(storage="-1Gi"),
+        tenants=TenantSettings(vcluster=VClusterSettings(storage="-1Gi")),
         environ={},
     )
     try:
@@ -463,16 +464,20 @@ async def test_health_from_node_objects(driver: KubeDriver, admin_api: KubeApi) 
 
 
 async def test_control_plane_readiness(driver: KubeDriver, admin_api: KubeApi) -> None:
+    """Under kwok the running tenant's pod becomes Ready; without its API (no kubeconfig) it is not ready, and
+    says why. The sleeping one has no pod."""
     await driver.apply(command("tenant", "rd", "t1", 1, version="v1.35"))
     await driver.apply(command("tenant", "rd", "t2", 1, "sleeping", version="v1.35"))
-    # Under kwok the running tenant's pod is scheduled and becomes Ready; the sleeping one has none.
     deadline = asyncio.get_running_loop().time() + 60
     while True:
-        planes = {(c.project, c.name): c.ready for c in await driver.control_planes() if c.project == "rd"}
-        if planes == {("rd", "t1"): True, ("rd", "t2"): False} or asyncio.get_running_loop().time() > deadline:
+        planes = {(c.project, c.name): c for c in await driver.control_planes() if c.project == "rd"}
+        t1 = planes[("rd", "t1")]
+        if t1.ready_replicas == 1 or asyncio.get_running_loop().time() > deadline:
             break
         await asyncio.sleep(0.2)
-    assert planes == {("rd", "t1"): True, ("rd", "t2"): False}
+    assert (t1.ready_replicas, t1.ready, t1.reason, t1.pods) == (1, False, "KubeconfigMissing", 1)
+    t2 = planes[("rd", "t2")]
+    assert (t2.replicas, t2.ready, t2.pods) == (0, False, 0)
 
 
 async def test_refused_credentials_make_the_cluster_unreachable(control_plane: ControlPlane, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from agent.drivers.kube_objects import (
     parse_quantity,
     tenant_image,
 )
+from agent.drivers.vcluster import VClusterSettings
 from schemas.messages import Member, Quota, Resources, WorkloadSpec
 from schemas.names import dns1123_label_error
 
@@ -52,11 +53,15 @@ def test_quantities_are_written_canonically() -> None:
 
 def test_tenant_image_follows_the_version() -> None:
     settings = TenantSettings()
-    assert tenant_image(settings, "v1.35") == "docker.io/rancher/k3s:v1.35.0-k3s1"
-    assert tenant_image(settings, "1.36.2") == "docker.io/rancher/k3s:v1.36.2-k3s1"
-    assert tenant_image(TenantSettings(image="reg/cp:{version}"), "v1.36") == "reg/cp:v1.36.0"
+    assert tenant_image(settings, "v1.35") == "ghcr.io/loft-sh/kubernetes:v1.35.0"
+    assert tenant_image(settings, "v1.33") == "ghcr.io/loft-sh/kubernetes:v1.33.4", "vCluster 0.36.1's own tag"
+    assert tenant_image(settings, "1.36.2") == "ghcr.io/loft-sh/kubernetes:v1.36.2"
+    mirror = TenantSettings(vcluster=VClusterSettings(registry="registry.local:5000"))
+    assert tenant_image(mirror, "v1.36") == "registry.local:5000/loft-sh/kubernetes:v1.36.0"
     with pytest.raises(SpecError, match="invalid tenant version"):
         tenant_image(settings, "latest")
+    with pytest.raises(SpecError, match=r"has no Kubernetes v1\.29"):
+        tenant_image(settings, "v1.29")
 
 
 def test_space_members_become_role_bindings_and_tenant_members_do_not() -> None:
@@ -75,7 +80,8 @@ def test_space_members_become_role_bindings_and_tenant_members_do_not() -> None:
         Stamp(spec=spec("tenant", members, version="v1.35"), generation=1, op_id="o"), TenantSettings()
     )
     subjects = [s for o in tenant if o["kind"] == "RoleBinding" for s in o["subjects"]]
-    assert subjects == [{"kind": "ServiceAccount", "name": "tether-control-plane", "namespace": "tether-t-p-n"}]
+    assert subjects == [{"kind": "ServiceAccount", "name": "vc-vcluster", "namespace": "tether-t-p-n"}]
+    assert not [o for o in tenant if o["kind"] in ("Role", "ClusterRole", "ClusterRoleBinding")]
     for obj in tenant:
         assert obj["metadata"]["labels"]["tether.dev/managed-by"] == "tether"
         assert obj["metadata"].get("namespace", "tether-t-p-n") == "tether-t-p-n"

@@ -223,3 +223,53 @@ def test_due_for_sleep() -> None:
     slept = logic.act(r, "sleep", "", "op", NOW + 61)
     assert slept is not None and not logic.due_for_sleep(slept, NOW + 1000)
     assert not logic.due_for_sleep(tenant("never"), NOW + 10**6)
+
+
+# --- a tenant is Ready only once its control plane is; a delete is done only once it is gone -------------
+def test_applied_but_not_ready_is_pending_with_the_clusters_reason() -> None:
+    r = tenant()
+    r, _ = logic.observe(r, result(r, settled=False, reason="Unschedulable", message="0/2 nodes"), NOW)
+    assert logic.in_sync(r) and r.phase == "Pending"
+    ready = next(c for c in r.conditions if c.type == "Ready")
+    assert (ready.status, ready.reason, ready.message) == ("False", "Unschedulable", "0/2 nodes")
+    r, _ = logic.observe(r, result(r, applied=False, version="v1.36.0"), NOW + 1)
+    assert r.phase == "Ready" and r.observed is not None and r.observed.version == "v1.36.0"
+
+
+def test_an_upgrade_is_upgrading_until_the_new_control_plane_is_ready() -> None:
+    r = tenant(version="v1.35")
+    r, _ = logic.observe(r, result(r), NOW)
+    up = logic.act(r, "upgrade", "v1.36", "op-up", NOW)
+    assert up is not None
+    up, _ = logic.observe(up, result(up, settled=False, reason="ContainersNotReady"), NOW)
+    assert up.phase == "Upgrading"
+    up, _ = logic.observe(up, result(up, applied=False), NOW)
+    assert up.phase == "Ready"
+
+
+def test_deleting_until_the_cluster_says_the_namespace_is_gone() -> None:
+    r = tenant()
+    r, _ = logic.observe(r, result(r), NOW)
+    d = logic.act(r, "delete", "", "op-del", NOW)
+    assert d is not None
+    d, gone = logic.observe(d, result(d, state="deleted", settled=False, reason="Terminating"), NOW)
+    assert not gone and d.phase == "Deleting" and not logic.is_tombstone(d)
+    d, gone = logic.observe(d, result(d, state="deleted", applied=False), NOW + 5)
+    assert gone and logic.is_tombstone(d)
+
+
+def test_a_namespace_on_its_way_out_is_no_orphan() -> None:
+    plan = logic.reconcile([], [item("x", 3, "deleted")], empty_since=0.0, now=NOW, grace=0.0)
+    assert plan.orphans == []
+    r = tenant()
+    d = logic.act(r, "delete", "", "op-del", NOW)
+    assert d is not None
+    plan = logic.reconcile([d], [item("t1", d.generation, "deleted")], empty_since=None, now=NOW, grace=600)
+    assert plan.done == [] and plan.resend == [], "still terminating: neither re-sent nor forgotten"
+
+
+def test_supported_versions_are_published_from_one_place() -> None:
+    from schemas import versions
+
+    assert versions.supported_versions() == [f"v1.{m}" for m in logic.SUPPORTED_MINORS]
+    assert logic.DEFAULT_VERSION in versions.supported_versions()

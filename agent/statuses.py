@@ -1,0 +1,148 @@
+"""Reporting workloads that settle after their command was applied.
+
+A tenant cluster's control plane becomes Ready (or says why it does not) seconds to minutes after the
+agent applied its objects, and a deleted namespace is gone only once everything in it is. A driver that
+knows this (``StatusReporting``) is asked again every few seconds; each change is published as one more
+result of the workload's last command (``applied`` False, ``settled`` and ``reason`` saying where it is),
+so lifecycle's phase follows the cluster: Ready only when the control plane is, Deleting until it is gone.
+
+The results go into the EVT stream like a command's own, with a message id made of what they say, so a
+status repeated within the stream's duplicate window is stored once. Pure of ``nats``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+
+from agent.commands import PublishOnce
+from agent.drivers import StatusReporting, WorkloadStatus
+from schemas.errors import Unavailable
+from schemas.messages import MAX_KEPT_TEXT, MAX_SHORT, CommandResult, clip
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str, str]
+
+
+def status_msg_id(status: WorkloadStatus) -> str:
+    said = f"{status.op_id}|{status.generation}|{status.state}|{status.settled}|{status.reason}|{status.version}"
+    return f"status-{hashlib.sha256(said.encode()).hexdigest()[:24]}"
+
+
+def _same(a: WorkloadStatus, b: WorkloadStatus) -> bool:
+    """Equal for reporting (a reason's message alone changing, e.g. a scheduler's counts, is not news)."""
+    return (a.op_id, a.generation, a.state, a.settled, a.reason, a.version) == (
+        b.op_id,
+        b.generation,
+        b.state,
+        b.settled,
+        b.reason,
+        b.version,
+    )
+
+
+class StatusReporter:
+    """Publishes what changed in a driver's workload statuses since the last look."""
+
+    def __init__(
+        self,
+        cluster: str,
+        driver: StatusReporting,
+        publish: PublishOnce,
+        *,
+        result_subject: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cluster = cluster
+        self.driver = driver
+        self._publish = publish
+        self._subject = result_subject
+        self._clock = clock
+        self._said: dict[Key, WorkloadStatus] = {}
+        """What the platform last heard about each workload (from this reporter or the command path)."""
+
+    def note(self, result: CommandResult) -> None:
+        """The command path published ``result``: that is what the platform heard last."""
+        if not result.ok:
+            return
+        self._said[(result.kind, result.project, result.name)] = WorkloadStatus(
+            kind=result.kind,
+            project=result.project,
+            name=result.name,
+            op_id=result.op_id,
+            generation=result.generation,
+            state=result.state,
+            settled=result.settled,
+            reason=result.reason,
+            message=result.message,
+            version=result.version,
+        )
+
+    async def check(self) -> list[CommandResult]:
+        """Look once and publish every change; what could not be published is tried at the next look."""
+        found = {(s.kind, s.project, s.name): s for s in await self.driver.statuses() if s.generation > 0 and s.op_id}
+        changes = [s for key, s in found.items() if key not in self._said or not _same(self._said[key], s)]
+        for key in self._said.keys() - found.keys():
+            last = self._said[key]
+            if last.state == "deleted":
+                # Reported while it terminated, listed no more: it is gone.
+                changes.append(
+                    WorkloadStatus(
+                        kind=last.kind,
+                        project=last.project,
+                        name=last.name,
+                        op_id=last.op_id,
+                        generation=last.generation,
+                        state="deleted",
+                        settled=True,
+                    )
+                )
+            else:
+                del self._said[key]  # removed by someone else: the inventory's resync deals with it
+        published = []
+        for status in changes:
+            result = self._result(status)
+            try:
+                await self._publish(self._subject, result, status_msg_id(status))
+            except Unavailable as exc:
+                logger.info("status of %s %s/%s not published yet: %s", *status_key(status), exc.description)
+                continue
+            published.append(result)
+            key = status_key(status)
+            if status.state == "deleted" and status.settled:
+                self._said.pop(key, None)
+            else:
+                self._said[key] = status
+            logger.info(
+                "%s %s/%s: %s%s",
+                *key,
+                "settled" if status.settled else "not settled",
+                f" ({status.reason}: {status.message})" if status.reason else "",
+            )
+        return published
+
+    def _result(self, status: WorkloadStatus) -> CommandResult:
+        return CommandResult(
+            op_id=status.op_id,
+            cluster=self.cluster,
+            kind=status.kind,
+            project=status.project,
+            name=status.name,
+            generation=status.generation,
+            ok=True,
+            applied=False,
+            state=status.state,
+            version=status.version,
+            # Within the platform's bounds (schemas.messages): a longer one would be refused whole.
+            reason=clip(status.reason, MAX_SHORT),
+            message=clip(status.message, MAX_KEPT_TEXT),
+            settled=status.settled,
+            at=self._clock(),
+        )
+
+
+def status_key(status: WorkloadStatus) -> Key:
+    return status.kind, status.project, status.name
