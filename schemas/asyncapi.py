@@ -186,7 +186,15 @@ def schemas_components() -> dict[str, Any]:
             "tracestate": {"type": "string", "description": "W3C trace state."},
             "Nats-Msg-Id": {
                 "type": "string",
-                "description": "Deduplication id (the operation id) when the publisher set one.",
+                "description": (
+                    "Deduplication id within the stream's 2-minute window (a retried publish is dropped, not "
+                    "delivered twice); not an operation id, and never to be parsed. What it looks like: cluster "
+                    "registered/connected/disconnected `<kind>-<cluster>-<unix time>` (e.g. "
+                    "`registered-edge-1-1796137916.757`); cluster online/offline `cluster-<kind>-<cluster>-<unix "
+                    "time>`; tenant and space phases `<kind>-<project>-<name>-<phase>-g<generation>`; "
+                    "`command.failed` `failed-<operation id>`; project members `members-<project>-<revision>` "
+                    "or `members-<project>-team-<team>-<nanoseconds>`."
+                ),
             },
         },
     }

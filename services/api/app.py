@@ -299,6 +299,9 @@ def create_app(platform: Platform) -> FastAPI:
     from services.api.events import install_events
 
     install_events(app, platform)
+    from services.api.openapi import describe
+
+    describe(app)
     from services.api.limits import BodyLimit
 
     app.add_middleware(BodyLimit)  # outside the audit: a refused body is never read

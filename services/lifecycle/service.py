@@ -258,7 +258,10 @@ class Lifecycle:
             reason=reason,
             message=new.failure.message if after == "Failed" and new.failure else "",
         )
-        await publish(self.js, subjects.public_event(f"{new.spec.kind}.{after.lower()}"), event)
+        # One per phase entered at a generation: a retried publish (or a second replica folding the same
+        # result) is dropped by the stream instead of announced twice.
+        msg_id = f"{new.spec.kind}-{new.spec.project}-{new.spec.name}-{after.lower()}-g{new.generation}"
+        await publish(self.js, subjects.public_event(f"{new.spec.kind}.{after.lower()}"), event, msg_id=msg_id)
 
     # -- records ---------------------------------------------------------------------------
     async def all_records(self) -> list[WorkloadRecord]:
@@ -533,7 +536,8 @@ class Lifecycle:
             at=time.time(),
             reason="Deleted",
         )
-        await publish(self.js, subjects.public_event(f"{record.spec.kind}.deleted"), event)
+        msg_id = f"{record.spec.kind}-{record.spec.project}-{record.spec.name}-deleted-g{record.generation}"
+        await publish(self.js, subjects.public_event(f"{record.spec.kind}.deleted"), event, msg_id=msg_id)
 
     async def on_inventory(self, msg: Msg) -> None:
         inventory = decode(msg.data, Inventory)

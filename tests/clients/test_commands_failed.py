@@ -1,4 +1,5 @@
-"""Finding 2 of issue 15: failures are counted and announced, a failed delete too.
+"""Finding 2 of issue 15: failures are counted and announced, a failed delete too; and (finding 6) every
+public event carries a message id of the shape the AsyncAPI document says.
 
 Agents report every failure with ``applied=False`` (nothing was done), and lifecycle counted only
 ``applied`` results: ``tether_commands_failed_total`` never appeared. A failed delete keeps its phase
@@ -12,8 +13,10 @@ import json
 import re
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
+from nats.js.errors import NotFoundError
 
 from schemas import subjects
 from services.platform.natsd import free_port
@@ -70,5 +73,29 @@ async def test_failed_create_and_delete_are_counted_and_announced(stack: Stack, 
             timeout=20,
             what="tether_commands_failed_total{cluster=c1} to count the failed delete",
         )
+        # Every event EVENTS kept carries a message id of a shape the AsyncAPI document names.
+        await check_message_ids(nc)
     finally:
         await nc.drain()
+
+
+ID_SHAPES = {
+    "cluster-event.v1": r"((registered|connected|disconnected)|cluster-(online|offline))-[a-z0-9-]+-[0-9.e+]+",
+    "workload-event.v1": r"(space|tenant)-[a-z0-9-]+-[a-z0-9-]+-[a-z]+-g\d+|failed-.+",
+    "membership-changed.v1": r"members-[a-z0-9-]+-(\d+|team-[a-z0-9-]+-\d+)",
+}
+
+
+async def check_message_ids(nc: Any) -> None:
+    js, seq, seen = nc.jsm(), 1, set()
+    while True:
+        try:
+            msg = await js.get_msg(subjects.EVENTS_STREAM, seq=seq, subject="tether.events.>", next=True)
+        except NotFoundError:
+            break
+        kind = json.loads(msg.data)["type"]
+        msg_id = (msg.headers or {}).get("Nats-Msg-Id", "")
+        assert re.fullmatch(ID_SHAPES[kind], msg_id), f"{msg.subject}: {kind} with id {msg_id!r}"
+        seen.add(kind)
+        seq = msg.seq + 1
+    assert {"cluster-event.v1", "workload-event.v1"} <= seen, seen

@@ -41,9 +41,11 @@ def from_script(script: Path, timeout: float = 1800) -> Path:
     return Path([line for line in proc.stdout.splitlines() if line.strip()][-1].strip())
 
 
-def run(argv: Sequence[str | Path], *, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: Sequence[str | Path], *, timeout: float = 30, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a tool; on failure the assertion shows its whole output."""
-    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     if check:
         assert proc.returncode == 0, f"{argv} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     return proc
