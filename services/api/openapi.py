@@ -31,7 +31,7 @@ def describe(app: FastAPI) -> None:
     app.contact = {"name": "Tether maintainers"}
     app.license_info = {"name": "Apache-2.0", "identifier": "Apache-2.0"}
     used = {tag for route in app.routes if isinstance(route, APIRoute) for tag in route.tags}
-    app.openapi_tags = [{"name": name, "description": TAGS.get(str(name), str(name))} for name in sorted(used)]
+    app.openapi_tags = [{"name": name, "description": TAGS.get(str(name), str(name))} for name in sorted(used, key=str)]
     for route in app.routes:
         if isinstance(route, APIRoute) and route.path in OPEN_PATHS:
             route.openapi_extra = {**(route.openapi_extra or {}), "security": []}
