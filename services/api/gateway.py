@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -311,10 +312,24 @@ def kube_path(request: Request, project: str, target: str, name: str) -> str:
         raise Refused(400, exc.description) from None
 
 
+def kubectl_version(user_agent: str) -> tuple[int, int] | None:
+    """(major, minor) of a ``kubectl/v1.31.2 (...)`` User-Agent, else None."""
+    found = re.match(r"^kubectl[^/]*/v(\d+)\.(\d+)", user_agent)
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
 def upgrade_refusal(request: Request) -> Refused | None:
     upgrade = request.headers.get("upgrade", "")
     if not upgrade:
         return None
+    version = kubectl_version(request.headers.get("user-agent", ""))
+    if version is not None and version >= (1, 31):
+        # A new kubectl falls back to SPDY after a refused WebSocket: the client is not the problem here.
+        return Refused(
+            501,
+            "exec, attach, cp and port-forward (WebSocket, v5.channel.k8s.io) are not carried by the Tether "
+            "gateway yet; get, apply, delete, watch and logs are",
+        )
     if "spdy" in upgrade.lower():
         return Refused(
             400,

@@ -165,3 +165,68 @@ async def test_a_watch_ends_cleanly_when_the_agent_reconnects(
         return code == 0 and "configmap/first" in out
 
     await wait_for(listed, timeout=30, what="kubectl to work again after the agent came back")
+
+
+async def test_logs_and_a_slow_reader(
+    stack: Stack, control_plane: ControlPlane, admin_api: KubeApi, kubeconfig: Path, tmp_path: Path
+) -> None:
+    from tests.gateway.conftest import HttpsStack
+    from tests.kube.workers import LOG_LINES
+
+    assert isinstance(stack, HttpsStack)
+    info = await stack.connect_cluster("kube-3")
+    kube_agent(stack, kubeconfig, tmp_path / "agent-state", info["token"])
+    await stack.wait_online("kube-3", timeout=30)
+    await stack.ok("POST", "/api/v1/projects", json={"name": "lg", "clusters": ["kube-3"]})
+    bob = await stack.user("bob")
+    await stack.ok("PUT", "/api/v1/projects/lg/members", json={"user": "bob", "role": "user"})
+    await stack.ok("POST", "/api/v1/projects/lg/spaces", token=bob, json={"name": "s1", "cluster": "kube-3"})
+    await stack.wait_synced("space", "lg", "s1")
+    ns = namespace_name("space", "lg", "s1")
+    kb = await member_kubectl(stack, bob, "space", "lg", "s1", tmp_path / "bob")
+
+    # A pod run by the member (kwok's fake kubelet runs it), and its logs through the gateway.
+    await kb.ok("run", "web", "--image=registry.local/web:1", "--restart=Never")
+
+    async def running() -> bool:
+        return "Running" in await kb.ok("get", "pod", "web", "-o", "jsonpath={.status.phase}")
+
+    await wait_for(running, timeout=60, what="the member's pod Running")
+    assert (await kb.ok("logs", "web")).splitlines() == list(LOG_LINES)
+    follow = await kb.spawn("logs", "-f", "web")  # stays open, as -f does: the lines arrive through the stream
+    try:
+        for text in LOG_LINES:
+            await line_with(follow, text)
+        assert follow.returncode is None
+    finally:
+        follow.kill()
+        await follow.wait()
+    err = await kb.refused("exec", "web", "--", "true")
+    assert "not carried by the Tether gateway yet" in err, err
+
+    # A reader that stops reading holds back only its own stream: 3 MiB of ConfigMaps listed and left unread
+    # (more than the agent may send without credits), while other requests go on at once.
+    for i in range(48):
+        admin_api.create(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": f"big-{i}", "namespace": ns},
+                "data": {"blob": "x" * 64 * 1024},
+            }
+        )
+    async with stack.http(bob) as http:
+        path = f"/kubernetes/project/lg/space/s1/api/v1/namespaces/{ns}/configmaps"
+        async with http.stream("GET", path) as slow:
+            assert slow.status_code == 200
+            first = await anext(slow.aiter_raw())
+            assert first
+            loop = asyncio.get_running_loop()
+            for _ in range(3):
+                began = loop.time()
+                await kb.ok("get", "pod", "web")
+                assert loop.time() - began < 5, "a stalled stream held back another request"
+        # The slow reader finally reads: everything arrives, intact.
+        async with http.stream("GET", path) as slow:
+            body = await slow.aread()
+    assert len(json.loads(body)["items"]) >= 48
