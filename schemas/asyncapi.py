@@ -22,7 +22,7 @@ import msgspec
 import yaml
 
 from schemas import subjects
-from schemas.messages import ClusterEvent, MembershipChanged, Message, WorkloadEvent, WorkloadKind
+from schemas.messages import ClusterEvent, MembershipChanged, Message, MessageDropped, WorkloadEvent, WorkloadKind
 
 ASYNCAPI_VERSION = "3.0.0"
 DOCUMENT_VERSION = "1.0.0"
@@ -39,7 +39,7 @@ WORKLOAD_KINDS: tuple[str, ...] = typing.get_args(WorkloadKind)
 WORKLOAD_PHASES: tuple[str, ...] = ("pending", "ready", "sleeping", "upgrading", "deleting", "failed", "deleted")
 """The phases lifecycle announces, lower-case as in the subject (``WorkloadEvent.phase`` is capitalised)."""
 
-PUBLIC_MESSAGES: tuple[type[Message], ...] = (ClusterEvent, WorkloadEvent, MembershipChanged)
+PUBLIC_MESSAGES: tuple[type[Message], ...] = (ClusterEvent, WorkloadEvent, MembershipChanged, MessageDropped)
 
 EXAMPLES: dict[str, list[tuple[str, Message]]] = {
     "ClusterEvent": [
@@ -66,6 +66,19 @@ EXAMPLES: dict[str, list[tuple[str, Message]]] = {
         ),
     ],
     "MembershipChanged": [("member-added", MembershipChanged(project="demo", at=1767225600.0))],
+    "MessageDropped": [
+        (
+            "poison-result",
+            MessageDropped(
+                consumer="lifecycle-results",
+                subject="tether.evt.edge-1.result",
+                stream_seq=4711,
+                deliveries=8,
+                reason="failed 8 times, last: ...",
+                at=1767225600.0,
+            ),
+        )
+    ],
 }
 
 
@@ -145,6 +158,14 @@ def channels() -> dict[str, dict[str, Any]]:
             "tenant clusters and spaces.",
             MembershipChanged,
         ),
+        "messagesDropped": _channel(
+            subjects.MESSAGE_DROPPED,
+            "Messages a service gave up on",
+            "A message of a stream kept failing (or could never be handled) and was terminated so it no longer "
+            "blocks the ones after it; `reason` says why. Someone should look at it: the sender may be broken "
+            "or hostile.",
+            MessageDropped,
+        ),
     }
 
 
@@ -153,6 +174,7 @@ OPERATIONS: dict[str, tuple[str, str]] = {
     "receiveWorkloadPhases": ("workloadPhases", "Receive tenant-cluster and space phase changes."),
     "receiveCommandFailures": ("commandFailures", "Receive the commands an agent could not apply."),
     "receiveProjectMembers": ("projectMembers", "Receive project membership changes."),
+    "receiveMessagesDropped": ("messagesDropped", "Receive the messages a service terminated after failures."),
 }
 
 

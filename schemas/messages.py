@@ -317,6 +317,18 @@ class ClusterEvent(Message, frozen=True, tag="cluster-event.v1"):
     reason: str = ""
 
 
+class MessageDropped(Message, frozen=True, tag="message-dropped.v1"):
+    """Published on ``tether.events.message.dropped``: a service gave up on a message of a stream after it
+    failed ``deliveries`` times (or could never be handled), so it no longer blocks the ones after it."""
+
+    consumer: str
+    subject: str
+    stream_seq: int
+    deliveries: int
+    reason: str
+    at: float
+
+
 class ClusterUidClaim(Message, frozen=True, tag="cluster-uid-claim.v1"):
     """Registry's duplicate guard: a physical cluster UID belongs to one cluster name."""
 

@@ -200,6 +200,8 @@ def public_event(kind: str) -> str:
 
 
 PUBLIC_EVENTS_ANY = f"{ROOT}.events.>"
+MESSAGE_DROPPED = public_event("message.dropped")
+"""A service terminated a message that kept failing (``MessageDropped``)."""
 
 
 # --- request/reply endpoints ------------------------------------------------------

@@ -3,7 +3,11 @@
 ``pull_subscribe`` ignores the config of an existing durable, so the consumer
 is declared with ``add_consumer`` and then bound. A message is acked only after
 its handler returns; a retryable failure is nak'ed with a delay; a message that
-can never be handled (bad input) is terminated so it does not block the queue.
+can never be handled (bad input, too large to pass on) is terminated so it does
+not block the queue. So is one that failed ``MAX_DELIVER`` times (a poison
+message), with a log line and a ``message.dropped`` event; the server stops
+redelivering one more time after that, should the handler never return (a crash
+at every attempt).
 """
 
 from __future__ import annotations
@@ -11,21 +15,29 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.errors import MaxPayloadError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry.trace import SpanKind, Tracer
 
-from schemas import tracing
+from schemas import subjects, tracing
 from schemas.errors import TetherError
+from schemas.messages import MessageDropped, encode
 from schemas.retrying import backoff_delay
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Msg], Awaitable[None]]
+
+MAX_DELIVER = 8
+"""Deliveries of one message before it is terminated as poison (failures back off in between, up to 30 s: a
+few minutes of trying)."""
 
 
 async def consume(
@@ -40,11 +52,13 @@ async def consume(
     deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
     tracer: Tracer | None = None,
     concurrency: int = 1,
+    retry_base: float | None = None,
 ) -> None:
     """Run forever: fetch, handle, ack. Re-declares and re-binds after any bus failure.
 
     With ``concurrency`` > 1, messages are handled up to that many at a time, those on the same subject
     still one after the other, in order (results of one cluster, say), while the next ones are fetched.
+    ``retry_base`` overrides the first redelivery delay of a failed message (it doubles with each one).
     """
     failures = 0
     pipeline = _Pipeline(concurrency)
@@ -57,7 +71,7 @@ async def consume(
                     filter_subject=filter_subject,
                     ack_policy=AckPolicy.EXPLICIT,
                     ack_wait=ack_wait,
-                    max_deliver=-1,
+                    max_deliver=MAX_DELIVER + 1,
                     deliver_policy=deliver_policy,
                     max_ack_pending=10_000,
                 ),
@@ -71,10 +85,10 @@ async def consume(
                     continue
                 if concurrency <= 1:
                     for msg in msgs:
-                        await _traced(msg, handler, durable, tracer)
+                        await _traced(js, msg, handler, durable, tracer, retry_base)
                     continue
                 for msg in msgs:
-                    pipeline.add(msg, _traced(msg, handler, durable, tracer))
+                    pipeline.add(msg, _traced(js, msg, handler, durable, tracer, retry_base))
                 # Fetch on while these are handled (a batch no longer waits for its slowest message), with
                 # at most two batches' worth in hand (each must be handled within the ack wait).
                 await pipeline.below(2 * max(batch, concurrency))
@@ -123,32 +137,78 @@ class _Pipeline:
             await asyncio.wait(set(self._running), return_when=asyncio.FIRST_COMPLETED)
 
 
-async def _traced(msg: Msg, handler: Handler, durable: str, tracer: Tracer | None) -> None:
+async def _traced(
+    js: JetStreamContext, msg: Msg, handler: Handler, durable: str, tracer: Tracer | None, retry_base: float | None
+) -> None:
     if tracer is None:
-        await _handle(msg, handler, durable)
+        await _handle(js, msg, handler, durable, retry_base)
         return
     # Continue the trace the message carries (API call -> command -> result -> status).
     with tracer.start_as_current_span(
         f"{durable} {msg.subject}", context=tracing.extract(msg.headers), kind=SpanKind.CONSUMER
     ):
-        await _handle(msg, handler, durable)
+        await _handle(js, msg, handler, durable, retry_base)
 
 
-async def _handle(msg: Msg, handler: Handler, durable: str) -> None:
+def _deliveries(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:  # not a JetStream message: no metadata
+        return 1
+
+
+async def _handle(
+    js: JetStreamContext, msg: Msg, handler: Handler, durable: str, retry_base: float | None = None
+) -> None:
     try:
         await handler(msg)
     except asyncio.CancelledError:
         raise
     except TetherError as exc:
-        if exc.retryable:
-            logger.warning("%s: %s on %s; will retry", durable, exc.description, msg.subject)
-            await msg.nak(delay=2.0)
+        if not exc.retryable:
+            await _drop(js, msg, durable, exc.description)
             return
-        logger.error("%s: dropped message on %s: %s", durable, msg.subject, exc.description)
-        await msg.term()
+        await _retry_or_drop(js, msg, durable, exc.description, delay=retry_base or 2.0)
         return
-    except Exception:
-        logger.exception("%s: failed on %s; will retry", durable, msg.subject)
-        await msg.nak(delay=5.0)
+    except MaxPayloadError as exc:
+        await _drop(js, msg, durable, f"its follow-up write is too large: {exc}")
+        return
+    except Exception as exc:
+        logger.exception("%s: failed on %s", durable, msg.subject)
+        await _retry_or_drop(js, msg, durable, repr(exc), delay=retry_base or 5.0)
         return
     await msg.ack()
+
+
+async def _retry_or_drop(js: JetStreamContext, msg: Msg, durable: str, reason: str, *, delay: float) -> None:
+    deliveries = _deliveries(msg)
+    if deliveries >= MAX_DELIVER:
+        await _drop(js, msg, durable, f"failed {deliveries} times, last: {reason}")
+        return
+    logger.warning(
+        "%s: %s on %s (delivery %d of %d); will retry", durable, reason, msg.subject, deliveries, MAX_DELIVER
+    )
+    await msg.nak(delay=delay)
+
+
+async def _drop(js: JetStreamContext, msg: Msg, durable: str, reason: str) -> None:
+    """Terminate ``msg`` (never redelivered), say so in the log and as a public event."""
+    deliveries = _deliveries(msg)
+    try:
+        seq = int(msg.metadata.sequence.stream)
+    except Exception:
+        seq = 0
+    logger.error("%s: dropped message %d on %s: %s", durable, seq, msg.subject, reason)
+    await msg.term()
+    event = MessageDropped(
+        consumer=durable,
+        subject=msg.subject,
+        stream_seq=seq,
+        deliveries=deliveries,
+        reason=reason[:1024],
+        at=time.time(),
+    )
+    try:
+        await js.publish(subjects.MESSAGE_DROPPED, encode(event), timeout=5)
+    except (NatsError, TimeoutError) as exc:
+        logger.warning("%s: the message.dropped event was not published: %s", durable, exc or type(exc).__name__)

@@ -136,14 +136,32 @@ def user_jwt(
     sub_allow: list[str] | None = None,
     expires: float | None = None,
     tags: list[str] | None = None,
+    pub_deny: list[str] | None = None,
+    sub_deny: list[str] | None = None,
+    payload: int = UNLIMITED,
+    subs: int = UNLIMITED,
+    data: int = UNLIMITED,
 ) -> str:
-    """A user of ``account_pub`` signed by its signing key; None permissions mean unrestricted."""
+    """A user of ``account_pub`` signed by its signing key; None permissions mean unrestricted.
+
+    ``payload``, ``subs`` and ``data`` are the server-enforced limits of each connection of this user (largest
+    message, subscriptions, bytes pending)."""
+    pub: dict[str, list[str]] = {}
+    sub: dict[str, list[str]] = {}
+    if pub_allow is not None:
+        pub["allow"] = pub_allow
+    if pub_deny:
+        pub["deny"] = pub_deny
+    if sub_allow is not None:
+        sub["allow"] = sub_allow
+    if sub_deny:
+        sub["deny"] = sub_deny
     nats_claims: dict[str, Any] = {
-        "pub": {"allow": pub_allow} if pub_allow is not None else {},
-        "sub": {"allow": sub_allow} if sub_allow is not None else {},
-        "subs": UNLIMITED,
-        "data": UNLIMITED,
-        "payload": UNLIMITED,
+        "pub": pub,
+        "sub": sub,
+        "subs": subs,
+        "data": data,
+        "payload": payload,
         "issuer_account": account_pub,
         "type": "user",
         "version": 2,
@@ -175,7 +193,10 @@ def agent_permissions(cluster: str) -> tuple[list[str], list[str]]:
     stream = subjects.cmd_stream(cluster)
     publish = [
         subjects.heartbeat(cluster),
-        f"tether.evt.{cluster}.>",
+        # Only the event kinds the platform reads: every other subject would be one more per-subject limit
+        # (``EVT_MAX_PER_SUBJECT``) to fill the EVT stream with.
+        subjects.evt(cluster, subjects.EVT_RESULT),
+        subjects.evt(cluster, subjects.EVT_INVENTORY),
         subjects.agent_call(subjects.Registry.AGENT_HELLO, cluster),
         subjects.agent_call(subjects.Registry.AGENT_RENEW, cluster),
         # The platform creates the consumer (at bootstrap and hello): the agent may only read and fetch from

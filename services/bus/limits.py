@@ -51,3 +51,38 @@ class GuardedClient(Client):
         if size > self.max_payload:
             raise PayloadTooLarge(subject, size, self.max_payload)
         await super().publish(subject, payload, reply, headers)
+
+
+# --- what the broker holds anyone to (documented in README "Limits") ---------------------------------------
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+AGENT_MAX_PAYLOAD = 1 * MiB
+"""Largest message (payload and headers) an agent may publish: in its JWT, refused by the server (which closes
+that agent's connection, not anyone else's). A full inventory (5,000 objects) stays well below it."""
+AGENT_MAX_SUBS = 64
+"""Subscriptions an agent's connection may hold (it needs about five: control, inbox, command pulls)."""
+AGENT_MAX_DATA = 64 * MiB
+"""Bytes an agent's connection may have pending in the server (the JWT ``data`` limit)."""
+BOOTSTRAP_MAX_PAYLOAD = 64 * 1024
+"""A connect token's bootstrap user sends one small request."""
+BOOTSTRAP_MAX_SUBS = 4
+
+STREAM_MAX_MSG = 1 * MiB
+"""Largest message any platform stream or bucket stores (payload and headers)."""
+EVT_MAX_BYTES = 2 * GiB
+"""What agents can make the platform store at most (results, inventories, status of every cluster)."""
+EVT_MAX_PER_SUBJECT = 256
+"""Messages kept per agent event subject (``tether.evt.<cluster>.<kind>``): one agent's flood replaces only
+its own older events, never another cluster's."""
+EVENTS_MAX_BYTES = 512 * MiB
+AUDIT_MAX_BYTES = 2 * GiB
+CMD_MAX_BYTES = 256 * MiB
+"""Per command shard (16: 4 GiB in all); full, the stream refuses new commands (the operation fails, nothing
+is dropped)."""
+BUCKET_MAX_BYTES = 64 * MiB
+"""Per KV bucket unless ``BUCKET_MAX_BYTES_OF`` says otherwise."""
+BUCKET_MAX_BYTES_OF = {"tether-desired": 1 * GiB, "tether-presence": 256 * MiB, "tether-clusters": 256 * MiB}
+"""JetStream reserves every stream's ``max_bytes`` from the server's ``max_file_store`` (20 GB in the embedded
+and compose configs) when the stream is created: all of the above come to about 10.5 GiB, so a server's store
+keeps room for the benchmark's and operators' own streams."""

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 from collections.abc import Coroutine
 from typing import Any
 
@@ -25,9 +24,28 @@ def connection_lost(name: str) -> None:
     Under ``run_main`` the service shuts down in order and exits ``EXIT_BUS_LOST``; elsewhere (a service run
     inside a test) only the log line says so."""
     _lost.append(name)
-    for task in _main:
-        if not task.done():
-            task.cancel()
+    if _main:
+        loop = asyncio.get_running_loop()
+        _insist(loop, loop.time() + SHUTDOWN_DEADLINE)
+
+
+SHUTDOWN_DEADLINE = 10.0
+"""Seconds a service with a dead connection has to shut down before it is ended without ceremony."""
+
+
+def _insist(loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+    # Cancel again until it takes: nats-py swallows a CancelledError in places (its flush), so one cancel
+    # can be lost.
+    pending = [task for task in _main if not task.done()]
+    if not pending:
+        return
+    if loop.time() > deadline:
+        logger.critical("exiting with code %d: the service did not shut down in time", EXIT_BUS_LOST)
+        logging.shutdown()
+        os._exit(EXIT_BUS_LOST)
+    for task in pending:
+        task.cancel()
+    loop.call_later(0.5, _insist, loop, deadline)
 
 
 def setup_logging() -> None:
@@ -66,10 +84,12 @@ def run_main(main: Coroutine[Any, Any, None]) -> None:
             await task
         except asyncio.CancelledError:
             pass
+        if _lost:
+            # The service has shut down (its own ``finally`` ran); leave now: closing the loop would wait on
+            # the dead client's tasks.
+            logger.critical("exiting with code %d: NATS connection %s closed for good", EXIT_BUS_LOST, ", ".join(_lost))
+            logging.shutdown()
+            os._exit(EXIT_BUS_LOST)
 
     with asyncio.Runner(loop_factory=new_event_loop) as run:
         run.run(runner())
-    if _lost:
-        logger.critical("exiting with code %d: NATS connection %s closed for good", EXIT_BUS_LOST, ", ".join(_lost))
-        logging.shutdown()
-        sys.exit(EXIT_BUS_LOST)

@@ -16,6 +16,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     KeyValueConfig,
     RetentionPolicy,
     StorageType,
@@ -28,6 +29,7 @@ from schemas import subjects
 from schemas.errors import Unavailable
 from schemas.messages import M
 from schemas.retrying import backoff_delay
+from services.bus import limits
 from services.bus.kv import Bucket
 
 logger = logging.getLogger(__name__)
@@ -77,6 +79,9 @@ def platform_streams(replicas: int) -> list[StreamConfig]:
             max_age=7 * DAY,
             num_replicas=replicas,
             duplicate_window=120.0,
+            max_bytes=limits.EVENTS_MAX_BYTES,
+            max_msg_size=limits.STREAM_MAX_MSG,
+            discard=DiscardPolicy.OLD,
         ),
         StreamConfig(
             name=subjects.AUDIT_STREAM,
@@ -86,6 +91,9 @@ def platform_streams(replicas: int) -> list[StreamConfig]:
             storage=StorageType.FILE,
             max_age=90 * DAY,
             num_replicas=replicas,
+            max_bytes=limits.AUDIT_MAX_BYTES,
+            max_msg_size=limits.STREAM_MAX_MSG,
+            discard=DiscardPolicy.OLD,
         ),
         StreamConfig(
             name=subjects.EVT_STREAM,
@@ -96,6 +104,11 @@ def platform_streams(replicas: int) -> list[StreamConfig]:
             max_age=7 * DAY,
             num_replicas=replicas,
             duplicate_window=120.0,
+            # Written by agents: bounded in total, per message and per cluster's subject.
+            max_bytes=limits.EVT_MAX_BYTES,
+            max_msg_size=limits.STREAM_MAX_MSG,
+            max_msgs_per_subject=limits.EVT_MAX_PER_SUBJECT,
+            discard=DiscardPolicy.OLD,
         ),
     ]
 
@@ -123,6 +136,9 @@ def cmd_stream(name: str, replicas: int) -> StreamConfig:
         # -1 would mean the server's default, and nats-server 2.15 defaults to 1,000 consumers per stream:
         # agent 1,001 would be refused its command consumer.
         max_consumers=CMD_MAX_CONSUMERS,
+        max_bytes=limits.CMD_MAX_BYTES,
+        max_msg_size=limits.STREAM_MAX_MSG,
+        discard=DiscardPolicy.NEW,
     )
 
 
@@ -200,6 +216,7 @@ async def ensure_bucket(
     get may be answered by a follower that lags, so there reads stay with the leader.
     """
     direct = replicas == 1
+    max_bytes = limits.BUCKET_MAX_BYTES_OF.get(name, limits.BUCKET_MAX_BYTES)
 
     async def step() -> KeyValue:
         try:
@@ -207,14 +224,23 @@ async def ensure_bucket(
         except BucketNotFoundError:
             kv = await js.create_key_value(
                 KeyValueConfig(
-                    bucket=name, history=history, replicas=replicas, ttl=ttl, storage=StorageType.FILE, direct=direct
+                    bucket=name,
+                    history=history,
+                    replicas=replicas,
+                    ttl=ttl,
+                    storage=StorageType.FILE,
+                    direct=direct,
+                    max_bytes=max_bytes,
+                    max_value_size=limits.STREAM_MAX_MSG,
                 )
             )
             logger.info("created bucket %s", name)
             return kv
-        if direct and not kv._direct:
-            config = (await js.stream_info(f"KV_{name}")).config
-            config.allow_direct = True
+        config = (await js.stream_info(f"KV_{name}")).config
+        if (direct and not config.allow_direct) or config.max_bytes != max_bytes:
+            # A bucket of an earlier version: direct gets, and the size limits.
+            config.allow_direct = config.allow_direct or direct
+            config.max_bytes, config.max_msg_size = max_bytes, limits.STREAM_MAX_MSG
             await js.update_stream(config)
             kv = await js.key_value(name)
         return kv

@@ -70,6 +70,11 @@ class NatsServerConfig:
     is too short when thousands of agents reconnect at once to a server that is also loading its streams:
     connections closed mid-handshake come back and add to the storm they were part of."""
 
+    sync_always: bool = True
+    """fsync every JetStream write before acknowledging it (``sync_interval: always``). nats-server's default
+    syncs every two minutes, so writes acknowledged to a user (commands, desired state, tokens, audit) can be
+    lost on a power cut or OS crash. Costs throughput: see tests/bench/RESULTS.md."""
+
     tls_cert: Path | None = None
     """Server certificate (PEM): with it, clients must speak TLS (``tls://``)."""
 
@@ -87,6 +92,7 @@ class NatsServerConfig:
             f"  store_dir: {json.dumps(str(self.store_dir))}",
             "  max_memory_store: 512MB",
             "  max_file_store: 20GB",
+            *(["  sync_interval: always"] if self.sync_always else []),
             "}",
         ]
         if self.cluster_name and self.cluster_port:

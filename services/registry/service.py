@@ -50,6 +50,7 @@ from services.bus import (
     ensure_bucket,
     ensure_platform_streams,
     identity,
+    limits,
 )
 from services.bus.identity import Trust
 from services.bus.publishing import publish
@@ -146,6 +147,8 @@ class Registry:
                 pub_allow=pub_allow,
                 sub_allow=sub_allow,
                 expires=record.token_expires_at,
+                payload=limits.BOOTSTRAP_MAX_PAYLOAD,
+                subs=limits.BOOTSTRAP_MAX_SUBS,
             )
             token = f"{token}.{jwt}"
         await self._event("registered", record.name)
@@ -164,6 +167,9 @@ class Registry:
             sub_allow=sub_allow,
             expires=expires,
             tags=[f"cluster:{cluster}"],
+            payload=limits.AGENT_MAX_PAYLOAD,
+            subs=limits.AGENT_MAX_SUBS,
+            data=limits.AGENT_MAX_DATA,
         )
         return jwt, expires
 

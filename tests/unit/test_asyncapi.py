@@ -238,4 +238,5 @@ def test_channel_messages_match_what_is_published(doc: dict[str, Any]) -> None:
         "workloadPhases": {"WorkloadEvent"},
         "commandFailures": {"WorkloadEvent"},
         "projectMembers": {"MembershipChanged"},
+        "messagesDropped": {"MessageDropped"},
     }
