@@ -40,6 +40,8 @@ from schemas.units import format_version, parse_version
 SUPPORTED_MINORS = versions.SUPPORTED_MINORS
 MAX_REASON = 64
 """Characters of an agent's failure reason kept (a CamelCase word, like Kubernetes' reasons)."""
+RESYNC_PREFIX = "resync-"
+"""Operation ids of re-sent commands (a generation sent again after an inventory showed it missing)."""
 MAX_RESENDS = 1_000
 """Commands one inventory may re-send; the rest wait for the next resync (every 2 minutes)."""
 MAX_ORPHAN_DELETES = 100
@@ -343,6 +345,10 @@ def result_problem(record: WorkloadRecord, result: CommandResult, cluster: str) 
         return f"it lives on cluster {record.spec.cluster!r}, not {cluster!r}"
     if result.generation > record.generation:
         return f"generation {result.generation} was never sent (the desired generation is {record.generation})"
+    if result.generation == record.generation and not (
+        result.op_id == record.op_id or result.op_id.startswith(RESYNC_PREFIX)
+    ):
+        return f"operation {result.op_id!r} was never sent for generation {record.generation}"
     return None
 
 

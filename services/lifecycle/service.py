@@ -524,7 +524,7 @@ class Lifecycle:
             reason=clip(result.reason, logic.MAX_REASON) or "ApplyFailed",
             message=clip(result.message),  # an agent's text: bounded before it is published for everyone
         )
-        await publish(self.js, subjects.public_event("command.failed"), event, msg_id=f"failed-{result.op_id}")
+        await publish(self.js, subjects.public_event("command.failed"), event, msg_id=f"failed-{record.op_id}")
 
     async def announce_deleted(self, record: WorkloadRecord) -> None:
         event = WorkloadEvent(
@@ -608,7 +608,7 @@ class Lifecycle:
             if have.get((record.spec.kind, record.spec.project, record.spec.name), 0) >= record.generation:
                 continue
             logger.info("resync %s: re-sending %s (generation %d)", cluster, logic.key(record.spec), record.generation)
-            await self.send(record, op_id=f"resync-{origin}-{logic.key(record.spec)}-{record.generation}")
+            await self.send(record, op_id=f"{logic.RESYNC_PREFIX}{origin}-{logic.key(record.spec)}-{record.generation}")
             await progress.tick()
 
     async def _delete_orphans(

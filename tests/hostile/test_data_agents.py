@@ -162,6 +162,8 @@ async def test_results_touch_only_the_senders_records_at_generations_sent(fleet:
         # its own tenant at a generation never sent (would mark every later change applied)
         fleet.result("mine", gen + 1, state="deleted"),
         fleet.result("mine", 2**53 - 1, state="sleeping"),
+        # its own tenant's current generation, under an operation the platform never sent
+        fleet.result("mine", gen, ok=False, reason="Forged", message="x"),
     ]
     for absurd in ({"generation": 2**70}, {"generation": -1}, {"at": 1e18}, {"name": "*"}, {"name": "a.b.>"}):
         data = msgspec.to_builtins(fleet.result("mine", gen, state="deleted"))
@@ -178,7 +180,10 @@ async def test_results_touch_only_the_senders_records_at_generations_sent(fleet:
 
     sub = await watcher.subscribe(subjects.public_event("command.failed"), cb=on_failed)
     # Its own tenant's failure, legitimately reported, with a clock from 2096 and a novel for a message.
-    await fleet.publish(RESULT, fleet.result("mine", gen, ok=False, reason="R" * 100, message="m" * 16_000, at=4.0e9))
+    op = mine["desired"]["op_id"]
+    await fleet.publish(
+        RESULT, fleet.result("mine", gen, op_id=op, ok=False, reason="R" * 100, message="m" * 16_000, at=4.0e9)
+    )
 
     async def failed() -> dict[str, Any] | None:
         t = await fleet.tenant("mine")
@@ -196,6 +201,7 @@ async def test_results_touch_only_the_senders_records_at_generations_sent(fleet:
         await sub.unsubscribe()
         await watcher.close()
     assert event["name"] == "mine" and len(event["message"]) <= MAX_KEPT_TEXT and len(event["reason"]) <= 64
+    assert [e["reason"] for e in announced if e["reason"] == "Forged"] == [], "a forged operation was announced"
     await fleet.victim_unchanged()
     await fleet.still_answering()
     listed = await fleet.stack.ok("GET", "/api/v1/tenants")

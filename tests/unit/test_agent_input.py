@@ -227,3 +227,15 @@ def test_hold_judgement_when_health_itself_could_not_hear() -> None:
     assert backlog is not None and "waiting" in backlog
     reconnected = hold_judgement(0, 200_000, 3, 2)
     assert reconnected is not None and "re-established" in reconnected
+
+
+def test_result_for_an_operation_never_sent_is_refused() -> None:
+    r = tenant()
+    assert logic.result_problem(r, result(r), "c1") is None  # the record's own operation
+    assert logic.result_problem(r, result(r, op_id=f"{logic.RESYNC_PREFIX}7-tenant.p1.t1-1"), "c1") is None
+    forged = logic.result_problem(r, result(r, op_id="made-up"), "c1")
+    assert forged is not None and "never sent" in forged
+    # An older generation's result is judged by observe (late, ignored), whatever its id.
+    newer = logic.act(r, "sleep", "", "op-2", NOW)
+    assert newer is not None
+    assert logic.result_problem(newer, result(r, op_id="older-op"), "c1") is None
