@@ -8,6 +8,7 @@ import * as cluster from "./views/cluster.js";
 import * as clusters from "./views/clusters.js";
 import * as connect from "./views/connect.js";
 import * as project from "./views/project.js";
+import * as people from "./views/people.js";
 import * as projects from "./views/projects.js";
 import * as workloads from "./views/workloads.js";
 
@@ -21,6 +22,7 @@ const ROUTES = [
   [/^\/tenants$/, (ctx) => workloads.render(ctx, "tenant"), "tenants"],
   [/^\/spaces$/, (ctx) => workloads.render(ctx, "space"), "spaces"],
   [/^\/audit$/, audit.render, "audit"],
+  [/^\/people$/, people.render, "people"],
 ];
 
 const $ = (id) => document.getElementById(id);
@@ -171,6 +173,7 @@ async function enter(token) {
   $("shell").hidden = false;
   const who = $("whoami");
   who.replaceChildren(me.user);
+  $("nav-people").hidden = !me.platform_admin;
   if (me.platform_admin) {
     const b = document.createElement("span");
     b.className = "badge info plain";

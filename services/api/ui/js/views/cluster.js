@@ -17,6 +17,7 @@ import {
   toast,
   when,
 } from "../dom.js";
+import { clusterActions } from "./edits.js";
 import { workloadTable } from "./workloads.js";
 
 const samples = new Map(); // cluster -> [{t, ready, total}], kept while the tab lives
@@ -162,6 +163,7 @@ export async function render(ctx) {
         badge(st.text, st.tone, "cluster-detail-status"),
         Object.keys(c.labels).length ? h("span", { class: "chips" }, chips(c.labels)) : null,
         h("span", { class: "spacer" }),
+        clusterActions(ctx, c, loadCluster),
         ctx.me.platform_admin && c.state !== "disconnected"
           ? h("button", { type: "button", class: "btn btn-danger", testid: "disconnect-cluster", onclick: () => disconnect(c) }, "Disconnect")
           : null,

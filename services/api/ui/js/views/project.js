@@ -2,6 +2,7 @@
 
 import { del, enc, get, put } from "../api.js";
 import { badge, bytes, clusterStatus, cores, dialog, h, meter, panel, relTime, replace, table, toast, when } from "../dom.js";
+import { projectActions } from "./edits.js";
 import { allowedClusters, roleBadge } from "./projects.js";
 import { createWorkload, workloadTable } from "./workloads.js";
 
@@ -56,6 +57,8 @@ export async function render(ctx) {
           h("h1", {}, p.display_name || p.name),
           roleBadge(p.my_role, "project-my-role"),
           h("span", { class: "muted" }, `created ${when(p.created_at)} by ${p.created_by || "—"}`),
+          h("span", { class: "spacer" }),
+          projectActions(ctx, p, load),
         ),
       );
       const card = (label, used, limit, fmt) =>
