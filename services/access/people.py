@@ -170,15 +170,18 @@ class People:
 
         updated = await self.access.teams.mutate(req.team, change)
         assert updated is not None
-        # A team is an RBAC group: lifecycle re-sends the access of the projects the team is in (an owner's
-        # admin may come from the team). The membership's revision did not change, so the announcement needs
-        # an id of its own: the same id as the last one would be dropped by the stream as a duplicate.
-        for membership in (await self.access.members.items()).values():
-            if req.team in membership.teams:
-                event = MembershipChanged(project=membership.project, at=time.time())
-                msg_id = f"members-{membership.project}-team-{req.team}-{time.time_ns()}"
-                await publish(self.access.js, subjects.MEMBERSHIP_CHANGED, event, msg_id=msg_id)
+        await self.announce_team(req.team)
         return updated
+
+    async def announce_team(self, team: str) -> None:
+        """A team is an RBAC group, and an owner's admin may come from it: lifecycle re-sends the access of
+        the projects the team is in. The memberships' revisions did not change, so each announcement needs an
+        id of its own (the same id as the last one would be dropped by the stream as a duplicate)."""
+        for membership in (await self.access.members.items()).values():
+            if team in membership.teams:
+                event = MembershipChanged(project=membership.project, at=time.time())
+                msg_id = f"members-{membership.project}-team-{team}-{time.time_ns()}"
+                await publish(self.access.js, subjects.MEMBERSHIP_CHANGED, event, msg_id=msg_id)
 
     async def team_delete(self, req: NameRequest) -> Removed:
         team, _ = await self.access._team(req.name)

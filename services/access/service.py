@@ -195,10 +195,10 @@ class Access:
                 raise NotFound(f"team {req.team!r} not found")
             return logic.add_team_member(current, req.user)
 
-        # Team membership is an RBAC group subject: project memberships do not change,
-        # so no MembershipChanged is announced.
         updated = await self.teams.mutate(req.team, change)
         assert updated is not None
+        # Project memberships do not change, but an owner's admin may now come from this team.
+        await People(self).announce_team(req.team)
         return updated
 
     async def team_list(self, _req: Empty) -> TeamList:

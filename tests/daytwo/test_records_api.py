@@ -124,6 +124,15 @@ async def test_defaults_live_in_lifecycle_and_owners_get_admin(stack: Stack, tmp
 
     await wait_for(owner_gone, timeout=15, what="erin's owner access removed")
 
+    # joining the team again gives it back (adding a team member is announced too)
+    await stack.ok("POST", "/api/v1/teams/devs/members", json={"user": "erin"})
+
+    async def owner_back() -> bool:
+        w = await stack.workload("tenant", "p1", "t1")
+        return w is not None and {"subject": "user:erin", "access": "admin"} in w["desired"]["members"]
+
+    await wait_for(owner_back, timeout=15, what="erin's owner access back")
+
 
 async def test_cluster_update_remove_and_reconnect(stack: Stack, tmp_path: Path) -> None:
     agent = await stack.connected("c1", tmp_path / "c1")
