@@ -278,6 +278,10 @@ async def test_a_viewer_sees_no_action_buttons(
 
     await page.goto(f"{stack.api}/#/clusters/c1")
     await expect(page.get_by_test_id("cluster-tenants")).to_contain_text("t1")
+    # each tenant's readiness, version and pods, from the agent's health report (sim: one fake pod)
+    await expect(page.get_by_test_id("control-plane-row")).to_contain_text("p1/t1")
+    await expect(page.get_by_test_id("control-plane-row")).to_contain_text("Ready")
+    await expect(page.get_by_test_id("control-plane-row")).to_contain_text("v1.35")
     await expect(page.get_by_test_id("disconnect-cluster")).to_have_count(0)
     await expect(actions).to_have_count(0)
     await tab.shot("cluster")

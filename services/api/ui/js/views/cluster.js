@@ -132,6 +132,7 @@ export async function render(ctx) {
   const health = h("div", { class: "panel-body", testid: "cluster-history" });
   const nodes = h("div", { class: "panel-body", testid: "cluster-node-chart" });
   const conditions = h("div", { testid: "cluster-conditions" });
+  const planes = h("div", { testid: "cluster-control-planes" });
   const tenants = h("div", { testid: "cluster-tenants" });
   const spaces = h("div", { testid: "cluster-spaces" });
   replace(
@@ -146,6 +147,7 @@ export async function render(ctx) {
       panel("Nodes", nodes),
     ),
     panel("Conditions", conditions),
+    panel("Tenant control planes (as the agent sees them)", planes),
     panel("Tenant clusters on this cluster", tenants),
     panel("Spaces on this cluster", spaces),
   );
@@ -196,6 +198,24 @@ export async function render(ctx) {
           ),
         ),
         { empty: "No conditions reported yet." },
+      ),
+    );
+    replace(
+      planes,
+      table(
+        ["Tenant cluster", "Ready", "Version", "Pods", "Why not ready"],
+        (c.control_planes || []).map((p) =>
+          h(
+            "tr",
+            { testid: "control-plane-row" },
+            h("td", {}, `${p.project}/${p.name}`),
+            h("td", {}, badge(p.ready ? "Ready" : p.replicas ? "Not ready" : "Asleep", p.ready ? "ok" : p.replicas ? "err" : "")),
+            h("td", {}, p.version || "—"),
+            h("td", {}, String(p.pods)),
+            h("td", { class: "wrap" }, p.reason ? `${p.reason}${p.message ? `: ${p.message}` : ""}` : ""),
+          ),
+        ),
+        { empty: "No tenant cluster runs here." },
       ),
     );
     replace(nodes, nodeChart(sample(c)));
