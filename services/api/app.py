@@ -267,7 +267,12 @@ def create_app(platform: Platform) -> FastAPI:
             expires_at=logic.ts(info.expires_at),  # type: ignore[arg-type]
             nats_url=platform.nats_url,
             agent_command=logic.agent_command(platform.nats_url, info.token, platform.ca_file),
-            manifests=manifests.render(cluster=info.cluster.name, token=info.token, server=platform.nats_url),
+            manifests=manifests.render(
+                cluster=info.cluster.name,
+                token=info.token,
+                server=platform.nats_url,
+                ca_pem=manifests.read_ca(platform.ca_file),
+            ),
         )
 
     @app.post("/api/v1/clusters/{name}/disconnect", response_model=ClusterOut, responses=ERRORS, tags=["clusters"])

@@ -51,6 +51,10 @@ from services import VERSION
 NAMESPACE = "tether-agent"
 NAME = "tether-agent"
 TOKEN_SECRET = "tether-agent-token"
+CA_CONFIGMAP = "tether-agent-ca"
+"""The CA the agent verifies a TLS NATS server with (``tether up --tls``): public, so a ConfigMap."""
+CA_DIR = "/etc/tether-agent/ca"
+CA_FILE = f"{CA_DIR}/ca.crt"
 STATE_SECRET = "tether-agent-state"
 STATE_DIR = "/var/lib/tether-agent"
 DEFAULT_IMAGE = f"ghcr.io/tether-dev/tether-agent:{VERSION}"
@@ -196,9 +200,10 @@ def labels(cluster: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "tether", "tether.dev/cluster": cluster}
 
 
-def agent_container(*, server: str, image: str) -> Obj:
-    """The agent's container (the same in the Deployment and in the sidecar variant)."""
-    return {
+def agent_container(*, server: str, image: str, ca: bool = False) -> Obj:
+    """The agent's container (the same in the Deployment and in the sidecar variant); with ``ca``, it verifies
+    the server with the CA mounted from the ConfigMap ``tether-agent-ca``."""
+    container: Obj = {
         "name": "agent",
         "image": image,
         "imagePullPolicy": "IfNotPresent",
@@ -223,10 +228,15 @@ def agent_container(*, server: str, image: str) -> Obj:
         },
         "volumeMounts": [{"name": "state", "mountPath": STATE_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
     }
+    if ca:
+        container["args"] += ["--ca-file", CA_FILE]
+        container["volumeMounts"].append({"name": "ca", "mountPath": CA_DIR, "readOnly": True})
+    return container
 
 
-def objects(*, cluster: str, token: str, server: str, image: str = DEFAULT_IMAGE) -> list[Obj]:
-    """Every object that installs the agent of ``cluster``, in the order to apply them."""
+def objects(*, cluster: str, token: str, server: str, image: str = DEFAULT_IMAGE, ca_pem: str = "") -> list[Obj]:
+    """Every object that installs the agent of ``cluster``, in the order to apply them; ``ca_pem``: the CA of a
+    TLS NATS server, carried in a ConfigMap and passed with ``--ca-file``."""
     common = labels(cluster)
 
     def meta(name: str, namespaced: bool = True) -> Obj:
@@ -320,6 +330,11 @@ def objects(*, cluster: str, token: str, server: str, image: str = DEFAULT_IMAGE
             "stringData": {"token": token},
         },
         {"apiVersion": "v1", "kind": "Secret", "metadata": meta(STATE_SECRET), "type": "Opaque"},
+        *(
+            [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(CA_CONFIGMAP), "data": {"ca.crt": ca_pem}}]
+            if ca_pem
+            else []
+        ),
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -333,10 +348,11 @@ def objects(*, cluster: str, token: str, server: str, image: str = DEFAULT_IMAGE
                     "spec": {
                         "serviceAccountName": NAME,
                         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-                        "containers": [agent_container(server=server, image=image)],
+                        "containers": [agent_container(server=server, image=image, ca=bool(ca_pem))],
                         "volumes": [
                             {"name": "state", "emptyDir": {}},
                             {"name": "tmp", "emptyDir": {}},
+                            *([{"name": "ca", "configMap": {"name": CA_CONFIGMAP}}] if ca_pem else []),
                         ],
                     },
                 },
@@ -397,12 +413,29 @@ def impersonation_objects(meta: Any) -> list[Obj]:
     ]
 
 
-def render(*, cluster: str, token: str, server: str, image: str = DEFAULT_IMAGE) -> str:
+MAX_CA_BYTES = 64 * 1024
+
+
+def read_ca(path: str) -> str:
+    """The PEM text of the platform's CA file for the manifests ('' without one); a CA bundle is small, so a
+    file over 64 KiB or without a certificate is a mistake said so, not shipped to every cluster."""
+    if not path:
+        return ""
+    with open(path, "rb") as f:
+        data = f.read(MAX_CA_BYTES + 1)
+    if len(data) > MAX_CA_BYTES or b"-----BEGIN CERTIFICATE-----" not in data:
+        raise ValueError(f"{path} is not a PEM CA bundle of at most {MAX_CA_BYTES} bytes")
+    return data.decode("ascii")
+
+
+def render(*, cluster: str, token: str, server: str, image: str = DEFAULT_IMAGE, ca_pem: str = "") -> str:
     """The manifests as multi-document YAML, ready for ``kubectl apply -f -``."""
     header = (
         f"# Tether agent for cluster {cluster!r}: kubectl apply -f <this file>\n"
         "# The Secret tether-agent-token holds a one-time connect token: keep this file private.\n"
     )
     return header + yaml.safe_dump_all(
-        objects(cluster=cluster, token=token, server=server, image=image), sort_keys=False, explicit_start=True
+        objects(cluster=cluster, token=token, server=server, image=image, ca_pem=ca_pem),
+        sort_keys=False,
+        explicit_start=True,
     )
