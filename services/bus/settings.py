@@ -54,6 +54,9 @@ class TelemetrySettings:
     prometheus_port: int | None = None
     """Serve a Prometheus scrape endpoint on this port; None: no endpoint."""
 
+    prometheus_host: str = "127.0.0.1"
+    """Where the scrape endpoint listens: loopback unless asked (``TETHER_PROMETHEUS_HOST=0.0.0.0``)."""
+
     trace_file: str | None = None
     """Append every finished span as a JSON line to this file (for tests and offline debugging)."""
 
@@ -63,6 +66,7 @@ class TelemetrySettings:
         return cls(
             otlp_endpoint=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
             prometheus_port=int(port) if port else None,
+            prometheus_host=os.environ.get("TETHER_PROMETHEUS_HOST") or "127.0.0.1",
             trace_file=os.environ.get("TETHER_TRACE_FILE") or None,
         )
 

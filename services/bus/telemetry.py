@@ -50,7 +50,7 @@ class Telemetry:
                 from opentelemetry.exporter.prometheus import PrometheusMetricReader
                 from prometheus_client import start_http_server
 
-                start_http_server(settings.prometheus_port)
+                start_http_server(settings.prometheus_port, addr=settings.prometheus_host)
                 readers.append(PrometheusMetricReader())
             except ImportError:
                 logger.warning("Prometheus port set but opentelemetry-exporter-prometheus is not installed")

@@ -173,8 +173,30 @@ class Platform:
         env.update(extra)
         return env
 
+    def metrics_port(self, name: str) -> int | None:
+        """Each service's own scrape port under ``tether up``: ``TETHER_PROMETHEUS_PORT`` is the first, the
+        others follow in SERVICES order (one port each: they are separate processes; the same port for all
+        made every one but the first crash). None: no endpoints."""
+        base = os.environ.get("TETHER_PROMETHEUS_PORT", "").strip()
+        if not base or name not in SERVICES:
+            return None
+        if not base.isdigit() or not 0 < int(base) <= 65535 - len(SERVICES):
+            raise PlatformError(
+                f"TETHER_PROMETHEUS_PORT={base!r}: expected a port number (the first of {len(SERVICES)})"
+            )
+        return int(base) + SERVICES.index(name)
+
+    def metrics_lines(self) -> list[str]:
+        """What ``tether up`` prints about its scrape endpoints."""
+        host = os.environ.get("TETHER_PROMETHEUS_HOST") or "127.0.0.1"
+        ports = {name: self.metrics_port(name) for name in SERVICES}
+        return [f"metrics of {name}: http://{host}:{port}/metrics" for name, port in ports.items() if port]
+
     def service_child(self, name: str) -> Child:
         extra: dict[str, str] = {}
+        port = self.metrics_port(name)
+        if port is not None:
+            extra["TETHER_PROMETHEUS_PORT"] = str(port)
         if name == "registry":
             extra["TETHER_AUTH_DIR"] = str(self.auth)
         if name == "access":
@@ -212,6 +234,7 @@ class Platform:
         # The connect token goes in the environment, never the command line: any local user can read a
         # process's arguments (ps, /proc/<pid>/cmdline), only its owner its environment.
         env = self._env(TETHER_AGENT_TOKEN=token) if token else self._env()
+        env.pop("TETHER_PROMETHEUS_PORT", None)  # the services' ports, not the agent's
         return Child(name="agent-local", argv=argv, env=env, log=self.logs / "agent-local.log")
 
     async def wait_healthy(self, token: str, timeout: float = 60.0) -> None:
@@ -298,6 +321,8 @@ class Platform:
             self.children.append(agent)
             await agent.start()
             self.say(f"local cluster agent: driver {driver} ({why})")
+            for line in self.metrics_lines():
+                self.say(line)
             if self.on_ready is not None:
                 self.on_ready(self.api_url, token)
             self.say(f"Tether API and web UI: {self.api_url}")
