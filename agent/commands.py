@@ -33,6 +33,7 @@ from opentelemetry.trace import SpanKind, Tracer
 
 from agent.drivers import Driver
 from agent.errors import DriverError
+from agent.telemetry import AgentMetrics
 from schemas import tracing
 from schemas.errors import InvalidInput, Unavailable
 from schemas.messages import MAX_KEPT_TEXT, MAX_SHORT, Command, CommandResult, WorkloadKind, clip, decode
@@ -134,8 +135,10 @@ class CommandApplier:
         keepalive_every: float = KEEPALIVE_EVERY,
         clock: Callable[[], float] = time.time,
         tracer: Tracer | None = None,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self._tracer = tracer
+        self._metrics = metrics
         self.cluster = cluster
         self.driver = driver
         self._publish = publish
@@ -173,6 +176,7 @@ class CommandApplier:
             f"{command.operation or 'apply'} {spec.kind} {spec.project}/{spec.name} "
             f"(op {command.op_id}, generation {command.generation})"
         )
+        started = time.monotonic()
         try:
             outcome = await self.driver.apply(command)
         except DriverError as exc:
@@ -205,9 +209,19 @@ class CommandApplier:
                     reason=clip(outcome.reason, MAX_SHORT),
                     message=clip(outcome.message, MAX_KEPT_TEXT),
                 )
+        self._count(result, time.monotonic() - started)
         await self.publish(result)
         await self._settle(receipt, "ack")
         return Handled("acked", result)
+
+    def _count(self, result: CommandResult, seconds: float) -> None:
+        if self._metrics is None:
+            return
+        if not result.ok:
+            self._metrics.failed.add(1)
+        elif result.applied:
+            self._metrics.applied.add(1)
+            self._metrics.apply_seconds.record(seconds)
 
     async def _reject(self, receipt: Receipt, problem: str) -> Handled:
         """A command that cannot be applied: report it when it says what it was about, then drop it."""

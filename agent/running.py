@@ -50,6 +50,7 @@ from agent.gateway import AgentGateway
 from agent.settings import AgentSettings
 from agent.statefiles import NATS_CREDS_FILE, StateLock, write_text_atomic
 from agent.statuses import StatusReporter
+from agent.telemetry import AgentMetrics
 from agent.telemetry import tracer_provider as make_tracer_provider
 from schemas import subjects
 from schemas.credentials import (
@@ -136,6 +137,7 @@ class Agent:
     ) -> None:
         self.settings = settings
         self._tracer_provider = tracer_provider or make_tracer_provider(settings.token_cluster or "")
+        self.metrics = AgentMetrics(settings.token_cluster or "")
         self.session = secrets.token_hex(8)
         """Random per process: the platform sees a restart as a new session."""
         self._driver = driver
@@ -348,7 +350,9 @@ class Agent:
             self._publish_result,
             result_subject=subjects.evt(cluster, subjects.EVT_RESULT),
             tracer=self._tracer_provider.get_tracer("tether.agent"),
+            metrics=self.metrics,
         )
+        self.connection.on_reconnected(self.metrics.reconnected)
         # The Kubernetes gateway: members' kubectl requests for this cluster (a driver without an API server
         # answers them with the reason).
         host = getattr(self._driver, "gateway_upstream", None)
@@ -611,6 +615,7 @@ class Agent:
                     async with asyncio.timeout(delay):
                         await self._beat_now.wait()
             self._beat_now.clear()
+            self.metrics.heartbeat_lag.record(max(0.0, loop.time() - next_at))
             await self._beat()
             next_at = loop.time() + self._interval
 

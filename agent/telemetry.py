@@ -32,3 +32,54 @@ def tracer_provider(cluster: str = "") -> TracerProvider:
         except ImportError:
             logger.warning("OTLP endpoint set but opentelemetry-exporter-otlp is not installed")
     return provider
+
+
+class AgentMetrics:
+    """The agent's own metrics: over OTLP (``OTEL_EXPORTER_OTLP_ENDPOINT``) and, with
+    ``TETHER_AGENT_PROMETHEUS_PORT``, a scrape endpoint on loopback (``TETHER_PROMETHEUS_HOST`` to change)."""
+
+    def __init__(self, cluster: str = "") -> None:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import MetricReader
+
+        readers: list[MetricReader] = []
+        if endpoint := os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+            try:
+                from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+                from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+                exporter = OTLPMetricExporter(endpoint=f"{endpoint.rstrip('/')}/v1/metrics")
+                readers.append(PeriodicExportingMetricReader(exporter))
+            except ImportError:
+                logger.warning("OTLP endpoint set but opentelemetry-exporter-otlp is not installed")
+        if port := os.environ.get("TETHER_AGENT_PROMETHEUS_PORT", "").strip():
+            try:
+                from opentelemetry.exporter.prometheus import PrometheusMetricReader
+                from prometheus_client import start_http_server
+
+                start_http_server(int(port), addr=os.environ.get("TETHER_PROMETHEUS_HOST") or "127.0.0.1")
+                readers.append(PrometheusMetricReader())
+            except (ImportError, ValueError, OSError) as exc:
+                logger.warning("no agent scrape endpoint on %r: %s", port, exc)
+        attributes = {"service.name": "tether-agent", "service.namespace": "tether"}
+        if cluster:
+            attributes["tether.cluster"] = cluster
+        self.provider = MeterProvider(resource=Resource.create(attributes), metric_readers=readers)
+        meter = self.provider.get_meter("tether.agent")
+        self.applied = meter.create_counter("tether.agent.commands.applied", description="Commands applied here")
+        self.failed = meter.create_counter("tether.agent.commands.failed", description="Commands that failed here")
+        self.apply_seconds = meter.create_histogram(
+            "tether.agent.apply.duration", unit="s", description="Time the driver took to apply a command"
+        )
+        self.reconnects = meter.create_counter("tether.agent.reconnects", description="Reconnects to NATS")
+        self.heartbeat_lag = meter.create_histogram(
+            "tether.agent.heartbeat.send.lag", unit="s", description="How late a heartbeat went out after it was due"
+        )
+        for counter in (self.applied, self.failed, self.reconnects):
+            counter.add(0)  # present from the start, so a dashboard shows 0 rather than nothing
+
+    def reconnected(self) -> None:
+        self.reconnects.add(1)
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()
