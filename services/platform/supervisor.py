@@ -18,7 +18,7 @@ import httpx
 
 from schemas.retrying import backoff_delay
 from services.bus import identity
-from services.platform.natsd import NatsServer, NatsServerConfig
+from services.platform.natsd import NatsServer, NatsServerConfig, NatsServerError
 from services.platform.tls import ensure_tls
 
 logger = logging.getLogger(__name__)
@@ -294,6 +294,30 @@ class Platform:
             if not self._stopping:
                 await child.start()
 
+    async def supervise_nats(self) -> None:
+        """Restart nats-server when it dies, like every other child: the services and agents reconnect on
+        their own, and what JetStream acknowledged is on disk (``sync_interval: always``)."""
+        restarts = 0
+        while not self._stopping:
+            proc = self.nats.proc
+            assert proc is not None
+            code = await asyncio.to_thread(proc.wait)
+            if self._stopping:
+                return
+            delay = backoff_delay(min(restarts, 6), base=0.5, cap=10.0)
+            restarts += 1
+            self.say(f"nats-server exited with code {code}; restarting in {delay:.1f}s (see {self.nats.log_path})")
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            self.nats.start()
+            try:
+                await self.nats.wait_ready()
+            except NatsServerError as exc:
+                self.say(f"nats-server did not come back: {exc}")
+                continue
+            self.say(f"nats-server is back on {self.nats.url}")
+
     async def run(self) -> None:
         self.lock()
         token, first = self.admin_token()
@@ -333,6 +357,7 @@ class Platform:
                 self.say(f"admin API token: {self.data / 'admin.token'}")
             self.say("ready. Try: tether cluster list   (Ctrl-C stops everything)")
             async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.supervise_nats(), name="supervise-nats")
                 for child in self.children:
                     tg.create_task(self.supervise(child), name=f"supervise-{child.name}")
         finally:
