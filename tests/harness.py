@@ -195,6 +195,7 @@ class Stack:
             extra["TETHER_ADMIN_TOKEN_FILE"] = str(self.tmp / "admin.token")
         if name == "api":
             extra["TETHER_HTTP_PORT"] = str(self.http_port)
+        extra.setdefault("TETHER_NATS_CREDS", str(self.auth / identity.service_creds_file(name)))
         return Proc(
             name=name,
             argv=[sys.executable, "-m", f"services.{name}"],

@@ -230,6 +230,46 @@ def bootstrap_permissions(cluster: str) -> tuple[list[str], list[str]]:
     return [subjects.agent_call(subjects.Registry.AGENT_BOOTSTRAP, cluster)], [f"{agent_inbox_prefix(cluster)}.>"]
 
 
+# --- what each platform service may do ---------------------------------------------------------------
+SERVICE_BUCKETS: dict[str, tuple[str, ...]] = {
+    "registry": (subjects.BUCKET_CLUSTERS, subjects.BUCKET_CLUSTER_UIDS, subjects.BUCKET_PROJECTS),
+    "access": (subjects.BUCKET_USERS, subjects.BUCKET_TOKENS, subjects.BUCKET_TEAMS, subjects.BUCKET_MEMBERS),
+    "lifecycle": (subjects.BUCKET_DESIRED,),
+    "health": (subjects.BUCKET_PRESENCE,),
+    "api": (),
+}
+"""The KV buckets each service writes; it may write no other."""
+
+ALL_BUCKETS = tuple(b for owned in SERVICE_BUCKETS.values() for b in owned)
+
+
+def service_denials(service: str) -> list[str]:
+    """What one platform service may never publish, whatever it is asked to (a reply subject is the caller's
+    choice): deleting any stream, purging one (the registry may purge a removed cluster's commands, nothing
+    else), deleting a consumer (the registry: agents' command consumers; the API: its own on EVENTS), and
+    writing or reconfiguring a bucket it does not own. Everything else stays open, so new endpoints and
+    subjects keep working. Short on purpose: the JWT travels in the CONNECT line (4 KB at most)."""
+    deny = ["$JS.API.STREAM.DELETE.>"]
+    kv_streams = [f"KV_{b}" for b in ALL_BUCKETS]
+    if service == "registry":
+        protected = [subjects.AUDIT_STREAM, subjects.EVENTS_STREAM, subjects.EVT_STREAM, *kv_streams]
+        deny += [f"$JS.API.STREAM.PURGE.{s}" for s in protected]
+    else:
+        deny.append("$JS.API.STREAM.PURGE.>")
+    if service == "api":
+        deny += [f"$JS.API.CONSUMER.DELETE.{s}.>" for s in (subjects.EVT_STREAM, *subjects.CMD_STREAMS)]
+    elif service != "registry":
+        deny.append("$JS.API.CONSUMER.DELETE.>")
+    owned = SERVICE_BUCKETS.get(service, ())
+    deny += [f"$KV.{b}.>" for b in ALL_BUCKETS if b not in owned]
+    deny += [f"$JS.API.STREAM.UPDATE.KV_{b}" for b in ALL_BUCKETS if b not in owned]
+    return deny
+
+
+def service_creds_file(service: str) -> str:
+    return f"svc-{service}.creds"
+
+
 # --- the trust, on disk ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Trust:
@@ -323,10 +363,14 @@ class Trust:
 
 def prepare(directory: Path) -> Trust:
     """Load (or create, on first start) the trust, and write the creds files the platform uses:
-    ``platform.creds`` for the services (their account, unrestricted) and ``sys.creds`` for the
-    registry's account updates."""
+    ``svc-<service>.creds`` for each service (``service_denials``), ``platform.creds`` (unrestricted, for
+    operators' tools and tests) and ``sys.creds`` for the registry's account updates."""
     trust, _created = Trust.load_or_create(directory)
     if not (directory / "platform.creds").exists():
         write_secret(directory / "platform.creds", trust.user_creds("tether-platform"))
+    # One user per service, written at every start so it always carries this version's denials.
+    for service in SERVICE_BUCKETS:
+        creds_text = trust.user_creds(f"tether-{service}", pub_deny=service_denials(service))
+        write_secret(directory / service_creds_file(service), creds_text)
     write_secret(directory / "sys.creds", trust.system_creds())
     return trust

@@ -209,6 +209,8 @@ class Platform:
 
                 public = f"{'tls' if self.s.tls else 'nats'}://{socket.getfqdn()}:{self.s.nats_port}"
             extra["TETHER_PUBLIC_NATS_URL"] = public
+        # Its own NATS user: it may not delete or purge platform streams, nor write others' buckets.
+        extra["TETHER_NATS_CREDS"] = str(self.auth / identity.service_creds_file(name))
         return Child(
             name=name,
             argv=[sys.executable, "-m", f"services.{name}"],
