@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from services.platform.natsd import nats_server_binary
+from services.platform.natsd import free_port, nats_server_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "compose"
@@ -203,7 +203,7 @@ def test_services_run_on_the_cluster_with_three_replicas(services: dict[str, dic
     for compose_name, (name, service) in platform_services(services).items():
         env = env_of(service)
         urls = env["TETHER_NATS_URL"].split(",")
-        assert sorted(urls) == [f"nats://{node}:4222" for node in NATS_NODES], compose_name
+        assert sorted(urls) == [f"tls://{node}:4222" for node in NATS_NODES], compose_name
         assert env["TETHER_REPLICAS"] == "3", compose_name
         creds = env["TETHER_NATS_CREDS"]
         assert any(creds.startswith(target + "/") for target in volume_mounts(service)), f"{compose_name}: creds"
@@ -235,7 +235,7 @@ def test_one_agent_on_the_sim_driver(services: dict[str, dict[str, Any]]) -> Non
     (agent,) = agents.values()
     env = env_of(agent)
     assert env["TETHER_AGENT_DRIVER"] == "sim"
-    assert sorted(env["TETHER_AGENT_SERVER"].split(",")) == [f"nats://{node}:4222" for node in NATS_NODES]
+    assert sorted(env["TETHER_AGENT_SERVER"].split(",")) == [f"tls://{node}:4222" for node in NATS_NODES]
     state = env["TETHER_AGENT_STATE_DIR"]
     assert state in volume_mounts(agent), "the agent's credentials survive a restart"
     assert "secrets" not in volume_mounts(agent).values(), "the agent never sees the platform's secrets"
@@ -302,12 +302,38 @@ def render() -> ModuleType:
     return load_script("render")
 
 
-def test_nats_configs_are_valid_for_nats_server(render: ModuleType, tmp_path: Path) -> None:
-    etc = tmp_path / "etc"
-    render.render(tmp_path / "secrets", etc / "auth", tmp_path / "resolver")
+Ports = dict[str, tuple[int, int, int]]
+"""node -> (client, monitoring, route) port on loopback."""
+
+
+def render_node_configs(render: ModuleType, tmp_path: Path, loopback: bool = False) -> tuple[dict[str, Path], Ports]:
+    """The rendered trust and TLS files and each node's compose config, with the containers' mount points
+    (/etc/nats/...) moved under ``tmp_path``; ``loopback``: also the ports, data dirs and routes, so that the
+    three nodes run side by side on this machine. Returns node -> config file, and the loopback ports."""
+    tls_dir, ca_dir = tmp_path / "nats-tls", tmp_path / "nats-ca"
+    render.nats_tls(tmp_path / "pki", tls_dir, ca_dir)
+    ports = {node: (free_port(), free_port(), free_port()) for node in NATS_NODES}  # client, monitor, route
+    configs = {}
     for node in NATS_NODES:
-        conf = etc / f"{node}.conf"
-        shutil.copy(COMPOSE_DIR / "nats" / f"{node}.conf", conf)
+        etc = tmp_path / node / "etc"
+        render.render(tmp_path / "secrets", etc / "auth", tmp_path / node / "data" / "resolver")
+        conf = (COMPOSE_DIR / "nats" / f"{node}.conf").read_text().replace("/etc/nats/tls/", f"{tls_dir}/")
+        if loopback:
+            client, monitor, route = ports[node]
+            conf = conf.replace('"0.0.0.0:4222"', f'"127.0.0.1:{client}"').replace(
+                '"0.0.0.0:8222"', f'"127.0.0.1:{monitor}"'
+            )
+            conf = conf.replace('"0.0.0.0:6222"', f'"127.0.0.1:{route}"')
+            conf = conf.replace('store_dir: "/data"', f'store_dir: "{tmp_path / node / "data"}"')
+            for other, (_, _, other_route) in ports.items():
+                conf = conf.replace(f"nats-route://{other}:6222", f"nats-route://127.0.0.1:{other_route}")
+        configs[node] = etc / f"{node}.conf"
+        configs[node].write_text(conf)
+    return configs, ports
+
+
+def test_nats_configs_are_valid_for_nats_server(render: ModuleType, tmp_path: Path) -> None:
+    for node, conf in render_node_configs(render, tmp_path)[0].items():
         done = subprocess.run([nats_server_binary(), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, f"{node}: {done.stdout}{done.stderr}"
 
@@ -585,3 +611,164 @@ def test_render_makes_grafana_password_once(render: ModuleType, tmp_path: Path) 
     assert len(password) >= 24 and password != "admin"
     render.main(args)
     assert (tmp_path / "g" / "admin.password").read_text() == password
+
+
+# --- TLS for NATS (issue 15) -------------------------------------------------------------------------
+NATS_CA = "/etc/tether/nats-ca/ca.pem"
+
+
+def test_nats_nodes_serve_clients_and_routes_over_tls(services: dict[str, dict[str, Any]]) -> None:
+    for name, node in by_image(services, "nats:").items():
+        conf = mounted_file(node, "/etc/nats/nats-server.conf").read_text()
+        cluster = re.search(r"^cluster\s*\{(.*?)\n\}", conf, re.S | re.M)
+        assert cluster, name
+        client_part = conf.replace(cluster.group(0), "")
+        client_tls = re.search(r"^tls\s*\{(.*?)\n\}", client_part, re.S | re.M)
+        assert client_tls, f"{name}: no tls block for clients"
+        route_tls = re.search(r"tls\s*\{(.*?)\}", cluster.group(1), re.S)
+        assert route_tls, f"{name}: routes without TLS"
+        for block, cert in ((client_tls.group(1), "server"), (route_tls.group(1), "route")):
+            assert (
+                f'cert_file: "/etc/nats/tls/{cert}.pem"' in block
+                and f'key_file: "/etc/nats/tls/{cert}-key.pem"' in block
+            )
+        assert 'ca_file: "/etc/nats/tls/ca.pem"' in route_tls.group(1), f"{name}: nodes verify each other"
+        assert volume_mounts(node).get("/etc/nats/tls") == "nats-tls"
+    trust = services["trust"]
+    command = command_of(trust)
+    for flag, volume in (("--pki", "pki"), ("--nats-tls", "nats-tls"), ("--nats-ca", "nats-ca")):
+        target = re.search(rf"{flag} (\S+)", command)
+        assert target and volume_mounts(trust).get(target.group(1)) == volume, flag
+    # The CA's key only in the trust job; the server key only there and on the NATS nodes.
+    mounting = {v: {n for n, s in services.items() if v in volume_mounts(s).values()} for v in ("pki", "nats-tls")}
+    assert mounting["pki"] == {"trust"}
+    assert mounting["nats-tls"] == {"trust", *NATS_NODES}
+
+
+def test_services_and_the_agent_dial_tls_and_verify_with_the_ca(services: dict[str, dict[str, Any]]) -> None:
+    for name, (_, service) in platform_services(services).items():
+        env = env_of(service)
+        urls = env["TETHER_NATS_URL"].split(",")
+        assert urls and all(url.startswith("tls://") for url in urls), name
+        assert env["TETHER_NATS_CA"] == NATS_CA and volume_mounts(service).get("/etc/tether/nats-ca") == "nats-ca"
+        public = env.get("TETHER_PUBLIC_NATS_URL")
+        if public is not None:  # what agents are told to dial
+            default = public.split(":-", 1)[1].rstrip("}") if public.startswith("${") else public
+            assert all(url.startswith("tls://") for url in default.split(",")), name
+    agent = services["agent-sim-1"]
+    assert f"--ca-file {NATS_CA}" in command_of(agent)
+    assert volume_mounts(agent).get("/etc/tether/nats-ca") == "nats-ca"
+    assert all(url.startswith("tls://") for url in env_of(agent)["TETHER_AGENT_SERVER"].split(","))
+
+
+def test_render_makes_the_ca_and_certificate_once(render: ModuleType, tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    render_node_configs(render, tmp_path)
+    tls_dir, ca_dir = tmp_path / "nats-tls", tmp_path / "nats-ca"
+    cert = x509.load_pem_x509_certificate((tls_dir / "server.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    valid_for = {str(n) for n in names.get_values_for_type(x509.DNSName)}
+    valid_for |= {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
+    assert {"nats-1", "nats-2", "nats-3", "localhost", "127.0.0.1"} <= valid_for
+    ca = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
+    cert.verify_directly_issued_by(ca)
+    route = x509.load_pem_x509_certificate((tls_dir / "route.pem").read_bytes())
+    route.verify_directly_issued_by(ca)
+    usages = set(route.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    assert {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH} <= usages, "routes verify both ways"
+    assert (tls_dir / "ca.pem").read_bytes() == (ca_dir / "ca.pem").read_bytes()
+    assert not (ca_dir / "ca-key.pem").exists() and not (tls_dir / "ca-key.pem").exists(), "the CA key stays in pki"
+    assert sorted(p.name for p in ca_dir.iterdir()) == ["ca.pem"]
+    before = {p: p.read_bytes() for p in (tls_dir / "server.pem", tls_dir / "route.pem", ca_dir / "ca.pem")}
+    args = ["--secrets", str(tmp_path / "secrets"), "--nats-auth", str(tmp_path / "auth")]
+    render.main([*args, "--pki", str(tmp_path / "pki"), "--nats-tls", str(tls_dir), "--nats-ca", str(ca_dir)])
+    assert {p: p.read_bytes() for p in before} == before, "an existing CA and certificate are kept"
+    with pytest.raises(SystemExit):
+        render.main([*args, "--pki", str(tmp_path / "pki")])
+
+
+def _routes(monitor: int) -> int:
+    try:
+        return int(httpx.get(f"http://127.0.0.1:{monitor}/routez", timeout=2).json()["num_routes"])
+    except (httpx.HTTPError, ValueError, KeyError):
+        return -1
+
+
+async def _connect_over_tls(servers: list[str], creds: Path, ca: Path) -> None:
+    """A service's own user connects over TLS, verifying with the CA, and JetStream answers through the cluster;
+    without the CA the server's certificate is not trusted."""
+    import asyncio
+    import ssl
+    import time
+
+    import nats
+
+    context = ssl.create_default_context(cafile=str(ca))
+    nc = await nats.connect(servers, tls=context, user_credentials=str(creds), allow_reconnect=False)
+    try:
+        assert nc.connected_url is not None and nc.connected_url.scheme == "tls"
+        deadline = time.monotonic() + 15
+        while True:  # until the nodes have elected JetStream's meta leader
+            try:
+                info = json.loads((await nc.request("$JS.API.INFO", b"", timeout=2)).data)
+            except nats.errors.TimeoutError:
+                info = {}
+            if "error" not in info and "memory" in info:
+                break
+            assert time.monotonic() < deadline, f"no JetStream through the TLS cluster: {info}"
+            await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await nats.connect(
+            servers[:1], tls=ssl.create_default_context(), user_credentials=str(creds), allow_reconnect=False,
+            max_reconnect_attempts=0, connect_timeout=3,
+        )  # fmt: skip
+
+
+def test_the_rendered_cluster_runs_with_tls_on_loopback(render: ModuleType, tmp_path: Path) -> None:
+    """The three rendered configs as they are (mount points, ports and data dirs moved to this machine): the
+    nodes route to each other over TLS, both ways verified with the CA, and clients connect over TLS."""
+    import asyncio
+    import time
+
+    configs, ports = render_node_configs(render, tmp_path, loopback=True)
+    procs = []
+    try:
+        for node, conf in configs.items():
+            with (tmp_path / f"{node}.log").open("w") as log:
+                procs.append(subprocess.Popen([nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log))
+        deadline = time.monotonic() + 15
+        while not all(_routes(monitor) >= 2 for _, monitor, _ in ports.values()):
+            logs = "".join((tmp_path / f"{node}.log").read_text()[-1500:] for node in configs)
+            assert time.monotonic() < deadline, f"the nodes did not route to each other over TLS:\n{logs}"
+            assert all(p.poll() is None for p in procs), f"a node exited:\n{logs}"
+            time.sleep(0.2)
+        servers = [f"tls://127.0.0.1:{client}" for client, _, _ in ports.values()]
+        creds = tmp_path / "secrets" / "auth" / "svc-health.creds"
+        asyncio.run(_connect_over_tls(servers, creds, tmp_path / "nats-ca" / "ca.pem"))
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+# --- least privilege: each service its own NATS user (issue 12) --------------------------------------
+def test_every_service_connects_as_its_own_nats_user(
+    services: dict[str, dict[str, Any]], render: ModuleType, tmp_path: Path
+) -> None:
+    render.render(tmp_path / "secrets", tmp_path / "nats-auth")
+    for name, (platform_service, service) in platform_services(services).items():
+        creds = env_of(service)["TETHER_NATS_CREDS"]
+        assert creds == f"/var/lib/tether/secrets/auth/svc-{platform_service}.creds", name
+        assert volume_mounts(service)["/var/lib/tether/secrets"] == "secrets"
+        assert (tmp_path / "secrets" / "auth" / Path(creds).name).is_file(), f"render.py writes {creds}"
+    for name, service in services.items():
+        assert "platform.creds" not in json.dumps(service), f"{name} uses the unrestricted platform user"
