@@ -655,6 +655,7 @@ def test_services_and_the_agent_dial_tls_and_verify_with_the_ca(services: dict[s
         if public is not None:  # what agents are told to dial
             default = public.split(":-", 1)[1].rstrip("}") if public.startswith("${") else public
             assert all(url.startswith("tls://") for url in default.split(",")), name
+            assert env["TETHER_PUBLIC_CA_FILE"] == NATS_CA, f"{name}: agents are handed the CA"
     agent = services["agent-sim-1"]
     assert f"--ca-file {NATS_CA}" in command_of(agent)
     assert volume_mounts(agent).get("/etc/tether/nats-ca") == "nats-ca"
