@@ -220,9 +220,13 @@ async def test_drift_is_put_back_by_the_next_resync(driver: KubeDriver, admin_ap
     # by hand: a RoleBinding and a NetworkPolicy deleted, the StatefulSet scaled and re-imaged, an extra binding
     api.delete("RoleBinding", "vc-vcluster", tenant_ns)
     api.patch_merge("StatefulSet", "vcluster", {"spec": {"replicas": 3}}, tenant_ns)
-    sts = get(api, "StatefulSet", "vcluster", tenant_ns)
-    sts["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:latest"
-    api.request("PUT", f"/apis/apps/v1/namespaces/{tenant_ns}/statefulsets/vcluster", body=sts)
+    # a JSON patch, not GET+PUT: the StatefulSet controller updates the status meanwhile (409 Conflict)
+    api.request(
+        "PATCH",
+        f"/apis/apps/v1/namespaces/{tenant_ns}/statefulsets/vcluster",
+        body=[{"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": "evil:latest"}],
+        content_type="application/json-patch+json",
+    )
     api.delete("NetworkPolicy", "tether-isolation", space_ns)
     api.delete("RoleBinding", "tether-user-alice-edit", space_ns)
 
