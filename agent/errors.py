@@ -2,7 +2,7 @@
 
 A ``PermanentError`` means retrying cannot help (a revoked cluster, a bad or
 spent connect token, a duplicate cluster): the agent stops with its message and
-a non-zero exit. A ``RetryableError`` is worth another try after a backoff.
+a non-zero exit.
 """
 
 from __future__ import annotations
@@ -14,10 +14,6 @@ class AgentError(Exception):
 
 class PermanentError(AgentError):
     """Retrying cannot help: stop the agent and tell the operator why."""
-
-
-class RetryableError(AgentError):
-    """A transient failure; the same step may succeed after a backoff."""
 
 
 class DriverError(AgentError):

@@ -20,11 +20,11 @@ from collections.abc import Callable
 from agent.commands import PublishOnce
 from agent.drivers import StatusReporting, WorkloadStatus
 from schemas.errors import Unavailable
-from schemas.messages import MAX_KEPT_TEXT, MAX_SHORT, CommandResult, clip
+from schemas.messages import MAX_KEPT_TEXT, MAX_SHORT, CommandResult, WorkloadRef, clip, ref_of
 
 logger = logging.getLogger(__name__)
 
-Key = tuple[str, str, str]
+Key = WorkloadRef
 
 
 def status_msg_id(status: WorkloadStatus) -> str:
@@ -68,7 +68,7 @@ class StatusReporter:
         """The command path published ``result``: that is what the platform heard last."""
         if not result.ok:
             return
-        self._said[(result.kind, result.project, result.name)] = WorkloadStatus(
+        self._said[ref_of(result)] = WorkloadStatus(
             kind=result.kind,
             project=result.project,
             name=result.name,
@@ -83,7 +83,7 @@ class StatusReporter:
 
     async def check(self) -> list[CommandResult]:
         """Look once and publish every change; what could not be published is tried at the next look."""
-        found = {(s.kind, s.project, s.name): s for s in await self.driver.statuses() if s.generation > 0 and s.op_id}
+        found = {ref_of(s): s for s in await self.driver.statuses() if s.generation > 0 and s.op_id}
         changes = [s for key, s in found.items() if key not in self._said or not _same(self._said[key], s)]
         for key in self._said.keys() - found.keys():
             last = self._said[key]
@@ -108,17 +108,17 @@ class StatusReporter:
             try:
                 await self._publish(self._subject, result, status_msg_id(status))
             except Unavailable as exc:
-                logger.info("status of %s %s/%s not published yet: %s", *status_key(status), exc.description)
+                logger.info("status of %s not published yet: %s", ref_of(status), exc.description)
                 continue
             published.append(result)
-            key = status_key(status)
+            key = ref_of(status)
             if status.state == "deleted" and status.settled:
                 self._said.pop(key, None)
             else:
                 self._said[key] = status
             logger.info(
-                "%s %s/%s: %s%s",
-                *key,
+                "%s: %s%s",
+                key,
                 "settled" if status.settled else "not settled",
                 f" ({status.reason}: {status.message})" if status.reason else "",
             )
@@ -142,7 +142,3 @@ class StatusReporter:
             settled=status.settled,
             at=self._clock(),
         )
-
-
-def status_key(status: WorkloadStatus) -> Key:
-    return status.kind, status.project, status.name

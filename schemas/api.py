@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
+from schemas.messages import Phase
+
 
 class ApiModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -134,7 +136,6 @@ class WhoAmIOut(ApiModel):
 
 # --- users, teams, projects ---------------------------------------------------------------
 RoleName = Literal["admin", "user", "viewer"]
-Phase = Literal["Pending", "Ready", "Sleeping", "Upgrading", "Deleting", "Failed"]
 
 
 class UserIn(ApiModel):

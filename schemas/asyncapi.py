@@ -22,7 +22,15 @@ import msgspec
 import yaml
 
 from schemas import subjects
-from schemas.messages import ClusterEvent, MembershipChanged, Message, MessageDropped, WorkloadEvent, WorkloadKind
+from schemas.messages import (
+    ClusterEvent,
+    EventPhase,
+    MembershipChanged,
+    Message,
+    MessageDropped,
+    WorkloadEvent,
+    WorkloadKind,
+)
 
 ASYNCAPI_VERSION = "3.0.0"
 DOCUMENT_VERSION = "1.0.0"
@@ -36,7 +44,7 @@ SCHEMA_REF = "#/components/schemas/{name}"
 
 CLUSTER_EVENT_KINDS: tuple[str, ...] = typing.get_args(typing.get_type_hints(ClusterEvent)["kind"])
 WORKLOAD_KINDS: tuple[str, ...] = typing.get_args(WorkloadKind)
-WORKLOAD_PHASES: tuple[str, ...] = ("pending", "ready", "sleeping", "upgrading", "deleting", "failed", "deleted")
+WORKLOAD_PHASES: tuple[str, ...] = tuple(p.lower() for p in typing.get_args(EventPhase))
 """The phases lifecycle announces, lower-case as in the subject (``WorkloadEvent.phase`` is capitalised)."""
 
 PUBLIC_MESSAGES: tuple[type[Message], ...] = (ClusterEvent, WorkloadEvent, MembershipChanged, MessageDropped)

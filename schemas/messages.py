@@ -8,12 +8,13 @@ with a new tag (``...v2``). Times are seconds since the epoch (float, UTC).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 import msgspec
 from msgspec import Meta
 
 from schemas.errors import InvalidInput
+from schemas.names import check_name
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -347,6 +348,56 @@ AccessLevel = Literal["admin", "edit", "view"]
 WorkloadKind = Literal["tenant", "space"]
 DesiredState = Literal["running", "sleeping", "deleted"]
 
+Phase = Literal["Pending", "Ready", "Sleeping", "Upgrading", "Deleting", "Failed"]
+"""Where a tenant cluster or space stands; lifecycle keeps it on every write of its record."""
+EventPhase = Literal[Phase, "Deleted"]
+"""The phases lifecycle announces (``WorkloadEvent.phase``): a deleted object has no record left to show."""
+Action = Literal["sleep", "wake", "upgrade", "delete"]
+"""What a user may ask of an existing tenant cluster or space (a space: only delete)."""
+Operation = Literal["create", "sleep", "wake", "upgrade", "delete", "access", "resync"]
+"""What produced a generation: a create, a user's action, a change of members' access, or a resync."""
+
+AccessAction = Literal[
+    "cluster.connect",
+    "cluster.disconnect",
+    "cluster.read",
+    "user.create",
+    "user.list",
+    "team.create",
+    "team.manage",
+    "project.create",
+    "project.read",
+    "project.manage",
+    "workload.read",
+    "workload.create",
+    "workload.manage",
+]
+"""What access decides about (``Authorize.action``); its permission matrix says who may do each."""
+
+
+class Identified(Protocol):
+    """Anything that names one tenant cluster or space: a spec, a ref, a result, an inventory item, ..."""
+
+    @property
+    def kind(self) -> WorkloadKind: ...
+    @property
+    def project(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+
+
+def workload_key(w: Identified) -> str:
+    """The one string key of a tenant cluster or space, ``<kind>.<project>.<name>`` (its KV key in
+    ``tether-desired``); every part is checked to be a DNS-1123 label, so no key can hold a wildcard."""
+    return f"{w.kind}.{check_name(w.project, 'project name')}.{check_name(w.name, f'{w.kind} name')}"
+
+
+def ref_of(w: Identified) -> WorkloadRef:
+    """``w``'s identity as a value (hashable: the key of in-memory maps of workloads)."""
+    if isinstance(w, WorkloadRef):
+        return w
+    return WorkloadRef(kind=w.kind, project=w.project, name=w.name)
+
 
 class Quota(msgspec.Struct, frozen=True, kw_only=True):
     """Per-project limits; None means unlimited."""
@@ -543,8 +594,7 @@ class WorkloadRecord(Message, frozen=True, tag="workload-record.v1"):
     """Bumped by every change of ``spec``; the agent applies a generation at most once."""
     op_id: str
     """Operation that produced this generation; the command's ``Nats-Msg-Id``."""
-    operation: str
-    """create, sleep, wake, upgrade, delete, access, resync."""
+    operation: Operation
     created_by: str = ""
     created_at: float = 0.0
     updated_at: float = 0.0
@@ -554,8 +604,8 @@ class WorkloadRecord(Message, frozen=True, tag="workload-record.v1"):
     observed: Observed | None = None
     failure: Failure | None = None
     conditions: tuple[Condition, ...] = ()
-    phase: str = "Pending"
-    """Pending, Ready, Sleeping, Upgrading, Deleting or Failed; kept by lifecycle on every write."""
+    phase: Phase = "Pending"
+    """Kept by lifecycle on every write."""
 
 
 class WorkloadCreate(Message, frozen=True, tag="workload-create.v1"):
@@ -575,16 +625,21 @@ class WorkloadCreate(Message, frozen=True, tag="workload-create.v1"):
 
 
 class WorkloadRef(Message, frozen=True, tag="workload-ref.v1"):
+    """One tenant cluster or space, by identity (``workload_key`` spells it as a string)."""
+
     kind: WorkloadKind
     project: str
     name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.project}/{self.name}"
 
 
 class WorkloadAction(Message, frozen=True, tag="workload-action.v1"):
     kind: WorkloadKind
     project: str
     name: str
-    action: Literal["sleep", "wake", "upgrade", "delete"]
+    action: Action
     version: str = ""
     by: str = ""
 
@@ -663,7 +718,7 @@ class WorkloadEvent(Message, frozen=True, tag="workload-event.v1"):
     project: str
     name: str
     cluster: str
-    phase: str
+    phase: EventPhase
     at: float
     reason: str = ""
     message: str = ""

@@ -63,11 +63,6 @@ LIFECYCLE_INVENTORY_CONSUMER = "lifecycle-inventory"
 LIFECYCLE_MEMBERSHIP_CONSUMER = "lifecycle-membership"
 
 
-def workload_key(kind: str, project: str, name: str) -> str:
-    """KV key of one tenant cluster or space (every part is a DNS-1123 label)."""
-    return f"{kind}.{check_name(project, 'project name')}.{check_name(name, f'{kind} name')}"
-
-
 def evt_kind(kind: str) -> str:
     """Filter for one kind of agent event across clusters."""
     return f"{ROOT}.evt.*.{kind}"
@@ -215,7 +210,6 @@ class Registry:
     CLUSTER_GET = svc(SERVICE, "cluster.get")
     CLUSTER_LIST = svc(SERVICE, "cluster.list")
     CLUSTER_DISCONNECT = svc(SERVICE, "cluster.disconnect")
-    CLUSTER_TOKEN = svc(SERVICE, "cluster.token")
     CLUSTER_UPDATE = svc(SERVICE, "cluster.update")
     CLUSTER_REMOVE = svc(SERVICE, "cluster.remove")
     EVENTS_CREDS = svc(SERVICE, "events.creds")

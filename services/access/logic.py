@@ -13,6 +13,7 @@ from typing import get_args
 
 from schemas.errors import InvalidInput, NotFound
 from schemas.messages import (
+    AccessAction,
     Decision,
     MemberChange,
     Membership,
@@ -223,7 +224,7 @@ def visible_projects(user: str, memberships: Iterable[Membership], teams_of_user
 
 
 # --- the permission matrix ------------------------------------------------------------------------
-PLATFORM_ADMIN_ACTIONS = frozenset(
+PLATFORM_ADMIN_ACTIONS: frozenset[AccessAction] = frozenset(
     {
         "cluster.connect",
         "cluster.disconnect",
@@ -236,10 +237,10 @@ PLATFORM_ADMIN_ACTIONS = frozenset(
 )
 """Only platform admins may do these."""
 
-ANYONE_ACTIONS = frozenset({"cluster.read"})
+ANYONE_ACTIONS: frozenset[AccessAction] = frozenset({"cluster.read"})
 """Any authenticated user (the API filters what a non-admin sees)."""
 
-PROJECT_ACTIONS: dict[str, tuple[Role, ...]] = {
+PROJECT_ACTIONS: dict[AccessAction, tuple[Role, ...]] = {
     "project.read": ("viewer", "user", "admin"),
     "workload.read": ("viewer", "user", "admin"),
     "project.manage": ("admin",),
@@ -251,7 +252,8 @@ PROJECT_ACTIONS: dict[str, tuple[Role, ...]] = {
 ACTIONS = frozenset(PLATFORM_ADMIN_ACTIONS | ANYONE_ACTIONS | PROJECT_ACTIONS.keys())
 
 
-def check_action(action: str) -> str:
+def check_action(action: str) -> AccessAction:
+    """``action`` as one the matrix knows (it arrives as a string over the bus)."""
     if action not in ACTIONS:
         raise InvalidInput(f"unknown action {action!r}: expected one of {', '.join(sorted(ACTIONS))}")
     return action
@@ -291,7 +293,7 @@ def decide(
 
     Platform admins may do everything. Denials say who, where and what was needed.
     """
-    check_action(action)
+    action = check_action(action)
     if principal_is_admin:
         return Decision(allowed=True, role=role, reason=f"user {user!r} is a platform admin")
     if action in ANYONE_ACTIONS:

@@ -43,6 +43,8 @@ from schemas.api import (
 )
 from schemas.errors import Forbidden, NotFound, TetherError, Unauthenticated
 from schemas.messages import (
+    AccessAction,
+    Action,
     Authenticate,
     Authorize,
     ClusterConnectInfo,
@@ -74,6 +76,7 @@ from schemas.messages import (
     VisibleProjects,
     WorkloadAction,
     WorkloadCreate,
+    WorkloadKind,
     WorkloadList,
     WorkloadQuery,
     WorkloadRecord,
@@ -317,7 +320,9 @@ def create_app(platform: Platform) -> FastAPI:
     return app
 
 
-async def authorize(platform: Platform, who: Principal, action: str, project: str = "", owner: str = "") -> Decision:
+async def authorize(
+    platform: Platform, who: Principal, action: AccessAction, project: str = "", owner: str = ""
+) -> Decision:
     """Ask access whether ``who`` may do ``action``; raise Forbidden with its reason when not."""
     if who.platform_admin:
         return Decision(allowed=True, reason="platform admin")
@@ -476,11 +481,12 @@ def install_access_routes(app: FastAPI, platform: Platform) -> None:
 
 
 def install_workload_routes(app: FastAPI, platform: Platform) -> None:
-    for kind, plural in (("tenant", "tenants"), ("space", "spaces")):
-        _install_kind(app, platform, kind, plural)  # type: ignore[arg-type]
+    kinds: tuple[tuple[WorkloadKind, str], ...] = (("tenant", "tenants"), ("space", "spaces"))
+    for kind, plural in kinds:
+        _install_kind(app, platform, kind, plural)
 
 
-def _install_kind(app: FastAPI, platform: Platform, kind: Literal["tenant", "space"], plural: str) -> None:
+def _install_kind(app: FastAPI, platform: Platform, kind: WorkloadKind, plural: str) -> None:
     tags: list[str | Enum] = [plural]
 
     async def fetch(project: str, name: str) -> WorkloadRecord:
@@ -529,7 +535,7 @@ def _install_kind(app: FastAPI, platform: Platform, kind: Literal["tenant", "spa
         await authorize(platform, who, "workload.read", project)
         return logic.workload_view(await fetch(project, name))
 
-    async def act(project: str, name: str, action: str, who: Who, version: str = "") -> WorkloadOut:
+    async def act(project: str, name: str, action: Action, who: Who, version: str = "") -> WorkloadOut:
         check_name(project, "project name")
         check_name(name, f"{kind} name")
         if not who.platform_admin:
@@ -544,7 +550,7 @@ def _install_kind(app: FastAPI, platform: Platform, kind: Literal["tenant", "spa
                 kind=kind,
                 project=project,
                 name=name,
-                action=action,  # type: ignore[arg-type]
+                action=action,
                 version=version,
                 by=who.user,
             ),

@@ -66,8 +66,6 @@ class ServiceHost:
         self._service: Service | None = None
         self._pending: list[tuple[str, str, Callable[[Request], Awaitable[None]]]] = []
         self._inflight: set[asyncio.Task[None]] = set()
-        self.refused_replies = 0
-        """Requests dropped because of where they wanted the reply (for tests and metrics)."""
 
     def endpoint(
         self,
@@ -116,7 +114,6 @@ class ServiceHost:
         reply = _reply_of(req)
         if reply.startswith(prefix) and len(reply) > len(prefix) and not any(c in reply for c in "*> \t"):
             return True
-        self.refused_replies += 1
         logger.warning(
             "%s: dropped a request on %s: its reply subject %r is not under %r", self._name, req.subject, reply, prefix
         )

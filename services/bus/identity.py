@@ -72,13 +72,6 @@ def encode_jwt(claims: dict[str, Any], signer_seed: str) -> str:
     return f"{signing_input}.{_b64(signature)}"
 
 
-def decode_claims(jwt: str) -> dict[str, Any]:
-    """The claims of a JWT (not verified: for reading our own tokens)."""
-    payload = jwt.split(".")[1]
-    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    return claims
-
-
 def operator_jwt(operator_seed: str, signing_pub: str, system_account: str) -> str:
     pub = public_key(operator_seed)
     return encode_jwt(

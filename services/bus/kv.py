@@ -153,7 +153,3 @@ class Bucket(Generic[M]):
 
     async def keys(self) -> list[str]:
         return list(await self.items())
-
-
-async def open_bucket(js: JetStreamContext, name: str, type_: type[M]) -> Bucket[M]:
-    return Bucket(await js.key_value(name), type_)

@@ -104,7 +104,6 @@ class HealthMonitor:
         it (compare-and-set) without reading first: half the KV round trips of 200 heartbeats a second at
         1,000 clusters. Anyone else's write since (a transition, another replica) makes the write fail and
         the next one read first."""
-        self.malformed = 0
         self.lag: Histogram | None = None
         self.listening_since = time.time()
         """When this replica started hearing heartbeats: silence before it is not counted."""
@@ -135,7 +134,6 @@ class HealthMonitor:
             if subjects.cluster_of_heartbeat(msg.subject) != hb.cluster:
                 raise TetherError(f"heartbeat for {hb.cluster!r} arrived on {msg.subject!r}")
         except TetherError as exc:
-            self.malformed += 1
             logger.warning("dropped heartbeat on %s: %s", msg.subject, exc.description)
             return
         if self.lag is not None and hb.sent_at:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, assert_never
 
 import msgspec
 
@@ -15,6 +15,7 @@ from schemas import versions
 from schemas.conditions import set_condition
 from schemas.errors import Conflict, Forbidden, InvalidInput, NotFound
 from schemas.messages import (
+    Action,
     ClusterRecord,
     CommandResult,
     Condition,
@@ -23,6 +24,8 @@ from schemas.messages import (
     Member,
     Membership,
     Observed,
+    Operation,
+    Phase,
     Presence,
     ProjectRecord,
     Quota,
@@ -33,6 +36,8 @@ from schemas.messages import (
     WorkloadRecord,
     WorkloadSpec,
     clip,
+    ref_of,
+    workload_key,
 )
 from schemas.names import check_name
 from schemas.units import format_version, parse_version
@@ -52,8 +57,6 @@ DEFAULT_RESOURCES: dict[str, Resources] = {
     "tenant": Resources(cpu=1.0, memory=2 * 1024**3),
     "space": Resources(cpu=0.5, memory=1 * 1024**3),
 }
-
-Phase = Literal["Pending", "Ready", "Sleeping", "Upgrading", "Deleting", "Failed"]
 
 
 # --- versions ------------------------------------------------------------------------
@@ -190,10 +193,6 @@ def members_for(membership: Membership, owner: str, owner_role: Role | None = No
 
 
 # --- records and transitions ---------------------------------------------------------------------
-def key(spec: WorkloadSpec) -> str:
-    return f"{spec.kind}.{spec.project}.{spec.name}"
-
-
 def validate_create(req: WorkloadCreate) -> None:
     check_name(req.project, "project name")
     check_name(req.name, f"{req.kind} name")
@@ -265,7 +264,7 @@ def new_record(
 
 
 def _bump(
-    record: WorkloadRecord, spec: WorkloadSpec, operation: str, op_id: str, now: float, activity: bool = True
+    record: WorkloadRecord, spec: WorkloadSpec, operation: Operation, op_id: str, now: float, activity: bool = True
 ) -> WorkloadRecord:
     new = msgspec.structs.replace(
         record,
@@ -279,7 +278,7 @@ def _bump(
     return with_conditions(new, now)
 
 
-def act(record: WorkloadRecord, action: str, version: str, op_id: str, now: float) -> WorkloadRecord | None:
+def act(record: WorkloadRecord, action: Action, version: str, op_id: str, now: float) -> WorkloadRecord | None:
     """Apply a user action; None when it changes nothing (already in that desired state)."""
     spec = record.spec
     what = f"{spec.kind} {spec.name!r}"
@@ -304,10 +303,10 @@ def act(record: WorkloadRecord, action: str, version: str, op_id: str, now: floa
             raise InvalidInput("upgrade needs a version")
         target = check_upgrade(spec.version, version, spec.name)
         return _bump(record, msgspec.structs.replace(spec, version=target), "upgrade", op_id, now)
-    raise InvalidInput(f"unknown action {action!r}: expected sleep, wake, upgrade or delete")
+    assert_never(action)  # a new Action must be handled above (mypy says so)
 
 
-def repeats_pending(record: WorkloadRecord, action: str, version: str) -> bool:
+def repeats_pending(record: WorkloadRecord, action: Action, version: str) -> bool:
     """True when ``action`` asks again for what the record's latest operation asked, and that is not applied
     yet: a client retrying after a lost answer. It changes nothing; its command must only be sure to be out."""
     if in_sync(record) or record.operation != action:
@@ -414,15 +413,15 @@ def activity_updates(desired: Iterable[WorkloadRecord], items: Iterable[Inventor
     """Record key -> newer last activity, for the objects of ``desired`` (one cluster's records) the
     inventory reports busier than recorded. Items for anything else are ignored: an inventory only ever
     touches records placed on the sending cluster."""
-    want = {(r.spec.kind, r.spec.project, r.spec.name): r for r in desired if not is_tombstone(r)}
+    want = {ref_of(r.spec): r for r in desired if not is_tombstone(r)}
     out: dict[str, float] = {}
     for item in items:
-        record = want.get((item.kind, item.project, item.name))
+        record = want.get(ref_of(item))
         if record is None:
             continue
         at = agent_time(item.last_activity, now)
         if at > record.last_activity:
-            out[key(record.spec)] = at
+            out[workload_key(record.spec)] = at
     return out
 
 
@@ -539,8 +538,8 @@ def reconcile(
 ) -> Resync:
     """What one inventory asks for: at most ``max_resends`` re-sends and ``max_orphans`` deletes, each object
     at most once (an inventory naming one object twice counts once)."""
-    have = {(i.kind, i.project, i.name): i for i in inventory}
-    want = {(r.spec.kind, r.spec.project, r.spec.name): r for r in desired}
+    have = {ref_of(i): i for i in inventory}
+    want = {ref_of(r.spec): r for r in desired}
     resend, done = [], []
     for k, r in want.items():
         item = have.get(k)

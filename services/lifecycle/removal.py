@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from schemas import subjects
 from schemas.changes import Removed
 from schemas.errors import Conflict
-from schemas.messages import NameRequest
+from schemas.messages import NameRequest, workload_key
 from schemas.names import check_name
 from services.bus import ServiceHost
 from services.lifecycle import logic
@@ -37,7 +37,7 @@ class Removal:
             raise Conflict(f"cluster {cluster!r} still holds {', '.join(running[:10])}: delete them first")
         took = []
         for record in records:
-            k = logic.key(record.spec)
+            k = workload_key(record.spec)
             found = await self.lifecycle.desired.get(k)
             if found is None or found[0].spec.state != "deleted" or logic.is_tombstone(found[0]):
                 continue

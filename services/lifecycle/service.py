@@ -50,6 +50,8 @@ from schemas.messages import (
     WorkloadRef,
     clip,
     decode,
+    ref_of,
+    workload_key,
 )
 from schemas.names import check_name
 from services import VERSION
@@ -280,7 +282,7 @@ class Lifecycle:
         return self._snapshot[1]
 
     async def get_record(self, ref: WorkloadRef) -> tuple[WorkloadRecord, int]:
-        found = await self.desired.get(subjects.workload_key(ref.kind, ref.project, ref.name))
+        found = await self.desired.get(workload_key(ref))
         if found is None or logic.is_tombstone(found[0]):
             raise NotFound(f"{ref.kind} {ref.name!r} not found in project {ref.project!r}")
         return found
@@ -299,7 +301,7 @@ class Lifecycle:
         # create-only KV write settles races between replicas on the same name.
         async with self._writes:
             records = await self.all_records()
-            k = subjects.workload_key(req.kind, req.project, req.name)
+            k = workload_key(req)
             previous = await self.desired.get(k)
             if previous is not None and not logic.is_tombstone(previous[0]):
                 if not logic.in_sync(previous[0]):
@@ -385,7 +387,7 @@ class Lifecycle:
         return WorkloadList(items=sorted(records, key=lambda r: (r.spec.project, r.spec.name)))
 
     async def action(self, req: WorkloadAction) -> WorkloadRecord:
-        ref = WorkloadRef(kind=req.kind, project=req.project, name=req.name)
+        ref = ref_of(req)
         check_name(req.project, "project name")
         check_name(req.name, f"{req.kind} name")
         if req.version and req.action != "upgrade":
@@ -395,7 +397,7 @@ class Lifecycle:
         # conflict); actions on different objects run side by side: the CAS write settles any race with a
         # create, a result or another replica. Only an upgrade checks the quota, so only it takes the
         # writers' lock that keeps quota checks honest.
-        k = subjects.workload_key(ref.kind, ref.project, ref.name)
+        k = workload_key(ref)
         async with self._objects.hold(k):
             known = self._known.get(k)
             done = await self._act(req, known, op_id) if known is not None else None
@@ -435,7 +437,7 @@ class Lifecycle:
             raise
         if new is None:
             return (record, None) if fresh else None
-        k = logic.key(new.spec)
+        k = workload_key(new.spec)
         try:
             if req.action == "upgrade":
                 # An upgrade runs old and new control planes side by side for a while.
@@ -458,7 +460,7 @@ class Lifecycle:
         result = decode(msg.data, CommandResult)
         if subjects.cluster_of_evt(msg.subject) != result.cluster:
             raise InvalidInput(f"result for {result.cluster!r} arrived on {msg.subject!r}")
-        k = subjects.workload_key(result.kind, result.project, result.name)
+        k = workload_key(result)
         known = self._known.get(k)
         if known is not None and await self._record_result(k, result, known):
             return
@@ -576,7 +578,7 @@ class Lifecycle:
         await self._resend(cluster, plan.resend, inventory, origin, progress)
         await self._delete_orphans(cluster, plan.orphans, origin, now, progress)
         for record in plan.done:
-            k = logic.key(record.spec)
+            k = workload_key(record.spec)
             found = await self.desired.get(k)
             if found is None or found[0].generation != record.generation or found[0].spec.cluster != cluster:
                 continue
@@ -598,29 +600,30 @@ class Lifecycle:
     async def _resend(
         self, cluster: str, stale: Sequence[WorkloadRecord], inventory: Inventory, origin: str, progress: _Progress
     ) -> None:
-        have = {(i.kind, i.project, i.name): i.generation for i in inventory.items}
+        have = {ref_of(i): i.generation for i in inventory.items}
         for old in stale:
             # The snapshot may be a moment old: re-send what the record says now.
-            found = await self.desired.get(logic.key(old.spec))
+            found = await self.desired.get(workload_key(old.spec))
             record = found[0] if found is not None else None
             if record is None or logic.is_tombstone(record) or record.spec.cluster != cluster:
                 continue
-            if have.get((record.spec.kind, record.spec.project, record.spec.name), 0) >= record.generation:
+            if have.get(ref_of(record.spec), 0) >= record.generation:
                 continue
-            logger.info("resync %s: re-sending %s (generation %d)", cluster, logic.key(record.spec), record.generation)
-            await self.send(record, op_id=f"{logic.RESYNC_PREFIX}{origin}-{logic.key(record.spec)}-{record.generation}")
+            k = workload_key(record.spec)
+            logger.info("resync %s: re-sending %s (generation %d)", cluster, k, record.generation)
+            await self.send(record, op_id=f"{logic.RESYNC_PREFIX}{origin}-{k}-{record.generation}")
             await progress.tick()
 
     async def _delete_orphans(
         self, cluster: str, orphans: Sequence[InventoryItem], origin: str, now: float, progress: _Progress
     ) -> None:
         for item in orphans:
-            found = await self.desired.get(subjects.workload_key(item.kind, item.project, item.name))
+            found = await self.desired.get(workload_key(item))
             if found is not None and not logic.is_tombstone(found[0]) and found[0].spec.cluster == cluster:
                 continue  # created since the snapshot: wanted, not an orphan
             logger.info("resync %s: deleting unknown %s %s/%s", cluster, item.kind, item.project, item.name)
             command = Command(
-                op_id=f"orphan-{origin}-{item.kind}.{item.project}.{item.name}",
+                op_id=f"orphan-{origin}-{workload_key(item)}",
                 generation=min(item.generation + 1, MAX_GENERATION),
                 spec=logic.orphan_spec(item, cluster),
                 issued_at=now,
@@ -636,7 +639,7 @@ class Lifecycle:
         for record in await self.all_records():
             if record.spec.project != change.project:
                 continue
-            k = logic.key(record.spec)
+            k = workload_key(record.spec)
             owner = record.created_by
             if owner not in roles:
                 roles[owner] = await self.role_of(owner, change.project)
@@ -672,7 +675,7 @@ class Lifecycle:
                 for record in records:
                     if logic.due_for_sleep(record, now):
                         logger.info(
-                            "%s idle for %.0fs: sleeping it", logic.key(record.spec), now - record.last_activity
+                            "%s idle for %.0fs: sleeping it", workload_key(record.spec), now - record.last_activity
                         )
                         await self.action(
                             WorkloadAction(

@@ -48,9 +48,11 @@ from schemas.messages import (
     Quota,
     Resources,
     WorkloadRecord,
+    WorkloadRef,
     WorkloadSpec,
     decode,
     encode,
+    workload_key,
 )
 from services.bus import call
 from services.platform.natsd import free_port
@@ -160,7 +162,7 @@ class Tenant:
 
     @property
     def key(self) -> str:
-        return subjects.workload_key("tenant", PROJECT, self.name)
+        return workload_key(WorkloadRef(kind="tenant", project=PROJECT, name=self.name))
 
 
 @dataclass

@@ -10,20 +10,23 @@ from nats.aio.client import Client
 
 from schemas import subjects
 from schemas.messages import (
+    Action,
     CommandResult,
     Membership,
     ProjectRecord,
     WorkloadAction,
     WorkloadCreate,
     WorkloadRecord,
+    WorkloadRef,
     encode,
+    workload_key,
 )
 from services.bus import ensure_bucket, ensure_platform_streams
 from services.lifecycle import logic
 from services.lifecycle.service import Lifecycle, Settings
 from tests.harness import CountingBucket
 
-KEY = subjects.workload_key("tenant", "p1", "t1")
+KEY = workload_key(WorkloadRef(kind="tenant", project="p1", name="t1"))
 
 
 @dataclass
@@ -51,8 +54,8 @@ def result_of(record: WorkloadRecord) -> Delivered:
     return Delivered(subjects.evt(spec.cluster, subjects.EVT_RESULT), encode(result))
 
 
-def act(action: str) -> WorkloadAction:
-    return WorkloadAction(kind="tenant", project="p1", name="t1", action=action, by="u")  # type: ignore[arg-type]
+def act(action: Action) -> WorkloadAction:
+    return WorkloadAction(kind="tenant", project="p1", name="t1", action=action, by="u")
 
 
 async def test_replicas_write_on_top_of_their_own_writes_and_see_each_others(nc: Client) -> None:

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import re
+import typing
 from typing import Literal
 
 import pytest
 
 from schemas.errors import InvalidInput, NotFound
-from schemas.messages import MemberChange, Membership, Role, TeamCreate, TeamRecord
+from schemas.messages import AccessAction, MemberChange, Membership, Role, TeamCreate, TeamRecord
 from services.access import logic
 
 NOW = 1_000_000.0
@@ -47,6 +48,7 @@ def _ask(who: Who, case: str):  # type: ignore[no-untyped-def]
 
 def test_the_matrix_covers_every_action() -> None:
     assert {case.partition(":")[0] for case in ALLOWED} == logic.ACTIONS
+    assert set(typing.get_args(AccessAction)) == logic.ACTIONS, "every action of the schema is in the matrix"
 
 
 @pytest.mark.parametrize(("who", "case", "allowed"), MATRIX, ids=[f"{w}-{c}" for w, c, _ in MATRIX])

@@ -17,7 +17,6 @@ import pytest
 import yaml
 
 from schemas import asyncapi, messages, subjects
-from services.lifecycle import logic as lifecycle_logic
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAM = re.compile(r"\{([^{}]+)\}")
@@ -216,9 +215,9 @@ def test_addresses_are_the_subjects_the_services_publish(doc: dict[str, Any]) ->
     kinds = typing.get_args(typing.get_type_hints(messages.ClusterEvent)["kind"])
     assert cluster == {subjects.public_event(f"cluster.{k}") for k in kinds}
 
-    phases = {p.lower() for p in typing.get_args(lifecycle_logic.Phase)} | {"deleted"}
+    phases = {p.lower() for p in typing.get_args(messages.Phase)} | {"deleted"}
     workloads = expand(channels["workloadPhases"]["address"], channels["workloadPhases"]["parameters"])
-    assert set(asyncapi.WORKLOAD_PHASES) == phases, "documented phases follow lifecycle's"
+    assert set(asyncapi.WORKLOAD_PHASES) == phases, "documented phases follow the schemas"
     assert workloads == {
         subjects.public_event(f"{k}.{p}") for k in typing.get_args(messages.WorkloadKind) for p in phases
     }
