@@ -26,16 +26,6 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 LOCK_FILE = "agent.lock"
 
-CREDENTIALS_FILE = "credentials.json"
-"""The agent's long-lived platform credential, its cluster and its server (``agent.credentials``)."""
-NATS_CREDS_FILE = "nats.creds"
-"""The agent's own NATS user: its JWT and its nkey seed (the seed never leaves the state directory but into
-the agent's own state Secret)."""
-IDENTITY_FILES: tuple[str, ...] = (CREDENTIALS_FILE, NATS_CREDS_FILE)
-"""Every file that makes an agent the same agent after a restart. The one list: the kube driver keeps
-exactly these in its state Secret, so a pod rescheduled onto an empty ``emptyDir`` (its connect token long
-spent) comes back as the same agent. A new identity file is added here, nowhere else."""
-
 
 def ensure_dir(directory: Path) -> Path:
     """Create ``directory`` (and parents) if missing; a directory we create is ``0700``."""

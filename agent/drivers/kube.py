@@ -98,8 +98,9 @@ from agent.drivers.kube_tenants import TenantRuntime
 from agent.drivers.tenant_status import TenantStatus
 from agent.errors import ClusterUnreachable, DriverError
 from agent.gateway_upstream import Upstream
+from agent.identity.files import STATE_FILES
 from agent.settings import AgentSettings
-from agent.statefiles import IDENTITY_FILES, write_bytes_atomic
+from agent.statefiles import write_bytes_atomic
 from schemas.messages import (
     Capacity,
     ClusterHealth,
@@ -115,8 +116,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STATE_SECRET_ENV = "TETHER_AGENT_STATE_SECRET"
-STATE_FILES = IDENTITY_FILES
-"""Files of the state directory kept in the state Secret: every identity file (``agent.statefiles``)."""
 DEFAULT_TIMEOUT = 30.0
 
 

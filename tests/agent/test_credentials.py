@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import credentials
-from agent.credentials import Credentials
 from agent.errors import PermanentError
+from agent.identity import Credentials
+from agent.identity import files as credentials
 
 
 def test_round_trip(tmp_path: Path) -> None:

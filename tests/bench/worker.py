@@ -28,10 +28,11 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from opentelemetry.sdk.trace import TracerProvider
 
+from agent.bus import CommandQueue
 from agent.cli import new_event_loop
 from agent.running import Agent
 from agent.settings import AgentSettings
@@ -57,25 +58,28 @@ class BenchAgent(Agent):
     def __init__(self, settings: AgentSettings, *, gate: asyncio.Event, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
         self.gate = gate
-        self.last_beat = 0.0
-        self.inventory_at = 0.0
         self.reconnected_at = 0.0
         self.up_at = 0.0
 
-    async def _beat(self) -> None:
-        connected = self._conn is not None and self._conn.is_connected
-        await super()._beat()
-        if connected:
-            self.last_beat = time.time()
+    @property
+    def last_beat(self) -> float:
+        return self._heartbeats.last_at if self._heartbeats is not None else 0.0
 
-    async def _send_inventory(self, reason: Literal["connect", "periodic"]) -> None:
-        await super()._send_inventory(reason)
-        self.inventory_at = time.time()
+    @property
+    def inventory_at(self) -> float:
+        return self._inventory.last_at if self._inventory is not None else 0.0
+
+    @property
+    def queue(self) -> CommandQueue | None:
+        return self._commands.queue if self._commands is not None else None
+
+    @property
+    def connected(self) -> bool:
+        return self._session is not None and self._session.connection.is_connected
 
     async def _start(self) -> None:
         await super()._start()
-        queue = self._queue
-        assert queue is not None
+        queue = self.commands.queue
         fetch = queue.next
 
         async def gated() -> Any:
@@ -95,9 +99,10 @@ class BenchAgent(Agent):
         if main is not None and not main.done():
             main.cancel()
             await asyncio.wait({main})
-        if self._conn is not None and self._conn._nc is not None:
+        conn = self._session.connection if self._session is not None else None
+        if conn is not None and conn._nc is not None:
             with contextlib.suppress(Exception):
-                await self._conn._nc.close()
+                await conn._nc.close()
         return self.last_beat
 
 
@@ -170,7 +175,7 @@ class Worker:
         if op == "stats":
             since = float(req.get("since", 0.0))
             live = [a for a in self.agents.values() if a._main is not None and not a._main.done()]
-            connected = [a for a in live if a._conn is not None and a._conn.is_connected]
+            connected = [a for a in live if a.connected]
             reconnected = [a.reconnected_at for a in live if a.reconnected_at > since]
             inventories = [a.inventory_at for a in live if a.inventory_at > since and a.reconnected_at > since]
             return {
@@ -178,8 +183,8 @@ class Worker:
                 "live": len(live),
                 "connected": len(connected),
                 "applied": sum(a.commands_applied for a in self.agents.values()),
-                "declarations": sum(a._queue.declarations for a in self.agents.values() if a._queue is not None),
-                "bound": sum(1 for a in live if a._queue is not None and a._queue.bound),
+                "declarations": sum(a.queue.declarations for a in self.agents.values() if a.queue is not None),
+                "bound": sum(1 for a in live if a.queue is not None and a.queue.bound),
                 "reconnected": len(reconnected),
                 "reconnected_last": max(reconnected, default=0.0),
                 "inventoried": len(inventories),

@@ -328,7 +328,7 @@ async def test_orderly_stop_finishes_the_command_in_flight(
     await agent.start()
     try:
         assert await platform.send(command(1, "t1", 1))
-        await wait_for(lambda: agent._in_flight is not None, what="the apply to begin")
+        await wait_for(lambda: agent.commands.in_flight is not None, what="the apply to begin")
     finally:
         await agent.stop()  # mid-apply: the apply, its result and the ack complete first
     assert applied_log(state_dir) == [("op-1", "t1", 1, "running")]

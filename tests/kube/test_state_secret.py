@@ -2,7 +2,7 @@
 
 The pod's state directory is an ``emptyDir``: a pod rescheduled onto another node starts with an empty
 one, and its connect token was spent by its first start. The kube driver keeps exactly the files
-``agent.statefiles.IDENTITY_FILES`` names in the Secret ``tether-agent-state``, so the new pod restores the
+``agent.identity.STATE_FILES`` names in the Secret ``tether-agent-state``, so the new pod restores the
 agent's platform credential *and* its own NATS user (JWT and nkey seed) and connects as itself.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent.drivers.kube import KubeApi
-from agent.statefiles import IDENTITY_FILES, NATS_CREDS_FILE
+from agent.identity import NATS_CREDS_FILE, STATE_FILES
 from services.api import manifests
 from tests.harness import Proc, Stack, wait_for
 from tests.kube.cluster import ControlPlane
@@ -69,10 +69,10 @@ async def test_rescheduled_pod_reconnects_as_the_same_agent(
 
     def mirrored() -> dict[str, bytes] | None:
         files = secret_files(admin_api)
-        return files if set(files) == set(IDENTITY_FILES) else None
+        return files if set(files) == set(STATE_FILES) else None
 
     saved = await wait_for(mirrored, timeout=30, what="every identity file in the state Secret")
-    for name in IDENTITY_FILES:
+    for name in STATE_FILES:
         assert saved[name] == (tmp_path / "pod-1" / name).read_bytes(), name
     assert b"NKEY SEED" in saved[NATS_CREDS_FILE]
 
@@ -82,7 +82,7 @@ async def test_rescheduled_pod_reconnects_as_the_same_agent(
     second = pod(stack, kubeconfig, tmp_path / "pod-2", info["token"], 2)
     await stack.wait_online("kube-state", timeout=30)
     assert second.running, second.output()
-    for name in IDENTITY_FILES:
+    for name in STATE_FILES:
         assert (tmp_path / "pod-2" / name).read_bytes() == saved[name], f"{name} is not the same agent's"
         assert (tmp_path / "pod-2" / name).stat().st_mode & 0o077 == 0
     assert "restored nats.creds" in second.output()

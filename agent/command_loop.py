@@ -1,0 +1,132 @@
+"""The command loop: this cluster's commands from its CMD consumer, one at a time, and the statuses of
+workloads that settle after their command was applied.
+
+Each command is applied in its own task, shielded, so an orderly stop lets the
+apply, its result and its ack finish (``finish``, up to ``shutdown_timeout``);
+anything cut short is redelivered on the next start and made harmless by the
+revision check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from opentelemetry.trace import Tracer
+
+from agent.bus import CommandQueue, Connection
+from agent.commands import CommandApplier
+from agent.drivers import Driver, StatusReporting
+from agent.errors import DriverError
+from agent.statuses import StatusReporter
+from agent.telemetry import AgentMetrics
+from schemas import subjects
+from schemas.errors import Unavailable
+from schemas.messages import CommandResult
+
+logger = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT = 5.0
+"""Seconds to wait for a stream to acknowledge a result."""
+STATUS_INTERVAL = 2.0
+"""Seconds at most between two looks at the workloads' status (a tenant becoming Ready is reported within it)."""
+
+
+class CommandLoop:
+    """Fetches, applies and settles this cluster's commands until ``stop()``."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        cluster: str,
+        driver: Driver,
+        *,
+        on_missing: Callable[[], None],
+        tracer: Tracer | None = None,
+        metrics: AgentMetrics | None = None,
+    ) -> None:
+        self._conn = conn
+        self._driver_name = driver.name
+        # A consumer found missing (its stream re-created) is created again by the platform at a hello.
+        self.queue = CommandQueue(conn, cluster, on_missing=on_missing)
+        conn.on_reconnected(self.queue.invalidate)
+        result_subject = subjects.evt(cluster, subjects.EVT_RESULT)
+        self.applier = CommandApplier(
+            cluster, driver, self.publish_result, result_subject=result_subject, tracer=tracer, metrics=metrics
+        )
+        self.statuses: StatusReporter | None = None
+        if isinstance(driver, StatusReporting):
+            self.statuses = StatusReporter(cluster, driver, self._publish, result_subject=result_subject)
+        self.in_flight: asyncio.Task[object] | None = None
+        self._stopping = asyncio.Event()
+
+    async def _publish(self, subject: str, result: CommandResult, msg_id: str) -> None:
+        await self._conn.js_publish(subject, result, msg_id=msg_id, timeout=PUBLISH_TIMEOUT)
+
+    async def publish_result(self, subject: str, result: CommandResult, msg_id: str) -> None:
+        await self._publish(subject, result, msg_id)
+        if self.statuses is not None:
+            self.statuses.note(result)
+
+    def stop(self) -> None:
+        """Fetch no more; the command being applied goes on (``finish``)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """This cluster's commands, one at a time, until the loop is stopped."""
+        while not self._stopping.is_set():
+            delivery = await self.queue.next()
+            if delivery is None:
+                continue
+            if self._stopping.is_set():
+                # Fetched as the stop began: leave it for the next start, at once.
+                with contextlib.suppress(Unavailable):
+                    await delivery.nak()
+                return
+            # Its own task, shielded: an orderly stop lets the apply and its result finish.
+            self.in_flight = asyncio.create_task(self.applier.handle(delivery), name="agent-command-apply")
+            try:
+                await asyncio.shield(self.in_flight)
+            finally:
+                if self.in_flight.done():
+                    self.in_flight = None
+
+    async def finish(self, timeout: float) -> None:
+        """Let the command being applied finish (apply, result, ack), for up to ``timeout``."""
+        task = self.in_flight
+        if task is None or task.done():
+            return
+        logger.info("stopping: finishing the command being applied")
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            logger.warning(
+                "stopping: the command being applied did not finish within %gs; it will be delivered again", timeout
+            )
+            task.cancel()
+            await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("the command being applied failed: %r", task.exception())
+
+    async def report_statuses(self, interval: Callable[[], float]) -> None:
+        """Every few seconds: what settled since (a tenant became Ready, a namespace is gone) goes out."""
+        reporter = self.statuses
+        if reporter is None:
+            return
+        every = min(interval(), STATUS_INTERVAL)
+        while True:
+            await asyncio.sleep(every)
+            if not self._conn.is_connected:
+                continue
+            try:
+                await reporter.check()
+            except asyncio.CancelledError:
+                raise
+            except DriverError as exc:
+                logger.debug("cannot read the workloads' status: %s", exc)
+            except Exception:
+                logger.exception("the %s driver failed to report its workloads' status", self._driver_name)
+
+    async def close(self) -> None:
+        await self.queue.close()

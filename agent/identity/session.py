@@ -1,0 +1,363 @@
+"""This agent's standing with the platform: connect as whom, bootstrap, hello, renew, revoked.
+
+``open()`` decides who to be (the stored credential, or the connect token when
+there is none or it names another cluster), connects as that NATS user, trades
+a token for this agent's own credential and NATS user (``bootstrap``), listens
+for control notices and says hello. A stored identity the platform refuses is
+replaced by a given token once. Then three loops keep it standing: ``hellos``
+(again after every reconnect), ``renewals`` (the NATS JWT at about three
+quarters of its life) and ``revocations`` (a ``revoked`` notice, or the broker
+refusing us for good, stops the agent with ``PermanentError``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from agent import VERSION
+from agent.bus import Connection, NatsIdentity, Subscription, connect
+from agent.errors import AgentError, PermanentError
+from agent.health import HealthReader
+from agent.identity.calls import call
+from agent.identity.files import Credentials, IdentityFiles
+from agent.identity.users import bootstrap_user, own_user, reconnect_hint
+from agent.settings import AgentSettings
+from schemas import subjects
+from schemas.credentials import agent_inbox_prefix, jwt_times, new_user_seed, parse_connect_token
+from schemas.credentials import public_key as nats_public_key
+from schemas.errors import Gone, NotFound, TetherError, Unauthenticated
+from schemas.messages import (
+    AgentBootstrap,
+    AgentCredentials,
+    AgentHello,
+    AgentRenew,
+    AgentWelcome,
+    ControlNotice,
+    decode,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HEARTBEAT_INTERVAL = 5.0
+"""Used when the platform's welcome carries no usable interval."""
+PATIENT_TIMEOUT = 30.0
+"""Seconds to wait for the hello's answer. After a platform restart every agent says hello at once; asking
+again after a short timeout does not get an answer sooner (the first request is still in the queue and will
+be served) but lengthens the queue for all: 10,000 agents retrying hellos every 5 s kept the registry busy
+with questions nobody waited for any more."""
+
+
+def planned_cluster(settings: AgentSettings) -> str | None:
+    """The cluster this agent will connect as: the token's when it names another, else the stored one."""
+    stored = IdentityFiles(settings.state_path).load()
+    token_cluster = settings.token_cluster
+    if token_cluster is not None and (stored is None or stored.cluster != token_cluster):
+        return token_cluster
+    return stored.cluster if stored else token_cluster
+
+
+@dataclass
+class Plan:
+    """Who to be at start: the stored credentials, or the token to trade; a token kept for a refusal."""
+
+    stored: Credentials | None
+    token: str | None
+    fallback_token: str | None
+    server: str
+    cluster: str
+
+
+def plan(settings: AgentSettings, files: IdentityFiles) -> Plan:
+    """Choose between the stored identity and the given token; PermanentError when there is neither."""
+    stored, token, token_cluster = files.load(), settings.token, settings.token_cluster
+    fallback_token: str | None = None
+    if stored is not None and token is not None:
+        if stored.cluster == token_cluster:
+            logger.info(
+                "cluster %r is already connected (credentials in %s); the connect token is not needed and is ignored",
+                stored.cluster,
+                files.credentials_path,
+            )
+            fallback_token, token = token, None
+        else:
+            logger.warning(
+                "%s holds credentials of cluster %r; connecting cluster %r with the given token instead",
+                files.credentials_path,
+                stored.cluster,
+                token_cluster,
+            )
+            stored = None
+    if stored is None and token is None:
+        raise PermanentError(
+            f"no agent credentials in {settings.state_path} and no connect token: start the agent with "
+            "--token (from 'tether cluster connect <name>')"
+        )
+    server = settings.server or (stored.server if stored else "")
+    if not server:
+        raise PermanentError("no NATS server given: pass --server (or set TETHER_AGENT_SERVER)")
+    cluster = stored.cluster if stored else (token_cluster or "?")
+    return Plan(stored=stored, token=token, fallback_token=fallback_token, server=server, cluster=cluster)
+
+
+class Session:
+    """One agent's identity on the platform, from the first connect to the last notice."""
+
+    def __init__(self, settings: AgentSettings, health: HealthReader, *, cluster_uid: str, driver: str) -> None:
+        self.settings = settings
+        self.files = IdentityFiles(settings.state_path)
+        self._health = health
+        self._cluster_uid = cluster_uid
+        self._driver = driver
+        self._conn: Connection | None = None
+        self._server = ""
+        self._inbox_cluster = "?"
+        self.credentials: Credentials | None = None
+        self.heartbeat_interval = settings.heartbeat_interval or DEFAULT_HEARTBEAT_INTERVAL
+        self.reconnected = asyncio.Event()
+        """Set after every reconnect (and when the command consumer is missing): say hello again."""
+        self._control: Subscription | None = None
+
+    @property
+    def connection(self) -> Connection:
+        if self._conn is None:
+            raise AgentError("the agent is not connected")
+        return self._conn
+
+    @property
+    def cluster(self) -> str:
+        if self.credentials is None:
+            raise AgentError("the agent has no credentials yet")
+        return self.credentials.cluster
+
+    # --- start --------------------------------------------------------------------------------
+    async def open(self, plan: Plan) -> None:
+        """Connect, bootstrap when needed, listen for notices, say hello; PermanentError when refused."""
+        self._server, self._inbox_cluster = plan.server, plan.cluster
+        stored, token, fallback_token = plan.stored, plan.token, plan.fallback_token
+        try:
+            await self._connect(own_user(self.files, stored.cluster) if stored else bootstrap_user(token or ""))
+        except PermanentError:
+            if stored is None or fallback_token is None:
+                raise
+            # Our own NATS user was refused (revoked): the given token starts over.
+            logger.warning("the stored NATS credentials were refused; trying the given connect token")
+            stored, token, fallback_token = None, fallback_token, None
+            await self._connect(bootstrap_user(token))
+        if stored is None:
+            assert token is not None
+            stored = await self.bootstrap(token)
+            if self.files.has_nats_user:
+                # From the one-call bootstrap user to this agent's own NATS user.
+                await self.connection.close()
+                await self._connect(own_user(self.files, stored.cluster))
+        self.credentials = stored
+        # Listen before saying hello, so a revocation right after it is not missed.
+        self._control = await self.connection.subscribe(subjects.control(stored.cluster))
+        self.reconnected.clear()
+        await self._first_hello(fallback_token)
+
+    async def _first_hello(self, fallback_token: str | None) -> None:
+        try:
+            await self.hello()
+        except PermanentError as refused:
+            cause = refused.__cause__
+            if fallback_token is None or not isinstance(cause, Unauthenticated | NotFound):
+                raise
+            logger.warning(
+                "the stored credentials were refused (%s); trying the given connect token", cause.description
+            )
+            try:
+                self.credentials = await self.bootstrap(fallback_token)
+            except PermanentError as exc:
+                raise PermanentError(f"{cause.description}; the given connect token did not help: {exc}") from exc
+            await self.hello()
+
+    async def _connect(self, identity: NatsIdentity | None) -> None:
+        self._conn = await connect(
+            replace(self.settings, server=self._server),
+            f"tether-agent-{self.settings.token_cluster or 'agent'}",
+            identity=identity,
+            on_reconnected=self.reconnected.set,
+            # Even on an open NATS: the platform answers an agent only into its own cluster's inbox.
+            inbox_prefix=agent_inbox_prefix(self._inbox_cluster) if self._inbox_cluster != "?" else None,
+        )
+
+    async def bootstrap(self, token: str) -> Credentials:
+        """Trade the connect token for this agent's own credential and store it."""
+        seed = new_user_seed()  # this agent's own NATS user; the seed never leaves this machine
+        message = AgentBootstrap(
+            token=token,
+            cluster_uid=self._cluster_uid,
+            agent_version=VERSION,
+            kubernetes_version=self._health.last.kubernetes_version,
+            driver=self._driver,
+            user_public_key=nats_public_key(seed),
+        )
+        failed: list[TetherError] = []
+        try:
+            answer = await call(
+                self.connection,
+                "connecting the cluster",
+                subjects.agent_call(subjects.Registry.AGENT_BOOTSTRAP, parse_connect_token(token)[0]),
+                message,
+                AgentCredentials,
+                timeout=self.settings.request_timeout,
+                failures=failed,
+            )
+        except TetherError as exc:
+            text = exc.description
+            if isinstance(exc, Gone) and failed:
+                # The token is spent by the first request that reaches the registry; if its
+                # answer was lost, the retry finds it spent and the credential is gone with it.
+                text = (
+                    f"{text} (an earlier attempt may have connected the cluster without its answer "
+                    "reaching this agent: disconnect the cluster and connect it again)"
+                )
+            raise PermanentError(text) from exc
+        return self._keep(answer, seed)
+
+    def _keep(self, answer: AgentCredentials, seed: str) -> Credentials:
+        credentials = Credentials(cluster=answer.cluster, credential=answer.credential, server=self._server)
+        try:
+            if answer.jwt:
+                self.files.save_nats_user(answer.jwt, seed)
+            path = self.files.save(credentials)
+        except OSError as exc:
+            raise PermanentError(
+                f"the cluster {answer.cluster!r} was connected, but its credential cannot be saved ({exc}); "
+                f"disconnect it ('tether cluster disconnect {answer.cluster}') and connect it again"
+            ) from exc
+        logger.info("cluster %r connected to the platform; credentials saved in %s", answer.cluster, path)
+        return credentials
+
+    # --- hello ----------------------------------------------------------------------------------
+    async def hello(self) -> None:
+        """Present the credential; PermanentError (cause: the service's error) when refused."""
+        assert self.credentials is not None
+        health = await self._health.current()
+        message = AgentHello(
+            cluster=self.credentials.cluster,
+            credential=self.credentials.credential,
+            cluster_uid=self._cluster_uid,
+            agent_version=VERSION,
+            kubernetes_version=health.kubernetes_version,
+            driver=self._driver,
+        )
+        try:
+            welcome = await call(
+                self.connection,
+                "saying hello to the platform",
+                subjects.agent_call(subjects.Registry.AGENT_HELLO, self.credentials.cluster),
+                message,
+                AgentWelcome,
+                timeout=max(PATIENT_TIMEOUT, self.settings.request_timeout),
+            )
+        except TetherError as exc:
+            text = exc.description
+            if isinstance(exc, Unauthenticated | NotFound):
+                text = f"{text}; {reconnect_hint(self.credentials.cluster)}"
+            raise PermanentError(text) from exc
+        self._welcomed(welcome)
+
+    def _welcomed(self, welcome: AgentWelcome) -> None:
+        if self.settings.heartbeat_interval is not None:
+            interval = self.settings.heartbeat_interval
+        elif 0 < welcome.heartbeat_interval <= 3600:
+            interval = welcome.heartbeat_interval
+        else:
+            logger.warning(
+                "the platform asked for a heartbeat every %gs; using %gs",
+                welcome.heartbeat_interval,
+                DEFAULT_HEARTBEAT_INTERVAL,
+            )
+            interval = DEFAULT_HEARTBEAT_INTERVAL
+        if interval != self.heartbeat_interval:
+            logger.info("heartbeat every %gs", interval)
+        self.heartbeat_interval = interval
+        logger.info("platform welcomed cluster %r", welcome.cluster)
+
+    async def hellos(self, after: Callable[[], None]) -> None:
+        """Say hello again after every reconnect, then ``after()``; a refusal stops the agent."""
+        while True:
+            await self.reconnected.wait()
+            self.reconnected.clear()
+            await self.hello()
+            after()
+
+    # --- renew ----------------------------------------------------------------------------------
+    async def renewals(self) -> None:
+        """Renew the NATS user JWT at about three quarters of its life (jittered), forever."""
+        credentials = self.credentials
+        assert credentials is not None
+        while True:
+            user = self.files.nats_user()
+            if user is None:
+                return  # an open NATS: nothing to renew
+            jwt, seed = user
+            issued, expires = jwt_times(jwt)
+            if not expires:
+                return
+            life = max(1.0, expires - issued)
+            at = issued + life * random.uniform(0.70, 0.80)
+            await asyncio.sleep(max(0.0, at - time.time()))
+            answer = await call(
+                self.connection,
+                "renewing the agent's NATS credentials",
+                subjects.agent_call(subjects.Registry.AGENT_RENEW, credentials.cluster),
+                AgentRenew(cluster=credentials.cluster, credential=credentials.credential),
+                AgentCredentials,
+                timeout=self.settings.request_timeout,
+            )
+            if answer.jwt:
+                self.files.save_nats_user(answer.jwt, seed)
+                logger.info(
+                    "NATS credentials renewed; valid until %s",
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(answer.expires_at)),
+                )
+                # Present them now: the server closes a connection whose JWT expires. Commands wait
+                # in their stream meanwhile, so nothing is dropped.
+                await self.connection.force_reconnect()
+
+    # --- revoke ---------------------------------------------------------------------------------
+    async def control_notices(self) -> None:
+        """Obey control notices: ``revoked`` stops the agent (PermanentError)."""
+        assert self._control is not None
+        async for incoming in self._control:
+            try:
+                notice = decode(incoming.data, ControlNotice)
+            except TetherError as exc:
+                logger.warning("ignoring a control notice on %s: %s", incoming.subject, exc.description)
+                continue
+            if notice.kind == "revoked":
+                reason = notice.reason or f"cluster {self.cluster!r} was disconnected from the platform"
+                logger.error("the platform revoked this agent: %s", reason)
+                raise PermanentError(f"{reason}; {reconnect_hint(self.cluster)}")
+
+    async def refusal(self) -> None:
+        """Until the broker refuses us for good (PermanentError) or closes the link for good (AgentError)."""
+        conn = self.connection
+        refused = asyncio.ensure_future(conn.refused.wait())
+        lost = asyncio.ensure_future(conn.lost.wait())
+        try:
+            await asyncio.wait({refused, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            refused.cancel()
+            lost.cancel()
+        if not conn.refused.is_set():
+            raise AgentError("the NATS server closed the connection for good; the agent stops (restart it)")
+        identity = own_user(self.files, self.credentials.cluster if self.credentials else "?")
+        raise PermanentError(identity.refused if identity else "NATS refused this agent's credentials")
+
+    # --- stop -----------------------------------------------------------------------------------
+    async def unsubscribe(self) -> None:
+        if self._control is not None:
+            await self._control.unsubscribe()
+
+    async def close(self, timeout: float) -> None:
+        if self._conn is not None:
+            await self._conn.close(timeout)

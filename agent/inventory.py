@@ -1,0 +1,110 @@
+"""Inventory: what the driver holds, on ``tether.evt.<cluster>.inventory``, after every (re)connect and
+every ``inventory_interval`` seconds. Lifecycle reconciles it against the desired state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Literal
+
+from agent.bus import Connection
+from agent.drivers import Driver
+from agent.errors import DriverError
+from schemas import subjects
+from schemas.errors import Unavailable
+from schemas.messages import MAX_OBJECTS, Inventory, InventoryItem
+from schemas.retrying import backoff_delay
+
+logger = logging.getLogger(__name__)
+
+Reason = Literal["connect", "periodic"]
+
+INVENTORY_BACKOFF = (1.0, 30.0)
+"""(base, cap) seconds between attempts to publish one inventory."""
+PATIENT_TIMEOUT = 30.0
+"""Seconds to wait for the stream to acknowledge an inventory. After a platform restart every agent sends
+one at once; a short timeout only lengthens the queue (the first publish is still served)."""
+
+
+class InventoryReporter:
+    """Reports the inventory; ``now.set()`` asks for one at once (after a hello)."""
+
+    def __init__(self, conn: Connection, cluster: str, session: str, driver: Driver, interval: float) -> None:
+        self._conn = conn
+        self._cluster = cluster
+        self._session = session
+        self._driver = driver
+        self._interval = interval
+        self.now = asyncio.Event()
+        self.sent = 0
+        """Inventories this process began to report."""
+        self.last_at = 0.0
+        """When the last report ended (published or given up; wall clock)."""
+
+    async def run(self) -> None:
+        while True:
+            reason: Reason = "periodic"
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self.now.wait()
+                reason = "connect"
+            self.now.clear()
+            await self.send(reason)
+
+    async def send(self, reason: Reason) -> None:
+        """Publish one inventory, retrying until it lands, a newer one is due, or the interval passed."""
+        try:
+            await self._send(reason)
+        finally:
+            self.last_at = time.time()
+
+    async def _items(self) -> tuple[InventoryItem, ...] | None:
+        try:
+            items = await self._driver.inventory()
+        except DriverError as exc:
+            logger.warning("cannot read the inventory (%s); it is reported once the cluster answers", exc)
+            return None
+        except Exception:
+            logger.exception("the %s driver failed to list its inventory", self._driver.name)
+            return None
+        if len(items) > MAX_OBJECTS:
+            logger.error(
+                "%d objects, over the %d one inventory may hold: reporting the first %d",
+                len(items),
+                MAX_OBJECTS,
+                MAX_OBJECTS,
+            )
+            items = items[:MAX_OBJECTS]
+        return items
+
+    async def _send(self, reason: Reason) -> None:
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self._interval
+        self.sent += 1
+        msg_id = f"inventory-{self._session}-{self.sent}"
+        subject = subjects.evt(self._cluster, subjects.EVT_INVENTORY)
+        base, cap = INVENTORY_BACKOFF
+        attempt = 0
+        while (items := await self._items()) is not None:
+            message = Inventory(cluster=self._cluster, items=items, at=time.time(), reason=reason)
+            try:
+                await self._conn.js_publish(subject, message, msg_id=msg_id, timeout=PATIENT_TIMEOUT)
+            except Unavailable as exc:
+                delay = backoff_delay(attempt, base=base, cap=cap)
+                attempt += 1
+                if attempt == 1:
+                    logger.warning("inventory not published: %s; retrying", exc.description)
+                if loop.time() + delay > give_up_at or await self._newer_due(delay):
+                    return
+                continue
+            logger.info("inventory reported (%s, %d objects)", reason, len(items))
+            return
+
+    async def _newer_due(self, delay: float) -> bool:
+        """Wait ``delay``; True when a fresh inventory was asked for meanwhile (it follows at once)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self.now.wait()
+        return self.now.is_set()
