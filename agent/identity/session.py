@@ -23,16 +23,15 @@ from agent import VERSION
 from agent.bus import Connection, NatsIdentity, Subscription, connect
 from agent.errors import AgentError, PermanentError
 from agent.health import HealthReader
+from agent.identity.bootstrap import Bootstrapping, bootstrap
 from agent.identity.calls import call
 from agent.identity.files import Credentials, IdentityFiles
 from agent.identity.users import bootstrap_user, own_user, reconnect_hint
 from agent.settings import AgentSettings
 from schemas import subjects
-from schemas.credentials import agent_inbox_prefix, jwt_times, new_user_seed, parse_connect_token
-from schemas.credentials import public_key as nats_public_key
-from schemas.errors import Gone, NotFound, TetherError, Unauthenticated
+from schemas.credentials import agent_inbox_prefix, jwt_times
+from schemas.errors import NotFound, TetherError, Unauthenticated
 from schemas.messages import (
-    AgentBootstrap,
     AgentCredentials,
     AgentHello,
     AgentRenew,
@@ -188,52 +187,19 @@ class Session:
         )
 
     async def bootstrap(self, token: str) -> Credentials:
-        """Trade the connect token for this agent's own credential and store it."""
-        seed = new_user_seed()  # this agent's own NATS user; the seed never leaves this machine
-        message = AgentBootstrap(
-            token=token,
-            cluster_uid=self._cluster_uid,
-            agent_version=VERSION,
-            kubernetes_version=self._health.last.kubernetes_version,
-            driver=self._driver,
-            user_public_key=nats_public_key(seed),
+        """Trade the connect token for this agent's own credential and store it (``agent.identity.bootstrap``)."""
+        return await bootstrap(
+            self.connection,
+            self.files,
+            token,
+            server=self._server,
+            about=Bootstrapping(
+                cluster_uid=self._cluster_uid,
+                kubernetes_version=self._health.last.kubernetes_version,
+                driver=self._driver,
+            ),
+            timeout=self.settings.request_timeout,
         )
-        failed: list[TetherError] = []
-        try:
-            answer = await call(
-                self.connection,
-                "connecting the cluster",
-                subjects.agent_call(subjects.Registry.AGENT_BOOTSTRAP, parse_connect_token(token)[0]),
-                message,
-                AgentCredentials,
-                timeout=self.settings.request_timeout,
-                failures=failed,
-            )
-        except TetherError as exc:
-            text = exc.description
-            if isinstance(exc, Gone) and failed:
-                # The token is spent by the first request that reaches the registry; if its
-                # answer was lost, the retry finds it spent and the credential is gone with it.
-                text = (
-                    f"{text} (an earlier attempt may have connected the cluster without its answer "
-                    "reaching this agent: disconnect the cluster and connect it again)"
-                )
-            raise PermanentError(text) from exc
-        return self._keep(answer, seed)
-
-    def _keep(self, answer: AgentCredentials, seed: str) -> Credentials:
-        credentials = Credentials(cluster=answer.cluster, credential=answer.credential, server=self._server)
-        try:
-            if answer.jwt:
-                self.files.save_nats_user(answer.jwt, seed)
-            path = self.files.save(credentials)
-        except OSError as exc:
-            raise PermanentError(
-                f"the cluster {answer.cluster!r} was connected, but its credential cannot be saved ({exc}); "
-                f"disconnect it ('tether cluster disconnect {answer.cluster}') and connect it again"
-            ) from exc
-        logger.info("cluster %r connected to the platform; credentials saved in %s", answer.cluster, path)
-        return credentials
 
     # --- hello ----------------------------------------------------------------------------------
     async def hello(self) -> None:

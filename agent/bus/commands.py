@@ -1,0 +1,335 @@
+"""This cluster's commands from its durable pull consumer on the CMD stream, one at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.errors import APIError
+from nats.js.errors import NotFoundError as JsNotFound
+
+from agent.bus.client import api_text
+from agent.bus.connection import Connection
+from agent.bus.events import Hook
+from schemas import subjects
+from schemas.errors import Unavailable
+from schemas.retrying import backoff_delay
+
+logger = logging.getLogger(__name__)
+
+FETCH_TIMEOUT = 20.0
+"""Seconds one fetch waits for a command. A command arriving meanwhile is delivered at once; the wait only
+sets how many pull requests an idle agent sends (10,000 idle agents: 500/s). A pull lost in a reconnect
+does not wait this long: a reconnect ends the fetch."""
+ACK_TIMEOUT = 10.0
+"""Seconds an acknowledgement waits for the server's confirmation."""
+DECLARE_TIMEOUT = 30.0
+"""Seconds a consumer lookup or declaration may take. Generous on purpose: nats-server answers JetStream
+API requests one after another, and creating a consumer on a work-queue stream checks it against every
+other consumer (10,000 agents connecting at once queue for tens of seconds); a request asked again after
+a short timeout is still processed, so impatience only lengthens the queue."""
+RECHECK_AFTER = 300.0
+"""Seconds of idle fetching after which the consumer's existence is checked again."""
+BIND_BACKOFF = (1.0, 30.0)
+"""(base, cap) seconds between attempts to set up the consumer."""
+
+
+STREAM_NOT_FOUND = 10059
+"""JetStream's error code for a missing stream (a missing consumer is 10014)."""
+
+
+class Delivery:
+    """One command delivered from the CMD stream, with its acknowledgements.
+
+    The acknowledgements raise Unavailable when they cannot be sent; an
+    acknowledgement that never arrives only means a redelivery, which the
+    revision check makes harmless.
+    """
+
+    def __init__(self, msg: Msg, ack_timeout: float = 5.0) -> None:
+        self._msg = msg
+        self._ack_timeout = ack_timeout
+        self.subject: str = msg.subject
+        self.data: bytes = msg.data
+        self.headers: dict[str, str] = dict(msg.headers or {})
+        try:
+            meta = msg.metadata
+            self.stream_seq: int = meta.sequence.stream
+            self.num_delivered: int = meta.num_delivered
+        except Exception:  # not a JetStream message: no metadata to read
+            self.stream_seq, self.num_delivered = 0, 1
+
+    def __repr__(self) -> str:
+        return f"Delivery(subject={self.subject!r}, seq={self.stream_seq}, delivered={self.num_delivered})"
+
+    async def _do(self, what: str, step: Callable[[], Any]) -> None:
+        try:
+            await step()
+        except (NatsError, TimeoutError) as exc:
+            raise Unavailable(f"cannot {what} command {self.stream_seq}: {exc or type(exc).__name__}") from None
+
+    async def ack(self) -> None:
+        """Done: the server removes the command. Waits for the server to confirm."""
+        await self._do("ack", lambda: self._msg.ack_sync(timeout=self._ack_timeout))
+
+    async def nak(self, delay: float | None = None) -> None:
+        """Not now: redeliver after ``delay`` seconds (nothing after it is delivered before)."""
+        await self._do("nak", lambda: self._msg.nak(delay=delay))
+
+    async def term(self) -> None:
+        """Never: the server drops the command without redelivering it."""
+        await self._do("terminate", self._msg.term)
+
+    async def in_progress(self) -> None:
+        """Still working on it: restart the server's acknowledgement timer."""
+        await self._do("extend", self._msg.in_progress)
+
+
+class Trouble:
+    """Backoff for a problem that lasts, logged once when it begins and once when it is over."""
+
+    def __init__(self, cluster: str) -> None:
+        self.cluster = cluster
+        self.attempt = 0
+        self.text: str | None = None
+
+    def began(self, text: str, *, expected: bool = False) -> float:
+        """The delay before the next attempt."""
+        base, cap = BIND_BACKOFF
+        delay = backoff_delay(self.attempt, base=base, cap=cap)
+        self.attempt += 1
+        if self.text is None:
+            level = logging.WARNING if expected else logging.ERROR
+            logger.log(level, "%s; retrying with backoff (logged once until it works)", text)
+        else:
+            logger.debug("%s (attempt %d); retrying in %.1fs", text, self.attempt, delay)
+        self.text = text
+        return delay
+
+    def over(self) -> None:
+        if self.text is not None:
+            logger.info("receiving commands for cluster %r again", self.cluster)
+        self.text = None
+        self.attempt = 0
+
+
+class CommandQueue:
+    """This cluster's commands, one at a time, through its durable pull consumer.
+
+    The consumer (``agent-<cluster>`` on its shard's stream, filtered on this cluster's commands,
+    explicit acks, one unacknowledged command at a time) is created by the platform
+    when the agent says hello; the agent's JWT may only look it up, fetch from it and
+    ack, so no agent can re-filter a consumer onto another cluster's commands. The
+    agent only looks it up (never re-declares after a reconnect: on a work-queue
+    stream every creation is checked against all other consumers, which would cost
+    a 10,000-agent fleet minutes of the server's JetStream API after a restart);
+    when it is missing, ``on_missing`` asks the platform again. It is bound with
+    ``pull_subscribe_bind``, never ``pull_subscribe``, which would ignore an
+    existing durable's config. The binding survives reconnects (nats-py
+    restores the subscription); after a reconnect the consumer is only looked
+    up again, and the fetch the link dropped is asked again at once.
+
+    ``next()`` never raises for a bus problem: while the CMD stream does not
+    exist yet, JetStream is unavailable or the link is down, it backs off
+    with jitter (logging once per outage) and returns None, so the caller's
+    loop can look at its stop flag and call again.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        cluster: str,
+        *,
+        fetch_timeout: float = FETCH_TIMEOUT,
+        declare_timeout: float = DECLARE_TIMEOUT,
+        recheck_after: float = RECHECK_AFTER,
+        on_missing: Hook | None = None,
+    ) -> None:
+        self._conn = conn
+        self.cluster = cluster
+        self.consumer = subjects.agent_consumer(cluster)
+        self.stream = subjects.cmd_stream(cluster)
+        self._fetch_timeout = fetch_timeout
+        self._declare_timeout = declare_timeout
+        self._on_missing = on_missing
+        self._recheck_after = recheck_after
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._trouble = Trouble(cluster)
+        self._idle_since: float | None = None
+        self._closed = False
+        self._stale = False
+        self._verify = False
+        self._wake = asyncio.Event()
+        self.declarations = 0
+        """Times this queue found its consumer missing and asked the platform to create it again."""
+
+    @property
+    def bound(self) -> bool:
+        """Whether commands can be fetched (the consumer is declared and bound)."""
+        return self._sub is not None
+
+    def invalidate(self) -> None:
+        """After a reconnect: look the consumer up again and end the fetch in progress (its pull request
+        did not survive the link). Safe from a callback."""
+        self._verify = True
+        self._wake.set()
+
+    @staticmethod
+    async def _unsubscribe(sub: JetStreamContext.PullSubscription) -> None:
+        try:
+            await sub.unsubscribe()
+        except (NatsError, TimeoutError) as exc:
+            logger.debug("unbinding the command consumer: %s", exc or type(exc).__name__)
+
+    async def _declare(self) -> None:
+        """Make sure the consumer exists. The platform creates it (at bootstrap and at every hello); the
+        agent's JWT may not create one. When it is missing, ask the platform again (``on_missing``: a hello)
+        and wait."""
+        try:
+            await self._conn.jetstream.consumer_info(self.stream, self.consumer, timeout=self._declare_timeout)
+        except JsNotFound as exc:
+            if exc.err_code != STREAM_NOT_FOUND and self._on_missing is not None:
+                self.declarations += 1
+                self._on_missing()
+            raise
+
+    async def _bind(self) -> JetStreamContext.PullSubscription:
+        await self._declare()
+        return await self._conn.jetstream.pull_subscribe_bind(durable=self.consumer, stream=self.stream)
+
+    async def _still_there(self) -> bool:
+        """False when the consumer is gone (the stream was deleted or re-created)."""
+        try:
+            await self._conn.jetstream.consumer_info(self.stream, self.consumer, timeout=self._declare_timeout)
+        except JsNotFound:
+            return False
+        return True
+
+    async def _backoff(self, text: str, *, expected: bool = True) -> None:
+        await asyncio.sleep(self._trouble.began(text, expected=expected))
+
+    async def _set_up(self) -> bool:
+        """Declare (and bind, when not bound) the consumer; False after a backoff."""
+        try:
+            if self._sub is None:
+                self._sub = await self._bind()
+                logger.info("bound to consumer %s on stream %s for commands", self.consumer, self.stream)
+            else:
+                await self._declare()
+        except JsNotFound as exc:
+            await self._backoff(
+                f"cannot bind to consumer {self.consumer} on stream {self.stream}: {api_text(exc)} "
+                "(the lifecycle service creates the stream); commands wait"
+            )
+            return False
+        except TimeoutError:
+            await self._backoff("JetStream did not answer; commands wait")
+            return False
+        except APIError as exc:
+            await self._backoff(f"JetStream refused the command consumer: {api_text(exc)}", expected=False)
+            return False
+        except NatsError as exc:
+            await self._backoff(f"cannot bind to the command consumer: {exc or type(exc).__name__}")
+            return False
+        self._idle_since = None
+        return True
+
+    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        """One fetch, ended early (as a quiet one) by a reconnect."""
+        self._wake.clear()
+        fetch = asyncio.ensure_future(sub.fetch(1, timeout=self._fetch_timeout))
+        wake = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({fetch, wake}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wake.cancel()
+            if not fetch.done():
+                fetch.cancel()
+            # Wait for it even when cancelled: a command that came in meanwhile is in its result.
+            await asyncio.wait({fetch})
+            if not fetch.cancelled():
+                fetch.exception()  # nats-py turns a cancelled fetch into a TimeoutError: seen, not an error
+        if fetch.cancelled():
+            raise TimeoutError("the fetch was ended by a reconnect")
+        return fetch.result()
+
+    async def next(self) -> Delivery | None:
+        """The next command, or None after a quiet fetch or a backoff."""
+        if self._closed:
+            raise Unavailable("the command queue was closed")
+        if not self._conn.is_connected:
+            await self._backoff("not connected to NATS; commands wait")
+            return None
+        sub = await self._ready()
+        return await self._fetch_one(sub) if sub is not None else None
+
+    async def _ready(self) -> JetStreamContext.PullSubscription | None:
+        """The bound subscription, set up or checked first when needed; None when there is none yet."""
+        if self._stale:
+            await self._unbind()
+        if self._sub is None or self._verify:
+            self._verify = False
+            if not await self._set_up():
+                self._verify = self._sub is not None
+                return None
+        elif self._idle_too_long() and await self._gone():
+            logger.warning("consumer %s disappeared; declaring it again", self.consumer)
+            self._stale = True
+            return None
+        return self._sub
+
+    async def _unbind(self) -> None:
+        self._stale = False
+        self._verify = False
+        self._idle_since = None
+        old, self._sub = self._sub, None
+        if old is not None:
+            await self._unsubscribe(old)
+
+    def _idle_too_long(self) -> bool:
+        """A deleted consumer (stream re-created) looks like a quiet one: True once in a while to check."""
+        loop = asyncio.get_running_loop()
+        if self._idle_since is None or loop.time() - self._idle_since <= self._recheck_after:
+            return False
+        self._idle_since = None
+        return True
+
+    async def _gone(self) -> bool:
+        try:
+            return not await self._still_there()
+        except (NatsError, TimeoutError) as exc:
+            logger.debug("checking consumer %s: %s", self.consumer, exc or type(exc).__name__)
+            return False
+
+    async def _fetch_one(self, sub: JetStreamContext.PullSubscription) -> Delivery | None:
+        try:
+            msgs = await self._fetch(sub)
+        except TimeoutError:
+            # Quiet (nats-py's timeouts subclass the builtin); also a pull lost in a reconnect.
+            if self._idle_since is None:
+                self._idle_since = asyncio.get_running_loop().time()
+            self._trouble.over()
+            return None
+        except (NatsError, ValueError) as exc:
+            # An API error status (consumer gone, ...), a closed connection or subscription.
+            self._stale = True
+            text = api_text(exc) if isinstance(exc, APIError) else str(exc) or type(exc).__name__
+            await self._backoff(f"cannot fetch commands: {text}")
+            return None
+        self._trouble.over()
+        self._idle_since = None
+        if not msgs:
+            return None
+        return Delivery(msgs[0], ack_timeout=ACK_TIMEOUT)
+
+    async def close(self) -> None:
+        """Stop fetching; the consumer stays (it is durable). Safe twice."""
+        self._closed = True
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            await self._unsubscribe(sub)
