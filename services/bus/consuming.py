@@ -17,6 +17,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -157,6 +158,35 @@ def _deliveries(msg: Msg) -> int:
         return 1
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What becomes of a message whose handler failed: dropped (terminated) or retried after ``delay``."""
+
+    drop: bool
+    reason: str
+    delay: float = 0.0
+
+
+def judge(exc: Exception, deliveries: int, retry_base: float | None = None) -> Verdict:
+    """The rule every consumer applies to a failure, on any bus: a message that can never be handled is
+    dropped at once, one that keeps failing after ``MAX_DELIVER`` deliveries too, anything else retried."""
+    if isinstance(exc, TetherError) and not exc.retryable:
+        return Verdict(True, exc.description)
+    if isinstance(exc, MaxPayloadError):
+        return Verdict(True, f"its follow-up write is too large: {exc}")
+    reason = exc.description if isinstance(exc, TetherError) else repr(exc)
+    if deliveries >= MAX_DELIVER:
+        return Verdict(True, f"failed {deliveries} times, last: {reason}")
+    default = 2.0 if isinstance(exc, TetherError) else 5.0
+    return Verdict(False, reason, retry_base or default)
+
+
+def dropped_event(durable: str, subject: str, seq: int, deliveries: int, reason: str) -> MessageDropped:
+    return MessageDropped(
+        consumer=durable, subject=subject, stream_seq=seq, deliveries=deliveries, reason=reason[:1024], at=time.time()
+    )
+
+
 async def _handle(
     js: JetStreamContext, msg: Msg, handler: Handler, durable: str, retry_base: float | None = None
 ) -> None:
@@ -164,31 +194,19 @@ async def _handle(
         await handler(msg)
     except asyncio.CancelledError:
         raise
-    except TetherError as exc:
-        if not exc.retryable:
-            await _drop(js, msg, durable, exc.description)
-            return
-        await _retry_or_drop(js, msg, durable, exc.description, delay=retry_base or 2.0)
-        return
-    except MaxPayloadError as exc:
-        await _drop(js, msg, durable, f"its follow-up write is too large: {exc}")
-        return
     except Exception as exc:
-        logger.exception("%s: failed on %s", durable, msg.subject)
-        await _retry_or_drop(js, msg, durable, repr(exc), delay=retry_base or 5.0)
+        if not isinstance(exc, TetherError | MaxPayloadError):
+            logger.exception("%s: failed on %s", durable, msg.subject)
+        verdict = judge(exc, _deliveries(msg), retry_base)
+    else:
+        await msg.ack()
         return
-    await msg.ack()
-
-
-async def _retry_or_drop(js: JetStreamContext, msg: Msg, durable: str, reason: str, *, delay: float) -> None:
-    deliveries = _deliveries(msg)
-    if deliveries >= MAX_DELIVER:
-        await _drop(js, msg, durable, f"failed {deliveries} times, last: {reason}")
+    if verdict.drop:
+        await _drop(js, msg, durable, verdict.reason)
         return
-    logger.warning(
-        "%s: %s on %s (delivery %d of %d); will retry", durable, reason, msg.subject, deliveries, MAX_DELIVER
-    )
-    await msg.nak(delay=delay)
+    n = _deliveries(msg)
+    logger.warning("%s: %s on %s (delivery %d of %d); will retry", durable, verdict.reason, msg.subject, n, MAX_DELIVER)
+    await msg.nak(delay=verdict.delay)
 
 
 async def _drop(js: JetStreamContext, msg: Msg, durable: str, reason: str) -> None:
@@ -200,14 +218,7 @@ async def _drop(js: JetStreamContext, msg: Msg, durable: str, reason: str) -> No
         seq = 0
     logger.error("%s: dropped message %d on %s: %s", durable, seq, msg.subject, reason)
     await msg.term()
-    event = MessageDropped(
-        consumer=durable,
-        subject=msg.subject,
-        stream_seq=seq,
-        deliveries=deliveries,
-        reason=reason[:1024],
-        at=time.time(),
-    )
+    event = dropped_event(durable, msg.subject, seq, deliveries, reason)
     try:
         await js.publish(subjects.MESSAGE_DROPPED, encode(event), timeout=5)
     except (NatsError, TimeoutError) as exc:

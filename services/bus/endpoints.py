@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from nats.aio.client import Client
@@ -20,14 +20,15 @@ from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
-from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.trace import Span, SpanKind, Tracer
 
 from schemas import subjects, tracing
 from schemas.credentials import agent_inbox_prefix
 from schemas.errors import TetherError, Unavailable, from_wire
 from schemas.messages import M, Message, decode, encode
 from schemas.names import dns1123_label_error
-from services.bus.limits import fits
+from services.bus.interface import Endpoints, Host
+from services.bus.limits import wire_size
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def error_body(code: str, description: str) -> bytes:
     return json.dumps({"error": {"code": code, "description": description}}).encode()
 
 
-class ServiceHost:
+class ServiceHost(Host):
     """One NATS micro service with typed endpoints. ``stop()`` is safe to call twice.
 
     Every reply goes only where its caller could read it: a platform endpoint answers only platform inboxes
@@ -96,8 +97,8 @@ class ServiceHost:
         endpoint_name = "-".join(parts[-2:]).replace("_", "-")
 
         async def handle(req: Request) -> None:
-            cluster = subjects.cluster_of_agent_call(base, req.subject)
-            if cluster is None or dns1123_label_error(cluster) is not None:
+            cluster = agent_caller(base, req.subject)
+            if cluster is None:
                 logger.warning("%s: dropped a request on %r: not a cluster's subject", self._name, req.subject)
                 return
             if not self._reply_allowed(req, f"{agent_inbox_prefix(cluster)}."):
@@ -110,9 +111,16 @@ class ServiceHost:
 
         self._pending.append((endpoint_name, subjects.agent_calls(base), self._concurrent(handle, endpoint_name)))
 
+    def add(self, endpoints: Endpoints) -> None:
+        for item in endpoints.items:
+            if item.caller == "agent":
+                self.agent_endpoint(item.subject, item.request_type, item.handler)
+            else:
+                self.endpoint(item.subject, item.request_type, item.handler)
+
     def _reply_allowed(self, req: Request, prefix: str) -> bool:
         reply = _reply_of(req)
-        if reply.startswith(prefix) and len(reply) > len(prefix) and not any(c in reply for c in "*> \t"):
+        if reply_allowed(reply, prefix):
             return True
         logger.warning(
             "%s: dropped a request on %s: its reply subject %r is not under %r", self._name, req.subject, reply, prefix
@@ -138,37 +146,8 @@ class ServiceHost:
     async def _answer(self, req: Request, subject: str, run: Callable[[], Awaitable[Message]]) -> None:
         ctx = tracing.extract(req.headers)
         with self._tracer.start_as_current_span(subject, context=ctx, kind=SpanKind.SERVER) as span:
-            try:
-                reply = await run()
-            except TetherError as exc:
-                span.set_attribute("tether.error.code", exc.code)
-                await self._error(req, exc.code, exc.description)
-                return
-            except asyncio.CancelledError:
-                raise
-            except BUS_TROUBLE as exc:
-                # JetStream did not answer (a leader election, a lost node): the caller may try again.
-                logger.warning("%s: %s", subject, exc or type(exc).__name__)
-                span.record_exception(exc)
-                await self._error(req, Unavailable.code, f"{self._name}: NATS did not answer in time; try again")
-                return
-            except Exception as exc:
-                logger.exception("%s: unexpected error", subject)
-                span.record_exception(exc)
-                await self._error(req, "500", f"internal error in {self._name}: {exc!r}")
-                return
-            data = encode(reply)
-            if not fits(self._nc, data):
-                logger.error(
-                    "%s: reply of %d bytes is over the server's max payload; answered an error", subject, len(data)
-                )
-                await self._error(req, "500", f"{self._name}: the answer is too large to send ({len(data)} bytes)")
-                return
-            await _send(req, data)
-
-    async def _error(self, req: Request, code: str, description: str) -> None:
-        description = description[:MAX_ERROR_TEXT]
-        await _send(req, error_body(code, description), {ERROR_CODE: code, ERROR_TEXT: description})
+            data, headers = await answer(self._name, subject, run, self._nc.max_payload, span)
+        await _send(req, data, headers)
 
     async def start(self) -> None:
         # A description and metadata always (nats-py sends null for unset ones, which the micro schema
@@ -206,6 +185,59 @@ MAX_ERROR_TEXT = 4096
 """Characters of an error description sent back (a header: it must stay well below the max payload)."""
 
 
+def agent_caller(base: str, subject: str) -> str | None:
+    """The cluster an agent call on ``subject`` comes from (None: not a cluster's subject)."""
+    cluster = subjects.cluster_of_agent_call(base, subject)
+    if cluster is None or dns1123_label_error(cluster) is not None:
+        return None
+    return cluster
+
+
+def reply_allowed(reply: str, prefix: str) -> bool:
+    """True when ``reply`` is a concrete subject under ``prefix`` (the only inboxes a caller may name)."""
+    return reply.startswith(prefix) and len(reply) > len(prefix) and not any(c in reply for c in "*> \t")
+
+
+def error_reply(code: str, description: str) -> tuple[bytes, dict[str, str]]:
+    description = description[:MAX_ERROR_TEXT]
+    return error_body(code, description), {ERROR_CODE: code, ERROR_TEXT: description}
+
+
+async def answer(
+    service: str, subject: str, run: Callable[[], Awaitable[Message]], max_payload: int, span: Span
+) -> tuple[bytes, dict[str, str] | None]:
+    """Run a handler; its reply, or the wire error ``(code, description)`` it became: errors turn into
+    the wire form here, at the edge, and nowhere else."""
+    try:
+        reply = await run()
+    except TetherError as exc:
+        span.set_attribute("tether.error.code", exc.code)
+        return error_reply(exc.code, exc.description)
+    except asyncio.CancelledError:
+        raise
+    except BUS_TROUBLE as exc:
+        # JetStream did not answer (a leader election, a lost node): the caller may try again.
+        logger.warning("%s: %s", subject, exc or type(exc).__name__)
+        span.record_exception(exc)
+        return error_reply(Unavailable.code, f"{service}: NATS did not answer in time; try again")
+    except Exception as exc:
+        logger.exception("%s: unexpected error", subject)
+        span.record_exception(exc)
+        return error_reply("500", f"internal error in {service}: {exc!r}")
+    data = encode(reply)
+    if wire_size(data, None) > max_payload:
+        logger.error("%s: reply of %d bytes is over the server's max payload; answered an error", subject, len(data))
+        return error_reply("500", f"{service}: the answer is too large to send ({len(data)} bytes)")
+    return data, None
+
+
+def remote_error(headers: Mapping[str, str] | None) -> TetherError | None:
+    """The error a reply carries, as its ``TetherError`` kind (None: a normal reply)."""
+    if headers and ERROR_CODE in headers:
+        return from_wire(headers[ERROR_CODE], headers.get(ERROR_TEXT, ""))
+    return None
+
+
 def _reply_of(req: Request) -> str:
     # nats-py's micro Request keeps its Msg private and exposes no reply subject.
     return str(req._msg.reply or "")
@@ -226,9 +258,9 @@ async def call(nc: Client, subject: str, message: Message, reply_type: type[M], 
         raise Unavailable(f"no service answers on {subject}") from None
     except NatsTimeout:
         raise Unavailable(f"no reply on {subject} within {timeout:g}s") from None
-    headers = msg.headers or {}
-    if ERROR_CODE in headers:
-        raise from_wire(headers[ERROR_CODE], headers.get(ERROR_TEXT, ""))
+    error = remote_error(msg.headers)
+    if error is not None:
+        raise error
     return decode(msg.data, reply_type)
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Generic
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
@@ -14,16 +12,17 @@ from nats.js.api import DeliverPolicy, StreamState
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
-from schemas.errors import Conflict, Internal, Unavailable
+from schemas.errors import Conflict, Unavailable
 from schemas.messages import M, decode, encode
 from schemas.retrying import backoff_delay
+from services.bus.records import Records
 
 MARKER_REASON = "Nats-Marker-Reason"
 """Set on the markers the server leaves when it removes an entry (TTL, purge)."""
 
 
-class Bucket(Generic[M]):
-    """Records of one type in one bucket. Writes are compare-and-set on the key's revision."""
+class Bucket(Records[M]):
+    """Records of one type in one JetStream KV bucket. Writes are compare-and-set on the key's revision."""
 
     def __init__(self, kv: KeyValue, type_: type[M]) -> None:
         self.kv = kv
@@ -59,35 +58,8 @@ class Bucket(Generic[M]):
     async def delete(self, key: str) -> None:
         await self.kv.delete(key)
 
-    async def mutate(
-        self,
-        key: str,
-        change: Callable[[M | None], M | None] | Callable[[M | None], Awaitable[M | None]],
-        *,
-        attempts: int = 20,
-    ) -> M | None:
-        """Read-modify-write with CAS, retrying on a concurrent change.
-
-        ``change`` gets the current record (or None) and returns the new one, or
-        None to write nothing. It may raise to abort.
-        """
-        for _ in range(attempts):
-            current = await self.get(key)
-            old, revision = current if current else (None, 0)
-            new = change(old)
-            if asyncio.iscoroutine(new):
-                new = await new
-            if new is None:
-                return old
-            try:
-                if current is None:
-                    await self.create(key, new)  # type: ignore[arg-type]
-                else:
-                    await self.update(key, new, revision)  # type: ignore[arg-type]
-            except Conflict:
-                continue
-            return new  # type: ignore[return-value]
-        raise Internal(f"gave up updating {key!r} after {attempts} concurrent changes")
+    async def purge(self, key: str) -> None:
+        await self.kv.purge(key)
 
     async def items(self, timeout: float = 10.0) -> dict[str, M]:
         """Every live record, read in one pass.
@@ -150,6 +122,3 @@ class Bucket(Generic[M]):
                     raise Unavailable(f"bucket stream {stream} unavailable: {exc}") from None
                 await asyncio.sleep(backoff_delay(attempt, base=0.1, cap=1.0))
                 attempt += 1
-
-    async def keys(self) -> list[str]:
-        return list(await self.items())

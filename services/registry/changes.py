@@ -18,8 +18,7 @@ from schemas.changes import ClusterUpdate, ProjectUpdate, Removed
 from schemas.errors import Conflict, NotFound
 from schemas.messages import ClusterRecord, NameRequest, ProjectRecord
 from schemas.names import check_name
-from services.bus import ServiceHost
-from services.bus.cleanup import forget_cluster_commands
+from services.bus import Endpoints
 from services.registry import logic
 
 if TYPE_CHECKING:
@@ -59,9 +58,9 @@ class Changes:
         if record.cluster_uid:
             claim = await self.registry.uids.get(record.cluster_uid)
             if claim and claim[0].cluster == record.name:
-                await self.registry.uids.kv.purge(record.cluster_uid)
-        took += await forget_cluster_commands(self.registry.js, record.name)
-        await self.registry.clusters.kv.purge(record.name)
+                await self.registry.uids.purge(record.cluster_uid)
+        took += await self.registry.bus.forget_agent_commands(record.name)
+        await self.registry.clusters.purge(record.name)
         await self._prune_removed(now)
         await self.registry.push_revocations()
         await self.registry._event("removed", record.name)
@@ -72,7 +71,7 @@ class Changes:
         keep_for = self.registry.settings.agent_credential_ttl + 3600
         for key, record in (await self.registry.clusters.items()).items():
             if key.startswith(REMOVED_PREFIX) and now - record.disconnected_at > keep_for:
-                await self.registry.clusters.kv.purge(key)
+                await self.registry.clusters.purge(key)
 
     # --- projects -----------------------------------------------------------------------------------
     async def project_update(self, req: ProjectUpdate) -> ProjectRecord:
@@ -95,14 +94,14 @@ class Changes:
             raise NotFound(f"project {req.name!r} not found")
         if not found[0].deleting:
             raise Conflict(f"project {req.name!r} is not being deleted (the API checks its tenants and spaces first)")
-        await self.registry.projects.kv.purge(req.name)
+        await self.registry.projects.purge(req.name)
         return Removed(kind="project", name=req.name)
 
-    def install(self, host: ServiceHost) -> None:
-        host.endpoint(subjects.Registry.CLUSTER_UPDATE, ClusterUpdate, self.cluster_update)
-        host.endpoint(subjects.Registry.CLUSTER_REMOVE, NameRequest, self.cluster_remove)
-        host.endpoint(subjects.Projects.UPDATE, ProjectUpdate, self.project_update)
-        host.endpoint(subjects.Projects.DELETE, NameRequest, self.project_delete)
+    def install(self, served: Endpoints) -> None:
+        served.platform(subjects.Registry.CLUSTER_UPDATE, ClusterUpdate, self.cluster_update)
+        served.platform(subjects.Registry.CLUSTER_REMOVE, NameRequest, self.cluster_remove)
+        served.platform(subjects.Projects.UPDATE, ProjectUpdate, self.project_update)
+        served.platform(subjects.Projects.DELETE, NameRequest, self.project_delete)
 
 
 def live(items: dict[str, ClusterRecord]) -> list[ClusterRecord]:

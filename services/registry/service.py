@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Unpack
 
 from opentelemetry.metrics import Observation
 
@@ -35,27 +36,11 @@ from schemas.messages import (
     ProjectCreate,
     ProjectList,
     ProjectRecord,
-    encode,
 )
 from schemas.names import check_name
-from services import VERSION
-from services.bus import (
-    Bucket,
-    Connection,
-    JetStream,
-    ServiceHost,
-    Telemetry,
-    close,
-    connect,
-    ensure_bucket,
-    ensure_platform_streams,
-    identity,
-    limits,
-)
+from services.bus import Bus, Endpoints, Options, Records, Runtime, identity, limits, serve
 from services.bus.identity import Trust
-from services.bus.publishing import publish
-from services.bus.settings import ServiceSettings
-from services.bus.streams import delete_agent_consumer, ensure_agent_consumer, ensure_cmd_streams
+from services.bus.settings import FromEnv, ServiceSettings, env
 from services.registry import logic
 from services.registry.changes import Changes, live
 
@@ -63,51 +48,38 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(FromEnv):
     common: ServiceSettings = field(default_factory=ServiceSettings)
     """Bus and telemetry."""
 
-    heartbeat_interval: float = 5.0
+    heartbeat_interval: float = env("TETHER_HEARTBEAT_INTERVAL", 5.0)
     """Seconds between agent heartbeats, told to each agent when it connects."""
 
-    auth_dir: Path | None = None
+    auth_dir: Path | None = env("TETHER_AUTH_DIR", None)
     """The platform's NATS trust (``tether up`` makes it): with it, every agent gets its own NATS user
     allowed only its cluster's subjects, and disconnecting revokes it in the broker. None: an open NATS."""
 
-    agent_credential_ttl: float = 24 * 3600.0
+    agent_credential_ttl: float = env("TETHER_AGENT_CRED_TTL", 24 * 3600.0)
     """Lifetime of an agent's NATS user JWT; agents renew at about three quarters of it."""
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        import os
-
-        auth = os.environ.get("TETHER_AUTH_DIR")
-        return cls(
-            common=ServiceSettings.from_env(),
-            heartbeat_interval=float(os.environ.get("TETHER_HEARTBEAT_INTERVAL", "5")),
-            auth_dir=Path(auth) if auth else None,
-            agent_credential_ttl=float(os.environ.get("TETHER_AGENT_CRED_TTL", str(24 * 3600))),
-        )
 
 
 class Registry:
     def __init__(
         self,
         settings: Settings,
-        nc: Connection,
-        js: JetStream,
-        clusters: Bucket[ClusterRecord],
-        uids: Bucket[ClusterUidClaim],
-        projects: Bucket[ProjectRecord],
+        bus: Bus,
+        clusters: Records[ClusterRecord],
+        uids: Records[ClusterUidClaim],
+        projects: Records[ProjectRecord],
         trust: Trust | None = None,
-        sys_nc: Connection | None = None,
+        sys_bus: Bus | None = None,
     ) -> None:
         self.projects = projects
         self.trust = trust
-        self.sys_nc = sys_nc
+        self.sys_bus = sys_bus
+        """Connected as the system account's user: the only one the server takes account updates from."""
         self.settings = settings
-        self.nc = nc
-        self.js = js
+        self.bus = bus
         self.clusters = clusters
         self.uids = uids
 
@@ -121,7 +93,7 @@ class Registry:
     async def _event(self, kind: str, cluster: str, reason: str = "") -> None:
         event = ClusterEvent(kind=kind, cluster=cluster, at=time.time(), reason=reason)  # type: ignore[arg-type]
         # Retried through leader elections; the id makes a retry after a lost ack harmless.
-        await publish(self.js, subjects.public_event(f"cluster.{kind}"), event, msg_id=f"{kind}-{cluster}-{event.at}")
+        await self.bus.publish(subjects.public_event(f"cluster.{kind}"), event, msg_id=f"{kind}-{cluster}-{event.at}")
 
     async def create(self, req: ClusterCreate) -> ClusterConnectInfo:
         logic.validate_create(req)
@@ -175,13 +147,10 @@ class Registry:
 
     async def push_revocations(self) -> None:
         """Send the account, with every disconnected agent revoked, to the server: it closes their links."""
-        if self.trust is None or self.sys_nc is None:
+        if self.trust is None or self.sys_bus is None:
             return
         revoked = logic.revocations(list((await self.clusters.items()).values()))
-        reply = await self.sys_nc.request("$SYS.REQ.CLAIMS.UPDATE", self.trust.account_jwt(revoked).encode(), timeout=5)
-        answer = json.loads(reply.data or b"{}")
-        if answer.get("error"):
-            raise Unavailable(f"NATS refused the account update: {answer['error']}")
+        await self.sys_bus.update_account(self.trust.account_jwt(revoked))
         logger.info("account pushed to NATS with %d revoked agent(s)", len(revoked))
 
     async def renew(self, req: AgentRenew, caller: str) -> AgentCredentials:
@@ -210,14 +179,13 @@ class Registry:
                 claim = await self.uids.get(record.cluster_uid)
                 if claim and claim[0].cluster == record.name:
                     await self.uids.delete(record.cluster_uid)
-            await self.nc.publish(
+            await self.bus.send(
                 subjects.control(record.name),
-                encode(ControlNotice(kind="revoked", reason=f"cluster {record.name!r} was disconnected")),
+                ControlNotice(kind="revoked", reason=f"cluster {record.name!r} was disconnected"),
             )
-            await self.nc.flush()
             await self._event("disconnected", record.name)
         # Also when already disconnected (a crash before it is repaired by asking again).
-        await delete_agent_consumer(self.js, record.name)
+        await self.bus.delete_agent_consumer(record.name)
         # Also when already disconnected: a crash before the push is repaired by asking again.
         await self.push_revocations()
         return updated
@@ -245,7 +213,7 @@ class Registry:
                 raise logic.duplicate_error(req.cluster_uid, winner[0].cluster if winner else "?") from None
         # Spending the token is a CAS on the record: of two racing agents, one wins.
         await self.clusters.update(name, connected, revision)
-        await ensure_agent_consumer(self.js, name)
+        await self.bus.ensure_agent_consumer(name)
         await self._event("connected", name)
         logger.info("cluster %s connected (uid %s)", name, req.cluster_uid)
         if self.trust is None:
@@ -298,72 +266,66 @@ class Registry:
         if admitted != record:
             await self.clusters.update(record.name, admitted, revision)
         # Also at every hello: a consumer lost with its stream comes back when its agent reconnects.
-        await ensure_agent_consumer(self.js, record.name)
+        await self.bus.ensure_agent_consumer(record.name)
         return AgentWelcome(cluster=record.name, heartbeat_interval=self.settings.heartbeat_interval)
 
 
-async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None) -> None:
-    telemetry = telemetry or Telemetry.create("registry", settings.common.telemetry)
-    nc = await connect(settings.common.bus, "registry")
-    sys_nc: Connection | None = None
-    try:
-        js = nc.jetstream()
-        replicas = settings.common.bus.replicas
-        await ensure_platform_streams(js, replicas)
-        # The registry creates each agent's command consumer on these (lifecycle declares them too).
-        await ensure_cmd_streams(js, replicas)
-        clusters = await ensure_bucket(js, subjects.BUCKET_CLUSTERS, ClusterRecord, replicas=replicas, history=5)
-        uids = await ensure_bucket(js, subjects.BUCKET_CLUSTER_UIDS, ClusterUidClaim, replicas=replicas)
-        projects = await ensure_bucket(js, subjects.BUCKET_PROJECTS, ProjectRecord, replicas=replicas, history=5)
-        trust = Trust.load(settings.auth_dir) if settings.auth_dir else None
-        if trust is not None and settings.auth_dir is not None:
-            sys_nc = await connect(
-                replace(settings.common.bus, creds_file=str(settings.auth_dir / "sys.creds")),
-                "registry-sys",
-            )
-        registry = Registry(settings, nc, js, clusters, uids, projects, trust, sys_nc)
-        await registry.push_revocations()
-        connected = [0]
-        telemetry.meter("tether.registry").create_observable_gauge(
-            "tether.clusters.connected",
-            callbacks=[lambda _o: [Observation(connected[0])]],
-            description="Clusters with a connected agent identity",
-        )
+def install(registry: Registry, served: Endpoints) -> None:
+    R = subjects.Registry
+    served.platform(R.CLUSTER_CREATE, ClusterCreate, registry.create)
+    served.platform(R.CLUSTER_GET, NameRequest, registry.get)
+    served.platform(R.CLUSTER_LIST, Empty, registry.list)
+    served.platform(R.CLUSTER_DISCONNECT, NameRequest, registry.disconnect)
+    # Called by agents (and connect tokens' bootstrap users): the cluster is the one in the subject.
+    served.agent(R.AGENT_BOOTSTRAP, AgentBootstrap, registry.bootstrap)
+    served.agent(R.AGENT_HELLO, AgentHello, registry.hello)
+    served.agent(R.AGENT_RENEW, AgentRenew, registry.renew)
+    served.platform(R.EVENTS_CREDS, EventsCredsRequest, registry.events_creds)
+    served.platform(subjects.Projects.CREATE, ProjectCreate, registry.project_create)
+    served.platform(subjects.Projects.GET, NameRequest, registry.project_get)
+    served.platform(subjects.Projects.LIST, NamesRequest, registry.project_list)
+    Changes(registry).install(served)
 
-        async def count_connected() -> None:
-            while True:
-                try:
-                    records = await clusters.items()
-                    connected[0] = sum(r.state == "connected" for r in live(records))
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    logger.debug("counting clusters: %s", exc)
-                await asyncio.sleep(10)
 
-        host = ServiceHost(nc, "registry", VERSION, telemetry.tracer(__name__))
-        R = subjects.Registry
-        host.endpoint(R.CLUSTER_CREATE, ClusterCreate, registry.create)
-        host.endpoint(R.CLUSTER_GET, NameRequest, registry.get)
-        host.endpoint(R.CLUSTER_LIST, Empty, registry.list)
-        host.endpoint(R.CLUSTER_DISCONNECT, NameRequest, registry.disconnect)
-        # Called by agents (and connect tokens' bootstrap users): the cluster is the one in the subject.
-        host.agent_endpoint(R.AGENT_BOOTSTRAP, AgentBootstrap, registry.bootstrap)
-        host.agent_endpoint(R.AGENT_HELLO, AgentHello, registry.hello)
-        host.agent_endpoint(R.AGENT_RENEW, AgentRenew, registry.renew)
-        host.endpoint(R.EVENTS_CREDS, EventsCredsRequest, registry.events_creds)
-        host.endpoint(subjects.Projects.CREATE, ProjectCreate, registry.project_create)
-        host.endpoint(subjects.Projects.GET, NameRequest, registry.project_get)
-        host.endpoint(subjects.Projects.LIST, NamesRequest, registry.project_list)
-        Changes(registry).install(host)
-        async with host, asyncio.TaskGroup() as tg:
-            tg.create_task(count_connected(), name="registry-count")
-            logger.info("registry ready")
-            if ready:
-                ready.set()
-            await asyncio.Event().wait()
-    finally:
-        if sys_nc is not None:
-            await close(sys_nc)
-        await close(nc)
-        telemetry.shutdown()
+def count_connected(rt: Runtime, clusters: Records[ClusterRecord]) -> None:
+    """The ``tether.clusters.connected`` gauge, from a count taken every 10 s."""
+    connected = [0]
+    rt.meter("tether.registry").create_observable_gauge(
+        "tether.clusters.connected",
+        callbacks=[lambda _o: [Observation(connected[0])]],
+        description="Clusters with a connected agent identity",
+    )
+
+    async def count() -> None:
+        while True:
+            try:
+                records = await clusters.items()
+                connected[0] = sum(r.state == "connected" for r in live(records))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.debug("counting clusters: %s", exc)
+            await asyncio.sleep(10)
+
+    rt.task("count", count)
+
+
+async def setup(rt: Runtime, settings: Settings) -> None:
+    # The registry creates each agent's command consumer on the command streams (lifecycle declares them too).
+    await rt.bus.declare_streams("platform", "commands")
+    clusters = await rt.bus.bucket(subjects.BUCKET_CLUSTERS, ClusterRecord, history=5)
+    uids = await rt.bus.bucket(subjects.BUCKET_CLUSTER_UIDS, ClusterUidClaim)
+    projects = await rt.bus.bucket(subjects.BUCKET_PROJECTS, ProjectRecord, history=5)
+    trust, sys_bus = None, None
+    if settings.auth_dir is not None:
+        trust = Trust.load(settings.auth_dir)
+        sys_creds = str(settings.auth_dir / "sys.creds")
+        sys_bus = await rt.connect("registry-sys", replace(settings.common.bus, creds_file=sys_creds))
+    registry = Registry(settings, rt.bus, clusters, uids, projects, trust, sys_bus)
+    await registry.push_revocations()
+    count_connected(rt, clusters)
+    install(registry, rt.endpoints)
+
+
+async def run(settings: Settings, **options: Unpack[Options]) -> None:
+    await serve("registry", settings.common, functools.partial(setup, settings=settings), **options)
