@@ -81,31 +81,31 @@ async def test_replicas_write_on_top_of_their_own_writes_and_see_each_others(nc:
         assert found is not None
         return found[0]
 
-    slept = await a.action(act("sleep"))  # nothing remembered yet: read
-    await a.on_result(result_of(slept))  # type: ignore[arg-type]
+    slept = await a.workloads.action(act("sleep"))  # nothing remembered yet: read
+    await a.results.on_result(result_of(slept))  # type: ignore[arg-type]
     reads = a_bucket.reads
-    woken = await a.action(act("wake"))
-    await a.on_result(result_of(woken))  # type: ignore[arg-type]
+    woken = await a.workloads.action(act("wake"))
+    await a.results.on_result(result_of(woken))  # type: ignore[arg-type]
     assert a_bucket.reads == reads, "a replica writes on top of its own last write without a read"
     assert logic.in_sync(await stored()) and (await stored()).spec.state == "running"
 
     # The other replica puts it to sleep; a's memory of it ("running", in sync) is now old.
-    other = await b.action(act("sleep"))
+    other = await b.workloads.action(act("sleep"))
     assert other.generation == woken.generation + 1
     # a is asked to wake it: from its old memory that would be "already running, nothing to do".
-    again = await a.action(act("wake"))
+    again = await a.workloads.action(act("wake"))
     assert again.generation == other.generation + 1 and again.spec.state == "running"
     assert (await stored()).generation == again.generation
 
     # Results: b records the wake's; then a gets the same result again (a redelivery) while it remembers
     # the record before b's write: its write on top of that fails, it reads and folds the result into b's.
     delivered = result_of(again)
-    await b.on_result(delivered)  # type: ignore[arg-type]
+    await b.results.on_result(delivered)  # type: ignore[arg-type]
     recorded = await stored()
     assert recorded.observed is not None and recorded.observed.generation == again.generation
-    await a.on_result(delivered)  # type: ignore[arg-type]
+    await a.results.on_result(delivered)  # type: ignore[arg-type]
     now = await stored()
     assert (now.generation, now.spec, now.observed) == (recorded.generation, recorded.spec, recorded.observed)
     # And a's next action starts from what is stored, b's write included.
-    last = await a.action(act("sleep"))
+    last = await a.workloads.action(act("sleep"))
     assert last.generation == again.generation + 1 and last.observed == now.observed

@@ -1,0 +1,49 @@
+"""A project's members changed (``tether.events.project.members``): every tenant cluster and space of the
+project gets its new RBAC as a new generation, sent to its agent like any other change."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from schemas.messages import Membership, MembershipChanged, Role, WorkloadRecord, decode, workload_key
+from services.bus import Msg
+from services.lifecycle import logic
+from services.lifecycle.peers import Peers
+from services.lifecycle.sending import Sender, new_op_id
+from services.lifecycle.store import Desired
+
+logger = logging.getLogger(__name__)
+
+
+class MembershipFanout:
+    def __init__(self, desired: Desired, sender: Sender, peers: Peers) -> None:
+        self.desired = desired
+        self.sender = sender
+        self.peers = peers
+
+    async def on_membership(self, msg: Msg) -> None:
+        change = decode(msg.data, MembershipChanged)
+        membership = await self.peers.membership(change.project)
+        roles: dict[str, Role | None] = {}
+        for record in await self.desired.all_records():
+            if record.spec.project != change.project:
+                continue
+            owner = record.created_by
+            if owner not in roles:
+                roles[owner] = await self.peers.role_of(owner, change.project)
+            await self._update(record, membership, roles[owner])
+
+    async def _update(self, record: WorkloadRecord, membership: Membership, role: Role | None) -> None:
+        k = workload_key(record.spec)
+
+        def update(current: WorkloadRecord | None) -> WorkloadRecord | None:
+            if current is None:
+                return None
+            return logic.with_members(current, membership, new_op_id(), time.time(), role)
+
+        before = await self.desired.get(k)
+        new = await self.desired.bucket.mutate(k, update)
+        if new is not None and before is not None and new.generation != before[0].generation:
+            logger.info("access of %s changed: generation %d", k, new.generation)
+            await self.sender.send(new)

@@ -1,0 +1,45 @@
+"""Lifecycle's instruments: commands issued, applied and failed, their latency, resyncs, and what waits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from schemas.messages import WorkloadRecord
+from services.bus import Telemetry
+from services.lifecycle import logic
+
+LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
+"""Seconds: commands take milliseconds when the agent is there, minutes when it is not."""
+
+
+class Metrics:
+    def __init__(self, telemetry: Telemetry) -> None:
+        meter = telemetry.meter("tether.lifecycle")
+        self.issued = meter.create_counter("tether.commands.issued", description="Commands sent to agents")
+        self.applied = meter.create_counter("tether.commands.applied", description="Commands agents applied")
+        self.failed = meter.create_counter("tether.commands.failed", description="Commands agents could not apply")
+        self.resyncs = meter.create_counter("tether.resyncs", description="Inventories reconciled")
+        self.latency = meter.create_histogram(
+            "tether.command.latency",
+            unit="s",
+            description="From the desired-state write to the agent's result",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        )
+        self.pending: dict[str, int] = {}
+        meter.create_observable_gauge(
+            "tether.commands.pending",
+            callbacks=[self._observe_pending],
+            description="Desired changes not yet applied, per cluster",
+        )
+
+    def _observe_pending(self, _options: CallbackOptions) -> list[Observation]:
+        return [Observation(n, {"cluster": cluster}) for cluster, n in self.pending.items()]
+
+    def count_pending(self, records: Iterable[WorkloadRecord]) -> None:
+        # A cluster seen before and now without anything pending reports 0, not its last count.
+        pending = dict.fromkeys(self.pending, 0)
+        for r in records:
+            pending[r.spec.cluster] = pending.get(r.spec.cluster, 0) + (0 if logic.in_sync(r) else 1)
+        self.pending = pending

@@ -1,0 +1,156 @@
+"""Resync: an agent's inventory (on every (re)connect and every 2 minutes) against the desired state.
+
+What is missing or stale on the cluster is sent again, what the platform does not want there is deleted
+(never everything at once when the desired state is empty: ``empty_grace``), deletions the cluster shows
+done become tombstones, and the activity the agent saw is recorded for auto-sleep.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from schemas import subjects
+from schemas.errors import Conflict, InvalidInput
+from schemas.messages import Inventory, InventoryItem, WorkloadRecord, decode, ref_of, workload_key
+from services.bus import Msg
+from services.lifecycle import logic
+from services.lifecycle.metrics import Metrics
+from services.lifecycle.sending import Sender, new_op_id
+from services.lifecycle.store import Desired
+
+logger = logging.getLogger(__name__)
+
+STALE_INVENTORY = 600.0
+"""Seconds after which an inventory is ignored: a newer one will come."""
+
+
+def _stream_seq(msg: Msg) -> str:
+    """The message's sequence in its stream ('' when it has none, e.g. not from JetStream)."""
+    try:
+        return str(msg.metadata.sequence.stream)
+    except Exception:  # not a JetStream message
+        return ""
+
+
+class Progress:
+    """Tells JetStream a long handler is still at work, so the message is not redelivered meanwhile."""
+
+    EVERY = 50
+
+    def __init__(self, msg: Msg) -> None:
+        self.msg = msg
+        self.steps = 0
+
+    async def tick(self) -> None:
+        self.steps += 1
+        if self.steps % self.EVERY == 0 and self.msg.reply:
+            try:
+                await self.msg.in_progress()
+            except Exception as exc:  # advisory: at worst the message comes back and repeats its commands' ids
+                logger.debug("in-progress ack failed: %s", exc)
+
+
+class InventoryResync:
+    def __init__(self, desired: Desired, sender: Sender, metrics: Metrics, empty_grace: float) -> None:
+        self.desired = desired
+        self.sender = sender
+        self.metrics = metrics
+        self.empty_grace = empty_grace
+        self.empty_since: dict[str, float] = {}
+        """Since when each cluster's desired state has been empty (deletes are held back for a grace)."""
+
+    async def on_inventory(self, msg: Msg) -> None:
+        inventory = decode(msg.data, Inventory)
+        cluster = inventory.cluster
+        if subjects.cluster_of_evt(msg.subject) != cluster:  # the broker's word, never the payload's
+            raise InvalidInput(f"inventory for {inventory.cluster!r} arrived on {msg.subject!r}")
+        now = time.time()
+        if now - inventory.at > STALE_INVENTORY:
+            return
+        desired = [r for r in await self.desired.recent_records() if r.spec.cluster == cluster]
+        plan = self._plan(cluster, desired, inventory, now)
+        # Ids derived from the inventory's place in the stream: a redelivered inventory (a handler that
+        # outlived its ack wait, a crash) asks for the same commands again, and the stream drops the copies.
+        origin = _stream_seq(msg) or new_op_id()
+        progress = Progress(msg)
+        await self._resend(cluster, plan.resend, inventory, origin, progress)
+        await self._delete_orphans(cluster, plan.orphans, origin, now, progress)
+        await self._confirm_deleted(cluster, plan.done, now, progress)
+        await self._record_activity(cluster, desired, inventory, now, progress)
+
+    def _plan(self, cluster: str, desired: list[WorkloadRecord], inventory: Inventory, now: float) -> logic.Resync:
+        if any(r.spec.state != "deleted" for r in desired):
+            self.empty_since.pop(cluster, None)
+        else:
+            self.empty_since.setdefault(cluster, now)
+        self.metrics.resyncs.add(1, {"cluster": cluster})
+        plan = logic.reconcile(
+            desired, inventory.items, empty_since=self.empty_since.get(cluster), now=now, grace=self.empty_grace
+        )
+        if plan.held_back:
+            logger.warning(
+                "cluster %s reports %d objects but its desired state is empty; holding deletes back for %.0fs",
+                cluster,
+                len(inventory.items),
+                self.empty_grace,
+            )
+        if plan.deferred:
+            logger.warning("resync %s: %d re-sends or deletes left for the next resync", cluster, plan.deferred)
+        return plan
+
+    async def _resend(
+        self, cluster: str, stale: Sequence[WorkloadRecord], inventory: Inventory, origin: str, progress: Progress
+    ) -> None:
+        have = {ref_of(i): i.generation for i in inventory.items}
+        for old in stale:
+            # The snapshot may be a moment old: re-send what the record says now.
+            found = await self.desired.get(workload_key(old.spec))
+            record = found[0] if found is not None else None
+            if record is None or logic.is_tombstone(record) or record.spec.cluster != cluster:
+                continue
+            if have.get(ref_of(record.spec), 0) >= record.generation:
+                continue
+            k = workload_key(record.spec)
+            logger.info("resync %s: re-sending %s (generation %d)", cluster, k, record.generation)
+            await self.sender.send(record, op_id=f"{logic.RESYNC_PREFIX}{origin}-{k}-{record.generation}")
+            await progress.tick()
+
+    async def _delete_orphans(
+        self, cluster: str, orphans: Sequence[InventoryItem], origin: str, now: float, progress: Progress
+    ) -> None:
+        for item in orphans:
+            found = await self.desired.get(workload_key(item))
+            if found is not None and not logic.is_tombstone(found[0]) and found[0].spec.cluster == cluster:
+                continue  # created since the snapshot: wanted, not an orphan
+            logger.info("resync %s: deleting unknown %s", cluster, ref_of(item))
+            await self.sender.delete_orphan(cluster, item, origin, now)
+            await progress.tick()
+
+    async def _confirm_deleted(
+        self, cluster: str, done: Sequence[WorkloadRecord], now: float, progress: Progress
+    ) -> None:
+        for record in done:
+            k = workload_key(record.spec)
+            found = await self.desired.get(k)
+            if found is None or found[0].generation != record.generation or found[0].spec.cluster != cluster:
+                continue
+            await self.desired.bucket.update(k, logic.confirm_deleted(found[0], now), found[1])
+            await self.sender.announce_deleted(record)
+            await progress.tick()
+
+    async def _record_activity(
+        self, cluster: str, desired: list[WorkloadRecord], inventory: Inventory, now: float, progress: Progress
+    ) -> None:
+        for k, at in logic.activity_updates(desired, inventory.items, now).items():
+            found = await self.desired.get(k)
+            if found is None or found[0].spec.cluster != cluster:
+                continue
+            touched = logic.touch(found[0], at, now)
+            if touched is not None:
+                try:
+                    await self.desired.bucket.update(k, touched, found[1])
+                except Conflict:
+                    pass  # someone else wrote it; activity is advisory
+            await progress.tick()

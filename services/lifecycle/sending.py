@@ -1,0 +1,130 @@
+"""What lifecycle publishes: commands to agents (with their audit records) and the public workload events.
+
+Every publish carries a message id the stream deduplicates on, so a retried publish, a re-send after a
+crash or a second replica folding the same result never doubles a command or an event.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from opentelemetry import trace
+
+from schemas import subjects
+from schemas.audit import AuditRecord
+from schemas.messages import (
+    MAX_GENERATION,
+    Command,
+    CommandResult,
+    EventPhase,
+    InventoryItem,
+    WorkloadEvent,
+    WorkloadRecord,
+    WorkloadSpec,
+    clip,
+    workload_key,
+)
+from services.bus import JetStream
+from services.bus.publishing import publish
+from services.lifecycle import logic
+from services.lifecycle.concurrency import all_done
+from services.lifecycle.metrics import Metrics
+
+
+def new_op_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _event(spec: WorkloadSpec, phase: EventPhase, reason: str, message: str = "") -> WorkloadEvent:
+    return WorkloadEvent(
+        kind=spec.kind,
+        project=spec.project,
+        name=spec.name,
+        cluster=spec.cluster,
+        phase=phase,
+        at=time.time(),
+        reason=reason,
+        message=message,
+    )
+
+
+def _phase_msg_id(record: WorkloadRecord, phase: EventPhase) -> str:
+    # One per phase entered at a generation: a retried publish (or a second replica folding the same
+    # result) is dropped by the stream instead of announced twice.
+    spec = record.spec
+    return f"{spec.kind}-{spec.project}-{spec.name}-{phase.lower()}-g{record.generation}"
+
+
+class Sender:
+    def __init__(self, js: JetStream, metrics: Metrics) -> None:
+        self.js = js
+        self.metrics = metrics
+
+    async def send(self, record: WorkloadRecord, op_id: str | None = None, by: str = "") -> None:
+        """Publish the command and its audit record; returns when the stream has both.
+
+        The two publishes overlap: each is retried with its own message id until acknowledged, and neither
+        depends on the other (a command whose publish fails is re-sent from the desired state, and its audit
+        record, once in, is not written twice).
+        """
+        command = Command(
+            op_id=op_id or record.op_id,
+            generation=record.generation,
+            spec=record.spec,
+            issued_at=time.time(),
+            operation=record.operation,
+        )
+        span = trace.get_current_span().get_span_context()
+        spec = record.spec
+        audit = AuditRecord(
+            kind="command",
+            at=time.time(),
+            user=by or record.created_by,
+            action=record.operation,
+            target=f"{spec.kind}/{spec.project}/{spec.name}",
+            cluster=spec.cluster,
+            result="issued",
+            op_id=command.op_id,
+            trace_id=f"{span.trace_id:032x}" if span.is_valid else "",
+        )
+        await all_done(
+            publish(self.js, subjects.cmd(spec.cluster, subjects.VERB_APPLY), command, msg_id=command.op_id),
+            publish(self.js, subjects.audit_command(spec.cluster), audit, msg_id=f"audit-{command.op_id}"),
+        )
+        self.metrics.issued.add(1, {"cluster": spec.cluster})
+
+    async def delete_orphan(self, cluster: str, item: InventoryItem, origin: str, now: float) -> None:
+        """Ask ``cluster``'s agent to delete an object the platform does not want (no record, no audit)."""
+        command = Command(
+            op_id=f"orphan-{origin}-{workload_key(item)}",
+            generation=min(item.generation + 1, MAX_GENERATION),
+            spec=logic.orphan_spec(item, cluster),
+            issued_at=now,
+            operation="resync",
+        )
+        await publish(self.js, subjects.cmd(cluster, subjects.VERB_APPLY), command, msg_id=command.op_id)
+
+    async def announce(self, old: WorkloadRecord | None, new: WorkloadRecord, reason: str = "") -> None:
+        """The phase ``new`` entered, if it is not ``old``'s."""
+        before = logic.phase(old) if old else None
+        after = logic.phase(new)
+        if before == after:
+            return
+        message = new.failure.message if after == "Failed" and new.failure else ""
+        event = _event(new.spec, after, reason, message)
+        subject = subjects.public_event(f"{new.spec.kind}.{after.lower()}")
+        await publish(self.js, subject, event, msg_id=_phase_msg_id(new, after))
+
+    async def announce_failed(self, record: WorkloadRecord, result: CommandResult) -> None:
+        """``command.failed`` for every failed command, a delete too (its phase stays Deleting, so no phase
+        event says it); one per operation (the message id), however often the result is delivered."""
+        reason = clip(result.reason, logic.MAX_REASON) or "ApplyFailed"
+        # An agent's text: bounded before it is published for everyone.
+        event = _event(record.spec, logic.phase(record), reason, clip(result.message))
+        await publish(self.js, subjects.public_event("command.failed"), event, msg_id=f"failed-{record.op_id}")
+
+    async def announce_deleted(self, record: WorkloadRecord) -> None:
+        event = _event(record.spec, "Deleted", "Deleted")
+        subject = subjects.public_event(f"{record.spec.kind}.deleted")
+        await publish(self.js, subject, event, msg_id=_phase_msg_id(record, "Deleted"))

@@ -1,0 +1,164 @@
+"""Lifecycle's endpoints for tenant clusters and spaces: create, get, list and the users' actions.
+
+Every change is written to KV first (desired state, with a new generation and operation id,
+compare-and-set), then published as a command whose ``Nats-Msg-Id`` is the operation id.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from schemas.errors import Conflict, InvalidInput, TetherError
+from schemas.messages import (
+    WorkloadAction,
+    WorkloadCreate,
+    WorkloadList,
+    WorkloadQuery,
+    WorkloadRecord,
+    WorkloadRef,
+    ref_of,
+    workload_key,
+)
+from schemas.names import check_name
+from services.bus.faults import crash_point
+from services.lifecycle import logic
+from services.lifecycle.concurrency import all_done
+from services.lifecycle.peers import Peers
+from services.lifecycle.sending import Sender, new_op_id
+from services.lifecycle.store import Desired, Found
+
+logger = logging.getLogger(__name__)
+
+Acted = tuple[WorkloadRecord, WorkloadRecord | None]
+"""(the record acted on, the new one written or None when nothing changed)."""
+
+
+class Workloads:
+    def __init__(self, desired: Desired, sender: Sender, peers: Peers) -> None:
+        self.desired = desired
+        self.sender = sender
+        self.peers = peers
+
+    async def create(self, req: WorkloadCreate) -> WorkloadRecord:
+        logic.validate_create(req)
+        project = await self.peers.project(req.project)
+        if project.deleting:
+            raise Conflict(f"project {req.project!r} is being deleted")
+        membership = await self.peers.membership(req.project)
+        owner_role = await self.peers.role_of(req.created_by, req.project)
+        clusters, presence = await self.peers.placement_view(req.cluster)
+        need = logic.resources_for(req)
+        # One writer at a time per replica keeps quota and placement checks honest; the
+        # create-only KV write settles races between replicas on the same name.
+        async with self.desired.writes:
+            records = await self.desired.all_records()
+            k = workload_key(req)
+            previous = await self.desired.get(k)
+            if previous is not None and not logic.is_tombstone(previous[0]):
+                if not logic.in_sync(previous[0]):
+                    # Perhaps a retry of a create whose answer was lost before its command went out
+                    # (a crash, a NATS failover): send it again; the stream drops it if it has it.
+                    await self.sender.send(previous[0])
+                raise Conflict(f"{req.kind} {req.name!r} already exists in project {req.project!r}")
+            logic.check_quota(project, records, req.kind, need)
+            cluster = logic.place(project, req.cluster, clusters, presence, records, need)
+            old = previous[0] if previous else None
+            record = logic.new_record(req, project, cluster, membership, time.time(), new_op_id(), old, owner_role)
+            await self.desired.write(k, record, previous[1] if previous else None)
+        crash_point("lifecycle-after-desired-write")
+        logger.info("%s desired on %s (op %s)", ref_of(req), cluster, record.op_id)
+        await all_done(self.sender.send(record), self.sender.announce(None, record, "Created"))
+        return record
+
+    async def get(self, ref: WorkloadRef) -> WorkloadRecord:
+        check_name(ref.project, "project name")
+        check_name(ref.name, f"{ref.kind} name")
+        record, _ = await self.desired.get_live(ref)
+        return record
+
+    async def list(self, q: WorkloadQuery) -> WorkloadList:
+        records = [
+            r
+            for r in await self.desired.all_records()
+            if r.spec.kind == q.kind
+            and (q.all or r.spec.project in q.projects)
+            and (not q.cluster or r.spec.cluster == q.cluster)
+        ]
+        return WorkloadList(items=sorted(records, key=lambda r: (r.spec.project, r.spec.name)))
+
+    async def action(self, req: WorkloadAction) -> WorkloadRecord:
+        ref = ref_of(req)
+        check_name(req.project, "project name")
+        check_name(req.name, f"{req.kind} name")
+        if req.version and req.action != "upgrade":
+            raise InvalidInput(f"--version applies to upgrade, not {req.action}")
+        op_id = new_op_id()
+        # One action at a time per object (a second one waits, then sees the first's result rather than a
+        # conflict); actions on different objects run side by side: the CAS write settles any race with a
+        # create, a result or another replica. Only an upgrade checks the quota, so only it takes the
+        # writers' lock that keeps quota checks honest.
+        k = workload_key(ref)
+        async with self.desired.objects.hold(k):
+            known = self.desired.known.get(k)
+            done = await self._act(req, known, op_id) if known is not None else None
+            if done is None:
+                done = await self._act(req, await self.desired.get_live(ref), op_id, fresh=True)
+                assert done is not None  # a record just read always decides
+            record, new = done
+        if new is None:
+            return record
+        crash_point("lifecycle-after-desired-write")
+        logger.info("%s: %s (generation %d, op %s)", ref, req.action, new.generation, op_id)
+        await all_done(self.sender.send(new, by=req.by), self.sender.announce(record, new, req.action.capitalize()))
+        return new
+
+    async def _act(self, req: WorkloadAction, found: Found, op_id: str, *, fresh: bool = False) -> Acted | None:
+        """What ``req`` does to ``found``; None when ``found`` is a remembered record that may be old
+        (anything but a successful write on top of it): the caller reads the record and decides again."""
+        record, revision = found
+        if not fresh and logic.is_tombstone(record):
+            return None
+        if logic.repeats_pending(record, req.action, req.version):
+            if not fresh:
+                return None
+            # A retry of the pending operation after a lost answer (a crash, a NATS failover): make sure its
+            # command went out; the stream drops it if it has it already.
+            await self.sender.send(record, by=req.by)
+            return record, None
+        try:
+            new = logic.act(record, req.action, req.version, op_id, time.time())
+        except TetherError:
+            if not fresh:
+                return None
+            raise
+        if new is None:
+            return (record, None) if fresh else None
+        try:
+            await self._write(req, record, new, revision)
+        except Conflict:
+            if not fresh:
+                return None
+            raise
+        return record, new
+
+    async def _write(self, req: WorkloadAction, record: WorkloadRecord, new: WorkloadRecord, revision: int) -> None:
+        k = workload_key(new.spec)
+        if req.action != "upgrade":
+            await self.desired.write(k, new, revision)
+            return
+        # An upgrade runs old and new control planes side by side for a while.
+        project = await self.peers.project(req.project)
+        async with self.desired.writes:
+            logic.check_quota(project, await self.desired.all_records(), req.kind, record.spec.resources, count=0)
+            await self.desired.write(k, new, revision)
+
+    async def republish_pending(self) -> None:
+        """After a crash between a KV write and its publish: publish again (the stream drops copies)."""
+        pending = sorted(
+            (r for r in await self.desired.all_records() if not logic.in_sync(r)), key=lambda r: r.updated_at
+        )
+        for record in pending:
+            await self.sender.send(record)
+        if pending:
+            logger.info("re-published %d pending commands", len(pending))
