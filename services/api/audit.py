@@ -4,7 +4,7 @@
 import logging
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import FastAPI, Query
 from opentelemetry import trace
@@ -15,11 +15,9 @@ from schemas.audit import AuditListOut, AuditOut, AuditRecord
 from schemas.errors import InvalidInput, TetherError
 from schemas.names import check_name
 from schemas.units import parse_duration
+from services.api.auth import ERRORS, Platform, Who, require_admin
 from services.bus.publishing import publish
 from services.bus.reading import read_since
-
-if TYPE_CHECKING:
-    from services.api.app import Platform
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +25,6 @@ MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def install_audit(app: FastAPI, platform: "Platform") -> None:
-    from services.api.app import ERRORS, Who, require_admin
-
     class AuditMiddleware:
         """Pure ASGI (streams such as server-sent events pass through untouched)."""
 

@@ -1,7 +1,6 @@
 """Credentials for outside consumers of the public events (``tether events creds``)."""
 
 # No "from __future__ import annotations": FastAPI resolves the route's local annotations at definition.
-from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -10,14 +9,10 @@ from schemas.api import EventsCredsIn, EventsCredsOut
 from schemas.messages import EventsCreds, EventsCredsRequest
 from schemas.names import check_name
 from services.api import logic
-
-if TYPE_CHECKING:
-    from services.api.app import Platform
+from services.api.auth import ERRORS, Platform, Who, require_admin
 
 
 def install_events(app: FastAPI, platform: "Platform") -> None:
-    from services.api.app import ERRORS, Who, require_admin
-
     @app.post(
         "/api/v1/events/credentials",
         response_model=EventsCredsOut,

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -45,11 +45,9 @@ from schemas.gateway import (
 )
 from schemas.messages import Empty, NameRequest, Presence, Principal, TeamList, WorkloadRecord, WorkloadRef
 from schemas.names import check_name
+from services.api.auth import Platform, authorize
 from services.bus.gateway import GatewayLink, GatewayStream, StreamBroken
 from services.bus.publishing import publish
-
-if TYPE_CHECKING:
-    from services.api.app import Platform
 
 logger = logging.getLogger(__name__)
 
@@ -206,8 +204,6 @@ class Gateway:
         hit = self._cache.get(key)
         if hit and now - hit[0] < RESOLVE_TTL:
             return hit[1]
-        from services.api.app import authorize
-
         await authorize(self.platform, who, "workload.read", project)
         record, teams = await asyncio.gather(
             self.platform.call(

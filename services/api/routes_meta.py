@@ -5,11 +5,10 @@ from fastapi import FastAPI
 
 from schemas.api_changes import VersionOut
 from services import VERSION
+from services.api.auth import ERRORS, Who
 
 
 def install_meta_routes(app: FastAPI) -> None:
-    from services.api.app import ERRORS, Who
-
     @app.get("/api/v1/version", response_model=VersionOut, responses=ERRORS, tags=["platform"])
     async def version(who: Who) -> VersionOut:
         """The platform's version and the API's."""

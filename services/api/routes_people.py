@@ -6,7 +6,6 @@ Any change that could end a session clears this process's authentication cache a
 
 # No "from __future__ import annotations": FastAPI resolves the routes' local annotations at definition.
 from enum import Enum
-from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -27,9 +26,7 @@ from schemas.errors import Forbidden
 from schemas.messages import NameRequest, Principal, TeamRecord, UserRecord
 from schemas.names import check_name
 from services.api import logic
-
-if TYPE_CHECKING:
-    from services.api.app import Platform
+from services.api.auth import ERRORS, Platform, Who, require_admin
 
 
 def removed_view(r: Removed) -> RemovedOut:
@@ -49,8 +46,6 @@ def _own_or_admin(who: Principal, user: str) -> None:
 
 
 def install_people_routes(app: FastAPI, platform: "Platform") -> None:
-    from services.api.app import ERRORS, Who, require_admin
-
     tags: list[str | Enum] = ["access"]
 
     @app.delete("/api/v1/users/{name}", response_model=RemovedOut, responses=ERRORS, tags=tags)

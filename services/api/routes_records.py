@@ -9,7 +9,7 @@ nothing is placed on it.
 
 # No "from __future__ import annotations": FastAPI resolves the routes' local annotations at definition.
 import asyncio
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
@@ -33,9 +33,7 @@ from schemas.messages import (
 )
 from schemas.names import check_name
 from services.api import logic
-
-if TYPE_CHECKING:
-    from services.api.app import Platform
+from services.api.auth import ERRORS, Platform, Who, require_admin
 
 
 def label(r: WorkloadRecord) -> str:
@@ -57,8 +55,6 @@ async def workloads(platform: "Platform", *, project: str = "", cluster: str = "
 
 
 def install_record_routes(app: FastAPI, platform: "Platform") -> None:
-    from services.api.app import ERRORS, Who, require_admin
-
     async def project_out(name: str) -> ProjectOut:
         project, membership, records = await asyncio.gather(
             platform.call(subjects.Projects.GET, NameRequest(name=name), ProjectRecord),

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import uvicorn
 
-from services.api.app import Platform, create_app
+from services.api.app import create_app
+from services.api.auth import Platform
 from services.bus import Telemetry, close, connect
 from services.bus.settings import ServiceSettings
 

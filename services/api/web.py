@@ -30,7 +30,7 @@ from schemas.api import ClusterEventListOut, ClusterEventOut
 from schemas.errors import NotFound, Unavailable
 from schemas.messages import ClusterList, ClusterRecord, Empty, NameRequest, Principal, VisibleProjects
 from schemas.names import check_name
-from services.api.app import ERRORS, Platform, Who, cluster_scope, platform_of, visible
+from services.api.auth import ERRORS, Platform, Who, cluster_scope, platform_of, visible
 from services.api.logic import may_see_cluster
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from services.api.app import Platform, create_app
+from services.api.app import create_app
+from services.api.auth import Platform
 from tests.clients.tools import ROOT, run
 
 pytestmark = pytest.mark.clients

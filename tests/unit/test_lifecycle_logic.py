@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from schemas.api import WorkloadIn
 from schemas.errors import Conflict, Forbidden, InvalidInput, NotFound
 from schemas.messages import (
     Capacity,
@@ -15,6 +16,7 @@ from schemas.messages import (
     Quota,
     Resources,
     WorkloadCreate,
+    WorkloadKind,
     WorkloadRecord,
 )
 from services.lifecycle import logic
@@ -273,3 +275,33 @@ def test_supported_versions_are_published_from_one_place() -> None:
 
     assert versions.supported_versions() == [f"v1.{m}" for m in logic.SUPPORTED_MINORS]
     assert logic.DEFAULT_VERSION in versions.supported_versions()
+
+
+@pytest.mark.parametrize(
+    ("kind", "cpu", "memory", "want"),
+    [
+        ("tenant", 2.0, None, (2.0, 2 * 1024**3)),  # only cpu: the kind's default memory, 2 Gi (never 1 Gi)
+        ("tenant", None, 4 * 1024**3, (1.0, 4 * 1024**3)),
+        ("tenant", None, None, (1.0, 2 * 1024**3)),
+        ("space", 2.0, None, (2.0, 1024**3)),
+        ("space", None, None, (0.5, 1024**3)),
+    ],
+)
+def test_defaults_fill_only_what_a_create_leaves_out(
+    kind: WorkloadKind, cpu: float | None, memory: int | None, want: tuple[float, int]
+) -> None:
+    req = WorkloadCreate(kind=kind, project="p", name="w", cpu=cpu, memory=memory)
+    got = logic.resources_for(req)
+    assert (got.cpu, got.memory) == want
+    record = logic.new_record(req, ProjectRecord(name="p"), "c1", Membership(project="p"), 1.0, "op")
+    assert record.spec.resources == got
+
+
+def test_the_apis_schema_says_lifecycles_defaults() -> None:
+    """The API passes what is given and documents the defaults; the numbers are lifecycle's."""
+    fields = WorkloadIn.model_fields
+    tenant, space = logic.DEFAULT_RESOURCES["tenant"], logic.DEFAULT_RESOURCES["space"]
+    assert f"default {tenant.cpu:g} (tenant cluster), {space.cpu:g} (space)" in str(fields["cpu"].description)
+    gib = 1024**3
+    memory = f"default {tenant.memory // gib} Gi (tenant cluster), {space.memory // gib} Gi (space)"
+    assert memory in str(fields["memory"].description)

@@ -1,0 +1,127 @@
+"""The shared request context of the API's routes: the platform they reach, who is calling, and whether
+they may (every route module imports this, never ``app``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from schemas import subjects
+from schemas.api import ErrorResponse
+from schemas.errors import Forbidden, Unauthenticated
+from schemas.messages import (
+    AccessAction,
+    Authenticate,
+    Authorize,
+    Decision,
+    M,
+    Message,
+    NameRequest,
+    NamesRequest,
+    Principal,
+    ProjectList,
+    ProjectRecord,
+    VisibleProjects,
+)
+from services.bus import Connection, Telemetry, call
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 410, 413, 503)
+}
+"""The error answers every route documents."""
+
+
+@dataclass
+class Platform:
+    """What the routes reach: the bus, and where agents connect."""
+
+    nc: Connection
+    nats_url: str
+    request_timeout: float = 5.0
+    auth_cache_ttl: float = 5.0
+    telemetry: Telemetry | None = None
+    ca_file: str = ""
+    """The CA agents verify a TLS NATS server with (printed in their command)."""
+
+    def __post_init__(self) -> None:
+        self._auth_cache: dict[str, tuple[float, Principal]] = {}
+
+    async def call(self, subject: str, message: Message, reply_type: type[M]) -> M:
+        return await call(self.nc, subject, message, reply_type, timeout=self.request_timeout)
+
+    def forget_sessions(self) -> None:
+        """After a token, a user or a role goes away: no cached answer may outlive it here."""
+        self._auth_cache.clear()
+
+    async def authenticate(self, token: str) -> Principal:
+        now = time.monotonic()
+        hit = self._auth_cache.get(token)
+        if hit and hit[0] > now:
+            return hit[1]
+        principal = await self.call(subjects.Access.AUTHENTICATE, Authenticate(token=token), Principal)
+        if len(self._auth_cache) > 10_000:
+            self._auth_cache.clear()
+        self._auth_cache[token] = (now + self.auth_cache_ttl, principal)
+        return principal
+
+
+bearer = HTTPBearer(auto_error=False)
+
+
+def platform_of(request: Request) -> Platform:
+    platform: Platform = request.app.state.platform
+    return platform
+
+
+async def principal(
+    request: Request,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    if creds is None or not creds.credentials:
+        raise Unauthenticated("missing API token: send 'Authorization: Bearer <token>'")
+    who = await platform_of(request).authenticate(creds.credentials)
+    request.state.user = who.user  # for the audit trail
+    return who
+
+
+Who = Annotated[Principal, Depends(principal)]
+
+
+def require_admin(who: Principal) -> None:
+    if not who.platform_admin:
+        raise Forbidden(f"user {who.user!r} is not a platform admin")
+
+
+async def authorize(
+    platform: Platform, who: Principal, action: AccessAction, project: str = "", owner: str = ""
+) -> Decision:
+    """Ask access whether ``who`` may do ``action``; raise Forbidden with its reason when not."""
+    if who.platform_admin:
+        return Decision(allowed=True, reason="platform admin")
+    decision = await platform.call(
+        subjects.Access.AUTHORIZE, Authorize(user=who.user, action=action, project=project, owner=owner), Decision
+    )
+    if not decision.allowed:
+        raise Forbidden(decision.reason)
+    return decision
+
+
+async def visible(platform: Platform, who: Principal) -> VisibleProjects:
+    return await platform.call(subjects.Access.VISIBLE, NameRequest(name=who.user), VisibleProjects)
+
+
+async def cluster_scope(platform: Platform, who: Principal) -> list[ProjectRecord] | None:
+    """The projects whose clusters (and tenants on them) ``who`` may see; None: everything (platform admin)."""
+    if who.platform_admin:
+        return None
+    seen = await visible(platform, who)
+    if seen.all:
+        return None
+    if not seen.projects:
+        return []
+    found = await platform.call(subjects.Projects.LIST, NamesRequest(names=tuple(seen.projects)), ProjectList)
+    return found.projects
