@@ -34,6 +34,7 @@ from schemas.messages import (
     WorkloadCreate,
     WorkloadKind,
     WorkloadRecord,
+    WorkloadRef,
     WorkloadSpec,
     clip,
     ref_of,
@@ -112,22 +113,8 @@ def place(
 ) -> str:
     """The cluster a new tenant or space goes to."""
     if requested:
-        check_name(requested, "cluster name")
-        cluster = clusters.get(requested)
-        if cluster is None or cluster.state == "disconnected":
-            raise NotFound(f"cluster {requested!r} not found")
-        if not project.allows(cluster):
-            raise Forbidden(f"project {project.name!r} may not use cluster {requested!r}")
-        # An offline cluster is fine when named: the command waits for its agent.
-        p = presence.get(requested)
-        if p is not None and p.health.capacity.cpu and not room(requested, p, records, need):
-            raise Conflict(f"cluster {requested!r} has no room for {need.cpu:g} CPU and {_gib(need.memory)} memory")
-        return requested
-    candidates = [
-        c
-        for c in clusters.values()
-        if c.state == "connected" and project.allows(c) and presence.get(c.name) is not None and presence[c.name].online
-    ]
+        return _place_named(project, requested, clusters, presence, records, need)
+    candidates = [c for c in clusters.values() if _usable(project, c, presence.get(c.name))]
     if not candidates:
         # Permanent until a cluster comes online: a conflict with the fleet's state, not an outage of ours.
         raise Conflict(f"no online cluster is available to project {project.name!r}")
@@ -143,6 +130,31 @@ def place(
     return max(fitting, key=lambda c: (free_cpu(c), c.name)).name
 
 
+def _usable(project: ProjectRecord, cluster: ClusterRecord, presence: Presence | None) -> bool:
+    return cluster.state == "connected" and project.allows(cluster) and presence is not None and presence.online
+
+
+def _place_named(
+    project: ProjectRecord,
+    requested: str,
+    clusters: Mapping[str, ClusterRecord],
+    presence: Mapping[str, Presence],
+    records: list[WorkloadRecord],
+    need: Resources,
+) -> str:
+    check_name(requested, "cluster name")
+    cluster = clusters.get(requested)
+    if cluster is None or cluster.state == "disconnected":
+        raise NotFound(f"cluster {requested!r} not found")
+    if not project.allows(cluster):
+        raise Forbidden(f"project {project.name!r} may not use cluster {requested!r}")
+    # An offline cluster is fine when named: the command waits for its agent.
+    p = presence.get(requested)
+    if p is not None and p.health.capacity.cpu and not room(requested, p, records, need):
+        raise Conflict(f"cluster {requested!r} has no room for {need.cpu:g} CPU and {_gib(need.memory)} memory")
+    return requested
+
+
 def _gib(n: int) -> str:
     return f"{n / 1024**3:g}Gi"
 
@@ -154,10 +166,7 @@ def check_quota(
     """Raise Forbidden naming the quota that ``add`` (and ``count`` more of ``kind``) would exceed."""
     q: Quota = project.quota
     live = [r for r in records if r.spec.project == project.name and r.spec.state != "deleted"]
-    n = sum(1 for r in live if r.spec.kind == kind) + count
-    limit = q.tenants if kind == "tenant" else q.spaces
-    if limit is not None and n > limit:
-        raise Forbidden(f"quota exceeded: project {project.name!r} allows {limit} {kind}s ({n - count} in use)")
+    _check_count(project, live, kind, count)
     cpu = sum(r.spec.resources.cpu for r in live) + add.cpu
     if q.cpu is not None and cpu > q.cpu + 1e-9:
         raise Forbidden(f"quota exceeded: project {project.name!r} allows {q.cpu:g} CPU (would use {cpu:g})")
@@ -166,6 +175,13 @@ def check_quota(
         raise Forbidden(
             f"quota exceeded: project {project.name!r} allows {_gib(q.memory)} memory (would use {_gib(memory)})"
         )
+
+
+def _check_count(project: ProjectRecord, live: list[WorkloadRecord], kind: WorkloadKind, count: int) -> None:
+    n = sum(1 for r in live if r.spec.kind == kind) + count
+    limit = project.quota.tenants if kind == "tenant" else project.quota.spaces
+    if limit is not None and n > limit:
+        raise Forbidden(f"quota exceeded: project {project.name!r} allows {limit} {kind}s ({n - count} in use)")
 
 
 # --- RBAC ------------------------------------------------------------------------------------
@@ -204,9 +220,8 @@ def validate_create(req: WorkloadCreate) -> None:
         check_version(req.version)
     if req.sleep_after < 0:
         raise InvalidInput("sleep_after must not be negative")
-    if req.resources is not None and (req.resources.cpu < 0 or req.resources.memory < 0):
-        raise InvalidInput("resources must not be negative")
-    if (req.cpu is not None and req.cpu < 0) or (req.memory is not None and req.memory < 0):
+    asked = [req.cpu, req.memory] + ([req.resources.cpu, req.resources.memory] if req.resources else [])
+    if any(n is not None and n < 0 for n in asked):
         raise InvalidInput("resources must not be negative")
 
 
@@ -357,22 +372,7 @@ def observe(record: WorkloadRecord, result: CommandResult, now: float) -> tuple[
     The caller has checked ``result_problem``; times are clamped to ``now`` and free text is clipped."""
     at = agent_time(result.at, now)
     if result.ok:
-        if record.observed is not None and record.observed.generation > result.generation:
-            return record, False  # an older result arriving late
-        observed = Observed(
-            generation=result.generation,
-            state=result.state,
-            version=clip(result.version, 64),
-            at=at or now,
-            settled=result.settled,
-            reason="" if result.settled else clip(result.reason, 128),
-            message="" if result.settled else clip(result.message, 1000),
-        )
-        failure = record.failure if record.failure and record.failure.generation > result.generation else None
-        new = msgspec.structs.replace(record, observed=observed, failure=failure, updated_at=now)
-        # A delete is done when the cluster says its objects are gone, not when their deletion began.
-        gone = result.state == "deleted" and result.generation >= record.generation and result.settled
-        return with_conditions(new, now), gone
+        return _observe_success(record, result, at or now, now)
     if result.generation < record.generation:
         return record, False  # a stale failure: a newer generation is on its way
     failure = Failure(
@@ -382,6 +382,28 @@ def observe(record: WorkloadRecord, result: CommandResult, now: float) -> tuple[
         at=at or now,
     )
     return with_conditions(msgspec.structs.replace(record, failure=failure, updated_at=now), now), False
+
+
+def _observe_success(
+    record: WorkloadRecord, result: CommandResult, at: float, now: float
+) -> tuple[WorkloadRecord, bool]:
+    if record.observed is not None and record.observed.generation > result.generation:
+        return record, False  # an older result arriving late
+    settled = result.settled
+    observed = Observed(
+        generation=result.generation,
+        state=result.state,
+        version=clip(result.version, 64),
+        at=at,
+        settled=settled,
+        reason="" if settled else clip(result.reason, 128),
+        message="" if settled else clip(result.message, 1000),
+    )
+    failure = record.failure if record.failure and record.failure.generation > result.generation else None
+    new = msgspec.structs.replace(record, observed=observed, failure=failure, updated_at=now)
+    # A delete is done when the cluster says its objects are gone, not when their deletion began.
+    gone = result.state == "deleted" and result.generation >= record.generation and settled
+    return with_conditions(new, now), gone
 
 
 def result_outcome(record: WorkloadRecord, result: CommandResult) -> Literal["applied", "failed"] | None:
@@ -448,12 +470,7 @@ def phase(record: WorkloadRecord) -> Phase:
     if obs is None:
         return "Pending"
     if in_sync(record):
-        if obs.state == "sleeping":
-            return "Sleeping"
-        # Applied, but a tenant is Ready only once its control plane is (the agent reports when it is).
-        if obs.settled:
-            return "Ready"
-        return "Upgrading" if record.operation == "upgrade" else "Pending"
+        return _applied_phase(record, obs)
     if spec.state == "running" and obs.version and spec.version != obs.version:
         return "Upgrading"
     if spec.state == "sleeping":
@@ -461,42 +478,19 @@ def phase(record: WorkloadRecord) -> Phase:
     return "Pending"
 
 
+def _applied_phase(record: WorkloadRecord, obs: Observed) -> Phase:
+    """The phase of a record whose generation the agent applied."""
+    if obs.state == "sleeping":
+        return "Sleeping"
+    # Applied, but a tenant is Ready only once its control plane is (the agent reports when it is).
+    if obs.settled:
+        return "Ready"
+    return "Upgrading" if record.operation == "upgrade" else "Pending"
+
+
 def with_conditions(record: WorkloadRecord, now: float) -> WorkloadRecord:
     p = phase(record)
-    conditions = record.conditions
-    if record.failure is not None and p == "Failed":
-        ready = Condition(
-            type="Ready",
-            status="False",
-            reason=record.failure.reason,
-            message=record.failure.message,
-            last_transition_time=now,
-        )
-    elif p in ("Ready", "Sleeping"):
-        ready = Condition(
-            type="Ready",
-            status="True" if p == "Ready" else "False",
-            reason="Applied" if p == "Ready" else "Asleep",
-            message=f"generation {record.generation} applied",
-            last_transition_time=now,
-        )
-    elif record.observed is not None and in_sync(record) and not record.observed.settled:
-        ready = Condition(
-            type="Ready",
-            status="False",
-            reason=record.observed.reason or "NotReady",
-            message=record.observed.message or f"generation {record.generation} applied; waiting for it to be ready",
-            last_transition_time=now,
-        )
-    else:
-        ready = Condition(
-            type="Ready",
-            status="False",
-            reason=p,
-            message=f"waiting for the agent to apply {record.operation} (generation {record.generation})",
-            last_transition_time=now,
-        )
-    conditions = set_condition(conditions, ready)
+    conditions = set_condition(record.conditions, _ready_condition(record, p, now))
     synced = in_sync(record)
     conditions = set_condition(
         conditions,
@@ -509,6 +503,40 @@ def with_conditions(record: WorkloadRecord, now: float) -> WorkloadRecord:
         ),
     )
     return msgspec.structs.replace(record, conditions=conditions, phase=p)
+
+
+def _ready_condition(record: WorkloadRecord, p: Phase, now: float) -> Condition:
+    if record.failure is not None and p == "Failed":
+        return Condition(
+            type="Ready",
+            status="False",
+            reason=record.failure.reason,
+            message=record.failure.message,
+            last_transition_time=now,
+        )
+    if p in ("Ready", "Sleeping"):
+        return Condition(
+            type="Ready",
+            status="True" if p == "Ready" else "False",
+            reason="Applied" if p == "Ready" else "Asleep",
+            message=f"generation {record.generation} applied",
+            last_transition_time=now,
+        )
+    if record.observed is not None and in_sync(record) and not record.observed.settled:
+        return Condition(
+            type="Ready",
+            status="False",
+            reason=record.observed.reason or "NotReady",
+            message=record.observed.message or f"generation {record.generation} applied; waiting for it to be ready",
+            last_transition_time=now,
+        )
+    return Condition(
+        type="Ready",
+        status="False",
+        reason=p,
+        message=f"waiting for the agent to apply {record.operation} (generation {record.generation})",
+        last_transition_time=now,
+    )
 
 
 # --- reconciliation ---------------------------------------------------------------------------------
@@ -540,28 +568,38 @@ def reconcile(
     at most once (an inventory naming one object twice counts once)."""
     have = {ref_of(i): i for i in inventory}
     want = {ref_of(r.spec): r for r in desired}
-    resend, done = [], []
-    for k, r in want.items():
-        item = have.get(k)
-        if r.spec.state == "deleted":
-            if item is None:
-                done.append(r)
-            elif item.generation < r.generation:
-                resend.append(r)
-            continue
-        if item is None or item.generation < r.generation:
-            resend.append(r)
+    resend, done = _compare(want, have)
     # An object already on its way out (the cluster reports it deleted) needs no delete of ours.
     orphans = [i for k, i in have.items() if k not in want and i.state != "deleted"]
-    held_back = False
-    live_wanted = [r for r in desired if r.spec.state != "deleted"]
-    if orphans and not live_wanted and (empty_since is None or now - empty_since < grace):
-        # An empty desired state never deletes everything at once.
-        held_back, orphans = True, []
+    # An empty desired state never deletes everything at once.
+    held_back = bool(orphans) and _hold_back(desired, empty_since, now, grace)
+    if held_back:
+        orphans = []
     deferred = max(0, len(resend) - max_resends) + max(0, len(orphans) - max_orphans)
     return Resync(
         resend=resend[:max_resends], orphans=orphans[:max_orphans], done=done, held_back=held_back, deferred=deferred
     )
+
+
+def _compare(
+    want: Mapping[WorkloadRef, WorkloadRecord], have: Mapping[WorkloadRef, InventoryItem]
+) -> tuple[list[WorkloadRecord], list[WorkloadRecord]]:
+    """(what to send again: missing or older on the cluster; deletions the cluster shows done)."""
+    resend, done = [], []
+    for k, r in want.items():
+        item = have.get(k)
+        if item is None and r.spec.state == "deleted":
+            done.append(r)
+        elif item is None or item.generation < r.generation:
+            resend.append(r)
+    return resend, done
+
+
+def _hold_back(desired: list[WorkloadRecord], empty_since: float | None, now: float, grace: float) -> bool:
+    """True while deletes wait: the desired state is empty, and not yet for ``grace`` seconds."""
+    if any(r.spec.state != "deleted" for r in desired):
+        return False
+    return empty_since is None or now - empty_since < grace
 
 
 def orphan_spec(item: InventoryItem, cluster: str) -> WorkloadSpec:
