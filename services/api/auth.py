@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from schemas import subjects
 from schemas.api import ErrorResponse
-from schemas.errors import Forbidden, Unauthenticated
+from schemas.errors import Forbidden, NotFound, Unauthenticated
 from schemas.messages import (
     AccessAction,
     Authenticate,
@@ -22,6 +22,7 @@ from schemas.messages import (
     Message,
     NameRequest,
     NamesRequest,
+    Presence,
     Principal,
     ProjectList,
     ProjectRecord,
@@ -52,6 +53,13 @@ class Platform:
 
     async def call(self, subject: str, message: Message, reply_type: type[M]) -> M:
         return await call(self.nc, subject, message, reply_type, timeout=self.request_timeout)
+
+    async def presence(self, cluster: str) -> Presence | None:
+        """Health's presence of ``cluster``; None when health has none (never connected)."""
+        try:
+            return await self.call(subjects.Health.PRESENCE_GET, NameRequest(name=cluster), Presence)
+        except NotFound:
+            return None
 
     def forget_sessions(self) -> None:
         """After a token, a user or a role goes away: no cached answer may outlive it here."""

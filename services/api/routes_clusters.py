@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from schemas import subjects, versions
 from schemas.api import ClusterConnectIn, ClusterConnectOut, ClusterListOut, ClusterOut, VersionsOut, WhoAmIOut
-from schemas.errors import NotFound, TetherError
+from schemas.errors import NotFound
 from schemas.messages import (
     ClusterConnectInfo,
     ClusterCreate,
@@ -19,7 +19,6 @@ from schemas.messages import (
     ClusterRecord,
     Empty,
     NameRequest,
-    Presence,
     PresenceList,
 )
 from schemas.names import check_name
@@ -42,14 +41,6 @@ def install_cluster_routes(app: FastAPI, platform: Platform) -> None:
     async def whoami(who: Who) -> WhoAmIOut:
         return WhoAmIOut(user=who.user, platform_admin=who.platform_admin)
 
-    async def presence_of(name: str) -> Presence | None:
-        try:
-            return await platform.call(subjects.Health.PRESENCE_GET, NameRequest(name=name), Presence)
-        except TetherError as exc:
-            if exc.code == "404":
-                return None
-            raise
-
     @app.get("/api/v1/clusters", response_model=ClusterListOut, responses=ERRORS, tags=["clusters"])
     async def list_clusters(who: Who) -> ClusterListOut:
         records, presence, scope = await asyncio.gather(
@@ -71,7 +62,7 @@ def install_cluster_routes(app: FastAPI, platform: Platform) -> None:
         check_name(name, "cluster name")
         record, presence, scope = await asyncio.gather(
             platform.call(subjects.Registry.CLUSTER_GET, NameRequest(name=name), ClusterRecord),
-            presence_of(name),
+            platform.presence(name),
             cluster_scope(platform, who),
         )
         if not logic.may_see_cluster(scope, record):
@@ -119,4 +110,4 @@ def install_cluster_routes(app: FastAPI, platform: Platform) -> None:
         require_admin(who)
         check_name(name, "cluster name")
         record = await platform.call(subjects.Registry.CLUSTER_DISCONNECT, NameRequest(name=name), ClusterRecord)
-        return logic.cluster_view(record, await presence_of(name))
+        return logic.cluster_view(record, await platform.presence(name))

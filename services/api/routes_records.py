@@ -18,12 +18,11 @@ from schemas import subjects
 from schemas.api import ClusterOut, ProjectOut
 from schemas.api_changes import ClusterPatchIn, ProjectDeletionOut, ProjectPatchIn, RemovedOut
 from schemas.changes import ClusterUpdate, ProjectUpdate, Removed
-from schemas.errors import Conflict, TetherError
+from schemas.errors import Conflict
 from schemas.messages import (
     ClusterRecord,
     Membership,
     NameRequest,
-    Presence,
     ProjectRecord,
     Quota,
     WorkloadAction,
@@ -118,14 +117,6 @@ def install_record_routes(app: FastAPI, platform: "Platform") -> None:
         took = [f"member {m}" for m in members.took]
         return JSONResponse(status_code=200, content=ProjectDeletionOut(deleted=True, took=took).model_dump())
 
-    async def presence_of(name: str) -> Presence | None:
-        try:
-            return await platform.call(subjects.Health.PRESENCE_GET, NameRequest(name=name), Presence)
-        except TetherError as exc:
-            if exc.code == "404":
-                return None
-            raise
-
     @app.patch("/api/v1/clusters/{name}", response_model=ClusterOut, responses=ERRORS, tags=["clusters"])
     async def update_cluster(name: str, body: ClusterPatchIn, who: Who) -> ClusterOut:
         """Change the display name, the description or the labels (what is given; labels replace all)."""
@@ -135,7 +126,7 @@ def install_record_routes(app: FastAPI, platform: "Platform") -> None:
             name=name, display_name=body.display_name, description=body.description, labels=body.labels
         )
         record = await platform.call(subjects.Registry.CLUSTER_UPDATE, change, ClusterRecord)
-        return logic.cluster_view(record, await presence_of(name))
+        return logic.cluster_view(record, await platform.presence(name))
 
     @app.delete("/api/v1/clusters/{name}", response_model=RemovedOut, responses=ERRORS, tags=["clusters"])
     async def remove_cluster(name: str, who: Who) -> RemovedOut:

@@ -3,8 +3,9 @@ what a create does not give included: they live in lifecycle's logic only)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Query
 
@@ -106,48 +107,26 @@ def _install_kind(app: FastAPI, platform: Platform, kind: WorkloadKind, plural: 
     async def delete(project: str, name: str, who: Who) -> WorkloadOut:
         return await act(project, name, "delete", who)
 
+    def route(
+        method: str, path: str, endpoint: Callable[..., Awaitable[Any]], name: str, summary: str, **kw: Any
+    ) -> None:
+        kw.setdefault("response_model", WorkloadOut)
+        app.add_api_route(
+            path, endpoint, methods=[method], responses=ERRORS, tags=tags, name=name, summary=summary, **kw
+        )
+
     base = f"/api/v1/projects/{{project}}/{plural}"
-    app.add_api_route(
-        base,
-        create,
-        methods=["POST"],
-        response_model=WorkloadOut,
-        status_code=201,
-        responses=ERRORS,
-        tags=tags,
-        name=f"create_{kind}",
-        summary=f"Create a {kind}",
-    )
-    app.add_api_route(
+    route("POST", base, create, f"create_{kind}", f"Create a {kind}", status_code=201)
+    route(
+        "GET",
         f"/api/v1/{plural}",
         list_all,
-        methods=["GET"],
+        f"list_{plural}",
+        f"List {plural} the caller may see",
         response_model=WorkloadListOut,
-        responses=ERRORS,
-        tags=tags,
-        name=f"list_{plural}",
-        summary=f"List {plural} the caller may see",
     )
-    app.add_api_route(
-        f"{base}/{{name}}",
-        get_one,
-        methods=["GET"],
-        response_model=WorkloadOut,
-        responses=ERRORS,
-        tags=tags,
-        name=f"get_{kind}",
-        summary=f"Get a {kind}",
-    )
-    app.add_api_route(
-        f"{base}/{{name}}",
-        delete,
-        methods=["DELETE"],
-        response_model=WorkloadOut,
-        responses=ERRORS,
-        tags=tags,
-        name=f"delete_{kind}",
-        summary=f"Delete a {kind}",
-    )
+    route("GET", f"{base}/{{name}}", get_one, f"get_{kind}", f"Get a {kind}")
+    route("DELETE", f"{base}/{{name}}", delete, f"delete_{kind}", f"Delete a {kind}")
     if kind == "tenant":
 
         async def sleep(project: str, name: str, who: Who) -> WorkloadOut:
@@ -160,13 +139,4 @@ def _install_kind(app: FastAPI, platform: Platform, kind: WorkloadKind, plural: 
             return await act(project, name, "upgrade", who, body.version)
 
         for verb, fn in (("sleep", sleep), ("wake", wake), ("upgrade", upgrade)):
-            app.add_api_route(
-                f"{base}/{{name}}/{verb}",
-                fn,
-                methods=["POST"],
-                response_model=WorkloadOut,
-                responses=ERRORS,
-                tags=tags,
-                name=f"{verb}_tenant",
-                summary=f"{verb.capitalize()} a tenant",
-            )
+            route("POST", f"{base}/{{name}}/{verb}", fn, f"{verb}_tenant", f"{verb.capitalize()} a tenant")

@@ -113,7 +113,8 @@ def place(
 ) -> str:
     """The cluster a new tenant or space goes to."""
     if requested:
-        return _place_named(project, requested, clusters, presence, records, need)
+        check_name(requested, "cluster name")
+        return _place_named(project, requested, clusters.get(requested), presence.get(requested), records, need)
     candidates = [c for c in clusters.values() if _usable(project, c, presence.get(c.name))]
     if not candidates:
         # Permanent until a cluster comes online: a conflict with the fleet's state, not an outage of ours.
@@ -137,19 +138,16 @@ def _usable(project: ProjectRecord, cluster: ClusterRecord, presence: Presence |
 def _place_named(
     project: ProjectRecord,
     requested: str,
-    clusters: Mapping[str, ClusterRecord],
-    presence: Mapping[str, Presence],
+    cluster: ClusterRecord | None,
+    p: Presence | None,
     records: list[WorkloadRecord],
     need: Resources,
 ) -> str:
-    check_name(requested, "cluster name")
-    cluster = clusters.get(requested)
     if cluster is None or cluster.state == "disconnected":
         raise NotFound(f"cluster {requested!r} not found")
     if not project.allows(cluster):
         raise Forbidden(f"project {project.name!r} may not use cluster {requested!r}")
     # An offline cluster is fine when named: the command waits for its agent.
-    p = presence.get(requested)
     if p is not None and p.health.capacity.cpu and not room(requested, p, records, need):
         raise Conflict(f"cluster {requested!r} has no room for {need.cpu:g} CPU and {_gib(need.memory)} memory")
     return requested
