@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 CREDENTIALS = "credentials.json"
-"""The agent's own credentials in its state dir (``agent/credentials.py``)."""
+"""The agent's own credentials in its state dir (``agent/identity/files.py``)."""
 TOKEN_FILE = "connect.token"
 
 

@@ -557,6 +557,11 @@ def contains(actual: Any, expected: Any) -> bool:
         if not isinstance(actual, list) or len(actual) != len(expected):
             return False
         return all(contains(a, e) for a, e in zip(actual, expected, strict=True))
+    return _same_value(actual, expected)
+
+
+def _same_value(actual: Any, expected: Any) -> bool:
+    """Equal, or the same quantity spelled another way."""
     if actual == expected:
         return True
     if isinstance(expected, str) and isinstance(actual, str):

@@ -73,29 +73,53 @@ def pod_ready(pod: Mapping[str, Any]) -> bool:
 
 def pod_problem(pod: Mapping[str, Any]) -> tuple[str, str]:
     """(reason, message) of a pod that is not Ready, from its status, most specific first."""
+    for look in (_deleting, _unscheduled, _containers_problem, _not_ready):
+        if (problem := look(pod)) is not None:
+            return problem
+    phase = (pod.get("status") or {}).get("phase") or "Pending"
+    return "ContainersNotReady", f"the control plane's pod is {phase}"
+
+
+def _deleting(pod: Mapping[str, Any]) -> tuple[str, str] | None:
     if (pod.get("metadata") or {}).get("deletionTimestamp"):
         return "Terminating", "the control plane's pod is being deleted"
-    status = pod.get("status") or {}
+    return None
+
+
+def _unscheduled(pod: Mapping[str, Any]) -> tuple[str, str] | None:
     scheduled = _conditions(pod).get("PodScheduled") or {}
     if scheduled.get("status") == "False":
         return _bounded(scheduled.get("reason") or "Unschedulable"), _bounded(scheduled.get("message"))
+    return None
+
+
+def _containers_problem(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    status = pod.get("status") or {}
     for key in ("initContainerStatuses", "containerStatuses"):
         for cs in status.get(key) or []:
-            if not isinstance(cs, Mapping):
-                continue
-            state = cs.get("state") or {}
-            waiting = state.get("waiting") or {}
-            if waiting.get("reason") and waiting.get("reason") != "PodInitializing":
-                return _bounded(waiting["reason"]), _bounded(waiting.get("message") or f"container {cs.get('name')}")
-            terminated = state.get("terminated") or {}
-            if terminated and terminated.get("exitCode", 0) != 0:
-                message = terminated.get("message") or f"container {cs.get('name')} exited {terminated.get('exitCode')}"
-                return _bounded(terminated.get("reason") or "Error"), _bounded(message)
+            if isinstance(cs, Mapping) and (problem := _container_problem(cs)) is not None:
+                return problem
+    return None
+
+
+def _not_ready(pod: Mapping[str, Any]) -> tuple[str, str] | None:
     ready = _conditions(pod).get("Ready") or {}
     if ready.get("reason"):
         return _bounded(ready["reason"]), _bounded(ready.get("message"))
-    phase = status.get("phase") or "Pending"
-    return "ContainersNotReady", f"the control plane's pod is {phase}"
+    return None
+
+
+def _container_problem(cs: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(reason, message) of a container that waits for something but its pod's start, or that failed."""
+    state = cs.get("state") or {}
+    waiting = state.get("waiting") or {}
+    if waiting.get("reason") and waiting.get("reason") != "PodInitializing":
+        return _bounded(waiting["reason"]), _bounded(waiting.get("message") or f"container {cs.get('name')}")
+    terminated = state.get("terminated") or {}
+    if terminated and terminated.get("exitCode", 0) != 0:
+        message = terminated.get("message") or f"container {cs.get('name')} exited {terminated.get('exitCode')}"
+        return _bounded(terminated.get("reason") or "Error"), _bounded(message)
+    return None
 
 
 def running_version(pod: Mapping[str, Any]) -> str:
