@@ -83,6 +83,20 @@ class StatusReporter:
 
     async def check(self) -> list[CommandResult]:
         """Look once and publish every change; what could not be published is tried at the next look."""
+        published = []
+        for status in await self._changes():
+            result = self._result(status)
+            try:
+                await self._publish(self._subject, result, status_msg_id(status))
+            except Unavailable as exc:
+                logger.info("status of %s not published yet: %s", ref_of(status), exc.description)
+                continue
+            published.append(result)
+            self._said_now(status)
+        return published
+
+    async def _changes(self) -> list[WorkloadStatus]:
+        """What differs from what the platform last heard; a workload gone after its delete is reported gone."""
         found = {ref_of(s): s for s in await self.driver.statuses() if s.generation > 0 and s.op_id}
         changes = [s for key, s in found.items() if key not in self._said or not _same(self._said[key], s)]
         for key in self._said.keys() - found.keys():
@@ -102,27 +116,20 @@ class StatusReporter:
                 )
             else:
                 del self._said[key]  # removed by someone else: the inventory's resync deals with it
-        published = []
-        for status in changes:
-            result = self._result(status)
-            try:
-                await self._publish(self._subject, result, status_msg_id(status))
-            except Unavailable as exc:
-                logger.info("status of %s not published yet: %s", ref_of(status), exc.description)
-                continue
-            published.append(result)
-            key = ref_of(status)
-            if status.state == "deleted" and status.settled:
-                self._said.pop(key, None)
-            else:
-                self._said[key] = status
-            logger.info(
-                "%s: %s%s",
-                key,
-                "settled" if status.settled else "not settled",
-                f" ({status.reason}: {status.message})" if status.reason else "",
-            )
-        return published
+        return changes
+
+    def _said_now(self, status: WorkloadStatus) -> None:
+        key = ref_of(status)
+        if status.state == "deleted" and status.settled:
+            self._said.pop(key, None)
+        else:
+            self._said[key] = status
+        logger.info(
+            "%s: %s%s",
+            key,
+            "settled" if status.settled else "not settled",
+            f" ({status.reason}: {status.message})" if status.reason else "",
+        )
 
     def _result(self, status: WorkloadStatus) -> CommandResult:
         return CommandResult(

@@ -233,6 +233,121 @@ def _check_uid(uid: str, source: str) -> str:
     return uid
 
 
+def resolve_uid(state_dir: Path, explicit: str | None, environ: Mapping[str, str]) -> str:
+    """Explicit setting, else ``$TETHER_SIM_CLUSTER_UID``, else the persisted UID, else a new one.
+
+    An override is not persisted: without it the cluster is its old self again.
+    """
+    if explicit:
+        return _check_uid(explicit, "the settings")
+    from_env = environ.get(UID_ENV, "").strip()
+    if from_env:
+        return _check_uid(from_env, f"${UID_ENV}")
+    path = state_dir / STATE_FILE
+    try:
+        data = read_json(path)
+    except (ValueError, OSError) as exc:
+        raise DriverError(f"cannot read the simulated cluster's identity: {exc}") from None
+    if data is not None:
+        uid = data.get("cluster_uid")
+        if not isinstance(uid, str):
+            raise DriverError(f"{path} is damaged: no 'cluster_uid' string")
+        return _check_uid(uid, str(path))
+    uid = str(uuid.uuid4())
+    try:
+        write_json_atomic(path, {"cluster_uid": uid})
+    except OSError as exc:
+        raise DriverError(f"cannot save the simulated cluster's identity to {path}: {exc}") from None
+    return uid
+
+
+def control_planes_of(state: SimState) -> tuple[ControlPlaneHealth, ...]:
+    """A simulated control plane is ready as soon as it runs: one fake pod, its version the spec's; asleep, it
+    has no pods (the tenant's workloads stopped with it)."""
+    return tuple(
+        ControlPlaneHealth(
+            project=o.project,
+            name=o.name,
+            replicas=int(o.state == "running"),
+            ready_replicas=int(o.state == "running"),
+            ready=o.state == "running",
+            version=o.version if o.state == "running" else "",
+            pods=int(o.state == "running"),
+            reason="" if o.state == "running" else "Sleeping",
+        )
+        for o in sorted(state.objects.values(), key=lambda o: (o.project, o.name))
+        if o.kind == "tenant"
+    )
+
+
+def outcome_of(state: SimState, key: str, applied: bool) -> ApplyOutcome:
+    """What ``key`` is in ``state``, as an apply's outcome."""
+    obj = state.objects.get(key)
+    if obj is not None:
+        return ApplyOutcome(applied=applied, state=obj.state, version=obj.version, generation=obj.generation)
+    tomb = state.tombstones.get(key)
+    return ApplyOutcome(applied=applied, state="deleted", generation=tomb.generation if tomb else 0)
+
+
+def applied_state(old: SimState, command: Command, now: float) -> SimState:
+    """The state after applying ``command`` to ``old`` (pure: the caller saves it)."""
+    spec = command.spec
+    key = object_key(spec.kind, spec.project, spec.name)
+    objects = dict(old.objects)
+    tombstones = dict(old.tombstones)
+    if spec.state == "deleted":
+        objects.pop(key, None)
+        tombstones[key] = Tombstone(
+            kind=spec.kind,
+            project=spec.project,
+            name=spec.name,
+            generation=command.generation,
+            op_id=command.op_id,
+            at=now,
+        )
+        version = ""
+    else:
+        before = objects.get(key)
+        waking = spec.state == "running" and (before is None or before.state != "running")
+        objects[key] = SimObject(
+            kind=spec.kind,
+            project=spec.project,
+            name=spec.name,
+            generation=command.generation,
+            state=spec.state,
+            version=spec.version,
+            members=spec.members,
+            resources=spec.resources,
+            quota=spec.quota,
+            op_id=command.op_id,
+            created_at=before.created_at if before else now,
+            updated_at=now,
+            last_activity=now if waking else (before.last_activity if before else 0.0),
+        )
+        tombstones.pop(key, None)
+        version = spec.version
+    entry = LogEntry(
+        op_id=command.op_id,
+        kind=spec.kind,
+        project=spec.project,
+        name=spec.name,
+        generation=command.generation,
+        state=spec.state,
+        version=version,
+        at=now,
+    )
+    log = [*old.log, entry]
+    dropped = max(0, len(log) - LOG_LIMIT)
+    c = old.counters
+    return SimState(
+        objects=objects,
+        tombstones=tombstones,
+        log=log[dropped:],
+        log_dropped=old.log_dropped + dropped,
+        counters=Counters(applied=c.applied + 1, skipped=c.skipped, failed=c.failed),
+    )
+
+
 class SimCluster:
     """An in-memory cluster of ``nodes`` nodes with a stable UID."""
 
@@ -260,7 +375,7 @@ class SimCluster:
             f"sim-node-{i}": SimNode(name=f"sim-node-{i}", cpu=cpu_per_node, memory=memory_per_node)
             for i in range(1, nodes + 1)
         }
-        self._uid = self._resolve_uid(cluster_uid, env)
+        self._uid = resolve_uid(state_dir, cluster_uid, env)
         if apply_delay is None:
             apply_delay = _parse_delay(env.get(APPLY_DELAY_ENV, "").strip() or "0")
         elif apply_delay < 0:
@@ -279,34 +394,6 @@ class SimCluster:
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> SimCluster:
         return cls(settings.state_path, nodes=settings.sim_nodes, cluster_uid=settings.sim_cluster_uid)
-
-    # --- identity -------------------------------------------------------------------
-    def _resolve_uid(self, explicit: str | None, environ: Mapping[str, str]) -> str:
-        """Explicit setting, else ``$TETHER_SIM_CLUSTER_UID``, else the persisted UID, else a new one.
-
-        An override is not persisted: without it the cluster is its old self again.
-        """
-        if explicit:
-            return _check_uid(explicit, "the settings")
-        from_env = environ.get(UID_ENV, "").strip()
-        if from_env:
-            return _check_uid(from_env, f"${UID_ENV}")
-        path = self.state_dir / STATE_FILE
-        try:
-            data = read_json(path)
-        except (ValueError, OSError) as exc:
-            raise DriverError(f"cannot read the simulated cluster's identity: {exc}") from None
-        if data is not None:
-            uid = data.get("cluster_uid")
-            if not isinstance(uid, str):
-                raise DriverError(f"{path} is damaged: no 'cluster_uid' string")
-            return _check_uid(uid, str(path))
-        uid = str(uuid.uuid4())
-        try:
-            write_json_atomic(path, {"cluster_uid": uid})
-        except OSError as exc:
-            raise DriverError(f"cannot save the simulated cluster's identity to {path}: {exc}") from None
-        return uid
 
     @property
     def uid(self) -> str:
@@ -344,22 +431,7 @@ class SimCluster:
             agent_version=VERSION,
             driver=self.name,
             api_reachable=True,
-            # A simulated control plane is ready as soon as it runs: one fake pod, its version the spec's;
-            # asleep, it has no pods (the tenant's workloads stopped with it).
-            control_planes=tuple(
-                ControlPlaneHealth(
-                    project=o.project,
-                    name=o.name,
-                    replicas=int(o.state == "running"),
-                    ready_replicas=int(o.state == "running"),
-                    ready=o.state == "running",
-                    version=o.version if o.state == "running" else "",
-                    pods=int(o.state == "running"),
-                    reason="" if o.state == "running" else "Sleeping",
-                )
-                for o in sorted(self._state.objects.values(), key=lambda o: (o.project, o.name))
-                if o.kind == "tenant"
-            ),
+            control_planes=control_planes_of(self._state),
         )
 
     def set_api_reachable(self, reachable: bool = True) -> None:
@@ -434,72 +506,6 @@ class SimCluster:
             logger.warning("%s", exc)
             self._state = new
 
-    def _outcome(self, key: str, applied: bool) -> ApplyOutcome:
-        obj = self._state.objects.get(key)
-        if obj is not None:
-            return ApplyOutcome(applied=applied, state=obj.state, version=obj.version, generation=obj.generation)
-        tomb = self._state.tombstones.get(key)
-        return ApplyOutcome(applied=applied, state="deleted", generation=tomb.generation if tomb else 0)
-
-    def _applied(self, command: Command, now: float) -> SimState:
-        """The state after applying ``command`` (not yet saved)."""
-        spec = command.spec
-        key = object_key(spec.kind, spec.project, spec.name)
-        old = self._state
-        objects = dict(old.objects)
-        tombstones = dict(old.tombstones)
-        if spec.state == "deleted":
-            objects.pop(key, None)
-            tombstones[key] = Tombstone(
-                kind=spec.kind,
-                project=spec.project,
-                name=spec.name,
-                generation=command.generation,
-                op_id=command.op_id,
-                at=now,
-            )
-            version = ""
-        else:
-            before = objects.get(key)
-            waking = spec.state == "running" and (before is None or before.state != "running")
-            objects[key] = SimObject(
-                kind=spec.kind,
-                project=spec.project,
-                name=spec.name,
-                generation=command.generation,
-                state=spec.state,
-                version=spec.version,
-                members=spec.members,
-                resources=spec.resources,
-                quota=spec.quota,
-                op_id=command.op_id,
-                created_at=before.created_at if before else now,
-                updated_at=now,
-                last_activity=now if waking else (before.last_activity if before else 0.0),
-            )
-            tombstones.pop(key, None)
-            version = spec.version
-        entry = LogEntry(
-            op_id=command.op_id,
-            kind=spec.kind,
-            project=spec.project,
-            name=spec.name,
-            generation=command.generation,
-            state=spec.state,
-            version=version,
-            at=now,
-        )
-        log = [*old.log, entry]
-        dropped = max(0, len(log) - LOG_LIMIT)
-        c = old.counters
-        return SimState(
-            objects=objects,
-            tombstones=tombstones,
-            log=log[dropped:],
-            log_dropped=old.log_dropped + dropped,
-            counters=Counters(applied=c.applied + 1, skipped=c.skipped, failed=c.failed),
-        )
-
     # --- Driver ---------------------------------------------------------------------
     async def cluster_uid(self) -> str:
         return self._uid
@@ -522,7 +528,7 @@ class SimCluster:
                 self._check_reachable()
             if self.generation_of(spec.kind, spec.project, spec.name) >= command.generation:
                 self._count(skipped=1)
-                return self._outcome(key, applied=False)
+                return outcome_of(self._state, key, applied=False)
             if spec.name in self.fail:
                 self._count(failed=1)
                 raise DriverError(
@@ -530,8 +536,8 @@ class SimCluster:
                     f"{command.generation} (${FAIL_ENV} names {spec.name!r})",
                     reason="SimulatedFailure",
                 )
-            self._commit(self._applied(command, self._clock()))
-            return self._outcome(key, applied=True)
+            self._commit(applied_state(self._state, command, self._clock()))
+            return outcome_of(self._state, key, applied=True)
 
     async def inventory(self) -> tuple[InventoryItem, ...]:
         self._check_reachable()
