@@ -9,7 +9,11 @@ sends the answer back as frames on ``tether.gwr.<cluster>.<stream>``.
 - **Spaces** reach the host API server, and only their own namespace plus
   discovery (``schemas.gateway.space_path_refusal``, checked here again whatever
   the API decided). Kubernetes RBAC (the space's RoleBindings) decides the rest.
-- **Tenant clusters** are not served yet (answered 501 with the reason).
+- **Tenant clusters** reach the tenant's own API server (``agent.gateway_tenant``: found in the kubeconfig
+  Secret vCluster writes, with the credentials there), never the host's; inside the tenant the members'
+  ClusterRoleBindings (kept by the driver) decide.
+- **Activity**: every request served marks its space or tenant active; the inventory carries the time
+  (``activity``) to lifecycle's auto-sleep, so a busy tenant costs one write per inventory, not per request.
 - **Flow control**: at most the credits the API granted are in flight per stream;
   while it waits for credits, the upstream response is not read (TCP pushes back
   on the API server), so a slow reader stalls only its own stream.
@@ -32,6 +36,7 @@ from opentelemetry.trace import SpanKind, Tracer
 from agent.bus import Connection, Incoming, Subscription
 from agent.drivers.kube_objects import GROUP_PREFIX, USER_PREFIX, namespace_name
 from agent.gateway_rbac import GrantError, Grants
+from agent.gateway_tenant import TenantUnreachable, TenantUpstreams
 from agent.gateway_upstream import Upstream
 from schemas import subjects, tracing
 from schemas.errors import TetherError, Unavailable
@@ -58,6 +63,11 @@ UPSTREAM_TIMEOUT = httpx.Timeout(connect=5.0, read=None, write=30.0, pool=5.0)
 ``timeout=`` goes to the API server in the query, which ends the call)."""
 UPSTREAM_REFRESH = 60.0
 """Seconds an upstream's credentials are reused before the driver is asked again (rotated tokens)."""
+MAX_CLIENTS = 128
+"""HTTP clients (one per API server and TLS identity) kept; the least recently used is closed beyond."""
+CLIENT_DRAIN = 300.0
+"""Seconds a client pushed out keeps serving its open streams before it is closed."""
+MAX_ACTIVITY = 10_000
 
 UpstreamSource = Callable[[], Upstream]
 
@@ -80,6 +90,12 @@ def impersonation(request: GatewayRequest) -> list[tuple[str, str]]:
     """The headers that make the call the member's own."""
     user, groups = identity(request)
     return [("Impersonate-User", user)] + [("Impersonate-Group", g) for g in groups]
+
+
+def _where(request: GatewayRequest, cluster: str) -> str:
+    if request.target == "tenant":
+        return f"tenant cluster {request.project}/{request.name}"
+    return f"cluster {cluster!r}"
 
 
 class _Stream:
@@ -147,6 +163,9 @@ class AgentGateway:
         self._upstream: tuple[float, Upstream] | None = None
         self._sub: Subscription | None = None
         self._grants = Grants()
+        self._tenants = TenantUpstreams(self.host_upstream, self._client)
+        self._activity: dict[tuple[str, str, str], float] = {}
+        self._draining: set[asyncio.Task[None]] = set()
 
     @property
     def open_streams(self) -> int:
@@ -220,9 +239,28 @@ class AgentGateway:
             pinger.cancel()
             self._streams.pop(request.stream, None)
 
+    async def upstream_for(self, request: GatewayRequest) -> Upstream:
+        """The API server a request goes to: the host's for a space, the tenant's own for a tenant cluster."""
+        if request.target != "tenant":
+            return self._target(request)
+        namespace = namespace_name("tenant", check_name(request.project), check_name(request.name))
+        try:
+            return await self._tenants.get(namespace, f"tenant cluster {request.project}/{request.name}")
+        except TenantUnreachable as exc:
+            raise GatewayError(exc.status, exc.message) from None
+
+    def activity(self) -> dict[tuple[str, str, str], float]:
+        """(kind, project, name) -> when a member's request was last served (for the inventory)."""
+        return dict(self._activity)
+
+    def _active(self, request: GatewayRequest) -> None:
+        key = (request.target, request.project, request.name)
+        if key not in self._activity and len(self._activity) >= MAX_ACTIVITY:
+            self._activity.pop(next(iter(self._activity)))
+        self._activity[key] = time.time()
+
     def _target(self, request: GatewayRequest) -> Upstream:
-        if request.target == "tenant":
-            raise GatewayError(501, "tenant clusters are not reachable through the gateway yet")
+        """A space's upstream (the host's API server), after its path was checked."""
         namespace = namespace_name("space", check_name(request.project), check_name(request.name))
         try:
             refusal = space_path_refusal(request.method, request.path, namespace)
@@ -241,8 +279,12 @@ class AgentGateway:
         return self._upstream[1]
 
     def _client(self, upstream: Upstream) -> httpx.AsyncClient:
-        client = self._clients.get(upstream.tls_key)
-        if client is None:
+        client = self._clients.pop(upstream.tls_key, None)
+        if client is not None:
+            self._clients[upstream.tls_key] = client  # most recently used last
+        else:
+            while len(self._clients) >= MAX_CLIENTS:
+                self._drain(self._clients.pop(next(iter(self._clients))))
             client = httpx.AsyncClient(
                 verify=upstream.ssl_context(),
                 timeout=UPSTREAM_TIMEOUT,
@@ -252,10 +294,21 @@ class AgentGateway:
             self._clients[upstream.tls_key] = client
         return client
 
+    def _drain(self, client: httpx.AsyncClient) -> None:
+        async def close_later() -> None:
+            try:
+                await asyncio.sleep(CLIENT_DRAIN)
+            finally:
+                await client.aclose()
+
+        task = asyncio.get_running_loop().create_task(close_later())
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+
     async def _call(self, stream: _Stream) -> None:
         request = stream.request
         try:
-            upstream = self._target(request)
+            upstream = await self.upstream_for(request)
             headers = [*request.headers, *impersonation(request), ("Accept-Encoding", "identity")]
         except TetherError as exc:
             raise GatewayError(400, exc.description) from None
@@ -263,19 +316,24 @@ class AgentGateway:
         headers += [*auth, *tracing.inject().items()]
         url = f"{upstream.url}{request.path}" + (f"?{request.query}" if request.query else "")
         client = self._client(upstream)
-        try:
-            await self._grants.ensure(client, upstream.url, auth, *identity(request))
-        except (GrantError, httpx.HTTPError) as exc:
-            raise GatewayError(503, f"cannot set up impersonation on cluster {self.cluster!r}: {exc}") from None
+        if request.target == "space":  # inside a tenant the agent holds the tenant's admin: nothing to grant
+            try:
+                await self._grants.ensure(client, upstream.url, auth, *identity(request))
+            except (GrantError, httpx.HTTPError) as exc:
+                raise GatewayError(503, f"cannot set up impersonation on cluster {self.cluster!r}: {exc}") from None
+        self._active(request)
         try:
             async with client.stream(request.method, url, headers=headers, content=request.body or None) as resp:
                 if resp.status_code == 401:
                     # The agent's own credentials, not the member's: kubectl must not take it for its own.
-                    text = f"the Kubernetes API server of cluster {self.cluster!r} refused the agent's credentials"
+                    if request.target == "tenant":
+                        self._tenants.forget(namespace_name("tenant", request.project, request.name))
+                    where = _where(request, self.cluster)
+                    text = f"the Kubernetes API server of {where} refused the agent's credentials"
                     raise GatewayError(502, text)
                 if resp.status_code == 403:
                     first = await resp.aread()
-                    if b"cannot impersonate" in first:
+                    if b"cannot impersonate" in first and request.target == "space":
                         self._grants.forget()  # the role was put back to its seed (manifests re-applied)
                     await stream.send("head", status=403, headers=response_headers(list(resp.headers.items())))
                     await stream.send_data(first)
@@ -292,6 +350,10 @@ class AgentGateway:
         await stream.send("end")
 
     async def close(self) -> None:
+        for task in list(self._draining):
+            task.cancel()
+        if self._draining:
+            await asyncio.wait(list(self._draining), timeout=2)
         self.reset()
         tasks = [s.task for s in self._streams.values() if s.task is not None]
         if tasks:

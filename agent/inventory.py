@@ -7,7 +7,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
+
+import msgspec
 
 from agent.bus import Connection
 from agent.drivers import Driver
@@ -42,6 +45,8 @@ class InventoryReporter:
         """Inventories this process began to report."""
         self.last_at = 0.0
         """When the last report ended (published or given up; wall clock)."""
+        self.activity: Callable[[], Mapping[tuple[str, str, str], float]] | None = None
+        """(kind, project, name) -> when a member last used it through the gateway: reported as activity."""
 
     async def run(self) -> None:
         while True:
@@ -77,7 +82,19 @@ class InventoryReporter:
                 MAX_OBJECTS,
             )
             items = items[:MAX_OBJECTS]
-        return items
+        return with_activity(items, self.activity()) if self.activity is not None else items
+
+
+def with_activity(
+    items: Sequence[InventoryItem], activity: Mapping[tuple[str, str, str], float]
+) -> tuple[InventoryItem, ...]:
+    """The inventory with each workload's last use as its activity, where that is newer (lifecycle's
+    auto-sleep reads it: one write per inventory for a busy tenant, not one per request)."""
+    out = []
+    for item in items:
+        at = activity.get((item.kind, item.project, item.name), 0.0)
+        out.append(msgspec.structs.replace(item, last_activity=at) if at > item.last_activity else item)
+    return tuple(out)
 
     async def _send(self, reason: Reason) -> None:
         loop = asyncio.get_running_loop()

@@ -230,6 +230,7 @@ class Agent:
         interval = lambda: session.heartbeat_interval  # noqa: E731 - the welcome may change it
         self._heartbeats = Heartbeats(conn, cluster, self.session_id, health, interval, self.metrics)
         self._inventory = InventoryReporter(conn, cluster, self.session_id, driver, self.settings.inventory_interval)
+        self._inventory.activity = getattr(self.capabilities.get("gateway"), "activity", None)  # kubectl is use
         self._inventory.now.set()
         await self._heartbeats.beat()
 

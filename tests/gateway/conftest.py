@@ -16,7 +16,13 @@ import pytest
 from services.platform.tls import TlsFiles, ensure_tls
 from tests.harness import Proc, Stack, wait_for
 from tests.kube.cluster import ControlPlane
-from tests.kube.conftest import admin_api, control_plane, kube_bin, kubeconfig  # noqa: F401  (shared fixtures)
+from tests.kube.conftest import (  # noqa: F401  (shared fixtures)
+    admin_api,
+    control_plane,
+    kube_bin,
+    kubeconfig,
+    tenant_api_server,
+)
 
 BIN = Path(sys.executable).parent
 KUBECTL = BIN / "kubectl"
