@@ -84,18 +84,6 @@ class InventoryReporter:
             items = items[:MAX_OBJECTS]
         return with_activity(items, self.activity()) if self.activity is not None else items
 
-
-def with_activity(
-    items: Sequence[InventoryItem], activity: Mapping[tuple[str, str, str], float]
-) -> tuple[InventoryItem, ...]:
-    """The inventory with each workload's last use as its activity, where that is newer (lifecycle's
-    auto-sleep reads it: one write per inventory for a busy tenant, not one per request)."""
-    out = []
-    for item in items:
-        at = activity.get((item.kind, item.project, item.name), 0.0)
-        out.append(msgspec.structs.replace(item, last_activity=at) if at > item.last_activity else item)
-    return tuple(out)
-
     async def _send(self, reason: Reason) -> None:
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self._interval
@@ -125,3 +113,15 @@ def with_activity(
             async with asyncio.timeout(delay):
                 await self.now.wait()
         return self.now.is_set()
+
+
+def with_activity(
+    items: Sequence[InventoryItem], activity: Mapping[tuple[str, str, str], float]
+) -> tuple[InventoryItem, ...]:
+    """The inventory with each workload's last use as its activity, where that is newer (lifecycle's
+    auto-sleep reads it: one write per inventory for a busy tenant, not one per request)."""
+    out = []
+    for item in items:
+        at = activity.get((item.kind, item.project, item.name), 0.0)
+        out.append(msgspec.structs.replace(item, last_activity=at) if at > item.last_activity else item)
+    return tuple(out)
