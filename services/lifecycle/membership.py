@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 import time
 
-from schemas.messages import Membership, MembershipChanged, Role, WorkloadRecord, decode, workload_key
-from services.bus import Msg
+from schemas.messages import Membership, MembershipChanged, Role, WorkloadRecord, workload_key
+from services.bus import Delivery
 from services.lifecycle import logic
 from services.lifecycle.peers import Peers
 from services.lifecycle.sending import Sender, new_op_id
@@ -22,8 +22,8 @@ class MembershipFanout:
         self.sender = sender
         self.peers = peers
 
-    async def on_membership(self, msg: Msg) -> None:
-        change = decode(msg.data, MembershipChanged)
+    async def on_membership(self, d: Delivery) -> None:
+        change = d.decode(MembershipChanged)
         membership = await self.peers.membership(change.project)
         roles: dict[str, Role | None] = {}
         for record in await self.desired.all_records():

@@ -22,19 +22,19 @@ from schemas.messages import (
     VisibleProjects,
 )
 from schemas.names import check_name
-from services.bus import Connection, call
+from services.bus import Bus
 
 Placement = tuple[dict[str, ClusterRecord], dict[str, Presence]]
 """The clusters placement chooses from, and their presence, by name."""
 
 
 class Peers:
-    def __init__(self, nc: Connection, timeout: float) -> None:
-        self.nc = nc
+    def __init__(self, bus: Bus, timeout: float) -> None:
+        self.bus = bus
         self.timeout = timeout
 
     async def _call(self, subject: str, request: Message, reply: type[M]) -> M:
-        return await call(self.nc, subject, request, reply, timeout=self.timeout)
+        return await self.bus.call(subject, request, reply, timeout=self.timeout)
 
     async def project(self, name: str) -> ProjectRecord:
         return await self._call(subjects.Projects.GET, NameRequest(name=name), ProjectRecord)

@@ -7,8 +7,8 @@ import time
 
 from schemas import subjects
 from schemas.errors import Conflict, InvalidInput, Unavailable
-from schemas.messages import CommandResult, WorkloadRecord, clip, decode, workload_key
-from services.bus import Msg
+from schemas.messages import CommandResult, WorkloadRecord, clip, workload_key
+from services.bus import Delivery
 from services.lifecycle import logic
 from services.lifecycle.metrics import Metrics
 from services.lifecycle.sending import Sender
@@ -23,10 +23,10 @@ class Results:
         self.sender = sender
         self.metrics = metrics
 
-    async def on_result(self, msg: Msg) -> None:
-        result = decode(msg.data, CommandResult)
-        if subjects.cluster_of_evt(msg.subject) != result.cluster:
-            raise InvalidInput(f"result for {result.cluster!r} arrived on {msg.subject!r}")
+    async def on_result(self, d: Delivery) -> None:
+        result = d.decode(CommandResult)
+        if subjects.cluster_of_evt(d.subject) != result.cluster:
+            raise InvalidInput(f"result for {result.cluster!r} arrived on {d.subject!r}")
         k = workload_key(result)
         known = self.desired.known.get(k)
         if known is not None and await self._record(k, result, known):

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 from schemas import subjects
 from schemas.errors import Conflict, InvalidInput
-from schemas.messages import Inventory, InventoryItem, WorkloadRecord, decode, ref_of, workload_key
-from services.bus import Msg
+from schemas.messages import Inventory, InventoryItem, WorkloadRecord, ref_of, workload_key
+from services.bus import Delivery
 from services.lifecycle import logic
 from services.lifecycle.metrics import Metrics
 from services.lifecycle.sending import Sender, new_op_id
@@ -26,28 +26,20 @@ STALE_INVENTORY = 600.0
 """Seconds after which an inventory is ignored: a newer one will come."""
 
 
-def _stream_seq(msg: Msg) -> str:
-    """The message's sequence in its stream ('' when it has none, e.g. not from JetStream)."""
-    try:
-        return str(msg.metadata.sequence.stream)
-    except Exception:  # not a JetStream message
-        return ""
-
-
 class Progress:
     """Tells JetStream a long handler is still at work, so the message is not redelivered meanwhile."""
 
     EVERY = 50
 
-    def __init__(self, msg: Msg) -> None:
-        self.msg = msg
+    def __init__(self, d: Delivery) -> None:
+        self.delivery = d
         self.steps = 0
 
     async def tick(self) -> None:
         self.steps += 1
-        if self.steps % self.EVERY == 0 and self.msg.reply:
+        if self.steps % self.EVERY == 0:
             try:
-                await self.msg.in_progress()
+                await self.delivery.in_progress()
             except Exception as exc:  # advisory: at worst the message comes back and repeats its commands' ids
                 logger.debug("in-progress ack failed: %s", exc)
 
@@ -61,11 +53,11 @@ class InventoryResync:
         self.empty_since: dict[str, float] = {}
         """Since when each cluster's desired state has been empty (deletes are held back for a grace)."""
 
-    async def on_inventory(self, msg: Msg) -> None:
-        inventory = decode(msg.data, Inventory)
+    async def on_inventory(self, d: Delivery) -> None:
+        inventory = d.decode(Inventory)
         cluster = inventory.cluster
-        if subjects.cluster_of_evt(msg.subject) != cluster:  # the broker's word, never the payload's
-            raise InvalidInput(f"inventory for {inventory.cluster!r} arrived on {msg.subject!r}")
+        if subjects.cluster_of_evt(d.subject) != cluster:  # the broker's word, never the payload's
+            raise InvalidInput(f"inventory for {inventory.cluster!r} arrived on {d.subject!r}")
         now = time.time()
         if now - inventory.at > STALE_INVENTORY:
             return
@@ -73,8 +65,8 @@ class InventoryResync:
         plan = self._plan(cluster, desired, inventory, now)
         # Ids derived from the inventory's place in the stream: a redelivered inventory (a handler that
         # outlived its ack wait, a crash) asks for the same commands again, and the stream drops the copies.
-        origin = _stream_seq(msg) or new_op_id()
-        progress = Progress(msg)
+        origin = str(d.stream_seq) if d.stream_seq else new_op_id()
+        progress = Progress(d)
         await self._resend(cluster, plan.resend, inventory, origin, progress)
         await self._delete_orphans(cluster, plan.orphans, origin, now, progress)
         await self._confirm_deleted(cluster, plan.done, now, progress)

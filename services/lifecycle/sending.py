@@ -25,8 +25,7 @@ from schemas.messages import (
     clip,
     workload_key,
 )
-from services.bus import JetStream
-from services.bus.publishing import publish
+from services.bus import Bus
 from services.lifecycle import logic
 from services.lifecycle.concurrency import all_done
 from services.lifecycle.metrics import Metrics
@@ -57,8 +56,8 @@ def _phase_msg_id(record: WorkloadRecord, phase: EventPhase) -> str:
 
 
 class Sender:
-    def __init__(self, js: JetStream, metrics: Metrics) -> None:
-        self.js = js
+    def __init__(self, bus: Bus, metrics: Metrics) -> None:
+        self.bus = bus
         self.metrics = metrics
 
     async def send(self, record: WorkloadRecord, op_id: str | None = None, by: str = "") -> None:
@@ -89,8 +88,8 @@ class Sender:
             trace_id=f"{span.trace_id:032x}" if span.is_valid else "",
         )
         await all_done(
-            publish(self.js, subjects.cmd(spec.cluster, subjects.VERB_APPLY), command, msg_id=command.op_id),
-            publish(self.js, subjects.audit_command(spec.cluster), audit, msg_id=f"audit-{command.op_id}"),
+            self.bus.publish(subjects.cmd(spec.cluster, subjects.VERB_APPLY), command, msg_id=command.op_id),
+            self.bus.publish(subjects.audit_command(spec.cluster), audit, msg_id=f"audit-{command.op_id}"),
         )
         self.metrics.issued.add(1, {"cluster": spec.cluster})
 
@@ -103,7 +102,7 @@ class Sender:
             issued_at=now,
             operation="resync",
         )
-        await publish(self.js, subjects.cmd(cluster, subjects.VERB_APPLY), command, msg_id=command.op_id)
+        await self.bus.publish(subjects.cmd(cluster, subjects.VERB_APPLY), command, msg_id=command.op_id)
 
     async def announce(self, old: WorkloadRecord | None, new: WorkloadRecord, reason: str = "") -> None:
         """The phase ``new`` entered, if it is not ``old``'s."""
@@ -114,7 +113,7 @@ class Sender:
         message = new.failure.message if after == "Failed" and new.failure else ""
         event = _event(new.spec, after, reason, message)
         subject = subjects.public_event(f"{new.spec.kind}.{after.lower()}")
-        await publish(self.js, subject, event, msg_id=_phase_msg_id(new, after))
+        await self.bus.publish(subject, event, msg_id=_phase_msg_id(new, after))
 
     async def announce_failed(self, record: WorkloadRecord, result: CommandResult) -> None:
         """``command.failed`` for every failed command, a delete too (its phase stays Deleting, so no phase
@@ -122,9 +121,9 @@ class Sender:
         reason = clip(result.reason, logic.MAX_REASON) or "ApplyFailed"
         # An agent's text: bounded before it is published for everyone.
         event = _event(record.spec, logic.phase(record), reason, clip(result.message))
-        await publish(self.js, subjects.public_event("command.failed"), event, msg_id=f"failed-{record.op_id}")
+        await self.bus.publish(subjects.public_event("command.failed"), event, msg_id=f"failed-{record.op_id}")
 
     async def announce_deleted(self, record: WorkloadRecord) -> None:
         event = _event(record.spec, "Deleted", "Deleted")
         subject = subjects.public_event(f"{record.spec.kind}.deleted")
-        await publish(self.js, subject, event, msg_id=_phase_msg_id(record, "Deleted"))
+        await self.bus.publish(subject, event, msg_id=_phase_msg_id(record, "Deleted"))

@@ -13,28 +13,15 @@ removed cluster's deletions), over ``store`` (the desired state) and ``peers`` (
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
-import os
 from dataclasses import dataclass, field
+from typing import Unpack
 
 from schemas import subjects
 from schemas.messages import NameRequest, WorkloadAction, WorkloadCreate, WorkloadQuery, WorkloadRecord, WorkloadRef
-from services import VERSION
-from services.bus import (
-    Bucket,
-    Connection,
-    JetStream,
-    ServiceHost,
-    Telemetry,
-    close,
-    connect,
-    ensure_bucket,
-    ensure_platform_streams,
-)
-from services.bus.consuming import consume
-from services.bus.settings import ServiceSettings
-from services.bus.streams import ensure_cmd_streams
+from services.bus import Bus, Consumer, Endpoints, Options, Records, Runtime, Telemetry, serve
+from services.bus.settings import FromEnv, ServiceSettings, env
 from services.lifecycle.autosleep import AutoSleep
 from services.lifecycle.membership import MembershipFanout
 from services.lifecycle.metrics import Metrics
@@ -50,23 +37,15 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(FromEnv):
     common: ServiceSettings = field(default_factory=ServiceSettings)
     """Bus and telemetry."""
 
-    sleep_check_interval: float = 15.0
+    sleep_check_interval: float = env("TETHER_SLEEP_CHECK_INTERVAL", 15.0)
     """Seconds between checks for tenants idle past their ``sleep_after``."""
 
-    empty_grace: float = 600.0
+    empty_grace: float = env("TETHER_EMPTY_GRACE", 600.0)
     """Seconds a cluster's desired state must stay empty before its leftovers are deleted."""
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        return cls(
-            common=ServiceSettings.from_env(),
-            sleep_check_interval=float(os.environ.get("TETHER_SLEEP_CHECK_INTERVAL", "15")),
-            empty_grace=float(os.environ.get("TETHER_EMPTY_GRACE", "600")),
-        )
 
 
 RESULT_CONCURRENCY = 32
@@ -78,17 +57,12 @@ class Lifecycle:
     """Wires lifecycle's parts over one desired-state bucket."""
 
     def __init__(
-        self,
-        settings: Settings,
-        nc: Connection,
-        js: JetStream,
-        bucket: Bucket[WorkloadRecord],
-        telemetry: Telemetry | None = None,
+        self, settings: Settings, bus: Bus, bucket: Records[WorkloadRecord], telemetry: Telemetry | None = None
     ) -> None:
         metrics = Metrics(telemetry or Telemetry.create("lifecycle"))
         self.desired = Desired(bucket)
-        sender = Sender(js, metrics)
-        peers = Peers(nc, settings.common.bus.request_timeout)
+        sender = Sender(bus, metrics)
+        peers = Peers(bus, settings.common.bus.request_timeout)
         self.workloads = Workloads(self.desired, sender, peers)
         self.results = Results(self.desired, sender, metrics)
         self.resync = InventoryResync(self.desired, sender, metrics, settings.empty_grace)
@@ -96,67 +70,48 @@ class Lifecycle:
         self.removal = Removal(self.desired, sender)
         self.auto_sleep = AutoSleep(self.desired, self.workloads.action, metrics, settings.sleep_check_interval)
 
-    def install(self, host: ServiceHost) -> None:
+    def install(self, endpoints: Endpoints) -> None:
         L = subjects.Lifecycle
-        host.endpoint(L.CREATE, WorkloadCreate, self.workloads.create)
-        host.endpoint(L.GET, WorkloadRef, self.workloads.get)
-        host.endpoint(L.LIST, WorkloadQuery, self.workloads.list)
-        host.endpoint(L.ACTION, WorkloadAction, self.workloads.action)
-        host.endpoint(L.FORGET_CLUSTER, NameRequest, self.removal.forget_cluster)
+        endpoints.platform(L.CREATE, WorkloadCreate, self.workloads.create)
+        endpoints.platform(L.GET, WorkloadRef, self.workloads.get)
+        endpoints.platform(L.LIST, WorkloadQuery, self.workloads.list)
+        endpoints.platform(L.ACTION, WorkloadAction, self.workloads.action)
+        endpoints.platform(L.FORGET_CLUSTER, NameRequest, self.removal.forget_cluster)
 
-    def start(self, js: JetStream, telemetry: Telemetry, tg: asyncio.TaskGroup) -> None:
+    def start(self, rt: Runtime) -> None:
         """The durable consumers of results, inventories and membership changes, and auto-sleep."""
-        evt = subjects.EVT_STREAM
-        tracer = telemetry.tracer("tether.lifecycle")
-        results = consume(
-            js,
-            stream=evt,
+        results = Consumer(
+            stream=subjects.EVT_STREAM,
             durable=subjects.LIFECYCLE_RESULTS_CONSUMER,
             filter_subject=subjects.evt_kind(subjects.EVT_RESULT),
-            handler=self.results.on_result,
-            tracer=tracer,
             concurrency=RESULT_CONCURRENCY,
+            tracer=rt.tracer("tether.lifecycle"),
         )
-        inventories = consume(
-            js,
-            stream=evt,
+        inventories = Consumer(
+            stream=subjects.EVT_STREAM,
             durable=subjects.LIFECYCLE_INVENTORY_CONSUMER,
             filter_subject=subjects.evt_kind(subjects.EVT_INVENTORY),
-            handler=self.resync.on_inventory,
             batch=8,
         )
-        members = consume(
-            js,
+        members = Consumer(
             stream=subjects.EVENTS_STREAM,
             durable=subjects.LIFECYCLE_MEMBERSHIP_CONSUMER,
             filter_subject=subjects.MEMBERSHIP_CHANGED,
-            handler=self.membership.on_membership,
         )
-        tg.create_task(results, name="lifecycle-results")
-        tg.create_task(inventories, name="lifecycle-inventory")
-        tg.create_task(members, name="lifecycle-membership")
-        tg.create_task(self.auto_sleep.run(), name="lifecycle-auto-sleep")
+        rt.task("results", lambda: rt.bus.consume(results, self.results.on_result))
+        rt.task("inventory", lambda: rt.bus.consume(inventories, self.resync.on_inventory))
+        rt.task("membership", lambda: rt.bus.consume(members, self.membership.on_membership))
+        rt.task("auto-sleep", self.auto_sleep.run)
 
 
-async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None) -> None:
-    telemetry = telemetry or Telemetry.create("lifecycle", settings.common.telemetry)
-    nc = await connect(settings.common.bus, "lifecycle")
-    try:
-        js = nc.jetstream()
-        replicas = settings.common.bus.replicas
-        await ensure_platform_streams(js, replicas)
-        await ensure_cmd_streams(js, replicas)
-        bucket = await ensure_bucket(js, subjects.BUCKET_DESIRED, WorkloadRecord, replicas=replicas, history=5)
-        lifecycle = Lifecycle(settings, nc, js, bucket, telemetry)
-        await lifecycle.workloads.republish_pending()
-        host = ServiceHost(nc, "lifecycle", VERSION, telemetry.tracer(__name__))
-        lifecycle.install(host)
-        async with host, asyncio.TaskGroup() as tg:
-            lifecycle.start(js, telemetry, tg)
-            logger.info("lifecycle ready")
-            if ready:
-                ready.set()
-            await asyncio.Event().wait()
-    finally:
-        await close(nc)
-        telemetry.shutdown()
+async def setup(rt: Runtime, settings: Settings) -> None:
+    await rt.bus.declare_streams("platform", "commands")
+    bucket = await rt.bus.bucket(subjects.BUCKET_DESIRED, WorkloadRecord, history=5)
+    lifecycle = Lifecycle(settings, rt.bus, bucket, rt.telemetry)
+    await lifecycle.workloads.republish_pending()
+    lifecycle.install(rt.endpoints)
+    lifecycle.start(rt)
+
+
+async def run(settings: Settings, **options: Unpack[Options]) -> None:
+    await serve("lifecycle", settings.common, functools.partial(setup, settings=settings), **options)

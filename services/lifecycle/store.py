@@ -11,7 +11,7 @@ import time
 
 from schemas.errors import NotFound
 from schemas.messages import WorkloadRecord, WorkloadRef, workload_key
-from services.bus import Bucket
+from services.bus import Records
 from services.lifecycle import logic
 from services.lifecycle.concurrency import KeyedLocks, Recent
 
@@ -27,7 +27,7 @@ Found = tuple[WorkloadRecord, int]
 
 
 class Desired:
-    def __init__(self, bucket: Bucket[WorkloadRecord]) -> None:
+    def __init__(self, bucket: Records[WorkloadRecord]) -> None:
         self.bucket = bucket
         self.known: Recent[Found] = Recent(KNOWN_RECORDS)
         self.writes = asyncio.Lock()

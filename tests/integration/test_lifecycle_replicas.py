@@ -4,9 +4,9 @@ wrote last without reading it first, and a write by the other one is never misse
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 
-from nats.aio.client import Client
+import pytest
 
 from schemas import subjects
 from schemas.messages import (
@@ -21,23 +21,17 @@ from schemas.messages import (
     encode,
     workload_key,
 )
-from services.bus import ensure_bucket, ensure_platform_streams
+from services.bus import Bus, Delivery
+from services.bus.nats_bus import NatsBus
+from services.bus.settings import BusSettings
 from services.lifecycle import logic
 from services.lifecycle.service import Lifecycle, Settings
-from tests.harness import CountingBucket
+from tests.harness import CountingBucket, NatsServer
 
 KEY = workload_key(WorkloadRef(kind="tenant", project="p1", name="t1"))
 
 
-@dataclass
-class Delivered:
-    """The part of a delivered result lifecycle reads."""
-
-    subject: str
-    data: bytes
-
-
-def result_of(record: WorkloadRecord) -> Delivered:
+def result_of(record: WorkloadRecord) -> Delivery:
     spec = record.spec
     result = CommandResult(
         op_id=record.op_id,
@@ -51,21 +45,27 @@ def result_of(record: WorkloadRecord) -> Delivered:
         version=spec.version,
         at=time.time(),
     )
-    return Delivered(subjects.evt(spec.cluster, subjects.EVT_RESULT), encode(result))
+    return Delivery(subjects.evt(spec.cluster, subjects.EVT_RESULT), encode(result))
 
 
 def act(action: Action) -> WorkloadAction:
     return WorkloadAction(kind="tenant", project="p1", name="t1", action=action, by="u")
 
 
-async def test_replicas_write_on_top_of_their_own_writes_and_see_each_others(nc: Client) -> None:
-    js = nc.jetstream()
-    await ensure_platform_streams(js, 1)
-    await js.add_stream(name="TEST-CMD", subjects=[subjects.CMD_ANY])
-    plain = await ensure_bucket(js, subjects.BUCKET_DESIRED, WorkloadRecord, replicas=1, history=5)
-    a_bucket = CountingBucket[WorkloadRecord](plain.kv, WorkloadRecord)
-    a = Lifecycle(Settings(), nc, js, a_bucket)
-    b = Lifecycle(Settings(), nc, js, plain)
+@pytest.fixture
+async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
+    await nats_server.wait_ready()
+    connected = await NatsBus.connect(BusSettings(url=nats_server.url), "test-lifecycle")
+    yield connected
+    await connected.close()
+
+
+async def test_replicas_write_on_top_of_their_own_writes_and_see_each_others(bus: Bus) -> None:
+    await bus.declare_streams("platform", "commands")
+    plain = await bus.bucket(subjects.BUCKET_DESIRED, WorkloadRecord, history=5)
+    a_bucket = CountingBucket[WorkloadRecord](plain.kv, WorkloadRecord)  # type: ignore[attr-defined]
+    a = Lifecycle(Settings(), bus, a_bucket)
+    b = Lifecycle(Settings(), bus, plain)
     seed = logic.new_record(
         WorkloadCreate(kind="tenant", project="p1", name="t1", cluster="c1", created_by="u"),
         ProjectRecord(name="p1"),
@@ -82,10 +82,10 @@ async def test_replicas_write_on_top_of_their_own_writes_and_see_each_others(nc:
         return found[0]
 
     slept = await a.workloads.action(act("sleep"))  # nothing remembered yet: read
-    await a.results.on_result(result_of(slept))  # type: ignore[arg-type]
+    await a.results.on_result(result_of(slept))
     reads = a_bucket.reads
     woken = await a.workloads.action(act("wake"))
-    await a.results.on_result(result_of(woken))  # type: ignore[arg-type]
+    await a.results.on_result(result_of(woken))
     assert a_bucket.reads == reads, "a replica writes on top of its own last write without a read"
     assert logic.in_sync(await stored()) and (await stored()).spec.state == "running"
 
@@ -100,10 +100,10 @@ async def test_replicas_write_on_top_of_their_own_writes_and_see_each_others(nc:
     # Results: b records the wake's; then a gets the same result again (a redelivery) while it remembers
     # the record before b's write: its write on top of that fails, it reads and folds the result into b's.
     delivered = result_of(again)
-    await b.results.on_result(delivered)  # type: ignore[arg-type]
+    await b.results.on_result(delivered)
     recorded = await stored()
     assert recorded.observed is not None and recorded.observed.generation == again.generation
-    await a.results.on_result(delivered)  # type: ignore[arg-type]
+    await a.results.on_result(delivered)
     now = await stored()
     assert (now.generation, now.spec, now.observed) == (recorded.generation, recorded.spec, recorded.observed)
     # And a's next action starts from what is stored, b's write included.
