@@ -31,7 +31,6 @@ from services.api.routes_people import install_people_routes
 from services.api.routes_records import install_record_routes
 from services.api.routes_workloads import install_workload_routes
 from services.api.web import install_web
-from services.bus.endpoints import ping
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +67,9 @@ def create_app(platform: Platform) -> FastAPI:
 
     @app.get("/healthz", response_model=HealthzOut, tags=["platform"])
     async def healthz() -> JSONResponse:
-        results = await asyncio.gather(*(ping(platform.nc, s) for s in SERVICES))
+        results = await asyncio.gather(*(platform.bus.ping(s) for s in SERVICES))
         services = dict(zip(SERVICES, results, strict=True))
-        ok = platform.nc.is_connected and all(results)
+        ok = platform.bus.connected and all(results)
         body = HealthzOut(status="ok" if ok else "starting", services=services)
         return JSONResponse(status_code=200 if ok else 503, content=body.model_dump())
 

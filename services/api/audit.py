@@ -16,8 +16,6 @@ from schemas.errors import InvalidInput, TetherError
 from schemas.names import check_name
 from schemas.units import parse_duration
 from services.api.auth import ERRORS, Platform, Who, require_admin
-from services.bus.publishing import publish
-from services.bus.reading import read_since
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +63,7 @@ def install_audit(app: FastAPI, platform: "Platform") -> None:
             cluster=parts[1] if parts[0] == "clusters" and len(parts) > 1 else "",
         )
         try:
-            await publish(platform.nc.jetstream(), subjects.AUDIT_API, entry)
+            await platform.bus.publish(subjects.AUDIT_API, entry)
         except TetherError as exc:
             # The change is done; losing its record is logged loudly, never silently.
             logger.error("audit record lost for %s: %s", entry.action, exc.description)
@@ -86,8 +84,7 @@ def install_audit(app: FastAPI, platform: "Platform") -> None:
         start = _since(since)
         if cluster:
             check_name(cluster, "cluster name")
-        records = await read_since(
-            platform.nc.jetstream(),
+        records = await platform.bus.read_since(
             subjects.AUDIT_STREAM,
             subjects.AUDIT_ANY,
             start,

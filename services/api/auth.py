@@ -28,7 +28,7 @@ from schemas.messages import (
     ProjectRecord,
     VisibleProjects,
 )
-from services.bus import Connection, Telemetry, call
+from services.bus import Bus, Telemetry
 
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 410, 413, 503)
@@ -40,7 +40,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
 class Platform:
     """What the routes reach: the bus, and where agents connect."""
 
-    nc: Connection
+    bus: Bus
     nats_url: str
     request_timeout: float = 5.0
     auth_cache_ttl: float = 5.0
@@ -52,7 +52,7 @@ class Platform:
         self._auth_cache: dict[str, tuple[float, Principal]] = {}
 
     async def call(self, subject: str, message: Message, reply_type: type[M]) -> M:
-        return await call(self.nc, subject, message, reply_type, timeout=self.request_timeout)
+        return await self.bus.call(subject, message, reply_type, timeout=self.request_timeout)
 
     async def presence(self, cluster: str) -> Presence | None:
         """Health's presence of ``cluster``; None when health has none (never connected)."""

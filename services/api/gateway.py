@@ -46,8 +46,7 @@ from schemas.gateway import (
 from schemas.messages import Empty, NameRequest, Presence, Principal, TeamList, WorkloadRecord, WorkloadRef
 from schemas.names import check_name
 from services.api.auth import Platform, authorize
-from services.bus.gateway import GatewayLink, GatewayStream, StreamBroken
-from services.bus.publishing import publish
+from services.bus.gateway import GatewayStream, StreamBroken, link_over
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +151,7 @@ class Gateway:
 
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
-        self.link = GatewayLink(platform.nc)
+        self.link = link_over(platform.bus)
         self._started = False
         self._start_lock = asyncio.Lock()
         self._cache: dict[tuple[str, str, str, str], tuple[float, Access]] = {}
@@ -425,4 +424,4 @@ async def _audit(platform: Platform, access: Access, request: GatewayRequest, re
         trace_id=f"{span.trace_id:032x}" if span.is_valid else "",
     )
     with contextlib.suppress(TetherError):
-        await publish(platform.nc.jetstream(), subjects.AUDIT_API, entry)
+        await platform.bus.publish(subjects.AUDIT_API, entry)

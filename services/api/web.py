@@ -5,7 +5,7 @@
   filtered to what the caller may see. It takes the usual ``Authorization`` header (the UI reads it
   with a streaming ``fetch``), so a token never appears in a URL.
 - ``GET /api/v1/clusters/{name}/events`` reads one cluster's online/offline history back from the
-  ``EVENTS`` stream with a short-lived ephemeral consumer.
+  ``EVENTS`` stream (``Bus.read_since``).
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ from fastapi.staticfiles import StaticFiles
 
 from schemas import subjects
 from schemas.api import ClusterEventListOut, ClusterEventOut
-from schemas.errors import NotFound, Unavailable
-from schemas.messages import ClusterList, ClusterRecord, Empty, NameRequest, Principal, VisibleProjects
+from schemas.errors import NotFound, TetherError, Unavailable
+from schemas.messages import ClusterEvent, ClusterList, ClusterRecord, Empty, NameRequest, Principal, VisibleProjects
 from schemas.names import check_name
 from services.api.auth import ERRORS, Platform, Who, cluster_scope, platform_of, visible
 from services.api.logic import may_see_cluster
+from services.bus import Delivery
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ VISIBILITY_TTL = 10.0
 QUEUE_LIMIT = 2000
 HISTORY_SCAN_LIMIT = 50_000
 """Cluster events read at most per history request (every cluster's events share the subjects)."""
-HISTORY_TIME_BUDGET = 5.0
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -74,21 +74,15 @@ def sse(kind: str, data: str) -> bytes:
     return f"event: {kind}\ndata: {data}\n\n".encode()
 
 
-def cluster_history(events: list[dict[str, Any]], cluster: str, limit: int) -> tuple[list[ClusterEventOut], bool]:
+def cluster_history(events: list[ClusterEvent], cluster: str, limit: int) -> tuple[list[ClusterEventOut], bool]:
     """The last ``limit`` events of ``cluster`` (newest first) and whether older ones were dropped."""
     kept: deque[ClusterEventOut] = deque(maxlen=limit)
     total = 0
     for event in events:
-        if event.get("cluster") != cluster or event.get("type") != "cluster-event.v1":
+        if event.cluster != cluster:
             continue
         total += 1
-        kept.append(
-            ClusterEventOut(
-                kind=event["kind"],
-                at=datetime.fromtimestamp(float(event.get("at", 0.0)), UTC),
-                reason=str(event.get("reason", "")),
-            )
-        )
+        kept.append(ClusterEventOut(kind=event.kind, at=datetime.fromtimestamp(event.at, UTC), reason=event.reason))
     return list(reversed(kept)), total > len(kept)
 
 
@@ -129,14 +123,14 @@ async def _relay(platform: Platform, who: Principal, seen: VisibleProjects) -> A
     queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=QUEUE_LIMIT)
     dropped = False
 
-    async def on_event(msg: Any) -> None:
+    async def on_event(d: Delivery) -> None:
         nonlocal dropped
         try:
-            queue.put_nowait((msg.subject, msg.data))
+            queue.put_nowait((d.subject, d.data))
         except asyncio.QueueFull:
             dropped = True
 
-    sub = await platform.nc.subscribe(subjects.PUBLIC_EVENTS_ANY, cb=on_event)
+    sub = await platform.bus.subscribe(subjects.PUBLIC_EVENTS_ANY, on_event)
     clusters_at = time.time()
     clusters = await _visible_clusters(platform, who)
     fetched = time.monotonic()
@@ -176,7 +170,7 @@ async def _relay(platform: Platform, who: Principal, seen: VisibleProjects) -> A
                 yield sse(kind, json.dumps(event, separators=(",", ":")))
     finally:
         with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+            await sub.stop()
 
 
 def _news_of_a_cluster(event: dict[str, Any], clusters: set[str], listed_at: float) -> bool:
@@ -226,51 +220,17 @@ async def cluster_events(
     return ClusterEventListOut(items=items, since=since, truncated=truncated or capped)
 
 
-async def _read_cluster_events(platform: Platform, since: datetime) -> tuple[list[dict[str, Any]], bool]:
-    """Every cluster event since ``since``, oldest first, through an ephemeral pull consumer."""
-    js = platform.nc.jetstream()
+async def _read_cluster_events(platform: Platform, since: datetime) -> tuple[list[ClusterEvent], bool]:
+    """Every cluster event since ``since``, oldest first (at most ``HISTORY_SCAN_LIMIT``: then True)."""
     try:
-        info = await js.add_consumer(
-            subjects.EVENTS_STREAM,
-            filter_subject=subjects.public_event("cluster.*"),
-            deliver_policy="by_start_time",
-            opt_start_time=since,
-            ack_policy="none",
-            inactive_threshold=30.0,
-            mem_storage=True,
-            num_replicas=1,
+        events = await platform.bus.read_since(
+            subjects.EVENTS_STREAM, subjects.public_event("cluster.*"), since, ClusterEvent, limit=HISTORY_SCAN_LIMIT
         )
+    except TetherError:
+        raise
     except Exception as exc:
         raise Unavailable(f"cluster history is not available: {exc}") from None
-    events: list[dict[str, Any]] = []
-    capped = False
-    pending = int(info.num_pending or 0)
-    try:
-        if pending == 0:
-            return events, False
-        sub = await js.pull_subscribe_bind(consumer=info.name, stream=subjects.EVENTS_STREAM)
-        deadline = time.monotonic() + HISTORY_TIME_BUDGET
-        try:
-            while pending > 0:
-                if len(events) >= HISTORY_SCAN_LIMIT or time.monotonic() > deadline:
-                    capped = True
-                    break
-                try:
-                    batch = await sub.fetch(min(1000, pending), timeout=1.0)
-                except TimeoutError:
-                    break
-                for msg in batch:
-                    with contextlib.suppress(ValueError):
-                        event = json.loads(msg.data)
-                        if isinstance(event, dict):
-                            events.append(event)
-                    pending = int(msg.metadata.num_pending)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-    finally:
-        with contextlib.suppress(Exception):
-            await js.delete_consumer(subjects.EVENTS_STREAM, info.name)
+    capped = len(events) >= HISTORY_SCAN_LIMIT
     if capped:
         logger.warning("cluster history read capped at %d events (a shorter window reads the newest)", len(events))
     return events, capped

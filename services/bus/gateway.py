@@ -25,6 +25,7 @@ from nats.errors import Error as NatsError
 from schemas import subjects, tracing
 from schemas.errors import TetherError, Unavailable
 from schemas.gateway import GatewayControl, GatewayFrame, GatewayRequest, decode, encode
+from services.bus.interface import Bus
 
 logger = logging.getLogger(__name__)
 
@@ -162,3 +163,13 @@ class GatewayLink:
         if sub is not None:
             with contextlib.suppress(NatsError):
                 await sub.unsubscribe()
+
+
+def link_over(bus: Bus, api_id: str | None = None) -> GatewayLink:
+    """The gateway link of the API process running on ``bus``, over its NATS connection (frames are many
+    and small: they go out without the flush each ``Bus.send`` waits for)."""
+    from services.bus.nats_bus import NatsBus  # the link speaks NATS itself; the in-memory bus has none
+
+    if not isinstance(bus, NatsBus):
+        raise TypeError(f"the Kubernetes gateway needs a NATS bus, not {type(bus).__name__}")
+    return GatewayLink(bus._nc)

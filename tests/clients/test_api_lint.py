@@ -41,7 +41,7 @@ def quiet_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_openapi_document_passes_redocly(lint_bin: Path, tmp_path: Path) -> None:
-    document = create_app(Platform(nc=None, nats_url="nats://127.0.0.1:4222")).openapi()  # type: ignore[arg-type]
+    document = create_app(Platform(bus=None, nats_url="nats://127.0.0.1:4222")).openapi()  # type: ignore[arg-type]
     path = tmp_path / "openapi.json"
     path.write_text(json.dumps(document))
     argv = [lint_bin / "redocly", "lint", "--config", LINT_DIR / "redocly.yaml", "--format", "summary", path]
