@@ -8,6 +8,8 @@ failure (bad input, not found) from a retryable one (unavailable).
 
 from __future__ import annotations
 
+import math
+
 
 class TetherError(Exception):
     """Root of every error Tether raises on purpose."""
@@ -63,6 +65,37 @@ class Unavailable(TetherError):
     retryable = True
 
 
+class Overloaded(Unavailable):
+    """The service is busy (its bounded queue is full): come back after ``retry_after`` seconds.
+
+    Told instead of queueing without bound, so that a storm of callers is admitted at the rate the service
+    can serve and does not retry on a fixed schedule while its first requests still wait."""
+
+    code = "429"
+
+    def __init__(self, description: str, retry_after: float = 1.0) -> None:
+        super().__init__(description)
+        self.retry_after = retry_after
+
+
+RETRY_AFTER_HEADER = "Tether-Retry-After"
+"""Carries an ``Overloaded`` reply's ``retry_after`` (seconds) on the wire."""
+MAX_RETRY_AFTER = 600.0
+"""A retry-after read from the wire is clamped to this: a bad value must not park a caller for ever."""
+
+
+def parse_retry_after(text: str | None, default: float = 1.0) -> float:
+    """Seconds from a ``Tether-Retry-After`` value, clamped to [0, ``MAX_RETRY_AFTER``]; ``default`` when
+    missing or not a number."""
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        return default
+    if math.isnan(value):
+        return default
+    return min(max(value, 0.0), MAX_RETRY_AFTER)
+
+
 class Internal(TetherError):
     """A bug: the service failed in a way it did not expect."""
 
@@ -74,6 +107,8 @@ _BY_CODE: dict[str, type[TetherError]] = {
 }
 
 
-def from_wire(code: str, description: str) -> TetherError:
-    """Rebuild the error a remote service answered with."""
+def from_wire(code: str, description: str, retry_after: str | None = None) -> TetherError:
+    """Rebuild the error a remote service answered with (``retry_after``: its ``Tether-Retry-After``)."""
+    if code == Overloaded.code:
+        return Overloaded(description, parse_retry_after(retry_after))
     return _BY_CODE.get(code, Internal)(description)

@@ -26,7 +26,7 @@ from agent.bus.events import Hook, LinkEvents
 from agent.bus.messages import NatsIdentity, Published, Subscription
 from agent.settings import AgentSettings
 from schemas import tracing
-from schemas.errors import Unavailable, from_wire
+from schemas.errors import RETRY_AFTER_HEADER, Unavailable, from_wire
 from schemas.messages import M, Message, decode, encode
 
 logger = logging.getLogger(__name__)
@@ -204,5 +204,5 @@ async def request(conn: Connection, subject: str, message: Message, reply_type: 
         raise Unavailable(f"request on {subject} failed: {exc or type(exc).__name__}") from None
     headers = msg.headers or {}
     if ERROR_CODE in headers:
-        raise from_wire(headers[ERROR_CODE], headers.get(ERROR_TEXT, ""))
+        raise from_wire(headers[ERROR_CODE], headers.get(ERROR_TEXT, ""), headers.get(RETRY_AFTER_HEADER))
     return decode(msg.data, reply_type)

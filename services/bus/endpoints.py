@@ -24,10 +24,11 @@ from opentelemetry.trace import Span, SpanKind, Tracer
 
 from schemas import subjects, tracing
 from schemas.credentials import agent_inbox_prefix
-from schemas.errors import TetherError, Unavailable, from_wire
+from schemas.errors import RETRY_AFTER_HEADER, Overloaded, TetherError, Unavailable, from_wire
 from schemas.messages import M, Message, decode, encode
 from schemas.names import dns1123_label_error
-from services.bus.interface import Endpoints, Host
+from services.bus.admission import Admission
+from services.bus.interface import Endpoint, Endpoints, Host
 from services.bus.limits import wire_size
 
 logger = logging.getLogger(__name__)
@@ -85,16 +86,15 @@ class ServiceHost(Host):
 
         self._pending.append((endpoint_name, subject, self._concurrent(handle, endpoint_name)))
 
-    def agent_endpoint(
-        self,
-        base: str,
-        request_type: type[M],
-        handler: Callable[[M, str], Awaitable[Message]],
-    ) -> None:
+    def agent_endpoint(self, served: Endpoint) -> None:
         """Serve ``subjects.agent_call(base, <cluster>)`` for every cluster: ``handler(message, cluster)``, where
-        ``cluster`` is the one in the subject (the broker's word for who is calling, not the message's)."""
+        ``cluster`` is the one in the subject (the broker's word for who is calling, not the message's).
+        With ``admission``, a bounded queue: beyond it callers are told when to come back (``Overloaded``)."""
+        base, request_type, handler = served.subject, served.request_type, served.handler
         parts = base.rsplit(".", 2)
         endpoint_name = "-".join(parts[-2:]).replace("_", "-")
+        limits = served.admission
+        queue = Admission(f"{self._name} {endpoint_name}", limits) if limits else None
 
         async def handle(req: Request) -> None:
             cluster = agent_caller(base, req.subject)
@@ -107,14 +107,14 @@ class ServiceHost(Host):
             async def run() -> Message:
                 return await handler(decode(req.data, request_type), cluster)
 
-            await self._answer(req, base, run)
+            await self._answer(req, base, run if queue is None else lambda: queue.run(run))
 
         self._pending.append((endpoint_name, subjects.agent_calls(base), self._concurrent(handle, endpoint_name)))
 
     def add(self, endpoints: Endpoints) -> None:
         for item in endpoints.items:
             if item.caller == "agent":
-                self.agent_endpoint(item.subject, item.request_type, item.handler)
+                self.agent_endpoint(item)
             else:
                 self.endpoint(item.subject, item.request_type, item.handler)
 
@@ -210,6 +210,10 @@ async def answer(
     the wire form here, at the edge, and nowhere else."""
     try:
         reply = await run()
+    except Overloaded as exc:
+        span.set_attribute("tether.error.code", exc.code)
+        data, headers = error_reply(exc.code, exc.description)
+        return data, {**headers, RETRY_AFTER_HEADER: f"{exc.retry_after:.3f}"}
     except TetherError as exc:
         span.set_attribute("tether.error.code", exc.code)
         return error_reply(exc.code, exc.description)
@@ -234,7 +238,7 @@ async def answer(
 def remote_error(headers: Mapping[str, str] | None) -> TetherError | None:
     """The error a reply carries, as its ``TetherError`` kind (None: a normal reply)."""
     if headers and ERROR_CODE in headers:
-        return from_wire(headers[ERROR_CODE], headers.get(ERROR_TEXT, ""))
+        return from_wire(headers[ERROR_CODE], headers.get(ERROR_TEXT, ""), headers.get(RETRY_AFTER_HEADER))
     return None
 
 

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from schemas.messages import M, Message, decode
+from services.bus.admission import AdmissionLimits
 from services.bus.records import Records
 
 
@@ -97,6 +98,8 @@ class Endpoint:
     request_type: type[Message]
     handler: Callable[..., Awaitable[Message]]
     caller: Literal["platform", "agent"] = "platform"
+    admission: AdmissionLimits | None = None
+    """A bounded queue with retry-after for the rest (``services.bus.admission``); None: unbounded."""
 
 
 @dataclass
@@ -110,8 +113,14 @@ class Endpoints:
     def platform(self, subject: str, request_type: type[M], handler: Callable[[M], Awaitable[Message]]) -> None:
         self.items.append(Endpoint(subject, request_type, handler))
 
-    def agent(self, base: str, request_type: type[M], handler: Callable[[M, str], Awaitable[Message]]) -> None:
-        self.items.append(Endpoint(base, request_type, handler, "agent"))
+    def agent(
+        self,
+        base: str,
+        request_type: type[M],
+        handler: Callable[[M, str], Awaitable[Message]],
+        admission: AdmissionLimits | None = None,
+    ) -> None:
+        self.items.append(Endpoint(base, request_type, handler, "agent", admission))
 
 
 class Host(ABC):

@@ -39,6 +39,7 @@ from schemas.messages import (
 )
 from schemas.names import check_name
 from services.bus import Bus, Endpoints, Options, Records, Runtime, identity, limits, serve
+from services.bus.admission import AdmissionLimits
 from services.bus.identity import Trust
 from services.bus.settings import FromEnv, ServiceSettings, env
 from services.registry import logic
@@ -61,6 +62,19 @@ class Settings(FromEnv):
 
     agent_credential_ttl: float = env("TETHER_AGENT_CRED_TTL", 24 * 3600.0)
     """Lifetime of an agent's NATS user JWT; agents renew at about three quarters of it."""
+
+    admission_concurrency: int = env("TETHER_ADMISSION_CONCURRENCY", 32)
+    """Agents' bootstraps (and, separately, hellos) handled at once; beyond them a bounded queue."""
+
+    admission_queue: int = env("TETHER_ADMISSION_QUEUE", 512)
+    """Bootstraps (and hellos) waiting at most; more are told when to come back (retry-after)."""
+
+    admission_max_wait: float = env("TETHER_ADMISSION_MAX_WAIT", 2.0)
+    """Seconds a queued bootstrap or hello may be expected to wait: well under the agents' 5 s timeout."""
+
+    @property
+    def admission(self) -> AdmissionLimits:
+        return AdmissionLimits(self.admission_concurrency, self.admission_queue, self.admission_max_wait)
 
 
 class Registry:
@@ -277,8 +291,11 @@ def install(registry: Registry, served: Endpoints) -> None:
     served.platform(R.CLUSTER_LIST, Empty, registry.list)
     served.platform(R.CLUSTER_DISCONNECT, NameRequest, registry.disconnect)
     # Called by agents (and connect tokens' bootstrap users): the cluster is the one in the subject.
-    served.agent(R.AGENT_BOOTSTRAP, AgentBootstrap, registry.bootstrap)
-    served.agent(R.AGENT_HELLO, AgentHello, registry.hello)
+    # Connects are admitted at the rate the registry serves them, each endpoint its own queue (reconnecting
+    # agents' hellos do not wait behind new clusters' bootstraps); renewals are rare and never refused.
+    admission = registry.settings.admission
+    served.agent(R.AGENT_BOOTSTRAP, AgentBootstrap, registry.bootstrap, admission)
+    served.agent(R.AGENT_HELLO, AgentHello, registry.hello, admission)
     served.agent(R.AGENT_RENEW, AgentRenew, registry.renew)
     served.platform(R.EVENTS_CREDS, EventsCredsRequest, registry.events_creds)
     served.platform(subjects.Projects.CREATE, ProjectCreate, registry.project_create)

@@ -1,0 +1,133 @@
+"""Admission control for one endpoint: a bounded queue, and a time to come back for those it cannot take.
+
+Without it every request became a task at once: 10,000 agents connecting to a slow platform queued
+10,000 bootstraps, most of them answered after their caller's timeout, and every caller asked again, so
+the queue never drained (issue 17: 0 of 10,000 agents online after 900 s on a slow 2-core machine).
+Now an endpoint runs ``concurrency`` requests at a time, lets at most ``queue`` wait (and none whose wait,
+estimated from the recent handling time, would pass ``max_wait``: on a slower machine fewer wait), and
+answers the rest at once with ``Overloaded`` and a retry-after. The retry-afters are appointments spaced at
+the rate the endpoint serves (Little's law: ``concurrency / handling time``), so a storm of N callers is
+told to come back over N / rate seconds instead of all at once; callers add their own jitter on top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from schemas.errors import Overloaded
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SMOOTHING = 0.1
+"""Weight of the newest handling time in the moving average."""
+MIN_RETRY_AFTER = 0.05
+"""Seconds: never tell a caller to come back sooner (a reply costs about as much as a short handling)."""
+REPORT_EVERY = 5.0
+"""Seconds between log lines about refused requests (one line per period, not one per refusal)."""
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    """How much one endpoint takes at once; see the module's docstring."""
+
+    concurrency: int = 32
+    """Requests handled at the same time."""
+    queue: int = 512
+    """Requests waiting for a turn beyond those; more are refused with a retry-after."""
+    max_wait: float = 2.0
+    """Seconds a request may be expected to wait in the queue; keep it well under the callers' timeout, or
+    they ask again while their first request is still queued."""
+    max_retry_after: float = 120.0
+    """The latest appointment given: a caller is never told to come back later than this."""
+    initial_handling: float = 0.05
+    """Seconds one request is assumed to take until some have been handled."""
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.queue < 0 or self.max_wait <= 0 or self.max_retry_after <= 0:
+            raise ValueError(f"admission limits out of range: {self}")
+
+
+class Admission:
+    """The bounded queue in front of one endpoint. ``run(work)`` runs it in turn or raises ``Overloaded``."""
+
+    def __init__(self, name: str, limits: AdmissionLimits, clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self.limits = limits
+        self._clock = clock
+        self._turns = asyncio.Semaphore(limits.concurrency)
+        self._running = 0
+        self._waiting = 0
+        self._handling = limits.initial_handling
+        self._next_slot = 0.0
+        self.admitted = 0
+        self.refused = 0
+        self._refused_reported = 0
+        self._reported_at: float | None = None
+
+    @property
+    def rate(self) -> float:
+        """Requests per second this endpoint serves now (Little's law over the recent handling time)."""
+        return self.limits.concurrency / max(self._handling, 1e-3)
+
+    def expected_wait(self) -> float:
+        """Seconds a request queued now is expected to wait for its turn."""
+        return self._waiting / self.rate
+
+    def _has_room(self) -> bool:
+        if self._running + self._waiting < self.limits.concurrency:
+            return True
+        return self._waiting < self.limits.queue and self.expected_wait() < self.limits.max_wait
+
+    def appointment(self) -> float:
+        """Seconds until a refused caller should come back: the next free slot after everyone already told,
+        spaced one handling apart at the endpoint's rate, and not before the queue has drained."""
+        now = self._clock()
+        start = max(self._next_slot, now + self.expected_wait())
+        self._next_slot = min(start + 1.0 / self.rate, now + self.limits.max_retry_after)
+        return min(max(self._next_slot - now, MIN_RETRY_AFTER), self.limits.max_retry_after)
+
+    async def run(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Run ``work`` when its turn comes; ``Overloaded`` (with the appointment) when there is no room."""
+        if not self._has_room():
+            self.refused += 1
+            retry_after = self.appointment()
+            self._report(retry_after)
+            raise Overloaded(f"{self.name} is busy; come back in {retry_after:.1f}s", retry_after)
+        self.admitted += 1
+        self._waiting += 1
+        try:
+            await self._turns.acquire()
+        finally:
+            self._waiting -= 1
+        self._running += 1
+        started = self._clock()
+        try:
+            return await work()
+        finally:
+            self._running -= 1
+            self._turns.release()
+            took = self._clock() - started
+            self._handling += SMOOTHING * (took - self._handling)
+
+    def _report(self, retry_after: float) -> None:
+        now = self._clock()
+        if self._reported_at is not None and now - self._reported_at < REPORT_EVERY:
+            return
+        logger.warning(
+            "%s: busy, refused %d request(s) since the last report (%d waiting, %d running, about %.0f/s "
+            "served); told to come back within %.1fs",
+            self.name,
+            self.refused - self._refused_reported,
+            self._waiting,
+            self._running,
+            self.rate,
+            retry_after,
+        )
+        self._refused_reported, self._reported_at = self.refused, now

@@ -1,0 +1,106 @@
+"""An endpoint's bounded queue: runs a few at once, queues a bounded number, and gives the rest appointments
+spaced at the rate it serves; the wire carries the retry-after back as ``Overloaded``."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+
+from schemas.errors import MAX_RETRY_AFTER, Overloaded, Unavailable, from_wire, parse_retry_after
+from services.bus.admission import Admission, AdmissionLimits
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_runs_a_few_queues_some_and_refuses_the_rest_with_spaced_appointments() -> None:
+    clock = Clock()
+    admission = Admission("registry agent-bootstrap", AdmissionLimits(concurrency=2, queue=3), clock=clock)
+    release = asyncio.Event()
+    started = 0
+
+    async def work() -> str:
+        nonlocal started
+        started += 1
+        await release.wait()
+        return "done"
+
+    tasks = [asyncio.create_task(admission.run(work)) for _ in range(5)]
+    await asyncio.sleep(0)
+    assert started == 2, "only `concurrency` run at once"
+    refusals: list[float] = []
+    for _ in range(4):
+        with pytest.raises(Overloaded) as refused:
+            await admission.run(work)
+        refusals.append(refused.value.retry_after)
+    assert admission.refused == 4 and admission.admitted == 5
+    # Appointments are spaced one handling apart at the rate served (2 at once, 50 ms each: 40/s), after the
+    # queue has drained: the refused do not all come back at the same moment.
+    gaps = [b - a for a, b in itertools.pairwise(refusals)]
+    assert all(g == pytest.approx(1 / 40) for g in gaps), refusals
+    assert refusals[0] >= 3 / 40, "not before the three queued have had their turn"
+    release.set()
+    assert await asyncio.gather(*tasks) == ["done"] * 5
+
+
+async def test_a_slow_endpoint_queues_fewer_and_an_idle_one_takes_again() -> None:
+    clock = Clock()
+    admission = Admission("x", AdmissionLimits(concurrency=1, queue=100, max_wait=1.0), clock=clock)
+    gate = asyncio.Event()
+
+    async def slow() -> None:
+        clock.now += 0.5  # each handling takes 0.5 s: 2/s
+        await gate.wait()
+
+    for _ in range(40):
+        gate.set()
+        await admission.run(slow)
+    gate.clear()
+    assert admission.rate == pytest.approx(2, rel=0.05), "the moving average learned the slower handling"
+    taken = [asyncio.create_task(admission.run(slow)) for _ in range(4)]
+    await asyncio.sleep(0)
+    # One running and three waiting (1.5 s at 2/s): the expected wait, not the queue's size (100), bounds it.
+    with pytest.raises(Overloaded):
+        await asyncio.wait_for(admission.run(slow), timeout=5)
+    gate.set()
+    await asyncio.gather(*taken)
+    # Everyone had their turn: a new request is taken at once.
+    await admission.run(slow)
+
+
+async def test_appointments_never_pass_the_limit() -> None:
+    clock = Clock()
+    admission = Admission("x", AdmissionLimits(concurrency=1, queue=0, max_retry_after=3.0), clock=clock)
+    hold = asyncio.Event()
+    task = asyncio.create_task(admission.run(hold.wait))
+    await asyncio.sleep(0)
+    retry_afters = []
+    for _ in range(500):
+        with pytest.raises(Overloaded) as refused:
+            await admission.run(hold.wait)
+        retry_afters.append(refused.value.retry_after)
+    assert max(retry_afters) <= 3.0
+    hold.set()
+    await task
+
+
+def test_retry_after_on_the_wire_is_bounded() -> None:
+    error = from_wire("429", "registry is busy", "2.500")
+    assert isinstance(error, Overloaded) and isinstance(error, Unavailable) and error.retryable
+    assert error.retry_after == 2.5
+    assert parse_retry_after("1e12") == MAX_RETRY_AFTER
+    assert parse_retry_after("-5") == 0.0
+    assert parse_retry_after("nan") == 1.0 and parse_retry_after("soon") == 1.0 and parse_retry_after(None) == 1.0
+    assert not isinstance(from_wire("503", "down", "9"), Overloaded)
+
+
+def test_limits_are_checked() -> None:
+    with pytest.raises(ValueError):
+        AdmissionLimits(concurrency=0)
