@@ -165,6 +165,14 @@ class Fleet:
             total[key] = max(p[key] for p in parts)
         return total
 
+    async def steps(self) -> dict[str, list[float]]:
+        """Every worker's connect-path step durations (``tests.bench.steps``), merged."""
+        merged: dict[str, list[float]] = {}
+        for part in await self.ask_all(op="steps"):
+            for step, values in part["steps"].items():
+                merged.setdefault(step, []).extend(values)
+        return merged
+
     def pids(self) -> list[int]:
         return [w.proc.pid for w in self.procs]
 

@@ -165,6 +165,16 @@ def render(r: dict[str, Any]) -> str:
         f"{mem.get('nats_bytes_per_cluster', math.nan) / KB:.1f} KB",
         f"per bare connection: {b.get('nats_bytes_per_connection', math.nan) / KB:.1f} KB",
     )
+    if r.get("connect", {}).get("steps"):
+        from tests.bench.run import connect_profile
+
+        lines += ["", "(1) where the connect time goes"]
+        lines += connect_profile(r["connect"])
+    if "traffic" in r:
+        from tests.bench.traffic import render as render_traffic
+
+        lines += ["", "(7) messages and stream/KV writes"]
+        lines += render_traffic(r["traffic"])
     lines += ["", "Targets:"]
     for t in r.get("targets", []):
         mark = "met" if t["met"] else "NOT met"

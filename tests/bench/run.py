@@ -56,7 +56,7 @@ from schemas.messages import (
 )
 from services.bus import call
 from services.platform.natsd import free_port
-from tests.bench import baseline
+from tests.bench import baseline, steps, traffic
 from tests.bench.fleet import Fleet
 from tests.bench.http import LeanHttp
 from tests.bench.stats import bucket_quantile, diff_buckets, histogram, parse_prometheus, summary
@@ -296,6 +296,7 @@ class Bench:
         )
         await self.fleet.spawn()
         log(f"fleet: {workers} worker processes ready; starting {n} agents ({self.args.start_concurrency} at a time)")
+        cpu_before = self.cpu()
         started = time.time()
         await self.fleet.start()
         want = set(self.clusters)
@@ -314,6 +315,7 @@ class Bench:
         # Online is not yet ready for commands: each agent also looks up (or creates) its command consumer.
         await wait_for(all_bound, timeout=self.args.connect_timeout, interval=1.0, what=f"all {n} command consumers")
         bound_at = time.time()
+        cpu_after = self.cpu()
         last_up = max(self.fleet.up[c] for c in self.clusters)
         per_agent = [self.online[c] - started for c in self.clusters]
         self.results["connect"] = {
@@ -323,7 +325,11 @@ class Bench:
             "all_bound_s": bound_at - started,
             "online_after": summary(per_agent),
             "failed_attempts": len(self.fleet.failed),
+            "cpu_s": {p: cpu_after[p] - cpu_before.get(p, 0.0) for p in cpu_after},
+            "steps": steps.summary(await self.fleet.steps()),
         }
+        for line in connect_profile(self.results["connect"]):
+            log(f"(1) {line}")
         log(
             f"(1) all {n} agents online in {last_online - started:.1f}s, all bound to their command consumer by "
             f"{bound_at - started:.1f}s"
@@ -346,6 +352,10 @@ class Bench:
         # (3) command round trip.
         if "3" in phases:
             await self.commands()
+
+        # (7) messages and stream/KV writes per command, per process.
+        if "7" in phases:
+            await self.traffic()
 
         # (6) memory per connected cluster (after the command phases: records and all).
         rss_after = self.stack.rss()
@@ -550,6 +560,47 @@ class Bench:
             "message_bytes": size,
         }
 
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by nats-server, each service and the agents' worker processes."""
+        out = {name: steps.cpu_seconds(pid) for name, pid in self.stack.pids().items()}
+        if self.fleet is not None:
+            out["agents (workers)"] = sum(steps.cpu_seconds(pid) for pid in self.fleet.pids())
+        return out
+
+    # --- (7) messages and writes per command -----------------------------------------------------------
+    async def traffic(self) -> None:
+        """Commands at a modest fixed rate (one per tenant, never two in flight for one) beside an idle
+        window of the same length; nats-server's counters say what each process sent and wrote."""
+        assert self.nc is not None and self.stack.nats is not None
+        rate, seconds = min(self.args.rate, 50.0), self.args.profile_window
+        chosen = random.sample(self.tenants, min(len(self.tenants), int(rate * seconds)))
+
+        async def work() -> int:
+            done = 0
+
+            async def shot(t: Tenant) -> None:
+                nonlocal done
+                try:
+                    await self.round_trip(t)
+                    done += 1
+                except Exception as exc:
+                    log(f"command failed: {exc!r}")
+
+            tasks = []
+            t0 = time.monotonic()
+            for i, t in enumerate(chosen):
+                delay = t0 + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(shot(t)))
+            await asyncio.gather(*tasks)
+            return done
+
+        profile = await traffic.measure(self.stack.nats.config.monitor_port, self.nc, seconds, work)
+        self.results["traffic"] = profile
+        for line in traffic.render(profile):
+            log(f"(7) {line}")
+
     # --- (6) memory --------------------------------------------------------------------------------
     def memory(self, idle: dict[str, int], connected: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
         services = [s for s in SERVICES if s in idle]
@@ -717,6 +768,21 @@ class Bench:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+def connect_profile(c: dict[str, Any]) -> list[str]:
+    """Lines: CPU by process over phase 1, and each connect step's calls and times."""
+    took = max(c.get("all_bound_s", 0.0), 1e-9)
+    cpu = ", ".join(
+        f"{p} {v:.1f}s ({v / took:.0%})" for p, v in sorted(c.get("cpu_s", {}).items(), key=lambda x: -x[1])
+    )
+    lines = [f"CPU over the {took:.1f}s to all bound: {cpu}"]
+    for step, s in c.get("steps", {}).items():
+        lines.append(
+            f"  {step}: {s['calls']:.0f} calls, p50 {s['p50'] * 1e3:.1f} ms, p99 {s['p99'] * 1e3:.1f} ms, "
+            f"max {s['max'] * 1e3:.0f} ms, {s['total_s']:.1f} agent-s"
+        )
+    return lines
+
+
 async def _quiet(_exc: Exception) -> None:
     """The benchmark's own connections are expected to lose NATS in the storm."""
 
@@ -774,7 +840,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--connect-timeout", type=float, default=900.0)
     p.add_argument("--storm-timeout", type=float, default=600.0)
-    p.add_argument("--phases", default="2,3,4,5", help="which of the phases 2-5 to run (1 and 6 always run)")
+    p.add_argument("--phases", default="2,3,4,5,7", help="which of the phases 2-5 and 7 to run (1 and 6 always run)")
+    p.add_argument(
+        "--profile-window", type=float, default=5.0, help="seconds of commands (and as many idle) in phase 7"
+    )
     p.add_argument("--work-dir", help="emptied, then everything is kept here (default: a temporary dir, removed)")
     p.add_argument("--keep", action="store_true", help="keep the temporary work dir (logs)")
     return p.parse_args(argv)

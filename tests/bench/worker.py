@@ -36,6 +36,7 @@ from agent.bus import CommandQueue
 from agent.cli import new_event_loop
 from agent.running import Agent
 from agent.settings import AgentSettings
+from tests.bench import steps
 
 logger = logging.getLogger("tests.bench.worker")
 
@@ -191,6 +192,8 @@ class Worker:
                 "inventoried_last": max(inventories, default=0.0),
                 "rss": rss_bytes(),
             }
+        if op == "steps":
+            return {"steps": steps.STEPS}
         if op == "stop":
             await asyncio.gather(*(a.stop() for a in self.agents.values()), return_exceptions=True)
             return {"stopped": len(self.agents)}
@@ -218,6 +221,7 @@ class Worker:
 
 def main() -> None:
     config = json.loads(Path(sys.argv[1]).read_text())
+    steps.install()
     logging.basicConfig(
         level=os.environ.get("TETHER_LOG_LEVEL", "WARNING").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

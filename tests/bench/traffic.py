@@ -1,0 +1,223 @@
+"""Where a command's messages and writes go: per process, from nats-server's own counters.
+
+Messages: each connection's ``in_msgs`` (what it published: requests, replies, stream and KV writes) and
+``out_msgs`` (what the server delivered to it) from the monitoring port's ``/connz``, summed by process
+(a service's connection is named ``tether-<service>``, an agent's ``tether-agent-<cluster>``). Writes: each
+stream's last sequence from ``/jsz`` (a KV bucket is the stream ``KV_<bucket>``), and who wrote them: a
+subscription on every stream's subjects sees each write with its reply subject, the writer's own inbox,
+which ``/connz?subs=1`` maps back to its connection. Each window is measured beside an idle window of the
+same length (heartbeats, flushes, pings), which is subtracted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats.aio.client
+
+SERVICE_NAMES = ("registry", "access", "lifecycle", "health", "api")
+MAX_CONNECTIONS = 100_000
+
+
+def process_of(connection_name: str) -> str:
+    """The process a connection belongs to, by the name it connected with."""
+    if connection_name.startswith("tether-agent"):
+        return "agents"
+    for service in SERVICE_NAMES:
+        if connection_name.startswith(f"tether-{service}"):
+            return service
+    return "bench"
+
+
+def monitor_json(port: int, path: str, timeout: float = 30.0) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
+        return dict(json.loads(resp.read()))
+
+
+@dataclass
+class Snapshot:
+    at: float
+    connections: dict[int, tuple[str, int, int]]
+    """cid -> (process, in_msgs, out_msgs)"""
+    streams: dict[str, int]
+    """stream -> last sequence"""
+    server_in: int
+    server_out: int
+
+
+def snapshot(port: int) -> Snapshot:
+    connz = monitor_json(port, f"/connz?limit={MAX_CONNECTIONS}")
+    conns = {
+        int(c["cid"]): (process_of(str(c.get("name", ""))), int(c.get("in_msgs", 0)), int(c.get("out_msgs", 0)))
+        for c in connz.get("connections", [])
+    }
+    jsz = monitor_json(port, "/jsz?accounts=true&streams=true")
+    streams: dict[str, int] = {}
+    for account in jsz.get("account_details", []):
+        for stream in account.get("stream_detail", []):
+            streams[str(stream["name"])] = int(stream.get("state", {}).get("last_seq", 0))
+    varz = monitor_json(port, "/varz")
+    return Snapshot(time.monotonic(), conns, streams, int(varz.get("in_msgs", 0)), int(varz.get("out_msgs", 0)))
+
+
+def stream_subjects(port: int) -> dict[str, list[str]]:
+    jsz = monitor_json(port, "/jsz?accounts=true&streams=true&config=true")
+    out: dict[str, list[str]] = {}
+    for account in jsz.get("account_details", []):
+        for stream in account.get("stream_detail", []):
+            out[str(stream["name"])] = list((stream.get("config") or {}).get("subjects") or [])
+    return out
+
+
+def inbox_owners(port: int) -> dict[str, str]:
+    """``_INBOX.<id>`` (a connection's reply prefix) -> process."""
+    connz = monitor_json(port, f"/connz?limit={MAX_CONNECTIONS}&subs=1")
+    owners: dict[str, str] = {}
+    for c in connz.get("connections", []):
+        process = process_of(str(c.get("name", "")))
+        for sub in c.get("subscriptions_list") or []:
+            if str(sub).startswith("_INBOX"):
+                owners[inbox_key(str(sub))] = process
+    return owners
+
+
+def inbox_key(subject: str) -> str:
+    return ".".join(subject.split(".")[:2])
+
+
+@dataclass
+class Window:
+    seconds: float
+    messages: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """process -> (published, delivered)"""
+    writes: dict[str, int] = field(default_factory=dict)
+    """stream -> messages stored"""
+    writers: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(process, stream) -> writes seen (a refused CAS write counts here, not in ``writes``)"""
+    server: tuple[int, int] = (0, 0)
+
+
+def difference(a: Snapshot, b: Snapshot) -> Window:
+    window = Window(seconds=b.at - a.at)
+    for cid, (process, in_b, out_b) in b.connections.items():
+        _, in_a, out_a = a.connections.get(cid, (process, 0, 0))
+        pub, dlv = window.messages.get(process, (0, 0))
+        window.messages[process] = (pub + in_b - in_a, dlv + out_b - out_a)
+    window.writes = {s: seq - a.streams.get(s, 0) for s, seq in b.streams.items() if seq - a.streams.get(s, 0)}
+    window.server = (b.server_in - a.server_in, b.server_out - a.server_out)
+    return window
+
+
+class Writers:
+    """Counts every stream write by stream and by the writer's process (its reply inbox)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.owners: dict[str, str] = {}
+        self.seen: Counter[tuple[str, str]] = Counter()
+        self.subs: list[Any] = []
+
+    async def start(self, nc: nats.aio.client.Client) -> None:
+        self.owners = inbox_owners(self.port)
+        for stream, subjects in stream_subjects(self.port).items():
+            for subject in subjects:
+                self.subs.append(await nc.subscribe(subject, cb=self._counter(stream)))
+
+    def _counter(self, stream: str) -> Callable[[Any], Awaitable[None]]:
+        async def on(msg: Any) -> None:
+            writer = self.owners.get(inbox_key(msg.reply), "?") if msg.reply else "no reply"
+            self.seen[(writer, stream)] += 1
+
+        return on
+
+    async def stop(self) -> None:
+        for sub in self.subs:
+            await sub.unsubscribe()
+
+
+async def measure(
+    port: int, nc: nats.aio.client.Client, seconds: float, work: Callable[[], Awaitable[int]]
+) -> dict[str, Any]:
+    """An idle window of ``seconds``, then ``work()`` (returns the commands it completed); the difference
+    per command."""
+    writers = Writers(port)
+    await writers.start(nc)
+    await nc.flush()
+    try:
+        a = snapshot(port)
+        await asyncio.sleep(seconds)
+        b = snapshot(port)
+        idle = difference(a, b)
+        idle.writers = Counter(writers.seen)
+        writers.seen.clear()
+        commands = await work()
+        await nc.flush()
+        c = snapshot(port)
+        busy = difference(b, c)
+        busy.writers = Counter(writers.seen)
+    finally:
+        await writers.stop()
+    return per_command(idle, busy, commands)
+
+
+def per_command(idle: Window, busy: Window, commands: int) -> dict[str, Any]:
+    scale = busy.seconds / max(idle.seconds, 1e-9)
+    n = max(commands, 1)
+
+    def net(busy_value: float, idle_value: float) -> float:
+        return max(0.0, busy_value - idle_value * scale) / n
+
+    processes = sorted(set(busy.messages) | set(idle.messages))
+    messages = {
+        p: {
+            "published": net(busy.messages.get(p, (0, 0))[0], idle.messages.get(p, (0, 0))[0]),
+            "delivered": net(busy.messages.get(p, (0, 0))[1], idle.messages.get(p, (0, 0))[1]),
+        }
+        for p in processes
+    }
+    streams = sorted(set(busy.writes) | set(idle.writes))
+    writes = {s: net(busy.writes.get(s, 0), idle.writes.get(s, 0)) for s in streams}
+    pairs = sorted(set(busy.writers) | set(idle.writers))
+    writers: dict[str, dict[str, float]] = {}
+    for process, stream in pairs:
+        value = net(busy.writers.get((process, stream), 0), idle.writers.get((process, stream), 0))
+        if value:
+            writers.setdefault(process, {})[stream] = value
+    platform = [p for p in processes if p != "bench"]
+    return {
+        "commands": commands,
+        "seconds": busy.seconds,
+        "idle_seconds": idle.seconds,
+        "messages": messages,
+        "messages_per_command": sum(messages[p]["published"] for p in platform),
+        "server_in_per_command": net(busy.server[0], idle.server[0]),
+        "server_out_per_command": net(busy.server[1], idle.server[1]),
+        "writes": {s: v for s, v in writes.items() if v},
+        "writes_per_command": sum(writes.values()),
+        "writers": writers,
+    }
+
+
+def render(profile: dict[str, Any]) -> list[str]:
+    """Lines for the report: messages per process, writes per stream and per writer."""
+    lines = [
+        f"per command ({profile['commands']} commands, {profile['seconds']:.1f}s, idle traffic of the same "
+        f"length subtracted): {profile['messages_per_command']:.1f} messages published by the platform "
+        f"(server: {profile['server_in_per_command']:.1f} in, {profile['server_out_per_command']:.1f} out), "
+        f"{profile['writes_per_command']:.2f} stream + KV writes",
+        "  | process | published | delivered | writes (stream: per command) |",
+        "  |---|---|---|---|",
+    ]
+    for process, m in profile["messages"].items():
+        wrote = ", ".join(f"{s} {v:.2f}" for s, v in sorted(profile["writers"].get(process, {}).items()))
+        lines.append(f"  | {process} | {m['published']:.2f} | {m['delivered']:.2f} | {wrote or '-'} |")
+    stored = ", ".join(f"{s} {v:.2f}" for s, v in sorted(profile["writes"].items()))
+    lines.append(f"  stored per stream: {stored}")
+    return lines

@@ -1,0 +1,50 @@
+"""The benchmark's per-command accounting: idle traffic subtracted, writes attributed to their writer."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from tests.bench.steps import summary
+from tests.bench.traffic import Snapshot, Window, difference, inbox_key, per_command, process_of, render
+
+
+def test_connections_are_counted_by_process() -> None:
+    assert process_of("tether-agent-c00012") == "agents"
+    assert process_of("tether-lifecycle") == "lifecycle"
+    assert process_of("tether-registry-sys") == "registry"
+    assert process_of("") == "bench"
+    assert inbox_key("_INBOX.abc.def") == "_INBOX.abc"
+    assert inbox_key("_INBOX_c1.xyz.1") == "_INBOX_c1.xyz"
+
+
+def test_idle_traffic_is_subtracted_and_divided_by_commands() -> None:
+    a = Snapshot(0.0, {1: ("lifecycle", 10, 10), 2: ("agents", 0, 0)}, {"KV_desired": 5, "CMD_00": 1}, 100, 100)
+    b = Snapshot(5.0, {1: ("lifecycle", 20, 20), 2: ("agents", 50, 5)}, {"KV_desired": 5, "CMD_00": 1}, 200, 300)
+    c = Snapshot(
+        10.0,
+        {1: ("lifecycle", 330, 120), 2: ("agents", 200, 105), 3: ("api", 100, 100)},
+        {"KV_desired": 25, "CMD_00": 11},
+        1000,
+        1500,
+    )
+    idle, busy = difference(a, b), difference(b, c)
+    assert idle.messages["agents"] == (50, 5)
+    assert busy.messages["api"] == (100, 100), "a connection that came in the window counts from zero"
+    busy.writers = Counter({("lifecycle", "KV_desired"): 20, ("lifecycle", "CMD_00"): 10})
+    profile = per_command(idle, busy, commands=10)
+    assert profile["messages"]["lifecycle"]["published"] == 30.0
+    assert profile["messages"]["agents"]["published"] == 10.0, "heartbeats of the idle window subtracted"
+    assert profile["writes_per_command"] == 3.0
+    assert profile["writers"]["lifecycle"] == {"KV_desired": 2.0, "CMD_00": 1.0}
+    text = "\n".join(render(profile))
+    assert "3.00 stream + KV writes" in text and "| lifecycle | 30.00 |" in text
+
+
+def test_an_empty_window_divides_safely() -> None:
+    profile = per_command(Window(seconds=0.0), Window(seconds=1.0), commands=0)
+    assert profile["writes_per_command"] == 0
+
+
+def test_connect_steps_summary() -> None:
+    out = summary({"hello": [0.1, 0.2, 0.3]})
+    assert out["hello"]["calls"] == 3 and out["hello"]["p50"] == 0.2 and out["hello"]["max"] == 0.3
