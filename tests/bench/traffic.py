@@ -205,6 +205,15 @@ def per_command(idle: Window, busy: Window, commands: int) -> dict[str, Any]:
     }
 
 
+def grouped(writes: dict[str, float]) -> dict[str, float]:
+    """The 16 command shards (``CMD_00``...) as one ``CMD_*``."""
+    out: dict[str, float] = {}
+    for stream, value in writes.items():
+        key = "CMD_*" if stream.startswith("CMD_") else stream
+        out[key] = out.get(key, 0.0) + value
+    return out
+
+
 def render(profile: dict[str, Any]) -> list[str]:
     """Lines for the report: messages per process, writes per stream and per writer."""
     lines = [
@@ -216,8 +225,9 @@ def render(profile: dict[str, Any]) -> list[str]:
         "  |---|---|---|---|",
     ]
     for process, m in profile["messages"].items():
-        wrote = ", ".join(f"{s} {v:.2f}" for s, v in sorted(profile["writers"].get(process, {}).items()))
+        mine = grouped(profile["writers"].get(process, {}))
+        wrote = ", ".join(f"{s} {v:.2f}" for s, v in sorted(mine.items()))
         lines.append(f"  | {process} | {m['published']:.2f} | {m['delivered']:.2f} | {wrote or '-'} |")
-    stored = ", ".join(f"{s} {v:.2f}" for s, v in sorted(profile["writes"].items()))
+    stored = ", ".join(f"{s} {v:.2f}" for s, v in sorted(grouped(profile["writes"]).items()))
     lines.append(f"  stored per stream: {stored}")
     return lines
