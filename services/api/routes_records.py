@@ -29,6 +29,7 @@ from schemas.messages import (
     WorkloadList,
     WorkloadQuery,
     WorkloadRecord,
+    ref_of,
 )
 from schemas.names import check_name
 from services.api import logic
@@ -138,7 +139,7 @@ def install_record_routes(app: FastAPI, platform: "Platform") -> None:
             raise Conflict(f"cluster {name!r} is connected; disconnect it first ('tether cluster disconnect {name}')")
         placed = [r for r in await workloads(platform, cluster=name) if r.spec.state != "deleted"]
         if placed:
-            names = [f"{r.spec.kind} {r.spec.project}/{r.spec.name}" for r in placed]
+            names = [str(ref_of(r.spec)) for r in placed]
             raise Conflict(f"cluster {name!r} still holds {_listing(names)}: delete them first")
         # Deletions it will never confirm end with it; then the registry forgets the cluster.
         forgotten = await platform.call(subjects.Lifecycle.FORGET_CLUSTER, NameRequest(name=name), Removed)
