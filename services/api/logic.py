@@ -23,6 +23,7 @@ from schemas.api import (
 )
 from schemas.errors import TetherError
 from schemas.messages import (
+    ClusterHealth,
     ClusterRecord,
     Condition,
     Membership,
@@ -74,7 +75,7 @@ def cluster_view(
     projects in ``scope`` (None: all, for platform admins)."""
     projects = None if scope is None else {p.name for p in scope}
     online = bool(presence and presence.online and record.state == "connected")
-    health = presence.health if presence else None
+    health = presence.health if presence else ClusterHealth()  # nothing heard yet: nothing to show
     conditions = [_condition(c) for c in presence.conditions] if presence else []
     return ClusterOut(
         name=record.name,
@@ -86,16 +87,12 @@ def cluster_view(
         online=online,
         last_seen=ts(presence.last_seen) if presence else None,
         connected_since=ts(presence.connected_since) if presence and online else None,
-        agent_version=(health.agent_version if health and health.agent_version else record.agent_version),
-        kubernetes_version=(
-            health.kubernetes_version if health and health.kubernetes_version else record.kubernetes_version
-        ),
-        driver=(health.driver if health and health.driver else record.driver),
-        node_count=health.nodes_total if health else 0,
-        nodes_ready=health.nodes_ready if health else 0,
-        capacity=CapacityOut(
-            cpu=health.capacity.cpu if health else 0.0, memory=health.capacity.memory if health else 0
-        ),
+        agent_version=health.agent_version or record.agent_version,
+        kubernetes_version=health.kubernetes_version or record.kubernetes_version,
+        driver=health.driver or record.driver,
+        node_count=health.nodes_total,
+        nodes_ready=health.nodes_ready,
+        capacity=CapacityOut(cpu=health.capacity.cpu, memory=health.capacity.memory),
         conditions=conditions,
         created_at=ts(record.created_at),
         control_planes=[
@@ -110,7 +107,7 @@ def cluster_view(
                 reason=c.reason,
                 message=c.message,
             )
-            for c in (health.control_planes if health else ())
+            for c in health.control_planes
             if projects is None or c.project in projects
         ],
     )
