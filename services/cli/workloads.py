@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from schemas.errors import InvalidInput
+from schemas.messages import Phase
 from schemas.names import check_name
 from schemas.units import parse_duration, parse_size
 from services.cli import output as out
@@ -22,7 +23,7 @@ ProjectOpt = Annotated[str, typer.Option("--project", "-p", help="The project")]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Show progress; return when the cluster matches")]
 TimeoutOpt = Annotated[float, typer.Option(help="Seconds --wait waits")]
 
-PHASE_STYLE = {
+PHASE_STYLE: dict[Phase, str] = {
     "Ready": "green",
     "Sleeping": "blue",
     "Failed": "red",
@@ -30,6 +31,10 @@ PHASE_STYLE = {
     "Pending": "yellow",
     "Upgrading": "yellow",
 }
+
+
+SETTLED: tuple[Phase, ...] = ("Ready", "Sleeping")
+"""Where --wait stops (once the record is in sync)."""
 
 
 def _path(kind: str, project: str, name: str = "") -> str:
@@ -64,7 +69,7 @@ def wait(kind: str, project: str, name: str, *, deleting: bool, timeout: float) 
             last = w
             if w["phase"] == "Failed":
                 fail(f"{kind} {name!r} failed: {w['failure'] or _ready_reason(w)}")
-            if w["in_sync"] and not deleting and w["phase"] in ("Ready", "Sleeping"):
+            if w["in_sync"] and not deleting and w["phase"] in SETTLED:
                 return dict(w)
             observed = w["observed"]
             status.update(
