@@ -26,6 +26,8 @@ from nats.js import JetStreamContext
 from nats.js.api import Header, RetentionPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 
+from agent import capabilities, running
+from agent.capabilities import Context
 from agent.drivers.sim import APPLY_DELAY_ENV, FAIL_ENV, UID_ENV, read_state
 from agent.running import Agent
 from agent.settings import AgentSettings
@@ -388,3 +390,55 @@ async def test_an_empty_command_stream_of_an_earlier_version_is_retired_and_a_fu
         assert ack.stream == subjects.cmd_stream("c1")
     finally:
         await nc.close()
+
+
+class Probe:
+    """A capability that only records what the agent does with it."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.cluster = ctx.cluster
+        self.serving = asyncio.Event()
+        self.resets = 0
+        self.closed = 0
+
+    async def serve(self) -> None:
+        self.serving.set()
+        await asyncio.Event().wait()
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+async def test_a_capability_is_one_entry_in_the_capabilities_table(
+    platform: Platform, nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seam of agent/capabilities.py: one more entry is served as its own task, reset after a reconnect and
+    closed at the stop, beside the Kubernetes gateway."""
+    probes: list[Probe] = []
+
+    def make(ctx: Context) -> Probe:
+        probes.append(Probe(ctx))
+        return probes[-1]
+
+    monkeypatch.setattr(running, "CAPABILITIES", (*capabilities.CAPABILITIES, ("probe", make)))
+    token = await platform.connect_cluster("c1")
+    settings = AgentSettings(server=platform.url, token=token, state_dir=tmp_path / "agent", heartbeat_interval=0.5)
+    agent = Agent(settings)
+    await agent.start()
+    try:
+        assert list(agent.capabilities) == ["gateway", "probe"]
+        (probe,) = probes
+        assert probe.cluster == "c1"
+        await asyncio.wait_for(probe.serving.wait(), 10)
+        assert "agent-probe" in {t.get_name() for t in asyncio.all_tasks()}
+        nats_server.stop()
+        nats_server.start()
+        await nats_server.wait_ready()
+        await wait_for(lambda: probe.resets >= 1, what="the probe reset after the reconnect", timeout=30)
+        await wait_for(lambda: _registry_up(platform.nc), what="the registry back", timeout=30)
+    finally:
+        await agent.stop()
+    assert probes[0].closed == 1
