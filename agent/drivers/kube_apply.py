@@ -44,7 +44,7 @@ from agent.drivers.kube_objects import (
 )
 from agent.drivers.kube_tenants import TenantRuntime
 from agent.errors import DriverError
-from schemas.messages import Command, DesiredState, WorkloadKind, WorkloadSpec
+from schemas.messages import Command, DesiredState, WorkloadKind, WorkloadSpec, ref_of
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class KubeApplier:
         spec = command.spec
         ns_name = namespace_name(spec.kind, spec.project, spec.name)
         ns = self.api.get("Namespace", ns_name)
-        if ns is not None and owner_of(ns) != (spec.kind, spec.project, spec.name):
+        if ns is not None and owner_of(ns) != ref_of(spec):
             return self._not_ours(command, ns_name, ns)
         current = generation_of(ns)
         if spec.state == "deleted":
@@ -82,7 +82,7 @@ class KubeApplier:
             # Not ours: our object does not exist, which is what a delete wants.
             return ApplyOutcome(applied=True, state="deleted", generation=command.generation)
         holder = owner_of(ns)
-        whose = f"{holder[0]} {holder[1]}/{holder[2]}" if holder else "nothing of Tether's (no owner label)"
+        whose = str(holder) if holder else "nothing of Tether's (no owner label)"
         raise DriverError(
             f"namespace {ns_name} already exists and belongs to {whose}; "
             f"{spec.kind} {spec.project}/{spec.name} cannot use it and it is left alone",
@@ -165,7 +165,7 @@ class KubeApplier:
 
     def _current(self, ns: Obj, generation: int) -> ApplyOutcome:
         owner = owner_of(ns)
-        settled, reason, message = self._settled(owner[0] if owner else "space", ns["metadata"]["name"])  # type: ignore[arg-type]
+        settled, reason, message = self._settled(owner.kind if owner else "space", ns["metadata"]["name"])
         return ApplyOutcome(
             applied=False,
             state=state_of(ns),
@@ -228,7 +228,7 @@ class KubeApplier:
                 f"label; {spec.kind} {spec.project}/{spec.name} is not changed and they are left alone",
                 reason="Conflict",
             )
-        owner = (spec.kind, spec.project, spec.name)
+        owner = ref_of(spec)
         return {k: o for k, o in existing.items() if owner_of(o) == owner}
 
     @staticmethod

@@ -38,12 +38,12 @@ from agent.drivers.kube_objects import (
     owner_of,
     state_of,
 )
-from schemas.messages import InventoryItem, WorkloadSpec
+from schemas.messages import InventoryItem, WorkloadRef, WorkloadSpec, ref_of
 
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str, str]
-Owner = tuple[str, str, str]
+Owner = WorkloadRef
 
 
 def _order(item: InventoryItem) -> tuple[str, str, str]:
@@ -73,15 +73,14 @@ class KubeInventory:
             owner = owner_of(ns)
             name = ns["metadata"]["name"]
             # Only a namespace that is where its owner's objects would be (a label copied elsewhere is not ours).
-            if owner is None or name != namespace_name(*owner):  # type: ignore[arg-type]
+            if owner is None or name != namespace_name(owner.kind, owner.project, owner.name):
                 continue
             if is_terminating(ns):
-                kind, project, workload = owner
                 leaving.append(
                     InventoryItem(
-                        kind="tenant" if kind == "tenant" else "space",
-                        project=project,
-                        name=workload,
+                        kind=owner.kind,
+                        project=owner.project,
+                        name=owner.name,
                         generation=generation_of(ns),
                         state="deleted",
                         version=annotations_of(ns).get(ANN_VERSION, ""),
@@ -103,7 +102,7 @@ class KubeInventory:
                 if key[1] in workloads and owner_of(obj) == workloads[key[1]][0]:
                     children[key[1]][key] = obj
         for name, (owner, _ns) in workloads.items():
-            if owner[0] != "tenant":
+            if owner.kind != "tenant":
                 continue
             secret = self.api.get("Secret", vcluster.CONFIG_SECRET, name)
             if secret is not None and owner_of(secret) == owner:
@@ -112,23 +111,18 @@ class KubeInventory:
         return children
 
     def _item(self, owner: Owner, ns: Obj, children: dict[Key, Obj]) -> InventoryItem:
-        kind, project, workload = owner
         generation = generation_of(ns)
         problems = self._drift_of(ns, {**children, object_key(ns): ns})
         if problems:
             logger.warning(
-                "%s %s/%s drifted (%s); reporting generation 0 so that it is applied again",
-                kind,
-                project,
-                workload,
-                "; ".join(problems),
+                "%s drifted (%s); reporting generation 0 so that it is applied again", owner, "; ".join(problems)
             )
             generation = 0
         state = state_of(ns)
         return InventoryItem(
-            kind="tenant" if kind == "tenant" else "space",
-            project=project,
-            name=workload,
+            kind=owner.kind,
+            project=owner.project,
+            name=owner.name,
             generation=generation,
             state=state if state != "deleted" else "running",
             version=annotations_of(ns).get(ANN_VERSION, ""),
@@ -140,7 +134,7 @@ class KubeInventory:
         annotations = annotations_of(ns)
         spec: WorkloadSpec | None = decode_spec(annotations.get(ANN_SPEC, ""))
         owner = owner_of(ns)
-        if spec is None or owner is None or (spec.kind, spec.project, spec.name) != owner:
+        if spec is None or owner is None or ref_of(spec) != owner:
             return ["its namespace has no readable spec"]
         stamp = Stamp(
             spec=spec,

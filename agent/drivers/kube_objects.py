@@ -40,7 +40,7 @@ import msgspec
 
 from agent.drivers import vcluster
 from agent.drivers.vcluster import VClusterSettings
-from schemas.messages import AccessLevel, DesiredState, Member, WorkloadKind, WorkloadSpec
+from schemas.messages import AccessLevel, DesiredState, Member, WorkloadKind, WorkloadRef, WorkloadSpec
 
 Obj = dict[str, Any]
 
@@ -214,15 +214,15 @@ def is_owned(obj: Mapping[str, Any]) -> bool:
     return labels_of(obj).get(LABEL_MANAGED_BY) == MANAGED_BY
 
 
-def owner_of(obj: Mapping[str, Any]) -> tuple[str, str, str] | None:
-    """(kind, project, name) of an owned object, from its labels; None when it is not (fully) labelled."""
+def owner_of(obj: Mapping[str, Any]) -> WorkloadRef | None:
+    """The workload owning an object, from its labels; None when it is not (fully) labelled."""
     labels = labels_of(obj)
     if labels.get(LABEL_MANAGED_BY) != MANAGED_BY:
         return None
     kind, project, name = labels.get(LABEL_KIND), labels.get(LABEL_PROJECT), labels.get(LABEL_NAME)
     if kind not in ("tenant", "space") or not project or not name:
         return None
-    return kind, project, name
+    return WorkloadRef(kind="tenant" if kind == "tenant" else "space", project=project, name=name)
 
 
 def generation_of(obj: Mapping[str, Any] | None) -> int:

@@ -114,9 +114,9 @@ class TenantRuntime:
         for ns in namespaces:
             owner = owner_of(ns)
             name = ns["metadata"]["name"]
-            if owner is None or owner[0] != "tenant" or name != namespace_name("tenant", owner[1], owner[2]):
+            if owner is None or owner.kind != "tenant" or name != namespace_name("tenant", owner.project, owner.name):
                 continue
-            out.append(self._status(ns, owner[1], owner[2], pods.get(name, []), sets.get(name)))
+            out.append(self._status(ns, owner.project, owner.name, pods.get(name, []), sets.get(name)))
         live = {namespace_name("tenant", s.project, s.name) for s in out}
         for gone in self._answered.keys() - live:
             del self._answered[gone]
