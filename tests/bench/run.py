@@ -297,6 +297,8 @@ class Bench:
         await self.fleet.spawn()
         log(f"fleet: {workers} worker processes ready; starting {n} agents ({self.args.start_concurrency} at a time)")
         cpu_before = self.cpu()
+        port = self.stack.nats.config.monitor_port if self.stack.nats else 0
+        traffic_before = traffic.snapshot(port)
         started = time.time()
         await self.fleet.start()
         want = set(self.clusters)
@@ -316,6 +318,10 @@ class Bench:
         await wait_for(all_bound, timeout=self.args.connect_timeout, interval=1.0, what=f"all {n} command consumers")
         bound_at = time.time()
         cpu_after = self.cpu()
+        # Idle traffic is not subtracted here (heartbeats start as agents come online: part of connecting).
+        per_agent_traffic = traffic.per_command(
+            traffic.Window(seconds=1.0), traffic.difference(traffic_before, traffic.snapshot(port)), n
+        )
         last_up = max(self.fleet.up[c] for c in self.clusters)
         per_agent = [self.online[c] - started for c in self.clusters]
         self.results["connect"] = {
@@ -327,6 +333,7 @@ class Bench:
             "failed_attempts": len(self.fleet.failed),
             "cpu_s": {p: cpu_after[p] - cpu_before.get(p, 0.0) for p in cpu_after},
             "steps": steps.summary(await self.fleet.steps()),
+            "traffic": per_agent_traffic,
         }
         for line in connect_profile(self.results["connect"]):
             log(f"(1) {line}")
@@ -775,6 +782,8 @@ def connect_profile(c: dict[str, Any]) -> list[str]:
         f"{p} {v:.1f}s ({v / took:.0%})" for p, v in sorted(c.get("cpu_s", {}).items(), key=lambda x: -x[1])
     )
     lines = [f"CPU over the {took:.1f}s to all bound: {cpu}"]
+    if "traffic" in c:
+        lines += traffic.render(c["traffic"], "agent connect", "heartbeats of the online agents included")
     for step, s in c.get("steps", {}).items():
         lines.append(
             f"  {step}: {s['calls']:.0f} calls, p50 {s['p50'] * 1e3:.1f} ms, p99 {s['p99'] * 1e3:.1f} ms, "

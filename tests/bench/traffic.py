@@ -50,6 +50,8 @@ class Snapshot:
     """stream -> last sequence"""
     server_in: int
     server_out: int
+    js_api: int = 0
+    """JetStream API requests served so far (``/jsz`` ``api.total``)."""
 
 
 def snapshot(port: int) -> Snapshot:
@@ -64,7 +66,14 @@ def snapshot(port: int) -> Snapshot:
         for stream in account.get("stream_detail", []):
             streams[str(stream["name"])] = int(stream.get("state", {}).get("last_seq", 0))
     varz = monitor_json(port, "/varz")
-    return Snapshot(time.monotonic(), conns, streams, int(varz.get("in_msgs", 0)), int(varz.get("out_msgs", 0)))
+    return Snapshot(
+        time.monotonic(),
+        conns,
+        streams,
+        int(varz.get("in_msgs", 0)),
+        int(varz.get("out_msgs", 0)),
+        int((jsz.get("api") or {}).get("total", 0)),
+    )
 
 
 def stream_subjects(port: int) -> dict[str, list[str]]:
@@ -102,6 +111,7 @@ class Window:
     writers: Counter[tuple[str, str]] = field(default_factory=Counter)
     """(process, stream) -> writes seen (a refused CAS write counts here, not in ``writes``)"""
     server: tuple[int, int] = (0, 0)
+    js_api: int = 0
 
 
 def difference(a: Snapshot, b: Snapshot) -> Window:
@@ -112,6 +122,7 @@ def difference(a: Snapshot, b: Snapshot) -> Window:
         window.messages[process] = (pub + in_b - in_a, dlv + out_b - out_a)
     window.writes = {s: seq - a.streams.get(s, 0) for s, seq in b.streams.items() if seq - a.streams.get(s, 0)}
     window.server = (b.server_in - a.server_in, b.server_out - a.server_out)
+    window.js_api = b.js_api - a.js_api
     return window
 
 
@@ -201,6 +212,7 @@ def per_command(idle: Window, busy: Window, commands: int) -> dict[str, Any]:
         "server_out_per_command": net(busy.server[1], idle.server[1]),
         "writes": {s: v for s, v in writes.items() if v},
         "writes_per_command": sum(writes.values()),
+        "js_api_per_command": net(busy.js_api, idle.js_api),
         "writers": writers,
     }
 
@@ -214,13 +226,16 @@ def grouped(writes: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def render(profile: dict[str, Any]) -> list[str]:
+def render(
+    profile: dict[str, Any], unit: str = "command", note: str = "idle traffic of the same length subtracted"
+) -> list[str]:
     """Lines for the report: messages per process, writes per stream and per writer."""
     lines = [
-        f"per command ({profile['commands']} commands, {profile['seconds']:.1f}s, idle traffic of the same "
-        f"length subtracted): {profile['messages_per_command']:.1f} messages published by the platform "
+        f"per {unit} ({profile['commands']} {unit}s, {profile['seconds']:.1f}s, {note}): "
+        f"{profile['messages_per_command']:.1f} messages published by the platform "
         f"(server: {profile['server_in_per_command']:.1f} in, {profile['server_out_per_command']:.1f} out), "
-        f"{profile['writes_per_command']:.2f} stream + KV writes",
+        f"{profile['writes_per_command']:.2f} stream + KV writes, "
+        f"{profile.get('js_api_per_command', 0):.2f} JetStream API requests",
         "  | process | published | delivered | writes (stream: per command) |",
         "  |---|---|---|---|",
     ]
