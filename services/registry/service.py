@@ -96,6 +96,10 @@ class Registry:
         self.bus = bus
         self.clusters = clusters
         self.uids = uids
+        self._fresh_consumers: set[str] = set()
+        """Clusters whose command consumer this replica created or checked at their bootstrap and whose
+        first hello has not come yet: that hello need not look it up again (one JetStream API request fewer
+        per connect; any later hello does)."""
 
     async def _record(self, name: str) -> tuple[ClusterRecord, int]:
         check_name(name, "cluster name")
@@ -228,6 +232,7 @@ class Registry:
         # Spending the token is a CAS on the record: of two racing agents, one wins.
         await self.clusters.update(name, connected, revision)
         await self.bus.ensure_agent_consumer(name)
+        self._fresh_consumers.add(name)
         await self._event("connected", name)
         logger.info("cluster %s connected (uid %s)", name, req.cluster_uid)
         if self.trust is None:
@@ -276,11 +281,16 @@ class Registry:
     async def hello(self, req: AgentHello, caller: str) -> AgentWelcome:
         logic.check_caller(caller, req.cluster)
         record, revision = await self._record(req.cluster)
+        fresh = record.name in self._fresh_consumers
+        self._fresh_consumers.discard(record.name)
         admitted = logic.admit(record, req)
         if admitted != record:
             await self.clusters.update(record.name, admitted, revision)
-        # Also at every hello: a consumer lost with its stream comes back when its agent reconnects.
-        await self.bus.ensure_agent_consumer(record.name)
+        # Also at every hello: a consumer lost with its stream comes back when its agent reconnects. Not at the
+        # first hello right after the bootstrap that made it (the agent's own look-up still asks again, with a
+        # hello, when it finds the consumer missing).
+        if not fresh:
+            await self.bus.ensure_agent_consumer(record.name)
         return AgentWelcome(cluster=record.name, heartbeat_interval=self.settings.heartbeat_interval)
 
 
