@@ -30,6 +30,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from types import TracebackType
+from typing import TypeVar
 
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -51,6 +52,15 @@ from agent.telemetry import tracer_provider as make_tracer_provider
 __all__ = ["Agent", "planned_cluster", "run"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def _started(unit: T | None) -> T:
+    """``unit``, made by ``start()``; AgentError before."""
+    if unit is None:
+        raise AgentError("the agent has not started")
+    return unit
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
@@ -101,15 +111,11 @@ class Agent:
 
     @property
     def driver(self) -> Driver:
-        if self._driver is None:
-            raise AgentError("the agent has not started")
-        return self._driver
+        return _started(self._driver)
 
     @property
     def session(self) -> Session:
-        if self._session is None:
-            raise AgentError("the agent has not started")
-        return self._session
+        return _started(self._session)
 
     @property
     def connection(self) -> Connection:
@@ -117,21 +123,15 @@ class Agent:
 
     @property
     def heartbeats(self) -> Heartbeats:
-        if self._heartbeats is None:
-            raise AgentError("the agent has not started")
-        return self._heartbeats
+        return _started(self._heartbeats)
 
     @property
     def inventory(self) -> InventoryReporter:
-        if self._inventory is None:
-            raise AgentError("the agent has not started")
-        return self._inventory
+        return _started(self._inventory)
 
     @property
     def commands(self) -> CommandLoop:
-        if self._commands is None:
-            raise AgentError("the agent has not started")
-        return self._commands
+        return _started(self._commands)
 
     @property
     def heartbeat_interval(self) -> float:
