@@ -24,8 +24,7 @@ from schemas.errors import Conflict, NotFound
 from schemas.messages import Membership, MembershipChanged, NameRequest, TeamRecord, TokenRecord, UserRecord
 from schemas.names import check_name
 from services.access import logic
-from services.bus import ServiceHost
-from services.bus.publishing import publish
+from services.bus import Endpoints
 
 if TYPE_CHECKING:
     from services.access.service import Access
@@ -81,7 +80,7 @@ class People:
 
     async def token_revoke(self, ref: TokenRef) -> Removed:
         key, _ = await self._find(ref)
-        await self.access.tokens.kv.purge(key)
+        await self.access.tokens.purge(key)
         logger.info("API token %s of %r revoked", ref.id, ref.user)
         return Removed(kind="token", name=ref.id)
 
@@ -90,7 +89,7 @@ class People:
         key, old = await self._find(ref)
         ttl = max(old.expires_at - old.created_at, 0.0) if old.expires_at else 0.0
         created = await self.token_create(TokenCreate(user=ref.user, name=old.name, ttl=ttl))
-        await self.access.tokens.kv.purge(key)
+        await self.access.tokens.purge(key)
         logger.info("API token %s of %r rotated to %s", ref.id, ref.user, created.info.id)
         return created
 
@@ -132,14 +131,14 @@ class People:
         took: list[str] = []
         # Tokens first: from here on the user cannot log in, whatever else fails.
         for key in await self._tokens_of(user.name):
-            await self.access.tokens.kv.purge(key)
+            await self.access.tokens.purge(key)
             took.append(f"token {logic.token_id(key)}")
         for team in (await self.access.teams.items()).values():
             if user.name in team.members:
                 await self.team_remove_member(TeamMemberRemove(team=team.name, user=user.name))
                 took.append(f"member of team {team.name}")
         took += await self._leave_projects("user", user.name)
-        await self.access.users.kv.purge(user.name)
+        await self.access.users.purge(user.name)
         logger.info("user %r deleted (%s)", user.name, ", ".join(took) or "nothing else")
         return Removed(kind="user", name=user.name, took=tuple(took))
 
@@ -181,13 +180,13 @@ class People:
             if team in membership.teams:
                 event = MembershipChanged(project=membership.project, at=time.time())
                 msg_id = f"members-{membership.project}-team-{team}-{time.time_ns()}"
-                await publish(self.access.js, subjects.MEMBERSHIP_CHANGED, event, msg_id=msg_id)
+                await self.access.bus.publish(subjects.MEMBERSHIP_CHANGED, event, msg_id=msg_id)
 
     async def team_delete(self, req: NameRequest) -> Removed:
         team, _ = await self.access._team(req.name)
         took = [f"{len(team.members)} member(s)"] if team.members else []
         took += await self._leave_projects("team", team.name)
-        await self.access.teams.kv.purge(team.name)
+        await self.access.teams.purge(team.name)
         logger.info("team %r deleted", team.name)
         return Removed(kind="team", name=team.name, took=tuple(took))
 
@@ -199,17 +198,17 @@ class People:
         if found is None:
             return Removed(kind="membership", name=req.name)
         took = [f"user {u}" for u in found[0].users] + [f"team {t}" for t in found[0].teams]
-        await self.access.members.kv.purge(req.name)
+        await self.access.members.purge(req.name)
         return Removed(kind="membership", name=req.name, took=tuple(took))
 
-    def install(self, host: ServiceHost) -> None:
+    def install(self, served: Endpoints) -> None:
         A = subjects.Access
-        host.endpoint(A.TOKEN_LIST, NameRequest, self.token_list)
-        host.endpoint(A.TOKEN_CREATE, TokenCreate, self.token_create)
-        host.endpoint(A.TOKEN_REVOKE, TokenRef, self.token_revoke)
-        host.endpoint(A.TOKEN_ROTATE, TokenRef, self.token_rotate)
-        host.endpoint(A.USER_DISABLE, UserDisable, self.user_disable)
-        host.endpoint(A.USER_DELETE, NameRequest, self.user_delete)
-        host.endpoint(A.TEAM_REMOVE_MEMBER, TeamMemberRemove, self.team_remove_member)
-        host.endpoint(A.TEAM_DELETE, NameRequest, self.team_delete)
-        host.endpoint(A.MEMBERS_DELETE, NameRequest, self.members_delete)
+        served.platform(A.TOKEN_LIST, NameRequest, self.token_list)
+        served.platform(A.TOKEN_CREATE, TokenCreate, self.token_create)
+        served.platform(A.TOKEN_REVOKE, TokenRef, self.token_revoke)
+        served.platform(A.TOKEN_ROTATE, TokenRef, self.token_rotate)
+        served.platform(A.USER_DISABLE, UserDisable, self.user_disable)
+        served.platform(A.USER_DELETE, NameRequest, self.user_delete)
+        served.platform(A.TEAM_REMOVE_MEMBER, TeamMemberRemove, self.team_remove_member)
+        served.platform(A.TEAM_DELETE, NameRequest, self.team_delete)
+        served.platform(A.MEMBERS_DELETE, NameRequest, self.members_delete)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Unpack
 
 from schemas import subjects
-from schemas.errors import Conflict, InvalidInput, NotFound, Unauthenticated, Unavailable
+from schemas.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 from schemas.messages import (
     AdminBootstrap,
     Authenticate,
@@ -31,63 +32,38 @@ from schemas.messages import (
     UserList,
     UserRecord,
     VisibleProjects,
-    encode,
 )
 from schemas.names import check_name
-from schemas.retrying import backoff_delay
-from services import VERSION
 from services.access import logic
 from services.access.people import People
-from services.bus import (
-    Bucket,
-    JetStream,
-    ServiceHost,
-    Telemetry,
-    close,
-    connect,
-    ensure_bucket,
-    ensure_platform_streams,
-)
-from services.bus.settings import ServiceSettings
+from services.bus import Bus, Endpoints, Options, Records, Runtime, serve
+from services.bus.settings import FromEnv, ServiceSettings, env
 
 logger = logging.getLogger(__name__)
 
-PUBLISH_ATTEMPTS = 5
-
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(FromEnv):
     common: ServiceSettings = field(default_factory=ServiceSettings)
     """Bus and telemetry."""
 
-    admin_token_file: Path | None = None
+    admin_token_file: Path | None = env("TETHER_ADMIN_TOKEN_FILE", None)
     """File holding the first platform admin's API token; the admin is created from it on start."""
 
-    admin_name: str = "admin"
+    admin_name: str = env("TETHER_ADMIN_NAME", "admin")
     """Name of the first platform admin."""
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        import os
-
-        path = os.environ.get("TETHER_ADMIN_TOKEN_FILE")
-        return cls(
-            common=ServiceSettings.from_env(),
-            admin_token_file=Path(path) if path else None,
-            admin_name=os.environ.get("TETHER_ADMIN_NAME", "admin"),
-        )
 
 
 class Access:
     def __init__(
         self,
-        js: JetStream,
-        users: Bucket[UserRecord],
-        tokens: Bucket[TokenRecord],
-        teams: Bucket[TeamRecord],
-        members: Bucket[Membership],
+        bus: Bus,
+        users: Records[UserRecord],
+        tokens: Records[TokenRecord],
+        teams: Records[TeamRecord],
+        members: Records[Membership],
     ) -> None:
-        self.js = js
+        self.bus = bus
         self.users = users
         self.tokens = tokens
         self.teams = teams
@@ -235,17 +211,9 @@ class Access:
         return found[0]
 
     async def _announce(self, project: str, revision: int) -> None:
-        event = encode(MembershipChanged(project=project, at=time.time()))
-        headers = {"Nats-Msg-Id": f"members-{project}-{revision}"}
-        for attempt in range(PUBLISH_ATTEMPTS):
-            try:
-                await self.js.publish(subjects.MEMBERSHIP_CHANGED, event, headers=headers)
-                return
-            except Exception as exc:  # a leader election answers 503; retry with the same id
-                logger.warning("announcing members of %r (attempt %d): %r", project, attempt + 1, exc)
-                if attempt + 1 < PUBLISH_ATTEMPTS:
-                    await asyncio.sleep(backoff_delay(attempt, base=0.2, cap=2.0))
-        raise Unavailable(f"members of project {project!r} were saved but the change could not be announced")
+        # Retried through leader elections with the same id: a retry after a lost acknowledgement is dropped.
+        event = MembershipChanged(project=project, at=time.time())
+        await self.bus.publish(subjects.MEMBERSHIP_CHANGED, event, msg_id=f"members-{project}-{revision}")
 
     async def members_get(self, req: NameRequest) -> Membership:
         check_name(req.name, "project name")
@@ -277,39 +245,33 @@ class Access:
         return VisibleProjects(all=user.platform_admin, projects=projects)
 
 
-async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None) -> None:
-    telemetry = telemetry or Telemetry.create("access", settings.common.telemetry)
-    nc = await connect(settings.common.bus, "access")
-    try:
-        js = nc.jetstream()
-        replicas = settings.common.bus.replicas
-        await ensure_platform_streams(js, replicas)
-        users = await ensure_bucket(js, subjects.BUCKET_USERS, UserRecord, replicas=replicas, history=5)
-        tokens = await ensure_bucket(js, subjects.BUCKET_TOKENS, TokenRecord, replicas=replicas)
-        teams = await ensure_bucket(js, subjects.BUCKET_TEAMS, TeamRecord, replicas=replicas, history=5)
-        members = await ensure_bucket(js, subjects.BUCKET_MEMBERS, Membership, replicas=replicas, history=5)
-        access = Access(js, users, tokens, teams, members)
-        if settings.admin_token_file is not None:
-            token = settings.admin_token_file.read_text().strip()
-            await access.bootstrap_admin(AdminBootstrap(name=settings.admin_name, token=token))
-        host = ServiceHost(nc, "access", VERSION, telemetry.tracer(__name__))
-        A = subjects.Access
-        host.endpoint(A.AUTHENTICATE, Authenticate, access.authenticate)
-        host.endpoint(A.USER_CREATE, UserCreate, access.user_create)
-        host.endpoint(A.USER_LIST, Empty, access.user_list)
-        host.endpoint(A.TEAM_CREATE, TeamCreate, access.team_create)
-        host.endpoint(A.TEAM_ADD_MEMBER, TeamMemberAdd, access.team_add_member)
-        host.endpoint(A.TEAM_LIST, Empty, access.team_list)
-        host.endpoint(A.MEMBER_SET, MemberChange, access.member_set)
-        host.endpoint(A.MEMBERS_GET, NameRequest, access.members_get)
-        host.endpoint(A.AUTHORIZE, Authorize, access.authorize)
-        host.endpoint(A.VISIBLE, NameRequest, access.visible)
-        People(access).install(host)
-        async with host:
-            logger.info("access ready")
-            if ready:
-                ready.set()
-            await asyncio.Event().wait()
-    finally:
-        await close(nc)
-        telemetry.shutdown()
+def install(access: Access, served: Endpoints) -> None:
+    A = subjects.Access
+    served.platform(A.AUTHENTICATE, Authenticate, access.authenticate)
+    served.platform(A.USER_CREATE, UserCreate, access.user_create)
+    served.platform(A.USER_LIST, Empty, access.user_list)
+    served.platform(A.TEAM_CREATE, TeamCreate, access.team_create)
+    served.platform(A.TEAM_ADD_MEMBER, TeamMemberAdd, access.team_add_member)
+    served.platform(A.TEAM_LIST, Empty, access.team_list)
+    served.platform(A.MEMBER_SET, MemberChange, access.member_set)
+    served.platform(A.MEMBERS_GET, NameRequest, access.members_get)
+    served.platform(A.AUTHORIZE, Authorize, access.authorize)
+    served.platform(A.VISIBLE, NameRequest, access.visible)
+    People(access).install(served)
+
+
+async def setup(rt: Runtime, settings: Settings) -> None:
+    await rt.bus.declare_streams("platform")
+    users = await rt.bus.bucket(subjects.BUCKET_USERS, UserRecord, history=5)
+    tokens = await rt.bus.bucket(subjects.BUCKET_TOKENS, TokenRecord)
+    teams = await rt.bus.bucket(subjects.BUCKET_TEAMS, TeamRecord, history=5)
+    members = await rt.bus.bucket(subjects.BUCKET_MEMBERS, Membership, history=5)
+    access = Access(rt.bus, users, tokens, teams, members)
+    if settings.admin_token_file is not None:
+        token = settings.admin_token_file.read_text().strip()
+        await access.bootstrap_admin(AdminBootstrap(name=settings.admin_name, token=token))
+    install(access, rt.endpoints)
+
+
+async def run(settings: Settings, **options: Unpack[Options]) -> None:
+    await serve("access", settings.common, functools.partial(setup, settings=settings), **options)

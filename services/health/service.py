@@ -10,13 +10,14 @@ restarted replica starts from at most one flush interval behind.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Unpack
 
-from opentelemetry.metrics import Histogram
+from opentelemetry.metrics import Histogram, Observation
 
 from schemas import subjects
 from schemas.errors import Conflict, NotFound, TetherError
@@ -27,75 +28,50 @@ from schemas.messages import (
     NameRequest,
     Presence,
     PresenceList,
-    decode,
 )
-from services import VERSION
-from services.bus import (
-    Bucket,
-    Connection,
-    JetStream,
-    Msg,
-    ServiceHost,
-    Telemetry,
-    close,
-    connect,
-    ensure_bucket,
-    ensure_platform_streams,
-)
-from services.bus.publishing import publish
-from services.bus.settings import ServiceSettings
+from services.bus import Bus, Delivery, Options, Records, Runtime, serve
+from services.bus.settings import FromEnv, ServiceSettings, env
 from services.health import logic
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(FromEnv):
     common: ServiceSettings = field(default_factory=ServiceSettings)
     """Bus and telemetry."""
 
-    offline_after: float = 12.0
+    offline_after: float = env("TETHER_OFFLINE_AFTER", 12.0)
     """Seconds without a heartbeat before a cluster is offline (budget: shown within 15 s)."""
 
-    sweep_interval: float = 1.0
+    sweep_interval: float = env("TETHER_SWEEP_INTERVAL", 1.0)
     """Seconds between checks for silent clusters."""
 
-    flush_interval: float = 2.0
+    flush_interval: float = env("TETHER_FLUSH_INTERVAL", 2.0)
     """Seconds between batched writes of presence to KV."""
 
-    seen_write_interval: float = 60.0
+    seen_write_interval: float = env("TETHER_SEEN_WRITE_INTERVAL", 60.0)
     """Seconds a cluster's stored last-seen time may fall behind before a flush writes it (a new health
     report or session is written at the next flush regardless). Nothing judges from the stored time: every
     replica hears every heartbeat, and a restarted one counts silence from its own start. Writing every
     heartbeat's time was 5,000 KV writes/s at 10,000 clusters, and delayed heartbeats behind them."""
 
-    heartbeat_rate: float = 10.0
+    heartbeat_rate: float = env("TETHER_HEARTBEAT_RATE", 10.0)
     """Heartbeats a second one cluster may send (agents send one every few seconds); the rest are dropped
     unread, so one agent's flood cannot delay every other cluster's heartbeats."""
 
     heartbeat_burst: float = 50.0
+    """Heartbeats one cluster may send at once above ``heartbeat_rate``."""
 
-    pending_limit: int = 200_000
+    pending_limit: int = env("TETHER_HEARTBEAT_PENDING_LIMIT", 200_000)
     """Heartbeats waiting in health's inbox before NATS' client drops some (a slow consumer). Past a tenth
     of it, health holds its judgement of silent clusters (``logic.hold_judgement``)."""
 
-    @classmethod
-    def from_env(cls) -> Settings:
-        return cls(
-            common=ServiceSettings.from_env(),
-            heartbeat_rate=float(os.environ.get("TETHER_HEARTBEAT_RATE", "10")),
-            pending_limit=int(os.environ.get("TETHER_HEARTBEAT_PENDING_LIMIT", "200000")),
-            offline_after=float(os.environ.get("TETHER_OFFLINE_AFTER", "12")),
-            sweep_interval=float(os.environ.get("TETHER_SWEEP_INTERVAL", "1")),
-            flush_interval=float(os.environ.get("TETHER_FLUSH_INTERVAL", "2")),
-            seen_write_interval=float(os.environ.get("TETHER_SEEN_WRITE_INTERVAL", "60")),
-        )
-
 
 class HealthMonitor:
-    def __init__(self, settings: Settings, js: JetStream, presence: Bucket[Presence]) -> None:
+    def __init__(self, settings: Settings, bus: Bus, presence: Records[Presence]) -> None:
         self.settings = settings
-        self.js = js
+        self.bus = bus
         self.bucket = presence
         self.presence: dict[str, Presence] = {}
         self.dirty: set[str] = set()
@@ -120,17 +96,17 @@ class HealthMonitor:
     async def _publish(self, kind: str, cluster: str, at: float, reason: str = "") -> None:
         event = ClusterEvent(kind=kind, cluster=cluster, at=at, reason=reason)  # type: ignore[arg-type]
         # Retried through a leader election with the same id, so a lost acknowledgement never doubles it.
-        await publish(
-            self.js, subjects.public_event(f"cluster.{kind}"), event, msg_id=f"cluster-{kind}-{cluster}-{at!r}"
+        await self.bus.publish(
+            subjects.public_event(f"cluster.{kind}"), event, msg_id=f"cluster-{kind}-{cluster}-{at!r}"
         )
 
-    async def on_heartbeat(self, msg: Msg) -> None:
+    async def on_heartbeat(self, msg: Delivery) -> None:
         # First and cheap: a flooding cluster's surplus is dropped before anything is decoded.
         if not self.limiter.allow(msg.subject, time.monotonic()):
             return
         now = time.time()
         try:
-            hb = decode(msg.data, Heartbeat)
+            hb = msg.decode(Heartbeat)
             if subjects.cluster_of_heartbeat(msg.subject) != hb.cluster:
                 raise TetherError(f"heartbeat for {hb.cluster!r} arrived on {msg.subject!r}")
         except TetherError as exc:
@@ -235,9 +211,9 @@ class HealthMonitor:
             return
         self.written[name] = (new, await self.bucket.update(name, new, found[1]))
 
-    async def on_disconnected(self, msg: Msg) -> None:
+    async def on_disconnected(self, msg: Delivery) -> None:
         try:
-            event = decode(msg.data, ClusterEvent)
+            event = msg.decode(ClusterEvent)
         except TetherError as exc:
             logger.warning("dropped event on %s: %s", msg.subject, exc.description)
             return
@@ -247,16 +223,16 @@ class HealthMonitor:
             self.presence[event.cluster] = new
             await self._transition(new, "offline", time.time())
 
-    async def on_removed(self, msg: Msg) -> None:
+    async def on_removed(self, msg: Delivery) -> None:
         """A removed cluster leaves no presence behind (in memory or in KV)."""
         try:
-            event = decode(msg.data, ClusterEvent)
+            event = msg.decode(ClusterEvent)
         except TetherError as exc:
             logger.warning("dropped event on %s: %s", msg.subject, exc.description)
             return
         self.presence.pop(event.cluster, None)
         self.written.pop(event.cluster, None)
-        await self.bucket.kv.purge(event.cluster)
+        await self.bucket.purge(event.cluster)
 
     async def every(self, interval: float, step: str) -> None:
         while True:
@@ -278,60 +254,38 @@ class HealthMonitor:
         return found
 
 
-async def run(settings: Settings, *, telemetry: Telemetry | None = None, ready: asyncio.Event | None = None) -> None:
-    telemetry = telemetry or Telemetry.create("health", settings.common.telemetry)
-    nc: Connection = await connect(settings.common.bus, "health")
-    try:
-        js = nc.jetstream()
-        replicas = settings.common.bus.replicas
-        await ensure_platform_streams(js, replicas)
-        bucket = await ensure_bucket(js, subjects.BUCKET_PRESENCE, Presence, replicas=replicas)
-        monitor = HealthMonitor(settings, js, bucket)
-        await monitor.load()
-        meter = telemetry.meter(__name__)
-        monitor.lag = meter.create_histogram(
-            "tether.heartbeat.lag",
-            unit="s",
-            description="Heartbeat arrival (platform clock) minus its sending",
-            explicit_bucket_boundaries_advisory=[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
-        )
-        meter.create_observable_gauge(
-            "tether.clusters.online",
-            callbacks=[lambda _opts: _gauge(sum(p.online for p in monitor.presence.values()))],
-            description="Clusters whose agent is connected",
-        )
-        hb_sub = await nc.subscribe(
-            subjects.HEARTBEAT_ANY,
-            cb=monitor.on_heartbeat,
-            pending_msgs_limit=settings.pending_limit,
-            pending_bytes_limit=256 * 1024 * 1024,
-        )
-        monitor.inbox = lambda: (hb_sub.pending_msgs, int(nc.stats["reconnects"]))
-        monitor.listening_since = time.time()
-        ev_sub = await nc.subscribe(subjects.public_event("cluster.disconnected"), cb=monitor.on_disconnected)
-        removed_sub = await nc.subscribe(subjects.public_event("cluster.removed"), cb=monitor.on_removed)
-        host = ServiceHost(nc, "health", VERSION, telemetry.tracer(__name__))
-        host.endpoint(subjects.Health.PRESENCE_LIST, Empty, monitor.list)
-        host.endpoint(subjects.Health.PRESENCE_GET, NameRequest, monitor.get)
-        async with host, asyncio.TaskGroup() as tg:
-            tg.create_task(monitor.every(settings.sweep_interval, "sweep"), name="health-sweep")
-            tg.create_task(monitor.every(settings.flush_interval, "flush"), name="health-flush")
-            logger.info("health ready (offline after %.1fs)", settings.offline_after)
-            if ready:
-                ready.set()
-            try:
-                await asyncio.Event().wait()
-            finally:
-                await hb_sub.unsubscribe()
-                await ev_sub.unsubscribe()
-                await removed_sub.unsubscribe()
-                await monitor.flush_once()
-    finally:
-        await close(nc)
-        telemetry.shutdown()
+def instrument(rt: Runtime, monitor: HealthMonitor) -> None:
+    meter = rt.meter(__name__)
+    monitor.lag = meter.create_histogram(
+        "tether.heartbeat.lag",
+        unit="s",
+        description="Heartbeat arrival (platform clock) minus its sending",
+        explicit_bucket_boundaries_advisory=[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+    )
+    meter.create_observable_gauge(
+        "tether.clusters.online",
+        callbacks=[lambda _opts: [Observation(sum(p.online for p in monitor.presence.values()))]],
+        description="Clusters whose agent is connected",
+    )
 
 
-def _gauge(value: float) -> list:  # type: ignore[type-arg]
-    from opentelemetry.metrics import Observation
+async def setup(rt: Runtime, settings: Settings) -> None:
+    await rt.bus.declare_streams("platform")
+    monitor = HealthMonitor(settings, rt.bus, await rt.bus.bucket(subjects.BUCKET_PRESENCE, Presence))
+    await monitor.load()
+    instrument(rt, monitor)
+    heartbeats = await rt.subscribe(subjects.HEARTBEAT_ANY, monitor.on_heartbeat, pending_limit=settings.pending_limit)
+    monitor.inbox = lambda: (heartbeats.pending, rt.bus.reconnects)
+    monitor.listening_since = time.time()
+    await rt.subscribe(subjects.public_event("cluster.disconnected"), monitor.on_disconnected)
+    await rt.subscribe(subjects.public_event("cluster.removed"), monitor.on_removed)
+    rt.endpoints.platform(subjects.Health.PRESENCE_LIST, Empty, monitor.list)
+    rt.endpoints.platform(subjects.Health.PRESENCE_GET, NameRequest, monitor.get)
+    rt.task("sweep", lambda: monitor.every(settings.sweep_interval, "sweep"))
+    rt.task("flush", lambda: monitor.every(settings.flush_interval, "flush"))
+    rt.on_stop(monitor.flush_once)  # after the subscriptions stop: what was heard last is kept
+    logger.info("health: clusters go offline after %.1fs of silence", settings.offline_after)
 
-    return [Observation(value)]
+
+async def run(settings: Settings, **options: Unpack[Options]) -> None:
+    await serve("health", settings.common, functools.partial(setup, settings=settings), **options)
