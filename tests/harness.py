@@ -20,6 +20,7 @@ import nats.aio.client
 
 from schemas.messages import Message
 from services.bus import Bucket, identity
+from services.platform.environment import PlatformPaths, platform_env, service_env
 from services.platform.natsd import NatsServer, NatsServerConfig, free_port
 from services.platform.tls import TlsFiles, ensure_tls
 
@@ -176,26 +177,21 @@ class Stack:
     def api(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    @property
+    def paths(self) -> PlatformPaths:
+        ca_file = str(self.tmp / "tls" / "ca.pem") if self.tls else ""
+        return PlatformPaths(self.nats_url, self.auth, self.tmp / "admin.token", ca_file)
+
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
         env.update(FAST_ENV)
-        env["TETHER_NATS_URL"] = self.nats_url
-        env["TETHER_NATS_CREDS"] = str(self.auth / "platform.creds")
-        if self.tls:
-            env["TETHER_NATS_CA"] = env["TETHER_PUBLIC_CA_FILE"] = str(self.tmp / "tls" / "ca.pem")
+        env.update(platform_env(self.paths))
         env.update(self.env_overrides)
         env.update(extra)
         return env
 
     def service(self, name: str) -> Proc:
-        extra: dict[str, str] = {}
-        if name == "registry":
-            extra["TETHER_AUTH_DIR"] = str(self.auth)
-        if name == "access":
-            extra["TETHER_ADMIN_TOKEN_FILE"] = str(self.tmp / "admin.token")
-        if name == "api":
-            extra["TETHER_HTTP_PORT"] = str(self.http_port)
-        extra.setdefault("TETHER_NATS_CREDS", str(self.auth / identity.service_creds_file(name)))
+        extra = service_env(name, self.paths, http_port=self.http_port)
         return Proc(
             name=name,
             argv=[sys.executable, "-m", f"services.{name}"],

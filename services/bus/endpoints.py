@@ -68,6 +68,8 @@ class ServiceHost(Host):
         self._service: Service | None = None
         self._pending: list[tuple[str, str, Callable[[Request], Awaitable[None]]]] = []
         self._inflight: set[asyncio.Task[None]] = set()
+        self.refused_replies = 0
+        """Requests dropped because of where they wanted the reply (the bus contract suite reads it)."""
 
     def endpoint(
         self,
@@ -122,6 +124,7 @@ class ServiceHost(Host):
         reply = _reply_of(req)
         if reply_allowed(reply, prefix):
             return True
+        self.refused_replies += 1
         logger.warning(
             "%s: dropped a request on %s: its reply subject %r is not under %r", self._name, req.subject, reply, prefix
         )

@@ -15,12 +15,13 @@ from typing import Any, Literal
 from schemas.messages import M, Message, decode
 from services.bus.admission import AdmissionLimits
 from services.bus.records import Records
+from services.bus.settings import BusSettings
 
 
 class Delivery:
     """One message received: from a subscription (``stream_seq`` 0) or from a stream through a consumer."""
 
-    __slots__ = ("_progress", "data", "deliveries", "headers", "pending", "stream_seq", "subject")
+    __slots__ = ("_progress", "data", "deliveries", "headers", "pending", "reply", "stream_seq", "subject")
 
     def __init__(
         self,
@@ -32,8 +33,11 @@ class Delivery:
         deliveries: int = 1,
         pending: int = 0,
         progress: Callable[[], Awaitable[None]] | None = None,
+        reply: str = "",
     ) -> None:
         self.subject = subject
+        self.reply = reply
+        """Where the sender wants an answer (endpoints answer through the bus, never by hand)."""
         self.data = data
         self.headers: Mapping[str, str] = headers or {}
         self.stream_seq = stream_seq
@@ -217,6 +221,10 @@ class Bus(ABC):
         """Hand the server a new account JWT (revocations); needs a bus connected as the system user."""
 
     # --- the connection -------------------------------------------------------------------------------
+    @abstractmethod
+    async def another(self, settings: BusSettings, name: str) -> Bus:
+        """Another connection to the same bus as ``settings`` say (another NATS user), named ``name``."""
+
     @property
     @abstractmethod
     def connected(self) -> bool: ...

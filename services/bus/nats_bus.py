@@ -103,7 +103,7 @@ class NatsBus(Bus):
         self, subject: str, handler: Handler, *, pending_limit: int | None = None, queue: str = ""
     ) -> Subscription:
         async def received(msg: Msg) -> None:
-            await handler(Delivery(msg.subject, msg.data, msg.headers))
+            await handler(Delivery(msg.subject, msg.data, msg.headers, reply=msg.reply))
 
         sub = await self._nc.subscribe(
             subject,
@@ -177,6 +177,9 @@ class NatsBus(Bus):
             raise Unavailable(f"NATS refused the account update: {answer['error']}")
 
     # --- the connection -------------------------------------------------------------------------------
+    async def another(self, settings: BusSettings, name: str) -> Bus:
+        return await NatsBus.connect(settings, name)
+
     @property
     def connected(self) -> bool:
         return bool(self._nc.is_connected)

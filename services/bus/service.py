@@ -34,14 +34,13 @@ async def nats_connector(settings: BusSettings, name: str) -> Bus:
 class Runtime:
     """What a service's ``setup`` gets: the bus, telemetry, and where to say what runs."""
 
-    def __init__(self, name: str, bus: Bus, telemetry: Telemetry, settings: ServiceSettings, connector: Connector):
+    def __init__(self, name: str, bus: Bus, telemetry: Telemetry, settings: ServiceSettings) -> None:
         self.name = name
         self.bus = bus
         self.telemetry = telemetry
         self.settings = settings
         self.endpoints = Endpoints()
         """What the service answers; served once ``setup`` returns."""
-        self._connector = connector
         self._tasks: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         self._subscriptions: list[Subscription] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
@@ -69,7 +68,7 @@ class Runtime:
 
     async def connect(self, name: str, settings: BusSettings) -> Bus:
         """Another connection (another NATS user), closed at stop after the service's own hooks."""
-        bus = await self._connector(settings, name)
+        bus = await self.bus.another(settings, name)
         self._buses.append(bus)
         return bus
 
@@ -108,7 +107,7 @@ class Service:
         try:
             if self._bus is None:
                 self._bus = await self._connector(self._settings.bus, self.name)
-            runtime = Runtime(self.name, self._bus, telemetry, self._settings, self._connector)
+            runtime = Runtime(self.name, self._bus, telemetry, self._settings)
             self.runtime = runtime
             await self._setup(runtime)
             self.host = await self._bus.serve(self.name, VERSION, runtime.endpoints, telemetry.tracer(__name__))

@@ -18,12 +18,12 @@ import httpx
 
 from schemas.retrying import backoff_delay
 from services.bus import identity
+from services.platform.environment import SERVICES, PlatformPaths, platform_env, service_env
 from services.platform.natsd import NatsServer, NatsServerConfig, NatsServerError
 from services.platform.tls import ensure_tls
 
 logger = logging.getLogger(__name__)
 
-SERVICES = ("registry", "access", "lifecycle", "health", "api")
 PERMANENT_EXIT = 2  # the agent's "do not restart me" code (revoked, bad token)
 
 
@@ -161,11 +161,8 @@ class Platform:
     # -- children --------------------------------------------------------------
     def _env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
+        env.update(platform_env(self.paths))
         env.update(
-            TETHER_NATS_URL=self.nats.url,
-            TETHER_NATS_CREDS=str(self.auth / "platform.creds"),
-            TETHER_NATS_CA=self.ca_file,
-            TETHER_PUBLIC_CA_FILE=self.ca_file,
             TETHER_HEARTBEAT_INTERVAL=str(self.s.heartbeat_interval),
             TETHER_OFFLINE_AFTER=str(self.s.offline_after),
             PYTHONUNBUFFERED="1",
@@ -192,25 +189,26 @@ class Platform:
         ports = {name: self.metrics_port(name) for name in SERVICES}
         return [f"metrics of {name}: http://{host}:{port}/metrics" for name, port in ports.items() if port]
 
-    def service_child(self, name: str) -> Child:
-        extra: dict[str, str] = {}
-        port = self.metrics_port(name)
-        if port is not None:
-            extra["TETHER_PROMETHEUS_PORT"] = str(port)
-        if name == "registry":
-            extra["TETHER_AUTH_DIR"] = str(self.auth)
-        if name == "access":
-            extra["TETHER_ADMIN_TOKEN_FILE"] = str(self.data / "admin.token")
-        if name == "api":
-            extra["TETHER_HTTP_PORT"] = str(self.s.http_port)
-            public = self.nats.url
-            if self.s.nats_host in ("0.0.0.0", "::"):
-                import socket
+    @property
+    def paths(self) -> PlatformPaths:
+        return PlatformPaths(self.nats.url, self.auth, self.data / "admin.token", self.ca_file)
 
-                public = f"{'tls' if self.s.tls else 'nats'}://{socket.getfqdn()}:{self.s.nats_port}"
-            extra["TETHER_PUBLIC_NATS_URL"] = public
-        # Its own NATS user: it may not delete or purge platform streams, nor write others' buckets.
-        extra["TETHER_NATS_CREDS"] = str(self.auth / identity.service_creds_file(name))
+    def public_nats_url(self) -> str:
+        """The NATS URL agents are told to dial: this host's name when NATS listens on every address."""
+        if self.s.nats_host not in ("0.0.0.0", "::"):
+            return self.nats.url
+        import socket
+
+        return f"{'tls' if self.s.tls else 'nats'}://{socket.getfqdn()}:{self.s.nats_port}"
+
+    def service_child(self, name: str) -> Child:
+        extra = service_env(
+            name,
+            self.paths,
+            http_port=self.s.http_port,
+            public_nats_url=self.public_nats_url(),
+            metrics_port=self.metrics_port(name),
+        )
         return Child(
             name=name,
             argv=[sys.executable, "-m", f"services.{name}"],

@@ -1,0 +1,63 @@
+"""The environment a platform service process is started with: known here, and only here.
+
+``tether up`` (supervisor) and the tests' harness both start services with it; each variable is read by the
+service's settings (``env(...)`` fields in its ``Settings``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.bus import identity
+
+SERVICES = ("registry", "access", "lifecycle", "health", "api")
+"""Every platform service, in start order (each runs as ``python -m services.<name>``)."""
+
+
+@dataclass(frozen=True)
+class PlatformPaths:
+    """Where one platform's processes find the bus and its secrets."""
+
+    nats_url: str
+    """The URL(s) services dial."""
+
+    auth_dir: Path
+    """The NATS trust (``identity.prepare``): every service's ``.creds`` file and the system user's."""
+
+    admin_token_file: Path
+    """The first platform admin's API token (access creates the admin from it)."""
+
+    ca_file: str = ""
+    """The NATS CA (PEM) when NATS speaks TLS; empty otherwise."""
+
+
+def platform_env(paths: PlatformPaths) -> dict[str, str]:
+    """What every process of the platform gets (services and the local agent)."""
+    return {
+        "TETHER_NATS_URL": paths.nats_url,
+        "TETHER_NATS_CREDS": str(paths.auth_dir / "platform.creds"),
+        "TETHER_NATS_CA": paths.ca_file,
+        "TETHER_PUBLIC_CA_FILE": paths.ca_file,
+    }
+
+
+def service_env(
+    name: str, paths: PlatformPaths, *, http_port: int, public_nats_url: str = "", metrics_port: int | None = None
+) -> dict[str, str]:
+    """What service ``name`` gets on top of ``platform_env``."""
+    if name not in SERVICES:
+        raise ValueError(f"no platform service {name!r}")
+    # Its own NATS user: it may not delete or purge platform streams, nor write others' buckets.
+    extra = {"TETHER_NATS_CREDS": str(paths.auth_dir / identity.service_creds_file(name))}
+    if metrics_port is not None:
+        extra["TETHER_PROMETHEUS_PORT"] = str(metrics_port)
+    if name == "registry":
+        extra["TETHER_AUTH_DIR"] = str(paths.auth_dir)
+    if name == "access":
+        extra["TETHER_ADMIN_TOKEN_FILE"] = str(paths.admin_token_file)
+    if name == "api":
+        extra["TETHER_HTTP_PORT"] = str(http_port)
+        if public_nats_url:
+            extra["TETHER_PUBLIC_NATS_URL"] = public_nats_url
+    return extra
