@@ -1,14 +1,8 @@
 """The services' bus runtime: the only part of ``services`` that imports ``nats``.
 
-Services use what this package exports, in Tether's types only (see /work/wt/notes/BUS.md and README's
+Services use what this package exports, in Tether's types only (see README's
 layout table): a ``Bus``, ``serve`` and its ``Runtime``, ``Records`` buckets, ``Delivery`` messages.
 """
-
-# nats-py's own types, only until lifecycle and the API run on ``Bus`` (then they go, and the strict import
-# contract with them).
-from nats.aio.client import Client as Connection
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext as JetStream
 
 from services.bus.connection import close, connect
 from services.bus.endpoints import ServiceHost, call
@@ -24,15 +18,12 @@ __all__ = [
     "Bucket",
     "Bus",
     "BusSettings",
-    "Connection",
     "Consumer",
     "Delivery",
     "Endpoints",
     "FromEnv",
     "Handler",
     "Host",
-    "JetStream",
-    "Msg",
     "Options",
     "Records",
     "Runtime",
