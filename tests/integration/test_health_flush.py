@@ -7,6 +7,7 @@ from nats.aio.client import Client
 from schemas import subjects
 from schemas.messages import ClusterHealth, Heartbeat, Presence
 from services.bus import ensure_bucket
+from services.bus.memory import MemoryBus
 from services.health import logic
 from services.health.service import HealthMonitor, Settings
 from tests.harness import CountingBucket
@@ -24,8 +25,9 @@ async def test_flush_writes_without_reading_and_never_goes_back_in_time(nc: Clie
     plain = await ensure_bucket(js, subjects.BUCKET_PRESENCE, Presence, replicas=1)
     a_bucket = CountingBucket[Presence](plain.kv, Presence)
     every = Settings(seen_write_interval=0.0)  # every newer last-seen time is written
-    a = HealthMonitor(every, js, a_bucket)
-    b = HealthMonitor(every, js, plain)
+    events = MemoryBus()  # a flush publishes nothing: only the bucket is real here
+    a = HealthMonitor(every, events, a_bucket)
+    b = HealthMonitor(every, events, plain)
 
     async def stored() -> float:
         found = await plain.get("c1")
