@@ -290,3 +290,10 @@ class Access:
 
 
 MEMBERSHIP_CHANGED = public_event("project.members")
+
+
+# --- wildcards for the platform services' NATS permissions (services.bus.identity.SERVICE_GRANTS) ------------
+CONTROL_ANY = f"{ROOT}.ctl.*"
+AUDIT_COMMAND_ANY = f"{ROOT}.audit.cmd.*"
+GATEWAY_REQUESTS_ANY = f"{ROOT}.gw.*.req"
+GATEWAY_CONTROL_ANY = f"{ROOT}.gw.*.ctl"

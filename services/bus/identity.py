@@ -9,8 +9,10 @@ Layout (created once by ``tether up`` and kept in ``<data>/auth``):
 - ``SYS``, the system account, with one user the registry uses to push
   account updates (revocations) to the server;
 - ``TETHER``, the platform's account, with JetStream. Its signing key signs
-  every user: the platform services (no restrictions), the short-lived
-  bootstrap user baked into each connect token, and each agent.
+  the short-lived bootstrap user baked into each connect token, each agent
+  and ``platform.creds`` (unrestricted: operators' tools and tests). Each
+  platform service's user is signed by a scoped signing key of its own, whose
+  template is that service's allow-list (``SERVICE_GRANTS``).
 
 Connecting a cluster needs no server reload: the server trusts the account,
 and the account trusts its signing key. Disconnecting one revokes its user in
@@ -32,6 +34,7 @@ import nkeys
 
 from schemas import subjects
 from schemas.credentials import agent_inbox_prefix, creds
+from services.bus.grants import SERVICE_GRANTS, service_scope
 
 HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
 PREFIXES = {
@@ -89,7 +92,7 @@ def account_jwt(
     name: str,
     operator_signing_seed: str,
     *,
-    signing_keys: list[str],
+    signing_keys: list[str | dict[str, Any]],
     jetstream: bool,
     revocations: dict[str, int] | None = None,
 ) -> str:
@@ -223,40 +226,12 @@ def bootstrap_permissions(cluster: str) -> tuple[list[str], list[str]]:
     return [subjects.agent_call(subjects.Registry.AGENT_BOOTSTRAP, cluster)], [f"{agent_inbox_prefix(cluster)}.>"]
 
 
-# --- what each platform service may do ---------------------------------------------------------------
-SERVICE_BUCKETS: dict[str, tuple[str, ...]] = {
-    "registry": (subjects.BUCKET_CLUSTERS, subjects.BUCKET_CLUSTER_UIDS, subjects.BUCKET_PROJECTS),
-    "access": (subjects.BUCKET_USERS, subjects.BUCKET_TOKENS, subjects.BUCKET_TEAMS, subjects.BUCKET_MEMBERS),
-    "lifecycle": (subjects.BUCKET_DESIRED,),
-    "health": (subjects.BUCKET_PRESENCE,),
-    "api": (),
-}
-"""The KV buckets each service writes; it may write no other."""
-
-ALL_BUCKETS = tuple(b for owned in SERVICE_BUCKETS.values() for b in owned)
-
-
-def service_denials(service: str) -> list[str]:
-    """What one platform service may never publish, whatever it is asked to (a reply subject is the caller's
-    choice): deleting any stream, purging one (the registry may purge a removed cluster's commands, nothing
-    else), deleting a consumer (the registry: agents' command consumers; the API: its own on EVENTS), and
-    writing or reconfiguring a bucket it does not own. Everything else stays open, so new endpoints and
-    subjects keep working. Short on purpose: the JWT travels in the CONNECT line (4 KB at most)."""
-    deny = ["$JS.API.STREAM.DELETE.>"]
-    kv_streams = [f"KV_{b}" for b in ALL_BUCKETS]
-    if service == "registry":
-        protected = [subjects.AUDIT_STREAM, subjects.EVENTS_STREAM, subjects.EVT_STREAM, *kv_streams]
-        deny += [f"$JS.API.STREAM.PURGE.{s}" for s in protected]
-    else:
-        deny.append("$JS.API.STREAM.PURGE.>")
-    if service == "api":
-        deny += [f"$JS.API.CONSUMER.DELETE.{s}.>" for s in (subjects.EVT_STREAM, *subjects.CMD_STREAMS)]
-    elif service != "registry":
-        deny.append("$JS.API.CONSUMER.DELETE.>")
-    owned = SERVICE_BUCKETS.get(service, ())
-    deny += [f"$KV.{b}.>" for b in ALL_BUCKETS if b not in owned]
-    deny += [f"$JS.API.STREAM.UPDATE.KV_{b}" for b in ALL_BUCKETS if b not in owned]
-    return deny
+# --- the platform services' users (their permissions: ``services.bus.grants``) ------------------------
+def scoped_user_jwt(user_pub: str, name: str, account_pub: str, scoped_seed: str) -> str:
+    """A user signed by a scoped signing key: no permissions or limits of its own (the server refuses a
+    scoped user that has any); it gets the scope's template."""
+    nats_claims = {"issuer_account": account_pub, "type": "user", "version": 2}
+    return encode_jwt({"sub": user_pub, "name": name, "nats": nats_claims}, scoped_seed)
 
 
 def service_creds_file(service: str) -> str:
@@ -317,10 +292,26 @@ class Trust:
             self.account_pub,
             "TETHER",
             self.operator_signing,
-            signing_keys=[public_key(self.account_signing)],
+            signing_keys=[public_key(self.account_signing), *self.service_scopes()],
             jetstream=True,
             revocations=revocations,
         )
+
+    def service_signing_seed(self, service: str) -> str:
+        """The seed of ``service``'s scoped signing key: derived from the account signing key, so the trust on
+        disk stays as it was (and as secret)."""
+        return new_seed("account", hashlib.sha256(f"tether:scope:{service}:{self.account_signing}".encode()).digest())
+
+    def service_scopes(self) -> list[dict[str, Any]]:
+        return [service_scope(s, public_key(self.service_signing_seed(s))) for s in SERVICE_GRANTS]
+
+    def service_creds(self, service: str) -> str:
+        """Creds for ``service``'s own NATS user (its permissions: ``SERVICE_GRANTS``, through its scope)."""
+        seed = new_seed("user")
+        jwt = scoped_user_jwt(
+            public_key(seed), f"tether-{service}", self.account_pub, self.service_signing_seed(service)
+        )
+        return creds(jwt, seed)
 
     def system_account_jwt(self) -> str:
         return account_jwt(self.system_account_pub, "SYS", self.operator_signing, signing_keys=[], jetstream=False)
@@ -356,14 +347,13 @@ class Trust:
 
 def prepare(directory: Path) -> Trust:
     """Load (or create, on first start) the trust, and write the creds files the platform uses:
-    ``svc-<service>.creds`` for each service (``service_denials``), ``platform.creds`` (unrestricted, for
+    ``svc-<service>.creds`` for each service (``SERVICE_GRANTS``), ``platform.creds`` (unrestricted, for
     operators' tools and tests) and ``sys.creds`` for the registry's account updates."""
     trust, _created = Trust.load_or_create(directory)
     if not (directory / "platform.creds").exists():
         write_secret(directory / "platform.creds", trust.user_creds("tether-platform"))
-    # One user per service, written at every start so it always carries this version's denials.
-    for service in SERVICE_BUCKETS:
-        creds_text = trust.user_creds(f"tether-{service}", pub_deny=service_denials(service))
-        write_secret(directory / service_creds_file(service), creds_text)
+    # One user per service. Its permissions are in the account JWT (this version's, at every start).
+    for service in SERVICE_GRANTS:
+        write_secret(directory / service_creds_file(service), trust.service_creds(service))
     write_secret(directory / "sys.creds", trust.system_creds())
     return trust

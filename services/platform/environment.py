@@ -48,7 +48,7 @@ def service_env(
     """What service ``name`` gets on top of ``platform_env``."""
     if name not in SERVICES:
         raise ValueError(f"no platform service {name!r}")
-    # Its own NATS user: it may not delete or purge platform streams, nor write others' buckets.
+    # Its own NATS user: an allow-list of what it uses (services.bus.grants).
     extra = {"TETHER_NATS_CREDS": str(paths.auth_dir / identity.service_creds_file(name))}
     if metrics_port is not None:
         extra["TETHER_PROMETHEUS_PORT"] = str(metrics_port)

@@ -27,6 +27,16 @@ from tests.harness import Proc, Stack, wait_for
 
 pytestmark = pytest.mark.hostile
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # ``pytestmark`` here marks nothing outside this file: mark every test of this folder, so ``-m hostile``
+    # selects the whole suite.
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.hostile)
+
+
 SERVICES = ("registry", "access", "lifecycle", "health", "api")
 MICRO = ("registry", "access", "lifecycle", "health")
 """The services with NATS micro endpoints (the API answers HTTP)."""

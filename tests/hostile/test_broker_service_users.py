@@ -1,5 +1,12 @@
-"""Defence in depth: each platform service connects as its own NATS user, which may not delete or purge the
-platform's streams and buckets, nor write buckets it does not own, whatever reply subject it is handed."""
+"""Least privilege for the platform's own services: each connects as its own NATS user whose permissions are an
+ALLOW-list (``services.bus.grants.SERVICE_GRANTS``), so whatever reply subject it is handed, or whatever goes
+wrong in it, the broker lets it publish and subscribe to nothing but what it really uses.
+
+Per service, with its real ``svc-<service>.creds`` against a real platform: every subject of a wide corpus (every
+stream's and bucket's delete and purge, every bucket's writes, every endpoint the agents' included, agents'
+subjects, commands, audit, events, the system account) that its allow-list does not cover is refused by the
+broker, the corpus's dangerous part is never covered, and the endpoints each service calls are exactly those
+its code calls (``CALLS``, from its code)."""
 
 from __future__ import annotations
 
@@ -7,41 +14,168 @@ import nats
 import pytest
 
 from schemas import subjects
-from services.bus import identity
+from services.bus import grants, identity
 from tests.harness import wait_for
 from tests.hostile.conftest import Hostile
 
+A, H, L, P, R = subjects.Access, subjects.Health, subjects.Lifecycle, subjects.Projects, subjects.Registry
+AGENT_ENDPOINTS = (R.AGENT_BOOTSTRAP, R.AGENT_HELLO, R.AGENT_RENEW)
+
+
+def _endpoints() -> set[str]:
+    found = set()
+    for cls in (A, H, L, P, R):
+        for name, value in vars(cls).items():
+            if name.isupper() and isinstance(value, str) and value.startswith(f"{subjects.ROOT}.svc."):
+                found.add(value)
+    return found - set(AGENT_ENDPOINTS)
+
+
+ENDPOINTS = _endpoints()
+CALLS: dict[str, set[str]] = {
+    "registry": set(),
+    "access": set(),
+    "lifecycle": {R.CLUSTER_GET, R.CLUSTER_LIST, P.GET, A.MEMBERS_GET, A.VISIBLE, H.PRESENCE_GET, H.PRESENCE_LIST},
+    "health": set(),
+    # Every endpoint but the registry's agent ones (and access's admin.bootstrap, which nothing serves).
+    "api": ENDPOINTS - {A.BOOTSTRAP_ADMIN},
+}
+"""The endpoints each service calls (grep its code for ``call(``)."""
+
+
+def matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: ``*`` is one token, a final ``>`` one or more."""
+    want, have = pattern.split("."), subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(have) > i
+        if i >= len(have) or token not in ("*", have[i]):
+            return False
+    return len(want) == len(have)
+
+
+def allowed(patterns: tuple[str, ...], subject: str, deny: tuple[str, ...] = ()) -> bool:
+    return any(matches(p, subject) for p in patterns) and not any(matches(p, subject) for p in deny)
+
+
+def publishes(service: str, subject: str) -> bool:
+    grant = grants.SERVICE_GRANTS[service]
+    return allowed(grant.pub, subject, grant.pub_deny)
+
+
+def dangerous(victim: str) -> list[str]:
+    """What no service may ever publish: destroying streams and buckets, forging agents' traffic, the system
+    account, an agent's inbox."""
+    kv = [f"KV_{b}" for b in grants.ALL_BUCKETS]
+    streams = [subjects.AUDIT_STREAM, subjects.EVENTS_STREAM, subjects.EVT_STREAM, *subjects.CMD_STREAMS, *kv]
+    cmd = subjects.cmd_stream(victim)
+    return [
+        *(f"$JS.API.STREAM.DELETE.{s}" for s in streams),
+        *(f"$JS.API.STREAM.PURGE.{s}" for s in (subjects.AUDIT_STREAM, subjects.EVENTS_STREAM, subjects.EVT_STREAM)),
+        *(f"$JS.API.STREAM.PURGE.{s}" for s in kv),
+        *(f"$JS.API.STREAM.MSG.DELETE.{s}" for s in streams),
+        "$JS.API.STREAM.CREATE.FORGED",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{cmd}.{subjects.agent_consumer(victim)}",
+        f"$JS.API.CONSUMER.CREATE.{cmd}.{subjects.agent_consumer(victim)}.{subjects.CMD_ANY}",
+        f"$JS.API.CONSUMER.DELETE.{subjects.EVT_STREAM}.{subjects.LIFECYCLE_RESULTS_CONSUMER}",
+        *(f"$JS.API.CONSUMER.DELETE.{stream}.{name}" for stream, names in grants.DURABLES.items() for name in names),
+        subjects.heartbeat(victim),
+        subjects.evt(victim, subjects.EVT_RESULT),
+        subjects.evt(victim, subjects.EVT_INVENTORY),
+        subjects.gateway_frames(victim, "api.1"),
+        *(subjects.agent_call(e, victim) for e in AGENT_ENDPOINTS),
+        "$SYS.REQ.CLAIMS.UPDATE",
+        "$SYS.REQ.SERVER.PING",
+        "$SYS.REQ.ACCOUNT.PING.CONNZ",
+        f"_INBOX_{victim}.x",
+        f"{subjects.ROOT}.anything",
+    ]
+
+
+def corpus(victim: str) -> list[str]:
+    """Dangerous subjects, every bucket's writes and config, every endpoint, and the platform's own traffic."""
+    return [
+        *dangerous(victim),
+        *(f"$KV.{b}.forged" for b in grants.ALL_BUCKETS),
+        *(f"$JS.API.STREAM.UPDATE.KV_{b}" for b in grants.ALL_BUCKETS),
+        *(f"$JS.API.STREAM.UPDATE.{s}" for s in (subjects.AUDIT_STREAM, subjects.EVENTS_STREAM)),
+        *sorted(ENDPOINTS),
+        # Lifecycle's durable consumers on streams others read (only lifecycle may use them).
+        *(
+            f"$JS.API.CONSUMER.{op}.{stream}.{name}"
+            for stream, names in grants.DURABLES.items()
+            for name in names
+            for op in ("CREATE", "DURABLE.CREATE", "INFO", "MSG.NEXT")
+        ),
+        f"$JS.API.CONSUMER.CREATE.{subjects.EVENTS_STREAM}.{subjects.LIFECYCLE_MEMBERSHIP_CONSUMER}.{subjects.ROOT}.>",
+        subjects.cmd(victim, subjects.VERB_APPLY),
+        subjects.control(victim),
+        subjects.audit_command(victim),
+        subjects.AUDIT_API,
+        subjects.gateway_requests(victim),
+        subjects.gateway_control(victim),
+        subjects.public_event("cluster.online"),
+        subjects.public_event("tenant.ready"),
+        subjects.MEMBERSHIP_CHANGED,
+        subjects.MESSAGE_DROPPED,
+        "_INBOX.x",
+    ]
+
+
+def subscriptions(victim: str) -> list[str]:
+    return [
+        ">",
+        subjects.CMD_ANY,
+        subjects.EVT_ANY,
+        subjects.HEARTBEAT_ANY,
+        subjects.gateway_agent_inbound(victim),
+        f"_INBOX_{victim}.>",
+        "$SYS.>",
+        "$JS.API.>",
+        *(subjects.svc(s, ">") for s in ("registry", "access", "lifecycle", "health")),
+    ]
+
 
 @pytest.mark.parametrize("service", ["registry", "access", "lifecycle", "health", "api"])
-async def test_a_services_own_user_cannot_destroy_platform_state(hostile: Hostile, service: str) -> None:
+def test_each_service_calls_exactly_the_endpoints_its_code_calls(service: str) -> None:
+    callable_ = {e for e in ENDPOINTS if publishes(service, e)}
+    assert callable_ == CALLS[service]
+    assert not [s for s in dangerous("victim") if publishes(service, s)], "an allow-list covers a dangerous subject"
+    for bucket in grants.ALL_BUCKETS:
+        owned = bucket in grants.SERVICE_BUCKETS[service]
+        assert publishes(service, f"$KV.{bucket}.x") == owned, bucket
+
+
+@pytest.mark.parametrize("service", ["registry", "access", "lifecycle", "health", "api"])
+async def test_a_services_own_user_is_refused_everything_outside_its_allow_list(hostile: Hostile, service: str) -> None:
     h = hostile
     errors: list[str] = []
 
     async def on_error(exc: Exception) -> None:
         errors.append(str(exc))
 
+    grant = grants.SERVICE_GRANTS[service]
+    refused_pubs = [s for s in corpus(h.victim) if not publishes(service, s)]
+    refused_subs = [s for s in subscriptions(h.victim) if not allowed(grant.sub, s)]
+    # The corpus is wide enough to mean something: most of it is refused, the dangerous part always.
+    assert set(dangerous(h.victim)) <= set(refused_pubs)
+    assert len(refused_pubs) > 80, len(refused_pubs)
     creds = h.stack.auth / identity.service_creds_file(service)
     nc = await nats.connect(h.stack.nats_url, user_credentials=str(creds), error_cb=on_error)
     try:
-        attempts = [
-            f"$JS.API.STREAM.DELETE.{subjects.AUDIT_STREAM}",
-            f"$JS.API.STREAM.PURGE.{subjects.AUDIT_STREAM}",
-            f"$JS.API.STREAM.DELETE.KV_{subjects.BUCKET_TOKENS}",
-            f"$JS.API.STREAM.PURGE.KV_{subjects.BUCKET_DESIRED}",
-            f"$JS.API.STREAM.DELETE.{subjects.cmd_stream(h.victim)}",
-        ]
-        if service != "registry":
-            stream = subjects.cmd_stream(h.victim)
-            attempts.append(f"$JS.API.CONSUMER.DELETE.{stream}.{subjects.agent_consumer(h.victim)}")
-        for bucket in identity.ALL_BUCKETS:
-            if bucket not in identity.SERVICE_BUCKETS[service]:
-                attempts.append(f"$KV.{bucket}.forged")
-        for subject in attempts:
+        for subject in refused_pubs:
             before = len(errors)
             await nc.publish(subject, b"", reply="_INBOX.x")
             await nc.flush()
             await wait_for(lambda n=before: len(errors) > n, timeout=5, what=f"the broker to refuse {subject}")
-            assert "permissions violation" in errors[-1].lower(), (subject, errors)
+            assert f'permissions violation for publish to "{subject.lower()}"' in errors[-1].lower(), errors[-1]
+        for subject in refused_subs:
+            before = len(errors)
+            await nc.subscribe(subject)
+            await nc.flush()
+            await wait_for(lambda n=before: len(errors) > n, timeout=5, what=f"the broker to refuse sub {subject}")
+            assert f'permissions violation for subscription to "{subject.lower()}"' in errors[-1].lower(), errors[-1]
     finally:
         await nc.close()
     await h.intact()
+    await h.legit_command_applies()
