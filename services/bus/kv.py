@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from nats.aio.msg import Msg
@@ -12,10 +13,12 @@ from nats.js.api import DeliverPolicy, StreamState
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
-from schemas.errors import Conflict, Unavailable
+from schemas.errors import Conflict, InvalidInput, Unavailable
 from schemas.messages import M, decode, encode
 from schemas.retrying import backoff_delay
 from services.bus.records import Records
+
+logger = logging.getLogger(__name__)
 
 MARKER_REASON = "Nats-Marker-Reason"
 """Set on the markers the server leaves when it removes an entry (TTL, purge)."""
@@ -27,6 +30,8 @@ class Bucket(Records[M]):
     def __init__(self, kv: KeyValue, type_: type[M]) -> None:
         self.kv = kv
         self.type = type_
+        self.skipped = 0
+        """Stored records ``items`` passed over because they no longer decode (for tests and metrics)."""
 
     async def get(self, key: str) -> tuple[M, int] | None:
         """The record and its revision, or None."""
@@ -99,14 +104,26 @@ class Bucket(Records[M]):
                     headers = msg.headers or {}
                     if headers.get(KV_OP) in (KV_DEL, KV_PURGE) or MARKER_REASON in headers or not msg.data:
                         out.pop(key, None)
+                    elif (record := self._stored(key, msg.data)) is not None:
+                        out[key] = record
                     else:
-                        out[key] = decode(msg.data, self.type)
+                        out.pop(key, None)
                     if msg.metadata.sequence.stream >= state.last_seq:
                         return out
         except TimeoutError:
             raise Unavailable(f"could not read bucket {self.kv._name} within {timeout:g}s") from None
         finally:
             await sub.unsubscribe()
+
+    def _stored(self, key: str, data: bytes) -> M | None:
+        """A stored record, or None when it fails this version's bounds (written by an older one, or by hand):
+        one such record must not stop a service loading all the others."""
+        try:
+            return decode(data, self.type)
+        except InvalidInput as exc:
+            self.skipped += 1
+            logger.warning("bucket %s: skipped the stored record %r: %s", self.kv._name, key, exc.description)
+            return None
 
     @staticmethod
     async def _stream_state(js: JetStreamContext, stream: str, timeout: float) -> StreamState:
