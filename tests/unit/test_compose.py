@@ -22,6 +22,7 @@ import httpx
 import pytest
 import yaml
 
+from services.bus.streams import STREAM_NOT_FOUND
 from services.platform.natsd import free_port, nats_server_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -713,10 +714,13 @@ async def _connect_over_tls(servers: list[str], creds: Path, ca: Path) -> None:
         deadline = time.monotonic() + 15
         while True:  # until the nodes have elected JetStream's meta leader
             try:
-                info = json.loads((await nc.request("$JS.API.INFO", b"", timeout=2)).data)
+                # A request the service's allow-list holds; no stream exists yet, so JetStream's own answer is
+                # "stream not found" (before a meta leader there is none, or a 503).
+                reply = await nc.request("$JS.API.STREAM.INFO.EVENTS", b"", timeout=2)
+                info = json.loads(reply.data)
             except nats.errors.TimeoutError:
                 info = {}
-            if "error" not in info and "memory" in info:
+            if info.get("error", {}).get("err_code") == STREAM_NOT_FOUND:
                 break
             assert time.monotonic() < deadline, f"no JetStream through the TLS cluster: {info}"
             await asyncio.sleep(0.2)
