@@ -209,8 +209,9 @@ SERVICE_GRANTS: dict[str, ServiceGrant] = {
         ),
     ),
     "api": ServiceGrant(
-        # No endpoints of its own: it answers nobody over NATS (its requests' replies come in on REPLIES).
+        # No endpoints of its own: over NATS it answers only micro discovery (``serve`` registers every service).
         pub=(
+            REPLIES,
             STREAM_INFO,
             *API_CALLS,
             "$SRV.PING.*",
@@ -220,7 +221,7 @@ SERVICE_GRANTS: dict[str, ServiceGrant] = {
             subjects.GATEWAY_REQUESTS_ANY,
             subjects.GATEWAY_CONTROL_ANY,
         ),
-        sub=(REPLIES, subjects.PUBLIC_EVENTS_ANY, subjects.gateway_frames_for_api("*")),
+        sub=(REPLIES, "$SRV.>", subjects.PUBLIC_EVENTS_ANY, subjects.gateway_frames_for_api("*")),
         pub_deny=(*_not_theirs(subjects.AUDIT_STREAM), *_not_theirs(subjects.EVENTS_STREAM)),
     ),
 }

@@ -10,10 +10,14 @@ its code calls (``CALLS``, from its code)."""
 
 from __future__ import annotations
 
+import base64
+import json
+
 import nats
 import pytest
 
 from schemas import subjects
+from schemas.credentials import read_creds
 from services.bus import grants, identity
 from tests.harness import wait_for
 from tests.hostile.conftest import Hostile
@@ -179,3 +183,44 @@ async def test_a_services_own_user_is_refused_everything_outside_its_allow_list(
         await nc.close()
     await h.intact()
     await h.legit_command_applies()
+
+
+def violations_of_service_users(h: Hostile) -> list[str]:
+    """nats-server's log lines of permission violations by a service user (each one's user key is in its creds)."""
+    keys = {}
+    for service in grants.SERVICE_GRANTS:
+        jwt, _seed = read_creds((h.stack.auth / identity.service_creds_file(service)).read_text())
+        payload = jwt.split(".")[1]
+        keys[json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sub"]] = service
+    log = (h.stack.tmp / "nats" / "nats.log").read_text()
+    return [f"{keys[k]}: {line}" for line in log.splitlines() if "Violation" in line for k in keys if k in line]
+
+
+async def test_the_services_own_traffic_stays_within_their_allow_lists(hostile: Hostile) -> None:
+    """The other side of the allow-lists: a platform doing a wide range of its work (the fixture's connects and
+    applied space, then users, teams, tokens, projects, history reads, events credentials, a disconnect and a
+    removal) makes no service hit its own allow-list."""
+    h, s = hostile, hostile.stack
+    bob = await s.user("bob")
+    await s.ok("POST", "/api/v1/teams", json={"name": "devs", "members": ["bob"]})
+    await s.ok("PUT", "/api/v1/projects/p1/members", json={"user": "bob", "role": "user"})
+    await s.ok("POST", "/api/v1/projects/p1/spaces", token=bob, json={"name": "bobs", "cluster": h.victim})
+    await s.wait_synced("space", "p1", "bobs", timeout=30)
+    token = await s.ok("POST", "/api/v1/users/bob/tokens", json={"name": "ci"})
+    await s.ok("DELETE", f"/api/v1/users/bob/tokens/{token['info']['id']}")
+    for path in (
+        "/api/v1/clusters",
+        f"/api/v1/clusters/{h.victim}",
+        "/api/v1/projects",
+        "/api/v1/users",
+        "/api/v1/teams",
+        "/api/v1/audit",
+        f"/api/v1/clusters/{h.victim}/events",
+        "/api/v1/whoami",
+    ):
+        await s.ok("GET", path)
+    await s.ok("POST", "/api/v1/events/credentials", json={"name": "watcher"})
+    await s.ok("POST", f"/api/v1/clusters/{h.attacker}/disconnect")
+    await s.ok("DELETE", f"/api/v1/clusters/{h.attacker}")
+    await h.legit_command_applies()
+    assert violations_of_service_users(h) == []
