@@ -1,9 +1,11 @@
 """The Kubernetes gateway in the API: kubectl talks to ``/kubernetes/project/<p>/space|tenant/<name>/...``.
 
-Each request is authenticated (the member's API token, usually from ``tether token``),
+Each request is authenticated (the member's API token, usually from ``tether token``), rate-limited per
+member (``gateway_limits``: 429 with Retry-After),
 refused when it carries ``Impersonate-*`` headers (the gateway says who the caller is,
 never the caller), authorised (a member of the project who is a member of the
-workload), refused at once when the workload's cluster is offline, and forwarded to
+workload), refused at once when the workload's cluster is offline, woken when it sleeps (``gateway_wake``: served
+once Ready, or 503 with Retry-After after a bound), and forwarded to
 that cluster's agent over NATS (``schemas.gateway``). The agent calls the Kubernetes
 API server as ``tether:user:<name>``; Kubernetes RBAC in the space (or inside the
 tenant cluster) decides what the member may do. Errors are Kubernetes ``Status``
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import time
@@ -46,6 +49,8 @@ from schemas.gateway import (
 from schemas.messages import Empty, NameRequest, Presence, Principal, TeamList, WorkloadRecord, WorkloadRef
 from schemas.names import check_name
 from services.api.auth import Platform, authorize
+from services.api.gateway_limits import MemberLimiter
+from services.api.gateway_wake import NotAwake, Waker, asleep, waking
 from services.bus.gateway import GatewayStream, StreamBroken, link_over
 
 logger = logging.getLogger(__name__)
@@ -158,6 +163,11 @@ class Gateway:
         self._teams: tuple[float, dict[str, tuple[str, ...]]] = (0.0, {})
         self._presence: dict[str, tuple[float, Presence | None]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self.limiter = MemberLimiter()
+        self.waker = Waker(
+            lambda action: platform.call(subjects.Lifecycle.ACTION, action, WorkloadRecord),
+            lambda ref: platform.call(subjects.Lifecycle.GET, ref, WorkloadRecord),
+        )
 
     async def ensure_started(self) -> None:
         if self._started:
@@ -218,6 +228,23 @@ class Gateway:
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[key] = (now, access)
+        return access
+
+    async def require_online(self, cluster: str) -> None:
+        presence = await self.presence(cluster)
+        if presence is None or not presence.online:
+            # No Retry-After: kubectl would retry it silently until its timeout instead of saying why.
+            raise Refused(503, offline_text(cluster, presence))
+
+    async def woken(self, access: Access) -> Access:
+        """``access`` with its tenant Ready, woken first if asleep; Refused 503 (Retry-After) after the bound."""
+        try:
+            record = await self.waker.ready(access.record, access.user)
+        except NotAwake as exc:
+            raise Refused(503, exc.message, exc.retry_after) from None
+        access = dataclasses.replace(access, record=record)
+        spec = record.spec
+        self._cache[(access.user, spec.kind, spec.project, spec.name)] = (time.monotonic(), access)
         return access
 
     # --- the exchange -------------------------------------------------------------------------------
@@ -353,6 +380,8 @@ def install_gateway(app: FastAPI, platform: Platform) -> Gateway:
         check_name(project, "project name")
         check_name(name, f"{target} name")
         who = await _principal(request)
+        if wait := gateway.limiter.take(who.user):
+            raise Refused(429, f"too many requests through the gateway from user {who.user!r}: slow down", wait)
         if asked := impersonation_headers(list(request.headers.items())):
             raise Refused(
                 403,
@@ -363,12 +392,12 @@ def install_gateway(app: FastAPI, platform: Platform) -> Gateway:
             raise refused
         path = kube_path(request, project, target, name)
         access = await gateway.resolve(who, target, project, name)
+        if asleep(access.record) or waking(access.record):  # wake on use (services.api.gateway_wake)
+            await gateway.require_online(access.cluster)
+            access = await gateway.woken(access)
         if refused := readiness_refusal(access.record):
             raise refused
-        presence = await gateway.presence(access.cluster)
-        if presence is None or not presence.online:
-            # No Retry-After: kubectl would retry it silently until its timeout instead of saying why.
-            raise Refused(503, offline_text(access.cluster, presence))
+        await gateway.require_online(access.cluster)
         body = await read_body(request)
         forward = GatewayRequest(
             stream="",

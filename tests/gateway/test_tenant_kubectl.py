@@ -13,12 +13,12 @@ import pytest
 
 from agent.drivers.kube import KubeApi
 from agent.drivers.kube_objects import namespace_name
-from agent.gateway_tenant import TENANT_HOSTS_ENV
 from services.api import manifests
-from tests.gateway.conftest import HttpsStack, kube_agent, member_kubectl
+from tests.gateway.conftest import kube_agent, member_kubectl
+from tests.gateway.tenant_rig import https_stack, ready_tenant
 from tests.harness import Stack, wait_for
 from tests.kube.cluster import ControlPlane
-from tests.kube.helpers import can, names, write_tenant_kubeconfig
+from tests.kube.helpers import can, names
 from tests.kube.test_kube_agent_e2e import install
 
 pytestmark = pytest.mark.kube
@@ -28,16 +28,8 @@ AGENT_GROUPS = ("system:serviceaccounts", "system:serviceaccounts:tether-agent",
 
 @pytest.fixture
 async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
-    # The stand-in tenant API listens on 127.0.0.1, not on the tenant's own Service: allowed here only.
-    s = HttpsStack(tmp=tmp_path, env_overrides={"TETHER_INVENTORY_INTERVAL": "1", TENANT_HOSTS_ENV: "127.0.0.1"})
-    try:
-        await s.start()
+    async for s in https_stack(tmp_path, request):
         yield s
-    finally:
-        s.stop()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            print(s.logs())
 
 
 def agent_may(api: KubeApi, verb: str, resource: str, namespace: str = "", name: str = "") -> bool:
@@ -66,18 +58,9 @@ async def test_members_use_their_tenant_cluster_and_never_the_host(
     await stack.ok("PUT", "/api/v1/projects/tp/members", json={"user": "bob", "role": "user"})
     await stack.ok("PUT", "/api/v1/projects/tp/members", json={"user": "carol", "role": "viewer"})
     await stack.ok("PUT", "/api/v1/projects/tq/members", json={"user": "erin", "role": "user"})
-    body = {"name": "t1", "cluster": "kube-t", "version": "v1.35"}
-    await stack.ok("POST", "/api/v1/projects/tp/tenants", token=bob, json=body)
     await stack.ok("POST", "/api/v1/projects/tp/spaces", token=bob, json={"name": "s1", "cluster": "kube-t"})
-    tns, sns = namespace_name("tenant", "tp", "t1"), namespace_name("space", "tp", "s1")
-    await wait_for(lambda: admin_api.get("Namespace", tns) is not None, timeout=30, what="the tenant's namespace")
-    write_tenant_kubeconfig(admin_api, tns, tenant_api_server)
-
-    async def ready() -> bool:
-        w = await stack.workload("tenant", "tp", "t1")
-        return bool(w and w["phase"] == "Ready")
-
-    await wait_for(ready, timeout=60, what="tenant Ready")
+    tns = await ready_tenant(stack, admin_api, tenant_api_server, "tp", "t1", "kube-t", bob)
+    sns = namespace_name("space", "tp", "s1")
     inside = KubeApi.from_kubeconfig(tenant_api_server.kubeconfig())
     try:
         await _member_admin_inside(stack, admin_api, inside, bob, tns, sns, tmp_path)
