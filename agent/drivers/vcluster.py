@@ -7,7 +7,7 @@ create`` installs with Helm; see ``agent/deploy/README.md`` for the pages and fo
   configuration from there and fills in nothing itself, so it is the chart's defaults of the pinned version
   (``vcluster-<version>.json``) with the tenant's settings on top;
 - a ServiceAccount ``vc-<name>`` and a RoleBinding ``vc-<name>`` of it, in the tenant's namespace only, to
-  the syncer's rules (``SYNCER_RULES``: the chart's namespaced Role for the features turned on here);
+  the syncer's rules (``schemas.syncer.SYNCER_RULES``: the chart's namespaced Role for the features turned on here);
 - a Service ``<name>`` (443 to the API server's 8443) and a headless Service ``<name>-headless``;
 - a StatefulSet ``<name>`` with one pod: an init container copies the Kubernetes binaries of the tenant's
   version out of ``ghcr.io/loft-sh/kubernetes:<k8s>``, the ``syncer`` container
@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from schemas.messages import WorkloadSpec
+from schemas.syncer import SYNCER_RULES
 
 Obj = dict[str, Any]
 
@@ -70,42 +71,6 @@ KUBERNETES_TAGS: dict[int, str] = {
 }
 """Minor version -> tag of ``loft-sh/kubernetes`` that vCluster 0.36.1 uses for it (its
 ``config/default_extra_values.go``). A version given with its patch (``v1.35.2``) uses that tag as is."""
-
-SYNCER_RULES: tuple[Obj, ...] = (
-    {
-        "apiGroups": [""],
-        "resources": [
-            "configmaps",
-            "secrets",
-            "services",
-            "pods",
-            "pods/attach",
-            "pods/portforward",
-            "pods/exec",
-            "persistentvolumeclaims",
-        ],
-        "verbs": ["create", "delete", "patch", "update", "get", "list", "watch"],
-    },
-    {"apiGroups": [""], "resources": ["pods/status", "pods/ephemeralcontainers"], "verbs": ["patch", "update"]},
-    {"apiGroups": [""], "resources": ["pods/resize"], "verbs": ["patch", "update"]},
-    {
-        "apiGroups": ["apps"],
-        "resources": ["statefulsets", "replicasets", "deployments"],
-        "verbs": ["get", "list", "watch", "patch", "update"],
-    },
-    {"apiGroups": [""], "resources": ["endpoints", "pods/log"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "get", "list", "watch"]},
-    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "get", "list", "watch"]},
-    {"apiGroups": [""], "resources": ["endpoints"], "verbs": ["create", "delete", "patch", "update"]},
-    {
-        "apiGroups": ["discovery.k8s.io"],
-        "resources": ["endpointslices"],
-        "verbs": ["create", "list", "get", "delete", "patch", "update", "watch"],
-    },
-)
-"""The syncer's rules in its namespace: the chart's Role (``chart/templates/role.yaml``) with the defaults we keep
-(pods, services, endpoints, endpoint slices, PVCs, the ConfigMaps and Secrets pods use; one replica, embedded
-SQLite: no leases; Kubernetes >= 1.35: ``pods/resize``). No ClusterRole: nothing we turn on needs one."""
 
 _VERSION = re.compile(r"^v?1\.(\d+)(?:\.(\d+))?$")
 

@@ -46,6 +46,7 @@ from typing import Any
 
 import yaml
 
+from schemas.syncer import SYNCER_RULES
 from services import VERSION
 
 NAMESPACE = "tether-agent"
@@ -122,40 +123,6 @@ CLUSTER_RULES: tuple[Obj, ...] = (
     },
 )
 """The agent's cluster-wide rules: exactly what ``agent.drivers.kube`` and its gateway do."""
-
-SYNCER_RULES: tuple[Obj, ...] = (
-    {
-        "apiGroups": [""],
-        "resources": [
-            "configmaps",
-            "secrets",
-            "services",
-            "pods",
-            "pods/attach",
-            "pods/portforward",
-            "pods/exec",
-            "persistentvolumeclaims",
-        ],
-        "verbs": ["create", "delete", "patch", "update", "get", "list", "watch"],
-    },
-    {"apiGroups": [""], "resources": ["pods/status", "pods/ephemeralcontainers"], "verbs": ["patch", "update"]},
-    {"apiGroups": [""], "resources": ["pods/resize"], "verbs": ["patch", "update"]},
-    {
-        "apiGroups": ["apps"],
-        "resources": ["statefulsets", "replicasets", "deployments"],
-        "verbs": ["get", "list", "watch", "patch", "update"],
-    },
-    {"apiGroups": [""], "resources": ["endpoints", "pods/log"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "get", "list", "watch"]},
-    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "get", "list", "watch"]},
-    {"apiGroups": [""], "resources": ["endpoints"], "verbs": ["create", "delete", "patch", "update"]},
-    {
-        "apiGroups": ["discovery.k8s.io"],
-        "resources": ["endpointslices"],
-        "verbs": ["create", "list", "get", "delete", "patch", "update", "watch"],
-    },
-)
-"""A tenant's vCluster syncer in its own namespace (as ``agent.drivers.vcluster.SYNCER_RULES``; tested equal)."""
 
 POLICY_RESOURCES = (
     "namespaces",
