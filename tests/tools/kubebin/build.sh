@@ -23,6 +23,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REQUIRED_GO_MINOR=26 # k8s.io/kubernetes v1.36 and etcd v3.6.16 declare "go 1.26.0"
 
 log() { printf '[kubebin] %s\n' "$*" >&2; }
+# shellcheck source=../cache.sh
+source "$HERE/../cache.sh"
 
 # Version of a module required by a wrapper go.mod (no Go toolchain needed).
 mod_version() { # <go.mod> <module path>
@@ -40,10 +42,9 @@ fi
 KWOK_VERSION="${TETHER_KWOK_VERSION:-v0.8.0}"
 K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler)
 
-CACHE_ROOT="${TETHER_KUBE_BIN_DIR:-$HOME/.cache/tether/kube-bin}"
-mkdir -p "$CACHE_ROOT"
-CACHE_ROOT="$(cd "$CACHE_ROOT" && pwd -P)"
+cache_root "${TETHER_KUBE_BIN_DIR:-$HOME/.cache/tether/kube-bin}"
 DEST="$CACHE_ROOT/${K8S_VERSION#v}-etcd${ETCD_VERSION#v}"
+RESULT="$DEST"
 
 has_etcd() { [[ -x "$DEST/etcd" ]]; }
 missing_k8s() { # the Kubernetes commands not yet in the cache
@@ -53,64 +54,13 @@ missing_k8s() { # the Kubernetes commands not yet in the cache
 has_kwok() { [[ -x "$DEST/kwok-$KWOK_VERSION" && "$(readlink "$DEST/kwok" 2>/dev/null)" == "kwok-$KWOK_VERSION" ]]; }
 complete() { has_etcd && [[ -z "$(missing_k8s)" ]] && has_kwok; }
 
-if complete; then
-    printf '%s\n' "$DEST"
-    exit 0
-fi
+cache_hit
 
-# --- Go toolchain -----------------------------------------------------------
-GO="${GO:-}"
-if [[ -z "$GO" ]]; then
-    if command -v go >/dev/null 2>&1; then
-        GO="$(command -v go)"
-    elif [[ -x /usr/local/go/bin/go ]]; then
-        GO=/usr/local/go/bin/go
-    fi
-fi
-go_missing() {
-    log "ERROR: $1"
-    log "Install Go >= 1.${REQUIRED_GO_MINOR} (https://go.dev/dl/) to build kube-apiserver ${K8S_VERSION} and etcd ${ETCD_VERSION}."
-    log "Without it the Kubernetes (kube-apiserver) tests will be skipped locally."
-    exit 3
-}
-[[ -n "$GO" ]] || go_missing "'go' was not found on PATH."
-[[ -x "$GO" ]] || command -v "$GO" >/dev/null 2>&1 || go_missing "GO=$GO is not executable."
-go_ver="$("$GO" env GOVERSION 2>/dev/null || true)" # e.g. go1.26.8
-if [[ "$go_ver" =~ ^go1\.([0-9]+) ]]; then
-    minor="${BASH_REMATCH[1]}"
-    if ((minor < 21)); then
-        go_missing "$go_ver is too old (no automatic toolchain switching)."
-    elif ((minor < REQUIRED_GO_MINOR)); then
-        if [[ "$("$GO" env GOTOOLCHAIN)" == local* ]]; then
-            go_missing "$go_ver is too old and GOTOOLCHAIN=local forbids downloading go1.${REQUIRED_GO_MINOR}."
-        fi
-        log "$go_ver < go1.${REQUIRED_GO_MINOR}: Go will download a newer toolchain from the module proxy."
-    fi
-else
-    log "warning: could not parse Go version '${go_ver}', trying anyway"
-fi
-
-# --- Build ------------------------------------------------------------------
-# Serialize concurrent invocations (e.g. pytest-xdist workers) when possible.
-if command -v flock >/dev/null 2>&1; then
-    exec 9>"$CACHE_ROOT/.lock"
-    if ! flock -n 9; then
-        log "another build is running; waiting for $CACHE_ROOT/.lock"
-        flock 9
-    fi
-    if complete; then
-        printf '%s\n' "$DEST"
-        exit 0
-    fi
-    # We hold the lock, so leftovers of killed builds can go.
-    rm -rf "$CACHE_ROOT"/.build.*
-fi
-
-TMP="$(mktemp -d "$CACHE_ROOT/.build.XXXXXX")" # same filesystem -> atomic rename
-cleanup() { rm -rf "$TMP"; }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+find_go "$REQUIRED_GO_MINOR" "kube-apiserver ${K8S_VERSION} and etcd ${ETCD_VERSION}" \
+    "Without it the Kubernetes (kube-apiserver) tests will be skipped locally."
+# One build at a time (pytest-xdist workers, two test runs).
+cache_lock kube
+cache_tmp kube
 
 export CGO_ENABLED=0 GOWORK=off GOFLAGS=-mod=readonly
 BUILD_FLAGS=(-trimpath -buildvcs=false)
@@ -178,6 +128,4 @@ if ! has_kwok; then
     log "kwok built in $((SECONDS - t))s"
 fi
 
-complete || { log "ERROR: $DEST is incomplete after the build"; exit 1; }
-log "done in $((SECONDS - start))s"
-printf '%s\n' "$DEST"
+cache_done "$start"

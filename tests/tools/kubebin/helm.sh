@@ -13,55 +13,23 @@ HELM_VERSION="${TETHER_HELM_VERSION:-v3.22.0}"
 REQUIRED_GO_MINOR=25
 
 log() { printf '[kubebin/helm] %s\n' "$*" >&2; }
+# shellcheck source=../cache.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../cache.sh"
 
-CACHE_ROOT="${TETHER_KUBE_BIN_DIR:-$HOME/.cache/tether/kube-bin}"
-mkdir -p "$CACHE_ROOT"
-CACHE_ROOT="$(cd "$CACHE_ROOT" && pwd -P)"
+cache_root "${TETHER_KUBE_BIN_DIR:-$HOME/.cache/tether/kube-bin}"
 DEST="$CACHE_ROOT/helm-${HELM_VERSION}"
+RESULT="$DEST/helm"
+complete() { [[ -x "$DEST/helm" ]]; }
+cache_hit
 
-if [[ -x "$DEST/helm" ]]; then
-    printf '%s\n' "$DEST/helm"
-    exit 0
-fi
+find_go "$REQUIRED_GO_MINOR" "helm ${HELM_VERSION}"
+cache_lock helm
+cache_tmp helm
 
-GO="${GO:-}"
-if [[ -z "$GO" ]]; then
-    if command -v go >/dev/null 2>&1; then
-        GO="$(command -v go)"
-    elif [[ -x /usr/local/go/bin/go ]]; then
-        GO=/usr/local/go/bin/go
-    fi
-fi
-go_missing() {
-    log "ERROR: $1"
-    log "Install Go >= 1.${REQUIRED_GO_MINOR} (https://go.dev/dl/) to build helm ${HELM_VERSION}."
-    exit 3
-}
-[[ -n "$GO" ]] || go_missing "'go' was not found on PATH."
-[[ -x "$GO" ]] || command -v "$GO" >/dev/null 2>&1 || go_missing "GO=$GO is not executable."
-go_ver="$("$GO" env GOVERSION 2>/dev/null || true)"
-if [[ "$go_ver" =~ ^go1\.([0-9]+) ]] && ((BASH_REMATCH[1] < 21)); then
-    go_missing "$go_ver is too old."
-fi
-
-if command -v flock >/dev/null 2>&1; then
-    exec 9>"$CACHE_ROOT/.helm.lock"
-    flock 9
-    if [[ -x "$DEST/helm" ]]; then
-        printf '%s\n' "$DEST/helm"
-        exit 0
-    fi
-fi
-
-TMP="$(mktemp -d "$CACHE_ROOT/.helm-build.XXXXXX")"
-trap 'rm -rf "$TMP"' EXIT
 start=$SECONDS
 log "building helm ${HELM_VERSION} (helm.sh/helm/v3/cmd/helm) with $("$GO" version)"
 (cd "$TMP" && GOBIN="$TMP/bin" GOWORK=off CGO_ENABLED=0 GOFLAGS=-trimpath \
     "$GO" install -ldflags='-s -w' "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}")
 "$TMP/bin/helm" version >&2
-chmod 755 "$TMP/bin"
-rm -rf "$DEST"
-mv "$TMP/bin" "$DEST"
-log "done in $((SECONDS - start))s"
-printf '%s\n' "$DEST/helm"
+cache_install "$TMP/bin"
+cache_done "$start"

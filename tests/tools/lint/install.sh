@@ -10,42 +10,22 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 log() { printf '[api-lint] %s\n' "$*" >&2; }
+# shellcheck source=../cache.sh
+source "$HERE/../cache.sh"
 
 KEY="$(sha256sum "$HERE/package-lock.json" | cut -c1-16)"
-CACHE_ROOT="${TETHER_LINT_DIR:-$HOME/.cache/tether/api-lint}"
-mkdir -p "$CACHE_ROOT"
-CACHE_ROOT="$(cd "$CACHE_ROOT" && pwd -P)"
+cache_root "${TETHER_LINT_DIR:-$HOME/.cache/tether/api-lint}"
 DEST="$CACHE_ROOT/$KEY"
-
+RESULT="$DEST/node_modules/.bin"
 complete() { [[ -x "$DEST/node_modules/.bin/redocly" && -x "$DEST/node_modules/.bin/asyncapi" ]]; }
-
-if complete; then
-    printf '%s\n' "$DEST/node_modules/.bin"
-    exit 0
-fi
+cache_hit
 
 if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then
     log "ERROR: node and npm are needed to install the API linters (apt-get install nodejs npm)."
     exit 3
 fi
-
-if command -v flock >/dev/null 2>&1; then
-    exec 9>"$CACHE_ROOT/.lock"
-    if ! flock -n 9; then
-        log "another install is running; waiting for $CACHE_ROOT/.lock"
-        flock 9
-    fi
-    if complete; then
-        printf '%s\n' "$DEST/node_modules/.bin"
-        exit 0
-    fi
-    rm -rf "$CACHE_ROOT"/.build.* # leftovers of killed installs; we hold the lock
-fi
-
-TMP="$(mktemp -d "$CACHE_ROOT/.build.XXXXXX")" # same filesystem -> atomic rename
-trap 'rm -rf "$TMP"' EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+cache_lock install
+cache_tmp install
 
 start=$SECONDS
 cp "$HERE/package.json" "$HERE/package-lock.json" "$TMP/"
@@ -54,13 +34,5 @@ log "npm ci in $TMP ($(node --version), npm $(npm --version))"
 (cd "$TMP" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2)
 "$TMP/node_modules/.bin/redocly" --version >&2
 "$TMP/node_modules/.bin/asyncapi" --version >&2
-chmod 755 "$TMP"
-if [[ -e "$DEST" ]] && ! complete; then
-    rm -rf "$DEST"
-fi
-if [[ ! -e "$DEST" ]]; then
-    mv "$TMP" "$DEST"
-fi
-complete || { log "ERROR: $DEST is incomplete after the install"; exit 1; }
-log "done in $((SECONDS - start))s"
-printf '%s\n' "$DEST/node_modules/.bin"
+cache_install "$TMP"
+cache_done "$start"
