@@ -96,4 +96,7 @@ async def close(nc: Client, timeout: float = 5.0) -> None:
         logger.warning("nats: drain did not finish (%s); closing", exc or type(exc).__name__)
     finally:
         if not nc.is_closed:
-            await nc.close()
+            try:
+                await nc.close()
+            except OSError as exc:  # stopped mid-reconnect: the socket is already gone, so closed is what we wanted
+                logger.warning("nats: close found the connection already broken (%s)", exc or type(exc).__name__)
