@@ -229,6 +229,9 @@ async def test_a_user_puts_a_tenant_to_sleep_and_sees_its_phase_change(
 
     await row.get_by_role("link", name="t1").click()
     await expect(page.get_by_test_id("workload-conditions")).to_contain_text("Ready")
+    # Connect: how kubectl reaches it through the platform's gateway
+    await expect(page.get_by_test_id("connect-command")).to_have_text("tether tenant kubeconfig t1 -p p1 --merge")
+    await expect(page.get_by_test_id("connect-server")).to_have_text(f"{stack.api}/kubernetes/project/p1/tenant/t1")
     await tab.shot("tenant-detail")
 
     await page.get_by_test_id("action-delete-p1-t1").click()

@@ -65,6 +65,28 @@ export async function act(ctx, w, action) {
   }
 }
 
+// Connect: kubectl reaches a tenant cluster or space through the platform's gateway (the kubeconfig holds no
+// token: its credential comes from `tether token`).
+function connectPanel(w) {
+  const command = `tether ${w.kind} kubeconfig ${w.name} -p ${w.project} --merge`;
+  const server = `${location.origin}/kubernetes/project/${enc(w.project)}/${w.kind}/${enc(w.name)}`;
+  const copy = h("button", { type: "button", class: "btn btn-sm", testid: "connect-copy", onclick: () => navigator.clipboard?.writeText(command).then(() => toast("copied")) }, "Copy");
+  return panel(
+    "Connect with kubectl",
+    h(
+      "dl",
+      { class: "kv panel-body" },
+      h("dt", {}, "Kubeconfig"),
+      h("dd", {}, h("code", { class: "mono", testid: "connect-command" }, command), " ", copy),
+      h("dt", {}, "Server"),
+      h("dd", { class: "mono", testid: "connect-server" }, server),
+      h("dt", {}, "Then"),
+      h("dd", {}, h("code", { class: "mono" }, w.kind === "space" ? "kubectl get all" : "kubectl get namespaces")),
+    ),
+    { testid: "workload-connect" },
+  );
+}
+
 function actionButtons(ctx, w, reload) {
   const run = (action) => async (ev) => {
     ev.currentTarget.disabled = true;
@@ -280,6 +302,7 @@ export async function renderOne(ctx) {
           table(["Subject", "Access"], w.desired.members.map((m) => h("tr", {}, h("td", { class: "mono" }, m.subject), h("td", { class: "role" }, m.access))), { empty: "No members." }),
         ),
       ),
+      connectPanel(w),
       panel(
         "Conditions",
         table(
