@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 
-.PHONY: install up test unit lint fmt bench clean kube-bin nats-cli api-lint-tools
+.PHONY: install up test unit lint fmt bench bench-gateway clean kube-bin nats-cli api-lint-tools
 
 $(VENV)/.installed: pyproject.toml
 	@echo "tether: installing into $(VENV): the first time takes a few minutes (pip shows what it fetches)"
@@ -38,9 +38,14 @@ fmt: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## Scale benchmark (apart from the tests): make bench ARGS="--agents 1000 --json bench.json".
+## Scale benchmark (apart from the tests): make bench ARGS="--agents 1000 --json bench.json"; then the gateway's.
 bench: install
 	$(PY) -m tests.bench $(ARGS)
+	$(PY) -m tests.bench.gateway $(GW_ARGS)
+
+## The Kubernetes gateway's figures beside direct kube-apiserver calls: make bench-gateway GW_ARGS="--watches 1000".
+bench-gateway: install
+	$(PY) -m tests.bench.gateway $(GW_ARGS)
 
 ## Build (once per machine) the control plane and kwok used by the `kube` tests.
 kube-bin:

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from opentelemetry.trace import SpanKind, Tracer
@@ -56,7 +56,11 @@ from schemas.gateway import (
 )
 from schemas.names import check_name
 
+if TYPE_CHECKING:
+    from agent.gateway_streams import Tunnel
+
 logger = logging.getLogger(__name__)
+logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per proxied request
 
 UPSTREAM_TIMEOUT = httpx.Timeout(connect=5.0, read=None, write=30.0, pool=5.0)
 """No read timeout: a watch or ``logs -f`` is quiet for as long as it likes (the client's own
@@ -111,15 +115,18 @@ class _Stream:
         self.last_sent = time.monotonic()
         self.task: asyncio.Task[None] | None = None
         self.ended_by_reset = False
+        self.tunnel: Tunnel | None = None
+        """exec/attach/port-forward: the tunnel's input side (``agent.gateway_streams``)."""
 
     def grant(self, credit: int) -> None:
         self.credits = min(self.credits + max(0, credit), WINDOW * 4)
         self.credited.set()
 
     async def send(self, frame_kind: str, **fields: Any) -> None:
-        if frame_kind != "ping":
+        numbered = frame_kind not in ("ping", "credit")
+        if numbered:
             self.seq += 1
-        frame = GatewayFrame(kind=frame_kind, seq=self.seq if frame_kind != "ping" else 0, **fields)  # type: ignore[arg-type]
+        frame = GatewayFrame(kind=frame_kind, seq=self.seq if numbered else 0, **fields)  # type: ignore[arg-type]
         self.last_sent = time.monotonic()
         await self.gateway.conn.publish_bytes(self.subject, encode(frame))
 
@@ -142,6 +149,17 @@ class _Stream:
             if time.monotonic() - self.last_sent >= PING_INTERVAL:
                 with contextlib.suppress(Unavailable):
                     await self.send("ping")
+
+
+async def _answer_at_once(stream: _Stream, resp: httpx.Response) -> bool:
+    """A small answer of known length goes as one frame (head, body and end): half the messages."""
+    length = resp.headers.get("content-length", "")
+    if not length.isdigit() or int(length) > CHUNK:
+        return False
+    data = await resp.aread()
+    headers = response_headers(list(resp.headers.items()))
+    await stream.send("head", status=resp.status_code, headers=headers, data=data, last=True)
+    return True
 
 
 class AgentGateway:
@@ -189,6 +207,11 @@ class AgentGateway:
         stream = self._streams.get(control.stream)
         if stream is None:
             return
+        if stream.tunnel is not None:
+            stream.tunnel.heard()
+            if control.seq:
+                stream.tunnel.feed(control)
+                return
         if control.cancel and stream.task is not None:
             stream.task.cancel()
         elif control.credit:
@@ -322,6 +345,12 @@ class AgentGateway:
             except (GrantError, httpx.HTTPError) as exc:
                 raise GatewayError(503, f"cannot set up impersonation on cluster {self.cluster!r}: {exc}") from None
         self._active(request)
+        if request.upgrade:
+            from agent.gateway_streams import serve_tunnel  # exec/attach/cp/port-forward
+
+            await serve_tunnel(stream, upstream, url, headers)
+            await stream.send("end")
+            return
         try:
             async with client.stream(request.method, url, headers=headers, content=request.body or None) as resp:
                 if resp.status_code == 401:
@@ -339,8 +368,12 @@ class AgentGateway:
                     await stream.send_data(first)
                     await stream.send("end")
                     return
+                if await _answer_at_once(stream, resp):
+                    return
                 await stream.send("head", status=resp.status_code, headers=response_headers(list(resp.headers.items())))
-                async for chunk in resp.aiter_raw():
+                from agent.gateway_streams import coalesced  # small pieces of a big answer: fewer frames
+
+                async for chunk in coalesced(resp.aiter_raw()):
                     await stream.send_data(chunk)
         except httpx.HTTPError as exc:
             if stream.seq == 0:

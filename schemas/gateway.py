@@ -46,7 +46,7 @@ MAX_STREAMS = 2000
 """Open streams one agent serves at once; more are answered 429."""
 
 Target = Literal["space", "tenant"]
-FrameKind = Literal["head", "data", "end", "ping", "error"]
+FrameKind = Literal["head", "data", "end", "ping", "error", "credit"]
 
 
 class GatewayRequest(msgspec.Struct, frozen=True, kw_only=True, tag="gw-request.v1"):
@@ -68,6 +68,10 @@ class GatewayRequest(msgspec.Struct, frozen=True, kw_only=True, tag="gw-request.
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
     window: int = WINDOW
+    upgrade: str = ""
+    """``websocket`` for exec/attach/port-forward (``schemas.gateway_streams``): a tunnel, not one exchange."""
+    subprotocols: tuple[str, ...] = ()
+    """The WebSocket subprotocols the client offered (those the gateway carries), in its order."""
 
 
 class GatewayControl(msgspec.Struct, frozen=True, kw_only=True, tag="gw-control.v1"):
@@ -76,6 +80,9 @@ class GatewayControl(msgspec.Struct, frozen=True, kw_only=True, tag="gw-control.
     stream: str
     credit: int = 0
     cancel: bool = False
+    seq: int = 0
+    """A tunnel's input (``schemas.gateway_streams``): numbered from 1; 0 for credits, cancels and keepalives."""
+    data: bytes = b""
 
 
 class GatewayFrame(msgspec.Struct, frozen=True, kw_only=True, tag="gw-frame.v1"):
@@ -88,6 +95,10 @@ class GatewayFrame(msgspec.Struct, frozen=True, kw_only=True, tag="gw-frame.v1")
     data: bytes = b""
     error: str = ""
     reason: str = ""
+    credit: int = 0
+    """A ``credit`` frame (tunnels): how many more input frames the API may send the agent."""
+    last: bool = False
+    """A ``head`` frame that carries the whole body in ``data``: no data or end frames follow."""
 
 
 GatewayMessage = GatewayRequest | GatewayControl | GatewayFrame

@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +31,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from opentelemetry import trace
+from starlette.requests import HTTPConnection
 
 from schemas import subjects
 from schemas.audit import AuditRecord
@@ -46,6 +47,7 @@ from schemas.gateway import (
     impersonation_headers,
     request_headers,
 )
+from schemas.gateway_streams import spdy_refusal
 from schemas.messages import Empty, NameRequest, Presence, Principal, TeamList, WorkloadRecord, WorkloadRef
 from schemas.names import check_name
 from services.api.auth import Platform, authorize
@@ -60,8 +62,6 @@ MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 RESOLVE_TTL = 2.0
 """Seconds a member's resolved access (workload, teams, presence) is reused: kubectl sends bursts."""
-WEBSOCKET_KUBECTL = "1.31"
-"""The oldest kubectl whose exec/attach/cp/port-forward speak WebSocket (port-forward since 1.31)."""
 
 REASONS = {
     400: "BadRequest",
@@ -163,6 +163,11 @@ class Gateway:
         self._teams: tuple[float, dict[str, tuple[str, ...]]] = (0.0, {})
         self._presence: dict[str, tuple[float, Presence | None]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._renewing: set[tuple[str, ...]] = set()
+        from services.api.gateway_streams import RecentRefusals
+
+        self.refusals = RecentRefusals()
+        """Why a member's WebSocket was refused, for kubectl's SPDY retry (``services.api.gateway_streams``)."""
         self.limiter = MemberLimiter()
         self.waker = Waker(
             lambda action: platform.call(subjects.Lifecycle.ACTION, action, WorkloadRecord),
@@ -195,7 +200,12 @@ class Gateway:
         now = time.monotonic()
         hit = self._presence.get(cluster)
         if hit and now - hit[0] < RESOLVE_TTL:
+            self._refresh_early(("presence", cluster), hit[0], lambda: self._fresh_presence(cluster))
             return hit[1]
+        return await self._fresh_presence(cluster)
+
+    async def _fresh_presence(self, cluster: str) -> Presence | None:
+        now = time.monotonic()
         try:
             found: Presence | None = await self.platform.call(
                 subjects.Health.PRESENCE_GET, NameRequest(name=cluster), Presence
@@ -212,7 +222,35 @@ class Gateway:
         now = time.monotonic()
         hit = self._cache.get(key)
         if hit and now - hit[0] < RESOLVE_TTL:
+            self._refresh_early(key, hit[0], lambda: self._fresh_access(who, target, project, name))
             return hit[1]
+        return await self._fresh_access(who, target, project, name)
+
+    def _refresh_early(self, key: tuple[str, ...], at: float, fresh: Callable[[], Awaitable[object]]) -> None:
+        """Past half its life, a cached answer is renewed in the background: no request waits for the
+        renewal (the p99), and a refusal still lands within ``RESOLVE_TTL`` (a failed renewal drops it)."""
+        if time.monotonic() - at < RESOLVE_TTL / 2 or key in self._renewing:
+            return
+
+        async def renew() -> None:
+            try:
+                await fresh()
+            except (TetherError, Refused):
+                if len(key) == 2:
+                    self._presence.pop(key[1], None)
+                else:
+                    self._cache.pop(key, None)  # type: ignore[arg-type]
+            finally:
+                self._renewing.discard(key)
+
+        self._renewing.add(key)
+        task = asyncio.get_running_loop().create_task(renew())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _fresh_access(self, who: Principal, target: str, project: str, name: str) -> Access:
+        key = (who.user, target, project, name)
+        now = time.monotonic()
         await authorize(self.platform, who, "workload.read", project)
         record, teams = await asyncio.gather(
             self.platform.call(
@@ -246,6 +284,39 @@ class Gateway:
         spec = record.spec
         self._cache[(access.user, spec.kind, spec.project, spec.name)] = (time.monotonic(), access)
         return access
+
+    async def admit(self, conn: HTTPConnection, project: str, target: str, name: str) -> tuple[Principal, Access, str]:
+        """Every check before a request or tunnel is forwarded: who, on what, at which path (Refused if not)."""
+        if target not in ("space", "tenant"):
+            raise Refused(404, f"unknown kind {target!r}: expected space or tenant")
+        check_name(project, "project name")
+        check_name(name, f"{target} name")
+        who = await self.principal(conn)
+        if wait := self.limiter.take(who.user):
+            raise Refused(429, f"too many requests through the gateway from user {who.user!r}: slow down", wait)
+        if asked := impersonation_headers(list(conn.headers.items())):
+            raise Refused(
+                403,
+                f"impersonation is not allowed through the Tether gateway ({', '.join(asked)}): requests run as "
+                f"the caller, tether:user:{who.user}",
+            )
+        path = kube_path(conn, project, target, name)
+        access = await self.resolve(who, target, project, name)
+        if asleep(access.record) or waking(access.record):  # wake on use (services.api.gateway_wake)
+            await self.require_online(access.cluster)
+            access = await self.woken(access)
+        if refused := readiness_refusal(access.record):
+            raise refused
+        await self.require_online(access.cluster)
+        return who, access, path
+
+    async def principal(self, conn: HTTPConnection) -> Principal:
+        scheme, _, token = conn.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("missing API token: use a kubeconfig from 'tether space|tenant kubeconfig'")
+        who = await self.platform.authenticate(token.strip())
+        conn.state.user = who.user
+        return who
 
     # --- the exchange -------------------------------------------------------------------------------
     async def open(self, access: Access, request: GatewayRequest) -> tuple[GatewayStream, GatewayFrame]:
@@ -306,6 +377,25 @@ class Gateway:
                 self.cancel_later(stream)
 
 
+def forward_request(access: Access, conn: HTTPConnection, path: str, method: str, **extra: Any) -> GatewayRequest:
+    """What the agent is asked to do for an admitted request (``extra``: its body, or a tunnel's fields)."""
+    spec = access.record.spec
+    return GatewayRequest(
+        stream="",
+        target=spec.kind,
+        project=spec.project,
+        name=spec.name,
+        user=access.user,
+        teams=access.teams,
+        method=method,
+        path=path,
+        query=conn.url.query,
+        headers=request_headers(list(conn.headers.items())),
+        window=WINDOW,
+        **extra,
+    )
+
+
 def _fields(request: GatewayRequest) -> dict[str, Any]:
     return {f: getattr(request, f) for f in request.__struct_fields__}
 
@@ -321,7 +411,7 @@ async def read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def kube_path(request: Request, project: str, target: str, name: str) -> str:
+def kube_path(request: HTTPConnection, project: str, target: str, name: str) -> str:
     """The Kubernetes API path after the gateway's prefix, from the raw (undecoded) path."""
     raw = bytes(request.scope.get("raw_path") or request.url.path.encode()).decode("latin-1")
     raw = raw.split("?", 1)[0]
@@ -340,24 +430,24 @@ def kubectl_version(user_agent: str) -> tuple[int, int] | None:
     return (int(found.group(1)), int(found.group(2))) if found else None
 
 
-def upgrade_refusal(request: Request) -> Refused | None:
+def upgrade_refusal(request: Request, earlier: Refused | None) -> Refused | None:
+    """The answer to an upgrade the gateway does not carry on plain HTTP (SPDY; WebSocket has its own route).
+
+    ``earlier`` is why this member's WebSocket to the same place was just refused: a kubectl that
+    speaks WebSocket retries with SPDY after any refusal, and the reason is what it must print."""
     upgrade = request.headers.get("upgrade", "")
     if not upgrade:
         return None
     version = kubectl_version(request.headers.get("user-agent", ""))
     if version is not None and version >= (1, 31):
-        # A new kubectl falls back to SPDY after a refused WebSocket: the client is not the problem here.
-        return Refused(
-            501,
-            "exec, attach, cp and port-forward (WebSocket, v5.channel.k8s.io) are not carried by the Tether "
-            "gateway yet; get, apply, delete, watch and logs are",
-        )
+        if earlier is not None:
+            return earlier
+        logger.info("gateway: refused an upgrade to %r from %s", upgrade, request.headers.get("user-agent", ""))
+        # This kubectl speaks WebSocket unless told not to (KUBECTL_REMOTE_COMMAND_WEBSOCKETS,
+        # KUBECTL_PORT_FORWARD_WEBSOCKETS set to false), or its WebSocket failed before reaching the gateway.
+        return Refused(400, spdy_refusal(upgrade) + "; a kubectl that has WebSocket turned off must turn it on")
     if "spdy" in upgrade.lower():
-        return Refused(
-            400,
-            f"this client asked for SPDY ({upgrade}), which the Tether gateway does not carry: exec, attach, cp and "
-            f"port-forward need kubectl {WEBSOCKET_KUBECTL} or newer (WebSocket, v5.channel.k8s.io)",
-        )
+        return Refused(400, spdy_refusal(upgrade))
     return Refused(400, f"unsupported upgrade {upgrade!r}")
 
 
@@ -375,44 +465,10 @@ def install_gateway(app: FastAPI, platform: Platform) -> Gateway:
             return status(refused.code, refused.message)
 
     async def _proxy(request: Request, project: str, target: str, name: str) -> Response:
-        if target not in ("space", "tenant"):
-            raise Refused(404, f"unknown kind {target!r}: expected space or tenant")
-        check_name(project, "project name")
-        check_name(name, f"{target} name")
-        who = await _principal(request)
-        if wait := gateway.limiter.take(who.user):
-            raise Refused(429, f"too many requests through the gateway from user {who.user!r}: slow down", wait)
-        if asked := impersonation_headers(list(request.headers.items())):
-            raise Refused(
-                403,
-                f"impersonation is not allowed through the Tether gateway ({', '.join(asked)}): requests run as "
-                f"the caller, tether:user:{who.user}",
-            )
-        if refused := upgrade_refusal(request):
+        who, access, path = await gateway.admit(request, project, target, name)
+        if refused := upgrade_refusal(request, gateway.refusals.recall(who.user, f"{path}?{request.url.query}")):
             raise refused
-        path = kube_path(request, project, target, name)
-        access = await gateway.resolve(who, target, project, name)
-        if asleep(access.record) or waking(access.record):  # wake on use (services.api.gateway_wake)
-            await gateway.require_online(access.cluster)
-            access = await gateway.woken(access)
-        if refused := readiness_refusal(access.record):
-            raise refused
-        await gateway.require_online(access.cluster)
-        body = await read_body(request)
-        forward = GatewayRequest(
-            stream="",
-            target=target,  # type: ignore[arg-type]
-            project=project,
-            name=name,
-            user=who.user,
-            teams=access.teams,
-            method=request.method,
-            path=path,
-            query=request.url.query,
-            headers=request_headers(list(request.headers.items())),
-            body=body,
-            window=WINDOW,
-        )
+        forward = forward_request(access, request, path, request.method, body=await read_body(request))
         try:
             stream, head = await gateway.open(access, forward)
         except Refused as exc:
@@ -421,15 +477,10 @@ def install_gateway(app: FastAPI, platform: Platform) -> Gateway:
             raise
         if request.method in MUTATING:
             await _audit(platform, access, forward, str(head.status))
+        if head.last:  # a small answer, whole in its head frame
+            gateway.link.forget(stream.id)
+            return Response(head.data, status_code=head.status, headers=dict(head.headers))
         return StreamingResponse(gateway.body(stream), status_code=head.status, headers=dict(head.headers))
-
-    async def _principal(request: Request) -> Principal:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthenticated("missing API token: use a kubeconfig from 'tether space|tenant kubeconfig'")
-        who = await platform.authenticate(token.strip())
-        request.state.user = who.user
-        return who
 
     app.add_api_route(
         f"{PREFIX}/{{project}}/{{target}}/{{name}}/{{path:path}}",
@@ -437,6 +488,9 @@ def install_gateway(app: FastAPI, platform: Platform) -> Gateway:
         methods=METHODS,
         include_in_schema=False,
     )
+    from services.api.gateway_streams import install_tunnels  # exec/attach/cp/port-forward over WebSocket
+
+    install_tunnels(app, platform, gateway)
     return gateway
 
 

@@ -16,6 +16,7 @@ import itertools
 import logging
 import secrets
 import time
+from collections.abc import Callable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -48,11 +49,16 @@ class GatewayStream:
         self._consumed = 0
         self.last_heard = time.monotonic()
         self.closed = False
+        self.on_credit: Callable[[int], None] | None = None
+        """A tunnel's input credits from the agent (``schemas.gateway_streams``)."""
 
     def deliver(self, frame: GatewayFrame) -> None:
         """From the subscription: queue one frame (pings only refresh ``last_heard``)."""
         self.last_heard = time.monotonic()
-        if frame.kind == "ping" or self.closed:
+        if frame.kind == "credit" and self.on_credit is not None and not self.closed:
+            self.on_credit(frame.credit)
+            return
+        if frame.kind in ("ping", "credit") or self.closed:
             return
         if frame.seq != self._seq + 1:
             self.fail(f"frames of the answer were lost (expected {self._seq + 1}, got {frame.seq})")

@@ -1,8 +1,17 @@
 """Kubernetes gateway figures beside the same calls made directly to the same kube-apiserver, same run.
 
-``python -m tests.bench.gateway [--requests 300]``: starts a kube-apiserver (tests/kube rig), a platform
-with HTTPS, a kube agent and a space, then prints small-GET latency p50/p99 and the throughput of an
-8 MiB list, direct (as the admin impersonating the member) and through the gateway (as the member).
+``python -m tests.bench.gateway [--requests 300] [--objects 5000] [--watches 1000] [--json out.json]``
+(``make bench-gateway``): starts a kube-apiserver with kwok (tests/kube rig), a platform with HTTPS,
+a kube agent, a space and a pod in it, then prints, each direct (the admin impersonating the member)
+and through the gateway (the member, through the API, NATS and the agent):
+
+- small GET latency p50/p99;
+- a list of ``--objects`` ConfigMaps (1.6 KiB each): time and MB/s;
+- ``--watches`` concurrent watches through one API process and one agent: event delivery p50/p99
+  (write sent -> event read by each watch; the bench client reads them all) and the API's and agent's
+  memory per watch;
+- stream throughput: ``exec head -c 64M /dev/zero`` over WebSocket (v5.channel.k8s.io), MB/s.
+
 Not a test: figures only (the machine's other load shows in them).
 """
 
@@ -10,18 +19,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import shutil
+import signal
 import ssl
+import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
 
 from agent.drivers.kube import KubeApi
 from tests.gateway.conftest import HttpsStack, kube_agent
 from tests.kube.cluster import ControlPlane, build_binaries
+
+NS = "tether-bp-s1"
+THROUGH = "/kubernetes/project/bp/space/s1"
+STREAM_BYTES = 64 * 1024 * 1024
 
 
 def pct(values: list[float], p: float) -> float:
@@ -29,75 +49,296 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
-async def timed(http: httpx.AsyncClient, url: str, n: int, **kwargs: Any) -> list[float]:
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Side:
+    """One way to the API server: direct, or through the gateway."""
+
+    def __init__(self, name: str, base: str, headers: dict[str, str], verify: ssl.SSLContext) -> None:
+        self.name = name
+        self.base = base
+        self.headers = headers
+        self.verify = verify
+
+    def client(self, connections: int = 10) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        return httpx.AsyncClient(
+            base_url=self.base, headers=self.headers, verify=self.verify, timeout=60, limits=limits
+        )
+
+
+async def get_latency(side: Side, n: int) -> dict[str, float]:
+    path = f"/api/v1/namespaces/{NS}/configmaps/tick"
     out = []
-    for _ in range(n):
+    async with side.client() as http:
+        for i in range(n + 20):
+            began = time.perf_counter()
+            resp = await http.get(path)
+            if i >= 20:  # warm-up
+                out.append((time.perf_counter() - began) * 1000)
+            assert resp.status_code == 200, resp.text
+    return {"p50_ms": pct(out, 0.5), "p99_ms": pct(out, 0.99)}
+
+
+async def list_time(side: Side) -> dict[str, float]:
+    times, size = [], 0
+    async with side.client() as http:
+        for _ in range(5):
+            began = time.perf_counter()
+            resp = await http.get(f"/api/v1/namespaces/{NS}/configmaps")
+            times.append(time.perf_counter() - began)
+            assert resp.status_code == 200, resp.text
+            size = len(resp.content)
+    best = pct(times, 0.5)
+    return {"median_ms": best * 1000, "mib": size / 2**20, "mb_s": size / 2**20 / best}
+
+
+async def stream_rate(side: Side) -> dict[str, float]:
+    query = "&".join(["command=head", "command=-c", f"command={STREAM_BYTES}", "command=/dev/zero", "stdout=true"])
+    url = side.base.replace("https://", "wss://") + f"/api/v1/namespaces/{NS}/pods/shell/exec?{query}"
+    rates = []
+    for _ in range(2):
+        got = 0
         began = time.perf_counter()
-        resp = await http.get(url, **kwargs)
-        out.append((time.perf_counter() - began) * 1000)
-        assert resp.status_code == 200, resp.text
+        async with connect(
+            url,
+            additional_headers=side.headers,
+            subprotocols=[Subprotocol("v5.channel.k8s.io")],
+            ssl=side.verify,
+            max_size=2**24,
+            compression=None,
+            proxy=None,
+        ) as ws:
+            async for message in ws:
+                assert isinstance(message, bytes)
+                if message[:1] == b"\x01":
+                    got += len(message) - 1
+                elif message[:1] == b"\x03":
+                    break
+        assert got == STREAM_BYTES, got
+        rates.append(got / 2**20 / (time.perf_counter() - began))
+    return {"mb_s": max(rates)}
+
+
+async def watches(side: Side, n: int, pids: dict[str, int], api: KubeApi) -> dict[str, float]:
+    """``n`` watches on one ConfigMap; 5 updates; each watch's delay from the write's answer to its event."""
+    rv = (api.get("ConfigMap", "tick", NS) or {})["metadata"]["resourceVersion"]
+    sent: dict[str, float] = {}
+    arrivals: list[tuple[str, float]] = []
+    opened, progress = asyncio.Event(), asyncio.Event()
+    target = [0]
+    ready = 0
+    path = f"/api/v1/namespaces/{NS}/configmaps?watch=1&fieldSelector=metadata.name%3Dtick&resourceVersion={rv}"
+    before = {k: rss_kib(p) for k, p in pids.items()}
+
+    async def one(http: httpx.AsyncClient) -> None:
+        nonlocal ready
+        async with http.stream("GET", path) as resp:
+            assert resp.status_code == 200
+            ready += 1
+            if ready == n:
+                opened.set()
+            async for line in resp.aiter_lines():
+                event = json.loads(line)
+                tick = (event["object"].get("data") or {}).get("t", "")
+                if tick:
+                    arrivals.append((tick, time.perf_counter()))
+                    if len(arrivals) >= target[0]:
+                        progress.set()
+
+    async with side.client(connections=n + 10) as http:
+        tasks = [asyncio.create_task(one(http)) for _ in range(n)]
+        await asyncio.wait_for(opened.wait(), 300)
+        await asyncio.sleep(2)
+        after = {k: rss_kib(p) for k, p in pids.items()}
+        async with httpx.AsyncClient(base_url=side.base, headers=side.headers, verify=side.verify) as writer:
+            for i in range(5):
+                target[0] = n * (i + 1)
+                progress.clear()
+                body = {"data": {"t": str(i)}}
+                sent[str(i)] = time.perf_counter()
+                resp = await writer.patch(
+                    f"/api/v1/namespaces/{NS}/configmaps/tick",
+                    json=body,
+                    headers={"Content-Type": "application/merge-patch+json"},
+                )
+                assert resp.status_code == 200, resp.text
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(progress.wait(), 30)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    # From the write's request (its own round trip included, the same on both sides) to each watch's event.
+    delays = [(at - sent[tick]) * 1000 for tick, at in arrivals if tick in sent]
+    out = {"p50_ms": pct(delays, 0.5), "p99_ms": pct(delays, 0.99), "delivered": len(delays) / (5 * n)}
+    for k in pids:
+        out[f"{k}_kib_per_watch"] = (after[k] - before[k]) / n
     return out
 
 
-async def throughput(http: httpx.AsyncClient, url: str, **kwargs: Any) -> tuple[float, float]:
-    best, size = 0.0, 0.0
-    for _ in range(3):
-        began = time.perf_counter()
-        resp = await http.get(url, **kwargs)
-        size = len(resp.content) / 2**20
-        best = max(best, size / (time.perf_counter() - began))
-    return best, size
-
-
-async def main(requests: int) -> None:
+async def main(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="tether-gw-bench-"))
     cp = ControlPlane(bin_dir=build_binaries(), workdir=tmp / "kube")
     cp.start()
     stack = HttpsStack(tmp=tmp / "platform")
+    results: dict[str, Any] = {}
     try:
         await stack.start()
         info = await stack.connect_cluster("bench")
-        kube_agent(stack, cp.kubeconfig(), tmp / "agent", info["token"])
+        agent = kube_agent(stack, cp.kubeconfig(), tmp / "agent", info["token"])
         await stack.wait_online("bench", timeout=30)
         await stack.ok("POST", "/api/v1/projects", json={"name": "bp", "clusters": ["bench"]})
         bob = await stack.user("bob")
         await stack.ok("PUT", "/api/v1/projects/bp/members", json={"user": "bob", "role": "user"})
         await stack.ok("POST", "/api/v1/projects/bp/spaces", token=bob, json={"name": "s1", "cluster": "bench"})
         await stack.wait_synced("space", "bp", "s1")
-        ns = "tether-bp-s1"
-        path = f"/api/v1/namespaces/{ns}/configmaps"
+        verify = ssl.create_default_context(cafile=str(cp.ca_file))
         as_bob = {
             "Authorization": f"Bearer {cp.admin_token}",
             "Impersonate-User": "tether:user:bob",
             "Impersonate-Group": "system:authenticated",
         }
-        verify = ssl.create_default_context(cafile=str(cp.ca_file))
-        async with httpx.AsyncClient(verify=verify, timeout=30) as direct, stack.http(bob) as gateway:
-            through = f"/kubernetes/project/bp/space/s1{path}"
-            await timed(direct, cp.url + path, 20, headers=as_bob)
-            await timed(gateway, through, 20)
-            d = await timed(direct, cp.url + path, requests, headers=as_bob)
-            g = await timed(gateway, through, requests)
-            print(f"GET (empty list), {requests} requests, ms:")
-            print(f"  direct  p50 {pct(d, 0.5):6.2f}  p99 {pct(d, 0.99):6.2f}")
-            print(f"  gateway p50 {pct(g, 0.5):6.2f}  p99 {pct(g, 0.99):6.2f}")
-            api = KubeApi.from_kubeconfig(cp.kubeconfig())
-            try:
-                for i in range(128):
-                    blob = {"name": f"big-{i}", "namespace": ns}
-                    api.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": blob, "data": {"b": "x" * 65536}})
-            finally:
-                api.close()
-            rate_d, size = await throughput(direct, cp.url + path, headers=as_bob)
-            rate_g, _ = await throughput(gateway, through)
-            print(f"list of {size:.1f} MiB, best of 3: direct {rate_d:.1f} MB/s, gateway {rate_g:.1f} MB/s")
+        direct = Side("direct", cp.url, as_bob, verify)
+        gateway = Side(
+            "gateway",
+            stack.api + THROUGH,
+            {"Authorization": f"Bearer {bob}"},
+            ssl.create_default_context(cafile=str(stack.https.ca)),
+        )
+        await prepare(cp, args.objects)
+        sides = (direct, gateway)
+        results["get"] = {"direct": await get_latency(direct, args.requests)}
+        pids = {"api": stack.services["api"].proc.pid, "agent": agent.proc.pid}  # type: ignore[union-attr]
+        with profiled(args.profile, pids):
+            results["get"]["gateway"] = await get_latency(gateway, args.requests)
+        results["list"] = {s.name: await list_time(s) for s in sides}
+        results["stream"] = {s.name: await stream_rate(s) for s in sides}
+        api = KubeApi.from_kubeconfig(cp.kubeconfig())
+        try:
+            assert agent.proc is not None and cp.apiserver is not None
+            results["watch"] = {
+                "direct": await watches(direct, args.watches, {"apiserver": cp.apiserver.pid}, api),
+                "gateway": await watches(
+                    gateway,
+                    args.watches,
+                    {"api": stack.services["api"].proc.pid, "agent": agent.proc.pid},  # type: ignore[union-attr]
+                    api,
+                ),
+            }
+        finally:
+            api.close()
     finally:
         stack.stop()
         cp.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+    report(results, args)
+    return results
+
+
+@contextlib.contextmanager
+def profiled(where: str | None, pids: dict[str, int]) -> Iterator[None]:
+    """With ``--profile DIR``: py-spy (if installed) samples the API and the agent meanwhile (collapsed stacks)."""
+    if not where or shutil.which("py-spy") is None:
+        yield
+        return
+    Path(where).mkdir(parents=True, exist_ok=True)
+    procs = [
+        subprocess.Popen(
+            ["py-spy", "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "-o", f"{where}/{name}.txt"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in pids.items()
+    ]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(30)
+
+
+async def prepare(cp: ControlPlane, objects: int) -> None:
+    """The ConfigMaps to list, the one watched (``tick``), and a Running pod to exec in."""
+    headers = {"Authorization": f"Bearer {cp.admin_token}"}
+    verify = ssl.create_default_context(cafile=str(cp.ca_file))
+    limits = httpx.Limits(max_connections=16)
+    async with httpx.AsyncClient(base_url=cp.url, headers=headers, verify=verify, timeout=60, limits=limits) as http:
+        sem = asyncio.Semaphore(16)
+
+        async def create(i: int) -> None:
+            body = {"metadata": {"name": f"obj-{i:05d}"}, "data": {"b": "x" * 1600}}
+            async with sem:
+                resp = await http.post(f"/api/v1/namespaces/{NS}/configmaps", json=body)
+                assert resp.status_code in (201, 409), resp.text
+
+        await asyncio.gather(*(create(i) for i in range(objects - 1)))
+        resp = await http.post(f"/api/v1/namespaces/{NS}/configmaps", json={"metadata": {"name": "tick"}})
+        assert resp.status_code == 201, resp.text
+        pod = {"metadata": {"name": "shell"}, "spec": {"containers": [{"name": "shell", "image": "bench/shell:1"}]}}
+        resp = await http.post(f"/api/v1/namespaces/{NS}/pods", json=pod)
+        assert resp.status_code == 201, resp.text
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            phase = (await http.get(f"/api/v1/namespaces/{NS}/pods/shell")).json().get("status", {}).get("phase")
+            if phase == "Running":
+                return
+            await asyncio.sleep(0.5)
+        raise RuntimeError("the bench pod never ran")
+
+
+def report(r: dict[str, Any], args: argparse.Namespace) -> None:
+    g, li, s, w = r["get"], r["list"], r["stream"], r["watch"]
+    rows = [
+        (
+            f"GET p50 / p99 ({args.requests} requests), ms",
+            f"{g['direct']['p50_ms']:.2f} / {g['direct']['p99_ms']:.2f}",
+            f"{g['gateway']['p50_ms']:.2f} / {g['gateway']['p99_ms']:.2f}",
+            f"+{g['gateway']['p50_ms'] - g['direct']['p50_ms']:.2f} / "
+            f"+{g['gateway']['p99_ms'] - g['direct']['p99_ms']:.2f} ms",
+        ),
+        (
+            f"list of {args.objects} objects ({li['direct']['mib']:.1f} MiB), median ms / MB/s",
+            f"{li['direct']['median_ms']:.0f} / {li['direct']['mb_s']:.0f}",
+            f"{li['gateway']['median_ms']:.0f} / {li['gateway']['mb_s']:.0f}",
+            f"x{li['gateway']['median_ms'] / li['direct']['median_ms']:.2f} time",
+        ),
+        (
+            f"{args.watches} watches: event delivery p50 / p99, ms",
+            f"{w['direct']['p50_ms']:.1f} / {w['direct']['p99_ms']:.1f}",
+            f"{w['gateway']['p50_ms']:.1f} / {w['gateway']['p99_ms']:.1f}",
+            f"delivered {w['gateway']['delivered']:.0%}",
+        ),
+        (
+            "memory per watch, KiB",
+            f"kube-apiserver {w['direct']['apiserver_kib_per_watch']:.1f}",
+            f"api {w['gateway']['api_kib_per_watch']:.1f}, agent {w['gateway']['agent_kib_per_watch']:.1f}",
+            "",
+        ),
+        (
+            "exec stream (64 MiB stdout), MB/s",
+            f"{s['direct']['mb_s']:.0f}",
+            f"{s['gateway']['mb_s']:.0f}",
+            f"{s['gateway']['mb_s'] / s['direct']['mb_s']:.0%} of direct",
+        ),
+    ]
+    print(f"{'figure':58} {'direct':>18} {'gateway':>26}  overhead")
+    for row in rows:
+        print(f"{row[0]:58} {row[1]:>18} {row[2]:>26}  {row[3]}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=2))
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=300)
-    asyncio.run(main(parser.parse_args().requests))
+    parser.add_argument("--objects", type=int, default=5000)
+    parser.add_argument("--watches", type=int, default=1000)
+    parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--profile", help="a directory for py-spy profiles of the API and agent during the GETs")
+    asyncio.run(main(parser.parse_args()))
