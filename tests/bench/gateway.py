@@ -185,7 +185,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="tether-gw-bench-"))
     cp = ControlPlane(bin_dir=build_binaries(), workdir=tmp / "kube")
     cp.start()
-    stack = HttpsStack(tmp=tmp / "platform")
+    # The per-member rate limit would refuse the bench's own bursts (1,000 watches at once).
+    limits = {"TETHER_GATEWAY_RATE": "1000000", "TETHER_GATEWAY_BURST": "1000000"}
+    stack = HttpsStack(tmp=tmp / "platform", env_overrides=limits)
     results: dict[str, Any] = {}
     try:
         await stack.start()
