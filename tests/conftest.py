@@ -8,7 +8,7 @@ import pytest
 from nats.aio.client import Client
 
 from services.platform.natsd import NatsServer
-from tests.harness import Stack, start_nats
+from tests.harness import Stack, running, start_nats
 
 
 @pytest.fixture
@@ -29,15 +29,8 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
 
 @pytest.fixture
 async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
-    s = Stack(tmp=tmp_path)
-    try:
-        await s.start()
+    async with running(Stack(tmp=tmp_path), request) as s:
         yield s
-    finally:
-        s.stop()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            print(s.logs())
 
 
 @pytest.hookimpl(hookwrapper=True)

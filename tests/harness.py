@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -524,3 +525,38 @@ class CountingBucket(Bucket[R]):
     async def get(self, key: str) -> tuple[R, int] | None:
         self.reads += 1
         return await super().get(key)
+
+
+# --- shared by the suites that run a platform and real agents (gateway, kube) ------------------------------
+def kube_agent(
+    stack: Stack,
+    kubeconfig: Path,
+    state_dir: Path,
+    token: str | None = None,
+    *,
+    name: str = "agent-kube",
+    env: dict[str, str] | None = None,
+) -> Proc:
+    """``agent run`` on the kube driver against ``stack``, as a process the stack stops; the token on the
+    command line, or (``env``) wherever the test puts it (a Deployment gives it in the environment)."""
+    argv = [sys.executable, "-m", "agent", "run", "--server", stack.nats_url, "--driver", "kube"]
+    argv += ["--kubeconfig", str(kubeconfig), "--state-dir", str(state_dir)]
+    if token:
+        argv += ["--token", token]
+    proc = Proc(name=name, argv=argv, env=stack.env(**(env or {})), log=stack.tmp / "logs" / f"{name}.log").start()
+    stack.agents.append(proc)
+    return proc
+
+
+@contextlib.asynccontextmanager
+async def running(stack: Stack, request: Any) -> AsyncIterator[Stack]:
+    """``stack`` started for one test and stopped after it, its logs printed when the test failed (a
+    ``stack`` fixture's body; ``request`` is the fixture's ``pytest.FixtureRequest``)."""
+    try:
+        await stack.start()
+        yield stack
+    finally:
+        stack.stop()
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            print(stack.logs())

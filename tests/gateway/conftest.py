@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from services.platform.tls import TlsFiles, ensure_tls
-from tests.harness import Proc, Stack, wait_for
+from tests.harness import Stack, kube_agent, running, wait_for
 from tests.kube.cluster import ControlPlane
 from tests.kube.conftest import (  # noqa: F401  (shared fixtures)
     admin_api,
@@ -111,23 +111,8 @@ class HttpsStack(Stack):
 
 @pytest.fixture
 async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
-    s = HttpsStack(tmp=tmp_path, env_overrides={"TETHER_INVENTORY_INTERVAL": "2"})
-    try:
-        await s.start()
+    async with running(HttpsStack(tmp=tmp_path, env_overrides={"TETHER_INVENTORY_INTERVAL": "2"}), request) as s:
         yield s
-    finally:
-        s.stop()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            print(s.logs())
-
-
-def kube_agent(stack: Stack, agent_kubeconfig: Path, state_dir: Path, token: str, name: str = "agent-kube") -> Proc:
-    argv = [sys.executable, "-m", "agent", "run", "--server", stack.nats_url, "--driver", "kube"]
-    argv += ["--kubeconfig", str(agent_kubeconfig), "--state-dir", str(state_dir), "--token", token]
-    proc = Proc(name=name, argv=argv, env=stack.env(), log=stack.tmp / "logs" / f"{name}.log").start()
-    stack.agents.append(proc)
-    return proc
 
 
 async def tether(stack: Stack, token: str, *args: str, tmp: Path) -> str:

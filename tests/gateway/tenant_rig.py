@@ -13,7 +13,7 @@ from agent.drivers.kube import KubeApi
 from agent.drivers.kube_objects import namespace_name
 from agent.gateway_tenant import TENANT_HOSTS_ENV
 from tests.gateway.conftest import HttpsStack
-from tests.harness import Stack, wait_for
+from tests.harness import Stack, running, wait_for
 from tests.kube.cluster import ControlPlane
 from tests.kube.helpers import write_tenant_kubeconfig
 
@@ -21,15 +21,8 @@ RIG_ENV = {"TETHER_INVENTORY_INTERVAL": "1", TENANT_HOSTS_ENV: "127.0.0.1"}
 
 
 async def https_stack(tmp_path: Path, request: pytest.FixtureRequest, **env: str) -> AsyncIterator[Stack]:
-    s = HttpsStack(tmp=tmp_path, env_overrides={**RIG_ENV, **env})
-    try:
-        await s.start()
+    async with running(HttpsStack(tmp=tmp_path, env_overrides={**RIG_ENV, **env}), request) as s:
         yield s
-    finally:
-        s.stop()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            print(s.logs())
 
 
 async def phase_is(stack: Stack, project: str, name: str, phase: str) -> bool:

@@ -5,25 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
 from nats.errors import Error as NatsError
 
 from schemas import subjects
 from schemas.gateway import GatewayControl, encode
 from tests.harness import Stack, wait_for
-
-
-@pytest.fixture
-async def stack(tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
-    s = Stack(tmp=tmp_path)
-    try:
-        await s.start()
-        yield s
-    finally:
-        s.stop()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            print(s.logs())
 
 
 async def _space(stack: Stack, tmp_path: Path) -> tuple[str, str]:

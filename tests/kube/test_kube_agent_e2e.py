@@ -21,7 +21,7 @@ import yaml
 from agent.drivers.kube import KubeApi
 from agent.drivers.kube_objects import namespace_name
 from services.api import manifests
-from tests.harness import Proc, Stack, wait_for
+from tests.harness import Stack, kube_agent, running, wait_for
 from tests.kube.cluster import ControlPlane
 from tests.kube.helpers import get, names, write_tenant_kubeconfig
 
@@ -30,15 +30,8 @@ pytestmark = pytest.mark.kube
 
 @pytest.fixture
 async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
-    s = Stack(tmp=tmp_path, env_overrides={"TETHER_INVENTORY_INTERVAL": "1"})
-    try:
-        await s.start()
+    async with running(Stack(tmp=tmp_path, env_overrides={"TETHER_INVENTORY_INTERVAL": "1"}), request) as s:
         yield s
-    finally:
-        s.stop()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            print(s.logs())
 
 
 def install(control_plane: ControlPlane, api: KubeApi, rendered: str, path: Path) -> Path:
@@ -51,14 +44,6 @@ def install(control_plane: ControlPlane, api: KubeApi, rendered: str, path: Path
         body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}},
     )["status"]["token"]
     return control_plane.write_token_kubeconfig(path, manifests.AGENT_USER, token)
-
-
-def kube_agent(stack: Stack, kubeconfig: Path, state_dir: Path, token: str) -> Proc:
-    argv = [sys.executable, "-m", "agent", "run", "--server", stack.nats_url, "--driver", "kube"]
-    argv += ["--kubeconfig", str(kubeconfig), "--state-dir", str(state_dir), "--token", token]
-    proc = Proc(name="agent-kube", argv=argv, env=stack.env(), log=stack.tmp / "logs" / "agent-kube.log").start()
-    stack.agents.append(proc)
-    return proc
 
 
 async def test_a_real_cluster_connected_with_its_manifests(

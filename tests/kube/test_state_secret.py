@@ -9,8 +9,6 @@ agent's platform credential *and* its own NATS user (JWT and nkey seed) and conn
 from __future__ import annotations
 
 import base64
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ import pytest
 from agent.drivers.kube import KubeApi
 from agent.identity import NATS_CREDS_FILE, STATE_FILES
 from services.api import manifests
-from tests.harness import Proc, Stack, wait_for
+from tests.harness import Proc, Stack, kube_agent, wait_for
 from tests.kube.cluster import ControlPlane
 from tests.kube.test_kube_agent_e2e import install
 
@@ -27,27 +25,10 @@ pytestmark = pytest.mark.kube
 STATE_SECRET_REF = f"{manifests.NAMESPACE}/{manifests.STATE_SECRET}"
 
 
-@pytest.fixture
-async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
-    s = Stack(tmp=tmp_path)
-    try:
-        await s.start()
-        yield s
-    finally:
-        s.stop()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            print(s.logs())
-
-
 def pod(stack: Stack, kubeconfig: Path, state_dir: Path, token: str, n: int) -> Proc:
     """The agent as its Deployment runs it: token from the environment, state in the Secret."""
-    argv = [sys.executable, "-m", "agent", "run", "--server", stack.nats_url, "--driver", "kube"]
-    argv += ["--kubeconfig", str(kubeconfig), "--state-dir", str(state_dir)]
-    env = stack.env(TETHER_AGENT_TOKEN=token, TETHER_AGENT_STATE_SECRET=STATE_SECRET_REF)
-    proc = Proc(name=f"agent-pod-{n}", argv=argv, env=env, log=stack.tmp / "logs" / f"agent-pod-{n}.log").start()
-    stack.agents.append(proc)
-    return proc
+    env = {"TETHER_AGENT_TOKEN": token, "TETHER_AGENT_STATE_SECRET": STATE_SECRET_REF}
+    return kube_agent(stack, kubeconfig, state_dir, name=f"agent-pod-{n}", env=env)
 
 
 def secret_files(api: KubeApi) -> dict[str, bytes]:
