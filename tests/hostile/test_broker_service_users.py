@@ -19,6 +19,7 @@ import pytest
 from schemas import subjects
 from schemas.credentials import read_creds
 from services.bus import grants, identity
+from services.bus.memory_parts import matches
 from tests.harness import wait_for
 from tests.hostile.conftest import Hostile
 
@@ -45,17 +46,6 @@ CALLS: dict[str, set[str]] = {
     "api": ENDPOINTS - {A.BOOTSTRAP_ADMIN},
 }
 """The endpoints each service calls (grep its code for ``call(``)."""
-
-
-def matches(pattern: str, subject: str) -> bool:
-    """NATS subject matching: ``*`` is one token, a final ``>`` one or more."""
-    want, have = pattern.split("."), subject.split(".")
-    for i, token in enumerate(want):
-        if token == ">":
-            return len(have) > i
-        if i >= len(have) or token not in ("*", have[i]):
-            return False
-    return len(want) == len(have)
 
 
 def allowed(patterns: tuple[str, ...], subject: str, deny: tuple[str, ...] = ()) -> bool:
