@@ -112,7 +112,7 @@ async def test_a_slow_tunnel_holds_back_only_itself(
     kb, _kc, bob = await _space(stack, kubeconfig, tmp_path, "kube-s2", "sl")
     # An endless stdout (``yes``) and a client that reads one message, then nothing for a while: far more is
     # offered than one window (1 MiB) plus every socket buffer on the way.
-    slow = await _exec_ws(stack, bob, "yes")
+    slow = await _exec_ws(stack, bob, "yes | head -c 67108864")
     try:
         assert slow.subprotocol == "v5.channel.k8s.io"
         await slow.recv()
@@ -137,7 +137,7 @@ async def test_a_slow_tunnel_holds_back_only_itself(
         await slow.close()
 
     # A client that goes away cancels the upstream exec: the agent ends the tunnel (it logs what it relayed).
-    gone = await _exec_ws(stack, bob, "sleep 600")
+    gone = await _exec_ws(stack, bob, "sleep 60")
     await gone.close()
     log = stack.tmp / "logs" / "agent-kube.log"
 

@@ -22,6 +22,7 @@ connects every port to ``cat`` (an echo).
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -333,9 +334,11 @@ class Workers:
             proc = self.procs.get(name)
             if proc is None or proc.poll() is not None:
                 continue
-            proc.send_signal(signal.SIGTERM)
+            # The whole process group (each runs in its own session): kwok's fake kubelet runs `kubectl exec`
+            # commands as its children and does not end them when the stream closes, so they go with it.
+            os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
