@@ -211,8 +211,12 @@ class Stack:
         if "api" in services:
             await self.wait_healthy()
 
-    async def wait_healthy(self, timeout: float = 30.0) -> None:
+    async def wait_healthy(self, timeout: float = 60.0) -> None:
         async def healthy() -> bool:
+            for name, proc in self.services.items():
+                if not proc.running:
+                    # A service that died will not become healthy: say which, with its log, instead of timing out.
+                    raise Abort(f"service {name} exited before the platform was healthy:\n{proc.output()[-4000:]}")
             async with httpx.AsyncClient(timeout=2) as http:
                 return (await http.get(f"{self.api}/healthz")).status_code == 200
 

@@ -74,8 +74,15 @@ async def test_kill_9_of_nats_server_under_tether_up(up: Up) -> None:
     assert new and new != pid
     # Every service and the agent reconnected: the API answers, local is online, a new command applies.
     await wait_for(lambda: up.clusters().get("local", {}).get("online"), timeout=30, what="local online again")
-    projects = json.loads(up.cli("project", "list", "-o", "json").stdout)
-    assert "before" in {p["name"] for p in projects}
+
+    # A service whose connection died for good exits and is restarted by `tether up`; that takes a moment longer
+    # than the registry's view of the cluster, so wait for access to answer rather than assume it already does.
+    def listed() -> set[str] | None:
+        res = up.cli("project", "list", "-o", "json", check=False)
+        return {p["name"] for p in json.loads(res.stdout)} if res.returncode == 0 else None
+
+    projects = await wait_for(listed, timeout=60, what="access answers again")
+    assert "before" in projects
     up.cli("space", "create", "s2", "-p", "before", "--cluster", "local", "--wait")
     spaces = json.loads(up.cli("space", "list", "-p", "before", "-o", "json").stdout)
     assert {s["name"] for s in spaces} >= {"s1", "s2"}
