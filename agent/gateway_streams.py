@@ -13,9 +13,11 @@ member (the same impersonation, target and path checks as any other call, made b
 - a tunnel ends when either side closes, when the API cancels it, and when nothing at all
   (input, credits, keepalives) has come from the API for ``IDLE_TIMEOUT``.
 
-``websockets`` (asyncio client, already what uvicorn uses on the API side) does the WebSocket
-protocol: handshake with extra headers and subprotocols, TLS with the agent's client
-certificates, ping/pong, and bounded read queues.
+``websockets`` (asyncio client) does the WebSocket protocol: handshake with extra headers and
+subprotocols, TLS with the agent's client certificates, ping/pong, and bounded read queues. Only its
+subprotocol check is ours (``KubeClientProtocol``): Kubernetes names port-forward's tunnel
+``SPDY/3.1+portforward.k8s.io``, which is not an RFC 6455 token, and websockets refuses the API server's
+answer naming it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.client import ClientProtocol
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, NegotiationError
 from websockets.typing import Subprotocol
 
 from agent.gateway import GatewayError
@@ -48,6 +52,34 @@ MAX_UPSTREAM_MESSAGE = 1024 * 1024
 """Largest message taken from the API server (its own are 32 KiB)."""
 READ_AHEAD = 128
 """Upstream messages read ahead of the stream's credits (4 MiB of the API server's 32 KiB messages)."""
+
+
+class KubeClientProtocol(ClientProtocol):
+    """websockets' client protocol, taking the API server's subprotocol as one of the exact names offered
+    (not parsed as an RFC 6455 token list: ``SPDY/3.1+portforward.k8s.io`` is none)."""
+
+    def process_subprotocol(self, headers: Headers) -> Subprotocol | None:
+        chosen = [value.strip() for value in headers.get_all("Sec-WebSocket-Protocol")]
+        if not chosen:
+            return None
+        if len(chosen) == 1 and chosen[0] in (self.available_subprotocols or ()):
+            return Subprotocol(chosen[0])
+        raise NegotiationError(f"the API server chose a subprotocol not offered: {', '.join(chosen)[:200]}")
+
+
+def kube_connection(offered: tuple[str, ...]) -> type[ClientConnection]:
+    """websockets' asyncio client connection over ``KubeClientProtocol``, offering ``offered``.
+
+    ``connect`` refuses such names itself and builds the sans-I/O protocol inside: it becomes ours, with the
+    names, before the handshake is written."""
+
+    class KubeConnection(ClientConnection):
+        def __init__(self, protocol: ClientProtocol, **options: Any) -> None:
+            protocol.__class__ = KubeClientProtocol
+            protocol.available_subprotocols = [Subprotocol(p) for p in offered] or None
+            super().__init__(protocol, **options)
+
+    return KubeConnection
 
 
 class Tunnel:
@@ -128,8 +160,8 @@ async def serve_tunnel(stream: _Stream, upstream: Upstream, url: str, headers: l
         ws = await connect(
             ws_url,
             additional_headers=headers,
-            subprotocols=[Subprotocol(p) for p in stream.request.subprotocols],
             ssl=ssl if ssl else None,
+            create_connection=kube_connection(stream.request.subprotocols),
             compression=None,
             user_agent_header=None,  # the client's own User-Agent is among the headers
             proxy=None,

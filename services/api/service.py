@@ -95,6 +95,9 @@ async def setup(rt: Runtime, settings: Settings) -> None:
         timeout_graceful_shutdown=2,  # open event streams must not hold a stop for long
         ssl_certfile=settings.tls_cert or None,
         ssl_keyfile=settings.tls_key or None,
+        # kubectl's port-forward offers the subprotocol "SPDY/3.1+portforward.k8s.io", not an RFC 6455 token:
+        # websockets' sans-I/O server (uvicorn's default) refuses the handshake, wsproto accepts it.
+        ws="wsproto",
     )
     server = _Server(config)
     serving = await _listen(server)

@@ -1,9 +1,5 @@
 """exec and cp through the platform: real kubectl, platform, agent (kube driver), kube-apiserver and kwok's
-fake kubelet (which runs exec commands in the rig's ``kwok`` directory).
-
-Not here: port-forward. kubectl 1.37 asked the gateway for SPDY only (no WebSocket attempt seen, with or
-without ``KUBECTL_PORT_FORWARD_WEBSOCKETS=true``), which the gateway refuses with the reason; the tunnel
-code carries the port-forward subprotocols, but no test proves it end to end yet."""
+fake kubelet (which runs exec commands in the rig's ``kwok`` directory). port-forward: test_streams_portforward.py."""
 
 from __future__ import annotations
 
@@ -27,7 +23,7 @@ from tests.kube.cluster import ControlPlane
 pytestmark = pytest.mark.kube
 
 
-async def _space(
+async def space_with_shell(
     stack: Stack, kubeconfig: Path, tmp_path: Path, cluster: str, project: str
 ) -> tuple[Kubectl, Kubectl, str]:
     """A space with a Running pod ``shell``; kubectl as its owner (bob) and as a viewer (carol)."""
@@ -54,7 +50,7 @@ async def _space(
 async def test_exec_and_cp_through_the_gateway(
     stack: Stack, control_plane: ControlPlane, admin_api: KubeApi, kubeconfig: Path, tmp_path: Path
 ) -> None:
-    kb, kc, _bob = await _space(stack, kubeconfig, tmp_path, "kube-s1", "st")
+    kb, kc, _bob = await space_with_shell(stack, kubeconfig, tmp_path, "kube-s1", "st")
 
     # --- exec, without and with stdin ------------------------------------------------------------
     assert await kb.ok("exec", "shell", "--", "sh", "-c", "echo hello; echo to-stderr >&2") == "hello\n"
@@ -109,7 +105,7 @@ async def test_a_slow_tunnel_holds_back_only_itself(
     stack: Stack, control_plane: ControlPlane, admin_api: KubeApi, kubeconfig: Path, tmp_path: Path
 ) -> None:
     assert isinstance(stack, HttpsStack)
-    kb, _kc, bob = await _space(stack, kubeconfig, tmp_path, "kube-s2", "sl")
+    kb, _kc, bob = await space_with_shell(stack, kubeconfig, tmp_path, "kube-s2", "sl")
     # An endless stdout (``yes``) and a client that reads one message, then nothing for a while: far more is
     # offered than one window (1 MiB) plus every socket buffer on the way.
     slow = await _exec_ws(stack, bob, "yes | head -c 67108864")
