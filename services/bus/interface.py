@@ -205,8 +205,10 @@ class Bus(ABC):
 
     # --- each agent's command queue -------------------------------------------------------------------
     @abstractmethod
-    async def ensure_agent_consumer(self, cluster: str) -> bool:
-        """Create (or put right) the cluster's command consumer; True when it had to."""
+    async def ensure_agent_consumer(self, cluster: str, *, look_up: bool = True) -> bool:
+        """Create (or put right) the cluster's command consumer; True when it had to. ``look_up=False``: the
+        caller expects it missing (a new cluster's bootstrap), so it is created without asking first (one
+        JetStream API request fewer; an identical existing one is left as it is by the server)."""
 
     @abstractmethod
     async def delete_agent_consumer(self, cluster: str) -> None:

@@ -199,7 +199,7 @@ class MemoryBus(Bus):
         return self._buckets.setdefault(name, MemoryRecords(name, type_))
 
     # --- each agent's command queue -------------------------------------------------------------------
-    async def ensure_agent_consumer(self, cluster: str) -> bool:
+    async def ensure_agent_consumer(self, cluster: str, *, look_up: bool = True) -> bool:
         had = cluster in self._agent_consumers
         self._agent_consumers.add(cluster)
         return not had

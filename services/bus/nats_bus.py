@@ -161,8 +161,8 @@ class NatsBus(Bus):
         )
 
     # --- each agent's command queue -------------------------------------------------------------------
-    async def ensure_agent_consumer(self, cluster: str) -> bool:
-        return await streams.ensure_agent_consumer(self._js, cluster)
+    async def ensure_agent_consumer(self, cluster: str, *, look_up: bool = True) -> bool:
+        return await streams.ensure_agent_consumer(self._js, cluster, look_up=look_up)
 
     async def delete_agent_consumer(self, cluster: str) -> None:
         await streams.delete_agent_consumer(self._js, cluster)

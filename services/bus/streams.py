@@ -274,11 +274,17 @@ def agent_consumer_config(cluster: str) -> ConsumerConfig:
 _AGENT_CONSUMER_FIELDS = ("filter_subject", "deliver_policy", "ack_policy", "ack_wait", "max_ack_pending")
 
 
-async def ensure_agent_consumer(js: JetStreamContext, cluster: str, *, timeout: float = 30.0) -> bool:
+async def ensure_agent_consumer(
+    js: JetStreamContext, cluster: str, *, timeout: float = 30.0, look_up: bool = True
+) -> bool:
     """Create (or put right) one agent's command consumer; True when it had to. Looked up first: on a
-    work-queue stream every creation, even of an identical consumer, is checked against all others."""
+    work-queue stream every creation, even of an identical consumer, is checked against all others. Not
+    looked up with ``look_up=False`` (the caller knows it is new: asking first would only cost a request)."""
     want = agent_consumer_config(cluster)
     stream = subjects.cmd_stream(cluster)
+    if not look_up:
+        await _create_agent_consumer(js, stream, want, timeout)
+        return True
     try:
         info = await js.consumer_info(stream, want.durable_name or "", timeout=timeout)
     except NotFoundError as exc:
@@ -289,8 +295,17 @@ async def ensure_agent_consumer(js: JetStreamContext, cluster: str, *, timeout: 
         if all(getattr(have, f) == getattr(want, f) for f in _AGENT_CONSUMER_FIELDS):
             return False
         logger.warning("consumer %s on %s had another config; putting it right", want.durable_name, stream)
-    await js.add_consumer(stream, want, timeout=timeout)
+    await _create_agent_consumer(js, stream, want, timeout)
     return True
+
+
+async def _create_agent_consumer(js: JetStreamContext, stream: str, want: ConsumerConfig, timeout: float) -> None:
+    try:
+        await js.add_consumer(stream, want, timeout=timeout)
+    except NotFoundError as exc:
+        if exc.err_code == STREAM_NOT_FOUND:
+            raise Unavailable(f"stream {stream} does not exist yet (the lifecycle service creates it)") from None
+        raise
 
 
 async def delete_agent_consumer(js: JetStreamContext, cluster: str) -> None:

@@ -44,6 +44,8 @@ from services.bus.identity import Trust
 from services.bus.settings import FromEnv, ServiceSettings, env
 from services.registry import logic
 from services.registry.changes import Changes, live
+from services.registry.consumers import NewConsumers
+from services.registry.steps import Steps
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +89,10 @@ class Registry:
         projects: Records[ProjectRecord],
         trust: Trust | None = None,
         sys_bus: Bus | None = None,
+        steps: Steps | None = None,
     ) -> None:
         self.projects = projects
+        self.steps = steps or Steps()
         self.trust = trust
         self.sys_bus = sys_bus
         """Connected as the system account's user: the only one the server takes account updates from."""
@@ -96,10 +100,9 @@ class Registry:
         self.bus = bus
         self.clusters = clusters
         self.uids = uids
-        self._fresh_consumers: set[str] = set()
-        """Clusters whose command consumer this replica created or checked at their bootstrap and whose
-        first hello has not come yet: that hello need not look it up again (one JetStream API request fewer
-        per connect; any later hello does)."""
+        self.new_consumers = NewConsumers(bus, settings.admission_concurrency)
+        """Command consumers of clusters just bootstrapped, being created: their first hello waits for its
+        creation and does not look it up again (one JetStream API request fewer per connect)."""
 
     async def _record(self, name: str) -> tuple[ClusterRecord, int]:
         check_name(name, "cluster name")
@@ -202,7 +205,9 @@ class Registry:
                 ControlNotice(kind="revoked", reason=f"cluster {record.name!r} was disconnected"),
             )
             await self._event("disconnected", record.name)
-        # Also when already disconnected (a crash before it is repaired by asking again).
+        # Also when already disconnected (a crash before it is repaired by asking again). A creation still
+        # running from the bootstrap ends first, so it cannot bring the consumer back after the delete.
+        await self.new_consumers.settled(record.name)
         await self.bus.delete_agent_consumer(record.name)
         # Also when already disconnected: a crash before the push is repaired by asking again.
         await self.push_revocations()
@@ -214,31 +219,45 @@ class Registry:
         logic.check_cluster_uid(req.cluster_uid)
         if self.trust is not None:
             logic.check_user_key(req.user_public_key)
-        record, revision = await self._record(name)
+        steps = self.steps
+        with steps.timed("record"):
+            record, revision = await self._record(name)
         connected, credential = logic.redeem(record, req, time.time())
-        # The duplicate guard: a create-only key per physical cluster UID.
-        claim = await self.uids.get(req.cluster_uid)
-        if claim is not None and claim[0].cluster != name:
-            holder = await self.clusters.get(claim[0].cluster)
-            if holder is not None and holder[0].state != "disconnected":
-                raise logic.duplicate_error(req.cluster_uid, claim[0].cluster)
-            await self.uids.put(req.cluster_uid, ClusterUidClaim(cluster=name))
-        elif claim is None:
-            try:
-                await self.uids.create(req.cluster_uid, ClusterUidClaim(cluster=name))
-            except Conflict:
-                winner = await self.uids.get(req.cluster_uid)
-                raise logic.duplicate_error(req.cluster_uid, winner[0].cluster if winner else "?") from None
+        with steps.timed("uid claim"):
+            await self._claim_uid(req.cluster_uid, name)
         # Spending the token is a CAS on the record: of two racing agents, one wins.
-        await self.clusters.update(name, connected, revision)
-        await self.bus.ensure_agent_consumer(name)
-        self._fresh_consumers.add(name)
-        await self._event("connected", name)
+        with steps.timed("spend token"):
+            await self.clusters.update(name, connected, revision)
+        # The consumer is created meanwhile (``NewConsumers``): the agent needs it only after its hello.
+        with steps.timed("consumer slot + event"):
+            await self.new_consumers.start(name)
+            await self._event("connected", name)
         logger.info("cluster %s connected (uid %s)", name, req.cluster_uid)
         if self.trust is None:
             return AgentCredentials(cluster=name, credential=credential)
-        jwt, expires = self._agent_jwt(name, req.user_public_key)
+        with steps.timed("sign jwt"):
+            jwt, expires = self._agent_jwt(name, req.user_public_key)
         return AgentCredentials(cluster=name, credential=credential, jwt=jwt, expires_at=expires)
+
+    async def _claim_uid(self, uid: str, name: str) -> None:
+        """The duplicate guard: a create-only key per physical cluster UID. Created first (a new cluster's
+        UID is free: no read before), read only when taken."""
+        for _ in range(2):
+            try:
+                await self.uids.create(uid, ClusterUidClaim(cluster=name))
+                return
+            except Conflict:
+                claim = await self.uids.get(uid)
+            if claim is None:
+                continue  # released in between (its cluster disconnected): claim it again
+            if claim[0].cluster == name:
+                return  # this cluster's own claim (a token issued again)
+            holder = await self.clusters.get(claim[0].cluster)
+            if holder is not None and holder[0].state != "disconnected":
+                raise logic.duplicate_error(uid, claim[0].cluster)
+            await self.uids.put(uid, ClusterUidClaim(cluster=name))
+            return
+        raise Unavailable(f"the claim of cluster UID {uid} keeps changing; try again")
 
     async def events_creds(self, req: EventsCredsRequest) -> EventsCreds:
         """A subscribe-only NATS user for an outside consumer of the public events (signed here, the seed
@@ -281,14 +300,13 @@ class Registry:
     async def hello(self, req: AgentHello, caller: str) -> AgentWelcome:
         logic.check_caller(caller, req.cluster)
         record, revision = await self._record(req.cluster)
-        fresh = record.name in self._fresh_consumers
-        self._fresh_consumers.discard(record.name)
         admitted = logic.admit(record, req)
         if admitted != record:
             await self.clusters.update(record.name, admitted, revision)
+        fresh = await self.new_consumers.settled(record.name)
         # Also at every hello: a consumer lost with its stream comes back when its agent reconnects. Not at the
-        # first hello right after the bootstrap that made it (the agent's own look-up still asks again, with a
-        # hello, when it finds the consumer missing).
+        # first hello after the bootstrap whose creation made it (the agent's own look-up still asks again,
+        # with a hello, when it finds the consumer missing).
         if not fresh:
             await self.bus.ensure_agent_consumer(record.name)
         return AgentWelcome(cluster=record.name, heartbeat_interval=self.settings.heartbeat_interval)
@@ -348,7 +366,9 @@ async def setup(rt: Runtime, settings: Settings) -> None:
         trust = Trust.load(settings.auth_dir)
         sys_creds = str(settings.auth_dir / "sys.creds")
         sys_bus = await rt.connect("registry-sys", replace(settings.common.bus, creds_file=sys_creds))
-    registry = Registry(settings, rt.bus, clusters, uids, projects, trust, sys_bus)
+    steps = Steps(rt.meter("tether.registry"))
+    registry = Registry(settings, rt.bus, clusters, uids, projects, trust, sys_bus, steps)
+    rt.on_stop(registry.new_consumers.close)
     await registry.push_revocations()
     count_connected(rt, clusters)
     install(registry, rt.endpoints)

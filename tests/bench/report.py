@@ -67,6 +67,20 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         (not math.isnan(total)) and total <= 60.0 and lost == 0 and twice == 0 and n >= 10_000,
         f"{_s(total)} for {n} agents; lost {lost}, applied twice {twice}",
     )
+    bound = _get(r, "connect", "all_bound_s")
+    raw = _get(r, "baseline_connect", "seconds") * n / max(1, _get(r, "baseline_connect", "connections", default=1))
+    raw += _get(r, "baseline_connect", "seconds_consumers", default=math.nan)
+    add(
+        "agents online and bound ≤ 3x bare connections + consumer creations of the same run",
+        (not math.isnan(bound / raw)) and bound <= 3 * raw,
+        f"{_s(bound)} vs {_s(raw)} raw: {bound / raw:.1f}x at {n} agents",
+    )
+    add(
+        "full restart with pending commands ≤ 60 s, 0 lost, 0 applied twice",
+        (not math.isnan(total)) and total <= 60.0 and lost == 0 and twice == 0,
+        f"{_s(total)} for {n} agents and {_get(r, 'storm', 'pending_commands', default='?')} pending commands; "
+        f"lost {lost}, applied twice {twice}",
+    )
     per = _get(r, "memory", "services_bytes_per_cluster")
     add(
         "platform services ≤ 50 KB per connected cluster",

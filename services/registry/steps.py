@@ -1,0 +1,39 @@
+"""How long each step of an agent's bootstrap takes in the registry (``tether.registry.bootstrap.step``).
+
+The benchmark reads it from the registry's Prometheus port to say where an agent's token exchange goes
+(record read, UID claim, token spent, consumer and event, JWT signed); an operator sees the same.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from opentelemetry.metrics import Histogram, Meter
+
+STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Steps:
+    """Times the steps of a request into one histogram, one ``step`` attribute each; without a meter
+    (tests) it only times."""
+
+    def __init__(self, meter: Meter | None = None) -> None:
+        self._histogram: Histogram | None = None
+        if meter is not None:
+            self._histogram = meter.create_histogram(
+                "tether.registry.bootstrap.step",
+                unit="s",
+                description="Seconds each step of an agent's bootstrap took in the registry",
+                explicit_bucket_boundaries_advisory=STEP_BUCKETS,
+            )
+
+    @contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self._histogram is not None:
+                self._histogram.record(time.perf_counter() - started, {"step": step})

@@ -1,0 +1,90 @@
+"""The registry's background creation of new clusters' command consumers (``services.registry.consumers``)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from schemas.errors import Unavailable
+from services.bus.memory import MemoryBus
+from services.registry.consumers import NewConsumers
+
+
+class SlowBus(MemoryBus):
+    """Creations wait for ``release``; ``fail`` makes them fail; counts creations running at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.fail = False
+        self.running = 0
+        self.most = 0
+        self.looked_up: list[bool] = []
+
+    async def ensure_agent_consumer(self, cluster: str, *, look_up: bool = True) -> bool:
+        self.looked_up.append(look_up)
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await asyncio.wait_for(self.release.wait(), 5)
+            if self.fail:
+                raise Unavailable("JetStream did not answer")
+            return await super().ensure_agent_consumer(cluster, look_up=look_up)
+        finally:
+            self.running -= 1
+
+
+async def test_a_hello_waits_for_the_creation_and_then_needs_no_look_up() -> None:
+    bus = SlowBus()
+    consumers = NewConsumers(bus, concurrency=4)
+    await consumers.start("c1")
+    hello = asyncio.ensure_future(consumers.settled("c1"))
+    await asyncio.sleep(0.05)
+    assert not hello.done()  # still creating
+    bus.release.set()
+    assert await asyncio.wait_for(hello, 5) is True
+    assert bus.looked_up == [False]
+    # Only the first hello after the bootstrap: a later one looks it up itself.
+    assert await consumers.settled("c1") is False
+
+
+async def test_a_failed_creation_leaves_it_to_the_hello() -> None:
+    bus = SlowBus()
+    bus.fail = True
+    bus.release.set()
+    consumers = NewConsumers(bus, concurrency=4)
+    await consumers.start("c1")
+    assert await consumers.settled("c1") is False
+    assert await consumers.settled("never-bootstrapped") is False
+
+
+async def test_bootstraps_wait_for_a_slot_so_creations_stay_bounded() -> None:
+    bus = SlowBus()
+    consumers = NewConsumers(bus, concurrency=2)
+    await consumers.start("c1")
+    await consumers.start("c2")
+    third = asyncio.ensure_future(consumers.start("c3"))
+    await asyncio.sleep(0.05)
+    assert not third.done() and bus.most == 2
+    bus.release.set()
+    await asyncio.wait_for(third, 5)
+    assert all([await consumers.settled(c) for c in ("c1", "c2", "c3")])
+    assert bus.most == 2
+
+
+async def test_close_cancels_what_is_still_running() -> None:
+    bus = SlowBus()
+    consumers = NewConsumers(bus, concurrency=2)
+    await consumers.start("c1")
+    await asyncio.wait_for(consumers.close(), 5)
+    assert bus.running == 0
+    assert await consumers.settled("c1") is False
+
+
+async def test_a_second_bootstrap_replaces_the_first_creation() -> None:
+    bus = SlowBus()
+    consumers = NewConsumers(bus, concurrency=4)
+    await consumers.start("c1")
+    await consumers.start("c1")
+    bus.release.set()
+    assert await consumers.settled("c1") is True
+    await consumers.close()
