@@ -110,7 +110,9 @@ class KubeDriver:
             raise DriverError("$TETHER_KUBE_TIMEOUT must be a number of seconds") from None
         self.api = api or KubeApi.from_kubeconfig(settings.kubeconfig, timeout=timeout)
         self.tenants = tenants or tenant_settings_from_env(env)
-        self.runtime = TenantRuntime(self.api, lambda config: KubeApi.from_kubeconfig_dict(config, timeout=timeout))
+        self.runtime = TenantRuntime(
+            self.api, lambda upstream: KubeApi.from_upstream(upstream, timeout=timeout), self.api.host, env
+        )
         self._applier = KubeApplier(self.api, self.tenants, self.runtime, clock)
         self._inventory = KubeInventory(self.api, self.tenants)
         self._lock = asyncio.Lock()

@@ -8,6 +8,7 @@ driver runs every call in a worker thread.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -22,6 +23,7 @@ from kubernetes.config.config_exception import ConfigException
 
 from agent.drivers.kube_objects import FIELD_MANAGER, Obj, object_key
 from agent.errors import ClusterUnreachable, DriverError
+from agent.gateway_upstream import Upstream
 
 DEFAULT_TIMEOUT = 30.0
 """Seconds per API request (``TETHER_KUBE_TIMEOUT``)."""
@@ -145,6 +147,30 @@ def load_configuration(kubeconfig: Path | None) -> k8s_client.Configuration:
         ) from None
 
 
+def upstream_kubeconfig(upstream: Upstream) -> dict[str, Any]:
+    """A kubeconfig of ``upstream`` with inline data only (the client's loader writes it to private temp files)."""
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    cluster: dict[str, Any] = {"server": upstream.url}
+    if upstream.ca_data:
+        cluster["certificate-authority-data"] = b64(upstream.ca_data)
+    user: dict[str, Any] = {}
+    if upstream.cert_data and upstream.key_data:
+        user = {"client-certificate-data": b64(upstream.cert_data), "client-key-data": b64(upstream.key_data)}
+    if upstream.authorization.startswith("Bearer "):
+        user["token"] = upstream.authorization.removeprefix("Bearer ")
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "tenant", "cluster": cluster}],
+        "users": [{"name": "tenant", "user": user}],
+        "contexts": [{"name": "tenant", "context": {"cluster": "tenant", "user": "tenant"}}],
+        "current-context": "tenant",
+    }
+
+
 class KubeApi:
     """A small, synchronous REST client over ``kubernetes.client.ApiClient``: JSON dicts in and out.
 
@@ -175,6 +201,13 @@ class KubeApi:
         except (ConfigException, ValueError, TypeError, KeyError) as exc:
             raise DriverError(f"unusable kubeconfig: {exc}", reason="KubeconfigInvalid") from None
         return cls(cfg, timeout=timeout)
+
+    @classmethod
+    def from_upstream(cls, upstream: Upstream, *, timeout: float = DEFAULT_TIMEOUT) -> KubeApi:
+        """A client of a tenant's API server from what ``agent.gateway_tenant.parse_kubeconfig`` accepted: a
+        kubeconfig rebuilt from the checked server and inline credentials alone, so nothing of the tenant's
+        file (exec plugins, file paths, proxies) reaches the kubernetes client's loader."""
+        return cls.from_kubeconfig_dict(upstream_kubeconfig(upstream), timeout=timeout)
 
     def get_text(self, path: str, *, what: str = "") -> str:
         """A GET answered with text (``/readyz``, a pod's log)."""

@@ -10,12 +10,16 @@
   deleted (as ``vcluster pause`` does); the namespace records what ran (``tether.dev/restore``). On wake the
   control plane comes back and its syncer recreates them from the tenant's own state.
 
-No ``kubernetes`` import here: the host's API and a factory for a tenant's API are handed in.
+No ``kubernetes`` import here: the host's API and a factory for a tenant's API are handed in. The tenant's
+kubeconfig Secret is written by a control plane the tenant drives: it is read with the gateway's hostile-kubeconfig
+checks (``agent.gateway_tenant.parse_kubeconfig``: inline data only, no exec or file paths, only the tenant's own
+Service), and the factory gets only what passed them, never the tenant's file.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import logging
@@ -49,6 +53,8 @@ from agent.drivers.tenant_status import (
     tenant_member_bindings,
 )
 from agent.errors import DriverError
+from agent.gateway_tenant import KUBECONFIG_LIMIT, parse_kubeconfig
+from agent.gateway_upstream import Upstream
 from schemas.messages import DesiredState, WorkloadSpec
 
 logger = logging.getLogger(__name__)
@@ -57,8 +63,6 @@ Obj = dict[str, Any]
 
 ANN_RESTORE = f"{DOMAIN}/restore"
 """On a sleeping tenant's namespace: what ran when it went to sleep (JSON), so wake can be checked against it."""
-KUBECONFIG_LIMIT = 256 * 1024
-"""Bytes of a tenant's kubeconfig read at most (written by the tenant: bounded)."""
 
 
 class Api(Protocol):
@@ -79,8 +83,8 @@ class Api(Protocol):
     def close(self) -> None: ...
 
 
-Connect = Callable[[Mapping[str, Any]], Api]
-"""Makes a client of a tenant's API from its kubeconfig (a parsed dict)."""
+Connect = Callable[[Upstream], Api]
+"""Makes a client of a tenant's API from its checked endpoint and inline credentials."""
 
 
 def _members_digest(spec: WorkloadSpec) -> str:
@@ -91,11 +95,17 @@ def _members_digest(spec: WorkloadSpec) -> str:
 class TenantRuntime:
     """Status, members inside tenants, sleep and wake of workloads; synchronous (runs in worker threads)."""
 
-    def __init__(self, api: Api, connect: Connect) -> None:
+    def __init__(self, api: Api, connect: Connect, host_url: str, environ: Mapping[str, str]) -> None:
         self.api = api
         self.connect = connect
+        self._host_url = host_url
+        """The host cluster's API server: a tenant's kubeconfig naming it is refused."""
+        self._environ = dict(environ)
+        """Where ``TETHER_GATEWAY_TENANT_HOSTS`` (hosts allowed besides the tenant's own Service) is read."""
         self._answered: dict[str, tuple[int, str]] = {}
         """Namespace -> (generation, pod uid) whose API answered and got its members: not asked again."""
+        self._refused: dict[str, str] = {}
+        """Namespace -> why its kubeconfig was refused, last time (logged once per new reason, not per status)."""
 
     # --- status ---------------------------------------------------------------------------------
     def statuses(self) -> list[TenantStatus]:
@@ -120,6 +130,8 @@ class TenantRuntime:
         live = {namespace_name("tenant", s.project, s.name) for s in out}
         for gone in self._answered.keys() - live:
             del self._answered[gone]
+        for gone in self._refused.keys() - live:
+            del self._refused[gone]
         return out
 
     def _status(self, ns: Obj, project: str, name: str, pods: list[Obj], sts: Obj | None) -> TenantStatus:
@@ -196,17 +208,17 @@ class TenantRuntime:
                 reason="KubeconfigMissing",
             )
         try:
-            if len(raw) > KUBECONFIG_LIMIT:
+            if not isinstance(raw, str) or len(raw) > 2 * KUBECONFIG_LIMIT:
                 raise ValueError(f"larger than {KUBECONFIG_LIMIT} bytes")
-            config = yaml.safe_load(base64.b64decode(raw))
-            if not isinstance(config, dict):
-                raise ValueError("not a kubeconfig")
-        except (ValueError, yaml.YAMLError) as exc:
-            raise DriverError(
-                f"Secret {namespace}/{vcluster.KUBECONFIG_SECRET} holds no usable kubeconfig: {exc}",
-                reason="KubeconfigInvalid",
-            ) from None
-        return self.connect(config)
+            upstream = parse_kubeconfig(base64.b64decode(raw, validate=True), namespace, self._host_url, self._environ)
+        except (ValueError, binascii.Error, yaml.YAMLError) as exc:
+            why = f"Secret {namespace}/{vcluster.KUBECONFIG_SECRET} holds no usable kubeconfig: {exc}"[:500]
+            if self._refused.get(namespace) != why:
+                logger.warning("refused a tenant's kubeconfig: %s", why)
+            self._refused[namespace] = why
+            raise DriverError(why, reason="KubeconfigInvalid") from None
+        self._refused.pop(namespace, None)
+        return self.connect(upstream)
 
     @staticmethod
     def _apply_members(tenant: Api, spec: WorkloadSpec) -> None:

@@ -15,6 +15,7 @@ import pytest
 from agent.drivers.kube import KubeApi, KubeDriver
 from agent.settings import AgentSettings
 from tests.kube.cluster import ControlPlane, KubeBinUnavailable, build_binaries, unavailable
+from tests.kube.helpers import TENANT_HOSTS
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +63,8 @@ def admin_api(kubeconfig: Path) -> Iterator[KubeApi]:
 
 @pytest.fixture
 async def driver(kubeconfig: Path, tmp_path: Path) -> AsyncIterator[KubeDriver]:
-    d = KubeDriver(AgentSettings(driver="kube", kubeconfig=kubeconfig, state_dir=tmp_path / "agent"), environ={})
+    d = KubeDriver(
+        AgentSettings(driver="kube", kubeconfig=kubeconfig, state_dir=tmp_path / "agent"), environ=TENANT_HOSTS
+    )
     yield d
     await d.close()

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from agent.drivers.kube import KubeApi
+from agent.gateway_tenant import TENANT_HOSTS_ENV
 from schemas.messages import Command, DesiredState, Member, Quota, Resources, WorkloadKind, WorkloadSpec
 
 GiB = 2**30
@@ -111,6 +112,11 @@ def finalize_namespace(api: KubeApi, name: str) -> None:
         return
     ns["spec"]["finalizers"] = []
     api.request("PUT", f"/api/v1/namespaces/{name}/finalize", body=ns, what=f"finalizing namespace {name}")
+
+
+TENANT_HOSTS = {TENANT_HOSTS_ENV: "127.0.0.1"}
+"""The stand-in tenant API server listens on loopback, not on the tenant's own Service: the agent must be told
+it may call it (``agent.gateway_tenant.parse_kubeconfig`` refuses any other host)."""
 
 
 def tenant_kubeconfig(server: Any) -> dict[str, Any]:

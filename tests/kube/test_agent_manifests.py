@@ -19,7 +19,16 @@ from agent.errors import DriverError
 from agent.settings import AgentSettings
 from services.api import manifests
 from tests.kube.cluster import ROOT, ControlPlane, KubeBinUnavailable, build_helm, unavailable
-from tests.kube.helpers import can, command, get, member, names, wait_gone, write_tenant_kubeconfig
+from tests.kube.helpers import (
+    TENANT_HOSTS,
+    can,
+    command,
+    get,
+    member,
+    names,
+    wait_gone,
+    write_tenant_kubeconfig,
+)
 
 pytestmark = pytest.mark.kube
 
@@ -226,7 +235,9 @@ async def test_the_driver_works_with_exactly_these_rights(
     installed: Path, admin_api: KubeApi, tenant_api_server: ControlPlane, tmp_path: Path
 ) -> None:
     """Every operation, as the agent's ServiceAccount: nothing is refused."""
-    driver = KubeDriver(AgentSettings(driver="kube", kubeconfig=installed, state_dir=tmp_path / "agent"), environ={})
+    driver = KubeDriver(
+        AgentSettings(driver="kube", kubeconfig=installed, state_dir=tmp_path / "agent"), environ=TENANT_HOSTS
+    )
     alice = member("user:alice", "admin")
     try:
         assert await driver.cluster_uid() == get(admin_api, "Namespace", "kube-system")["metadata"]["uid"]

@@ -23,7 +23,7 @@ from agent.drivers.kube_objects import namespace_name
 from services.api import manifests
 from tests.harness import Stack, kube_agent, running, wait_for
 from tests.kube.cluster import ControlPlane
-from tests.kube.helpers import get, names, write_tenant_kubeconfig
+from tests.kube.helpers import TENANT_HOSTS, get, names, write_tenant_kubeconfig
 
 pytestmark = pytest.mark.kube
 
@@ -57,7 +57,7 @@ async def test_a_real_cluster_connected_with_its_manifests(
     assert stack.nats_url in objs[("Deployment", "tether-agent")]["spec"]["template"]["spec"]["containers"][0]["args"]
 
     kubeconfig = install(control_plane, api, rendered, tmp_path / "agent-kubeconfig")
-    kube_agent(stack, kubeconfig, tmp_path / "agent-state", info["token"])
+    kube_agent(stack, kubeconfig, tmp_path / "agent-state", info["token"], env=TENANT_HOSTS)
     cluster = await stack.wait_online("kube-1", timeout=30)
     assert cluster["kubernetes_version"] == "v1.36.5"
 
