@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
-from schemas.messages import Phase
+from schemas.messages import ClusterEventKind, ControlPlaneHealth, Phase
 
 
 class ApiModel(BaseModel):
@@ -61,6 +61,12 @@ class ControlPlaneOut(ApiModel):
     pods: int = Field(default=0, description="Pods in the tenant's namespace (control plane and synced workloads)")
     reason: str = Field(default="", description="Why it is not ready (from its pod's status)")
     message: str = ""
+
+    @classmethod
+    def of(cls, plane: ControlPlaneHealth) -> ControlPlaneOut:
+        """What a heartbeat said of one control plane, as the API shows it (the one place it is copied: each
+        field of this model from the wire record's field of the same name)."""
+        return cls.model_validate({field: getattr(plane, field) for field in cls.model_fields})
 
 
 class VersionsOut(ApiModel):
@@ -301,7 +307,7 @@ class WorkloadListOut(ApiModel):
 
 # --- cluster history and live events (web UI) ---------------------------------------------
 class ClusterEventOut(ApiModel):
-    kind: Literal["registered", "connected", "online", "offline", "disconnected"]
+    kind: ClusterEventKind
     at: datetime
     reason: str = ""
 

@@ -309,10 +309,14 @@ class AdminBootstrap(Message, frozen=True, tag="admin-bootstrap.v1"):
 
 
 # --- public events (tether.events.>) ------------------------------------------------------
+ClusterEventKind = Literal["registered", "connected", "online", "offline", "disconnected", "removed"]
+"""What happened to a cluster (the last token of its event's subject); the API's history says the same."""
+
+
 class ClusterEvent(Message, frozen=True, tag="cluster-event.v1"):
     """Published on ``tether.events.cluster.<kind>``."""
 
-    kind: Literal["registered", "connected", "online", "offline", "disconnected", "removed"]
+    kind: ClusterEventKind
     cluster: str
     at: float
     reason: str = ""

@@ -37,7 +37,7 @@ from agent import VERSION
 from agent.drivers import ApplyOutcome, WorkloadStatus, vcluster
 from agent.drivers.kube_api import DEFAULT_TIMEOUT, KubeApi, Resource, load_configuration
 from agent.drivers.kube_apply import KubeApplier
-from agent.drivers.kube_health import ControlPlane, control_plane_health, health_from, node_is_ready
+from agent.drivers.kube_health import control_plane_of, health_from, node_is_ready
 from agent.drivers.kube_inventory import KubeInventory
 from agent.drivers.kube_objects import TenantSettings, parse_quantity
 from agent.drivers.kube_state import STATE_SECRET_ENV, StateSecret, parse_secret_ref
@@ -45,12 +45,11 @@ from agent.drivers.kube_tenants import TenantRuntime
 from agent.errors import ClusterUnreachable, DriverError
 from agent.gateway_upstream import Upstream
 from agent.settings import AgentSettings
-from schemas.messages import ClusterHealth, Command, InventoryItem
+from schemas.messages import ClusterHealth, Command, ControlPlaneHealth, InventoryItem
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "STATE_SECRET_ENV",
-    "ControlPlane",
     "DriverError",
     "KubeApi",
     "KubeDriver",
@@ -144,7 +143,7 @@ class KubeDriver:
         version = self.api.request("GET", "/version", what="reading the server version")
         nodes = self.api.list("Node")
         health = health_from(nodes, str((version or {}).get("gitVersion") or ""))
-        health = msgspec.structs.replace(health, control_planes=control_plane_health(self._control_planes_sync()))
+        health = msgspec.structs.replace(health, control_planes=self._control_planes_sync())
         if self._state_secret is not None:
             self._state_secret.mirror()
         return health
@@ -159,12 +158,12 @@ class KubeDriver:
         self._last_health = health
         return health
 
-    async def control_planes(self) -> tuple[ControlPlane, ...]:
+    async def control_planes(self) -> tuple[ControlPlaneHealth, ...]:
         """Readiness, version and pods of every tenant's control plane."""
         return await self._run(self._control_planes_sync)
 
-    def _control_planes_sync(self) -> tuple[ControlPlane, ...]:
-        planes = [ControlPlane.of(s) for s in self.runtime.statuses() if s.state != "deleted"]
+    def _control_planes_sync(self) -> tuple[ControlPlaneHealth, ...]:
+        planes = [control_plane_of(s) for s in self.runtime.statuses() if s.state != "deleted"]
         return tuple(sorted(planes, key=lambda c: (c.project, c.name)))
 
     async def statuses(self) -> tuple[WorkloadStatus, ...]:

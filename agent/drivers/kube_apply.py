@@ -24,6 +24,7 @@ from agent.drivers.kube_objects import (
     ANN_SPEC,
     ANN_VERSION,
     Obj,
+    ObjectKey,
     SpecError,
     Stamp,
     TenantSettings,
@@ -47,8 +48,6 @@ from agent.errors import DriverError
 from schemas.messages import Command, DesiredState, WorkloadKind, WorkloadSpec, ref_of
 
 logger = logging.getLogger(__name__)
-
-Key = tuple[str, str, str]
 
 
 class KubeApplier:
@@ -182,9 +181,9 @@ class KubeApplier:
         except SpecError as exc:
             raise DriverError(str(exc), reason="Invalid") from None
 
-    def _children(self, workload: WorkloadKind, namespace: str) -> dict[Key, Obj]:
+    def _children(self, workload: WorkloadKind, namespace: str) -> dict[ObjectKey, Obj]:
         """Every object of the kinds the agent owns in ``namespace``, owned or not, by key."""
-        found: dict[Key, Obj] = {}
+        found: dict[ObjectKey, Obj] = {}
         for kind in kinds_of(workload):
             if kind == "Secret":
                 # Read by name only: the agent may not list (or read) anyone else's Secrets.
@@ -210,17 +209,15 @@ class KubeApplier:
             self.api.apply(obj)
         wanted = {object_key(o) for o in desired}
         for key in mine.keys() - wanted:
-            logger.info("deleting %s %s/%s: no longer wanted", *key)
-            self.api.delete(key[0], key[2], key[1])
+            logger.info("deleting %s: no longer wanted", key)
+            self.api.delete(key.kind, key.name, key.namespace)
 
-    def _mine(self, stamp: Stamp, desired: list[Obj]) -> dict[Key, Obj]:
+    def _mine(self, stamp: Stamp, desired: list[Obj]) -> dict[ObjectKey, Obj]:
         """The workload's own objects in its namespace; Conflict when a desired name is taken by another."""
         spec = stamp.spec
         existing = self._children(spec.kind, stamp.namespace)
         blocked = [
-            f"{key[0]} {key[1]}/{key[2]}"
-            for key in (object_key(o) for o in desired[1:])
-            if key in existing and not is_owned(existing[key])
+            str(key) for key in (object_key(o) for o in desired[1:]) if key in existing and not is_owned(existing[key])
         ]
         if blocked:
             raise DriverError(
@@ -232,7 +229,7 @@ class KubeApplier:
         return {k: o for k, o in existing.items() if owner_of(o) == owner}
 
     @staticmethod
-    def _drifted(stamp: Stamp, ns: Obj, desired: list[Obj], mine: dict[Key, Obj]) -> bool:
+    def _drifted(stamp: Stamp, ns: Obj, desired: list[Obj], mine: dict[ObjectKey, Obj]) -> bool:
         found = {**mine, object_key({**ns, "kind": "Namespace"}): {**ns, "kind": "Namespace"}}
         desired[0]["metadata"]["annotations"][ANN_SPEC] = annotations_of(ns).get(ANN_SPEC, "")
         problems = drift(desired, found)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from agent import VERSION
@@ -43,48 +42,16 @@ def health_from(nodes: Iterable[Mapping[str, Any]], version: str) -> ClusterHeal
     )
 
 
-@dataclass(frozen=True)
-class ControlPlane:
-    """Readiness of one tenant's control plane: its pod Ready and its API answering."""
-
-    project: str
-    name: str
-    replicas: int
-    ready_replicas: int
-    ready: bool = False
-    version: str = ""
-    pods: int = 0
-    reason: str = ""
-    message: str = ""
-
-    @classmethod
-    def of(cls, status: TenantStatus) -> ControlPlane:
-        return cls(
-            project=status.project,
-            name=status.name,
-            replicas=status.replicas,
-            ready_replicas=status.ready_replicas,
-            ready=status.settled and status.state == "running",
-            version=status.version,
-            pods=status.pods,
-            reason=status.reason,
-            message=status.message,
-        )
-
-
-def control_plane_health(planes: Iterable[ControlPlane]) -> tuple[ControlPlaneHealth, ...]:
-    """What a heartbeat says of each tenant's control plane."""
-    return tuple(
-        ControlPlaneHealth(
-            project=c.project,
-            name=c.name,
-            replicas=c.replicas,
-            ready_replicas=c.ready_replicas,
-            ready=c.ready,
-            version=c.version,
-            pods=c.pods,
-            reason=c.reason,
-            message=c.message,
-        )
-        for c in planes
+def control_plane_of(status: TenantStatus) -> ControlPlaneHealth:
+    """What a heartbeat says of one tenant's control plane: Ready when its pod is and its API answers."""
+    return ControlPlaneHealth(
+        project=status.project,
+        name=status.name,
+        replicas=status.replicas,
+        ready_replicas=status.ready_replicas,
+        ready=status.settled and status.state == "running",
+        version=status.version,
+        pods=status.pods,
+        reason=status.reason,
+        message=status.message,
     )

@@ -23,6 +23,7 @@ from agent.drivers.kube_objects import (
     MANAGED_SELECTOR,
     TENANT_KINDS,
     Obj,
+    ObjectKey,
     SpecError,
     Stamp,
     TenantSettings,
@@ -42,7 +43,6 @@ from schemas.messages import InventoryItem, WorkloadRef, WorkloadSpec, ref_of
 
 logger = logging.getLogger(__name__)
 
-Key = tuple[str, str, str]
 Owner = WorkloadRef
 
 
@@ -90,17 +90,17 @@ class KubeInventory:
             workloads[name] = (owner, {**ns, "kind": "Namespace"})
         return workloads, leaving
 
-    def _children(self, workloads: Mapping[str, tuple[Owner, Obj]]) -> dict[str, dict[Key, Obj]]:
+    def _children(self, workloads: Mapping[str, tuple[Owner, Obj]]) -> dict[str, dict[ObjectKey, Obj]]:
         """Every owned object of each workload, listed once per kind; a tenant's config Secret read by name
         (the agent may not list anyone else's Secrets)."""
-        children: dict[str, dict[Key, Obj]] = {name: {} for name in workloads}
+        children: dict[str, dict[ObjectKey, Obj]] = {name: {} for name in workloads}
         for kind in TENANT_KINDS:
             if kind == "Secret":
                 continue
             for obj in self.api.list(kind, selector=MANAGED_SELECTOR):
                 key = object_key(obj)
-                if key[1] in workloads and owner_of(obj) == workloads[key[1]][0]:
-                    children[key[1]][key] = obj
+                if key.namespace in workloads and owner_of(obj) == workloads[key.namespace][0]:
+                    children[key.namespace][key] = obj
         for name, (owner, _ns) in workloads.items():
             if owner.kind != "tenant":
                 continue
@@ -110,7 +110,7 @@ class KubeInventory:
                 children[name][object_key(secret)] = secret
         return children
 
-    def _item(self, owner: Owner, ns: Obj, children: dict[Key, Obj]) -> InventoryItem:
+    def _item(self, owner: Owner, ns: Obj, children: dict[ObjectKey, Obj]) -> InventoryItem:
         generation = generation_of(ns)
         problems = self._drift_of(ns, {**children, object_key(ns): ns})
         if problems:
@@ -129,7 +129,7 @@ class KubeInventory:
             last_activity=float_annotation(ns, ANN_ACTIVE_AT),
         )
 
-    def _drift_of(self, ns: Obj, found: Mapping[Key, Obj]) -> list[str]:
+    def _drift_of(self, ns: Obj, found: Mapping[ObjectKey, Obj]) -> list[str]:
         """What differs between the workload's objects and what its namespace says they should be."""
         annotations = annotations_of(ns)
         spec: WorkloadSpec | None = decode_spec(annotations.get(ANN_SPEC, ""))

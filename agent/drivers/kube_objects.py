@@ -34,7 +34,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -572,13 +572,24 @@ def _same_value(actual: Any, expected: Any) -> bool:
     return False
 
 
-def object_key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
+class ObjectKey(NamedTuple):
+    """One Kubernetes object by identity (not a Tether workload: that is ``schemas.messages.WorkloadRef``)."""
+
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+def object_key(obj: Mapping[str, Any]) -> ObjectKey:
     """(kind, namespace, name) of an object."""
     meta = obj.get("metadata") or {}
-    return str(obj.get("kind", "")), str(meta.get("namespace", "")), str(meta.get("name", ""))
+    return ObjectKey(str(obj.get("kind", "")), str(meta.get("namespace", "")), str(meta.get("name", "")))
 
 
-def drift(expected: Iterable[Obj], actual: Mapping[tuple[str, str, str], Obj]) -> list[str]:
+def drift(expected: Iterable[Obj], actual: Mapping[ObjectKey, Obj]) -> list[str]:
     """What differs between the objects a workload should have and the ones found (empty: none).
 
     ``actual`` holds the owned objects found, keyed by ``object_key``. An expected

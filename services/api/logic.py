@@ -96,19 +96,7 @@ def cluster_view(
         conditions=conditions,
         created_at=ts(record.created_at),
         control_planes=[
-            ControlPlaneOut(
-                project=c.project,
-                name=c.name,
-                replicas=c.replicas,
-                ready_replicas=c.ready_replicas,
-                ready=c.ready,
-                version=c.version,
-                pods=c.pods,
-                reason=c.reason,
-                message=c.message,
-            )
-            for c in health.control_planes
-            if projects is None or c.project in projects
+            ControlPlaneOut.of(c) for c in health.control_planes if projects is None or c.project in projects
         ],
     )
 
