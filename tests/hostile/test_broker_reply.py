@@ -4,8 +4,10 @@ and points the reply at a subject of its choice. The platform answers only into 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from schemas import subjects
+from schemas.credentials import agent_inbox_prefix
 from services.bus.endpoints import ERROR_CODE
 from tests.harness import wait_for
 from tests.hostile.conftest import Hostile
@@ -117,3 +119,54 @@ async def test_error_replies_are_never_empty(hostile: Hostile) -> None:
         assert reply.data and json.loads(reply.data)["error"]["code"] == "400"
     finally:
         await platform.close()
+
+
+async def test_a_request_naming_another_agents_inbox_delivers_nothing_to_that_agent(hostile: Hostile) -> None:
+    """The victim listens on its whole inbox with its own real credentials while the attacker (its agent's real
+    creds, and its spent token's bootstrap user) asks every agent endpoint, with bodies that would be answered,
+    to reply into the victim's inbox. The cluster in the subject is the one the broker authenticated, so the
+    registry answers only into that cluster's inbox and drops the rest: the victim receives nothing."""
+    h = hostile
+    victim = await h.stack.nc_as_agent_of(h.victim, h.tmp / h.victim)
+    stolen: list[str] = []
+
+    async def listen(msg: Any) -> None:
+        stolen.append(f"{msg.subject}: {msg.data[:200]!r}")
+
+    try:
+        # The victim's own agent uses its inbox too (its requests are answered there): listen only below a prefix
+        # the attack names, so a reply to the real agent is not counted as stolen.
+        inbox = f"{agent_inbox_prefix(h.victim)}.stolen"
+        await victim.subscribe(f"{inbox}.>", cb=listen)
+        await victim.subscribe(inbox, cb=listen)
+        await victim.flush()
+        attacker, bootstrap = await h.attacker_nc(), await h.bootstrap_nc()
+        hello = {
+            "type": "agent-hello.v1",
+            "cluster": h.attacker,
+            "credential": h.attacker_credential,
+            "cluster_uid": "x",
+        }
+        renew = {"type": "agent-renew.v1", "cluster": h.attacker, "credential": h.attacker_credential}
+        spent = {"type": "agent-bootstrap.v1", "token": h.spent_token, "cluster_uid": "x"}
+        # Answered when asked properly: the registry is serving these very requests.
+        answer = await attacker.request(subjects.agent_call(RENEW, h.attacker), json.dumps(renew).encode(), timeout=5)
+        assert not (answer.headers or {}).get(ERROR_CODE), answer.headers
+        attempts = [
+            (attacker, HELLO, hello),
+            (attacker, RENEW, renew),
+            (attacker, HELLO, {}),
+            (bootstrap, BOOTSTRAP, spent),
+        ]
+        for nc, base, body in attempts:
+            for reply in (inbox, f"{inbox}.x", f"{inbox}.AbCdEf0123456789.1"):
+                before = h.stack.services["registry"].output().count("dropped a request")
+                await nc.publish(subjects.agent_call(base, h.attacker), json.dumps(body).encode(), reply=reply)
+                await nc.flush()
+                await drops(h, reply, before)
+        # Anything the registry had sent would be in the victim's socket by now: one round trip through the server.
+        await victim.flush()
+        assert stolen == [], stolen
+    finally:
+        await victim.close()
+    await h.intact()
