@@ -53,7 +53,7 @@ from schemas.names import check_name
 from services.api.auth import Platform, authorize
 from services.api.gateway_limits import MemberLimiter
 from services.api.gateway_wake import NotAwake, Waker, asleep, waking
-from services.bus.gateway import GatewayStream, StreamBroken, link_over
+from services.bus.gateway import GatewayStream, NoAgent, StreamBroken, link_over
 
 logger = logging.getLogger(__name__)
 
@@ -327,6 +327,9 @@ class Gateway:
         try:
             await self.link.request(access.cluster, request)
             head = await stream.next(HEAD_TIMEOUT)
+        except NoAgent as exc:  # presence has not seen it go yet (its budget is 15 s): no head will come
+            await stream.close(cancel=False)
+            raise Refused(503, str(exc)) from None
         except StreamBroken as exc:
             await stream.close(cancel=True)
             raise Refused(504, f"{exc} (cluster {access.cluster!r})") from None

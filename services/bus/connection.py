@@ -48,6 +48,8 @@ async def connect(settings: BusSettings, name: str) -> Client:
     async def on_reconnected() -> None:
         await reset()
         logger.info("nats (%s): reconnected", name)
+        for hook in list(nc.reconnected_hooks):
+            hook()
 
     async def on_disconnected() -> None:
         logger.warning("nats (%s): disconnected", name)

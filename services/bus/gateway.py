@@ -6,6 +6,11 @@ bounded queue. The broker guarantees that frames under ``tether.gwr.<cluster>``
 come from that cluster's agent; the link also checks that the cluster matches
 the stream's, and that the agent keeps to its credits (a frame beyond them ends
 the stream: nothing here grows without bound).
+
+A request carries its stream's frames subject as its reply subject: when no agent is subscribed (not connected,
+or not serving yet), nats-server answers there at once with a no-responders status, and the stream ends with
+``NoAgent`` instead of waiting for a head that cannot come. After this process's own reconnect, every open
+stream ends (frames and controls sent meanwhile are lost; the agent ends its side on its own reconnect).
 """
 
 from __future__ import annotations
@@ -27,12 +32,23 @@ from schemas import subjects, tracing
 from schemas.errors import TetherError, Unavailable
 from schemas.gateway import GatewayControl, GatewayFrame, GatewayRequest, decode, encode
 from services.bus.interface import Bus
+from services.bus.limits import GuardedClient
 
 logger = logging.getLogger(__name__)
+
+NO_RESPONDERS = "503"
+"""nats-server's status for a request nobody is subscribed to."""
 
 
 class StreamBroken(Exception):
     """The stream cannot go on (agent gone, frames lost, protocol broken); the text says why."""
+
+
+class NoAgent(StreamBroken):
+    """Nobody serves the cluster's gateway subject: its agent is not connected (nats-server said so)."""
+
+    def __init__(self, cluster: str) -> None:
+        super().__init__(f"cluster {cluster!r} is offline: its agent is not connected to the platform")
 
 
 class GatewayStream:
@@ -69,12 +85,12 @@ class GatewayStream:
         except asyncio.QueueFull:
             self.fail("the agent sent more than its credits allow")
 
-    def fail(self, text: str) -> None:
+    def fail(self, text: str, error: StreamBroken | None = None) -> None:
         self.closed = True
         with contextlib.suppress(asyncio.QueueEmpty):
             while True:
                 self._queue.get_nowait()
-        self._queue.put_nowait(StreamBroken(text))
+        self._queue.put_nowait(error or StreamBroken(text))
 
     async def next(self, timeout: float) -> GatewayFrame:
         """The next frame; StreamBroken when the agent fell silent for ``timeout`` s or the stream broke."""
@@ -126,6 +142,13 @@ class GatewayLink:
         if self.nc is None:
             raise Unavailable("the Kubernetes gateway needs the platform on NATS")
         self._sub = await self.nc.subscribe(subjects.gateway_frames_for_api(self.api_id), cb=self._on_frame)
+        if isinstance(self.nc, GuardedClient):
+            self.nc.reconnected_hooks.append(self.reset)
+
+    def reset(self) -> None:
+        """After a reconnect: end every open stream (a tunnel's client sees a close, a watch's kubectl re-lists)."""
+        for stream in list(self._streams.values()):
+            stream.fail("the platform's link to NATS was interrupted: the stream ended")
 
     async def _on_frame(self, msg: Msg) -> None:
         where = subjects.parse_gateway_frames(msg.subject)
@@ -134,6 +157,9 @@ class GatewayLink:
             return  # a stream already closed: its late frames are dropped
         if where[0] != stream.cluster:
             logger.warning("gateway: a frame for stream %s came from cluster %r; dropped", stream.id, where[0])
+            return
+        if not msg.data and msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
+            stream.fail("", NoAgent(stream.cluster))
             return
         try:
             message = decode(msg.data)
@@ -155,16 +181,17 @@ class GatewayLink:
         self._streams.pop(stream_id, None)
 
     async def request(self, cluster: str, request: GatewayRequest) -> None:
-        await self._publish(subjects.gateway_requests(cluster), encode(request), tracing.inject())
+        reply = subjects.gateway_frames(cluster, request.stream)  # where nats-server says "no responders"
+        await self._publish(subjects.gateway_requests(cluster), encode(request), tracing.inject(), reply)
 
     async def control(self, cluster: str, control: GatewayControl) -> None:
         await self._publish(subjects.gateway_control(cluster), encode(control), None)
 
-    async def _publish(self, subject: str, data: bytes, headers: dict[str, str] | None) -> None:
+    async def _publish(self, subject: str, data: bytes, headers: dict[str, str] | None, reply: str = "") -> None:
         if self.nc is None:
             raise Unavailable("the Kubernetes gateway needs the platform on NATS")
         try:
-            await self.nc.publish(subject, data, headers=headers or None)
+            await self.nc.publish(subject, data, reply=reply, headers=headers or None)
         except NatsError as exc:
             raise Unavailable(f"cannot publish on {subject}: {exc or type(exc).__name__}") from None
 

@@ -9,6 +9,8 @@ other failed write.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from nats.aio.client import Client
 from nats.errors import MaxPayloadError
 
@@ -43,6 +45,11 @@ class GuardedClient(Client):
 
     closing = False
     """Set when we close it ourselves (a close by the server is fatal, ours is not)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reconnected_hooks: list[Callable[[], None]] = []
+        """Called after each reconnect (``services.bus.connection``): what was in flight meanwhile is lost."""
 
     async def publish(
         self, subject: str, payload: bytes = b"", reply: str = "", headers: dict[str, str] | None = None

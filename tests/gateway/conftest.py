@@ -144,4 +144,22 @@ async def member_kubectl(stack: Stack, token: str, kind: str, project: str, name
     return Kubectl(kubeconfig=path, env=env)
 
 
-__all__ = ["ControlPlane", "HttpsStack", "Kubectl", "kube_agent", "member_kubectl", "tether"]
+async def wait_gateway_served(stack: Stack, cluster: str, timeout: float = 30.0) -> None:
+    """Until ``cluster``'s agent is subscribed to its gateway requests (nats-server's ``/subsz``): the cluster
+    shows online (heartbeats) before its agent has started serving the gateway."""
+    from schemas import subjects
+    from tests.harness import monitor
+
+    assert stack.nats is not None
+    server, subject = stack.nats, subjects.gateway_requests(cluster)
+
+    def served() -> bool:
+        found = monitor(server, f"/subsz?subs=1&test={subject}") or {}
+        return bool(found.get("subscriptions_list"))  # only the subscriptions that match ``subject``
+
+    await wait_for(
+        lambda: asyncio.to_thread(served), timeout=timeout, what=f"the agent of {cluster} serving its gateway"
+    )
+
+
+__all__ = ["ControlPlane", "HttpsStack", "Kubectl", "kube_agent", "member_kubectl", "tether", "wait_gateway_served"]

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.kube
 FORWARDING = re.compile(rb"Forwarding from 127\.0\.0\.1:(\d+) -> 8080")
 
 
-async def _forward(kubectl: Kubectl) -> tuple[asyncio.subprocess.Process, int]:
+async def port_forward(kubectl: Kubectl) -> tuple[asyncio.subprocess.Process, int]:
     """``kubectl port-forward pod/shell :8080`` running, and the local port it listens on."""
     proc = await kubectl.spawn("port-forward", "pod/shell", ":8080")
     assert proc.stdout is not None and proc.stderr is not None
@@ -33,13 +33,13 @@ async def _forward(kubectl: Kubectl) -> tuple[asyncio.subprocess.Process, int]:
         line = b""
     found = FORWARDING.search(line)
     if found is None:
-        await _stop(proc)
+        await stop_kubectl(proc)
         err = await proc.stderr.read()
         raise AssertionError(f"kubectl port-forward did not start: {line!r} {err.decode()}")
     return proc, int(found.group(1))
 
 
-async def _stop(proc: asyncio.subprocess.Process) -> None:
+async def stop_kubectl(proc: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(ProcessLookupError):
         proc.terminate()
     try:
@@ -49,7 +49,7 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
         await proc.wait()
 
 
-async def _echo(port: int, data: bytes) -> bytes:
+async def echo_through(port: int, data: bytes) -> bytes:
     """``data`` sent to the forwarded port; what comes back (the pod's ``cat``), as much as was sent."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -68,13 +68,13 @@ async def test_port_forward_through_the_gateway(
     kb, kc, _bob = await space_with_shell(stack, kubeconfig, tmp_path, "kube-pf", "pf")
 
     # --- a member forwards a port: bytes go through and back, twice over one kubectl -----------------
-    proc, port = await _forward(kb)
+    proc, port = await port_forward(kb)
     try:
-        assert await _echo(port, b"echo me\n") == b"echo me\n"
+        assert await echo_through(port, b"echo me\n") == b"echo me\n"
         blob = os.urandom(256 * 1024)  # many WebSocket messages and SPDY data frames each way
-        assert await _echo(port, blob) == blob
+        assert await echo_through(port, blob) == blob
     finally:
-        await _stop(proc)
+        await stop_kubectl(proc)
 
     # --- refusals, with their reasons --------------------------------------------------------------
     err = await kc.refused("port-forward", "pod/shell", ":8080")
