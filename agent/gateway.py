@@ -143,9 +143,11 @@ class _Stream:
             await self.send("data", data=data[start : start + CHUNK])
 
     async def pings(self) -> None:
-        """Tell the API the stream is alive while the upstream is quiet."""
+        """Tell the API the stream is alive while the upstream is quiet; an open stream (a watch, ``logs -f``,
+        exec, port-forward) is use of its workload for auto-sleep, as long as it lasts."""
         while True:
             await asyncio.sleep(PING_INTERVAL / 2)
+            self.gateway._active(self.request)
             if time.monotonic() - self.last_sent >= PING_INTERVAL:
                 with contextlib.suppress(Unavailable):
                     await self.send("ping")

@@ -9,7 +9,8 @@ member (the same impersonation, target and path checks as any other call, made b
   while there are none, the WebSocket is not read, so the API server's TCP window pushes back;
 - API -> upstream: input controls land in a queue of ``INPUT_WINDOW`` (never more: a frame beyond
   the API's credits ends the tunnel), are written upstream, and credits go back in batches;
-- an open tunnel counts as activity (auto-sleep) every ``PING_INTERVAL``, as vCluster Platform does;
+- an open tunnel counts as activity (auto-sleep), as any open stream does (``agent.gateway``), as vCluster
+  Platform does;
 - a tunnel ends when either side closes, when the API cancels it, and when nothing at all
   (input, credits, keepalives) has come from the API for ``IDLE_TIMEOUT``.
 
@@ -123,7 +124,6 @@ class Tunnel:
                     await self.alarm.wait()
             if self.broken:
                 raise GatewayError(400, self.broken)
-            self.stream.gateway._active(self.stream.request)  # an open tunnel keeps its workload awake
             if time.monotonic() - self.last_heard > IDLE_TIMEOUT:
                 raise GatewayError(504, "the API stopped sending keepalives for this tunnel")
 

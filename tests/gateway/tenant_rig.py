@@ -31,10 +31,18 @@ async def phase_is(stack: Stack, project: str, name: str, phase: str) -> bool:
 
 
 async def ready_tenant(
-    stack: Stack, host: KubeApi, tenant_api: ControlPlane, project: str, name: str, cluster: str, owner: str
+    stack: Stack,
+    host: KubeApi,
+    tenant_api: ControlPlane,
+    project: str,
+    name: str,
+    cluster: str,
+    owner: str,
+    **spec: object,
 ) -> str:
-    """Create a tenant as ``owner`` (a token), play vCluster's part, wait until Ready; its host namespace."""
-    body = {"name": name, "cluster": cluster, "version": "v1.35"}
+    """Create a tenant as ``owner`` (a token; ``spec``: more fields of the create), play vCluster's part, wait
+    until Ready; its host namespace."""
+    body = {"name": name, "cluster": cluster, "version": "v1.35", **spec}
     await stack.ok("POST", f"/api/v1/projects/{project}/tenants", token=owner, json=body)
     ns = namespace_name("tenant", project, name)
     await wait_for(lambda: host.get("Namespace", ns) is not None, timeout=30, what="the tenant's namespace")
