@@ -11,7 +11,7 @@ import yaml
 
 from agent.drivers.kube import KubeApi
 from agent.drivers.kube_objects import namespace_name
-from tests.gateway.conftest import kube_agent, member_kubectl
+from tests.gateway.conftest import kube_agent, member_kubectl, wait_gateway_served
 from tests.harness import Stack, wait_for
 from tests.kube.cluster import ControlPlane
 
@@ -139,6 +139,7 @@ async def test_a_watch_ends_cleanly_when_the_agent_reconnects(
     info = await stack.connect_cluster("kube-2")
     agent = kube_agent(stack, kubeconfig, tmp_path / "agent-state", info["token"])
     await stack.wait_online("kube-2", timeout=30)
+    await wait_gateway_served(stack, "kube-2")
     await stack.ok("POST", "/api/v1/projects", json={"name": "rc", "clusters": ["kube-2"]})
     bob = await stack.user("bob")
     await stack.ok("PUT", "/api/v1/projects/rc/members", json={"user": "bob", "role": "user"})
@@ -159,6 +160,7 @@ async def test_a_watch_ends_cleanly_when_the_agent_reconnects(
             await watch.wait()
     kube_agent(stack, kubeconfig, tmp_path / "agent-state", info["token"], name="agent-kube-again")
     await stack.wait_online("kube-2", timeout=30)
+    await wait_gateway_served(stack, "kube-2")  # online (heartbeats) comes before the gateway is served
 
     async def listed() -> bool:
         code, out, _ = await kb.run("get", "configmaps", "-o", "name")
