@@ -88,8 +88,9 @@ async def test_a_real_cluster_connected_with_its_manifests(
     assert w is not None and w["observed"]["version"] == "v1.35.0", "the version the tenant runs"
 
     async def healthy() -> Any:
-        planes = {c["name"]: c for c in (await stack.cluster("kube-1"))["control_planes"]}
-        plane = planes.get("t1") or {}
+        # By project and name: the session's cluster may hold other tests' tenants called t1 too.
+        planes = {(c["project"], c["name"]): c for c in (await stack.cluster("kube-1"))["control_planes"]}
+        plane = planes.get(("e2e", "t1")) or {}
         return plane.get("ready") and plane.get("version") == "v1.35.0" and plane.get("pods") == 1
 
     await wait_for(healthy, timeout=30, what="the tenant's readiness, version and pods in the cluster's health")
