@@ -45,10 +45,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
 """Used when the platform's welcome carries no usable interval."""
 PATIENT_TIMEOUT = 30.0
-"""Seconds to wait for the hello's answer. After a platform restart every agent says hello at once; asking
-again after a short timeout does not get an answer sooner (the first request is still in the queue and will
-be served) but lengthens the queue for all: 10,000 agents retrying hellos every 5 s kept the registry busy
-with questions nobody waited for any more."""
+"""Seconds to wait for the hello's (and the bootstrap's) answer. After a platform restart every agent says
+hello at once; asking again after a short timeout does not get an answer sooner (the first request is still
+in the queue and will be served) but lengthens the queue for all: 10,000 agents retrying hellos every 5 s
+kept the registry busy with questions nobody waited for any more."""
 
 
 def planned_cluster(settings: AgentSettings) -> str | None:
@@ -198,7 +198,10 @@ class Session:
                 kubernetes_version=self._health.last.kubernetes_version,
                 driver=self._driver,
             ),
-            timeout=self.settings.request_timeout,
+            # Patient like the hello, and more so: the token is spent by the first request that reaches the
+            # registry, so asking again after a short timeout while the first is still being handled finds it
+            # spent and the agent gives up (539 of 10,000 agents did, with 5 s, in a connect storm).
+            timeout=max(PATIENT_TIMEOUT, self.settings.request_timeout),
         )
 
     # --- hello ----------------------------------------------------------------------------------

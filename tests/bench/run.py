@@ -311,12 +311,15 @@ class Bench:
         started = time.time()
         await self.fleet.start()
         want = set(self.clusters)
-        await wait_for(
-            lambda: want <= set(self.online),
-            timeout=self.args.connect_timeout,
-            interval=0.2,
-            what=f"all {n} agents online (online: {len(self.online)}, up: {len(self.fleet.up)})",
-        )
+        fleet_up = self.fleet.up
+        try:
+            await wait_for(lambda: want <= set(self.online), timeout=self.args.connect_timeout, interval=0.2)
+        except AssertionError:
+            # Counted now, not when the wait began.
+            raise AssertionError(
+                f"not all {n} agents online after {self.args.connect_timeout:g}s: {len(want & set(self.online))} "
+                f"online, {len(want & set(fleet_up))} up in their workers"
+            ) from None
         last_online = max(self.online[c] for c in self.clusters)
         fleet = self.fleet
 
