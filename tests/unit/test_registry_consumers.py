@@ -33,9 +33,13 @@ class SlowBus(MemoryBus):
             self.running -= 1
 
 
-async def test_a_hello_waits_for_the_creation_and_then_needs_no_look_up() -> None:
+def rig(concurrency: int) -> tuple[SlowBus, NewConsumers]:
     bus = SlowBus()
-    consumers = NewConsumers(bus, concurrency=4)
+    return bus, NewConsumers(bus, concurrency=concurrency)
+
+
+async def test_a_hello_waits_for_the_creation_and_then_needs_no_look_up() -> None:
+    bus, consumers = rig(4)
     await consumers.start("c1")
     hello = asyncio.ensure_future(consumers.settled("c1"))
     await asyncio.sleep(0.05)
@@ -48,18 +52,16 @@ async def test_a_hello_waits_for_the_creation_and_then_needs_no_look_up() -> Non
 
 
 async def test_a_failed_creation_leaves_it_to_the_hello() -> None:
-    bus = SlowBus()
+    bus, consumers = rig(4)
     bus.fail = True
     bus.release.set()
-    consumers = NewConsumers(bus, concurrency=4)
     await consumers.start("c1")
     assert await consumers.settled("c1") is False
     assert await consumers.settled("never-bootstrapped") is False
 
 
 async def test_bootstraps_wait_for_a_slot_so_creations_stay_bounded() -> None:
-    bus = SlowBus()
-    consumers = NewConsumers(bus, concurrency=2)
+    bus, consumers = rig(2)
     await consumers.start("c1")
     await consumers.start("c2")
     third = asyncio.ensure_future(consumers.start("c3"))
@@ -72,8 +74,7 @@ async def test_bootstraps_wait_for_a_slot_so_creations_stay_bounded() -> None:
 
 
 async def test_close_cancels_what_is_still_running() -> None:
-    bus = SlowBus()
-    consumers = NewConsumers(bus, concurrency=2)
+    bus, consumers = rig(2)
     await consumers.start("c1")
     await asyncio.wait_for(consumers.close(), 5)
     assert bus.running == 0
@@ -81,8 +82,7 @@ async def test_close_cancels_what_is_still_running() -> None:
 
 
 async def test_a_second_bootstrap_replaces_the_first_creation() -> None:
-    bus = SlowBus()
-    consumers = NewConsumers(bus, concurrency=4)
+    bus, consumers = rig(4)
     await consumers.start("c1")
     await consumers.start("c1")
     bus.release.set()
