@@ -27,6 +27,9 @@ class AuditRecord(Message, frozen=True, tag="audit-record.v1"):
     """HTTP status for API calls; ``issued`` for commands."""
     trace_id: str = ""
     op_id: str = ""
+    call: str = ""
+    """For a command: the API call that issued it (then that call has no ``api`` record of its own: one
+    record per call and command)."""
 
 
 class AuditOut(BaseModel):
@@ -41,6 +44,7 @@ class AuditOut(BaseModel):
     result: str
     trace_id: str
     op_id: str
+    call: str = ""
 
 
 class AuditListOut(BaseModel):

@@ -626,6 +626,11 @@ class WorkloadCreate(Message, frozen=True, tag="workload-create.v1"):
     """Requested CPU; None: lifecycle's default for the kind (``resources`` wins when set)."""
     memory: int | None = None
     """Requested memory in bytes; None: lifecycle's default for the kind."""
+    op_id: str = ""
+    """The operation id the API chose (32 hex digits); empty: lifecycle picks one."""
+    call: str = ""
+    """The API call that asked for it (``POST /api/v1/...``): the command's audit record names it, and the
+    API writes no second record for the call."""
 
 
 class WorkloadRef(Message, frozen=True, tag="workload-ref.v1"):
@@ -646,6 +651,10 @@ class WorkloadAction(Message, frozen=True, tag="workload-action.v1"):
     action: Action
     version: str = ""
     by: str = ""
+    op_id: str = ""
+    """The operation id the API chose (32 hex digits); empty: lifecycle picks one."""
+    call: str = ""
+    """The API call that asked for it (``POST /api/v1/...``), named in the command's audit record."""
 
 
 class WorkloadQuery(Message, frozen=True, tag="workload-query.v1"):

@@ -3,10 +3,11 @@
 # No "from __future__ import annotations": FastAPI resolves the route's local annotations at definition.
 import logging
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import FastAPI, Query
+from fastapi import Depends, FastAPI, Query, Request
 from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,6 +21,32 @@ from services.api.auth import ERRORS, Platform, Who, require_admin
 logger = logging.getLogger(__name__)
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+AUDITED_BY_COMMAND = "audited_by_command"
+"""Request state: the call's record is the command's audit record (lifecycle wrote it before answering)."""
+
+
+class ApiCall:
+    """A mutating call that may issue a command: the operation id the API picks for it and the call's line.
+
+    Lifecycle writes the command's audit record naming the call, before it answers; when the answer carries
+    this operation id, that record stands for the call and the middleware writes none (one record per call
+    and command instead of two). Any other answer (nothing changed, a retry of a pending operation, an error)
+    leaves the call's own record to the middleware.
+    """
+
+    def __init__(self, request: Request) -> None:
+        self.op_id = uuid.uuid4().hex
+        self.line = f"{request.method} {request.scope['path']}"
+        self._state = request.state
+
+    def issued(self, op_id: str) -> None:
+        """The answer carries ``op_id``: mark the call audited if it is this call's."""
+        if op_id == self.op_id:
+            setattr(self._state, AUDITED_BY_COMMAND, True)
+
+
+Call = Annotated[ApiCall, Depends(ApiCall)]
 
 
 def install_audit(app: FastAPI, platform: "Platform") -> None:
@@ -45,7 +72,8 @@ def install_audit(app: FastAPI, platform: "Platform") -> None:
             try:
                 await self.inner(scope, receive, capture)
             finally:
-                await record(scope, status)
+                if not (status < 400 and (scope.get("state") or {}).get(AUDITED_BY_COMMAND)):
+                    await record(scope, status)
 
     async def record(scope: Scope, status: int) -> None:
         path: str = scope["path"]
@@ -128,4 +156,5 @@ def _out(r: AuditRecord) -> AuditOut:
         result=r.result,
         trace_id=r.trace_id,
         op_id=r.op_id,
+        call=r.call,
     )

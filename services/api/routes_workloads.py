@@ -23,6 +23,7 @@ from schemas.messages import (
 )
 from schemas.names import check_name
 from services.api import logic
+from services.api.audit import ApiCall, Call
 from services.api.auth import ERRORS, Platform, Who, authorize, visible
 
 
@@ -43,7 +44,7 @@ class _KindRoutes:
         ref = WorkloadRef(kind=self.kind, project=project, name=name)
         return await self.platform.call(subjects.Lifecycle.GET, ref, WorkloadRecord)
 
-    async def create(self, project: str, body: WorkloadIn, who: Who) -> WorkloadOut:
+    async def create(self, project: str, body: WorkloadIn, who: Who, call: Call) -> WorkloadOut:
         check_name(project, "project name")
         await authorize(self.platform, who, "workload.create", project)
         # Defaults for what is not given live in lifecycle's logic only.
@@ -59,9 +60,12 @@ class _KindRoutes:
                 cpu=body.cpu,
                 memory=body.memory,
                 created_by=who.user,
+                op_id=call.op_id,
+                call=call.line,
             ),
             WorkloadRecord,
         )
+        call.issued(record.op_id)
         return logic.workload_view(record)
 
     async def list_all(
@@ -85,7 +89,9 @@ class _KindRoutes:
         await authorize(self.platform, who, "workload.read", project)
         return logic.workload_view(await self.fetch(project, name))
 
-    async def act(self, project: str, name: str, action: Action, who: Who, version: str = "") -> WorkloadOut:
+    async def act(
+        self, project: str, name: str, action: Action, who: Who, call: ApiCall, version: str = ""
+    ) -> WorkloadOut:
         check_name(project, "project name")
         check_name(name, f"{self.kind} name")
         if not who.platform_admin:
@@ -95,22 +101,30 @@ class _KindRoutes:
             current = await self.fetch(project, name)
             await authorize(self.platform, who, "workload.manage", project, owner=current.created_by)
         request = WorkloadAction(
-            kind=self.kind, project=project, name=name, action=action, version=version, by=who.user
+            kind=self.kind,
+            project=project,
+            name=name,
+            action=action,
+            version=version,
+            by=who.user,
+            op_id=call.op_id,
+            call=call.line,
         )
         record = await self.platform.call(subjects.Lifecycle.ACTION, request, WorkloadRecord)
+        call.issued(record.op_id)
         return logic.workload_view(record)
 
-    async def delete(self, project: str, name: str, who: Who) -> WorkloadOut:
-        return await self.act(project, name, "delete", who)
+    async def delete(self, project: str, name: str, who: Who, call: Call) -> WorkloadOut:
+        return await self.act(project, name, "delete", who, call)
 
-    async def sleep(self, project: str, name: str, who: Who) -> WorkloadOut:
-        return await self.act(project, name, "sleep", who)
+    async def sleep(self, project: str, name: str, who: Who, call: Call) -> WorkloadOut:
+        return await self.act(project, name, "sleep", who, call)
 
-    async def wake(self, project: str, name: str, who: Who) -> WorkloadOut:
-        return await self.act(project, name, "wake", who)
+    async def wake(self, project: str, name: str, who: Who, call: Call) -> WorkloadOut:
+        return await self.act(project, name, "wake", who, call)
 
-    async def upgrade(self, project: str, name: str, body: UpgradeIn, who: Who) -> WorkloadOut:
-        return await self.act(project, name, "upgrade", who, body.version)
+    async def upgrade(self, project: str, name: str, body: UpgradeIn, who: Who, call: Call) -> WorkloadOut:
+        return await self.act(project, name, "upgrade", who, call, body.version)
 
     def install(self, app: FastAPI, plural: str) -> None:
         kind, tags = self.kind, [plural]

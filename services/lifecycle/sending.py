@@ -6,6 +6,7 @@ crash or a second replica folding the same result never doubles a command or an 
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 
@@ -30,9 +31,20 @@ from services.lifecycle import logic
 from services.lifecycle.concurrency import all_done
 from services.lifecycle.metrics import Metrics
 
+_OP_ID = re.compile(r"[0-9a-f]{32}")
+
+MAX_CALL = 300
+"""Characters of an API call line kept in an audit record."""
+
 
 def new_op_id() -> str:
     return uuid.uuid4().hex
+
+
+def op_id_from(given: str) -> str:
+    """The API's operation id when it is one (32 hex digits, like ``new_op_id``'s), a new one otherwise: the
+    API knows by the id in the answer whether the command's audit record stands for its call."""
+    return given if _OP_ID.fullmatch(given) else new_op_id()
 
 
 def _event(spec: WorkloadSpec, phase: EventPhase, reason: str, message: str = "") -> WorkloadEvent:
@@ -60,8 +72,9 @@ class Sender:
         self.bus = bus
         self.metrics = metrics
 
-    async def send(self, record: WorkloadRecord, op_id: str | None = None, by: str = "") -> None:
-        """Publish the command and its audit record; returns when the stream has both.
+    async def send(self, record: WorkloadRecord, op_id: str | None = None, by: str = "", call: str = "") -> None:
+        """Publish the command and its audit record (naming the API ``call`` that issued it, if any);
+        returns when the streams have both.
 
         The two publishes overlap: each is retried with its own message id until acknowledged, and neither
         depends on the other (a command whose publish fails is re-sent from the desired state, and its audit
@@ -86,6 +99,7 @@ class Sender:
             result="issued",
             op_id=command.op_id,
             trace_id=f"{span.trace_id:032x}" if span.is_valid else "",
+            call=clip(call, MAX_CALL),
         )
         await all_done(
             self.bus.publish(subjects.cmd(spec.cluster, subjects.VERB_APPLY), command, msg_id=command.op_id),

@@ -25,7 +25,7 @@ from services.bus.faults import crash_point
 from services.lifecycle import logic
 from services.lifecycle.concurrency import all_done
 from services.lifecycle.peers import Peers
-from services.lifecycle.sending import Sender, new_op_id
+from services.lifecycle.sending import Sender, op_id_from
 from services.lifecycle.store import Desired, Found
 
 logger = logging.getLogger(__name__)
@@ -64,11 +64,12 @@ class Workloads:
             logic.check_quota(project, records, req.kind, need)
             cluster = logic.place(project, req.cluster, clusters, presence, records, need)
             old = previous[0] if previous else None
-            record = logic.new_record(req, project, cluster, membership, time.time(), new_op_id(), old, owner_role)
+            op_id = op_id_from(req.op_id)
+            record = logic.new_record(req, project, cluster, membership, time.time(), op_id, old, owner_role)
             await self.desired.write(k, record, previous[1] if previous else None)
         crash_point("lifecycle-after-desired-write")
         logger.info("%s desired on %s (op %s)", ref_of(req), cluster, record.op_id)
-        await all_done(self.sender.send(record), self.sender.announce(None, record, "Created"))
+        await all_done(self.sender.send(record, call=req.call), self.sender.announce(None, record, "Created"))
         return record
 
     async def get(self, ref: WorkloadRef) -> WorkloadRecord:
@@ -93,7 +94,7 @@ class Workloads:
         check_name(req.name, f"{req.kind} name")
         if req.version and req.action != "upgrade":
             raise InvalidInput(f"--version applies to upgrade, not {req.action}")
-        op_id = new_op_id()
+        op_id = op_id_from(req.op_id)
         # One action at a time per object (a second one waits, then sees the first's result rather than a
         # conflict); actions on different objects run side by side: the CAS write settles any race with a
         # create, a result or another replica. Only an upgrade checks the quota, so only it takes the
@@ -110,7 +111,10 @@ class Workloads:
             return record
         crash_point("lifecycle-after-desired-write")
         logger.info("%s: %s (generation %d, op %s)", ref, req.action, new.generation, op_id)
-        await all_done(self.sender.send(new, by=req.by), self.sender.announce(record, new, req.action.capitalize()))
+        await all_done(
+            self.sender.send(new, by=req.by, call=req.call),
+            self.sender.announce(record, new, req.action.capitalize()),
+        )
         return new
 
     async def _act(self, req: WorkloadAction, found: Found, op_id: str, *, fresh: bool = False) -> Acted | None:

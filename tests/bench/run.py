@@ -502,9 +502,33 @@ class Bench:
         return at - issued.sent, api_done - issued.sent
 
     async def commands(self) -> None:
-        rate, duration = self.args.rate, self.args.duration
+        """(3): round trips at a fixed rate, then the maximum; with ``--rate 0`` the maximum first and the
+        fixed rate at half of it (issue 17's target: p99 at half the platform's own maximum)."""
         free: deque[Tenant] = deque(self.tenants)
         random.shuffle(free)
+        if self.args.rate > 0:
+            fixed = await self.fixed_rate(free, self.args.rate)
+            top = await self.max_rate(free)
+        else:
+            top = await self.max_rate(free)
+            fixed = await self.fixed_rate(free, max(1.0, round(top["per_s"] / 2)))
+        rate, duration = fixed["rate"], self.args.duration
+        # Raw JetStream, same message size, same shape (one pull consumer per destination, one at a time).
+        size = len(encode(sample_command()))
+        async with baseline.JsRoundTrip(self.connect, size) as rt:
+            b_fixed = await rt.fixed_rate(rate, min(duration, 10))
+            b_top = await rt.max_rate(self.args.concurrency, min(duration, 10))
+        log(f"(3) baseline: JetStream p99 {b_fixed['p99'] * 1e3:.2f} ms at {rate:g}/s; max {b_top['per_s']:.0f}/s")
+        self.results["commands"] = {
+            "fixed": fixed,
+            "max": top,
+            "baseline_fixed": b_fixed,
+            "baseline_max": b_top,
+            "message_bytes": size,
+        }
+
+    async def fixed_rate(self, free: deque[Tenant], rate: float) -> dict[str, Any]:
+        duration = self.args.duration
         rts: list[float] = []
         apis: list[float] = []
         errors = 0
@@ -537,11 +561,13 @@ class Bench:
         fixed = {"rate": rate, "seconds": duration, **summary(rts), "api": summary(apis), "errors": errors}
         fixed["skipped"] = skipped
         log(f"(3) {rate:g}/s: p50 {fixed['p50'] * 1e3:.1f} ms, p99 {fixed['p99'] * 1e3:.1f} ms")
+        return fixed
 
-        # Max throughput: closed loop, `concurrency` commands in flight.
+    async def max_rate(self, free: deque[Tenant]) -> dict[str, Any]:
+        """Max throughput: closed loop, `concurrency` commands in flight."""
         rts2: list[float] = []
         errors2 = 0
-        stop_at = time.monotonic() + duration
+        stop_at = time.monotonic() + self.args.duration
 
         async def loop() -> None:
             nonlocal errors2
@@ -568,20 +594,7 @@ class Bench:
             "errors": errors2,
         }
         log(f"(3) max: {top['per_s']:.0f} commands/s, p99 {top['p99'] * 1e3:.1f} ms")
-
-        # Raw JetStream, same message size, same shape (one pull consumer per destination, one at a time).
-        size = len(encode(sample_command()))
-        async with baseline.JsRoundTrip(self.connect, size) as rt:
-            b_fixed = await rt.fixed_rate(rate, min(duration, 10))
-            b_top = await rt.max_rate(self.args.concurrency, min(duration, 10))
-        log(f"(3) baseline: JetStream p99 {b_fixed['p99'] * 1e3:.2f} ms at {rate:g}/s; max {b_top['per_s']:.0f}/s")
-        self.results["commands"] = {
-            "fixed": fixed,
-            "max": top,
-            "baseline_fixed": b_fixed,
-            "baseline_max": b_top,
-            "message_bytes": size,
-        }
+        return top
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds used so far by nats-server, each service and the agents' worker processes."""
@@ -871,7 +884,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", help="write the results here")
     p.add_argument("--workers", type=int, default=0, help="worker processes (default: N/2500, at least 2)")
     p.add_argument("--tenants", type=int, default=0, help="tenants to command (default: min(N, 1000))")
-    p.add_argument("--rate", type=float, default=100.0, help="fixed command rate (default 100/s)")
+    p.add_argument(
+        "--rate", type=float, default=100.0, help="fixed command rate (default 100/s; 0: half the measured maximum)"
+    )
     p.add_argument("--duration", type=float, default=20.0, help="seconds per command phase")
     p.add_argument("--concurrency", type=int, default=64, help="commands in flight at max throughput")
     p.add_argument("--hb-window", type=float, default=10.0, help="seconds the steady heartbeat rate is measured")
