@@ -608,7 +608,7 @@ class Bench:
         """Commands at a modest fixed rate (one per tenant, never two in flight for one) beside an idle
         window of the same length; nats-server's counters say what each process sent and wrote."""
         assert self.nc is not None and self.stack.nats is not None
-        rate, seconds = min(self.args.rate, 50.0), self.args.profile_window
+        rate, seconds = min(self.args.rate or 50.0, 50.0), self.args.profile_window
         chosen = random.sample(self.tenants, min(len(self.tenants), int(rate * seconds)))
 
         async def work() -> int:
