@@ -585,15 +585,21 @@ class Bench:
                     free.append(t)
 
         t0 = time.monotonic()
+        cpu0 = self.cpu()
         await asyncio.gather(*(loop() for _ in range(self.args.concurrency)))
         elapsed = time.monotonic() - t0
+        done = max(1, len(rts2))
+        # CPU per command by process: where the work of one command goes at saturation.
+        cpu_ms = {k: (v - cpu0.get(k, 0.0)) * 1e3 / done for k, v in self.cpu().items()}
         top = {
             "concurrency": self.args.concurrency,
             "per_s": len(rts2) / elapsed,
             **summary(rts2),
             "errors": errors2,
+            "cpu_ms_per_command": cpu_ms,
         }
         log(f"(3) max: {top['per_s']:.0f} commands/s, p99 {top['p99'] * 1e3:.1f} ms")
+        log("(3)   CPU ms per command: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu_ms.items())))
         return top
 
     def cpu(self) -> dict[str, float]:
