@@ -12,7 +12,7 @@ import pytest
 from agent.drivers.kube import KubeApi
 from agent.drivers.kube_objects import namespace_name
 from agent.gateway_tenant import TENANT_HOSTS_ENV
-from tests.gateway.conftest import HttpsStack
+from tests.gateway.conftest import HttpsStack, Kubectl, kube_agent, member_kubectl
 from tests.harness import Stack, running, wait_for
 from tests.kube.cluster import ControlPlane
 from tests.kube.helpers import write_tenant_kubeconfig
@@ -49,3 +49,25 @@ async def ready_tenant(
     write_tenant_kubeconfig(host, ns, tenant_api)
     await wait_for(lambda: phase_is(stack, project, name, "Ready"), timeout=60, what=f"tenant {name} Ready")
     return ns
+
+
+async def member_tenant(
+    stack: Stack,
+    host: KubeApi,
+    control_plane: ControlPlane,
+    tenant_api: ControlPlane,
+    tmp: Path,
+    cluster: str,
+    project: str,
+    **spec: object,
+) -> tuple[Kubectl, str, str]:
+    """Cluster ``cluster`` with a kube agent, project ``project`` with bob as a user, tenant ``t1`` Ready as bob's
+    (``spec``: more fields of its create): (kubectl as bob, bob's token, the tenant's host namespace)."""
+    info = await stack.connect_cluster(cluster)
+    kube_agent(stack, control_plane.kubeconfig(), tmp / "agent-state", info["token"])
+    await stack.wait_online(cluster, timeout=30)
+    await stack.ok("POST", "/api/v1/projects", json={"name": project, "clusters": [cluster]})
+    bob = await stack.user("bob")
+    await stack.ok("PUT", f"/api/v1/projects/{project}/members", json={"user": "bob", "role": "user"})
+    ns = await ready_tenant(stack, host, tenant_api, project, "t1", cluster, bob, **spec)
+    return await member_kubectl(stack, bob, "tenant", project, "t1", tmp / "bob"), bob, ns

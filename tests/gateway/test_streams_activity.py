@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.drivers.kube import KubeApi
-from tests.gateway.conftest import kube_agent, member_kubectl
-from tests.gateway.tenant_rig import https_stack, phase_is, ready_tenant
+from tests.gateway.tenant_rig import https_stack, member_tenant, phase_is
 from tests.gateway.test_streams_portforward import stop_kubectl
 from tests.harness import Stack, wait_for
 from tests.kube.cluster import ControlPlane
@@ -33,14 +32,9 @@ async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
 async def test_an_open_stream_keeps_its_tenant_awake(
     stack: Stack, control_plane: ControlPlane, admin_api: KubeApi, tenant_api_server: ControlPlane, tmp_path: Path
 ) -> None:
-    info = await stack.connect_cluster("kube-a")
-    kube_agent(stack, control_plane.kubeconfig(), tmp_path / "agent-state", info["token"])
-    await stack.wait_online("kube-a", timeout=30)
-    await stack.ok("POST", "/api/v1/projects", json={"name": "ac", "clusters": ["kube-a"]})
-    bob = await stack.user("bob")
-    await stack.ok("PUT", "/api/v1/projects/ac/members", json={"user": "bob", "role": "user"})
-    await ready_tenant(stack, admin_api, tenant_api_server, "ac", "t1", "kube-a", bob, sleep_after=SLEEP_AFTER)
-    kb = await member_kubectl(stack, bob, "tenant", "ac", "t1", tmp_path / "bob")
+    kb, _bob, _ns = await member_tenant(
+        stack, admin_api, control_plane, tenant_api_server, tmp_path, "kube-a", "ac", sleep_after=SLEEP_AFTER
+    )
 
     watch = await kb.spawn("get", "namespaces", "--watch", "-o", "name")
     try:

@@ -15,8 +15,7 @@ from agent.drivers.kube import KubeApi
 from schemas import subjects
 from schemas.messages import WorkloadRecord, decode
 from services.api.gateway import RESOLVE_TTL
-from tests.gateway.conftest import kube_agent, member_kubectl
-from tests.gateway.tenant_rig import https_stack, phase_is, ready_tenant
+from tests.gateway.tenant_rig import https_stack, member_tenant, phase_is
 from tests.harness import Stack, wait_for
 from tests.kube.cluster import ControlPlane
 from tests.kube.helpers import write_tenant_kubeconfig
@@ -48,14 +47,7 @@ async def desired_state(stack: Stack, key: str) -> tuple[int, float]:
 async def test_a_sleeping_tenant_wakes_on_use_and_use_is_activity(
     stack: Stack, control_plane: ControlPlane, admin_api: KubeApi, tenant_api_server: ControlPlane, tmp_path: Path
 ) -> None:
-    info = await stack.connect_cluster("kube-s")
-    kube_agent(stack, control_plane.kubeconfig(), tmp_path / "agent-state", info["token"])
-    await stack.wait_online("kube-s", timeout=30)
-    await stack.ok("POST", "/api/v1/projects", json={"name": "sp", "clusters": ["kube-s"]})
-    bob = await stack.user("bob")
-    await stack.ok("PUT", "/api/v1/projects/sp/members", json={"user": "bob", "role": "user"})
-    ns = await ready_tenant(stack, admin_api, tenant_api_server, "sp", "t1", "kube-s", bob)
-    kb = await member_kubectl(stack, bob, "tenant", "sp", "t1", tmp_path / "bob")
+    kb, bob, ns = await member_tenant(stack, admin_api, control_plane, tenant_api_server, tmp_path, "kube-s", "sp")
     await kb.ok("get", "namespaces")
 
     # --- activity: a burst of requests is one write per inventory, not one per request ----------------
