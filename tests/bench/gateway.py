@@ -21,13 +21,14 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import signal
 import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,12 @@ STREAM_BYTES = 64 * 1024 * 1024
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int) -> int:
@@ -101,7 +108,7 @@ async def list_time(side: Side) -> dict[str, float]:
 async def stream_rate(side: Side) -> dict[str, float]:
     query = "&".join(["command=head", "command=-c", f"command={STREAM_BYTES}", "command=/dev/zero", "stdout=true"])
     url = side.base.replace("https://", "wss://") + f"/api/v1/namespaces/{NS}/pods/shell/exec?{query}"
-    rates = []
+    rates, short = [], 0
     for _ in range(2):
         got = 0
         began = time.perf_counter()
@@ -120,9 +127,9 @@ async def stream_rate(side: Side) -> dict[str, float]:
                     got += len(message) - 1
                 elif message[:1] == b"\x03":
                     break
-        assert got == STREAM_BYTES, got
+        short = max(short, STREAM_BYTES - got)
         rates.append(got / 2**20 / (time.perf_counter() - began))
-    return {"mb_s": max(rates)}
+    return {"mb_s": max(rates), "short_bytes": short}
 
 
 async def watches(side: Side, n: int, pids: dict[str, int], api: KubeApi) -> dict[str, float]:
@@ -213,25 +220,25 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             ssl.create_default_context(cafile=str(stack.https.ca)),
         )
         await prepare(cp, args.objects)
-        sides = (direct, gateway)
-        results["get"] = {"direct": await get_latency(direct, args.requests)}
         pids = {"api": stack.services["api"].proc.pid, "agent": agent.proc.pid}  # type: ignore[union-attr]
-        with profiled(args.profile, pids):
-            results["get"]["gateway"] = await get_latency(gateway, args.requests)
-        results["list"] = {s.name: await list_time(s) for s in sides}
-        results["stream"] = {s.name: await stream_rate(s) for s in sides}
+        assert cp.apiserver is not None
         api = KubeApi.from_kubeconfig(cp.kubeconfig())
+        phases: dict[str, Callable[[Side], Awaitable[dict[str, float]]]] = {
+            "get": lambda side: get_latency(side, args.requests),
+            "list": list_time,
+            "stream": stream_rate,
+            "watch": lambda side: watches(side, args.watches, pids if side is gateway else direct_pids, api),
+        }
+        direct_pids = {"apiserver": cp.apiserver.pid}
+        assert stack.nats is not None and stack.nats.proc is not None
+        busy = {**pids, **direct_pids, "nats": stack.nats.proc.pid}
         try:
-            assert agent.proc is not None and cp.apiserver is not None
-            results["watch"] = {
-                "direct": await watches(direct, args.watches, {"apiserver": cp.apiserver.pid}, api),
-                "gateway": await watches(
-                    gateway,
-                    args.watches,
-                    {"api": stack.services["api"].proc.pid, "agent": agent.proc.pid},  # type: ignore[union-attr]
-                    api,
-                ),
-            }
+            for phase in args.only.split(","):
+                results[phase] = {"direct": await phases[phase](direct)}
+                with profiled(args.profile and f"{args.profile}/{phase}", pids):
+                    cpu = {k: cpu_s(p) for k, p in busy.items()}
+                    results[phase]["gateway"] = await phases[phase](gateway)
+                    results[phase]["cpu_s"] = {k: round(cpu_s(p) - cpu[k], 2) for k, p in busy.items()}
         finally:
             api.close()
     finally:
@@ -251,7 +258,7 @@ def profiled(where: str | None, pids: dict[str, int]) -> Iterator[None]:
     Path(where).mkdir(parents=True, exist_ok=True)
     procs = [
         subprocess.Popen(
-            ["py-spy", "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "-o", f"{where}/{name}.txt"],
+            ["py-spy", "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--native", "-o", f"{where}/{name}.txt"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -295,41 +302,56 @@ async def prepare(cp: ControlPlane, objects: int) -> None:
 
 
 def report(r: dict[str, Any], args: argparse.Namespace) -> None:
-    g, li, s, w = r["get"], r["list"], r["stream"], r["watch"]
-    rows = [
-        (
-            f"GET p50 / p99 ({args.requests} requests), ms",
-            f"{g['direct']['p50_ms']:.2f} / {g['direct']['p99_ms']:.2f}",
-            f"{g['gateway']['p50_ms']:.2f} / {g['gateway']['p99_ms']:.2f}",
-            f"+{g['gateway']['p50_ms'] - g['direct']['p50_ms']:.2f} / "
-            f"+{g['gateway']['p99_ms'] - g['direct']['p99_ms']:.2f} ms",
-        ),
-        (
-            f"list of {args.objects} objects ({li['direct']['mib']:.1f} MiB), median ms / MB/s",
-            f"{li['direct']['median_ms']:.0f} / {li['direct']['mb_s']:.0f}",
-            f"{li['gateway']['median_ms']:.0f} / {li['gateway']['mb_s']:.0f}",
-            f"x{li['gateway']['median_ms'] / li['direct']['median_ms']:.2f} time",
-        ),
-        (
-            f"{args.watches} watches: event delivery p50 / p99, ms",
-            f"{w['direct']['p50_ms']:.1f} / {w['direct']['p99_ms']:.1f}",
-            f"{w['gateway']['p50_ms']:.1f} / {w['gateway']['p99_ms']:.1f}",
-            f"delivered {w['gateway']['delivered']:.0%}",
-        ),
-        (
-            "memory per watch, KiB",
-            f"kube-apiserver {w['direct']['apiserver_kib_per_watch']:.1f}",
-            f"api {w['gateway']['api_kib_per_watch']:.1f}, agent {w['gateway']['agent_kib_per_watch']:.1f}",
-            "",
-        ),
-        (
-            "exec stream (64 MiB stdout), MB/s",
-            f"{s['direct']['mb_s']:.0f}",
-            f"{s['gateway']['mb_s']:.0f}",
-            f"{s['gateway']['mb_s'] / s['direct']['mb_s']:.0%} of direct",
-        ),
-    ]
+    rows = []
+    if g := r.get("get"):
+        rows.append(
+            (
+                f"GET p50 / p99 ({args.requests} requests), ms",
+                f"{g['direct']['p50_ms']:.2f} / {g['direct']['p99_ms']:.2f}",
+                f"{g['gateway']['p50_ms']:.2f} / {g['gateway']['p99_ms']:.2f}",
+                f"+{g['gateway']['p50_ms'] - g['direct']['p50_ms']:.2f} / "
+                f"+{g['gateway']['p99_ms'] - g['direct']['p99_ms']:.2f} ms",
+            )
+        )
+    if li := r.get("list"):
+        rows.append(
+            (
+                f"list of {args.objects} objects ({li['direct']['mib']:.1f} MiB), median ms / MB/s",
+                f"{li['direct']['median_ms']:.0f} / {li['direct']['mb_s']:.0f}",
+                f"{li['gateway']['median_ms']:.0f} / {li['gateway']['mb_s']:.0f}",
+                f"x{li['gateway']['median_ms'] / li['direct']['median_ms']:.2f} time",
+            )
+        )
+    if w := r.get("watch"):
+        rows.append(
+            (
+                f"{args.watches} watches: event delivery p50 / p99, ms",
+                f"{w['direct']['p50_ms']:.1f} / {w['direct']['p99_ms']:.1f}",
+                f"{w['gateway']['p50_ms']:.1f} / {w['gateway']['p99_ms']:.1f}",
+                f"delivered {w['gateway']['delivered']:.0%}",
+            )
+        )
+        rows.append(
+            (
+                "memory per watch, KiB",
+                f"kube-apiserver {w['direct']['apiserver_kib_per_watch']:.1f}",
+                f"api {w['gateway']['api_kib_per_watch']:.1f}, agent {w['gateway']['agent_kib_per_watch']:.1f}",
+                "",
+            )
+        )
+    if s := r.get("stream"):
+        rows.append(
+            (
+                "exec stream (64 MiB stdout), MB/s",
+                f"{s['direct']['mb_s']:.0f}",
+                f"{s['gateway']['mb_s']:.0f}",
+                f"{s['gateway']['mb_s'] / s['direct']['mb_s']:.0%} of direct"
+                + (f", {s['gateway']['short_bytes']} bytes short" if s["gateway"]["short_bytes"] else ""),
+            )
+        )
     print(f"{'figure':58} {'direct':>18} {'gateway':>26}  overhead")
+    for phase, figures in r.items():
+        print(f"CPU seconds during the gateway's {phase}: {figures.get('cpu_s')}")
     for row in rows:
         print(f"{row[0]:58} {row[1]:>18} {row[2]:>26}  {row[3]}")
     if args.json:
@@ -342,5 +364,6 @@ if __name__ == "__main__":
     parser.add_argument("--objects", type=int, default=5000)
     parser.add_argument("--watches", type=int, default=1000)
     parser.add_argument("--json", help="write the figures here")
-    parser.add_argument("--profile", help="a directory for py-spy profiles of the API and agent during the GETs")
+    parser.add_argument("--only", default="get,list,stream,watch", help="the figures to measure, in this order")
+    parser.add_argument("--profile", help="a directory for py-spy profiles of the API and agent, per figure")
     asyncio.run(main(parser.parse_args()))
