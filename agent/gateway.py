@@ -30,11 +30,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import httpx
 from opentelemetry.trace import SpanKind, Tracer
+from yarl import URL
 
 from agent.bus import Connection, Incoming, Subscription
 from agent.drivers.kube_objects import GROUP_PREFIX, USER_PREFIX, namespace_name
+from agent.gateway_forward import ClientPool, close_session, new_session, relay
 from agent.gateway_rbac import GrantError, Grants
 from agent.gateway_tenant import TenantUnreachable, TenantUpstreams
 from agent.gateway_upstream import Upstream
@@ -62,15 +65,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per proxied request
 
-UPSTREAM_TIMEOUT = httpx.Timeout(connect=5.0, read=None, write=30.0, pool=5.0)
-"""No read timeout: a watch or ``logs -f`` is quiet for as long as it likes (the client's own
-``timeout=`` goes to the API server in the query, which ends the call)."""
+CHECK_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=5.0)
+"""The agent's own short calls (impersonation grants, a tenant's kubeconfig); members' calls go by aiohttp
+(``agent.gateway_forward``)."""
 UPSTREAM_REFRESH = 60.0
 """Seconds an upstream's credentials are reused before the driver is asked again (rotated tokens)."""
-MAX_CLIENTS = 128
-"""HTTP clients (one per API server and TLS identity) kept; the least recently used is closed beyond."""
-CLIENT_DRAIN = 300.0
-"""Seconds a client pushed out keeps serving its open streams before it is closed."""
 MAX_ACTIVITY = 10_000
 
 UpstreamSource = Callable[[], Upstream]
@@ -100,6 +99,14 @@ def _where(request: GatewayRequest, cluster: str) -> str:
     if request.target == "tenant":
         return f"tenant cluster {request.project}/{request.name}"
     return f"cluster {cluster!r}"
+
+
+def _check_client(upstream: Upstream) -> httpx.AsyncClient:
+    return httpx.AsyncClient(verify=upstream.ssl_context(), timeout=CHECK_TIMEOUT, trust_env=False)
+
+
+async def _close_client(client: httpx.AsyncClient) -> None:
+    await client.aclose()
 
 
 class _Stream:
@@ -153,17 +160,6 @@ class _Stream:
                     await self.send("ping")
 
 
-async def _answer_at_once(stream: _Stream, resp: httpx.Response) -> bool:
-    """A small answer of known length goes as one frame (head, body and end): half the messages."""
-    length = resp.headers.get("content-length", "")
-    if not length.isdigit() or int(length) > CHUNK:
-        return False
-    data = await resp.aread()
-    headers = response_headers(list(resp.headers.items()))
-    await stream.send("head", status=resp.status_code, headers=headers, data=data, last=True)
-    return True
-
-
 class AgentGateway:
     """Serves this cluster's gateway requests until cancelled."""
 
@@ -179,13 +175,13 @@ class AgentGateway:
         self._host = host
         self._tracer = tracer
         self._streams: dict[str, _Stream] = {}
-        self._clients: dict[tuple[str, str, str, str, bool], httpx.AsyncClient] = {}
+        self._clients = ClientPool(_check_client, _close_client)
+        self._sessions = ClientPool(new_session, close_session)
         self._upstream: tuple[float, Upstream] | None = None
         self._sub: Subscription | None = None
         self._grants = Grants()
-        self._tenants = TenantUpstreams(self.host_upstream, self._client)
+        self._tenants = TenantUpstreams(self.host_upstream, self._clients.get)
         self._activity: dict[tuple[str, str, str], float] = {}
-        self._draining: set[asyncio.Task[None]] = set()
 
     @property
     def open_streams(self) -> int:
@@ -303,33 +299,6 @@ class AgentGateway:
             self._upstream = (now, self._host())
         return self._upstream[1]
 
-    def _client(self, upstream: Upstream) -> httpx.AsyncClient:
-        client = self._clients.pop(upstream.tls_key, None)
-        if client is not None:
-            self._clients[upstream.tls_key] = client  # most recently used last
-        else:
-            while len(self._clients) >= MAX_CLIENTS:
-                self._drain(self._clients.pop(next(iter(self._clients))))
-            client = httpx.AsyncClient(
-                verify=upstream.ssl_context(),
-                timeout=UPSTREAM_TIMEOUT,
-                limits=httpx.Limits(max_connections=MAX_STREAMS, max_keepalive_connections=64),
-                trust_env=False,
-            )
-            self._clients[upstream.tls_key] = client
-        return client
-
-    def _drain(self, client: httpx.AsyncClient) -> None:
-        async def close_later() -> None:
-            try:
-                await asyncio.sleep(CLIENT_DRAIN)
-            finally:
-                await client.aclose()
-
-        task = asyncio.get_running_loop().create_task(close_later())
-        self._draining.add(task)
-        task.add_done_callback(self._draining.discard)
-
     async def _call(self, stream: _Stream) -> None:
         request = stream.request
         try:
@@ -340,7 +309,7 @@ class AgentGateway:
         auth = [("Authorization", upstream.authorization)] if upstream.authorization else []
         headers += [*auth, *tracing.inject().items()]
         url = f"{upstream.url}{request.path}" + (f"?{request.query}" if request.query else "")
-        client = self._client(upstream)
+        client = self._clients.get(upstream)
         if request.target == "space":  # inside a tenant the agent holds the tenant's admin: nothing to grant
             try:
                 await self._grants.ensure(client, upstream.url, auth, *identity(request))
@@ -353,31 +322,29 @@ class AgentGateway:
             await serve_tunnel(stream, upstream, url, headers)
             await stream.send("end")
             return
+        session = self._sessions.get(upstream)
         try:
-            async with client.stream(request.method, url, headers=headers, content=request.body or None) as resp:
-                if resp.status_code == 401:
+            # encoded: the path and query go as the client wrote them (yarl would re-quote them).
+            call = session.request(request.method, URL(url, encoded=True), headers=headers, data=request.body or None)
+            async with call as resp:
+                if resp.status == 401:
                     # The agent's own credentials, not the member's: kubectl must not take it for its own.
                     if request.target == "tenant":
                         self._tenants.forget(namespace_name("tenant", request.project, request.name))
                     where = _where(request, self.cluster)
                     text = f"the Kubernetes API server of {where} refused the agent's credentials"
                     raise GatewayError(502, text)
-                if resp.status_code == 403:
-                    first = await resp.aread()
+                if resp.status == 403:
+                    first = await resp.read()
                     if b"cannot impersonate" in first and request.target == "space":
                         self._grants.forget()  # the role was put back to its seed (manifests re-applied)
                     await stream.send("head", status=403, headers=response_headers(list(resp.headers.items())))
                     await stream.send_data(first)
                     await stream.send("end")
                     return
-                if await _answer_at_once(stream, resp):
-                    return
-                await stream.send("head", status=resp.status_code, headers=response_headers(list(resp.headers.items())))
-                from agent.gateway_streams import coalesced  # small pieces of a big answer: fewer frames
-
-                async for chunk in coalesced(resp.aiter_raw()):
-                    await stream.send_data(chunk)
-        except httpx.HTTPError as exc:
+                await relay(stream, resp)
+                return
+        except (aiohttp.ClientError, TimeoutError) as exc:
             if stream.seq == 0:
                 text = f"cannot reach the Kubernetes API server of cluster {self.cluster!r}: {exc}"
                 raise GatewayError(503, text) from None
@@ -385,17 +352,11 @@ class AgentGateway:
         await stream.send("end")
 
     async def close(self) -> None:
-        for task in list(self._draining):
-            task.cancel()
-        if self._draining:
-            await asyncio.wait(list(self._draining), timeout=2)
         self.reset()
         tasks = [s.task for s in self._streams.values() if s.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=2)
         if self._sub is not None:
             await self._sub.unsubscribe()
-        for client in self._clients.values():
-            with contextlib.suppress(Exception):
-                await client.aclose()
-        self._clients.clear()
+        await self._clients.close()
+        await self._sessions.close()

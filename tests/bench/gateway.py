@@ -258,7 +258,7 @@ def profiled(where: str | None, pids: dict[str, int]) -> Iterator[None]:
     Path(where).mkdir(parents=True, exist_ok=True)
     procs = [
         subprocess.Popen(
-            ["py-spy", "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--native", "-o", f"{where}/{name}.txt"],
+            ["py-spy", "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "-o", f"{where}/{name}.txt"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
