@@ -72,14 +72,20 @@ async def upstream() -> AsyncIterator[Upstream]:
         await runner.cleanup()
 
 
-async def test_a_big_answer_goes_in_frames_of_up_to_chunk_bytes(upstream: Upstream) -> None:
+async def _relayed(upstream: Upstream, path: str) -> Frames:
+    """The frames ``relay`` sends for a GET of ``path``."""
     pool = ClientPool(new_session, close_session)
     stream = Frames()
     try:
-        async with pool.get(upstream).get(upstream.url + "/big") as resp:
+        async with pool.get(upstream).get(upstream.url + path) as resp:
             await relay(stream, resp)  # type: ignore[arg-type]
     finally:
         await pool.close()
+    return stream
+
+
+async def test_a_big_answer_goes_in_frames_of_up_to_chunk_bytes(upstream: Upstream) -> None:
+    stream = await _relayed(upstream, "/big")
     kinds = [k for k, _ in stream.frames]
     assert kinds[0] == "head" and kinds[-1] == "end" and set(kinds[1:-1]) == {"data"}
     head = stream.frames[0][1]
@@ -92,13 +98,7 @@ async def test_a_big_answer_goes_in_frames_of_up_to_chunk_bytes(upstream: Upstre
 
 
 async def test_a_small_answer_is_one_frame(upstream: Upstream) -> None:
-    pool = ClientPool(new_session, close_session)
-    stream = Frames()
-    try:
-        async with pool.get(upstream).get(upstream.url + "/small") as resp:
-            await relay(stream, resp)  # type: ignore[arg-type]
-    finally:
-        await pool.close()
+    stream = await _relayed(upstream, "/small")
     assert len(stream.frames) == 1
     kind, head = stream.frames[0]
     assert kind == "head" and head["last"] and head["data"] == b'{"kind":"Status"}'
