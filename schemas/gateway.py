@@ -164,6 +164,13 @@ DISCOVERY = re.compile(
     r"^/(version|api|apis|openapi/v2|openapi/v3(/.*)?|api/v1|apis/[a-z0-9.-]+|apis/[a-z0-9.-]+/[a-z0-9]+)/?$"
 )
 _SEGMENT = re.compile(r"^[A-Za-z0-9._:-]+$")
+SELF_REVIEWS = re.compile(
+    r"^/apis/(authorization\.k8s\.io/v1/(selfsubjectaccessreviews|selfsubjectrulesreviews)"
+    r"|authentication\.k8s\.io/v1/selfsubjectreviews)$"
+)
+"""``kubectl auth can-i`` (``--list``) and ``kubectl auth whoami``: the member asks what they themselves may do, as
+any authenticated user may (ClusterRole ``system:basic-user``); the answer is about the impersonated member only,
+never about objects or other subjects (``subjectaccessreviews`` about anyone stays refused)."""
 
 
 def clean_path(path: str) -> str:
@@ -186,6 +193,8 @@ def space_path_refusal(method: str, path: str, namespace: str) -> str | None:
     clean_path(path)
     if DISCOVERY.match(path):
         return None if method in ("GET", "HEAD") else f"{method} {path} is not allowed through a space"
+    if SELF_REVIEWS.match(path):
+        return None if method == "POST" else f"{method} {path} is not allowed through a space"
     core = re.match(r"^/api/v1/namespaces/([^/]+)(/.*)?$", path)
     grouped = re.match(r"^/apis/[^/]+/[^/]+/namespaces/([^/]+)(/.*)?$", path)
     found = core or grouped

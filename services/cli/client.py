@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import ssl
 from typing import Any
 
@@ -26,10 +25,15 @@ def _explain(status: int, message: str) -> str:
     return message
 
 
-def _verify() -> ssl.SSLContext | bool:
-    """``$TETHER_CA_FILE``: the CA of an API whose HTTPS certificate a private CA signed."""
-    ca = os.environ.get("TETHER_CA_FILE")
-    return ssl.create_default_context(cafile=ca) if ca else True
+def verify_with(ctx: Context) -> ssl.SSLContext | bool:
+    """The context's CA (``tether up``'s own, ``--ca-file`` of ``tether login``, ``$TETHER_CA_FILE``), only it;
+    else the system's trusted CAs. A CA that cannot be read is an ``ApiError`` saying which file."""
+    if not ctx.ca_file:
+        return True
+    try:
+        return ssl.create_default_context(cafile=ctx.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ApiError(0, f"cannot use the CA file {ctx.ca_file} of the API at {ctx.server}: {exc}") from None
 
 
 class Client:
@@ -39,7 +43,7 @@ class Client:
             base_url=ctx.server,
             timeout=timeout,
             headers={"Authorization": f"Bearer {ctx.token}"},
-            verify=_verify(),
+            verify=verify_with(ctx),
         )
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:

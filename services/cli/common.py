@@ -24,6 +24,8 @@ def client() -> Client:
         return Client(load_context())
     except NotLoggedIn as exc:
         fail(str(exc))
+    except ApiError as exc:
+        fail(exc.message)
 
 
 def api(method: str, path: str, **kwargs: Any) -> Any:

@@ -5,8 +5,13 @@ Where: ``$TETHER_CONFIG``, else ``$XDG_CONFIG_HOME/tether/config.json``, else ``
 else the current one; ``$TETHER_SERVER`` and ``$TETHER_TOKEN`` override its server and token.
 
     {"current": "admin@127.0.0.1:8080",
-     "contexts": {"admin@127.0.0.1:8080": {"server": "http://127.0.0.1:8080", "token": "tat_…", "user": "admin"},
-                  "tether": {"server": "…", "token": "…", "user": "admin", "data_dir": "/home/me/.local/share/tether"}}}
+     "contexts": {"admin@127.0.0.1:8080": {"server": "https://127.0.0.1:8080", "token": "tat_…", "user": "admin",
+                                           "ca_file": "/home/me/.local/share/tether/tls/ca.pem"},
+                  "tether": {"server": "…", "token": "…", "user": "admin", "data_dir": "/home/me/.local/share/tether",
+                             "ca_file": "/home/me/.local/share/tether/tls/ca.pem"}}}
+
+``ca_file``: the CA the server's HTTPS certificate is verified with (``tether up`` makes one in its data dir);
+without it, the system's trusted CAs. ``$TETHER_CA_FILE`` overrides it.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ class Context:
     server: str
     token: str
     name: str = ""
+    ca_file: str = ""
+    """The CA of a server whose certificate a private CA signed ("" : the system's CAs)."""
 
 
 class NotLoggedIn(Exception):
@@ -106,7 +113,8 @@ def load_context(name: str | None = None) -> Context:
             f"no Tether context: run 'tether up', or 'tether login --server URL --token TOKEN' "
             f"(or set TETHER_SERVER and TETHER_TOKEN); looked in {path}"
         )
-    return Context(server=str(server).rstrip("/"), token=str(token), name=chosen)
+    ca_file = os.environ.get("TETHER_CA_FILE") or entry.get("ca_file") or ""
+    return Context(server=str(server).rstrip("/"), token=str(token), name=chosen, ca_file=str(ca_file))
 
 
 def default_login_name(server: str, user: str) -> str:
@@ -115,11 +123,29 @@ def default_login_name(server: str, user: str) -> str:
     return check_context_name(f"{user}@{netloc}".replace("/", "_")[:128])
 
 
-def save_context(server: str, token: str, name: str, *, user: str = "", make_current: bool = True) -> Path:
+def known_ca_file(server: str) -> str:
+    """The CA another context already verifies ``server`` with ("" when none does): logging in as someone else
+    on a platform this machine runs (``tether up``) needs no ``--ca-file``."""
+    try:
+        contexts = read_config()["contexts"]
+    except ConfigError:
+        return ""
+    for _name, entry in sorted(contexts.items()):
+        if isinstance(entry, dict) and entry.get("server") == server.rstrip("/") and entry.get("ca_file"):
+            return str(entry["ca_file"])
+    return ""
+
+
+def save_context(
+    server: str, token: str, name: str, *, user: str = "", make_current: bool = True, ca_file: str = ""
+) -> Path:
     """Write (or replace) one named context; the others are kept."""
     check_context_name(name)
     data = read_config()
-    data["contexts"][name] = {"server": server.rstrip("/"), "token": token, "user": user}
+    entry = {"server": server.rstrip("/"), "token": token, "user": user}
+    if ca_file:
+        entry["ca_file"] = ca_file
+    data["contexts"][name] = entry
     if make_current:
         data["current"] = name
     return write_config(data)
@@ -131,7 +157,7 @@ def up_context_name(data_dir: Path) -> str:
     return check_context_name(base[:100])
 
 
-def save_up_context(server: str, token: str, data_dir: Path) -> tuple[str, Path, bool]:
+def save_up_context(server: str, token: str, data_dir: Path, ca_file: str = "") -> tuple[str, Path, bool]:
     """Write the context of the platform in ``data_dir``: its own one (even renamed), never another's.
 
     It becomes current when it is new or when no valid context is current. Returns (name, path, current).
@@ -147,6 +173,8 @@ def save_up_context(server: str, token: str, data_dir: Path) -> tuple[str, Path,
         while name in contexts:
             name, n = f"{base}-{n}", n + 1
     contexts[name] = {"server": server.rstrip("/"), "token": token, "user": "admin", "data_dir": where}
+    if ca_file:
+        contexts[name]["ca_file"] = ca_file
     current = data.get("current")
     make_current = created or current not in contexts
     if make_current:

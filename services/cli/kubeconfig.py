@@ -1,9 +1,9 @@
 """``tether space|tenant kubeconfig`` and ``tether token``: kubectl through the platform's gateway.
 
-The kubeconfig points kubectl at the API (``/kubernetes/project/<p>/space|tenant/<name>``)
-and gets its credential from ``tether token``, an exec credential plugin
-(``client.authentication.k8s.io/v1``): the file holds no token, and a token
-changed with ``tether login`` is used at once.
+The kubeconfig points kubectl at the API (``/kubernetes/project/<p>/space|tenant/<name>``), carries the CA
+the API's HTTPS is verified with (the context's: ``tether up`` makes one), and gets its credential from
+``tether token``, an exec credential plugin (``client.authentication.k8s.io/v1``) run for the Tether context
+that wrote it: the file holds no token, and a token changed with ``tether login`` is used at once.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from schemas.names import check_name
 from services.cli import output as out
 from services.cli.client import ApiError
 from services.cli.common import client, fail
-from services.cli.config import NotLoggedIn, load_context
+from services.cli.config import Context, NotLoggedIn, load_context
 from services.cli.workloads import space_app, tenant_app
 
 EXEC_API = "client.authentication.k8s.io/v1"
@@ -34,20 +34,27 @@ MergeOpt = Annotated[
 ]
 
 
-def tether_command() -> str:
-    """This ``tether``'s absolute path (kubectl runs the plugin outside any venv)."""
+def tether_command() -> list[str]:
+    """This ``tether``, by absolute path (kubectl runs the plugin outside any venv): its script, or this
+    Python with ``-m services.cli`` when it was started that way."""
     here = Path(sys.argv[0])
     if here.name == "tether" and here.exists():
-        return str(here.resolve())
-    return shutil.which("tether") or "tether"
+        return [str(here.resolve())]
+    if here.name == "__main__.py" and here.parent.name == "cli":
+        return [sys.executable, "-m", "services.cli"]
+    return [shutil.which("tether") or "tether"]
 
 
-def build(kind: str, project: str, name: str, server: str) -> dict[str, Any]:
+def build(kind: str, project: str, name: str, ctx: Context) -> dict[str, Any]:
+    server = ctx.server
     entry = f"tether-{project}-{kind}-{name}"
     context: dict[str, Any] = {"cluster": entry, "user": entry}
     cluster: dict[str, Any] = {"server": f"{server}{gateway_path(kind, project, name)}"}
-    if ca_file := os.environ.get("TETHER_CA_FILE"):
-        cluster["certificate-authority-data"] = base64.b64encode(Path(ca_file).read_bytes()).decode()
+    if ctx.ca_file and server.startswith("https://"):
+        cluster["certificate-authority-data"] = base64.b64encode(Path(ctx.ca_file).read_bytes()).decode()
+    # The context that wrote it, by name: kubectl keeps acting as that member when another context is current.
+    command, *args = tether_command()
+    args += ["--context", ctx.name, "token"] if ctx.name else ["token"]
     if kind == "space":
         context["namespace"] = space_namespace(project, name)
     return {
@@ -60,8 +67,8 @@ def build(kind: str, project: str, name: str, server: str) -> dict[str, Any]:
                 "user": {
                     "exec": {
                         "apiVersion": EXEC_API,
-                        "command": tether_command(),
-                        "args": ["token", "--server", server],
+                        "command": command,
+                        "args": [*args, "--server", server],
                         "interactiveMode": "Never",
                         "provideClusterInfo": False,
                     }
@@ -107,7 +114,10 @@ def kubeconfig(kind: str, project: str, name: str, merge_it: bool) -> None:
         c.get(f"/api/v1/projects/{project}/{kind}s/{name}")  # exists, and the caller may see it
     except ApiError as exc:
         fail(exc.message)
-    config = build(kind, project, name, c.ctx.server)
+    try:
+        config = build(kind, project, name, c.ctx)
+    except OSError as exc:
+        fail(f"cannot read the API's CA file {c.ctx.ca_file}: {exc}")
     if not merge_it:
         sys.stdout.write(yaml.safe_dump(config, sort_keys=False))
         return

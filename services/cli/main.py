@@ -97,6 +97,17 @@ def up(
     nats_port: Annotated[int, typer.Option(help="NATS client port (agents dial it)")] = 4222,
     nats_host: Annotated[str, typer.Option(help="NATS listen address (0.0.0.0 for remote agents)")] = "127.0.0.1",
     http_port: Annotated[int, typer.Option(help="API and web UI port")] = 8080,
+    http_host: Annotated[str, typer.Option(help="API and web UI listen address (0.0.0.0 for other machines)")] = (
+        "127.0.0.1"
+    ),
+    public_host: Annotated[
+        list[str] | None,
+        typer.Option(help="A name other machines reach the API by (the HTTPS certificate covers it); repeatable"),
+    ] = None,
+    insecure_http: Annotated[
+        bool,
+        typer.Option(help="Serve the API over plain HTTP (tests, development): kubectl then sends no credentials"),
+    ] = False,
     local_driver: Annotated[str | None, typer.Option(help="sim or kube (default: detect)")] = None,
     heartbeat_interval: Annotated[float, typer.Option(help="Seconds between agent heartbeats")] = 5.0,
     offline_after: Annotated[float, typer.Option(help="Seconds of silence before a cluster is offline")] = 12.0,
@@ -115,6 +126,9 @@ def up(
         nats_port=nats_port,
         nats_host=nats_host,
         http_port=http_port,
+        http_host=http_host,
+        https=not insecure_http,
+        public_hosts=list(public_host or []),
         local_driver=local_driver,
         heartbeat_interval=heartbeat_interval,
         offline_after=offline_after,
@@ -124,8 +138,8 @@ def up(
     def say(line: str) -> None:
         out.console.print(f"[bold cyan]tether[/] {line}", highlight=False, soft_wrap=True)
 
-    def on_ready(api_url: str, token: str) -> None:
-        name, path, current = save_up_context(api_url, token, settings.data_dir)
+    def on_ready(api_url: str, token: str, ca_file: str) -> None:
+        name, path, current = save_up_context(api_url, token, settings.data_dir, ca_file)
         note = "current" if current else f"not current: 'tether config use-context {name}' or --context {name}"
         say(f"CLI context {name!r} written to {path} ({note})")
 
@@ -152,22 +166,30 @@ def up(
 
 @app.command()
 def login(
-    server: Annotated[str, typer.Option(help="API URL, e.g. http://127.0.0.1:8080")],
+    server: Annotated[str, typer.Option(help="API URL, e.g. https://127.0.0.1:8080")],
     token: Annotated[str, typer.Option(help="Your API token")],
+    ca_file: Annotated[
+        str,
+        typer.Option(
+            help="CA certificate the API's HTTPS is verified with (a 'tether up' platform's <data-dir>/tls/ca.pem; "
+            "default: the one another context of that server uses, else the system's)"
+        ),
+    ] = "",
     context: Annotated[
         str | None, typer.Option("--context", help="Name of the context to write (default: <user>@<host:port>)")
     ] = None,
 ) -> None:
     """Save a named context (server and token) and make it current; other contexts are kept."""
-    from services.cli.config import ConfigError, Context, default_login_name
+    from services.cli.config import ConfigError, Context, default_login_name, known_ca_file
 
+    ca = str(Path(ca_file).resolve()) if ca_file else os.environ.get("TETHER_CA_FILE") or known_ca_file(server)
     try:
-        who = Client(Context(server=server, token=token)).get("/api/v1/whoami")
+        who = Client(Context(server=server, token=token, ca_file=ca)).get("/api/v1/whoami")
     except ApiError as exc:
         fail(exc.message)
     try:
         name = context or default_login_name(server, who["user"])
-        path = save_context(server, token, name, user=who["user"])
+        path = save_context(server, token, name, user=who["user"], ca_file=ca)
     except ConfigError as exc:
         fail(str(exc))
     out.console.print(

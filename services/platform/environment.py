@@ -42,10 +42,27 @@ def platform_env(paths: PlatformPaths) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class HttpServing:
+    """Where the API listens and, for HTTPS, its certificate and key (``services.platform.tls``)."""
+
+    port: int
+    host: str = ""
+    """Listen address; empty: the API's default (loopback)."""
+    cert: Path | None = None
+    key: Path | None = None
+
+
 def service_env(
-    name: str, paths: PlatformPaths, *, http_port: int, public_nats_url: str = "", metrics_port: int | None = None
+    name: str,
+    paths: PlatformPaths,
+    *,
+    http_port: int,
+    public_nats_url: str = "",
+    metrics_port: int | None = None,
+    http: HttpServing | None = None,
 ) -> dict[str, str]:
-    """What service ``name`` gets on top of ``platform_env``."""
+    """What service ``name`` gets on top of ``platform_env``; ``http`` (the API's) wins over ``http_port``."""
     if name not in SERVICES:
         raise ValueError(f"no platform service {name!r}")
     # Its own NATS user: an allow-list of what it uses (services.bus.grants).
@@ -57,7 +74,16 @@ def service_env(
     if name == "access":
         extra["TETHER_ADMIN_TOKEN_FILE"] = str(paths.admin_token_file)
     if name == "api":
-        extra["TETHER_HTTP_PORT"] = str(http_port)
+        extra.update(_http_env(http or HttpServing(port=http_port)))
         if public_nats_url:
             extra["TETHER_PUBLIC_NATS_URL"] = public_nats_url
     return extra
+
+
+def _http_env(http: HttpServing) -> dict[str, str]:
+    env = {"TETHER_HTTP_PORT": str(http.port)}
+    if http.host:
+        env["TETHER_HTTP_HOST"] = http.host
+    if http.cert and http.key:
+        env.update(TETHER_HTTP_TLS_CERT=str(http.cert), TETHER_HTTP_TLS_KEY=str(http.key))
+    return env

@@ -18,6 +18,7 @@ import httpx
 
 from schemas.retrying import backoff_delay
 from services.bus import identity
+from services.platform.endpoint import ApiEndpoint
 from services.platform.environment import SERVICES, PlatformPaths, platform_env, service_env
 from services.platform.natsd import NatsServer, NatsServerConfig, NatsServerError
 from services.platform.tls import ensure_tls
@@ -61,6 +62,18 @@ class UpSettings:
 
     http_port: int = 8080
     """API and web UI port."""
+
+    http_host: str = "127.0.0.1"
+    """API and web UI listen address; 0.0.0.0 lets members on other machines connect."""
+
+    https: bool = True
+    """API and web UI over HTTPS, with a certificate the platform's own CA signs (``<data-dir>/tls``). kubectl
+    sends credentials only over TLS, so the Kubernetes gateway needs it; False (plain HTTP) is for tests and
+    development only."""
+
+    public_hosts: list[str] = field(default_factory=list)
+    """Names (or addresses) other machines reach this one by: the server certificate is valid for them too,
+    besides localhost, 127.0.0.1, ::1 and this machine's hostname."""
 
     local_driver: str | None = None
     """Driver of the local cluster's agent: sim, kube, or None to detect."""
@@ -113,7 +126,7 @@ class Platform:
         self,
         settings: UpSettings,
         say: Callable[[str], None],
-        on_ready: Callable[[str, str], None] | None = None,
+        on_ready: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self.s = settings
         self.say = say
@@ -133,9 +146,13 @@ class Platform:
         )
         self.children: list[Child] = []
         self.ca_file = ""
-        self.api_url = f"http://127.0.0.1:{settings.http_port}"
+        self.endpoint = ApiEndpoint(host=settings.http_host, port=settings.http_port)
         self._lock_fd: int | None = None
         self._stopping = False
+
+    @property
+    def api_url(self) -> str:
+        return self.endpoint.url
 
     # -- files -----------------------------------------------------------------
     def lock(self) -> None:
@@ -208,6 +225,7 @@ class Platform:
             http_port=self.s.http_port,
             public_nats_url=self.public_nats_url(),
             metrics_port=self.metrics_port(name),
+            http=self.endpoint.serving(),
         )
         return Child(
             name=name,
@@ -240,7 +258,7 @@ class Platform:
     async def wait_healthy(self, token: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         last = ""
-        async with httpx.AsyncClient(base_url=self.api_url, timeout=2) as http:
+        async with httpx.AsyncClient(base_url=self.api_url, timeout=2, verify=self.endpoint.verify()) as http:
             while time.monotonic() < deadline:
                 for child in self.children:
                     if child.proc and child.proc.returncode is not None:
@@ -260,7 +278,9 @@ class Platform:
         if (self.data / "agents" / "local" / "credentials.json").exists():
             return None
         headers = {"Authorization": f"Bearer {token}"}
-        async with httpx.AsyncClient(base_url=self.api_url, timeout=10, headers=headers) as http:
+        async with httpx.AsyncClient(
+            base_url=self.api_url, timeout=10, headers=headers, verify=self.endpoint.verify()
+        ) as http:
             body = {
                 "name": "local",
                 "display_name": "Platform cluster",
@@ -328,10 +348,14 @@ class Platform:
         # Broker-enforced identities, always: each agent may use only its own cluster's subjects.
         trust = identity.prepare(self.auth)
         self.nats.config.extra = trust.server_config(self.data / "nats-resolver")
-        if self.s.tls:
-            files = ensure_tls(self.data / "tls")
-            self.nats.config.tls_cert, self.nats.config.tls_key = files.cert, files.key
-            self.ca_file = str(files.ca)
+        if self.s.tls or self.s.https:
+            # One CA for both: made once and kept, so the kubeconfigs and contexts that carry it stay valid.
+            files = ensure_tls(self.data / "tls", hosts=self.s.public_hosts)
+            if self.s.tls:
+                self.nats.config.tls_cert, self.nats.config.tls_key = files.cert, files.key
+                self.ca_file = str(files.ca)
+            if self.s.https:
+                self.endpoint.files = files
         self.nats.start()
         try:
             await self.nats.wait_ready()
@@ -348,8 +372,10 @@ class Platform:
             for line in self.metrics_lines():
                 self.say(line)
             if self.on_ready is not None:
-                self.on_ready(self.api_url, token)
+                self.on_ready(self.api_url, token, self.endpoint.ca_file)
             self.say(f"Tether API and web UI: {self.api_url}")
+            for line in self.endpoint.lines(self.s.public_hosts):
+                self.say(line)
             if first:
                 self.say(f"admin user 'admin' created; API token (also in {self.data / 'admin.token'}):")
                 self.say(f"  {token}")

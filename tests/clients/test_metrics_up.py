@@ -90,7 +90,7 @@ async def test_tether_up_serves_every_dashboard_metric_on_loopback(up: Up) -> No
 
     token = (up.data / "admin.token").read_text().strip()
     async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{up.http_port}", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        base_url=up.api, headers={"Authorization": f"Bearer {token}"}, timeout=10, verify=up.verify()
     ) as http:
         resp = await http.post("/api/v1/projects", json={"name": "p1", "clusters": ["local"]})
         assert resp.status_code == 201, resp.text

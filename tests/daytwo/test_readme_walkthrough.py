@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -61,10 +62,11 @@ async def test_readme_quick_start_runs_literally(tmp_path: Path) -> None:
         async def healthy() -> bool:
             if up.poll() is not None:
                 raise Abort(f"make up exited {up.returncode}:\n{(tmp_path / 'make-up.log').read_text()}")
+            ca = data / "tls" / "ca.pem"  # HTTPS by default, with the platform's own CA (made at its first start)
             try:
-                async with httpx.AsyncClient() as http:
-                    return (await http.get("http://127.0.0.1:8080/healthz")).status_code == 200
-            except httpx.HTTPError:
+                async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(ca))) as http:
+                    return (await http.get("https://127.0.0.1:8080/healthz")).status_code == 200
+            except (httpx.HTTPError, OSError, ssl.SSLError):
                 return False
 
         await wait_for(healthy, timeout=120, what="make up to serve the API")

@@ -37,6 +37,9 @@ NS = "tether-demo-s1"
         ("DELETE", f"/api/v1/namespaces/{NS}/configmaps/c1"),
         ("PATCH", f"/apis/apps/v1/namespaces/{NS}/deployments/web/scale"),
         ("GET", f"/api/v1/namespaces/{NS}/pods/p/log"),
+        ("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"),  # kubectl auth can-i
+        ("POST", "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews"),  # kubectl auth can-i --list
+        ("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews"),  # kubectl auth whoami
     ],
 )
 def test_a_space_reaches_its_namespace_and_discovery(method: str, path: str) -> None:
@@ -54,6 +57,8 @@ def test_a_space_reaches_its_namespace_and_discovery(method: str, path: str) -> 
         ("POST", "/api/v1", "not allowed"),
         ("GET", "/api/v1/nodes", "outside it"),
         ("GET", "/apis/apps/v1/namespaces/" + NS, "outside the namespace"),
+        ("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", "outside it"),  # about anyone: no
+        ("GET", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", "not allowed"),
     ],
 )
 def test_a_space_reaches_nothing_else(method: str, path: str, why: str) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -55,6 +56,15 @@ class Up:
         self.env.pop("KUBECONFIG", None)
         self.proc: Proc | None = None
         self.runs = 0
+        self.extra_args: list[str] = []
+
+    @property
+    def api(self) -> str:
+        return f"https://127.0.0.1:{self.http_port}"
+
+    def verify(self) -> ssl.SSLContext:
+        """The platform's own CA (made at its first start), the only one its API's certificate verifies with."""
+        return ssl.create_default_context(cafile=str(self.data / "tls" / "ca.pem"))
 
     def start(self) -> Proc:
         self.runs += 1
@@ -73,6 +83,7 @@ class Up:
                 "0.5",
                 "--offline-after",
                 "2",
+                *self.extra_args,
             ],
             env=self.env,
             log=self.tmp / f"up-{self.runs}.log",
@@ -98,7 +109,7 @@ class Up:
             return "ready." in proc.output()
 
         await wait_for(ready, timeout=60, what="tether up to be ready")
-        resp = httpx.get(f"http://127.0.0.1:{self.http_port}/healthz")
+        resp = httpx.get(f"{self.api}/healthz", verify=self.verify())
         assert resp.status_code == 200
 
 
@@ -116,7 +127,7 @@ async def test_up_connect_list_stop_and_restart_keeps_state(up: Up, tmp_path: Pa
     first = up.start()
     await up.wait_ready()
     out = first.output()
-    assert f"http://127.0.0.1:{up.http_port}" in out
+    assert f"https://127.0.0.1:{up.http_port}" in out
     assert "admin user 'admin' created" in out and "tat_" in out
     assert "driver sim" in out
     token = (up.data / "admin.token").read_text().strip()
