@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import ipaddress
 import os
 import secrets
 import shutil
@@ -34,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from services.bus import identity
-from services.platform.tls import ensure_tls
+from services.platform.tls import ensure_tls, general_names
 
 RESOLVER_DIR = Path("/data/resolver")
 """Where each NATS node keeps account JWTs pushed at runtime (revocations): its own data volume."""
@@ -64,12 +63,7 @@ def route_certificate(pki_dir: Path, days: int = 825) -> tuple[Path, Path]:
     ca_key = serialization.load_pem_private_key((pki_dir / "ca-key.pem").read_bytes(), password=None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise SystemExit(f"{pki_dir / 'ca-key.pem'}: not the EC key ensure_tls makes")
-    sans: list[x509.GeneralName] = []
-    for name in NATS_HOSTS:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            sans.append(x509.DNSName(name))
+    sans = general_names(NATS_HOSTS)
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]

@@ -48,7 +48,8 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _general_names(names: list[str]) -> list[x509.GeneralName]:
+def general_names(names: list[str]) -> list[x509.GeneralName]:
+    """Each name as a certificate's subject alternative name: an IP address when it parses as one."""
     sans: list[x509.GeneralName] = []
     for name in names:
         try:
@@ -120,7 +121,7 @@ def _still_good(files: TlsFiles, ca: x509.Certificate, names: list[str]) -> bool
         return False
     if cert.not_valid_after_utc - dt.datetime.now(dt.UTC) < RENEW_BEFORE:
         return False
-    return set(_general_names(names)) <= set(sans)
+    return set(general_names(names)) <= set(sans)
 
 
 def ensure_tls(directory: Path, hosts: list[str] | None = None, days: int = 825) -> TlsFiles:
@@ -147,7 +148,7 @@ def ensure_tls(directory: Path, hosts: list[str] | None = None, days: int = 825)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(min(now + dt.timedelta(days=days), ca.not_valid_after_utc))
-        .add_extension(x509.SubjectAlternativeName(_general_names(names)), critical=False)
+        .add_extension(x509.SubjectAlternativeName(general_names(names)), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
 import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +23,10 @@ import yaml
 
 from services.platform.tls import ensure_tls
 from tests.harness import wait_for
-from tests.integration.test_up import Up, our_processes
+from tests.integration.test_up import Up, up  # noqa: F401  (the fixture)
 from tests.kube.conftest import control_plane, kube_bin, kubeconfig  # noqa: F401  (shared fixtures)
 
 KUBECTL = Path(sys.executable).parent / "kubectl"
-
-
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[Up]:
-    u = Up(tmp_path)
-    yield u
-    if u.proc:
-        u.proc.stop(timeout=20)
-    for pid in our_processes(str(u.data)) + our_processes(f":{u.nats_port}"):
-        os.kill(pid, signal.SIGKILL)
 
 
 def kubectl(config: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -53,9 +41,10 @@ def kubectl(config: Path, env: dict[str, str], *args: str) -> subprocess.Complet
     )
 
 
-def member_env(up: Up) -> dict[str, str]:
+def member_env(platform: Up) -> dict[str, str]:
     """What a user's shell has: PATH and the Tether CLI's config (no TETHER_CA_FILE, no token)."""
-    return {"PATH": os.environ.get("PATH", ""), "HOME": up.env["HOME"], "TETHER_CONFIG": up.env["TETHER_CONFIG"]}
+    env = platform.env
+    return {"PATH": os.environ.get("PATH", ""), "HOME": env["HOME"], "TETHER_CONFIG": env["TETHER_CONFIG"]}
 
 
 def handshake(url: str, context: ssl.SSLContext) -> None:
@@ -115,6 +104,8 @@ async def test_kubectl_through_tether_up_over_https(up: Up, kubeconfig: Path, tm
     assert made.returncode == 0, made.stderr
     assert "over-https" in kubectl(path, env, "get", "configmaps", "-o", "name").stdout
     assert kubectl(path, env, "auth", "can-i", "get", "nodes").stdout.strip() == "no", "the space only"
+    whoami = kubectl(path, env, "auth", "whoami")
+    assert whoami.returncode == 0 and "tether:user:bob" in whoami.stdout, whoami.stdout + whoami.stderr
 
     # Restarted, the platform keeps its CA: the kubeconfig handed out before still works.
     assert first.stop(timeout=30) == 0
@@ -126,7 +117,7 @@ async def test_kubectl_through_tether_up_over_https(up: Up, kubeconfig: Path, tm
     assert again.returncode == 0 and again.stdout.strip() == "configmap/over-https", again.stderr
 
 
-async def test_plain_http_is_an_explicit_opt_out(up: Up, tmp_path: Path) -> None:
+async def test_plain_http_is_an_explicit_opt_out(up: Up, tmp_path: Path) -> None:  # noqa: F811
     up.extra_args = ["--insecure-http", "--local-driver", "sim"]
     proc = up.start()
     await wait_for(lambda: "ready." in proc.output() or not proc.running, timeout=60, what="tether up ready")
