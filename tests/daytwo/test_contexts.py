@@ -41,8 +41,8 @@ async def test_two_platforms_and_two_users_keep_their_contexts(ups: tuple[Up, Up
     cfg = config(tmp_path / "config.json")
     contexts = cfg["contexts"]
     assert isinstance(contexts, dict)
-    assert contexts["tether"]["server"] == f"http://127.0.0.1:{a.http_port}"
-    assert contexts["tether-2"]["server"] == f"http://127.0.0.1:{b.http_port}"
+    assert contexts["tether"]["server"] == a.api
+    assert contexts["tether-2"]["server"] == b.api
     assert cfg["current"] == "tether-2", "a new platform's context becomes current"
     assert (tmp_path / "config.json").stat().st_mode & 0o777 == 0o600
 
@@ -61,7 +61,7 @@ async def test_two_platforms_and_two_users_keep_their_contexts(ups: tuple[Up, Up
 
     # bob logs in to platform a: a context of his own, the admins' stay
     bob = json.loads(a.cli("--context", "tether", "token", "create", "--user", "bob", "-o", "json").stdout)["token"]
-    a.cli("login", "--server", f"http://127.0.0.1:{a.http_port}", "--token", bob)
+    a.cli("login", "--server", a.api, "--token", bob)
     bobs = f"bob@127.0.0.1:{a.http_port}"
     assert a.cli("config", "current-context").stdout.strip() == bobs
     assert a.cli("whoami").stdout.strip() == "bob"
@@ -69,7 +69,7 @@ async def test_two_platforms_and_two_users_keep_their_contexts(ups: tuple[Up, Up
     a.cli(
         "login",
         "--server",
-        f"http://127.0.0.1:{b.http_port}",
+        b.api,
         "--token",
         str(contexts["tether-2"]["token"]),
         "--context",
