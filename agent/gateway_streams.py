@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -37,7 +37,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.typing import Subprotocol
 
 from agent.gateway import GatewayError
-from schemas.gateway import CHUNK, IDLE_TIMEOUT, PING_INTERVAL, GatewayControl, response_headers
+from schemas.gateway import IDLE_TIMEOUT, PING_INTERVAL, GatewayControl, response_headers
 from schemas.gateway_streams import INPUT_WINDOW, split_message
 
 if TYPE_CHECKING:
@@ -213,49 +213,3 @@ async def first_of(*jobs: Coroutine[Any, Any, None]) -> None:
     for task in done:
         if not task.cancelled() and (exc := task.exception()) is not None:
             raise exc
-
-
-_END = b""
-
-
-async def coalesced(chunks: AsyncIterator[bytes], limit: int = CHUNK, depth: int = 16) -> AsyncIterator[bytes]:
-    """``chunks`` as they come, each joined with what has already arrived behind it (up to ``limit`` bytes).
-
-    kube-apiserver writes a large list in many small pieces: one frame each made the per-frame cost (two
-    encodings, a publish, a queue hop, a credit round trip per window) the bottleneck. A watch event is never
-    held back waiting for more: only what is already read is joined. At most ``depth`` chunks are read ahead."""
-    queue: asyncio.Queue[bytes | BaseException] = asyncio.Queue(maxsize=depth)
-
-    async def read() -> None:
-        try:
-            async for chunk in chunks:
-                if chunk:
-                    await queue.put(chunk)
-            await queue.put(_END)
-        except Exception as exc:
-            await queue.put(exc)
-
-    reader = asyncio.create_task(read())
-    try:
-        ended = False
-        while not ended:
-            item = await queue.get()
-            parts: list[bytes] = []
-            size = 0
-            while True:
-                if isinstance(item, BaseException):
-                    raise item
-                if item is _END:
-                    ended = True
-                    break
-                parts.append(item)
-                size += len(item)
-                if size >= limit or queue.empty():
-                    break
-                item = queue.get_nowait()
-            if parts:
-                yield parts[0] if len(parts) == 1 else b"".join(parts)
-    finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
 from schemas.gateway_streams import carried_subprotocols, offered_subprotocols, spdy_refusal, split_message
 
 
@@ -44,23 +40,3 @@ def test_the_spdy_tunnel_is_a_byte_stream_split_anywhere() -> None:
 def test_an_spdy_client_is_told_which_kubectl_it_needs() -> None:
     text = spdy_refusal("SPDY/3.1")
     assert "kubectl 1.31 or newer" in text and "WebSocket" in text
-
-
-async def test_what_has_arrived_is_joined_in_order_and_errors_come_through() -> None:
-    from agent.gateway_streams import coalesced
-
-    async def pieces() -> AsyncIterator[bytes]:
-        for i in range(10):
-            yield bytes([i]) * 10
-
-    got = [chunk async for chunk in coalesced(pieces(), limit=25)]
-    assert b"".join(got) == b"".join(bytes([i]) * 10 for i in range(10))
-    assert all(len(c) <= 30 for c in got)
-
-    async def broken() -> AsyncIterator[bytes]:
-        yield b"x"
-        raise OSError("upstream went away")
-
-    with pytest.raises(OSError, match="went away"):
-        async for _ in coalesced(broken()):
-            pass
