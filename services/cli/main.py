@@ -151,8 +151,20 @@ def up(
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
+        signalled = False
+
+        def on_signal() -> None:
+            # The first signal stops in order; cancelling again would abort that shutdown half-way and leave
+            # nats-server running (and asyncio.run waiting on it), so a second one kills instead.
+            nonlocal signalled
+            if signalled:
+                platform.force_stop()
+            else:
+                signalled = True
+                task.cancel()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, on_signal)
         try:
             await platform.run()
         except asyncio.CancelledError:

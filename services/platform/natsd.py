@@ -179,8 +179,9 @@ class NatsServer:
             self.proc.wait()
 
     def stop(self, timeout: float = 10.0) -> None:
-        proc, self.proc = self.proc, None
+        proc = self.proc
         if proc is None or proc.poll() is not None:
+            self.proc = None
             return
         proc.terminate()
         try:
@@ -188,6 +189,13 @@ class NatsServer:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        # Cleared only now: kill_now() must still find a server that is slow to drain.
+        self.proc = None
+
+    def kill_now(self) -> None:
+        """SIGKILL without waiting (safe from a signal handler on the event loop); ``stop()`` then returns."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
 
 
 def pid_alive(pid: int) -> bool:

@@ -120,6 +120,11 @@ class Child:
             proc.kill()
             await proc.wait()
 
+    def kill_now(self) -> None:
+        """SIGKILL without waiting; a ``stop()`` in progress then returns at once."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+
 
 class Platform:
     def __init__(
@@ -393,7 +398,7 @@ class Platform:
         if self._stopping:
             return
         self._stopping = True
-        self.say("stopping...")
+        self.say("stopping... (Ctrl-C again to stop at once)")
         # Agent first, then the API, then the services, NATS last: each drains into a live bus.
         order = sorted(self.children, key=lambda c: (c.name != "agent-local", c.name != "api"))
         agents_api = [c for c in order if c.name in ("agent-local", "api")]
@@ -405,3 +410,13 @@ class Platform:
             os.close(self._lock_fd)
             self._lock_fd = None
         self.say("stopped.")
+
+    def force_stop(self) -> None:
+        """A second Ctrl-C: kill what still runs instead of waiting for it to drain. The shutdown in progress
+        goes on (it is not cancelled, so nothing is left behind) and finds every process gone."""
+        if not self._stopping:
+            return
+        self.say("stopping at once: killing what is still running")
+        for child in self.children:
+            child.kill_now()
+        self.nats.kill_now()

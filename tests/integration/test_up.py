@@ -37,6 +37,13 @@ def our_processes(marker: str) -> list[int]:
     return found
 
 
+def cmdline(pid: int) -> bytes:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 class Up:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
@@ -207,3 +214,21 @@ async def test_second_up_on_the_same_data_dir_is_refused(up: Up) -> None:
     )
     assert res.returncode == 1
     assert "another 'tether up' is already running" in res.stderr
+
+
+async def test_a_second_ctrl_c_stops_at_once_and_leaves_nothing_behind(up: Up) -> None:
+    first = up.start()
+    await up.wait_ready()
+    assert first.proc is not None
+    # The API process frozen: the ordered shutdown would wait its full 10 s grace for it to drain.
+    api = [pid for pid in our_processes(str(up.data)) if b"services.api" in cmdline(pid)]
+    assert len(api) == 1, api
+    os.kill(api[0], signal.SIGSTOP)
+    first.proc.send_signal(signal.SIGINT)
+    await wait_for(lambda: "stopping..." in first.output(), timeout=10, what="the ordered shutdown to begin")
+    first.proc.send_signal(signal.SIGINT)
+    # Well within the frozen API's 10 s grace: the second Ctrl-C killed it instead of waiting.
+    await first.wait_exit(timeout=6)
+    assert "stopping at once" in first.output()
+    await wait_for(lambda: not our_processes(str(up.data)), timeout=10, what="every child to be gone")
+    assert not our_processes(f":{up.nats_port}")
