@@ -9,6 +9,7 @@ from nats.aio.client import Client
 
 from services.platform.natsd import NatsServer
 from tests.harness import Stack, running, start_nats
+from tests.upstack import Up, stop_up
 
 
 @pytest.fixture
@@ -31,6 +32,14 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
 async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
     async with running(Stack(tmp=tmp_path), request) as s:
         yield s
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    """``tether up`` on a fresh data dir and free ports (started by the test); stopped, nothing left behind."""
+    u = Up(tmp_path)
+    yield u
+    stop_up(u)
 
 
 @pytest.hookimpl(hookwrapper=True)

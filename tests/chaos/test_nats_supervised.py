@@ -19,36 +19,20 @@ import os
 import re
 import signal
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
 
 from tests.harness import wait_for
-from tests.integration.test_up import Up, our_processes
+from tests.upstack import Up, cmdline, our_processes
 
 pytestmark = pytest.mark.chaos
 
 
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[Up]:
-    u = Up(tmp_path)
-    yield u
-    if u.proc:
-        u.proc.stop(timeout=20)
-    for pid in our_processes(str(u.data)) + our_processes(f":{u.nats_port}"):
-        os.kill(pid, signal.SIGKILL)
-
-
 def nats_pid(up: Up) -> int | None:
     for pid in our_processes(str(up.data)):
-        try:
-            cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"nats-server" in cmdline.split(b"\0")[0]:
+        if b"nats-server" in cmdline(pid).split(b"\0")[0]:
             return pid
     return None
 

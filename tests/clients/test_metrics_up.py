@@ -18,7 +18,7 @@ import pytest
 
 from services.platform.supervisor import SERVICES
 from tests.harness import ROOT, wait_for
-from tests.integration.test_up import Up, up  # noqa: F401  (the fixture)
+from tests.upstack import Up
 
 pytestmark = pytest.mark.clients
 
@@ -78,7 +78,7 @@ def scrape(port: int) -> str:
         return str(resp.read().decode())
 
 
-async def test_tether_up_serves_every_dashboard_metric_on_loopback(up: Up) -> None:  # noqa: F811
+async def test_tether_up_serves_every_dashboard_metric_on_loopback(up: Up) -> None:
     base = free_run(len(SERVICES))
     up.env.update(TETHER_PROMETHEUS_PORT=str(base), TETHER_SIM_FAIL="doomed")
     proc = up.start()

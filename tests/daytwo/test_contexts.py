@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_up import Up, our_processes
+from tests.upstack import Up, our_processes
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.harness import ROOT, Abort, wait_for
-from tests.integration.test_up import our_processes
+from tests.upstack import our_processes
 
 MARKER = "<!-- walkthrough"
 BLOCK = re.compile(r"```sh\n(.*?)```", re.S)

@@ -23,8 +23,8 @@ import yaml
 
 from services.platform.tls import ensure_tls
 from tests.harness import wait_for
-from tests.integration.test_up import Up, up  # noqa: F401  (the fixture)
 from tests.kube.conftest import control_plane, kube_bin, kubeconfig  # noqa: F401  (shared fixtures)
+from tests.upstack import Up
 
 KUBECTL = Path(sys.executable).parent / "kubectl"
 
@@ -117,7 +117,7 @@ async def test_kubectl_through_tether_up_over_https(up: Up, kubeconfig: Path, tm
     assert again.returncode == 0 and again.stdout.strip() == "configmap/over-https", again.stderr
 
 
-async def test_plain_http_is_an_explicit_opt_out(up: Up, tmp_path: Path) -> None:  # noqa: F811
+async def test_plain_http_is_an_explicit_opt_out(up: Up, tmp_path: Path) -> None:
     up.extra_args = ["--insecure-http", "--local-driver", "sim"]
     proc = up.start()
     await wait_for(lambda: "ready." in proc.output() or not proc.running, timeout=60, what="tether up ready")

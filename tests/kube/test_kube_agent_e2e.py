@@ -150,7 +150,7 @@ async def test_cli_prints_the_manifests(stack: Stack, tmp_path: Path) -> None:
 
 
 async def test_tether_up_connects_the_kubeconfig_cluster_as_local(kubeconfig: Path, tmp_path: Path) -> None:
-    from tests.integration.test_up import Up, our_processes
+    from tests.upstack import Up, our_processes
 
     up = Up(tmp_path)
     up.env["KUBECONFIG"] = str(kubeconfig)
