@@ -55,6 +55,11 @@ async def workloads(platform: "Platform", *, project: str = "", cluster: str = "
 
 
 def install_record_routes(app: FastAPI, platform: "Platform") -> None:
+    install_project_routes(app, platform)
+    install_cluster_routes(app, platform)
+
+
+def install_project_routes(app: FastAPI, platform: "Platform") -> None:
     async def project_out(name: str) -> ProjectOut:
         project, membership, records = await asyncio.gather(
             platform.call(subjects.Projects.GET, NameRequest(name=name), ProjectRecord),
@@ -118,6 +123,8 @@ def install_record_routes(app: FastAPI, platform: "Platform") -> None:
         took = [f"member {m}" for m in members.took]
         return JSONResponse(status_code=200, content=ProjectDeletionOut(deleted=True, took=took).model_dump())
 
+
+def install_cluster_routes(app: FastAPI, platform: "Platform") -> None:
     @app.patch("/api/v1/clusters/{name}", response_model=ClusterOut, responses=ERRORS, tags=["clusters"])
     async def update_cluster(name: str, body: ClusterPatchIn, who: Who) -> ClusterOut:
         """Change the display name, the description or the labels (what is given; labels replace all)."""
