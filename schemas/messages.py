@@ -391,9 +391,20 @@ class Identified(Protocol):
 
 
 def workload_key(w: Identified) -> str:
-    """The one string key of a tenant cluster or space, ``<kind>.<project>.<name>`` (its KV key in
-    ``tether-desired``); every part is checked to be a DNS-1123 label, so no key can hold a wildcard."""
+    """The one string key of a tenant cluster or space, ``<kind>.<project>.<name>``; every part is checked to
+    be a DNS-1123 label, so no key can hold a wildcard."""
     return f"{w.kind}.{check_name(w.project, 'project name')}.{check_name(w.name, f'{w.kind} name')}"
+
+
+def desired_key(cluster: str, k: str) -> str:
+    """The KV key (``tether-desired``) of the record of workload ``k`` (a ``workload_key``) placed on
+    ``cluster``: cluster first, so one cluster's records are one subject filter (its agent's consumer)."""
+    return f"{check_name(cluster, 'cluster name')}.{k}"
+
+
+def desired_family(k: str) -> str:
+    """The keys workload ``k`` may be stored under, whatever its cluster: the newest of them is its record."""
+    return f"*.{k}"
 
 
 def ref_of(w: Identified) -> WorkloadRef:
@@ -591,7 +602,8 @@ class Failure(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class WorkloadRecord(Message, frozen=True, tag="workload-record.v1"):
-    """Lifecycle KV ``tether-desired``, key ``<kind>.<project>.<name>``: desired and observed."""
+    """Lifecycle KV ``tether-desired``, key ``<cluster>.<kind>.<project>.<name>`` (``desired_key``): desired
+    and observed."""
 
     spec: WorkloadSpec
     generation: int

@@ -21,6 +21,7 @@ import nats.aio.client
 
 from schemas.messages import Message
 from services.bus import Bucket, identity
+from services.bus.records import Latest
 from services.platform.environment import PlatformPaths, platform_env, service_env
 from services.platform.natsd import NatsServer, NatsServerConfig, free_port
 from services.platform.tls import TlsFiles, ensure_tls
@@ -529,6 +530,10 @@ class CountingBucket(Bucket[R]):
     async def get(self, key: str) -> tuple[R, int] | None:
         self.reads += 1
         return await super().get(key)
+
+    async def latest(self, pattern: str) -> Latest[R] | None:
+        self.reads += 1
+        return await super().latest(pattern)
 
 
 # --- shared by the suites that run a platform and real agents (gateway, kube) ------------------------------

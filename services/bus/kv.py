@@ -10,18 +10,35 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy, StreamState
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import (
+    APIError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from schemas.errors import Conflict, InvalidInput, Unavailable
 from schemas.messages import M, decode, encode
 from schemas.retrying import backoff_delay
-from services.bus.records import Records
+from services.bus.records import Latest, Records
 
 logger = logging.getLogger(__name__)
 
 MARKER_REASON = "Nats-Marker-Reason"
 """Set on the markers the server leaves when it removes an entry (TTL, purge)."""
+WRONG_LAST_SEQUENCE = 10071
+"""JetStream's error when an expected last sequence does not hold."""
+EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+EXPECTED_LAST_OF = "Nats-Expected-Last-Subject-Sequence-Subject"
+"""With ``EXPECTED_LAST``: the subjects (wildcards allowed) whose newest message the expectation is about."""
+
+
+def _removed(headers: dict[str, str] | None, data: bytes | None) -> bool:
+    """A deletion or purge marker, or one the server left (TTL)."""
+    headers = headers or {}
+    return headers.get(KV_OP) in (KV_DEL, KV_PURGE) or MARKER_REASON in headers or not data
 
 
 class Bucket(Records[M]):
@@ -59,6 +76,30 @@ class Bucket(Records[M]):
 
     async def put(self, key: str, value: M) -> int:
         return await self.kv.put(key, encode(value))
+
+    async def latest(self, pattern: str) -> Latest[M] | None:
+        """One message get of the last message on the pattern's subjects (direct when the bucket allows it,
+        like ``get``: no JetStream API queue)."""
+        prefix = self.kv._pre
+        try:
+            msg = await self.kv._js.get_msg(self.kv._stream, subject=f"{prefix}{pattern}", direct=self.kv._direct)
+        except NotFoundError:
+            return None
+        key = (msg.subject or "")[len(prefix) :]
+        if _removed(msg.headers, msg.data):
+            return Latest(key, None, msg.seq or 0)
+        return Latest(key, self._stored(key, msg.data or b""), msg.seq or 0)
+
+    async def write_over(self, key: str, value: M, guard: str, revision: int) -> int:
+        prefix = self.kv._pre
+        headers = {EXPECTED_LAST: str(revision), EXPECTED_LAST_OF: f"{prefix}{guard}"}
+        try:
+            ack = await self.kv._js.publish(f"{prefix}{key}", encode(value), headers=headers)
+        except APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise Conflict(f"{guard!r} changed concurrently") from None
+            raise
+        return ack.seq
 
     async def delete(self, key: str) -> None:
         await self.kv.delete(key)
@@ -101,8 +142,7 @@ class Bucket(Records[M]):
                 while True:
                     msg = await queue.get()
                     key = msg.subject[len(prefix) :]
-                    headers = msg.headers or {}
-                    if headers.get(KV_OP) in (KV_DEL, KV_PURGE) or MARKER_REASON in headers or not msg.data:
+                    if _removed(msg.headers, msg.data):
                         out.pop(key, None)
                     elif (record := self._stored(key, msg.data)) is not None:
                         out[key] = record

@@ -22,7 +22,7 @@ from schemas.errors import Conflict
 from schemas.messages import M, decode, encode
 from services.bus.endpoints import PLATFORM_INBOX, agent_caller, answer, reply_allowed
 from services.bus.interface import Consumer, Delivery, Endpoint, Endpoints, Handler, Host, Subscription
-from services.bus.records import Records
+from services.bus.records import Latest, Records
 
 logger = logging.getLogger(__name__)
 
@@ -167,11 +167,13 @@ class DurableState:
 
 
 class MemoryRecords(Records[M]):
-    """A bucket: every write bumps the bucket's revision; ``create`` and ``update`` are compare-and-set."""
+    """A bucket: every write bumps the bucket's revision; ``create`` and ``update`` are compare-and-set. A
+    deleted or purged key leaves a marker with its own revision (``latest`` and ``write_over`` see it)."""
 
     def __init__(self, name: str, type_: type[M]) -> None:
         self.name, self.type = name, type_
         self._data: dict[str, tuple[bytes, int]] = {}
+        self._markers: dict[str, int] = {}
         self._revision = itertools.count(1)
 
     async def get(self, key: str) -> tuple[M, int] | None:
@@ -192,17 +194,41 @@ class MemoryRecords(Records[M]):
         return self._write(key, value)
 
     async def delete(self, key: str) -> None:
-        self._data.pop(key, None)
+        self._remove(key)
 
     async def purge(self, key: str) -> None:
-        self._data.pop(key, None)
+        self._remove(key)
+
+    async def latest(self, pattern: str) -> Latest[M] | None:
+        newest = self._newest(pattern)
+        if newest is None:
+            return None
+        key, revision = newest
+        found = self._data.get(key)
+        return Latest(key, decode(found[0], self.type) if found and found[1] == revision else None, revision)
+
+    async def write_over(self, key: str, value: M, guard: str, revision: int) -> int:
+        newest = self._newest(guard)
+        if (newest[1] if newest else 0) != revision:
+            raise Conflict(f"{guard!r} changed concurrently")
+        return self._write(key, value)
 
     async def items(self, timeout: float = 10.0) -> dict[str, M]:
         return {key: decode(data, self.type) for key, (data, _) in self._data.items()}
 
+    def _newest(self, pattern: str) -> tuple[str, int] | None:
+        entries = [(k, rev) for k, (_, rev) in self._data.items()] + list(self._markers.items())
+        found = [(rev, k) for k, rev in entries if matches(pattern, k)]
+        return (max(found)[1], max(found)[0]) if found else None
+
+    def _remove(self, key: str) -> None:
+        self._data.pop(key, None)
+        self._markers[key] = next(self._revision)  # NATS stores a marker even for a key never written
+
     def _write(self, key: str, value: M) -> int:
         revision = next(self._revision)
         self._data[key] = (encode(value), revision)
+        self._markers.pop(key, None)
         return revision
 
 

@@ -5,10 +5,21 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Generic
 
 from schemas.errors import Conflict, Internal
 from schemas.messages import M
+
+
+@dataclass(frozen=True)
+class Latest(Generic[M]):
+    """The newest entry among the keys a pattern matches."""
+
+    key: str
+    record: M | None
+    """None for a deletion marker (or a stored record this version cannot read)."""
+    revision: int
 
 
 class Records(ABC, Generic[M]):
@@ -39,6 +50,17 @@ class Records(ABC, Generic[M]):
     @abstractmethod
     async def purge(self, key: str) -> None:
         """Remove ``key`` and its history."""
+
+    @abstractmethod
+    async def latest(self, pattern: str) -> Latest[M] | None:
+        """The newest entry (deletion markers included) of the keys ``pattern`` matches, where a ``*`` token
+        stands for any one token; None when no key matches. One request, whatever the number of keys."""
+
+    @abstractmethod
+    async def write_over(self, key: str, value: M, guard: str, revision: int) -> int:
+        """Write ``key`` only if the newest entry of the keys ``guard`` matches (``key`` among them) is still at
+        ``revision`` (0: none); Conflict otherwise. One compare-and-set over a family of keys: two writers of
+        one name under different first tokens cannot both succeed."""
 
     @abstractmethod
     async def items(self, timeout: float = 10.0) -> dict[str, M]:

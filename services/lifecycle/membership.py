@@ -37,13 +37,11 @@ class MembershipFanout:
     async def _update(self, record: WorkloadRecord, membership: Membership, role: Role | None) -> None:
         k = workload_key(record.spec)
 
-        def update(current: WorkloadRecord | None) -> WorkloadRecord | None:
-            if current is None:
-                return None
+        def update(current: WorkloadRecord) -> WorkloadRecord | None:
             return logic.with_members(current, membership, new_op_id(), time.time(), role)
 
         before = await self.desired.get(k)
-        new = await self.desired.bucket.mutate(k, update)
+        new = await self.desired.mutate(k, update)
         if new is not None and before is not None and new.generation != before[0].generation:
             logger.info("access of %s changed: generation %d", k, new.generation)
             await self.sender.send(new)

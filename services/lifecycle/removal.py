@@ -38,8 +38,7 @@ class Removal:
             found = await self.desired.get(k)
             if found is None or found[0].spec.state != "deleted" or logic.is_tombstone(found[0]):
                 continue
-            await self.desired.bucket.update(k, logic.confirm_deleted(found[0], time.time()), found[1])
-            self.desired.known.forget(k)
+            await self.desired.write(k, logic.confirm_deleted(found[0], time.time()), found[1])
             await self.sender.announce_deleted(found[0])
             took.append(f"{ref_of(record.spec)} (deletion never confirmed)")
         if took:

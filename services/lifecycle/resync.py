@@ -128,7 +128,7 @@ class InventoryResync:
             found = await self.desired.get(k)
             if found is None or found[0].generation != record.generation or found[0].spec.cluster != cluster:
                 continue
-            await self.desired.bucket.update(k, logic.confirm_deleted(found[0], now), found[1])
+            await self.desired.write(k, logic.confirm_deleted(found[0], now), found[1])
             await self.sender.announce_deleted(record)
             await progress.tick()
 
@@ -142,7 +142,7 @@ class InventoryResync:
             touched = logic.touch(found[0], at, now)
             if touched is not None:
                 try:
-                    await self.desired.bucket.update(k, touched, found[1])
+                    await self.desired.write(k, touched, found[1])
                 except Conflict:
                     pass  # someone else wrote it; activity is advisory
             await progress.tick()

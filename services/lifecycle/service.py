@@ -108,6 +108,7 @@ async def setup(rt: Runtime, settings: Settings) -> None:
     await rt.bus.declare_streams("platform", "commands")
     bucket = await rt.bus.bucket(subjects.BUCKET_DESIRED, WorkloadRecord, history=5)
     lifecycle = Lifecycle(settings, rt.bus, bucket, rt.telemetry)
+    await lifecycle.desired.migrate()
     await lifecycle.workloads.republish_pending()
     lifecycle.install(rt.endpoints)
     lifecycle.start(rt)

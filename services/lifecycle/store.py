@@ -2,15 +2,23 @@
 
 Every write is a compare-and-set on the revision read (or remembered); the records this replica wrote
 last are remembered with their revision, so the next write on one of them needs no read first.
+
+A record is stored under ``<cluster>.<kind>.<project>.<name>`` (``desired_key``), so that one cluster's
+records are one subject filter. Lifecycle names a workload by ``<kind>.<project>.<name>`` (``k``, the
+``workload_key``) and reads it as the newest entry of its family ``*.<k>`` (one message get), and every write
+is a compare-and-set on that family's newest revision (``Records.write_over``): a name recreated on another
+cluster, or two replicas placing the same new name on two clusters, can never leave two live records.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Callable
 
-from schemas.errors import NotFound
-from schemas.messages import WorkloadRecord, WorkloadRef, workload_key
+from schemas.errors import Conflict, Internal, InvalidInput, NotFound
+from schemas.messages import WorkloadRecord, WorkloadRef, desired_family, desired_key, workload_key
 from services.bus import Records
 from services.lifecycle import logic
 from services.lifecycle.concurrency import KeyedLocks, Recent
@@ -25,6 +33,11 @@ INVENTORY_SNAPSHOT_TTL = 1.0
 Found = tuple[WorkloadRecord, int]
 """A record and its revision."""
 
+logger = logging.getLogger(__name__)
+
+OLD_KEY_TOKENS = 3
+"""``<kind>.<project>.<name>``: the key form before the cluster came first."""
+
 
 class Desired:
     def __init__(self, bucket: Records[WorkloadRecord]) -> None:
@@ -37,8 +50,12 @@ class Desired:
         self._snapshot: tuple[float, list[WorkloadRecord]] | None = None
 
     async def all_records(self) -> list[WorkloadRecord]:
-        """Every live record (tombstones of deleted objects left out)."""
-        return [r for r in (await self.bucket.items()).values() if not logic.is_tombstone(r)]
+        """Every live record (tombstones of deleted objects left out), each stored where its spec says."""
+        return [
+            r
+            for key, r in (await self.bucket.items()).items()
+            if not logic.is_tombstone(r) and key == desired_key(r.spec.cluster, workload_key(r.spec))
+        ]
 
     async def recent_records(self) -> list[WorkloadRecord]:
         """``all_records()``, shared by the inventories of the next ``INVENTORY_SNAPSHOT_TTL`` seconds.
@@ -51,26 +68,83 @@ class Desired:
             self._snapshot = (now, await self.all_records())
         return self._snapshot[1]
 
-    async def get(self, key: str) -> Found | None:
-        return await self.bucket.get(key)
+    async def get(self, k: str) -> Found | None:
+        """Workload ``k``'s record (on whichever cluster) and its revision, or None."""
+        latest = await self.bucket.latest(desired_family(k))
+        if latest is None or latest.record is None:
+            return None
+        return latest.record, latest.revision
 
     async def get_live(self, ref: WorkloadRef) -> Found:
         """The record of ``ref``; NotFound when there is none or only its tombstone."""
-        found = await self.bucket.get(workload_key(ref))
+        found = await self.get(workload_key(ref))
         if found is None or logic.is_tombstone(found[0]):
             raise NotFound(f"{ref.kind} {ref.name!r} not found in project {ref.project!r}")
         return found
 
-    async def write(self, key: str, record: WorkloadRecord, revision: int | None) -> int:
-        """Create (``revision`` None) or compare-and-set ``record`` and remember it; Conflict when someone
-        wrote it meanwhile (then it is forgotten: the next write reads first)."""
+    async def write(self, k: str, record: WorkloadRecord, revision: int | None) -> int:
+        """Create (``revision`` None) or compare-and-set ``record`` (under its cluster's key) and remember it;
+        Conflict when someone wrote workload ``k`` meanwhile, on any cluster (then it is forgotten: the next
+        write reads first)."""
+        key, family = desired_key(record.spec.cluster, k), desired_family(k)
         try:
-            if revision is None:
-                written = await self.bucket.create(key, record)
-            else:
-                written = await self.bucket.update(key, record, revision)
+            try:
+                written = await self.bucket.write_over(key, record, family, revision or 0)
+            except Conflict:
+                if revision is not None:
+                    raise
+                # A create over a deletion marker (a key removed by hand): the marker is no record.
+                latest = await self.bucket.latest(family)
+                if latest is None or latest.record is not None:
+                    raise Conflict(f"{k!r} already exists") from None
+                written = await self.bucket.write_over(key, record, family, latest.revision)
         except Exception:
-            self.known.forget(key)
+            self.known.forget(k)
             raise
-        self.known.put(key, (record, written))
+        self.known.put(k, (record, written))
         return written
+
+    async def mutate(
+        self, k: str, change: Callable[[WorkloadRecord], WorkloadRecord | None], attempts: int = 20
+    ) -> WorkloadRecord | None:
+        """Read-modify-write of an existing record, retried on a concurrent change; None when there is none
+        (or ``change`` returns None: nothing to write)."""
+        for _ in range(attempts):
+            found = await self.get(k)
+            new = change(found[0]) if found is not None else None
+            if found is None or new is None:
+                return None
+            try:
+                await self.write(k, new, found[1])
+            except Conflict:
+                continue
+            return new
+        raise Internal(f"gave up updating {k!r} after {attempts} concurrent changes")
+
+    async def migrate(self) -> int:
+        """Move records stored under the old key form (``<kind>.<project>.<name>``) to ``desired_key``; returns
+        how many this replica moved. Idempotent, and safe with two replicas starting at once: the new key is
+        created compare-and-set on the workload's family being empty (a replica that finds it written, by the
+        other or since, only removes the old key), and the old key is removed after."""
+        moved = 0
+        for key, record in (await self.bucket.items()).items():
+            if key.count(".") != OLD_KEY_TOKENS - 1:
+                continue
+            try:
+                k = workload_key(record.spec)
+                new_key = desired_key(record.spec.cluster, k)
+            except InvalidInput as exc:
+                logger.warning("desired state: left %r under its old key: %s", key, exc.description)
+                continue
+            if k != key:
+                logger.warning("desired state: left %r under its old key: it holds %s", key, k)
+                continue
+            try:
+                await self.bucket.write_over(new_key, record, desired_family(k), 0)
+                moved += 1
+            except Conflict:
+                pass  # moved already (by another replica), or written since under the new form
+            await self.bucket.purge(key)
+        if moved:
+            logger.info("desired state: moved %d records to cluster-first keys", moved)
+        return moved

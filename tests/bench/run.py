@@ -131,7 +131,7 @@ class Observer:
             return
         if record.observed is None:
             return
-        key = msg.subject.split(".", 2)[2]
+        key = msg.subject.split(".", 3)[3]  # $KV.<bucket>.<cluster>.<kind>.<project>.<name>
         gen = record.observed.generation
         prev = self.observed.get(key)
         if prev is None or prev[0] < gen:
@@ -751,7 +751,7 @@ class Bench:
                 if len(observed) < len(pending):
                     for p in [p for p in pending if p.tenant.key not in observed][:200]:
                         with contextlib.suppress(Exception):
-                            entry = await bucket.get(p.tenant.key)
+                            entry = await bucket.get(f"{p.tenant.cluster}.{p.tenant.key}")
                             rec = decode(entry.value or b"", WorkloadRecord)
                             if rec.observed is not None and rec.observed.generation >= p.generation:
                                 observed.add(p.tenant.key)

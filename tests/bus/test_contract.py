@@ -212,3 +212,26 @@ async def test_buckets_write_compare_and_set(bus: Bus) -> None:
     assert await records.get("c1") is None and await records.items() == {}
     await records.create("c1", presence("c1", 9))  # a deleted key can be created again
     assert await records.keys() == ["c1"]
+
+
+async def test_a_key_family_is_read_and_written_as_one(bus: Bus) -> None:
+    """``latest`` over ``*.<name>`` names the newest entry across first tokens (a deletion marker too), and
+    ``write_over`` is one compare-and-set across them: a stale writer under another first token loses."""
+    records = await bus.bucket("tether-contract-family", Presence, history=5)
+    assert await records.latest("*.t.p.n") is None
+    a = await records.write_over("a.t.p.n", presence("a", 1), "*.t.p.n", 0)
+    with pytest.raises(Conflict):
+        await records.write_over("b.t.p.n", presence("b", 1), "*.t.p.n", 0)  # a second create elsewhere
+    b = await records.write_over("b.t.p.n", presence("b", 2), "*.t.p.n", a)  # moved on purpose
+    with pytest.raises(Conflict):
+        await records.write_over("a.t.p.n", presence("a", 3), "*.t.p.n", a)  # the old place, stale
+    await records.put("a.t.p.other", presence("a", 9))  # another name: not in the family
+    latest = await records.latest("*.t.p.n")
+    assert latest is not None and (latest.key, latest.record, latest.revision) == ("b.t.p.n", presence("b", 2), b)
+    await records.delete("b.t.p.n")
+    marker = await records.latest("*.t.p.n")
+    assert marker is not None and marker.key == "b.t.p.n" and marker.record is None and marker.revision > b
+    with pytest.raises(Conflict):
+        await records.write_over("c.t.p.n", presence("c", 1), "*.t.p.n", b)  # the marker is newer
+    await records.write_over("c.t.p.n", presence("c", 1), "*.t.p.n", marker.revision)
+    assert await records.get("a.t.p.n") == (presence("a", 1), a)  # the old place keeps its own last value

@@ -32,13 +32,16 @@ async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
 
 
 async def desired_state(stack: Stack, key: str) -> tuple[int, float]:
-    """(the bucket's last sequence, the record's last activity) of lifecycle's desired-state bucket."""
+    """(the bucket's last sequence, the record's last activity) of lifecycle's desired-state bucket; ``key`` is
+    the workload's ``<kind>.<project>.<name>`` (its record is the newest of ``*.<key>``, whatever the cluster)."""
     nc = await stack.nc()
     try:
         kv = await nc.jetstream().key_value(subjects.BUCKET_DESIRED)
-        entry = await kv.get(key)
+        entry = await nc.jetstream().get_msg(
+            f"KV_{subjects.BUCKET_DESIRED}", subject=f"$KV.{subjects.BUCKET_DESIRED}.*.{key}"
+        )
         status = await kv.status()
-        record = decode(entry.value or b"", WorkloadRecord)
+        record = decode(entry.data or b"", WorkloadRecord)
         return int(status.stream_info.state.last_seq), record.last_activity
     finally:
         await nc.close()

@@ -18,6 +18,7 @@ from schemas.messages import (
     WorkloadCreate,
     WorkloadRecord,
     WorkloadRef,
+    desired_key,
     encode,
     workload_key,
 )
@@ -28,7 +29,7 @@ from services.lifecycle import logic
 from services.lifecycle.service import Lifecycle, Settings
 from tests.harness import CountingBucket, NatsServer
 
-KEY = workload_key(WorkloadRef(kind="tenant", project="p1", name="t1"))
+KEY = desired_key("c1", workload_key(WorkloadRef(kind="tenant", project="p1", name="t1")))
 
 
 def result_of(record: WorkloadRecord) -> Delivery:

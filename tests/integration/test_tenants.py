@@ -94,7 +94,7 @@ async def test_a_duplicate_publish_of_an_operation_is_dropped(stack: Stack, tmp_
     try:
         js = nc.jetstream()
         entry = await js.key_value(subjects.BUCKET_DESIRED)
-        record = decode((await entry.get("tenant.p1.t1")).value or b"", WorkloadRecord)
+        record = decode((await entry.get("c1.tenant.p1.t1")).value or b"", WorkloadRecord)
         command = Command(op_id=record.op_id, generation=record.generation, spec=record.spec, issued_at=0)
         ack = await js.publish(
             subjects.cmd("c1", subjects.VERB_APPLY), encode(command), headers={"Nats-Msg-Id": w["desired"]["op_id"]}
@@ -138,7 +138,7 @@ async def test_lifecycle_killed_between_desired_write_and_publish(stack: Stack, 
     try:
         js = nc.jetstream()
         kv = await js.key_value(subjects.BUCKET_DESIRED)
-        written = decode((await kv.get("tenant.p1.t1")).value or b"", WorkloadRecord)
+        written = decode((await kv.get("c1.tenant.p1.t1")).value or b"", WorkloadRecord)
         assert written.generation == 1 and written.observed is None
         assert (await js.stream_info(subjects.cmd_stream("c1"))).state.messages == 0
     finally:
