@@ -30,6 +30,15 @@ def _get(d: dict[str, Any], *path: str, default: Any = math.nan) -> Any:
     return d
 
 
+def _ratio(ours: Any, raw: Any) -> str:
+    """``ours`` as a multiple (or share) of ``raw``."""
+    try:
+        value = float(ours) / float(raw)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return "n/a"
+    return "n/a" if math.isnan(value) else (f"{value:.0%}" if value < 1 else f"{value:.1f}x")
+
+
 def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     n = r.get("agents", 0)
     out = []
@@ -150,6 +159,23 @@ def render(r: dict[str, Any]) -> str:
         f"{mx.get('per_s', math.nan):.0f}/s, p99 {_ms(mx.get('p99'))}",
         f"JetStream {bm.get('per_s', math.nan):.0f}/s, p99 {_ms(bm.get('p99'))}",
     )
+    sw = cm.get("same_writes")
+    if sw:
+        row(
+            f"    raw, the platform's {sw['writes']} writes + hops: max",
+            f"{_ratio(mx.get('per_s'), _get(sw, 'max', 'per_s'))} of it",
+            f"{_get(sw, 'max', 'per_s'):.0f}/s, p99 {_ms(_get(sw, 'max', 'p99'))}",
+        )
+        row(
+            f"    raw, same writes: p99 at {f.get('rate', 0):g}/s",
+            f"{_ratio(f.get('p99'), _get(sw, 'fixed', 'p99'))} of it",
+            f"{_ms(_get(sw, 'fixed', 'p50'))} / {_ms(_get(sw, 'fixed', 'p95'))} / {_ms(_get(sw, 'fixed', 'p99'))}",
+        )
+        row(
+            f"    raw, same writes: p99 at half its max ({_get(sw, 'half_own_max', 'rate'):g}/s)",
+            "",
+            f"{_ms(_get(sw, 'half_own_max', 'p50'))} / {_ms(_get(sw, 'half_own_max', 'p99'))}",
+        )
     o = r.get("offline", {})
     row(
         f"(4) offline detection ({o.get('detected')}/{o.get('killed')} killed)",

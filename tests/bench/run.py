@@ -56,10 +56,18 @@ from schemas.messages import (
 )
 from services.bus import call
 from services.platform.natsd import free_port
-from tests.bench import baseline, steps, traffic
+from tests.bench import baseline, samewrites, steps, traffic
 from tests.bench.fleet import Fleet
 from tests.bench.http import LeanHttp
-from tests.bench.stats import bucket_quantile, diff_buckets, histogram, parse_prometheus, summary
+from tests.bench.stats import (
+    bucket_quantile,
+    diff_buckets,
+    histogram,
+    hop_profile,
+    parse_prometheus,
+    render_hops,
+    summary,
+)
 from tests.bench.worker import rss_bytes
 from tests.harness import Proc, Stack, wait_for
 
@@ -117,6 +125,8 @@ class Observer:
         self.observed: dict[str, tuple[int, float]] = {}
         self.waiting: dict[str, tuple[int, asyncio.Future[float]]] = {}
         self.sub: Any = None
+        self.stamps: dict[str, Stamps] = {}
+        """Per key, the clocks of its latest command (for the per-hop profile of phase 3)."""
 
     async def start(self, nc: nats.aio.client.Client) -> None:
         self.sub = await nc.subscribe(f"$KV.{subjects.BUCKET_DESIRED}.>", cb=self._on, pending_msgs_limit=1_000_000)
@@ -129,10 +139,15 @@ class Observer:
             record = decode(msg.data, WorkloadRecord)
         except Exception:
             return
-        if record.observed is None:
-            return
         key = msg.subject.split(".", 3)[3]  # $KV.<bucket>.<cluster>.<kind>.<project>.<name>
+        if record.observed is None or record.observed.generation < record.generation:
+            # The desired write of a command: when lifecycle decided it and when it was stored.
+            self.stamps[key] = Stamps(record.generation, decided=record.updated_at, stored=now)
+            return
         gen = record.observed.generation
+        stamp = self.stamps.get(key)
+        if stamp is not None and stamp.generation == gen:
+            stamp.applied, stamp.folded, stamp.observed = record.observed.at, record.updated_at, now
         prev = self.observed.get(key)
         if prev is None or prev[0] < gen:
             self.observed[key] = (gen, now)
@@ -152,6 +167,33 @@ class Observer:
         fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self.waiting[key] = (generation, fut)
         return await asyncio.wait_for(fut, timeout)
+
+
+@dataclass
+class Stamps:
+    """One command's clocks (all processes share this machine's clock): lifecycle decided the new desired
+    record, it was stored (seen by the bench), the agent applied it, lifecycle folded the result in, and the
+    result record was stored (seen)."""
+
+    generation: int
+    decided: float
+    stored: float
+    applied: float = 0.0
+    folded: float = 0.0
+    observed: float = 0.0
+
+    def hops(self, sent: float, answered: float) -> dict[str, float] | None:
+        """Seconds of each hop of a command sent at ``sent`` whose API call returned at ``answered``."""
+        if not self.observed:
+            return None
+        return {
+            "http+api+request": self.decided - sent,
+            "desired KV write": self.stored - self.decided,
+            "answer (cmd/audit/event writes, reply, HTTP)": answered - self.stored,
+            "command to agent + apply": self.applied - self.stored,
+            "result write + lifecycle fetch": self.folded - self.applied,
+            "result KV write": self.observed - self.folded,
+        }
 
 
 @dataclass
@@ -494,12 +536,14 @@ class Bench:
         self.issued.append(issued)
         return issued
 
-    async def round_trip(self, t: Tenant) -> tuple[float, float]:
-        """(round trip, API call) seconds of one command."""
+    async def round_trip(self, t: Tenant) -> tuple[float, float, dict[str, float] | None]:
+        """(round trip, API call) seconds of one command, and its hops (None when a clock was missed)."""
         issued = await self.command(t)
         api_done = time.time()
         at = await self.observer.wait(t.key, issued.generation, 60)
-        return at - issued.sent, api_done - issued.sent
+        stamp = self.observer.stamps.get(t.key)
+        hops = stamp.hops(issued.sent, api_done) if stamp and stamp.generation == issued.generation else None
+        return at - issued.sent, api_done - issued.sent, hops
 
     async def commands(self) -> None:
         """(3): round trips at a fixed rate, then the maximum; with ``--rate 0`` the maximum first and the
@@ -526,20 +570,59 @@ class Bench:
             "baseline_max": b_top,
             "message_bytes": size,
         }
+        if self.args.same_writes:
+            self.results["commands"]["same_writes"] = await self.same_writes(rate, size)
+
+    async def same_writes(self, rate: float, command_bytes: int) -> dict[str, Any]:
+        """Raw nats-py doing the platform's writes and hops per command (``tests.bench.samewrites``): its
+        maximum, its p99 at the platform's rate and at half its own maximum."""
+        assert self.nc is not None and self.stack.nats is not None
+        bucket = await self.nc.jetstream().key_value(subjects.BUCKET_DESIRED)
+        entry = await bucket.get(self.tenants[0].key)
+        layout = samewrites.Layout(
+            url=self.stack.nats_url,
+            creds=str(self.stack.auth / "platform.creds"),
+            clusters=len(self.tenants),
+            writes=self.args.same_writes,
+            sizes={"record": len(entry.value or b""), "command": command_bytes, "small": 320},
+        )
+        duration = min(self.args.duration, 10)
+        nats_pid = self.stack.pids()["nats"]
+        async with samewrites.SameWrites(layout, self.connect) as sw:
+
+            def cpu() -> dict[str, float]:
+                out = {"nats": steps.cpu_seconds(nats_pid), "bench (client)": steps.cpu_seconds(os.getpid())}
+                for role, pids in sw.pids().items():
+                    out[role] = sum(steps.cpu_seconds(pid) for pid in pids)
+                return out
+
+            top = await sw.max_rate(self.args.concurrency, duration, cpu)
+            at_rate = await sw.fixed_rate(rate, duration)
+            own = await sw.fixed_rate(max(1.0, round(top["per_s"] / 2)), duration)
+        log(
+            f"(3) same-writes baseline ({layout.writes} writes): max {top['per_s']:.0f}/s, p99 {top['p99'] * 1e3:.1f} "
+            f"ms; p99 {at_rate['p99'] * 1e3:.1f} ms at {rate:g}/s, {own['p99'] * 1e3:.1f} ms at {own['rate']:g}/s"
+        )
+        cpu_ms = sorted(top["cpu_ms_per_command"].items())
+        log("(3)   CPU ms per command: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu_ms))
+        return {"writes": layout.writes, "sizes": layout.sizes, "max": top, "fixed": at_rate, "half_own_max": own}
 
     async def fixed_rate(self, free: deque[Tenant], rate: float) -> dict[str, Any]:
         duration = self.args.duration
         rts: list[float] = []
         apis: list[float] = []
+        hops: list[tuple[float, dict[str, float]]] = []
         errors = 0
         skipped = 0
 
         async def shot(t: Tenant) -> None:
             nonlocal errors
             try:
-                rt, api = await self.round_trip(t)
+                rt, api, hop = await self.round_trip(t)
                 rts.append(rt)
                 apis.append(api)
+                if hop is not None:
+                    hops.append((rt, hop))
             except Exception as exc:
                 errors += 1
                 log(f"command failed: {exc!r}")
@@ -560,7 +643,10 @@ class Bench:
         await asyncio.gather(*tasks)
         fixed = {"rate": rate, "seconds": duration, **summary(rts), "api": summary(apis), "errors": errors}
         fixed["skipped"] = skipped
+        fixed["hops"] = hop_profile(hops)
         log(f"(3) {rate:g}/s: p50 {fixed['p50'] * 1e3:.1f} ms, p99 {fixed['p99'] * 1e3:.1f} ms")
+        for line in render_hops(fixed["hops"]):
+            log(f"(3)   {line}")
         return fixed
 
     async def max_rate(self, free: deque[Tenant]) -> dict[str, Any]:
@@ -607,6 +693,7 @@ class Bench:
         out = {name: steps.cpu_seconds(pid) for name, pid in self.stack.pids().items()}
         if self.fleet is not None:
             out["agents (workers)"] = sum(steps.cpu_seconds(pid) for pid in self.fleet.pids())
+        out["bench (client)"] = steps.cpu_seconds(os.getpid())
         return out
 
     # --- (7) messages and writes per command -----------------------------------------------------------
@@ -895,6 +982,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--duration", type=float, default=20.0, help="seconds per command phase")
     p.add_argument("--concurrency", type=int, default=64, help="commands in flight at max throughput")
+    p.add_argument(
+        "--same-writes",
+        type=int,
+        default=6,
+        choices=(0, 5, 6),
+        help="stream + KV writes per command of the raw same-writes baseline in phase 3 (6: with the command "
+        "copy, the platform's chain in 2026-12; 5: the agent follows the desired state; 0: not run)",
+    )
     p.add_argument("--hb-window", type=float, default=10.0, help="seconds the steady heartbeat rate is measured")
     p.add_argument("--hb-burst", type=int, default=20000, help="heartbeats in the capacity burst")
     p.add_argument("--kill", type=int, default=0, help="agents killed for offline detection (default N/20)")

@@ -74,3 +74,32 @@ def bucket_quantile(buckets: dict[float, float], q: float) -> float:
 
 def diff_buckets(after: dict[float, float], before: dict[float, float]) -> dict[float, float]:
     return {b: after[b] - before.get(b, 0.0) for b in after}
+
+
+def hop_profile(commands: list[tuple[float, dict[str, float]]]) -> dict[str, Any]:
+    """Where a command's time goes: each hop's median over all commands, and its mean over the slowest 1 %
+    (the commands at or above the round trip's p99) beside theirs."""
+    if not commands:
+        return {}
+    p99 = pct([rt for rt, _ in commands], 0.99)
+    slow = [(rt, h) for rt, h in commands if rt >= p99]
+    names = list(commands[0][1])
+    return {
+        "commands": len(commands),
+        "median": {n: pct([h[n] for _, h in commands], 0.5) for n in names},
+        "slowest": {n: sum(h[n] for _, h in slow) / len(slow) for n in names},
+        "slowest_count": len(slow),
+        "slowest_round_trip": sum(rt for rt, _ in slow) / len(slow),
+    }
+
+
+def render_hops(profile: dict[str, Any]) -> list[str]:
+    if not profile:
+        return []
+    lines = [
+        f"hops ({profile['commands']} commands; median of all | mean of the {profile['slowest_count']} at or "
+        f"above p99, round trip {profile['slowest_round_trip'] * 1e3:.1f} ms):"
+    ]
+    for name, median in profile["median"].items():
+        lines.append(f"  {name}: {median * 1e3:.1f} ms | {profile['slowest'][name] * 1e3:.1f} ms")
+    return lines

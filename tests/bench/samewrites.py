@@ -1,0 +1,437 @@
+"""Raw nats-py doing what one platform command does: the same fsynced writes, in the same order, over the
+same hops, from as many processes, at the same concurrency. Nothing else: no HTTP, no validation, no
+tracing, no driver; so the gap between this and the platform is what our processes add, and the gap between
+this and the one-write raw baseline is what the writes themselves cost on nats-server.
+
+One command (``writes=6``, the platform today)::
+
+    client --request--> "lifecycle": KV compare-and-set of the desired record        (1)
+                                     then side by side: the command (work queue)     (2)
+                                                        the audit record              (3)
+                                                        the public event              (4)
+                                     reply
+    "agent" (one durable pull consumer per cluster, one command at a time, each agent its own connection):
+        fetch, the result (acked publish)                                            (5), ack (waits for it)
+    "lifecycle" results consumer (batch 64, 32 at a time, like lifecycle's):
+        fetch, KV compare-and-set of the record with the result                      (6), ack
+    client sees the result's KV write (a core subscription on the bucket, like the benchmark's observer)
+
+``writes=5``: no command copy; each agent's consumer follows its own clusters' keys of the desired-state
+bucket (and skips the result records lifecycle writes on the same keys). Every stream has the platform's
+storage, retention and duplicate window; every publish a message id; ``sync_interval: always`` is the
+server's (the benchmark's server is the platform's).
+
+The roles run as child processes (``python -m tests.bench.samewrites <role> <config>``), like the platform's
+services and agent workers, so one Python process's CPU does not cap the baseline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import struct
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import nats
+import nats.aio.client
+import nats.errors
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import KeyWrongLastSequenceError
+
+from services.bus.running import new_event_loop
+from tests.bench.stats import summary
+
+BUCKET = "BENCHSW"
+KV_SUBJECTS = f"$KV.{BUCKET}"
+CMD_STREAM = "BENCHSW_CMD_{:02d}"
+PLAIN = {"BENCHSW_AUDIT": "benchsw.audit.>", "BENCHSW_EVENTS": "benchsw.events.>", "BENCHSW_EVT": "benchsw.evt.>"}
+ACT = "benchsw.act"
+RESULTS = "benchsw-results"
+DESIRED, RESULT = 0, 1
+_HEAD = struct.Struct("!QBH")
+"""seq, kind (desired or result), length of the key that follows."""
+
+
+@dataclass
+class Layout:
+    """What every role needs to know (passed to the children as JSON)."""
+
+    url: str
+    creds: str
+    clusters: int
+    writes: int = 6
+    shards: int = 16
+    sizes: dict[str, int] = field(default_factory=dict)
+    """Bytes of a desired record, a command, and the small records (audit, event, result)."""
+
+    def cluster(self, i: int) -> str:
+        return f"c{i:05d}"
+
+    def key(self, i: int) -> str:
+        # Cluster first, as a per-cluster filter on the bucket needs (the "writes=5" shape).
+        return f"{self.cluster(i)}.t{i:05d}"
+
+    def cmd_subject(self, i: int) -> str:
+        return f"benchsw.cmd.{i % self.shards:02d}.{self.cluster(i)}"
+
+
+def payload(seq: int, kind: int, key: str, size: int) -> bytes:
+    head = _HEAD.pack(seq, kind, len(key)) + key.encode()
+    return head + b"x" * max(0, size - len(head))
+
+
+def unpack(data: bytes) -> tuple[int, int, str]:
+    seq, kind, n = _HEAD.unpack_from(data)
+    return seq, kind, data[_HEAD.size : _HEAD.size + n].decode()
+
+
+async def connect(layout: Layout, name: str) -> nats.aio.client.Client:
+    return await nats.connect(layout.url, user_credentials=layout.creds, name=name, max_reconnect_attempts=3)
+
+
+async def declare(layout: Layout) -> None:
+    """The streams, the bucket and the consumers, with the platform's settings (done once, by the bench)."""
+    nc = await connect(layout, "bench-samewrites-setup")
+    js = nc.jetstream()
+    try:
+        await remove(js, layout)
+        await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=5, storage=StorageType.FILE))
+        for name, subject in PLAIN.items():
+            await js.add_stream(
+                StreamConfig(name=name, subjects=[subject], storage=StorageType.FILE, duplicate_window=120.0)
+            )
+        await js.add_consumer(
+            "BENCHSW_EVT",
+            ConsumerConfig(durable_name=RESULTS, ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_ack_pending=10_000),
+        )
+        for shard in range(layout.shards if layout.writes >= 6 else 0):
+            await js.add_stream(
+                StreamConfig(
+                    name=CMD_STREAM.format(shard),
+                    subjects=[f"benchsw.cmd.{shard:02d}.>"],
+                    retention=RetentionPolicy.WORK_QUEUE,
+                    storage=StorageType.FILE,
+                    duplicate_window=24 * 3600.0,
+                    discard=DiscardPolicy.NEW,
+                    max_consumers=layout.clusters + 1,
+                )
+            )
+        sem = asyncio.Semaphore(64)
+
+        async def consumer(i: int) -> None:
+            stream, subject = agent_source(layout, i)
+            async with sem:
+                await js.add_consumer(
+                    stream,
+                    ConsumerConfig(
+                        durable_name=f"agent-{layout.cluster(i)}",
+                        filter_subject=subject,
+                        deliver_policy=DeliverPolicy.NEW if layout.writes < 6 else DeliverPolicy.ALL,
+                        ack_policy=AckPolicy.EXPLICIT,
+                        ack_wait=30,
+                        max_ack_pending=1,
+                    ),
+                    timeout=60,
+                )
+
+        await asyncio.gather(*(consumer(i) for i in range(layout.clusters)))
+    finally:
+        await nc.close()
+
+
+def agent_source(layout: Layout, i: int) -> tuple[str, str]:
+    """(stream, filter) an agent reads its commands from."""
+    if layout.writes >= 6:
+        return CMD_STREAM.format(i % layout.shards), layout.cmd_subject(i)
+    return f"KV_{BUCKET}", f"{KV_SUBJECTS}.{layout.cluster(i)}.>"
+
+
+async def remove(js: Any, layout: Layout) -> None:
+    names = [f"KV_{BUCKET}", *PLAIN, *(CMD_STREAM.format(s) for s in range(layout.shards))]
+    for name in names:
+        with contextlib.suppress(Exception):
+            await js.delete_stream(name)
+
+
+# --- the roles (child processes) ----------------------------------------------------------------------
+
+
+class Lifecycle:
+    """Answers the client's requests (KV write, then command, audit and event side by side) and folds the
+    agents' results into the records (KV write), remembering each record's revision like lifecycle."""
+
+    def __init__(self, layout: Layout, nc: nats.aio.client.Client) -> None:
+        self.layout = layout
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.revisions: dict[str, int] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> list[Awaitable[None]]:
+        self.kv = await self.js.key_value(BUCKET)
+        sem = asyncio.Semaphore(64)
+
+        async def seed(i: int) -> None:
+            key = self.layout.key(i)
+            async with sem:
+                self.revisions[key] = await self.kv.put(key, payload(0, RESULT, key, self.layout.sizes["record"]))
+
+        await asyncio.gather(*(seed(i) for i in range(self.layout.clusters)))
+        await self.nc.subscribe(ACT, cb=self._on_request)
+        return [self._results()]
+
+    async def _write(self, key: str, value: bytes) -> None:
+        """Compare-and-set on the remembered revision; on a conflict read it and write again (lifecycle's
+        rule; rare here: the bench uses a key again only after ~all others)."""
+        try:
+            self.revisions[key] = await self.kv.update(key, value, last=self.revisions[key])
+        except KeyWrongLastSequenceError:
+            entry = await self.kv.get(key)
+            self.revisions[key] = await self.kv.update(key, value, last=entry.revision)
+
+    async def _on_request(self, msg: Any) -> None:
+        task = asyncio.create_task(self._act(msg))  # a subscription's callbacks run one at a time
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _act(self, msg: Any) -> None:
+        seq, _kind, key = unpack(msg.data)
+        i = int(key.rsplit(".t", 1)[1])
+        sizes, small = self.layout.sizes, self.layout.sizes["small"]
+        await self._write(key, payload(seq, DESIRED, key, sizes["record"]))
+        writes = [
+            self.js.publish(f"benchsw.audit.{key}", payload(seq, 0, key, small), headers={"Nats-Msg-Id": f"a{seq}"}),
+            self.js.publish(f"benchsw.events.{key}", payload(seq, 0, key, small), headers={"Nats-Msg-Id": f"e{seq}"}),
+        ]
+        if self.layout.writes >= 6:
+            command = payload(seq, DESIRED, key, sizes["command"])
+            writes.append(self.js.publish(self.layout.cmd_subject(i), command, headers={"Nats-Msg-Id": f"c{seq}"}))
+        await asyncio.gather(*writes)
+        await msg.respond(b"ok")
+
+    async def _results(self) -> None:
+        psub = await self.js.pull_subscribe_bind(durable=RESULTS, stream="BENCHSW_EVT")
+        gate = asyncio.Semaphore(32)
+        while True:
+            try:
+                msgs = await psub.fetch(64, timeout=2)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            for msg in msgs:
+                await gate.acquire()
+                task = asyncio.create_task(self._fold(msg, gate))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+
+    async def _fold(self, msg: Any, gate: asyncio.Semaphore) -> None:
+        try:
+            seq, _kind, key = unpack(msg.data)
+            record = payload(seq, RESULT, key, self.layout.sizes["record"])
+            await self._write(key, record)
+            await msg.ack()
+        finally:
+            gate.release()
+
+
+class Agents:
+    """Each agent: its own connection and durable consumer; fetch one, publish the result, ack (waiting)."""
+
+    def __init__(self, layout: Layout, mine: list[int]) -> None:
+        self.layout = layout
+        self.mine = mine
+        self.conns: list[nats.aio.client.Client] = []
+
+    async def start(self) -> list[Awaitable[None]]:
+        loops: list[Awaitable[None]] = []
+        for i in self.mine:
+            nc = await connect(self.layout, f"bench-samewrites-agent-{i}")
+            self.conns.append(nc)
+            stream, _subject = agent_source(self.layout, i)
+            psub = await nc.jetstream().pull_subscribe_bind(durable=f"agent-{self.layout.cluster(i)}", stream=stream)
+            loops.append(self._run(nc, psub, i))
+        return loops
+
+    async def _run(self, nc: nats.aio.client.Client, psub: Any, i: int) -> None:
+        js = nc.jetstream()
+        subject, small = f"benchsw.evt.{self.layout.cluster(i)}", self.layout.sizes["small"]
+        while True:
+            try:
+                msgs = await psub.fetch(1, timeout=20)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            for msg in msgs:
+                seq, kind, key = unpack(msg.data)
+                if kind == DESIRED:
+                    await js.publish(subject, payload(seq, RESULT, key, small), headers={"Nats-Msg-Id": f"r{seq}"})
+                await msg.ack_sync(timeout=5)
+
+
+async def serve_role(role: str, layout: Layout, part: int, parts: int) -> None:
+    loops: list[Awaitable[None]]
+    if role == "lifecycle":
+        nc = await connect(layout, "bench-samewrites-lifecycle")
+        loops = await Lifecycle(layout, nc).start()
+    else:
+        loops = await Agents(layout, list(range(part, layout.clusters, parts))).start()
+    print("ready", flush=True)
+    stop = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: stop.done() or stop.set_result(None))
+    reader = asyncio.StreamReader()
+    await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    eof = asyncio.ensure_future(reader.read())  # the bench went away: so do we
+    running = [asyncio.ensure_future(loop) for loop in loops]
+    await asyncio.wait([stop, eof, *running], return_when=asyncio.FIRST_COMPLETED)
+    for task in running:
+        task.cancel()
+
+
+def main() -> None:
+    role, config, part, parts = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    with asyncio.Runner(loop_factory=new_event_loop) as run:
+        run.run(serve_role(role, Layout(**config), part, parts))
+
+
+# --- the client (in the bench process) ------------------------------------------------------------------
+
+
+class SameWrites:
+    """The baseline: declares, starts the role processes, drives commands like the benchmark drives the API."""
+
+    def __init__(self, layout: Layout, connect_client: Callable[[], Awaitable[nats.aio.client.Client]]) -> None:
+        self.layout = layout
+        self.connect_client = connect_client
+        self.procs: list[asyncio.subprocess.Process] = []
+        self.waiting: dict[int, asyncio.Future[float]] = {}
+        self.seq = 0
+        self.free: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(layout.clusters):
+            self.free.put_nowait(i)  # one command in flight per key, like the benchmark's tenants
+
+    def pids(self) -> dict[str, list[int]]:
+        return {"lifecycle": [self.procs[0].pid], "agents": [p.pid for p in self.procs[1:]]}
+
+    async def __aenter__(self) -> SameWrites:
+        await declare(self.layout)
+        config = json.dumps(asdict(self.layout))
+        for role, part, parts in (("lifecycle", 0, 1), ("agents", 0, 2), ("agents", 1, 2)):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "tests.bench.samewrites",
+                role,
+                config,
+                str(part),
+                str(parts),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            self.procs.append(proc)
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 120)
+            if line.strip() != b"ready":
+                raise RuntimeError(f"samewrites {role} did not start (exit {proc.returncode})")
+        self.nc = await self.connect_client()
+        await self.nc.subscribe(f"{KV_SUBJECTS}.>", cb=self._on_write, pending_msgs_limit=1_000_000)
+        await self.nc.flush()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        with contextlib.suppress(Exception):
+            await remove(self.nc.jetstream(), self.layout)
+        await self.nc.close()
+
+    async def _on_write(self, msg: Any) -> None:
+        now = time.time()
+        if not msg.data:
+            return
+        seq, kind, _key = unpack(msg.data)
+        fut = self.waiting.pop(seq, None) if kind == RESULT else None
+        if fut is not None and not fut.done():
+            fut.set_result(now)
+
+    async def one(self) -> float:
+        """One command's round trip: request sent to its result's KV write seen."""
+        i = await self.free.get()
+        try:
+            self.seq += 1
+            seq = self.seq
+            fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+            self.waiting[seq] = fut
+            start = time.time()
+            await self.nc.request(ACT, payload(seq, DESIRED, self.layout.key(i), 64), timeout=30)
+            return await asyncio.wait_for(fut, 60) - start
+        finally:
+            self.free.put_nowait(i)
+
+    async def fixed_rate(self, rate: float, duration: float) -> dict[str, Any]:
+        lat: list[float] = []
+        errors = 0
+
+        async def shot() -> None:
+            nonlocal errors
+            try:
+                lat.append(await self.one())
+            except Exception:
+                errors += 1
+
+        tasks = []
+        t0 = time.monotonic()
+        n = int(rate * duration)
+        for k in range(n):
+            delay = t0 + k / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(shot()))
+        await asyncio.gather(*tasks)
+        return {"rate": rate, "sent": n, "errors": errors, **summary(lat)}
+
+    async def max_rate(self, concurrency: int, duration: float, cpu: Callable[[], dict[str, float]]) -> dict[str, Any]:
+        lat: list[float] = []
+        errors = 0
+        stop_at = time.monotonic() + duration
+
+        async def loop() -> None:
+            nonlocal errors
+            while time.monotonic() < stop_at:
+                try:
+                    lat.append(await self.one())
+                except Exception:
+                    errors += 1
+
+        t0, cpu0 = time.monotonic(), cpu()
+        await asyncio.gather(*(loop() for _ in range(concurrency)))
+        elapsed = time.monotonic() - t0
+        done = max(1, len(lat))
+        cpu_ms = {k: (v - cpu0.get(k, 0.0)) * 1e3 / done for k, v in cpu().items()}
+        per_s = len(lat) / elapsed
+        return {"concurrency": concurrency, "per_s": per_s, "errors": errors, "cpu_ms_per_command": cpu_ms} | summary(
+            lat
+        )
+
+
+if __name__ == "__main__":
+    main()
