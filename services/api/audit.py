@@ -46,7 +46,14 @@ class ApiCall:
             setattr(self._state, AUDITED_BY_COMMAND, True)
 
 
-Call = Annotated[ApiCall, Depends(ApiCall)]
+async def api_call(request: Request) -> ApiCall:
+    """The dependency: an ``async`` function, because FastAPI runs a plain callable (the class itself) in its
+    thread pool, and that hop (a worker thread waiting for the GIL the busy event loop holds, then waking the
+    loop) was on every mutating call's path."""
+    return ApiCall(request)
+
+
+Call = Annotated[ApiCall, Depends(api_call)]
 
 
 def install_audit(app: FastAPI, platform: "Platform") -> None:
