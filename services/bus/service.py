@@ -8,6 +8,7 @@ runs it as an async context manager (``stop()`` is safe to call twice); ``serve`
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypedDict, Unpack
@@ -176,10 +177,23 @@ class Options(TypedDict, total=False):
     """The bus to run on (default: connect to NATS as the settings say); kept open at stop."""
 
 
+def settle_heap() -> None:
+    """Move everything alive once a service is set up (modules, the web app, clients) out of the garbage
+    collector's sight (``gc.freeze``), after one collection so no garbage is kept with it.
+
+    A full collection walks every tracked object: with the ~100,000 of a started service it took 70-180 ms
+    of lifecycle's and the API's event loop every few seconds under load (benchmark, 1,000 agents), a pause
+    every command in flight waited out. After the freeze it walks only what was made since.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(name: str, settings: ServiceSettings, setup: Setup, **options: Unpack[Options]) -> None:
     """Run service ``name`` until cancelled (SIGINT/SIGTERM under ``running.run_main``), then stop it."""
     bus, telemetry = options.get("bus"), options.get("telemetry")
     async with Service(name, settings, setup, telemetry=telemetry, bus=bus) as service:
+        settle_heap()
         ready = options.get("ready")
         if ready is not None:
             ready.set()
