@@ -578,7 +578,8 @@ class Bench:
         maximum, its p99 at the platform's rate and at half its own maximum."""
         assert self.nc is not None and self.stack.nats is not None
         bucket = await self.nc.jetstream().key_value(subjects.BUCKET_DESIRED)
-        entry = await bucket.get(self.tenants[0].key)
+        first = self.tenants[0]
+        entry = await bucket.get(f"{first.cluster}.{first.key}")
         layout = samewrites.Layout(
             url=self.stack.nats_url,
             creds=str(self.stack.auth / "platform.creds"),
