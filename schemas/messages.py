@@ -162,6 +162,7 @@ class ClusterRecord(Message, frozen=True, tag="cluster-record.v1"):
     token_hash: str = ""
     """SHA-256 of the one-time connect token; empty once spent."""
     token_expires_at: float = 0.0
+    """When the connect token stops working (kept after it is spent: its agent's retry is answered until then)."""
     cluster_uid: str = ""
     credential_hash: str = ""
     """SHA-256 of the agent's long-lived credential."""
@@ -172,6 +173,9 @@ class ClusterRecord(Message, frozen=True, tag="cluster-record.v1"):
     agent_version: str = ""
     kubernetes_version: str = ""
     driver: str = ""
+    spent_token_hash: str = ""
+    """SHA-256 of the connect token this record was connected with: a retry of that bootstrap by the same agent
+    (same NATS key, same cluster UID) is answered again until the token's expiry, writing nothing."""
 
 
 class ClusterCreate(Message, frozen=True, tag="cluster-create.v1"):

@@ -35,8 +35,15 @@ class Bootstrapping:
 async def bootstrap(
     conn: Connection, files: IdentityFiles, token: str, *, server: str, about: Bootstrapping, timeout: float
 ) -> Credentials:
-    """Trade ``token`` for this agent's credential, store it with its NATS user; PermanentError when refused."""
-    seed = new_user_seed()
+    """Trade ``token`` for this agent's credential, store it with its NATS user; PermanentError when refused.
+
+    The NATS key is kept before it is sent: asked again with the same key (a retry here, or after a restart),
+    the registry answers again, so an answer lost on the way does not cost the token."""
+    seed = files.pending_seed() or new_user_seed()
+    try:
+        files.keep_pending_seed(seed)
+    except OSError as exc:
+        raise PermanentError(f"cannot write the agent's state in {files.state_dir}: {exc}") from exc
     message = AgentBootstrap(
         token=token,
         cluster_uid=about.cluster_uid,
@@ -59,11 +66,11 @@ async def bootstrap(
     except TetherError as exc:
         text = exc.description
         if isinstance(exc, Gone) and failed:
-            # The token is spent by the first request that reaches the registry; if its
-            # answer was lost, the retry finds it spent and the credential is gone with it.
+            # A retry of our own is answered again (same key); spent means another key spent it, or this
+            # agent lost its state directory in between.
             text = (
-                f"{text} (an earlier attempt may have connected the cluster without its answer "
-                "reaching this agent: disconnect the cluster and connect it again)"
+                f"{text} (by another agent, or by this one before its state was lost: disconnect the cluster "
+                "and connect it again)"
             )
         raise PermanentError(text) from exc
     return _keep(files, answer, seed, server)
@@ -75,6 +82,7 @@ def _keep(files: IdentityFiles, answer: AgentCredentials, seed: str, server: str
         if answer.jwt:
             files.save_nats_user(answer.jwt, seed)
         path = files.save(credentials)
+        files.drop_pending_seed()
     except OSError as exc:
         raise PermanentError(
             f"the cluster {answer.cluster!r} was connected, but its credential cannot be saved ({exc}); "

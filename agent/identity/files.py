@@ -12,13 +12,14 @@ Every file is ``0600`` in a ``0700`` directory and replaced atomically
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import PermanentError
 from agent.statefiles import read_json, write_json_atomic, write_text_atomic
 from schemas.credentials import creds as creds_text
-from schemas.credentials import read_creds
+from schemas.credentials import public_key, read_creds
 from schemas.errors import InvalidInput
 from schemas.names import check_name
 
@@ -29,6 +30,11 @@ NATS_CREDS_FILE = "nats.creds"
 the agent's own state Secret)."""
 STATE_FILES: tuple[str, ...] = (CREDENTIALS_FILE, NATS_CREDS_FILE)
 """Every identity file, in the order they are restored."""
+PENDING_SEED_FILE = "nats.seed"
+"""The NATS key of a bootstrap not answered yet: an agent restarted before the answer asks again with the same
+key, which the registry answers again until the token expires. Removed once answered, so not in
+``STATE_FILES`` (a rescheduled pod has its credentials, or a token to trade with a new key)."""
+_USER_SEED = re.compile(r"^SU[A-Z2-7]{56}$")
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,30 @@ class IdentityFiles:
 
     def save_nats_user(self, jwt: str, seed: str) -> None:
         write_text_atomic(self.nats_creds_path, creds_text(jwt, seed))
+
+    @property
+    def pending_seed_path(self) -> Path:
+        return self.state_dir / PENDING_SEED_FILE
+
+    def pending_seed(self) -> str | None:
+        """The key of an unanswered bootstrap, or None (none, or not a user seed: a new key is made)."""
+        try:
+            seed = self.pending_seed_path.read_text().strip()
+        except (OSError, ValueError):
+            return None
+        if not _USER_SEED.match(seed):
+            return None
+        try:
+            public_key(seed)
+        except Exception:  # nkeys' own errors: a damaged file, a new key is made instead
+            return None
+        return seed
+
+    def keep_pending_seed(self, seed: str) -> None:
+        write_text_atomic(self.pending_seed_path, seed + "\n")
+
+    def drop_pending_seed(self) -> None:
+        self.pending_seed_path.unlink(missing_ok=True)
 
 
 def load(state_dir: Path) -> Credentials | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import math
@@ -88,25 +89,44 @@ def register(req: ClusterCreate, existing: ClusterRecord | None, now: float) -> 
     return record, token
 
 
-def redeem(record: ClusterRecord, req: AgentBootstrap, now: float) -> tuple[ClusterRecord, str]:
+MIN_CREDENTIAL_KEY = 32
+"""Bytes of the registry's key that agents' credentials are derived with, at least."""
+
+
+def agent_credential(key: bytes, cluster: str, token_hash: str, user_key: str) -> str:
+    """The agent's credential (``tac.<cluster>.<43 characters>``): an HMAC, under the registry's own key, of the
+    spent token's hash and the agent's NATS key. The same bootstrap asked again gives the same credential, so a
+    retry whose first answer was lost is answered without a write; nobody without the key can compute it."""
+    if len(key) < MIN_CREDENTIAL_KEY:
+        raise ValueError(f"the credential key must have at least {MIN_CREDENTIAL_KEY} bytes")
+    mac = hmac.new(key, f"{cluster}\n{token_hash}\n{user_key}".encode(), hashlib.sha256).digest()
+    return f"{CREDENTIAL_PREFIX}.{cluster}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+
+
+def _full_token(req: AgentBootstrap) -> tuple[str, str]:
+    cluster, secret, _jwt = parse_connect_token(req.token)
+    return cluster, f"{CONNECT_TOKEN_PREFIX}.{cluster}.{secret}"
+
+
+def redeem(record: ClusterRecord, req: AgentBootstrap, now: float, key: bytes) -> tuple[ClusterRecord, str]:
     """Spend the connect token; return the connected record and the agent's credential."""
     check_cluster_uid(req.cluster_uid)
     if record.state == "connected" or not record.token_hash:
         raise Gone(f"connect token for cluster {record.name!r} was already used")
-    cluster, secret, _jwt = parse_connect_token(req.token)
-    if cluster != record.name or not _matches(f"{CONNECT_TOKEN_PREFIX}.{cluster}.{secret}", record.token_hash):
+    cluster, token = _full_token(req)
+    if cluster != record.name or not _matches(token, record.token_hash):
         raise Unauthenticated(f"wrong connect token for cluster {record.name!r}")
     if now > record.token_expires_at:
         raise Gone(
             f"connect token for cluster {record.name!r} expired; run 'tether cluster connect {record.name}' again"
         )
-    credential = make_secret(CREDENTIAL_PREFIX, record.name)
+    credential = agent_credential(key, record.name, record.token_hash, req.user_public_key)
     return (
         msgspec.structs.replace(
             record,
             state="connected",
             token_hash="",
-            token_expires_at=0.0,
+            spent_token_hash=record.token_hash,
             cluster_uid=req.cluster_uid,
             credential_hash=hash_secret(credential),
             connected_at=now,
@@ -117,6 +137,30 @@ def redeem(record: ClusterRecord, req: AgentBootstrap, now: float) -> tuple[Clus
         ),
         credential,
     )
+
+
+def redeem_again(
+    record: ClusterRecord, req: AgentBootstrap, now: float, key: bytes
+) -> tuple[ClusterRecord | None, str]:
+    """A retry of the bootstrap that spent the token: answered again (the same credential) only for the agent
+    that spent it (the same NATS key and cluster UID) and only until the token's expiry; anyone else gets the
+    refusal of a spent token. Returns the record to write (None: nothing, the usual case) and the credential."""
+    check_cluster_uid(req.cluster_uid)
+    _cluster, token = _full_token(req)
+    same_agent = (
+        record.state == "connected"
+        and _matches(token, record.spent_token_hash)
+        and bool(record.nats_user)
+        and hmac.compare_digest(req.user_public_key, record.nats_user)
+        and req.cluster_uid == record.cluster_uid
+    )
+    if not same_agent or now > record.token_expires_at:
+        raise Gone(f"connect token for cluster {record.name!r} was already used")
+    credential = agent_credential(key, record.name, record.spent_token_hash, record.nats_user)
+    if _matches(credential, record.credential_hash):
+        return None, credential
+    # Derived with another key (an open NATS's registry restarted since; its key lives in memory only).
+    return msgspec.structs.replace(record, credential_hash=hash_secret(credential)), credential
 
 
 def check_caller(caller: str, claimed: str) -> None:
@@ -167,7 +211,9 @@ def admit(record: ClusterRecord, hello: AgentHello) -> ClusterRecord:
 def disconnect(record: ClusterRecord, now: float) -> ClusterRecord:
     if record.state == "disconnected":
         return record
-    return msgspec.structs.replace(record, state="disconnected", credential_hash="", token_hash="", disconnected_at=now)
+    return msgspec.structs.replace(
+        record, state="disconnected", credential_hash="", token_hash="", spent_token_hash="", disconnected_at=now
+    )
 
 
 def duplicate_error(uid: str, holder: str) -> Conflict:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -79,6 +81,15 @@ class Settings(FromEnv):
         return AdmissionLimits(self.admission_concurrency, self.admission_queue, self.admission_max_wait)
 
 
+def credential_key(trust: Trust | None) -> bytes:
+    """The registry's key for agents' credentials: from the platform's account seed (stable across restarts);
+    on an open NATS, where there is none, a key of this process (a retry after a restart then writes a new
+    credential's hash)."""
+    if trust is None:
+        return secrets.token_bytes(32)
+    return hashlib.sha256(b"tether agent credential\0" + trust.account.encode()).digest()
+
+
 class Registry:
     def __init__(
         self,
@@ -100,6 +111,8 @@ class Registry:
         self.bus = bus
         self.clusters = clusters
         self.uids = uids
+        self.credential_key = credential_key(trust)
+        """Agents' credentials are derived with it (``logic.agent_credential``): a retry gets the same one."""
         self.new_consumers = NewConsumers(bus, settings.admission_concurrency)
         """Command consumers of clusters just bootstrapped, being created: their first hello waits for its
         creation and does not look it up again (one JetStream API request fewer per connect)."""
@@ -219,44 +232,76 @@ class Registry:
         logic.check_cluster_uid(req.cluster_uid)
         if self.trust is not None:
             logic.check_user_key(req.user_public_key)
-        steps = self.steps
-        with steps.timed("record"):
+        with self.steps.timed("record"):
             record, revision = await self._record(name)
-        connected, credential = logic.redeem(record, req, time.time())
+        credential = None
+        if record.state != "connected":
+            credential = await self._spend(record, revision, req)
+            if credential is None:
+                # Spent meanwhile by a racing request, perhaps this agent's own retry: answered below if so.
+                record, revision = await self._record(name)
+        if credential is None:
+            credential = await self._answer_again(record, revision, req)
+        if self.trust is None:
+            return AgentCredentials(cluster=name, credential=credential)
+        with self.steps.timed("sign jwt"):
+            jwt, expires = self._agent_jwt(name, req.user_public_key)
+        return AgentCredentials(cluster=name, credential=credential, jwt=jwt, expires_at=expires)
+
+    async def _spend(self, record: ClusterRecord, revision: int, req: AgentBootstrap) -> str | None:
+        """Spend the token (a CAS on the record: of two racing requests, one wins); the credential, or None
+        when another request spent it first."""
+        name, steps = record.name, self.steps
+        connected, credential = logic.redeem(record, req, time.time(), self.credential_key)
         with steps.timed("uid claim"):
-            await self._claim_uid(req.cluster_uid, name)
-        # Spending the token is a CAS on the record: of two racing agents, one wins.
+            created = await self._claim_uid(req.cluster_uid, name)
         with steps.timed("spend token"):
-            await self.clusters.update(name, connected, revision)
+            try:
+                await self.clusters.update(name, connected, revision)
+            except Conflict:
+                if created:
+                    await self._release_uid(req.cluster_uid, name)
+                return None
         # The consumer is created meanwhile (``NewConsumers``): the agent needs it only after its hello.
         with steps.timed("consumer slot + event"):
             await self.new_consumers.start(name)
             await self._event("connected", name)
         logger.info("cluster %s connected (uid %s)", name, req.cluster_uid)
-        if self.trust is None:
-            return AgentCredentials(cluster=name, credential=credential)
-        with steps.timed("sign jwt"):
-            jwt, expires = self._agent_jwt(name, req.user_public_key)
-        return AgentCredentials(cluster=name, credential=credential, jwt=jwt, expires_at=expires)
+        return credential
 
-    async def _claim_uid(self, uid: str, name: str) -> None:
+    async def _answer_again(self, record: ClusterRecord, revision: int, req: AgentBootstrap) -> str:
+        """The same agent asking again (its first answer lost): the same credential, a JWT for the same key,
+        nothing written; anyone else is refused as before (``logic.redeem_again``)."""
+        changed, credential = logic.redeem_again(record, req, time.time(), self.credential_key)
+        if changed is not None:
+            await self.clusters.update(record.name, changed, revision)
+        logger.info("cluster %s: its agent asked to bootstrap again; answered again", record.name)
+        return credential
+
+    async def _release_uid(self, uid: str, name: str) -> None:
+        """Drop a claim made for a bootstrap that lost the token to another request."""
+        claim = await self.uids.get(uid)
+        if claim is not None and claim[0].cluster == name:
+            await self.uids.delete(uid)
+
+    async def _claim_uid(self, uid: str, name: str) -> bool:
         """The duplicate guard: a create-only key per physical cluster UID. Created first (a new cluster's
-        UID is free: no read before), read only when taken."""
+        UID is free: no read before), read only when taken. True when this call made the claim."""
         for _ in range(2):
             try:
                 await self.uids.create(uid, ClusterUidClaim(cluster=name))
-                return
+                return True
             except Conflict:
                 claim = await self.uids.get(uid)
             if claim is None:
                 continue  # released in between (its cluster disconnected): claim it again
             if claim[0].cluster == name:
-                return  # this cluster's own claim (a token issued again)
+                return False  # this cluster's own claim (a token issued again)
             holder = await self.clusters.get(claim[0].cluster)
             if holder is not None and holder[0].state != "disconnected":
                 raise logic.duplicate_error(uid, claim[0].cluster)
             await self.uids.put(uid, ClusterUidClaim(cluster=name))
-            return
+            return True
         raise Unavailable(f"the claim of cluster UID {uid} keeps changing; try again")
 
     async def events_creds(self, req: EventsCredsRequest) -> EventsCreds:

@@ -98,12 +98,12 @@ class Hostile:
         self._conns.append(nc)
         return nc
 
-    async def bootstrap_nc(self, **kwargs: Any) -> nats.aio.client.Client:
-        """A connection as the bootstrap user baked into the attacker's spent connect token."""
+    async def bootstrap_nc(self, token: str = "", **kwargs: Any) -> nats.aio.client.Client:
+        """A connection as the bootstrap user baked into a connect token (default: the attacker's spent one)."""
         from schemas.credentials import bootstrap_seed, creds, parse_connect_token
 
-        _cluster, secret, jwt = parse_connect_token(self.spent_token)
-        path = self.tmp / "bootstrap.creds"
+        cluster, secret, jwt = parse_connect_token(token or self.spent_token)
+        path = self.tmp / f"bootstrap-{cluster}.creds"
         path.write_text(creds(jwt, bootstrap_seed(secret)))
 
         async def on_error(exc: Exception) -> None:
@@ -114,7 +114,7 @@ class Hostile:
         nc = await nats.connect(
             self.stack.nats_url,
             user_credentials=str(path),
-            inbox_prefix=self.attacker_inbox.encode(),
+            inbox_prefix=agent_inbox_prefix(cluster).encode(),
             **kwargs,
         )
         self._conns.append(nc)
