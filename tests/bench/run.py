@@ -613,6 +613,7 @@ class Bench:
         rts: list[float] = []
         apis: list[float] = []
         hops: list[tuple[float, dict[str, float]]] = []
+        sent: list[float] = []
         errors = 0
         skipped = 0
 
@@ -624,6 +625,7 @@ class Bench:
                 apis.append(api)
                 if hop is not None:
                     hops.append((rt, hop))
+                    sent.append(time.monotonic() - rt - t0)
             except Exception as exc:
                 errors += 1
                 log(f"command failed: {exc!r}")
@@ -644,7 +646,7 @@ class Bench:
         await asyncio.gather(*tasks)
         fixed = {"rate": rate, "seconds": duration, **summary(rts), "api": summary(apis), "errors": errors}
         fixed["skipped"] = skipped
-        fixed["hops"] = hop_profile(hops)
+        fixed["hops"] = hop_profile(hops, sent)
         log(f"(3) {rate:g}/s: p50 {fixed['p50'] * 1e3:.1f} ms, p99 {fixed['p99'] * 1e3:.1f} ms")
         for line in render_hops(fixed["hops"]):
             log(f"(3)   {line}")

@@ -76,20 +76,23 @@ def diff_buckets(after: dict[float, float], before: dict[float, float]) -> dict[
     return {b: after[b] - before.get(b, 0.0) for b in after}
 
 
-def hop_profile(commands: list[tuple[float, dict[str, float]]]) -> dict[str, Any]:
+def hop_profile(commands: list[tuple[float, dict[str, float]]], sent: list[float] | None = None) -> dict[str, Any]:
     """Where a command's time goes: each hop's median over all commands, and its mean over the slowest 1 %
-    (the commands at or above the round trip's p99) beside theirs."""
+    (the commands at or above the round trip's p99) beside theirs; with ``sent`` (each command's send time,
+    seconds into the window), when the slowest were sent (clustered or spread)."""
     if not commands:
         return {}
     p99 = pct([rt for rt, _ in commands], 0.99)
     slow = [(rt, h) for rt, h in commands if rt >= p99]
     names = list(commands[0][1])
+    when = sorted(round(t, 2) for (rt, _), t in zip(commands, sent or [], strict=False) if rt >= p99)
     return {
         "commands": len(commands),
         "median": {n: pct([h[n] for _, h in commands], 0.5) for n in names},
         "slowest": {n: sum(h[n] for _, h in slow) / len(slow) for n in names},
         "slowest_count": len(slow),
         "slowest_round_trip": sum(rt for rt, _ in slow) / len(slow),
+        "slowest_sent_at": when,
     }
 
 
@@ -102,4 +105,6 @@ def render_hops(profile: dict[str, Any]) -> list[str]:
     ]
     for name, median in profile["median"].items():
         lines.append(f"  {name}: {median * 1e3:.1f} ms | {profile['slowest'][name] * 1e3:.1f} ms")
+    if profile.get("slowest_sent_at"):
+        lines.append(f"  the slowest were sent at (s into the window): {profile['slowest_sent_at']}")
     return lines
