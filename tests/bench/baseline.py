@@ -143,38 +143,61 @@ class JsRoundTrip:
         return end - start
 
     async def fixed_rate(self, rate: float, duration: float) -> dict[str, Any]:
-        lat: list[float] = []
-
-        async def shot() -> None:
-            with contextlib.suppress(TimeoutError):
-                lat.append(await self.one())
-
-        tasks = []
-        t0 = time.monotonic()
-        n = int(rate * duration)
-        for i in range(n):
-            delay = t0 + i / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(shot()))
-        await asyncio.gather(*tasks)
-        return {"rate": rate, "sent": n, **summary(lat)}
+        lat, errors, sent = await offered_load(self.one, rate, duration)
+        return {"rate": rate, "sent": sent, "errors": errors, **summary(lat)}
 
     async def max_rate(self, concurrency: int, duration: float) -> dict[str, Any]:
-        lat: list[float] = []
-        stop_at = time.monotonic() + duration
+        lat, errors, elapsed = await closed_loop(self.one, concurrency, duration)
+        return {"concurrency": concurrency, "per_s": len(lat) / elapsed, "errors": errors, **summary(lat)}
 
-        async def loop() -> None:
-            while time.monotonic() < stop_at:
-                try:
-                    lat.append(await self.one())
-                except TimeoutError:
-                    pass
 
-        t0 = time.monotonic()
-        await asyncio.gather(*(loop() for _ in range(concurrency)))
-        elapsed = time.monotonic() - t0
-        return {"concurrency": concurrency, "per_s": len(lat) / elapsed, **summary(lat)}
+async def offered_load(
+    one: Callable[[], Awaitable[float]], rate: float, duration: float
+) -> tuple[list[float], int, int]:
+    """``one()`` started ``rate`` times a second for ``duration`` seconds, however long each takes (an open
+    loop): the latencies it returned, how many failed, how many were started."""
+    lat: list[float] = []
+    errors = 0
+
+    async def shot() -> None:
+        nonlocal errors
+        try:
+            lat.append(await one())
+        except Exception:
+            errors += 1
+
+    tasks = []
+    t0 = time.monotonic()
+    n = int(rate * duration)
+    for i in range(n):
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(shot()))
+    await asyncio.gather(*tasks)
+    return lat, errors, n
+
+
+async def closed_loop(
+    one: Callable[[], Awaitable[float]], concurrency: int, duration: float
+) -> tuple[list[float], int, float]:
+    """``concurrency`` callers, each running ``one()`` again as soon as it returns, for ``duration`` seconds:
+    the latencies, how many failed, the seconds it took."""
+    lat: list[float] = []
+    errors = 0
+    stop_at = time.monotonic() + duration
+
+    async def loop() -> None:
+        nonlocal errors
+        while time.monotonic() < stop_at:
+            try:
+                lat.append(await one())
+            except Exception:
+                errors += 1
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    return lat, errors, time.monotonic() - t0
 
 
 async def bare_connections(connect: Connect, count: int) -> tuple[list[nats.aio.client.Client], float]:

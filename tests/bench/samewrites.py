@@ -54,6 +54,7 @@ from nats.js.api import (
 from nats.js.errors import KeyWrongLastSequenceError
 
 from services.bus.running import new_event_loop
+from tests.bench.baseline import closed_loop, offered_load
 from tests.bench.stats import summary
 
 BUCKET = "BENCHSW"
@@ -388,43 +389,12 @@ class SameWrites:
             self.free.put_nowait(i)
 
     async def fixed_rate(self, rate: float, duration: float) -> dict[str, Any]:
-        lat: list[float] = []
-        errors = 0
-
-        async def shot() -> None:
-            nonlocal errors
-            try:
-                lat.append(await self.one())
-            except Exception:
-                errors += 1
-
-        tasks = []
-        t0 = time.monotonic()
-        n = int(rate * duration)
-        for k in range(n):
-            delay = t0 + k / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(shot()))
-        await asyncio.gather(*tasks)
-        return {"rate": rate, "sent": n, "errors": errors, **summary(lat)}
+        lat, errors, sent = await offered_load(self.one, rate, duration)
+        return {"rate": rate, "sent": sent, "errors": errors, **summary(lat)}
 
     async def max_rate(self, concurrency: int, duration: float, cpu: Callable[[], dict[str, float]]) -> dict[str, Any]:
-        lat: list[float] = []
-        errors = 0
-        stop_at = time.monotonic() + duration
-
-        async def loop() -> None:
-            nonlocal errors
-            while time.monotonic() < stop_at:
-                try:
-                    lat.append(await self.one())
-                except Exception:
-                    errors += 1
-
-        t0, cpu0 = time.monotonic(), cpu()
-        await asyncio.gather(*(loop() for _ in range(concurrency)))
-        elapsed = time.monotonic() - t0
+        cpu0 = cpu()
+        lat, errors, elapsed = await closed_loop(self.one, concurrency, duration)
         done = max(1, len(lat))
         cpu_ms = {k: (v - cpu0.get(k, 0.0)) * 1e3 / done for k, v in cpu().items()}
         per_s = len(lat) / elapsed
