@@ -222,6 +222,8 @@ class Agent:
             tracer=self._tracer_provider.get_tracer("tether.agent"),
             metrics=self.metrics,
         )
+        # The hello just made sure of the consumer: bound without asking JetStream again.
+        self._commands.queue.confirmed(session.consumer)
         conn.on_reconnected(self.metrics.reconnected)
         context = Context(connection=conn, cluster=cluster, driver=driver, tracer_provider=self._tracer_provider)
         for name, make in CAPABILITIES:

@@ -250,6 +250,9 @@ class AgentHello(Message, frozen=True, tag="agent-hello.v1"):
 class AgentWelcome(Message, frozen=True, tag="agent-welcome.v1"):
     cluster: str
     heartbeat_interval: float
+    consumer: str = ""
+    """The agent's durable consumer, which the registry made sure of before answering: the agent binds to it
+    without asking JetStream first (empty: an older registry; the agent looks it up itself)."""
 
 
 class ControlNotice(Message, frozen=True, tag="control-notice.v1"):

@@ -72,6 +72,32 @@ async def wait_for(
         await asyncio.sleep(interval)
 
 
+@contextlib.asynccontextmanager
+async def registry_in_process(url: str) -> AsyncIterator[None]:
+    """The registry service, run in this process against the NATS at ``url`` for the block (answering when
+    the block starts), then stopped."""
+    from services.bus.settings import BusSettings, ServiceSettings
+    from services.registry.service import Settings, run
+
+    service = asyncio.create_task(run(Settings(common=ServiceSettings(bus=BusSettings(url=url)))), name="registry")
+    probe = await nats.connect(url)
+
+    async def answers() -> bool:
+        with contextlib.suppress(Exception):
+            await probe.request("$SRV.PING.tether-registry", b"", timeout=0.5)
+            return True
+        return False
+
+    try:
+        await wait_for(answers, what="the registry to answer", timeout=20)
+        yield
+    finally:
+        await probe.close()
+        service.cancel()
+        with contextlib.suppress(BaseException):
+            await service
+
+
 def start_nats(tmp: Path, name: str = "nats", auth: Path | None = None, tls: TlsFiles | None = None) -> NatsServer:
     """A real nats-server on a free port; with ``auth``, in operator mode with the platform's trust."""
     config = NatsServerConfig(store_dir=tmp / name / "js", port=free_port(), server_name=name)

@@ -130,9 +130,12 @@ class CommandQueue:
     a 10,000-agent fleet minutes of the server's JetStream API after a restart);
     when it is missing, ``on_missing`` asks the platform again. It is bound with
     ``pull_subscribe_bind``, never ``pull_subscribe``, which would ignore an
-    existing durable's config. The binding survives reconnects (nats-py
-    restores the subscription); after a reconnect the consumer is only looked
-    up again, and the fetch the link dropped is asked again at once.
+    existing durable's config. When the hello's answer named the consumer
+    (``confirmed``), the platform has just made sure of it: the first bind asks
+    JetStream nothing. The binding survives reconnects (nats-py restores the
+    subscription); after a reconnect the fetch the link dropped is asked again at
+    once, and nothing is looked up: a fetch from a consumer that is gone is
+    answered at once (503, no responders), and only then is it looked up.
 
     ``next()`` never raises for a bus problem: while the CMD stream does not
     exist yet, JetStream is unavailable or the link is down, it backs off
@@ -163,7 +166,7 @@ class CommandQueue:
         self._idle_since: float | None = None
         self._closed = False
         self._stale = False
-        self._verify = False
+        self._confirmed = False
         self._wake = asyncio.Event()
         self.declarations = 0
         """Times this queue found its consumer missing and asked the platform to create it again."""
@@ -174,10 +177,14 @@ class CommandQueue:
         return self._sub is not None
 
     def invalidate(self) -> None:
-        """After a reconnect: look the consumer up again and end the fetch in progress (its pull request
-        did not survive the link). Safe from a callback."""
-        self._verify = True
+        """After a reconnect: end the fetch in progress (its pull request did not survive the link); the next
+        is asked at once. Safe from a callback."""
         self._wake.set()
+
+    def confirmed(self, consumer: str) -> None:
+        """A hello's answer named ``consumer`` as made sure of by the platform: when it is this queue's, the
+        next bind needs no look-up (a fetch still finds out at once if it is gone since)."""
+        self._confirmed = consumer == self.consumer
 
     @staticmethod
     async def _unsubscribe(sub: JetStreamContext.PullSubscription) -> None:
@@ -199,7 +206,9 @@ class CommandQueue:
             raise
 
     async def _bind(self) -> JetStreamContext.PullSubscription:
-        await self._declare()
+        confirmed, self._confirmed = self._confirmed, False
+        if not confirmed:
+            await self._declare()
         return await self._conn.jetstream.pull_subscribe_bind(durable=self.consumer, stream=self.stream)
 
     async def _still_there(self) -> bool:
@@ -214,13 +223,10 @@ class CommandQueue:
         await asyncio.sleep(self._trouble.began(text, expected=expected))
 
     async def _set_up(self) -> bool:
-        """Declare (and bind, when not bound) the consumer; False after a backoff."""
+        """Bind to the consumer (looked up first unless confirmed); False after a backoff."""
         try:
-            if self._sub is None:
-                self._sub = await self._bind()
-                logger.info("bound to consumer %s on stream %s for commands", self.consumer, self.stream)
-            else:
-                await self._declare()
+            self._sub = await self._bind()
+            logger.info("bound to consumer %s on stream %s for commands", self.consumer, self.stream)
         except JsNotFound as exc:
             await self._backoff(
                 f"cannot bind to consumer {self.consumer} on stream {self.stream}: {api_text(exc)} "
@@ -272,10 +278,8 @@ class CommandQueue:
         """The bound subscription, set up or checked first when needed; None when there is none yet."""
         if self._stale:
             await self._unbind()
-        if self._sub is None or self._verify:
-            self._verify = False
+        if self._sub is None:
             if not await self._set_up():
-                self._verify = self._sub is not None
                 return None
         elif self._idle_too_long() and await self._gone():
             logger.warning("consumer %s disappeared; declaring it again", self.consumer)
@@ -285,7 +289,6 @@ class CommandQueue:
 
     async def _unbind(self) -> None:
         self._stale = False
-        self._verify = False
         self._idle_since = None
         old, self._sub = self._sub, None
         if old is not None:

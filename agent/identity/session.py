@@ -117,6 +117,8 @@ class Session:
         self._inbox_cluster = "?"
         self.credentials: Credentials | None = None
         self.heartbeat_interval = settings.heartbeat_interval or DEFAULT_HEARTBEAT_INTERVAL
+        self.consumer = ""
+        """The command consumer the platform's last welcome said it made sure of ("" when it named none)."""
         self.reconnected = asyncio.Event()
         """Set after every reconnect (and when the command consumer is missing): say hello again."""
         self._control: Subscription | None = None
@@ -234,6 +236,7 @@ class Session:
         self._welcomed(welcome)
 
     def _welcomed(self, welcome: AgentWelcome) -> None:
+        self.consumer = welcome.consumer
         if self.settings.heartbeat_interval is not None:
             interval = self.settings.heartbeat_interval
         elif 0 < welcome.heartbeat_interval <= 3600:

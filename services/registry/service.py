@@ -350,11 +350,17 @@ class Registry:
             await self.clusters.update(record.name, admitted, revision)
         fresh = await self.new_consumers.settled(record.name)
         # Also at every hello: a consumer lost with its stream comes back when its agent reconnects. Not at the
-        # first hello after the bootstrap whose creation made it (the agent's own look-up still asks again,
-        # with a hello, when it finds the consumer missing).
+        # first hello after the bootstrap whose creation made it (an agent whose fetch finds the consumer
+        # missing looks it up and asks again with a hello).
         if not fresh:
             await self.bus.ensure_agent_consumer(record.name)
-        return AgentWelcome(cluster=record.name, heartbeat_interval=self.settings.heartbeat_interval)
+        # Named in the answer: the agent binds to it without a look-up of its own (one JetStream API request
+        # fewer per connect; the longest wait of 10,000 agents connecting, p50 4 s, was that look-up).
+        return AgentWelcome(
+            cluster=record.name,
+            heartbeat_interval=self.settings.heartbeat_interval,
+            consumer=subjects.agent_consumer(record.name),
+        )
 
 
 def install(registry: Registry, served: Endpoints) -> None:

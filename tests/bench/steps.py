@@ -57,7 +57,10 @@ def install() -> None:
         "NATS creds file (fsync)", files.IdentityFiles.save_nats_user
     )
     commands.CommandQueue._bind = _timed_async(  # type: ignore[method-assign]
-        "command consumer look-up + bind (JetStream API)", commands.CommandQueue._bind
+        "command consumer bind (+ look-up unless the hello named it)", commands.CommandQueue._bind
+    )
+    commands.CommandQueue._declare = _timed_async(  # type: ignore[method-assign]
+        "command consumer look-up (JetStream API)", commands.CommandQueue._declare
     )
 
 

@@ -1,0 +1,171 @@
+"""The agent binds to the durable consumer its hello's answer named, without asking JetStream (issue 17).
+
+At 10,000 agents connecting, the agent's own look-up of its consumer right after the hello (whose handler
+had just made sure of it) was the longest wait of a connect (p50 4 s on JetStream's API queue). The welcome
+names the consumer now and the agent binds without a ``CONSUMER.INFO``; after a reconnect nothing is looked
+up either. A consumer gone meanwhile is found by the next fetch (JetStream answers 503 at once) and only then
+looked up, and the platform asked (a hello) to make it again. Real nats-server, real registry, real agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
+
+from agent.bus import CommandQueue, connect
+from agent.running import Agent
+from agent.settings import AgentSettings
+from schemas import subjects
+from schemas.credentials import agent_inbox_prefix
+from schemas.messages import ClusterConnectInfo, ClusterCreate
+from services.bus.endpoints import call
+from services.bus.streams import ensure_agent_consumer
+from services.platform.natsd import NatsServer
+from tests.harness import registry_in_process, wait_for
+
+CLUSTER = "c1"
+
+
+@dataclass
+class LookUps:
+    """``CONSUMER.INFO`` requests for the cluster's consumer sent from the agent's own inbox."""
+
+    seen: list[str] = field(default_factory=list)
+
+    async def note(self, msg: Msg) -> None:
+        if msg.reply.startswith(agent_inbox_prefix(CLUSTER)) and msg.subject.endswith(
+            "." + subjects.agent_consumer(CLUSTER)
+        ):
+            self.seen.append(msg.subject)
+
+
+@dataclass
+class Platform:
+    url: str
+    nc: Client
+    looked_up: LookUps
+
+    async def consumer_exists(self, stream: str) -> bool:
+        try:
+            await self.nc.jetstream().consumer_info(stream, subjects.agent_consumer(CLUSTER), timeout=5)
+        except NotFoundError:
+            return False
+        return True
+
+    async def probe(self, stream: str) -> int:
+        """Publish a message the agent's consumer takes (on a subject of its filter); its stream sequence."""
+        info = await self.nc.jetstream().consumer_info(stream, subjects.agent_consumer(CLUSTER), timeout=5)
+        subject = (info.config.filter_subject or "").replace(">", "probe").replace("*", "probe")
+        ack = await self.nc.jetstream().publish(subject, b"not a command")
+        return int(ack.seq)
+
+    async def delivered(self, stream: str, seq: int) -> bool:
+        info = await self.nc.jetstream().consumer_info(stream, subjects.agent_consumer(CLUSTER), timeout=5)
+        return info.delivered.stream_seq >= seq and info.num_ack_pending == 0
+
+
+@pytest.fixture
+async def platform(nats_server: NatsServer) -> AsyncIterator[Platform]:
+    await nats_server.wait_ready()
+    nc = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    looked_up = LookUps()
+    await nc.subscribe("$JS.API.CONSUMER.INFO.>", cb=looked_up.note)
+    try:
+        # The registry declares what the agents' consumers live on, and makes each agent's consumer.
+        async with registry_in_process(nats_server.url):
+            yield Platform(url=nats_server.url, nc=nc, looked_up=looked_up)
+    finally:
+        await nc.close()
+
+
+async def test_the_agent_binds_to_the_consumer_its_hello_named_without_a_look_up(
+    platform: Platform, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    info = await call(platform.nc, subjects.Registry.CLUSTER_CREATE, ClusterCreate(name=CLUSTER), ClusterConnectInfo)
+    settings = AgentSettings(
+        server=platform.url, token=info.token, state_dir=tmp_path / "agent", heartbeat_interval=0.5
+    )
+    async with Agent(settings) as agent:
+        queue = agent.commands.queue
+        await wait_for(lambda: queue.bound, what="the agent bound to its consumer", timeout=30)
+        seq = await platform.probe(queue.stream)
+        await wait_for(lambda: platform.delivered(queue.stream, seq), what="the probe taken", timeout=30)
+        assert platform.looked_up.seen == [], "the agent looked up the consumer its hello had named"
+
+        # A restart of NATS: the consumer survives (file storage); the agent fetches again, looks nothing up.
+        nats_server.stop()
+        await asyncio.sleep(0.5)
+        nats_server.start()
+        await nats_server.wait_ready()
+        await wait_for(lambda: agent.connection.is_connected and platform.nc.is_connected, what="reconnects")
+        seq = await platform.probe(queue.stream)
+        await wait_for(lambda: platform.delivered(queue.stream, seq), what="the probe after the restart")
+        assert platform.looked_up.seen == [], "the agent looked its consumer up after a reconnect"
+        assert queue.declarations == 0
+
+        # The consumer goes away (as with its stream): the next fetch finds out, the agent looks it up, and it
+        # is made again (by the hello after the reconnect, or the one the look-up asks for).
+        await platform.nc.jetstream().delete_consumer(queue.stream, subjects.agent_consumer(CLUSTER))
+        await agent.connection.force_reconnect()  # ends the fetch in progress (a quiet one waits up to 20 s)
+        await wait_for(lambda: platform.consumer_exists(queue.stream), what="the consumer made again", timeout=30)
+        seq = await platform.probe(queue.stream)
+        await wait_for(lambda: platform.delivered(queue.stream, seq), what="the probe on the new consumer", timeout=30)
+
+
+async def test_a_confirmed_consumer_that_is_gone_is_found_by_the_fetch_and_asked_for(
+    platform: Platform, tmp_path: Path
+) -> None:
+    settings = AgentSettings(server=platform.url, state_dir=tmp_path)
+    conn = await connect(settings, "queue", inbox_prefix=agent_inbox_prefix(CLUSTER))
+    js = platform.nc.jetstream()
+    made: list[asyncio.Task[bool]] = []
+
+    def missing() -> None:
+        # What the hello asked for does: the platform makes the consumer again.
+        made.append(asyncio.ensure_future(ensure_agent_consumer(js, CLUSTER)))
+
+    queue = CommandQueue(conn, CLUSTER, fetch_timeout=0.5, on_missing=missing)
+    try:
+        await ensure_agent_consumer(js, CLUSTER, look_up=False)
+        queue.confirmed("agent-someone-else")  # not ours: changes nothing
+        queue.confirmed(queue.consumer)
+        assert await queue.next() is None  # bound, a quiet fetch
+        assert queue.bound and platform.looked_up.seen == []
+        seq = await platform.probe(queue.stream)
+        delivery = await wait_for(queue.next, what="the probe")
+        assert delivery.stream_seq == seq
+        await delivery.ack()
+
+        await js.delete_consumer(queue.stream, queue.consumer)
+
+        async def delivered_again() -> bool:
+            delivery = await queue.next()
+            if delivery is None:
+                return False
+            await delivery.ack()
+            return True
+
+        async def probe_then_wait() -> bool:
+            if not await platform.consumer_exists(queue.stream):
+                return bool(await queue.next())  # let it find out and ask
+            await platform.probe(queue.stream)
+            return await delivered_again()
+
+        await wait_for(probe_then_wait, what="commands again from the consumer made again", timeout=30)
+        assert queue.declarations >= 1, "the missing consumer was never asked for"
+        assert len(platform.looked_up.seen) >= 2  # the look-up that found it missing, the one that found it back
+    finally:
+        await queue.close()
+        await conn.close()
+        for task in made:
+            with contextlib.suppress(BaseException):
+                await task
