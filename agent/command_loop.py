@@ -1,4 +1,4 @@
-"""The command loop: this cluster's commands from its CMD consumer, one at a time, and the statuses of
+"""The command loop: this cluster's desired-state records from its consumer, one at a time, and the statuses of
 workloads that settle after their command was applied.
 
 Each command is applied in its own task, shielded, so an orderly stop lets the

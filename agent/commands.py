@@ -1,5 +1,10 @@
 """Applying one command: decode, check, apply through the driver, report, acknowledge.
 
+A command is a desired-state record of this cluster (``command_of``): the agent's durable consumer follows
+its cluster's records in ``tether-desired``, from the last record of each object when it is created, then
+every write in order. A record already observed at its generation (lifecycle's own write of a result, or
+a tombstone) asks for nothing and is only acknowledged; a deletion marker likewise.
+
 The order is what makes a command *exactly once in effect* (promises 3 and 8):
 
 1. the driver applies idempotently: an object already at the command's
@@ -24,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -34,9 +39,20 @@ from opentelemetry.trace import SpanKind, Tracer
 from agent.drivers import Driver
 from agent.errors import DriverError
 from agent.telemetry import AgentMetrics
-from schemas import tracing
+from schemas import subjects, tracing
 from schemas.errors import InvalidInput, Unavailable
-from schemas.messages import MAX_KEPT_TEXT, MAX_SHORT, Command, CommandResult, WorkloadKind, clip, decode
+from schemas.messages import (
+    MAX_KEPT_TEXT,
+    MAX_SHORT,
+    Command,
+    CommandResult,
+    WorkloadKind,
+    WorkloadRecord,
+    clip,
+    decode,
+    desired_key,
+    workload_key,
+)
 from schemas.names import dns1123_label_error
 from schemas.retrying import backoff_delay
 
@@ -55,7 +71,13 @@ ACK_RETRY_FOR = 15.0
 ACK_BACKOFF = (0.25, 2.0)
 """(base, cap) seconds between attempts to acknowledge."""
 
-Disposition = Literal["acked", "nacked", "terminated"]
+Disposition = Literal["acked", "nacked", "terminated", "skipped"]
+
+KV_OPERATION = "KV-Operation"
+REMOVED = ("DEL", "PURGE")
+"""A key deleted or purged: a marker, no record."""
+MARKER_REASON = "Nats-Marker-Reason"
+"""Set on the markers the server itself leaves when it removes an entry."""
 
 
 class Receipt(Protocol):
@@ -95,6 +117,29 @@ class _Attributable(msgspec.Struct, kw_only=True):
     op_id: str
     generation: int
     spec: _AttributableSpec
+
+
+def command_of(subject: str, data: bytes, headers: Mapping[str, str], cluster: str) -> Command | None:
+    """What one delivered desired-state record asks this agent to apply; None when nothing: a deletion
+    marker, or a record observed at its generation (lifecycle's write of the result this agent reported, a
+    tombstone). InvalidInput when it is no record, or not stored where its own content says (its key is
+    ``<cluster>.<kind>.<project>.<name>`` of the record, and the cluster is this agent's)."""
+    if headers.get(KV_OPERATION) in REMOVED or MARKER_REASON in headers or not data:
+        return None
+    record = decode(data, WorkloadRecord)
+    spec = record.spec
+    where = f"{subjects.DESIRED_PREFIX}{desired_key(spec.cluster, workload_key(spec))}"
+    if subject != where or spec.cluster != cluster:
+        raise InvalidInput(f"a record of {spec.cluster}/{spec.kind}/{spec.project}/{spec.name} arrived on {subject!r}")
+    if record.observed is not None and record.observed.generation >= record.generation:
+        return None
+    return Command(
+        op_id=record.op_id,
+        generation=record.generation,
+        spec=spec,
+        issued_at=record.updated_at,
+        operation=record.operation,
+    )
 
 
 def check_command(command: Command, cluster: str) -> None:
@@ -163,10 +208,16 @@ class CommandApplier:
     async def _handle(self, receipt: Receipt) -> Handled:
         async with self._keepalive(receipt):
             try:
-                command = decode(receipt.data, Command)
-                check_command(command, self.cluster)
+                command = command_of(
+                    receipt.subject, receipt.data, getattr(receipt, "headers", None) or {}, self.cluster
+                )
+                if command is not None:
+                    check_command(command, self.cluster)
             except InvalidInput as exc:
                 return await self._reject(receipt, exc.description)
+            if command is None:
+                await self._settle(receipt, "ack")  # nothing new to apply
+                return Handled("skipped")
             return await self._apply(receipt, command)
 
     # --- steps ------------------------------------------------------------------------------

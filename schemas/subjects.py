@@ -14,22 +14,15 @@ Layout:
 
 from __future__ import annotations
 
-import zlib
-
 from schemas.names import check_name
 
 ROOT = "tether"
 
 # --- streams and consumers -------------------------------------------------
-CMD_SHARDS = 16
-"""Commands live in this many work-queue streams, ``CMD_00`` to ``CMD_15``; all of one cluster's commands in
-the same one (``cmd_stream``), so they keep their order. nats-server checks every consumer of a work-queue
-stream against all its other consumers, when it creates one and again for each when it loads the stream at
-start: one stream holding 10,000 agents' consumers took 45 s to start and minutes to create them all.
-Sixteen streams of ~625 consumers each cut that cost sixteen-fold. Fixed for the life of a deployment: a
-different count would move clusters to other streams, away from their pending commands."""
-LEGACY_CMD_STREAM = "CMD"
-"""The single command stream of earlier versions (subjects ``tether.cmd.<cluster>.<verb>``)."""
+RETIRED_CMD_STREAMS = ("CMD", *(f"CMD_{i:02d}" for i in range(16)))
+"""The command streams of earlier versions (a single ``CMD``, then 16 work-queue shards ``CMD_00``..``CMD_15``):
+each command was a copy of the desired state, which agents now follow themselves (``desired_records``).
+Lifecycle deletes them at start; what they held is still in the desired state."""
 EVT_STREAM = "EVT"
 EVENTS_STREAM = "EVENTS"
 AUDIT_STREAM = "AUDIT"
@@ -55,7 +48,6 @@ BUCKET_DESIRED = "tether-desired"
 """Lifecycle: desired and observed state of every tenant cluster and space, with revisions."""
 
 # --- agent command verbs and event kinds ---------------------------------------------
-VERB_APPLY = "apply"
 EVT_RESULT = "result"
 EVT_INVENTORY = "inventory"
 LIFECYCLE_RESULTS_CONSUMER = "lifecycle-results"
@@ -80,34 +72,16 @@ def _cluster(cluster: str) -> str:
     return check_name(cluster, "cluster name")
 
 
-# --- commands and agent events ----------------------------------------------------
-def cmd_shard(cluster: str) -> str:
-    """The shard (``00``..``15``) holding one cluster's commands: a stable hash of its name."""
-    return f"{zlib.crc32(_cluster(cluster).encode()) % CMD_SHARDS:02d}"
+# --- each agent's view of the desired state, and agent events ------------------------------
+DESIRED_STREAM = f"KV_{BUCKET_DESIRED}"
+"""The stream of the desired-state bucket (``BUCKET_DESIRED``): agents' consumers read it."""
+DESIRED_PREFIX = f"$KV.{BUCKET_DESIRED}."
+"""Subjects of the desired-state records: ``DESIRED_PREFIX<cluster>.<kind>.<project>.<name>``."""
 
 
-def cmd_stream(cluster: str) -> str:
-    """The stream holding one cluster's commands."""
-    return f"CMD_{cmd_shard(cluster)}"
-
-
-CMD_STREAMS = tuple(f"CMD_{i:02d}" for i in range(CMD_SHARDS))
-
-
-def cmd_stream_subjects(stream: str) -> str:
-    """What one of ``CMD_STREAMS`` holds."""
-    return f"{ROOT}.cmd.{stream.removeprefix('CMD_')}.>"
-
-
-def cmd(cluster: str, verb: str) -> str:
-    return f"{ROOT}.cmd.{cmd_shard(cluster)}.{_cluster(cluster)}.{verb}"
-
-
-def cmd_all(cluster: str) -> str:
-    return f"{ROOT}.cmd.{cmd_shard(cluster)}.{_cluster(cluster)}.>"
-
-
-CMD_ANY = f"{ROOT}.cmd.>"
+def desired_records(cluster: str) -> str:
+    """Filter for one cluster's desired-state records (exactly four tokens after the bucket: no other key form)."""
+    return f"{DESIRED_PREFIX}{_cluster(cluster)}.*.*.*"
 
 
 def agent_consumer(cluster: str) -> str:

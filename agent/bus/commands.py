@@ -1,4 +1,5 @@
-"""This cluster's commands from its durable pull consumer on the CMD stream, one at a time."""
+"""This cluster's commands: its desired-state records, from its durable pull consumer on the desired-state
+stream, one at a time."""
 
 from __future__ import annotations
 
@@ -30,9 +31,8 @@ ACK_TIMEOUT = 10.0
 """Seconds an acknowledgement waits for the server's confirmation."""
 DECLARE_TIMEOUT = 30.0
 """Seconds a consumer lookup or declaration may take. Generous on purpose: nats-server answers JetStream
-API requests one after another, and creating a consumer on a work-queue stream checks it against every
-other consumer (10,000 agents connecting at once queue for tens of seconds); a request asked again after
-a short timeout is still processed, so impatience only lengthens the queue."""
+API requests one after another (10,000 agents connecting at once queue for seconds); a request asked again
+after a short timeout is still processed, so impatience only lengthens the queue."""
 RECHECK_AFTER = 300.0
 """Seconds of idle fetching after which the consumer's existence is checked again."""
 BIND_BACKOFF = (1.0, 30.0)
@@ -44,7 +44,7 @@ STREAM_NOT_FOUND = 10059
 
 
 class Delivery:
-    """One command delivered from the CMD stream, with its acknowledgements.
+    """One record delivered from the desired-state stream, with its acknowledgements.
 
     The acknowledgements raise Unavailable when they cannot be sent; an
     acknowledgement that never arrives only means a redelivery, which the
@@ -121,13 +121,12 @@ class Trouble:
 class CommandQueue:
     """This cluster's commands, one at a time, through its durable pull consumer.
 
-    The consumer (``agent-<cluster>`` on its shard's stream, filtered on this cluster's commands,
-    explicit acks, one unacknowledged command at a time) is created by the platform
-    when the agent says hello; the agent's JWT may only look it up, fetch from it and
-    ack, so no agent can re-filter a consumer onto another cluster's commands. The
-    agent only looks it up (never re-declares after a reconnect: on a work-queue
-    stream every creation is checked against all other consumers, which would cost
-    a 10,000-agent fleet minutes of the server's JetStream API after a restart);
+    The consumer (``agent-<cluster>`` on the desired-state stream, filtered on this
+    cluster's records, explicit acks, one unacknowledged record at a time) is created
+    by the platform when the agent says hello; the agent's JWT may only look it up,
+    fetch from it and ack, so no agent can re-filter a consumer onto another cluster's
+    records. The agent only looks it up (never re-declares after a reconnect: a
+    10,000-agent fleet would keep the server's JetStream API busy after a restart);
     when it is missing, ``on_missing`` asks the platform again. It is bound with
     ``pull_subscribe_bind``, never ``pull_subscribe``, which would ignore an
     existing durable's config. When the hello's answer named the consumer
@@ -137,7 +136,7 @@ class CommandQueue:
     once, and nothing is looked up: a fetch from a consumer that is gone is
     answered at once (503, no responders), and only then is it looked up.
 
-    ``next()`` never raises for a bus problem: while the CMD stream does not
+    ``next()`` never raises for a bus problem: while the desired-state stream does not
     exist yet, JetStream is unavailable or the link is down, it backs off
     with jitter (logging once per outage) and returns None, so the caller's
     loop can look at its stop flag and call again.
@@ -156,7 +155,7 @@ class CommandQueue:
         self._conn = conn
         self.cluster = cluster
         self.consumer = subjects.agent_consumer(cluster)
-        self.stream = subjects.cmd_stream(cluster)
+        self.stream = subjects.DESIRED_STREAM
         self._fetch_timeout = fetch_timeout
         self._declare_timeout = declare_timeout
         self._on_missing = on_missing

@@ -110,15 +110,14 @@ def _not_theirs(stream: str) -> tuple[str, ...]:
     )
 
 
-def _agent_consumers(stream: str) -> tuple[str, ...]:
-    """Make, check and remove agents' command consumers on one shard (only filtered on that shard's commands),
-    and purge a removed cluster's waiting commands."""
-    shard = subjects.cmd_stream_subjects(stream).removesuffix(">")
+def _agent_consumers() -> tuple[str, ...]:
+    """Make, check and remove agents' consumers of the desired state, each filtered on one cluster's records
+    (``desired_records``: the filter is the last tokens of the create subject, so no wider one is allowed)."""
+    stream = subjects.DESIRED_STREAM
     return (
-        f"$JS.API.CONSUMER.CREATE.{stream}.*.{shard}>",
+        f"$JS.API.CONSUMER.CREATE.{stream}.*.{subjects.DESIRED_PREFIX}*.*.*.*",
         f"$JS.API.CONSUMER.INFO.{stream}.*",
         f"$JS.API.CONSUMER.DELETE.{stream}.*",
-        f"$JS.API.STREAM.PURGE.{stream}",
     )
 
 
@@ -127,9 +126,8 @@ def _micro(service: str) -> tuple[str, ...]:
     return (f"{subjects.ROOT}.svc.{service}.>", "$SRV.>")
 
 
-LEGACY_CMD = f"$JS.API.STREAM.DELETE.{subjects.LEGACY_CMD_STREAM}"
-"""The one stream a service may delete: the empty single command stream of earlier versions."""
-ALL_CMD = tuple(p for stream in subjects.CMD_STREAMS for p in _agent_consumers(stream))
+RETIRED_CMD = tuple(f"$JS.API.STREAM.DELETE.{name}" for name in subjects.RETIRED_CMD_STREAMS)
+"""The only streams a service may delete: the command streams of earlier versions (lifecycle retires them)."""
 L, R, P, A, H = subjects.Lifecycle, subjects.Registry, subjects.Projects, subjects.Access, subjects.Health
 API_CALLS = (
     *(R.CLUSTER_CREATE, R.CLUSTER_GET, R.CLUSTER_LIST, R.CLUSTER_DISCONNECT, R.CLUSTER_UPDATE, R.CLUSTER_REMOVE),
@@ -145,9 +143,8 @@ SERVICE_GRANTS: dict[str, ServiceGrant] = {
         pub=(
             REPLIES,
             STREAM_INFO,
-            *_declares(*PLATFORM_STREAMS, *subjects.CMD_STREAMS),
-            LEGACY_CMD,
-            *ALL_CMD,
+            *_declares(*PLATFORM_STREAMS, subjects.DESIRED_STREAM),
+            *_agent_consumers(),
             *(
                 p
                 for b in (subjects.BUCKET_CLUSTERS, subjects.BUCKET_CLUSTER_UIDS, subjects.BUCKET_PROJECTS)
@@ -177,13 +174,12 @@ SERVICE_GRANTS: dict[str, ServiceGrant] = {
         pub=(
             REPLIES,
             STREAM_INFO,
-            *_declares(*PLATFORM_STREAMS, *subjects.CMD_STREAMS),
-            LEGACY_CMD,
+            *_declares(*PLATFORM_STREAMS),
+            *RETIRED_CMD,
             *_owns_bucket(subjects.BUCKET_DESIRED),
             *_durable(subjects.EVT_STREAM, subjects.LIFECYCLE_RESULTS_CONSUMER),
             *_durable(subjects.EVT_STREAM, subjects.LIFECYCLE_INVENTORY_CONSUMER),
             *_durable(subjects.EVENTS_STREAM, subjects.LIFECYCLE_MEMBERSHIP_CONSUMER),
-            subjects.CMD_ANY,
             subjects.AUDIT_COMMAND_ANY,
             subjects.public_event("tenant.*"),
             subjects.public_event("space.*"),

@@ -186,7 +186,7 @@ def write_secret(path: Path, text: str) -> None:
 def agent_permissions(cluster: str) -> tuple[list[str], list[str]]:
     """(publish, subscribe) allow-lists for one cluster's agent: its own subjects and nothing else."""
     consumer = subjects.agent_consumer(cluster)
-    stream = subjects.cmd_stream(cluster)
+    stream = subjects.DESIRED_STREAM
     publish = [
         subjects.heartbeat(cluster),
         # Only the event kinds the platform reads: every other subject would be one more per-subject limit
@@ -195,8 +195,9 @@ def agent_permissions(cluster: str) -> tuple[list[str], list[str]]:
         subjects.evt(cluster, subjects.EVT_INVENTORY),
         subjects.agent_call(subjects.Registry.AGENT_HELLO, cluster),
         subjects.agent_call(subjects.Registry.AGENT_RENEW, cluster),
-        # The platform creates the consumer (at bootstrap and hello): the agent may only read and fetch from
-        # it and ack, never create, change or delete one, so it cannot re-filter it onto another cluster.
+        # The platform creates its consumer of the desired state (at bootstrap and hello): the agent may only
+        # read and fetch from it and ack, never create, change or delete one (it cannot re-filter it onto
+        # another cluster's records), nor read the bucket itself (no message or direct get).
         f"$JS.API.CONSUMER.INFO.{stream}.{consumer}",
         f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
         f"$JS.ACK.{stream}.{consumer}.>",

@@ -197,26 +197,28 @@ class Bus(ABC):
     @abstractmethod
     async def declare_streams(self, *kinds: Literal["platform", "commands"]) -> None:
         """Create (or bring up to date) the platform's streams: ``platform`` (events, audit, agents'
-        reports) and ``commands`` (the command shards)."""
+        reports); ``commands``: delete the command streams of earlier versions (agents follow the desired
+        state now, and it holds whatever those streams did)."""
 
     @abstractmethod
     async def bucket(self, name: str, type_: type[M], *, history: int = 1, ttl: float | None = None) -> Records[M]:
         """Open bucket ``name`` of ``type_`` records, creating it on first use."""
 
-    # --- each agent's command queue -------------------------------------------------------------------
+    # --- each agent's consumer of its cluster's desired state -------------------------------------------
     @abstractmethod
     async def ensure_agent_consumer(self, cluster: str, *, look_up: bool = True) -> bool:
-        """Create (or put right) the cluster's command consumer; True when it had to. ``look_up=False``: the
+        """Create (or put right) the cluster's agent consumer (``streams.agent_consumer_config``); True when
+        it had to. ``look_up=False``: the
         caller expects it missing (a new cluster's bootstrap), so it is created without asking first (one
         JetStream API request fewer; an identical existing one is left as it is by the server)."""
 
     @abstractmethod
     async def delete_agent_consumer(self, cluster: str) -> None:
-        """Remove the cluster's command consumer (its waiting commands stay)."""
+        """Remove the cluster's agent consumer (its records stay: a new consumer starts from them)."""
 
     @abstractmethod
     async def forget_agent_commands(self, cluster: str) -> list[str]:
-        """Remove the cluster's command consumer and waiting commands; say what was there."""
+        """Remove the cluster's agent consumer for good (a removed cluster); say what was there."""
 
     @abstractmethod
     async def update_account(self, account_jwt: str) -> None:

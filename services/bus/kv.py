@@ -19,6 +19,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
+from schemas import tracing
 from schemas.errors import Conflict, InvalidInput, Unavailable
 from schemas.messages import M, decode, encode
 from schemas.retrying import backoff_delay
@@ -92,7 +93,8 @@ class Bucket(Records[M]):
 
     async def write_over(self, key: str, value: M, guard: str, revision: int) -> int:
         prefix = self.kv._pre
-        headers = {EXPECTED_LAST: str(revision), EXPECTED_LAST_OF: f"{prefix}{guard}"}
+        # The trace of the call that wrote it goes with the record: the agent that applies it continues it.
+        headers = tracing.inject({EXPECTED_LAST: str(revision), EXPECTED_LAST_OF: f"{prefix}{guard}"})
         try:
             ack = await self.kv._js.publish(f"{prefix}{key}", encode(value), headers=headers)
         except APIError as exc:

@@ -84,9 +84,9 @@ EVT_MAX_PER_SUBJECT = 256
 its own older events, never another cluster's."""
 EVENTS_MAX_BYTES = 512 * MiB
 AUDIT_MAX_BYTES = 2 * GiB
-CMD_MAX_BYTES = 256 * MiB
-"""Per command shard (16: 4 GiB in all); full, the stream refuses new commands (the operation fails, nothing
-is dropped)."""
+DESIRED_HISTORY = 5
+"""Records kept per key of the desired state (``tether-desired``): what an agent away finds waiting for each
+object (its consumer delivers every one still kept, in order; a new consumer, the last of each)."""
 BUCKET_MAX_BYTES = 64 * MiB
 """Per KV bucket unless ``BUCKET_MAX_BYTES_OF`` says otherwise."""
 BUCKET_MAX_BYTES_OF = {"tether-desired": 1 * GiB, "tether-presence": 256 * MiB, "tether-clusters": 256 * MiB}

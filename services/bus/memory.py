@@ -186,9 +186,8 @@ class MemoryBus(Bus):
     async def declare_streams(self, *kinds: Literal["platform", "commands"]) -> None:
         from services.bus import streams
 
-        configs = (streams.platform_streams(1) if "platform" in kinds else []) + (
-            streams.cmd_streams(1) if "commands" in kinds else []
-        )
+        # "commands": retiring earlier versions' command streams, which a memory bus never had.
+        configs = streams.platform_streams(1) if "platform" in kinds else []
         for c in configs:
             name = c.name or ""
             if name not in self._streams:
@@ -208,11 +207,11 @@ class MemoryBus(Bus):
         self._agent_consumers.discard(cluster)
 
     async def forget_agent_commands(self, cluster: str) -> list[str]:
-        took = [f"command consumer {subjects.agent_consumer(cluster)}"] if cluster in self._agent_consumers else []
+        took = (
+            [f"desired-state consumer {subjects.agent_consumer(cluster)}"] if cluster in self._agent_consumers else []
+        )
         self._agent_consumers.discard(cluster)
-        stream = self._streams.get(subjects.cmd_stream(cluster))
-        waiting = stream.purge(subjects.cmd_all(cluster)) if stream else 0
-        return took + ([f"{waiting} undelivered command(s)"] if waiting else [])
+        return took
 
     async def update_account(self, account_jwt: str) -> None:
         self.account_jwt = account_jwt

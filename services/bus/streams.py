@@ -113,33 +113,9 @@ def platform_streams(replicas: int) -> list[StreamConfig]:
     ]
 
 
-CMD_MAX_CONSUMERS = 1_000_000
-"""Durable consumers a command stream allows: one per connected cluster of its shard."""
-
-
-def cmd_streams(replicas: int) -> list[StreamConfig]:
-    """Commands to agents, sharded by cluster (``subjects.CMD_SHARDS``)."""
-    return [cmd_stream(name, replicas) for name in subjects.CMD_STREAMS]
-
-
-def cmd_stream(name: str, replicas: int) -> StreamConfig:
-    """One shard of the commands to agents: a work queue, one durable consumer per agent filtered on its
-    cluster."""
-    return StreamConfig(
-        name=name,
-        description="Commands to agents; one durable consumer per agent, filtered on its cluster",
-        subjects=[subjects.cmd_stream_subjects(name)],
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        num_replicas=replicas,
-        duplicate_window=24 * 3600.0,
-        # -1 would mean the server's default, and nats-server 2.15 defaults to 1,000 consumers per stream:
-        # agent 1,001 would be refused its command consumer.
-        max_consumers=CMD_MAX_CONSUMERS,
-        max_bytes=limits.CMD_MAX_BYTES,
-        max_msg_size=limits.STREAM_MAX_MSG,
-        discard=DiscardPolicy.NEW,
-    )
+AGENT_CONSUMERS_MAX = 1_000_000
+"""Durable consumers the desired-state stream allows: one per connected cluster (nats-server 2.15 defaults to
+1,000 per stream: agent 1,001 would be refused its consumer)."""
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
@@ -162,26 +138,24 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     await _declare(f"stream {config.name}", step)
 
 
-async def ensure_cmd_streams(js: JetStreamContext, replicas: int) -> None:
-    """Declare the command streams, after retiring an empty single ``CMD`` stream of earlier versions (its
-    subjects overlap theirs). One still holding commands is left alone, and the start fails saying so:
-    deleting it would lose them."""
-    try:
-        legacy = await js.stream_info(subjects.LEGACY_CMD_STREAM)
-    except NotFoundError:
-        pass
-    else:
-        if legacy.state.messages:
-            raise Unavailable(
-                f"stream {subjects.LEGACY_CMD_STREAM} of an earlier version still holds {legacy.state.messages} "
-                f"commands: start that version until its agents have applied them (the stream is empty), then "
-                f"this one"
-            )
+async def retire_cmd_streams(js: JetStreamContext) -> None:
+    """Delete the command streams of earlier versions (``RETIRED_CMD_STREAMS``), with their agents' consumers.
+
+    What they still hold is not lost: each command was a copy of a desired-state record, and an agent's new
+    consumer on the desired state starts with the last record of each of its cluster's objects (anything
+    not applied yet is applied from it; an orphan's deletion is asked again by the next inventory)."""
+    for name in subjects.RETIRED_CMD_STREAMS:
+        try:
+            info = await js.stream_info(name)
+        except NotFoundError:
+            continue
         with contextlib.suppress(NotFoundError):
-            await js.delete_stream(subjects.LEGACY_CMD_STREAM)
-            logger.warning("deleted the empty stream %s of an earlier version", subjects.LEGACY_CMD_STREAM)
-    for config in cmd_streams(replicas):
-        await ensure_stream(js, config)
+            await js.delete_stream(name)
+            logger.warning(
+                "deleted the command stream %s of an earlier version (%d commands: the desired state has them)",
+                name,
+                info.state.messages,
+            )
 
 
 def _differs(want: StreamConfig, have: StreamConfig) -> bool:
@@ -217,6 +191,8 @@ async def ensure_bucket(
     """
     direct = replicas == 1
     max_bytes = limits.BUCKET_MAX_BYTES_OF.get(name, limits.BUCKET_MAX_BYTES)
+    # The desired state's stream carries one durable consumer per agent.
+    max_consumers = AGENT_CONSUMERS_MAX if name == subjects.BUCKET_DESIRED else None
 
     async def step() -> KeyValue:
         try:
@@ -235,12 +211,17 @@ async def ensure_bucket(
                 )
             )
             logger.info("created bucket %s", name)
-            return kv
         config = (await js.stream_info(f"KV_{name}")).config
-        if (direct and not config.allow_direct) or config.max_bytes != max_bytes:
-            # A bucket of an earlier version: direct gets, and the size limits.
+        if (
+            (direct and not config.allow_direct)
+            or config.max_bytes != max_bytes
+            or (max_consumers and config.max_consumers != max_consumers)
+        ):
+            # A bucket of an earlier version (direct gets, the size limits), or one just created (KV configs
+            # have no consumer limit).
             config.allow_direct = config.allow_direct or direct
             config.max_bytes, config.max_msg_size = max_bytes, limits.STREAM_MAX_MSG
+            config.max_consumers = max_consumers or config.max_consumers
             await js.update_stream(config)
             kv = await js.key_value(name)
         return kv
@@ -248,22 +229,24 @@ async def ensure_bucket(
     return Bucket(await _declare(f"bucket {name}", step), type_)
 
 
-# --- each agent's command consumer: created by the platform, only read by the agent ----------------------
+# --- each agent's consumer of its cluster's desired state: created by the platform, only read by the agent ---
 AGENT_ACK_WAIT = 30.0
-"""Seconds the server waits for an agent's acknowledgement before redelivering a command."""
+"""Seconds the server waits for an agent's acknowledgement before delivering a record again."""
 
 
 def agent_consumer_config(cluster: str) -> ConsumerConfig:
-    """The durable consumer one cluster's agent fetches its commands from: exactly its own filter, one
-    command in flight. The agent's JWT may read it, fetch and ack, nothing else: it cannot create, change or
-    delete a consumer, so it cannot re-filter one onto another cluster's commands or squat a name."""
+    """The durable consumer one cluster's agent follows its desired state with: the records of its own
+    cluster's objects (``desired_records``), starting from the last record of each (a new consumer is a full
+    resync), then every write in order, one unacknowledged at a time. The agent's JWT may read it, fetch and
+    ack, nothing else: it cannot create, change or delete a consumer, so it cannot re-filter one onto another
+    cluster's records or squat a name."""
     name = subjects.agent_consumer(cluster)
     return ConsumerConfig(
         name=name,
         durable_name=name,
-        description=f"commands for the agent of cluster {cluster}",
-        filter_subject=subjects.cmd_all(cluster),
-        deliver_policy=DeliverPolicy.ALL,
+        description=f"desired state for the agent of cluster {cluster}",
+        filter_subject=subjects.desired_records(cluster),
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=AGENT_ACK_WAIT,
         max_ack_pending=1,
@@ -277,11 +260,10 @@ _AGENT_CONSUMER_FIELDS = ("filter_subject", "deliver_policy", "ack_policy", "ack
 async def ensure_agent_consumer(
     js: JetStreamContext, cluster: str, *, timeout: float = 30.0, look_up: bool = True
 ) -> bool:
-    """Create (or put right) one agent's command consumer; True when it had to. Looked up first: on a
-    work-queue stream every creation, even of an identical consumer, is checked against all others. Not
-    looked up with ``look_up=False`` (the caller knows it is new: asking first would only cost a request)."""
+    """Create (or put right) one agent's consumer; True when it had to. Not looked up with ``look_up=False``
+    (the caller knows it is new: asking first would only cost a request)."""
     want = agent_consumer_config(cluster)
-    stream = subjects.cmd_stream(cluster)
+    stream = subjects.DESIRED_STREAM
     if not look_up:
         await _create_agent_consumer(js, stream, want, timeout)
         return True
@@ -294,7 +276,11 @@ async def ensure_agent_consumer(
         have = info.config
         if all(getattr(have, f) == getattr(want, f) for f in _AGENT_CONSUMER_FIELDS):
             return False
-        logger.warning("consumer %s on %s had another config; putting it right", want.durable_name, stream)
+        # Changing a durable's filter or deliver policy is refused: make it again (a new one starts from
+        # the last record of each object, so nothing is missed).
+        logger.warning("consumer %s on %s had another config; making it again", want.durable_name, stream)
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(stream, want.durable_name or "")
     await _create_agent_consumer(js, stream, want, timeout)
     return True
 
@@ -309,7 +295,6 @@ async def _create_agent_consumer(js: JetStreamContext, stream: str, want: Consum
 
 
 async def delete_agent_consumer(js: JetStreamContext, cluster: str) -> None:
-    """Remove a disconnected cluster's command consumer (its pending commands stay in the stream until a
-    new consumer takes them, or the stream's limits drop them)."""
+    """Remove a disconnected cluster's consumer (its records stay: a new consumer starts from them)."""
     with contextlib.suppress(NotFoundError):
-        await js.delete_consumer(subjects.cmd_stream(cluster), subjects.agent_consumer(cluster))
+        await js.delete_consumer(subjects.DESIRED_STREAM, subjects.agent_consumer(cluster))

@@ -15,6 +15,7 @@ from schemas import versions
 from schemas.conditions import set_condition
 from schemas.errors import Conflict, Forbidden, InvalidInput, NotFound
 from schemas.messages import (
+    MAX_GENERATION,
     Action,
     ClusterRecord,
     CommandResult,
@@ -602,3 +603,39 @@ def _hold_back(desired: list[WorkloadRecord], empty_since: float | None, now: fl
 
 def orphan_spec(item: InventoryItem, cluster: str) -> WorkloadSpec:
     return WorkloadSpec(kind=item.kind, project=item.project, name=item.name, cluster=cluster, state="deleted")
+
+
+def orphan_deletion(
+    item: InventoryItem, cluster: str, previous: WorkloadRecord | None, op_id: str, now: float
+) -> WorkloadRecord:
+    """The record that asks ``cluster``'s agent to delete an object the platform does not want: a deletion
+    under that cluster's key, at a generation above both the object's and the name's last record (agents
+    apply a generation at most once, and a name's generations never repeat). Once the cluster confirms it,
+    it is a tombstone like any other."""
+    last = previous.generation if previous is not None else 0
+    record = WorkloadRecord(
+        spec=orphan_spec(item, cluster),
+        generation=min(max(item.generation, last) + 1, MAX_GENERATION),
+        op_id=op_id,
+        operation="resync",
+        created_by="lifecycle",
+        created_at=now,
+        updated_at=now,
+    )
+    return with_conditions(record, now)
+
+
+def resend(record: WorkloadRecord, now: float, seen_at: float = 0.0) -> WorkloadRecord | None:
+    """What an inventory lacking ``record``'s generation asks to write, now that the agent follows the desired
+    state (it applies every record of its cluster not observed yet, in order): nothing while the record waits
+    for its agent (its consumer holds it, and a result comes before the ack); the record with nothing observed
+    when the cluster lost what it had reported (observed, yet missing: the agent applies it again); the same
+    record again after a failure (one more try, as every inventory gave before). ``seen_at``: when the
+    inventory was taken; a result observed since is newer than what it says."""
+    if in_sync(record):
+        if record.observed is not None and record.observed.at >= seen_at:
+            return None
+        return with_conditions(msgspec.structs.replace(record, observed=None, updated_at=now), now)
+    if record.failure is not None and record.failure.generation >= record.generation:
+        return msgspec.structs.replace(record, updated_at=now)
+    return None

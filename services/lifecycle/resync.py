@@ -1,6 +1,9 @@
 """Resync: an agent's inventory (on every (re)connect and every 2 minutes) against the desired state.
 
-What is missing or stale on the cluster is sent again, what the platform does not want there is deleted
+The agent follows its cluster's desired state itself (its consumer starts from the last record of each
+object and applies whatever is not observed yet), so an inventory asks for little: a record the cluster
+lost after reporting it is marked not observed (the agent applies it again), a failed one is written again
+(one more try), what the platform does not want there gets a deletion record under that cluster's key
 (never everything at once when the desired state is empty: ``empty_grace``), deletions the cluster shows
 done become tombstones, and the activity the agent saw is recorded for auto-sleep.
 """
@@ -63,12 +66,9 @@ class InventoryResync:
             return
         desired = [r for r in await self.desired.recent_records() if r.spec.cluster == cluster]
         plan = self._plan(cluster, desired, inventory, now)
-        # Ids derived from the inventory's place in the stream: a redelivered inventory (a handler that
-        # outlived its ack wait, a crash) asks for the same commands again, and the stream drops the copies.
-        origin = str(d.stream_seq) if d.stream_seq else new_op_id()
         progress = Progress(d)
-        await self._resend(cluster, plan.resend, inventory, origin, progress)
-        await self._delete_orphans(cluster, plan.orphans, origin, now, progress)
+        await self._resend(cluster, plan.resend, inventory, now, progress)
+        await self._delete_orphans(cluster, plan.orphans, now, progress)
         await self._confirm_deleted(cluster, plan.done, now, progress)
         await self._record_activity(cluster, desired, inventory, now, progress)
 
@@ -93,31 +93,49 @@ class InventoryResync:
         return plan
 
     async def _resend(
-        self, cluster: str, stale: Sequence[WorkloadRecord], inventory: Inventory, origin: str, progress: Progress
+        self, cluster: str, stale: Sequence[WorkloadRecord], inventory: Inventory, now: float, progress: Progress
     ) -> None:
         have = {ref_of(i): i.generation for i in inventory.items}
         for old in stale:
-            # The snapshot may be a moment old: re-send what the record says now.
-            found = await self.desired.get(workload_key(old.spec))
-            record = found[0] if found is not None else None
-            if record is None or logic.is_tombstone(record) or record.spec.cluster != cluster:
+            # The snapshot may be a moment old: decide on what the record says now.
+            k = workload_key(old.spec)
+            found = await self.desired.get(k)
+            if found is None or logic.is_tombstone(found[0]) or found[0].spec.cluster != cluster:
                 continue
+            record, revision = found
             if have.get(ref_of(record.spec), 0) >= record.generation:
                 continue
-            k = workload_key(record.spec)
-            logger.info("resync %s: re-sending %s (generation %d)", cluster, k, record.generation)
-            await self.sender.send(record, op_id=f"{logic.RESYNC_PREFIX}{origin}-{k}-{record.generation}")
+            again = logic.resend(record, now, inventory.at)
+            if again is None:
+                continue  # its agent has it to apply
+            logger.info("resync %s: %s (generation %d) asked of its agent again", cluster, k, record.generation)
+            try:
+                await self.desired.write(k, again, revision)
+            except Conflict:
+                continue  # written meanwhile: that write is the one the agent applies
             await progress.tick()
 
     async def _delete_orphans(
-        self, cluster: str, orphans: Sequence[InventoryItem], origin: str, now: float, progress: Progress
+        self, cluster: str, orphans: Sequence[InventoryItem], now: float, progress: Progress
     ) -> None:
         for item in orphans:
-            found = await self.desired.get(workload_key(item))
-            if found is not None and not logic.is_tombstone(found[0]) and found[0].spec.cluster == cluster:
-                continue  # created since the snapshot: wanted, not an orphan
+            k = workload_key(item)
+            found = await self.desired.get(k)
+            if found is not None and not logic.is_tombstone(found[0]):
+                if found[0].spec.cluster != cluster:
+                    # Live elsewhere: a deletion here would become the name's newest record. Left for the
+                    # cluster's operator (an object restored on a cluster the name has left).
+                    logger.warning(
+                        "resync %s: %s is live on %s; not deleting it here", cluster, k, found[0].spec.cluster
+                    )
+                continue  # else created since the snapshot: wanted, not an orphan
             logger.info("resync %s: deleting unknown %s", cluster, ref_of(item))
-            await self.sender.delete_orphan(cluster, item, origin, now)
+            previous = found[0] if found is not None else None
+            deletion = logic.orphan_deletion(item, cluster, previous, f"orphan-{new_op_id()}", now)
+            try:
+                await self.desired.write(k, deletion, found[1] if found is not None else None)
+            except Conflict:
+                continue  # written meanwhile: the next inventory decides again
             await progress.tick()
 
     async def _confirm_deleted(

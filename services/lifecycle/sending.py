@@ -1,7 +1,8 @@
-"""What lifecycle publishes: commands to agents (with their audit records) and the public workload events.
+"""What lifecycle publishes: the audit record of each command and the public workload events.
 
-Every publish carries a message id the stream deduplicates on, so a retried publish, a re-send after a
-crash or a second replica folding the same result never doubles a command or an event.
+The command itself is the desired-state record: agents follow their cluster's records (no copy is
+published). Every publish carries a message id the stream deduplicates on, so a retried publish, a re-send
+after a crash or a second replica folding the same result never doubles an audit record or an event.
 """
 
 from __future__ import annotations
@@ -14,21 +15,9 @@ from opentelemetry import trace
 
 from schemas import subjects
 from schemas.audit import AuditRecord
-from schemas.messages import (
-    MAX_GENERATION,
-    Command,
-    CommandResult,
-    EventPhase,
-    InventoryItem,
-    WorkloadEvent,
-    WorkloadRecord,
-    WorkloadSpec,
-    clip,
-    workload_key,
-)
+from schemas.messages import CommandResult, EventPhase, WorkloadEvent, WorkloadRecord, WorkloadSpec, clip
 from services.bus import Bus
 from services.lifecycle import logic
-from services.lifecycle.concurrency import all_done
 from services.lifecycle.metrics import Metrics
 
 _OP_ID = re.compile(r"[0-9a-f]{32}")
@@ -73,22 +62,12 @@ class Sender:
         self.metrics = metrics
 
     async def send(self, record: WorkloadRecord, op_id: str | None = None, by: str = "", call: str = "") -> None:
-        """Publish the command and its audit record (naming the API ``call`` that issued it, if any);
-        returns when the streams have both.
-
-        The two publishes overlap: each is retried with its own message id until acknowledged, and neither
-        depends on the other (a command whose publish fails is re-sent from the desired state, and its audit
-        record, once in, is not written twice).
-        """
-        command = Command(
-            op_id=op_id or record.op_id,
-            generation=record.generation,
-            spec=record.spec,
-            issued_at=time.time(),
-            operation=record.operation,
-        )
+        """Publish the audit record of the command ``record`` is (naming the API ``call`` that issued it, if
+        any); returns when the stream has it. Its message id is the operation's: a re-send after a crash or
+        a retried call is not written twice."""
         span = trace.get_current_span().get_span_context()
         spec = record.spec
+        op = op_id or record.op_id
         audit = AuditRecord(
             kind="command",
             at=time.time(),
@@ -97,26 +76,12 @@ class Sender:
             target=f"{spec.kind}/{spec.project}/{spec.name}",
             cluster=spec.cluster,
             result="issued",
-            op_id=command.op_id,
+            op_id=op,
             trace_id=f"{span.trace_id:032x}" if span.is_valid else "",
             call=clip(call, MAX_CALL),
         )
-        await all_done(
-            self.bus.publish(subjects.cmd(spec.cluster, subjects.VERB_APPLY), command, msg_id=command.op_id),
-            self.bus.publish(subjects.audit_command(spec.cluster), audit, msg_id=f"audit-{command.op_id}"),
-        )
+        await self.bus.publish(subjects.audit_command(spec.cluster), audit, msg_id=f"audit-{op}")
         self.metrics.issued.add(1, {"cluster": spec.cluster})
-
-    async def delete_orphan(self, cluster: str, item: InventoryItem, origin: str, now: float) -> None:
-        """Ask ``cluster``'s agent to delete an object the platform does not want (no record, no audit)."""
-        command = Command(
-            op_id=f"orphan-{origin}-{workload_key(item)}",
-            generation=min(item.generation + 1, MAX_GENERATION),
-            spec=logic.orphan_spec(item, cluster),
-            issued_at=now,
-            operation="resync",
-        )
-        await self.bus.publish(subjects.cmd(cluster, subjects.VERB_APPLY), command, msg_id=command.op_id)
 
     async def announce(self, old: WorkloadRecord | None, new: WorkloadRecord, reason: str = "") -> None:
         """The phase ``new`` entered, if it is not ``old``'s."""

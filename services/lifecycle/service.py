@@ -1,12 +1,13 @@
 """Lifecycle: the service and ``run``.
 
-Every change is written to KV first (desired state, with a new generation and operation id,
-compare-and-set), then published as a command whose ``Nats-Msg-Id`` is the operation id. A crash between
-the two is repaired at start: every record not yet observed at its generation is published again, and
-the stream drops the copies it already has. Results and inventories come back on the EVT stream through
-durable consumers shared by all replicas.
+Every change is one write of the desired state (KV ``tether-desired``, with a new generation and operation
+id, compare-and-set, under ``<cluster>.<kind>.<project>.<name>``): the record is the command, and the
+cluster's agent follows its cluster's records through its own durable consumer. The audit record is
+published after; a crash between the two is repaired at start (every record not yet observed at its
+generation has its audit record published again, and the stream drops the copies it already has).
+Results and inventories come back on the EVT stream through durable consumers shared by all replicas.
 
-The parts, each its own module: ``workloads`` (the endpoints), ``sending`` (commands and events),
+The parts, each its own module: ``workloads`` (the endpoints), ``sending`` (audit records and events),
 ``results``, ``resync`` (inventories), ``membership`` (RBAC fan-out), ``autosleep``, ``removal`` (a
 removed cluster's deletions), over ``store`` (the desired state) and ``peers`` (the other services).
 """
@@ -20,7 +21,7 @@ from typing import Unpack
 
 from schemas import subjects
 from schemas.messages import NameRequest, WorkloadAction, WorkloadCreate, WorkloadQuery, WorkloadRecord, WorkloadRef
-from services.bus import Bus, Consumer, Endpoints, Options, Records, Runtime, Telemetry, serve
+from services.bus import Bus, Consumer, Endpoints, Options, Records, Runtime, Telemetry, limits, serve
 from services.bus.settings import FromEnv, ServiceSettings, env
 from services.lifecycle.autosleep import AutoSleep
 from services.lifecycle.membership import MembershipFanout
@@ -106,7 +107,7 @@ class Lifecycle:
 
 async def setup(rt: Runtime, settings: Settings) -> None:
     await rt.bus.declare_streams("platform", "commands")
-    bucket = await rt.bus.bucket(subjects.BUCKET_DESIRED, WorkloadRecord, history=5)
+    bucket = await rt.bus.bucket(subjects.BUCKET_DESIRED, WorkloadRecord, history=limits.DESIRED_HISTORY)
     lifecycle = Lifecycle(settings, rt.bus, bucket, rt.telemetry)
     await lifecycle.desired.migrate()
     await lifecycle.workloads.republish_pending()

@@ -1,7 +1,7 @@
 """Lifecycle's endpoints for tenant clusters and spaces: create, get, list and the users' actions.
 
-Every change is written to KV first (desired state, with a new generation and operation id,
-compare-and-set), then published as a command whose ``Nats-Msg-Id`` is the operation id.
+Every change is one write of the desired state (a new generation and operation id, compare-and-set): that
+record is the command, which the cluster's agent follows; its audit record and event are published after.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ class Workloads:
             previous = await self.desired.get(k)
             if previous is not None and not logic.is_tombstone(previous[0]):
                 if not logic.in_sync(previous[0]):
-                    # Perhaps a retry of a create whose answer was lost before its command went out
-                    # (a crash, a NATS failover): send it again; the stream drops it if it has it.
+                    # Perhaps a retry of a create whose answer was lost before its audit record went out
+                    # (a crash, a NATS failover): publish it again; the stream drops it if it has it.
                     await self.sender.send(previous[0])
                 raise Conflict(f"{req.kind} {req.name!r} already exists in project {req.project!r}")
             logic.check_quota(project, records, req.kind, need)
@@ -127,7 +127,7 @@ class Workloads:
             if not fresh:
                 return None
             # A retry of the pending operation after a lost answer (a crash, a NATS failover): make sure its
-            # command went out; the stream drops it if it has it already.
+            # audit record went out; the stream drops it if it has it already.
             await self.sender.send(record, by=req.by)
             return record, None
         try:
@@ -158,11 +158,12 @@ class Workloads:
             await self.desired.write(k, new, revision)
 
     async def republish_pending(self) -> None:
-        """After a crash between a KV write and its publish: publish again (the stream drops copies)."""
+        """After a crash between a desired-state write and its audit record: publish again (the stream drops
+        copies). The command needs nothing: the record is what the agent follows."""
         pending = sorted(
             (r for r in await self.desired.all_records() if not logic.in_sync(r)), key=lambda r: r.updated_at
         )
         for record in pending:
             await self.sender.send(record)
         if pending:
-            logger.info("re-published %d pending commands", len(pending))
+            logger.info("re-published the audit records of %d pending commands", len(pending))

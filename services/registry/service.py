@@ -38,6 +38,7 @@ from schemas.messages import (
     ProjectCreate,
     ProjectList,
     ProjectRecord,
+    WorkloadRecord,
 )
 from schemas.names import check_name
 from services.bus import Bus, Endpoints, Options, Records, Runtime, identity, limits, serve
@@ -407,8 +408,10 @@ def count_connected(rt: Runtime, clusters: Records[ClusterRecord]) -> None:
 
 
 async def setup(rt: Runtime, settings: Settings) -> None:
-    # The registry creates each agent's command consumer on the command streams (lifecycle declares them too).
-    await rt.bus.declare_streams("platform", "commands")
+    await rt.bus.declare_streams("platform")
+    # The registry creates each agent's consumer on the desired state's stream: it declares the bucket too (as
+    # lifecycle does, same config), so agents are served whichever of the two starts first. It never writes it.
+    await rt.bus.bucket(subjects.BUCKET_DESIRED, WorkloadRecord, history=limits.DESIRED_HISTORY)
     clusters = await rt.bus.bucket(subjects.BUCKET_CLUSTERS, ClusterRecord, history=5)
     uids = await rt.bus.bucket(subjects.BUCKET_CLUSTER_UIDS, ClusterUidClaim)
     projects = await rt.bus.bucket(subjects.BUCKET_PROJECTS, ProjectRecord, history=5)

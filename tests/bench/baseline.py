@@ -11,7 +11,7 @@ from typing import Any
 
 import nats
 import nats.aio.client
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from tests.bench.stats import summary
 
@@ -213,13 +213,16 @@ async def bare_connections(connect: Connect, count: int) -> tuple[list[nats.aio.
     return list(conns), time.monotonic() - t0
 
 
-async def consumer_creation(connect: Connect, count: int, streams: int, concurrency: int = 64) -> dict[str, Any]:
+async def consumer_creation(
+    connect: Connect, count: int, streams: int, concurrency: int = 64, work_queue: bool = True
+) -> dict[str, Any]:
     """``count`` durable consumers, one per cluster-like filter, spread over ``streams`` scratch work-queue
     streams the way agents' are over the command shards (file storage, explicit acks); deleted afterwards.
 
     On a work-queue stream nats-server checks every new consumer's filter against all the others of that
     stream, so the rate falls as a stream's count grows: this is the floor under "every agent bound to its
-    command consumer".
+    command consumer". ``work_queue=False``: a limits stream instead, each consumer starting from the last
+    message of each of its subjects (agents' consumers of the desired state: no overlap checks).
     """
     nc = await connect()
     js = nc.jetstream()
@@ -230,7 +233,7 @@ async def consumer_creation(connect: Connect, count: int, streams: int, concurre
                 StreamConfig(
                     name=name,
                     subjects=[f"bench.wq.{i:02d}.>"],
-                    retention=RetentionPolicy.WORK_QUEUE,
+                    retention=RetentionPolicy.WORK_QUEUE if work_queue else RetentionPolicy.LIMITS,
                     max_consumers=count + 1,
                 )
             )
@@ -246,6 +249,7 @@ async def consumer_creation(connect: Connect, count: int, streams: int, concurre
                         name=name,
                         durable_name=name,
                         filter_subject=f"bench.wq.{shard:02d}.{name}.>",
+                        deliver_policy=DeliverPolicy.ALL if work_queue else DeliverPolicy.LAST_PER_SUBJECT,
                         ack_policy=AckPolicy.EXPLICIT,
                         max_ack_pending=1,
                     ),

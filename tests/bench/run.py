@@ -323,10 +323,11 @@ class Bench:
         }
         each = nats_grew / first_batch / KB
         log(f"baseline: {bare_n} bare connections in {took:.2f}s; NATS +{each:.1f} KB each")
-        created = await baseline.consumer_creation(self.connect, n, streams=subjects.CMD_SHARDS)
+        # Agents' consumers are on the desired-state stream (one limits stream, last per subject).
+        created = await baseline.consumer_creation(self.connect, n, streams=1, work_queue=False)
         created["seconds_consumers"] = created.pop("seconds")  # "seconds" stays the connections'
         self.results["baseline_connect"].update(created)
-        log(f"baseline: {n} work-queue consumers created in {created['seconds_consumers']:.1f}s")
+        log(f"baseline: {n} consumers created on one stream in {created['seconds_consumers']:.1f}s")
 
         # Register the clusters (setup, not measured: one connect token each, from the registry).
         t0 = time.monotonic()

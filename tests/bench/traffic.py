@@ -218,7 +218,7 @@ def per_command(idle: Window, busy: Window, commands: int) -> dict[str, Any]:
 
 
 def grouped(writes: dict[str, float]) -> dict[str, float]:
-    """The 16 command shards (``CMD_00``...) as one ``CMD_*``."""
+    """The 16 command shards of earlier versions (``CMD_00``...) as one ``CMD_*``."""
     out: dict[str, float] = {}
     for stream, value in writes.items():
         key = "CMD_*" if stream.startswith("CMD_") else stream

@@ -130,7 +130,7 @@ class Hostile:
                 counts[stream] = (await js.stream_info(stream)).state.messages
             for bucket in BUCKETS:
                 counts[f"KV_{bucket}"] = (await js.stream_info(f"KV_{bucket}")).state.messages
-            consumer = await js.consumer_info(subjects.cmd_stream(self.victim), subjects.agent_consumer(self.victim))
+            consumer = await js.consumer_info(subjects.DESIRED_STREAM, subjects.agent_consumer(self.victim))
             return Snapshot(messages=counts, victim_filter=str(consumer.config.filter_subject))
         finally:
             await nc.close()
@@ -155,7 +155,7 @@ class Hostile:
         after = await self.snapshot()
         for name, count in self.before.messages.items():
             assert after.messages[name] >= count, f"{name} lost messages: {count} -> {after.messages[name]}"
-        assert after.victim_filter == subjects.cmd_all(self.victim), after.victim_filter
+        assert after.victim_filter == subjects.desired_records(self.victim), after.victim_filter
         assert (await self.stack.cluster(self.victim))["online"]
 
     async def legit_command_applies(self) -> None:
@@ -171,6 +171,15 @@ class Hostile:
         text = self.errors[-1]
         assert "permissions violation" in text.lower(), text
         return text
+
+    async def all_refused(self, nc: nats.aio.client.Client, attempts: dict[str, tuple[str, bytes]]) -> None:
+        """Publish each attempt (what: (subject, body)) as the attacker, with a reply into its own inbox, and
+        wait for the broker to refuse each."""
+        for what, (subject, body) in attempts.items():
+            before = len(self.errors)
+            await nc.publish(subject, body, reply=f"{self.attacker_inbox}.x")
+            await nc.flush()
+            await self.refused(what, before)
 
     async def close(self) -> None:
         for nc in self._conns:
@@ -192,7 +201,7 @@ async def hostile(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
         h.attacker_agent = stack.agent(h.attacker_state, h.spent_token, name=f"agent-{h.attacker}")
         await stack.wait_online(h.attacker)
         # Something in every stream and bucket that must survive: a project, a space applied on the victim
-        # (desired state, commands, audit), the admin's token.
+        # (desired state, audit), the admin's token.
         await stack.ok("POST", "/api/v1/projects", json={"name": "p1"})
         await stack.ok("POST", "/api/v1/projects/p1/spaces", json={"name": "before", "cluster": h.victim})
         await stack.wait_synced("space", "p1", "before", timeout=30)

@@ -66,7 +66,7 @@ async def test_an_agent_can_fill_only_its_own_bounded_share_of_the_store(hostile
         await wait_for(capped, timeout=10, what=f"{subject} capped at {limits.EVT_MAX_PER_SUBJECT}")
         # Every stream and bucket has its limits.
         configs: list[StreamConfig] = []
-        for stream in (subjects.EVT_STREAM, subjects.EVENTS_STREAM, subjects.AUDIT_STREAM, *subjects.CMD_STREAMS):
+        for stream in (subjects.EVT_STREAM, subjects.EVENTS_STREAM, subjects.AUDIT_STREAM):
             configs.append((await js.stream_info(stream)).config)
         for bucket in BUCKETS:
             configs.append((await js.stream_info(f"KV_{bucket}")).config)

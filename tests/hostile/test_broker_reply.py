@@ -19,15 +19,14 @@ BOOTSTRAP = subjects.Registry.AGENT_BOOTSTRAP
 
 def targets(h: Hostile) -> list[str]:
     """Reply subjects an attacker would like the platform's own user to publish on."""
-    victim_stream = subjects.cmd_stream(h.victim)
+    victim_stream = subjects.DESIRED_STREAM
     return [
         f"$JS.API.STREAM.DELETE.{subjects.AUDIT_STREAM}",
         f"$JS.API.STREAM.PURGE.KV_{subjects.BUCKET_TOKENS}",
         f"$JS.API.STREAM.PURGE.KV_{subjects.BUCKET_DESIRED}",
         f"$JS.API.CONSUMER.DELETE.{victim_stream}.{subjects.agent_consumer(h.victim)}",
         f"$KV.{subjects.BUCKET_TOKENS}.forged",
-        f"$KV.{subjects.BUCKET_DESIRED}.space.p1.before",
-        subjects.cmd(h.victim, subjects.VERB_APPLY),
+        f"$KV.{subjects.BUCKET_DESIRED}.{h.victim}.space.p1.before",
         f"_INBOX_{h.victim}.stolen",
         "_INBOX.platform-looking",
         f"{h.attacker_inbox}",  # the bare prefix, no token after it

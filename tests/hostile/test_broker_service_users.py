@@ -61,16 +61,16 @@ def dangerous(victim: str) -> list[str]:
     """What no service may ever publish: destroying streams and buckets, forging agents' traffic, the system
     account, an agent's inbox."""
     kv = [f"KV_{b}" for b in grants.ALL_BUCKETS]
-    streams = [subjects.AUDIT_STREAM, subjects.EVENTS_STREAM, subjects.EVT_STREAM, *subjects.CMD_STREAMS, *kv]
-    cmd = subjects.cmd_stream(victim)
+    # (Lifecycle may delete the retired command streams of earlier versions: not in this list.)
+    streams = [subjects.AUDIT_STREAM, subjects.EVENTS_STREAM, subjects.EVT_STREAM, *kv]
+    desired, consumer = subjects.DESIRED_STREAM, subjects.agent_consumer(victim)
     return [
         *(f"$JS.API.STREAM.DELETE.{s}" for s in streams),
         *(f"$JS.API.STREAM.PURGE.{s}" for s in (subjects.AUDIT_STREAM, subjects.EVENTS_STREAM, subjects.EVT_STREAM)),
         *(f"$JS.API.STREAM.PURGE.{s}" for s in kv),
         *(f"$JS.API.STREAM.MSG.DELETE.{s}" for s in streams),
         "$JS.API.STREAM.CREATE.FORGED",
-        f"$JS.API.CONSUMER.DURABLE.CREATE.{cmd}.{subjects.agent_consumer(victim)}",
-        f"$JS.API.CONSUMER.CREATE.{cmd}.{subjects.agent_consumer(victim)}.{subjects.CMD_ANY}",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{desired}.{consumer}",
         f"$JS.API.CONSUMER.DELETE.{subjects.EVT_STREAM}.{subjects.LIFECYCLE_RESULTS_CONSUMER}",
         *(f"$JS.API.CONSUMER.DELETE.{stream}.{name}" for stream, names in grants.DURABLES.items() for name in names),
         subjects.heartbeat(victim),
@@ -102,7 +102,7 @@ def corpus(victim: str) -> list[str]:
             for op in ("CREATE", "DURABLE.CREATE", "INFO", "MSG.NEXT")
         ),
         f"$JS.API.CONSUMER.CREATE.{subjects.EVENTS_STREAM}.{subjects.LIFECYCLE_MEMBERSHIP_CONSUMER}.{subjects.ROOT}.>",
-        subjects.cmd(victim, subjects.VERB_APPLY),
+        f"{subjects.DESIRED_PREFIX}{victim}.space.p1.forged",
         subjects.control(victim),
         subjects.audit_command(victim),
         subjects.AUDIT_API,
@@ -119,7 +119,7 @@ def corpus(victim: str) -> list[str]:
 def subscriptions(victim: str) -> list[str]:
     return [
         ">",
-        subjects.CMD_ANY,
+        f"{subjects.DESIRED_PREFIX}>",
         subjects.EVT_ANY,
         subjects.HEARTBEAT_ANY,
         subjects.gateway_agent_inbound(victim),

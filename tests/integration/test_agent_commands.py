@@ -1,10 +1,10 @@
 """The command path against a real nats-server (promises 2, 3, 4 and 8).
 
-Commands published while the agent is away wait in the CMD stream and are
-applied in order, exactly once, when it comes; each produces one result in
-the EVT stream; duplicates are dropped by the stream or found already applied
-by the agent's revision check; a ``kill -9`` in the middle of an apply loses
-nothing and applies nothing twice.
+A command is a desired-state record under ``<cluster>.<kind>.<project>.<name>``, which the cluster's agent
+follows through its durable consumer. Records written while the agent is away wait for it and are applied
+in order, exactly once, when it comes; each produces one result in the EVT stream; a record written again
+is found already applied by the agent's revision check; a ``kill -9`` in the middle of an apply loses
+nothing and applies nothing twice; a new consumer starts from the last record of each object.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import Header, RetentionPolicy, StreamConfig
+from nats.js.api import RetentionPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 
 from agent import capabilities, running
@@ -32,7 +32,6 @@ from agent.drivers.sim import APPLY_DELAY_ENV, FAIL_ENV, UID_ENV, read_state
 from agent.running import Agent
 from agent.settings import AgentSettings
 from schemas import subjects
-from schemas.errors import Unavailable
 from schemas.messages import (
     ClusterConnectInfo,
     ClusterCreate,
@@ -41,13 +40,16 @@ from schemas.messages import (
     DesiredState,
     Inventory,
     M,
+    WorkloadRecord,
     WorkloadSpec,
     decode,
+    desired_key,
     encode,
+    workload_key,
 )
 from services.bus.endpoints import call
 from services.bus.settings import BusSettings, ServiceSettings
-from services.bus.streams import cmd_streams, ensure_cmd_streams, platform_streams
+from services.bus.streams import ensure_bucket, platform_streams, retire_cmd_streams
 from services.platform.natsd import NatsServer
 from services.registry.service import Settings as RegistrySettings
 from services.registry.service import run as run_registry
@@ -70,14 +72,19 @@ class Platform:
         info = await call(self.nc, subjects.Registry.CLUSTER_CREATE, ClusterCreate(name=name), ClusterConnectInfo)
         return info.token
 
-    async def send(self, command: Command, msg_id: str | None = None) -> bool:
-        """Publish a command as lifecycle does; True when the stream took it (not a duplicate)."""
-        ack = await self.js.publish(
-            subjects.cmd(command.spec.cluster, subjects.VERB_APPLY),
-            encode(command),
-            headers={Header.MSG_ID: msg_id or command.op_id},
+    async def send(self, command: Command) -> None:
+        """Write the desired-state record ``command`` is, under its cluster's key, as lifecycle does."""
+        spec = command.spec
+        record = WorkloadRecord(
+            spec=spec,
+            generation=command.generation,
+            op_id=command.op_id,
+            operation=command.operation,
+            updated_at=command.issued_at,
         )
-        return not ack.duplicate
+        await self.js.publish(
+            f"{subjects.DESIRED_PREFIX}{desired_key(spec.cluster, workload_key(spec))}", encode(record)
+        )
 
     async def evt(self, cluster: str, kind: str, type_: type[M]) -> list[M]:
         """Everything in the EVT stream on ``tether.evt.<cluster>.<kind>``, oldest first."""
@@ -97,7 +104,14 @@ class Platform:
         return await self.evt(cluster, subjects.EVT_RESULT, CommandResult)
 
     async def cmd_pending(self) -> int:
-        return int((await self.js.stream_info(subjects.cmd_stream("c1"))).state.messages)
+        """Records c1's agent has not acknowledged yet."""
+        info = await self.js.consumer_info(subjects.DESIRED_STREAM, subjects.agent_consumer("c1"))
+        return int(info.num_pending + info.num_ack_pending)
+
+
+async def desired_bucket(js: JetStreamContext) -> None:
+    """The desired-state bucket, as lifecycle declares it."""
+    await ensure_bucket(js, subjects.BUCKET_DESIRED, WorkloadRecord, replicas=1, history=5)
 
 
 @pytest.fixture
@@ -105,8 +119,7 @@ async def platform(nats_server: NatsServer) -> AsyncIterator[Platform]:
     await nats_server.wait_ready()
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
-    for config in cmd_streams(1):
-        await js.add_stream(config)
+    await desired_bucket(js)
     for config in platform_streams(1):
         await js.add_stream(config)
     registry = asyncio.create_task(
@@ -143,7 +156,7 @@ def command(
         op_id=f"op-{n}",
         generation=generation,
         issued_at=float(n),
-        operation="test",
+        operation="create",
         spec=WorkloadSpec(kind="tenant", project="p1", name=name, cluster=cluster, state=state, version=version),
     )
 
@@ -164,17 +177,24 @@ def applied_log(state_dir: Path) -> list[tuple[str, str, int, str]]:
 EXPECTED = [(c.op_id, c.spec.name, c.generation, c.spec.state) for c in PLAN]
 
 
+async def connected_once(platform: Platform, token: str, state_dir: Path) -> None:
+    """The agent connects (the platform makes its consumer at the bootstrap) and stops: a cluster that was
+    connected before the outage."""
+    settings = AgentSettings(server=platform.url, token=token, state_dir=state_dir, heartbeat_interval=0.5)
+    async with Agent(settings) as agent:
+        await wait_for(lambda: agent.commands.queue.bound, what="the agent bound to its consumer")
+
+
 async def test_commands_wait_for_the_agent_and_apply_once_in_order(platform: Platform, tmp_path: Path) -> None:
     token = await platform.connect_cluster("c1")
-    # The outage: every command is issued before the agent ever ran.
+    state_dir = tmp_path / "agent"
+    await connected_once(platform, token, state_dir)
+    # The outage: every command is issued while the agent is away.
     for c in PLAN:
-        assert await platform.send(c)
+        await platform.send(c)
     assert await platform.cmd_pending() == 5
 
-    state_dir = tmp_path / "agent"
-    settings = AgentSettings(
-        server=platform.url, token=token, state_dir=state_dir, heartbeat_interval=0.5, inventory_interval=1.0
-    )
+    settings = AgentSettings(server=platform.url, state_dir=state_dir, heartbeat_interval=0.5, inventory_interval=1.0)
     async with Agent(settings) as agent:
         await wait_for(lambda: len(read_state(state_dir)["log"]) >= 5, what="5 applies")
         results = await wait_for(lambda: _at_least(platform.results("c1"), 5), what="5 results in the EVT stream")
@@ -187,15 +207,13 @@ async def test_commands_wait_for_the_agent_and_apply_once_in_order(platform: Pla
         await wait_for(lambda: _eq(platform.cmd_pending(), 0), what="the work queue to drain")
         assert agent.commands_applied == 5
 
-        # The same command again with the same id: the stream drops it.
-        assert not await platform.send(PLAN[3])
-        # The same command with a new message id: the stream takes it; the agent finds it
-        # applied, and its result (same result id) is dropped by the EVT stream.
-        assert await platform.send(PLAN[3], msg_id="op-4-again")
-        await wait_for(lambda: _eq(platform.cmd_pending(), 0), what="the resent command to be acked")
+        # The same record written again: the agent finds it applied, and its result (same result id) is
+        # dropped by the EVT stream.
+        await platform.send(PLAN[3])
+        await wait_for(lambda: _eq(platform.cmd_pending(), 0), what="the record written again to be acked")
         # The same generation under a new operation (a resync): reported, not applied.
         resync = Command(op_id="resync-1", generation=3, issued_at=9.0, operation="resync", spec=PLAN[3].spec)
-        assert await platform.send(resync)
+        await platform.send(resync)
         results = await wait_for(lambda: _at_least(platform.results("c1"), 6), what="the resync's result")
         assert len(results) == 6
         last = results[-1]
@@ -221,6 +239,21 @@ async def test_commands_wait_for_the_agent_and_apply_once_in_order(platform: Pla
         assert invs[0].reason == "connect" and invs[0].cluster == "c1"
 
 
+async def test_a_new_consumer_starts_from_the_last_record_of_each_object(platform: Platform, tmp_path: Path) -> None:
+    """Written before the cluster's agent ever connected (no consumer yet): its new consumer starts from the
+    last record of each object, so the agent applies the desired state, not its history; one result each."""
+    token = await platform.connect_cluster("c1")
+    for c in PLAN:
+        await platform.send(c)
+    state_dir = tmp_path / "agent"
+    settings = AgentSettings(server=platform.url, token=token, state_dir=state_dir, heartbeat_interval=0.5)
+    async with Agent(settings):
+        results = await wait_for(lambda: _at_least(platform.results("c1"), 2), what="the two objects' results")
+        await wait_for(lambda: _eq(platform.cmd_pending(), 0), what="the consumer to drain")
+    assert [(r.op_id, r.generation, r.state) for r in results] == [("op-4", 3, "running"), ("op-5", 2, "deleted")]
+    assert [e for e in applied_log(state_dir) if e[1] == "t1"] == [("op-4", "t1", 3, "running")]
+
+
 async def test_failures_are_reported_and_do_not_block_the_queue(
     platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -229,18 +262,19 @@ async def test_failures_are_reported_and_do_not_block_the_queue(
     state_dir = tmp_path / "agent"
     settings = AgentSettings(server=platform.url, token=token, state_dir=state_dir, heartbeat_interval=0.5)
     async with Agent(settings):
-        assert await platform.send(command(1, "broken", 1))
+        await platform.send(command(1, "broken", 1))
         # Malformed: not reported (nothing to attribute it to), terminated, and the queue moves on.
-        await platform.js.publish(subjects.cmd("c1", subjects.VERB_APPLY), b"{garbage", headers={Header.MSG_ID: "g"})
-        assert await platform.send(command(2, "fine", 1))
+        await platform.js.publish(f"{subjects.DESIRED_PREFIX}c1.tenant.p1.garbage", b"{garbage")
+        await platform.send(command(2, "fine", 1))
         results = await wait_for(lambda: _at_least(platform.results("c1"), 2), what="two results")
         assert [(r.op_id, r.ok, r.reason) for r in results] == [("op-1", False, "SimulatedFailure"), ("op-2", True, "")]
         await wait_for(lambda: _eq(platform.cmd_pending(), 0), what="the work queue to drain")
         assert applied_log(state_dir) == [("op-2", "fine", 1, "running")]
 
 
-async def test_the_agent_waits_for_the_cmd_stream(nats_server: NatsServer, tmp_path: Path) -> None:
-    """Started before lifecycle created the CMD stream, the agent waits, then serves commands."""
+async def test_the_agent_is_served_before_lifecycle_runs(nats_server: NatsServer, tmp_path: Path) -> None:
+    """The registry declares the desired-state bucket too (it makes the agents' consumers on its stream): an
+    agent connecting before lifecycle ever ran is bound, and applies what is written once lifecycle is up."""
     await nats_server.wait_ready()
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
@@ -256,10 +290,7 @@ async def test_the_agent_waits_for_the_cmd_stream(nats_server: NatsServer, tmp_p
         state_dir = tmp_path / "agent"
         settings = AgentSettings(server=p.url, token=token, state_dir=state_dir, heartbeat_interval=0.5)
         async with Agent(settings):
-            await asyncio.sleep(1.5)  # fetching finds no stream; the agent keeps running
-            for config in cmd_streams(1):
-                await js.add_stream(config)
-            assert await p.send(command(1, "t1", 1))
+            await p.send(command(1, "t1", 1))
             await wait_for(lambda: len(read_state(state_dir)["log"]) == 1, what="the apply", timeout=40)
     finally:
         registry.cancel()
@@ -271,9 +302,10 @@ async def test_the_agent_waits_for_the_cmd_stream(nats_server: NatsServer, tmp_p
 @pytest.mark.chaos
 async def test_kill_9_mid_apply_loses_nothing_and_applies_nothing_twice(platform: Platform, tmp_path: Path) -> None:
     token = await platform.connect_cluster("c1")
-    for c in PLAN:
-        assert await platform.send(c)
     state_dir = tmp_path / "agent"
+    await connected_once(platform, token, state_dir)
+    for c in PLAN:
+        await platform.send(c)
     log_path = tmp_path / "agent.log"
     env = {**os.environ, APPLY_DELAY_ENV: "0.7", "TETHER_LOG_LEVEL": "INFO"}
     argv = [sys.executable, "-m", "agent", "run", "--server", platform.url, "--state-dir", str(state_dir)]
@@ -284,7 +316,7 @@ async def test_kill_9_mid_apply_loses_nothing_and_applies_nothing_twice(platform
                 argv + extra, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
             )
 
-    proc = start(["--token", token])
+    proc = start([])
     try:
         await wait_for(lambda: len(read_state(state_dir)["log"]) >= 2, what="two applies", timeout=30)
         await asyncio.sleep(0.3)  # now inside the third apply's delay
@@ -329,7 +361,7 @@ async def test_orderly_stop_finishes_the_command_in_flight(
     agent = Agent(settings)
     await agent.start()
     try:
-        assert await platform.send(command(1, "t1", 1))
+        await platform.send(command(1, "t1", 1))
         await wait_for(lambda: agent.commands.in_flight is not None, what="the apply to begin")
     finally:
         await agent.stop()  # mid-apply: the apply, its result and the ack complete first
@@ -345,7 +377,7 @@ async def test_commands_flow_again_after_the_server_restarts(
     state_dir = tmp_path / "agent"
     settings = AgentSettings(server=platform.url, token=token, state_dir=state_dir, heartbeat_interval=0.5)
     async with Agent(settings) as agent:
-        assert await platform.send(command(1, "t1", 1))
+        await platform.send(command(1, "t1", 1))
         await wait_for(lambda: len(read_state(state_dir)["log"]) == 1, what="the first apply")
         nats_server.stop()
         await asyncio.sleep(0.5)
@@ -365,29 +397,22 @@ async def test_commands_flow_again_after_the_server_restarts(
         assert [r.op_id for r in results] == ["op-1", "op-2"]
 
 
-async def test_an_empty_command_stream_of_an_earlier_version_is_retired_and_a_full_one_kept(
-    nats_server: NatsServer,
-) -> None:
-    """Earlier versions kept every command in one stream ``CMD`` (subjects overlapping the shards'). Empty,
-    it is deleted; holding commands, it is kept and the start fails saying why."""
+async def test_the_command_streams_of_earlier_versions_are_retired(nats_server: NatsServer) -> None:
+    """Earlier versions kept a copy of every command in ``CMD`` (then ``CMD_00``..``CMD_15``). They are deleted,
+    full or not: each command in them was a copy of a desired-state record, which the agents follow now."""
     await nats_server.wait_ready()
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
-    legacy = StreamConfig(name="CMD", subjects=["tether.cmd.>"], retention=RetentionPolicy.WORK_QUEUE)
     try:
-        await js.add_stream(legacy)
-        await js.publish("tether.cmd.c1.apply", b"{}")
-        with pytest.raises(Unavailable, match="stream CMD of an earlier version still holds 1 commands"):
-            await ensure_cmd_streams(js, 1)
-        assert (await js.stream_info("CMD")).state.messages == 1
-        await js.purge_stream("CMD")
-        await ensure_cmd_streams(js, 1)
-        with pytest.raises(NotFoundError):
-            await js.stream_info("CMD")
-        names = {(await js.stream_info(name)).config.name for name in subjects.CMD_STREAMS}
-        assert names == set(subjects.CMD_STREAMS)
-        ack = await js.publish(subjects.cmd("c1", subjects.VERB_APPLY), b"{}")
-        assert ack.stream == subjects.cmd_stream("c1")
+        await js.add_stream(
+            StreamConfig(name="CMD_03", subjects=["tether.cmd.03.>"], retention=RetentionPolicy.WORK_QUEUE)
+        )
+        await js.publish("tether.cmd.03.c1.apply", b"{}")
+        await retire_cmd_streams(js)
+        await retire_cmd_streams(js)  # nothing left: nothing to do
+        for name in subjects.RETIRED_CMD_STREAMS:
+            with pytest.raises(NotFoundError):
+                await js.stream_info(name)
     finally:
         await nc.close()
 

@@ -330,11 +330,11 @@ async def test_clustered_platform_survives_a_nats_node_and_a_replica_of_each_ser
             js = nc.jetstream()
 
             async def drained() -> bool:
-                # Every command was acknowledged: nothing waits in the work queue.
-                infos = [await js.stream_info(name) for name in subjects.CMD_STREAMS]
-                return sum(i.state.messages for i in infos) == 0
+                # Every record was acknowledged by the cluster's agent: nothing waits for it.
+                info = await js.consumer_info(subjects.DESIRED_STREAM, subjects.agent_consumer(CLUSTER))
+                return info.num_pending + info.num_ack_pending == 0
 
-            await wait_for(drained, timeout=15, what="an empty CMD stream")
+            await wait_for(drained, timeout=15, what="the agent's consumer drained")
             events = await read_since(
                 js,
                 subjects.EVENTS_STREAM,

@@ -36,13 +36,13 @@ async def test_an_agent_is_confined_to_its_own_subjects(stack: Stack, tmp_path: 
             await wait_for(lambda: len(errors) > before, timeout=5, what=f"the broker to refuse: {action}")
             assert "permissions violation" in errors[-1].lower() or "timeout" in errors[-1].lower(), errors[-1]
 
-        await refused("subscribe to b's commands", nc.subscribe(subjects.cmd_all("b")))
+        await refused("subscribe to b's desired state", nc.subscribe(subjects.desired_records("b")))
         await refused("publish b's heartbeat", nc.publish(subjects.heartbeat("b"), b"{}"))
         await refused("publish b's events", nc.publish(subjects.evt("b", subjects.EVT_RESULT), b"{}"))
-        b_stream = subjects.cmd_stream("b")
+        b_stream = subjects.DESIRED_STREAM
         await refused(
             "create b's consumer",
-            nc.publish(f"$JS.API.CONSUMER.CREATE.{b_stream}.agent-b.{subjects.cmd_all('b')}", b"{}"),
+            nc.publish(f"$JS.API.CONSUMER.CREATE.{b_stream}.agent-b.{subjects.desired_records('b')}", b"{}"),
         )
         await refused("pull b's consumer", nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{b_stream}.agent-b", b"{}"))
         await refused("read the registry's KV", nc.publish("$JS.API.DIRECT.GET.KV_tether-clusters", b"{}"))

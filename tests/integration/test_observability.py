@@ -47,7 +47,7 @@ async def test_one_trace_from_api_call_to_agent_and_back(tmp_path: Path) -> None
         names = {s["name"] for s in mine}
         assert "POST /api/v1/projects/{project}/spaces" in names
         assert "tether.svc.lifecycle.workload.create" in names
-        assert any(n.startswith(f"agent apply {subjects.cmd('c1', subjects.VERB_APPLY)}") for n in names)
+        assert any(n.startswith(f"agent apply {subjects.DESIRED_PREFIX}c1.space.p1.s1") for n in names)
         assert any(n.startswith("lifecycle-results tether.evt.c1.result") for n in names)
     finally:
         stack.stop()

@@ -12,7 +12,7 @@ def test_subject_builders_refuse_names_that_could_inject_wildcards() -> None:
     assert subjects.heartbeat("edge-1") == "tether.hb.edge-1"
     for bad in ("a.b", "*", ">", "a b", "A"):
         with pytest.raises(InvalidInput):
-            subjects.cmd(bad, "apply")
+            subjects.desired_records(bad)
 
 
 def test_parse_label() -> None:
@@ -47,21 +47,12 @@ def test_messages_round_trip_and_ignore_unknown_fields() -> None:
     assert decode(newer, Heartbeat) == msg
 
 
-def test_a_clusters_commands_stay_in_one_shard_whose_stream_holds_them() -> None:
-    names = [f"edge-{i}" for i in range(2000)]
-    for name in names[:50]:
-        stream = subjects.cmd_stream(name)
-        assert stream in subjects.CMD_STREAMS
-        held = subjects.cmd_stream_subjects(stream).removesuffix(">")
-        assert subjects.cmd(name, "apply").startswith(held)
-        assert subjects.cmd_all(name).startswith(held)
-        assert subjects.cmd(name, "apply").endswith(f".{name}.apply")
-    # Stable across processes and versions (a shard that moved would strand pending commands).
-    assert subjects.cmd_shard("edge-1") == "03"
-    assert subjects.cmd("c1", "apply") == "tether.cmd.01.c1.apply"
-    # Spread: no shard gets more than twice its share of 2,000 clusters.
-    counts = {s: 0 for s in subjects.CMD_STREAMS}
-    for name in names:
-        counts[subjects.cmd_stream(name)] += 1
-    assert max(counts.values()) < 2 * len(names) / subjects.CMD_SHARDS
-    assert min(counts.values()) > 0
+def test_a_clusters_desired_state_is_one_filter_that_matches_only_its_records() -> None:
+    from schemas.messages import desired_key
+    from services.bus.memory_parts import matches
+
+    mine = subjects.desired_records("c1")
+    assert mine == "$KV.tether-desired.c1.*.*.*"
+    assert matches(mine, f"{subjects.DESIRED_PREFIX}{desired_key('c1', 'tenant.p1.t1')}")
+    for other in ("c2.tenant.p1.t1", "c10.tenant.p1.t1", "tenant.p1.t1", "c1.tenant.p1.t1.x"):
+        assert not matches(mine, f"{subjects.DESIRED_PREFIX}{other}"), other
