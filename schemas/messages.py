@@ -689,7 +689,8 @@ class WorkloadList(Message, frozen=True, tag="workload-list.v1"):
 
 
 class Command(Message, frozen=True, tag="command.v1"):
-    """On ``tether.cmd.<shard>.<cluster>.apply`` (stream ``CMD_<shard>``): make ``spec`` true at ``generation``.
+    """What a desired-state record not yet observed at its generation asks its agent (``agent.commands``):
+    make ``spec`` true at ``generation``.
 
     Applying is idempotent: an object already at ``generation`` or later is left
     alone (and the result is reported again).

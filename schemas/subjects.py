@@ -2,7 +2,8 @@
 
 Layout:
 
-- ``tether.cmd.<shard>.<cluster>.<verb>`` commands to one agent (stream ``CMD_<shard>``, work queue)
+- ``$KV.tether-desired.<cluster>.<kind>.<project>.<name>`` the desired state, which is each agent's commands
+  (stream ``KV_tether-desired``; one durable consumer per agent filtered on its cluster: ``desired_records``)
 - ``tether.evt.<cluster>.<kind>``     results, status and inventory from one agent (stream ``EVT``)
 - ``tether.hb.<cluster>``             heartbeats (core NATS, not persisted)
 - ``tether.ctl.<cluster>``            control notices to one agent (core NATS: revoked)

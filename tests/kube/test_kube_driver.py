@@ -13,7 +13,8 @@ from agent.drivers.kube_objects import TenantSettings, namespace_name
 from agent.drivers.vcluster import VClusterSettings
 from agent.errors import DriverError
 from agent.settings import AgentSettings
-from schemas.messages import CommandResult, encode
+from schemas import subjects
+from schemas.messages import CommandResult, WorkloadRecord, encode
 from tests.kube.cluster import ControlPlane
 from tests.kube.helpers import GiB, can, command, get, member, names, wait_gone
 
@@ -349,7 +350,7 @@ async def test_too_little_rbac_is_a_clear_failed_command(
         results.append(result)
 
     class Receipt:
-        subject, num_delivered, settled = "tether.cmd.c1.apply", 1, ""
+        subject, num_delivered, settled = f"{subjects.DESIRED_PREFIX}c1.space.rb.s1", 1, ""
 
         def __init__(self, data: bytes) -> None:
             self.data = data
@@ -368,7 +369,10 @@ async def test_too_little_rbac_is_a_clear_failed_command(
 
     try:
         applier = CommandApplier("c1", narrow, publish, result_subject="tether.evt.c1.result")
-        receipt = Receipt(encode(command("space", "rb", "s1", 1, members=(member("user:alice", "admin"),))))
+        cmd = command("space", "rb", "s1", 1, members=(member("user:alice", "admin"),))
+        # What the agent's consumer delivers: the desired-state record the command is.
+        stored = WorkloadRecord(spec=cmd.spec, generation=cmd.generation, op_id=cmd.op_id, operation="create")
+        receipt = Receipt(encode(stored))
         handled = await applier.handle(receipt)
     finally:
         await narrow.close()
