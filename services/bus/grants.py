@@ -51,17 +51,22 @@ def _declares(*streams: str) -> tuple[str, ...]:
     return tuple(f"$JS.API.STREAM.{op}.{stream}" for stream in streams for op in ("CREATE", "UPDATE"))
 
 
-def _owns_bucket(bucket: str) -> tuple[str, ...]:
-    """Declare a KV bucket, write its keys, read them (direct and leader gets, short-lived ordered consumers)."""
+def _owns_bucket(bucket: str, *, named_consumers: bool = True) -> tuple[str, ...]:
+    """Declare a KV bucket, write its keys, read them (direct and leader gets, short-lived ordered consumers).
+
+    ``named_consumers=False`` for a bucket whose stream carries others' durable consumers (the desired
+    state: one per agent): the owner's ordered reads are created on the bare subject (their name is the
+    server's), so it needs neither a named create (which names the consumer and its filter in the subject:
+    it could re-filter an agent's) nor a delete (it would remove one)."""
     stream = f"KV_{bucket}"
+    named = (f"$JS.API.CONSUMER.CREATE.{stream}.>", f"$JS.API.CONSUMER.DELETE.{stream}.*") if named_consumers else ()
     return (
         *_declares(stream),
         f"$KV.{bucket}.>",
         f"$JS.API.DIRECT.GET.{stream}.>",
         f"$JS.API.STREAM.MSG.GET.{stream}",
         f"$JS.API.CONSUMER.CREATE.{stream}",
-        f"$JS.API.CONSUMER.CREATE.{stream}.>",
-        f"$JS.API.CONSUMER.DELETE.{stream}.*",
+        *named,
         f"$JS.FC.{stream}.>",
     )
 
@@ -176,7 +181,7 @@ SERVICE_GRANTS: dict[str, ServiceGrant] = {
             STREAM_INFO,
             *_declares(*PLATFORM_STREAMS),
             *RETIRED_CMD,
-            *_owns_bucket(subjects.BUCKET_DESIRED),
+            *_owns_bucket(subjects.BUCKET_DESIRED, named_consumers=False),
             *_durable(subjects.EVT_STREAM, subjects.LIFECYCLE_RESULTS_CONSUMER),
             *_durable(subjects.EVT_STREAM, subjects.LIFECYCLE_INVENTORY_CONSUMER),
             *_durable(subjects.EVENTS_STREAM, subjects.LIFECYCLE_MEMBERSHIP_CONSUMER),

@@ -71,6 +71,8 @@ def dangerous(victim: str) -> list[str]:
         *(f"$JS.API.STREAM.MSG.DELETE.{s}" for s in streams),
         "$JS.API.STREAM.CREATE.FORGED",
         f"$JS.API.CONSUMER.DURABLE.CREATE.{desired}.{consumer}",
+        # The victim's consumer re-filtered wider than one cluster (the filter is the create subject's tail).
+        f"$JS.API.CONSUMER.CREATE.{desired}.{consumer}.{subjects.DESIRED_PREFIX}>",
         f"$JS.API.CONSUMER.DELETE.{subjects.EVT_STREAM}.{subjects.LIFECYCLE_RESULTS_CONSUMER}",
         *(f"$JS.API.CONSUMER.DELETE.{stream}.{name}" for stream, names in grants.DURABLES.items() for name in names),
         subjects.heartbeat(victim),
@@ -83,6 +85,15 @@ def dangerous(victim: str) -> list[str]:
         "$SYS.REQ.ACCOUNT.PING.CONNZ",
         f"_INBOX_{victim}.x",
         f"{subjects.ROOT}.anything",
+    ]
+
+
+def agent_consumer_changes(victim: str) -> list[str]:
+    """Creating (here: re-filtering onto the attacker's records) or deleting the victim agent's consumer."""
+    desired, consumer = subjects.DESIRED_STREAM, subjects.agent_consumer(victim)
+    return [
+        f"$JS.API.CONSUMER.CREATE.{desired}.{consumer}.{subjects.desired_records('evil')}",
+        f"$JS.API.CONSUMER.DELETE.{desired}.{consumer}",
     ]
 
 
@@ -103,6 +114,8 @@ def corpus(victim: str) -> list[str]:
         ),
         f"$JS.API.CONSUMER.CREATE.{subjects.EVENTS_STREAM}.{subjects.LIFECYCLE_MEMBERSHIP_CONSUMER}.{subjects.ROOT}.>",
         f"{subjects.DESIRED_PREFIX}{victim}.space.p1.forged",
+        # Agents' consumers of the desired state: only the registry makes (one cluster's filter) and removes them.
+        *agent_consumer_changes(victim),
         subjects.control(victim),
         subjects.audit_command(victim),
         subjects.AUDIT_API,
@@ -138,6 +151,14 @@ def test_each_service_calls_exactly_the_endpoints_its_code_calls(service: str) -
     for bucket in grants.ALL_BUCKETS:
         owned = bucket in grants.SERVICE_BUCKETS[service]
         assert publishes(service, f"$KV.{bucket}.x") == owned, bucket
+
+
+@pytest.mark.parametrize("service", ["registry", "access", "lifecycle", "health", "api"])
+def test_only_the_registry_may_create_or_remove_an_agents_consumer(service: str) -> None:
+    # Lifecycle owns the desired state's bucket, yet its reads are ordered consumers created on the bare
+    # subject: it may neither name a consumer (and its filter) in a create nor delete one.
+    for subject in agent_consumer_changes("victim"):
+        assert publishes(service, subject) == (service == "registry"), (service, subject)
 
 
 @pytest.mark.parametrize("service", ["registry", "access", "lifecycle", "health", "api"])
