@@ -729,7 +729,10 @@ class Bench:
             await asyncio.gather(*tasks)
             return done
 
-        profile = await traffic.measure(self.stack.nats.config.monitor_port, self.nc, seconds, work)
+        objects = {WorkloadRef(kind="tenant", project=PROJECT, name=t.name): t.cluster for t in chosen}
+        profile = await traffic.measure(
+            self.stack.nats.config.monitor_port, self.nc, seconds, work, traffic.of_objects(objects)
+        )
         self.results["traffic"] = profile
         for line in traffic.render(profile):
             log(f"(7) {line}")

@@ -7,6 +7,13 @@ stream's last sequence from ``/jsz`` (a KV bucket is the stream ``KV_<bucket>``)
 subscription on every stream's subjects sees each write with its reply subject, the writer's own inbox,
 which ``/connz?subs=1`` maps back to its connection. Each window is measured beside an idle window of the
 same length (heartbeats, flushes, pings), which is subtracted.
+
+The subtraction is only as good as the idle window is typical: a fleet that connected within a few seconds
+sends its periodic inventories (every 2 minutes) within a few seconds too, and that burst (inventories in
+EVT, lifecycle's activity writes in KV) landing in the idle window and not the busy one wiped the KV and EVT
+writes out of one run's counts (clamped at 0). So the writes are also counted exactly: each write whose
+subject (or, for a public event, its payload) names one of the measured commands' objects (``Attribute``),
+with nothing subtracted.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import nats.aio.client
+
+from schemas import subjects
+from schemas.messages import WorkloadRef, desired_key, workload_key
 
 SERVICE_NAMES = ("registry", "access", "lifecycle", "health", "api")
 MAX_CONNECTIONS = 100_000
@@ -126,25 +136,58 @@ def difference(a: Snapshot, b: Snapshot) -> Window:
     return window
 
 
-class Writers:
-    """Counts every stream write by stream and by the writer's process (its reply inbox)."""
+Attribute = Callable[[str, bytes], bool]
+"""Whether a write (its subject, its payload) belongs to the measured work."""
 
-    def __init__(self, port: int) -> None:
+
+def of_objects(objects: dict[WorkloadRef, str]) -> Attribute:
+    """The writes a command on one of ``objects`` (ref -> its cluster) makes: its desired-state records, its
+    cluster's results and command audit records (nothing else on the cluster issues commands meanwhile) and
+    the public events naming it."""
+    records = {f"{subjects.DESIRED_PREFIX}{desired_key(c, workload_key(ref))}" for ref, c in objects.items()}
+    clusters = set(objects.values())
+    reports = {subjects.evt(c, subjects.EVT_RESULT) for c in clusters} | {subjects.audit_command(c) for c in clusters}
+    named = {(ref.kind, ref.project, ref.name) for ref in objects}
+    events = subjects.public_event("")
+
+    def attribute(subject: str, data: bytes) -> bool:
+        if subject in records or subject in reports:
+            return True
+        if not subject.startswith(events):
+            return False
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return False
+        return isinstance(event, dict) and (event.get("kind"), event.get("project"), event.get("name")) in named
+
+    return attribute
+
+
+class Writers:
+    """Counts every stream write by stream and by the writer's process (its reply inbox), and the writes
+    ``attribute`` says belong to the measured work, by stream."""
+
+    def __init__(self, port: int, attribute: Attribute | None = None) -> None:
         self.port = port
         self.owners: dict[str, str] = {}
         self.seen: Counter[tuple[str, str]] = Counter()
+        self.attributed: Counter[str] = Counter()
+        self.attribute = attribute
         self.subs: list[Any] = []
 
     async def start(self, nc: nats.aio.client.Client) -> None:
         self.owners = inbox_owners(self.port)
-        for stream, subjects in stream_subjects(self.port).items():
-            for subject in subjects:
+        for stream, patterns in stream_subjects(self.port).items():
+            for subject in patterns:
                 self.subs.append(await nc.subscribe(subject, cb=self._counter(stream)))
 
     def _counter(self, stream: str) -> Callable[[Any], Awaitable[None]]:
         async def on(msg: Any) -> None:
             writer = self.owners.get(inbox_key(msg.reply), "?") if msg.reply else "no reply"
             self.seen[(writer, stream)] += 1
+            if self.attribute is not None and self.attribute(msg.subject, msg.data):
+                self.attributed[stream] += 1
 
         return on
 
@@ -154,11 +197,15 @@ class Writers:
 
 
 async def measure(
-    port: int, nc: nats.aio.client.Client, seconds: float, work: Callable[[], Awaitable[int]]
+    port: int,
+    nc: nats.aio.client.Client,
+    seconds: float,
+    work: Callable[[], Awaitable[int]],
+    attribute: Attribute | None = None,
 ) -> dict[str, Any]:
     """An idle window of ``seconds``, then ``work()`` (returns the commands it completed); the difference
-    per command."""
-    writers = Writers(port)
+    per command, and the writes ``attribute`` gives to the work, per command."""
+    writers = Writers(port, attribute)
     await writers.start(nc)
     await nc.flush()
     try:
@@ -168,14 +215,21 @@ async def measure(
         idle = difference(a, b)
         idle.writers = Counter(writers.seen)
         writers.seen.clear()
+        writers.attributed.clear()
         commands = await work()
         await nc.flush()
         c = snapshot(port)
         busy = difference(b, c)
         busy.writers = Counter(writers.seen)
+        attributed = Counter(writers.attributed)
     finally:
         await writers.stop()
-    return per_command(idle, busy, commands)
+    profile = per_command(idle, busy, commands)
+    if attribute is not None:
+        n = max(commands, 1)
+        profile["attributed"] = {s: v / n for s, v in sorted(attributed.items())}
+        profile["attributed_per_command"] = sum(attributed.values()) / n
+    return profile
 
 
 def per_command(idle: Window, busy: Window, commands: int) -> dict[str, Any]:
@@ -245,4 +299,10 @@ def render(
         lines.append(f"  | {process} | {m['published']:.2f} | {m['delivered']:.2f} | {wrote or '-'} |")
     stored = ", ".join(f"{s} {v:.2f}" for s, v in sorted(grouped(profile["writes"]).items()))
     lines.append(f"  stored per stream: {stored}")
+    if "attributed" in profile:
+        mine = ", ".join(f"{s} {v:.2f}" for s, v in sorted(grouped(profile["attributed"]).items()))
+        lines.append(
+            f"  writes naming the {unit}s' objects (counted, nothing subtracted): "
+            f"{profile['attributed_per_command']:.2f} per {unit}: {mine or '-'}"
+        )
     return lines

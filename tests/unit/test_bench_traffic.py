@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from collections import Counter
 
+from schemas import subjects
+from schemas.messages import WorkloadEvent, WorkloadRef, encode
 from tests.bench.steps import summary
-from tests.bench.traffic import Snapshot, Window, difference, inbox_key, per_command, process_of, render
+from tests.bench.traffic import (
+    Snapshot,
+    Window,
+    difference,
+    inbox_key,
+    of_objects,
+    per_command,
+    process_of,
+    render,
+)
 
 
 def test_connections_are_counted_by_process() -> None:
@@ -48,3 +59,28 @@ def test_an_empty_window_divides_safely() -> None:
 def test_connect_steps_summary() -> None:
     out = summary({"hello": [0.1, 0.2, 0.3]})
     assert out["hello"]["calls"] == 3 and out["hello"]["p50"] == 0.2 and out["hello"]["max"] == 0.3
+
+
+def test_writes_are_attributed_to_the_commands_objects_by_subject_and_event() -> None:
+    t1 = WorkloadRef(kind="tenant", project="bench", name="t1")
+    mine = of_objects({t1: "c1"})
+    event = WorkloadEvent(kind="tenant", project="bench", name="t1", cluster="c1", phase="Sleeping", at=1.0)
+    other = WorkloadEvent(kind="tenant", project="bench", name="t2", cluster="c1", phase="Sleeping", at=1.0)
+    assert mine(f"{subjects.DESIRED_PREFIX}c1.tenant.bench.t1", b"")
+    assert not mine(f"{subjects.DESIRED_PREFIX}c1.tenant.bench.t2", b""), "another object's record"
+    assert mine(subjects.evt("c1", subjects.EVT_RESULT), b"")
+    assert not mine(subjects.evt("c1", subjects.EVT_INVENTORY), b""), "inventories are background"
+    assert not mine(subjects.evt("c2", subjects.EVT_RESULT), b"")
+    assert mine(subjects.audit_command("c1"), b"")
+    assert mine(subjects.public_event("tenant.sleeping"), encode(event))
+    assert not mine(subjects.public_event("tenant.sleeping"), encode(other))
+    assert not mine(subjects.public_event("tenant.sleeping"), b"{not json")
+    assert not mine(f"{subjects.BUCKET_DESIRED}.x", b"")
+
+
+def test_attributed_writes_are_rendered_per_command() -> None:
+    profile = per_command(Window(seconds=1.0), Window(seconds=1.0), commands=4)
+    profile["attributed"] = {"KV_tether-desired": 2.0, "AUDIT": 1.0}
+    profile["attributed_per_command"] = 3.0
+    text = "\n".join(render(profile))
+    assert "writes naming the commands' objects (counted, nothing subtracted): 3.00 per command" in text
