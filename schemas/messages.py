@@ -236,8 +236,15 @@ class AgentRenew(Message, frozen=True, tag="agent-renew.v1"):
     credential: Secret
 
 
+AGENT_PROTOCOL = 2
+"""How this version's agent takes its commands: 2, from its own cluster's desired state (a durable consumer on
+the desired-state bucket's stream). 1 (agents that send no ``protocol``): from a ``CMD_*`` work-queue stream,
+which the platform no longer has."""
+
+
 class AgentHello(Message, frozen=True, tag="agent-hello.v1"):
-    """Sent on every (re)connect; refused once the cluster is disconnected."""
+    """Sent on every (re)connect; refused once the cluster is disconnected, or when the agent speaks a protocol
+    the platform no longer serves."""
 
     cluster: AgentName
     credential: Secret
@@ -245,6 +252,8 @@ class AgentHello(Message, frozen=True, tag="agent-hello.v1"):
     agent_version: Short = ""
     kubernetes_version: Short = ""
     driver: Short = ""
+    protocol: int = 1
+    """``AGENT_PROTOCOL`` of the agent; absent (1) from agents older than the field."""
 
 
 class AgentWelcome(Message, frozen=True, tag="agent-welcome.v1"):

@@ -32,6 +32,7 @@ from schemas import subjects
 from schemas.credentials import agent_inbox_prefix, jwt_times
 from schemas.errors import NotFound, TetherError, Unauthenticated
 from schemas.messages import (
+    AGENT_PROTOCOL,
     AgentCredentials,
     AgentHello,
     AgentRenew,
@@ -218,6 +219,7 @@ class Session:
             agent_version=VERSION,
             kubernetes_version=health.kubernetes_version,
             driver=self._driver,
+            protocol=AGENT_PROTOCOL,
         )
         try:
             welcome = await call(

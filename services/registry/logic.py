@@ -15,6 +15,7 @@ from schemas.changes import ClusterUpdate, ProjectUpdate
 from schemas.credentials import CONNECT_TOKEN_PREFIX, parse_connect_token
 from schemas.errors import Conflict, Forbidden, Gone, InvalidInput, NotFound, Unauthenticated
 from schemas.messages import (
+    AGENT_PROTOCOL,
     AgentBootstrap,
     AgentHello,
     AgentRenew,
@@ -189,6 +190,18 @@ def revocations(records: list[ClusterRecord]) -> dict[str, int]:
     return {r.nats_user: int(r.disconnected_at) + 1 for r in records if r.state == "disconnected" and r.nats_user}
 
 
+def check_protocol(hello: AgentHello) -> None:
+    """Gone, saying to upgrade, for an agent that still takes its commands from a ``CMD_*`` stream: it would wait
+    on a consumer that no longer exists. The agent stops with this message instead of waiting forever."""
+    if hello.protocol < AGENT_PROTOCOL:
+        version = f" {hello.agent_version}" if hello.agent_version else ""
+        raise Gone(
+            f"this agent{version} takes its commands from a CMD_* stream (agent protocol {hello.protocol}), which "
+            f"this platform no longer has: it delivers them from the desired state (protocol {AGENT_PROTOCOL}); "
+            f"upgrade the agent to this platform's version"
+        )
+
+
 def admit(record: ClusterRecord, hello: AgentHello) -> ClusterRecord:
     """Check an agent's credential on (re)connect; return the record with its reported versions."""
     if record.state == "disconnected":
@@ -200,6 +213,7 @@ def admit(record: ClusterRecord, hello: AgentHello) -> ClusterRecord:
             f"agent for {record.name!r} now runs on a different cluster "
             f"(UID {hello.cluster_uid}, registered {record.cluster_uid})"
         )
+    check_protocol(hello)
     return msgspec.structs.replace(
         record,
         agent_version=hello.agent_version or record.agent_version,

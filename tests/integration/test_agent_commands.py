@@ -29,6 +29,8 @@ from nats.js.errors import NotFoundError
 from agent import capabilities, running
 from agent.capabilities import Context
 from agent.drivers.sim import APPLY_DELAY_ENV, FAIL_ENV, UID_ENV, read_state
+from agent.errors import PermanentError
+from agent.identity import session
 from agent.running import Agent
 from agent.settings import AgentSettings
 from schemas import subjects
@@ -415,6 +417,19 @@ async def test_the_command_streams_of_earlier_versions_are_retired(nats_server: 
                 await js.stream_info(name)
     finally:
         await nc.close()
+
+
+async def test_an_agent_still_on_a_cmd_stream_is_told_to_upgrade(
+    platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent of the earlier protocol (its hello says no ``protocol``: 1) would wait forever on a ``CMD_*``
+    consumer that no longer exists; the registry refuses its hello saying to upgrade, and it stops with that."""
+    token = await platform.connect_cluster("c1")
+    monkeypatch.setattr(session, "AGENT_PROTOCOL", 1)
+    settings = AgentSettings(server=platform.url, token=token, state_dir=tmp_path / "agent", heartbeat_interval=0.5)
+    with pytest.raises(PermanentError, match=r"CMD_\* stream .* upgrade the agent"):
+        async with asyncio.timeout(60):
+            await Agent(settings).start()
 
 
 class Probe:

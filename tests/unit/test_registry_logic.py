@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from schemas.errors import Conflict, Gone, InvalidInput, Unauthenticated
-from schemas.messages import AgentBootstrap, AgentHello, ClusterCreate
+from schemas.messages import AGENT_PROTOCOL, AgentBootstrap, AgentHello, ClusterCreate
 from services.registry import logic
 
 NOW = 1_000_000.0
@@ -116,7 +117,9 @@ def test_connecting_a_connected_cluster_again_is_a_conflict() -> None:
 def test_admit_checks_credential_state_and_uid() -> None:
     record, token = registered()
     connected, credential = logic.redeem(record, AgentBootstrap(token=token, cluster_uid="u"), NOW, KEY)
-    hello = AgentHello(cluster="edge-1", credential=credential, cluster_uid="u", agent_version="9")
+    hello = AgentHello(
+        cluster="edge-1", credential=credential, cluster_uid="u", agent_version="9", protocol=AGENT_PROTOCOL
+    )
     assert logic.admit(connected, hello).agent_version == "9"
     with pytest.raises(Unauthenticated, match="invalid agent credential"):
         logic.admit(connected, AgentHello(cluster="edge-1", credential="tac.edge-1.nope", cluster_uid="u"))
@@ -124,3 +127,18 @@ def test_admit_checks_credential_state_and_uid() -> None:
         logic.admit(connected, AgentHello(cluster="edge-1", credential=credential, cluster_uid="other"))
     with pytest.raises(Unauthenticated, match="disconnected"):
         logic.admit(logic.disconnect(connected, NOW), hello)
+
+
+def test_an_agent_still_on_a_cmd_stream_is_told_to_upgrade() -> None:
+    record, token = registered()
+    connected, credential = logic.redeem(record, AgentBootstrap(token=token, cluster_uid="u"), NOW, KEY)
+    # An agent older than the protocol field sends none: it waits on a CMD_* consumer that no longer exists.
+    old = AgentHello(cluster="edge-1", credential=credential, cluster_uid="u", agent_version="0.1.0")
+    assert old.protocol == 1
+    with pytest.raises(Gone, match=r"agent 0\.1\.0 takes its commands from a CMD_\* stream .* upgrade the agent"):
+        logic.admit(connected, old)
+    # Credentials are checked first: a stranger learns nothing about protocols.
+    with pytest.raises(Unauthenticated):
+        logic.admit(connected, AgentHello(cluster="edge-1", credential="tac.edge-1.nope", cluster_uid="u"))
+    current = msgspec.structs.replace(old, protocol=AGENT_PROTOCOL)
+    assert logic.admit(connected, current).agent_version == "0.1.0"
