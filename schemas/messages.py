@@ -617,6 +617,14 @@ class Failure(msgspec.Struct, frozen=True, kw_only=True):
     at: float
 
 
+class Unseen(msgspec.Struct, frozen=True, kw_only=True):
+    """An operation written before a record's own that its cluster has not seen yet."""
+
+    op_id: str
+    generation: int
+    operation: Operation
+
+
 class WorkloadRecord(Message, frozen=True, tag="workload-record.v1"):
     """Lifecycle KV ``tether-desired``, key ``<cluster>.<kind>.<project>.<name>`` (``desired_key``): desired
     and observed."""
@@ -638,6 +646,11 @@ class WorkloadRecord(Message, frozen=True, tag="workload-record.v1"):
     conditions: tuple[Condition, ...] = ()
     phase: Phase = "Pending"
     """Kept by lifecycle on every write."""
+    earlier: tuple[Unseen, ...] = ()
+    """Operations written over before their cluster saw them, oldest first (at most lifecycle's
+    ``MAX_EARLIER``): each ends when the cluster reports its generation (its result), or one above it
+    (superseded by that operation: desired state is level-triggered, the cluster applied what was wanted
+    later)."""
 
 
 class WorkloadCreate(Message, frozen=True, tag="workload-create.v1"):

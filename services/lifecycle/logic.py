@@ -32,6 +32,7 @@ from schemas.messages import (
     Quota,
     Resources,
     Role,
+    Unseen,
     WorkloadCreate,
     WorkloadKind,
     WorkloadRecord,
@@ -54,6 +55,13 @@ MAX_RESENDS = 1_000
 MAX_ORPHAN_DELETES = 100
 """Deletes one inventory may cause; an inventory naming thousands of unknown objects must not flood the
 cluster's command stream (the rest wait for the next resync)."""
+SUPERSEDED_BY = "superseded by "
+"""How an operation superseded before its cluster saw it ends (its audit record's result), then the operation
+that superseded it."""
+MAX_EARLIER = 16
+"""Earlier operations a record remembers as not seen by its cluster (``WorkloadRecord.earlier``). The bucket
+keeps the last 5 records of an object, so an operation this far back can no longer reach its agent: one
+pushed out ends superseded by the operation that pushed it."""
 DEFAULT_VERSION = versions.DEFAULT_VERSION
 DEFAULT_RESOURCES: dict[str, Resources] = {
     "tenant": Resources(cpu=1.0, memory=2 * 1024**3),
@@ -288,8 +296,47 @@ def _bump(
         operation=operation,
         updated_at=now,
         last_activity=now if activity else record.last_activity,
+        earlier=_unseen(record)[-MAX_EARLIER:],
     )
     return with_conditions(new, now)
+
+
+# --- operations superseded before their cluster saw them ---------------------------------------------
+def _seen(record: WorkloadRecord, generation: int) -> bool:
+    """The cluster reported ``generation`` (or a later one) of ``record``: applied, or failed."""
+    obs, failure = record.observed, record.failure
+    return (obs is not None and obs.generation >= generation) or (
+        failure is not None and failure.generation >= generation
+    )
+
+
+def _unseen(record: WorkloadRecord) -> tuple[Unseen, ...]:
+    """The operations of ``record`` its cluster has not seen: its earlier ones, and its own unless seen."""
+    if _seen(record, record.generation):
+        return record.earlier
+    own = Unseen(op_id=record.op_id, generation=record.generation, operation=record.operation)
+    return (*record.earlier, own)
+
+
+def pushed_out(old: WorkloadRecord, new: WorkloadRecord) -> tuple[Unseen, ...]:
+    """The operations ``new`` (written over ``old``) no longer remembers although its cluster never saw them
+    (more than ``MAX_EARLIER``): superseded by ``new``'s operation."""
+    kept = {u.op_id for u in new.earlier}
+    return tuple(u for u in _unseen(old) if u.op_id not in kept and u.generation < new.generation)
+
+
+def settle_earlier(record: WorkloadRecord, result: CommandResult) -> tuple[WorkloadRecord, tuple[Unseen, ...]]:
+    """What ``result`` ends among the record's earlier operations. Its cluster saw the result's generation:
+    the operation of that generation ends with the result itself (applied or failed), and those below it
+    were superseded before the cluster saw them (by the result's operation, which it applied in their
+    place). Returns the record without them, and the superseded ones (oldest first)."""
+    if not record.earlier or result.generation > record.generation:
+        return record, ()
+    kept = tuple(u for u in record.earlier if u.generation > result.generation)
+    if len(kept) == len(record.earlier):
+        return record, ()
+    superseded = tuple(u for u in record.earlier if u.generation < result.generation)
+    return msgspec.structs.replace(record, earlier=kept), superseded
 
 
 def act(record: WorkloadRecord, action: Action, version: str, op_id: str, now: float) -> WorkloadRecord | None:
@@ -417,9 +464,10 @@ def result_outcome(record: WorkloadRecord, result: CommandResult) -> Literal["ap
 
 
 def confirm_deleted(record: WorkloadRecord, now: float) -> WorkloadRecord:
-    """The cluster shows the object gone (an inventory without it): make the record a tombstone."""
+    """The cluster shows the object gone (an inventory without it): make the record a tombstone (the earlier
+    operations it remembered are superseded by the deletion)."""
     observed = Observed(generation=record.generation, state="deleted", at=now)
-    return with_conditions(msgspec.structs.replace(record, observed=observed, updated_at=now), now)
+    return with_conditions(msgspec.structs.replace(record, observed=observed, updated_at=now, earlier=()), now)
 
 
 def touch(record: WorkloadRecord, last_activity: float, now: float) -> WorkloadRecord | None:

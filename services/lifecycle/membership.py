@@ -37,7 +37,10 @@ class MembershipFanout:
     async def _update(self, record: WorkloadRecord, membership: Membership, role: Role | None) -> None:
         k = workload_key(record.spec)
 
+        over: list[WorkloadRecord] = []  # the record the write replaced
+
         def update(current: WorkloadRecord) -> WorkloadRecord | None:
+            over[:] = [current]
             return logic.with_members(current, membership, new_op_id(), time.time(), role)
 
         before = await self.desired.get(k)
@@ -45,3 +48,4 @@ class MembershipFanout:
         if new is not None and before is not None and new.generation != before[0].generation:
             logger.info("access of %s changed: generation %d", k, new.generation)
             await self.sender.send(new)
+            await self.sender.superseded(new, logic.pushed_out(over[0], new), by=new.op_id)

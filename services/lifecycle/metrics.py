@@ -20,6 +20,10 @@ class Metrics:
         self.issued = meter.create_counter("tether.commands.issued", description="Commands sent to agents")
         self.applied = meter.create_counter("tether.commands.applied", description="Commands agents applied")
         self.failed = meter.create_counter("tether.commands.failed", description="Commands agents could not apply")
+        self.superseded = meter.create_counter(
+            "tether.commands.superseded",
+            description="Commands superseded by a newer one before their cluster saw them (coalesced)",
+        )
         self.resyncs = meter.create_counter("tether.resyncs", description="Inventories reconciled")
         self.latency = meter.create_histogram(
             "tether.command.latency",

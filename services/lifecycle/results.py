@@ -48,6 +48,7 @@ class Results:
         if logic.is_tombstone(record):
             return fresh  # a late copy of the deletion's result
         new, gone = logic.observe(record, result, time.time())
+        new, superseded = logic.settle_earlier(new, result)
         if new is record:
             return fresh
         try:
@@ -58,6 +59,9 @@ class Results:
             # Another replica (or an action) wrote the record meanwhile: redelivered, the result is folded
             # into the new one (dropping it would leave the record out of sync until the next resync).
             raise Unavailable(f"{k} changed while a result was being recorded") from None
+        # Decided on the record the write replaced (compare-and-set): the cluster applied this generation
+        # without ever seeing those below it.
+        await self.sender.superseded(new, superseded, by=result.op_id)
         await self._count(record, new, result)
         await self._announce(k, record, new, result, gone)
         return True

@@ -148,6 +148,7 @@ class InventoryResync:
                 continue
             await self.desired.write(k, logic.confirm_deleted(found[0], now), found[1])
             await self.sender.announce_deleted(record)
+            await self.sender.superseded(found[0], found[0].earlier, by=found[0].op_id)
             await progress.tick()
 
     async def _record_activity(

@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Sequence
 
 from opentelemetry import trace
 
 from schemas import subjects
 from schemas.audit import AuditRecord
-from schemas.messages import CommandResult, EventPhase, WorkloadEvent, WorkloadRecord, WorkloadSpec, clip
+from schemas.messages import CommandResult, EventPhase, Unseen, WorkloadEvent, WorkloadRecord, WorkloadSpec, clip
 from services.bus import Bus
 from services.lifecycle import logic
 from services.lifecycle.metrics import Metrics
@@ -82,6 +83,25 @@ class Sender:
         )
         await self.bus.publish(subjects.audit_command(spec.cluster), audit, msg_id=f"audit-{op}")
         self.metrics.issued.add(1, {"cluster": spec.cluster})
+
+    async def superseded(self, record: WorkloadRecord, ops: Sequence[Unseen], by: str) -> None:
+        """Each of ``ops`` (earlier operations on ``record``'s object its cluster never saw) ends superseded by
+        the operation ``by``: its audit record says so, next to the one that said it was issued (one per
+        operation, the message id)."""
+        spec = record.spec
+        for op in ops:
+            audit = AuditRecord(
+                kind="command",
+                at=time.time(),
+                user=record.created_by,
+                action=op.operation,
+                target=f"{spec.kind}/{spec.project}/{spec.name}",
+                cluster=spec.cluster,
+                result=f"{logic.SUPERSEDED_BY}{by}",
+                op_id=op.op_id,
+            )
+            await self.bus.publish(subjects.audit_command(spec.cluster), audit, msg_id=f"superseded-{op.op_id}")
+            self.metrics.superseded.add(1, {"cluster": spec.cluster})
 
     async def announce(self, old: WorkloadRecord | None, new: WorkloadRecord, reason: str = "") -> None:
         """The phase ``new`` entered, if it is not ``old``'s."""

@@ -114,6 +114,7 @@ class Workloads:
         await all_done(
             self.sender.send(new, by=req.by, call=req.call),
             self.sender.announce(record, new, req.action.capitalize()),
+            self.sender.superseded(new, logic.pushed_out(record, new), by=new.op_id),
         )
         return new
 

@@ -85,6 +85,48 @@ async def test_commands_issued_during_an_outage_apply_once_in_order(stack: Stack
     assert await wait_for(planes, what="control planes in health") == {"t0": (1, 1), "t1": (0, 0), "t2": (1, 1)}
 
 
+async def test_operations_superseded_during_an_outage_end_superseded(stack: Stack, tmp_path: Path) -> None:
+    """Desired state is level-triggered: while its cluster is away, a tenant gets more operations than the
+    bucket keeps records of it (5). Back, the agent applies what is still kept, in order, and the newest once;
+    every operation it never saw ends "superseded by" the one it applied instead, in the audit trail."""
+    state = tmp_path / "c1"
+    agent = await stack.connected("c1", state)
+    await project(stack)
+    await tenant(stack, "t1", cluster="c1", version="v1.35")
+    await stack.wait_synced("tenant", "p1", "t1")
+    before = len(applied(state))
+
+    agent.stop()
+    await stack.wait_online("c1", online=False)
+    issued: list[tuple[str, int]] = []
+    for i in range(8):
+        w = await stack.ok("POST", f"/api/v1/projects/p1/tenants/t1/{'sleep' if i % 2 == 0 else 'wake'}")
+        issued.append((w["desired"]["op_id"], w["desired"]["generation"]))
+
+    stack.agent(state)
+    await stack.wait_online("c1")
+    t1 = await stack.wait_synced("tenant", "p1", "t1")
+    assert t1["desired"]["op_id"] == issued[-1][0] and t1["desired"]["state"] == "running"
+    log = applied(state)[before:]
+    gens = [e["generation"] for e in log]
+    assert gens == sorted(set(gens)), f"applied out of order or twice: {gens}"
+    assert (log[-1]["op_id"], log[-1]["generation"]) == issued[-1], "the newest is the last applied"
+    ran = {e["op_id"]: e["generation"] for e in log}
+    unseen = [(op, gen) for op, gen in issued if op not in ran]
+    assert unseen, "more operations than the bucket keeps per object: some were never delivered"
+
+    async def superseded() -> dict[str, str] | None:
+        items = (await stack.ok("GET", "/api/v1/audit", params={"cluster": "c1"}))["items"]
+        ends = {i["op_id"]: i["result"] for i in items if i["kind"] == "command" and i["result"] != "issued"}
+        return ends if all(op in ends for op, _ in unseen) else None
+
+    ends = await wait_for(superseded, what="the unseen operations to end superseded", timeout=30)
+    for op, gen in unseen:
+        by = ends[op].removeprefix("superseded by ")
+        assert ends[op] != by and ran.get(by, 0) > gen, f"{op} (generation {gen}): {ends[op]}"
+    assert not [op for op in ran if op in ends], "an applied operation was said superseded"
+
+
 async def test_a_record_written_again_is_not_applied_again(stack: Stack, tmp_path: Path) -> None:
     """The agent follows the desired state: the same record written again (a copy of an operation, with its
     result folded in or not) is delivered again and found applied, never applied twice."""

@@ -305,3 +305,58 @@ def test_the_apis_schema_says_lifecycles_defaults() -> None:
     gib = 1024**3
     memory = f"default {tenant.memory // gib} Gi (tenant cluster), {space.memory // gib} Gi (space)"
     assert memory in str(fields["memory"].description)
+
+
+# --- operations superseded before their cluster saw them (desired state is level-triggered) ---------------
+def toggled(r: WorkloadRecord, times: int) -> WorkloadRecord:
+    """``times`` sleep/wake operations on ``r`` while its cluster reports nothing."""
+    for i in range(times):
+        nxt = logic.act(r, "sleep" if r.spec.state == "running" else "wake", "", f"op-{r.generation + 1}", NOW + i)
+        assert nxt is not None
+        r = nxt
+    return r
+
+
+def test_an_operation_written_over_before_its_cluster_saw_it_is_remembered() -> None:
+    r = tenant()
+    applied, _ = logic.observe(r, result(r), NOW)
+    r = toggled(applied, 3)  # generations 2, 3, 4: the cluster saw none of them
+    assert r.generation == 4
+    assert [(u.op_id, u.generation, u.operation) for u in r.earlier] == [("op-2", 2, "sleep"), ("op-3", 3, "wake")]
+    # An operation its cluster did see (applied, or failed) is not remembered.
+    seen, _ = logic.observe(r, result(r, ok=False, reason="Broken"), NOW)
+    assert [u.generation for u in toggled(seen, 1).earlier] == [2, 3]
+
+
+def test_a_result_ends_the_operations_below_its_generation_as_superseded() -> None:
+    r = toggled(tenant(), 5)  # generations 1 (create) to 6, none seen
+    assert [u.generation for u in r.earlier] == [1, 2, 3, 4, 5]
+    # The cluster was away, came back and applied generation 4 (1-3 left the bucket's history meanwhile).
+    at_4 = result(r, op_id="op-4", generation=4, state="running")
+    observed, _ = logic.observe(r, at_4, NOW)
+    settled, superseded = logic.settle_earlier(observed, at_4)
+    assert [(u.op_id, u.generation) for u in superseded] == [("op-t1", 1), ("op-2", 2), ("op-3", 3)]
+    assert [u.generation for u in settled.earlier] == [5]  # 4 ended with its result; 5 may still come
+    # The newest applied: nothing earlier is left; a repeat of the same result ends nothing more.
+    last = result(r)
+    done, more = logic.settle_earlier(logic.observe(settled, last, NOW)[0], last)
+    assert [u.generation for u in more] == [5] and done.earlier == () and logic.in_sync(done)
+    assert logic.settle_earlier(done, last) == (done, ())
+    # A result from the future (refused elsewhere) ends nothing.
+    assert logic.settle_earlier(r, result(r, generation=r.generation + 1)) == (r, ())
+
+
+def test_operations_pushed_out_of_a_full_memory_end_superseded_by_the_newest() -> None:
+    r = toggled(tenant(), logic.MAX_EARLIER)
+    assert len(r.earlier) == logic.MAX_EARLIER and logic.pushed_out(tenant(), r) == ()
+    nxt = toggled(r, 1)
+    assert len(nxt.earlier) == logic.MAX_EARLIER
+    assert [u.op_id for u in logic.pushed_out(r, nxt)] == ["op-t1"]
+    assert nxt.earlier[0].generation == 2
+
+
+def test_a_confirmed_deletion_forgets_the_earlier_operations() -> None:
+    r = toggled(tenant(), 2)
+    deleting = logic.act(r, "delete", "", "op-del", NOW)
+    assert deleting is not None and len(deleting.earlier) == 3
+    assert logic.confirm_deleted(deleting, NOW).earlier == ()
