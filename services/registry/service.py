@@ -345,16 +345,19 @@ class Registry:
 
     async def hello(self, req: AgentHello, caller: str) -> AgentWelcome:
         logic.check_caller(caller, req.cluster)
-        record, revision = await self._record(req.cluster)
+        with self.steps.timed("hello: record"):
+            record, revision = await self._record(req.cluster)
         admitted = logic.admit(record, req)
         if admitted != record:
-            await self.clusters.update(record.name, admitted, revision)
-        fresh = await self.new_consumers.settled(record.name)
+            with self.steps.timed("hello: record update"):
+                await self.clusters.update(record.name, admitted, revision)
         # Also at every hello: a consumer lost with its stream comes back when its agent reconnects. Not at the
         # first hello after the bootstrap whose creation made it (an agent whose fetch finds the consumer
         # missing looks it up and asks again with a hello).
-        if not fresh:
-            await self.bus.ensure_agent_consumer(record.name)
+        with self.steps.timed("hello: consumer (creation awaited, or looked up)"):
+            fresh = await self.new_consumers.settled(record.name)
+            if not fresh:
+                await self.bus.ensure_agent_consumer(record.name)
         # Named in the answer: the agent binds to it without a look-up of its own (one JetStream API request
         # fewer per connect; the longest wait of 10,000 agents connecting, p50 4 s, was that look-up).
         return AgentWelcome(

@@ -1,7 +1,8 @@
-"""How long each step of an agent's bootstrap takes in the registry (``tether.registry.bootstrap.step``).
+"""How long each step of an agent's bootstrap and hello takes in the registry (``tether.registry.bootstrap.step``).
 
 The benchmark reads it from the registry's Prometheus port to say where an agent's token exchange goes
-(record read, UID claim, token spent, consumer and event, JWT signed); an operator sees the same.
+(record read, UID claim, token spent, consumer and event, JWT signed) and its hellos (``hello: ...``: record
+read and check, consumer made sure of); an operator sees the same.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class Steps:
             self._histogram = meter.create_histogram(
                 "tether.registry.bootstrap.step",
                 unit="s",
-                description="Seconds each step of an agent's bootstrap took in the registry",
+                description="Seconds each step of an agent's bootstrap (and hello: 'hello: ...') took in the registry",
                 explicit_bucket_boundaries_advisory=STEP_BUCKETS,
             )
 

@@ -165,10 +165,19 @@ class Fleet:
             total[key] = max(p[key] for p in parts)
         return total
 
-    async def steps(self) -> dict[str, list[float]]:
-        """Every worker's connect-path step durations (``tests.bench.steps``), merged."""
+    async def times(self, since: float) -> dict[str, list[float]]:
+        """Every live agent's seconds after ``since`` of its last reconnect, hello and inventory, merged."""
         merged: dict[str, list[float]] = {}
-        for part in await self.ask_all(op="steps"):
+        for part in await self.ask_all(op="times", since=since):
+            for what, values in part.items():
+                if what != "id":
+                    merged.setdefault(what, []).extend(values)
+        return merged
+
+    async def steps(self, *, clear: bool = False) -> dict[str, list[float]]:
+        """Every worker's connect-path step durations (``tests.bench.steps``), merged; ``clear``: then forgotten."""
+        merged: dict[str, list[float]] = {}
+        for part in await self.ask_all(op="steps", clear=clear):
             for step, values in part["steps"].items():
                 merged.setdefault(step, []).extend(values)
         return merged

@@ -795,6 +795,7 @@ class Bench:
 
         pending = await asyncio.gather(*(issue(t) for t in targets))
         log(f"(5) {len(pending)} commands issued and held back; restarting NATS and the services")
+        await self.fleet.steps(clear=True)  # from here on, the agents' steps of the restart only
         stop_t = time.time()
         for name in reversed(SERVICES):
             self.stack.services[name].stop()
@@ -808,6 +809,7 @@ class Bench:
         for name in SERVICES:
             self.stack.restart_service(name)
         nats_ready = time.time()
+        cpu_start = self.cpu()
         log(f"(5) NATS back after {nats_ready - t0:.1f}s; waiting for {self.n} agents")
 
         back = resynced = applied = 0.0
@@ -866,8 +868,24 @@ class Bench:
             "lost": lost,
             "applied_twice": twice,
             "last_stats": stats,
+            "profile": await self.restart_profile(t0, cpu_start),
         }
+        for line in restart_profile(self.results["storm"]["profile"]):
+            log(f"(5) {line}")
         log(f"(5) storm: total {self.results['storm']['total_s']:.1f}s; lost {lost}, twice {twice}")
+
+    async def restart_profile(self, t0: float, cpu_start: dict[str, float]) -> dict[str, Any]:
+        """Where the restart's time went: each agent's reconnect, hello and inventory after NATS was started
+        again, the agents' steps since, the registry's hello steps, CPU by process since the services were
+        started again."""
+        assert self.fleet is not None
+        cpu_end = self.cpu()
+        return {
+            "after_start": {what: summary(v) for what, v in (await self.fleet.times(since=t0)).items()},
+            "steps": steps.summary(await self.fleet.steps()),
+            "registry_steps": registry_steps(await self.stack.scrape("registry")),
+            "cpu_s": {p: cpu_end[p] - cpu_start.get(p, 0.0) for p in cpu_end},
+        }
 
     def check_ledgers(self, pending: list[Issued]) -> tuple[int, int]:
         """Commands (of this run) missing from, or twice in, their cluster's apply ledger."""
@@ -913,16 +931,36 @@ def connect_profile(c: dict[str, Any]) -> list[str]:
     lines = [f"CPU over the {took:.1f}s to all bound: {cpu}"]
     if "traffic" in c:
         lines += traffic.render(c["traffic"], "agent connect", "heartbeats of the online agents included")
-    for step, s in c.get("steps", {}).items():
-        lines.append(
-            f"  {step}: {s['calls']:.0f} calls, p50 {s['p50'] * 1e3:.1f} ms, p99 {s['p99'] * 1e3:.1f} ms, "
-            f"max {s['max'] * 1e3:.0f} ms, {s['total_s']:.1f} agent-s"
-        )
-    for step, s in c.get("registry_steps", {}).items():
-        lines.append(
-            f"  registry bootstrap, {step}: {s['count']:.0f} calls, mean {s['mean'] * 1e3:.1f} ms, "
-            f"p50 ≤ {s['p50_le'] * 1e3:g} ms, p99 ≤ {s['p99_le'] * 1e3:g} ms"
-        )
+    return lines + step_lines(c.get("steps", {}), c.get("registry_steps", {}))
+
+
+def restart_profile(p: dict[str, Any]) -> list[str]:
+    """Lines: when agents reconnected, said hello and sent their inventory after NATS started; their steps; the
+    registry's; CPU by process."""
+    lines = [
+        f"agents' {what} after NATS started: {s['count']} agents, p50 {s['p50']:.1f} s, p99 {s['p99']:.1f} s, "
+        f"last {s['max']:.1f} s"
+        for what, s in p.get("after_start", {}).items()
+        if s.get("count")
+    ]
+    cpu = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(p.get("cpu_s", {}).items(), key=lambda x: -x[1]))
+    lines.append(f"CPU since the services started again: {cpu}")
+    lines += step_lines(p.get("steps", {}), p.get("registry_steps", {}))
+    return lines
+
+
+def step_lines(agent_steps: dict[str, Any], registry: dict[str, Any]) -> list[str]:
+    """One line per agent step (calls, p50, p99, max, agent-seconds) and per registry step (calls, mean)."""
+    lines = [
+        f"  {step}: {s['calls']:.0f} calls, p50 {s['p50'] * 1e3:.1f} ms, p99 {s['p99'] * 1e3:.1f} ms, "
+        f"max {s['max'] * 1e3:.0f} ms, {s['total_s']:.1f} agent-s"
+        for step, s in agent_steps.items()
+    ]
+    lines += [
+        f"  registry, {step}: {s['count']:.0f} calls, mean {s['mean'] * 1e3:.1f} ms, "
+        f"p50 ≤ {s['p50_le'] * 1e3:g} ms, p99 ≤ {s['p99_le'] * 1e3:g} ms"
+        for step, s in registry.items()
+    ]
     return lines
 
 

@@ -15,6 +15,10 @@ Requests (stdin) and their answers (stdout, ``{"id": <request id>, ...}``):
 - ``{"op": "gate", "open": bool}``: while closed, no agent fetches a command (they stay connected).
 - ``{"op": "stats", "since": t}``: counts (connected, reconnected/inventory sent after ``since``,
   command consumers created or updated), the latest of those times, and this process's RSS.
+- ``{"op": "times", "since": t}``: per live agent, seconds after ``since`` of its last reconnect, hello and
+  inventory (those after ``since``).
+- ``{"op": "steps", "clear": bool}``: the connect path's step durations so far (``tests.bench.steps``);
+  with ``clear``, forgotten after the answer (a later phase then sees only its own).
 - ``{"op": "stop"}``: stop every agent in order, answer, exit.
 """
 
@@ -61,6 +65,7 @@ class BenchAgent(Agent):
         super().__init__(settings, **kwargs)
         self.gate = gate
         self.reconnected_at = 0.0
+        self.hello_at = 0.0
         self.up_at = 0.0
 
     @property
@@ -94,6 +99,10 @@ class BenchAgent(Agent):
 
     def _note_reconnect(self) -> None:
         self.reconnected_at = time.time()
+
+    def _after_hello(self) -> None:
+        self.hello_at = time.time()  # a hello after a reconnect (the first one is part of ``up_at``)
+        super()._after_hello()
 
     async def kill(self) -> float:
         """Die without a goodbye: the heartbeats stop, the socket closes, nothing is drained."""
@@ -201,8 +210,22 @@ class Worker:
                 "inventoried_last": max(inventories, default=0.0),
                 "rss": rss_bytes(),
             }
+        if op == "times":
+            since = float(req["since"])
+            live = [a for a in self.agents.values() if a._main is not None and not a._main.done()]
+            return {
+                what: [t - since for t in (getattr(a, attr) for a in live) if t > since]
+                for what, attr in (
+                    ("reconnected", "reconnected_at"),
+                    ("hello", "hello_at"),
+                    ("inventory", "inventory_at"),
+                )
+            }
         if op == "steps":
-            return {"steps": steps.STEPS}
+            answer = {"steps": dict(steps.STEPS)}
+            if req.get("clear"):
+                steps.STEPS.clear()
+            return answer
         if op == "stop":
             await asyncio.gather(*(a.stop() for a in self.agents.values()), return_exceptions=True)
             return {"stopped": len(self.agents)}
