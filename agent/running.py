@@ -222,8 +222,11 @@ class Agent:
             tracer=self._tracer_provider.get_tracer("tether.agent"),
             metrics=self.metrics,
         )
-        # The hello just made sure of the consumer: bound without asking JetStream again.
-        self._commands.queue.confirmed(session.consumer)
+        # The hello just made sure of the consumer: bound without asking JetStream again. The hellos after a
+        # reconnect say whether it is still bound and found, so the platform need not look it up either.
+        queue = self._commands.queue
+        queue.confirmed(session.consumer)
+        session.consumer_bound = lambda: queue.fetching
         conn.on_reconnected(self.metrics.reconnected)
         context = Context(connection=conn, cluster=cluster, driver=driver, tracer_provider=self._tracer_provider)
         for name, make in CAPABILITIES:

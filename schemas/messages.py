@@ -254,6 +254,10 @@ class AgentHello(Message, frozen=True, tag="agent-hello.v1"):
     driver: Short = ""
     protocol: int = 1
     """``AGENT_PROTOCOL`` of the agent; absent (1) from agents older than the field."""
+    consumer_bound: bool = False
+    """The agent is bound to its command consumer and its fetches find it (a hello after a reconnect): the
+    registry need not look it up. False (and from older agents): the registry makes sure of it. An agent whose
+    fetch finds the consumer gone says hello again with False."""
 
 
 class AgentWelcome(Message, frozen=True, tag="agent-welcome.v1"):

@@ -175,6 +175,11 @@ class CommandQueue:
         """Whether commands can be fetched (the consumer is declared and bound)."""
         return self._sub is not None
 
+    @property
+    def fetching(self) -> bool:
+        """Bound, and no fetch has found the consumer gone since (what a hello tells the platform)."""
+        return self._sub is not None and not self._stale
+
     def invalidate(self) -> None:
         """After a reconnect: end the fetch in progress (its pull request did not survive the link); the next
         is asked at once. Safe from a callback."""

@@ -120,6 +120,8 @@ class Session:
         self.heartbeat_interval = settings.heartbeat_interval or DEFAULT_HEARTBEAT_INTERVAL
         self.consumer = ""
         """The command consumer the platform's last welcome said it made sure of ("" when it named none)."""
+        self.consumer_bound: Callable[[], bool] = lambda: False
+        """Whether the command consumer is bound and found by its fetches (told in each hello)."""
         self.reconnected = asyncio.Event()
         """Set after every reconnect (and when the command consumer is missing): say hello again."""
         self._control: Subscription | None = None
@@ -220,6 +222,7 @@ class Session:
             kubernetes_version=health.kubernetes_version,
             driver=self._driver,
             protocol=AGENT_PROTOCOL,
+            consumer_bound=self.consumer_bound(),
         )
         try:
             welcome = await call(

@@ -354,6 +354,10 @@ class Registry:
         # Also at every hello: a consumer lost with its stream comes back when its agent reconnects. Not at the
         # first hello after the bootstrap whose creation made it (an agent whose fetch finds the consumer
         # missing looks it up and asks again with a hello).
+        # Not when the agent says it is bound and fetching (a hello after a reconnect): after a restart of NATS
+        # 10,000 such look-ups queued on JetStream's API for nothing.
+        if req.consumer_bound:
+            return AgentWelcome(cluster=record.name, heartbeat_interval=self.settings.heartbeat_interval)
         with self.steps.timed("hello: consumer (creation awaited, or looked up)"):
             fresh = await self.new_consumers.settled(record.name)
             if not fresh:

@@ -26,32 +26,48 @@ from agent.running import Agent
 from agent.settings import AgentSettings
 from schemas import subjects
 from schemas.credentials import agent_inbox_prefix
-from schemas.messages import ClusterConnectInfo, ClusterCreate
+from schemas.errors import TetherError
+from schemas.messages import AgentWelcome, ClusterConnectInfo, ClusterCreate, decode
 from services.bus.endpoints import call
 from services.bus.streams import ensure_agent_consumer
 from services.platform.natsd import NatsServer
 from tests.harness import registry_in_process, wait_for
 
 CLUSTER = "c1"
+OWN_INBOX = "_INBOX_test"
+"""The test's own requests (its look-ups of the consumer) come back here: not counted."""
 
 
 @dataclass
 class LookUps:
-    """``CONSUMER.INFO`` requests for the cluster's consumer sent from the agent's own inbox."""
+    """``CONSUMER.INFO`` requests for the cluster's consumer (``seen``: from the agent's own inbox; ``by_all``:
+    from anyone but the test, the registry included), and the answers to the agent's hellos (``welcomes``)."""
 
     seen: list[str] = field(default_factory=list)
+    by_all: list[str] = field(default_factory=list)
+    welcomes: int = 0
 
     async def note(self, msg: Msg) -> None:
-        if msg.reply.startswith(agent_inbox_prefix(CLUSTER)) and msg.subject.endswith(
-            "." + subjects.agent_consumer(CLUSTER)
-        ):
-            self.seen.append(msg.subject)
+        if msg.subject.endswith("." + subjects.agent_consumer(CLUSTER)) and not msg.reply.startswith(OWN_INBOX):
+            self.by_all.append(msg.subject)
+            if msg.reply.startswith(agent_inbox_prefix(CLUSTER)):
+                self.seen.append(msg.subject)
+
+    async def reply(self, msg: Msg) -> None:
+        # Not by listening to the hellos themselves: a listener is interest, so a hello sent before the
+        # registry is back would wait for its answer instead of being told at once that nobody answers.
+        with contextlib.suppress(TetherError):
+            decode(msg.data, AgentWelcome)
+            self.welcomes += 1
 
 
 @dataclass
 class Platform:
     url: str
     nc: Client
+    """The test's JetStream requests (replies to ``OWN_INBOX``)."""
+    services: Client
+    """The test's requests to the registry (which answers only into the usual inboxes)."""
     looked_up: LookUps
 
     async def consumer_exists(self, stream: str) -> bool:
@@ -77,20 +93,27 @@ class Platform:
 async def platform(nats_server: NatsServer) -> AsyncIterator[Platform]:
     await nats_server.wait_ready()
     nc = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    own = await nats.connect(
+        nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, inbox_prefix=OWN_INBOX
+    )
     looked_up = LookUps()
     await nc.subscribe("$JS.API.CONSUMER.INFO.>", cb=looked_up.note)
+    await nc.subscribe(f"{agent_inbox_prefix(CLUSTER)}.>", cb=looked_up.reply)
     try:
         # The registry declares what the agents' consumers live on, and makes each agent's consumer.
         async with registry_in_process(nats_server.url):
-            yield Platform(url=nats_server.url, nc=nc, looked_up=looked_up)
+            yield Platform(url=nats_server.url, nc=own, services=nc, looked_up=looked_up)
     finally:
+        await own.close()
         await nc.close()
 
 
 async def test_the_agent_binds_to_the_consumer_its_hello_named_without_a_look_up(
     platform: Platform, nats_server: NatsServer, tmp_path: Path
 ) -> None:
-    info = await call(platform.nc, subjects.Registry.CLUSTER_CREATE, ClusterCreate(name=CLUSTER), ClusterConnectInfo)
+    info = await call(
+        platform.services, subjects.Registry.CLUSTER_CREATE, ClusterCreate(name=CLUSTER), ClusterConnectInfo
+    )
     settings = AgentSettings(
         server=platform.url, token=info.token, state_dir=tmp_path / "agent", heartbeat_interval=0.5
     )
@@ -100,8 +123,12 @@ async def test_the_agent_binds_to_the_consumer_its_hello_named_without_a_look_up
         seq = await platform.probe(queue.stream)
         await wait_for(lambda: platform.delivered(queue.stream, seq), what="the probe taken", timeout=30)
         assert platform.looked_up.seen == [], "the agent looked up the consumer its hello had named"
+        looked_up = platform.looked_up
+        assert looked_up.by_all == [], "the first hello looked up the consumer its bootstrap had just made"
 
-        # A restart of NATS: the consumer survives (file storage); the agent fetches again, looks nothing up.
+        # A restart of NATS: the consumer survives (file storage); the agent fetches again and says hello,
+        # bound and fetching: neither it nor the registry looks the consumer up.
+        welcomed = looked_up.welcomes
         nats_server.stop()
         await asyncio.sleep(0.5)
         nats_server.start()
@@ -109,7 +136,9 @@ async def test_the_agent_binds_to_the_consumer_its_hello_named_without_a_look_up
         await wait_for(lambda: agent.connection.is_connected and platform.nc.is_connected, what="reconnects")
         seq = await platform.probe(queue.stream)
         await wait_for(lambda: platform.delivered(queue.stream, seq), what="the probe after the restart")
-        assert platform.looked_up.seen == [], "the agent looked its consumer up after a reconnect"
+        await wait_for(lambda: looked_up.welcomes > welcomed, what="the hello after the restart answered", timeout=30)
+        assert looked_up.seen == [], "the agent looked its consumer up after a reconnect"
+        assert looked_up.by_all == [], "the registry looked up the consumer of an agent bound to it"
         assert queue.declarations == 0
 
         # The consumer goes away (as with its stream): the next fetch finds out, the agent looks it up, and it
