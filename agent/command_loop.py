@@ -24,12 +24,13 @@ from agent.statuses import StatusReporter
 from agent.telemetry import AgentMetrics
 from schemas import subjects
 from schemas.errors import Unavailable
-from schemas.messages import CommandResult
+from schemas.messages import CommandResult, ResultRecorded
 
 logger = logging.getLogger(__name__)
 
-PUBLISH_TIMEOUT = 5.0
-"""Seconds to wait for a stream to acknowledge a result."""
+RECORD_TIMEOUT = 5.0
+"""Seconds to wait for lifecycle's answer to a result (it answers a queued one within 2 s or says when to
+come back)."""
 STATUS_INTERVAL = 2.0
 """Seconds at most between two looks at the workloads' status (a tenant becoming Ready is reported within it)."""
 
@@ -52,23 +53,25 @@ class CommandLoop:
         # A consumer found missing (its stream re-created) is created again by the platform at a hello.
         self.queue = CommandQueue(conn, cluster, on_missing=on_missing)
         conn.on_reconnected(self.queue.invalidate)
-        result_subject = subjects.evt(cluster, subjects.EVT_RESULT)
-        self.applier = CommandApplier(
-            cluster, driver, self.publish_result, result_subject=result_subject, tracer=tracer, metrics=metrics
-        )
+        self._result_subject = subjects.agent_call(subjects.Lifecycle.AGENT_RESULT, cluster)
+        self._one_result = asyncio.Lock()
+        """One result request at a time, command path and statuses together: lifecycle gets them in order."""
+        self.applier = CommandApplier(cluster, driver, self.record_result, tracer=tracer, metrics=metrics)
         self.statuses: StatusReporter | None = None
         if isinstance(driver, StatusReporting):
-            self.statuses = StatusReporter(cluster, driver, self._publish, result_subject=result_subject)
+            self.statuses = StatusReporter(cluster, driver, self._record)
         self.in_flight: asyncio.Task[object] | None = None
         self._stopping = asyncio.Event()
 
-    async def _publish(self, subject: str, result: CommandResult, msg_id: str) -> None:
-        await self._conn.js_publish(subject, result, msg_id=msg_id, timeout=PUBLISH_TIMEOUT)
+    async def _record(self, result: CommandResult) -> ResultRecorded:
+        async with self._one_result:
+            return await self._conn.request(self._result_subject, result, ResultRecorded, RECORD_TIMEOUT)
 
-    async def publish_result(self, subject: str, result: CommandResult, msg_id: str) -> None:
-        await self._publish(subject, result, msg_id)
+    async def record_result(self, result: CommandResult) -> ResultRecorded:
+        answer = await self._record(result)
         if self.statuses is not None:
             self.statuses.note(result)
+        return answer
 
     def stop(self) -> None:
         """Fetch no more; the command being applied goes on (``finish``)."""

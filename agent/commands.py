@@ -10,16 +10,20 @@ The order is what makes a command *exactly once in effect* (promises 3 and 8):
 1. the driver applies idempotently: an object already at the command's
    generation (or a later one) is left alone, so a redelivery never applies
    twice;
-2. the result is published into the EVT stream with
-   ``Nats-Msg-Id: result-<op_id>-<generation>`` and retried with the same id
-   until the stream acknowledges it;
+2. the agent asks lifecycle to record the result in the desired state
+   (a request on its own cluster's subject, ``Lifecycle.AGENT_RESULT``),
+   and asks again, with jittered exponential backoff and the message kept
+   in progress, until lifecycle answers: it answers once the record is
+   durable, and a repeated result is answered "already" without a second
+   write;
 3. only then is the command acknowledged.
 
 A ``kill -9`` anywhere therefore never applies twice (step 1) and never loses a
-result (the command is redelivered, the result published again, and the
-stream drops the copy when the first one had landed).
+result (the command is redelivered, the driver finds it done, and the result is
+asked for again). A lifecycle outage holds the cluster's next command until
+lifecycle is back: nothing is lost, nothing applied twice.
 
-Pure of ``nats``: the delivery and the publisher are small protocols, so this
+Pure of ``nats``: the delivery and the request are small protocols, so this
 is tested with fakes; ``agent.bus`` provides the real ones.
 """
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -40,12 +45,13 @@ from agent.drivers import Driver
 from agent.errors import DriverError
 from agent.telemetry import AgentMetrics
 from schemas import subjects, tracing
-from schemas.errors import InvalidInput, Unavailable
+from schemas.errors import Internal, InvalidInput, Overloaded, TetherError, Unavailable
 from schemas.messages import (
     MAX_KEPT_TEXT,
     MAX_SHORT,
     Command,
     CommandResult,
+    ResultRecorded,
     WorkloadKind,
     WorkloadRecord,
     clip,
@@ -63,8 +69,11 @@ KEEPALIVE_EVERY = 10.0
 (a third of the consumer's 30 s ack wait)."""
 NAK_BACKOFF = (1.0, 60.0)
 """(base, cap) seconds before a command whose cluster was unreachable is delivered again."""
-PUBLISH_BACKOFF = (0.2, 10.0)
-"""(base, cap) seconds between attempts to publish a result."""
+RECORD_BACKOFF = (0.2, 10.0)
+"""(base, cap) seconds between requests to record a result that got no answer."""
+OVERLOAD_JITTER = 0.25
+"""A busy lifecycle's retry-after is stretched by up to this fraction at random (callers told the same time
+do not come back together)."""
 ACK_RETRY_FOR = 15.0
 """Seconds an applied command's acknowledgement is retried before it is left to the server's redelivery
 (a repeated ack is harmless: the server confirms it again)."""
@@ -96,13 +105,9 @@ class Receipt(Protocol):
     async def in_progress(self) -> None: ...
 
 
-PublishOnce = Callable[[str, CommandResult, str], Awaitable[object]]
-"""``(subject, result, msg_id)``: publish into the EVT stream once; raise Unavailable on failure."""
-
-
-def result_msg_id(op_id: str, generation: int) -> str:
-    """The ``Nats-Msg-Id`` of a command's result: the same for every redelivery of the command."""
-    return f"result-{op_id}-{generation}"
+RecordOnce = Callable[[CommandResult], Awaitable[ResultRecorded]]
+"""Ask lifecycle once to record a result; its answer. Raises Unavailable (Overloaded: with a retry-after)
+when there was none, or the ``TetherError`` lifecycle answered with."""
 
 
 class _AttributableSpec(msgspec.Struct, kw_only=True):
@@ -174,9 +179,8 @@ class CommandApplier:
         self,
         cluster: str,
         driver: Driver,
-        publish: PublishOnce,
+        record: RecordOnce,
         *,
-        result_subject: str,
         keepalive_every: float = KEEPALIVE_EVERY,
         clock: Callable[[], float] = time.time,
         tracer: Tracer | None = None,
@@ -186,8 +190,7 @@ class CommandApplier:
         self._metrics = metrics
         self.cluster = cluster
         self.driver = driver
-        self._publish = publish
-        self._subject = result_subject
+        self._record = record
         self._keepalive_every = keepalive_every
         self._clock = clock
         self.applied = 0
@@ -261,7 +264,7 @@ class CommandApplier:
                     message=clip(outcome.message, MAX_KEPT_TEXT),
                 )
         self._count(result, time.monotonic() - started)
-        await self.publish(result)
+        await self.report(result)
         await self._settle(receipt, "ack")
         return Handled("acked", result)
 
@@ -296,7 +299,7 @@ class CommandApplier:
                 message=clip(problem, MAX_KEPT_TEXT),
                 at=self._clock(),
             )
-            await self.publish(result)
+            await self.report(result)
         await self._settle(receipt, "term")
         return Handled("terminated", result)
 
@@ -329,25 +332,34 @@ class CommandApplier:
             at=self._clock(),
         )
 
-    async def publish(self, result: CommandResult) -> None:
-        """Publish ``result`` until the stream acknowledges it, always with the same message id."""
-        msg_id = result_msg_id(result.op_id, result.generation)
+    async def report(self, result: CommandResult) -> ResultRecorded | None:
+        """Ask lifecycle to record ``result`` until it answers; its answer (None: it refused the result,
+        logged: asking again would get the same answer). Unanswered requests are asked again with jittered
+        exponential backoff (a busy lifecycle's retry-after, when it gives one); the caller keeps its
+        command in progress meanwhile."""
+        what = f"result of {result.kind} {result.project}/{result.name} generation {result.generation}"
         attempt = 0
         while True:
             try:
-                await self._publish(self._subject, result, msg_id)
-            except Unavailable as exc:
-                delay = backoff_delay(attempt, base=PUBLISH_BACKOFF[0], cap=PUBLISH_BACKOFF[1])
+                answer = await self._record(result)
+            except Overloaded as exc:
+                delay = exc.retry_after * random.uniform(1.0, 1.0 + OVERLOAD_JITTER)
+                logger.info("%s: %s; asking again in %.1fs", what, exc.description, delay)
+            except (Unavailable, Internal) as exc:
+                delay = backoff_delay(attempt, base=RECORD_BACKOFF[0], cap=RECORD_BACKOFF[1])
                 attempt += 1
                 level = logging.WARNING if attempt in (1, 10) or attempt % 100 == 0 else logging.DEBUG
-                logger.log(
-                    level, "result %s not published yet (attempt %d): %s; retrying", msg_id, attempt, exc.description
-                )
-                await asyncio.sleep(delay)
-                continue
-            if attempt:
-                logger.info("result %s published after %d attempts", msg_id, attempt + 1)
-            return
+                logger.log(level, "%s not recorded yet (attempt %d): %s; asking again", what, attempt, exc.description)
+            except TetherError as exc:
+                logger.error("%s refused by the platform: %s", what, exc.description)
+                return None
+            else:
+                if attempt:
+                    logger.info("%s recorded after %d attempts (%s)", what, attempt + 1, answer.outcome)
+                elif answer.outcome in ("superseded", "unknown"):
+                    logger.info("%s: %s (%s)", what, answer.outcome, answer.detail)
+                return answer
+            await asyncio.sleep(delay)
 
     @staticmethod
     async def _settle(receipt: Receipt, how: Literal["ack", "nak", "term"], delay: float | None = None) -> None:

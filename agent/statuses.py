@@ -6,30 +6,24 @@ knows this (``StatusReporting``) is asked again every few seconds; each change i
 result of the workload's last command (``applied`` False, ``settled`` and ``reason`` saying where it is),
 so lifecycle's phase follows the cluster: Ready only when the control plane is, Deleting until it is gone.
 
-The results go into the EVT stream like a command's own, with a message id made of what they say, so a
-status repeated within the stream's duplicate window is stored once. Pure of ``nats``.
+Each is a request to lifecycle to record it, like a command's own result (one attempt per look: what got no
+answer is asked at the next look; lifecycle answers a repeated one without writing it again). Pure of ``nats``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable
 
-from agent.commands import PublishOnce
+from agent.commands import RecordOnce
 from agent.drivers import StatusReporting, WorkloadStatus
-from schemas.errors import Unavailable
+from schemas.errors import TetherError, Unavailable
 from schemas.messages import MAX_KEPT_TEXT, MAX_SHORT, CommandResult, WorkloadRef, clip, ref_of
 
 logger = logging.getLogger(__name__)
 
 Key = WorkloadRef
-
-
-def status_msg_id(status: WorkloadStatus) -> str:
-    said = f"{status.op_id}|{status.generation}|{status.state}|{status.settled}|{status.reason}|{status.version}"
-    return f"status-{hashlib.sha256(said.encode()).hexdigest()[:24]}"
 
 
 def _same(a: WorkloadStatus, b: WorkloadStatus) -> bool:
@@ -45,27 +39,25 @@ def _same(a: WorkloadStatus, b: WorkloadStatus) -> bool:
 
 
 class StatusReporter:
-    """Publishes what changed in a driver's workload statuses since the last look."""
+    """Asks lifecycle to record what changed in a driver's workload statuses since the last look."""
 
     def __init__(
         self,
         cluster: str,
         driver: StatusReporting,
-        publish: PublishOnce,
+        record: RecordOnce,
         *,
-        result_subject: str,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.cluster = cluster
         self.driver = driver
-        self._publish = publish
-        self._subject = result_subject
+        self._record = record
         self._clock = clock
         self._said: dict[Key, WorkloadStatus] = {}
         """What the platform last heard about each workload (from this reporter or the command path)."""
 
     def note(self, result: CommandResult) -> None:
-        """The command path published ``result``: that is what the platform heard last."""
+        """The command path reported ``result``: that is what the platform heard last."""
         if not result.ok:
             return
         self._said[ref_of(result)] = WorkloadStatus(
@@ -82,15 +74,18 @@ class StatusReporter:
         )
 
     async def check(self) -> list[CommandResult]:
-        """Look once and publish every change; what could not be published is tried at the next look."""
+        """Look once and report every change; what got no answer is asked again at the next look."""
         published = []
         for status in await self._changes():
             result = self._result(status)
             try:
-                await self._publish(self._subject, result, status_msg_id(status))
+                await self._record(result)
             except Unavailable as exc:
-                logger.info("status of %s not published yet: %s", ref_of(status), exc.description)
+                logger.info("status of %s not recorded yet: %s", ref_of(status), exc.description)
                 continue
+            except TetherError as exc:
+                # Refused (asking again would get the same answer): the platform has heard it.
+                logger.warning("status of %s refused by the platform: %s", ref_of(status), exc.description)
             published.append(result)
             self._said_now(status)
         return published

@@ -730,7 +730,8 @@ class Command(Message, frozen=True, tag="command.v1"):
 
 
 class CommandResult(Message, frozen=True, tag="command-result.v1"):
-    """On ``tether.evt.<cluster>.result`` (stream EVT)."""
+    """What an agent asks lifecycle to record (``subjects.Lifecycle.AGENT_RESULT``): the outcome of a
+    command, or a later status of the workload it made."""
 
     op_id: Short
     cluster: AgentName
@@ -749,6 +750,19 @@ class CommandResult(Message, frozen=True, tag="command-result.v1"):
     settled: bool = True
     """False while the cluster is still getting there (a tenant's control plane not Ready yet, a deleted
     namespace not gone yet); ``reason``/``message`` then say why. The agent reports again once it is."""
+
+
+ResultOutcome = Literal["recorded", "already", "superseded", "unknown"]
+
+
+class ResultRecorded(Message, frozen=True, tag="result-recorded.v1"):
+    """Lifecycle's answer to a ``CommandResult``, sent once the record is durable (or needs nothing): the agent
+    acknowledges its command on it. ``recorded``: written now; ``already``: recorded before (a repeat);
+    ``superseded``: a newer generation is wanted (what the cluster is at was recorded if news); ``unknown``: no
+    such object any more (deleted, forgotten, or an orphan's deletion)."""
+
+    outcome: ResultOutcome
+    detail: str = ""
 
 
 class InventoryItem(msgspec.Struct, frozen=True, kw_only=True):

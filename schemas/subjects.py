@@ -4,7 +4,8 @@ Layout:
 
 - ``$KV.tether-desired.<cluster>.<kind>.<project>.<name>`` the desired state, which is each agent's commands
   (stream ``KV_tether-desired``; one durable consumer per agent filtered on its cluster: ``desired_records``)
-- ``tether.evt.<cluster>.<kind>``     results, status and inventory from one agent (stream ``EVT``)
+- ``tether.evt.<cluster>.<kind>``     inventories from one agent (stream ``EVT``); results are requests to lifecycle
+  (``agent_call(Lifecycle.AGENT_RESULT, <cluster>)``), recorded in the desired state, not stored twice
 - ``tether.hb.<cluster>``             heartbeats (core NATS, not persisted)
 - ``tether.ctl.<cluster>``            control notices to one agent (core NATS: revoked)
 - ``tether.events.<kind>``            public platform events for outside consumers
@@ -49,9 +50,10 @@ BUCKET_DESIRED = "tether-desired"
 """Lifecycle: desired and observed state of every tenant cluster and space, with revisions."""
 
 # --- agent command verbs and event kinds ---------------------------------------------
-EVT_RESULT = "result"
 EVT_INVENTORY = "inventory"
-LIFECYCLE_RESULTS_CONSUMER = "lifecycle-results"
+RETIRED_RESULTS_CONSUMER = "lifecycle-results"
+"""Lifecycle's consumer of agents' results on EVT in earlier versions (results are requests now:
+``Lifecycle.AGENT_RESULT``); lifecycle deletes it at start."""
 LIFECYCLE_INVENTORY_CONSUMER = "lifecycle-inventory"
 LIFECYCLE_MEMBERSHIP_CONSUMER = "lifecycle-membership"
 
@@ -195,7 +197,7 @@ class Registry:
 
 
 def agent_call(endpoint: str, cluster: str) -> str:
-    """The subject one cluster's agent calls ``endpoint`` (one of ``Registry.AGENT_*``) on:
+    """The subject one cluster's agent calls ``endpoint`` (one of ``Registry.AGENT_*``, ``Lifecycle.AGENT_*``) on:
     ``<endpoint>.<cluster>``. The agent's JWT allows only its own, so the cluster in the subject is the one
     the broker authenticated: the service takes the caller's identity from it and answers only into that
     cluster's inbox."""
@@ -223,6 +225,9 @@ class Lifecycle:
     LIST = svc(SERVICE, "workload.list")
     ACTION = svc(SERVICE, "workload.action")
     FORGET_CLUSTER = svc(SERVICE, "cluster.forget")
+    AGENT_RESULT = svc(SERVICE, "agent.result")
+    """A base (``agent_call``): an agent asks lifecycle to record a result (``CommandResult``) in the desired
+    state, and acks its command only once answered (``ResultRecorded``)."""
 
 
 class Projects:

@@ -97,7 +97,7 @@ def _reads(stream: str) -> tuple[str, ...]:
 
 DURABLES = {
     subjects.EVENTS_STREAM: (subjects.LIFECYCLE_MEMBERSHIP_CONSUMER,),
-    subjects.EVT_STREAM: (subjects.LIFECYCLE_RESULTS_CONSUMER, subjects.LIFECYCLE_INVENTORY_CONSUMER),
+    subjects.EVT_STREAM: (subjects.LIFECYCLE_INVENTORY_CONSUMER,),
 }
 """The platform's durable consumers on streams others read (their owner: ``_durable`` below)."""
 
@@ -133,6 +133,8 @@ def _micro(service: str) -> tuple[str, ...]:
 
 RETIRED_CMD = tuple(f"$JS.API.STREAM.DELETE.{name}" for name in subjects.RETIRED_CMD_STREAMS)
 """The only streams a service may delete: the command streams of earlier versions (lifecycle retires them)."""
+RETIRED_RESULTS = f"$JS.API.CONSUMER.DELETE.{subjects.EVT_STREAM}.{subjects.RETIRED_RESULTS_CONSUMER}"
+"""Lifecycle's consumer of results on EVT of earlier versions (results are requests now): lifecycle retires it."""
 L, R, P, A, H = subjects.Lifecycle, subjects.Registry, subjects.Projects, subjects.Access, subjects.Health
 API_CALLS = (
     *(R.CLUSTER_CREATE, R.CLUSTER_GET, R.CLUSTER_LIST, R.CLUSTER_DISCONNECT, R.CLUSTER_UPDATE, R.CLUSTER_REMOVE),
@@ -181,8 +183,8 @@ SERVICE_GRANTS: dict[str, ServiceGrant] = {
             STREAM_INFO,
             *_declares(*PLATFORM_STREAMS),
             *RETIRED_CMD,
+            RETIRED_RESULTS,
             *_owns_bucket(subjects.BUCKET_DESIRED, named_consumers=False),
-            *_durable(subjects.EVT_STREAM, subjects.LIFECYCLE_RESULTS_CONSUMER),
             *_durable(subjects.EVT_STREAM, subjects.LIFECYCLE_INVENTORY_CONSUMER),
             *_durable(subjects.EVENTS_STREAM, subjects.LIFECYCLE_MEMBERSHIP_CONSUMER),
             subjects.AUDIT_COMMAND_ANY,
@@ -199,6 +201,8 @@ SERVICE_GRANTS: dict[str, ServiceGrant] = {
             H.PRESENCE_LIST,
         ),
         sub=(REPLIES, *_micro("lifecycle")),
+        # Answers agents' results in their own inboxes (``_INBOX_<cluster>``), like the registry their hellos.
+        responses=True,
     ),
     "health": ServiceGrant(
         pub=(

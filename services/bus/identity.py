@@ -189,12 +189,12 @@ def agent_permissions(cluster: str) -> tuple[list[str], list[str]]:
     stream = subjects.DESIRED_STREAM
     publish = [
         subjects.heartbeat(cluster),
-        # Only the event kinds the platform reads: every other subject would be one more per-subject limit
-        # (``EVT_MAX_PER_SUBJECT``) to fill the EVT stream with.
-        subjects.evt(cluster, subjects.EVT_RESULT),
+        # Only the event kind the platform reads: every other subject would be one more per-subject limit
+        # (``EVT_MAX_PER_SUBJECT``) to fill the EVT stream with. Results are requests to lifecycle.
         subjects.evt(cluster, subjects.EVT_INVENTORY),
         subjects.agent_call(subjects.Registry.AGENT_HELLO, cluster),
         subjects.agent_call(subjects.Registry.AGENT_RENEW, cluster),
+        subjects.agent_call(subjects.Lifecycle.AGENT_RESULT, cluster),
         # The platform creates its consumer of the desired state (at bootstrap and hello): the agent may only
         # read and fetch from it and ack, never create, change or delete one (it cannot re-filter it onto
         # another cluster's records), nor read the bucket itself (no message or direct get).

@@ -198,7 +198,8 @@ class Bus(ABC):
     async def declare_streams(self, *kinds: Literal["platform", "commands"]) -> None:
         """Create (or bring up to date) the platform's streams: ``platform`` (events, audit, agents'
         reports); ``commands``: delete the command streams of earlier versions (agents follow the desired
-        state now, and it holds whatever those streams did)."""
+        state now, and it holds whatever those streams did) and the results consumer (agents ask lifecycle
+        to record their results)."""
 
     @abstractmethod
     async def bucket(self, name: str, type_: type[M], *, history: int = 1, ttl: float | None = None) -> Records[M]:

@@ -154,6 +154,7 @@ class NatsBus(Bus):
             await streams.ensure_platform_streams(self._js, self._settings.replicas)
         if "commands" in kinds:
             await streams.retire_cmd_streams(self._js)
+            await streams.retire_results_consumer(self._js)
 
     async def bucket(self, name: str, type_: type[M], *, history: int = 1, ttl: float | None = None) -> Records[M]:
         return await streams.ensure_bucket(

@@ -158,6 +158,15 @@ async def retire_cmd_streams(js: JetStreamContext) -> None:
             )
 
 
+async def retire_results_consumer(js: JetStreamContext) -> None:
+    """Delete lifecycle's consumer of agents' results on EVT of earlier versions: agents ask lifecycle to
+    record their results now. Nothing is lost with what it still holds: a record not observed at its
+    generation is delivered to its agent again, which finds it applied and asks for the result's record."""
+    with contextlib.suppress(NotFoundError):
+        await js.delete_consumer(subjects.EVT_STREAM, subjects.RETIRED_RESULTS_CONSUMER)
+        logger.warning("deleted the results consumer %s of an earlier version", subjects.RETIRED_RESULTS_CONSUMER)
+
+
 def _differs(want: StreamConfig, have: StreamConfig) -> bool:
     """True when a field ``want`` sets differs from the stream's (unsure representations count as different).
 

@@ -5,7 +5,8 @@ id, compare-and-set, under ``<cluster>.<kind>.<project>.<name>``): the record is
 cluster's agent follows its cluster's records through its own durable consumer. The audit record is
 published after; a crash between the two is repaired at start (every record not yet observed at its
 generation has its audit record published again, and the stream drops the copies it already has).
-Results and inventories come back on the EVT stream through durable consumers shared by all replicas.
+Each agent asks lifecycle to record its results (``Lifecycle.AGENT_RESULT``, answered by any replica once the
+record is durable); its inventories come on the EVT stream through a durable consumer shared by all replicas.
 
 The parts, each its own module: ``workloads`` (the endpoints), ``sending`` (audit records and events),
 ``results``, ``resync`` (inventories), ``membership`` (RBAC fan-out), ``autosleep``, ``removal`` (a
@@ -20,8 +21,17 @@ from dataclasses import dataclass, field
 from typing import Unpack
 
 from schemas import subjects
-from schemas.messages import NameRequest, WorkloadAction, WorkloadCreate, WorkloadQuery, WorkloadRecord, WorkloadRef
+from schemas.messages import (
+    CommandResult,
+    NameRequest,
+    WorkloadAction,
+    WorkloadCreate,
+    WorkloadQuery,
+    WorkloadRecord,
+    WorkloadRef,
+)
 from services.bus import Bus, Consumer, Endpoints, Options, Records, Runtime, Telemetry, limits, serve
+from services.bus.admission import AdmissionLimits
 from services.bus.settings import FromEnv, ServiceSettings, env
 from services.lifecycle.autosleep import AutoSleep
 from services.lifecycle.membership import MembershipFanout
@@ -48,10 +58,18 @@ class Settings(FromEnv):
     empty_grace: float = env("TETHER_EMPTY_GRACE", 600.0)
     """Seconds a cluster's desired state must stay empty before its leftovers are deleted."""
 
+    result_concurrency: int = env("TETHER_RESULT_CONCURRENCY", 32)
+    """Agents' results recorded at once by one replica (each waits on KV and stream round trips; one at a
+    time capped the fleet at about a hundred commands a second); beyond them a bounded queue."""
 
-RESULT_CONCURRENCY = 32
-"""Results of different clusters recorded at once (one cluster's still in order): each waits on KV and
-stream round trips, and one at a time capped the fleet at about a hundred commands a second."""
+    result_queue: int = env("TETHER_RESULT_QUEUE", 2048)
+    """Results waiting at most; more are told when to come back (retry-after), and their agents keep their
+    commands meanwhile."""
+
+    @property
+    def result_admission(self) -> AdmissionLimits:
+        # A queued result may wait 2 s at most: well under the agents' 5 s request timeout.
+        return AdmissionLimits(self.result_concurrency, self.result_queue, max_wait=2.0)
 
 
 class Lifecycle:
@@ -66,6 +84,7 @@ class Lifecycle:
         peers = Peers(bus, settings.common.bus.request_timeout)
         self.workloads = Workloads(self.desired, sender, peers)
         self.results = Results(self.desired, sender, metrics)
+        self.result_admission = settings.result_admission
         self.resync = InventoryResync(self.desired, sender, metrics, settings.empty_grace)
         self.membership = MembershipFanout(self.desired, sender, peers)
         self.removal = Removal(self.desired, sender)
@@ -78,16 +97,10 @@ class Lifecycle:
         endpoints.platform(L.LIST, WorkloadQuery, self.workloads.list)
         endpoints.platform(L.ACTION, WorkloadAction, self.workloads.action)
         endpoints.platform(L.FORGET_CLUSTER, NameRequest, self.removal.forget_cluster)
+        endpoints.agent(L.AGENT_RESULT, CommandResult, self.results.record, admission=self.result_admission)
 
     def start(self, rt: Runtime) -> None:
-        """The durable consumers of results, inventories and membership changes, and auto-sleep."""
-        results = Consumer(
-            stream=subjects.EVT_STREAM,
-            durable=subjects.LIFECYCLE_RESULTS_CONSUMER,
-            filter_subject=subjects.evt_kind(subjects.EVT_RESULT),
-            concurrency=RESULT_CONCURRENCY,
-            tracer=rt.tracer("tether.lifecycle"),
-        )
+        """The durable consumers of inventories and membership changes, and auto-sleep."""
         inventories = Consumer(
             stream=subjects.EVT_STREAM,
             durable=subjects.LIFECYCLE_INVENTORY_CONSUMER,
@@ -99,7 +112,6 @@ class Lifecycle:
             durable=subjects.LIFECYCLE_MEMBERSHIP_CONSUMER,
             filter_subject=subjects.MEMBERSHIP_CHANGED,
         )
-        rt.task("results", lambda: rt.bus.consume(results, self.results.on_result))
         rt.task("inventory", lambda: rt.bus.consume(inventories, self.resync.on_inventory))
         rt.task("membership", lambda: rt.bus.consume(members, self.membership.on_membership))
         rt.task("auto-sleep", self.auto_sleep.run)

@@ -1,4 +1,5 @@
-"""The agent's command path without a bus: apply, report with a stable id, and only then ack."""
+"""The agent's command path without a bus: apply, ask lifecycle to record the result until it answers, and only
+then ack."""
 
 from __future__ import annotations
 
@@ -8,21 +9,20 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from agent.commands import CommandApplier, command_of, result_msg_id
+from agent.commands import CommandApplier, command_of
 from agent.drivers.sim import APPLY_DELAY_ENV, FAIL_ENV, UID_ENV, SimCluster, read_state
 from schemas import subjects
-from schemas.errors import InvalidInput, Unavailable
+from schemas.errors import InvalidInput, Overloaded, TetherError, Unavailable
 from schemas.messages import (
     Command,
     CommandResult,
     DesiredState,
     Observed,
+    ResultRecorded,
     WorkloadRecord,
     WorkloadSpec,
     encode,
 )
-
-SUBJECT = "tether.evt.c1.result"
 
 
 @pytest.fixture(autouse=True)
@@ -79,25 +79,24 @@ class FakeReceipt:
 
 
 @dataclass
-class FakeStream:
-    """Publishes into a list, dropping duplicate ids like a stream's duplicate window."""
+class FakeLifecycle:
+    """Records results like lifecycle's endpoint: a repeat of a result is answered "already", not recorded
+    twice; ``failures`` are raised first, one per request (no answer, a busy lifecycle, a refusal)."""
 
     events: list[str]
-    fail_times: int = 0
+    failures: list[TetherError] = field(default_factory=list)
     results: list[CommandResult] = field(default_factory=list)
-    ids: list[str] = field(default_factory=list)
-    attempts: list[str] = field(default_factory=list)
+    attempts: list[tuple[str, int]] = field(default_factory=list)
 
-    async def __call__(self, subject: str, result: CommandResult, msg_id: str) -> None:
-        assert subject == SUBJECT
-        self.attempts.append(msg_id)
-        if self.fail_times:
-            self.fail_times -= 1
-            raise Unavailable("JetStream is unavailable (503)")
-        self.events.append("publish")
-        if msg_id not in self.ids:
-            self.ids.append(msg_id)
-            self.results.append(result)
+    async def __call__(self, result: CommandResult) -> ResultRecorded:
+        self.attempts.append((result.op_id, result.generation))
+        if self.failures:
+            raise self.failures.pop(0)
+        self.events.append("record")
+        if any((r.op_id, r.generation) == (result.op_id, result.generation) for r in self.results):
+            return ResultRecorded(outcome="already")
+        self.results.append(result)
+        return ResultRecorded(outcome="recorded")
 
 
 def command(generation: int = 1, state: DesiredState = "running", *, name: str = "t1", cluster: str = "c1") -> Command:
@@ -110,19 +109,19 @@ def command(generation: int = 1, state: DesiredState = "running", *, name: str =
     )
 
 
-def setup(tmp_path: Path, **sim_kw: object) -> tuple[CommandApplier, FakeStream, list[str], SimCluster]:
+def setup(tmp_path: Path, **sim_kw: object) -> tuple[CommandApplier, FakeLifecycle, list[str], SimCluster]:
     events: list[str] = []
-    stream = FakeStream(events)
+    stream = FakeLifecycle(events)
     driver = SimCluster(tmp_path, **sim_kw)  # type: ignore[arg-type]
-    return CommandApplier("c1", driver, stream, result_subject=SUBJECT), stream, events, driver
+    return CommandApplier("c1", driver, stream), stream, events, driver
 
 
-async def test_apply_then_publish_then_ack(tmp_path: Path) -> None:
+async def test_apply_then_record_then_ack(tmp_path: Path) -> None:
     applier, stream, events, _ = setup(tmp_path)
     handled = await applier.handle(FakeReceipt(record(command()), events))
     assert handled.disposition == "acked"
-    assert events == ["publish", "ack"]
-    assert stream.ids == [result_msg_id("op-t1-1", 1)] == ["result-op-t1-1-1"]
+    assert events == ["record", "ack"]
+    assert stream.attempts == [("op-t1-1", 1)]
     (result,) = stream.results
     assert (result.ok, result.applied, result.state, result.version, result.cluster) == (
         True,
@@ -135,23 +134,52 @@ async def test_apply_then_publish_then_ack(tmp_path: Path) -> None:
     assert applier.applied == 1
 
 
-async def test_redelivery_is_reported_again_with_the_same_id_and_not_applied(tmp_path: Path) -> None:
+async def test_redelivery_is_reported_again_and_not_applied(tmp_path: Path) -> None:
     applier, stream, events, _ = setup(tmp_path)
     await applier.handle(FakeReceipt(record(command()), events))
     handled = await applier.handle(FakeReceipt(record(command()), events, num_delivered=2))
     assert handled.result is not None and handled.result.ok and not handled.result.applied
-    assert stream.attempts == ["result-op-t1-1-1", "result-op-t1-1-1"]
-    assert len(stream.results) == 1  # the stream dropped the copy
-    assert events == ["publish", "ack", "publish", "ack"]
+    assert stream.attempts == [("op-t1-1", 1), ("op-t1-1", 1)]
+    assert len(stream.results) == 1  # lifecycle answered the repeat "already"
+    assert events == ["record", "ack", "record", "ack"]
     assert len(read_state(tmp_path)["log"]) == 1
 
 
-async def test_result_is_retried_with_the_same_id_before_the_ack(tmp_path: Path) -> None:
+async def test_result_is_asked_again_until_answered_before_the_ack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agent.commands
+
+    monkeypatch.setattr(agent.commands, "RECORD_BACKOFF", (0.001, 0.004))
+    applier, stream, events, _ = setup(tmp_path, apply_delay=0.0)
+    stream.failures = [Unavailable("no reply within 5s")] * 3 + [Overloaded("busy", retry_after=0.01)]
+    receipt = FakeReceipt(record(command()), events)
+    handled = await applier.handle(receipt)
+    assert stream.attempts == [("op-t1-1", 1)] * 5
+    assert events == ["record", "ack"] and handled.disposition == "acked"
+
+
+async def test_a_lifecycle_outage_holds_the_command_in_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agent.commands
+
+    monkeypatch.setattr(agent.commands, "RECORD_BACKOFF", (0.02, 0.02))
+    events: list[str] = []
+    stream = FakeLifecycle(events, failures=[Unavailable("no service answers")] * 10)
+    applier = CommandApplier("c1", SimCluster(tmp_path), stream, keepalive_every=0.02)
+    receipt = FakeReceipt(record(command()), events)
+    await applier.handle(receipt)
+    assert len(stream.attempts) == 11 and events == ["record", "ack"]
+    assert receipt.progress >= 3, "kept in progress while lifecycle did not answer"
+    assert len(read_state(tmp_path)["log"]) == 1
+
+
+async def test_a_refused_result_is_acked_not_asked_again(tmp_path: Path) -> None:
     applier, stream, events, _ = setup(tmp_path)
-    stream.fail_times = 3
-    await applier.handle(FakeReceipt(record(command()), events))
-    assert stream.attempts == ["result-op-t1-1-1"] * 4
-    assert events == ["publish", "ack"]
+    stream.failures = [InvalidInput("result for tenant.p1.t1 refused: generation 1 was never sent")]
+    handled = await applier.handle(FakeReceipt(record(command()), events))
+    assert handled.disposition == "acked" and events == ["ack"] and len(stream.attempts) == 1
 
 
 async def test_permanent_failure_is_reported_and_acked(tmp_path: Path) -> None:
@@ -161,7 +189,7 @@ async def test_permanent_failure_is_reported_and_acked(tmp_path: Path) -> None:
     (result,) = stream.results
     assert not result.ok and not result.applied
     assert result.reason == "SimulatedFailure" and "t1" in result.message
-    assert events == ["publish", "ack"]
+    assert events == ["record", "ack"]
 
 
 async def test_unreachable_cluster_naks_with_backoff(tmp_path: Path) -> None:
@@ -198,7 +226,7 @@ async def test_invalid_but_attributable_command_is_reported_then_terminated(tmp_
         "InvalidCommand",
     )
     assert "state" in result.message
-    assert events == ["publish", "term"]
+    assert events == ["record", "term"]
     assert read_state(tmp_path)["log"] == []
 
 
@@ -221,13 +249,13 @@ async def test_commands_this_agent_cannot_apply(tmp_path: Path, cmd: Command, pr
 
 async def test_slow_apply_keeps_the_command_alive(tmp_path: Path) -> None:
     events: list[str] = []
-    stream = FakeStream(events)
+    stream = FakeLifecycle(events)
     driver = SimCluster(tmp_path, apply_delay=0.3)
-    applier = CommandApplier("c1", driver, stream, result_subject=SUBJECT, keepalive_every=0.05)
+    applier = CommandApplier("c1", driver, stream, keepalive_every=0.05)
     receipt = FakeReceipt(record(command()), events)
     await applier.handle(receipt)
     assert receipt.progress >= 3
-    assert events == ["publish", "ack"]
+    assert events == ["record", "ack"]
 
 
 class Killed(BaseException):
@@ -237,22 +265,22 @@ class Killed(BaseException):
 async def test_crash_between_apply_and_result_is_repaired_by_the_redelivery(tmp_path: Path) -> None:
     events: list[str] = []
 
-    async def dies(subject: str, result: CommandResult, msg_id: str) -> None:
+    async def dies(result: CommandResult) -> ResultRecorded:
         raise Killed
 
-    first = CommandApplier("c1", SimCluster(tmp_path), dies, result_subject=SUBJECT)
+    first = CommandApplier("c1", SimCluster(tmp_path), dies)
     with pytest.raises(Killed):
         await first.handle(FakeReceipt(record(command()), events))
     assert events == []  # never acked: the server delivers it again
     assert len(read_state(tmp_path)["log"]) == 1
 
     # The restarted agent: a new driver on the same state, the same command delivered again.
-    stream = FakeStream(events)
-    second = CommandApplier("c1", SimCluster(tmp_path), stream, result_subject=SUBJECT)
+    stream = FakeLifecycle(events)
+    second = CommandApplier("c1", SimCluster(tmp_path), stream)
     handled = await second.handle(FakeReceipt(record(command()), events, num_delivered=2))
     assert handled.result is not None and handled.result.ok and not handled.result.applied
-    assert stream.ids == ["result-op-t1-1-1"]
-    assert events == ["publish", "ack"]
+    assert stream.attempts == [("op-t1-1", 1)]
+    assert events == ["record", "ack"]
     assert len(read_state(tmp_path)["log"]) == 1
 
 
@@ -275,7 +303,7 @@ async def test_an_ack_lost_in_a_failover_is_tried_again(tmp_path: Path, monkeypa
     receipt = FlakyAck(record(command()), events)
     handled = await applier.handle(receipt)
     assert handled.disposition == "acked"
-    assert events == ["publish", "ack"] and receipt.failures == 0
+    assert events == ["record", "ack"] and receipt.failures == 0
 
 
 def test_a_record_is_a_command_until_it_is_observed_at_its_generation() -> None:

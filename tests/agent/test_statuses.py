@@ -1,14 +1,14 @@
 """The agent reports workloads that settle after their command: each change once, a deletion when the
-namespace is gone, and again whatever could not be published."""
+namespace is gone, and again whatever got no answer."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 from agent.drivers import WorkloadStatus
-from agent.statuses import StatusReporter, status_msg_id
-from schemas.errors import Unavailable
-from schemas.messages import CommandResult
+from agent.statuses import StatusReporter
+from schemas.errors import InvalidInput, Unavailable
+from schemas.messages import CommandResult, ResultRecorded
 
 
 class FakeDriver:
@@ -21,13 +21,17 @@ class FakeDriver:
 
 class Publisher:
     def __init__(self) -> None:
-        self.sent: list[tuple[CommandResult, str]] = []
+        self.sent: list[CommandResult] = []
         self.down = False
+        self.refuse = False
 
-    async def __call__(self, subject: str, result: CommandResult, msg_id: str) -> None:
+    async def __call__(self, result: CommandResult) -> ResultRecorded:
         if self.down:
             raise Unavailable("no NATS")
-        self.sent.append((result, msg_id))
+        self.sent.append(result)
+        if self.refuse:
+            raise InvalidInput("refused")
+        return ResultRecorded(outcome="recorded")
 
 
 def status(**kw: object) -> WorkloadStatus:
@@ -39,7 +43,7 @@ def status(**kw: object) -> WorkloadStatus:
 
 async def test_each_change_is_reported_once() -> None:
     driver, publish = FakeDriver(), Publisher()
-    reporter = StatusReporter("c1", driver, publish, result_subject="tether.evt.c1.result", clock=lambda: 5.0)
+    reporter = StatusReporter("c1", driver, publish, clock=lambda: 5.0)
     driver.now = [status(reason="ContainersNotReady", message="starting")]
     [first] = await reporter.check()
     assert (first.settled, first.reason, first.applied, first.ok, first.generation) == (
@@ -55,12 +59,12 @@ async def test_each_change_is_reported_once() -> None:
     driver.now = [status(settled=True, version="v1.36.0")]
     [ready] = await reporter.check()
     assert ready.settled and ready.version == "v1.36.0" and ready.cluster == "c1"
-    assert publish.sent[-1][1] == status_msg_id(status(settled=True, version="v1.36.0"))
+    assert publish.sent[-1] == ready and len(publish.sent) == 2
 
 
 async def test_what_the_command_path_said_counts() -> None:
     driver, publish = FakeDriver(), Publisher()
-    reporter = StatusReporter("c1", driver, publish, result_subject="s")
+    reporter = StatusReporter("c1", driver, publish)
     driver.now = [status(settled=True, version="v1.36")]
     reporter.note(
         CommandResult(
@@ -72,7 +76,7 @@ async def test_what_the_command_path_said_counts() -> None:
 
 async def test_a_deleted_namespace_is_reported_gone_and_failures_are_retried() -> None:
     driver, publish = FakeDriver(), Publisher()
-    reporter = StatusReporter("c1", driver, publish, result_subject="s")
+    reporter = StatusReporter("c1", driver, publish)
     driver.now = [status(state="deleted", generation=4, op_id="op-4", reason="Terminating")]
     publish.down = True
     assert await reporter.check() == []
@@ -88,3 +92,12 @@ async def test_a_deleted_namespace_is_reported_gone_and_failures_are_retried() -
     await reporter.check()
     driver.now = []
     assert await reporter.check() == []
+
+
+async def test_a_refused_status_is_not_asked_again() -> None:
+    driver, publish = FakeDriver(), Publisher()
+    reporter = StatusReporter("c1", driver, publish)
+    driver.now = [status(reason="ContainersNotReady")]
+    publish.refuse = True
+    await reporter.check()
+    assert await reporter.check() == [] and len(publish.sent) == 1

@@ -3,12 +3,14 @@ and what one bad message can do to the service that reads it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from nats.js.api import StreamConfig
 
 from schemas import subjects
 from services.bus import limits
+from services.bus.endpoints import ERROR_CODE
 from tests.harness import wait_for
 from tests.hostile.conftest import BUCKETS, Hostile
 
@@ -22,7 +24,7 @@ async def test_an_oversized_message_is_refused_by_the_broker(hostile: Hostile) -
 
     nc = await h.attacker_nc(closed_cb=on_closed, allow_reconnect=False)
     # Under the server's 8 MB (the client lets it go), over the agent's 1 MiB in its JWT.
-    await nc.publish(subjects.evt(h.attacker, subjects.EVT_RESULT), b"{" + b" " * (2 * limits.AGENT_MAX_PAYLOAD))
+    await nc.publish(subjects.evt(h.attacker, subjects.EVT_INVENTORY), b"{" + b" " * (2 * limits.AGENT_MAX_PAYLOAD))
     await wait_for(lambda: closed, timeout=5, what="the broker to close the attacker's connection")
     # The server says why in its log (the client may see only the reset).
     assert h.stack.nats is not None and h.stack.nats.log_path is not None
@@ -32,12 +34,11 @@ async def test_an_oversized_message_is_refused_by_the_broker(hostile: Hostile) -
     # Just under the limit, on each subject it may use: stored or dropped, never a crash.
     nc = await h.attacker_nc()
     near = b'{"type":"heartbeat.v1","pad":"' + b"x" * (limits.AGENT_MAX_PAYLOAD - 1024) + b'"}'
-    for subject in (
-        subjects.heartbeat(h.attacker),
-        subjects.evt(h.attacker, subjects.EVT_RESULT),
-        subjects.evt(h.attacker, subjects.EVT_INVENTORY),
-    ):
+    for subject in (subjects.heartbeat(h.attacker), subjects.evt(h.attacker, subjects.EVT_INVENTORY)):
         await nc.publish(subject, near)
+    # A result that big is a request lifecycle answers with a clear error (no write).
+    reply = await nc.request(subjects.agent_call(subjects.Lifecycle.AGENT_RESULT, h.attacker), near, timeout=10)
+    assert (reply.headers or {}).get(ERROR_CODE) == "400", reply.headers
     await nc.flush()
     await h.intact()
     await h.legit_command_applies()
@@ -46,7 +47,7 @@ async def test_an_oversized_message_is_refused_by_the_broker(hostile: Hostile) -
 async def test_an_agent_can_fill_only_its_own_bounded_share_of_the_store(hostile: Hostile) -> None:
     h = hostile
     nc = await h.attacker_nc()
-    subject = subjects.evt(h.attacker, subjects.EVT_RESULT)
+    subject = subjects.evt(h.attacker, subjects.EVT_INVENTORY)
     for i in range(limits.EVT_MAX_PER_SUBJECT + 44):
         await nc.publish(subject, json.dumps({"type": "junk", "i": i}).encode())
     await nc.flush()
@@ -81,19 +82,17 @@ async def test_an_agent_can_fill_only_its_own_bounded_share_of_the_store(hostile
     await h.legit_command_applies()
 
 
-async def test_garbage_results_are_dropped_with_an_event_and_later_commands_apply(hostile: Hostile) -> None:
+async def test_garbage_results_are_answered_with_an_error_and_later_commands_apply(hostile: Hostile) -> None:
+    """Results are requests to lifecycle: garbage gets a clear error answer, not a crash, not a write, and a
+    burst of them is bounded (queued, or told when to come back), never a backlog that starves honest agents."""
     h = hostile
-    platform = await h.stack.nc()
-    try:
-        dropped = await platform.subscribe(subjects.MESSAGE_DROPPED)
-        nc = await h.attacker_nc()
-        for body in (b"{not json", b'{"type":"command-result.v1"}', b"\xff" * 1000):
-            await nc.publish(subjects.evt(h.attacker, subjects.EVT_RESULT), body)
-        await nc.flush()
-        events = [json.loads((await dropped.next_msg(timeout=10)).data) for _ in range(3)]
-        assert {e["consumer"] for e in events} == {subjects.LIFECYCLE_RESULTS_CONSUMER}
-        assert all(e["subject"] == subjects.evt(h.attacker, subjects.EVT_RESULT) for e in events)
-    finally:
-        await platform.close()
+    nc = await h.attacker_nc()
+    subject = subjects.agent_call(subjects.Lifecycle.AGENT_RESULT, h.attacker)
+    for body in (b"{not json", b'{"type":"command-result.v1"}', b"\xff" * 1000, b""):
+        reply = await nc.request(subject, body, timeout=10)
+        assert (reply.headers or {}).get(ERROR_CODE) == "400", reply.headers
+        assert json.loads(reply.data)["error"]["description"]
+    replies = await asyncio.gather(*(nc.request(subject, b"{not json", timeout=15) for _ in range(300)))
+    assert {(r.headers or {}).get(ERROR_CODE) for r in replies} <= {"400", "429"}
     await h.intact()
     await h.legit_command_applies()

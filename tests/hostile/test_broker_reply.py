@@ -15,6 +15,7 @@ from tests.hostile.conftest import Hostile
 HELLO = subjects.Registry.AGENT_HELLO
 RENEW = subjects.Registry.AGENT_RENEW
 BOOTSTRAP = subjects.Registry.AGENT_BOOTSTRAP
+RESULT = subjects.Lifecycle.AGENT_RESULT
 
 
 def targets(h: Hostile) -> list[str]:
@@ -34,14 +35,14 @@ def targets(h: Hostile) -> list[str]:
     ]
 
 
-async def drops(h: Hostile, reply: str, before: int) -> None:
-    registry = h.stack.services["registry"]
+async def drops(h: Hostile, reply: str, before: int, service: str = "registry") -> None:
+    proc = h.stack.services[service]
     await wait_for(
-        lambda: registry.output().count("dropped a request") > before,
+        lambda: proc.output().count("dropped a request") > before,
         timeout=5,
-        what=f"the registry to drop a request answering to {reply}",
+        what=f"the {service} to drop a request answering to {reply}",
     )
-    assert repr(reply) in registry.output()
+    assert repr(reply) in proc.output()
 
 
 async def test_agent_endpoints_never_answer_outside_the_callers_inbox(hostile: Hostile) -> None:
@@ -57,6 +58,18 @@ async def test_agent_endpoints_never_answer_outside_the_callers_inbox(hostile: H
             await nc.publish(subjects.agent_call(base, h.attacker), body, reply=reply)
             await nc.flush()
             await drops(h, reply, before)
+    # Lifecycle's endpoint for results, the same way.
+    result = json.dumps(
+        {"type": "command-result.v1", "op_id": "x", "cluster": h.attacker, "kind": "space", "project": "p1"}
+        | {"name": "nothing", "generation": 1, "ok": True}
+    ).encode()
+    lifecycle = h.stack.services["lifecycle"]
+    for body in (result, b"{not json"):
+        for reply in targets(h):
+            before = lifecycle.output().count("dropped a request")
+            await nc.publish(subjects.agent_call(RESULT, h.attacker), body, reply=reply)
+            await nc.flush()
+            await drops(h, reply, before, "lifecycle")
     await h.intact()
     await h.legit_command_applies()
 
@@ -77,13 +90,13 @@ async def test_a_spent_tokens_bootstrap_user_cannot_reflect_either(hostile: Host
 async def test_an_agent_may_call_only_its_own_clusters_endpoints(hostile: Hostile) -> None:
     h = hostile
     nc = await h.attacker_nc()
-    for base in (HELLO, RENEW, BOOTSTRAP):
+    for base in (HELLO, RENEW, BOOTSTRAP, RESULT):
         before = len(h.errors)
         await nc.publish(subjects.agent_call(base, h.victim), b"{}", reply=f"{h.attacker_inbox}.x")
         await nc.flush()
         await h.refused(f"a call to {base} as {h.victim}", before)
-    # The cluster-less subjects of earlier versions are not open to agents either.
-    for base in (HELLO, RENEW, BOOTSTRAP):
+    # The cluster-less subjects of earlier versions are not open to agents either, nor the EVT results subject.
+    for base in (HELLO, RENEW, BOOTSTRAP, RESULT, subjects.evt(h.attacker, "result")):
         before = len(h.errors)
         await nc.publish(base, b"{}", reply=f"{h.attacker_inbox}.x")
         await nc.flush()

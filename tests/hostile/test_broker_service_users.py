@@ -24,7 +24,7 @@ from tests.harness import wait_for
 from tests.hostile.conftest import Hostile
 
 A, H, L, P, R = subjects.Access, subjects.Health, subjects.Lifecycle, subjects.Projects, subjects.Registry
-AGENT_ENDPOINTS = (R.AGENT_BOOTSTRAP, R.AGENT_HELLO, R.AGENT_RENEW)
+AGENT_ENDPOINTS = (R.AGENT_BOOTSTRAP, R.AGENT_HELLO, R.AGENT_RENEW, L.AGENT_RESULT)
 
 
 def _endpoints() -> set[str]:
@@ -61,7 +61,8 @@ def dangerous(victim: str) -> list[str]:
     """What no service may ever publish: destroying streams and buckets, forging agents' traffic, the system
     account, an agent's inbox."""
     kv = [f"KV_{b}" for b in grants.ALL_BUCKETS]
-    # (Lifecycle may delete the retired command streams of earlier versions: not in this list.)
+    # (Lifecycle may delete the retired command streams and results consumer of earlier versions: not in this
+    # list.)
     streams = [subjects.AUDIT_STREAM, subjects.EVENTS_STREAM, subjects.EVT_STREAM, *kv]
     desired, consumer = subjects.DESIRED_STREAM, subjects.agent_consumer(victim)
     return [
@@ -73,10 +74,8 @@ def dangerous(victim: str) -> list[str]:
         f"$JS.API.CONSUMER.DURABLE.CREATE.{desired}.{consumer}",
         # The victim's consumer re-filtered wider than one cluster (the filter is the create subject's tail).
         f"$JS.API.CONSUMER.CREATE.{desired}.{consumer}.{subjects.DESIRED_PREFIX}>",
-        f"$JS.API.CONSUMER.DELETE.{subjects.EVT_STREAM}.{subjects.LIFECYCLE_RESULTS_CONSUMER}",
         *(f"$JS.API.CONSUMER.DELETE.{stream}.{name}" for stream, names in grants.DURABLES.items() for name in names),
         subjects.heartbeat(victim),
-        subjects.evt(victim, subjects.EVT_RESULT),
         subjects.evt(victim, subjects.EVT_INVENTORY),
         subjects.gateway_frames(victim, "api.1"),
         *(subjects.agent_call(e, victim) for e in AGENT_ENDPOINTS),

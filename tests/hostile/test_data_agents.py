@@ -7,7 +7,8 @@ command on ``c1`` (its agent started again) still applies.
 
 Every hostile message is followed by an honest one on the same subject from the same connection, whose
 effect is waited for: the consumers handle one subject in order, so by then the hostile ones were handled
-(and the honest one proves the broker let the connection publish there at all).
+(and the honest one proves the broker let the connection publish there at all). Results are requests to
+lifecycle: each hostile one is answered (a clear error, or "no such object"), and nothing is written.
 """
 
 from __future__ import annotations
@@ -106,6 +107,15 @@ class Fleet:
         fields.update(kw)
         return CommandResult(**fields)
 
+    async def ask(self, payload: bytes | msgspec.Struct) -> str:
+        """Ask lifecycle to record a result as c1's agent: the outcome answered, or ``error <code>: <text>``."""
+        data = payload if isinstance(payload, bytes) else encode(payload)  # type: ignore[arg-type]
+        msg = await self.attacker.request(RESULT, data, timeout=10)
+        headers = msg.headers or {}
+        if "Nats-Service-Error-Code" in headers:
+            return f"error {headers['Nats-Service-Error-Code']}: {headers.get('Nats-Service-Error', '')}"
+        return str(msgspec.json.decode(msg.data)["outcome"])
+
     async def publish(self, subject: str, payload: bytes | msgspec.Struct) -> None:
         data = payload if isinstance(payload, bytes) else encode(payload)  # type: ignore[arg-type]
         # Over the broker's payload limit for this agent, the client refuses to send it: refused all the same.
@@ -145,7 +155,7 @@ async def stored_counts(nc: Client) -> dict[str, int]:
     return counts
 
 
-RESULT = subjects.evt("c1", subjects.EVT_RESULT)
+RESULT = subjects.agent_call(subjects.Lifecycle.AGENT_RESULT, "c1")
 INVENTORY = subjects.evt("c1", subjects.EVT_INVENTORY)
 
 
@@ -153,25 +163,30 @@ async def test_results_touch_only_the_senders_records_at_generations_sent(fleet:
     victim = await fleet.tenant("victim")
     mine = await fleet.tenant("mine")
     gen = mine["desired"]["generation"]
-    hostile: list[bytes | msgspec.Struct] = [
-        # another cluster's tenant, named from c1's own subject: a "deleted" that would free it
+    # another cluster's tenant, named from c1's own subject: a "deleted" that would free it (answered as if
+    # there were no such object: c1 learns nothing of c2's)
+    for lie in (
         fleet.result("victim", victim["desired"]["generation"], state="deleted"),
         fleet.result("victim", victim["desired"]["generation"] + 5, ok=False, reason="Pwned", message="x"),
+    ):
+        assert await fleet.ask(lie) == "unknown"
+    refused: list[tuple[bytes | msgspec.Struct, str]] = [
         # the payload claiming to be c2 (the subject says c1)
-        fleet.result("victim", victim["desired"]["generation"], cluster="c2", state="deleted"),
+        (fleet.result("victim", victim["desired"]["generation"], cluster="c2", state="deleted"), "cannot come from"),
         # its own tenant at a generation never sent (would mark every later change applied)
-        fleet.result("mine", gen + 1, state="deleted"),
-        fleet.result("mine", 2**53 - 1, state="sleeping"),
+        (fleet.result("mine", gen + 1, state="deleted"), "was never sent"),
+        (fleet.result("mine", 2**53 - 1, state="sleeping"), "was never sent"),
         # its own tenant's current generation, under an operation the platform never sent
-        fleet.result("mine", gen, ok=False, reason="Forged", message="x"),
+        (fleet.result("mine", gen, ok=False, reason="Forged", message="x"), "was never sent"),
     ]
     for absurd in ({"generation": 2**70}, {"generation": -1}, {"at": 1e18}, {"name": "*"}, {"name": "a.b.>"}):
         data = msgspec.to_builtins(fleet.result("mine", gen, state="deleted"))
         data.update(absurd)
-        hostile.append(msgspec.json.encode(data))
-    hostile.append(b"\x00not json at all")
-    for message in hostile:
-        await fleet.publish(RESULT, message)
+        refused.append((msgspec.json.encode(data), "invalid CommandResult"))
+    refused.append((b"\x00not json at all", "malformed CommandResult"))
+    for message, why in refused:
+        answer = await fleet.ask(message)
+        assert answer.startswith("error 400: ") and why in answer, answer
     watcher = await fleet.stack.nc()
     announced: list[dict[str, Any]] = []
 
@@ -181,9 +196,9 @@ async def test_results_touch_only_the_senders_records_at_generations_sent(fleet:
     sub = await watcher.subscribe(subjects.public_event("command.failed"), cb=on_failed)
     # Its own tenant's failure, legitimately reported, with a clock from 2096 and a novel for a message.
     op = mine["desired"]["op_id"]
-    await fleet.publish(
-        RESULT, fleet.result("mine", gen, op_id=op, ok=False, reason="R" * 100, message="m" * 16_000, at=4.0e9)
-    )
+    honest = fleet.result("mine", gen, op_id=op, ok=False, reason="R" * 100, message="m" * 16_000, at=4.0e9)
+    assert await fleet.ask(honest) == "recorded"
+    assert await fleet.ask(honest) == "already", "asked again (a lost answer): not recorded twice"
 
     async def failed() -> dict[str, Any] | None:
         t = await fleet.tenant("mine")

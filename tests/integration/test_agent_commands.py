@@ -2,9 +2,11 @@
 
 A command is a desired-state record under ``<cluster>.<kind>.<project>.<name>``, which the cluster's agent
 follows through its durable consumer. Records written while the agent is away wait for it and are applied
-in order, exactly once, when it comes; each produces one result in the EVT stream; a record written again
-is found already applied by the agent's revision check; a ``kill -9`` in the middle of an apply loses
-nothing and applies nothing twice; a new consumer starts from the last record of each object.
+in order, exactly once, when it comes; each produces one result, which the agent asks lifecycle to record
+(here a stand-in for lifecycle's endpoint that records each result once, like lifecycle's compare-and-set,
+and can stop answering) and acks only once answered; a record written again is found already applied by the
+agent's revision check; a ``kill -9`` in the middle of an apply loses nothing and applies nothing twice; a
+lifecycle outage holds the cluster's next command; a new consumer starts from the last record of each object.
 """
 
 from __future__ import annotations
@@ -16,17 +18,18 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 
-from agent import capabilities, running
+from agent import capabilities, command_loop, commands, running
 from agent.capabilities import Context
 from agent.drivers.sim import APPLY_DELAY_ENV, FAIL_ENV, UID_ENV, read_state
 from agent.errors import PermanentError
@@ -42,6 +45,7 @@ from schemas.messages import (
     DesiredState,
     Inventory,
     M,
+    ResultRecorded,
     WorkloadRecord,
     WorkloadSpec,
     decode,
@@ -69,6 +73,28 @@ class Platform:
     url: str
     nc: Client
     js: JetStreamContext
+    recorded: list[CommandResult] = field(default_factory=list)
+    """Results the stand-in for lifecycle recorded, in order, each once."""
+    asked: int = 0
+    answering: bool = True
+    """False: a lifecycle outage (requests get no answer)."""
+
+    async def serve_results(self) -> None:
+        """Answer agents' result requests as lifecycle does: a repeat is answered "already", not recorded."""
+        await self.nc.subscribe(subjects.agent_calls(subjects.Lifecycle.AGENT_RESULT), cb=self._on_result)
+
+    async def _on_result(self, msg: Msg) -> None:
+        self.asked += 1
+        if not self.answering:
+            return
+        result = decode(msg.data, CommandResult)
+        seen = any(
+            (r.op_id, r.generation, r.cluster) == (result.op_id, result.generation, result.cluster)
+            for r in self.recorded
+        )
+        if not seen:
+            self.recorded.append(result)
+        await msg.respond(encode(ResultRecorded(outcome="already" if seen else "recorded")))
 
     async def connect_cluster(self, name: str) -> str:
         info = await call(self.nc, subjects.Registry.CLUSTER_CREATE, ClusterCreate(name=name), ClusterConnectInfo)
@@ -103,7 +129,7 @@ class Platform:
             await sub.unsubscribe()
 
     async def results(self, cluster: str) -> list[CommandResult]:
-        return await self.evt(cluster, subjects.EVT_RESULT, CommandResult)
+        return [r for r in self.recorded if r.cluster == cluster]
 
     async def cmd_pending(self) -> int:
         """Records c1's agent has not acknowledged yet."""
@@ -130,7 +156,9 @@ async def platform(nats_server: NatsServer) -> AsyncIterator[Platform]:
     )
     try:
         await wait_for(lambda: _registry_up(nc), what="the registry", timeout=20)
-        yield Platform(url=nats_server.url, nc=nc, js=js)
+        p = Platform(url=nats_server.url, nc=nc, js=js)
+        await p.serve_results()
+        yield p
     finally:
         registry.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -199,7 +227,7 @@ async def test_commands_wait_for_the_agent_and_apply_once_in_order(platform: Pla
     settings = AgentSettings(server=platform.url, state_dir=state_dir, heartbeat_interval=0.5, inventory_interval=1.0)
     async with Agent(settings) as agent:
         await wait_for(lambda: len(read_state(state_dir)["log"]) >= 5, what="5 applies")
-        results = await wait_for(lambda: _at_least(platform.results("c1"), 5), what="5 results in the EVT stream")
+        results = await wait_for(lambda: _at_least(platform.results("c1"), 5), what="5 results recorded")
         assert applied_log(state_dir) == EXPECTED
         assert [(r.op_id, r.generation, r.ok, r.applied) for r in results] == [
             (c.op_id, c.generation, True, True) for c in PLAN
@@ -209,8 +237,7 @@ async def test_commands_wait_for_the_agent_and_apply_once_in_order(platform: Pla
         await wait_for(lambda: _eq(platform.cmd_pending(), 0), what="the work queue to drain")
         assert agent.commands_applied == 5
 
-        # The same record written again: the agent finds it applied, and its result (same result id) is
-        # dropped by the EVT stream.
+        # The same record written again: the agent finds it applied, and its result is answered "already".
         await platform.send(PLAN[3])
         await wait_for(lambda: _eq(platform.cmd_pending(), 0), what="the record written again to be acked")
         # The same generation under a new operation (a resync): reported, not applied.
@@ -274,6 +301,34 @@ async def test_failures_are_reported_and_do_not_block_the_queue(
         assert applied_log(state_dir) == [("op-2", "fine", 1, "running")]
 
 
+async def test_a_lifecycle_outage_holds_the_next_command_and_loses_nothing(
+    platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A result nobody answers: the agent keeps its command in progress (not acked) and asks again with
+    backoff, so the cluster's next command waits; once lifecycle answers, each is recorded once and acked,
+    each applied once, in order."""
+    monkeypatch.setattr(command_loop, "RECORD_TIMEOUT", 0.5)
+    monkeypatch.setattr(commands, "RECORD_BACKOFF", (0.1, 0.4))
+    token = await platform.connect_cluster("c1")
+    state_dir = tmp_path / "agent"
+    settings = AgentSettings(server=platform.url, token=token, state_dir=state_dir, heartbeat_interval=0.5)
+    async with Agent(settings):
+        await wait_for(lambda: _eq(platform.cmd_pending(), 0), what="the agent's consumer")
+        platform.answering = False
+        await platform.send(command(1, "t1", 1))
+        await platform.send(command(2, "t1", 2, "sleeping"))
+        await wait_for(lambda: len(read_state(state_dir)["log"]) == 1, what="the first apply")
+        asked = platform.asked
+        await wait_for(lambda: platform.asked >= asked + 3, what="the result asked again", timeout=30)
+        assert applied_log(state_dir) == [("op-1", "t1", 1, "running")], "the next command waits for the answer"
+        assert await platform.cmd_pending() == 2 and platform.recorded == []
+        platform.answering = True
+        results = await wait_for(lambda: _at_least(platform.results("c1"), 2), what="both results", timeout=30)
+        await wait_for(lambda: _eq(platform.cmd_pending(), 0), what="both acked")
+    assert applied_log(state_dir) == [("op-1", "t1", 1, "running"), ("op-2", "t1", 2, "sleeping")]
+    assert [(r.op_id, r.applied) for r in results] == [("op-1", True), ("op-2", True)]
+
+
 async def test_the_agent_is_served_before_lifecycle_runs(nats_server: NatsServer, tmp_path: Path) -> None:
     """The registry declares the desired-state bucket too (it makes the agents' consumers on its stream): an
     agent connecting before lifecycle ever ran is bound, and applies what is written once lifecycle is up."""
@@ -288,6 +343,7 @@ async def test_the_agent_is_served_before_lifecycle_runs(nats_server: NatsServer
     try:
         await wait_for(lambda: _registry_up(nc), what="the registry", timeout=20)
         p = Platform(url=nats_server.url, nc=nc, js=js)
+        await p.serve_results()
         token = await p.connect_cluster("c1")
         state_dir = tmp_path / "agent"
         settings = AgentSettings(server=p.url, token=token, state_dir=state_dir, heartbeat_interval=0.5)

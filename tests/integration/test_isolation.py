@@ -38,7 +38,11 @@ async def test_an_agent_is_confined_to_its_own_subjects(stack: Stack, tmp_path: 
 
         await refused("subscribe to b's desired state", nc.subscribe(subjects.desired_records("b")))
         await refused("publish b's heartbeat", nc.publish(subjects.heartbeat("b"), b"{}"))
-        await refused("publish b's events", nc.publish(subjects.evt("b", subjects.EVT_RESULT), b"{}"))
+        await refused("publish b's events", nc.publish(subjects.evt("b", subjects.EVT_INVENTORY), b"{}"))
+        await refused(
+            "ask lifecycle to record b's result",
+            nc.publish(subjects.agent_call(subjects.Lifecycle.AGENT_RESULT, "b"), b"{}"),
+        )
         b_stream = subjects.DESIRED_STREAM
         await refused(
             "create b's consumer",

@@ -19,10 +19,9 @@ from schemas.messages import (
     WorkloadRecord,
     WorkloadRef,
     desired_key,
-    encode,
     workload_key,
 )
-from services.bus import Bus, Delivery
+from services.bus import Bus
 from services.bus.nats_bus import NatsBus
 from services.bus.settings import BusSettings
 from services.lifecycle import logic
@@ -32,9 +31,9 @@ from tests.harness import CountingBucket, NatsServer
 KEY = desired_key("c1", workload_key(WorkloadRef(kind="tenant", project="p1", name="t1")))
 
 
-def result_of(record: WorkloadRecord) -> Delivery:
+def result_of(record: WorkloadRecord) -> CommandResult:
     spec = record.spec
-    result = CommandResult(
+    return CommandResult(
         op_id=record.op_id,
         cluster=spec.cluster,
         kind=spec.kind,
@@ -46,7 +45,6 @@ def result_of(record: WorkloadRecord) -> Delivery:
         version=spec.version,
         at=time.time(),
     )
-    return Delivery(subjects.evt(spec.cluster, subjects.EVT_RESULT), encode(result))
 
 
 def act(action: Action) -> WorkloadAction:
@@ -83,10 +81,10 @@ async def test_replicas_write_on_top_of_their_own_writes_and_see_each_others(bus
         return found[0]
 
     slept = await a.workloads.action(act("sleep"))  # nothing remembered yet: read
-    await a.results.on_result(result_of(slept))
+    await a.results.record(result_of(slept), "c1")
     reads = a_bucket.reads
     woken = await a.workloads.action(act("wake"))
-    await a.results.on_result(result_of(woken))
+    await a.results.record(result_of(woken), "c1")
     assert a_bucket.reads == reads, "a replica writes on top of its own last write without a read"
     assert logic.in_sync(await stored()) and (await stored()).spec.state == "running"
 
@@ -98,15 +96,15 @@ async def test_replicas_write_on_top_of_their_own_writes_and_see_each_others(bus
     assert again.generation == other.generation + 1 and again.spec.state == "running"
     assert (await stored()).generation == again.generation
 
-    # Results: b records the wake's; then a gets the same result again (a redelivery) while it remembers
-    # the record before b's write: its write on top of that fails, it reads and folds the result into b's.
+    # Results: b records the wake's; then a gets the same result again (the agent asked again after a lost
+    # answer) while it remembers the record before b's write: it reads, finds it recorded, writes nothing.
     delivered = result_of(again)
-    await b.results.on_result(delivered)
+    assert (await b.results.record(delivered, "c1")).outcome == "recorded"
     recorded = await stored()
     assert recorded.observed is not None and recorded.observed.generation == again.generation
-    await a.results.on_result(delivered)
+    assert (await a.results.record(delivered, "c1")).outcome == "already"
     now = await stored()
-    assert (now.generation, now.spec, now.observed) == (recorded.generation, recorded.spec, recorded.observed)
+    assert now == recorded, "the repeat wrote nothing"
     # And a's next action starts from what is stored, b's write included.
     last = await a.workloads.action(act("sleep"))
     assert last.generation == again.generation + 1 and last.observed == now.observed

@@ -39,7 +39,8 @@ async def test_one_trace_from_api_call_to_agent_and_back(tmp_path: Path) -> None
             mine = [s for s in spans(traces) if s["context"]["trace_id"] == f"0x{trace_id}"]
             names = {s["resource"]["attributes"]["service.name"] for s in mine}
             wanted = {"tether-api", "tether-lifecycle", "tether-agent"}
-            return names if wanted <= names and any("lifecycle-results" in s["name"] for s in mine) else None
+            recorded = any(s["name"] == subjects.Lifecycle.AGENT_RESULT for s in mine)
+            return names if wanted <= names and recorded else None
 
         found = await wait_for(services_in_trace, timeout=15, what="the API, lifecycle and agent spans of one trace")
         assert {"tether-api", "tether-lifecycle", "tether-agent"} <= found
@@ -48,7 +49,7 @@ async def test_one_trace_from_api_call_to_agent_and_back(tmp_path: Path) -> None
         assert "POST /api/v1/projects/{project}/spaces" in names
         assert "tether.svc.lifecycle.workload.create" in names
         assert any(n.startswith(f"agent apply {subjects.DESIRED_PREFIX}c1.space.p1.s1") for n in names)
-        assert any(n.startswith("lifecycle-results tether.evt.c1.result") for n in names)
+        assert subjects.Lifecycle.AGENT_RESULT in names, "the agent's result request continues the trace"
     finally:
         stack.stop()
 

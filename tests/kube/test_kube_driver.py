@@ -14,7 +14,7 @@ from agent.drivers.vcluster import VClusterSettings
 from agent.errors import DriverError
 from agent.settings import AgentSettings
 from schemas import subjects
-from schemas.messages import CommandResult, WorkloadRecord, encode
+from schemas.messages import CommandResult, ResultRecorded, WorkloadRecord, encode
 from tests.kube.cluster import ControlPlane
 from tests.kube.helpers import GiB, can, command, get, member, names, wait_gone
 
@@ -346,8 +346,9 @@ async def test_too_little_rbac_is_a_clear_failed_command(
     narrow = KubeDriver(settings, environ={})
     results: list[CommandResult] = []
 
-    async def publish(subject: str, result: CommandResult, msg_id: str) -> None:
+    async def publish(result: CommandResult) -> ResultRecorded:
         results.append(result)
+        return ResultRecorded(outcome="recorded")
 
     class Receipt:
         subject, num_delivered, settled = f"{subjects.DESIRED_PREFIX}c1.space.rb.s1", 1, ""
@@ -368,7 +369,7 @@ async def test_too_little_rbac_is_a_clear_failed_command(
             pass
 
     try:
-        applier = CommandApplier("c1", narrow, publish, result_subject="tether.evt.c1.result")
+        applier = CommandApplier("c1", narrow, publish)
         cmd = command("space", "rb", "s1", 1, members=(member("user:alice", "admin"),))
         # What the agent's consumer delivers: the desired-state record the command is.
         stored = WorkloadRecord(spec=cmd.spec, generation=cmd.generation, op_id=cmd.op_id, operation="create")
