@@ -1031,9 +1031,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--same-writes",
         type=int,
         default=6,
-        choices=(0, 5, 6),
+        choices=(0, 4, 5, 6),
         help="stream + KV writes per command of the raw same-writes baseline in phase 3 (6: with the command "
-        "copy, the platform's chain in 2026-12; 5: the agent follows the desired state; 0: not run)",
+        "copy, the platform's chain in 2026-12; 5: the agent follows the desired state; 4: and its result is a "
+        "request to lifecycle, no stream write; 0: not run)",
     )
     p.add_argument("--hb-window", type=float, default=10.0, help="seconds the steady heartbeat rate is measured")
     p.add_argument("--hb-burst", type=int, default=20000, help="heartbeats in the capacity burst")

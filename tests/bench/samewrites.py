@@ -17,9 +17,13 @@ One command (``writes=6``, the platform today)::
     client sees the result's KV write (a core subscription on the bucket, like the benchmark's observer)
 
 ``writes=5``: no command copy; each agent's consumer follows its own clusters' keys of the desired-state
-bucket (and skips the result records lifecycle writes on the same keys). Every stream has the platform's
-storage, retention and duplicate window; every publish a message id; ``sync_interval: always`` is the
-server's (the benchmark's server is the platform's).
+bucket (and skips the result records lifecycle writes on the same keys).
+
+``writes=4``: as 5, and the result is no stream write: the agent asks "lifecycle" (a core request on its
+cluster's subject, a queue group) to write it into the record (6), waits for the answer, then acks.
+
+Every stream has the platform's storage, retention and duplicate window; every publish a message id;
+``sync_interval: always`` is the server's (the benchmark's server is the platform's).
 
 The roles run as child processes (``python -m tests.bench.samewrites <role> <config>``), like the platform's
 services and agent workers, so one Python process's CPU does not cap the baseline.
@@ -62,6 +66,8 @@ KV_SUBJECTS = f"$KV.{BUCKET}"
 CMD_STREAM = "BENCHSW_CMD_{:02d}"
 PLAIN = {"BENCHSW_AUDIT": "benchsw.audit.>", "BENCHSW_EVENTS": "benchsw.events.>", "BENCHSW_EVT": "benchsw.evt.>"}
 ACT = "benchsw.act"
+RESULT_CALL = "benchsw.result"
+"""``writes=4``: ``RESULT_CALL.<cluster>``, the agents' requests to record their results."""
 RESULTS = "benchsw-results"
 DESIRED, RESULT = 0, 1
 _HEAD = struct.Struct("!QBH")
@@ -194,6 +200,9 @@ class Lifecycle:
 
         await asyncio.gather(*(seed(i) for i in range(self.layout.clusters)))
         await self.nc.subscribe(ACT, cb=self._on_request)
+        if self.layout.writes <= 4:
+            await self.nc.subscribe(f"{RESULT_CALL}.*", queue="lifecycle", cb=self._on_result_call)
+            return []
         return [self._results()]
 
     async def _write(self, key: str, value: bytes) -> None:
@@ -223,6 +232,16 @@ class Lifecycle:
             command = payload(seq, DESIRED, key, sizes["command"])
             writes.append(self.js.publish(self.layout.cmd_subject(i), command, headers={"Nats-Msg-Id": f"c{seq}"}))
         await asyncio.gather(*writes)
+        await msg.respond(b"ok")
+
+    async def _on_result_call(self, msg: Any) -> None:
+        task = asyncio.create_task(self._record(msg))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _record(self, msg: Any) -> None:
+        seq, _kind, key = unpack(msg.data)
+        await self._write(key, payload(seq, RESULT, key, self.layout.sizes["record"]))
         await msg.respond(b"ok")
 
     async def _results(self) -> None:
@@ -277,9 +296,21 @@ class Agents:
                 continue
             for msg in msgs:
                 seq, kind, key = unpack(msg.data)
-                if kind == DESIRED:
+                if kind == DESIRED and self.layout.writes <= 4:
+                    await self._ask(nc, f"{RESULT_CALL}.{self.layout.cluster(i)}", payload(seq, RESULT, key, small))
+                elif kind == DESIRED:
                     await js.publish(subject, payload(seq, RESULT, key, small), headers={"Nats-Msg-Id": f"r{seq}"})
                 await msg.ack_sync(timeout=5)
+
+    @staticmethod
+    async def _ask(nc: nats.aio.client.Client, subject: str, data: bytes) -> None:
+        """Until answered, like the agent (no backoff needed here: nothing is down)."""
+        while True:
+            try:
+                await nc.request(subject, data, timeout=5)
+                return
+            except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                continue
 
 
 async def serve_role(role: str, layout: Layout, part: int, parts: int) -> None:
