@@ -76,10 +76,10 @@ EXAMPLES: dict[str, list[tuple[str, Message]]] = {
     "MembershipChanged": [("member-added", MembershipChanged(project="demo", at=1767225600.0))],
     "MessageDropped": [
         (
-            "poison-result",
+            "poison-inventory",
             MessageDropped(
-                consumer="lifecycle-results",
-                subject="tether.evt.edge-1.result",
+                consumer="lifecycle-inventory",
+                subject="tether.evt.edge-1.inventory",
                 stream_seq=4711,
                 deliveries=8,
                 reason="failed 8 times, last: ...",
