@@ -141,12 +141,12 @@ Attribute = Callable[[str, bytes], bool]
 
 
 def of_objects(objects: dict[WorkloadRef, str]) -> Attribute:
-    """The writes a command on one of ``objects`` (ref -> its cluster) makes: its desired-state records, its
-    cluster's results and command audit records (nothing else on the cluster issues commands meanwhile) and
-    the public events naming it."""
+    """The writes a command on one of ``objects`` (ref -> its cluster) makes: its desired-state records (the
+    result is recorded there too: agents ask lifecycle, they write no stream), its cluster's command audit
+    records (nothing else on the cluster issues commands meanwhile) and the public events naming it."""
     records = {f"{subjects.DESIRED_PREFIX}{desired_key(c, workload_key(ref))}" for ref, c in objects.items()}
     clusters = set(objects.values())
-    reports = {subjects.evt(c, subjects.EVT_RESULT) for c in clusters} | {subjects.audit_command(c) for c in clusters}
+    reports = {subjects.audit_command(c) for c in clusters}
     named = {(ref.kind, ref.project, ref.name) for ref in objects}
     events = subjects.public_event("")
 

@@ -68,9 +68,7 @@ def test_writes_are_attributed_to_the_commands_objects_by_subject_and_event() ->
     other = WorkloadEvent(kind="tenant", project="bench", name="t2", cluster="c1", phase="Sleeping", at=1.0)
     assert mine(f"{subjects.DESIRED_PREFIX}c1.tenant.bench.t1", b"")
     assert not mine(f"{subjects.DESIRED_PREFIX}c1.tenant.bench.t2", b""), "another object's record"
-    assert mine(subjects.evt("c1", subjects.EVT_RESULT), b"")
     assert not mine(subjects.evt("c1", subjects.EVT_INVENTORY), b""), "inventories are background"
-    assert not mine(subjects.evt("c2", subjects.EVT_RESULT), b"")
     assert mine(subjects.audit_command("c1"), b"")
     assert mine(subjects.public_event("tenant.sleeping"), encode(event))
     assert not mine(subjects.public_event("tenant.sleeping"), encode(other))

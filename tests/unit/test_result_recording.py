@@ -51,8 +51,10 @@ def test_a_result_for_a_superseded_operation_is_answered_so() -> None:
     assert recording.decide(late.new, result(t), "c1", NOW + 2) == recording.Decision(
         "superseded", detail=f"generation {slept.generation} is wanted now"
     )
-    # A stale failure of the older generation changes nothing either.
-    assert recording.decide(slept, result(t, ok=False), "c1", NOW).new is None
+    # A stale failure of the older generation only ends that operation (it waited for its result).
+    stale = recording.decide(slept, result(t, ok=False), "c1", NOW).new
+    assert stale is not None and stale.earlier == () and stale.failure is None and stale.observed == slept.observed
+    assert recording.decide(stale, result(t, ok=False), "c1", NOW).new is None, "asked again: nothing to write"
 
 
 def test_results_for_gone_or_moved_objects_are_answered_unknown() -> None:
