@@ -30,6 +30,14 @@ from services.lifecycle.store import Desired, Found
 
 logger = logging.getLogger(__name__)
 
+ACT_READS = 3
+"""Fresh reads an action may take when its compare-and-set keeps losing to concurrent writes (results)."""
+
+
+class _Raced(Exception):
+    """An action's compare-and-set lost to a concurrent write of the same record."""
+
+
 Acted = tuple[WorkloadRecord, WorkloadRecord | None]
 """(the record acted on, the new one written or None when nothing changed)."""
 
@@ -103,9 +111,17 @@ class Workloads:
         async with self.desired.objects.hold(k):
             known = self.desired.known.get(k)
             done = await self._act(req, known, op_id) if known is not None else None
-            if done is None:
-                done = await self._act(req, await self.desired.get_live(ref), op_id, fresh=True)
-                assert done is not None  # a record just read always decides
+            for attempt in range(ACT_READS):
+                if done is not None:
+                    break
+                try:
+                    done = await self._act(req, await self.desired.get_live(ref), op_id, fresh=True)
+                except _Raced:
+                    # A result recorded (or another replica's write) between the read and the write: decide
+                    # again on what is there now, a few times, before the caller is told it conflicted.
+                    if attempt + 1 == ACT_READS:
+                        raise Conflict(f"{k!r} kept changing; try again") from None
+            assert done is not None  # a record just read always decides
             record, new = done
         if new is None:
             return record
@@ -144,7 +160,7 @@ class Workloads:
         except Conflict:
             if not fresh:
                 return None
-            raise
+            raise _Raced from None
         return record, new
 
     async def _write(self, req: WorkloadAction, record: WorkloadRecord, new: WorkloadRecord, revision: int) -> None:
