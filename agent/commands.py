@@ -126,8 +126,8 @@ class _Attributable(msgspec.Struct, kw_only=True):
 
 def command_of(subject: str, data: bytes, headers: Mapping[str, str], cluster: str) -> Command | None:
     """What one delivered desired-state record asks this agent to apply; None when nothing: a deletion
-    marker, or a record observed at its generation (lifecycle's write of the result this agent reported, a
-    tombstone). InvalidInput when it is no record, or not stored where its own content says (its key is
+    marker, or a record observed or failed at its generation (lifecycle's write of the result this agent
+    reported, a tombstone). InvalidInput when it is no record, or not stored where its own content says (its key is
     ``<cluster>.<kind>.<project>.<name>`` of the record, and the cluster is this agent's)."""
     if headers.get(KV_OPERATION) in REMOVED or MARKER_REASON in headers or not data:
         return None
@@ -138,6 +138,8 @@ def command_of(subject: str, data: bytes, headers: Mapping[str, str], cluster: s
         raise InvalidInput(f"a record of {spec.cluster}/{spec.kind}/{spec.project}/{spec.name} arrived on {subject!r}")
     if record.observed is not None and record.observed.generation >= record.generation:
         return None
+    if record.failure is not None and record.failure.generation >= record.generation:
+        return None  # lifecycle's write of the failure this agent reported; asking again clears it (resend)
     return Command(
         op_id=record.op_id,
         generation=record.generation,

@@ -677,13 +677,15 @@ def resend(record: WorkloadRecord, now: float, seen_at: float = 0.0) -> Workload
     """What an inventory lacking ``record``'s generation asks to write, now that the agent follows the desired
     state (it applies every record of its cluster not observed yet, in order): nothing while the record waits
     for its agent (its consumer holds it, and a result comes before the ack); the record with nothing observed
-    when the cluster lost what it had reported (observed, yet missing: the agent applies it again); the same
-    record again after a failure (one more try, as every inventory gave before). ``seen_at``: when the
-    inventory was taken; a result observed since is newer than what it says."""
+    when the cluster lost what it had reported (observed, yet missing: the agent applies it again); the record
+    without its failure after a failure (one more try, as every inventory gave before; Pending meanwhile).
+    ``seen_at``: when the inventory was taken; a result observed since is newer than what it says."""
     if in_sync(record):
         if record.observed is not None and record.observed.at >= seen_at:
             return None
         return with_conditions(msgspec.structs.replace(record, observed=None, updated_at=now), now)
     if record.failure is not None and record.failure.generation >= record.generation:
-        return msgspec.structs.replace(record, updated_at=now)
+        # Without the failure: a record that still carries it is the agent's own report coming back, which
+        # the agent does not apply again (it would retry every failure at once, not once per inventory).
+        return with_conditions(msgspec.structs.replace(record, failure=None, updated_at=now), now)
     return None

@@ -17,6 +17,7 @@ from schemas.messages import (
     Command,
     CommandResult,
     DesiredState,
+    Failure,
     Observed,
     ResultRecorded,
     WorkloadRecord,
@@ -316,6 +317,14 @@ def test_a_record_is_a_command_until_it_is_observed_at_its_generation() -> None:
     assert command_of(where(gone.spec), record(gone, observed=4), {}, "c1") is None
     deleting = command_of(where(gone.spec), record(gone), {}, "c1")
     assert deleting is not None and deleting.spec.state == "deleted"
+    # Lifecycle's write of the failure this agent reported: not applied again at once (each failure would be
+    # tried twice); lifecycle asks again by writing the record without it.
+    failed = msgspec.structs.replace(
+        stored(cmd), failure=Failure(generation=3, reason="ApplyFailed", message="no", at=1.0)
+    )
+    assert command_of(where(cmd.spec), encode(failed), {}, "c1") is None
+    older = msgspec.structs.replace(failed, failure=Failure(generation=2, reason="ApplyFailed", message="no", at=1.0))
+    assert command_of(where(cmd.spec), encode(older), {}, "c1") is not None, "an older failure: apply"
     # A key deleted or purged by hand leaves a marker: no record, nothing to apply.
     for op in ("DEL", "PURGE"):
         assert command_of(where(cmd.spec), b"", {"KV-Operation": op}, "c1") is None

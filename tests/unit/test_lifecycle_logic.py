@@ -194,6 +194,16 @@ def item(name: str, generation: int = 1, state: str = "running") -> InventoryIte
     return InventoryItem(kind="tenant", project="p1", name=name, generation=generation, state=state)  # type: ignore[arg-type]
 
 
+def test_a_failure_is_asked_again_without_it_once_per_inventory() -> None:
+    failed, _ = logic.observe(tenant(), result(tenant(), ok=False, reason="Boom", message="no"), NOW)
+    assert failed.failure is not None and failed.phase == "Failed"
+    again = logic.resend(failed, NOW + 120, seen_at=NOW + 110)
+    # The record the agent applies once more: without the failure it reported (with it, the agent takes the
+    # record for lifecycle's write of its own report), Pending until the cluster answers.
+    assert again is not None and again.failure is None and again.phase == "Pending"
+    assert again.generation == failed.generation and again.op_id == failed.op_id
+
+
 def test_reconcile_resends_missing_and_stale_and_deletes_orphans() -> None:
     a, b = tenant("a"), tenant("b")
     b2 = logic.act(b, "sleep", "", "op", NOW)
