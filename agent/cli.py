@@ -180,13 +180,11 @@ async def _serve(settings: AgentSettings) -> int:
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's event loop where it is installed (Linux, macOS), the standard one elsewhere: the agent's
-    work is NATS round trips, and uvloop runs the loop and the socket I/O in C."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+    """The standard event loop, not uvloop: uvloop's TLS transport drops what it has read when the peer
+    closes while the application paused reading (MagicStack/uvloop#661), and the agent pauses reading a
+    Kubernetes API server's WebSocket whenever a tunnel's credits are spent, so an exec's last output was
+    lost (tests/bench/RESULTS.md, the exec output cut under load)."""
+    return asyncio.new_event_loop()
 
 
 def main(argv: list[str] | None = None) -> int:
