@@ -259,7 +259,7 @@ def main() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # The agent's own loop (agent.cli): uvloop where it is installed.
+    # The agent's own loop (agent.cli): the standard one (uvloop#661 drops TLS data, see there).
     with asyncio.Runner(loop_factory=new_event_loop) as run:
         run.run(Worker(config).serve())
 
