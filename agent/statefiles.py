@@ -57,7 +57,7 @@ def write_bytes_atomic(path: Path, payload: bytes, mode: int = FILE_MODE) -> Non
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_text_atomic(path: Path, text: str, mode: int = FILE_MODE) -> None:
@@ -70,10 +70,10 @@ def write_text_atomic(path: Path, text: str, mode: int = FILE_MODE) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Make a rename in ``directory`` durable (best effort where directories cannot be opened)."""
     try:
         dir_fd = os.open(directory, os.O_RDONLY)

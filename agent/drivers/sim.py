@@ -5,12 +5,13 @@ the platform's duplicate guard keys on) is generated once and kept in the
 agent's state directory (``sim-cluster.json``), so a restarted agent is the
 same cluster. Pure: no network, no ``nats``, no ``kubernetes``.
 
-Tenant clusters and spaces live in ``<state_dir>/sim-state.json`` (see
-``read_state`` for its format). The file is replaced atomically on every
-apply, and for the sim *writing that file is the apply*: a change and the
-generation that produced it are recorded in one step, so a ``kill -9`` at
-any moment leaves either the old cluster or the new one, never a change
-without its generation. Applying follows the rules of ``Driver.apply``:
+Tenant clusters and spaces live in ``<state_dir>/sim-state.json`` and the
+journal of changes since, ``sim-journal.jsonl`` (``agent.drivers.sim_state``;
+``read_state`` for the format). Every apply is one journal line made durable,
+and for the sim *writing that line is the apply*: a change and the generation
+that produced it are recorded in one step, so a ``kill -9`` at any moment
+leaves either the old cluster or the new one, never a change without its
+generation. Applying follows the rules of ``Driver.apply``:
 
 - ``running`` / ``sleeping``: the object exists in that state, at ``spec.version``;
   sleep, wake and upgrade are just state and version changes. Becoming
@@ -48,20 +49,26 @@ import msgspec
 
 from agent import VERSION
 from agent.drivers import ApplyOutcome
+from agent.drivers.sim_state import (
+    Change,
+    Counters,
+    LogEntry,
+    SimObject,
+    SimState,
+    Store,
+    Tombstone,
+    changed,
+    load,
+)
 from agent.errors import ClusterUnreachable, DriverError
 from agent.settings import AgentSettings
-from agent.statefiles import read_json, write_bytes_atomic, write_json_atomic
+from agent.statefiles import read_json, write_json_atomic
 from schemas.messages import (
     Capacity,
     ClusterHealth,
     Command,
     ControlPlaneHealth,
-    DesiredState,
     InventoryItem,
-    Member,
-    Quota,
-    Resources,
-    WorkloadKind,
 )
 
 logger = logging.getLogger(__name__)
@@ -70,84 +77,10 @@ GiB = 1024**3
 KUBERNETES_VERSION = "v1.36.0-sim"
 STATE_FILE = "sim-cluster.json"
 """The simulated cluster's identity (its UID)."""
-OBJECTS_FILE = "sim-state.json"
-"""The simulated cluster's tenant clusters and spaces, tombstones, apply log and counters."""
-STATE_FORMAT = 1
 UID_ENV = "TETHER_SIM_CLUSTER_UID"
 APPLY_DELAY_ENV = "TETHER_SIM_APPLY_DELAY"
 FAIL_ENV = "TETHER_SIM_FAIL"
-LOG_LIMIT = 10_000
-"""Entries kept in the apply log; older ones are dropped (counted in ``log_dropped``)."""
 _UID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-
-
-# --- the persisted model ------------------------------------------------------------------
-class SimObject(msgspec.Struct, frozen=True, kw_only=True):
-    """One tenant cluster or space on the simulated cluster."""
-
-    kind: WorkloadKind
-    project: str
-    name: str
-    generation: int
-    state: DesiredState
-    """``running`` or ``sleeping`` (a deleted object is removed)."""
-    version: str = ""
-    members: tuple[Member, ...] = ()
-    resources: Resources = msgspec.field(default_factory=Resources)
-    quota: Quota = msgspec.field(default_factory=Quota)
-    op_id: str = ""
-    """The operation that produced ``generation``."""
-    created_at: float = 0.0
-    updated_at: float = 0.0
-    last_activity: float = 0.0
-
-
-class Tombstone(msgspec.Struct, frozen=True, kw_only=True):
-    """The last generation of a deleted object."""
-
-    kind: WorkloadKind
-    project: str
-    name: str
-    generation: int
-    op_id: str = ""
-    at: float = 0.0
-
-
-class LogEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """One generation applied (only real applies are logged, never skips or failures)."""
-
-    op_id: str
-    kind: WorkloadKind
-    project: str
-    name: str
-    generation: int
-    state: DesiredState
-    version: str = ""
-    at: float = 0.0
-
-
-class Counters(msgspec.Struct, frozen=True, kw_only=True):
-    applied: int = 0
-    """Generations applied."""
-    skipped: int = 0
-    """Commands not applied because the object was already at that generation or later."""
-    failed: int = 0
-    """Applies that failed (``TETHER_SIM_FAIL``)."""
-
-
-class SimState(msgspec.Struct, frozen=True, kw_only=True):
-    """The whole of ``sim-state.json``."""
-
-    format: int = STATE_FORMAT
-    objects: dict[str, SimObject] = msgspec.field(default_factory=dict)
-    """Keyed ``<kind>/<project>/<name>``."""
-    tombstones: dict[str, Tombstone] = msgspec.field(default_factory=dict)
-    """Keyed like ``objects``."""
-    log: list[LogEntry] = msgspec.field(default_factory=list)
-    """Append-only, oldest first; at most LOG_LIMIT entries."""
-    log_dropped: int = 0
-    """Entries dropped from the front of ``log``."""
-    counters: Counters = msgspec.field(default_factory=Counters)
 
 
 def object_key(kind: str, project: str, name: str) -> str:
@@ -158,10 +91,10 @@ def object_key(kind: str, project: str, name: str) -> str:
 def read_state(state_dir: Path) -> dict[str, Any]:
     """The simulated cluster's ``sim-state.json`` in ``state_dir``, as plain JSON (for tests and demos).
 
-    Format (version 1)::
+    Format (version 2; version 1 had no ``journal_seq`` and no journal)::
 
         {
-          "format": 1,
+          "format": 2,
           "objects": {"<kind>/<project>/<name>": {
               "kind", "project", "name", "generation", "state" ("running"|"sleeping"),
               "version", "members": [{"subject", "access"}], "resources": {"cpu", "memory"},
@@ -169,33 +102,18 @@ def read_state(state_dir: Path) -> dict[str, Any]:
           "tombstones": {"<kind>/<project>/<name>": {"kind", "project", "name", "generation", "op_id", "at"}},
           "log": [{"op_id", "kind", "project", "name", "generation", "state", "version", "at"}],
           "log_dropped": 0,
-          "counters": {"applied", "skipped", "failed"}
+          "counters": {"applied", "skipped", "failed"},
+          "journal_seq": 0
         }
+
+    (``sim-state.json`` holds this as of line ``journal_seq`` of the journal; the journal's later lines are
+    made here.)
 
     ``log`` holds one entry per generation actually applied, oldest first. A
     state directory where nothing was ever applied reads as the empty state.
-    Raises ValueError when the file is damaged.
+    Raises ValueError when a file is damaged.
     """
-    data = read_json(state_dir / OBJECTS_FILE)
-    if data is None:
-        return dict(msgspec.to_builtins(SimState()))
-    return data
-
-
-def _load_state(path: Path) -> SimState:
-    try:
-        data = read_json(path)
-    except (ValueError, OSError) as exc:
-        raise DriverError(f"cannot read the simulated cluster's objects: {exc}") from None
-    if data is None:
-        return SimState()
-    try:
-        state = msgspec.convert(data, SimState)
-    except msgspec.ValidationError as exc:
-        raise DriverError(f"{path} is damaged: {exc}") from None
-    if state.format != STATE_FORMAT:
-        raise DriverError(f"{path} has format {state.format}; this agent reads format {STATE_FORMAT}")
-    return state
+    return dict(msgspec.to_builtins(load(state_dir)))
 
 
 def _parse_delay(raw: str) -> float:
@@ -289,15 +207,14 @@ def outcome_of(state: SimState, key: str, applied: bool) -> ApplyOutcome:
     return ApplyOutcome(applied=applied, state="deleted", generation=tomb.generation if tomb else 0)
 
 
-def applied_state(old: SimState, command: Command, now: float) -> SimState:
-    """The state after applying ``command`` to ``old`` (pure: the caller saves it)."""
+def applied_change(old: SimState, command: Command, now: float) -> Change:
+    """What applying ``command`` to ``old`` changes (pure: the caller saves it and makes it)."""
     spec = command.spec
     key = object_key(spec.kind, spec.project, spec.name)
-    objects = dict(old.objects)
-    tombstones = dict(old.tombstones)
+    put: SimObject | None = None
+    tombstone: Tombstone | None = None
     if spec.state == "deleted":
-        objects.pop(key, None)
-        tombstones[key] = Tombstone(
+        tombstone = Tombstone(
             kind=spec.kind,
             project=spec.project,
             name=spec.name,
@@ -307,9 +224,9 @@ def applied_state(old: SimState, command: Command, now: float) -> SimState:
         )
         version = ""
     else:
-        before = objects.get(key)
+        before = old.objects.get(key)
         waking = spec.state == "running" and (before is None or before.state != "running")
-        objects[key] = SimObject(
+        put = SimObject(
             kind=spec.kind,
             project=spec.project,
             name=spec.name,
@@ -324,7 +241,6 @@ def applied_state(old: SimState, command: Command, now: float) -> SimState:
             updated_at=now,
             last_activity=now if waking else (before.last_activity if before else 0.0),
         )
-        tombstones.pop(key, None)
         version = spec.version
     entry = LogEntry(
         op_id=command.op_id,
@@ -336,16 +252,20 @@ def applied_state(old: SimState, command: Command, now: float) -> SimState:
         version=version,
         at=now,
     )
-    log = [*old.log, entry]
-    dropped = max(0, len(log) - LOG_LIMIT)
     c = old.counters
-    return SimState(
-        objects=objects,
-        tombstones=tombstones,
-        log=log[dropped:],
-        log_dropped=old.log_dropped + dropped,
+    return Change(
+        seq=old.journal_seq + 1,
+        key=key,
+        put=put,
+        tombstone=tombstone,
+        entry=entry,
         counters=Counters(applied=c.applied + 1, skipped=c.skipped, failed=c.failed),
     )
+
+
+def applied_state(old: SimState, command: Command, now: float) -> SimState:
+    """The state after applying ``command`` to ``old`` (pure)."""
+    return changed(old, applied_change(old, command, now))
 
 
 class SimCluster:
@@ -385,8 +305,11 @@ class SimCluster:
             fail = env.get(FAIL_ENV, "").split(",")
         self.fail = frozenset(n.strip() for n in fail if n.strip())
         self._clock = clock
-        self._objects_path = state_dir / OBJECTS_FILE
-        self._state = _load_state(self._objects_path)
+        self._store = Store(state_dir)
+        try:
+            self._state = self._store.open()
+        except (ValueError, OSError) as exc:
+            raise DriverError(f"cannot read the simulated cluster's objects: {exc}") from None
         self._apply_lock = asyncio.Lock()
         self._api_reachable = True
         self._closed = False
@@ -463,7 +386,7 @@ class SimCluster:
         if obj is None:
             raise DriverError(f"no {kind} {project}/{name} on the simulated cluster", reason="NotFound")
         obj = msgspec.structs.replace(obj, last_activity=self._clock() if at is None else at)
-        self._commit(msgspec.structs.replace(self._state, objects={**self._state.objects, key: obj}))
+        self._commit(Change(seq=self._state.journal_seq + 1, key=key, put=obj, counters=self._state.counters))
         return obj
 
     def _check_reachable(self) -> None:
@@ -472,20 +395,18 @@ class SimCluster:
         if not self._api_reachable:
             raise ClusterUnreachable("the simulated cluster's API server is unreachable")
 
-    def _commit(self, new: SimState) -> None:
-        """Write ``new`` to ``sim-state.json`` (atomically, durably), then make it current.
+    def _commit(self, change: Change) -> None:
+        """Make ``change`` durable (one journal line, ``agent.drivers.sim_state``), then current.
 
         Synchronous on purpose: no other task can see or change the state between the
         write and the swap, and a cancellation cannot fall between them.
         """
+        new = changed(self._state, change)
         try:
-            # msgspec's encoder and formatter (C), not json.dumps with an indent (pure Python): the whole
-            # state, ledger included, is written on every apply, and that was most of a busy agent's CPU.
-            payload = msgspec.json.format(msgspec.json.encode(new, order="sorted"), indent=2) + b"\n"
-            write_bytes_atomic(self._objects_path, payload)
+            self._store.save(new, change)
         except OSError as exc:
             raise DriverError(
-                f"cannot save the simulated cluster's objects to {self._objects_path}: {exc}",
+                f"cannot save the simulated cluster's objects in {self.state_dir}: {exc}",
                 reason="StateNotSaved",
                 transient=True,
             ) from None
@@ -499,12 +420,12 @@ class SimCluster:
             skipped=c.skipped + more.get("skipped", 0),
             failed=c.failed + more.get("failed", 0),
         )
-        new = msgspec.structs.replace(self._state, counters=counters)
+        change = Change(seq=self._state.journal_seq + 1, counters=counters)
         try:
-            self._commit(new)
+            self._commit(change)
         except DriverError as exc:
             logger.warning("%s", exc)
-            self._state = new
+            self._state = changed(self._state, change)
 
     # --- Driver ---------------------------------------------------------------------
     async def cluster_uid(self) -> str:
@@ -536,7 +457,7 @@ class SimCluster:
                     f"{command.generation} (${FAIL_ENV} names {spec.name!r})",
                     reason="SimulatedFailure",
                 )
-            self._commit(applied_state(self._state, command, self._clock()))
+            self._commit(applied_change(self._state, command, self._clock()))
             return outcome_of(self._state, key, applied=True)
 
     async def inventory(self) -> tuple[InventoryItem, ...]:
@@ -556,3 +477,4 @@ class SimCluster:
 
     async def close(self) -> None:
         self._closed = True
+        self._store.close()

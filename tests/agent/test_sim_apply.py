@@ -10,18 +10,19 @@ import json
 import os
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from agent.drivers import ApplyOutcome
+from agent.drivers import ApplyOutcome, sim_state
 from agent.drivers.sim import (
     APPLY_DELAY_ENV,
     FAIL_ENV,
-    OBJECTS_FILE,
     UID_ENV,
     SimCluster,
     object_key,
     read_state,
 )
+from agent.drivers.sim_state import JOURNAL_FILE, OBJECTS_FILE
 from agent.errors import ClusterUnreachable, DriverError
 from schemas.messages import Command, DesiredState, Member, Resources, WorkloadKind, WorkloadSpec
 
@@ -84,7 +85,7 @@ async def test_apply_creates_and_logs(tmp_path: Path) -> None:
     assert [(e["op_id"], e["generation"], e["state"]) for e in state["log"]] == [("op-t1-1", 1, "running")]
     assert state["objects"][object_key("tenant", "p1", "t1")]["resources"] == {"cpu": 2.0, "memory": 1024}
     assert state["counters"] == {"applied": 1, "skipped": 0, "failed": 0}
-    assert (tmp_path / OBJECTS_FILE).stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / JOURNAL_FILE).stat().st_mode & 0o777 == 0o600
 
 
 async def test_sleep_keeps_activity_and_wake_is_activity(tmp_path: Path) -> None:
@@ -220,3 +221,74 @@ async def test_names_with_a_slash_are_refused(tmp_path: Path) -> None:
     with pytest.raises(DriverError) as caught:
         await sim(tmp_path).apply(cmd(1, name="a/b"))
     assert caught.value.reason == "InvalidSpec"
+
+
+async def test_the_journal_is_folded_into_the_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sim_state, "JOURNAL_LIMIT", 3)
+    s = sim(tmp_path)
+    for generation in range(1, 6):
+        assert (await s.apply(cmd(generation, "sleeping" if generation % 2 == 0 else "running"))).applied
+    # Three lines, then the whole state (fourth apply) and an empty journal, then one line again.
+    snapshot = json.loads((tmp_path / OBJECTS_FILE).read_text())
+    assert snapshot["format"] == 2 and snapshot["journal_seq"] == 4 and len(snapshot["log"]) == 4
+    assert (tmp_path / OBJECTS_FILE).stat().st_mode & 0o777 == 0o600
+    assert len((tmp_path / JOURNAL_FILE).read_bytes().splitlines()) == 1
+    state = read_state(tmp_path)
+    assert [e["generation"] for e in state["log"]] == [1, 2, 3, 4, 5] and state["journal_seq"] == 5
+    await s.close()
+    assert sim(tmp_path).state == s.state
+
+
+async def test_a_line_cut_short_by_a_crash_is_dropped(tmp_path: Path) -> None:
+    s = sim(tmp_path)
+    await s.apply(cmd(1))
+    await s.apply(cmd(2, "sleeping"))
+    await s.close()
+    journal = tmp_path / JOURNAL_FILE
+    whole = journal.read_bytes()
+    journal.write_bytes(whole + whole.splitlines()[0][:40])  # a crash in the middle of the third write
+    assert [e["generation"] for e in read_state(tmp_path)["log"]] == [1, 2]
+    again = sim(tmp_path)
+    assert journal.read_bytes() == whole  # cut off before anything is appended after it
+    assert (await again.apply(cmd(3))).applied
+    assert [e["generation"] for e in read_state(tmp_path)["log"]] == [1, 2, 3]
+
+
+async def test_a_crash_between_the_snapshot_and_emptying_the_journal_replays_nothing_twice(tmp_path: Path) -> None:
+    s = sim(tmp_path)
+    await s.apply(cmd(1))
+    await s.apply(cmd(2, "sleeping"))
+    lines = (tmp_path / JOURNAL_FILE).read_bytes()
+    s._store.save_whole(s.state)  # the snapshot is written ...
+    await s.close()
+    (tmp_path / JOURNAL_FILE).write_bytes(lines)  # ... and the journal not emptied yet
+    again = sim(tmp_path)
+    assert [e["generation"] for e in read_state(tmp_path)["log"]] == [1, 2]
+    assert again.state.counters.applied == 2
+    assert (await again.apply(cmd(3))).applied
+    assert [e["generation"] for e in read_state(tmp_path)["log"]] == [1, 2, 3]
+
+
+async def test_a_damaged_line_before_others_is_refused(tmp_path: Path) -> None:
+    s = sim(tmp_path)
+    await s.apply(cmd(1))
+    await s.apply(cmd(2, "sleeping"))
+    await s.close()
+    _first, second = (tmp_path / JOURNAL_FILE).read_bytes().splitlines()
+    (tmp_path / JOURNAL_FILE).write_bytes(b'{"seq": "x"}\n' + second + b"\n")
+    with pytest.raises(DriverError, match="damaged at line 1"):
+        SimCluster(tmp_path)
+
+
+async def test_a_format_1_state_file_is_read_and_carried_on(tmp_path: Path) -> None:
+    s = sim(tmp_path)
+    await s.apply(cmd(1))
+    old = msgspec.to_builtins(s.state)
+    del old["journal_seq"]
+    await s.close()
+    (tmp_path / JOURNAL_FILE).unlink()
+    (tmp_path / OBJECTS_FILE).write_text(json.dumps({**old, "format": 1}))
+    again = sim(tmp_path)
+    assert again.generation_of("tenant", "p1", "t1") == 1
+    assert (await again.apply(cmd(2, "sleeping"))).applied
+    assert [e["generation"] for e in read_state(tmp_path)["log"]] == [1, 2]
