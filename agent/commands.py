@@ -30,15 +30,15 @@ is tested with fakes; ``agent.bus`` provides the real ones.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import msgspec
+from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, Tracer
 
 from agent.drivers import Driver
@@ -166,6 +166,41 @@ def check_command(command: Command, cluster: str) -> None:
         )
 
 
+class Keepalive:
+    """Tells the server every ``every`` seconds that ``receipt`` is still being worked on, until ``stop()``.
+
+    A timer, not a task per command: most commands are done long before the first signal is due, and a task
+    started and cancelled for each was a measurable share of a busy agent's CPU."""
+
+    def __init__(self, receipt: Receipt, every: float) -> None:
+        self._receipt = receipt
+        self._every = every
+        self._loop = asyncio.get_running_loop()
+        self._sending: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(every, self._due)
+
+    def _due(self) -> None:
+        if self._sending is None or self._sending.done():
+            self._sending = self._loop.create_task(self._send(), name="agent-command-keepalive")
+        self._timer = self._loop.call_later(self._every, self._due)
+
+    async def _send(self) -> None:
+        try:
+            await self._receipt.in_progress()
+        except Unavailable as exc:
+            logger.debug("%s", exc.description)
+
+    async def stop(self) -> None:
+        """No more signals; waits for one being sent."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        sending, self._sending = self._sending, None
+        if sending is not None and not sending.done():
+            sending.cancel()
+            await asyncio.wait({sending})
+
+
 @dataclass(frozen=True)
 class Handled:
     """What became of one delivery (for logs and tests)."""
@@ -200,10 +235,17 @@ class CommandApplier:
 
     async def handle(self, receipt: Receipt) -> Handled:
         """Apply one delivered command and settle it; raises only CancelledError."""
-        if self._tracer is None:
-            return await self._handle(receipt)
         # The command carries the trace of the API call that caused it; the result carries it on.
         headers = getattr(receipt, "headers", None) or {}
+        if self._tracer is None:
+            # No span of its own (none would be exported), but the trace goes on in the result's request.
+            if not headers:
+                return await self._handle(receipt)
+            token = otel_context.attach(tracing.extract(headers))
+            try:
+                return await self._handle(receipt)
+            finally:
+                otel_context.detach(token)
         with self._tracer.start_as_current_span(
             f"agent apply {receipt.subject}", context=tracing.extract(headers), kind=SpanKind.CONSUMER
         ) as span:
@@ -211,7 +253,8 @@ class CommandApplier:
             return await self._handle(receipt)
 
     async def _handle(self, receipt: Receipt) -> Handled:
-        async with self._keepalive(receipt):
+        keepalive = Keepalive(receipt, self._keepalive_every)
+        try:
             try:
                 command = command_of(
                     receipt.subject, receipt.data, getattr(receipt, "headers", None) or {}, self.cluster
@@ -224,6 +267,8 @@ class CommandApplier:
                 await self._settle(receipt, "ack")  # nothing new to apply
                 return Handled("skipped")
             return await self._apply(receipt, command)
+        finally:
+            await keepalive.stop()
 
     # --- steps ------------------------------------------------------------------------------
     async def _apply(self, receipt: Receipt, command: Command) -> Handled:
@@ -388,22 +433,3 @@ class CommandApplier:
                 attempt += 1
                 logger.info("%s; trying again", exc.description)
                 await asyncio.sleep(pause)
-
-    @contextlib.asynccontextmanager
-    async def _keepalive(self, receipt: Receipt) -> AsyncIterator[None]:
-        """Tell the server every few seconds that the command is still being worked on."""
-
-        async def tick() -> None:
-            while True:
-                await asyncio.sleep(self._keepalive_every)
-                try:
-                    await receipt.in_progress()
-                except Unavailable as exc:
-                    logger.debug("%s", exc.description)
-
-        task = asyncio.create_task(tick(), name="agent-command-keepalive")
-        try:
-            yield
-        finally:
-            task.cancel()
-            await asyncio.wait({task})

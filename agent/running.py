@@ -46,7 +46,7 @@ from agent.identity import IdentityFiles, Session, plan, planned_cluster
 from agent.inventory import InventoryReporter
 from agent.settings import AgentSettings
 from agent.statefiles import StateLock
-from agent.telemetry import AgentMetrics
+from agent.telemetry import AgentMetrics, exports_spans
 from agent.telemetry import tracer_provider as make_tracer_provider
 
 __all__ = ["Agent", "planned_cluster", "run"]
@@ -219,7 +219,7 @@ class Agent:
             cluster,
             driver,
             on_missing=session.reconnected.set,
-            tracer=self._tracer_provider.get_tracer("tether.agent"),
+            tracer=self._tracer_provider.get_tracer("tether.agent") if exports_spans(self._tracer_provider) else None,
             metrics=self.metrics,
         )
         # The hello just made sure of the consumer: bound without asking JetStream again. The hellos after a

@@ -166,7 +166,7 @@ class CommandQueue:
         self._closed = False
         self._stale = False
         self._confirmed = False
-        self._wake = asyncio.Event()
+        self._fetching: asyncio.Future[list[Msg]] | None = None
         self.declarations = 0
         """Times this queue found its consumer missing and asked the platform to create it again."""
 
@@ -183,7 +183,9 @@ class CommandQueue:
     def invalidate(self) -> None:
         """After a reconnect: end the fetch in progress (its pull request did not survive the link); the next
         is asked at once. Safe from a callback."""
-        self._wake.set()
+        fetching = self._fetching
+        if fetching is not None and not fetching.done():
+            fetching.cancel()
 
     def confirmed(self, consumer: str) -> None:
         """A hello's answer named ``consumer`` as made sure of by the platform: when it is this queue's, the
@@ -250,23 +252,19 @@ class CommandQueue:
         return True
 
     async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
-        """One fetch, ended early (as a quiet one) by a reconnect."""
-        self._wake.clear()
-        fetch = asyncio.ensure_future(sub.fetch(1, timeout=self._fetch_timeout))
-        wake = asyncio.ensure_future(self._wake.wait())
+        """One fetch, ended early (as a quiet one) by a reconnect (``invalidate``)."""
+        # One task that a reconnect can cancel, not a race against an event (two more tasks and two waits
+        # for every command).
+        fetch = self._fetching = asyncio.ensure_future(sub.fetch(1, timeout=self._fetch_timeout))
         try:
-            await asyncio.wait({fetch, wake}, return_when=asyncio.FIRST_COMPLETED)
+            return await fetch
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this task is being stopped, not the fetch ended by a reconnect
+            raise TimeoutError("the fetch was ended by a reconnect") from None
         finally:
-            wake.cancel()
-            if not fetch.done():
-                fetch.cancel()
-            # Wait for it even when cancelled: a command that came in meanwhile is in its result.
-            await asyncio.wait({fetch})
-            if not fetch.cancelled():
-                fetch.exception()  # nats-py turns a cancelled fetch into a TimeoutError: seen, not an error
-        if fetch.cancelled():
-            raise TimeoutError("the fetch was ended by a reconnect")
-        return fetch.result()
+            self._fetching = None
 
     async def next(self) -> Delivery | None:
         """The next command, or None after a quiet fetch or a backoff."""

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
 from agent.commands import CommandApplier, command_of
 from agent.drivers.sim import APPLY_DELAY_ENV, FAIL_ENV, UID_ENV, SimCluster, read_state
-from schemas import subjects
+from agent.telemetry import exports_spans, tracer_provider
+from schemas import subjects, tracing
 from schemas.errors import InvalidInput, Overloaded, TetherError, Unavailable
 from schemas.messages import (
     Command,
@@ -350,3 +352,29 @@ async def test_lifecycles_write_of_the_result_is_acked_without_the_driver(tmp_pa
     handled = await applier.handle(FakeReceipt(record(command(), observed=1), events))
     assert handled.disposition == "skipped" and events == ["ack"] and stream.attempts == []
     assert read_state(tmp_path)["log"] == []
+
+
+async def test_without_an_exporter_no_span_is_made_and_the_result_carries_the_commands_trace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TETHER_TRACE_FILE", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    assert not exports_spans(tracer_provider("c1"))
+    assert exports_spans(TracerProvider())  # made elsewhere: assumed to export
+    monkeypatch.setenv("TETHER_TRACE_FILE", str(tmp_path / "spans.jsonl"))
+    assert exports_spans(tracer_provider("c1"))
+
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    seen: list[dict[str, str]] = []
+    events: list[str] = []
+    lifecycle = FakeLifecycle(events)
+
+    async def record_result(result: CommandResult) -> ResultRecorded:
+        seen.append(tracing.inject())
+        return await lifecycle(result)
+
+    applier = CommandApplier("c1", SimCluster(tmp_path), record_result, tracer=None)
+    handled = await applier.handle(FakeReceipt(record(command()), events, headers={"traceparent": parent}))
+    assert handled.disposition == "acked" and events == ["record", "ack"]
+    assert seen == [{"traceparent": parent}]  # the API call's trace goes on at lifecycle
+    assert tracing.inject() == {}  # and it was not left behind as the current context

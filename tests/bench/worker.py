@@ -35,12 +35,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from opentelemetry.sdk.trace import TracerProvider
-
 from agent.bus import CommandQueue
 from agent.cli import new_event_loop
 from agent.running import Agent
 from agent.settings import AgentSettings
+from agent.telemetry import tracer_provider
 from tests.bench import steps
 
 logger = logging.getLogger("tests.bench.worker")
@@ -120,7 +119,8 @@ class BenchAgent(Agent):
 class Worker:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
-        self.provider = TracerProvider()  # one for all: no exporter, spans are dropped
+        # One for all, made like a deployed agent's: exporting only where the environment says so.
+        self.provider = tracer_provider()
         self.gate = asyncio.Event()
         self.gate.set()
         self.specs: dict[str, dict[str, Any]] = {a["cluster"]: a for a in config["agents"]}
