@@ -26,6 +26,7 @@ the capabilities, the connection (drained), the driver, the state lock.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -54,6 +55,9 @@ __all__ = ["Agent", "planned_cluster", "run"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+YOUNG_COLLECTION_THRESHOLD = 10_000
+"""Allocations between two young collections (700 by default), once the agent is up."""
 
 
 def _started(unit: T | None) -> T:
@@ -304,6 +308,16 @@ class Agent:
             logger.exception("while stopping: cannot %s", what)
 
 
+def settle_heap() -> None:
+    """Once the agent is up: what start-up made (modules, clients, OpenTelemetry) out of the collector's sight
+    (``gc.freeze`` after one collection), and fewer young collections, like the services. Measured on the
+    command path in process (2,000 commands): the collector took 36 ms with the defaults, 5 ms after, and
+    no full collection walks the start-up heap while a command waits."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *gc.get_threshold()[1:])
+
+
 async def run(
     settings: AgentSettings, *, ready: asyncio.Event | None = None, tracer_provider: TracerProvider | None = None
 ) -> None:
@@ -311,6 +325,7 @@ async def run(
     provider = tracer_provider or make_tracer_provider(settings.token_cluster or "")
     try:
         async with Agent(settings, tracer_provider=provider) as agent:
+            settle_heap()
             if ready is not None:
                 ready.set()
             await agent.wait()

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -37,7 +36,7 @@ from typing import Any
 
 from agent.bus import CommandQueue
 from agent.cli import new_event_loop
-from agent.running import Agent
+from agent.running import Agent, settle_heap
 from agent.settings import AgentSettings
 from agent.telemetry import tracer_provider
 from tests.bench import steps
@@ -166,8 +165,7 @@ class Worker:
             # A real agent is a process of its own with a small heap; here one holds hundreds, and a full
             # collection walking all of them (up to 0.5-0.8 s measured) stalled every agent of the process.
             self.settled = True
-            gc.collect()
-            gc.freeze()
+            settle_heap()
 
     async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
