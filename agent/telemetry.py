@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
+from opentelemetry.metrics import NoOpMeter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
@@ -84,7 +85,9 @@ class AgentMetrics:
         if cluster:
             attributes["tether.cluster"] = cluster
         self.provider = MeterProvider(resource=Resource.create(attributes), metric_readers=readers)
-        meter = self.provider.get_meter("tether.agent")
+        # Without a reader nothing is ever collected: no-op instruments spare every command and heartbeat the
+        # SDK's measurement (a timestamp, the context, exemplar sampling) for nothing.
+        meter = self.provider.get_meter("tether.agent") if readers else NoOpMeter("tether.agent")
         self.applied = meter.create_counter("tether.agent.commands.applied", description="Commands applied here")
         self.failed = meter.create_counter("tether.agent.commands.failed", description="Commands that failed here")
         self.apply_seconds = meter.create_histogram(

@@ -311,6 +311,7 @@ class SimCluster:
         except (ValueError, OSError) as exc:
             raise DriverError(f"cannot read the simulated cluster's objects: {exc}") from None
         self._apply_lock = asyncio.Lock()
+        self._health: tuple[SimState, ClusterHealth] | None = None
         self._api_reachable = True
         self._closed = False
 
@@ -338,15 +339,20 @@ class SimCluster:
         """Set a node's Ready condition; returns the updated node."""
         node = replace(self.node(name), ready=ready)
         self._nodes[name] = node
+        self._health = None
         return node
 
     def mark_node_not_ready(self, name: str) -> SimNode:
         return self.set_node_ready(name, ready=False)
 
     def snapshot(self) -> ClusterHealth:
-        """Health now, computed synchronously."""
+        """Health now, computed synchronously; the same object until the objects or a node change (every
+        heartbeat asks)."""
+        cached = self._health
+        if cached is not None and cached[0] is self._state:
+            return cached[1]
         ready = [n for n in self._nodes.values() if n.ready]
-        return ClusterHealth(
+        health = ClusterHealth(
             nodes_ready=len(ready),
             nodes_total=len(self._nodes),
             capacity=Capacity(cpu=sum(n.cpu for n in ready), memory=sum(n.memory for n in ready)),
@@ -356,6 +362,8 @@ class SimCluster:
             api_reachable=True,
             control_planes=control_planes_of(self._state),
         )
+        self._health = (self._state, health)
+        return health
 
     def set_api_reachable(self, reachable: bool = True) -> None:
         """Simulate an API-server outage: health, apply and inventory raise ClusterUnreachable."""
