@@ -83,6 +83,8 @@ PROD_ENV = {
     "TETHER_LOG_LEVEL": "WARNING",
 }
 PROJECT = "bench"
+IDLE_CPU_WINDOW = 5.0
+"""Seconds of no commands before phase 3's maximum, to tell each process's idle CPU from its CPU per command."""
 KB = 1024
 
 
@@ -674,6 +676,7 @@ class Bench:
                 finally:
                     free.append(t)
 
+        idle = await self.idle_cpu(IDLE_CPU_WINDOW)
         t0 = time.monotonic()
         cpu0 = self.cpu()
         await asyncio.gather(*(loop() for _ in range(self.args.concurrency)))
@@ -681,16 +684,31 @@ class Bench:
         done = max(1, len(rts2))
         # CPU per command by process: where the work of one command goes at saturation.
         cpu_ms = {k: (v - cpu0.get(k, 0.0)) * 1e3 / done for k, v in self.cpu().items()}
+        # The same less what the process spends with no commands at all (heartbeats, pings, idle fetches of
+        # every agent): what one more command costs. For the agents' workers, what a real agent (a process of
+        # its own) spends on a command, its idle share not multiplied by the hundreds packed beside it.
+        beyond = {k: v - idle.get(k, 0.0) * elapsed / done for k, v in cpu_ms.items()}
         top = {
             "concurrency": self.args.concurrency,
             "per_s": len(rts2) / elapsed,
             **summary(rts2),
             "errors": errors2,
             "cpu_ms_per_command": cpu_ms,
+            "idle_cpu_ms_per_s": idle,
+            "cpu_ms_per_command_beyond_idle": beyond,
         }
         log(f"(3) max: {top['per_s']:.0f} commands/s, p99 {top['p99'] * 1e3:.1f} ms")
         log("(3)   CPU ms per command: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu_ms.items())))
+        log("(3)   idle CPU ms per s: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(idle.items())))
+        log("(3)   CPU ms per command beyond idle: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(beyond.items())))
         return top
+
+    async def idle_cpu(self, seconds: float) -> dict[str, float]:
+        """CPU ms per second of each process while no command is sent (the fleet connected and idle)."""
+        cpu0, t0 = self.cpu(), time.monotonic()
+        await asyncio.sleep(seconds)  # a measuring window, not a wait for something
+        elapsed = time.monotonic() - t0
+        return {k: (v - cpu0.get(k, 0.0)) * 1e3 / elapsed for k, v in self.cpu().items()}
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds used so far by nats-server, each service and the agents' worker processes."""
