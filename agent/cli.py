@@ -180,11 +180,15 @@ async def _serve(settings: AgentSettings) -> int:
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
-    """The standard event loop, not uvloop: uvloop's TLS transport drops what it has read when the peer
-    closes while the application paused reading (MagicStack/uvloop#661), and the agent pauses reading a
-    Kubernetes API server's WebSocket whenever a tunnel's credits are spent, so an exec's last output was
-    lost (tests/bench/RESULTS.md, the exec output cut under load)."""
-    return asyncio.new_event_loop()
+    """uvloop's event loop where it is installed (Linux, macOS), with the standard library's TLS for the
+    connections the agent opens (``agent.eventloop``: uvloop's own drops an exec's last output); the standard
+    loop elsewhere."""
+    try:
+        from agent.eventloop import AgentLoop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = AgentLoop()
+    return loop
 
 
 def main(argv: list[str] | None = None) -> int:

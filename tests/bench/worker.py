@@ -257,7 +257,7 @@ def main() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # The agent's own loop (agent.cli): the standard one (uvloop#661 drops TLS data, see there).
+    # The agent's own loop (agent.cli).
     with asyncio.Runner(loop_factory=new_event_loop) as run:
         run.run(Worker(config).serve())
 
