@@ -60,7 +60,7 @@ from schemas.messages import (
     workload_key,
 )
 from schemas.names import dns1123_label_error
-from schemas.retrying import backoff_delay
+from schemas.retrying import Retries, backoff_delay
 
 logger = logging.getLogger(__name__)
 
@@ -386,6 +386,8 @@ class CommandApplier:
         command in progress meanwhile."""
         what = f"result of {result.kind} {result.project}/{result.name} generation {result.generation}"
         attempt = 0
+        # Soon again while nobody listens (lifecycle restarting), doubling after a timeout.
+        retries = Retries(RECORD_BACKOFF)
         while True:
             try:
                 answer = await self._record(result)
@@ -393,7 +395,7 @@ class CommandApplier:
                 delay = exc.retry_after * random.uniform(1.0, 1.0 + OVERLOAD_JITTER)
                 logger.info("%s: %s; asking again in %.1fs", what, exc.description, delay)
             except (Unavailable, Internal) as exc:
-                delay = backoff_delay(attempt, base=RECORD_BACKOFF[0], cap=RECORD_BACKOFF[1])
+                delay = retries.after(exc)
                 attempt += 1
                 level = logging.WARNING if attempt in (1, 10) or attempt % 100 == 0 else logging.DEBUG
                 logger.log(level, "%s not recorded yet (attempt %d): %s; asking again", what, attempt, exc.description)

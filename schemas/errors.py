@@ -65,6 +65,12 @@ class Unavailable(TetherError):
     retryable = True
 
 
+class NoResponders(Unavailable):
+    """Nobody listens on the subject (NATS says so at once): the service is not running, or is starting. Unlike
+    a timeout it cost the service nothing, so a caller may ask again soon (``retrying.Retries``). Never sent on
+    the wire: a caller's bus client raises it."""
+
+
 class Overloaded(Unavailable):
     """The service is busy (its bounded queue is full): come back after ``retry_after`` seconds.
 

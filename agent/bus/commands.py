@@ -4,6 +4,7 @@ stream, one at a time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -167,6 +168,8 @@ class CommandQueue:
         self._stale = False
         self._confirmed = False
         self._fetching: asyncio.Future[list[Msg]] | None = None
+        self._relinked = asyncio.Event()
+        """Set by a reconnect: ends a backoff (``_backoff``)."""
         self.declarations = 0
         """Times this queue found its consumer missing and asked the platform to create it again."""
 
@@ -182,7 +185,8 @@ class CommandQueue:
 
     def invalidate(self) -> None:
         """After a reconnect: end the fetch in progress (its pull request did not survive the link); the next
-        is asked at once. Safe from a callback."""
+        is asked at once; a backoff in progress ends too. Safe from a callback."""
+        self._relinked.set()
         fetching = self._fetching
         if fetching is not None and not fetching.done():
             fetching.cancel()
@@ -226,7 +230,13 @@ class CommandQueue:
         return True
 
     async def _backoff(self, text: str, *, expected: bool = True) -> None:
-        await asyncio.sleep(self._trouble.began(text, expected=expected))
+        delay = self._trouble.began(text, expected=expected)
+        # Until the delay or a reconnect, whichever comes first: a backoff that grew while NATS was down
+        # (1 s doubling) kept pending commands waiting for seconds after the link was back (a restart at 1,000
+        # agents: hellos answered 5.5 s after NATS started, the pending commands applied after 12.5 s).
+        self._relinked.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._relinked.wait(), delay)
 
     async def _set_up(self) -> bool:
         """Bind to the consumer (looked up first unless confirmed); False after a backoff."""

@@ -1,22 +1,23 @@
-"""Requests to the platform that wait for an answer: the platform being down is not an answer."""
+"""Requests to the platform that wait for an answer: the platform being down is not an answer.
+
+Asked again by what the last attempt got (``schemas.retrying.Retries``): a busy platform's retry-after, soon
+while nobody listens (a service restarting), a doubling backoff after a timeout.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 
 from agent.bus import Connection, request
-from schemas.errors import Internal, Overloaded, TetherError, Unavailable
+from schemas.errors import Internal, NoResponders, Overloaded, TetherError, Unavailable
 from schemas.messages import M, Message
-from schemas.retrying import backoff_delay
+from schemas.retrying import Retries
 
 logger = logging.getLogger(__name__)
 
 RETRY_BACKOFF = (0.5, 30.0)
-"""(base, cap) seconds between attempts of a request the platform could not answer."""
-OVERLOAD_JITTER = 0.25
-"""A busy platform's retry-after is stretched by up to this fraction, at random."""
+"""(base, cap) seconds between attempts of a request the platform did not answer in time."""
 
 
 async def call(
@@ -29,27 +30,30 @@ async def call(
     timeout: float,
     failures: list[TetherError] | None = None,
 ) -> M:
-    """Request until the platform answers; Unavailable (and Internal) are retried with backoff, a busy
+    """Request until the platform answers; Unavailable (and Internal) are asked again (``Retries``), a busy
     platform's ``Overloaded`` after the retry-after it gives (with jitter).
 
-    Each retried failure is appended to ``failures`` when given.
+    Each retried failure but ``Overloaded`` is appended to ``failures`` when given.
     """
-    base, cap = RETRY_BACKOFF
-    attempt = 0
+    retries = Retries(RETRY_BACKOFF)
     while True:
         try:
             return await request(conn, subject, message, reply_type, timeout)
-        except Overloaded as exc:
-            # Refused before it was handled (nothing spent, so not a failure): come back when told, never
-            # sooner, and a little later at random so that callers told the same time do not return together.
-            delay = exc.retry_after * random.uniform(1.0, 1.0 + OVERLOAD_JITTER)
-            logger.info("%s: %s; the platform asks to come back in %.1fs", what, exc.description, delay)
-            await asyncio.sleep(delay)
         except (Unavailable, Internal) as exc:
-            if failures is not None:
+            delay = retries.after(exc)
+            _log(what, exc, retries, delay)
+            if failures is not None and not isinstance(exc, Overloaded):
                 failures.append(exc)
-            delay = backoff_delay(attempt, base=base, cap=cap)
-            attempt += 1
-            level = logging.ERROR if isinstance(exc, Internal) else logging.WARNING
-            logger.log(level, "%s (attempt %d): %s; retrying in %.1fs", what, attempt, exc.description, delay)
             await asyncio.sleep(delay)
+
+
+def _log(what: str, exc: Unavailable | Internal, retries: Retries, delay: float) -> None:
+    if isinstance(exc, Overloaded):
+        logger.info("%s: %s; the platform asks to come back in %.1fs", what, exc.description, delay)
+    elif isinstance(exc, NoResponders):
+        # Said once per request (every agent of a fleet says it while the platform restarts), then quietly.
+        level = logging.WARNING if retries.unheard == 1 else logging.DEBUG
+        logger.log(level, "%s: %s (the platform is starting?); asking again shortly", what, exc.description)
+    else:
+        level = logging.ERROR if isinstance(exc, Internal) else logging.WARNING
+        logger.log(level, "%s (attempt %d): %s; retrying in %.1fs", what, retries.failures, exc.description, delay)

@@ -238,6 +238,8 @@ class Bench:
         self.observer = Observer()
         self.online: dict[str, float] = {}
         self.offline: dict[str, float] = {}
+        self.answering: dict[str, float] = {}
+        """Seconds after NATS was started again until each service answered (phase 5)."""
         self.http: LeanHttp | None = None
         self.issued: list[Issued] = []
 
@@ -827,6 +829,7 @@ class Bench:
         for name in SERVICES:
             self.stack.restart_service(name)
         nats_ready = time.time()
+        answering = asyncio.create_task(self.services_answering(t0))
         cpu_start = self.cpu()
         log(f"(5) NATS back after {nats_ready - t0:.1f}s; waiting for {self.n} agents")
 
@@ -873,6 +876,7 @@ class Bench:
                     applied = now
                     log(f"(5) all {len(pending)} pending commands applied after {applied - t0:.1f}s")
         lost, twice = self.check_ledgers(pending)
+        answering.cancel()
         done = max(back, resynced, applied) if back and resynced and applied else math.nan
         self.results["storm"] = {
             "agents": self.n,
@@ -888,9 +892,22 @@ class Bench:
             "last_stats": stats,
             "profile": await self.restart_profile(t0, cpu_start),
         }
+        self.results["storm"]["profile"]["services_answering_s"] = dict(self.answering)
         for line in restart_profile(self.results["storm"]["profile"]):
             log(f"(5) {line}")
         log(f"(5) storm: total {self.results['storm']['total_s']:.1f}s; lost {lost}, twice {twice}")
+
+    async def services_answering(self, t0: float) -> None:
+        """When each service answered its first ``$SRV.PING`` after NATS was started (``self.answering``):
+        until then requests to it get no responders."""
+        assert self.nc is not None
+        self.answering.clear()
+        while len(self.answering) < len(SERVICES):
+            for name in [n for n in SERVICES if n not in self.answering]:
+                with contextlib.suppress(Exception):
+                    await self.nc.request(f"$SRV.PING.tether-{name}", b"", timeout=0.5)
+                    self.answering[name] = time.time() - t0
+            await asyncio.sleep(0.1)
 
     async def restart_profile(self, t0: float, cpu_start: dict[str, float]) -> dict[str, Any]:
         """Where the restart's time went: each agent's reconnect, hello and inventory after NATS was started
@@ -961,6 +978,8 @@ def restart_profile(p: dict[str, Any]) -> list[str]:
         for what, s in p.get("after_start", {}).items()
         if s.get("count")
     ]
+    answering = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(p.get("services_answering_s", {}).items()))
+    lines.append(f"services answering after NATS started: {answering or '?'}")
     cpu = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(p.get("cpu_s", {}).items(), key=lambda x: -x[1]))
     lines.append(f"CPU since the services started again: {cpu}")
     lines += step_lines(p.get("steps", {}), p.get("registry_steps", {}))

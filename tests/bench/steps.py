@@ -43,14 +43,42 @@ def _timed_async(step: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., 
     return timed
 
 
+def _attempts(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Each attempt of a hello or a bootstrap, timed under what it got: answered, no responders (nobody
+    subscribed yet), overloaded (told to come back), or another failure (a timeout)."""
+    from schemas.errors import NoResponders, Overloaded
+
+    @functools.wraps(fn)
+    async def timed(conn: Any, subject: str, *args: Any, **kwargs: Any) -> Any:
+        what = "hello" if ".hello." in subject else "bootstrap" if ".bootstrap." in subject else "renewal"
+        outcome = "answered"
+        t0 = time.perf_counter()
+        try:
+            return await fn(conn, subject, *args, **kwargs)
+        except NoResponders:
+            outcome = "no responders"
+            raise
+        except Overloaded:
+            outcome = "overloaded (told when to come back)"
+            raise
+        except Exception:
+            outcome = "failed (timeout, link down, error)"
+            raise
+        finally:
+            STEPS.setdefault(f"{what} attempt, {outcome}", []).append(time.perf_counter() - t0)
+
+    return timed
+
+
 def install() -> None:
     """Wrap the connect path's steps (call once per worker process, before any agent starts)."""
     from agent.bus import commands
-    from agent.identity import bootstrap, files, session
+    from agent.identity import bootstrap, calls, files, session
 
     bootstrap.new_user_seed = _timed_sync("key generation (nkey seed)", bootstrap.new_user_seed)  # type: ignore[attr-defined]
     bootstrap.call = _timed_async("token exchange (bootstrap request to the registry)", bootstrap.call)  # type: ignore[attr-defined]
     session.call = _timed_async("hello request to the registry", session.call)  # type: ignore[attr-defined]
+    calls.request = _attempts(calls.request)  # type: ignore[attr-defined]
     session.connect = _timed_async("NATS connect + JWT auth (x2: bootstrap user, own user)", session.connect)  # type: ignore[attr-defined]
     files.IdentityFiles.save = _timed_sync("credential file (fsync)", files.IdentityFiles.save)  # type: ignore[method-assign]
     files.IdentityFiles.save_nats_user = _timed_sync(  # type: ignore[method-assign]
