@@ -93,8 +93,12 @@ class Bucket(Records[M]):
 
     async def write_over(self, key: str, value: M, guard: str, revision: int) -> int:
         prefix = self.kv._pre
+        expect = {EXPECTED_LAST: str(revision)}
+        if guard != key:
+            # A guard over other keys too (a wildcard): the server matches it against every key of the bucket.
+            expect[EXPECTED_LAST_OF] = f"{prefix}{guard}"
         # The trace of the call that wrote it goes with the record: the agent that applies it continues it.
-        headers = tracing.inject({EXPECTED_LAST: str(revision), EXPECTED_LAST_OF: f"{prefix}{guard}"})
+        headers = tracing.inject(expect)
         try:
             ack = await self.kv._js.publish(f"{prefix}{key}", encode(value), headers=headers)
         except APIError as exc:

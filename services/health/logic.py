@@ -119,17 +119,24 @@ def sweep(presence: Presence, now: float, offline_after: float, not_before: floa
 def merge_seen(stored: Presence, mine: Presence, min_advance: float = 0.0) -> Presence | None:
     """Fold this replica's newer last-seen/health into the stored record (None: nothing worth writing).
 
-    A last-seen time alone that moved less than ``min_advance`` seconds is not worth a write; a new health
-    report or session always is."""
+    A last-seen time that moved less than ``min_advance`` seconds is not worth a write, and neither is a change
+    in the tenants' control planes alone (they change with every sleep, wake and upgrade: written at once, that
+    was one more fsynced write per command); a new session or a change of the cluster's own health (nodes,
+    reachability, capacity, versions) always is. The stored copy is read only by a replica that starts, and
+    every replica has the full report again from the cluster's next heartbeat."""
     if mine.last_seen <= stored.last_seen:
         return None
     if (
         mine.last_seen - stored.last_seen < min_advance
-        and mine.health == stored.health
         and mine.session == stored.session
+        and _cluster_level(mine.health) == _cluster_level(stored.health)
     ):
         return None
     return msgspec.structs.replace(stored, last_seen=mine.last_seen, health=mine.health, session=mine.session)
+
+
+def _cluster_level(health: ClusterHealth) -> ClusterHealth:
+    return msgspec.structs.replace(health, control_planes=()) if health.control_planes else health
 
 
 # --- heartbeat floods --------------------------------------------------------------------------------------

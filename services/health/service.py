@@ -51,8 +51,9 @@ class Settings(FromEnv):
     """Seconds between batched writes of presence to KV."""
 
     seen_write_interval: float = env("TETHER_SEEN_WRITE_INTERVAL", 60.0)
-    """Seconds a cluster's stored last-seen time may fall behind before a flush writes it (a new health
-    report or session is written at the next flush regardless). Nothing judges from the stored time: every
+    """Seconds a cluster's stored last-seen time (and its tenants' control planes) may fall behind before a
+    flush writes it (a new session or a change of the cluster's own health is written at the next flush
+    regardless). Nothing judges from the stored time: every
     replica hears every heartbeat, and a restarted one counts silence from its own start. Writing every
     heartbeat's time was 5,000 KV writes/s at 10,000 clusters, and delayed heartbeats behind them."""
 

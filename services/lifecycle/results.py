@@ -69,7 +69,8 @@ class Results:
                 logger.info("result for %s from cluster %s: %s", k, result.cluster, decision.detail)
             return ResultRecorded(outcome=decision.outcome, detail=decision.detail)
         try:
-            await self.desired.write(k, decision.new, found[1])  # a deleted object stays, as a tombstone
+            # A deleted object stays, as a tombstone.
+            await self.desired.write(k, decision.new, found[1], replaces=found[0])
         except Conflict:
             return None  # written meanwhile (an action, another replica): decided again on what is there now
         # Decided on the record the write replaced (compare-and-set): the cluster applied this generation

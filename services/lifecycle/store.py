@@ -5,9 +5,16 @@ last are remembered with their revision, so the next write on one of them needs 
 
 A record is stored under ``<cluster>.<kind>.<project>.<name>`` (``desired_key``), so that one cluster's
 records are one subject filter. Lifecycle names a workload by ``<kind>.<project>.<name>`` (``k``, the
-``workload_key``) and reads it as the newest entry of its family ``*.<k>`` (one message get), and every write
-is a compare-and-set on that family's newest revision (``Records.write_over``): a name recreated on another
+``workload_key``) and reads it as the newest entry of its family ``*.<k>`` (one message get), and a write is a
+compare-and-set on that family's newest revision (``Records.write_over``): a name recreated on another
 cluster, or two replicas placing the same new name on two clusters, can never leave two live records.
+
+A write on top of a live record on the same cluster (an action, a result: nearly every write) guards only its
+own key. That is the same condition: the family's other keys are written only while its newest entry is no
+live record (a create, an orphan's deletion: each family-guarded), and a live record stops being the newest
+only through a write on its own key (its deletion, or a marker left by hand). The key-only guard is cheaper
+for nats-server by far: a wildcard guard matches the family's subject against every key in the bucket
+(measured, 1,000 keys: 0.20 against 0.12 ms of server CPU per write; 5,000 keys: 0.29-0.36 against 0.10-0.14).
 """
 
 from __future__ import annotations
@@ -82,14 +89,23 @@ class Desired:
             raise NotFound(f"{ref.kind} {ref.name!r} not found in project {ref.project!r}")
         return found
 
-    async def write(self, k: str, record: WorkloadRecord, revision: int | None) -> int:
+    async def write(
+        self, k: str, record: WorkloadRecord, revision: int | None, *, replaces: WorkloadRecord | None = None
+    ) -> int:
         """Create (``revision`` None) or compare-and-set ``record`` (under its cluster's key) and remember it;
         Conflict when someone wrote workload ``k`` meanwhile, on any cluster (then it is forgotten: the next
-        write reads first)."""
+        write reads first). ``replaces``: the record at ``revision``, when the caller has it; a live one on
+        ``record``'s cluster lets the write guard its own key only (see the module's note)."""
         key, family = desired_key(record.spec.cluster, k), desired_family(k)
+        same_key = (
+            revision is not None
+            and replaces is not None
+            and not logic.is_tombstone(replaces)
+            and replaces.spec.cluster == record.spec.cluster
+        )
         try:
             try:
-                written = await self.bucket.write_over(key, record, family, revision or 0)
+                written = await self.bucket.write_over(key, record, key if same_key else family, revision or 0)
             except Conflict:
                 if revision is not None:
                     raise

@@ -166,13 +166,13 @@ class Workloads:
     async def _write(self, req: WorkloadAction, record: WorkloadRecord, new: WorkloadRecord, revision: int) -> None:
         k = workload_key(new.spec)
         if req.action != "upgrade":
-            await self.desired.write(k, new, revision)
+            await self.desired.write(k, new, revision, replaces=record)
             return
         # An upgrade runs old and new control planes side by side for a while.
         project = await self.peers.project(req.project)
         async with self.desired.writes:
             logic.check_quota(project, await self.desired.all_records(), req.kind, record.spec.resources, count=0)
-            await self.desired.write(k, new, revision)
+            await self.desired.write(k, new, revision, replaces=record)
 
     async def republish_pending(self) -> None:
         """After a crash between a desired-state write and its audit record: publish again (the stream drops

@@ -89,3 +89,28 @@ async def test_old_keys_move_to_cluster_first_keys_once_with_two_replicas_at_onc
     assert await b.migrate() == 0
     assert (await a.get("tenant.p1.t1") or (None, 0))[0] == newer
     assert await bucket.get("tenant.p1.t1") is None
+
+
+async def test_a_write_over_a_live_record_guards_its_own_key_and_no_stale_write_gets_through(bus: Bus) -> None:
+    """Actions and results write over a live record on its own cluster with a key-only guard (cheaper for
+    nats-server than the family's wildcard); a replica that remembers an older revision is refused all the same,
+    and so is one that remembers the live record after its deletion and the name's new life on another cluster."""
+    a, b = await desired(bus), await desired(bus)  # two replicas
+    k = "tenant.p1.t1"
+    live = record("t1", "c1")
+    r1 = await a.write(k, live, None)
+    slept = msgspec.structs.replace(live, spec=msgspec.structs.replace(live.spec, state="sleeping"), generation=2)
+    r2 = await b.write(k, slept, r1, replaces=live)
+    with pytest.raises(Conflict):  # a remembers generation 1 at r1: stale
+        await a.write(k, msgspec.structs.replace(live, generation=2), r1, replaces=live)
+    gone = logic.confirm_deleted(
+        msgspec.structs.replace(slept, spec=msgspec.structs.replace(slept.spec, state="deleted")), 1.0
+    )
+    r3 = await a.write(k, gone, r2, replaces=slept)
+    r4 = await a.write(k, record("t1", "c2", generation=3), r3, replaces=gone)  # a tombstone: family-guarded
+    with pytest.raises(Conflict):  # b remembers the live record at r2, deleted since, the name now on c2
+        await b.write(k, msgspec.structs.replace(slept, generation=3), r2, replaces=slept)
+    with pytest.raises(Conflict):  # b remembers the tombstone at r3: a create on c1 now would be a second live one
+        await b.write(k, record("t1", "c1", generation=4), r3, replaces=gone)
+    assert r4 > r3
+    assert [(r.spec.cluster, r.generation) for r in await a.all_records()] == [("c2", 3)]

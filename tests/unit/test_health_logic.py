@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from schemas.messages import Capacity, ClusterHealth, Heartbeat
+from schemas.messages import Capacity, ClusterHealth, ControlPlaneHealth, Heartbeat
 from services.health import logic
 
 HEALTHY = ClusterHealth(nodes_ready=3, nodes_total=3, capacity=Capacity(cpu=12, memory=48 << 30))
@@ -80,7 +80,23 @@ def test_a_last_seen_time_alone_is_written_only_when_it_moved_enough() -> None:
     much_later, _ = logic.observe(stored, hb(), now=161.0)
     merged = logic.merge_seen(stored, much_later, min_advance=60.0)
     assert merged is not None and merged.last_seen == 161.0
-    # A new health report is written at once, however recent the stored time.
+    # A new health report of the cluster itself is written at once, however recent the stored time.
     sick, _ = logic.observe(stored, hb(health=ClusterHealth(nodes_ready=1, nodes_total=3)), now=105.0)
     merged = logic.merge_seen(stored, sick, min_advance=60.0)
     assert merged is not None and merged.health.nodes_ready == 1
+
+
+def test_a_change_in_the_tenants_control_planes_alone_waits_like_the_last_seen_time() -> None:
+    """They change with every sleep and wake: written at once, each command cost health one more KV write."""
+    planes = (ControlPlaneHealth(project="p", name="t1", replicas=1, ready_replicas=1, ready=True),)
+    stored, _ = logic.observe(None, hb(health=ClusterHealth(nodes_ready=3, nodes_total=3)), now=100.0)
+    slept = ClusterHealth(nodes_ready=3, nodes_total=3, control_planes=planes)
+    woke, _ = logic.observe(stored, hb(health=slept), now=105.0)
+    assert logic.merge_seen(stored, woke, min_advance=60.0) is None
+    later, _ = logic.observe(woke, hb(health=slept), now=161.0)
+    merged = logic.merge_seen(stored, later, min_advance=60.0)
+    assert merged is not None and merged.health.control_planes == planes, "the whole report goes with the time"
+    lost_node = ClusterHealth(nodes_ready=2, nodes_total=3, control_planes=planes)
+    sick, _ = logic.observe(stored, hb(health=lost_node), now=106.0)
+    merged = logic.merge_seen(stored, sick, min_advance=60.0)
+    assert merged is not None and merged.health == lost_node
