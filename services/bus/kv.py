@@ -23,6 +23,7 @@ from schemas import tracing
 from schemas.errors import Conflict, InvalidInput, Unavailable
 from schemas.messages import M, decode, encode
 from schemas.retrying import backoff_delay
+from services.bus import publishing
 from services.bus.records import Latest, Records
 
 logger = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class Bucket(Records[M]):
         # The trace of the call that wrote it goes with the record: the agent that applies it continues it.
         headers = tracing.inject(expect)
         try:
-            ack = await self.kv._js.publish(f"{prefix}{key}", encode(value), headers=headers)
+            ack = await publishing.stored(self.kv._js, f"{prefix}{key}", encode(value), headers)
         except APIError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
                 raise Conflict(f"{guard!r} changed concurrently") from None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
+import msgspec
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
@@ -18,6 +20,33 @@ from schemas.retrying import backoff_delay
 logger = logging.getLogger(__name__)
 
 
+class Ack(msgspec.Struct):
+    """JetStream's answer to a publish: where the message was stored, or why not."""
+
+    seq: int = 0
+    duplicate: bool = False
+    error: dict[str, Any] | None = None
+
+
+_ACK = msgspec.json.Decoder(Ack)
+
+
+async def stored(
+    js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str] | None, timeout: float = 5.0
+) -> Ack:
+    """``js.publish``: the request to the stream, its errors raised as nats-py's. Only the acknowledgement is read
+    here, by msgspec: nats-py reads it through dataclass introspection (4 us against 0.2 us, on every write:
+    a command makes five)."""
+    try:
+        msg = await js._nc.request(subject, data, timeout=timeout, headers=headers)
+    except NoRespondersError:
+        raise NoStreamResponseError from None
+    ack = _ACK.decode(msg.data)
+    if ack.error is not None:
+        APIError.from_error(ack.error)  # raises the error's own class (503, 404, 400, ...)
+    return ack
+
+
 async def publish(
     js: JetStreamContext, subject: str, message: Message, *, msg_id: str | None = None, attempts: int = 8
 ) -> bool:
@@ -27,7 +56,7 @@ async def publish(
     last: Exception | None = None
     for attempt in range(attempts):
         try:
-            ack = await js.publish(subject, data, headers=headers, timeout=5)
+            ack = await stored(js, subject, data, headers)
             return not ack.duplicate
         except (NatsTimeout, NoRespondersError, NoStreamResponseError, ServiceUnavailableError) as exc:
             last = exc
