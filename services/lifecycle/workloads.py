@@ -127,11 +127,14 @@ class Workloads:
             return record
         crash_point("lifecycle-after-desired-write")
         logger.info("%s: %s (generation %d, op %s)", ref, req.action, new.generation, op_id)
-        await all_done(
+        pushed_out = logic.pushed_out(record, new)
+        steps = [
             self.sender.send(new, by=req.by, call=req.call),
             self.sender.announce(record, new, req.action.capitalize()),
-            self.sender.superseded(new, logic.pushed_out(record, new), by=new.op_id),
-        )
+        ]
+        if pushed_out:  # rarely: no task for nothing to say
+            steps.append(self.sender.superseded(new, pushed_out, by=new.op_id))
+        await all_done(*steps)
         return new
 
     async def _act(self, req: WorkloadAction, found: Found, op_id: str, *, fresh: bool = False) -> Acted | None:
