@@ -64,11 +64,14 @@ def same_news(old: WorkloadRecord, new: WorkloadRecord) -> bool:
     """True when ``new`` says nothing ``old`` did not: the same observation, failure and operations waiting, but
     for when the agent said it (a repeated result is not written again)."""
     return (
-        _timeless(old.observed) == _timeless(new.observed)
-        and _timeless(old.failure) == _timeless(new.failure)
-        and old.earlier == new.earlier
+        _same_but_when(old.observed, new.observed)
+        and _same_but_when(old.failure, new.failure)
+        and (old.earlier == new.earlier)
     )
 
 
-def _timeless(part: Observed | Failure | None) -> Observed | Failure | None:
-    return None if part is None else msgspec.structs.replace(part, at=0.0)
+def _same_but_when(old: Observed | Failure | None, new: Observed | Failure | None) -> bool:
+    if old is None or new is None:
+        return old is new
+    # One copy, not two: this runs on every result.
+    return type(old) is type(new) and old == msgspec.structs.replace(new, at=old.at)
