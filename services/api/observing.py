@@ -10,6 +10,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from schemas import tracing
 from services.bus.telemetry import Telemetry
 
+TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
+"""The W3C trace-context headers (``schemas.tracing``'s propagator reads these and no other); ASGI lowercases
+header names."""
+
 
 class Observe:
     """A server span per request (continuing a caller's W3C trace), and the request-duration histogram."""
@@ -41,7 +45,8 @@ class Observe:
         if scope["type"] != "http":
             await self.inner(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        # Only what the trace context is read from (every header decoded was a good part of this middleware).
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", []) if k in TRACE_HEADERS}
         status = 500
         started = time.perf_counter()
 
