@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -70,16 +71,7 @@ class PassThroughTracer(trace.Tracer):
 
     @contextlib.contextmanager
     def start_as_current_span(  # type: ignore[override]
-        self,
-        name: str,
-        context: Context | None = None,
-        kind: SpanKind = SpanKind.INTERNAL,
-        attributes: types.Attributes = None,
-        links: Sequence[trace.Link] | None = None,
-        start_time: int | None = None,
-        record_exception: bool = True,
-        set_status_on_exception: bool = True,
-        end_on_exit: bool = True,
+        self, name: str, context: Context | None = None, *_args: Any, end_on_exit: bool = True, **_kwargs: Any
     ) -> Iterator[Span]:
         with trace.use_span(self.start_span(name, context), end_on_exit=end_on_exit) as span:
             yield span
