@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -50,9 +49,13 @@ class Heartbeats:
         while True:
             delay = next_at - loop.time()
             if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self.now.wait()
+                # A timer that sets the event, not a timeout that cancels the wait and raises TimeoutError on
+                # every beat: 4.5 instead of 8.7 us of CPU per beat (10,000 agents: 2,000 beats/s).
+                timer = loop.call_later(delay, self.now.set)
+                try:
+                    await self.now.wait()
+                finally:
+                    timer.cancel()
             self.now.clear()
             self._metrics.heartbeat_lag.record(max(0.0, loop.time() - next_at))
             await self.beat()
