@@ -186,14 +186,25 @@ def _replayed(state: SimState, path: Path) -> tuple[SimState, int, int]:
         good += len(line) + 1
         whole += 1
         if change.seq > state.journal_seq:
+            if change.seq != state.journal_seq + 1:
+                raise JournalGap(f"{path} skips from line {state.journal_seq} to {change.seq} of the journal")
             state = changed(state, change)
     return state, whole, good
 
 
-def load(state_dir: Path) -> SimState:
-    """The simulated cluster as its files say (ValueError naming the damage, OSError when unreadable)."""
-    state, _, _ = _replayed(_snapshot(state_dir / OBJECTS_FILE), state_dir / JOURNAL_FILE)
-    return state
+class JournalGap(ValueError):
+    """The journal does not follow on from the snapshot: damage, or (for a reader beside a running agent) the
+    snapshot read before a compaction and the journal after it."""
+
+
+def load(state_dir: Path, attempts: int = 3) -> SimState:
+    """The simulated cluster as its files say (ValueError naming the damage, OSError when unreadable); read
+    again when it caught the agent folding its journal into the snapshot."""
+    snapshot, journal = state_dir / OBJECTS_FILE, state_dir / JOURNAL_FILE
+    for _ in range(attempts - 1):
+        with contextlib.suppress(JournalGap):
+            return _replayed(_snapshot(snapshot), journal)[0]
+    return _replayed(_snapshot(snapshot), journal)[0]
 
 
 class Store:

@@ -292,3 +292,16 @@ async def test_a_format_1_state_file_is_read_and_carried_on(tmp_path: Path) -> N
     assert again.generation_of("tenant", "p1", "t1") == 1
     assert (await again.apply(cmd(2, "sleeping"))).applied
     assert [e["generation"] for e in read_state(tmp_path)["log"]] == [1, 2]
+
+
+async def test_a_journal_that_does_not_follow_on_from_the_snapshot_is_refused(tmp_path: Path) -> None:
+    s = sim(tmp_path)
+    for generation in (1, 2, 3):
+        await s.apply(cmd(generation, "sleeping" if generation % 2 == 0 else "running"))
+    await s.close()
+    lines = (tmp_path / JOURNAL_FILE).read_bytes().splitlines()
+    (tmp_path / JOURNAL_FILE).write_bytes(lines[0] + b"\n" + lines[2] + b"\n")  # the second line lost
+    with pytest.raises(DriverError, match="skips from line 1 to 3"):
+        SimCluster(tmp_path)
+    with pytest.raises(ValueError, match="skips"):
+        read_state(tmp_path)
