@@ -11,23 +11,24 @@ from typing import Any
 
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.js import JetStreamContext
 from nats.js.errors import APIError
 from nats.js.errors import NotFoundError as JsNotFound
 
 from agent.bus.client import api_text
 from agent.bus.connection import Connection
 from agent.bus.events import Hook
+from agent.bus.pull import Puller, PullRefused
 from schemas import subjects
 from schemas.errors import Unavailable
 from schemas.retrying import backoff_delay
 
 logger = logging.getLogger(__name__)
 
-FETCH_TIMEOUT = 20.0
-"""Seconds one fetch waits for a command. A command arriving meanwhile is delivered at once; the wait only
-sets how many pull requests an idle agent sends (10,000 idle agents: 500/s). A pull lost in a reconnect
-does not wait this long: a reconnect ends the fetch."""
+FETCH_TIMEOUT = 60.0
+"""Seconds one pull waits for a command. A command arriving meanwhile is delivered at once; the wait only
+sets how many pull requests an idle agent sends (10,000 idle agents: 167/s; an expiring pull cost nats-server
+and the agent more than a heartbeat). A pull does not wait this long when it cannot be answered: a reconnect
+ends it, and so does the server's 409 (leader changed, server shut down, consumer deleted)."""
 ACK_TIMEOUT = 10.0
 """Seconds an acknowledgement waits for the server's confirmation."""
 DECLARE_TIMEOUT = 30.0
@@ -128,14 +129,14 @@ class CommandQueue:
     fetch from it and ack, so no agent can re-filter a consumer onto another cluster's
     records. The agent only looks it up (never re-declares after a reconnect: a
     10,000-agent fleet would keep the server's JetStream API busy after a restart);
-    when it is missing, ``on_missing`` asks the platform again. It is bound with
-    ``pull_subscribe_bind``, never ``pull_subscribe``, which would ignore an
-    existing durable's config. When the hello's answer named the consumer
-    (``confirmed``), the platform has just made sure of it: the first bind asks
-    JetStream nothing. The binding survives reconnects (nats-py restores the
-    subscription); after a reconnect the fetch the link dropped is asked again at
-    once, and nothing is looked up: a fetch from a consumer that is gone is
-    answered at once (503, no responders), and only then is it looked up.
+    when it is missing, ``on_missing`` asks the platform again. It is pulled from by
+    name (``agent.bus.pull``: nothing of its config is ever sent). When the hello's
+    answer named the consumer (``confirmed``), the platform has just made sure of it:
+    the first bind asks JetStream nothing. The binding survives reconnects (nats-py
+    restores the subscription of the pulls' answers); after a reconnect the pull the
+    link dropped is asked again at once, and nothing is looked up: a pull from a
+    consumer that is gone is answered at once (503, no responders; 409 Consumer
+    Deleted), and only then is it looked up.
 
     ``next()`` never raises for a bus problem: while the desired-state stream does not
     exist yet, JetStream is unavailable or the link is down, it backs off
@@ -161,13 +162,12 @@ class CommandQueue:
         self._declare_timeout = declare_timeout
         self._on_missing = on_missing
         self._recheck_after = recheck_after
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._sub: Puller | None = None
         self._trouble = Trouble(cluster)
         self._idle_since: float | None = None
         self._closed = False
         self._stale = False
         self._confirmed = False
-        self._fetching: asyncio.Future[list[Msg]] | None = None
         self._relinked = asyncio.Event()
         """Set by a reconnect: ends a backoff (``_backoff``)."""
         self.declarations = 0
@@ -187,9 +187,8 @@ class CommandQueue:
         """After a reconnect: end the fetch in progress (its pull request did not survive the link); the next
         is asked at once; a backoff in progress ends too. Safe from a callback."""
         self._relinked.set()
-        fetching = self._fetching
-        if fetching is not None and not fetching.done():
-            fetching.cancel()
+        if self._sub is not None:
+            self._sub.end()
 
     def confirmed(self, consumer: str) -> None:
         """A hello's answer named ``consumer`` as made sure of by the platform: when it is this queue's, the
@@ -197,9 +196,9 @@ class CommandQueue:
         self._confirmed = consumer == self.consumer
 
     @staticmethod
-    async def _unsubscribe(sub: JetStreamContext.PullSubscription) -> None:
+    async def _unsubscribe(sub: Puller) -> None:
         try:
-            await sub.unsubscribe()
+            await sub.close()
         except (NatsError, TimeoutError) as exc:
             logger.debug("unbinding the command consumer: %s", exc or type(exc).__name__)
 
@@ -215,11 +214,13 @@ class CommandQueue:
                 self._on_missing()
             raise
 
-    async def _bind(self) -> JetStreamContext.PullSubscription:
+    async def _bind(self) -> Puller:
         confirmed, self._confirmed = self._confirmed, False
         if not confirmed:
             await self._declare()
-        return await self._conn.jetstream.pull_subscribe_bind(durable=self.consumer, stream=self.stream)
+        puller = Puller(self._conn.client, self.stream, self.consumer)
+        await puller.open()
+        return puller
 
     async def _still_there(self) -> bool:
         """False when the consumer is gone (the stream was deleted or re-created)."""
@@ -261,21 +262,6 @@ class CommandQueue:
         self._idle_since = None
         return True
 
-    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
-        """One fetch, ended early (as a quiet one) by a reconnect (``invalidate``)."""
-        # One task that a reconnect can cancel, not a race against an event (two more tasks and two waits
-        # for every command).
-        fetch = self._fetching = asyncio.ensure_future(sub.fetch(1, timeout=self._fetch_timeout))
-        try:
-            return await fetch
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # this task is being stopped, not the fetch ended by a reconnect
-            raise TimeoutError("the fetch was ended by a reconnect") from None
-        finally:
-            self._fetching = None
-
     async def next(self) -> Delivery | None:
         """The next command, or None after a quiet fetch or a backoff."""
         if self._closed:
@@ -286,8 +272,8 @@ class CommandQueue:
         sub = await self._ready()
         return await self._fetch_one(sub) if sub is not None else None
 
-    async def _ready(self) -> JetStreamContext.PullSubscription | None:
-        """The bound subscription, set up or checked first when needed; None when there is none yet."""
+    async def _ready(self) -> Puller | None:
+        """The bound puller, set up or checked first when needed; None when there is none yet."""
         if self._stale:
             await self._unbind()
         if self._sub is None:
@@ -321,26 +307,22 @@ class CommandQueue:
             logger.debug("checking consumer %s: %s", self.consumer, exc or type(exc).__name__)
             return False
 
-    async def _fetch_one(self, sub: JetStreamContext.PullSubscription) -> Delivery | None:
+    async def _fetch_one(self, sub: Puller) -> Delivery | None:
         try:
-            msgs = await self._fetch(sub)
-        except TimeoutError:
-            # Quiet (nats-py's timeouts subclass the builtin); also a pull lost in a reconnect.
-            if self._idle_since is None:
-                self._idle_since = asyncio.get_running_loop().time()
-            self._trouble.over()
-            return None
-        except (NatsError, ValueError) as exc:
-            # An API error status (consumer gone, ...), a closed connection or subscription.
+            msg = await sub.next(self._fetch_timeout)
+        except (NatsError, PullRefused) as exc:
+            # The consumer gone, a closed connection.
             self._stale = True
-            text = api_text(exc) if isinstance(exc, APIError) else str(exc) or type(exc).__name__
-            await self._backoff(f"cannot fetch commands: {text}")
+            await self._backoff(f"cannot fetch commands: {str(exc) or type(exc).__name__}")
             return None
         self._trouble.over()
-        self._idle_since = None
-        if not msgs:
+        if msg is None:
+            # Quiet: the pull expired, or was ended by a reconnect or the server.
+            if self._idle_since is None:
+                self._idle_since = asyncio.get_running_loop().time()
             return None
-        return Delivery(msgs[0], ack_timeout=ACK_TIMEOUT)
+        self._idle_since = None
+        return Delivery(msg, ack_timeout=ACK_TIMEOUT)
 
     async def close(self) -> None:
         """Stop fetching; the consumer stays (it is durable). Safe twice."""
