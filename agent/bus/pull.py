@@ -54,14 +54,15 @@ class Puller:
         self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._on_answer)
 
     async def _on_answer(self, msg: Msg) -> None:
-        token = msg.subject[len(self._prefix) + 1 :]
         status = (msg.headers or {}).get(STATUS)
         waiter = self._waiter
-        if token == self._token and waiter is not None and not waiter.done():
-            waiter.set_result(msg)
-        elif status is None:
+        pulling = waiter is not None and not waiter.done()
+        if status is None and not pulling:
             self._kept.append(msg)  # delivered for a pull that ended meanwhile: the next pull's
-        # a status for an earlier pull: nothing to end
+        elif pulling and (status is None or msg.subject[len(self._prefix) + 1 :] == self._token):
+            # A message is this consumer's next, whichever pull it answers; a status ends only its own pull.
+            assert waiter is not None
+            waiter.set_result(msg)
 
     async def next(self, expires: float) -> Msg | None:
         """The next message; None when the pull expired or was ended (a status, ``end()``); PullRefused when

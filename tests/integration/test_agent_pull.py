@@ -6,14 +6,36 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from agent.bus.pull import Puller, PullRefused
+from tests.harness import wait_for
 
 STREAM, SUBJECT, DURABLE = "PULLS", "pulls.c1.x", "agent-c1"
+
+
+@pytest.fixture
+async def puller(nc: Client) -> AsyncIterator[Puller]:
+    """A puller on a fresh durable consumer (explicit acks, one unacknowledged at a time, like an agent's)."""
+    await consumer(nc)
+    it = Puller(nc, STREAM, DURABLE)
+    await it.open()
+    yield it
+    await it.close()
+
+
+async def waiting(nc: Client, pulls: int) -> None:
+    """Until the consumer holds ``pulls`` pull requests."""
+
+    async def held() -> bool:
+        info = await nc.jetstream().consumer_info(STREAM, DURABLE)
+        return bool(info.num_waiting == pulls)
+
+    await wait_for(held, timeout=5, what=f"{pulls} pull(s) waiting at the server")
 
 
 async def consumer(nc: Client) -> None:
@@ -27,71 +49,49 @@ async def consumer(nc: Client) -> None:
     )
 
 
-async def test_a_pull_is_answered_by_a_message_then_expires_quietly(nc: Client) -> None:
-    await consumer(nc)
-    puller = Puller(nc, STREAM, DURABLE)
-    await puller.open()
-    try:
-        await nc.jetstream().publish(SUBJECT, b"one")
-        msg = await puller.next(5.0)
-        assert msg is not None and msg.data == b"one" and msg.metadata.num_delivered == 1
-        await msg.ack_sync()
-        started = time.monotonic()
-        assert await puller.next(0.5) is None  # 408: nothing within the pull's expiry
-        assert 0.4 < time.monotonic() - started < 2.0
-    finally:
-        await puller.close()
+async def test_a_pull_is_answered_by_a_message_then_expires_quietly(nc: Client, puller: Puller) -> None:
+    await nc.jetstream().publish(SUBJECT, b"one")
+    msg = await puller.next(5.0)
+    assert msg is not None and msg.data == b"one" and msg.metadata.num_delivered == 1
+    await msg.ack_sync()
+    started = time.monotonic()
+    assert await puller.next(0.5) is None  # 408: nothing within the pull's expiry
+    assert 0.4 < time.monotonic() - started < 2.0
 
 
-async def test_a_deleted_consumer_ends_the_pull_at_once(nc: Client) -> None:
-    await consumer(nc)
-    puller = Puller(nc, STREAM, DURABLE)
-    await puller.open()
-    try:
-        pulling = asyncio.ensure_future(puller.next(30.0))
-        await asyncio.sleep(0.2)  # the pull is waiting at the server
-        await nc.jetstream().delete_consumer(STREAM, DURABLE)
-        with pytest.raises(PullRefused, match="409"):
-            await asyncio.wait_for(pulling, 5.0)
-        with pytest.raises(PullRefused, match="503"):  # no consumer at all: nobody answers
-            await asyncio.wait_for(puller.next(30.0), 5.0)
-    finally:
-        await puller.close()
+async def test_a_deleted_consumer_ends_the_pull_at_once(nc: Client, puller: Puller) -> None:
+    pulling = asyncio.ensure_future(puller.next(30.0))
+    await waiting(nc, 1)
+    await nc.jetstream().delete_consumer(STREAM, DURABLE)
+    with pytest.raises(PullRefused, match="409"):
+        await asyncio.wait_for(pulling, 5.0)
+    with pytest.raises(PullRefused, match="503"):  # no consumer at all: nobody answers
+        await asyncio.wait_for(puller.next(30.0), 5.0)
 
 
-async def test_a_message_for_an_ended_pull_is_kept_for_the_next(nc: Client) -> None:
-    await consumer(nc)
-    puller = Puller(nc, STREAM, DURABLE)
-    await puller.open()
-    try:
-        first = asyncio.ensure_future(puller.next(5.0))
-        await asyncio.sleep(0.2)
-        puller.end()  # as after a reconnect: the pull may be gone (here it still waits at the server)
-        assert await first is None
-        await nc.jetstream().publish(SUBJECT, b"for the ended pull")
-        await asyncio.sleep(0.3)  # delivered to the first pull's reply subject
-        msg = await asyncio.wait_for(puller.next(5.0), 1.0)  # kept: no pull asked
-        assert msg is not None and msg.data == b"for the ended pull"
-        await msg.ack_sync()
-    finally:
-        await puller.close()
+async def test_a_message_for_an_ended_pull_is_kept_for_the_next(nc: Client, puller: Puller) -> None:
+    first = asyncio.ensure_future(puller.next(5.0))
+    await waiting(nc, 1)
+    puller.end()  # as after a reconnect: the pull may be gone (here it still waits at the server)
+    assert await first is None
+    await nc.jetstream().publish(SUBJECT, b"for the ended pull")
+    await waiting(nc, 0)  # delivered, to the first pull's reply subject (kept, or on its way)
+    msg = await asyncio.wait_for(puller.next(5.0), 1.0)  # at once, not after the next pull's expiry
+    assert msg is not None and msg.data == b"for the ended pull"
+    await msg.ack_sync()
 
 
-async def test_the_expiry_of_an_ended_pull_does_not_end_the_next(nc: Client) -> None:
-    await consumer(nc)
-    puller = Puller(nc, STREAM, DURABLE)
-    await puller.open()
-    try:
-        first = asyncio.ensure_future(puller.next(0.5))
-        await asyncio.sleep(0.1)
-        puller.end()
-        assert await first is None
-        second = asyncio.ensure_future(puller.next(5.0))
-        await asyncio.sleep(1.0)  # the first pull's 408 came meanwhile, on its own reply subject
-        assert not second.done()
-        await nc.jetstream().publish(SUBJECT, b"two")
-        msg = await asyncio.wait_for(second, 5.0)
-        assert msg is not None and msg.data == b"two"
-        await msg.ack_sync()
-    finally:
-        await puller.close()
+async def test_the_expiry_of_an_ended_pull_does_not_end_the_next(nc: Client, puller: Puller) -> None:
+    first = asyncio.ensure_future(puller.next(0.5))
+    await waiting(nc, 1)
+    puller.end()
+    assert await first is None
+    second = asyncio.ensure_future(puller.next(5.0))
+    await waiting(nc, 2)
+    await waiting(nc, 1)  # the first pull expired: its 408 came, on its own reply subject
+    await asyncio.sleep(0.2)  # (time for that 408 to reach the client, which must not end the second pull)
+    assert not second.done()
+    await nc.jetstream().publish(SUBJECT, b"two")
+    msg = await asyncio.wait_for(second, 5.0)
+    assert msg is not None and msg.data == b"two"
+    await msg.ack_sync()
