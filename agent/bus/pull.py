@@ -6,7 +6,8 @@ PINGs 21, a heartbeat every 5 s 51) and nats-server 29, and it took every 409 (t
 the server shut down, the consumer was deleted) as a timeout to wait out on a pull that would never be
 answered. Here a pull is a publish and a future: its answer (a message, or a status: 408 expired, 409 over,
 503 no consumer) ends it at once, and an answer to an earlier pull (one asked before a reconnect) is never
-taken for the current one's: a message is kept for the next pull, a status dropped.
+lost nor taken for the current one's: a message is the consumer's next whichever pull it answers (kept when
+no pull waits), a status ends only its own pull.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 from collections import deque
 
 from nats.aio.client import Client
@@ -29,6 +31,8 @@ OVER = "409"
 Deleted' means the consumer is gone."""
 NO_CONSUMER = "503"
 """No responders: the consumer (or its stream) does not exist."""
+OVER_PAUSE = (0.05, 0.25)
+"""Seconds (at random in this range) before a pull the server ended is asked again."""
 GRACE = 2.0
 """Seconds a pull is waited for after its expiry before it is taken as lost."""
 
@@ -56,12 +60,12 @@ class Puller:
     async def _on_answer(self, msg: Msg) -> None:
         status = (msg.headers or {}).get(STATUS)
         waiter = self._waiter
-        pulling = waiter is not None and not waiter.done()
-        if status is None and not pulling:
-            self._kept.append(msg)  # delivered for a pull that ended meanwhile: the next pull's
-        elif pulling and (status is None or msg.subject[len(self._prefix) + 1 :] == self._token):
-            # A message is this consumer's next, whichever pull it answers; a status ends only its own pull.
-            assert waiter is not None
+        if waiter is None or waiter.done():
+            if status is None:
+                self._kept.append(msg)  # delivered for a pull that ended meanwhile: the next pull's
+            return
+        # A message is this consumer's next, whichever pull it answers; a status ends only its own pull.
+        if status is None or msg.subject[len(self._prefix) + 1 :] == self._token:
             waiter.set_result(msg)
 
     async def next(self, expires: float) -> Msg | None:
@@ -89,7 +93,10 @@ class Puller:
         description = (msg.headers or {}).get(DESCRIPTION, "")
         if status == NO_CONSUMER or (status == OVER and "deleted" in description.lower()):
             raise PullRefused(f"{status} {description or 'no responders'}".strip())
-        return None  # expired, or over (asked again at once)
+        if status == OVER:
+            # Asked again soon, not in a loop the server answers at once (too many pulls waiting, ...).
+            await asyncio.sleep(random.uniform(*OVER_PAUSE))
+        return None  # expired, or over
 
     def end(self) -> None:
         """End the pull in progress as a quiet one (after a reconnect its request may be gone). Safe from a
