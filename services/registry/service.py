@@ -114,6 +114,9 @@ class Registry:
         self.uids = uids
         self.credential_key = credential_key(trust)
         """Agents' credentials are derived with it (``logic.agent_credential``): a retry gets the same one."""
+        self._pushing = asyncio.Lock()
+        """One account push at a time, each reading the records inside: the last push sent is never built
+        from an older read than one before it (a revocation is never undone by a slower, older push)."""
         self.new_consumers = NewConsumers(bus, settings.admission_concurrency)
         """Command consumers of clusters just bootstrapped, being created: their first hello waits for its
         creation and does not look it up again (one JetStream API request fewer per connect)."""
@@ -184,8 +187,9 @@ class Registry:
         """Send the account, with every disconnected agent revoked, to the server: it closes their links."""
         if self.trust is None or self.sys_bus is None:
             return
-        revoked = logic.revocations(list((await self.clusters.items()).values()))
-        await self.sys_bus.update_account(self.trust.account_jwt(revoked))
+        async with self._pushing:
+            revoked = logic.revocations(list((await self.clusters.items()).values()))
+            await self.sys_bus.update_account(self.trust.account_jwt(revoked))
         logger.info("account pushed to NATS with %d revoked agent(s)", len(revoked))
 
     async def renew(self, req: AgentRenew, caller: str) -> AgentCredentials:
@@ -430,7 +434,11 @@ async def setup(rt: Runtime, settings: Settings) -> None:
     steps = Steps(rt.meter("tether.registry"))
     registry = Registry(settings, rt.bus, clusters, uids, projects, trust, sys_bus, steps)
     rt.on_stop(registry.new_consumers.close)
-    await registry.push_revocations()
+    # After the endpoints are served, not before: the push reads every record (10,000 at 10,000 clusters) while
+    # a restarted platform's agents wait for their hellos. The server keeps the last pushed account in its
+    # resolver across restarts, so this push only makes sure of it; a push of a disconnect meanwhile is not
+    # undone by it (``_pushing``).
+    rt.task("revocations", registry.push_revocations)
     count_connected(rt, clusters)
     install(registry, rt.endpoints)
 

@@ -9,6 +9,7 @@ from nats.aio.msg import Msg
 
 from schemas import subjects
 from schemas.messages import ClusterEvent, decode
+from services.bus.endpoints import ping
 from tests.harness import Stack, wait_for
 
 FIELDS = {
@@ -96,6 +97,33 @@ async def test_disconnect_stops_the_agent_and_refuses_it_later(stack: Stack, tmp
     # nats-server closes a refused connection with the client's PING still unread, so the kernel may send a
     # reset that drops its "Authorization Violation" before the agent reads it; under load several attempts in
     # a row can end so (the agent then retries with backoff, capped at 15 s), hence a deadline of a few attempts.
+    assert await again.wait_exit(timeout=60) == 2
+    assert "disconnected" in again.output()
+
+
+async def test_a_disconnected_agent_stays_refused_after_nats_and_the_registry_restart(
+    stack: Stack, tmp_path: Path
+) -> None:
+    info = await stack.connect_cluster("edge-4")
+    agent = stack.agent(tmp_path / "edge-4", info["token"])
+    await stack.wait_online("edge-4")
+    async with stack.http() as http:
+        resp = await http.post("/api/v1/clusters/edge-4/disconnect")
+        assert resp.status_code == 200, resp.text
+    assert await agent.wait_exit() == 2
+    # A restart of the platform: the registry serves first and pushes the account (with the revocation) after.
+    assert stack.nats is not None
+    stack.services["registry"].stop()
+    stack.nats.stop()
+    stack.nats.start()
+    await stack.nats.wait_ready()
+    stack.restart_service("registry")
+    nc = await stack.nc()
+    try:
+        await wait_for(lambda: ping(nc, "registry"), what="the registry answering again", timeout=60)
+    finally:
+        await nc.close()
+    again = stack.agent(tmp_path / "edge-4")
     assert await again.wait_exit(timeout=60) == 2
     assert "disconnected" in again.output()
 
