@@ -10,7 +10,7 @@ from nats.aio.msg import Msg
 from schemas import subjects
 from schemas.messages import ClusterEvent, decode
 from services.bus.endpoints import ping
-from tests.harness import Stack, wait_for
+from tests.harness import Proc, Stack, wait_for
 
 FIELDS = {
     "name",
@@ -81,14 +81,20 @@ async def test_connect_heartbeat_offline_online(stack: Stack, tmp_path: Path) ->
         await nc.close()
 
 
-async def test_disconnect_stops_the_agent_and_refuses_it_later(stack: Stack, tmp_path: Path) -> None:
-    info = await stack.connect_cluster("edge-2")
-    agent = stack.agent(tmp_path / "edge-2", info["token"])
-    await stack.wait_online("edge-2")
+async def disconnected(stack: Stack, name: str, state_dir: Path) -> Proc:
+    """Connect ``name``'s agent, wait until it is online, disconnect the cluster; the agent, stopped."""
+    info = await stack.connect_cluster(name)
+    agent = stack.agent(state_dir, info["token"])
+    await stack.wait_online(name)
     async with stack.http() as http:
-        resp = await http.post("/api/v1/clusters/edge-2/disconnect")
+        resp = await http.post(f"/api/v1/clusters/{name}/disconnect")
         assert resp.status_code == 200, resp.text
     assert await agent.wait_exit() == 2
+    return agent
+
+
+async def test_disconnect_stops_the_agent_and_refuses_it_later(stack: Stack, tmp_path: Path) -> None:
+    agent = await disconnected(stack, "edge-2", tmp_path / "edge-2")
     assert "disconnected" in agent.output()
     cluster = await stack.wait_online("edge-2", online=False, timeout=5)
     assert cluster["state"] == "disconnected"
@@ -104,13 +110,7 @@ async def test_disconnect_stops_the_agent_and_refuses_it_later(stack: Stack, tmp
 async def test_a_disconnected_agent_stays_refused_after_nats_and_the_registry_restart(
     stack: Stack, tmp_path: Path
 ) -> None:
-    info = await stack.connect_cluster("edge-4")
-    agent = stack.agent(tmp_path / "edge-4", info["token"])
-    await stack.wait_online("edge-4")
-    async with stack.http() as http:
-        resp = await http.post("/api/v1/clusters/edge-4/disconnect")
-        assert resp.status_code == 200, resp.text
-    assert await agent.wait_exit() == 2
+    await disconnected(stack, "edge-4", tmp_path / "edge-4")
     # A restart of the platform: the registry serves first and pushes the account (with the revocation) after.
     assert stack.nats is not None
     stack.services["registry"].stop()
