@@ -11,12 +11,13 @@ connected, the client is switched to ``-1`` so reconnects never stop.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import ssl
-from collections import UserString
 from typing import Any
 
+import nkeys
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.errors import NoServersError
@@ -26,6 +27,8 @@ from agent.bus.events import LinkEvents
 from agent.bus.messages import NatsIdentity
 from agent.errors import PermanentError
 from agent.settings import AgentSettings
+from schemas.credentials import read_creds
+from schemas.errors import Unauthenticated
 from schemas.retrying import backoff_delay
 
 logger = logging.getLogger(__name__)
@@ -38,6 +41,41 @@ def _unverifiable(detail: object) -> PermanentError:
     return PermanentError(
         f"the NATS server's TLS certificate cannot be verified ({detail}): pass the platform's CA with --ca-file"
     )
+
+
+class UserCreds:
+    """A NATS user's JWT and the nonce signature, read afresh at every connect (a renewal replaces the file;
+    a reconnect presents the new JWT) in one buffered read of the ``.creds`` file.
+
+    nats-py's own reader (``user_credentials=path``) finds the seed reading the unbuffered file line by line:
+    one system call per byte, about 1,100 per connect, 0.55 ms of CPU measured (8.6 % of the benchmark's
+    agent workers while 1,000 agents connected, more than the rest of the handshake)."""
+
+    def __init__(self, identity: NatsIdentity) -> None:
+        self.identity = identity
+
+    def _read(self) -> tuple[str, str]:
+        ident = self.identity
+        if ident.in_memory:
+            text = ident.creds
+        else:
+            with open(ident.creds, encoding="utf-8") as f:  # OSError: retried like an unreachable server
+                text = f.read()
+        try:
+            return read_creds(text)
+        except Unauthenticated:
+            where = "the connect token" if ident.in_memory else ident.creds
+            raise PermanentError(f"malformed NATS credentials in {where}") from None
+
+    def jwt(self) -> bytes:
+        return self._read()[0].encode()
+
+    def sign(self, nonce: str) -> bytes:
+        key = nkeys.from_seed(bytearray(self._read()[1].encode()))
+        try:
+            return base64.b64encode(key.sign(nonce.encode()))
+        finally:
+            key.wipe()
 
 
 class Dialer:
@@ -61,7 +99,8 @@ class Dialer:
         if self.inbox_prefix:
             options["inbox_prefix"] = self.inbox_prefix
         if (ident := self.identity) is not None:
-            options["user_credentials"] = UserString(ident.creds) if ident.in_memory else ident.creds
+            creds = UserCreds(ident)
+            options["user_jwt_cb"], options["signature_cb"] = creds.jwt, creds.sign
             options["inbox_prefix"] = ident.inbox_prefix
         return options
 
