@@ -149,14 +149,17 @@ class Connection:
         return Published(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
 
     # --- closing ------------------------------------------------------------------------------
-    async def close(self, timeout: float = 5.0) -> None:
-        """Drain (let in-flight messages go out), then close; bounded by ``timeout``. Safe twice."""
+    async def close(self, timeout: float = 5.0, *, drain: bool = True) -> None:
+        """Drain (let in-flight messages go out), then close; bounded by ``timeout``. Safe twice.
+
+        ``drain=False``: close at once, for a link with nothing in flight (the bootstrap user's, once its one
+        call is answered): a drain costs a round trip to the server (unsubscribe, PING, PONG)."""
         nc, self._nc = self._nc, None
         self.events.closing = True
         if nc is None or nc.is_closed:
             return
         try:
-            if nc.is_connected:
+            if drain and nc.is_connected:
                 await asyncio.wait_for(nc.drain(), timeout)
         except (TimeoutError, NatsError) as exc:
             logger.debug("nats (%s): drain: %s", self.name, exc or type(exc).__name__)

@@ -156,8 +156,9 @@ class Session:
             assert token is not None
             stored = await self.bootstrap(token)
             if self.files.has_nats_user:
-                # From the one-call bootstrap user to this agent's own NATS user.
-                await self.connection.close()
+                # From the one-call bootstrap user to this agent's own NATS user. Its one call is answered:
+                # nothing to drain.
+                await self.connection.close(drain=False)
                 await self._connect(own_user(self.files, stored.cluster))
         self.credentials = stored
         # Listen before saying hello, so a revocation right after it is not missed.
