@@ -16,13 +16,15 @@ import contextlib
 import logging
 
 from services.bus import Bus
+from services.registry.steps import Steps
 
 logger = logging.getLogger(__name__)
 
 
 class NewConsumers:
-    def __init__(self, bus: Bus, concurrency: int) -> None:
+    def __init__(self, bus: Bus, concurrency: int, steps: Steps | None = None) -> None:
         self._bus = bus
+        self._steps = steps or Steps()
         self._slots = asyncio.Semaphore(max(1, concurrency))
         self._creating: dict[str, asyncio.Task[None]] = {}
 
@@ -43,7 +45,8 @@ class NewConsumers:
 
     async def _create(self, cluster: str) -> None:
         try:
-            await self._bus.ensure_agent_consumer(cluster, look_up=False)
+            with self._steps.timed("consumer creation (beside the bootstrap)"):
+                await self._bus.ensure_agent_consumer(cluster, look_up=False)
         finally:
             self._slots.release()
 

@@ -77,6 +77,10 @@ class Settings(FromEnv):
     admission_max_wait: float = env("TETHER_ADMISSION_MAX_WAIT", 2.0)
     """Seconds a queued bootstrap or hello may be expected to wait: well under the agents' 5 s timeout."""
 
+    consumer_creations: int = env("TETHER_CONSUMER_CREATIONS", 0)
+    """New agents' command consumers created at once beside their bootstraps (a bootstrap waits for a free slot,
+    so creations never run ahead of JetStream); 0: as many as bootstraps handled at once."""
+
     @property
     def admission(self) -> AdmissionLimits:
         return AdmissionLimits(self.admission_concurrency, self.admission_queue, self.admission_max_wait)
@@ -117,7 +121,8 @@ class Registry:
         self._pushing = asyncio.Lock()
         """One account push at a time, each reading the records inside: the last push sent is never built
         from an older read than one before it (a revocation is never undone by a slower, older push)."""
-        self.new_consumers = NewConsumers(bus, settings.admission_concurrency)
+        creations = settings.consumer_creations or settings.admission_concurrency
+        self.new_consumers = NewConsumers(bus, creations, self.steps)
         """Command consumers of clusters just bootstrapped, being created: their first hello waits for its
         creation and does not look it up again (one JetStream API request fewer per connect)."""
 
@@ -267,10 +272,14 @@ class Registry:
                 if created:
                     await self._release_uid(req.cluster_uid, name)
                 return None
-        # The consumer is created meanwhile (``NewConsumers``): the agent needs it only after its hello.
+        # The consumer is created meanwhile (``NewConsumers``): the agent needs it only after its hello. The
+        # event is stored while the bootstrap waits for a free creation slot, not after it (both before the
+        # answer, as before).
         with steps.timed("consumer slot + event"):
-            await self.new_consumers.start(name)
-            await self._event("connected", name)
+            await asyncio.gather(
+                steps.awaited("consumer slot", self.new_consumers.start(name)),
+                steps.awaited("event", self._event("connected", name)),
+            )
         logger.info("cluster %s connected (uid %s)", name, req.cluster_uid)
         return credential
 

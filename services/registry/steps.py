@@ -8,10 +8,13 @@ read and check, consumer made sure of); an operator sees the same.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from opentelemetry.metrics import Histogram, Meter
+
+T = TypeVar("T")
 
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -38,3 +41,8 @@ class Steps:
         finally:
             if self._histogram is not None:
                 self._histogram.record(time.perf_counter() - started, {"step": step})
+
+    async def awaited(self, step: str, work: Awaitable[T]) -> T:
+        """``await work``, timed as ``step`` (steps that run beside each other, each timed on its own)."""
+        with self.timed(step):
+            return await work

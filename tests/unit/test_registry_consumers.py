@@ -4,9 +4,23 @@ from __future__ import annotations
 
 import asyncio
 
+from schemas import subjects
 from schemas.errors import Unavailable
+from schemas.messages import (
+    AgentBootstrap,
+    AgentCredentials,
+    ClusterCreate,
+    ClusterEvent,
+    ClusterRecord,
+    ClusterUidClaim,
+    ProjectRecord,
+    decode,
+)
+from services.bus import Delivery
 from services.bus.memory import MemoryBus
 from services.registry.consumers import NewConsumers
+from services.registry.service import Registry, Settings
+from tests.harness import wait_for
 
 
 class SlowBus(MemoryBus):
@@ -88,3 +102,39 @@ async def test_a_second_bootstrap_replaces_the_first_creation() -> None:
     bus.release.set()
     assert await consumers.settled("c1") is True
     await consumers.close()
+
+
+async def bootstrapped_registry(bus: SlowBus) -> Registry:
+    """A registry on ``bus`` (no NATS identities), one consumer created at a time."""
+    await bus.declare_streams("platform")
+    clusters = await bus.bucket(subjects.BUCKET_CLUSTERS, ClusterRecord, history=5)
+    uids = await bus.bucket(subjects.BUCKET_CLUSTER_UIDS, ClusterUidClaim)
+    projects = await bus.bucket(subjects.BUCKET_PROJECTS, ProjectRecord, history=5)
+    return Registry(Settings(consumer_creations=1), bus, clusters, uids, projects)
+
+
+async def bootstrap(registry: Registry, name: str) -> AgentCredentials:
+    info = await registry.create(ClusterCreate(name=name))
+    return await registry.bootstrap(AgentBootstrap(token=info.token, cluster_uid=f"uid-{name}"), name)
+
+
+async def test_the_connected_event_is_stored_while_the_bootstrap_waits_for_a_creation_slot() -> None:
+    """Both before the answer, beside each other: a bootstrap waiting for a free creation slot (200-250 ms at
+    1,000-10,000 agents) does not then wait for its event's write too."""
+    bus = SlowBus()
+    registry = await bootstrapped_registry(bus)
+    connected: list[str] = []
+
+    async def heard(delivery: Delivery) -> None:
+        connected.append(decode(delivery.data, ClusterEvent).cluster)
+
+    await bus.subscribe(subjects.public_event("cluster.connected"), heard)
+    await bootstrap(registry, "c0")  # its creation holds the only slot until released
+    second = asyncio.ensure_future(bootstrap(registry, "c1"))
+    await wait_for(lambda: "c1" in connected, what="c1's connected event while it waits for a slot", timeout=5)
+    assert not second.done()  # still waiting for the slot: not answered before its consumer's creation starts
+    bus.release.set()
+    answer = await asyncio.wait_for(second, 5)
+    assert answer.cluster == "c1" and answer.credential
+    assert connected == ["c0", "c1"]
+    assert all([await registry.new_consumers.settled(c) for c in ("c0", "c1")])
