@@ -31,6 +31,8 @@ import httpx
 import nats
 import nats.aio.client
 
+from agent.bus import NatsIdentity
+from agent.bus.dial import UserCreds
 from agent.drivers.sim import read_state
 from schemas import subjects
 from schemas.messages import (
@@ -242,12 +244,27 @@ class Bench:
         """Seconds after NATS was started again until each service answered (phase 5)."""
         self.http: LeanHttp | None = None
         self.issued: list[Issued] = []
+        self.progress: list[dict[str, Any]] = []
+        """Phase 1's course (``connect_progress``)."""
 
     # --- plumbing -----------------------------------------------------------------------
     async def connect(self) -> nats.aio.client.Client:
         return await nats.connect(
             self.stack.nats_url,
             user_credentials=str(self.stack.auth / "platform.creds"),
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            pending_size=64 * 1024 * 1024,
+            error_cb=_quiet,
+        )
+
+    async def connect_creds_read_whole(self) -> nats.aio.client.Client:
+        """``connect``, the creds file read whole at the connect (as agents read theirs)."""
+        creds = UserCreds(NatsIdentity(creds=str(self.stack.auth / "platform.creds"), inbox_prefix="", refused=""))
+        return await nats.connect(
+            self.stack.nats_url,
+            user_jwt_cb=creds.jwt,
+            signature_cb=creds.sign,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             pending_size=64 * 1024 * 1024,
@@ -309,6 +326,7 @@ class Bench:
         bare_n = n if self.args.bare_all else min(n, 1000)
         took = 0.0
         nats_grew = 0
+        cpu0 = self.cpu()
         for first in range(0, bare_n, 1000):
             batch = min(1000, bare_n - first)
             nats_before = rss_bytes(self.stack.pids()["nats"])
@@ -319,19 +337,43 @@ class Bench:
                 nats_grew = rss_bytes(self.stack.pids()["nats"]) - nats_before
             await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
         first_batch = min(bare_n, 1000)
+        cpu1 = self.cpu()
         self.results["baseline_connect"] = {
             "connections": bare_n,
             "seconds": took,
             "per_s": bare_n / took,
             "nats_bytes_per_connection": nats_grew / first_batch,
+            "cpu_ms_per_connection": cpu_ms_each(cpu0, cpu1, bare_n),
         }
         each = nats_grew / first_batch / KB
-        log(f"baseline: {bare_n} bare connections in {took:.2f}s; NATS +{each:.1f} KB each")
+        log(
+            f"baseline: {bare_n} bare connections in {took:.2f}s; NATS +{each:.1f} KB each; CPU ms per connection "
+            f"(open and close, JWT auth): {cpu_text(self.results['baseline_connect']['cpu_ms_per_connection'])}"
+        )
+        # The same, each connection's creds file read whole as the agents read theirs (agent.bus.dial.UserCreds);
+        # nats-py's own reader (above, the yardstick of the target, unchanged) reads it a byte per system call.
+        cpu_w = self.cpu()
+        took_whole = 0.0
+        for first in range(0, bare_n, 1000):
+            conns, spent = await baseline.bare_connections(self.connect_creds_read_whole, min(1000, bare_n - first))
+            took_whole += spent
+            await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+        cpu1 = self.cpu()
+        self.results["baseline_connect"]["seconds_creds_read_whole"] = took_whole
+        self.results["baseline_connect"]["cpu_ms_per_connection_creds_read_whole"] = cpu_ms_each(cpu_w, cpu1, bare_n)
+        log(
+            f"baseline: {bare_n} bare connections, creds read whole: {took_whole:.2f}s; CPU ms per connection: "
+            f"{cpu_text(self.results['baseline_connect']['cpu_ms_per_connection_creds_read_whole'])}"
+        )
         # Agents' consumers are on the desired-state stream (one limits stream, last per subject).
         created = await baseline.consumer_creation(self.connect, n, streams=1, work_queue=False)
         created["seconds_consumers"] = created.pop("seconds")  # "seconds" stays the connections'
+        created["cpu_ms_per_consumer"] = cpu_ms_each(cpu1, self.cpu(), n)
         self.results["baseline_connect"].update(created)
-        log(f"baseline: {n} consumers created on one stream in {created['seconds_consumers']:.1f}s")
+        log(
+            f"baseline: {n} consumers created on one stream in {created['seconds_consumers']:.1f}s; CPU ms per "
+            f"consumer: {cpu_text(created['cpu_ms_per_consumer'])}"
+        )
 
         # Register the clusters (setup, not measured: one connect token each, from the registry).
         t0 = time.monotonic()
@@ -359,9 +401,11 @@ class Bench:
         await self.fleet.start()
         want = set(self.clusters)
         fleet_up = self.fleet.up
+        progress = asyncio.create_task(self.connect_progress(started, max(2.0, n / 1000)), name="bench-progress")
         try:
             await wait_for(lambda: want <= set(self.online), timeout=self.args.connect_timeout, interval=0.2)
         except AssertionError:
+            progress.cancel()
             # Counted now, not when the wait began.
             raise AssertionError(
                 f"not all {n} agents online after {self.args.connect_timeout:g}s: {len(want & set(self.online))} "
@@ -377,6 +421,7 @@ class Bench:
         await wait_for(all_bound, timeout=self.args.connect_timeout, interval=1.0, what=f"all {n} command consumers")
         bound_at = time.time()
         cpu_after = self.cpu()
+        progress.cancel()
         # Idle traffic is not subtracted here (heartbeats start as agents come online: part of connecting).
         per_agent_traffic = traffic.per_command(
             traffic.Window(seconds=1.0), traffic.difference(traffic_before, traffic.snapshot(port)), n
@@ -394,17 +439,23 @@ class Bench:
             "steps": steps.summary(await self.fleet.steps()),
             "registry_steps": registry_steps(await self.stack.scrape("registry")),
             "traffic": per_agent_traffic,
+            "progress": self.progress,
         }
+        # What the fleet costs once online and idle (heartbeats, PINGs, pulls): the part of phase 1's CPU the
+        # agents already online take from those still connecting. Also the pause before measuring memory.
+        idle = await self.idle_cpu(5.0)
+        self.results["connect"]["idle_cpu_ms_per_s"] = idle
         for line in connect_profile(self.results["connect"]):
             log(f"(1) {line}")
         raw = self.results["baseline_connect"]
         raw_s = raw["seconds"] * n / raw["connections"] + raw["seconds_consumers"]
+        raw_whole = raw["seconds_creds_read_whole"] * n / raw["connections"] + raw["seconds_consumers"]
         log(
             f"(1) all {n} agents online in {last_online - started:.1f}s, all bound to their command consumer by "
             f"{bound_at - started:.1f}s; raw {n} bare connections + consumers {raw_s:.1f}s: "
-            f"{(bound_at - started) / raw_s:.2f}x"
+            f"{(bound_at - started) / raw_s:.2f}x (with the creds read whole {raw_whole:.1f}s: "
+            f"{(bound_at - started) / raw_whole:.2f}x)"
         )
-        await asyncio.sleep(3)
         rss_connected = self.stack.rss()
         self.results["rss_connected"] = rss_connected
 
@@ -438,6 +489,25 @@ class Bench:
         # (5) reconnect storm.
         if "5" in phases:
             await self.storm()
+
+    async def connect_progress(self, started: float, every: float) -> None:
+        """Phase 1's course: every ``every`` seconds, the agents online and each process's CPU (cores) since the
+        last sample (``self.progress``, printed with the connect profile)."""
+        ours = set(self.clusters)
+        last_cpu, last_t, last_online = self.cpu(), time.time(), 0
+        while True:
+            await asyncio.sleep(every)  # a sampling period, not a wait for something
+            cpu, now = self.cpu(), time.time()
+            online = len(ours.intersection(self.online))
+            self.progress.append(
+                {
+                    "t": now - started,
+                    "online": online,
+                    "per_s": (online - last_online) / (now - last_t),
+                    "cores": {k: (v - last_cpu.get(k, 0.0)) / (now - last_t) for k, v in cpu.items()},
+                }
+            )
+            last_cpu, last_t, last_online = cpu, now, online
 
     async def register(self, clusters: list[str]) -> dict[str, str]:
         assert self.nc is not None
@@ -964,9 +1034,25 @@ def connect_profile(c: dict[str, Any]) -> list[str]:
         f"{p} {v:.1f}s ({v / took:.0%})" for p, v in sorted(c.get("cpu_s", {}).items(), key=lambda x: -x[1])
     )
     lines = [f"CPU over the {took:.1f}s to all bound: {cpu}"]
+    lines += [
+        f"  at {p['t']:.0f}s: {p['online']} online ({p['per_s']:.0f}/s); cores: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(p["cores"].items(), key=lambda x: -x[1]) if v >= 0.01)
+        for p in c.get("progress", [])
+    ]
+    if "idle_cpu_ms_per_s" in c:
+        lines.append(f"idle, all online: CPU ms per s: {cpu_text(c['idle_cpu_ms_per_s'])}")
     if "traffic" in c:
         lines += traffic.render(c["traffic"], "agent connect", "heartbeats of the online agents included")
     return lines + step_lines(c.get("steps", {}), c.get("registry_steps", {}))
+
+
+def cpu_ms_each(before: dict[str, float], after: dict[str, float], count: int) -> dict[str, float]:
+    """CPU milliseconds per item of each process between two ``Bench.cpu()`` readings."""
+    return {k: (v - before.get(k, 0.0)) * 1e3 / max(1, count) for k, v in after.items()}
+
+
+def cpu_text(ms: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in sorted(ms.items(), key=lambda x: -x[1]) if v >= 0.005) or "-"
 
 
 def restart_profile(p: dict[str, Any]) -> list[str]:

@@ -128,6 +128,8 @@ class Worker:
         self.tasks: set[asyncio.Task[None]] = set()
         self.settled = False
         """The heap was frozen once all of this worker's agents were up."""
+        self.up_count = 0
+        """Agents that came up (again, after a kill, counted again)."""
         self.starting = asyncio.Semaphore(int(config.get("start_concurrency") or 1_000_000))
         """Agents starting at once in this process (a fleet rolls out in waves, not in one instant)."""
 
@@ -161,7 +163,10 @@ class Worker:
             return
         agent.up_at = time.time()
         self.emit(ev="up", cluster=cluster, t=agent.up_at)
-        if not self.settled and all(a.up_at for a in self.agents.values()) and len(self.agents) == len(self.specs):
+        # Counted, not found by walking every agent at each one up (2,500 agents per worker: 3 million checks,
+        # 1.2 % of the workers' CPU in phase 1 at 10,000 agents).
+        self.up_count += 1
+        if not self.settled and self.up_count >= len(self.specs) and all(a.up_at for a in self.agents.values()):
             # A real agent is a process of its own with a small heap; here one holds hundreds, and a full
             # collection walking all of them (up to 0.5-0.8 s measured) stalled every agent of the process.
             self.settled = True
