@@ -64,14 +64,24 @@ class Settings(FromEnv):
     heartbeat_burst: float = 50.0
     """Heartbeats one cluster may send at once above ``heartbeat_rate``."""
 
+    reconnect_hold: float = env("TETHER_RECONNECT_HOLD", 60.0)
+    """Seconds after this replica starts listening (its start, its link back) during which a cluster it has
+    not heard yet is not judged while other clusters are still heard for the first time: the fleet is still
+    reconnecting (``logic.silence_counts_from``). Such a cluster is shown offline ``offline_after`` after the
+    last first heartbeat, at the latest this plus ``offline_after`` after listening started."""
+
     pending_limit: int = env("TETHER_HEARTBEAT_PENDING_LIMIT", 200_000)
     """Heartbeats waiting in health's inbox before NATS' client drops some (a slow consumer). Past a tenth
     of it, health holds its judgement of silent clusters (``logic.hold_judgement``)."""
 
 
 class HealthMonitor:
-    def __init__(self, settings: Settings, bus: Bus, presence: Records[Presence]) -> None:
+    def __init__(
+        self, settings: Settings, bus: Bus, presence: Records[Presence], clock: Callable[[], float] = time.time
+    ) -> None:
         self.settings = settings
+        self.clock = clock
+        """The platform's clock (wall time: presence records carry it)."""
         self.bus = bus
         self.bucket = presence
         self.presence: dict[str, Presence] = {}
@@ -82,8 +92,10 @@ class HealthMonitor:
         1,000 clusters. Anyone else's write since (a transition, another replica) makes the write fail and
         the next one read first."""
         self.lag: Histogram | None = None
-        self.listening_since = time.time()
+        self.listening_since = clock()
         """When this replica started hearing heartbeats: silence before it is not counted."""
+        self.last_first_heard = 0.0
+        """When a cluster not heard since ``listening_since`` was heard last (the fleet coming back)."""
         self.limiter = logic.RateLimiter(settings.heartbeat_rate, settings.heartbeat_burst)
         self.inbox: Callable[[], tuple[int, int]] | None = None
         """(heartbeats waiting, reconnects so far) of this replica's connection, once subscribed."""
@@ -105,7 +117,7 @@ class HealthMonitor:
         # First and cheap: a flooding cluster's surplus is dropped before anything is decoded.
         if not self.limiter.allow(msg.subject, time.monotonic()):
             return
-        now = time.time()
+        now = self.clock()
         try:
             hb = msg.decode(Heartbeat)
             if subjects.cluster_of_heartbeat(msg.subject) != hb.cluster:
@@ -115,7 +127,10 @@ class HealthMonitor:
             return
         if self.lag is not None and hb.sent_at:
             self.lag.record(max(0.0, now - hb.sent_at))
-        new, transition = logic.observe(self.presence.get(hb.cluster), hb, now)
+        current = self.presence.get(hb.cluster)
+        if current is None or current.last_seen < self.listening_since:
+            self.last_first_heard = now
+        new, transition = logic.observe(current, hb, now)
         self.presence[hb.cluster] = new
         if transition is None:
             self.dirty.add(hb.cluster)
@@ -167,11 +182,14 @@ class HealthMonitor:
         return False
 
     async def sweep_once(self) -> None:
-        now = time.time()
+        now = self.clock()
         if not self.judging(now):
             return
+        since = self.listening_since
+        unheard_since = logic.silence_counts_from(since, self.last_first_heard, self.settings.reconnect_hold)
         for name, current in list(self.presence.items()):
-            new, transition = logic.sweep(current, now, self.settings.offline_after, self.listening_since)
+            not_before = since if current.last_seen >= since else unheard_since
+            new, transition = logic.sweep(current, now, self.settings.offline_after, not_before)
             if transition is not None:
                 self.presence[name] = new
                 await self._transition(new, transition, now)
@@ -277,7 +295,7 @@ async def setup(rt: Runtime, settings: Settings) -> None:
     instrument(rt, monitor)
     heartbeats = await rt.subscribe(subjects.HEARTBEAT_ANY, monitor.on_heartbeat, pending_limit=settings.pending_limit)
     monitor.inbox = lambda: (heartbeats.pending, rt.bus.reconnects)
-    monitor.listening_since = time.time()
+    monitor.listening_since = monitor.clock()
     await rt.subscribe(subjects.public_event("cluster.disconnected"), monitor.on_disconnected)
     await rt.subscribe(subjects.public_event("cluster.removed"), monitor.on_removed)
     rt.endpoints.platform(subjects.Health.PRESENCE_LIST, Empty, monitor.list)

@@ -947,6 +947,8 @@ class Bench:
                     log(f"(5) all {len(pending)} pending commands applied after {applied - t0:.1f}s")
         lost, twice = self.check_ledgers(pending)
         answering.cancel()
+        # Health marking a cluster offline and online again costs two fsynced writes and two public events.
+        marked_offline = sum(1 for at in self.offline.values() if at >= t0)
         done = max(back, resynced, applied) if back and resynced and applied else math.nan
         self.results["storm"] = {
             "agents": self.n,
@@ -959,12 +961,14 @@ class Bench:
             "total_s": done - t0 if back and resynced and applied else math.nan,
             "lost": lost,
             "applied_twice": twice,
+            "marked_offline": marked_offline,
             "last_stats": stats,
             "profile": await self.restart_profile(t0, cpu_start),
         }
         self.results["storm"]["profile"]["services_answering_s"] = dict(self.answering)
         for line in restart_profile(self.results["storm"]["profile"]):
             log(f"(5) {line}")
+        log(f"(5) clusters health marked offline since NATS started: {marked_offline}")
         log(f"(5) storm: total {self.results['storm']['total_s']:.1f}s; lost {lost}, twice {twice}")
 
     async def services_answering(self, t0: float) -> None:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.chaos
 
 HEALTHY = 10
 STORM = 150
-ADMITTED_AT_ONCE = {"TETHER_ADMISSION_CONCURRENCY": "2", "TETHER_ADMISSION_QUEUE": "2"}
+ADMITTED_AT_ONCE = {"TETHER_ADMISSION_CONCURRENCY": "2", "TETHER_HELLO_CONCURRENCY": "2", "TETHER_ADMISSION_QUEUE": "2"}
 
 
 async def test_connect_storm_beyond_capacity_converges_without_marking_the_healthy_offline(tmp_path: Path) -> None:

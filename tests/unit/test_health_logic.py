@@ -100,3 +100,17 @@ def test_a_change_in_the_tenants_control_planes_alone_waits_like_the_last_seen_t
     sick, _ = logic.observe(stored, hb(health=lost_node), now=106.0)
     merged = logic.merge_seen(stored, sick, min_advance=60.0)
     assert merged is not None and merged.health == lost_node
+
+
+def test_silence_of_a_cluster_not_heard_since_a_restart_counts_from_the_last_first_heartbeat() -> None:
+    # Listening since 150; other clusters are still heard for the first time (the fleet reconnecting).
+    assert logic.silence_counts_from(150.0, last_first_heard=0.0, hold=60.0) == 150.0
+    assert logic.silence_counts_from(150.0, last_first_heard=171.0, hold=60.0) == 171.0
+    # Bounded: never later than the hold after listening started.
+    assert logic.silence_counts_from(150.0, last_first_heard=300.0, hold=60.0) == 210.0
+    assert logic.silence_counts_from(150.0, last_first_heard=300.0, hold=0.0) == 150.0
+    presence, _ = logic.observe(None, hb(), now=100.0)
+    held, transition = logic.sweep(presence, now=175.0, offline_after=12.0, not_before=171.0)
+    assert transition is None and held.online
+    _offline, transition = logic.sweep(presence, now=183.5, offline_after=12.0, not_before=171.0)
+    assert transition == "offline"

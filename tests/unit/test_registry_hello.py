@@ -1,0 +1,122 @@
+"""The registry's hello: its own admission, larger than the bootstrap's (a hello is a read), with its JetStream
+look-ups still bounded as before; a disconnected cluster's hello is refused as always."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from schemas import subjects
+from schemas.errors import Overloaded, Unauthenticated
+from schemas.messages import AGENT_PROTOCOL, AgentHello, ClusterRecord
+from services.bus import Endpoints
+from services.bus.admission import Admission, AdmissionLimits
+from services.bus.memory import MemoryBus
+from services.registry import logic
+from services.registry.service import Registry, Settings, install
+
+R = subjects.Registry
+
+
+class SlowLookUps(MemoryBus):
+    """Counts the consumer look-ups running at once; each takes until ``release`` is set. ``busy`` is set once
+    ``expected`` run at once."""
+
+    def __init__(self, expected: int) -> None:
+        super().__init__()
+        self.expected = expected
+        self.running = 0
+        self.most = 0
+        self.busy = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def ensure_agent_consumer(self, cluster: str, *, look_up: bool = True) -> bool:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        if self.running >= self.expected:
+            self.busy.set()
+        try:
+            await self.release.wait()
+        finally:
+            self.running -= 1
+        return False
+
+
+async def registry(bus: MemoryBus, settings: Settings, names: list[str]) -> Registry:
+    clusters = await bus.bucket(subjects.BUCKET_CLUSTERS, ClusterRecord)
+    for name in names:
+        record = ClusterRecord(
+            name=name, state="connected", cluster_uid=f"uid-{name}", credential_hash=logic.hash_secret(f"cred-{name}")
+        )
+        await clusters.create(name, record)
+    uids = await bus.bucket(subjects.BUCKET_CLUSTER_UIDS, ClusterRecord)  # type: ignore[arg-type]
+    projects = await bus.bucket(subjects.BUCKET_PROJECTS, ClusterRecord)  # type: ignore[arg-type]
+    return Registry(settings, bus, clusters, uids, projects)  # type: ignore[arg-type]
+
+
+def hello(name: str, *, bound: bool) -> AgentHello:
+    return AgentHello(
+        cluster=name,
+        credential=f"cred-{name}",
+        cluster_uid=f"uid-{name}",
+        protocol=AGENT_PROTOCOL,
+        consumer_bound=bound,
+    )
+
+
+def admissions(reg: Registry) -> dict[str, AdmissionLimits | None]:
+    endpoints = Endpoints()
+    install(reg, endpoints)
+    return {e.subject: e.admission for e in endpoints.items}
+
+
+async def refused_of_a_wave(limits: AdmissionLimits, handling: float, wave: int) -> int:
+    """Requests of ``wave`` arriving at once that are told to come back, once the admission has learnt that one
+    takes ``handling`` seconds (a record read on a nats-server busy with a reconnect storm)."""
+    admission = Admission("test", limits)
+
+    async def work() -> None:
+        await asyncio.sleep(handling)  # the handling itself, not a wait for a condition
+
+    await asyncio.gather(*(admission.run(work) for _ in range(limits.concurrency)))
+    results = await asyncio.gather(*(admission.run(work) for _ in range(wave)), return_exceptions=True)
+    return sum(isinstance(r, Overloaded) for r in results)
+
+
+async def test_hellos_are_admitted_at_their_own_larger_concurrency_than_bootstraps() -> None:
+    reg = await registry(MemoryBus(), Settings(), [])
+    limits = admissions(reg)
+    hello_limits, bootstrap_limits = limits[R.AGENT_HELLO], limits[R.AGENT_BOOTSTRAP]
+    assert hello_limits is not None and bootstrap_limits is not None
+    assert hello_limits.concurrency == Settings().hello_concurrency == 256
+    assert bootstrap_limits.concurrency == Settings().admission_concurrency == 32, "the bootstrap's stays"
+    assert hello_limits.queue == bootstrap_limits.queue and hello_limits.max_wait == bootstrap_limits.max_wait
+    # 600 hellos at once, each taking 0.25 s: all admitted at 256 at once; at the bootstrap's 32 (the old limits
+    # of the hello) about half were told to come back, their appointments spaced at the 128/s it served.
+    assert await refused_of_a_wave(hello_limits, 0.25, 600) == 0
+    assert await refused_of_a_wave(bootstrap_limits, 0.25, 600) > 250
+
+
+async def test_hellos_look_up_their_consumer_no_more_at_once_than_before() -> None:
+    bus = SlowLookUps(expected=8)
+    names = [f"c{i}" for i in range(100)]
+    reg = await registry(bus, Settings(admission_concurrency=8, hello_concurrency=256), names)
+    hellos = [asyncio.create_task(reg.hello(hello(n, bound=False), n)) for n in names]
+    await asyncio.wait_for(bus.busy.wait(), 5)  # the first look-ups are under way
+    bound = await asyncio.wait_for(reg.hello(hello("c0", bound=True), "c0"), 5)
+    assert bound.cluster == "c0", "a bound agent's hello is answered without a look-up"
+    bus.release.set()
+    welcomes = await asyncio.wait_for(asyncio.gather(*hellos), 10)
+    assert [w.consumer for w in welcomes] == [subjects.agent_consumer(n) for n in names]
+    assert bus.most == 8, "the JetStream look-ups are bounded at the bootstrap's concurrency"
+
+
+async def test_a_disconnected_clusters_hello_is_refused() -> None:
+    bus = MemoryBus()
+    reg = await registry(bus, Settings(), ["gone"])
+    found = await reg.clusters.get("gone")
+    assert found is not None
+    await reg.clusters.update("gone", logic.disconnect(found[0], 1.0), found[1])
+    with pytest.raises(Unauthenticated):
+        await reg.hello(hello("gone", bound=True), "gone")
