@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy, StreamState
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamState
 from nats.js.errors import (
     APIError,
     KeyNotFoundError,
@@ -35,6 +36,10 @@ WRONG_LAST_SEQUENCE = 10071
 EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_LAST_OF = "Nats-Expected-Last-Subject-Sequence-Subject"
 """With ``EXPECTED_LAST``: the subjects (wildcards allowed) whose newest message the expectation is about."""
+MULTI_LAST_MAX = 1024
+"""Keys one batched direct get of their last entries may name (nats-server answers 413 beyond)."""
+NO_RESULTS, END_OF_BATCH = "404", "204"
+"""A batched direct get's statuses: no key matched; the batch is complete."""
 
 
 def _removed(headers: dict[str, str] | None, data: bytes | None) -> bool:
@@ -161,6 +166,88 @@ class Bucket(Records[M]):
             raise Unavailable(f"could not read bucket {self.kv._name} within {timeout:g}s") from None
         finally:
             await sub.unsubscribe()
+
+    async def items_under(self, prefix: str, timeout: float = 10.0) -> dict[str, M]:
+        """Every live record whose key starts with ``prefix`` (a whole first token and its dot: ``"c1."``),
+        without reading the bucket's other keys.
+
+        Where the bucket allows direct gets, one batched direct get of the last entry of each such key (no
+        consumer, no JetStream API queue); beyond ``MULTI_LAST_MAX`` keys, or without direct gets (replicas:
+        reads stay with the leader), a short-lived consumer filtered on those keys.
+        """
+        if not prefix.endswith(".") or prefix.count(".") != 1 or any(c in prefix for c in "*> "):
+            raise InvalidInput(f"not a key prefix of one whole token: {prefix!r}")
+        if self.kv._direct:
+            found = await self._last_per_key(prefix, timeout)
+            if found is not None:
+                return found
+        return await self._filtered_items(prefix, timeout)
+
+    async def _last_per_key(self, prefix: str, timeout: float) -> dict[str, M] | None:
+        """The live records under ``prefix`` by one batched direct get (``multi_last``); None when the server
+        would not give them in one batch (more keys than ``MULTI_LAST_MAX``: it answers 413)."""
+        js: JetStreamContext = self.kv._js
+        nc, pre = js._nc, self.kv._pre
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        request = {"multi_last": [f"{pre}{prefix}>"], "batch": MULTI_LAST_MAX}
+        out: dict[str, M] = {}
+        try:
+            await nc.publish(f"{js._prefix}.DIRECT.GET.{self.kv._stream}", json.dumps(request).encode(), inbox)
+            async with asyncio.timeout(timeout):
+                while True:
+                    msg = await sub.next_msg(timeout=timeout)
+                    headers = msg.headers or {}
+                    status = headers.get("Status")
+                    if status == NO_RESULTS:
+                        return out
+                    if status == END_OF_BATCH:
+                        # Keys left beyond the batch: read them the other way.
+                        return out if headers.get("Nats-Num-Pending", "0") == "0" else None
+                    if status is not None:
+                        logger.debug("bucket %s: batched get of %r answered %s", self.kv._name, prefix, status)
+                        return None
+                    key = headers.get("Nats-Subject", "")[len(pre) :]
+                    if _removed(headers, msg.data) or (record := self._stored(key, msg.data)) is None:
+                        out.pop(key, None)
+                    else:
+                        out[key] = record
+        except (TimeoutError, NatsTimeout):
+            raise Unavailable(f"could not read {prefix!r} of bucket {self.kv._name} within {timeout:g}s") from None
+        finally:
+            await sub.unsubscribe()
+
+    async def _filtered_items(self, prefix: str, timeout: float) -> dict[str, M]:
+        """The live records under ``prefix`` through a short-lived consumer of the last entry of each key."""
+        js: JetStreamContext = self.kv._js
+        pre = self.kv._pre
+        sub = await js.pull_subscribe(
+            f"{pre}{prefix}>",
+            stream=self.kv._stream,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                ack_policy=AckPolicy.NONE,
+                inactive_threshold=2.0,  # reaped soon after (see ``items``)
+                mem_storage=True,
+            ),
+        )
+        out: dict[str, M] = {}
+        try:
+            async with asyncio.timeout(timeout):
+                pending = (await sub.consumer_info()).num_pending or 0
+                while pending:
+                    for msg in await sub.fetch(min(pending, 256), timeout=timeout):
+                        key = msg.subject[len(pre) :]
+                        if _removed(msg.headers, msg.data) or (record := self._stored(key, msg.data)) is None:
+                            out.pop(key, None)
+                        else:
+                            out[key] = record
+                        pending = msg.metadata.num_pending
+        except (TimeoutError, NatsTimeout):
+            raise Unavailable(f"could not read {prefix!r} of bucket {self.kv._name} within {timeout:g}s") from None
+        finally:
+            await sub.unsubscribe()
+        return out
 
     def _stored(self, key: str, data: bytes) -> M | None:
         """A stored record, or None when it fails this version's bounds (written by an older one, or by hand):

@@ -216,6 +216,10 @@ class MemoryRecords(Records[M]):
     async def items(self, timeout: float = 10.0) -> dict[str, M]:
         return {key: decode(data, self.type) for key, (data, _) in self._data.items()}
 
+    async def items_under(self, prefix: str, timeout: float = 10.0) -> dict[str, M]:
+        # Like the NATS bucket: only those keys are read (decoded).
+        return {key: decode(data, self.type) for key, (data, _) in self._data.items() if key.startswith(prefix)}
+
     def _newest(self, pattern: str) -> tuple[str, int] | None:
         entries = [(k, rev) for k, (_, rev) in self._data.items()] + list(self._markers.items())
         found = [(rev, k) for k, rev in entries if matches(pattern, k)]

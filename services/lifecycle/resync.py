@@ -64,7 +64,7 @@ class InventoryResync:
         now = time.time()
         if now - inventory.at > STALE_INVENTORY:
             return
-        desired = [r for r in await self.desired.recent_records() if r.spec.cluster == cluster]
+        desired = await self.desired.cluster_records(cluster)
         plan = self._plan(cluster, desired, inventory, now)
         progress = Progress(d)
         await self._resend(cluster, plan.resend, inventory, now, progress)
