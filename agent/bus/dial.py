@@ -116,7 +116,10 @@ class Dialer:
                 max_reconnect_attempts=1,
                 reconnect_time_wait=0,
                 connect_timeout=5,
-                ping_interval=5,
+                # A silently dead link is found after 3 unanswered PINGs (45-60 s). Every 5 s doubled each idle
+                # agent's messages beside its heartbeat (10,000 agents: 2,000 PINGs and PONGs a second); whether
+                # the cluster is online is health's judgement on heartbeats (15 s), not this.
+                ping_interval=15,
                 max_outstanding_pings=3,
                 drain_timeout=max(1, round(self.settings.shutdown_timeout)),
                 reconnect_to_server_handler=events.pick_server,
