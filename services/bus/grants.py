@@ -64,6 +64,8 @@ def _owns_bucket(bucket: str, *, named_consumers: bool = True) -> tuple[str, ...
         *_declares(stream),
         f"$KV.{bucket}.>",
         f"$JS.API.DIRECT.GET.{stream}.>",
+        # The request form: the same reads, batched (the last entry of each key under a prefix).
+        f"$JS.API.DIRECT.GET.{stream}",
         f"$JS.API.STREAM.MSG.GET.{stream}",
         f"$JS.API.CONSUMER.CREATE.{stream}",
         *named,

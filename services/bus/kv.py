@@ -6,11 +6,12 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamState
+from nats.js.api import DeliverPolicy, StreamState
 from nats.js.errors import (
     APIError,
     KeyNotFoundError,
@@ -40,6 +41,8 @@ MULTI_LAST_MAX = 1024
 """Keys one batched direct get of their last entries may name (nats-server answers 413 beyond)."""
 NO_RESULTS, END_OF_BATCH = "404", "204"
 """A batched direct get's statuses: no key matched; the batch is complete."""
+DIRECT_WAIT = 2.0
+"""Seconds a batched direct get is waited for before the keys are read through a consumer instead."""
 
 
 def _removed(headers: dict[str, str] | None, data: bytes | None) -> bool:
@@ -127,45 +130,10 @@ class Bucket(Records[M]):
         a full bucket reads as empty. Here the stream leader names the last sequence first, and the latest
         entry of every key is read until that sequence has been seen.
         """
-        js: JetStreamContext = self.kv._js
-        stream, prefix = self.kv._stream, self.kv._pre
-        state = await self._stream_state(js, stream, timeout)
-        out: dict[str, M] = {}
+        state = await self._stream_state(self.kv._js, self.kv._stream, timeout)
         if not state.messages:
-            return out
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-
-        async def received(msg: Msg) -> None:
-            await queue.put(msg)
-
-        sub = await js.subscribe(
-            f"{prefix}>",
-            stream=stream,
-            cb=received,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-            # The server reaps the consumer this long after the read ends. Short: a stream allows 1,000
-            # consumers (nats-server 2.15's default), and a busy lifecycle reads the bucket dozens of times
-            # a second (a create, an inventory), so 30 s of leftovers ran into that limit.
-            inactive_threshold=2.0,
-        )
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    msg = await queue.get()
-                    key = msg.subject[len(prefix) :]
-                    if _removed(msg.headers, msg.data):
-                        out.pop(key, None)
-                    elif (record := self._stored(key, msg.data)) is not None:
-                        out[key] = record
-                    else:
-                        out.pop(key, None)
-                    if msg.metadata.sequence.stream >= state.last_seq:
-                        return out
-        except TimeoutError:
-            raise Unavailable(f"could not read bucket {self.kv._name} within {timeout:g}s") from None
-        finally:
-            await sub.unsubscribe()
+            return {}
+        return await self._last_entries(">", lambda msg: msg.metadata.sequence.stream >= state.last_seq, timeout)
 
     async def items_under(self, prefix: str, timeout: float = 10.0) -> dict[str, M]:
         """Every live record whose key starts with ``prefix`` (a whole first token and its dot: ``"c1."``),
@@ -173,19 +141,25 @@ class Bucket(Records[M]):
 
         Where the bucket allows direct gets, one batched direct get of the last entry of each such key (no
         consumer, no JetStream API queue); beyond ``MULTI_LAST_MAX`` keys, or without direct gets (replicas:
-        reads stay with the leader), a short-lived consumer filtered on those keys.
+        reads stay with the leader), a short-lived ordered consumer filtered on those keys.
         """
         if not prefix.endswith(".") or prefix.count(".") != 1 or any(c in prefix for c in "*> "):
             raise InvalidInput(f"not a key prefix of one whole token: {prefix!r}")
         if self.kv._direct:
-            found = await self._last_per_key(prefix, timeout)
+            found = await self._last_per_key(prefix, min(timeout, DIRECT_WAIT))
             if found is not None:
                 return found
-        return await self._filtered_items(prefix, timeout)
+        js: JetStreamContext = self.kv._js
+        info = await js.stream_info(self.kv._stream, subjects_filter=f"{self.kv._pre}{prefix}>")
+        if not info.state.subjects:
+            return {}
+        # The last entry of each key first (one message per key, then any written since): the last of them
+        # says nothing is pending.
+        return await self._last_entries(f"{prefix}>", lambda msg: msg.metadata.num_pending == 0, timeout)
 
     async def _last_per_key(self, prefix: str, timeout: float) -> dict[str, M] | None:
         """The live records under ``prefix`` by one batched direct get (``multi_last``); None when the server
-        would not give them in one batch (more keys than ``MULTI_LAST_MAX``: it answers 413)."""
+        would not give them in one batch (more keys than ``MULTI_LAST_MAX``: it answers 413) or did not answer."""
         js: JetStreamContext = self.kv._js
         nc, pre = js._nc, self.kv._pre
         inbox = nc.new_inbox()
@@ -207,47 +181,53 @@ class Bucket(Records[M]):
                     if status is not None:
                         logger.debug("bucket %s: batched get of %r answered %s", self.kv._name, prefix, status)
                         return None
-                    key = headers.get("Nats-Subject", "")[len(pre) :]
-                    if _removed(headers, msg.data) or (record := self._stored(key, msg.data)) is None:
-                        out.pop(key, None)
-                    else:
-                        out[key] = record
+                    self._take(out, headers.get("Nats-Subject", "")[len(pre) :], headers, msg.data)
         except (TimeoutError, NatsTimeout):
-            raise Unavailable(f"could not read {prefix!r} of bucket {self.kv._name} within {timeout:g}s") from None
+            logger.warning("bucket %s: no answer to a batched get of %r; reading it otherwise", self.kv._name, prefix)
+            return None
         finally:
             await sub.unsubscribe()
 
-    async def _filtered_items(self, prefix: str, timeout: float) -> dict[str, M]:
-        """The live records under ``prefix`` through a short-lived consumer of the last entry of each key."""
+    async def _last_entries(self, keys: str, last: Callable[[Msg], bool], timeout: float) -> dict[str, M]:
+        """The live records of ``keys`` (a key pattern) through an ordered consumer of the last entry per key,
+        read until ``last`` says a message was the last one wanted."""
         js: JetStreamContext = self.kv._js
-        pre = self.kv._pre
-        sub = await js.pull_subscribe(
-            f"{pre}{prefix}>",
-            stream=self.kv._stream,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-                ack_policy=AckPolicy.NONE,
-                inactive_threshold=2.0,  # reaped soon after (see ``items``)
-                mem_storage=True,
-            ),
+        stream, prefix = self.kv._stream, self.kv._pre
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def received(msg: Msg) -> None:
+            await queue.put(msg)
+
+        sub = await js.subscribe(
+            f"{prefix}{keys}",
+            stream=stream,
+            cb=received,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            # The server reaps the consumer this long after the read ends. Short: a stream allows 1,000
+            # consumers (nats-server 2.15's default), and a busy lifecycle reads the bucket dozens of times
+            # a second (a create, an inventory), so 30 s of leftovers ran into that limit.
+            inactive_threshold=2.0,
         )
         out: dict[str, M] = {}
         try:
             async with asyncio.timeout(timeout):
-                pending = (await sub.consumer_info()).num_pending or 0
-                while pending:
-                    for msg in await sub.fetch(min(pending, 256), timeout=timeout):
-                        key = msg.subject[len(pre) :]
-                        if _removed(msg.headers, msg.data) or (record := self._stored(key, msg.data)) is None:
-                            out.pop(key, None)
-                        else:
-                            out[key] = record
-                        pending = msg.metadata.num_pending
-        except (TimeoutError, NatsTimeout):
-            raise Unavailable(f"could not read {prefix!r} of bucket {self.kv._name} within {timeout:g}s") from None
+                while True:
+                    msg = await queue.get()
+                    self._take(out, msg.subject[len(prefix) :], msg.headers, msg.data)
+                    if last(msg):
+                        return out
+        except TimeoutError:
+            raise Unavailable(f"could not read bucket {self.kv._name} within {timeout:g}s") from None
         finally:
             await sub.unsubscribe()
-        return out
+
+    def _take(self, out: dict[str, M], key: str, headers: dict[str, str] | None, data: bytes) -> None:
+        """Keep ``key``'s entry in ``out`` when it is a live record this version reads, else drop the key."""
+        if _removed(headers, data) or (record := self._stored(key, data)) is None:
+            out.pop(key, None)
+        else:
+            out[key] = record
 
     def _stored(self, key: str, data: bytes) -> M | None:
         """A stored record, or None when it fails this version's bounds (written by an older one, or by hand):
