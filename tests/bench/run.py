@@ -709,7 +709,7 @@ class Bench:
 
         tasks = []
         count = int(rate * duration)
-        t0 = time.monotonic()
+        t0, started_at = time.monotonic(), time.time()
         for i in range(count):
             delay = t0 + i / rate - time.monotonic()
             if delay > 0:
@@ -722,7 +722,11 @@ class Bench:
         fixed = {"rate": rate, "seconds": duration, **summary(rts), "api": summary(apis), "errors": errors}
         fixed["skipped"] = skipped
         fixed["hops"] = hop_profile(hops, sent)
-        log(f"(3) {rate:g}/s: p50 {fixed['p50'] * 1e3:.1f} ms, p99 {fixed['p99'] * 1e3:.1f} ms")
+        # The window's start on the wall clock: to set the slowest commands' send times beside other records
+        # of the run (a CPU timeline, services' logs).
+        fixed["started_at"] = started_at
+        window = time.strftime("%H:%M:%S", time.localtime(started_at)) + f".{int(started_at % 1 * 1000):03d}"
+        log(f"(3) {rate:g}/s: p50 {fixed['p50'] * 1e3:.1f} ms, p99 {fixed['p99'] * 1e3:.1f} ms (window from {window})")
         for line in render_hops(fixed["hops"]):
             log(f"(3)   {line}")
         return fixed
