@@ -153,6 +153,12 @@ def render(r: dict[str, Any]) -> str:
         f"JetStream {_ms(bf.get('p50'))} / {_ms(bf.get('p95'))} / {_ms(bf.get('p99'))}",
     )
     row("    of which the API call p50 / p99", f"{_ms(_get(f, 'api', 'p50'))} / {_ms(_get(f, 'api', 'p99'))}")
+    if "after_max" in f:
+        a = f["after_max"]
+        row(
+            f"    the same, in the maximum's wake (settled {f.get('settled_s', math.nan):.1f}s later)",
+            f"{_ms(a.get('p50'))} / {_ms(a.get('p95'))} / {_ms(a.get('p99'))}",
+        )
     mx, bm = cm.get("max", {}), cm.get("baseline_max", {})
     row(
         f"    max throughput ({mx.get('concurrency')} in flight)",
