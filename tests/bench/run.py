@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import os
@@ -90,6 +91,33 @@ IDLE_CPU_WINDOW = 5.0
 SETTLE_DEADLINE = 60.0
 """Longest wait after phase 3's maximum for the platform's CPU to fall back to its idle rate."""
 KB = 1024
+
+
+class GcPauses:
+    """The bench client's own garbage-collection pauses in a window: each one holds up every command in flight
+    and every send due meanwhile, so a slow command may be the measuring client's."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float]] = []
+        self._started = 0.0
+
+    def _record(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], time.perf_counter() - self._started))
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._record)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._record)
+
+    def summary(self) -> dict[str, float]:
+        longest = max((s for _, s in self.pauses), default=0.0)
+        full = sum(1 for g, _ in self.pauses if g == 2)
+        return {"collections": len(self.pauses), "full": full, "max_ms": longest * 1e3}
 
 
 def log(text: str) -> None:
@@ -720,16 +748,18 @@ class Bench:
         tasks = []
         count = int(rate * duration)
         t0, started_at = time.monotonic(), time.time()
-        for i in range(count):
-            delay = t0 + i / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if not free:
-                skipped += 1
-                continue
-            tasks.append(asyncio.create_task(shot(free.popleft())))
-        await asyncio.gather(*tasks)
+        with GcPauses() as pauses:
+            for i in range(count):
+                delay = t0 + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if not free:
+                    skipped += 1
+                    continue
+                tasks.append(asyncio.create_task(shot(free.popleft())))
+            await asyncio.gather(*tasks)
         fixed = {"rate": rate, "seconds": duration, **summary(rts), "api": summary(apis), "errors": errors}
+        fixed["client_gc"] = pauses.summary()
         fixed["skipped"] = skipped
         fixed["hops"] = hop_profile(hops, sent)
         # The window's start on the wall clock: to set the slowest commands' send times beside other records
@@ -739,6 +769,11 @@ class Bench:
         log(f"(3) {rate:g}/s: p50 {fixed['p50'] * 1e3:.1f} ms, p99 {fixed['p99'] * 1e3:.1f} ms (window from {window})")
         for line in render_hops(fixed["hops"]):
             log(f"(3)   {line}")
+        gcs = fixed["client_gc"]
+        log(
+            f"(3)   the bench client's GC: {gcs['collections']} collections, {gcs['full']} full, "
+            f"longest {gcs['max_ms']:.1f} ms"
+        )
         return fixed
 
     async def max_rate(self, free: deque[Tenant]) -> dict[str, Any]:
