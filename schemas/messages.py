@@ -227,6 +227,10 @@ class AgentCredentials(Message, frozen=True, tag="agent-credentials.v1"):
     """The agent's NATS user JWT (empty when the broker does not enforce identities)."""
     expires_at: float = 0.0
     """When ``jwt`` expires; the agent renews it at about three quarters of its life."""
+    welcome: AgentWelcome | None = None
+    """The answer to the agent's first hello, given here when the registry knows its command consumer is there
+    (made when the cluster was registered): the agent then says no first hello (one request fewer per connect).
+    None (and from older registries): the agent says hello as before."""
 
 
 class AgentRenew(Message, frozen=True, tag="agent-renew.v1"):

@@ -18,7 +18,7 @@ from schemas import subjects
 from schemas.credentials import new_user_seed, parse_connect_token
 from schemas.credentials import public_key as nats_public_key
 from schemas.errors import Gone, TetherError
-from schemas.messages import AgentBootstrap, AgentCredentials
+from schemas.messages import AgentBootstrap, AgentCredentials, AgentWelcome
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +34,9 @@ class Bootstrapping:
 
 async def bootstrap(
     conn: Connection, files: IdentityFiles, token: str, *, server: str, about: Bootstrapping, timeout: float
-) -> Credentials:
+) -> tuple[Credentials, AgentWelcome | None]:
     """Trade ``token`` for this agent's credential, store it with its NATS user; PermanentError when refused.
+    With it, the answer to the first hello when the registry gave one (``AgentCredentials.welcome``).
 
     The NATS key is kept before it is sent: asked again with the same key (a retry here, or after a restart),
     the registry answers again, so an answer lost on the way does not cost the token."""
@@ -73,7 +74,8 @@ async def bootstrap(
                 "and connect it again)"
             )
         raise PermanentError(text) from exc
-    return _keep(files, answer, seed, server)
+    welcome = answer.welcome if answer.welcome is not None and answer.welcome.cluster == answer.cluster else None
+    return _keep(files, answer, seed, server), welcome
 
 
 def _keep(files: IdentityFiles, answer: AgentCredentials, seed: str, server: str) -> Credentials:

@@ -152,9 +152,10 @@ class Session:
             logger.warning("the stored NATS credentials were refused; trying the given connect token")
             stored, token, fallback_token = None, fallback_token, None
             await self._connect(bootstrap_user(token))
+        welcome: AgentWelcome | None = None
         if stored is None:
             assert token is not None
-            stored = await self.bootstrap(token)
+            stored, welcome = await self.bootstrap(token)
             if self.files.has_nats_user:
                 # From the one-call bootstrap user to this agent's own NATS user. Its one call is answered:
                 # nothing to drain.
@@ -164,7 +165,12 @@ class Session:
         # Listen before saying hello, so a revocation right after it is not missed.
         self._control = await self.connection.subscribe(subjects.control(stored.cluster))
         self.reconnected.clear()
-        await self._first_hello(fallback_token)
+        if welcome is not None:
+            # The registry answered the first hello with the credentials (its consumer made at registration):
+            # a hello now would only present the credential it just issued. Hellos after reconnects as always.
+            self._welcomed(welcome)
+        else:
+            await self._first_hello(fallback_token)
 
     async def _first_hello(self, fallback_token: str | None) -> None:
         try:
@@ -177,7 +183,7 @@ class Session:
                 "the stored credentials were refused (%s); trying the given connect token", cause.description
             )
             try:
-                self.credentials = await self.bootstrap(fallback_token)
+                self.credentials, _welcome = await self.bootstrap(fallback_token)
             except PermanentError as exc:
                 raise PermanentError(f"{cause.description}; the given connect token did not help: {exc}") from exc
             await self.hello()
@@ -192,8 +198,9 @@ class Session:
             inbox_prefix=agent_inbox_prefix(self._inbox_cluster) if self._inbox_cluster != "?" else None,
         )
 
-    async def bootstrap(self, token: str) -> Credentials:
-        """Trade the connect token for this agent's own credential and store it (``agent.identity.bootstrap``)."""
+    async def bootstrap(self, token: str) -> tuple[Credentials, AgentWelcome | None]:
+        """Trade the connect token for this agent's own credential and store it (``agent.identity.bootstrap``);
+        the first hello's answer when the registry gave it with them."""
         return await bootstrap(
             self.connection,
             self.files,

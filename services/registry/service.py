@@ -85,8 +85,9 @@ class Settings(FromEnv):
     """Seconds a queued bootstrap or hello may be expected to wait: well under the agents' 5 s timeout."""
 
     consumer_creations: int = env("TETHER_CONSUMER_CREATIONS", 0)
-    """New agents' command consumers created at once beside their bootstraps (a bootstrap waits for a free slot,
-    so creations never run ahead of JetStream); 0: as many as bootstraps handled at once."""
+    """New clusters' command consumers created at once, at their registration or beside their bootstraps (a
+    bootstrap waits for a free slot, so creations never run ahead of JetStream); 0: as many as bootstraps
+    handled at once."""
 
     @property
     def admission(self) -> AdmissionLimits:
@@ -134,8 +135,8 @@ class Registry:
         from an older read than one before it (a revocation is never undone by a slower, older push)."""
         creations = settings.consumer_creations or settings.admission_concurrency
         self.new_consumers = NewConsumers(bus, creations, self.steps)
-        """Command consumers of clusters just bootstrapped, being created: their first hello waits for its
-        creation and does not look it up again (one JetStream API request fewer per connect)."""
+        """Command consumers made at registration (or, failing that, beside the bootstrap): the first hello
+        trusts the one made here, or waits for its creation, and does not look it up (``NewConsumers``)."""
         self._look_ups = asyncio.Semaphore(settings.admission_concurrency)
         """Hellos' look-ups of their consumer (JetStream API requests) at once: as many as before hellos had
         their own, larger concurrency (``Settings.hello_concurrency``)."""
@@ -180,7 +181,8 @@ class Registry:
                 subs=limits.BOOTSTRAP_MAX_SUBS,
             )
             token = f"{token}.{jwt}"
-        await self._event("registered", record.name)
+        # Its command consumer now, not in its agent's connect (``NewConsumers``), beside the event's write.
+        await asyncio.gather(self.new_consumers.at_registration(record.name), self._event("registered", record.name))
         return ClusterConnectInfo(cluster=record, token=token, expires_at=record.token_expires_at)
 
     def _agent_jwt(self, cluster: str, user_key: str) -> tuple[str, float]:
@@ -266,11 +268,22 @@ class Registry:
                 record, revision = await self._record(name)
         if credential is None:
             credential = await self._answer_again(record, revision, req)
+        # The first hello's answer too, when its consumer was made at registration: the hello would only check
+        # the credential just issued and trust that consumer (``hello``). An older agent ignores it and says
+        # hello (its consumer then looked up).
+        welcome = self._welcome(name, consumer=True) if self.new_consumers.made_at_registration(name) else None
         if self.trust is None:
-            return AgentCredentials(cluster=name, credential=credential)
+            return AgentCredentials(cluster=name, credential=credential, welcome=welcome)
         with self.steps.timed("sign jwt"):
             jwt, expires = self._agent_jwt(name, req.user_public_key)
-        return AgentCredentials(cluster=name, credential=credential, jwt=jwt, expires_at=expires)
+        return AgentCredentials(cluster=name, credential=credential, jwt=jwt, expires_at=expires, welcome=welcome)
+
+    def _welcome(self, name: str, *, consumer: bool) -> AgentWelcome:
+        return AgentWelcome(
+            cluster=name,
+            heartbeat_interval=self.settings.heartbeat_interval,
+            consumer=subjects.agent_consumer(name) if consumer else "",
+        )
 
     async def _spend(self, record: ClusterRecord, revision: int, req: AgentBootstrap) -> str | None:
         """Spend the token (a CAS on the record: of two racing requests, one wins); the credential, or None
@@ -384,7 +397,7 @@ class Registry:
         # Not when the agent says it is bound and fetching (a hello after a reconnect): after a restart of NATS
         # 10,000 such look-ups queued on JetStream's API for nothing.
         if req.consumer_bound:
-            return AgentWelcome(cluster=record.name, heartbeat_interval=self.settings.heartbeat_interval)
+            return self._welcome(record.name, consumer=False)
         with self.steps.timed("hello: consumer (creation awaited, or looked up)"):
             fresh = await self.new_consumers.settled(record.name)
             if not fresh:
@@ -392,11 +405,7 @@ class Registry:
                     await self.bus.ensure_agent_consumer(record.name)
         # Named in the answer: the agent binds to it without a look-up of its own (one JetStream API request
         # fewer per connect; the longest wait of 10,000 agents connecting, p50 4 s, was that look-up).
-        return AgentWelcome(
-            cluster=record.name,
-            heartbeat_interval=self.settings.heartbeat_interval,
-            consumer=subjects.agent_consumer(record.name),
-        )
+        return self._welcome(record.name, consumer=True)
 
 
 def install(registry: Registry, served: Endpoints) -> None:

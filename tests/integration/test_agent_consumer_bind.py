@@ -150,6 +150,30 @@ async def test_the_agent_binds_to_the_consumer_its_hello_named_without_a_look_up
         await wait_for(lambda: platform.delivered(queue.stream, seq), what="the probe on the new consumer", timeout=30)
 
 
+async def test_a_new_clusters_agent_says_no_first_hello(platform: Platform, tmp_path: Path) -> None:
+    """Its consumer was made when the cluster was registered, so the bootstrap's answer is also the first hello's
+    (a hello would only present the credential just issued): one request fewer per connect (issue 17, 10,000
+    agents connecting). It binds to the consumer named and takes commands; after a reconnect it says hello."""
+    info = await call(
+        platform.services, subjects.Registry.CLUSTER_CREATE, ClusterCreate(name=CLUSTER), ClusterConnectInfo
+    )
+    assert await platform.consumer_exists(subjects.DESIRED_STREAM), "no consumer made at the registration"
+    settings = AgentSettings(
+        server=platform.url, token=info.token, state_dir=tmp_path / "agent", heartbeat_interval=0.5
+    )
+    looked_up = platform.looked_up
+    async with Agent(settings) as agent:
+        queue = agent.commands.queue
+        await wait_for(lambda: queue.bound, what="the agent bound to its consumer", timeout=30)
+        assert agent.session.consumer == subjects.agent_consumer(CLUSTER)
+        seq = await platform.probe(queue.stream)
+        await wait_for(lambda: platform.delivered(queue.stream, seq), what="the probe taken", timeout=30)
+        assert looked_up.welcomes == 0, "the agent said a first hello after its bootstrap"
+        assert looked_up.by_all == []
+        await agent.connection.force_reconnect()
+        await wait_for(lambda: looked_up.welcomes == 1, what="the hello after the reconnect answered", timeout=30)
+
+
 async def test_a_confirmed_consumer_that_is_gone_is_found_by_the_fetch_and_asked_for(
     platform: Platform, tmp_path: Path
 ) -> None:
