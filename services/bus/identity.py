@@ -22,6 +22,7 @@ the account JWT, which the registry pushes to the server at once.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -277,8 +278,9 @@ class Trust:
         write_secret(directory / "trust.json", json.dumps({k: getattr(trust, k) for k in cls.FIELDS}, indent=2))
         return trust, True
 
-    @property
+    @functools.cached_property
     def account_pub(self) -> str:
+        """Derived once (75 us each time: it is in every agent's JWT the registry signs)."""
         return public_key(self.account)
 
     @property
