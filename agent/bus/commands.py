@@ -17,7 +17,7 @@ from nats.js.errors import NotFoundError as JsNotFound
 from agent.bus.client import api_text
 from agent.bus.connection import Connection
 from agent.bus.events import Hook
-from agent.bus.pull import Puller, PullRefused
+from agent.bus.pull import ACK, Puller, PullRefused
 from schemas import subjects
 from schemas.errors import Unavailable
 from schemas.retrying import backoff_delay
@@ -53,9 +53,10 @@ class Delivery:
     revision check makes harmless.
     """
 
-    def __init__(self, msg: Msg, ack_timeout: float = 5.0) -> None:
+    def __init__(self, msg: Msg, ack_timeout: float = 5.0, ack_with_next: Callable[[Msg], None] | None = None) -> None:
         self._msg = msg
         self._ack_timeout = ack_timeout
+        self._ack_with_next = ack_with_next
         self.subject: str = msg.subject
         self.data: bytes = msg.data
         self.headers: dict[str, str] = dict(msg.headers or {})
@@ -76,7 +77,12 @@ class Delivery:
             raise Unavailable(f"cannot {what} command {self.stream_seq}: {exc or type(exc).__name__}") from None
 
     async def ack(self) -> None:
-        """Done: the server removes the command. Waits for the server to confirm."""
+        """Done: the server removes the command. From a queue: sent with the queue's next pull, one message
+        for both, confirmed by that pull's answer and sent again until it is (``CommandQueue``); otherwise
+        sent alone, waiting for the server to confirm."""
+        if self._ack_with_next is not None:
+            self._ack_with_next(self._msg)
+            return
         await self._do("ack", lambda: self._msg.ack_sync(timeout=self._ack_timeout))
 
     async def nak(self, delay: float | None = None) -> None:
@@ -170,6 +176,15 @@ class CommandQueue:
         self._confirmed = False
         self._relinked = asyncio.Event()
         """Set by a reconnect: ends a backoff (``_backoff``)."""
+        self._acking: Msg | None = None
+        """A delivery acknowledged (``Delivery.ack``) and not yet confirmed: the next pull carries its ack.
+
+        An ack on its own was a request (the ack, the server's confirmation, nats-py's request machinery) and
+        then a pull of its own, for each of the two records a command brings (the command, then lifecycle's
+        write of its result on the same key): four messages per command for nats-server and the agent that
+        one ``+NXT`` each does in two. Unconfirmed (the pull ended by a reconnect, or lost) it goes with the
+        next pull again, as the request was asked again; the consumer gone (a fetch refused), it is dropped
+        with the consumer's deliveries."""
         self.declarations = 0
         """Times this queue found its consumer missing and asked the platform to create it again."""
 
@@ -307,11 +322,18 @@ class CommandQueue:
             logger.debug("checking consumer %s: %s", self.consumer, exc or type(exc).__name__)
             return False
 
+    def _ack_with_next(self, msg: Msg) -> None:
+        self._acking = msg
+
     async def _fetch_one(self, sub: Puller) -> Delivery | None:
         try:
-            msg = await sub.next(self._fetch_timeout)
+            msg = await sub.next(self._fetch_timeout, self._acking)
+            if sub.answered:
+                self._acking = None
         except (NatsError, PullRefused) as exc:
             # The consumer gone, a closed connection.
+            if isinstance(exc, PullRefused):
+                self._acking = None  # its consumer is gone, and what it had delivered with it
             self._stale = True
             await self._backoff(f"cannot fetch commands: {str(exc) or type(exc).__name__}")
             return None
@@ -322,11 +344,17 @@ class CommandQueue:
                 self._idle_since = asyncio.get_running_loop().time()
             return None
         self._idle_since = None
-        return Delivery(msg, ack_timeout=ACK_TIMEOUT)
+        return Delivery(msg, ack_timeout=ACK_TIMEOUT, ack_with_next=self._ack_with_next)
 
     async def close(self) -> None:
         """Stop fetching; the consumer stays (it is durable). Safe twice."""
         self._closed = True
+        acking, self._acking = self._acking, None
+        if acking is not None and self._conn.is_connected:
+            # No next pull: sent alone (the connection's drain takes it out), or the command would wait for
+            # the ack wait after the next start before anything else is delivered.
+            with contextlib.suppress(NatsError):
+                await self._conn.client.publish(acking.reply, ACK)
         sub, self._sub = self._sub, None
         if sub is not None:
             await self._unsubscribe(sub)

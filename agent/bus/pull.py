@@ -8,13 +8,18 @@ answered. Here a pull is a publish and a future: its answer (a message, or a sta
 503 no consumer) ends it at once, and an answer to an earlier pull (one asked before a reconnect) is never
 lost nor taken for the current one's: a message is the consumer's next whichever pull it answers (kept when
 no pull waits), a status ends only its own pull.
+
+A pull may also acknowledge the message handled before it (``next(acking=...)``): one ``+NXT`` on that
+message's ack subject is the acknowledgement and the pull request at once (nats-server processes the ack,
+then the request). Whatever answers that pull, a message or a status, comes after the ack was processed, so
+the answer confirms it (``answered``); a pull that ended unanswered leaves it unconfirmed for the caller to
+send again (an ack of a message already acknowledged changes nothing, and its pull is still served).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import random
 from collections import deque
 
@@ -35,6 +40,9 @@ OVER_PAUSE = (0.05, 0.25)
 """Seconds (at random in this range) before a pull the server ended is asked again."""
 GRACE = 2.0
 """Seconds a pull is waited for after its expiry before it is taken as lost."""
+ACK = b"+ACK"
+ACK_NEXT = b"+NXT "
+"""An acknowledgement followed by a pull request (its JSON) on the acknowledged message's ack subject."""
 
 
 class PullRefused(Exception):
@@ -53,6 +61,8 @@ class Puller:
         self._waiter: asyncio.Future[Msg | None] | None = None
         self._kept: deque[Msg] = deque(maxlen=8)
         self._sub: Subscription | None = None
+        self.answered = False
+        """Whether the server answered the last pull (a message or a status): an ack it carried was processed."""
 
     async def open(self) -> None:
         self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._on_answer)
@@ -68,25 +78,35 @@ class Puller:
         if status is None or msg.subject[len(self._prefix) + 1 :] == self._token:
             waiter.set_result(msg)
 
-    async def next(self, expires: float) -> Msg | None:
+    async def next(self, expires: float, acking: Msg | None = None) -> Msg | None:
         """The next message; None when the pull expired or was ended (a status, ``end()``); PullRefused when
-        the consumer is gone."""
+        the consumer is gone. ``acking``: a message this pull acknowledges (``+NXT``); ``answered`` says
+        afterwards whether that acknowledgement is confirmed."""
+        self.answered = False
         if self._kept:
+            if acking is not None and acking.reply:
+                # Sent alone, unconfirmed. The kept message came for an ended pull, so it is the one after
+                # ``acking`` (one unacknowledged at a time) or ``acking`` itself delivered again.
+                await self._nc.publish(acking.reply, ACK)
             return self._kept.popleft()
         loop = asyncio.get_running_loop()
         self._token = str(next(self._tokens))
         waiter: asyncio.Future[Msg | None] = loop.create_future()
         self._waiter = waiter
-        request = json.dumps({"batch": 1, "expires": int(expires * 1e9)}).encode()
+        request = b'{"batch":1,"expires":%d}' % int(expires * 1e9)
+        subject = self._subject
+        if acking is not None and acking.reply:
+            subject, request = acking.reply, ACK_NEXT + request
         lost = loop.call_later(expires + GRACE, _settle, waiter)
         try:
-            await self._nc.publish(self._subject, request, reply=f"{self._prefix}.{self._token}")
+            await self._nc.publish(subject, request, reply=f"{self._prefix}.{self._token}")
             msg = await waiter
         finally:
             lost.cancel()
             self._waiter = None
         if msg is None:
             return None
+        self.answered = True
         status = (msg.headers or {}).get(STATUS)
         if status is None:
             return msg

@@ -95,3 +95,45 @@ async def test_the_expiry_of_an_ended_pull_does_not_end_the_next(nc: Client, pul
     msg = await asyncio.wait_for(second, 5.0)
     assert msg is not None and msg.data == b"two"
     await msg.ack_sync()
+
+
+async def acked(nc: Client, stream_seq: int) -> bool:
+    info = await nc.jetstream().consumer_info(STREAM, DURABLE)
+    return bool(info.ack_floor.stream_seq >= stream_seq)
+
+
+async def test_a_pull_carries_the_ack_of_the_message_before_it_in_one_message(nc: Client, puller: Puller) -> None:
+    js = nc.jetstream()
+    await js.publish(SUBJECT, b"one")
+    await js.publish(SUBJECT, b"two")
+    one = await puller.next(5.0)
+    assert one is not None and one.data == b"one"
+    sent = nc.stats["out_msgs"]
+    two = await puller.next(5.0, acking=one)  # one at a time: "two" comes only once "one" is acknowledged
+    assert two is not None and two.data == b"two"
+    assert nc.stats["out_msgs"] - sent == 1, "the ack and the pull went as one message"
+    assert puller.answered and await acked(nc, one.metadata.sequence.stream)
+    assert await puller.next(0.3, acking=two) is None  # expired: its status answers, so the ack is confirmed
+    assert puller.answered and await acked(nc, two.metadata.sequence.stream)
+
+
+async def test_an_unanswered_pull_leaves_its_ack_unconfirmed_and_sending_it_again_is_harmless(
+    nc: Client, puller: Puller
+) -> None:
+    js = nc.jetstream()
+    await js.publish(SUBJECT, b"one")
+    one = await puller.next(5.0)
+    assert one is not None
+    pulling = asyncio.ensure_future(puller.next(5.0, acking=one))
+    await waiting(nc, 1)
+    puller.end()  # as after a reconnect: nothing says whether the server had the ack
+    assert await pulling is None and not puller.answered
+    await js.publish(SUBJECT, b"two")
+    two = await asyncio.wait_for(puller.next(5.0, acking=one), 5.0)  # kept from the ended pull, or pulled
+    assert two is not None and two.data == b"two"
+    # "one" acknowledged again: nothing changes, and the pull is still served (it waits: "two" is pending)
+    again = asyncio.ensure_future(puller.next(0.5, acking=one))
+    await waiting(nc, 1)
+    assert await again is None and puller.answered
+    assert await puller.next(0.3, acking=two) is None and puller.answered
+    assert await acked(nc, two.metadata.sequence.stream)
