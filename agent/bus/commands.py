@@ -30,6 +30,9 @@ sets how many pull requests an idle agent sends (10,000 idle agents: 167/s; an e
 and the agent more than a heartbeat). A pull does not wait this long when it cannot be answered: a reconnect
 ends it, and so does the server's 409 (leader changed, server shut down, consumer deleted)."""
 ACK_TIMEOUT = 10.0
+ACK_GIVE_UP = 15.0
+"""Seconds an unconfirmed ack is sent again with each pull (a reconnect, a JetStream restart or leader change
+answering 503 meanwhile); then it is left to the server's redelivery, which the revision check makes harmless."""
 """Seconds an acknowledgement waits for the server's confirmation."""
 DECLARE_TIMEOUT = 30.0
 """Seconds a consumer lookup or declaration may take. Generous on purpose: nats-server answers JetStream
@@ -177,14 +180,15 @@ class CommandQueue:
         self._relinked = asyncio.Event()
         """Set by a reconnect: ends a backoff (``_backoff``)."""
         self._acking: Msg | None = None
+        self._acking_since = 0.0
         """A delivery acknowledged (``Delivery.ack``) and not yet confirmed: the next pull carries its ack.
 
         An ack on its own was a request (the ack, the server's confirmation, nats-py's request machinery) and
         then a pull of its own, for each of the two records a command brings (the command, then lifecycle's
         write of its result on the same key): four messages per command for nats-server and the agent that
         one ``+NXT`` each does in two. Unconfirmed (the pull ended by a reconnect, or lost) it goes with the
-        next pull again, as the request was asked again; the consumer gone (a fetch refused), it is dropped
-        with the consumer's deliveries."""
+        next pull again, for up to ``ACK_GIVE_UP`` seconds, as the request was asked again (a fetch refused
+        with 503 may be JetStream starting or a leader election, not a consumer gone for good)."""
         self.declarations = 0
         """Times this queue found its consumer missing and asked the platform to create it again."""
 
@@ -323,17 +327,21 @@ class CommandQueue:
             return False
 
     def _ack_with_next(self, msg: Msg) -> None:
-        self._acking = msg
+        self._acking, self._acking_since = msg, asyncio.get_running_loop().time()
+
+    def _ack_to_send(self) -> Msg | None:
+        if self._acking is not None and asyncio.get_running_loop().time() - self._acking_since > ACK_GIVE_UP:
+            logger.info("an acknowledgement was not confirmed within %gs; left to the redelivery", ACK_GIVE_UP)
+            self._acking = None
+        return self._acking
 
     async def _fetch_one(self, sub: Puller) -> Delivery | None:
         try:
-            msg = await sub.next(self._fetch_timeout, self._acking)
+            msg = await sub.next(self._fetch_timeout, self._ack_to_send())
             if sub.answered:
                 self._acking = None
         except (NatsError, PullRefused) as exc:
             # The consumer gone, a closed connection.
-            if isinstance(exc, PullRefused):
-                self._acking = None  # its consumer is gone, and what it had delivered with it
             self._stale = True
             await self._backoff(f"cannot fetch commands: {str(exc) or type(exc).__name__}")
             return None

@@ -62,7 +62,8 @@ class Puller:
         self._kept: deque[Msg] = deque(maxlen=8)
         self._sub: Subscription | None = None
         self.answered = False
-        """Whether the server answered the last pull (a message or a status): an ack it carried was processed."""
+        """Whether the consumer answered the last pull (a message, or a status other than its absence): an ack the
+        pull carried was processed."""
 
     async def open(self) -> None:
         self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._on_answer)
@@ -106,13 +107,14 @@ class Puller:
             self._waiter = None
         if msg is None:
             return None
-        self.answered = True
         status = (msg.headers or {}).get(STATUS)
         if status is None:
+            self.answered = True
             return msg
         description = (msg.headers or {}).get(DESCRIPTION, "")
         if status == NO_CONSUMER or (status == OVER and "deleted" in description.lower()):
             raise PullRefused(f"{status} {description or 'no responders'}".strip())
+        self.answered = True
         if status == OVER:
             # Asked again soon, not in a loop the server answers at once (too many pulls waiting, ...).
             await asyncio.sleep(random.uniform(*OVER_PAUSE))

@@ -137,3 +137,15 @@ async def test_an_unanswered_pull_leaves_its_ack_unconfirmed_and_sending_it_agai
     assert await again is None and puller.answered
     assert await puller.next(0.3, acking=two) is None and puller.answered
     assert await acked(nc, two.metadata.sequence.stream)
+
+
+async def test_an_ack_refused_for_want_of_a_consumer_is_not_taken_as_confirmed(nc: Client, puller: Puller) -> None:
+    """A 503 (nobody serves the consumer: JetStream starting, a leader election, or the consumer gone) means
+    nobody processed the ack the pull carried: the caller sends it again with its next pull."""
+    await nc.jetstream().publish(SUBJECT, b"one")
+    one = await puller.next(5.0)
+    assert one is not None
+    await nc.jetstream().delete_consumer(STREAM, DURABLE)
+    with pytest.raises(PullRefused, match="503"):
+        await asyncio.wait_for(puller.next(5.0, acking=one), 5.0)
+    assert not puller.answered
