@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+import msgspec
 from opentelemetry.trace import Tracer
 
 from agent.bus import CommandQueue, Connection
@@ -24,15 +25,45 @@ from agent.statuses import StatusReporter
 from agent.telemetry import AgentMetrics
 from schemas import subjects
 from schemas.errors import Unavailable
-from schemas.messages import CommandResult, ResultRecorded
+from schemas.messages import MAX_EARLIER_RESULTS, CommandResult, ResultRecorded
 
 logger = logging.getLogger(__name__)
 
+LEFT_OUT_OBJECTS = 10_000
+"""Objects whose left-out results (``ResultRecorded.later``) this agent remembers at most (the oldest go)."""
 RECORD_TIMEOUT = 5.0
 """Seconds to wait for lifecycle's answer to a result (it answers a queued one within 2 s or says when to
 come back)."""
 STATUS_INTERVAL = 2.0
 """Seconds at most between two looks at the workloads' status (a tenant becoming Ready is reported within it)."""
+
+
+class LeftOut:
+    """Per object, the generations this agent applied (or failed) whose results lifecycle left out of the record
+    while a newer generation waited for this cluster (``ResultRecorded.later``: written then, the record would
+    be a copy of the waiting command at a later position of the stream). They go with the object's next result
+    (``CommandResult.earlier``), so their operations end applied, not superseded. In memory only: after a
+    restart they end superseded (the audit says less, nothing is applied differently)."""
+
+    def __init__(self, limit: int = LEFT_OUT_OBJECTS) -> None:
+        self._limit = limit
+        self._by_object: dict[tuple[str, str, str], tuple[int, ...]] = {}
+
+    def attach(self, result: CommandResult) -> CommandResult:
+        """``result`` with the object's left-out generations, if any."""
+        earlier = self._by_object.get((result.kind, result.project, result.name))
+        return msgspec.structs.replace(result, earlier=earlier) if earlier else result
+
+    def note(self, result: CommandResult, answer: ResultRecorded) -> None:
+        """After lifecycle's ``answer`` to ``result`` (sent through ``attach``): any answer but ``later`` took
+        the generations carried (or no longer needs them); ``later`` adds the result's own."""
+        key = (result.kind, result.project, result.name)
+        carried = self._by_object.pop(key, ())
+        if not answer.later:
+            return
+        self._by_object[key] = tuple(sorted({*carried, result.generation}))[-MAX_EARLIER_RESULTS:]
+        while len(self._by_object) > self._limit:
+            self._by_object.pop(next(iter(self._by_object)))
 
 
 class CommandLoop:
@@ -54,6 +85,7 @@ class CommandLoop:
         self.queue = CommandQueue(conn, cluster, on_missing=on_missing)
         conn.on_reconnected(self.queue.invalidate)
         self._result_subject = subjects.agent_call(subjects.Lifecycle.AGENT_RESULT, cluster)
+        self.left_out = LeftOut()
         self._one_result = asyncio.Lock()
         """One result request at a time, command path and statuses together: lifecycle gets them in order."""
         self.applier = CommandApplier(cluster, driver, self.record_result, tracer=tracer, metrics=metrics)
@@ -65,7 +97,11 @@ class CommandLoop:
 
     async def _record(self, result: CommandResult) -> ResultRecorded:
         async with self._one_result:
-            return await self._conn.request(self._result_subject, result, ResultRecorded, RECORD_TIMEOUT)
+            answer = await self._conn.request(
+                self._result_subject, self.left_out.attach(result), ResultRecorded, RECORD_TIMEOUT
+            )
+            self.left_out.note(result, answer)
+            return answer
 
     async def record_result(self, result: CommandResult) -> ResultRecorded:
         answer = await self._record(result)

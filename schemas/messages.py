@@ -67,6 +67,8 @@ MAX_TIME = 4_102_444_800.0
 """Seconds since the epoch: 2100-01-01. A finite, representable time; later ones are refused."""
 MAX_COUNT = 1_000_000
 """Nodes, replicas, sequence-like counters that are not sequences."""
+MAX_EARLIER_RESULTS = 16
+"""Earlier generations one result may carry (``CommandResult.earlier``)."""
 
 NAME_PATTERN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 """A DNS-1123 label (as ``schemas.names.check_name``): names become KV keys and subject tokens, so a name
@@ -754,6 +756,10 @@ class CommandResult(Message, frozen=True, tag="command-result.v1"):
     settled: bool = True
     """False while the cluster is still getting there (a tenant's control plane not Ready yet, a deleted
     namespace not gone yet); ``reason``/``message`` then say why. The agent reports again once it is."""
+    earlier: Annotated[tuple[Generation, ...], Meta(max_length=MAX_EARLIER_RESULTS)] = ()
+    """Earlier generations of the same object this agent applied (or failed) whose results lifecycle left out
+    of the record (``ResultRecorded.later``: a newer generation was waiting for this cluster): their
+    operations end with their own results, not as superseded."""
 
 
 ResultOutcome = Literal["recorded", "already", "superseded", "unknown"]
@@ -767,6 +773,11 @@ class ResultRecorded(Message, frozen=True, tag="result-recorded.v1"):
 
     outcome: ResultOutcome
     detail: str = ""
+    later: bool = False
+    """With ``superseded``: nothing was written, because the record asks this cluster for a newer generation it
+    has not reported yet. Folding this result in would write that record again, a copy of a command at a
+    later position of the stream than the platform accepted it at (``services.lifecycle.recording``). The
+    agent names this generation in the object's next result (``CommandResult.earlier``)."""
 
 
 class InventoryItem(msgspec.Struct, frozen=True, kw_only=True):

@@ -327,15 +327,18 @@ def pushed_out(old: WorkloadRecord, new: WorkloadRecord) -> tuple[Unseen, ...]:
 
 def settle_earlier(record: WorkloadRecord, result: CommandResult) -> tuple[WorkloadRecord, tuple[Unseen, ...]]:
     """What ``result`` ends among the record's earlier operations. Its cluster saw the result's generation:
-    the operation of that generation ends with the result itself (applied or failed), and those below it
-    were superseded before the cluster saw them (by the result's operation, which it applied in their
-    place). Returns the record without them, and the superseded ones (oldest first)."""
+    the operation of that generation ends with the result itself (applied or failed), and so do those the
+    result names as applied before it (``result.earlier``: their results were left out while a newer
+    generation waited); the others below it were superseded before the cluster saw them (by the result's
+    operation, which it applied in their place). Returns the record without them, and the superseded ones
+    (oldest first)."""
     if not record.earlier or result.generation > record.generation:
         return record, ()
     kept = tuple(u for u in record.earlier if u.generation > result.generation)
     if len(kept) == len(record.earlier):
         return record, ()
-    superseded = tuple(u for u in record.earlier if u.generation < result.generation)
+    seen = set(result.earlier)
+    superseded = tuple(u for u in record.earlier if u.generation < result.generation and u.generation not in seen)
     return msgspec.structs.replace(record, earlier=kept), superseded
 
 
@@ -471,9 +474,11 @@ def confirm_deleted(record: WorkloadRecord, now: float) -> WorkloadRecord:
 
 
 def touch(record: WorkloadRecord, last_activity: float, now: float) -> WorkloadRecord | None:
-    """The record with the activity an agent reported (clamped to ``now``); None when it is not newer."""
+    """The record with the activity an agent reported (clamped to ``now``); None when it is not newer, or
+    while the record asks its cluster for a generation (``asks``: written again, it would be a copy of the
+    command at a later position of the stream; the next inventory records the activity)."""
     last_activity = agent_time(last_activity, now)
-    if last_activity <= record.last_activity:
+    if last_activity <= record.last_activity or asks(record):
         return None
     return msgspec.structs.replace(record, last_activity=last_activity)
 
@@ -506,6 +511,22 @@ def due_for_sleep(record: WorkloadRecord, now: float) -> bool:
 # --- phases and conditions --------------------------------------------------------------------
 def in_sync(record: WorkloadRecord) -> bool:
     return record.observed is not None and record.observed.generation >= record.generation
+
+
+def asks(record: WorkloadRecord) -> bool:
+    """Whether ``record`` asks its cluster's agent to apply its generation (``agent.commands.command_of``):
+    neither observed nor failed at it.
+
+    Per cluster, the agent applies commands in the order of the stream, which is the order the platform
+    accepted them in, as long as a record that asks is only ever written by the write that accepted its
+    generation. A second one at the same generation (the same record with a result of an earlier generation
+    folded in, or with activity) is a copy of the command at a later position: if the first is pushed out of
+    the object's history (the bucket keeps 5 records per object) before the agent reaches it, the agent
+    meets the command first at the copy, after commands accepted later (seen in the fault suite: one
+    tenant's generation applied after another tenant's four later ones). So nothing writes such a copy
+    (``services.lifecycle.store.Desired.write`` refuses it); the only writes that ask again at a later
+    position are resync's deliberate ones over a record that no longer asks (``resend``)."""
+    return not in_sync(record) and not (record.failure is not None and record.failure.generation >= record.generation)
 
 
 def phase(record: WorkloadRecord) -> Phase:

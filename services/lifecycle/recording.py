@@ -23,6 +23,8 @@ class Decision:
 
     outcome: ResultOutcome
     new: WorkloadRecord | None = None
+    later: bool = False
+    """Nothing written: the record asks for a newer generation (``ResultRecorded.later``)."""
     gone: bool = False
     """``new`` ends a delete: the object is gone from its cluster."""
     detail: str = ""
@@ -50,6 +52,14 @@ def decide(found: WorkloadRecord | None, result: CommandResult, cluster: str, no
         raise Refused(problem)
     if logic.is_tombstone(found):
         return Decision("already", detail="deleted")
+    if result.generation < found.generation and logic.asks(found):
+        # Folded in, it would be a copy of the waiting command at a later position (``logic.asks``). The
+        # agent names this generation in the object's next result, so its operation still ends applied.
+        return Decision(
+            "superseded",
+            detail=f"generation {found.generation} is wanted now; not recorded until it is reported",
+            later=True,
+        )
     new, gone = logic.observe(found, result, now)
     new, earlier = logic.settle_earlier(new, result)
     superseded = result.generation < found.generation

@@ -67,7 +67,7 @@ class Results:
                 return None
             if decision.outcome == "unknown":
                 logger.info("result for %s from cluster %s: %s", k, result.cluster, decision.detail)
-            return ResultRecorded(outcome=decision.outcome, detail=decision.detail)
+            return ResultRecorded(outcome=decision.outcome, detail=decision.detail, later=decision.later)
         try:
             # A deleted object stays, as a tombstone.
             await self.desired.write(k, decision.new, found[1], replaces=found[0])

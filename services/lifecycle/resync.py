@@ -110,7 +110,7 @@ class InventoryResync:
                 continue  # its agent has it to apply
             logger.info("resync %s: %s (generation %d) asked of its agent again", cluster, k, record.generation)
             try:
-                await self.desired.write(k, again, revision)
+                await self.desired.write(k, again, revision, replaces=record)
             except Conflict:
                 continue  # written meanwhile: that write is the one the agent applies
             await progress.tick()
@@ -161,7 +161,7 @@ class InventoryResync:
             touched = logic.touch(found[0], at, now)
             if touched is not None:
                 try:
-                    await self.desired.write(k, touched, found[1])
+                    await self.desired.write(k, touched, found[1], replaces=found[0])
                 except Conflict:
                     pass  # someone else wrote it; activity is advisory
             await progress.tick()

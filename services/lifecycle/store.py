@@ -98,7 +98,17 @@ class Desired:
         """Create (``revision`` None) or compare-and-set ``record`` (under its cluster's key) and remember it;
         Conflict when someone wrote workload ``k`` meanwhile, on any cluster (then it is forgotten: the next
         write reads first). ``replaces``: the record at ``revision``, when the caller has it; a live one on
-        ``record``'s cluster lets the write guard its own key only (see the module's note)."""
+        ``record``'s cluster lets the write guard its own key only (see the module's note); one that still asks
+        its cluster for its generation is not written again at that generation while the new one asks too
+        (Internal: ``logic.asks``)."""
+        if (
+            replaces is not None
+            and replaces.generation == record.generation
+            and logic.asks(replaces)
+            and logic.asks(record)
+        ):
+            # A copy of a waiting command at a later position of the stream: per-cluster order (logic.asks).
+            raise Internal(f"{k!r}: generation {record.generation} still waits for its cluster; not written again")
         key, family = desired_key(record.spec.cluster, k), desired_family(k)
         same_key = (
             revision is not None

@@ -10,8 +10,16 @@ import msgspec
 import pytest
 
 from schemas import subjects
-from schemas.errors import Conflict, InvalidInput
-from schemas.messages import Membership, ProjectRecord, WorkloadCreate, WorkloadRecord, desired_key, workload_key
+from schemas.errors import Conflict, Internal, InvalidInput
+from schemas.messages import (
+    CommandResult,
+    Membership,
+    ProjectRecord,
+    WorkloadCreate,
+    WorkloadRecord,
+    desired_key,
+    workload_key,
+)
 from services.bus import Bus
 from services.lifecycle import logic
 from services.lifecycle.store import Desired
@@ -138,3 +146,26 @@ async def test_an_inventory_reads_its_own_clusters_records_not_the_bucket(bus: B
     assert await store.cluster_records("c3") == []
     with pytest.raises(InvalidInput):
         await store.cluster_records("c1.tenant")
+
+
+async def test_a_waiting_command_is_never_written_again_as_a_copy(bus: Bus) -> None:
+    """Per-cluster order: a record that asks its agent for a generation is only written by the write that
+    accepted that generation (``logic.asks``). A same-generation write that asks again over it is refused; one
+    that records the generation's own outcome, or asks again over a record that no longer asks (resync), is
+    not."""
+    store = await desired(bus)
+    k = "tenant.p1.t1"
+    waiting = record("t1", "c1")
+    revision = await store.write(k, waiting, None)
+    copy = msgspec.structs.replace(waiting, last_activity=waiting.last_activity + 5)
+    with pytest.raises(Internal):
+        await store.write(k, copy, revision, replaces=waiting)
+    assert (await store.get(k)) == (waiting, revision), "nothing written"
+    result = CommandResult(
+        op_id=waiting.op_id, cluster="c1", kind="tenant", project="p1", name="t1", generation=1, ok=True
+    )
+    observed, _ = logic.observe(waiting, result, time.time())
+    revision = await store.write(k, observed, revision, replaces=waiting)
+    again = logic.resend(observed, time.time(), seen_at=time.time() + 1)
+    assert again is not None and logic.asks(again)
+    await store.write(k, again, revision, replaces=observed)

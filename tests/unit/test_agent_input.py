@@ -141,10 +141,17 @@ def test_activity_only_for_own_records_and_never_in_the_future() -> None:
 
 
 def test_touch_clamps_to_now_and_never_goes_back() -> None:
-    r = tenant()
+    r, _ = logic.observe(tenant(), result(tenant()), NOW)
     touched = logic.touch(r, 1e18, NOW + 3)
     assert touched is not None and touched.last_activity == NOW + 3
     assert logic.touch(r, NOW - 100, NOW + 3) is None
+
+
+def test_touch_leaves_a_record_that_waits_for_its_cluster_alone() -> None:
+    """Activity written into a record whose generation is not applied yet would be a copy of the command at
+    a later position of the stream (``logic.asks``): left for the next inventory."""
+    assert logic.asks(tenant())
+    assert logic.touch(tenant(), NOW + 1, NOW + 3) is None
 
 
 # --- amplification ------------------------------------------------------------------------------------------

@@ -42,19 +42,38 @@ def test_a_result_for_a_superseded_operation_is_answered_so() -> None:
     t = tenant()
     slept = logic.act(t, "sleep", "", "op-sleep", NOW)
     assert slept is not None
-    # The create's result arrives after the sleep was asked: what the cluster is at is news, recorded.
+    # The create's result arrives after the sleep was asked: the record asks for the sleep, so writing it
+    # again would copy that command to a later position of the stream. Left out; the agent says it later.
     late = recording.decide(slept, result(t), "c1", NOW + 1)
-    assert late.outcome == "superseded" and late.new is not None
+    assert late == recording.Decision(
+        "superseded",
+        detail=f"generation {slept.generation} is wanted now; not recorded until it is reported",
+        later=True,
+    )
+    assert recording.decide(slept, result(t, ok=False), "c1", NOW).later, "a stale failure too"
+    # The sleep's result names the create's generation: the create ends with its own result, not superseded.
+    done = recording.decide(slept, msgspec.structs.replace(result(slept), earlier=(t.generation,)), "c1", NOW + 2)
+    assert done.outcome == "recorded" and done.new is not None and logic.in_sync(done.new)
+    assert done.new.earlier == () and done.superseded == ()
+    # Without it (an agent restarted meanwhile), the create ends superseded by the sleep.
+    unsaid = recording.decide(slept, result(slept), "c1", NOW + 2)
+    assert [u.op_id for u in unsaid.superseded] == [t.op_id]
+
+
+def test_a_late_result_over_a_record_that_asks_nothing_is_recorded() -> None:
+    """Over a record that no longer asks (its generation failed), a late result of an earlier generation
+    is news about what the cluster is at: written (no copy of a command)."""
+    t = tenant()
+    slept = logic.act(t, "sleep", "", "op-sleep", NOW)
+    assert slept is not None
+    failed = recording.decide(slept, result(slept, ok=False, reason="Boom"), "c1", NOW).new
+    assert failed is not None and not logic.asks(failed)
+    late = recording.decide(failed, result(t), "c1", NOW + 1)
+    assert late.outcome == "superseded" and late.new is not None and not late.later
     assert late.new.observed is not None and late.new.observed.generation == t.generation
-    assert not logic.in_sync(late.new), "the sleep is still wanted"
-    # Asked again: nothing more to write, and still superseded (the agent acks on it).
     assert recording.decide(late.new, result(t), "c1", NOW + 2) == recording.Decision(
         "superseded", detail=f"generation {slept.generation} is wanted now"
     )
-    # A stale failure of the older generation only ends that operation (it waited for its result).
-    stale = recording.decide(slept, result(t, ok=False), "c1", NOW).new
-    assert stale is not None and stale.earlier == () and stale.failure is None and stale.observed == slept.observed
-    assert recording.decide(stale, result(t, ok=False), "c1", NOW).new is None, "asked again: nothing to write"
 
 
 def test_results_for_gone_or_moved_objects_are_answered_unknown() -> None:
