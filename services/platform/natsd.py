@@ -11,8 +11,15 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+GO_GC: int | None = None
+"""The default of ``NatsServerConfig.go_gc``: Go's own (see there for why it is not larger)."""
+
+GO_MEMORY_LIMIT: str | None = None
+"""The default of ``NatsServerConfig.go_memory_limit``: none."""
 
 
 class NatsServerError(Exception):
@@ -75,11 +82,34 @@ class NatsServerConfig:
     syncs every two minutes, so writes acknowledged to a user (commands, desired state, tokens, audit) can be
     lost on a power cut or OS crash. Costs throughput: see tests/bench/RESULTS.md."""
 
+    go_gc: int | None = GO_GC
+    """nats-server's Go garbage collection target (``GOGC``: its heap may grow this many percent over what
+    was live after the last collection; None: Go's default, 100). Each collection's concurrent mark takes
+    nats-server to more than a core for 0.25-0.5 s at 1,000 clusters (live heap ~150-190 MB) and 1.2-1.7 s at
+    10,000, and commands in flight meanwhile wait. A larger target collects less often for more memory:
+    GOGC=400 roughly doubled nats-server's RSS at 1,000 clusters (0.59 -> 1.15 GB) and lets the heap grow to
+    five times the live heap at 10,000 (~3.5 GB before one collection), so it is not the default
+    (tests/bench/RESULTS.md, issue 17). ``GOGC`` in the environment wins over this."""
+
+    go_memory_limit: str | None = GO_MEMORY_LIMIT
+    """Soft limit of nats-server's Go memory (``GOMEMLIMIT``, e.g. ``"4GiB"``; None: none): near it Go
+    collects more often, whatever ``go_gc`` says, so the larger target cannot take the machine's memory.
+    ``GOMEMLIMIT`` in the environment wins over this."""
+
     tls_cert: Path | None = None
     """Server certificate (PEM): with it, clients must speak TLS (``tls://``)."""
 
     tls_key: Path | None = None
     """The certificate's private key (PEM)."""
+
+    def environment(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """nats-server's environment: ``base`` (this process's) with the Go runtime's settings it does not set."""
+        env = dict(os.environ if base is None else base)
+        if self.go_gc is not None:
+            env.setdefault("GOGC", str(self.go_gc))
+        if self.go_memory_limit is not None:
+            env.setdefault("GOMEMLIMIT", self.go_memory_limit)
+        return env
 
     def render(self) -> str:
         lines = [
@@ -145,6 +175,7 @@ class NatsServer:
                 [nats_server_binary(), "-c", str(self.conf_path)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                env=self.config.environment(),
                 start_new_session=True,
             )
         finally:

@@ -20,7 +20,7 @@ from schemas.retrying import backoff_delay
 from services.bus import identity
 from services.platform.endpoint import ApiEndpoint
 from services.platform.environment import SERVICES, PlatformPaths, platform_env, service_env
-from services.platform.natsd import NatsServer, NatsServerConfig, NatsServerError
+from services.platform.natsd import GO_GC, GO_MEMORY_LIMIT, NatsServer, NatsServerConfig, NatsServerError
 from services.platform.tls import ensure_tls
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,14 @@ class UpSettings:
     tls: bool = False
     """NATS over TLS with a private CA made on first start (agents verify it with ``--ca-file``)."""
 
+    nats_go_gc: int | None = GO_GC
+    """nats-server's Go garbage collection target (``GOGC``; see ``NatsServerConfig.go_gc`` for the memory it
+    trades for fewer stalls; None: Go's default). ``GOGC`` in ``tether up``'s environment wins."""
+
+    nats_go_memory_limit: str | None = GO_MEMORY_LIMIT
+    """nats-server's Go soft memory limit (``GOMEMLIMIT``, e.g. ``"4GiB"``; None: none). ``GOMEMLIMIT`` in
+    ``tether up``'s environment wins."""
+
 
 @dataclass
 class Child:
@@ -145,6 +153,8 @@ class Platform:
                 port=settings.nats_port,
                 host=settings.nats_host,
                 server_name="tether-embedded",
+                go_gc=settings.nats_go_gc,
+                go_memory_limit=settings.nats_go_memory_limit,
             ),
             conf_path=self.data / "nats.conf",
             log_path=self.logs / "nats-server.log",
