@@ -220,6 +220,9 @@ class AgentBootstrap(Message, frozen=True, tag="agent-bootstrap.v1"):
     driver: Short = ""
     user_public_key: Secret = ""
     """The agent's own NATS user nkey (public part); its seed never leaves the agent."""
+    protocol: int = 1
+    """``AGENT_PROTOCOL`` of the agent; absent (1) from agents older than the field, which never read a welcome
+    (``AgentCredentials.welcome``) and say hello, where an agent of an older protocol is told to upgrade."""
 
 
 class AgentCredentials(Message, frozen=True, tag="agent-credentials.v1"):

@@ -30,6 +30,9 @@ class Bootstrapping:
     cluster_uid: str
     kubernetes_version: str
     driver: str
+    protocol: int
+    """``AGENT_PROTOCOL`` of this agent: the registry answers the first hello with the credentials only for the
+    protocol it speaks (an older agent's hello is where it is told to upgrade)."""
 
 
 async def bootstrap(
@@ -52,6 +55,7 @@ async def bootstrap(
         kubernetes_version=about.kubernetes_version,
         driver=about.driver,
         user_public_key=nats_public_key(seed),
+        protocol=about.protocol,
     )
     failed: list[TetherError] = []
     try:

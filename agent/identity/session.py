@@ -210,6 +210,7 @@ class Session:
                 cluster_uid=self._cluster_uid,
                 kubernetes_version=self._health.last.kubernetes_version,
                 driver=self._driver,
+                protocol=AGENT_PROTOCOL,
             ),
             # Patient like the hello, and more so: the token is spent by the first request that reaches the
             # registry, so asking again after a short timeout while the first is still being handled finds it

@@ -18,6 +18,7 @@ from schemas import subjects
 from schemas.credentials import bootstrap_seed, events_inbox_prefix, parse_connect_token
 from schemas.errors import Conflict, NotFound, Unavailable
 from schemas.messages import (
+    AGENT_PROTOCOL,
     AgentBootstrap,
     AgentCredentials,
     AgentHello,
@@ -269,9 +270,11 @@ class Registry:
         if credential is None:
             credential = await self._answer_again(record, revision, req)
         # The first hello's answer too, when its consumer was made at registration: the hello would only check
-        # the credential just issued and trust that consumer (``hello``). An older agent ignores it and says
-        # hello (its consumer then looked up).
-        welcome = self._welcome(name, consumer=True) if self.new_consumers.made_at_registration(name) else None
+        # the credential just issued and trust that consumer (``hello``). Only for an agent of this protocol: an
+        # older one says hello (its consumer then looked up), which is where it is told to upgrade if it must.
+        welcome = None
+        if req.protocol >= AGENT_PROTOCOL and self.new_consumers.made_at_registration(name):
+            welcome = self._welcome(name, consumer=True)
         if self.trust is None:
             return AgentCredentials(cluster=name, credential=credential, welcome=welcome)
         with self.steps.timed("sign jwt"):

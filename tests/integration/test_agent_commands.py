@@ -269,11 +269,12 @@ async def test_commands_wait_for_the_agent_and_apply_once_in_order(platform: Pla
 
 
 async def test_a_new_consumer_starts_from_the_last_record_of_each_object(platform: Platform, tmp_path: Path) -> None:
-    """Written before the cluster's agent ever connected (no consumer yet): its new consumer starts from the
-    last record of each object, so the agent applies the desired state, not its history; one result each."""
-    token = await platform.connect_cluster("c1")
+    """Written before the cluster's consumer existed (its records kept, the cluster registered again): the
+    consumer made at registration starts from the last record of each object, so the agent applies the desired
+    state, not its history; one result each."""
     for c in PLAN:
         await platform.send(c)
+    token = await platform.connect_cluster("c1")
     state_dir = tmp_path / "agent"
     settings = AgentSettings(server=platform.url, token=token, state_dir=state_dir, heartbeat_interval=0.5)
     async with Agent(settings):
@@ -281,6 +282,23 @@ async def test_a_new_consumer_starts_from_the_last_record_of_each_object(platfor
         await wait_for(lambda: _eq(platform.cmd_pending(), 0), what="the consumer to drain")
     assert [(r.op_id, r.generation, r.state) for r in results] == [("op-4", 3, "running"), ("op-5", 2, "deleted")]
     assert [e for e in applied_log(state_dir) if e[1] == "t1"] == [("op-4", "t1", 3, "running")]
+
+
+async def test_records_written_before_the_first_connect_are_applied_in_order(
+    platform: Platform, tmp_path: Path
+) -> None:
+    """The consumer is made when the cluster is registered, so what is asked of a cluster before its agent first
+    connects is applied like a returning agent's backlog: every record, in the order written, each once."""
+    token = await platform.connect_cluster("c1")
+    for c in PLAN:
+        await platform.send(c)
+    state_dir = tmp_path / "agent"
+    settings = AgentSettings(server=platform.url, token=token, state_dir=state_dir, heartbeat_interval=0.5)
+    async with Agent(settings):
+        results = await wait_for(lambda: _at_least(platform.results("c1"), len(PLAN)), what="every record's result")
+        await wait_for(lambda: _eq(platform.cmd_pending(), 0), what="the consumer to drain")
+    assert [r.op_id for r in results] == [c.op_id for c in PLAN]
+    assert applied_log(state_dir) == [(c.op_id, c.spec.name, c.generation, c.spec.state) for c in PLAN]
 
 
 async def test_failures_are_reported_and_do_not_block_the_queue(
