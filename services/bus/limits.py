@@ -9,15 +9,10 @@ other failed write.
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 from collections.abc import Callable
-from typing import Any
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.errors import MaxPayloadError, NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
+from nats.errors import MaxPayloadError
 
 HEADER_OVERHEAD = 64
 """Bytes of framing around the headers (``NATS/1.0`` line, separators) counted on top of their text."""
@@ -32,15 +27,6 @@ class PayloadTooLarge(MaxPayloadError):
 
     def __str__(self) -> str:
         return f"message on {self.subject} is {self.size} bytes with headers, over the server's limit of {self.limit}"
-
-
-STATUS = "Status"
-NO_RESPONDERS = "503"
-
-
-def _time_out(answer: asyncio.Future[Msg]) -> None:
-    if not answer.done():
-        answer.set_exception(NatsTimeout())
 
 
 def wire_size(payload: bytes, headers: dict[str, str] | None) -> int:
@@ -64,7 +50,6 @@ class GuardedClient(Client):
         super().__init__()
         self.reconnected_hooks: list[Callable[[], None]] = []
         """Called after each reconnect (``services.bus.connection``): what was in flight meanwhile is lost."""
-        self._reply_tokens = itertools.count(1)
 
     async def publish(
         self, subject: str, payload: bytes = b"", reply: str = "", headers: dict[str, str] | None = None
@@ -73,39 +58,6 @@ class GuardedClient(Client):
         if size > self.max_payload:
             raise PayloadTooLarge(subject, size, self.max_payload)
         await super().publish(subject, payload, reply, headers)
-
-    async def request(
-        self,
-        subject: str,
-        payload: bytes = b"",
-        timeout: float = 0.5,
-        old_style: bool = False,
-        headers: dict[str, Any] | None = None,
-    ) -> Msg:
-        """nats-py's request (one shared reply subscription), with a counter for the reply token and a timer
-        for the timeout: nats-py makes a NUID and reads ``os.urandom`` for each token and waits through
-        ``asyncio.wait_for`` (a second future, a callback, a task switch). Measured against a local server,
-        25-45 us less CPU per request; a command makes about seven (lifecycle's writes and answers, the API's call)."""
-        if old_style or self.is_draining_pubs:
-            return await super().request(subject, payload, timeout, old_style, headers)
-        if not self._resp_sub_prefix:
-            await self._init_request_sub()
-        prefix = self._resp_sub_prefix
-        assert prefix is not None  # made by _init_request_sub
-        loop = asyncio.get_running_loop()
-        token = str(next(self._reply_tokens))
-        answer: asyncio.Future[Msg] = loop.create_future()
-        self._resp_map[token] = answer
-        timer = loop.call_later(timeout, _time_out, answer)
-        try:
-            await self.publish(subject, payload, reply=prefix.decode() + token, headers=headers)
-            msg = await answer
-        finally:
-            timer.cancel()
-            self._resp_map.pop(token, None)
-        if msg.headers and msg.headers.get(STATUS) == NO_RESPONDERS:
-            raise NoRespondersError
-        return msg
 
 
 # --- what the broker holds anyone to (documented in README "Limits") ---------------------------------------
