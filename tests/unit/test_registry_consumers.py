@@ -116,8 +116,8 @@ async def bootstrapped_registry(bus: SlowBus) -> Registry:
     return Registry(Settings(consumer_creations=1), bus, clusters, uids, projects)
 
 
-async def bootstrap(registry: Registry, name: str, token: str) -> AgentCredentials:
-    return await registry.bootstrap(AgentBootstrap(token=token, cluster_uid=f"uid-{name}"), name)
+async def bootstrap(registry: Registry, name: str, token: str, protocol: int = AGENT_PROTOCOL) -> AgentCredentials:
+    return await registry.bootstrap(AgentBootstrap(token=token, cluster_uid=f"uid-{name}", protocol=protocol), name)
 
 
 def first_hello(name: str, credential: str) -> AgentHello:
@@ -205,3 +205,14 @@ async def test_the_connected_event_is_stored_while_the_bootstrap_waits_for_a_cre
     assert answer.cluster == "c1" and answer.credential
     assert connected == ["c0", "c1"]
     assert all([await registry.new_consumers.settled(c) for c in ("c0", "c1")])
+
+
+async def test_an_agent_of_an_older_protocol_gets_no_welcome() -> None:
+    """The first hello is where an agent of an older protocol is told to upgrade: its bootstrap (which says no
+    protocol, as agents older than the field) is answered without the welcome, so it says hello."""
+    bus = SlowBus()
+    bus.release.set()
+    registry = await bootstrapped_registry(bus)
+    info = await registry.create(ClusterCreate(name="c1"))
+    answer = await asyncio.wait_for(bootstrap(registry, "c1", info.token, protocol=1), 2)
+    assert answer.welcome is None
