@@ -30,10 +30,10 @@ sets how many pull requests an idle agent sends (10,000 idle agents: 167/s; an e
 and the agent more than a heartbeat). A pull does not wait this long when it cannot be answered: a reconnect
 ends it, and so does the server's 409 (leader changed, server shut down, consumer deleted)."""
 ACK_TIMEOUT = 10.0
+"""Seconds an acknowledgement waits for the server's confirmation."""
 ACK_GIVE_UP = 15.0
 """Seconds an unconfirmed ack is sent again with each pull (a reconnect, a JetStream restart or leader change
 answering 503 meanwhile); then it is left to the server's redelivery, which the revision check makes harmless."""
-"""Seconds an acknowledgement waits for the server's confirmation."""
 DECLARE_TIMEOUT = 30.0
 """Seconds a consumer lookup or declaration may take. Generous on purpose: nats-server answers JetStream
 API requests one after another (10,000 agents connecting at once queue for seconds); a request asked again

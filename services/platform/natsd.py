@@ -85,7 +85,7 @@ class NatsServerConfig:
     go_gc: int | None = GO_GC
     """nats-server's Go garbage collection target (``GOGC``: its heap may grow this many percent over what
     was live after the last collection; None: Go's default, 100). Each collection's concurrent mark takes
-    nats-server to more than a core for 0.25-0.5 s at 1,000 clusters (live heap ~150-190 MB) and 1.2-1.7 s at
+    nats-server to more than a core for 0.25-0.5 s at 1,000 clusters (live heap ~150-190 MB) and 1.2-4.2 s at
     10,000, and commands in flight meanwhile wait. A larger target collects less often for more memory:
     GOGC=400 roughly doubled nats-server's RSS at 1,000 clusters (0.59 -> 1.15 GB) and lets the heap grow to
     five times the live heap at 10,000 (~3.5 GB before one collection), so it is not the default
