@@ -142,8 +142,10 @@ class JsRoundTrip:
         end = await asyncio.wait_for(fut, 30)
         return end - start
 
-    async def fixed_rate(self, rate: float, duration: float) -> dict[str, Any]:
-        lat, errors, sent = await offered_load(self.one, rate, duration)
+    async def fixed_rate(
+        self, rate: float, duration: float, record: list[tuple[float, float]] | None = None
+    ) -> dict[str, Any]:
+        lat, errors, sent = await offered_load(self.one, rate, duration, record)
         return {"rate": rate, "sent": sent, "errors": errors, **summary(lat)}
 
     async def max_rate(self, concurrency: int, duration: float) -> dict[str, Any]:
@@ -152,17 +154,24 @@ class JsRoundTrip:
 
 
 async def offered_load(
-    one: Callable[[], Awaitable[float]], rate: float, duration: float
+    one: Callable[[], Awaitable[float]],
+    rate: float,
+    duration: float,
+    record: list[tuple[float, float]] | None = None,
 ) -> tuple[list[float], int, int]:
     """``one()`` started ``rate`` times a second for ``duration`` seconds, however long each takes (an open
-    loop): the latencies it returned, how many failed, how many were started."""
+    loop): the latencies it returned, how many failed, how many were started; with ``record``, each one's
+    start (wall clock) and latency are added to it too (a run's timeline)."""
     lat: list[float] = []
     errors = 0
 
     async def shot() -> None:
         nonlocal errors
         try:
+            at = time.time()
             lat.append(await one())
+            if record is not None:
+                record.append((at, lat[-1]))
         except Exception:
             errors += 1
 

@@ -71,6 +71,7 @@ from tests.bench.stats import (
     render_hops,
     summary,
 )
+from tests.bench.timeline import Timeline
 from tests.bench.worker import rss_bytes
 from tests.harness import Proc, Stack, wait_for
 
@@ -276,6 +277,12 @@ class Bench:
         self.issued: list[Issued] = []
         self.progress: list[dict[str, Any]] = []
         """Phase 1's course (``connect_progress``)."""
+        self.timeline: Timeline | None = None
+        self.trace: list[dict[str, float]] | None = None
+        """The clocks of each command of the fixed-rate window under way, for the timeline."""
+        if args.timeline:
+            # nats-server prints each collection (start, mark's wall time) to its log, kept in the timeline.
+            os.environ.setdefault("GODEBUG", "gctrace=1")
 
     # --- plumbing -----------------------------------------------------------------------
     async def connect(self) -> nats.aio.client.Client:
@@ -343,6 +350,9 @@ class Bench:
         n = self.n
         log(f"platform: starting nats-server and {', '.join(SERVICES)} (work dir {self.root})")
         await self.stack.start()
+        if self.args.timeline and self.stack.nats is not None:
+            self.timeline = Timeline(Path(self.args.timeline), self.stack.nats.config.store_dir)
+            self.timeline_pids()
         self.nc = await self.connect()
         await self.observer.start(self.nc)
         await self.nc.subscribe(subjects.public_event("cluster.*"), cb=self._on_cluster_event)
@@ -423,6 +433,7 @@ class Bench:
             start_concurrency=max(1, self.args.start_concurrency // workers),
         )
         await self.fleet.spawn()
+        self.timeline_pids()
         log(f"fleet: {workers} worker processes ready; starting {n} agents ({self.args.start_concurrency} at a time)")
         cpu_before = self.cpu()
         port = self.stack.nats.config.monitor_port if self.stack.nats else 0
@@ -631,6 +642,16 @@ class Bench:
         log(f"(2) baseline: bare core NATS {raw['per_s']:.0f} msgs/s to one Python subscriber")
         self.results["heartbeats"] = {"steady": steady, "capacity": capacity, "baseline_core": raw}
 
+    def timeline_pids(self, extra: dict[str, list[int]] | None = None) -> None:
+        """The processes the timeline samples: nats-server, the services, the agents' workers, the bench."""
+        if self.timeline is None:
+            return
+        groups = {name: [pid] for name, pid in self.stack.pids().items()}
+        if self.fleet is not None:
+            groups["agents"] = self.fleet.pids()
+        groups["bench"] = [os.getpid()]
+        self.timeline.set_pids(groups | (extra or {}))
+
     # --- (3) commands ---------------------------------------------------------------------------
     async def command(self, t: Tenant) -> Issued:
         action = "sleep" if t.state == "running" else "wake"
@@ -648,6 +669,12 @@ class Bench:
         at = await self.observer.wait(t.key, issued.generation, 60)
         stamp = self.observer.stamps.get(t.key)
         hops = stamp.hops(issued.sent, api_done) if stamp and stamp.generation == issued.generation else None
+        if self.trace is not None:
+            clocks = {"sent": issued.sent, "rt": at - issued.sent, "api": api_done}
+            if stamp and stamp.generation == issued.generation:
+                clocks |= {"decided": stamp.decided, "stored": stamp.stored, "applied": stamp.applied}
+                clocks["folded"] = stamp.folded
+            self.trace.append(clocks)
         return at - issued.sent, api_done - issued.sent, hops
 
     async def commands(self) -> None:
@@ -656,7 +683,7 @@ class Bench:
         free: deque[Tenant] = deque(self.tenants)
         random.shuffle(free)
         if self.args.rate > 0:
-            fixed = await self.fixed_rate(free, self.args.rate)
+            fixed = await self.fixed_rate(free, self.args.rate, "fixed")
             top = await self.max_rate(free)
         else:
             top = await self.max_rate(free)
@@ -664,16 +691,18 @@ class Bench:
             # Right after the maximum, the platform is still draining it (events, inventories, presence); the
             # raw baselines measure their fixed rate from rest. So the rate is measured twice: in the maximum's
             # wake (reported), then, once the platform's CPU is back to its idle rate, the figure compared.
-            after_max = await self.fixed_rate(free, half)
+            after_max = await self.fixed_rate(free, half, "wake")
             settled_s = await self.settle(top["idle_cpu_ms_per_s"])
-            fixed = await self.fixed_rate(free, half)
+            fixed = await self.fixed_rate(free, half, "settled")
             fixed["after_max"] = after_max
             fixed["settled_s"] = settled_s
         rate, duration = fixed["rate"], self.args.duration
         # Raw JetStream, same message size, same shape (one pull consumer per destination, one at a time).
         size = len(encode(sample_command()))
         async with baseline.JsRoundTrip(self.connect, size) as rt:
-            b_fixed = await rt.fixed_rate(rate, min(duration, 10))
+            record: list[tuple[float, float]] | None = [] if self.timeline else None
+            b_fixed = await rt.fixed_rate(rate, min(duration, 10), record)
+            self.timeline_window("raw JetStream", rate, record)
             b_top = await rt.max_rate(self.args.concurrency, min(duration, 10))
         log(f"(3) baseline: JetStream p99 {b_fixed['p99'] * 1e3:.2f} ms at {rate:g}/s; max {b_top['per_s']:.0f}/s")
         self.results["commands"] = {
@@ -703,6 +732,7 @@ class Bench:
         duration = min(self.args.duration, 10)
         nats_pid = self.stack.pids()["nats"]
         async with samewrites.SameWrites(layout, self.connect) as sw:
+            self.timeline_pids({f"sw-{role}": pids for role, pids in sw.pids().items()})
 
             def cpu() -> dict[str, float]:
                 out = {"nats": steps.cpu_seconds(nats_pid), "bench (client)": steps.cpu_seconds(os.getpid())}
@@ -711,7 +741,9 @@ class Bench:
                 return out
 
             top = await sw.max_rate(self.args.concurrency, duration, cpu)
-            at_rate = await sw.fixed_rate(rate, duration)
+            record: list[tuple[float, float]] | None = [] if self.timeline else None
+            at_rate = await sw.fixed_rate(rate, duration, record)
+            self.timeline_window("same writes", rate, record)
             own = await sw.fixed_rate(max(1.0, round(top["per_s"] / 2)), duration)
         log(
             f"(3) same-writes baseline ({layout.writes} writes): max {top['per_s']:.0f}/s, p99 {top['p99'] * 1e3:.1f} "
@@ -721,7 +753,11 @@ class Bench:
         log("(3)   CPU ms per command: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu_ms))
         return {"writes": layout.writes, "sizes": layout.sizes, "max": top, "fixed": at_rate, "half_own_max": own}
 
-    async def fixed_rate(self, free: deque[Tenant], rate: float) -> dict[str, Any]:
+    def timeline_window(self, label: str, rate: float, record: list[tuple[float, float]] | None) -> None:
+        if self.timeline is not None and record is not None:
+            self.timeline.window(label, rate, [{"sent": sent, "rt": rt} for sent, rt in record])
+
+    async def fixed_rate(self, free: deque[Tenant], rate: float, label: str) -> dict[str, Any]:
         duration = self.args.duration
         rts: list[float] = []
         apis: list[float] = []
@@ -748,6 +784,7 @@ class Bench:
         tasks = []
         count = int(rate * duration)
         t0, started_at = time.monotonic(), time.time()
+        self.trace = [] if self.timeline else None
         with GcPauses() as pauses:
             for i in range(count):
                 delay = t0 + i / rate - time.monotonic()
@@ -758,6 +795,9 @@ class Bench:
                     continue
                 tasks.append(asyncio.create_task(shot(free.popleft())))
             await asyncio.gather(*tasks)
+        if self.timeline is not None and self.trace is not None:
+            self.timeline.window(label, rate, self.trace)
+        self.trace = None
         fixed = {"rate": rate, "seconds": duration, **summary(rts), "api": summary(apis), "errors": errors}
         fixed["client_gc"] = pauses.summary()
         fixed["skipped"] = skipped
@@ -1094,6 +1134,8 @@ class Bench:
             with contextlib.suppress(Exception):
                 await self.nc.close()
         self.stack.stop()
+        if self.timeline is not None:
+            self.timeline.close(self.stack.nats.log_path if self.stack.nats else None)
         shutil.rmtree(self.state_root, ignore_errors=True)
         if not self.args.keep and not self.args.work_dir:
             shutil.rmtree(self.root, ignore_errors=True)
@@ -1258,6 +1300,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--work-dir", help="emptied, then everything is kept here (default: a temporary dir, removed)")
     p.add_argument("--keep", action="store_true", help="keep the temporary work dir (logs)")
+    p.add_argument(
+        "--timeline",
+        help="sample every process, the disk and the machine every 50 ms and keep phase 3's commands and "
+        "nats-server's collections here (python -m tests.bench.timeline show DIR)",
+    )
     return p.parse_args(argv)
 
 

@@ -419,8 +419,10 @@ class SameWrites:
         finally:
             self.free.put_nowait(i)
 
-    async def fixed_rate(self, rate: float, duration: float) -> dict[str, Any]:
-        lat, errors, sent = await offered_load(self.one, rate, duration)
+    async def fixed_rate(
+        self, rate: float, duration: float, record: list[tuple[float, float]] | None = None
+    ) -> dict[str, Any]:
+        lat, errors, sent = await offered_load(self.one, rate, duration, record)
         return {"rate": rate, "sent": sent, "errors": errors, **summary(lat)}
 
     async def max_rate(self, concurrency: int, duration: float, cpu: Callable[[], dict[str, float]]) -> dict[str, Any]:
