@@ -429,7 +429,30 @@ def window_summary(samples: Samples, marks: list[Mark], window: dict[str, Any]) 
     return lines
 
 
-def show(root: Path, before: float, after: float, width: float, labels: Iterable[str] = ()) -> None:
+def per_second(samples: Samples, window: dict[str, Any]) -> list[str]:
+    """Each second of the window: its slowest command (send time, round trip, the second's median) beside the
+    50 ms bin of that second in which nats-server made the fewest write calls (a stall of its own shows as
+    both at the same moment, second after second)."""
+    cmds = window["commands"]
+    t0, t1 = min(c["sent"] for c in cmds), max(c["sent"] for c in cmds)
+    rows = [(t, r) for t, r in bins(samples, t0, t1, 0.05) if "syscw" in r]
+    lines = []
+    for sec in range(int(t0), int(t1) + 1):
+        these = sorted((c for c in cmds if sec <= c["sent"] < sec + 1), key=lambda c: c["rt"])
+        if not these:
+            continue
+        worst, median = these[-1], these[len(these) // 2]["rt"]
+        low = min(((t, r) for t, r in rows if sec <= t < sec + 1), key=lambda x: x[1]["syscw"], default=None)
+        fewest = f"; fewest nats writes {_fmt_time(low[0])} ({low[1]['syscw']:.0f})" if low else ""
+        lines.append(
+            f"  {_fmt_time(worst['sent'])} slowest {worst['rt'] * 1e3:6.1f} ms (median {median * 1e3:5.1f}){fewest}"
+        )
+    return lines
+
+
+def show(
+    root: Path, before: float, after: float, width: float, labels: Iterable[str] = (), seconds: bool = False
+) -> None:
     samples = Samples.load(root / SAMPLES)
     marks = gc_marks(root / NATS_LOG)
     wanted = set(labels)
@@ -441,6 +464,9 @@ def show(root: Path, before: float, after: float, width: float, labels: Iterable
             continue
         for text in window_summary(samples, marks, window):
             print(text)
+        if seconds:
+            for text in per_second(samples, window):
+                print(text)
         _, bursts = slow_bursts(window["commands"])
         for burst in bursts:
             for text in render_burst(samples, marks, window["commands"], burst, before, after, width):
@@ -461,11 +487,12 @@ def main(argv: list[str] | None = None) -> None:
     v.add_argument("--after", type=float, default=0.6, help="seconds shown after its last send")
     v.add_argument("--bin", type=float, default=0.05, help="row width (s)")
     v.add_argument("--window", action="append", default=[], help="only this window (label; repeatable)")
+    v.add_argument("--per-second", action="store_true", help="each second's slowest command and fewest writes")
     args = p.parse_args(argv)
     if args.cmd == "sample":
         sample(args.dir, args.store, args.interval)
     else:
-        show(args.dir, args.before, args.after, args.bin, args.window)
+        show(args.dir, args.before, args.after, args.bin, args.window, args.per_second)
 
 
 if __name__ == "__main__":
