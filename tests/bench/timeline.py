@@ -287,6 +287,9 @@ def bins(samples: Samples, t0: float, t1: float, width: float) -> Iterator[tuple
         m = _delta(a.get("machine"), b.get("machine"))
         if m:
             out["idle"], out["iowait"], out["steal"] = m[2] * tick_ms, m[3] * tick_ms, m[4] * tick_ms
+            # The machine's busy time that none of the sampled processes used: other processes on the same
+            # cores (another lane's build or test, the sampler itself, the kernel's own threads).
+            out["others"] = max(0.0, (m[0] + m[1]) * tick_ms - sum(v for k, v in out.items() if k in b["cpu"]))
         d = _delta(a.get("disk"), b.get("disk"))
         if d:
             out["writes"], out["flushes"] = d[0], d[4]
@@ -334,6 +337,7 @@ COLUMNS = (
     "bench",
     "sw-lifecycle",
     "sw-agents",
+    "others",
     "steal",
     "iowait",
     "idle",
@@ -410,7 +414,7 @@ def window_summary(samples: Samples, marks: list[Mark], window: dict[str, Any]) 
         r = total[0][1]
         lines.append(
             "  whole window: "
-            + ", ".join(f"{k} {r[k]:.0f}" for k in ("steal", "iowait", "idle", "flushes", "writes") if k in r)
+            + ", ".join(f"{k} {r[k]:.0f}" for k in ("others", "steal", "iowait", "idle", "flushes", "writes") if k in r)
             + (f"; flush mean {r['f_ms']:.2f} ms" if "f_ms" in r else "")
         )
     worst = sorted(bins(samples, t0, t1, 0.05), key=lambda x: -x[1].get("f_ms", 0.0))[:3]

@@ -55,7 +55,7 @@ def test_bins_turn_cumulative_counters_into_each_bins_share(tmp_path: Path) -> N
         '{"t": 10.05, "cpu": {"nats": 30000000, "lifecycle": 10000000}, "disk": [10, 5, 1, 40, 4, 8, 0, 0], '
         '"machine": [3, 1, 5, 1, 0], "nats_io": [12, 4096], "nats_threads": {"R": 2, "D": 1}}',
         '{"t": 10.10, "cpu": {"nats": 40000000, "lifecycle": 10000000}, "disk": [12, 5, 0, 45, 5, 8, 2, 3], '
-        '"machine": [4, 1, 13, 2, 2], "nats_io": [14, 8192], "nats_threads": {"R": 0, "D": 0}}',
+        '"machine": [6, 2, 13, 2, 2], "nats_io": [14, 8192], "nats_threads": {"R": 0, "D": 0}}',
     ]
     path.write_text("\n".join(rows) + "\n")
     (t1, first), (t2, second) = bins(Samples.load(path), 10.01, 10.11, 0.05)
@@ -66,3 +66,5 @@ def test_bins_turn_cumulative_counters_into_each_bins_share(tmp_path: Path) -> N
     assert second["nats"] == pytest.approx(10.0) and second["lifecycle"] == 0
     assert second["steal"] == pytest.approx(20.0) and second["iowait"] == pytest.approx(10.0)
     assert second["discards"] == 2 and second["d_ms"] == 3 and second["nD"] == 0
+    # The machine was busy 40 ms in the second bin, our processes 10: another 30 went to processes not sampled.
+    assert first["others"] == pytest.approx(0.0) and second["others"] == pytest.approx(30.0)
