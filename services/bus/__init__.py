@@ -8,7 +8,7 @@ from services.bus.connection import close, connect
 from services.bus.endpoints import ServiceHost, call
 from services.bus.interface import Bus, Consumer, Delivery, Endpoints, Handler, Host, Subscription
 from services.bus.kv import Bucket
-from services.bus.records import Records
+from services.bus.records import Records, View
 from services.bus.service import Options, Runtime, Service, serve
 from services.bus.settings import BusSettings, FromEnv, ServiceSettings, TelemetrySettings, env
 from services.bus.streams import ensure_bucket, ensure_platform_streams
@@ -33,6 +33,7 @@ __all__ = [
     "Subscription",
     "Telemetry",
     "TelemetrySettings",
+    "View",
     "call",
     "close",
     "connect",

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy, StreamState
+from nats.js.api import DeliverPolicy, Header, StreamState
 from nats.js.errors import (
     APIError,
     KeyNotFoundError,
@@ -19,14 +19,15 @@ from nats.js.errors import (
     NotFoundError,
     ServiceUnavailableError,
 )
-from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, MSG_ROLLUP_SUBJECT, KeyValue
 
 from schemas import tracing
 from schemas.errors import Conflict, InvalidInput, Unavailable
 from schemas.messages import M, decode, encode
 from schemas.retrying import backoff_delay
 from services.bus import publishing
-from services.bus.records import Latest, Records
+from services.bus.records import Keep, Latest, Records, View
+from services.bus.watching import PROBE, BucketWatch
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class Bucket(Records[M]):
         self.type = type_
         self.skipped = 0
         """Stored records ``items`` passed over because they no longer decode (for tests and metrics)."""
+        self._views: list[BucketWatch[M]] = []
+        """Views of this bucket (``view``), told of each of its writes when acknowledged."""
 
     async def get(self, key: str) -> tuple[M, int] | None:
         """The record and its revision, or None."""
@@ -73,19 +76,19 @@ class Bucket(Records[M]):
     async def create(self, key: str, value: M) -> int:
         """Create ``key``; raise Conflict if it exists (atomic: two creators, one winner)."""
         try:
-            return await self.kv.create(key, encode(value))
+            return self._wrote(key, value, await self.kv.create(key, encode(value)))
         except KeyWrongLastSequenceError:
             raise Conflict(f"{key!r} already exists") from None
 
     async def update(self, key: str, value: M, revision: int) -> int:
         """Write ``key`` only if it is still at ``revision``; raise Conflict otherwise."""
         try:
-            return await self.kv.update(key, encode(value), last=revision)
+            return self._wrote(key, value, await self.kv.update(key, encode(value), last=revision))
         except KeyWrongLastSequenceError:
             raise Conflict(f"{key!r} changed concurrently") from None
 
     async def put(self, key: str, value: M) -> int:
-        return await self.kv.put(key, encode(value))
+        return self._wrote(key, value, await self.kv.put(key, encode(value)))
 
     async def latest(self, pattern: str) -> Latest[M] | None:
         """One message get of the last message on the pattern's subjects (direct when the bucket allows it,
@@ -114,13 +117,33 @@ class Bucket(Records[M]):
             if exc.err_code == WRONG_LAST_SEQUENCE:
                 raise Conflict(f"{guard!r} changed concurrently") from None
             raise
-        return ack.seq
+        return self._wrote(key, value, ack.seq)
 
     async def delete(self, key: str) -> None:
-        await self.kv.delete(key)
+        await self._remove(key, {KV_OP: KV_DEL})
 
     async def purge(self, key: str) -> None:
-        await self.kv.purge(key)
+        await self._remove(key, {KV_OP: KV_PURGE, Header.ROLLUP: MSG_ROLLUP_SUBJECT})
+
+    async def _remove(self, key: str, headers: dict[str, str]) -> None:
+        """A deletion or purge marker (nats-py's ``delete``/``purge``), its revision kept for the views."""
+        ack = await publishing.stored(self.kv._js, f"{self.kv._pre}{key}", b"", headers)
+        self._wrote(key, None, ack.seq)
+
+    def _wrote(self, key: str, value: M | None, revision: int) -> int:
+        for kept in self._views:
+            kept.wrote(key, value, revision)
+        return revision
+
+    async def view(self, keep: Keep[M] | None = None, *, probe: float = PROBE, timeout: float = 10.0) -> View[M]:
+        """Loaded from the last entry of every key, then kept by a watch of the bucket (``watching``)."""
+        kept = BucketWatch(self.kv._js, self.kv._stream, self.kv._pre, self._entry, keep, self._views)
+        state = await self._stream_state(self.kv._js, self.kv._stream, timeout)
+        await kept.start(state.last_seq if state.messages else 0, probe, timeout)
+        return kept
+
+    def _entry(self, key: str, headers: dict[str, str] | None, data: bytes) -> M | None:
+        return None if _removed(headers, data) else self._stored(key, data)
 
     async def items(self, timeout: float = 10.0) -> dict[str, M]:
         """Every live record, read in one pass.

@@ -22,7 +22,7 @@ from schemas.errors import Conflict
 from schemas.messages import M, decode, encode
 from services.bus.endpoints import PLATFORM_INBOX, agent_caller, answer, reply_allowed
 from services.bus.interface import Consumer, Delivery, Endpoint, Endpoints, Handler, Host, Subscription
-from services.bus.records import Latest, Records
+from services.bus.records import Keep, Latest, Records, View
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +175,7 @@ class MemoryRecords(Records[M]):
         self._data: dict[str, tuple[bytes, int]] = {}
         self._markers: dict[str, int] = {}
         self._revision = itertools.count(1)
+        self._views: list[MemoryView[M]] = []
 
     async def get(self, key: str) -> tuple[M, int] | None:
         found = self._data.get(key)
@@ -220,6 +221,13 @@ class MemoryRecords(Records[M]):
         # Like the NATS bucket: only those keys are read (decoded).
         return {key: decode(data, self.type) for key, (data, _) in self._data.items() if key.startswith(prefix)}
 
+    async def view(self, keep: Keep[M] | None = None) -> View[M]:
+        kept = MemoryView(self, keep)
+        for key, (data, revision) in sorted(self._data.items(), key=lambda item: item[1][1]):
+            kept.watched(key, revision, lambda data=data: decode(data, self.type))  # type: ignore[misc]
+        self._views.append(kept)
+        return kept
+
     def _newest(self, pattern: str) -> tuple[str, int] | None:
         entries = [(k, rev) for k, (_, rev) in self._data.items()] + list(self._markers.items())
         found = [(rev, k) for k, rev in entries if matches(pattern, k)]
@@ -227,13 +235,29 @@ class MemoryRecords(Records[M]):
 
     def _remove(self, key: str) -> None:
         self._data.pop(key, None)
-        self._markers[key] = next(self._revision)  # NATS stores a marker even for a key never written
+        revision = self._markers[key] = next(self._revision)  # NATS stores a marker even for a key never written
+        for kept in self._views:
+            kept.watched(key, revision, lambda: None)
 
     def _write(self, key: str, value: M) -> int:
         revision = next(self._revision)
         self._data[key] = (encode(value), revision)
         self._markers.pop(key, None)
+        for kept in self._views:
+            kept.watched(key, revision, lambda: value)
         return revision
+
+
+class MemoryView(View[M]):
+    """Every write of the bucket reaches it as it is made (the watch of one process: there is no other)."""
+
+    def __init__(self, records: MemoryRecords[M], keep: Keep[M] | None) -> None:
+        super().__init__(keep)
+        self._records = records
+
+    async def stop(self) -> None:
+        if self in self._records._views:
+            self._records._views.remove(self)
 
 
 Send = Callable[[str, bytes, Mapping[str, str] | None, str], Awaitable[int]]

@@ -11,6 +11,9 @@ from typing import Generic
 from schemas.errors import Conflict, Internal
 from schemas.messages import M
 
+KEPT_AHEAD = 1024
+"""Own writes a view remembers ahead of its watch before it forgets those the watch has passed (``View``)."""
+
 
 @dataclass(frozen=True)
 class Latest(Generic[M]):
@@ -20,6 +23,77 @@ class Latest(Generic[M]):
     record: M | None
     """None for a deletion marker (or a stored record this version cannot read)."""
     revision: int
+
+
+Keep = Callable[[str, M], bool]
+"""Which records a view keeps (by key and record); the others it leaves out as if removed."""
+
+
+class View(Generic[M]):
+    """A bucket's live records kept in this process: loaded once, then kept fresh by a watch of the bucket's
+    writes (``watched``, in the bucket's order) and, at once, by this process's own acknowledged writes
+    (``wrote``). Reads cost no bus request: a service that needs every record on its command path (a quota
+    check) or on a timer (a gauge) reads them here instead of reading the whole bucket each time.
+
+    Revisions decide: the watch delivers the bucket's writes in order, so one at or below ``position`` is old;
+    an own write newer than ``position`` is applied at once and remembered until the watch brings its echo
+    (then ignored) or a newer write of the key (then applied). A write of another process appears once the
+    watch brings it (milliseconds; the runtimes see to it that a lost watch is noticed and resumed)."""
+
+    def __init__(self, keep: Keep[M] | None = None) -> None:
+        self._keep = keep
+        self._live: dict[str, M] = {}
+        self._ahead: dict[str, int] = {}
+        """Keys this process wrote beyond ``position``, with the revision written."""
+        self.position = 0
+        """The newest revision the watch has delivered."""
+
+    def values(self) -> list[M]:
+        return list(self._live.values())
+
+    def items(self) -> dict[str, M]:
+        return dict(self._live)
+
+    def get(self, key: str) -> M | None:
+        return self._live.get(key)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def wrote(self, key: str, record: M | None, revision: int) -> None:
+        """This process wrote ``record`` (None: removed ``key``), acknowledged at ``revision``."""
+        if revision <= self.position or revision <= self._ahead.get(key, 0):
+            return  # the watch brought it or something newer already; or a newer own write is in
+        if len(self._ahead) >= KEPT_AHEAD:
+            # Those the watch has passed can no longer be overtaken by an older delivery (their echo was pushed
+            # out of the bucket's history by a newer write, which the watch brought instead).
+            self._ahead = {k: r for k, r in self._ahead.items() if r > self.position}
+        self._ahead[key] = revision
+        self._put(key, record)
+
+    def watched(self, key: str, revision: int, read: Callable[[], M | None]) -> None:
+        """The watch brought ``key``'s write at ``revision``; ``read`` decodes it (None: a removal), called only
+        when it is applied."""
+        if revision <= self.position:
+            return  # delivered again (a watch resumed from an earlier place)
+        self.position = revision
+        mine = self._ahead.get(key)
+        if mine is not None:
+            if revision < mine:
+                return  # older than this process's own write, applied already
+            del self._ahead[key]
+            if revision == mine:
+                return  # the echo of that write
+        self._put(key, read())
+
+    def _put(self, key: str, record: M | None) -> None:
+        if record is not None and (self._keep is None or self._keep(key, record)):
+            self._live[key] = record
+        else:
+            self._live.pop(key, None)
+
+    async def stop(self) -> None:
+        """Stop the watch (the records stay readable, no longer kept fresh)."""
 
 
 class Records(ABC, Generic[M]):
@@ -65,6 +139,11 @@ class Records(ABC, Generic[M]):
     @abstractmethod
     async def items(self, timeout: float = 10.0) -> dict[str, M]:
         """Every live record, read in one pass."""
+
+    @abstractmethod
+    async def view(self, keep: Keep[M] | None = None) -> View[M]:
+        """A ``View`` of this bucket, loaded (Unavailable when it could not be within the bucket's read timeout);
+        ``keep`` leaves records out of it. Stop it with ``View.stop``."""
 
     async def items_under(self, prefix: str, timeout: float = 10.0) -> dict[str, M]:
         """Every live record whose key starts with ``prefix``, a whole first token and its dot (``"c1."``).

@@ -1,0 +1,174 @@
+"""A JetStream KV bucket kept in this process (``records.View``): one ordered consumer loads the last entry of
+every key, then goes on delivering the bucket's new writes.
+
+Not nats-py's ``KeyValue.watch``: it cannot be told to resume from a revision, it says "loaded" from the
+consumer's first info (on a JetStream cluster that can report nothing pending before the consumer has looked,
+``Bucket.items``), which also needs a consumer-info permission the services do not hold, and its subscription
+drops deliveries over nats-py's pending limits without a gap its ordered consumer would notice. Here the
+subscription has no such limit (the consumer's flow control bounds what is in flight), "loaded" is the stream's
+last sequence seen, and a watchdog makes sure the view cannot go stale silently: nats-py's ordered consumer
+recreates itself after a gap or missed heartbeats, but if that fails (JetStream not back yet after a restart,
+a recreate refused during a leader election) it only tells the error callback. So at every reconnect, and
+whenever the view has not reached within ``probe`` seconds the stream's last sequence seen before, the
+consumer is made again from the view's position, and again at each probe until that succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from schemas.errors import Unavailable
+from schemas.messages import M
+from services.bus.records import Keep, View
+
+logger = logging.getLogger(__name__)
+
+PROBE = 5.0
+"""Seconds between the watchdog's looks at the stream's last sequence (one stream-info request each)."""
+HEARTBEAT = 2.0
+"""The consumer's idle heartbeat: nats-py's ordered consumer recreates itself after two missed ones."""
+INACTIVE = 30.0
+"""Seconds the server keeps a consumer nobody listens to any more (the process gone)."""
+
+Decode = Callable[[str, dict[str, str] | None, bytes], M | None]
+"""A delivered entry as a record; None for a removal (or a record this version cannot read)."""
+
+
+class BucketWatch(View[M]):
+    """The view of one bucket (``Bucket.view``); the bucket tells it of its own writes (``View.wrote``)."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        stream: str,
+        prefix: str,
+        decode: Decode[M],
+        keep: Keep[M] | None,
+        views: list[BucketWatch[M]],
+    ) -> None:
+        super().__init__(keep)
+        self._js, self._stream, self._prefix, self._decode = js, stream, prefix, decode
+        self._views = views
+        """The bucket's views, which it tells of its own writes: this one is among them while it watches."""
+        self._sub: JetStreamContext.PushSubscription | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._nudge = asyncio.Event()
+        self._lost = False
+        self._loaded_at = 0
+        self._loaded = asyncio.Event()
+        self.resumed = 0
+        """How often the consumer was made again (for tests and logs)."""
+
+    async def start(self, last: int, probe: float, timeout: float) -> None:
+        """Load every key's last entry (the stream's last sequence is ``last``), then keep watching."""
+        self._loaded_at = last
+        if last == 0:
+            self._loaded.set()
+        self._sub = await self._subscribe(ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT))
+        try:
+            async with asyncio.timeout(timeout):
+                await self._loaded.wait()
+        except TimeoutError:
+            await self.stop()
+            raise Unavailable(f"could not load stream {self._stream} within {timeout:g}s") from None
+        hooks = getattr(self._js._nc, "reconnected_hooks", None)
+        if hooks is not None:
+            hooks.append(self._reconnected)
+        self._watchdog = asyncio.create_task(self._watch(probe), name=f"view {self._stream}")
+        self._views.append(self)
+
+    async def _subscribe(self, config: ConsumerConfig) -> JetStreamContext.PushSubscription:
+        return await self._js.subscribe(
+            f"{self._prefix}>",
+            stream=self._stream,
+            cb=self._received,
+            ordered_consumer=True,
+            config=config,
+            idle_heartbeat=HEARTBEAT,
+            inactive_threshold=INACTIVE,
+            # No limit here: a delivery dropped past it would leave a gap the ordered consumer never sees.
+            pending_msgs_limit=0,
+            pending_bytes_limit=0,
+        )
+
+    async def _received(self, msg: Msg) -> None:
+        key = msg.subject[len(self._prefix) :]
+        revision = msg.metadata.sequence.stream
+        self.watched(key, revision, lambda: self._decode(key, msg.headers, msg.data))
+        if revision >= self._loaded_at:
+            self._loaded.set()
+
+    def _reconnected(self) -> None:
+        # The consumer may be gone with the server it lived on (a restart): made again from where the view is.
+        self._lost = True
+        self._nudge.set()
+
+    async def _watch(self, probe: float) -> None:
+        behind = 0
+        while not self._js._nc.is_closed:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(probe):
+                    await self._nudge.wait()
+            self._nudge.clear()
+            try:
+                if self._lost:
+                    await self._resume()
+                    behind = 0
+                    continue
+                last = (await self._js.stream_info(self._stream)).state.last_seq
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("view of %s: %s; trying again in %gs", self._stream, exc or type(exc).__name__, probe)
+                continue
+            if behind and self.position < behind:
+                # Writes seen a probe ago still not delivered: the consumer is lost or stuck.
+                logger.warning("view of %s: at %d, behind %d since the last look", self._stream, self.position, behind)
+                self._lost = True
+                self._nudge.set()
+            behind = last if last > self.position else 0
+
+    async def _resume(self) -> None:
+        """A new consumer from the view's position on (the writes since, in order), the old one dropped."""
+        old, self._sub = self._sub, None
+        if old is not None:
+            await _drop(old)
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.position + 1)
+        self._sub = await self._subscribe(config)
+        self._lost = False
+        self.resumed += 1
+        logger.info("view of %s: watching again from %d", self._stream, self.position + 1)
+
+    async def stop(self) -> None:
+        if self in self._views:
+            self._views.remove(self)
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+        hooks = getattr(self._js._nc, "reconnected_hooks", None)
+        if hooks is not None and self._reconnected in hooks:
+            hooks.remove(self._reconnected)
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            await _drop(sub)
+
+
+async def _drop(sub: JetStreamContext.PushSubscription) -> None:
+    """Unsubscribe, whatever the connection's state; its heartbeat and flow-control tasks end too."""
+    try:
+        await sub.unsubscribe()
+    except Exception as exc:  # closed, draining, or already unsubscribed
+        logger.debug("view: unsubscribe: %s", exc or type(exc).__name__)
+    jsi = sub._sub._jsi
+    for task in (jsi._hbtask, jsi._fctask) if jsi is not None else ():
+        if task is not None:
+            task.cancel()
