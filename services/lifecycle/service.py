@@ -122,6 +122,8 @@ async def setup(rt: Runtime, settings: Settings) -> None:
     bucket = await rt.bus.bucket(subjects.BUCKET_DESIRED, WorkloadRecord, history=limits.DESIRED_HISTORY)
     lifecycle = Lifecycle(settings, rt.bus, bucket, rt.telemetry)
     await lifecycle.desired.migrate()
+    await lifecycle.desired.keep()
+    rt.on_stop(lifecycle.desired.stop)
     await lifecycle.workloads.republish_pending()
     lifecycle.install(rt.endpoints)
     lifecycle.start(rt)
