@@ -1,0 +1,86 @@
+"""A bucket kept in the process (``Records.view``) on a 3-node JetStream cluster: after the stream's leader steps
+down, and after the node that held the view's consumer is killed (-9), the writes made meanwhile by another
+process reach the view within a deadline; it is never left silently stale."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from schemas.messages import Presence
+from services.bus import BusSettings, Records, View
+from services.bus.kv import Bucket
+from services.bus.nats_bus import NatsBus
+from services.platform.natsd import NatsServer
+from tests.harness import meta_leader, start_nats_cluster, wait_for, wait_jetstream_cluster
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(180)]
+
+BUCKET = "tether-failover-view"
+CATCH_UP = 30.0
+"""Seconds the view may take to catch up after a failover (elections, the consumer made again)."""
+
+
+def presence(cluster: str, n: int) -> Presence:
+    return Presence(cluster=cluster, online=True, last_seen=float(n))
+
+
+async def test_a_view_catches_up_after_a_leader_change_and_the_loss_of_its_consumer_node(tmp_path: Path) -> None:
+    auth = tmp_path / "auth"
+    nodes = start_nats_cluster(tmp_path, auth)
+    buses: list[NatsBus] = []
+    try:
+        await wait_jetstream_cluster(nodes)
+        settings = BusSettings(url=",".join(n.url for n in nodes), creds_file=str(auth / "platform.creds"), replicas=3)
+        reader, writer = await NatsBus.connect(settings, "view-reader"), await NatsBus.connect(settings, "view-writer")
+        buses += [reader, writer]
+        mine = await reader.bucket(BUCKET, Presence, history=5)
+        theirs = await writer.bucket(BUCKET, Presence, history=5)
+        assert isinstance(mine, Bucket)
+        await theirs.put("c0", presence("c0", 0))
+        view = await mine.view(probe=1.0)
+        try:
+            # The stream's leader steps down: the writes go on on its new leader.
+            js = mine.kv._js
+            await js._nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{mine.kv._stream}", b"", timeout=5)
+            await _write_and_see(theirs, view, "c1", 1, "a write after the stream's leader stepped down")
+
+            # The node that holds the view's (one-replica) consumer dies.
+            info = await js.consumer_info(mine.kv._stream, view._sub._consumer)  # type: ignore[attr-defined]
+            holder = info.cluster.leader if info.cluster else None
+            victim = next(n for n in nodes if n.config.server_name == holder)
+            victim.kill()
+            await wait_for(
+                lambda: asyncio.to_thread(_others_agree, [n for n in nodes if n is not victim]),
+                timeout=CATCH_UP,
+                what="a stream leader among the nodes left",
+            )
+            await _write_and_see(theirs, view, "c2", 2, "a write after the consumer's node died")
+            await theirs.delete("c0")
+            await wait_for(lambda: view.get("c0") is None, timeout=CATCH_UP, what="a deletion after the failover")
+            assert set(view.items()) == {"c1", "c2"}
+        finally:
+            await view.stop()
+    finally:
+        for bus in buses:
+            await bus.close()
+        for server in nodes:
+            server.stop()
+
+
+async def _write_and_see(records: Records[Presence], view: View[Presence], key: str, n: int, what: str) -> None:
+    async def written() -> bool:
+        try:
+            await records.put(key, presence(key, n))
+        except Exception:
+            return False  # an election still under way: try again
+        return True
+
+    await wait_for(written, timeout=CATCH_UP, interval=0.5, what=f"{what} (stored)")
+    await wait_for(lambda: view.get(key) == presence(key, n), timeout=CATCH_UP, what=what)
+
+
+def _others_agree(nodes: list[NatsServer]) -> bool:
+    return meta_leader(nodes) is not None
