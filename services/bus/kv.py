@@ -137,10 +137,15 @@ class Bucket(Records[M]):
 
     async def view(self, keep: Keep[M] | None = None, *, probe: float = PROBE, timeout: float = 10.0) -> View[M]:
         """Loaded from the last entry of every key, then kept by a watch of the bucket (``watching``)."""
-        kept = BucketWatch(self.kv._js, self.kv._stream, self.kv._pre, self._entry, keep, self._views)
+        kept = BucketWatch(self.kv._js, self.kv._stream, self.kv._pre, self._entry, self._newest, keep, self._views)
         state = await self._stream_state(self.kv._js, self.kv._stream, timeout)
         await kept.start(state.last_seq if state.messages else 0, probe, timeout)
         return kept
+
+    async def _newest(self) -> int:
+        """The bucket's newest revision, by one message get (direct where the bucket allows it)."""
+        newest = await self.latest(">")
+        return newest.revision if newest is not None else 0
 
     def _entry(self, key: str, headers: dict[str, str] | None, data: bytes) -> M | None:
         return None if _removed(headers, data) else self._stored(key, data)

@@ -92,6 +92,12 @@ class View(Generic[M]):
         else:
             self._live.pop(key, None)
 
+    async def caught_up(self, timeout: float = 5.0) -> None:
+        """Return once every write acknowledged to anyone before this call is in the view (Unavailable after
+        ``timeout``): for a read that must see another replica's write made just before, such as a list right
+        after a create answered by another replica. One request for the bucket's newest revision, no
+        deliveries. A view that sees every write as it is made (the memory bus's) is always caught up."""
+
     async def stop(self) -> None:
         """Stop the watch (the records stay readable, no longer kept fresh)."""
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -41,6 +41,8 @@ INACTIVE = 30.0
 
 Decode = Callable[[str, dict[str, str] | None, bytes], M | None]
 """A delivered entry as a record; None for a removal (or a record this version cannot read)."""
+Newest = Callable[[], Awaitable[int]]
+"""The bucket's newest revision (0: empty), read with one request."""
 
 
 class BucketWatch(View[M]):
@@ -52,11 +54,14 @@ class BucketWatch(View[M]):
         stream: str,
         prefix: str,
         decode: Decode[M],
+        newest: Newest,
         keep: Keep[M] | None,
         views: list[BucketWatch[M]],
     ) -> None:
         super().__init__(keep)
-        self._js, self._stream, self._prefix, self._decode = js, stream, prefix, decode
+        self._js, self._stream, self._prefix, self._decode, self._newest = js, stream, prefix, decode, newest
+        self._waiting: list[tuple[int, asyncio.Future[None]]] = []
+        """``caught_up`` calls: the revision each waits for."""
         self._views = views
         """The bucket's views, which it tells of its own writes: this one is among them while it watches."""
         self._sub: JetStreamContext.PushSubscription | None = None
@@ -106,6 +111,31 @@ class BucketWatch(View[M]):
         self.watched(key, revision, lambda: self._decode(key, msg.headers, msg.data))
         if revision >= self._loaded_at:
             self._loaded.set()
+        if self._waiting:
+            self._release()
+
+    def _release(self) -> None:
+        still = []
+        for revision, waiter in self._waiting:
+            if revision <= self.position:
+                if not waiter.done():
+                    waiter.set_result(None)
+            elif not waiter.done():
+                still.append((revision, waiter))
+        self._waiting = still
+
+    async def caught_up(self, timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            newest = await self._newest()
+        if newest <= self.position:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append((newest, waiter))
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            raise Unavailable(f"view of {self._stream}: revision {newest} not reached within {timeout:g}s") from None
 
     def _reconnected(self) -> None:
         # The consumer may be gone with the server it lived on (a restart): made again from where the view is.

@@ -28,7 +28,7 @@ class Removal:
 
     async def forget_cluster(self, req: NameRequest) -> Removed:
         cluster = check_name(req.name, "cluster name")
-        records = [r for r in await self.desired.all_records() if r.spec.cluster == cluster]
+        records = [r for r in await self.desired.all_records(caught_up=True) if r.spec.cluster == cluster]
         running = [str(ref_of(r.spec)) for r in records if r.spec.state != "deleted"]
         if running:
             raise Conflict(f"cluster {cluster!r} still holds {', '.join(running[:10])}: delete them first")

@@ -79,9 +79,14 @@ class Desired:
         if view is not None:
             await view.stop()
 
-    async def all_records(self) -> list[WorkloadRecord]:
-        """Every live record (tombstones of deleted objects left out), each stored where its spec says."""
-        return (self._view or await self.keep()).values()
+    async def all_records(self, *, caught_up: bool = False) -> list[WorkloadRecord]:
+        """Every live record (tombstones of deleted objects left out), each stored where its spec says.
+        ``caught_up``: with every write acknowledged before the call, another replica's too (``View.caught_up``:
+        one request), for a user's read right after a change another replica made (a list after a create)."""
+        view = self._view or await self.keep()
+        if caught_up:
+            await view.caught_up()
+        return view.values()
 
     async def cluster_records(self, cluster: str) -> list[WorkloadRecord]:
         """Every live record of ``cluster`` (tombstones left out), read from that cluster's keys alone.

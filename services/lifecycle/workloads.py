@@ -89,7 +89,7 @@ class Workloads:
     async def list(self, q: WorkloadQuery) -> WorkloadList:
         records = [
             r
-            for r in await self.desired.all_records()
+            for r in await self.desired.all_records(caught_up=True)
             if r.spec.kind == q.kind
             and (q.all or r.spec.project in q.projects)
             and (not q.cluster or r.spec.cluster == q.cluster)

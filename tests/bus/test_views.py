@@ -95,6 +95,24 @@ async def test_own_writes_show_at_once_and_their_echoes_never_take_them_back(bus
         await view.stop()
 
 
+async def test_a_caught_up_view_holds_every_write_acknowledged_before(bus: Bus, other: Bus) -> None:
+    """What a list right after another replica's create relies on: no deadline, no polling."""
+    mine = await bus.bucket(BUCKET, Presence, history=5)
+    theirs = await other.bucket(BUCKET, Presence, history=5)
+    view = await mine.view()
+    try:
+        await view.caught_up()  # nothing written: at once
+        for n in range(20):
+            await theirs.put(f"c{n}", presence(f"c{n}", n))
+            await view.caught_up()
+            assert view.get(f"c{n}") == presence(f"c{n}", n)
+        await theirs.delete("c0")
+        await view.caught_up()
+        assert view.get("c0") is None and len(view) == 19
+    finally:
+        await view.stop()
+
+
 async def test_a_view_leaves_out_what_it_does_not_keep(bus: Bus, other: Bus) -> None:
     mine = await bus.bucket(BUCKET, Presence, history=5)
     theirs = await other.bucket(BUCKET, Presence, history=5)
