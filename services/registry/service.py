@@ -143,6 +143,8 @@ class Registry:
         self._look_ups = asyncio.Semaphore(settings.admission_concurrency)
         """Hellos' look-ups of their consumer (JetStream API requests) at once: as many as before hellos had
         their own, larger concurrency (``Settings.hello_concurrency``)."""
+        self.kept: View[ClusterRecord] | None = None
+        """The cluster records kept in the process once loaded (``keep_clusters``): the list reads them."""
 
     async def _record(self, name: str) -> tuple[ClusterRecord, int]:
         check_name(name, "cluster name")
@@ -230,8 +232,14 @@ class Registry:
         return record
 
     async def list(self, _req: Empty) -> ClusterList:
-        items = await self.clusters.items()
-        return ClusterList(clusters=sorted(live(items), key=lambda r: r.name))
+        # Every create that names no cluster lists them for placement: from the kept records (waiting only
+        # for writes acknowledged before the call), not a read of the whole bucket (10,000 deliveries each).
+        if self.kept is not None:
+            await self.kept.caught_up()
+            found = self.kept.values()
+        else:
+            found = live(await self.clusters.items())
+        return ClusterList(clusters=sorted(found, key=lambda r: r.name))
 
     async def disconnect(self, req: NameRequest) -> ClusterRecord:
         record, revision = await self._record(req.name)
@@ -433,11 +441,12 @@ def install(registry: Registry, served: Endpoints) -> None:
     Changes(registry).install(served)
 
 
-def count_connected(rt: Runtime, clusters: Records[ClusterRecord]) -> None:
-    """The ``tether.clusters.connected`` gauge, counted when it is collected from the cluster records kept in
-    the process (``Records.view``, loaded once the endpoints are served, like ``push_revocations``). A read of
-    every record each 10 s delivered them all to the registry again (at 10,000 clusters a 10,000-delivery
-    burst every ~10.5 s, which the slowest commands of the benchmark followed)."""
+def keep_clusters(rt: Runtime, registry: Registry) -> None:
+    """The cluster records kept in the process (``Records.view``, loaded once the endpoints are served, like
+    ``push_revocations``), for the list and the ``tether.clusters.connected`` gauge, counted when it is
+    collected. A read of every record each 10 s delivered them all to the registry again (at 10,000 clusters
+    a 10,000-delivery burst every ~10.5 s, which the slowest commands of the benchmark followed)."""
+    clusters = registry.clusters
     kept: list[View[ClusterRecord]] = []
     rt.meter("tether.registry").create_observable_gauge(
         "tether.clusters.connected",
@@ -455,6 +464,7 @@ def count_connected(rt: Runtime, clusters: Records[ClusterRecord]) -> None:
                 continue
             rt.on_stop(view.stop)
             kept.append(view)
+            registry.kept = view
             return
 
     rt.task("count", keep)
@@ -481,7 +491,7 @@ async def setup(rt: Runtime, settings: Settings) -> None:
     # resolver across restarts, so this push only makes sure of it; a push of a disconnect meanwhile is not
     # undone by it (``_pushing``).
     rt.task("revocations", registry.push_revocations)
-    count_connected(rt, clusters)
+    keep_clusters(rt, registry)
     install(registry, rt.endpoints)
 
 
