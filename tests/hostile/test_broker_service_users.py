@@ -72,6 +72,8 @@ def dangerous(victim: str) -> list[str]:
         *(f"$JS.API.STREAM.MSG.DELETE.{s}" for s in streams),
         "$JS.API.STREAM.CREATE.FORGED",
         f"$JS.API.CONSUMER.DURABLE.CREATE.{desired}.{consumer}",
+        # Named with no filter in the subject: the request body's filter (or several) would then be anyone's.
+        f"$JS.API.CONSUMER.CREATE.{desired}.{consumer}",
         # The victim's consumer re-filtered wider than one cluster (the filter is the create subject's tail).
         f"$JS.API.CONSUMER.CREATE.{desired}.{consumer}.{subjects.DESIRED_PREFIX}>",
         *(f"$JS.API.CONSUMER.DELETE.{stream}.{name}" for stream, names in grants.DURABLES.items() for name in names),
