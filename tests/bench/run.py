@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import nats
 import nats.aio.client
+from nats.js.kv import KeyValue
 
 from agent.bus import NatsIdentity
 from agent.bus.dial import UserCreds
@@ -979,6 +980,20 @@ class Bench:
         await wait_for(lambda: all(c in self.online for c in victims), timeout=120, interval=0.2, what="revived")
 
     # --- (5) reconnect storm -------------------------------------------------------------------------
+    async def desired_bucket(self, deadline: float) -> KeyValue:
+        """The desired-state bucket, looked up again until ``deadline``: right after the restart the JetStream
+        API is busy with every agent's reconnect and one stream-info request can time out (it ended a 10,000
+        run before anything was measured)."""
+        assert self.nc is not None
+        while True:
+            try:
+                return await self.nc.jetstream().key_value(subjects.BUCKET_DESIRED)
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log(f"(5) the desired-state bucket not looked up yet: {exc!r}; again")
+                await asyncio.sleep(0.5)
+
     async def storm(self) -> None:
         assert self.fleet is not None and self.nc is not None
         pending_n = min(len(self.tenants), self.args.pending or len(self.tenants))
@@ -1014,7 +1029,7 @@ class Bench:
         back = resynced = applied = 0.0
         observed: set[str] = set()
         deadline = time.monotonic() + self.args.storm_timeout
-        bucket = await self.nc.jetstream().key_value(subjects.BUCKET_DESIRED)
+        bucket = await self.desired_bucket(deadline)
         stats: dict[str, Any] = {}
         while time.monotonic() < deadline and not (back and resynced and applied):
             await asyncio.sleep(0.5)
