@@ -110,6 +110,10 @@ def credential_key(trust: Trust | None) -> bytes:
     return hashlib.sha256(b"tether agent credential\0" + trust.account.encode()).digest()
 
 
+PUSH_RETRY_BASE = 1.0
+"""Seconds before the first retry of the account push at start (doubling, at most 30 s)."""
+
+
 class Registry:
     def __init__(
         self,
@@ -217,6 +221,21 @@ class Registry:
             revoked = logic.revocations(list((await self.clusters.items()).values()))
             await self.sys_bus.update_account(self.trust.account_jwt(revoked))
         logger.info("account pushed to NATS with %d revoked agent(s)", len(revoked))
+
+    async def push_revocations_at_start(self) -> None:
+        """``push_revocations``, tried again until it is done: at a restart of the whole platform it runs while
+        every agent reconnects, and one account update timed out after 5 s at 10,000 agents. That is no reason
+        to stop serving hellos (the task's failure ended the registry); the server keeps the last account it
+        was sent meanwhile."""
+        for attempt in itertools.count():
+            try:
+                await self.push_revocations()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("account not pushed to NATS: %s; trying again", exc or type(exc).__name__)
+                await asyncio.sleep(backoff_delay(attempt, base=PUSH_RETRY_BASE, cap=30.0))
 
     async def renew(self, req: AgentRenew, caller: str) -> AgentCredentials:
         logic.check_caller(caller, req.cluster)
@@ -490,7 +509,7 @@ async def setup(rt: Runtime, settings: Settings) -> None:
     # a restarted platform's agents wait for their hellos. The server keeps the last pushed account in its
     # resolver across restarts, so this push only makes sure of it; a push of a disconnect meanwhile is not
     # undone by it (``_pushing``).
-    rt.task("revocations", registry.push_revocations)
+    rt.task("revocations", registry.push_revocations_at_start)
     keep_clusters(rt, registry)
     install(registry, rt.endpoints)
 
