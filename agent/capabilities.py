@@ -35,6 +35,10 @@ class Context:
 
 
 class Capability(Protocol):
+    async def listen(self) -> None:
+        """Subscribe to what it serves (before the first heartbeat: a cluster shown online is served)."""
+        ...
+
     async def serve(self) -> None:
         """Serve until cancelled; raising stops the agent."""
         ...

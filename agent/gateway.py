@@ -187,8 +187,15 @@ class AgentGateway:
     def open_streams(self) -> int:
         return len(self._streams)
 
+    async def listen(self) -> None:
+        # Before the first heartbeat: kubectl right after the cluster shows online (a restart) was answered
+        # "no agent" while the subscription was still being made.
+        if self._sub is None:
+            self._sub = await self.conn.subscribe(subjects.gateway_agent_inbound(self.cluster))
+
     async def serve(self) -> None:
-        self._sub = await self.conn.subscribe(subjects.gateway_agent_inbound(self.cluster))
+        await self.listen()
+        assert self._sub is not None
         requests, control = subjects.gateway_requests(self.cluster), subjects.gateway_control(self.cluster)
         async for incoming in self._sub:
             try:

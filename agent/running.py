@@ -236,6 +236,7 @@ class Agent:
         for name, make in CAPABILITIES:
             self.capabilities[name] = capability = make(context)
             conn.on_reconnected(capability.reset)
+            await capability.listen()
         interval = lambda: session.heartbeat_interval  # noqa: E731 - the welcome may change it
         self._heartbeats = Heartbeats(conn, cluster, self.session_id, health, interval, self.metrics)
         self._inventory = InventoryReporter(conn, cluster, self.session_id, driver, self.settings.inventory_interval)

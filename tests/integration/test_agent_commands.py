@@ -514,8 +514,13 @@ class Probe:
         self.serving = asyncio.Event()
         self.resets = 0
         self.closed = 0
+        self.listened = 0
+
+    async def listen(self) -> None:
+        self.listened += 1
 
     async def serve(self) -> None:
+        assert self.listened, "listening before serving (before the first heartbeat)"
         self.serving.set()
         await asyncio.Event().wait()
 
