@@ -466,10 +466,15 @@ def keep_clusters(rt: Runtime, registry: Registry) -> None:
     collected. A read of every record each 10 s delivered them all to the registry again (at 10,000 clusters
     a 10,000-delivery burst every ~10.5 s, which the slowest commands of the benchmark followed)."""
     clusters = registry.clusters
-    kept: list[View[ClusterRecord]] = []
     rt.meter("tether.registry").create_observable_gauge(
         "tether.clusters.connected",
-        callbacks=[lambda _o: [Observation(sum(r.state == "connected" for r in v.values())) for v in kept]],
+        callbacks=[
+            lambda _o: (
+                [Observation(sum(r.state == "connected" for r in registry.kept.values()))]
+                if registry.kept is not None
+                else []
+            )
+        ],
         description="Clusters with a connected agent identity",
     )
 
@@ -482,7 +487,6 @@ def keep_clusters(rt: Runtime, registry: Registry) -> None:
                 await asyncio.sleep(backoff_delay(attempt, base=1.0, cap=30.0))
                 continue
             rt.on_stop(view.stop)
-            kept.append(view)
             registry.kept = view
             return
 
