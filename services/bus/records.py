@@ -43,6 +43,8 @@ class View(Generic[M]):
     def __init__(self, keep: Keep[M] | None = None) -> None:
         self._keep = keep
         self._live: dict[str, M] = {}
+        self._under: dict[str, dict[str, M]] = {}
+        """The live records again, by their key's first token: what ``under`` reads."""
         self._ahead: dict[str, int] = {}
         """Keys this process wrote beyond ``position``, with the revision written."""
         self.position = 0
@@ -56,6 +58,11 @@ class View(Generic[M]):
 
     def get(self, key: str) -> M | None:
         return self._live.get(key)
+
+    def under(self, token: str) -> dict[str, M]:
+        """The live records whose key's first token is ``token`` (``"c1"``: keys ``c1.…``), without looking at
+        the others: one cluster's records among every cluster's costs what that cluster has."""
+        return dict(self._under.get(token, {}))
 
     def __len__(self) -> int:
         return len(self._live)
@@ -87,10 +94,15 @@ class View(Generic[M]):
         self._put(key, read())
 
     def _put(self, key: str, record: M | None) -> None:
+        token = key.partition(".")[0]
         if record is not None and (self._keep is None or self._keep(key, record)):
             self._live[key] = record
-        else:
-            self._live.pop(key, None)
+            self._under.setdefault(token, {})[key] = record
+        elif self._live.pop(key, None) is not None:
+            group = self._under[token]
+            del group[key]
+            if not group:
+                del self._under[token]
 
     async def caught_up(self, timeout: float = 5.0) -> None:
         """Return once every write acknowledged to anyone before this call is in the view (Unavailable after

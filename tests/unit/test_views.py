@@ -67,3 +67,18 @@ def test_keep_leaves_records_out_and_own_writes_ahead_are_bounded() -> None:
     v.watched("z", 10 + KEPT_AHEAD + 20, lambda: "z")
     v.wrote("last", "v", 10 + KEPT_AHEAD + 30)  # forgets those the watch has passed
     assert len(v._ahead) == 1
+
+
+def test_under_reads_the_records_of_one_first_token_as_they_change() -> None:
+    v = view()
+    v.watched("c1.a", 1, lambda: "a1")
+    v.watched("c10.a", 2, lambda: "x")  # another token that starts alike
+    v.wrote("c1.b", "b3", 3)
+    assert v.under("c1") == {"c1.a": "a1", "c1.b": "b3"} and v.under("c10") == {"c10.a": "x"}
+    v.watched("c1.a", 4, lambda: None)
+    v.wrote("c10.a", None, 5)
+    assert v.under("c1") == {"c1.b": "b3"} and v.under("c10") == {} and v.under("c2") == {}
+    kept = View[str](lambda key, record: record != "gone")
+    kept.watched("c1.a", 1, lambda: "a1")
+    kept.watched("c1.a", 2, lambda: "gone")  # left out as if removed
+    assert kept.under("c1") == {} and kept.values() == []
