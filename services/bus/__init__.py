@@ -8,6 +8,7 @@ from services.bus.connection import close, connect
 from services.bus.endpoints import ServiceHost, call
 from services.bus.interface import Bus, Consumer, Delivery, Endpoints, Handler, Host, Subscription
 from services.bus.kv import Bucket
+from services.bus.patience import until_done
 from services.bus.records import Records, View
 from services.bus.service import Options, Runtime, Service, serve
 from services.bus.settings import BusSettings, FromEnv, ServiceSettings, TelemetrySettings, env
@@ -41,4 +42,5 @@ __all__ = [
     "ensure_platform_streams",
     "env",
     "serve",
+    "until_done",
 ]

@@ -75,7 +75,7 @@ async def connect(settings: BusSettings, name: str) -> Client:
         name=f"tether-{name}",
         max_reconnect_attempts=-1,
         allow_reconnect=True,
-        connect_timeout=2,
+        connect_timeout=settings.connect_timeout,
         reconnect_to_server_handler=pick,
         error_cb=on_error,
         reconnected_cb=on_reconnected,

@@ -83,6 +83,12 @@ class BusSettings(FromEnv):
     request_timeout: float = env("TETHER_REQUEST_TIMEOUT", 5.0)
     """Seconds to wait for a reply from another service."""
 
+    connect_timeout: int = env("TETHER_NATS_CONNECT_TIMEOUT", 10)
+    """Seconds one attempt to connect (or reconnect) may take, handshake included. Patient: a service started
+    or reconnecting while 10,000 agents reconnect waits its turn in that queue, and with 2 s an attempt it gave
+    up each time and joined the back of the queue again (the services answered only after the last agent, 34 s
+    after NATS restarted). The price: a server that accepts and never answers holds a reconnect that long."""
+
     @property
     def servers(self) -> list[str]:
         return [s.strip() for s in self.url.split(",") if s.strip()]

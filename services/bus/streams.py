@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -22,14 +18,13 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import APIError, BucketNotFoundError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from schemas import subjects
 from schemas.errors import Unavailable
 from schemas.messages import M
-from schemas.retrying import backoff_delay
-from services.bus import limits
+from services.bus import limits, patience
 from services.bus.kv import Bucket
 
 logger = logging.getLogger(__name__)
@@ -46,26 +41,13 @@ T = TypeVar("T")
 
 
 def _passing(exc: Exception) -> bool:
-    """Errors that pass on a JetStream cluster: the meta leader is busy or being elected, or two replicas
-    declared the same stream at once (the server answers only one of them; the other times out)."""
-    if isinstance(exc, NatsTimeout | NoRespondersError | ServiceUnavailableError):
-        return True
-    return isinstance(exc, APIError) and (exc.code in (None, 503) or exc.err_code == STREAM_NAME_IN_USE)
+    """Errors that pass on a JetStream cluster: the server is busy, the meta leader is being elected, or two
+    replicas declared the same stream at once (the server answers only one of them; the other times out)."""
+    return patience.busy(exc) or (isinstance(exc, APIError) and exc.err_code == STREAM_NAME_IN_USE)
 
 
 async def _declare(what: str, step: Callable[[], Awaitable[T]], deadline: float = DECLARE_DEADLINE) -> T:
-    give_up = time.monotonic() + deadline
-    attempt = 0
-    while True:
-        try:
-            return await step()
-        except Exception as exc:
-            if not _passing(exc) or time.monotonic() > give_up:
-                raise
-            delay = backoff_delay(attempt, base=0.25, cap=3.0)
-            attempt += 1
-            logger.warning("declaring %s: %s; retrying in %.1fs", what, exc or type(exc).__name__, delay)
-            await asyncio.sleep(delay)
+    return await patience.until_done(f"declaring {what}", step, deadline=deadline, passing=_passing)
 
 
 def platform_streams(replicas: int) -> list[StreamConfig]:

@@ -29,7 +29,7 @@ from schemas.messages import (
     Presence,
     PresenceList,
 )
-from services.bus import Bus, Delivery, Options, Records, Runtime, serve
+from services.bus import Bus, Delivery, Options, Records, Runtime, serve, until_done
 from services.bus.settings import FromEnv, ServiceSettings, env
 from services.health import logic
 
@@ -291,7 +291,7 @@ def instrument(rt: Runtime, monitor: HealthMonitor) -> None:
 async def setup(rt: Runtime, settings: Settings) -> None:
     await rt.bus.declare_streams("platform")
     monitor = HealthMonitor(settings, rt.bus, await rt.bus.bucket(subjects.BUCKET_PRESENCE, Presence))
-    await monitor.load()
+    await until_done("loading every cluster's presence", monitor.load)
     instrument(rt, monitor)
     heartbeats = await rt.subscribe(subjects.HEARTBEAT_ANY, monitor.on_heartbeat, pending_limit=settings.pending_limit)
     monitor.inbox = lambda: (heartbeats.pending, rt.bus.reconnects)

@@ -30,7 +30,7 @@ from schemas.messages import (
     WorkloadRecord,
     WorkloadRef,
 )
-from services.bus import Bus, Consumer, Endpoints, Options, Records, Runtime, Telemetry, limits, serve
+from services.bus import Bus, Consumer, Endpoints, Options, Records, Runtime, Telemetry, limits, serve, until_done
 from services.bus.admission import AdmissionLimits
 from services.bus.settings import FromEnv, ServiceSettings, env
 from services.lifecycle.autosleep import AutoSleep
@@ -121,8 +121,8 @@ async def setup(rt: Runtime, settings: Settings) -> None:
     await rt.bus.declare_streams("platform", "commands")
     bucket = await rt.bus.bucket(subjects.BUCKET_DESIRED, WorkloadRecord, history=limits.DESIRED_HISTORY)
     lifecycle = Lifecycle(settings, rt.bus, bucket, rt.telemetry)
-    await lifecycle.desired.migrate()
-    await lifecycle.desired.keep()
+    await until_done("moving records to their cluster's keys", lifecycle.desired.migrate)
+    await until_done("loading the desired state", lifecycle.desired.keep)
     rt.on_stop(lifecycle.desired.stop)
     await lifecycle.workloads.republish_pending()
     lifecycle.install(rt.endpoints)

@@ -12,6 +12,9 @@ class Proxy:
         self.server: asyncio.Server | None = None
         self.port = 0
         self.up = True
+        self.greet_delay = 0.0
+        """Seconds each new link waits before the server is dialled (its greeting comes that much later: a
+        server busy with a reconnect storm)."""
         self.links: set[asyncio.Task[None]] = set()
         self.writers: set[asyncio.StreamWriter] = set()
 
@@ -28,6 +31,8 @@ class Proxy:
         if not self.up:
             writer.close()
             return
+        if self.greet_delay:
+            await asyncio.sleep(self.greet_delay)
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
