@@ -36,7 +36,7 @@ from schemas.messages import (
 from schemas.names import check_name
 from services.access import logic
 from services.access.people import People
-from services.bus import Bus, Endpoints, Options, Records, Runtime, serve
+from services.bus import Bus, Endpoints, Options, Records, Runtime, View, serve, until_done
 from services.bus.settings import FromEnv, ServiceSettings, env
 
 logger = logging.getLogger(__name__)
@@ -68,6 +68,19 @@ class Access:
         self.tokens = tokens
         self.teams = teams
         self.members = members
+        self.kept: tuple[View[TeamRecord], View[Membership]] | None = None
+        """Every team and membership, kept in the process (``keep``) for ``visible``."""
+
+    async def keep(self) -> None:
+        """Keep every team and membership in the process (``Records.view``): ``visible``, asked on every list
+        (the web UI's pages, the CLI), needs all of them, and read from the buckets each time that was two
+        scans of every project's record per request."""
+        self.kept = (await self.teams.view(), await self.members.view())
+
+    async def stop(self) -> None:
+        kept, self.kept = self.kept, None
+        for view in kept or ():
+            await view.stop()
 
     # --- lookups ---------------------------------------------------------------------------
     async def _user(self, name: str) -> UserRecord:
@@ -237,11 +250,16 @@ class Access:
 
     async def visible(self, req: NameRequest) -> VisibleProjects:
         user = await self._user(req.name)
-        # Scans every team and every membership: fine for hundreds of projects. At
-        # scale, keep a per-user index (user -> projects) maintained by member_set.
-        teams = logic.teams_of(user.name, (await self.teams.items()).values())
-        memberships = (await self.members.items()).values()
-        projects = logic.visible_projects(user.name, memberships, teams)
+        if self.kept is None:
+            await self.keep()
+        assert self.kept is not None
+        teams_kept, members_kept = self.kept
+        # A member added a moment ago, by another replica too, sees the project in the list that follows.
+        await teams_kept.caught_up()
+        await members_kept.caught_up()
+        # Every membership still, in memory: a per-user index pays off only at many thousands of projects.
+        teams = logic.teams_of(user.name, teams_kept.values())
+        projects = logic.visible_projects(user.name, members_kept.values(), teams)
         return VisibleProjects(all=user.platform_admin, projects=projects)
 
 
@@ -267,9 +285,12 @@ async def setup(rt: Runtime, settings: Settings) -> None:
     teams = await rt.bus.bucket(subjects.BUCKET_TEAMS, TeamRecord, history=5)
     members = await rt.bus.bucket(subjects.BUCKET_MEMBERS, Membership, history=5)
     access = Access(rt.bus, users, tokens, teams, members)
+    await until_done("loading teams and memberships", access.keep)
+    rt.on_stop(access.stop)
     if settings.admin_token_file is not None:
         token = settings.admin_token_file.read_text().strip()
-        await access.bootstrap_admin(AdminBootstrap(name=settings.admin_name, token=token))
+        admin = AdminBootstrap(name=settings.admin_name, token=token)
+        await until_done("making the first platform admin", lambda: access.bootstrap_admin(admin))
     install(access, rt.endpoints)
 
 
