@@ -12,7 +12,7 @@ import logging
 from agent.bus import Connection, request
 from schemas.errors import Internal, NoResponders, Overloaded, TetherError, Unavailable
 from schemas.messages import M, Message
-from schemas.retrying import Retries
+from schemas.retrying import NOT_LISTENING_BACKOFF, Retries
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +29,15 @@ async def call(
     *,
     timeout: float,
     failures: list[TetherError] | None = None,
+    not_listening: tuple[float, float] = NOT_LISTENING_BACKOFF,
 ) -> M:
     """Request until the platform answers; Unavailable (and Internal) are asked again (``Retries``), a busy
     platform's ``Overloaded`` after the retry-after it gives (with jitter).
 
-    Each retried failure but ``Overloaded`` is appended to ``failures`` when given.
+    Each retried failure but ``Overloaded`` is appended to ``failures`` when given. ``not_listening``: (base,
+    cap) seconds between attempts nobody listens to.
     """
-    retries = Retries(RETRY_BACKOFF)
+    retries = Retries(RETRY_BACKOFF, not_listening)
     while True:
         try:
             return await request(conn, subject, message, reply_type, timeout)

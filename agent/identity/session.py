@@ -40,11 +40,14 @@ from schemas.messages import (
     ControlNotice,
     decode,
 )
+from schemas.retrying import NOT_LISTENING_BACKOFF
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
 """Used when the platform's welcome carries no usable interval."""
+MAX_UNHEARD_BACKOFF = 60.0
+"""The longest wait between unheard hellos a welcome may ask for (a larger one is ignored: the default holds)."""
 PATIENT_TIMEOUT = 30.0
 """Seconds to wait for the hello's (and the bootstrap's) answer. After a platform restart every agent says
 hello at once; asking again after a short timeout does not get an answer sooner (the first request is still
@@ -120,6 +123,8 @@ class Session:
         self.heartbeat_interval = settings.heartbeat_interval or DEFAULT_HEARTBEAT_INTERVAL
         self.consumer = ""
         """The command consumer the platform's last welcome said it made sure of ("" when it named none)."""
+        self.not_listening = NOT_LISTENING_BACKOFF
+        """(base, cap) seconds between hellos nobody listens to; the cap as the last welcome sized it."""
         self.consumer_bound: Callable[[], bool] = lambda: False
         """Whether the command consumer is bound and found by its fetches (told in each hello)."""
         self.reconnected = asyncio.Event()
@@ -241,6 +246,7 @@ class Session:
                 message,
                 AgentWelcome,
                 timeout=max(PATIENT_TIMEOUT, self.settings.request_timeout),
+                not_listening=self.not_listening,
             )
         except TetherError as exc:
             text = exc.description
@@ -251,6 +257,8 @@ class Session:
 
     def _welcomed(self, welcome: AgentWelcome) -> None:
         self.consumer = welcome.consumer
+        if NOT_LISTENING_BACKOFF[1] <= welcome.unheard_backoff <= MAX_UNHEARD_BACKOFF:
+            self.not_listening = (NOT_LISTENING_BACKOFF[0], welcome.unheard_backoff)
         if self.settings.heartbeat_interval is not None:
             interval = self.settings.heartbeat_interval
         elif 0 < welcome.heartbeat_interval <= 3600:

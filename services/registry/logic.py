@@ -26,6 +26,7 @@ from schemas.messages import (
     Quota,
 )
 from schemas.names import check_labels, check_name
+from schemas.retrying import NOT_LISTENING_BACKOFF
 
 CREDENTIAL_PREFIX = "tac"
 MAX_TEXT = 1024
@@ -200,6 +201,18 @@ def check_protocol(hello: AgentHello) -> None:
             f"this platform no longer has: it delivers them from the desired state (protocol {AGENT_PROTOCOL}); "
             f"upgrade the agent to this platform's version"
         )
+
+
+UNHEARD_RATE = 1000.0
+"""Requests a second a whole fleet may send, in all, while nobody answers them (``unheard_backoff``)."""
+
+
+def unheard_backoff(clusters: int) -> float:
+    """The longest wait between an agent's attempts while nobody listens, for a fleet of ``clusters``: the
+    fleet's waits are uniform between half of it and all of it (``backoff_delay``), 3/4 of it on average, so
+    the fleet asks ``UNHEARD_RATE`` times a second at most; never under the agents' own 2 s (a small fleet is
+    back at once), never over 30 s."""
+    return min(30.0, max(NOT_LISTENING_BACKOFF[1], clusters / (0.75 * UNHEARD_RATE)))
 
 
 def admit(record: ClusterRecord, hello: AgentHello) -> ClusterRecord:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import pytest
 
 from schemas import subjects
 from schemas.errors import Overloaded, Unauthenticated
 from schemas.messages import AGENT_PROTOCOL, AgentHello, ClusterRecord
+from schemas.retrying import NOT_LISTENING_BACKOFF
 from services.bus import Endpoints
 from services.bus.admission import Admission, AdmissionLimits
 from services.bus.memory import MemoryBus
@@ -120,3 +122,40 @@ async def test_a_disconnected_clusters_hello_is_refused() -> None:
     await reg.clusters.update("gone", logic.disconnect(found[0], 1.0), found[1])
     with pytest.raises(Unauthenticated):
         await reg.hello(hello("gone", bound=True), "gone")
+
+
+async def test_a_reconnect_hello_is_answered_from_the_kept_records_and_anything_else_reads_the_bucket() -> None:
+    bus = MemoryBus()
+    reg = await registry(bus, Settings(), ["c1", "c2"])
+    reg.kept = await reg.clusters.view()
+    reads: list[str] = []
+    get = reg.clusters.get
+
+    async def counted(key: str) -> tuple[ClusterRecord, int] | None:
+        reads.append(key)
+        return await get(key)
+
+    reg.clusters.get = counted  # type: ignore[method-assign]
+    welcome = await reg.hello(hello("c1", bound=True), "c1")
+    assert welcome.cluster == "c1" and reads == [], "a reconnect costs no read"
+    newer = msgspec.structs.replace(hello("c1", bound=True), agent_version="9.9")
+    await reg.hello(newer, "c1")
+    assert reads == ["c1"], "a change is read and written, never decided on the copy"
+    assert (await get("c1") or (None, 0))[0].agent_version == "9.9"  # type: ignore[union-attr]
+    wrong = msgspec.structs.replace(hello("c2", bound=True), credential="stolen")
+    with pytest.raises(Unauthenticated):
+        await reg.hello(wrong, "c2")
+    assert reads[-1] == "c2", "a refusal is decided on the bucket's record"
+    found = await get("c2")
+    assert found is not None
+    await reg.clusters.update("c2", logic.disconnect(found[0], 1.0), found[1])
+    with pytest.raises(Unauthenticated):
+        await reg.hello(hello("c2", bound=True), "c2")
+
+
+async def test_the_welcome_sizes_the_unheard_backoff_to_the_fleet() -> None:
+    small = await registry(MemoryBus(), Settings(), ["c1"])
+    small.kept = await small.clusters.view()
+    assert (await small.hello(hello("c1", bound=True), "c1")).unheard_backoff == NOT_LISTENING_BACKOFF[1]
+    assert logic.unheard_backoff(10_000) == pytest.approx(13.33, abs=0.01)  # 1,000 unheard requests a second
+    assert logic.unheard_backoff(10**7) == 30.0
