@@ -37,6 +37,7 @@ from agent.bus import NatsIdentity
 from agent.bus.dial import UserCreds
 from agent.drivers.sim import read_state
 from schemas import subjects
+from schemas.errors import Unavailable
 from schemas.messages import (
     ClusterConnectInfo,
     ClusterCreate,
@@ -85,7 +86,8 @@ PROD_ENV = {
     "TETHER_SWEEP_INTERVAL": "1",
     "TETHER_FLUSH_INTERVAL": "2",
     "TETHER_SLEEP_CHECK_INTERVAL": "15",
-    "TETHER_LOG_LEVEL": "WARNING",
+    # INFO shows each service's start-up steps (``--keep`` keeps the logs); it costs CPU under load.
+    "TETHER_LOG_LEVEL": os.environ.get("TETHER_BENCH_LOG_LEVEL", "WARNING"),
 }
 PROJECT = "bench"
 IDLE_CPU_WINDOW = 5.0
@@ -1040,7 +1042,11 @@ class Bench:
                 log(f"stats: {exc!r}")
                 continue
             if not back and stats["reconnected"] >= self.n and stats["connected"] >= self.n:
-                presence = await self.presence()
+                try:
+                    presence = await self.presence()
+                except Unavailable as exc:  # health still starting (it loads every cluster's presence first)
+                    log(f"(5) presence not read: {exc.description}")
+                    continue
                 if sum(1 for p in presence.values() if p.online and p.last_seen > t0) >= self.n:
                     back = now
                     log(f"(5) all agents back after {back - t0:.1f}s")
@@ -1104,6 +1110,7 @@ class Bench:
                 with contextlib.suppress(Exception):
                     await self.nc.request(f"$SRV.PING.tether-{name}", b"", timeout=0.5)
                     self.answering[name] = time.time() - t0
+                    log(f"(5) {name} answers after {self.answering[name]:.1f}s")
             await asyncio.sleep(0.1)
 
     async def restart_profile(self, t0: float, cpu_start: dict[str, float]) -> dict[str, Any]:
