@@ -83,11 +83,12 @@ class BusSettings(FromEnv):
     request_timeout: float = env("TETHER_REQUEST_TIMEOUT", 5.0)
     """Seconds to wait for a reply from another service."""
 
-    connect_timeout: int = env("TETHER_NATS_CONNECT_TIMEOUT", 10)
-    """Seconds one attempt to connect (or reconnect) may take, handshake included. Patient: a service started
-    or reconnecting while 10,000 agents reconnect waits its turn in that queue, and with 2 s an attempt it gave
-    up each time and joined the back of the queue again (the services answered only after the last agent, 34 s
-    after NATS restarted). The price: a server that accepts and never answers holds a reconnect that long."""
+    connect_timeout: int = env("TETHER_NATS_CONNECT_TIMEOUT", 2)
+    """Seconds one attempt to connect (or reconnect) may take, handshake included. Short on purpose, measured:
+    with 10 s the services got in while 10,000 agents were reconnecting after a restart of NATS, and then not
+    one of their JetStream requests was answered for over a minute (two runs of two; nats-server's JetStream
+    API idle, 9,956 of its 10,002 read loops waiting for a CPU); with 2 s their handshakes gave up until the
+    storm had passed and they answered 36-43 s after NATS started (tests/bench/RESULTS.md, seventh stop)."""
 
     @property
     def servers(self) -> list[str]:
