@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -38,12 +37,6 @@ WRONG_LAST_SEQUENCE = 10071
 EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_LAST_OF = "Nats-Expected-Last-Subject-Sequence-Subject"
 """With ``EXPECTED_LAST``: the subjects (wildcards allowed) whose newest message the expectation is about."""
-MULTI_LAST_MAX = 1024
-"""Keys one batched direct get of their last entries may name (nats-server answers 413 beyond)."""
-NO_RESULTS, END_OF_BATCH = "404", "204"
-"""A batched direct get's statuses: no key matched; the batch is complete."""
-DIRECT_WAIT = 2.0
-"""Seconds a batched direct get is waited for before the keys are read through a consumer instead."""
 
 
 def _removed(headers: dict[str, str] | None, data: bytes | None) -> bool:
@@ -162,59 +155,6 @@ class Bucket(Records[M]):
         if not state.messages:
             return {}
         return await self._last_entries(">", lambda msg: msg.metadata.sequence.stream >= state.last_seq, timeout)
-
-    async def items_under(self, prefix: str, timeout: float = 10.0) -> dict[str, M]:
-        """Every live record whose key starts with ``prefix`` (a whole first token and its dot: ``"c1."``),
-        without reading the bucket's other keys.
-
-        Where the bucket allows direct gets, one batched direct get of the last entry of each such key (no
-        consumer, no JetStream API queue); beyond ``MULTI_LAST_MAX`` keys, or without direct gets (replicas:
-        reads stay with the leader), a short-lived ordered consumer filtered on those keys.
-        """
-        if not prefix.endswith(".") or prefix.count(".") != 1 or any(c in prefix for c in "*> "):
-            raise InvalidInput(f"not a key prefix of one whole token: {prefix!r}")
-        if self.kv._direct:
-            found = await self._last_per_key(prefix, min(timeout, DIRECT_WAIT))
-            if found is not None:
-                return found
-        js: JetStreamContext = self.kv._js
-        info = await js.stream_info(self.kv._stream, subjects_filter=f"{self.kv._pre}{prefix}>")
-        if not info.state.subjects:
-            return {}
-        # The last entry of each key first (one message per key, then any written since): the last of them
-        # says nothing is pending.
-        return await self._last_entries(f"{prefix}>", lambda msg: msg.metadata.num_pending == 0, timeout)
-
-    async def _last_per_key(self, prefix: str, timeout: float) -> dict[str, M] | None:
-        """The live records under ``prefix`` by one batched direct get (``multi_last``); None when the server
-        would not give them in one batch (more keys than ``MULTI_LAST_MAX``: it answers 413) or did not answer."""
-        js: JetStreamContext = self.kv._js
-        nc, pre = js._nc, self.kv._pre
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
-        request = {"multi_last": [f"{pre}{prefix}>"], "batch": MULTI_LAST_MAX}
-        out: dict[str, M] = {}
-        try:
-            await nc.publish(f"{js._prefix}.DIRECT.GET.{self.kv._stream}", json.dumps(request).encode(), inbox)
-            async with asyncio.timeout(timeout):
-                while True:
-                    msg = await sub.next_msg(timeout=timeout)
-                    headers = msg.headers or {}
-                    status = headers.get("Status")
-                    if status == NO_RESULTS:
-                        return out
-                    if status == END_OF_BATCH:
-                        # Keys left beyond the batch: read them the other way.
-                        return out if headers.get("Nats-Num-Pending", "0") == "0" else None
-                    if status is not None:
-                        logger.debug("bucket %s: batched get of %r answered %s", self.kv._name, prefix, status)
-                        return None
-                    self._take(out, headers.get("Nats-Subject", "")[len(pre) :], headers, msg.data)
-        except (TimeoutError, NatsTimeout):
-            logger.warning("bucket %s: no answer to a batched get of %r; reading it otherwise", self.kv._name, prefix)
-            return None
-        finally:
-            await sub.unsubscribe()
 
     async def _last_entries(self, keys: str, last: Callable[[Msg], bool], timeout: float) -> dict[str, M]:
         """The live records of ``keys`` (a key pattern) through an ordered consumer of the last entry per key,

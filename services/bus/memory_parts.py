@@ -217,10 +217,6 @@ class MemoryRecords(Records[M]):
     async def items(self, timeout: float = 10.0) -> dict[str, M]:
         return {key: decode(data, self.type) for key, (data, _) in self._data.items()}
 
-    async def items_under(self, prefix: str, timeout: float = 10.0) -> dict[str, M]:
-        # Like the NATS bucket: only those keys are read (decoded).
-        return {key: decode(data, self.type) for key, (data, _) in self._data.items() if key.startswith(prefix)}
-
     async def view(self, keep: Keep[M] | None = None) -> View[M]:
         kept = MemoryView(self, keep)
         for key, (data, revision) in sorted(self._data.items(), key=lambda item: item[1][1]):

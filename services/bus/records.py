@@ -163,11 +163,6 @@ class Records(ABC, Generic[M]):
         """A ``View`` of this bucket, loaded (Unavailable when it could not be within the bucket's read timeout);
         ``keep`` leaves records out of it. Stop it with ``View.stop``."""
 
-    async def items_under(self, prefix: str, timeout: float = 10.0) -> dict[str, M]:
-        """Every live record whose key starts with ``prefix``, a whole first token and its dot (``"c1."``).
-        Buckets that can read those keys alone do (``Bucket``); this default reads them all."""
-        return {key: value for key, value in (await self.items(timeout)).items() if key.startswith(prefix)}
-
     async def keys(self) -> list[str]:
         return list(await self.items())
 

@@ -148,7 +148,6 @@ async def test_an_inventory_reads_its_own_clusters_records_from_the_kept_ones(bu
         raise AssertionError("the bucket was read for one cluster's records")
 
     store.bucket.items = read_the_bus  # type: ignore[method-assign]
-    store.bucket.items_under = read_the_bus  # type: ignore[method-assign]
     got = await store.cluster_records("c1")
     assert sorted(r.spec.name for r in got) == ["t1", "t2"]
     assert await store.cluster_records("c3") == []
