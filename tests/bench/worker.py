@@ -88,9 +88,13 @@ class BenchAgent(Agent):
         fetch = queue.next
 
         async def gated() -> Any:
-            # While the gate is closed the agent stays connected and heartbeats, but fetches nothing.
+            # While the gate is closed the agent stays connected and heartbeats, but fetches nothing; and what a
+            # pull already waiting when it closed brings is held until it opens (an idle agent is always inside
+            # such a pull: without this, phase 5's "pending" commands were applied before the restart).
             await self.gate.wait()
-            return await fetch()
+            got = await fetch()
+            await self.gate.wait()
+            return got
 
         queue.next = gated  # type: ignore[method-assign]
         self.connection.on_reconnected(self._note_reconnect)
