@@ -36,14 +36,18 @@ STREAM_NOT_FOUND = 10059
 """JetStream's error code for a missing stream (a missing consumer is 10014)."""
 STREAM_NAME_IN_USE = 10058
 """JetStream's error when a stream was created concurrently (by another replica) with another config."""
+STORE_FAILED = 10049
+"""JetStream's "error creating store for stream": seen when several services created the same stream at the
+same moment (CI, the test rig's five services starting at once); the next look finds the stream made."""
 
 T = TypeVar("T")
 
 
 def _passing(exc: Exception) -> bool:
     """Errors that pass on a JetStream cluster: the server is busy, the meta leader is being elected, or two
-    replicas declared the same stream at once (the server answers only one of them; the other times out)."""
-    return patience.busy(exc) or (isinstance(exc, APIError) and exc.err_code == STREAM_NAME_IN_USE)
+    services declared the same stream at once (the server answers only one of them; another times out or is
+    told the store could not be made)."""
+    return patience.busy(exc) or (isinstance(exc, APIError) and exc.err_code in (STREAM_NAME_IN_USE, STORE_FAILED))
 
 
 async def _declare(what: str, step: Callable[[], Awaitable[T]], deadline: float = DECLARE_DEADLINE) -> T:

@@ -92,7 +92,12 @@ async def test_a_clusters_history_lists_its_transitions_newest_first(stack: Stac
     agent.stop()
     await stack.wait_online("c1", online=False)
 
-    history = await stack.ok("GET", "/api/v1/clusters/c1/events")
+    # Health writes the presence, then publishes the event: the history may be a moment behind the presence.
+    async def offline_listed() -> dict[str, Any] | None:
+        got = await stack.ok("GET", "/api/v1/clusters/c1/events")
+        return got if got["items"] and got["items"][0]["kind"] == "offline" else None
+
+    history = await wait_for(offline_listed, timeout=10, what="the offline event in c1's history")
     # "connected" (registry, on the agent's hello) and "online" (health, on its first heartbeat) may race.
     order = [e["kind"] for e in history["items"]]
     assert order[0] == "offline" and order[-1] == "registered" and sorted(order[1:3]) == ["connected", "online"], order
