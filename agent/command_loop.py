@@ -34,6 +34,8 @@ LEFT_OUT_OBJECTS = 10_000
 RECORD_TIMEOUT = 5.0
 """Seconds to wait for lifecycle's answer to a result (it answers a queued one within 2 s or says when to
 come back)."""
+LINK_WAIT = 60.0
+"""Seconds a result waits for a link that is down before it is asked anyway (and fails, and is retried)."""
 STATUS_INTERVAL = 2.0
 """Seconds at most between two looks at the workloads' status (a tenant becoming Ready is reported within it)."""
 
@@ -97,6 +99,10 @@ class CommandLoop:
 
     async def _record(self, result: CommandResult) -> ResultRecorded:
         async with self._one_result:
+            # Asked once the link is back, not into an outage: there each attempt timed out and doubled the
+            # next wait (up to 10 s), and a result applied just before NATS restarted was recorded ~20 s
+            # after the others (a restart at 10,000 agents: the last of 1,000 pending at 56 s, p90 36 s).
+            await self._conn.linked(LINK_WAIT)
             answer = await self._conn.request(
                 self._result_subject, self.left_out.attach(result), ResultRecorded, RECORD_TIMEOUT
             )

@@ -44,6 +44,10 @@ class Connection:
         self._inbox_prefix: str | None = None
         self.events = LinkEvents(name)
         self.events.connected_url = lambda: self.connected_url
+        self._up = asyncio.Event()
+        """Set while the link is up: from the first connect, cleared at a drop, set again at the reconnect."""
+        self.events.on_disconnected.append(self._up.clear)
+        self.events.on_reconnected.append(self._up.set)
 
     @property
     def refused(self) -> asyncio.Event:
@@ -67,6 +71,7 @@ class Connection:
         """Connect, retrying forever with jittered backoff (``Dialer.dial``)."""
         self._nc = await Dialer(settings, self.events, identity, self._inbox_prefix).dial()
         self.events.established = True
+        self._up.set()
         logger.info("nats (%s): connected to %s", self.name, self.connected_url or "?")
 
     async def force_reconnect(self) -> None:
@@ -84,6 +89,17 @@ class Connection:
     @property
     def is_connected(self) -> bool:
         return self._nc is not None and self._nc.is_connected
+
+    async def linked(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the link to be up; whether it is. A request made while it is down waits
+        its whole timeout for nothing (nats-py buffers it, the answer cannot come), and a caller that counts
+        that as the service's slowness backs off further with every attempt of a long outage."""
+        if self.is_connected:
+            return True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._up.wait()
+        return self.is_connected
 
     @property
     def connected_url(self) -> str | None:
