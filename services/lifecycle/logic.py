@@ -473,12 +473,20 @@ def confirm_deleted(record: WorkloadRecord, now: float) -> WorkloadRecord:
     return with_conditions(msgspec.structs.replace(record, observed=observed, updated_at=now, earlier=()), now)
 
 
+ACTIVITY_RESOLUTION = 1.0
+"""Seconds by which reported activity must pass the recorded one to be written. A create or a wake records
+its own activity; the agent's apply of it, reported by the next inventory milliseconds later, is the same
+event, and writing it cost one fsynced write per tenant (a restart at 10,000 agents right after 1,000 creates:
+964 of the 1,964 record writes, in the inventories' one-at-a-time pass). Auto-sleep and the shown "last
+activity" work in minutes."""
+
+
 def touch(record: WorkloadRecord, last_activity: float, now: float) -> WorkloadRecord | None:
     """The record with the activity an agent reported (clamped to ``now``); None when it is not newer, or
     while the record asks its cluster for a generation (``asks``: written again, it would be a copy of the
     command at a later position of the stream; the next inventory records the activity)."""
     last_activity = agent_time(last_activity, now)
-    if last_activity <= record.last_activity or asks(record):
+    if not newer_activity(last_activity, record) or asks(record):
         return None
     return msgspec.structs.replace(record, last_activity=last_activity)
 
@@ -494,9 +502,14 @@ def activity_updates(desired: Iterable[WorkloadRecord], items: Iterable[Inventor
         if record is None:
             continue
         at = agent_time(item.last_activity, now)
-        if at > record.last_activity:
+        if newer_activity(at, record):
             out[workload_key(record.spec)] = at
     return out
+
+
+def newer_activity(at: float, record: WorkloadRecord) -> bool:
+    """Whether activity at ``at`` is news to ``record``: at least ``ACTIVITY_RESOLUTION`` after what it holds."""
+    return at >= record.last_activity + ACTIVITY_RESOLUTION
 
 
 def due_for_sleep(record: WorkloadRecord, now: float) -> bool:

@@ -147,6 +147,21 @@ def test_touch_clamps_to_now_and_never_goes_back() -> None:
     assert logic.touch(r, NOW - 100, NOW + 3) is None
 
 
+def test_activity_within_the_resolution_of_the_recorded_one_is_not_written() -> None:
+    """The apply of a create, reported milliseconds after the create recorded its own activity, is no news."""
+    r, _ = logic.observe(tenant(), result(tenant()), NOW)
+    just_after = r.last_activity + logic.ACTIVITY_RESOLUTION / 100
+    assert logic.touch(r, just_after, NOW + 60) is None
+    item = InventoryItem(kind="tenant", project="p1", name="t1", generation=1, state="running", last_activity=0.0)
+    assert logic.activity_updates([r], [msgspec.structs.replace(item, last_activity=just_after)], NOW + 60) == {}
+    later = r.last_activity + logic.ACTIVITY_RESOLUTION
+    touched = logic.touch(r, later, NOW + 60)
+    assert touched is not None and touched.last_activity == later
+    assert logic.activity_updates([r], [msgspec.structs.replace(item, last_activity=later)], NOW + 60) == {
+        logic.workload_key(r.spec): later
+    }
+
+
 def test_touch_leaves_a_record_that_waits_for_its_cluster_alone() -> None:
     """Activity written into a record whose generation is not applied yet would be a copy of the command at
     a later position of the stream (``logic.asks``): left for the next inventory."""
