@@ -20,6 +20,7 @@ import os
 import platform as pyplatform
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -343,6 +344,11 @@ class Bench:
 
     # --- the run ----------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
+        # A SIGTERM (``timeout``, a CI job's end) stops the run like Ctrl-C does: through the cleanup, so no
+        # nats-server, service or agent worker is left behind.
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         try:
             await self._run()
         finally:
@@ -1337,7 +1343,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args)
     try:
         results = asyncio.run(bench.run())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         return 130
     results["targets"] = targets(results)
     print(render(results))
