@@ -43,7 +43,8 @@ async def connect(settings: BusSettings, name: str) -> Client:
     pick, reset = _jittered_reconnects()
 
     async def on_error(exc: Exception) -> None:
-        logger.warning("nats (%s): %s", name, exc)
+        # A connect that timed out is a bare TimeoutError: its text is empty, so say what it was.
+        logger.warning("nats (%s): %s", name, str(exc) or type(exc).__name__)
 
     async def on_reconnected() -> None:
         await reset()
