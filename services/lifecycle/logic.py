@@ -482,7 +482,8 @@ activity" work in minutes."""
 
 
 def touch(record: WorkloadRecord, last_activity: float, now: float) -> WorkloadRecord | None:
-    """The record with the activity an agent reported (clamped to ``now``); None when it is not newer, or
+    """The record with the activity an agent reported (clamped to ``now``); None when it is not newer (by
+    ``ACTIVITY_RESOLUTION``), or
     while the record asks its cluster for a generation (``asks``: written again, it would be a copy of the
     command at a later position of the stream; the next inventory records the activity)."""
     last_activity = agent_time(last_activity, now)

@@ -527,11 +527,11 @@ async def setup(rt: Runtime, settings: Settings) -> None:
     steps = Steps(rt.meter("tether.registry"))
     registry = Registry(settings, rt.bus, clusters, uids, projects, trust, sys_bus, steps)
     rt.on_stop(registry.new_consumers.close)
-    # After the endpoints are served, not before: the push reads every record (10,000 at 10,000 clusters) while
-    # a restarted platform's agents wait for their hellos. The server keeps the last pushed account in its
-    # resolver across restarts, so this push only makes sure of it; a push of a disconnect meanwhile is not
-    # undone by it (``_pushing``).
     await keep_clusters(rt, registry)
+    # Beside the endpoints, not before them: the push reads every record from the bucket (removed clusters too,
+    # which the kept records leave out) while a restarted platform's agents wait for their hellos. The server
+    # keeps the last pushed account in its resolver across restarts, so this push only makes sure of it; a push
+    # of a disconnect meanwhile is not undone by it (``_pushing``).
     rt.task("revocations", registry.push_revocations_at_start)
     install(registry, rt.endpoints)
 
