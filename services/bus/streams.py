@@ -44,10 +44,13 @@ T = TypeVar("T")
 
 
 def _passing(exc: Exception) -> bool:
-    """Errors that pass on a JetStream cluster: the server is busy, the meta leader is being elected, or two
+    """Errors that pass on a JetStream cluster: the server is busy, the meta leader is being elected, two
     services declared the same stream at once (the server answers only one of them; another times out or is
-    told the store could not be made)."""
-    return patience.busy(exc) or (isinstance(exc, APIError) and exc.err_code in (STREAM_NAME_IN_USE, STORE_FAILED))
+    told the store could not be made), or a stream just made is not found yet (the next try looks again, and
+    creates it if it really is missing)."""
+    return patience.busy(exc) or (
+        isinstance(exc, APIError) and exc.err_code in (STREAM_NAME_IN_USE, STORE_FAILED, STREAM_NOT_FOUND)
+    )
 
 
 async def _declare(what: str, step: Callable[[], Awaitable[T]], deadline: float = DECLARE_DEADLINE) -> T:
