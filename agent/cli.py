@@ -19,6 +19,7 @@ from agent import VERSION
 from agent.errors import AgentError
 from agent.running import planned_cluster, run
 from agent.settings import DRIVERS, AgentSettings
+from schemas.loop_reports import quiet_cancellations
 
 logger = logging.getLogger("agent")
 
@@ -182,13 +183,13 @@ async def _serve(settings: AgentSettings) -> int:
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop's event loop where it is installed (Linux, macOS), with the standard library's TLS for the
     connections the agent opens (``agent.eventloop``: uvloop's own drops an exec's last output); the standard
-    loop elsewhere."""
+    loop elsewhere. A cancellation nobody retrieved is reported at DEBUG only (``schemas.loop_reports``)."""
     try:
         from agent.eventloop import AgentLoop
     except ImportError:
-        return asyncio.new_event_loop()
+        return quiet_cancellations(asyncio.new_event_loop())
     loop: asyncio.AbstractEventLoop = AgentLoop()
-    return loop
+    return quiet_cancellations(loop)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,8 @@ import signal
 from collections.abc import Coroutine
 from typing import Any
 
+from schemas.loop_reports import quiet_cancellations
+
 logger = logging.getLogger(__name__)
 
 EXIT_BUS_LOST = 3
@@ -61,13 +63,14 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop's event loop where it is installed (Linux, macOS), the standard one elsewhere.
 
     Every service spends most of its CPU in the event loop and socket I/O (a dozen NATS round trips per
-    command); uvloop does that part in C.
+    command); uvloop does that part in C. A cancellation nobody retrieved is reported at DEBUG only
+    (``schemas.loop_reports``).
     """
     try:
         import uvloop
     except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+        return quiet_cancellations(asyncio.new_event_loop())
+    return quiet_cancellations(uvloop.new_event_loop())
 
 
 def run_main(main: Coroutine[Any, Any, None]) -> None:
