@@ -283,10 +283,9 @@ class AgentWelcome(Message, frozen=True, tag="agent-welcome.v1"):
 
 
 class ControlNotice(Message, frozen=True, tag="control-notice.v1"):
-    """Core-NATS notice to one agent: ``revoked`` (its cluster was disconnected: stop), or ``listening`` (the
-    registry has started: a hello nobody listened to is asked again now, not after the unheard backoff)."""
+    """Core-NATS notice to one agent."""
 
-    kind: Literal["revoked", "listening"]
+    kind: Literal["revoked"]
     reason: str = ""
 
 

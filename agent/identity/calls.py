@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 
 from agent.bus import Connection, request
 from schemas.errors import Internal, NoResponders, Overloaded, TetherError, Unavailable
@@ -19,10 +18,6 @@ logger = logging.getLogger(__name__)
 
 RETRY_BACKOFF = (0.5, 30.0)
 """(base, cap) seconds between attempts of a request the platform did not answer in time."""
-LISTENING_SPREAD = 0.25
-"""Of the unheard backoff's cap: an attempt woken by the registry's ``listening`` notice waits a random part of
-it first, so a fleet woken at once (every agent of a restarted platform) is spread over that time (3.3 s at
-10,000 clusters) instead of asking in the same millisecond."""
 
 
 async def call(
@@ -35,18 +30,14 @@ async def call(
     timeout: float,
     failures: list[TetherError] | None = None,
     not_listening: tuple[float, float] = NOT_LISTENING_BACKOFF,
-    listening: asyncio.Event | None = None,
 ) -> M:
     """Request until the platform answers; Unavailable (and Internal) are asked again (``Retries``), a busy
     platform's ``Overloaded`` after the retry-after it gives (with jitter).
 
     Each retried failure but ``Overloaded`` is appended to ``failures`` when given. ``not_listening``: (base,
-    cap) seconds between attempts nobody listens to; ``listening``, when given and set meanwhile, ends such a
-    wait early (``LISTENING_SPREAD``).
+    cap) seconds between attempts nobody listens to.
     """
     retries = Retries(RETRY_BACKOFF, not_listening)
-    if listening is not None:
-        listening.clear()  # a notice before the first attempt changes nothing: it goes at once
     while True:
         try:
             return await request(conn, subject, message, reply_type, timeout)
@@ -55,20 +46,7 @@ async def call(
             _log(what, exc, retries, delay)
             if failures is not None and not isinstance(exc, Overloaded):
                 failures.append(exc)
-            if listening is not None and isinstance(exc, NoResponders):
-                await _unheard_wait(delay, listening, not_listening[1] * LISTENING_SPREAD)
-            else:
-                await asyncio.sleep(delay)
-
-
-async def _unheard_wait(delay: float, listening: asyncio.Event, spread: float) -> None:
-    """``delay`` seconds, or less when ``listening`` is set (then a random part of ``spread``, never longer)."""
-    try:
-        await asyncio.wait_for(listening.wait(), delay)
-    except TimeoutError:
-        return
-    listening.clear()
-    await asyncio.sleep(random.uniform(0.0, min(spread, delay)))
+            await asyncio.sleep(delay)
 
 
 def _log(what: str, exc: Unavailable | Internal, retries: Retries, delay: float) -> None:

@@ -130,8 +130,6 @@ class Session:
         self.reconnected = asyncio.Event()
         """Set after every reconnect (and when the command consumer is missing): say hello again."""
         self._control: Subscription | None = None
-        self.listening = asyncio.Event()
-        """Set by the registry's ``listening`` notice: a hello waiting out the unheard backoff asks now."""
 
     @property
     def connection(self) -> Connection:
@@ -249,7 +247,6 @@ class Session:
                 AgentWelcome,
                 timeout=max(PATIENT_TIMEOUT, self.settings.request_timeout),
                 not_listening=self.not_listening,
-                listening=self.listening,
             )
         except TetherError as exc:
             text = exc.description
@@ -320,10 +317,9 @@ class Session:
                 # in their stream meanwhile, so nothing is dropped.
                 await self.connection.force_reconnect()
 
-    # --- notices --------------------------------------------------------------------------------
+    # --- revoke ---------------------------------------------------------------------------------
     async def control_notices(self) -> None:
-        """Obey control notices: ``revoked`` stops the agent (PermanentError); ``listening`` ends a hello's
-        unheard backoff."""
+        """Obey control notices: ``revoked`` stops the agent (PermanentError)."""
         assert self._control is not None
         async for incoming in self._control:
             try:
@@ -335,9 +331,6 @@ class Session:
                 reason = notice.reason or f"cluster {self.cluster!r} was disconnected from the platform"
                 logger.error("the platform revoked this agent: %s", reason)
                 raise PermanentError(f"{reason}; {reconnect_hint(self.cluster)}")
-            if notice.kind == "listening":
-                logger.debug("the registry listens again")
-                self.listening.set()
 
     async def refusal(self) -> None:
         """Until the broker refuses us for good (PermanentError) or closes the link for good (AgentError)."""

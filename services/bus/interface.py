@@ -7,7 +7,7 @@ for tests of a service's rules); ``tests/bus`` runs one suite against both.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -162,11 +162,6 @@ class Bus(ABC):
     ) -> None:
         """Publish without storing (nobody listening: nobody gets it); flushed before returning. Raises
         ``PayloadTooLarge`` for what the server would close the connection for."""
-
-    @abstractmethod
-    async def send_each(self, messages: Iterable[tuple[str, Message]]) -> None:
-        """``send`` each (subject, message) in order, flushed once at the end: a notice to every cluster is
-        one round trip to the server, not one per cluster."""
 
     @abstractmethod
     async def subscribe(

@@ -511,26 +511,6 @@ async def keep_clusters(rt: Runtime, registry: Registry) -> None:
     logger.info("%d cluster records loaded in %.1fs", len(view), time.monotonic() - began)
 
 
-async def say_listening(registry: Registry) -> None:
-    """Tell every connected cluster's agent that the registry listens (a ``listening`` control notice), once
-    it serves. After a restart of the platform the agents reconnect before the registry is back, are told at
-    once that nobody listens to their hellos, and wait out the unheard backoff the last welcome sized to the
-    fleet (up to 13.3 s at 10,000 clusters): the restart's last 14-15 s were that wait. Woken, they ask within
-    a quarter of it (``agent.identity.calls``), and the hellos' admission spaces what it cannot take at once.
-    Best effort: an agent that misses it asks after its backoff, as before."""
-    kept = registry.kept
-    if kept is None:
-        return
-    names = [record.name for record in kept.values() if record.state == "connected"]
-    notice = ControlNotice(kind="listening")
-    try:
-        await registry.bus.send_each((subjects.control(name), notice) for name in names)
-    except Exception as exc:  # the link is down again: the agents' backoff covers it
-        logger.warning("could not tell the agents the registry listens: %s", exc or type(exc).__name__)
-        return
-    logger.info("told the agents of %d connected clusters that the registry listens", len(names))
-
-
 async def setup(rt: Runtime, settings: Settings) -> None:
     await rt.bus.declare_streams("platform")
     # The registry creates each agent's consumer on the desired state's stream: it declares the bucket too (as
@@ -553,8 +533,6 @@ async def setup(rt: Runtime, settings: Settings) -> None:
     # keeps the last pushed account in its resolver across restarts, so this push only makes sure of it; a push
     # of a disconnect meanwhile is not undone by it (``_pushing``).
     rt.task("revocations", registry.push_revocations_at_start)
-    # A task starts once the endpoints are served: the notice never comes before the registry listens.
-    rt.task("listening", functools.partial(say_listening, registry))
     install(registry, rt.endpoints)
 
 

@@ -235,15 +235,3 @@ async def test_a_key_family_is_read_and_written_as_one(bus: Bus) -> None:
         await records.write_over("c.t.p.n", presence("c", 1), "*.t.p.n", b)  # the marker is newer
     await records.write_over("c.t.p.n", presence("c", 1), "*.t.p.n", marker.revision)
     assert await records.get("a.t.p.n") == (presence("a", 1), a)  # the old place keeps its own last value
-
-
-async def test_send_each_delivers_every_message_in_order(bus: Bus) -> None:
-    seen = Inbox()
-    sub = await bus.subscribe("contract.each.*", seen)
-    try:
-        await bus.send_each((f"contract.each.{name}", NameRequest(name=name)) for name in ("a", "b", "a", "c"))
-        await wait_for(lambda: len(seen.got) == 4, what="the four messages")
-        assert [d.decode(NameRequest).name for d in seen.got] == ["a", "b", "a", "c"]
-        assert [d.subject for d in seen.got][:2] == ["contract.each.a", "contract.each.b"]
-    finally:
-        await sub.stop()

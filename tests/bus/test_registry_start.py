@@ -12,7 +12,7 @@ import pytest
 
 from schemas import subjects
 from schemas.credentials import agent_inbox_prefix
-from schemas.messages import AGENT_PROTOCOL, AgentHello, AgentWelcome, ClusterRecord, ControlNotice, decode
+from schemas.messages import AGENT_PROTOCOL, AgentHello, AgentWelcome, ClusterRecord, decode
 from services.bus import Delivery, Service, ServiceSettings
 from services.bus.memory import MemoryBus
 from services.registry import logic
@@ -52,26 +52,3 @@ async def test_the_first_hello_after_a_start_reads_no_record(monkeypatch: pytest
         answer = await asyncio.wait_for(answers.get(), 5)
     assert decode(answer.data, AgentWelcome).cluster == "c1"
     assert reads == [], "answered from the records loaded before the endpoints were served"
-
-
-async def test_a_started_registry_tells_each_connected_cluster_it_listens() -> None:
-    """After a restart of the platform the agents wait out their unheard backoff (up to 13.3 s at 10,000
-    clusters) unless told: the registry tells each connected cluster's agent once it serves, and no other."""
-    memory = MemoryBus()
-    clusters = await memory.bucket(subjects.BUCKET_CLUSTERS, ClusterRecord, history=5)
-    for name, state in (("c1", "connected"), ("c2", "connected"), ("c3", "disconnected"), ("c4", "pending")):
-        await clusters.create(name, ClusterRecord(name=name, state=state))  # type: ignore[arg-type]
-    heard: asyncio.Queue[Delivery] = asyncio.Queue()
-    await memory.subscribe(f"{subjects.ROOT}.ctl.*", heard.put)
-    hello = AgentHello(cluster="c1", credential="x", cluster_uid="uid-c1", protocol=AGENT_PROTOCOL)
-    answers: asyncio.Queue[Delivery] = asyncio.Queue()
-    inbox = agent_inbox_prefix("c1")
-    await memory.subscribe(f"{inbox}.>", answers.put)
-    async with Service("registry", ServiceSettings(), lambda rt: registry.setup(rt, registry.Settings()), bus=memory):
-        told = [await asyncio.wait_for(heard.get(), 5) for _ in range(2)]
-        # By then it serves: a hello is answered (here refused: the credential is not c1's).
-        await memory.send(subjects.agent_call(subjects.Registry.AGENT_HELLO, "c1"), hello, reply=f"{inbox}.1")
-        await asyncio.wait_for(answers.get(), 5)
-    assert sorted(d.subject for d in told) == [subjects.control("c1"), subjects.control("c2")]
-    assert {decode(d.data, ControlNotice).kind for d in told} == {"listening"}
-    assert heard.empty()
