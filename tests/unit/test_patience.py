@@ -3,7 +3,6 @@ after any other error."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -12,15 +11,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from schemas.errors import Forbidden, Unavailable
 from services.bus import patience
 
-
-@pytest.fixture(autouse=True)
-def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
-    sleep = asyncio.sleep
-
-    async def no_sleep(_delay: float) -> None:
-        await sleep(0)
-
-    monkeypatch.setattr(patience.asyncio, "sleep", no_sleep)
+pytestmark = pytest.mark.usefixtures("patience_without_waiting")
 
 
 def failing(errors: list[Exception], result: str = "done") -> tuple[list[int], Callable[[], Awaitable[str]]]:

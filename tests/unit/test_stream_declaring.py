@@ -3,7 +3,6 @@ replica's first look, before the stream's group has a leader) is looked at again
 
 from __future__ import annotations
 
-import asyncio
 from types import SimpleNamespace
 from typing import Any
 
@@ -11,17 +10,9 @@ import pytest
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from schemas.messages import Presence
-from services.bus import limits, patience, streams
+from services.bus import limits, streams
 
-
-@pytest.fixture(autouse=True)
-def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
-    sleep = asyncio.sleep
-
-    async def no_sleep(_delay: float) -> None:
-        await sleep(0)
-
-    monkeypatch.setattr(patience.asyncio, "sleep", no_sleep)
+pytestmark = pytest.mark.usefixtures("patience_without_waiting")
 
 
 class JetStream:
