@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Unpack
 
 from schemas import subjects
-from schemas.errors import Conflict, InvalidInput, NotFound, Unauthenticated
+from schemas.errors import Conflict, InvalidInput, NotFound, Unauthenticated, Unavailable
 from schemas.messages import (
     AdminBootstrap,
     Authenticate,
@@ -141,7 +141,11 @@ class Access:
             held = await self.tokens.get(key)
             if held is not None and held[0].user != req.name:
                 raise Conflict(f"this token belongs to user {held[0].user!r}, not {req.name!r}") from None
-        user = await self._user(req.name)
+        found = await self.users.get(req.name)
+        if found is None:
+            # Another replica's create of it is not applied yet (see ``Bucket.create``): ask again shortly.
+            raise Unavailable(f"platform admin {req.name!r} is being created by another replica")
+        user = found[0]
         if not user.platform_admin:
             logger.warning("bootstrap: user %r exists but is not a platform admin", req.name)
         return Principal(user=user.name, platform_admin=user.platform_admin)

@@ -72,6 +72,10 @@ class Bucket(Records[M]):
             return self._wrote(key, value, await self.kv.create(key, encode(value)))
         except KeyWrongLastSequenceError:
             raise Conflict(f"{key!r} already exists") from None
+        except KeyNotFoundError:
+            # Refused because the key is taken, yet not there to read: on a cluster the stream's leader checks a
+            # create against writes it has proposed but not applied yet, so another creator's write is in flight.
+            raise Conflict(f"{key!r} is being created concurrently") from None
 
     async def update(self, key: str, value: M, revision: int) -> int:
         """Write ``key`` only if it is still at ``revision``; raise Conflict otherwise."""

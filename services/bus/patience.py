@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import APIError, ServiceUnavailableError
+from nats.js.errors import APIError, KeyValueError, ServiceUnavailableError
 
 from schemas.errors import Unavailable
 from schemas.retrying import backoff_delay
@@ -34,7 +34,8 @@ def busy(exc: Exception) -> bool:
     electing its meta leader."""
     if isinstance(exc, Unavailable | TimeoutError | NatsTimeout | NoRespondersError | ServiceUnavailableError):
         return True
-    return isinstance(exc, APIError) and exc.code in (None, 503)
+    # nats-py's key-value errors are APIErrors made without a code; none of them passes by waiting.
+    return isinstance(exc, APIError) and not isinstance(exc, KeyValueError) and exc.code in (None, 503)
 
 
 async def until_done(
