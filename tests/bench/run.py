@@ -62,7 +62,7 @@ from schemas.messages import (
 )
 from services.bus import call
 from services.platform.natsd import free_port
-from tests.bench import baseline, samewrites, steps, traffic
+from tests.bench import accepting, baseline, samewrites, steps, traffic
 from tests.bench.fleet import Fleet
 from tests.bench.http import LeanHttp
 from tests.bench.stats import (
@@ -1025,6 +1025,9 @@ class Bench:
         await self.fleet.gate(True)
         await asyncio.sleep(self.args.outage)
         t0 = time.time()
+        accepts: list[accepting.Sample] = []
+        config = self.stack.nats.config
+        watching = asyncio.create_task(accepting.sample(config.monitor_port, config.port, t0, 0.5, accepts))
         self.stack.nats.start()
         await self.stack.nats.wait_ready(120)
         for name in SERVICES:
@@ -1082,6 +1085,7 @@ class Bench:
                     log(f"(5) all {len(pending)} pending commands applied after {applied - t0:.1f}s")
         lost, twice = self.check_ledgers(pending)
         answering.cancel()
+        watching.cancel()
         # Health marking a cluster offline and online again costs two fsynced writes and two public events.
         marked_offline = sum(1 for at in self.offline.values() if at >= t0)
         done = max(back, resynced, applied) if back and resynced and applied else math.nan
@@ -1102,6 +1106,8 @@ class Bench:
         }
         self.results["storm"]["profile"]["services_answering_s"] = dict(self.answering)
         for line in restart_profile(self.results["storm"]["profile"]):
+            log(f"(5) {line}")
+        for line in accepting.lines(accepts, self.n):
             log(f"(5) {line}")
         log(f"(5) clusters health marked offline since NATS started: {marked_offline}")
         log(f"(5) storm: total {self.results['storm']['total_s']:.1f}s; lost {lost}, twice {twice}")
