@@ -165,6 +165,9 @@ class ServiceHost(Host):
         )
         for endpoint_name, subject, handler in self._pending:
             await self._service.add_endpoint(name=endpoint_name, subject=subject, handler=handler)
+        # Started means subscribed: nats-py only buffers the subscriptions, and a request another connection
+        # sends before the server has read them finds no responders. A flush is a round trip behind them.
+        await self._nc.flush()
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop taking requests, then let in-flight ones finish (up to ``timeout``)."""

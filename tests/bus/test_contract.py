@@ -15,7 +15,8 @@ from schemas.messages import ClusterEvent, Empty, MessageDropped, NameRequest, P
 from services.bus import Bus, Consumer, Delivery, Endpoints
 from services.bus.consuming import MAX_DELIVER
 from services.bus.limits import PayloadTooLarge
-from tests.harness import wait_for
+from services.platform.natsd import NatsServer
+from tests.harness import monitor, wait_for
 
 ECHO = "tether.svc.contract.echo"
 BIG = "tether.svc.contract.big"
@@ -73,6 +74,19 @@ async def test_call_answers_and_errors_cross_as_their_kind(bus: Bus) -> None:
         await host.stop()
         await host.stop()  # twice: harmless
     assert not await bus.ping("contract", timeout=0.3)
+
+
+async def test_a_served_endpoint_is_subscribed_when_serve_returns(bus: Bus, server: NatsServer | None) -> None:
+    """A service says it is ready once ``serve`` returns; a request from another connection may come at once."""
+    host = await bus.serve("contract", "1.0.0", served(bus))
+    try:
+        if server is not None:
+            # Looked at without an await in between: nothing of this process ran after serve returned.
+            listed = monitor(server, "/subsz?subs=1") or {}
+            assert ECHO in {sub.get("subject") for sub in listed.get("subscriptions_list", [])}
+        assert await bus.call(ECHO, NameRequest(name="a"), NameRequest) == NameRequest(name="A")
+    finally:
+        await host.stop()
 
 
 async def test_replies_go_only_to_inboxes_the_caller_may_read(bus: Bus) -> None:
