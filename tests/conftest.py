@@ -8,6 +8,7 @@ import pytest
 from nats.aio.client import Client
 
 from services.platform.natsd import NatsServer
+from tests import hangs
 from tests.harness import Stack, running, start_nats
 from tests.upstack import Up, stop_up
 
@@ -47,3 +48,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     outcome = yield
     rep = outcome.get_result()
     setattr(item, f"rep_{rep.when}", rep)
+
+
+def _timeout(item: pytest.Item) -> float | None:
+    marker = item.get_closest_marker("timeout")
+    value = marker.args[0] if marker and marker.args else item.config.getini("timeout")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item):  # type: ignore[no-untyped-def]
+    """A test that hangs shows its asyncio tasks' stacks before pytest-timeout ends it (``tests/hangs.py``)."""
+    yield from hangs.watch(_timeout(item))
