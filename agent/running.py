@@ -49,6 +49,7 @@ from agent.settings import AgentSettings
 from agent.statefiles import StateLock
 from agent.telemetry import AgentMetrics, exports_spans
 from agent.telemetry import tracer_provider as make_tracer_provider
+from schemas.tasks import cancel_and_wait
 
 __all__ = ["Agent", "planned_cluster", "run"]
 
@@ -279,10 +280,8 @@ class Agent:
             await commands.finish(timeout)
         main = self._main
         if main is not None:
-            if not main.done():
-                main.cancel()
-            await asyncio.wait({main})
-            if not main.cancelled():
+            await cancel_and_wait([main], timeout)
+            if main.done() and not main.cancelled():
                 main.exception()  # reported by wait(); do not let asyncio warn it was never retrieved
         if commands is not None:
             # The main task may have ended on its own (revoked) with a command still in flight.

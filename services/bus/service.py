@@ -16,6 +16,7 @@ from typing import Any, TypedDict, Unpack
 from opentelemetry.metrics import Meter
 from opentelemetry.trace import Tracer
 
+from schemas.tasks import cancel_and_wait
 from services import VERSION
 from services.bus.interface import Bus, Endpoints, Handler, Host, Subscription
 from services.bus.settings import BusSettings, ServiceSettings
@@ -135,10 +136,7 @@ class Service:
         self._stopped = True
         if self.host is not None:
             await self.host.stop()
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks)
+        await cancel_and_wait(self._tasks, STOP_TASKS_TIMEOUT)
         runtime = self.runtime
         if runtime is not None:
             await _each(sub.stop for sub in runtime._subscriptions)
@@ -177,6 +175,8 @@ class Options(TypedDict, total=False):
     """The bus to run on (default: connect to NATS as the settings say); kept open at stop."""
 
 
+STOP_TASKS_TIMEOUT = 10.0
+"""Seconds a stopping service waits for its tasks to end once cancelled (``schemas.tasks``)."""
 YOUNG_COLLECTION_THRESHOLD = 10_000
 """Allocations (net of deallocations) of tracked objects between two young collections."""
 

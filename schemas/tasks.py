@@ -1,0 +1,32 @@
+"""Stopping tasks for good: cancelled again until they end, and never waited for past a deadline.
+
+nats-py swallows a cancellation in places (its drain, its close's wait for the reconnect task), so a task that
+got one cancellation there goes on as if nothing happened, and whoever waits for it waits forever: a stop
+that never ends. Shared by the agent and the services."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection
+
+logger = logging.getLogger(__name__)
+
+CANCEL_AGAIN = 0.5
+"""Seconds between cancellations of a task that has not ended yet."""
+
+
+async def cancel_and_wait(tasks: Collection[asyncio.Task[None]], timeout: float) -> None:
+    """Cancel ``tasks`` and wait until they end, cancelling those still running every ``CANCEL_AGAIN``
+    seconds. After ``timeout`` the rest are left running, with an error logged: a stop must end."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while running := [task for task in tasks if not task.done()]:
+        left = deadline - loop.time()
+        if left <= 0:
+            names = ", ".join(task.get_name() for task in running)
+            logger.error("while stopping: %s did not end %.1fs after being cancelled", names, timeout)
+            return
+        for task in running:
+            task.cancel()
+        await asyncio.wait(running, timeout=min(CANCEL_AGAIN, left))
