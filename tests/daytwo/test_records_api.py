@@ -10,6 +10,7 @@ from typing import Any
 from agent.drivers.sim import read_state
 from schemas import subjects
 from schemas.messages import WorkloadRecord, decode
+from tests.bucket_reading import live_entries
 from tests.harness import Stack, wait_for
 
 GI = 1024**3
@@ -18,13 +19,7 @@ GI = 1024**3
 async def kv_keys(stack: Stack, bucket: str) -> set[str]:
     nc = await stack.nc()
     try:
-        kv = await nc.jetstream().key_value(bucket)
-        try:
-            return set(await kv.keys())
-        except Exception as exc:  # nats-py raises NoKeysError for an empty bucket
-            if type(exc).__name__ == "NoKeysError":
-                return set()
-            raise
+        return set(await live_entries(nc.jetstream(), bucket))
     finally:
         await nc.close()
 

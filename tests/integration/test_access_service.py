@@ -41,6 +41,7 @@ from services.bus import BusSettings, call
 from services.bus.endpoints import ERROR_CODE, ERROR_TEXT
 from services.bus.settings import ServiceSettings
 from services.platform.natsd import NatsServer
+from tests.bucket_reading import live_entries
 
 A = subjects.Access
 ADMIN_TOKEN = "tat_" + "a" * 43
@@ -104,12 +105,10 @@ async def svc(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Svc]:
 
 
 async def _raw_values(js: JetStreamContext, bucket: str) -> list[bytes]:
-    kv = await js.key_value(bucket)
+    """Every live key and value of ``bucket``, as bytes."""
     out: list[bytes] = []
-    for key in await kv.keys():
-        out.append(key.encode())
-        entry = await kv.get(key)
-        out.append(entry.value or b"")
+    for key, value in (await live_entries(js, bucket)).items():
+        out += [key.encode(), value]
     return out
 
 
