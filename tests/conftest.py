@@ -50,16 +50,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     setattr(item, f"rep_{rep.when}", rep)
 
 
-def _timeout(item: pytest.Item) -> float | None:
-    marker = item.get_closest_marker("timeout")
-    value = marker.args[0] if marker and marker.args else item.config.getini("timeout")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item):  # type: ignore[no-untyped-def]
     """A test that hangs shows its asyncio tasks' stacks before pytest-timeout ends it (``tests/hangs.py``)."""
-    yield from hangs.watch(_timeout(item))
+    yield from hangs.watch(hangs.timeout_of(item))

@@ -13,9 +13,25 @@ import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 LEAD = 20.0
 """Seconds before pytest-timeout's deadline the tasks are printed (time for the loop to wake up and print)."""
+
+
+def timeout_of(item: Any) -> float | None:
+    """A test's pytest-timeout, in pytest-timeout's own order: its marker, then ``--timeout``, then the ini
+    setting; None when there is none."""
+    marker = item.get_closest_marker("timeout")
+    if marker and marker.args:
+        value = marker.args[0]
+    else:
+        value = item.config.getoption("timeout", None)
+        value = item.config.getini("timeout") if value is None else value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def running_loop(frame: FrameType | None) -> asyncio.AbstractEventLoop | None:
