@@ -24,7 +24,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -913,7 +913,8 @@ class Bench:
         window of the same length; nats-server's counters say what each process sent and wrote."""
         assert self.nc is not None and self.stack.nats is not None
         rate, seconds = min(self.args.rate or 50.0, 50.0), self.args.profile_window
-        chosen = random.sample(self.tenants, min(len(self.tenants), int(rate * seconds)))
+        chosen = balanced(self.tenants, int(rate * seconds))
+        actions = {t.name: "sleep" if t.state == "running" else "wake" for t in chosen}
 
         async def work() -> int:
             done = 0
@@ -936,9 +937,16 @@ class Bench:
             await asyncio.gather(*tasks)
             return done
 
-        objects = {WorkloadRef(kind="tenant", project=PROJECT, name=t.name): t.cluster for t in chosen}
+        objects = {
+            WorkloadRef(kind="tenant", project=PROJECT, name=t.name): (t.cluster, actions[t.name]) for t in chosen
+        }
         profile = await traffic.measure(
-            self.stack.nats.config.monitor_port, self.nc, seconds, work, traffic.of_objects(objects)
+            self.stack.nats.config.monitor_port,
+            self.nc,
+            seconds,
+            work,
+            traffic.of_objects(objects),
+            group_sizes=dict(Counter(actions.values())),
         )
         self.results["traffic"] = profile
         for line in traffic.render(profile):
@@ -1027,65 +1035,67 @@ class Bench:
         t0 = time.time()
         accepts: list[accepting.Sample] = []
         config = self.stack.nats.config
-        watching = asyncio.create_task(accepting.sample(config.monitor_port, config.port, t0, 0.5, accepts))
-        self.stack.nats.start()
-        await self.stack.nats.wait_ready(120)
-        for name in SERVICES:
-            self.stack.restart_service(name)
-        nats_ready = time.time()
-        answering = asyncio.create_task(self.services_answering(t0))
-        cpu_start = self.cpu()
-        log(f"(5) NATS back after {nats_ready - t0:.1f}s; waiting for {self.n} agents")
+        helpers = [asyncio.create_task(accepting.sample(config.monitor_port, config.port, t0, 0.5, accepts))]
+        try:
+            self.stack.nats.start()
+            await self.stack.nats.wait_ready(120)
+            for name in SERVICES:
+                self.stack.restart_service(name)
+            nats_ready = time.time()
+            helpers.append(asyncio.create_task(self.services_answering(t0)))
+            cpu_start = self.cpu()
+            log(f"(5) NATS back after {nats_ready - t0:.1f}s; waiting for {self.n} agents")
 
-        back = resynced = applied = 0.0
-        observed: set[str] = set()
-        deadline = time.monotonic() + self.args.storm_timeout
-        bucket = await self.desired_bucket(deadline)
-        stats: dict[str, Any] = {}
-        while time.monotonic() < deadline and not (back and resynced and applied):
-            await asyncio.sleep(0.5)
-            now = time.time()
-            try:
-                stats = await self.fleet.stats(since=stop_t)
-            except Exception as exc:
-                log(f"stats: {exc!r}")
-                continue
-            if not back and stats["reconnected"] >= self.n and stats["connected"] >= self.n:
+            back = resynced = applied = 0.0
+            observed: set[str] = set()
+            deadline = time.monotonic() + self.args.storm_timeout
+            bucket = await self.desired_bucket(deadline)
+            stats: dict[str, Any] = {}
+            while time.monotonic() < deadline and not (back and resynced and applied):
+                await asyncio.sleep(0.5)
+                now = time.time()
                 try:
-                    presence = await self.presence()
-                except Unavailable as exc:  # health still starting (it loads every cluster's presence first)
-                    log(f"(5) presence not read: {exc.description}")
+                    stats = await self.fleet.stats(since=stop_t)
+                except Exception as exc:
+                    log(f"stats: {exc!r}")
                     continue
-                if sum(1 for p in presence.values() if p.online and p.last_seen > t0) >= self.n:
-                    back = now
-                    log(f"(5) all agents back after {back - t0:.1f}s")
-            if back and not resynced and stats["inventoried"] >= self.n:
-                with contextlib.suppress(Exception):
-                    info = await self.nc.jetstream().consumer_info(
-                        subjects.EVT_STREAM, subjects.LIFECYCLE_INVENTORY_CONSUMER
-                    )
-                    if info.num_pending == 0 and info.num_ack_pending == 0:
-                        resynced = now
-                        log(f"(5) all inventories reconciled after {resynced - t0:.1f}s")
-            if not applied:
-                for p in pending:
-                    if p.tenant.key in observed:
+                if not back and stats["reconnected"] >= self.n and stats["connected"] >= self.n:
+                    try:
+                        presence = await self.presence()
+                    except Unavailable as exc:  # health still starting (it loads every cluster's presence first)
+                        log(f"(5) presence not read: {exc.description}")
                         continue
-                    if self.observer.seen(p.tenant.key, p.generation):
-                        observed.add(p.tenant.key)
-                if len(observed) < len(pending):
-                    for p in [p for p in pending if p.tenant.key not in observed][:200]:
-                        with contextlib.suppress(Exception):
-                            entry = await bucket.get(f"{p.tenant.cluster}.{p.tenant.key}")
-                            rec = decode(entry.value or b"", WorkloadRecord)
-                            if rec.observed is not None and rec.observed.generation >= p.generation:
-                                observed.add(p.tenant.key)
-                if len(observed) >= len(pending):
-                    applied = now
-                    log(f"(5) all {len(pending)} pending commands applied after {applied - t0:.1f}s")
-        lost, twice = self.check_ledgers(pending)
-        answering.cancel()
-        watching.cancel()
+                    if sum(1 for p in presence.values() if p.online and p.last_seen > t0) >= self.n:
+                        back = now
+                        log(f"(5) all agents back after {back - t0:.1f}s")
+                if back and not resynced and stats["inventoried"] >= self.n:
+                    with contextlib.suppress(Exception):
+                        info = await self.nc.jetstream().consumer_info(
+                            subjects.EVT_STREAM, subjects.LIFECYCLE_INVENTORY_CONSUMER
+                        )
+                        if info.num_pending == 0 and info.num_ack_pending == 0:
+                            resynced = now
+                            log(f"(5) all inventories reconciled after {resynced - t0:.1f}s")
+                if not applied:
+                    for p in pending:
+                        if p.tenant.key in observed:
+                            continue
+                        if self.observer.seen(p.tenant.key, p.generation):
+                            observed.add(p.tenant.key)
+                    if len(observed) < len(pending):
+                        for p in [p for p in pending if p.tenant.key not in observed][:200]:
+                            with contextlib.suppress(Exception):
+                                entry = await bucket.get(f"{p.tenant.cluster}.{p.tenant.key}")
+                                rec = decode(entry.value or b"", WorkloadRecord)
+                                if rec.observed is not None and rec.observed.generation >= p.generation:
+                                    observed.add(p.tenant.key)
+                    if len(observed) >= len(pending):
+                        applied = now
+                        log(f"(5) all {len(pending)} pending commands applied after {applied - t0:.1f}s")
+            lost, twice = self.check_ledgers(pending)
+        finally:
+            for helper in helpers:  # also when the storm fails: no sampler left polling
+                helper.cancel()
         # Health marking a cluster offline and online again costs two fsynced writes and two public events.
         marked_offline = sum(1 for at in self.offline.values() if at >= t0)
         done = max(back, resynced, applied) if back and resynced and applied else math.nan
@@ -1192,6 +1202,22 @@ def connect_profile(c: dict[str, Any]) -> list[str]:
     if "traffic" in c:
         lines += traffic.render(c["traffic"], "agent connect", "heartbeats of the online agents included")
     return lines + step_lines(c.get("steps", {}), c.get("registry_steps", {}))
+
+
+def balanced(tenants: list[Tenant], count: int) -> list[Tenant]:
+    """``count`` tenants at random, as many running (their command is a sleep) as sleeping (a wake) where the
+    fleet has them: a wake makes more writes than a sleep (the tenant's Ready event), so the per-command
+    figures must not depend on which state the earlier phases left most tenants in."""
+    running = [t for t in tenants if t.state == "running"]
+    sleeping = [t for t in tenants if t.state != "running"]
+    random.shuffle(running)
+    random.shuffle(sleeping)
+    half = min(count // 2, len(running), len(sleeping))
+    chosen = running[:half] + sleeping[:half]
+    rest = running[half:] + sleeping[half:]
+    chosen += rest[: max(0, count - len(chosen))]
+    random.shuffle(chosen)
+    return chosen
 
 
 def cpu_ms_each(before: dict[str, float], after: dict[str, float], count: int) -> dict[str, float]:

@@ -136,30 +136,34 @@ def difference(a: Snapshot, b: Snapshot) -> Window:
     return window
 
 
-Attribute = Callable[[str, bytes], bool]
-"""Whether a write (its subject, its payload) belongs to the measured work."""
+Attribute = Callable[[str, bytes], str | None]
+"""The group of the measured work a write (its subject, its payload) belongs to; None when it is not the
+work's."""
 
 
-def of_objects(objects: dict[WorkloadRef, str]) -> Attribute:
-    """The writes a command on one of ``objects`` (ref -> its cluster) makes: its desired-state records (the
-    result is recorded there too: agents ask lifecycle, they write no stream), its cluster's command audit
-    records (nothing else on the cluster issues commands meanwhile) and the public events naming it."""
-    records = {f"{subjects.DESIRED_PREFIX}{desired_key(c, workload_key(ref))}" for ref, c in objects.items()}
-    clusters = set(objects.values())
-    reports = {subjects.audit_command(c) for c in clusters}
-    named = {(ref.kind, ref.project, ref.name) for ref in objects}
+def of_objects(objects: dict[WorkloadRef, tuple[str, str]]) -> Attribute:
+    """The writes a command on one of ``objects`` (ref -> (its cluster, the command's group, e.g. its action))
+    makes: its desired-state records (the result is recorded there too: agents ask lifecycle, they write no
+    stream), its cluster's command audit records (nothing else on the cluster issues commands meanwhile) and
+    the public events naming it."""
+    records = {
+        f"{subjects.DESIRED_PREFIX}{desired_key(c, workload_key(ref))}": group for ref, (c, group) in objects.items()
+    }
+    reports = {subjects.audit_command(c): group for c, group in objects.values()}
+    named = {(ref.kind, ref.project, ref.name): group for ref, (_, group) in objects.items()}
     events = subjects.public_event("")
 
-    def attribute(subject: str, data: bytes) -> bool:
-        if subject in records or subject in reports:
-            return True
-        if not subject.startswith(events):
-            return False
+    def attribute(subject: str, data: bytes) -> str | None:
+        group = records.get(subject) or reports.get(subject)
+        if group is not None or not subject.startswith(events):
+            return group
         try:
             event = json.loads(data)
         except ValueError:
-            return False
-        return isinstance(event, dict) and (event.get("kind"), event.get("project"), event.get("name")) in named
+            return None
+        if not isinstance(event, dict):
+            return None
+        return named.get((event.get("kind"), event.get("project"), event.get("name")))
 
     return attribute
 
@@ -172,7 +176,8 @@ class Writers:
         self.port = port
         self.owners: dict[str, str] = {}
         self.seen: Counter[tuple[str, str]] = Counter()
-        self.attributed: Counter[str] = Counter()
+        self.attributed: Counter[tuple[str, str]] = Counter()
+        """(group, stream) -> writes ``attribute`` gives to the work"""
         self.attribute = attribute
         self.subs: list[Any] = []
 
@@ -186,8 +191,9 @@ class Writers:
         async def on(msg: Any) -> None:
             writer = self.owners.get(inbox_key(msg.reply), "?") if msg.reply else "no reply"
             self.seen[(writer, stream)] += 1
-            if self.attribute is not None and self.attribute(msg.subject, msg.data):
-                self.attributed[stream] += 1
+            group = self.attribute(msg.subject, msg.data) if self.attribute is not None else None
+            if group is not None:
+                self.attributed[(group, stream)] += 1
 
         return on
 
@@ -202,9 +208,11 @@ async def measure(
     seconds: float,
     work: Callable[[], Awaitable[int]],
     attribute: Attribute | None = None,
+    group_sizes: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """An idle window of ``seconds``, then ``work()`` (returns the commands it completed); the difference
-    per command, and the writes ``attribute`` gives to the work, per command."""
+    per command, and the writes ``attribute`` gives to the work, per command and per command of each group
+    (``group_sizes``: how many commands of each group the work issued)."""
     writers = Writers(port, attribute)
     await writers.start(nc)
     await nc.flush()
@@ -226,10 +234,26 @@ async def measure(
         await writers.stop()
     profile = per_command(idle, busy, commands)
     if attribute is not None:
-        n = max(commands, 1)
-        profile["attributed"] = {s: v / n for s, v in sorted(attributed.items())}
-        profile["attributed_per_command"] = sum(attributed.values()) / n
+        profile |= attributed_per_command(attributed, commands, group_sizes or {})
     return profile
+
+
+def attributed_per_command(
+    attributed: Counter[tuple[str, str]], commands: int, group_sizes: dict[str, int]
+) -> dict[str, Any]:
+    """The attributed writes per command by stream, and per command of each group by stream."""
+    n = max(commands, 1)
+    by_stream: Counter[str] = Counter()
+    by_group: dict[str, dict[str, float]] = {}
+    for (group, stream), count in sorted(attributed.items()):
+        by_stream[stream] += count
+        if group_sizes.get(group):
+            by_group.setdefault(group, {})[stream] = count / group_sizes[group]
+    return {
+        "attributed": {s: v / n for s, v in sorted(by_stream.items())},
+        "attributed_per_command": sum(by_stream.values()) / n,
+        "attributed_by_group": {g: {"commands": group_sizes[g], "writes": w} for g, w in by_group.items()},
+    }
 
 
 def per_command(idle: Window, busy: Window, commands: int) -> dict[str, Any]:
@@ -305,4 +329,8 @@ def render(
             f"  writes naming the {unit}s' objects (counted, nothing subtracted): "
             f"{profile['attributed_per_command']:.2f} per {unit}: {mine or '-'}"
         )
+        for group, counted in profile.get("attributed_by_group", {}).items():
+            theirs = ", ".join(f"{s} {v:.2f}" for s, v in sorted(grouped(counted["writes"]).items()))
+            total = sum(counted["writes"].values())
+            lines.append(f"    {group} ({counted['commands']} {unit}s): {total:.2f} per {unit}: {theirs}")
     return lines

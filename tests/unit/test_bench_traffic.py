@@ -6,10 +6,12 @@ from collections import Counter
 
 from schemas import subjects
 from schemas.messages import WorkloadEvent, WorkloadRef, encode
+from tests.bench.run import Tenant, balanced
 from tests.bench.steps import summary
 from tests.bench.traffic import (
     Snapshot,
     Window,
+    attributed_per_command,
     difference,
     inbox_key,
     of_objects,
@@ -63,17 +65,36 @@ def test_connect_steps_summary() -> None:
 
 def test_writes_are_attributed_to_the_commands_objects_by_subject_and_event() -> None:
     t1 = WorkloadRef(kind="tenant", project="bench", name="t1")
-    mine = of_objects({t1: "c1"})
+    t3 = WorkloadRef(kind="tenant", project="bench", name="t3")
+    mine = of_objects({t1: ("c1", "sleep"), t3: ("c3", "wake")})
     event = WorkloadEvent(kind="tenant", project="bench", name="t1", cluster="c1", phase="Sleeping", at=1.0)
+    woken = WorkloadEvent(kind="tenant", project="bench", name="t3", cluster="c3", phase="Ready", at=1.0)
     other = WorkloadEvent(kind="tenant", project="bench", name="t2", cluster="c1", phase="Sleeping", at=1.0)
-    assert mine(f"{subjects.DESIRED_PREFIX}c1.tenant.bench.t1", b"")
-    assert not mine(f"{subjects.DESIRED_PREFIX}c1.tenant.bench.t2", b""), "another object's record"
-    assert not mine(subjects.evt("c1", subjects.EVT_INVENTORY), b""), "inventories are background"
-    assert mine(subjects.audit_command("c1"), b"")
-    assert mine(subjects.public_event("tenant.sleeping"), encode(event))
-    assert not mine(subjects.public_event("tenant.sleeping"), encode(other))
-    assert not mine(subjects.public_event("tenant.sleeping"), b"{not json")
-    assert not mine(f"{subjects.BUCKET_DESIRED}.x", b"")
+    assert mine(f"{subjects.DESIRED_PREFIX}c1.tenant.bench.t1", b"") == "sleep"
+    assert mine(f"{subjects.DESIRED_PREFIX}c3.tenant.bench.t3", b"") == "wake"
+    assert mine(f"{subjects.DESIRED_PREFIX}c1.tenant.bench.t2", b"") is None, "another object's record"
+    assert mine(subjects.evt("c1", subjects.EVT_INVENTORY), b"") is None, "inventories are background"
+    assert mine(subjects.audit_command("c1"), b"") == "sleep"
+    assert mine(subjects.public_event("tenant.sleeping"), encode(event)) == "sleep"
+    assert mine(subjects.public_event("tenant.ready"), encode(woken)) == "wake"
+    assert mine(subjects.public_event("tenant.sleeping"), encode(other)) is None
+    assert mine(subjects.public_event("tenant.sleeping"), b"{not json") is None
+    assert mine(subjects.public_event("tenant.sleeping"), b"[1]") is None
+    assert mine(f"{subjects.BUCKET_DESIRED}.x", b"") is None
+
+
+def test_attributed_writes_are_counted_per_command_of_each_group() -> None:
+    counted = Counter({("sleep", "AUDIT"): 2, ("sleep", "KV_d"): 4, ("wake", "AUDIT"): 2, ("wake", "EVENTS"): 4})
+    out = attributed_per_command(counted, commands=4, group_sizes={"sleep": 2, "wake": 2})
+    assert out["attributed"] == {"AUDIT": 1.0, "EVENTS": 1.0, "KV_d": 1.0}
+    assert out["attributed_per_command"] == 3.0
+    assert out["attributed_by_group"] == {
+        "sleep": {"commands": 2, "writes": {"AUDIT": 1.0, "KV_d": 2.0}},
+        "wake": {"commands": 2, "writes": {"AUDIT": 1.0, "EVENTS": 2.0}},
+    }
+    profile = per_command(Window(seconds=1.0), Window(seconds=1.0), commands=4) | out
+    text = "\n".join(render(profile))
+    assert "    wake (2 commands): 3.00 per command: AUDIT 1.00, EVENTS 2.00" in text
 
 
 def test_attributed_writes_are_rendered_per_command() -> None:
@@ -82,3 +103,12 @@ def test_attributed_writes_are_rendered_per_command() -> None:
     profile["attributed_per_command"] = 3.0
     text = "\n".join(render(profile))
     assert "writes naming the commands' objects (counted, nothing subtracted): 3.00 per command" in text
+
+
+def test_the_measured_commands_are_half_sleeps_and_half_wakes_where_the_fleet_allows() -> None:
+    fleet = [Tenant(f"t{i}", "c1", "running" if i < 70 else "sleeping") for i in range(100)]
+    chosen = balanced(fleet, 40)
+    assert len(chosen) == 40 == len({t.name for t in chosen})
+    assert sum(t.state == "running" for t in chosen) == 20
+    lopsided = balanced(fleet[:75], 20)  # only 5 sleeping
+    assert len(lopsided) == 20 and sum(t.state != "running" for t in lopsided) == 5
