@@ -146,8 +146,10 @@ def channels() -> dict[str, dict[str, Any]]:
         "workloadPhases": _channel(
             subjects.public_event("{kind}.{phase}"),
             "Tenant-cluster and space phase changes",
-            "A tenant cluster or space entered a phase (the subject carries it lower-case; the payload's "
-            "`phase` is capitalised, e.g. `Ready`). `deleted` is announced once the object is gone.",
+            "A tenant cluster or space entered a phase on its cluster, as its agent reported (the subject "
+            "carries it lower-case; the payload's `phase` is capitalised, e.g. `Ready`): `sleeping` once the "
+            "tenant sleeps, not when a sleep is asked (requests are in the audit trail). `deleted` is announced "
+            "once the object is gone.",
             WorkloadEvent,
             kind=_parameter("Tenant cluster or space.", WORKLOAD_KINDS),
             phase=_parameter("The phase entered, lower-case.", WORKLOAD_PHASES),

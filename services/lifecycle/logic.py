@@ -560,6 +560,20 @@ def phase(record: WorkloadRecord) -> Phase:
     return "Pending"
 
 
+def observed_phase(record: WorkloadRecord) -> Phase | None:
+    """The phase the cluster has put the object in, by what its agent reported alone (None before it reported
+    anything): what the public events announce. ``phase`` leans to the desired state instead (a requested
+    sleep shows ``Sleeping`` at once); a request is in the audit trail, and an event says the cluster did it."""
+    if record.failure is not None and record.failure.generation >= record.generation:
+        return "Failed"
+    obs = record.observed
+    if obs is None:
+        return None
+    if obs.state == "deleted":
+        return "Deleting"
+    return _applied_phase(record, obs)
+
+
 def _applied_phase(record: WorkloadRecord, obs: Observed) -> Phase:
     """The phase of a record whose generation the agent applied."""
     if obs.state == "sleeping":

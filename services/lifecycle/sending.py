@@ -1,5 +1,10 @@
 """What lifecycle publishes: the audit record of each command and the public workload events.
 
+An event announces a phase the cluster reached (from its agent's result), not the command that asked for it:
+the command is the audit record. So a command makes four writes (its record, its audit record, its result,
+one event when the result moves the phase): a sleep says "sleeping" once the tenant sleeps, not while its
+cluster may still be offline, and a wake says "ready" once it is, without a "pending" for the request.
+
 The command itself is the desired-state record: agents follow their cluster's records (no copy is
 published). Every publish carries a message id the stream deduplicates on, so a retried publish, a re-send
 after a crash or a second replica folding the same result never doubles an audit record or an event.
@@ -104,10 +109,11 @@ class Sender:
             self.metrics.superseded.add(1, {"cluster": spec.cluster})
 
     async def announce(self, old: WorkloadRecord | None, new: WorkloadRecord, reason: str = "") -> None:
-        """The phase ``new`` entered, if it is not ``old``'s."""
-        before = logic.phase(old) if old else None
-        after = logic.phase(new)
-        if before == after:
+        """The phase the cluster put ``new``'s object in, if it is not the one ``old`` said (``observed_phase``:
+        an event says what the cluster did; what was asked is in the audit trail)."""
+        before = logic.observed_phase(old) if old else None
+        after = logic.observed_phase(new)
+        if after is None or before == after:
             return
         message = new.failure.message if after == "Failed" and new.failure else ""
         event = _event(new.spec, after, reason, message)

@@ -77,7 +77,7 @@ class Workloads:
             await self.desired.write(k, record, previous[1] if previous else None)
         crash_point("lifecycle-after-desired-write")
         logger.info("%s desired on %s (op %s)", ref_of(req), cluster, record.op_id)
-        await all_done(self.sender.send(record, call=req.call), self.sender.announce(None, record, "Created"))
+        await self.sender.send(record, call=req.call)  # announced when its cluster reports it (``Sender.announce``)
         return record
 
     async def get(self, ref: WorkloadRef) -> WorkloadRecord:
@@ -128,10 +128,8 @@ class Workloads:
         crash_point("lifecycle-after-desired-write")
         logger.info("%s: %s (generation %d, op %s)", ref, req.action, new.generation, op_id)
         pushed_out = logic.pushed_out(record, new)
-        steps = [
-            self.sender.send(new, by=req.by, call=req.call),
-            self.sender.announce(record, new, req.action.capitalize()),
-        ]
+        # The phase it asks for is announced when its cluster reports it (``Sender.announce``).
+        steps = [self.sender.send(new, by=req.by, call=req.call)]
         if pushed_out:  # rarely: no task for nothing to say
             steps.append(self.sender.superseded(new, pushed_out, by=new.op_id))
         await all_done(*steps)

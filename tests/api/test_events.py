@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from nats.js.errors import NotFoundError
 
+from schemas import subjects
 from tests.harness import Stack, wait_for
 
 Event = tuple[str, dict[str, Any]]
@@ -121,3 +123,39 @@ async def test_a_clusters_history_lists_its_transitions_newest_first(stack: Stac
     assert missing.status_code == 404 and "nope" in missing.json()["error"]["message"]
     bad = await stack.req("GET", "/api/v1/clusters/c1/events", params={"limit": 0})
     assert bad.status_code == 400
+
+
+async def _last_event(stack: Stack, kind: str) -> dict[str, Any] | None:
+    """The newest public event stored on ``tether.events.<kind>``, None when there is none."""
+    nc = await stack.nc()
+    try:
+        msg = await nc.jetstream().get_msg(subjects.EVENTS_STREAM, subject=subjects.public_event(kind))
+    except NotFoundError:
+        return None
+    finally:
+        await nc.close()
+    found: dict[str, Any] = json.loads(msg.data or b"{}")
+    return found
+
+
+async def test_a_sleep_is_announced_when_its_cluster_sleeps_the_tenant_not_when_asked(
+    stack: Stack, tmp_path: Path
+) -> None:
+    agent = await stack.connected("c1", tmp_path / "c1")
+    await stack.ok("POST", "/api/v1/projects", json={"name": "p1"})
+    await stack.ok("POST", "/api/v1/projects/p1/tenants", json={"name": "t1"})
+    await stack.wait_synced("tenant", "p1", "t1")
+    assert await wait_for(lambda: _last_event(stack, "tenant.ready"), what="t1's ready event")
+    agent.stop()
+    await stack.wait_online("c1", online=False)
+
+    asked = await stack.ok("POST", "/api/v1/projects/p1/tenants/t1/sleep")
+    assert asked["phase"] == "Sleeping", "the record shows what was asked at once"
+    # Lifecycle answers once the command's writes are stored: an event for the request would be there now.
+    assert await _last_event(stack, "tenant.sleeping") is None, "nothing slept yet: the cluster is offline"
+
+    agent.start()
+    slept = await wait_for(lambda: _last_event(stack, "tenant.sleeping"), timeout=30, what="the sleeping event")
+    assert (slept["name"], slept["cluster"], slept["reason"]) == ("t1", "c1", "Applied")
+    record = await stack.workload("tenant", "p1", "t1")
+    assert record is not None and record["in_sync"], "announced once the cluster had done it"

@@ -91,6 +91,33 @@ def test_sleep_wake_upgrade_delete_bump_generations_and_phases() -> None:
     assert gone
 
 
+def test_the_observed_phase_moves_with_the_clusters_reports_not_with_the_requests() -> None:
+    created = tenant(version="v1.35")
+    assert logic.observed_phase(created) is None, "nothing reported yet"
+    ready, _ = logic.observe(created, result(created), NOW)
+    assert logic.observed_phase(ready) == "Ready"
+    asked = logic.act(ready, "sleep", "", "op2", NOW)
+    assert asked is not None and asked.phase == "Sleeping" and logic.observed_phase(asked) == "Ready"
+    slept, _ = logic.observe(asked, result(asked), NOW)
+    assert logic.observed_phase(slept) == "Sleeping"
+    waking = logic.act(slept, "wake", "", "op3", NOW)
+    assert waking is not None and waking.phase == "Pending" and logic.observed_phase(waking) == "Sleeping"
+    starting, _ = logic.observe(waking, result(waking, settled=False, reason="ContainerCreating"), NOW)
+    assert logic.observed_phase(starting) == "Pending"
+    woken, _ = logic.observe(starting, result(waking, applied=False), NOW)
+    assert logic.observed_phase(woken) == "Ready"
+    up = logic.act(woken, "upgrade", "1.36", "op4", NOW)
+    assert up is not None and logic.observed_phase(up) == "Ready"
+    upgrading, _ = logic.observe(up, result(up, settled=False), NOW)
+    assert logic.observed_phase(upgrading) == "Upgrading"
+    broken, _ = logic.observe(upgrading, result(up, ok=False, reason="Forbidden"), NOW)
+    assert logic.observed_phase(broken) == "Failed"
+    deleting = logic.act(woken, "delete", "", "op5", NOW)
+    assert deleting is not None and logic.observed_phase(deleting) == "Ready"
+    going, _ = logic.observe(deleting, result(deleting, state="deleted", settled=False), NOW)
+    assert logic.observed_phase(going) == "Deleting"
+
+
 def test_illegal_transitions_are_conflicts_naming_the_reason() -> None:
     deleting = logic.act(tenant(), "delete", "", "op2", NOW)
     assert deleting is not None
