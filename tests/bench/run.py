@@ -228,7 +228,7 @@ class Stamps:
         return {
             "http+api+request": self.decided - sent,
             "desired KV write": self.stored - self.decided,
-            "answer (cmd/audit/event writes, reply, HTTP)": answered - self.stored,
+            "answer (audit write, reply, HTTP)": answered - self.stored,
             "command to agent + apply": self.applied - self.stored,
             "result write + lifecycle fetch": self.folded - self.applied,
             "result KV write": self.observed - self.folded,
