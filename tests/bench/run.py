@@ -1206,8 +1206,8 @@ def connect_profile(c: dict[str, Any]) -> list[str]:
 
 def balanced(tenants: list[Tenant], count: int) -> list[Tenant]:
     """``count`` tenants at random, as many running (their command is a sleep) as sleeping (a wake) where the
-    fleet has them: a wake makes more writes than a sleep (the tenant's Ready event), so the per-command
-    figures must not depend on which state the earlier phases left most tenants in."""
+    fleet has them: a wake and a sleep need not make the same writes (a wake made one more while requests were
+    announced too), and the earlier phases leave most tenants running, so a random pick measured sleeps."""
     running = [t for t in tenants if t.state == "running"]
     sleeping = [t for t in tenants if t.state != "running"]
     random.shuffle(running)
