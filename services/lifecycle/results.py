@@ -70,14 +70,14 @@ class Results:
             return ResultRecorded(outcome=decision.outcome, detail=decision.detail, later=decision.later)
         try:
             # A deleted object stays, as a tombstone.
-            await self.desired.write(k, decision.new, found[1], replaces=found[0])
+            revision = await self.desired.write(k, decision.new, found[1], replaces=found[0])
         except Conflict:
             return None  # written meanwhile (an action, another replica): decided again on what is there now
         # Decided on the record the write replaced (compare-and-set): the cluster applied this generation
         # without ever seeing those below it.
         await self.sender.superseded(decision.new, decision.superseded, by=result.op_id)
         await self._count(found[0], decision.new, result)
-        await self._announce(k, found[0], decision.new, result, decision.gone)
+        await self._announce(k, found[0], (decision.new, revision), result, decision.gone)
         return ResultRecorded(outcome=decision.outcome, detail=decision.detail)
 
     async def _count(self, record: WorkloadRecord, new: WorkloadRecord, result: CommandResult) -> None:
@@ -91,7 +91,7 @@ class Results:
             await self.sender.announce_failed(new, result)
 
     async def _announce(
-        self, k: str, record: WorkloadRecord, new: WorkloadRecord, result: CommandResult, gone: bool
+        self, k: str, record: WorkloadRecord, written: Found, result: CommandResult, gone: bool
     ) -> None:
         if gone:
             logger.info("%s deleted from %s", k, result.cluster)
@@ -100,4 +100,4 @@ class Results:
         reason = clip(result.reason, logic.MAX_REASON)
         if not result.ok:
             logger.warning("%s failed on %s: %s: %s", k, result.cluster, reason, clip(result.message))
-        await self.sender.announce(record, new, reason or "Applied")
+        await self.sender.announce(record, written[0], written[1], reason or "Applied")

@@ -55,11 +55,20 @@ def _event(spec: WorkloadSpec, phase: EventPhase, reason: str, message: str = ""
     )
 
 
-def _phase_msg_id(record: WorkloadRecord, phase: EventPhase) -> str:
-    # One per phase entered at a generation: a retried publish (or a second replica folding the same
-    # result) is dropped by the stream instead of announced twice.
+def _phase_msg_id(record: WorkloadRecord, phase: EventPhase, revision: int) -> str:
+    # One per write that moved the phase: a retried publish is dropped by the stream instead of announced
+    # twice, and the same phase entered again at one generation (Ready, Pending while a control plane
+    # restarts, Ready again) is announced again. A second replica folding the same result loses the
+    # compare-and-set, so it never announces with a revision of its own.
     spec = record.spec
-    return f"{spec.kind}-{spec.project}-{spec.name}-{phase.lower()}-g{record.generation}"
+    return f"{spec.kind}-{spec.project}-{spec.name}-{phase.lower()}-r{revision}"
+
+
+def _deleted_msg_id(record: WorkloadRecord) -> str:
+    # Generations never repeat for a name (a re-created object continues them), and the end of a generation
+    # may be confirmed by a result and by an inventory: one event either way.
+    spec = record.spec
+    return f"{spec.kind}-{spec.project}-{spec.name}-deleted-g{record.generation}"
 
 
 class Sender:
@@ -108,9 +117,10 @@ class Sender:
             await self.bus.publish(subjects.audit_command(spec.cluster), audit, msg_id=f"superseded-{op.op_id}")
             self.metrics.superseded.add(1, {"cluster": spec.cluster})
 
-    async def announce(self, old: WorkloadRecord | None, new: WorkloadRecord, reason: str = "") -> None:
+    async def announce(self, old: WorkloadRecord | None, new: WorkloadRecord, revision: int, reason: str = "") -> None:
         """The phase the cluster put ``new``'s object in, if it is not the one ``old`` said (``observed_phase``:
-        an event says what the cluster did; what was asked is in the audit trail)."""
+        an event says what the cluster did; what was asked is in the audit trail). ``revision`` is the write
+        that stored ``new``."""
         before = logic.observed_phase(old) if old else None
         after = logic.observed_phase(new)
         if after is None or before == after:
@@ -118,7 +128,7 @@ class Sender:
         message = new.failure.message if after == "Failed" and new.failure else ""
         event = _event(new.spec, after, reason, message)
         subject = subjects.public_event(f"{new.spec.kind}.{after.lower()}")
-        await self.bus.publish(subject, event, msg_id=_phase_msg_id(new, after))
+        await self.bus.publish(subject, event, msg_id=_phase_msg_id(new, after, revision))
 
     async def announce_failed(self, record: WorkloadRecord, result: CommandResult) -> None:
         """``command.failed`` for every failed command, a delete too (its phase stays Deleting, so no phase
@@ -131,4 +141,4 @@ class Sender:
     async def announce_deleted(self, record: WorkloadRecord) -> None:
         event = _event(record.spec, "Deleted", "Deleted")
         subject = subjects.public_event(f"{record.spec.kind}.deleted")
-        await self.bus.publish(subject, event, msg_id=_phase_msg_id(record, "Deleted"))
+        await self.bus.publish(subject, event, msg_id=_deleted_msg_id(record))

@@ -1,0 +1,94 @@
+"""Public phase events against a real nats-server's EVENTS stream, whose duplicate window drops a message id
+seen in the last two minutes: a phase entered again at one generation is announced again, and a result
+recorded twice is announced once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+from nats.aio.client import Client
+
+from schemas import subjects
+from schemas.messages import (
+    CommandResult,
+    Membership,
+    ProjectRecord,
+    WorkloadCreate,
+    WorkloadEvent,
+    WorkloadRecord,
+    WorkloadRef,
+    desired_key,
+    workload_key,
+)
+from services.bus import Bus
+from services.bus.nats_bus import NatsBus
+from services.bus.settings import BusSettings
+from services.lifecycle import logic
+from services.lifecycle.service import Lifecycle, Settings
+from tests.harness import NatsServer
+
+KEY = desired_key("c1", workload_key(WorkloadRef(kind="tenant", project="p1", name="t1")))
+
+
+@pytest.fixture
+async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
+    await nats_server.wait_ready()
+    connected = await NatsBus.connect(BusSettings(url=nats_server.url), "test-lifecycle")
+    yield connected
+    await connected.close()
+
+
+def report(record: WorkloadRecord, *, settled: bool) -> CommandResult:
+    spec = record.spec
+    return CommandResult(
+        op_id=record.op_id,
+        cluster=spec.cluster,
+        kind=spec.kind,
+        project=spec.project,
+        name=spec.name,
+        generation=record.generation,
+        ok=True,
+        state=spec.state,
+        version=spec.version,
+        at=time.time(),
+        settled=settled,
+        reason="" if settled else "ControlPlaneRestarting",
+    )
+
+
+async def stored_phases(nc: Client) -> list[str]:
+    """The tenant events the EVENTS stream holds, oldest first."""
+    js = nc.jetstream()
+    info = await js.stream_info(subjects.EVENTS_STREAM)
+    phases = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(subjects.EVENTS_STREAM, seq)
+        if msg.subject.startswith(subjects.public_event("tenant.")):
+            phases.append(msgspec.json.decode(msg.data or b"", type=WorkloadEvent).phase)
+    return phases
+
+
+async def test_a_phase_entered_again_at_one_generation_is_announced_again(bus: Bus, nc: Client) -> None:
+    await bus.declare_streams("platform", "commands")
+    bucket = await bus.bucket(subjects.BUCKET_DESIRED, WorkloadRecord, history=5)
+    lifecycle = Lifecycle(Settings(), bus, bucket)
+    created = logic.new_record(
+        WorkloadCreate(kind="tenant", project="p1", name="t1", cluster="c1", created_by="u"),
+        ProjectRecord(name="p1"),
+        "c1",
+        Membership(project="p1"),
+        time.time(),
+        "0" * 32,
+    )
+    await bucket.create(KEY, created)
+
+    # Ready; its control plane restarts (Pending, same generation); Ready again, all within seconds.
+    for settled in (True, False, True):
+        assert (await lifecycle.results.record(report(created, settled=settled), "c1")).outcome == "recorded"
+    # The agent asks again after a lost answer: nothing new to say.
+    assert (await lifecycle.results.record(report(created, settled=True), "c1")).outcome == "already"
+
+    assert await stored_phases(nc) == ["Ready", "Pending", "Ready"]
