@@ -224,7 +224,8 @@ def schemas_components() -> dict[str, Any]:
                     "registered/connected/disconnected `<kind>-<cluster>-<unix time>` (e.g. "
                     "`registered-edge-1-1796137916.757`); cluster online/offline `cluster-<kind>-<cluster>-<unix "
                     "time>`; tenant and space phases `<kind>-<project>-<name>-<phase>-r<revision of the record's "
-                    "write>`, deleted `<kind>-<project>-<name>-deleted-g<generation>`; `command.failed` `failed-<operation id>`; project members `members-<project>-<revision>` "
+                    "write>`, deleted `<kind>-<project>-<name>-deleted-g<generation>`; `command.failed` "
+                    "`failed-<operation id>`; project members `members-<project>-<revision>` "
                     "or `members-<project>-team-<team>-<nanoseconds>`."
                 ),
             },

@@ -71,6 +71,11 @@ class NoResponders(Unavailable):
     the wire: a caller's bus client raises it."""
 
 
+class NoReply(Unavailable):
+    """A request went out and no answer came within its timeout. Never sent on the wire: a caller's bus client
+    raises it, so a caller can tell an unanswered request from an answer that said "unavailable"."""
+
+
 class Overloaded(Unavailable):
     """The service is busy (its bounded queue is full): come back after ``retry_after`` seconds.
 

@@ -26,7 +26,7 @@ from agent.bus.events import Hook, LinkEvents
 from agent.bus.messages import NatsIdentity, Published, Subscription
 from agent.settings import AgentSettings
 from schemas import tracing
-from schemas.errors import RETRY_AFTER_HEADER, NoResponders, Unavailable, from_wire
+from schemas.errors import RETRY_AFTER_HEADER, NoReply, NoResponders, Unavailable, from_wire
 from schemas.messages import M, Message, decode, encode
 
 logger = logging.getLogger(__name__)
@@ -211,14 +211,14 @@ async def request(conn: Connection, subject: str, message: Message, reply_type: 
     """Request/reply with a typed answer.
 
     A service's error reply is raised as its ``TetherError`` kind (``from_wire``);
-    no responders raise ``NoResponders``, a timeout or a link that is down ``Unavailable``.
+    no responders raise ``NoResponders``, a timeout ``NoReply``, a link that is down ``Unavailable``.
     """
     try:
         msg = await conn.client.request(subject, encode(message), timeout=timeout, headers=tracing.inject())
     except NoRespondersError:
         raise NoResponders(f"no service answers on {subject}") from None
     except NatsTimeout:
-        raise Unavailable(f"no reply on {subject} within {timeout:g}s") from None
+        raise NoReply(f"no reply on {subject} within {timeout:g}s") from None
     except NatsError as exc:
         raise Unavailable(f"request on {subject} failed: {exc or type(exc).__name__}") from None
     headers = msg.headers or {}
