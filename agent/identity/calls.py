@@ -54,7 +54,7 @@ async def call(
         except (Unavailable, Internal) as exc:
             unanswered = unanswered + 1 if isinstance(exc, NoReply) else 0
             delay = retries.after(exc)
-            _log(what, exc, retries, delay)
+            _log(what, exc, retries, delay, linked=conn.is_connected)
             if failures is not None and not isinstance(exc, Overloaded):
                 failures.append(exc)
             if unanswered >= RELINK_AFTER and conn.is_connected:
@@ -64,7 +64,7 @@ async def call(
             await asyncio.sleep(delay)
 
 
-def _log(what: str, exc: Unavailable | Internal, retries: Retries, delay: float) -> None:
+def _log(what: str, exc: Unavailable | Internal, retries: Retries, delay: float, *, linked: bool) -> None:
     if isinstance(exc, Overloaded):
         logger.info("%s: %s; the platform asks to come back in %.1fs", what, exc.description, delay)
     elif isinstance(exc, NoResponders):
@@ -73,4 +73,9 @@ def _log(what: str, exc: Unavailable | Internal, retries: Retries, delay: float)
         logger.log(level, "%s: %s (the platform is starting?); asking again shortly", what, exc.description)
     else:
         level = logging.ERROR if isinstance(exc, Internal) else logging.WARNING
-        logger.log(level, "%s (attempt %d): %s; retrying in %.1fs", what, retries.failures, exc.description, delay)
+        # Whether nats-py held the link as up tells a silent link from one stuck reconnecting (the 40 stuck
+        # agents of the twelfth stop's benchmark left no way to tell).
+        link = "" if not isinstance(exc, NoReply) else " (link up)" if linked else " (link down)"
+        logger.log(
+            level, "%s (attempt %d): %s%s; retrying in %.1fs", what, retries.failures, exc.description, link, delay
+        )
