@@ -9,12 +9,14 @@ nats-server, the agent's own connection; the service here stays silent on purpos
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from agent.bus import connect
+from agent.bus import Connection, connect
 from agent.identity import calls
 from agent.settings import AgentSettings
 from schemas.messages import NameRequest, ResultRecorded, encode
@@ -23,10 +25,31 @@ from services.platform.natsd import NatsServer
 SUBJECT = "test.relink"
 
 
+@contextlib.asynccontextmanager
+async def agent_link(server: NatsServer, tmp_path: Path, relinked: list[bool]) -> AsyncIterator[Connection]:
+    """The agent's own connection; ``relinked`` gets an entry each time it is made again."""
+    conn = await connect(
+        AgentSettings(server=server.url, state_dir=tmp_path / "agent"),
+        "relink-test",
+        on_reconnected=lambda: relinked.append(True),
+    )
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def ask(conn: Connection) -> ResultRecorded:
+    # Bounded: without the relink, asked until the server drops the link as stale (minutes).
+    async with asyncio.timeout(30):
+        return await calls.call(conn, "asking", SUBJECT, NameRequest(name="x"), ResultRecorded, timeout=0.5)
+
+
 async def test_unanswered_requests_in_a_row_make_the_link_again(
     nats_server: NatsServer, nc: Client, tmp_path: Path
 ) -> None:
-    asked: list[int] = []  # the reconnect count each request arrived under
+    asked: list[int] = []  # how often the link had been made again when each request arrived
+    relinked: list[bool] = []
 
     async def service(msg: Msg) -> None:
         # Silent until the link was made again: from the agent's side, a link that carries no answers.
@@ -34,26 +57,18 @@ async def test_unanswered_requests_in_a_row_make_the_link_again(
         if relinked:
             await msg.respond(encode(ResultRecorded(outcome="recorded")))
 
-    relinked: list[bool] = []
     await nc.subscribe(SUBJECT, cb=service)
     await nc.flush()
-    conn = await connect(
-        AgentSettings(server=nats_server.url, state_dir=tmp_path / "agent"),
-        "relink-test",
-        on_reconnected=lambda: relinked.append(True),
-    )
-    try:
-        async with asyncio.timeout(30):  # without the relink: asked until the server drops the link (minutes)
-            answer = await calls.call(conn, "asking", SUBJECT, NameRequest(name="x"), ResultRecorded, timeout=0.5)
+    async with agent_link(nats_server, tmp_path, relinked) as conn:
+        answer = await ask(conn)
         assert answer.outcome == "recorded"
         assert asked[: calls.RELINK_AFTER] == [0] * calls.RELINK_AFTER, "asked on the first link until then"
         assert len(relinked) == 1 and asked[-1] == 1, "answered on the link made after them, made once"
-    finally:
-        await conn.close()
 
 
 async def test_answers_in_between_keep_the_link(nats_server: NatsServer, nc: Client, tmp_path: Path) -> None:
     count = 0
+    relinked: list[bool] = []
 
     async def service(msg: Msg) -> None:
         # Unanswered, answered "busy", unanswered, then answered: never two unanswered in a row.
@@ -64,18 +79,9 @@ async def test_answers_in_between_keep_the_link(nats_server: NatsServer, nc: Cli
         elif count == 4:
             await msg.respond(encode(ResultRecorded(outcome="recorded")))
 
-    relinked: list[bool] = []
     await nc.subscribe(SUBJECT, cb=service)
     await nc.flush()
-    conn = await connect(
-        AgentSettings(server=nats_server.url, state_dir=tmp_path / "agent"),
-        "relink-test",
-        on_reconnected=lambda: relinked.append(True),
-    )
-    try:
-        async with asyncio.timeout(30):
-            answer = await calls.call(conn, "asking", SUBJECT, NameRequest(name="x"), ResultRecorded, timeout=0.5)
+    async with agent_link(nats_server, tmp_path, relinked) as conn:
+        answer = await ask(conn)
         assert answer.outcome == "recorded" and count == 4
         assert relinked == [], "an answer, even an error, shows the link carries answers"
-    finally:
-        await conn.close()

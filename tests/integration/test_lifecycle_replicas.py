@@ -11,7 +11,6 @@ import pytest
 from schemas import subjects
 from schemas.messages import (
     Action,
-    CommandResult,
     Membership,
     ProjectRecord,
     WorkloadAction,
@@ -26,25 +25,10 @@ from services.bus.nats_bus import NatsBus
 from services.bus.settings import BusSettings
 from services.lifecycle import logic
 from services.lifecycle.service import Lifecycle, Settings
+from tests.agent_reports import report
 from tests.harness import CountingBucket, NatsServer
 
 KEY = desired_key("c1", workload_key(WorkloadRef(kind="tenant", project="p1", name="t1")))
-
-
-def result_of(record: WorkloadRecord) -> CommandResult:
-    spec = record.spec
-    return CommandResult(
-        op_id=record.op_id,
-        cluster=spec.cluster,
-        kind=spec.kind,
-        project=spec.project,
-        name=spec.name,
-        generation=record.generation,
-        ok=True,
-        state=spec.state,
-        version=spec.version,
-        at=time.time(),
-    )
 
 
 def act(action: Action) -> WorkloadAction:
@@ -81,10 +65,10 @@ async def test_replicas_write_on_top_of_their_own_writes_and_see_each_others(bus
         return found[0]
 
     slept = await a.workloads.action(act("sleep"))  # nothing remembered yet: read
-    await a.results.record(result_of(slept), "c1")
+    await a.results.record(report(slept), "c1")
     reads = a_bucket.reads
     woken = await a.workloads.action(act("wake"))
-    await a.results.record(result_of(woken), "c1")
+    await a.results.record(report(woken), "c1")
     assert a_bucket.reads == reads, "a replica writes on top of its own last write without a read"
     assert logic.in_sync(await stored()) and (await stored()).spec.state == "running"
 
@@ -98,7 +82,7 @@ async def test_replicas_write_on_top_of_their_own_writes_and_see_each_others(bus
 
     # Results: b records the wake's; then a gets the same result again (the agent asked again after a lost
     # answer) while it remembers the record before b's write: it reads, finds it recorded, writes nothing.
-    delivered = result_of(again)
+    delivered = report(again)
     assert (await b.results.record(delivered, "c1")).outcome == "recorded"
     recorded = await stored()
     assert recorded.observed is not None and recorded.observed.generation == again.generation

@@ -13,7 +13,6 @@ from nats.aio.client import Client
 
 from schemas import subjects
 from schemas.messages import (
-    CommandResult,
     Membership,
     ProjectRecord,
     WorkloadCreate,
@@ -28,6 +27,7 @@ from services.bus.nats_bus import NatsBus
 from services.bus.settings import BusSettings
 from services.lifecycle import logic
 from services.lifecycle.service import Lifecycle, Settings
+from tests.agent_reports import report
 from tests.harness import NatsServer
 
 KEY = desired_key("c1", workload_key(WorkloadRef(kind="tenant", project="p1", name="t1")))
@@ -39,24 +39,6 @@ async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
     connected = await NatsBus.connect(BusSettings(url=nats_server.url), "test-lifecycle")
     yield connected
     await connected.close()
-
-
-def report(record: WorkloadRecord, *, settled: bool) -> CommandResult:
-    spec = record.spec
-    return CommandResult(
-        op_id=record.op_id,
-        cluster=spec.cluster,
-        kind=spec.kind,
-        project=spec.project,
-        name=spec.name,
-        generation=record.generation,
-        ok=True,
-        state=spec.state,
-        version=spec.version,
-        at=time.time(),
-        settled=settled,
-        reason="" if settled else "ControlPlaneRestarting",
-    )
 
 
 async def stored_phases(nc: Client) -> list[str]:
@@ -87,7 +69,11 @@ async def test_a_phase_entered_again_at_one_generation_is_announced_again(bus: B
 
     # Ready; its control plane restarts (Pending, same generation); Ready again, all within seconds.
     for settled in (True, False, True):
-        assert (await lifecycle.results.record(report(created, settled=settled), "c1")).outcome == "recorded"
+        assert (
+            await lifecycle.results.record(
+                report(created, settled=settled, reason="" if settled else "ControlPlaneRestarting"), "c1"
+            )
+        ).outcome == "recorded"
     # The agent asks again after a lost answer: nothing new to say.
     assert (await lifecycle.results.record(report(created, settled=True), "c1")).outcome == "already"
 
