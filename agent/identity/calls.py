@@ -3,17 +3,19 @@
 Asked again by what the last attempt got (``schemas.retrying.Retries``): a busy platform's retry-after, soon
 while nobody listens (a service restarting), a doubling backoff after a timeout.
 
-A busy service answers at once that it is busy (its admission), so requests that go unanswered on a link that
-says it is up, again and again, point at the link: in the 10,000-agent benchmark on a slow machine, 40 agents'
+A busy service answers at once that it is busy (its admission), so a link that says it is up and carries no
+answer at all for a minute points at the link: in the 10,000-agent benchmark on a slow machine, 40 agents'
 connections carried no answer for 5.5 minutes (nats-server's read loops had fallen seconds behind) until the
-server dropped them as stale, and each one's next request on a new connection was answered at once. So after
-``RELINK_AFTER`` unanswered requests in a row the connection is dropped and made again.
+links dropped, all within two seconds, and each one's next request on a new connection was answered at once.
+So after ``RELINK_SILENCE`` of unanswered requests in a row the connection is made again. Not sooner: in a
+restart storm a request may well go unanswered once, and a reconnect costs the busy server a connect.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from agent.bus import Connection, request
 from schemas.errors import Internal, NoReply, NoResponders, Overloaded, TetherError, Unavailable
@@ -25,8 +27,10 @@ logger = logging.getLogger(__name__)
 RETRY_BACKOFF = (0.5, 30.0)
 """(base, cap) seconds between attempts of a request the platform did not answer in time."""
 
-RELINK_AFTER = 2
-"""Requests in a row with no answer at all (each its whole timeout) after which the link is made again."""
+RELINK_SILENCE = 60.0
+"""Seconds of requests in a row with no answer at all (each its whole timeout) after which the link is made
+again: two of the 30 s bootstrap and hello requests, about the time nats-py's own pings (15 s, 3 outstanding)
+take to find a link that carries nothing."""
 
 
 async def call(
@@ -39,27 +43,30 @@ async def call(
     timeout: float,
     failures: list[TetherError] | None = None,
     not_listening: tuple[float, float] = NOT_LISTENING_BACKOFF,
+    relink_after: float = RELINK_SILENCE,
 ) -> M:
     """Request until the platform answers; Unavailable (and Internal) are asked again (``Retries``), a busy
     platform's ``Overloaded`` after the retry-after it gives (with jitter).
 
     Each retried failure but ``Overloaded`` is appended to ``failures`` when given. ``not_listening``: (base,
-    cap) seconds between attempts nobody listens to.
+    cap) seconds between attempts nobody listens to. ``relink_after``: seconds of unanswered requests in a row
+    after which the link is made again.
     """
     retries = Retries(RETRY_BACKOFF, not_listening)
-    unanswered = 0
+    silent_since: float | None = None  # when the first of the unanswered requests in a row was sent
     while True:
         try:
             return await request(conn, subject, message, reply_type, timeout)
         except (Unavailable, Internal) as exc:
-            unanswered = unanswered + 1 if isinstance(exc, NoReply) else 0
+            now = time.monotonic()
+            silent_since = (silent_since or now - timeout) if isinstance(exc, NoReply) else None
             delay = retries.after(exc)
             _log(what, exc, retries, delay, linked=conn.is_connected)
             if failures is not None and not isinstance(exc, Overloaded):
                 failures.append(exc)
-            if unanswered >= RELINK_AFTER and conn.is_connected:
-                logger.warning("%s: %d requests in a row went unanswered; connecting to NATS again", what, unanswered)
-                unanswered = 0
+            if silent_since is not None and now - silent_since >= relink_after and conn.is_connected:
+                logger.warning("%s: no answer for %.0fs; connecting to NATS again", what, now - silent_since)
+                silent_since = None
                 await conn.force_reconnect()
             await asyncio.sleep(delay)
 
