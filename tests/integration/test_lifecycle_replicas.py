@@ -3,7 +3,6 @@ wrote last without reading it first, and a write by the other one is never misse
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,10 +10,7 @@ import pytest
 from schemas import subjects
 from schemas.messages import (
     Action,
-    Membership,
-    ProjectRecord,
     WorkloadAction,
-    WorkloadCreate,
     WorkloadRecord,
     WorkloadRef,
     desired_key,
@@ -25,8 +21,8 @@ from services.bus.nats_bus import NatsBus
 from services.bus.settings import BusSettings
 from services.lifecycle import logic
 from services.lifecycle.service import Lifecycle, Settings
-from tests.agent_reports import report
 from tests.harness import CountingBucket, NatsServer
+from tests.lifecycle_records import new_tenant, report
 
 KEY = desired_key("c1", workload_key(WorkloadRef(kind="tenant", project="p1", name="t1")))
 
@@ -49,14 +45,7 @@ async def test_replicas_write_on_top_of_their_own_writes_and_see_each_others(bus
     a_bucket = CountingBucket[WorkloadRecord](plain.kv, WorkloadRecord)  # type: ignore[attr-defined]
     a = Lifecycle(Settings(), bus, a_bucket)
     b = Lifecycle(Settings(), bus, plain)
-    seed = logic.new_record(
-        WorkloadCreate(kind="tenant", project="p1", name="t1", cluster="c1", created_by="u"),
-        ProjectRecord(name="p1"),
-        "c1",
-        Membership(project="p1"),
-        time.time(),
-        "op-create",
-    )
+    seed = new_tenant("op-create")
     await plain.create(KEY, seed)
 
     async def stored() -> WorkloadRecord:

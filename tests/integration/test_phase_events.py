@@ -4,7 +4,6 @@ recorded twice is announced once."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -13,9 +12,6 @@ from nats.aio.client import Client
 
 from schemas import subjects
 from schemas.messages import (
-    Membership,
-    ProjectRecord,
-    WorkloadCreate,
     WorkloadEvent,
     WorkloadRecord,
     WorkloadRef,
@@ -25,10 +21,9 @@ from schemas.messages import (
 from services.bus import Bus
 from services.bus.nats_bus import NatsBus
 from services.bus.settings import BusSettings
-from services.lifecycle import logic
 from services.lifecycle.service import Lifecycle, Settings
-from tests.agent_reports import report
 from tests.harness import NatsServer
+from tests.lifecycle_records import new_tenant, report
 
 KEY = desired_key("c1", workload_key(WorkloadRef(kind="tenant", project="p1", name="t1")))
 
@@ -57,14 +52,7 @@ async def test_a_phase_entered_again_at_one_generation_is_announced_again(bus: B
     await bus.declare_streams("platform", "commands")
     bucket = await bus.bucket(subjects.BUCKET_DESIRED, WorkloadRecord, history=5)
     lifecycle = Lifecycle(Settings(), bus, bucket)
-    created = logic.new_record(
-        WorkloadCreate(kind="tenant", project="p1", name="t1", cluster="c1", created_by="u"),
-        ProjectRecord(name="p1"),
-        "c1",
-        Membership(project="p1"),
-        time.time(),
-        "0" * 32,
-    )
+    created = new_tenant("0" * 32)
     await bucket.create(KEY, created)
 
     # Ready; its control plane restarts (Pending, same generation); Ready again, all within seconds.
