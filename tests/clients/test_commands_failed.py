@@ -81,7 +81,7 @@ async def test_failed_create_and_delete_are_counted_and_announced(stack: Stack, 
 
 ID_SHAPES = {
     "cluster-event.v1": r"((registered|connected|disconnected)|cluster-(online|offline))-[a-z0-9-]+-[0-9.e+]+",
-    "workload-event.v1": r"(space|tenant)-[a-z0-9-]+-[a-z0-9-]+-[a-z]+-g\d+|failed-.+",
+    "workload-event.v1": r"(space|tenant)-[a-z0-9-]+-[a-z0-9-]+-([a-z]+-r\d+|deleted-g\d+)|failed-.+",
     "membership-changed.v1": r"members-[a-z0-9-]+-(\d+|team-[a-z0-9-]+-\d+)",
 }
 
