@@ -1,9 +1,10 @@
 """An agent whose requests go unanswered on a link that says it is up makes the link again (issue 17).
 
 In the 10,000-agent benchmark on a slow machine, 40 agents' connections carried no answer to their connect
-request for 5.5 minutes, until nats-server dropped them as stale; on a new connection each was answered at
-once. ``calls.call`` now connects again after ``RELINK_SILENCE`` of unanswered requests in a row (here 1 s,
-with 0.5 s requests). Real nats-server, the agent's own connection; the service here stays silent on purpose.
+request for 5.5 minutes, until the links dropped (which side held them is not known); on a new connection
+each was answered at once. ``calls.call`` now connects again after ``RELINK_SILENCE`` of unanswered requests in
+a row (here 1 s, with 0.5 s requests). Real nats-server, the agent's own connection; the service here stays
+silent on purpose.
 """
 
 from __future__ import annotations

@@ -3,10 +3,6 @@ wrote last without reading it first, and a write by the other one is never misse
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
 from schemas import subjects
 from schemas.messages import (
     Action,
@@ -17,11 +13,9 @@ from schemas.messages import (
     workload_key,
 )
 from services.bus import Bus
-from services.bus.nats_bus import NatsBus
-from services.bus.settings import BusSettings
 from services.lifecycle import logic
 from services.lifecycle.service import Lifecycle, Settings
-from tests.harness import CountingBucket, NatsServer
+from tests.harness import CountingBucket
 from tests.lifecycle_records import new_tenant, report
 
 KEY = desired_key("c1", workload_key(WorkloadRef(kind="tenant", project="p1", name="t1")))
@@ -31,20 +25,12 @@ def act(action: Action) -> WorkloadAction:
     return WorkloadAction(kind="tenant", project="p1", name="t1", action=action, by="u")
 
 
-@pytest.fixture
-async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
-    await nats_server.wait_ready()
-    connected = await NatsBus.connect(BusSettings(url=nats_server.url), "test-lifecycle")
-    yield connected
-    await connected.close()
-
-
-async def test_replicas_write_on_top_of_their_own_writes_and_see_each_others(bus: Bus) -> None:
-    await bus.declare_streams("platform", "commands")
-    plain = await bus.bucket(subjects.BUCKET_DESIRED, WorkloadRecord, history=5)
+async def test_replicas_write_on_top_of_their_own_writes_and_see_each_others(lifecycle_bus: Bus) -> None:
+    await lifecycle_bus.declare_streams("platform", "commands")
+    plain = await lifecycle_bus.bucket(subjects.BUCKET_DESIRED, WorkloadRecord, history=5)
     a_bucket = CountingBucket[WorkloadRecord](plain.kv, WorkloadRecord)  # type: ignore[attr-defined]
-    a = Lifecycle(Settings(), bus, a_bucket)
-    b = Lifecycle(Settings(), bus, plain)
+    a = Lifecycle(Settings(), lifecycle_bus, a_bucket)
+    b = Lifecycle(Settings(), lifecycle_bus, plain)
     seed = new_tenant("op-create")
     await plain.create(KEY, seed)
 

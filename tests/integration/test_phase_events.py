@@ -4,10 +4,7 @@ recorded twice is announced once."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import msgspec
-import pytest
 from nats.aio.client import Client
 
 from schemas import subjects
@@ -19,21 +16,10 @@ from schemas.messages import (
     workload_key,
 )
 from services.bus import Bus
-from services.bus.nats_bus import NatsBus
-from services.bus.settings import BusSettings
 from services.lifecycle.service import Lifecycle, Settings
-from tests.harness import NatsServer
 from tests.lifecycle_records import new_tenant, report
 
 KEY = desired_key("c1", workload_key(WorkloadRef(kind="tenant", project="p1", name="t1")))
-
-
-@pytest.fixture
-async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
-    await nats_server.wait_ready()
-    connected = await NatsBus.connect(BusSettings(url=nats_server.url), "test-lifecycle")
-    yield connected
-    await connected.close()
 
 
 async def stored_phases(nc: Client) -> list[str]:
@@ -48,10 +34,10 @@ async def stored_phases(nc: Client) -> list[str]:
     return phases
 
 
-async def test_a_phase_entered_again_at_one_generation_is_announced_again(bus: Bus, nc: Client) -> None:
-    await bus.declare_streams("platform", "commands")
-    bucket = await bus.bucket(subjects.BUCKET_DESIRED, WorkloadRecord, history=5)
-    lifecycle = Lifecycle(Settings(), bus, bucket)
+async def test_a_phase_entered_again_at_one_generation_is_announced_again(lifecycle_bus: Bus, nc: Client) -> None:
+    await lifecycle_bus.declare_streams("platform", "commands")
+    bucket = await lifecycle_bus.bucket(subjects.BUCKET_DESIRED, WorkloadRecord, history=5)
+    lifecycle = Lifecycle(Settings(), lifecycle_bus, bucket)
     created = new_tenant("0" * 32)
     await bucket.create(KEY, created)
 
