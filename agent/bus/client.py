@@ -1,4 +1,4 @@
-"""nats-py's client with one fix, and the small helpers every part of the agent's bus uses."""
+"""nats-py's client with two fixes, and the small helpers every part of the agent's bus uses."""
 
 from __future__ import annotations
 
@@ -9,15 +9,43 @@ from nats.js.errors import APIError
 
 
 class PatchedClient(Client):
-    """nats-py's client, with PONGs that outlive the flush that asked for them.
+    """nats-py's client with two fixes, each for a link that looked up and carried nothing.
 
-    nats-py 2.16 cancels a flush's PONG future when the flush times out (on a
-    slow server: in a reconnect, a drain, a close) and later calls
-    ``set_result`` on it when the PONG arrives; the ``InvalidStateError`` ends
-    the read loop, and the connection then carries nothing in either direction
-    until its pings go stale. Seen on 148 of 10,000 agents in the scale
-    benchmark, each one stuck on its first request.
+    PONGs that outlive the flush that asked for them: nats-py 2.16 cancels a
+    flush's PONG future when the flush times out (on a slow server: in a
+    reconnect, a drain, a close) and later calls ``set_result`` on it when the
+    PONG arrives; the ``InvalidStateError`` ends the read loop, and the
+    connection then carries nothing in either direction until its pings go
+    stale. Seen on 148 of 10,000 agents in the scale benchmark, each one stuck
+    on its first request.
+
+    A connect answered with the server's PING before its PONG
+    (``_process_connect_init``).
     """
+
+    async def _process_connect_init(self) -> None:
+        """nats-py's handshake, and a connect it left half done made whole.
+
+        The client sends CONNECT and PING and reads one line, taking the link
+        as up only if that line is the PONG. nats-server sends its first PING
+        (to measure the round trip) 2 s after accepting a connection whose
+        first PONG it has not yet sent: when the server took that long over
+        the CONNECT, its PING comes first. nats-py 2.16 then returns from
+        ``connect`` with the client still *connecting*, so its flusher ends at
+        once and its pinger never pings: nothing it publishes is sent, the
+        server's PINGs go unanswered, and the server drops the link as stale
+        about six minutes later (two missed 2-minute pings). Seen on one agent
+        in 10,000 (six minutes to come online, the whole run's tail) and 40 in
+        another run, each whose CONNECT the server was 2 s or more behind on.
+
+        The link is taken as up on that PING: the PONG then arrives through the
+        read loop, and so would a refusal (``-ERR``), handled as the refusal of a
+        link already up is (expired or revoked credentials). Set before anything
+        yields, so the flusher the handshake started sees the link up.
+        """
+        await super()._process_connect_init()
+        if self._status == Client.CONNECTING:
+            self._status = Client.CONNECTED
 
     async def _process_pong(self) -> None:
         if self._pongs:

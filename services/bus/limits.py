@@ -14,6 +14,8 @@ from collections.abc import Callable
 from nats.aio.client import Client
 from nats.errors import MaxPayloadError
 
+from services.bus.client import LinkClient
+
 HEADER_OVERHEAD = 64
 """Bytes of framing around the headers (``NATS/1.0`` line, separators) counted on top of their text."""
 
@@ -40,8 +42,9 @@ def fits(nc: Client, payload: bytes, headers: dict[str, str] | None = None) -> b
     return wire_size(payload, headers) <= nc.max_payload
 
 
-class GuardedClient(Client):
-    """nats-py's client that never sends a message the server would close the connection for."""
+class GuardedClient(LinkClient):
+    """nats-py's client (with ``LinkClient``'s fixes) that never sends a message the server would close the
+    connection for."""
 
     closing = False
     """Set when we close it ourselves (a close by the server is fatal, ours is not)."""

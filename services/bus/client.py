@@ -1,0 +1,39 @@
+"""nats-py's client with the two fixes the agent's bus has too (``agent.bus.client``), each for a link
+that looked up and carried nothing: a service on such a link answers nobody and is never restarted, because
+its connection is not closed.
+
+The two runtimes never import each other (import-linter), so each holds its own few lines of them.
+"""
+
+from __future__ import annotations
+
+from nats.aio.client import Client
+
+
+class LinkClient(Client):
+    """nats-py's client whose handshake and PONGs cannot leave it half connected."""
+
+    async def _process_connect_init(self) -> None:
+        """nats-py's handshake, and a connect it left half done made whole.
+
+        nats-py reads one line after its CONNECT and PING and takes the link as up only if it is the PONG.
+        nats-server sends its first PING 2 s after accepting a connection whose first PONG it has not yet
+        sent, so a server that takes that long over the CONNECT (busy with a restart's reconnects) answers
+        with its PING first. nats-py 2.16 then returns with the client still *connecting*: its flusher ends
+        at once, its pinger never pings, nothing it publishes is sent, and the server drops the link as stale
+        minutes later (two missed 2-minute pings). Taken as up on that PING instead; the PONG, or a refusal
+        (``-ERR``), then arrives through the read loop. Set before anything yields, so the flusher the
+        handshake started sees the link up."""
+        await super()._process_connect_init()
+        if self._status == Client.CONNECTING:
+            self._status = Client.CONNECTED
+
+    async def _process_pong(self) -> None:
+        """A PONG for a flush that timed out: nats-py 2.16 sets the result of the future the flush
+        cancelled, and the ``InvalidStateError`` ends its read loop (the link then carries nothing)."""
+        if self._pongs:
+            future = self._pongs.pop(0)
+            if not future.done():
+                future.set_result(True)
+            self._pongs_received += 1
+            self._pings_outstanding = 0
