@@ -149,6 +149,28 @@ def merge_seen(stored: Presence, mine: Presence, min_advance: float = 0.0) -> Pr
     return msgspec.structs.replace(stored, last_seen=mine.last_seen, health=mine.health, session=mine.session)
 
 
+def is_refresh(stored: Presence, new: Presence) -> bool:
+    """Whether writing ``new`` over ``stored`` only moves its last-seen time (and the tenants' control planes)
+    forward: the same session and the same health of the cluster itself."""
+    return new.session == stored.session and _cluster_level(new.health) == _cluster_level(stored.health)
+
+
+class Allowance:
+    """So many refresh writes per flush (None: no limit); writes that are not refreshes are never counted."""
+
+    def __init__(self, limit: float | None) -> None:
+        self.left = limit
+
+    def take(self, refresh: bool) -> bool:
+        """Whether this write may go now (taking one of the allowance if it is a refresh)."""
+        if not refresh or self.left is None:
+            return True
+        if self.left < 1:
+            return False
+        self.left -= 1
+        return True
+
+
 def _cluster_level(health: ClusterHealth) -> ClusterHealth:
     return msgspec.structs.replace(health, control_planes=()) if health.control_planes else health
 

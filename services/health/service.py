@@ -57,6 +57,15 @@ class Settings(FromEnv):
     replica hears every heartbeat, and a restarted one counts silence from its own start. Writing every
     heartbeat's time was 5,000 KV writes/s at 10,000 clusters, and delayed heartbeats behind them."""
 
+    seen_writes_per_second: float = env("TETHER_SEEN_WRITES_PER_SECOND", 20.0)
+    """At most this many writes a second, over the whole fleet, that only move stored last-seen times forward;
+    the rest wait for a later flush. A fleet that came online together had its refreshes due together (1,000
+    clusters: 1,000 fsynced writes within a few seconds, every minute, beside the commands), and a large fleet's
+    grew with it (10,000 clusters: 167 a second, while idle); now each cluster's stored time is refreshed
+    every ``seen_write_interval`` or, past that many clusters per ``seen_write_interval``, as the budget
+    goes round (10,000 clusters: every ~500 s). A new session or a change of the cluster's own health is
+    never held back by it. 0: no limit."""
+
     heartbeat_rate: float = env("TETHER_HEARTBEAT_RATE", 10.0)
     """Heartbeats a second one cluster may send (agents send one every few seconds); the rest are dropped
     unread, so one agent's flood cannot delay every other cluster's heartbeats."""
@@ -196,39 +205,44 @@ class HealthMonitor:
 
     async def flush_once(self) -> None:
         dirty, self.dirty = self.dirty, set()
+        rate = self.settings.seen_writes_per_second
+        refreshes = logic.Allowance(rate * self.settings.flush_interval if rate > 0 else None)
         for name in dirty:
             mine = self.presence.get(name)
             if mine is None:
                 continue
             try:
-                await self._flush(name, mine)
+                if not await self._flush(name, mine, refreshes):
+                    self.dirty.add(name)  # a refresh over this flush's allowance: a later flush writes it
             except Conflict:
                 self.dirty.add(name)  # written by another replica right now: the next flush reads it
             except TetherError as exc:
                 logger.warning("could not flush presence of %s: %s", name, exc)
                 self.dirty.add(name)
 
-    async def _flush(self, name: str, mine: Presence) -> None:
+    async def _flush(self, name: str, mine: Presence, refreshes: logic.Allowance) -> bool:
+        """Write what is worth writing of ``mine``; False when it is a refresh over the allowance (not written)."""
         last = self.written.pop(name, None)
         if last is not None:
             new = logic.merge_seen(last[0], mine, self.settings.seen_write_interval)
-            if new is None:
+            if new is None or not refreshes.take(logic.is_refresh(last[0], new)):
                 self.written[name] = last
-                return
+                return new is None
             try:
                 self.written[name] = (new, await self.bucket.update(name, new, last[1]))
-                return
+                return True
             except Conflict:
                 pass  # written by someone else since: read it
         found = await self.bucket.get(name)
         if found is None:
             self.written[name] = (mine, await self.bucket.create(name, mine))
-            return
+            return True
         new = logic.merge_seen(found[0], mine, self.settings.seen_write_interval)
-        if new is None:
+        if new is None or not refreshes.take(logic.is_refresh(found[0], new)):
             self.written[name] = found
-            return
+            return new is None
         self.written[name] = (new, await self.bucket.update(name, new, found[1]))
+        return True
 
     async def on_disconnected(self, msg: Delivery) -> None:
         try:

@@ -53,3 +53,44 @@ async def test_flush_writes_without_reading_and_never_goes_back_in_time(nc: Clie
     await a.flush_once()
     assert await stored() == 130.0
     assert not a.dirty and not b.dirty
+
+
+class WriteCountingBucket(CountingBucket[Presence]):
+    writes = 0
+
+    async def create(self, key: str, value: Presence) -> int:
+        self.writes += 1
+        return await super().create(key, value)
+
+    async def update(self, key: str, value: Presence, revision: int) -> int:
+        self.writes += 1
+        return await super().update(key, value, revision)
+
+
+async def test_refreshes_due_together_are_written_at_the_allowance_pace_and_changes_are_not_held(
+    nc: Client,
+) -> None:
+    plain = await ensure_bucket(nc.jetstream(), subjects.BUCKET_PRESENCE, Presence, replicas=1)
+    bucket = WriteCountingBucket(plain.kv, Presence)
+    # 2 refreshes a second, a flush every 2 s: 4 per flush.
+    settings = Settings(seen_write_interval=60.0, seen_writes_per_second=2.0, flush_interval=2.0)
+    monitor = HealthMonitor(settings, MemoryBus(), bucket)
+    fleet = [f"c{i}" for i in range(10)]
+    for name in fleet:
+        beat(monitor, name, 100.0)
+    await monitor.flush_once()
+    assert bucket.writes == 10, "first writes of a cluster are not refreshes"
+
+    for name in fleet:  # the whole fleet came online together: all due again together
+        beat(monitor, name, 161.0)
+    sick = Heartbeat(cluster="c0", session="s", seq=2, sent_at=161.0, health=ClusterHealth(nodes_ready=1))
+    monitor.presence["c0"], _ = logic.observe(monitor.presence["c0"], sick, 161.0)
+    await monitor.flush_once()
+    assert bucket.writes == 10 + 1 + 4, "the change of c0's health, and four refreshes"
+    assert len(monitor.dirty) == 5, "the rest wait, still to be written"
+    await monitor.flush_once()
+    await monitor.flush_once()
+    assert bucket.writes == 10 + 1 + 9 and not monitor.dirty
+    for name in fleet:
+        found = await bucket.get(name)
+        assert found is not None and found[0].last_seen == 161.0

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import msgspec
+
 from schemas.messages import Capacity, ClusterHealth, ControlPlaneHealth, Heartbeat
 from services.health import logic
 
@@ -84,6 +86,20 @@ def test_a_last_seen_time_alone_is_written_only_when_it_moved_enough() -> None:
     sick, _ = logic.observe(stored, hb(health=ClusterHealth(nodes_ready=1, nodes_total=3)), now=105.0)
     merged = logic.merge_seen(stored, sick, min_advance=60.0)
     assert merged is not None and merged.health.nodes_ready == 1
+
+
+def test_only_refreshes_of_the_last_seen_time_count_against_the_allowance() -> None:
+    stored, _ = logic.observe(None, hb(), now=100.0)
+    later, _ = logic.observe(stored, hb(), now=161.0)
+    sick, _ = logic.observe(stored, hb(health=ClusterHealth(nodes_ready=1, nodes_total=3)), now=162.0)
+    assert logic.is_refresh(stored, later)
+    assert not logic.is_refresh(stored, sick)
+    assert not logic.is_refresh(stored, msgspec.structs.replace(later, session="another"))
+    allowance = logic.Allowance(2)
+    assert [allowance.take(refresh=True) for _ in range(3)] == [True, True, False]
+    assert allowance.take(refresh=False), "a change of the cluster's health is never held back"
+    unlimited = logic.Allowance(None)
+    assert all(unlimited.take(refresh=True) for _ in range(1000))
 
 
 def test_a_change_in_the_tenants_control_planes_alone_waits_like_the_last_seen_time() -> None:
