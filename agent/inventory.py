@@ -1,5 +1,6 @@
 """Inventory: what the driver holds, on ``tether.evt.<cluster>.inventory``, after every (re)connect and
-every ``inventory_interval`` seconds. Lifecycle reconciles it against the desired state."""
+every ``inventory_interval`` seconds (jittered by a quarter, so a fleet does not report in step). Lifecycle
+reconciles it against the desired state."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from agent.errors import DriverError
 from schemas import subjects
 from schemas.errors import Unavailable
 from schemas.messages import MAX_OBJECTS, Inventory, InventoryItem
-from schemas.retrying import backoff_delay
+from schemas.retrying import backoff_delay, jittered
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class InventoryReporter:
         while True:
             reason: Reason = "periodic"
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._interval):
+                async with asyncio.timeout(jittered(self._interval)):
                     await self.now.wait()
                 reason = "connect"
             self.now.clear()

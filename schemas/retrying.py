@@ -24,6 +24,15 @@ def backoff_delay(
     return ceiling / 2 + r * ceiling / 2
 
 
+def jittered(period: float, spread: float = 0.25, rng: random.Random | None = None) -> float:
+    """``period`` stretched or shrunk by up to ``spread`` of it, at random: the same on average.
+
+    For timers every agent runs (a report, a pull that expires): a fleet that connected together, after a
+    platform restart for one, would otherwise keep them in step for good, each period's work arriving at once."""
+    r: float = rng.random() if rng else random.random()
+    return period * (1.0 - spread + 2.0 * spread * r)
+
+
 NOT_LISTENING_BACKOFF = (0.25, 2.0)
 """(base, cap) seconds between attempts while nobody listens on the subject (``NoResponders``)."""
 OVERLOAD_JITTER = 0.25

@@ -20,15 +20,17 @@ from agent.bus.events import Hook
 from agent.bus.pull import ACK, Puller, PullRefused
 from schemas import subjects
 from schemas.errors import Unavailable
-from schemas.retrying import backoff_delay
+from schemas.retrying import backoff_delay, jittered
 
 logger = logging.getLogger(__name__)
 
 FETCH_TIMEOUT = 60.0
 """Seconds one pull waits for a command. A command arriving meanwhile is delivered at once; the wait only
 sets how many pull requests an idle agent sends (10,000 idle agents: 167/s; an expiring pull cost nats-server
-and the agent more than a heartbeat). A pull does not wait this long when it cannot be answered: a reconnect
-ends it, and so does the server's 409 (leader changed, server shut down, consumer deleted)."""
+and the agent more than a heartbeat). Each pull's wait is jittered (``jittered``): a fleet that reconnected
+together would otherwise expire its pulls together, every minute. A pull does not wait this long when it
+cannot be answered: a reconnect ends it, and so does the server's 409 (leader changed, server shut down,
+consumer deleted)."""
 ACK_TIMEOUT = 10.0
 """Seconds an acknowledgement waits for the server's confirmation."""
 ACK_GIVE_UP = 15.0
@@ -337,7 +339,7 @@ class CommandQueue:
 
     async def _fetch_one(self, sub: Puller) -> Delivery | None:
         try:
-            msg = await sub.next(self._fetch_timeout, self._ack_to_send())
+            msg = await sub.next(jittered(self._fetch_timeout), self._ack_to_send())
             if sub.answered:
                 self._acking = None
         except (NatsError, PullRefused) as exc:

@@ -14,7 +14,7 @@ import pytest
 
 from agent.identity.calls import RETRY_BACKOFF
 from schemas.errors import Internal, NoResponders, Overloaded, Unavailable
-from schemas.retrying import NOT_LISTENING_BACKOFF, Retries
+from schemas.retrying import NOT_LISTENING_BACKOFF, Retries, jittered
 
 
 @pytest.fixture(autouse=True)
@@ -64,3 +64,20 @@ def test_nobody_listening_does_not_lengthen_the_backoff_of_timeouts_nor_the_othe
     for _ in range(10):
         retries.after(Unavailable("no reply"))
     assert retries.after(NoResponders("no service answers")) <= NOT_LISTENING_BACKOFF[1]
+
+
+def test_a_fleets_periodic_timers_drift_out_of_step_and_keep_their_period_on_average() -> None:
+    period = 120.0
+    waits = [jittered(period) for _ in range(10_000)]
+    assert 0.75 * period <= min(waits) and max(waits) <= 1.25 * period
+    assert abs(sum(waits) / len(waits) - period) < 1.0, "the same rate of reports on average"
+    # 1,000 agents that reported together (a platform restart): after three periods they are spread over a
+    # minute and more, not a second.
+    at = [0.0] * 1000
+    for _ in range(3):
+        at = [t + jittered(period) for t in at]
+    assert max(at) - min(at) > 60.0
+    per_second = [0] * 1000
+    for t in at:
+        per_second[int(t)] += 1
+    assert max(per_second) < 40, "at most a few percent of the fleet in any one second"
