@@ -31,9 +31,9 @@ logger = logging.getLogger(__name__)
 
 LEFT_OUT_OBJECTS = 10_000
 """Objects whose left-out results (``ResultRecorded.later``) this agent remembers at most (the oldest go)."""
-RECORD_TIMEOUT = 10.0
-"""Seconds to wait for lifecycle's answer to a result (it lets one wait in its queue 5 s at most, and says
-when to come back to the rest)."""
+RECORD_TIMEOUT = 5.0
+"""Seconds to wait for lifecycle's answer to a result (it answers a queued one within 2 s or says when to
+come back)."""
 LINK_WAIT = 60.0
 """Seconds a result waits for a link that is down before it is asked anyway (and fails, and is retried)."""
 STATUS_INTERVAL = 2.0

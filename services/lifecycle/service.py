@@ -68,11 +68,8 @@ class Settings(FromEnv):
 
     @property
     def result_admission(self) -> AdmissionLimits:
-        # A queued result may wait 5 s at most: well under the agents' 10 s request timeout. At 2 s, a stall
-        # of nats-server's of a few hundred ms (its handling time, averaged, up to ~1 s) refused results with
-        # "come back in 2.1 s" at 10,000 agents and 107 commands/s, when 63 waited: 3.7-4.8 s round trips
-        # for commands whose result had only to queue for a moment.
-        return AdmissionLimits(self.result_concurrency, self.result_queue, max_wait=5.0)
+        # A queued result may wait 2 s at most: well under the agents' 5 s request timeout.
+        return AdmissionLimits(self.result_concurrency, self.result_queue, max_wait=2.0)
 
 
 class Lifecycle:
