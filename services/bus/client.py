@@ -1,4 +1,4 @@
-"""nats-py's client with the two fixes the agent's bus has too (``agent.bus.client``), each for a link
+"""nats-py's client with the three fixes the agent's bus has too (``agent.bus.client``), each for a link
 that looked up and carried nothing: a service on such a link answers nobody and is never restarted, because
 its connection is not closed.
 
@@ -7,11 +7,26 @@ The two runtimes never import each other (import-linter), so each holds its own 
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from nats.aio.client import Client
 
 
 class LinkClient(Client):
-    """nats-py's client whose handshake and PONGs cannot leave it half connected."""
+    """nats-py's client whose handshake, PONGs and failed reconnects cannot leave it half connected."""
+
+    async def _connect_to_server(self, s: Any) -> None:
+        """nats-py 2.16 stops the old read loop, pinger and flusher once per reconnect, not per attempt: an
+        attempt whose flush timed out after its handshake left them running on its open socket, and the next
+        attempt put a new socket under the same transport (two read loops: "read() called while another
+        coroutine is already waiting"). Stopped and closed here, before each dial."""
+        if self._transport is not None:
+            for task in (self._reading_task, self._ping_interval_task, self._flusher_task):
+                if task is not None and task is not asyncio.current_task():
+                    task.cancel()
+            self._transport.close()  # type: ignore[no-untyped-call]
+        await super()._connect_to_server(s)
 
     async def _process_connect_init(self) -> None:
         """nats-py's handshake, and a connect it left half done made whole.

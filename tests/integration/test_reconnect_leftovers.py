@@ -1,0 +1,127 @@
+"""A reconnect attempt that fails after its handshake leaves nothing of itself running (issue 17).
+
+In a restart of 10,000 agents, nats-py 2.16 logged "nats: flush timeout" and then, on the same connections,
+"read() called while another coroutine is already waiting for incoming data" (63 times in one run). nats-py's
+reconnect cancels the old read loop, pinger and flusher and closes the socket once, before its loop of attempts;
+an attempt whose handshake succeeded but whose flush (after re-sending the subscriptions) timed out left its
+read loop, pinger and flusher running and its socket open, and the next attempt reused the same transport
+object with a new socket under it: two read loops on one connection.
+
+The peer here is scripted, not nats-server, because the fault needs one exact answer: the second connection's
+handshake is answered (PONG), the flush after it is not. A real server does that only when it is overloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+
+from agent.bus.client import PatchedClient
+from services.bus.client import LinkClient
+
+
+@dataclass
+class Peer:
+    """One accepted connection: the lines it sent, and whether the client closed it."""
+
+    index: int
+    writer: asyncio.StreamWriter
+    lines: list[bytes] = field(default_factory=list)
+    closed_by_client: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class ScriptedServer:
+    """Speaks just enough NATS: every connection is answered, except the flush on the second one."""
+
+    def __init__(self) -> None:
+        self.peers: list[Peer] = []
+        self.accepted = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        for peer in self.peers:
+            peer.writer.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = Peer(len(self.peers), writer)
+        self.peers.append(peer)
+        self.accepted.set()
+        info = {"server_id": "scripted", "version": "2.10.0", "proto": 1, "headers": True, "max_payload": 1 << 20}
+        writer.write(b"INFO " + json.dumps(info).encode() + b"\r\n")
+        pings = 0
+        with contextlib.suppress(ConnectionError):
+            while line := await reader.readline():
+                peer.lines.append(line)
+                if line.startswith(b"PING"):
+                    pings += 1
+                    # The second connection answers its handshake's PING, never the flush after it.
+                    if peer.index != 1 or pings == 1:
+                        writer.write(b"PONG\r\n")
+        peer.closed_by_client.set()
+
+
+async def wait(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"not within {timeout:g}s: {what}"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("client_class", [PatchedClient, LinkClient], ids=["agent", "services"])
+async def test_a_failed_reconnect_attempt_is_closed_before_the_next_one(client_class: type[Client]) -> None:
+    server = ScriptedServer()
+    await server.start()
+    errors: list[Exception] = []
+    nc = client_class()
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    def pick(servers: list[Any], _info: dict[str, Any]) -> tuple[Any, float]:
+        return servers[0], 0.1
+
+    try:
+        await nc.connect(
+            f"nats://127.0.0.1:{server.port}",
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_to_server_handler=pick,
+            error_cb=on_error,
+            connect_timeout=2,
+            ping_interval=120,
+        )
+        await nc.subscribe("tether.test")
+        await nc.flush()
+        server.peers[0].writer.close()  # the server goes away: the client reconnects
+
+        # The second connection's flush times out (nats-py's 10 s); the third one is the link.
+        await wait(lambda: len(server.peers) >= 3, "a third connection", timeout=40)
+        second = server.peers[1]
+        assert any(line.startswith(b"SUB tether.test") for line in second.lines), "the rig reached the flush"
+        await wait(second.closed_by_client.is_set, "the failed attempt's socket closed by the client", 5)
+
+        await wait(lambda: nc.is_connected, "connected on the third connection")
+        await nc.publish("tether.test", b"after")
+        await nc.flush(timeout=5)
+        assert any(line.startswith(b"PUB tether.test") for line in server.peers[2].lines)
+        assert not [e for e in errors if isinstance(e, RuntimeError)], errors
+        assert len(server.peers) == 3, "no further reconnect: the link it made is the one it uses"
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        await server.stop()
