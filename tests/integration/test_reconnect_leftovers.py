@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +24,7 @@ from nats.aio.client import Client
 
 from agent.bus.client import PatchedClient
 from services.bus.client import LinkClient
+from tests.harness import wait_for
 
 
 @dataclass
@@ -75,13 +75,6 @@ class ScriptedServer:
         peer.closed_by_client.set()
 
 
-async def wait(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, f"not within {timeout:g}s: {what}"
-        await asyncio.sleep(0.02)
-
-
 @pytest.mark.parametrize("client_class", [PatchedClient, LinkClient], ids=["agent", "services"])
 async def test_a_failed_reconnect_attempt_is_closed_before_the_next_one(client_class: type[Client]) -> None:
     server = ScriptedServer()
@@ -110,12 +103,12 @@ async def test_a_failed_reconnect_attempt_is_closed_before_the_next_one(client_c
         server.peers[0].writer.close()  # the server goes away: the client reconnects
 
         # The second connection's flush times out (nats-py's 10 s); the third one is the link.
-        await wait(lambda: len(server.peers) >= 3, "a third connection", timeout=40)
+        await wait_for(lambda: len(server.peers) >= 3, what="a third connection", timeout=40)
         second = server.peers[1]
         assert any(line.startswith(b"SUB tether.test") for line in second.lines), "the rig reached the flush"
-        await wait(second.closed_by_client.is_set, "the failed attempt's socket closed by the client", 5)
+        await wait_for(second.closed_by_client.is_set, what="the failed attempt's socket closed by us", timeout=5)
 
-        await wait(lambda: nc.is_connected, "connected on the third connection")
+        await wait_for(lambda: nc.is_connected, what="connected on the third connection")
         await nc.publish("tether.test", b"after")
         await nc.flush(timeout=5)
         assert any(line.startswith(b"PUB tether.test") for line in server.peers[2].lines)
