@@ -5,7 +5,8 @@
 - ``events``: nats-py's callbacks, reconnect/disconnect hooks, refusal and loss;
 - ``commands``: this cluster's commands from its durable consumer (``CommandQueue``, ``Delivery``);
 - ``messages``: what crosses it (``Incoming``, ``Published``, ``Subscription``, ``NatsIdentity``);
-- ``client``: nats-py's client with a fix, and small helpers.
+- ``watchdog``: a reconnect that stopped trying, found and started again;
+- ``client``: nats-py's client with its fixes, and small helpers.
 
 No nats-py type leaves this package.
 """

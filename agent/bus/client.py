@@ -1,4 +1,4 @@
-"""nats-py's client with two fixes, and the small helpers every part of the agent's bus uses."""
+"""nats-py's client with its fixes, and the small helpers every part of the agent's bus uses."""
 
 from __future__ import annotations
 
@@ -8,6 +8,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 from nats.aio.client import Client
 from nats.js.errors import APIError
+
+HANDSHAKE_TIMEOUT = 15
+"""Seconds the handshake may wait for the server's INFO and for its answer to CONNECT (the TCP connect keeps the
+dialer's shorter ``connect_timeout``). A server busy with a fleet's reconnects answers late, not never: read loops
+3-16 s behind in a restart of 10,000 agents. A handshake given up is a connection the server authenticates all
+the same, and one more that the agent dials."""
+RECONNECT_FLUSH_TIMEOUT = 30
+"""Seconds the flush that ends a reconnect attempt (after the subscriptions are sent again) may wait; nats-py's is
+10 s. In a restart of 10,000 agents thousands of links that had just come back gave up on that flush when the
+server was more than 10 s behind, and dialled again: 8,364 connections more than agents (0.84 each), the second
+wave starting ~40 s after NATS started, when the first was nearly over."""
 
 
 class PatchedClient(Client):
@@ -25,6 +36,13 @@ class PatchedClient(Client):
     (``_process_connect_init``).
 
     A reconnect attempt that failed after its handshake (``_connect_to_server``).
+
+    And for what is still unknown, a reconnect that stopped trying is started
+    again (``restart_reconnect``, by ``agent.bus.watchdog``).
+
+    Beside the fixes, patience with a busy server: the handshake and the flush
+    that ends a reconnect wait longer than nats-py's defaults
+    (``HANDSHAKE_TIMEOUT``, ``RECONNECT_FLUSH_TIMEOUT``).
     """
 
     async def _connect_to_server(self, s: Any) -> None:
@@ -64,9 +82,20 @@ class PatchedClient(Client):
         link already up is (expired or revoked credentials). Set before anything
         yields, so the flusher the handshake started sees the link up.
         """
-        await super()._process_connect_init()
+        dial_timeout = self.options["connect_timeout"]
+        self.options["connect_timeout"] = max(dial_timeout, HANDSHAKE_TIMEOUT)
+        try:
+            await super()._process_connect_init()
+        finally:
+            self.options["connect_timeout"] = dial_timeout
         if self._status == Client.CONNECTING:
             self._status = Client.CONNECTED
+
+    async def flush(self, timeout: int = 10) -> None:
+        """nats-py's flush; the one that ends a reconnect attempt waits ``RECONNECT_FLUSH_TIMEOUT``."""
+        if self._reconnection_task is not None and self._reconnection_task is asyncio.current_task():
+            timeout = max(timeout, RECONNECT_FLUSH_TIMEOUT)
+        await super().flush(timeout)
 
     async def _process_pong(self) -> None:
         if self._pongs:
@@ -75,6 +104,40 @@ class PatchedClient(Client):
                 future.set_result(True)
             self._pongs_received += 1
             self._pings_outstanding = 0
+
+    def restart_reconnect(self) -> None:
+        """Start nats-py's reconnect again from the top (``agent.bus.watchdog``: it stopped trying)."""
+        if self.is_closed:
+            return
+        stuck = self._reconnection_task
+        if stuck is not None and not stuck.done():
+            stuck.cancel()
+        self._status = Client.RECONNECTING
+        self._ps.reset()
+        self._reconnection_task = asyncio.get_running_loop().create_task(self._attempt_reconnect())
+
+    def link_state(self) -> str:
+        """What nats-py's link is doing, for the log line of a link found stuck."""
+        return (
+            f"status {self._status}, reconnect {_task_state(self._reconnection_task)}, "
+            f"read loop {_task_state(self._reading_task)}, pinger {_task_state(self._ping_interval_task)}, "
+            f"flusher {_task_state(self._flusher_task)}, pings out {self._pings_outstanding}, "
+            f"PONGs awaited {len(self._pongs)}, {self._pending_data_size} bytes pending, "
+            f"reconnects {self.stats['reconnects']}, last error {self.last_error!r}"
+        )
+
+
+def _task_state(task: asyncio.Task[Any] | None) -> str:
+    if task is None:
+        return "none"
+    if not task.done():
+        frames = task.get_stack(limit=8)
+        where = " < ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+        return f"running ({where or '?'})"
+    if task.cancelled():
+        return "cancelled"
+    exc = task.exception()
+    return f"ended ({exc!r})" if exc is not None else "ended"
 
 
 def redact(url: str) -> str:

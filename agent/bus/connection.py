@@ -20,10 +20,11 @@ from nats.js import JetStreamContext
 from nats.js.api import Header
 from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 
-from agent.bus.client import api_text, redact
+from agent.bus.client import PatchedClient, api_text, redact
 from agent.bus.dial import Dialer
 from agent.bus.events import Hook, LinkEvents
 from agent.bus.messages import NatsIdentity, Published, Subscription
+from agent.bus.watchdog import LinkWatchdog
 from agent.settings import AgentSettings
 from schemas import tracing
 from schemas.errors import RETRY_AFTER_HEADER, NoReply, NoResponders, Unavailable, from_wire
@@ -48,6 +49,12 @@ class Connection:
         """Set while the link is up: from the first connect, cleared at a drop, set again at the reconnect."""
         self.events.on_disconnected.append(self._up.clear)
         self.events.on_reconnected.append(self._up.set)
+        self.watchdog = LinkWatchdog(self.events, self._patched, lambda: self._up.is_set() and self.is_connected)
+        """Starts the reconnect again when nats-py stops trying (``agent.bus.watchdog``)."""
+        self.events.on_disconnected.append(self.watchdog.link_down)
+
+    def _patched(self) -> PatchedClient | None:
+        return self._nc if isinstance(self._nc, PatchedClient) else None
 
     @property
     def refused(self) -> asyncio.Event:
@@ -172,6 +179,7 @@ class Connection:
         call is answered): a drain costs a round trip to the server (unsubscribe, PING, PONG)."""
         nc, self._nc = self._nc, None
         self.events.closing = True
+        await self.watchdog.stop()
         if nc is None or nc.is_closed:
             return
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,8 @@ class LinkEvents:
         self.closing = False
         self.last_error: Exception | None = None
         self.reconnect_attempts = 0
+        self.last_attempt_at = time.monotonic()
+        """When the link dropped or the last reconnect attempt began (``time.monotonic``): the watchdog's clue."""
         self.auth_refusals = 0
         self.fatal = asyncio.Event()
         """Set during a first connect that cannot succeed (an unverifiable TLS certificate)."""
@@ -66,6 +69,7 @@ class LinkEvents:
         delay = backoff_delay(self.reconnect_attempts, base=base, cap=cap)
         server = servers[self.reconnect_attempts % len(servers)]
         self.reconnect_attempts += 1
+        self.last_attempt_at = time.monotonic()
         logger.debug("nats (%s): reconnect attempt %d in %.2fs", self.name, self.reconnect_attempts, delay)
         return server, delay
 
@@ -86,6 +90,7 @@ class LinkEvents:
     async def disconnected(self) -> None:
         if not self.established or self.closing:
             return
+        self.last_attempt_at = time.monotonic()
         logger.warning("nats (%s): disconnected from the platform; reconnecting", self.name)
         self._run_hooks(self.on_disconnected, "disconnected")
 

@@ -40,7 +40,9 @@ class Peer:
 class ScriptedServer:
     """Speaks just enough NATS: every connection is answered, except the flush on the second one."""
 
-    def __init__(self) -> None:
+    def __init__(self, late_flush: float | None = None) -> None:
+        self.late_flush = late_flush
+        """Seconds after which the second connection answers the flush after its handshake (None: never)."""
         self.peers: list[Peer] = []
         self.accepted = asyncio.Event()
         self._server: asyncio.Server | None = None
@@ -69,9 +71,11 @@ class ScriptedServer:
                 peer.lines.append(line)
                 if line.startswith(b"PING"):
                     pings += 1
-                    # The second connection answers its handshake's PING, never the flush after it.
-                    if peer.index != 1 or pings == 1:
+                    # The second connection answers its handshake's PING; the flush after it late or never.
+                    if peer.index != 1 or pings != 2:
                         writer.write(b"PONG\r\n")
+                    elif self.late_flush is not None:
+                        asyncio.get_running_loop().call_later(self.late_flush, writer.write, b"PONG\r\n")
         peer.closed_by_client.set()
 
 
@@ -102,7 +106,7 @@ async def test_a_failed_reconnect_attempt_is_closed_before_the_next_one(client_c
         await nc.flush()
         server.peers[0].writer.close()  # the server goes away: the client reconnects
 
-        # The second connection's flush times out (nats-py's 10 s); the third one is the link.
+        # The second connection's flush times out (10 s, the agent's 30 s); the third one is the link.
         await wait_for(lambda: len(server.peers) >= 3, what="a third connection", timeout=40)
         second = server.peers[1]
         assert any(line.startswith(b"SUB tether.test") for line in second.lines), "the rig reached the flush"
@@ -114,6 +118,47 @@ async def test_a_failed_reconnect_attempt_is_closed_before_the_next_one(client_c
         assert any(line.startswith(b"PUB tether.test") for line in server.peers[2].lines)
         assert not [e for e in errors if isinstance(e, RuntimeError)], errors
         assert len(server.peers) == 3, "no further reconnect: the link it made is the one it uses"
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        await server.stop()
+
+
+async def test_the_agent_waits_for_a_late_reconnect_flush_instead_of_dialling_again() -> None:
+    """A server more than 10 s behind (a fleet reconnecting) still answers: the agent's reconnect keeps the link it
+    made (``RECONNECT_FLUSH_TIMEOUT``) instead of giving it up at nats-py's 10 s and adding a connection."""
+    server = ScriptedServer(late_flush=12.0)
+    await server.start()
+    nc = PatchedClient()
+    reconnected = asyncio.Event()
+
+    async def on_reconnected() -> None:
+        reconnected.set()
+
+    def pick(servers: list[Any], _info: dict[str, Any]) -> tuple[Any, float]:
+        return servers[0], 0.1
+
+    try:
+        await nc.connect(
+            f"nats://127.0.0.1:{server.port}",
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_to_server_handler=pick,
+            reconnected_cb=on_reconnected,
+            connect_timeout=2,
+            ping_interval=120,
+        )
+        await nc.subscribe("tether.test")
+        await nc.flush()
+        server.peers[0].writer.close()
+
+        await wait_for(lambda: len(server.peers) >= 2, what="the reconnect's connection", timeout=10)
+        await wait_for(reconnected.is_set, what="the reconnect done, on the late PONG", timeout=25)
+        assert nc.stats["reconnects"] == 1
+        await nc.publish("tether.test", b"after")
+        await nc.flush(timeout=5)
+        assert any(line.startswith(b"PUB tether.test") for line in server.peers[1].lines)
+        assert len(server.peers) == 2, "the late link was kept: no connection dialled after it"
     finally:
         with contextlib.suppress(Exception):
             await nc.close()
