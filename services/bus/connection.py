@@ -17,11 +17,12 @@ from schemas.retrying import backoff_delay
 from services.bus import running
 from services.bus.limits import GuardedClient
 from services.bus.settings import BusSettings
+from services.bus.watchdog import LinkWatchdog, WatchdogTimes
 
 logger = logging.getLogger(__name__)
 
 
-def _jittered_reconnects() -> tuple[Any, Any]:
+def _jittered_reconnects(watchdog: LinkWatchdog) -> tuple[Any, Any]:
     """A server picker with jittered exponential delay, and the callback that resets it."""
     attempts = 0
 
@@ -29,6 +30,7 @@ def _jittered_reconnects() -> tuple[Any, Any]:
         nonlocal attempts
         delay = backoff_delay(attempts, base=0.25, cap=5.0) if attempts else 0.0
         attempts += 1
+        watchdog.attempt()
         return servers[attempts % len(servers)], delay
 
     async def reset() -> None:
@@ -38,9 +40,11 @@ def _jittered_reconnects() -> tuple[Any, Any]:
     return pick, reset
 
 
-async def connect(settings: BusSettings, name: str) -> Client:
+async def connect(settings: BusSettings, name: str, watchdog_times: WatchdogTimes = WatchdogTimes()) -> Client:
     """Connect as service ``name``; the first connect retries until it succeeds."""
-    pick, reset = _jittered_reconnects()
+    nc = GuardedClient()
+    nc.watchdog = watchdog = LinkWatchdog(name, nc, watchdog_times)
+    pick, reset = _jittered_reconnects(watchdog)
 
     async def on_error(exc: Exception) -> None:
         # A connect that timed out is a bare TimeoutError: its text is empty, so say what it was.
@@ -48,14 +52,15 @@ async def connect(settings: BusSettings, name: str) -> Client:
 
     async def on_reconnected() -> None:
         await reset()
+        watchdog.up()
         logger.info("nats (%s): reconnected", name)
         for hook in list(nc.reconnected_hooks):
             hook()
 
     async def on_disconnected() -> None:
         logger.warning("nats (%s): disconnected", name)
-
-    nc = GuardedClient()
+        if not nc.closing:
+            watchdog.down()
 
     async def on_closed() -> None:
         if nc.closing:
@@ -93,6 +98,8 @@ async def close(nc: Client, timeout: float = 5.0) -> None:
     """Drain (finish handling what was received, flush what was sent), then close; never hang."""
     if isinstance(nc, GuardedClient):
         nc.closing = True
+        if nc.watchdog is not None:
+            await nc.watchdog.stop()
     try:
         await asyncio.wait_for(nc.drain(), timeout)
     except Exception as exc:  # TimeoutError, or the connection already gone

@@ -10,11 +10,15 @@ other failed write.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from nats.aio.client import Client
 from nats.errors import MaxPayloadError
 
 from services.bus.client import LinkClient
+
+if TYPE_CHECKING:
+    from services.bus.watchdog import LinkWatchdog
 
 HEADER_OVERHEAD = 64
 """Bytes of framing around the headers (``NATS/1.0`` line, separators) counted on top of their text."""
@@ -48,6 +52,8 @@ class GuardedClient(LinkClient):
 
     closing = False
     """Set when we close it ourselves (a close by the server is fatal, ours is not)."""
+    watchdog: LinkWatchdog | None = None
+    """Ends the service when its reconnect stops trying (``services.bus.watchdog``)."""
 
     def __init__(self) -> None:
         super().__init__()
