@@ -225,6 +225,11 @@ class Bus(ABC):
     async def update_account(self, account_jwt: str) -> None:
         """Hand the server a new account JWT (revocations); needs a bus connected as the system user."""
 
+    @abstractmethod
+    async def held_account(self, account_pub: str) -> str | None:
+        """The account JWT the server holds now (its resolver's), or None when it has none; needs a bus
+        connected as the system user."""
+
     # --- the connection -------------------------------------------------------------------------------
     @abstractmethod
     async def another(self, settings: BusSettings, name: str) -> Bus:

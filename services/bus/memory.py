@@ -216,6 +216,9 @@ class MemoryBus(Bus):
     async def update_account(self, account_jwt: str) -> None:
         self.account_jwt = account_jwt
 
+    async def held_account(self, account_pub: str) -> str | None:
+        return self.account_jwt or None
+
     # --- the connection -------------------------------------------------------------------------------
     async def another(self, settings: BusSettings, name: str) -> Bus:
         return self

@@ -27,6 +27,8 @@ from services.bus.settings import BusSettings
 
 CLAIMS_UPDATE = "$SYS.REQ.CLAIMS.UPDATE"
 """Where the system account takes an account JWT (nats-server's account resolver)."""
+CLAIMS_LOOKUP = "$SYS.REQ.ACCOUNT.{account}.CLAIMS.LOOKUP"
+"""Where the system account asks for the account JWT the server holds (nats-server's account resolver)."""
 
 
 def _stream_delivery(msg: Msg) -> Delivery:
@@ -176,6 +178,11 @@ class NatsBus(Bus):
         answer = json.loads(reply.data or b"{}")
         if answer.get("error"):
             raise Unavailable(f"NATS refused the account update: {answer['error']}")
+
+    async def held_account(self, account_pub: str) -> str | None:
+        reply = await self._nc.request(CLAIMS_LOOKUP.format(account=account_pub), b"", timeout=5)
+        text = (reply.data or b"").decode(errors="replace").strip()
+        return text if text.count(".") == 2 else None  # a JWT; anything else (an error) holds none we know
 
     # --- the connection -------------------------------------------------------------------------------
     async def another(self, settings: BusSettings, name: str) -> Bus:

@@ -191,6 +191,31 @@ def revocations(records: list[ClusterRecord]) -> dict[str, int]:
     return {r.nats_user: int(r.disconnected_at) + 1 for r in records if r.state == "disconnected" and r.nats_user}
 
 
+def jwt_claims(jwt: str) -> dict[str, object] | None:
+    """A JWT's claims, unverified (for comparing two of them), or None when it is not one."""
+    parts = jwt.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = msgspec.json.decode(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, msgspec.DecodeError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def same_account(held: str | None, wanted: str) -> bool:
+    """Whether the account JWT the server holds says what ``wanted`` says: the same claims but for when each
+    was issued (``iat``) and its id (``jti``, a hash over the claims and ``iat``). Pushing it again would change
+    nothing, and costs nats-server seconds with thousands of the account's users connected."""
+    if held is None:
+        return False
+    mine, theirs = jwt_claims(wanted), jwt_claims(held)
+    if mine is None or theirs is None:
+        return False
+    ignored = ("iat", "jti")
+    return {k: v for k, v in mine.items() if k not in ignored} == {k: v for k, v in theirs.items() if k not in ignored}
+
+
 def check_protocol(hello: AgentHello) -> None:
     """Gone, saying to upgrade, for an agent that still takes its commands from a ``CMD_*`` stream: it would wait
     on a consumer that no longer exists. The agent stops with this message instead of waiting forever."""
