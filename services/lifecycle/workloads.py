@@ -6,6 +6,7 @@ record is the command, which the cluster's agent follows; its audit record and e
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -30,6 +31,11 @@ from services.lifecycle.store import Desired, Found
 
 logger = logging.getLogger(__name__)
 
+REPUBLISH_CONCURRENCY = 64
+"""Audit records re-published at once at a start (``republish_pending``). One at a time, the 1,000 pending
+commands of a platform restart at 10,000 agents took lifecycle ~16 s before it served a result: each a fsynced
+stream write on a server busy with the fleet's reconnects. Each record is its own operation (message id), and
+no promise orders the audit records of different objects."""
 ACT_READS = 3
 """Fresh reads an action may take when its compare-and-set keeps losing to concurrent writes (results)."""
 
@@ -181,7 +187,12 @@ class Workloads:
         pending = sorted(
             (r for r in await self.desired.all_records() if not logic.in_sync(r)), key=lambda r: r.updated_at
         )
-        for record in pending:
-            await self.sender.send(record)
+        turns = asyncio.Semaphore(REPUBLISH_CONCURRENCY)
+
+        async def send(record: WorkloadRecord) -> None:
+            async with turns:
+                await self.sender.send(record)
+
+        await all_done(*(send(record) for record in pending))
         if pending:
             logger.info("re-published the audit records of %d pending commands", len(pending))
