@@ -79,6 +79,27 @@ class ScriptedServer:
         peer.closed_by_client.set()
 
 
+async def connect_and_lose_the_first_link(nc: Client, server: ScriptedServer, **callbacks: Any) -> None:
+    """Connect ``nc`` to ``server`` (every reconnect attempt 0.1 s after the last), subscribe, and close the first
+    connection from the server's side: the client reconnects."""
+
+    def pick(servers: list[Any], _info: dict[str, Any]) -> tuple[Any, float]:
+        return servers[0], 0.1
+
+    await nc.connect(
+        f"nats://127.0.0.1:{server.port}",
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_to_server_handler=pick,
+        connect_timeout=2,
+        ping_interval=120,
+        **callbacks,
+    )
+    await nc.subscribe("tether.test")
+    await nc.flush()
+    server.peers[0].writer.close()
+
+
 @pytest.mark.parametrize("client_class", [PatchedClient, LinkClient], ids=["agent", "services"])
 async def test_a_failed_reconnect_attempt_is_closed_before_the_next_one(client_class: type[Client]) -> None:
     server = ScriptedServer()
@@ -89,22 +110,8 @@ async def test_a_failed_reconnect_attempt_is_closed_before_the_next_one(client_c
     async def on_error(exc: Exception) -> None:
         errors.append(exc)
 
-    def pick(servers: list[Any], _info: dict[str, Any]) -> tuple[Any, float]:
-        return servers[0], 0.1
-
     try:
-        await nc.connect(
-            f"nats://127.0.0.1:{server.port}",
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_to_server_handler=pick,
-            error_cb=on_error,
-            connect_timeout=2,
-            ping_interval=120,
-        )
-        await nc.subscribe("tether.test")
-        await nc.flush()
-        server.peers[0].writer.close()  # the server goes away: the client reconnects
+        await connect_and_lose_the_first_link(nc, server, error_cb=on_error)
 
         # The second connection's flush times out (10 s, the agent's 30 s); the third one is the link.
         await wait_for(lambda: len(server.peers) >= 3, what="a third connection", timeout=40)
@@ -135,23 +142,8 @@ async def test_the_agent_waits_for_a_late_reconnect_flush_instead_of_dialling_ag
     async def on_reconnected() -> None:
         reconnected.set()
 
-    def pick(servers: list[Any], _info: dict[str, Any]) -> tuple[Any, float]:
-        return servers[0], 0.1
-
     try:
-        await nc.connect(
-            f"nats://127.0.0.1:{server.port}",
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_to_server_handler=pick,
-            reconnected_cb=on_reconnected,
-            connect_timeout=2,
-            ping_interval=120,
-        )
-        await nc.subscribe("tether.test")
-        await nc.flush()
-        server.peers[0].writer.close()
-
+        await connect_and_lose_the_first_link(nc, server, reconnected_cb=on_reconnected)
         await wait_for(lambda: len(server.peers) >= 2, what="the reconnect's connection", timeout=10)
         await wait_for(reconnected.is_set, what="the reconnect done, on the late PONG", timeout=25)
         assert nc.stats["reconnects"] == 1
