@@ -702,6 +702,14 @@ def orphan_spec(item: InventoryItem, cluster: str) -> WorkloadSpec:
     return WorkloadSpec(kind=item.kind, project=item.project, name=item.name, cluster=cluster, state="deleted")
 
 
+def deleted_since(record: WorkloadRecord, seen_at: float) -> bool:
+    """Whether ``record`` is a tombstone whose deletion the cluster reported at or after ``seen_at`` (when an
+    inventory was taken): that inventory predates the deletion, so an object it lists under the name is the one
+    since deleted, not an orphan. Deciding otherwise wrote a second deletion of it (a generation no operation
+    asked for) when a connect's inventory crossed a delete in flight."""
+    return is_tombstone(record) and record.observed is not None and record.observed.at >= seen_at
+
+
 def orphan_deletion(
     item: InventoryItem, cluster: str, previous: WorkloadRecord | None, op_id: str, now: float
 ) -> WorkloadRecord:

@@ -68,7 +68,7 @@ class InventoryResync:
         plan = self._plan(cluster, desired, inventory, now)
         progress = Progress(d)
         await self._resend(cluster, plan.resend, inventory, now, progress)
-        await self._delete_orphans(cluster, plan.orphans, now, progress)
+        await self._delete_orphans(cluster, plan.orphans, inventory.at, now, progress)
         await self._confirm_deleted(cluster, plan.done, now, progress)
         await self._record_activity(cluster, desired, inventory, now, progress)
 
@@ -116,11 +116,13 @@ class InventoryResync:
             await progress.tick()
 
     async def _delete_orphans(
-        self, cluster: str, orphans: Sequence[InventoryItem], now: float, progress: Progress
+        self, cluster: str, orphans: Sequence[InventoryItem], seen_at: float, now: float, progress: Progress
     ) -> None:
         for item in orphans:
             k = workload_key(item)
             found = await self.desired.get(k)
+            if found is not None and logic.deleted_since(found[0], seen_at):
+                continue  # deleted since the snapshot: the next inventory lacks it
             if found is not None and not logic.is_tombstone(found[0]):
                 if found[0].spec.cluster != cluster:
                     # Live elsewhere: a deletion here would become the name's newest record. Left for the

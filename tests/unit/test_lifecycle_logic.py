@@ -397,3 +397,19 @@ def test_a_confirmed_deletion_forgets_the_earlier_operations() -> None:
     deleting = logic.act(r, "delete", "", "op-del", NOW)
     assert deleting is not None and len(deleting.earlier) == 3
     assert logic.confirm_deleted(deleting, NOW).earlier == ()
+
+
+def test_an_inventory_taken_before_a_deletion_finished_names_no_orphan() -> None:
+    """A connect's inventory listed a tenant whose delete was in flight; by the time lifecycle read it the
+    delete was done. That listing is the deleted object, not an orphan: no second deletion is asked for (a
+    generation no operation asked for, seen in the clustered fault test). An inventory taken after the
+    deletion that still lists the object is an orphan (restored by hand, say)."""
+    deleting = logic.act(tenant(), "delete", "", "op2", NOW)
+    assert deleting is not None
+    tomb = logic.confirm_deleted(deleting, NOW + 5)
+    assert logic.is_tombstone(tomb)
+    assert logic.deleted_since(tomb, seen_at=NOW + 4)
+    assert logic.deleted_since(tomb, seen_at=NOW + 5)
+    assert not logic.deleted_since(tomb, seen_at=NOW + 6)
+    assert not logic.deleted_since(deleting, seen_at=NOW), "a deletion not yet done is no tombstone"
+    assert not logic.deleted_since(tenant(), seen_at=NOW)
