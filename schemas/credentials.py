@@ -85,11 +85,24 @@ def read_creds(text: str) -> tuple[str, str]:
     return jwt, seed
 
 
+def jwt_claims(jwt: str) -> dict[str, object] | None:
+    """A JWT's claims, unverified, or None when it is not one."""
+    parts = jwt.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
 def jwt_times(jwt: str) -> tuple[float, float]:
     """(issued at, expires at or 0) of a JWT, unverified."""
+    claims = jwt_claims(jwt)
+    if claims is None:
+        raise Unauthenticated("malformed JWT: not a JWT's three parts with JSON claims")
     try:
-        payload = jwt.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        return float(claims.get("iat", 0)), float(claims.get("exp", 0))
-    except (IndexError, ValueError) as exc:
+        return float(claims.get("iat", 0)), float(claims.get("exp", 0))  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
         raise Unauthenticated(f"malformed JWT: {exc}") from None

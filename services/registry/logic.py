@@ -12,7 +12,7 @@ import secrets
 import msgspec
 
 from schemas.changes import ClusterUpdate, ProjectUpdate
-from schemas.credentials import CONNECT_TOKEN_PREFIX, parse_connect_token
+from schemas.credentials import CONNECT_TOKEN_PREFIX, jwt_claims, parse_connect_token
 from schemas.errors import Conflict, Forbidden, Gone, InvalidInput, NotFound, Unauthenticated
 from schemas.messages import (
     AGENT_PROTOCOL,
@@ -189,18 +189,6 @@ def check_renewal(record: ClusterRecord, req: AgentRenew) -> None:
 def revocations(records: list[ClusterRecord]) -> dict[str, int]:
     """NATS users to refuse: the agents of every disconnected cluster, as of their disconnection."""
     return {r.nats_user: int(r.disconnected_at) + 1 for r in records if r.state == "disconnected" and r.nats_user}
-
-
-def jwt_claims(jwt: str) -> dict[str, object] | None:
-    """A JWT's claims, unverified (for comparing two of them), or None when it is not one."""
-    parts = jwt.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        claims = msgspec.json.decode(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, msgspec.DecodeError):
-        return None
-    return claims if isinstance(claims, dict) else None
 
 
 def same_account(held: str | None, wanted: str) -> bool:
