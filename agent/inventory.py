@@ -48,6 +48,11 @@ class InventoryReporter:
         """When the last report ended (published or given up; wall clock)."""
         self.activity: Callable[[], Mapping[tuple[str, str, str], float]] | None = None
         """(kind, project, name) -> when a member last used it through the gateway: reported as activity."""
+        self.periodic_due: Callable[[], bool] = lambda: True
+        """Whether a periodic inventory is worth sending now. Not while the link is down, nor between a
+        reconnect and its hello's answer: the inventory after that hello follows anyway. Sent into a restart
+        of the platform, periodic ones were a third of the stream writes of 10,000 agents' reconnects, each
+        waiting in nats-py's buffer or in the busy server's queue (a fifth of them unacknowledged after 30 s)."""
 
     async def run(self) -> None:
         while True:
@@ -57,6 +62,9 @@ class InventoryReporter:
                     await self.now.wait()
                 reason = "connect"
             self.now.clear()
+            if reason == "periodic" and not self.periodic_due():
+                logger.debug("periodic inventory skipped: the link is down or a hello is awaited")
+                continue
             await self.send(reason)
 
     async def send(self, reason: Reason) -> None:

@@ -242,6 +242,7 @@ class Agent:
         self._heartbeats = Heartbeats(conn, cluster, self.session_id, health, interval, self.metrics)
         self._inventory = InventoryReporter(conn, cluster, self.session_id, driver, self.settings.inventory_interval)
         self._inventory.activity = getattr(self.capabilities.get("gateway"), "activity", None)  # kubectl is use
+        self._inventory.periodic_due = lambda: conn.is_connected and session.welcomed
         self._inventory.now.set()
         await self._heartbeats.beat()
 

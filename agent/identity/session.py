@@ -129,6 +129,8 @@ class Session:
         """Whether the command consumer is bound and found by its fetches (told in each hello)."""
         self.reconnected = asyncio.Event()
         """Set after every reconnect (and when the command consumer is missing): say hello again."""
+        self.greeting = False
+        """A hello after a reconnect is under way."""
         self._control: Subscription | None = None
 
     @property
@@ -280,8 +282,17 @@ class Session:
         while True:
             await self.reconnected.wait()
             self.reconnected.clear()
-            await self.hello()
+            self.greeting = True
+            try:
+                await self.hello()
+            finally:
+                self.greeting = False
             after()
+
+    @property
+    def welcomed(self) -> bool:
+        """No hello is due or under way: the platform welcomed this link."""
+        return not self.greeting and not self.reconnected.is_set()
 
     # --- renew ----------------------------------------------------------------------------------
     async def renewals(self) -> None:
