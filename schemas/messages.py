@@ -283,9 +283,13 @@ class AgentWelcome(Message, frozen=True, tag="agent-welcome.v1"):
 
 
 class ControlNotice(Message, frozen=True, tag="control-notice.v1"):
-    """Core-NATS notice to one agent."""
+    """Core-NATS notice to one agent.
 
-    kind: Literal["revoked"]
+    ``revoked``: the cluster was disconnected; the agent stops. ``listening``: the registry (re)started and
+    serves hellos now; an agent whose hello nobody answered asks again at once instead of at the end of its
+    backoff (an agent of an earlier version logs the notice and ignores it)."""
+
+    kind: Literal["revoked", "listening"]
     reason: str = ""
 
 

@@ -14,6 +14,7 @@ restart storm a request may well go unanswered once, and a reconnect costs the b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -44,17 +45,21 @@ async def call(
     failures: list[TetherError] | None = None,
     not_listening: tuple[float, float] = NOT_LISTENING_BACKOFF,
     relink_after: float = RELINK_SILENCE,
+    wake: asyncio.Event | None = None,
 ) -> M:
     """Request until the platform answers; Unavailable (and Internal) are asked again (``Retries``), a busy
     platform's ``Overloaded`` after the retry-after it gives (with jitter).
 
     Each retried failure but ``Overloaded`` is appended to ``failures`` when given. ``not_listening``: (base,
     cap) seconds between attempts nobody listens to. ``relink_after``: seconds of unanswered requests in a row
-    after which the link is made again.
+    after which the link is made again. ``wake``: set when the service says it listens now; it ends a wait
+    after an attempt nobody listened to (set during that attempt, it ends the wait before it begins).
     """
     retries = Retries(RETRY_BACKOFF, not_listening)
     silent_since: float | None = None  # when the first of the unanswered requests in a row was sent
     while True:
+        if wake is not None:
+            wake.clear()  # a notice from here on is news for this attempt
         try:
             return await request(conn, subject, message, reply_type, timeout)
         except (Unavailable, Internal) as exc:
@@ -68,7 +73,17 @@ async def call(
                 logger.warning("%s: no answer for %.0fs; connecting to NATS again", what, now - silent_since)
                 silent_since = None
                 await conn.force_reconnect()
-            await asyncio.sleep(delay)
+            await _pause(delay, wake if isinstance(exc, NoResponders) else None)
+
+
+async def _pause(delay: float, wake: asyncio.Event | None) -> None:
+    """``delay`` seconds, or until ``wake`` is set."""
+    if wake is None:
+        await asyncio.sleep(delay)
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(delay):
+            await wake.wait()
 
 
 def _log(what: str, exc: Unavailable | Internal, retries: Retries, delay: float, *, linked: bool) -> None:

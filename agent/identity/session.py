@@ -131,6 +131,8 @@ class Session:
         """Set after every reconnect (and when the command consumer is missing): say hello again."""
         self.greeting = False
         """A hello after a reconnect is under way."""
+        self.listening = asyncio.Event()
+        """Set by the registry's ``listening`` notice: a hello waiting after one nobody heard is asked at once."""
         self._control: Subscription | None = None
 
     @property
@@ -249,6 +251,7 @@ class Session:
                 AgentWelcome,
                 timeout=max(PATIENT_TIMEOUT, self.settings.request_timeout),
                 not_listening=self.not_listening,
+                wake=self.listening,
             )
         except TetherError as exc:
             text = exc.description
@@ -330,7 +333,8 @@ class Session:
 
     # --- revoke ---------------------------------------------------------------------------------
     async def control_notices(self) -> None:
-        """Obey control notices: ``revoked`` stops the agent (PermanentError)."""
+        """Obey control notices: ``revoked`` stops the agent (PermanentError); ``listening`` ends the wait of a
+        hello nobody heard."""
         assert self._control is not None
         async for incoming in self._control:
             try:
@@ -338,7 +342,9 @@ class Session:
             except TetherError as exc:
                 logger.warning("ignoring a control notice on %s: %s", incoming.subject, exc.description)
                 continue
-            if notice.kind == "revoked":
+            if notice.kind == "listening":
+                self.listening.set()
+            elif notice.kind == "revoked":
                 reason = notice.reason or f"cluster {self.cluster!r} was disconnected from the platform"
                 logger.error("the platform revoked this agent: %s", reason)
                 raise PermanentError(f"{reason}; {reconnect_hint(self.cluster)}")

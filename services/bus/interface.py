@@ -7,7 +7,7 @@ for tests of a service's rules); ``tests/bus`` runs one suite against both.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -162,6 +162,10 @@ class Bus(ABC):
     ) -> None:
         """Publish without storing (nobody listening: nobody gets it); flushed before returning. Raises
         ``PayloadTooLarge`` for what the server would close the connection for."""
+
+    @abstractmethod
+    async def send_many(self, messages: Sequence[tuple[str, Message]]) -> None:
+        """``send`` each (subject, message), flushed once after the last: one round trip for many notices."""
 
     @abstractmethod
     async def subscribe(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -80,6 +80,10 @@ class MemoryBus(Bus):
         self, subject: str, message: Message | bytes, *, headers: Mapping[str, str] | None = None, reply: str = ""
     ) -> None:
         await self._deliver(subject, message if isinstance(message, bytes) else encode(message), headers, reply)
+
+    async def send_many(self, messages: Sequence[tuple[str, Message]]) -> None:
+        for subject, message in messages:
+            await self._deliver(subject, encode(message), None, "")
 
     async def _deliver(self, subject: str, data: bytes, headers: Mapping[str, str] | None, reply: str) -> int:
         """Hand a message to every matching subscription (one per queue group) and store it in its stream;

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -99,6 +99,11 @@ class NatsBus(Bus):
     ) -> None:
         data = message if isinstance(message, bytes) else encode(message)
         await self._nc.publish(subject, data, reply, dict(headers) if headers else None)
+        await self._nc.flush()
+
+    async def send_many(self, messages: Sequence[tuple[str, Message]]) -> None:
+        for subject, message in messages:
+            await self._nc.publish(subject, encode(message))
         await self._nc.flush()
 
     async def subscribe(

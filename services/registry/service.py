@@ -53,6 +53,7 @@ from services.registry import logic
 from services.registry.changes import REMOVED_PREFIX, Changes, live
 from services.registry.consumers import NewConsumers
 from services.registry.steps import Steps
+from services.registry.wake import FleetWake
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +151,12 @@ class Registry:
         their own, larger concurrency (``Settings.hello_concurrency``)."""
         self.kept: View[ClusterRecord] | None = None
         """The cluster records kept in the process once loaded (``keep_clusters``): the list reads them."""
+        self.wake: FleetWake | None = None
+        """Tells the connected clusters' agents at start that hellos are heard now (``wake``)."""
+
+    def connected_clusters(self) -> list[str]:
+        """The clusters whose agent identity is live, as kept."""
+        return [r.name for r in self.kept.values() if r.state == "connected"] if self.kept is not None else []
 
     async def _record(self, name: str) -> tuple[ClusterRecord, int]:
         check_name(name, "cluster name")
@@ -445,6 +452,8 @@ class Registry:
     async def hello(self, req: AgentHello, caller: str) -> AgentWelcome:
         logic.check_caller(caller, req.cluster)
         check_name(req.cluster, "cluster name")
+        if self.wake is not None:
+            self.wake.heard(req.cluster)
         if not self._welcome_as_kept(req):
             with self.steps.timed("hello: record"):
                 record, revision = await self._record(req.cluster)
@@ -537,6 +546,8 @@ async def setup(rt: Runtime, settings: Settings) -> None:
     registry = Registry(settings, rt.bus, clusters, uids, projects, trust, sys_bus, steps)
     rt.on_stop(registry.new_consumers.close)
     await keep_clusters(rt, registry)
+    registry.wake = FleetWake(rt.bus, registry.connected_clusters)
+    rt.task("wake", registry.wake.run)  # tasks start once the endpoints are served
     # Beside the endpoints, not before them: the push reads every record from the bucket (removed clusters too,
     # which the kept records leave out) while a restarted platform's agents wait for their hellos. The server
     # keeps the last pushed account in its resolver across restarts, so this push only makes sure of it; a push
