@@ -108,6 +108,10 @@ class InventoryReporter:
             except Unavailable as exc:
                 delay = backoff_delay(attempt, base=base, cap=cap)
                 attempt += 1
+                if reason == "periodic" and not self.periodic_due():
+                    # Lost in an outage: the inventory after the reconnect's hello replaces it.
+                    logger.info("periodic inventory not published (%s); the reconnect's follows", exc.description)
+                    return
                 if attempt == 1:
                     logger.warning("inventory not published: %s; retrying", exc.description)
                 if loop.time() + delay > give_up_at or await self._newer_due(delay):

@@ -12,7 +12,7 @@ import pytest
 
 from agent.identity import calls
 from agent.inventory import InventoryReporter
-from schemas.errors import NoResponders
+from schemas.errors import NoResponders, Unavailable
 from schemas.messages import Empty, InventoryItem
 
 
@@ -74,8 +74,13 @@ class Stream:
         self.reports: list[str] = []
         self.got = asyncio.Event()
         self.is_connected = True
+        self.down = False
+        self.refused = asyncio.Event()
 
     async def js_publish(self, _subject: str, message: Any, **_kw: Any) -> None:
+        if self.down:
+            self.refused.set()
+            raise Unavailable("no acknowledgement within 30s")
         self.reports.append(message.reason)
         self.got.set()
 
@@ -116,3 +121,18 @@ async def test_periodic_inventories_wait_while_a_hello_is_awaited_and_the_connec
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_periodic_inventory_lost_in_an_outage_is_not_retried_once_a_hello_is_awaited() -> None:
+    stream = Stream()
+    reporter = InventoryReporter(stream, "c1", "s1", Cluster(), interval=3600.0)  # type: ignore[arg-type]
+    due = True
+    reporter.periodic_due = lambda: due
+    stream.down = True
+    sending = asyncio.create_task(reporter.send("periodic"))
+    async with asyncio.timeout(5):
+        await stream.refused.wait()
+        due = False  # the link dropped and came back: the reconnect's hello is awaited
+        await sending  # given up at once, not retried for the rest of its interval
+    stream.down = False
+    assert stream.reports == []
