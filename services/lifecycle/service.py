@@ -66,10 +66,20 @@ class Settings(FromEnv):
     """Results waiting at most; more are told when to come back (retry-after), and their agents keep their
     commands meanwhile."""
 
+    result_max_retry_after: float = env("TETHER_RESULT_MAX_RETRY_AFTER", 4.0)
+    """Seconds at most a refused result is told to wait before it asks again. The appointments are spaced at
+    the rate the endpoint has been serving, and that rate is learnt from the handling times of the requests
+    that finish: after a stall of the server it stays low until the stalled ones are done, so a wave of results
+    that came during it was told to come back up to 14.2 s later (a restart of 10,000 agents: the last pending
+    result recorded 27 s after lifecycle answered, its endpoint idle meanwhile). A result asked again is cheap
+    (refused again, or recorded), so its appointment stays short and the rate is asked again with it."""
+
     @property
     def result_admission(self) -> AdmissionLimits:
         # A queued result may wait 2 s at most: well under the agents' 5 s request timeout.
-        return AdmissionLimits(self.result_concurrency, self.result_queue, max_wait=2.0)
+        return AdmissionLimits(
+            self.result_concurrency, self.result_queue, max_wait=2.0, max_retry_after=self.result_max_retry_after
+        )
 
 
 class Lifecycle:

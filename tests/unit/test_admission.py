@@ -104,3 +104,32 @@ def test_retry_after_on_the_wire_is_bounded() -> None:
 def test_limits_are_checked() -> None:
     with pytest.raises(ValueError):
         AdmissionLimits(concurrency=0)
+
+
+async def test_results_refused_after_a_stall_are_told_to_come_back_within_a_few_seconds() -> None:
+    from services.lifecycle.service import Settings
+
+    limits = Settings().result_admission
+    clock = Clock()
+    admission = Admission("lifecycle agent-result", limits, clock=clock)
+
+    async def stalled() -> None:
+        clock.now += 1.0  # each took a second: the server stalled
+
+    for _ in range(40):
+        await admission.run(stalled)
+    assert admission.rate < 40, "the stall's handling times were learnt"
+    hold = asyncio.Event()
+    running = [asyncio.create_task(admission.run(hold.wait)) for _ in range(limits.concurrency + 128)]
+    await asyncio.sleep(0)
+    retry_afters = []
+    async with asyncio.timeout(5):  # a request admitted would wait for ``hold``: the test's failure, not a hang
+        for _ in range(1000):  # a wave of results: every pending command's at once
+            with pytest.raises(Overloaded) as refused:
+                await admission.run(hold.wait)
+            retry_afters.append(refused.value.retry_after)
+    # Spaced at the stalled rate the last would come back after 1000 / 32 s; they are asked again sooner, when
+    # the rate is learnt again from the requests handled meanwhile.
+    assert max(retry_afters) <= limits.max_retry_after <= 5.0
+    hold.set()
+    await asyncio.gather(*running, return_exceptions=True)  # those the queue had no room for were refused
