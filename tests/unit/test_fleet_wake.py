@@ -53,12 +53,17 @@ class Fleet:
         self.wake.heard(cluster)
 
 
+async def fleet_of(names: list[str], *, live: bool, window: int, answer_wait: float) -> tuple[Fleet, FleetWake]:
+    bus = MemoryBus()
+    fleet = Fleet(bus, live=set(names) if live else set())
+    await fleet.listen()
+    fleet.wake = wake = FleetWake(bus, lambda: names, window=window, answer_wait=answer_wait)
+    return fleet, wake
+
+
 async def test_every_connected_agent_is_told_once_and_never_more_than_a_window_unheard() -> None:
     names = [f"c{i:04d}" for i in range(600)]
-    bus = MemoryBus()
-    fleet = Fleet(bus, live=set(names))
-    await fleet.listen()
-    fleet.wake = wake = FleetWake(bus, lambda: names, window=64, answer_wait=5.0)
+    fleet, wake = await fleet_of(names, live=True, window=64, answer_wait=5.0)
     async with asyncio.timeout(10):
         await wake.run()
         await fleet.told_at_least(len(names))
@@ -68,10 +73,7 @@ async def test_every_connected_agent_is_told_once_and_never_more_than_a_window_u
 
 async def test_agents_that_never_answer_free_their_place_after_the_wait() -> None:
     names = [f"c{i}" for i in range(10)]
-    bus = MemoryBus()
-    fleet = Fleet(bus, live=set())
-    await fleet.listen()
-    fleet.wake = wake = FleetWake(bus, lambda: names, window=4, answer_wait=0.05)
+    fleet, wake = await fleet_of(names, live=False, window=4, answer_wait=0.05)
     loop = asyncio.get_running_loop()
     began = loop.time()
     async with asyncio.timeout(10):
@@ -83,10 +85,7 @@ async def test_agents_that_never_answer_free_their_place_after_the_wait() -> Non
 
 async def test_agents_heard_from_before_or_while_the_notices_go_out_are_not_told() -> None:
     names = [f"c{i}" for i in range(8)]
-    bus = MemoryBus()
-    fleet = Fleet(bus, live=set(names))
-    await fleet.listen()
-    fleet.wake = wake = FleetWake(bus, lambda: names, window=2, answer_wait=5.0)
+    fleet, wake = await fleet_of(names, live=True, window=2, answer_wait=5.0)
     wake.heard("c0")  # its hello came before the notices began
     original = fleet._hello
 
