@@ -108,24 +108,29 @@ class FleetWake:
         window.heard |= self._heard_early
         self._heard_early.clear()
         try:
-            while True:
-                window.expire(self._clock())
-                batch = window.next_batch(self._clock())
-                if batch:
-                    await self._bus.send_many([(subjects.control(c), NOTICE) for c in batch])
-                if not window.waiting:
-                    break
-                self._freed.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(window.next_expiry(self._clock())):
-                        await self._freed.wait()
+            await self._tell(window)
+        except Exception as exc:  # the bus's trouble: the agents' own backoff still brings their hellos
+            logger.warning("stopped telling agents the registry listens: %s", exc or type(exc).__name__)
+            return
         finally:
             self._done = True
-            heard = len(window.heard)
             self._window = None
         logger.info(
             "told %d agent(s) the registry listens in %.1fs (%d hello(s) heard meanwhile)",
             window.sent,
             self._clock() - began,
-            heard,
+            len(window.heard),
         )
+
+    async def _tell(self, window: Window) -> None:
+        while True:
+            window.expire(self._clock())
+            batch = window.next_batch(self._clock())
+            if batch:
+                await self._bus.send_many([(subjects.control(c), NOTICE) for c in batch])
+            if not window.waiting:
+                return
+            self._freed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(window.next_expiry(self._clock())):
+                    await self._freed.wait()

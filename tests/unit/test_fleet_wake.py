@@ -5,9 +5,10 @@ heard from not told at all."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from schemas import subjects
-from schemas.messages import ControlNotice, decode
+from schemas.messages import ControlNotice, Message, decode
 from services.bus import Delivery
 from services.bus.memory import MemoryBus
 from services.registry.wake import FleetWake, Window
@@ -113,3 +114,15 @@ def test_the_window_frees_a_place_per_hello_and_per_expiry() -> None:
     window.expire(now=1.0)  # b told at 0.0: given up on
     assert list(window.told) == ["c"]
     assert window.sent == 3
+
+
+class Broken(MemoryBus):
+    async def send_many(self, messages: Sequence[tuple[str, Message]]) -> None:
+        raise ConnectionError("nats: connection closed")
+
+
+async def test_a_bus_in_trouble_ends_the_notices_not_the_registry() -> None:
+    wake = FleetWake(Broken(), lambda: ["c1", "c2"], window=1, answer_wait=5.0)
+    async with asyncio.timeout(5):
+        await wake.run()  # returns: a task that raised would end the registry
+    wake.heard("c1")  # after the run: nothing kept, nothing raised
