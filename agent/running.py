@@ -44,6 +44,7 @@ from agent.errors import AgentError, DriverError, PermanentError
 from agent.health import HealthReader
 from agent.heartbeats import Heartbeats
 from agent.identity import IdentityFiles, Session, plan, planned_cluster
+from agent.identity.renewal import renewals
 from agent.inventory import InventoryReporter
 from agent.settings import AgentSettings
 from agent.statefiles import StateLock
@@ -259,7 +260,7 @@ class Agent:
                 tg.create_task(session.hellos(self._after_hello), name="agent-hello")
                 tg.create_task(session.control_notices(), name="agent-control")
                 tg.create_task(session.refusal(), name="agent-refusal")
-                tg.create_task(session.renewals(), name="agent-renew")
+                tg.create_task(renewals(session), name="agent-renew")
                 tg.create_task(commands.run(), name="agent-commands")
                 tg.create_task(commands.report_statuses(lambda: session.heartbeat_interval), name="agent-status")
                 tg.create_task(self.inventory.run(), name="agent-inventory")

@@ -5,7 +5,7 @@ there is none or it names another cluster), connects as that NATS user, trades
 a token for this agent's own credential and NATS user (``bootstrap``), listens
 for control notices and says hello. A stored identity the platform refuses is
 replaced by a given token once. Then three loops keep it standing: ``hellos``
-(again after every reconnect), ``renewals`` (the NATS JWT at about three
+(again after every reconnect), ``renewals`` (``agent.identity.renewal``: the NATS JWT at about three
 quarters of its life) and ``revocations`` (a ``revoked`` notice, or the broker
 refusing us for good, stops the agent with ``PermanentError``).
 """
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -29,13 +27,11 @@ from agent.identity.files import Credentials, IdentityFiles
 from agent.identity.users import bootstrap_user, own_user, reconnect_hint
 from agent.settings import AgentSettings
 from schemas import subjects
-from schemas.credentials import agent_inbox_prefix, jwt_times
+from schemas.credentials import agent_inbox_prefix
 from schemas.errors import NotFound, TetherError, Unauthenticated
 from schemas.messages import (
     AGENT_PROTOCOL,
-    AgentCredentials,
     AgentHello,
-    AgentRenew,
     AgentWelcome,
     ControlNotice,
     decode,
@@ -296,40 +292,6 @@ class Session:
     def welcomed(self) -> bool:
         """No hello is due or under way: the platform welcomed this link."""
         return not self.greeting and not self.reconnected.is_set()
-
-    # --- renew ----------------------------------------------------------------------------------
-    async def renewals(self) -> None:
-        """Renew the NATS user JWT at about three quarters of its life (jittered), forever."""
-        credentials = self.credentials
-        assert credentials is not None
-        while True:
-            user = self.files.nats_user()
-            if user is None:
-                return  # an open NATS: nothing to renew
-            jwt, seed = user
-            issued, expires = jwt_times(jwt)
-            if not expires:
-                return
-            life = max(1.0, expires - issued)
-            at = issued + life * random.uniform(0.70, 0.80)
-            await asyncio.sleep(max(0.0, at - time.time()))
-            answer = await call(
-                self.connection,
-                "renewing the agent's NATS credentials",
-                subjects.agent_call(subjects.Registry.AGENT_RENEW, credentials.cluster),
-                AgentRenew(cluster=credentials.cluster, credential=credentials.credential),
-                AgentCredentials,
-                timeout=self.settings.request_timeout,
-            )
-            if answer.jwt:
-                self.files.save_nats_user(answer.jwt, seed)
-                logger.info(
-                    "NATS credentials renewed; valid until %s",
-                    time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(answer.expires_at)),
-                )
-                # Present them now: the server closes a connection whose JWT expires. Commands wait
-                # in their stream meanwhile, so nothing is dropped.
-                await self.connection.force_reconnect()
 
     # --- revoke ---------------------------------------------------------------------------------
     async def control_notices(self) -> None:
