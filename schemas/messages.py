@@ -305,6 +305,9 @@ class Presence(Message, frozen=True, tag="presence.v1"):
     session: str = ""
     health: ClusterHealth = msgspec.field(default_factory=ClusterHealth)
     conditions: tuple[Condition, ...] = ()
+    unheard: bool = False
+    """Online as stored before the health replica answering started listening, not heard since: its agent is
+    presumably reconnecting after a platform restart. Set in health's answers only, never stored."""
 
 
 class PresenceList(Message, frozen=True, tag="presence-list.v1"):

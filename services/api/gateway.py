@@ -131,6 +131,11 @@ def is_member(record: WorkloadRecord, user: str, teams: tuple[str, ...]) -> bool
     return f"user:{user}" in subjects_ or any(f"team:{t}" in subjects_ for t in teams)
 
 
+RECONNECT_RETRY_AFTER = 1
+"""Seconds kubectl is told to wait (it retries by itself) when a cluster's agent has not reconnected yet since
+the platform restarted."""
+
+
 def offline_text(cluster: str, presence: Presence | None) -> str:
     if presence is None or not presence.last_seen:
         return f"cluster {cluster!r} is offline (its agent has not connected yet)"
@@ -274,6 +279,17 @@ class Gateway:
             # No Retry-After: kubectl would retry it silently until its timeout instead of saying why.
             raise Refused(503, offline_text(cluster, presence))
 
+    async def no_agent(self, cluster: str, exc: NoAgent) -> Refused:
+        """Nobody serves the cluster's gateway although presence says online."""
+        presence = await self.presence(cluster)
+        if presence is not None and presence.unheard:
+            # Not heard since the platform restarted: its agent is most likely still reconnecting. kubectl
+            # tries again by itself after Retry-After, so a restart is not an error to the member; a cluster
+            # heard since and then gone is a clear error at once (presence's budget has not run out yet).
+            text = f"cluster {cluster!r}: its agent has not reconnected since the platform restarted (try again)"
+            return Refused(503, text, RECONNECT_RETRY_AFTER)
+        return Refused(503, str(exc))
+
     async def woken(self, access: Access) -> Access:
         """``access`` with its tenant Ready, woken first if asleep; Refused 503 (Retry-After) after the bound."""
         try:
@@ -329,7 +345,7 @@ class Gateway:
             head = await stream.next(HEAD_TIMEOUT)
         except NoAgent as exc:  # presence has not seen it go yet (its budget is 15 s): no head will come
             await stream.close(cancel=False)
-            raise Refused(503, str(exc)) from None
+            raise await self.no_agent(access.cluster, exc) from None
         except StreamBroken as exc:
             await stream.close(cancel=True)
             raise Refused(504, f"{exc} (cluster {access.cluster!r})") from None

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Unpack
 
+import msgspec
 from opentelemetry.metrics import Histogram, Observation
 
 from schemas import subjects
@@ -284,6 +285,8 @@ class HealthMonitor:
         found = self.presence.get(req.name)
         if found is None:
             raise NotFound(f"no presence for cluster {req.name!r}")
+        if found.online and found.last_seen < self.listening_since:
+            return msgspec.structs.replace(found, unheard=True)
         return found
 
 

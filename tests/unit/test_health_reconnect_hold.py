@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from schemas import subjects
-from schemas.messages import ClusterEvent, ClusterHealth, Heartbeat, Presence, encode
+from schemas.messages import ClusterEvent, ClusterHealth, Heartbeat, NameRequest, Presence, encode
 from services.bus import Delivery
 from services.bus.memory import MemoryBus
 from services.health import logic
@@ -97,3 +97,16 @@ async def test_the_hold_is_bounded_and_a_cluster_heard_since_is_judged_as_always
         else:
             assert "dead" in offline, "never later than the hold plus offline_after"
         assert "alive" not in offline
+
+
+async def test_a_cluster_online_as_stored_but_not_heard_since_the_restart_is_answered_as_unheard() -> None:
+    monitor, clock, _bus = await restarted(["back", "later"], Settings(offline_after=12.0, reconnect_hold=60.0))
+    await beat(monitor, clock, "back", START + 1.0)
+    back = await monitor.get(NameRequest(name="back"))
+    later = await monitor.get(NameRequest(name="later"))
+    assert back.online and not back.unheard
+    assert later.online and later.unheard, "the gateway tells kubectl to retry while it reconnects"
+    stored = await monitor.bucket.get("later")
+    assert stored is not None and not stored[0].unheard, "never stored"
+    await beat(monitor, clock, "later", START + 2.0)
+    assert not (await monitor.get(NameRequest(name="later"))).unheard
