@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypedDict, Unpack
 
@@ -106,9 +107,11 @@ class Service:
     async def start(self) -> None:
         telemetry = self._telemetry or Telemetry.create(self.name, self._settings.telemetry)
         self._telemetry = telemetry
+        began = time.monotonic()
         try:
             if self._bus is None:
                 self._bus = await self._connector(self._settings.bus, self.name)
+            connected = time.monotonic()
             runtime = Runtime(self.name, self._bus, telemetry, self._settings)
             self.runtime = runtime
             await self._setup(runtime)
@@ -117,7 +120,13 @@ class Service:
         except BaseException:
             await self.stop()
             raise
-        logger.info("%s ready", self.name)
+        # Where a slow start went (a restarted platform's services wait on a server busy with its fleet).
+        logger.info(
+            "%s ready (connected after %.1f s, set up in %.1f s)",
+            self.name,
+            connected - began,
+            time.monotonic() - connected,
+        )
 
     async def wait(self) -> None:
         """Until a task fails (raising its error) or the caller is cancelled."""
