@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -283,11 +284,13 @@ def install(access: Access, served: Endpoints) -> None:
 
 
 async def setup(rt: Runtime, settings: Settings) -> None:
-    await rt.bus.declare_streams("platform")
-    users = await rt.bus.bucket(subjects.BUCKET_USERS, UserRecord, history=5)
-    tokens = await rt.bus.bucket(subjects.BUCKET_TOKENS, TokenRecord)
-    teams = await rt.bus.bucket(subjects.BUCKET_TEAMS, TeamRecord, history=5)
-    members = await rt.bus.bucket(subjects.BUCKET_MEMBERS, Membership, history=5)
+    _, users, tokens, teams, members = await asyncio.gather(  # at once, as the registry's
+        rt.bus.declare_streams("platform"),
+        rt.bus.bucket(subjects.BUCKET_USERS, UserRecord, history=5),
+        rt.bus.bucket(subjects.BUCKET_TOKENS, TokenRecord),
+        rt.bus.bucket(subjects.BUCKET_TEAMS, TeamRecord, history=5),
+        rt.bus.bucket(subjects.BUCKET_MEMBERS, Membership, history=5),
+    )
     access = Access(rt.bus, users, tokens, teams, members)
     await until_done("loading teams and memberships", access.keep)
     rt.on_stop(access.stop)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -157,11 +158,12 @@ class NatsBus(Bus):
 
     # --- declarations ---------------------------------------------------------------------------------
     async def declare_streams(self, *kinds: Literal["platform", "commands"]) -> None:
+        steps = []
         if "platform" in kinds:
-            await streams.ensure_platform_streams(self._js, self._settings.replicas)
+            steps.append(streams.ensure_platform_streams(self._js, self._settings.replicas))
         if "commands" in kinds:
-            await streams.retire_cmd_streams(self._js)
-            await streams.retire_results_consumer(self._js)
+            steps += [streams.retire_cmd_streams(self._js), streams.retire_results_consumer(self._js)]
+        await asyncio.gather(*steps)  # at once: each waits on a server that may be busy (a restart's reconnects)
 
     async def bucket(self, name: str, type_: type[M], *, history: int = 1, ttl: float | None = None) -> Records[M]:
         return await streams.ensure_bucket(

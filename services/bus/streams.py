@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -18,7 +20,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
+from nats.js.errors import APIError, BadBucketError, NotFoundError
 from nats.js.kv import KeyValue
 
 from schemas import subjects
@@ -133,11 +135,12 @@ async def retire_cmd_streams(js: JetStreamContext) -> None:
     What they still hold is not lost: each command was a copy of a desired-state record, and an agent's new
     consumer on the desired state starts with the last record of each of its cluster's objects (anything
     not applied yet is applied from it; an orphan's deletion is asked again by the next inventory)."""
-    for name in subjects.RETIRED_CMD_STREAMS:
+
+    async def retire(name: str) -> None:
         try:
             info = await js.stream_info(name)
         except NotFoundError:
-            continue
+            return
         with contextlib.suppress(NotFoundError):
             await js.delete_stream(name)
             logger.warning(
@@ -146,14 +149,27 @@ async def retire_cmd_streams(js: JetStreamContext) -> None:
                 info.state.messages,
             )
 
+    # At once, and retried like a declaration: a restarted platform's lifecycle asks while the server is busy
+    # with the fleet's reconnects (17 looks one after another, and one timeout ended its start).
+    await asyncio.gather(
+        *(
+            _declare(f"stream {name} (retired)", functools.partial(retire, name))
+            for name in subjects.RETIRED_CMD_STREAMS
+        )
+    )
+
 
 async def retire_results_consumer(js: JetStreamContext) -> None:
     """Delete lifecycle's consumer of agents' results on EVT of earlier versions: agents ask lifecycle to
     record their results now. Nothing is lost with what it still holds: a record not observed at its
     generation is delivered to its agent again, which finds it applied and asks for the result's record."""
-    with contextlib.suppress(NotFoundError):
-        await js.delete_consumer(subjects.EVT_STREAM, subjects.RETIRED_RESULTS_CONSUMER)
-        logger.warning("deleted the results consumer %s of an earlier version", subjects.RETIRED_RESULTS_CONSUMER)
+
+    async def retire() -> None:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(subjects.EVT_STREAM, subjects.RETIRED_RESULTS_CONSUMER)
+            logger.warning("deleted the results consumer %s of an earlier version", subjects.RETIRED_RESULTS_CONSUMER)
+
+    await _declare(f"consumer {subjects.RETIRED_RESULTS_CONSUMER} (retired)", retire)
 
 
 def _differs(want: StreamConfig, have: StreamConfig) -> bool:
@@ -168,8 +184,8 @@ def _differs(want: StreamConfig, have: StreamConfig) -> bool:
 
 
 async def ensure_platform_streams(js: JetStreamContext, replicas: int) -> None:
-    for config in platform_streams(replicas):
-        await ensure_stream(js, config)
+    # At once, not one after another: each waits on a server that may be busy (a restart's reconnects).
+    await asyncio.gather(*(ensure_stream(js, config) for config in platform_streams(replicas)))
 
 
 async def ensure_bucket(
@@ -192,11 +208,15 @@ async def ensure_bucket(
     # The desired state's stream carries one durable consumer per agent.
     max_consumers = AGENT_CONSUMERS_MAX if name == subjects.BUCKET_DESIRED else None
 
+    stream = f"KV_{name}"
+
     async def step() -> KeyValue:
+        # One stream info where a bucket exists (js.key_value would ask for it once more): a restarted
+        # platform's services declare theirs while the server is busy with the fleet's reconnects.
         try:
-            kv = await js.key_value(name)
-        except BucketNotFoundError:
-            kv = await js.create_key_value(
+            config = (await js.stream_info(stream)).config
+        except NotFoundError:
+            await js.create_key_value(
                 KeyValueConfig(
                     bucket=name,
                     history=history,
@@ -209,7 +229,7 @@ async def ensure_bucket(
                 )
             )
             logger.info("created bucket %s", name)
-        config = (await js.stream_info(f"KV_{name}")).config
+            config = (await js.stream_info(stream)).config
         if (
             (direct and not config.allow_direct)
             or config.max_bytes != max_bytes
@@ -221,8 +241,9 @@ async def ensure_bucket(
             config.max_bytes, config.max_msg_size = max_bytes, limits.STREAM_MAX_MSG
             config.max_consumers = max_consumers or config.max_consumers
             await js.update_stream(config)
-            kv = await js.key_value(name)
-        return kv
+        if not config.max_msgs_per_subject or config.max_msgs_per_subject < 1:
+            raise BadBucketError(description=f"stream {stream} is not a key-value bucket", stream=stream)
+        return KeyValue(name=name, stream=stream, pre=f"$KV.{name}.", js=js, direct=bool(config.allow_direct))
 
     return Bucket(await _declare(f"bucket {name}", step), type_)
 

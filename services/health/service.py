@@ -306,8 +306,10 @@ def instrument(rt: Runtime, monitor: HealthMonitor) -> None:
 
 
 async def setup(rt: Runtime, settings: Settings) -> None:
-    await rt.bus.declare_streams("platform")
-    monitor = HealthMonitor(settings, rt.bus, await rt.bus.bucket(subjects.BUCKET_PRESENCE, Presence))
+    _, presence = await asyncio.gather(  # at once, as the registry's
+        rt.bus.declare_streams("platform"), rt.bus.bucket(subjects.BUCKET_PRESENCE, Presence)
+    )
+    monitor = HealthMonitor(settings, rt.bus, presence)
     await until_done("loading every cluster's presence", monitor.load)
     instrument(rt, monitor)
     heartbeats = await rt.subscribe(subjects.HEARTBEAT_ANY, monitor.on_heartbeat, pending_limit=settings.pending_limit)

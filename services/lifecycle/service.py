@@ -15,6 +15,7 @@ removed cluster's deletions), over ``store`` (the desired state) and ``peers`` (
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from dataclasses import dataclass, field
@@ -128,8 +129,10 @@ class Lifecycle:
 
 
 async def setup(rt: Runtime, settings: Settings) -> None:
-    await rt.bus.declare_streams("platform", "commands")
-    bucket = await rt.bus.bucket(subjects.BUCKET_DESIRED, WorkloadRecord, history=limits.DESIRED_HISTORY)
+    _, bucket = await asyncio.gather(  # at once, as the registry's
+        rt.bus.declare_streams("platform", "commands"),
+        rt.bus.bucket(subjects.BUCKET_DESIRED, WorkloadRecord, history=limits.DESIRED_HISTORY),
+    )
     lifecycle = Lifecycle(settings, rt.bus, bucket, rt.telemetry)
     await until_done("moving records to their cluster's keys", lifecycle.desired.migrate)
     await until_done("loading the desired state", lifecycle.desired.keep)

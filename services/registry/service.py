@@ -530,18 +530,26 @@ async def keep_clusters(rt: Runtime, registry: Registry) -> None:
 
 
 async def setup(rt: Runtime, settings: Settings) -> None:
-    await rt.bus.declare_streams("platform")
-    # The registry creates each agent's consumer on the desired state's stream: it declares the bucket too (as
+    # Declared (and the system account's connection made) at once, not one after another: a restarted
+    # platform's services wait on a server busy with its fleet's reconnects, each step for seconds. The
+    # registry creates each agent's consumer on the desired state's stream: it declares the bucket too (as
     # lifecycle does, same config), so agents are served whichever of the two starts first. It never writes it.
-    await rt.bus.bucket(subjects.BUCKET_DESIRED, WorkloadRecord, history=limits.DESIRED_HISTORY)
-    clusters = await rt.bus.bucket(subjects.BUCKET_CLUSTERS, ClusterRecord, history=5)
-    uids = await rt.bus.bucket(subjects.BUCKET_CLUSTER_UIDS, ClusterUidClaim)
-    projects = await rt.bus.bucket(subjects.BUCKET_PROJECTS, ProjectRecord, history=5)
-    trust, sys_bus = None, None
-    if settings.auth_dir is not None:
-        trust = Trust.load(settings.auth_dir)
+    trust = Trust.load(settings.auth_dir) if settings.auth_dir is not None else None
+
+    async def system_bus() -> Bus | None:
+        if settings.auth_dir is None:
+            return None
         sys_creds = str(settings.auth_dir / "sys.creds")
-        sys_bus = await rt.connect("registry-sys", replace(settings.common.bus, creds_file=sys_creds))
+        return await rt.connect("registry-sys", replace(settings.common.bus, creds_file=sys_creds))
+
+    _, _, clusters, uids, projects, sys_bus = await asyncio.gather(
+        rt.bus.declare_streams("platform"),
+        rt.bus.bucket(subjects.BUCKET_DESIRED, WorkloadRecord, history=limits.DESIRED_HISTORY),
+        rt.bus.bucket(subjects.BUCKET_CLUSTERS, ClusterRecord, history=5),
+        rt.bus.bucket(subjects.BUCKET_CLUSTER_UIDS, ClusterUidClaim),
+        rt.bus.bucket(subjects.BUCKET_PROJECTS, ProjectRecord, history=5),
+        system_bus(),
+    )
     steps = Steps(rt.meter("tether.registry"))
     registry = Registry(settings, rt.bus, clusters, uids, projects, trust, sys_bus, steps)
     rt.on_stop(registry.new_consumers.close)
