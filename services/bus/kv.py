@@ -39,13 +39,6 @@ EXPECTED_LAST_OF = "Nats-Expected-Last-Subject-Sequence-Subject"
 """With ``EXPECTED_LAST``: the subjects (wildcards allowed) whose newest message the expectation is about."""
 
 
-def patient(js: JetStreamContext, timeout: float) -> JetStreamContext:
-    """``js`` whose requests (a read's consumer creation, its stream info) may take the read's whole budget,
-    not nats-py's 5 s: on a server busy with a fleet's reconnects their answers came after 5-10 s, and each
-    creation given up on was made again (three times in a row for access's load after a restart)."""
-    return js._nc.jetstream(prefix=js._prefix, timeout=timeout)
-
-
 def _removed(headers: dict[str, str] | None, data: bytes | None) -> bool:
     """A deletion or purge marker, or one the server left (TTL)."""
     headers = headers or {}
@@ -62,6 +55,18 @@ class Bucket(Records[M]):
         """Stored records ``items`` passed over because they no longer decode (for tests and metrics)."""
         self._views: list[BucketWatch[M]] = []
         """Views of this bucket (``view``), told of each of its writes when acknowledged."""
+        self._readers: dict[float, JetStreamContext] = {}
+        """``_reader``'s contexts, one per read budget (made once: lifecycle reads dozens of times a second)."""
+
+    def _reader(self, timeout: float) -> JetStreamContext:
+        """The bucket's JetStream context whose requests (a read's consumer creation, its stream info) may take
+        the read's whole budget, not nats-py's 5 s: on a server busy with a fleet's reconnects their answers
+        came after 5-10 s, and each creation given up on was made again (three times in a row for access's
+        load after a restart)."""
+        if (js := self._readers.get(timeout)) is None:
+            base = self.kv._js
+            js = self._readers[timeout] = base._nc.jetstream(prefix=base._prefix, timeout=timeout)
+        return js
 
     async def get(self, key: str) -> tuple[M, int] | None:
         """The record and its revision, or None."""
@@ -141,7 +146,7 @@ class Bucket(Records[M]):
 
     async def view(self, keep: Keep[M] | None = None, *, probe: float = PROBE, timeout: float = 10.0) -> View[M]:
         """Loaded from the last entry of every key, then kept by a watch of the bucket (``watching``)."""
-        js = patient(self.kv._js, timeout)
+        js = self._reader(timeout)
         kept = BucketWatch(js, self.kv._stream, self.kv._pre, self._entry, self._newest, keep, self._views)
         state = await self._stream_state(js, self.kv._stream, timeout)
         await kept.start(state.last_seq if state.messages else 0, probe, timeout)
@@ -163,7 +168,7 @@ class Bucket(Records[M]):
         a full bucket reads as empty. Here the stream leader names the last sequence first, and the latest
         entry of every key is read until that sequence has been seen.
         """
-        state = await self._stream_state(patient(self.kv._js, timeout), self.kv._stream, timeout)
+        state = await self._stream_state(self._reader(timeout), self.kv._stream, timeout)
         if not state.messages:
             return {}
         return await self._last_entries(">", lambda msg: msg.metadata.sequence.stream >= state.last_seq, timeout)
@@ -171,7 +176,7 @@ class Bucket(Records[M]):
     async def _last_entries(self, keys: str, last: Callable[[Msg], bool], timeout: float) -> dict[str, M]:
         """The live records of ``keys`` (a key pattern) through an ordered consumer of the last entry per key,
         read until ``last`` says a message was the last one wanted."""
-        js = patient(self.kv._js, timeout)
+        js = self._reader(timeout)
         stream, prefix = self.kv._stream, self.kv._pre
         queue: asyncio.Queue[Msg] = asyncio.Queue()
 

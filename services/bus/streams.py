@@ -241,7 +241,7 @@ async def ensure_bucket(
             config.max_bytes, config.max_msg_size = max_bytes, limits.STREAM_MAX_MSG
             config.max_consumers = max_consumers or config.max_consumers
             await js.update_stream(config)
-        if not config.max_msgs_per_subject or config.max_msgs_per_subject < 1:
+        if (config.max_msgs_per_subject or 0) < 1:
             raise BadBucketError(description=f"stream {stream} is not a key-value bucket", stream=stream)
         return KeyValue(name=name, stream=stream, pre=f"$KV.{name}.", js=js, direct=bool(config.allow_direct))
 
