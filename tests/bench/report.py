@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 KB = 1024
@@ -182,6 +183,9 @@ def render(r: dict[str, Any]) -> str:
             "",
             f"{_ms(_get(sw, 'half_own_max', 'p50'))} / {_ms(_get(sw, 'half_own_max', 'p99'))}",
         )
+    rd = cm.get("rounds")
+    if rd:
+        rounds_rows(rd, row)
     o = r.get("offline", {})
     row(
         f"(4) offline detection ({o.get('detected')}/{o.get('killed')} killed)",
@@ -227,3 +231,22 @@ def render(r: dict[str, Any]) -> str:
         note = f" ({t['note']})" if t.get("note") else ""
         lines.append(f"  [{mark:>7}] {t['target']}: {t['measured']}{note}")
     return "\n".join(lines)
+
+
+def rounds_rows(rd: dict[str, Any], row: Callable[..., None]) -> None:
+    """The interleaved rounds (``tests.bench.rounds``): each side's median maximum and pooled p99, and the
+    platform's share and multiple of each baseline (median of the rounds, their range)."""
+    me = _get(rd, "sides", "platform")
+    row(
+        f"    interleaved, {rd['rounds']} rounds: platform max; p99 at {rd['rate']:g}/s",
+        f"{_get(me, 'per_s', 'median'):.0f}/s; {_ms(_get(me, 'pooled_p99'))}",
+    )
+    for name, a in rd.get("against", {}).items():
+        side = _get(rd, "sides", name)
+        share, mult = a["share_of_max"], a["p99_multiple"]
+        row(
+            f"      against {name}",
+            f"max {share['median']:.0%} ({share['min']:.0%}-{share['max']:.0%}); "
+            f"p99 {mult['median']:.1f}x ({mult['min']:.1f}-{mult['max']:.1f}x)",
+            f"{_get(side, 'per_s', 'median'):.0f}/s; p99 {_ms(_get(side, 'pooled_p99'))}",
+        )

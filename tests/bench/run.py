@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ from schemas.messages import (
 )
 from services.bus import call
 from services.platform.natsd import free_port
-from tests.bench import accepting, baseline, samewrites, steps, traffic
+from tests.bench import accepting, baseline, rounds, samewrites, steps, traffic
 from tests.bench.fleet import Fleet
 from tests.bench.http import LeanHttp
 from tests.bench.stats import (
@@ -723,21 +724,15 @@ class Bench:
         }
         if self.args.same_writes:
             self.results["commands"]["same_writes"] = await self.same_writes(rate, size)
+            if self.args.rounds:
+                settled = top["idle_cpu_ms_per_s"]
+                self.results["commands"]["rounds"] = await self.interleaved(free, rate, size, settled)
 
     async def same_writes(self, rate: float, command_bytes: int) -> dict[str, Any]:
         """Raw nats-py doing the platform's writes and hops per command (``tests.bench.samewrites``): its
         maximum, its p99 at the platform's rate and at half its own maximum."""
-        assert self.nc is not None and self.stack.nats is not None
-        bucket = await self.nc.jetstream().key_value(subjects.BUCKET_DESIRED)
-        first = self.tenants[0]
-        entry = await bucket.get(f"{first.cluster}.{first.key}")
-        layout = samewrites.Layout(
-            url=self.stack.nats_url,
-            creds=str(self.stack.auth / "platform.creds"),
-            clusters=len(self.tenants),
-            writes=self.args.same_writes,
-            sizes={"record": len(entry.value or b""), "command": command_bytes, "small": 320},
-        )
+        assert self.stack.nats is not None
+        layout = await self.same_writes_layout(command_bytes)
         duration = min(self.args.duration, 10)
         nats_pid = self.stack.pids()["nats"]
         async with samewrites.SameWrites(layout, self.connect) as sw:
@@ -762,12 +757,83 @@ class Bench:
         log("(3)   CPU ms per command: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu_ms))
         return {"writes": layout.writes, "sizes": layout.sizes, "max": top, "fixed": at_rate, "half_own_max": own}
 
+    async def interleaved(
+        self, free: deque[Tenant], rate: float, command_bytes: int, idle: dict[str, float]
+    ) -> dict[str, Any]:
+        """``--rounds`` rounds of the platform, the same writes and one raw write, each round's windows back
+        to back (``tests.bench.rounds``): ratios of sides that shared the hour."""
+        assert self.stack.nats is not None
+        seconds = min(self.args.duration, 10)
+        async with (
+            baseline.JsRoundTrip(self.connect, command_bytes) as raw,
+            samewrites.SameWrites(await self.same_writes_layout(command_bytes), self.connect) as sw,
+        ):
+
+            async def platform_fixed(r: float, s: float) -> list[float]:
+                kept: list[float] = []
+                await self.fixed_rate(free, r, "round", duration=s, keep=kept)
+                return kept
+
+            async def platform_top(s: float) -> float:
+                return float((await self.max_rate(free, duration=s))["per_s"])
+
+            async def lat_of(fixed: Callable[..., Awaitable[dict[str, Any]]], r: float, s: float) -> list[float]:
+                record: list[tuple[float, float]] = []
+                await fixed(r, s, record)
+                return [lat for _, lat in record]
+
+            sides = [
+                rounds.Side(rounds.PLATFORM, platform_fixed, platform_top),
+                rounds.Side(
+                    f"same writes ({self.args.same_writes})",
+                    lambda r, s: lat_of(sw.fixed_rate, r, s),
+                    lambda s: self._per_s(sw.max_rate(self.args.concurrency, s, lambda: {})),
+                ),
+                rounds.Side(
+                    "raw JetStream (1 write)",
+                    lambda r, s: lat_of(raw.fixed_rate, r, s),
+                    lambda s: self._per_s(raw.max_rate(self.args.concurrency, s)),
+                ),
+            ]
+            done = await rounds.measure(sides, self.args.rounds, rate, seconds, lambda: self.settle(idle), log)
+        out = rounds.summarize(done, rate)
+        for line in rounds.render(out):
+            log(f"(3) {line}")
+        return out
+
+    @staticmethod
+    async def _per_s(top: Awaitable[dict[str, Any]]) -> float:
+        return float((await top)["per_s"])
+
+    async def same_writes_layout(self, command_bytes: int) -> samewrites.Layout:
+        """The same-writes baseline's shape: the platform's cluster count and record sizes."""
+        assert self.nc is not None
+        bucket = await self.nc.jetstream().key_value(subjects.BUCKET_DESIRED)
+        first = self.tenants[0]
+        entry = await bucket.get(f"{first.cluster}.{first.key}")
+        return samewrites.Layout(
+            url=self.stack.nats_url,
+            creds=str(self.stack.auth / "platform.creds"),
+            clusters=len(self.tenants),
+            writes=self.args.same_writes,
+            sizes={"record": len(entry.value or b""), "command": command_bytes, "small": 320},
+        )
+
     def timeline_window(self, label: str, rate: float, record: list[tuple[float, float]] | None) -> None:
         if self.timeline is not None and record is not None:
             self.timeline.window(label, rate, [{"sent": sent, "rt": rt} for sent, rt in record])
 
-    async def fixed_rate(self, free: deque[Tenant], rate: float, label: str) -> dict[str, Any]:
-        duration = self.args.duration
+    async def fixed_rate(
+        self,
+        free: deque[Tenant],
+        rate: float,
+        label: str,
+        duration: float | None = None,
+        keep: list[float] | None = None,
+    ) -> dict[str, Any]:
+        """Commands at ``rate`` for ``duration`` seconds (``--duration``); their round trips are added to
+        ``keep`` too."""
+        duration = duration or self.args.duration
         rts: list[float] = []
         apis: list[float] = []
         hops: list[tuple[float, dict[str, float]]] = []
@@ -807,6 +873,8 @@ class Bench:
         if self.timeline is not None and self.trace is not None:
             self.timeline.window(label, rate, self.trace)
         self.trace = None
+        if keep is not None:
+            keep.extend(rts)
         fixed = {"rate": rate, "seconds": duration, **summary(rts), "api": summary(apis), "errors": errors}
         fixed["client_gc"] = pauses.summary()
         fixed["skipped"] = skipped
@@ -825,11 +893,11 @@ class Bench:
         )
         return fixed
 
-    async def max_rate(self, free: deque[Tenant]) -> dict[str, Any]:
-        """Max throughput: closed loop, `concurrency` commands in flight."""
+    async def max_rate(self, free: deque[Tenant], duration: float | None = None) -> dict[str, Any]:
+        """Max throughput: closed loop, `concurrency` commands in flight, for ``duration`` (``--duration``)."""
         rts2: list[float] = []
         errors2 = 0
-        stop_at = time.monotonic() + self.args.duration
+        stop_at = math.inf
 
         async def loop() -> None:
             nonlocal errors2
@@ -848,6 +916,8 @@ class Bench:
 
         idle = await self.idle_cpu(IDLE_CPU_WINDOW)
         t0 = time.monotonic()
+        # From here, not from the call: the idle window above used to eat 5 s of the loop's time.
+        stop_at = t0 + (duration or self.args.duration)
         cpu0 = self.cpu()
         await asyncio.gather(*(loop() for _ in range(self.args.concurrency)))
         elapsed = time.monotonic() - t0
@@ -1327,11 +1397,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--same-writes",
         type=int,
-        default=6,
+        default=4,
         choices=(0, 4, 5, 6),
-        help="stream + KV writes per command of the raw same-writes baseline in phase 3 (6: with the command "
-        "copy, the platform's chain in 2026-12; 5: the agent follows the desired state; 4: and its result is a "
-        "request to lifecycle, no stream write; 0: not run)",
+        help="stream + KV writes per command of the raw same-writes baseline in phase 3 (4, the default: the "
+        "platform's chain today, desired state twice, audit, event; 5: with a result stream; 6: and the command "
+        "copied to a stream, the chain of early 2026-12; 0: not run)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="after phase 3, this many interleaved rounds of the platform, the same writes and one raw write, "
+        "each round's windows back to back (needs --same-writes; tests/bench/rounds.py)",
     )
     p.add_argument("--hb-window", type=float, default=10.0, help="seconds the steady heartbeat rate is measured")
     p.add_argument("--hb-burst", type=int, default=20000, help="heartbeats in the capacity burst")

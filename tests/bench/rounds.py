@@ -1,0 +1,148 @@
+"""Phase 3's interleaved rounds: the platform, the same writes done raw and one raw write, measured in turn.
+
+One 10-second window of each holds a thousand commands at most, so its p99 is its tenth slowest command: one
+stall of the machine (nats-server's garbage collection, a burst of the fleet's periodic work) sets it, and
+the hour moves raw JetStream's maximum by 2-3x between runs of the same code. A platform window and a
+baseline window measured minutes apart therefore compare two hours, not two designs.
+
+Here each round measures every side back to back, the order rotated from round to round so no side always
+follows another's wake, and the figures compared are each round's own ratios (sides that shared the
+machine's state within a minute) and the ratio of the pooled round trips. The median of the rounds' ratios
+and their range say whether a gap is the design's or the hour's.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.bench.stats import pct
+
+PLATFORM = "platform"
+
+
+@dataclass(frozen=True)
+class Side:
+    """One thing measured in every round."""
+
+    name: str
+    """How the printout names it (``"platform"`` is the one the others are compared with)."""
+    fixed: Callable[[float, float], Awaitable[list[float]]]
+    """Commands offered at a rate (per second) for a time (seconds): the round trips (seconds)."""
+    top: Callable[[float], Awaitable[float]]
+    """A closed loop for a time (seconds): commands per second."""
+
+
+@dataclass
+class Round:
+    """What one round measured, per side."""
+
+    p99: dict[str, float] = field(default_factory=dict)
+    per_s: dict[str, float] = field(default_factory=dict)
+    round_trips: dict[str, list[float]] = field(default_factory=dict)
+
+
+def order(names: list[str], i: int) -> list[str]:
+    """Round ``i``'s order: the sides rotated by ``i``, so each leads (and follows each other) in turn."""
+    k = i % len(names) if names else 0
+    return names[k:] + names[:k]
+
+
+async def measure(
+    sides: list[Side],
+    rounds: int,
+    rate: float,
+    seconds: float,
+    between: Callable[[], Awaitable[object]],
+    log: Callable[[str], None],
+) -> list[Round]:
+    """``rounds`` rounds: each side's maximum, then each side's fixed rate, every side in the round's order;
+    ``between`` is awaited before each window (it waits for the machine to settle)."""
+    by_name = {s.name: s for s in sides}
+    out: list[Round] = []
+    for i in range(rounds):
+        r = Round()
+        names = order(list(by_name), i)
+        for name in names:
+            await between()
+            r.per_s[name] = await by_name[name].top(seconds)
+        for name in names:
+            await between()
+            lat = await by_name[name].fixed(rate, seconds)
+            r.round_trips[name] = lat
+            r.p99[name] = pct(lat, 0.99)
+        log(
+            f"(3) round {i + 1}/{rounds} ({' → '.join(names)}): "
+            + "; ".join(f"{n} {r.per_s[n]:.0f}/s, p99 {r.p99[n] * 1e3:.1f} ms" for n in names)
+        )
+        out.append(r)
+    return out
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 and not math.isnan(a) and not math.isnan(b) else math.nan
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    ok = [v for v in values if not math.isnan(v)]
+    if not ok:
+        return {"median": math.nan, "min": math.nan, "max": math.nan}
+    return {"median": statistics.median(ok), "min": min(ok), "max": max(ok)}
+
+
+def summarize(rounds: list[Round], rate: float) -> dict[str, Any]:
+    """Per side: the median maximum and the pooled p99; per baseline: the platform's share of its maximum
+    and its multiple of the platform's p99, in each round (median, min, max) and pooled."""
+    if not rounds:
+        return {}
+    names = list(rounds[0].per_s)
+    pooled = {n: [x for r in rounds for x in r.round_trips.get(n, [])] for n in names}
+    out: dict[str, Any] = {
+        "rounds": len(rounds),
+        "rate": rate,
+        "sides": {
+            n: {
+                "per_s": _spread([r.per_s[n] for r in rounds]),
+                "p99": _spread([r.p99[n] for r in rounds]),
+                "pooled_p99": pct(pooled[n], 0.99),
+                "pooled_p50": pct(pooled[n], 0.50),
+                "commands": len(pooled[n]),
+            }
+            for n in names
+        },
+        "against": {},
+    }
+    if PLATFORM not in names:
+        return out
+    for n in names:
+        if n == PLATFORM:
+            continue
+        out["against"][n] = {
+            "share_of_max": _spread([_ratio(r.per_s[PLATFORM], r.per_s[n]) for r in rounds]),
+            "p99_multiple": _spread([_ratio(r.p99[PLATFORM], r.p99[n]) for r in rounds]),
+            "pooled_p99_multiple": _ratio(out["sides"][PLATFORM]["pooled_p99"], out["sides"][n]["pooled_p99"]),
+        }
+    return out
+
+
+def render(s: dict[str, Any]) -> list[str]:
+    """The summary as printout lines."""
+    if not s:
+        return []
+    lines = [f"interleaved rounds: {s['rounds']}, fixed rate {s['rate']:g}/s"]
+    for n, v in s["sides"].items():
+        lines.append(
+            f"  {n}: max {v['per_s']['median']:.0f}/s (rounds {v['per_s']['min']:.0f}-{v['per_s']['max']:.0f}); "
+            f"p99 pooled {v['pooled_p99'] * 1e3:.1f} ms, rounds' median {v['p99']['median'] * 1e3:.1f} ms "
+            f"({v['p99']['min'] * 1e3:.1f}-{v['p99']['max'] * 1e3:.1f}); p50 {v['pooled_p50'] * 1e3:.1f} ms"
+        )
+    for n, a in s["against"].items():
+        share, mult = a["share_of_max"], a["p99_multiple"]
+        lines.append(
+            f"  platform against {n}: max {share['median']:.1%} ({share['min']:.1%}-{share['max']:.1%}); "
+            f"p99 {mult['median']:.2f}x ({mult['min']:.2f}-{mult['max']:.2f}x), pooled {a['pooled_p99_multiple']:.2f}x"
+        )
+    return lines

@@ -1,0 +1,84 @@
+"""Phase 3's interleaved rounds: every side in every round, the order rotated, ratios taken within a round."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from tests.bench import rounds
+
+
+def test_each_side_leads_in_turn() -> None:
+    names = ["platform", "same", "raw"]
+    assert [rounds.order(names, i)[0] for i in range(4)] == ["platform", "same", "raw", "platform"]
+    assert rounds.order(names, 1) == ["same", "raw", "platform"]
+    assert rounds.order([], 3) == []
+
+
+def _side(name: str, per_s: list[float], lat: list[list[float]], calls: list[str]) -> rounds.Side:
+    """A side whose maximum and round trips, call by call, are given; each call is logged in ``calls``."""
+    tops, fixes = iter(per_s), iter(lat)
+
+    async def fixed(rate: float, seconds: float) -> list[float]:
+        calls.append(f"{name} fixed {rate:g}/s {seconds:g}s")
+        return next(fixes)
+
+    async def top(seconds: float) -> float:
+        calls.append(f"{name} max")
+        return next(tops)
+
+    return rounds.Side(name, fixed, top)
+
+
+def test_rounds_measure_every_side_back_to_back_and_settle_before_each_window() -> None:
+    calls: list[str] = []
+
+    async def settle() -> None:
+        calls.append("settle")
+
+    sides = [
+        _side("platform", [100, 80], [[0.010] * 98 + [0.050] * 2, [0.020] * 100], calls),
+        _side("raw", [400, 200], [[0.002] * 100, [0.004] * 98 + [0.010] * 2], calls),
+    ]
+    done = asyncio.run(rounds.measure(sides, 2, 50.0, 10.0, settle, lambda _line: None))
+    assert calls == [
+        "settle",
+        "platform max",
+        "settle",
+        "raw max",
+        "settle",
+        "platform fixed 50/s 10s",
+        "settle",
+        "raw fixed 50/s 10s",
+        "settle",
+        "raw max",  # the second round starts with the other side
+        "settle",
+        "platform max",
+        "settle",
+        "raw fixed 50/s 10s",
+        "settle",
+        "platform fixed 50/s 10s",
+    ]
+    assert [r.p99 for r in done] == [{"platform": 0.050, "raw": 0.002}, {"raw": 0.010, "platform": 0.020}]
+
+    s = rounds.summarize(done, 50.0)
+    against = s["against"]["raw"]
+    # Within each round: 100/400 and 80/200 of the maximum; 25x and 2x the p99.
+    assert against["share_of_max"] == {"median": 0.325, "min": 0.25, "max": 0.4}
+    assert math.isclose(against["p99_multiple"]["median"], 13.5)
+    assert math.isclose(against["p99_multiple"]["min"], 2.0)
+    # Pooled: the platform's 200 round trips' p99 is 0.020 (rank 198), raw's 0.004.
+    assert math.isclose(s["sides"]["platform"]["pooled_p99"], 0.020)
+    assert math.isclose(against["pooled_p99_multiple"], 5.0)
+    assert s["sides"]["raw"]["commands"] == 200
+    lines = rounds.render(s)
+    assert lines[0] == "interleaved rounds: 2, fixed rate 50/s"
+    assert "platform against raw: max 32.5% (25.0%-40.0%)" in lines[-1]
+
+
+def test_a_side_with_no_round_trips_gives_no_ratio_rather_than_a_crash() -> None:
+    done = [rounds.Round(p99={"platform": 0.01, "raw": math.nan}, per_s={"platform": 10, "raw": 0}, round_trips={})]
+    s = rounds.summarize(done, 5.0)
+    assert math.isnan(s["against"]["raw"]["share_of_max"]["median"])
+    assert math.isnan(s["against"]["raw"]["p99_multiple"]["median"])
+    assert rounds.summarize([], 5.0) == {}
