@@ -126,6 +126,15 @@ class GcPauses:
         return {"collections": len(self.pauses), "full": full, "max_ms": longest * 1e3}
 
 
+def quiet_heap() -> None:
+    """Collect and freeze the bench client's heap before a measuring window. Its tenants, stamps and issued
+    commands make a heap whose full collection took 53-78 ms inside a window (every command in flight held
+    up, on the measuring side); frozen, a window's collections walk only what the window allocated. Called
+    before every side's window alike."""
+    gc.collect()
+    gc.freeze()
+
+
 def log(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
@@ -711,6 +720,7 @@ class Bench:
         size = len(encode(sample_command()))
         async with baseline.JsRoundTrip(self.connect, size) as rt:
             record: list[tuple[float, float]] | None = [] if self.timeline else None
+            quiet_heap()
             b_fixed = await rt.fixed_rate(rate, min(duration, 10), record)
             self.timeline_window("raw JetStream", rate, record)
             b_top = await rt.max_rate(self.args.concurrency, min(duration, 10))
@@ -746,8 +756,10 @@ class Bench:
 
             top = await sw.max_rate(self.args.concurrency, duration, cpu)
             record: list[tuple[float, float]] | None = [] if self.timeline else None
+            quiet_heap()
             at_rate = await sw.fixed_rate(rate, duration, record)
             self.timeline_window("same writes", rate, record)
+            quiet_heap()
             own = await sw.fixed_rate(max(1.0, round(top["per_s"] / 2)), duration)
         log(
             f"(3) same-writes baseline ({layout.writes} writes): max {top['per_s']:.0f}/s, p99 {top['p99'] * 1e3:.1f} "
@@ -795,7 +807,12 @@ class Bench:
                     lambda s: self._per_s(raw.max_rate(self.args.concurrency, s)),
                 ),
             ]
-            done = await rounds.measure(sides, self.args.rounds, rate, seconds, lambda: self.settle(idle), log)
+
+            async def between() -> None:
+                await self.settle(idle)
+                quiet_heap()
+
+            done = await rounds.measure(sides, self.args.rounds, rate, seconds, between, log)
         out = rounds.summarize(done, rate)
         for line in rounds.render(out):
             log(f"(3) {line}")
@@ -858,6 +875,7 @@ class Bench:
 
         tasks = []
         count = int(rate * duration)
+        quiet_heap()
         t0, started_at = time.monotonic(), time.time()
         self.trace = [] if self.timeline else None
         with GcPauses() as pauses:
