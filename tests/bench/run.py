@@ -783,27 +783,30 @@ class Bench:
 
             async def platform_fixed(r: float, s: float) -> list[float]:
                 kept: list[float] = []
-                await self.fixed_rate(free, r, "round", duration=s, keep=kept)
+                await self.fixed_rate(free, r, "round: platform", duration=s, keep=kept)
                 return kept
 
             async def platform_top(s: float) -> float:
                 return float((await self.max_rate(free, duration=s))["per_s"])
 
-            async def lat_of(fixed: Callable[..., Awaitable[dict[str, Any]]], r: float, s: float) -> list[float]:
+            async def lat_of(
+                label: str, fixed: Callable[..., Awaitable[dict[str, Any]]], r: float, s: float
+            ) -> list[float]:
                 record: list[tuple[float, float]] = []
                 await fixed(r, s, record)
+                self.timeline_window(label, r, record)
                 return [lat for _, lat in record]
 
             sides = [
                 rounds.Side(rounds.PLATFORM, platform_fixed, platform_top),
                 rounds.Side(
                     f"same writes ({self.args.same_writes})",
-                    lambda r, s: lat_of(sw.fixed_rate, r, s),
+                    lambda r, s: lat_of("round: same writes", sw.fixed_rate, r, s),
                     lambda s: self._per_s(sw.max_rate(self.args.concurrency, s, lambda: {})),
                 ),
                 rounds.Side(
                     "raw JetStream (1 write)",
-                    lambda r, s: lat_of(raw.fixed_rate, r, s),
+                    lambda r, s: lat_of("round: raw JetStream", raw.fixed_rate, r, s),
                     lambda s: self._per_s(raw.max_rate(self.args.concurrency, s)),
                 ),
             ]

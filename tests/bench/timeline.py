@@ -397,6 +397,29 @@ def _stalled_span(burst: list[dict[str, float]]) -> str:
     return "stamps (ms after send): " + ", ".join(parts) if parts else ""
 
 
+def split_by_collections(
+    commands: list[dict[str, float]], marks: list[Mark]
+) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """(clear, overlapping): the commands whose flight (send to result) met none of nats-server's collections'
+    marks, and those in flight during one. A mark takes one of the two cores for its whole wall time, so the
+    second list's tail is the collector's, the first's the chain's."""
+    clear, overlapping = [], []
+    for c in commands:
+        hit = any(c["sent"] <= m.end and c["sent"] + c["rt"] >= m.start for m in marks)
+        (overlapping if hit else clear).append(c)
+    return clear, overlapping
+
+
+def _p99_line(clear: list[dict[str, float]], overlapping: list[dict[str, float]]) -> str:
+    def p99(cs: list[dict[str, float]]) -> str:
+        return f"{slow_bursts(cs)[0] * 1e3:.1f} ms" if cs else "n/a"
+
+    return (
+        f"  p99 clear of collections {p99(clear)} ({len(clear)} commands); "
+        f"in flight during one {p99(overlapping)} ({len(overlapping)})"
+    )
+
+
 def window_summary(samples: Samples, marks: list[Mark], window: dict[str, Any]) -> list[str]:
     cmds = window["commands"]
     t0 = min(c["sent"] for c in cmds)
@@ -408,6 +431,7 @@ def window_summary(samples: Samples, marks: list[Mark], window: dict[str, Any]) 
         f"{p99 * 1e3:.1f} ms, {len(bursts)} burst(s) of slow sends",
         "  nats-server collections: "
         + (", ".join(f"gc{m.gc} at +{m.start - t0:.2f}s {m.ms:.0f} ms" for m in inside) or "none"),
+        _p99_line(*split_by_collections(cmds, inside)),
     ]
     total = list(bins(samples, t0, t1, t1 - t0))
     if total:

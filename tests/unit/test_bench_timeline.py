@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.timeline import Samples, bins, gc_marks, slow_bursts
+from tests.bench.timeline import Mark, Samples, bins, gc_marks, slow_bursts, split_by_collections
 
 
 def test_collections_are_placed_on_the_wall_clock(tmp_path: Path) -> None:
@@ -68,3 +68,18 @@ def test_bins_turn_cumulative_counters_into_each_bins_share(tmp_path: Path) -> N
     assert second["discards"] == 2 and second["d_ms"] == 3 and second["nD"] == 0
     # The machine was busy 40 ms in the second bin, our processes 10: another 30 went to processes not sampled.
     assert first["others"] == pytest.approx(0.0) and second["others"] == pytest.approx(30.0)
+
+
+def test_commands_in_flight_during_a_collection_are_told_apart() -> None:
+    mark = Mark(gc=7, start=10.0, ms=200.0, heap="")
+    commands = [
+        {"sent": 9.90, "rt": 0.050},  # done before the mark began
+        {"sent": 9.95, "rt": 0.080},  # in flight when it began
+        {"sent": 10.10, "rt": 0.010},  # sent during it
+        {"sent": 10.20, "rt": 0.005},  # sent as it ended
+        {"sent": 10.25, "rt": 0.005},  # after it
+    ]
+    clear, overlapping = split_by_collections(commands, [mark])
+    assert [c["sent"] for c in clear] == [9.90, 10.25]
+    assert [c["sent"] for c in overlapping] == [9.95, 10.10, 10.20]
+    assert split_by_collections(commands, []) == (commands, [])
