@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import math
@@ -776,10 +777,14 @@ class Bench:
         to back (``tests.bench.rounds``): ratios of sides that shared the hour."""
         assert self.stack.nats is not None
         seconds = min(self.args.duration, 10)
-        async with (
-            baseline.JsRoundTrip(self.connect, command_bytes) as raw,
-            samewrites.SameWrites(await self.same_writes_layout(command_bytes), self.connect) as sw,
-        ):
+        n = self.args.same_writes_buckets
+        split = dataclasses.replace(await self.same_writes_layout(command_bytes), variant=f"b{n}", buckets=n)
+        async with contextlib.AsyncExitStack() as stack:
+            raw = await stack.enter_async_context(baseline.JsRoundTrip(self.connect, command_bytes))
+            sw = await stack.enter_async_context(
+                samewrites.SameWrites(await self.same_writes_layout(command_bytes), self.connect)
+            )
+            sw_split = await stack.enter_async_context(samewrites.SameWrites(split, self.connect)) if n > 1 else None
 
             async def platform_fixed(r: float, s: float) -> list[float]:
                 kept: list[float] = []
@@ -803,6 +808,17 @@ class Bench:
                     f"same writes ({self.args.same_writes})",
                     lambda r, s: lat_of("round: same writes", sw.fixed_rate, r, s),
                     lambda s: self._per_s(sw.max_rate(self.args.concurrency, s, lambda: {})),
+                ),
+                *(
+                    [
+                        rounds.Side(
+                            f"same writes ({self.args.same_writes}), {n} buckets",
+                            lambda r, s: lat_of(f"round: same writes, {n} buckets", sw_split.fixed_rate, r, s),
+                            lambda s: self._per_s(sw_split.max_rate(self.args.concurrency, s, lambda: {})),
+                        )
+                    ]
+                    if sw_split is not None
+                    else []
                 ),
                 rounds.Side(
                     "raw JetStream (1 write)",
@@ -1430,6 +1446,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         help="after phase 3, this many interleaved rounds of the platform, the same writes and one raw write, "
         "each round's windows back to back (needs --same-writes; tests/bench/rounds.py)",
+    )
+    p.add_argument(
+        "--same-writes-buckets",
+        type=int,
+        default=1,
+        help="with --rounds: one more side, the same writes with the desired state spread over this many buckets "
+        "(each agent's consumer then walks only its bucket's writes)",
     )
     p.add_argument("--hb-window", type=float, default=10.0, help="seconds the steady heartbeat rate is measured")
     p.add_argument("--hb-burst", type=int, default=20000, help="heartbeats in the capacity burst")

@@ -3,7 +3,7 @@ same hops, from as many processes, at the same concurrency. Nothing else: no HTT
 tracing, no driver; so the gap between this and the platform is what our processes add, and the gap between
 this and the one-write raw baseline is what the writes themselves cost on nats-server.
 
-One command (``writes=6``, the platform today)::
+One command (``writes=6``, the platform's chain in early 2026-12; today's is ``writes=4``)::
 
     client --request--> "lifecycle": KV compare-and-set of the desired record        (1)
                                      then side by side: the command (work queue)     (2)
@@ -21,6 +21,10 @@ bucket (and skips the result records lifecycle writes on the same keys).
 
 ``writes=4``: as 5, and the result is no stream write: the agent asks "lifecycle" (a core request on its
 cluster's subject, a queue group) to write it into the record (6), waits for the answer, then acks.
+
+A second layout may run beside the first in one bench (``Layout.variant``: its own streams, buckets and
+subjects), e.g. with the desired state spread over several buckets (``Layout.buckets``): an agent's
+consumer then walks only its own bucket's writes when it looks for its next record.
 
 Every stream has the platform's storage, retention and duplicate window; every publish a message id;
 ``sync_interval: always`` is the server's (the benchmark's server is the platform's).
@@ -61,15 +65,9 @@ from services.bus.running import new_event_loop
 from tests.bench.baseline import closed_loop, offered_load
 from tests.bench.stats import summary
 
-BUCKET = "BENCHSW"
-KV_SUBJECTS = f"$KV.{BUCKET}"
-CMD_STREAM = "BENCHSW_CMD_{:02d}"
-PLAIN = {"BENCHSW_AUDIT": "benchsw.audit.>", "BENCHSW_EVENTS": "benchsw.events.>", "BENCHSW_EVT": "benchsw.evt.>"}
-ACT = "benchsw.act"
-RESULT_CALL = "benchsw.result"
-"""``writes=4``: ``RESULT_CALL.<cluster>``, the agents' requests to record their results."""
-RESULTS = "benchsw-results"
 DESIRED, RESULT = 0, 1
+CAS_TRIES = 5
+"""Compare-and-set writes of one record before giving up (a result and the next command can cross)."""
 _HEAD = struct.Struct("!QBH")
 """seq, kind (desired or result), length of the key that follows."""
 
@@ -93,8 +91,53 @@ class Layout:
         # Cluster first, as a per-cluster filter on the bucket needs (the "writes=5" shape).
         return f"{self.cluster(i)}.t{i:05d}"
 
+    variant: str = ""
+    """Names a second baseline beside the first in one run (its streams, bucket(s) and subjects apart)."""
+    buckets: int = 1
+    """Desired-state buckets, the clusters spread over them (``i % buckets``): each agent's consumer walks
+    only its own bucket's writes."""
+
+    @property
+    def prefix(self) -> str:
+        """Subjects' first tokens."""
+        return "benchsw" + (f".{self.variant}" if self.variant else "")
+
+    @property
+    def stem(self) -> str:
+        """Streams' and buckets' names start so."""
+        return "BENCHSW" + (f"_{self.variant.upper()}" if self.variant else "")
+
+    def bucket(self, i: int) -> str:
+        return self.stem if self.buckets <= 1 else f"{self.stem}_{i % self.buckets:02d}"
+
+    def bucket_names(self) -> list[str]:
+        return sorted({self.bucket(i) for i in range(min(self.clusters, max(1, self.buckets)))})
+
+    def bucket_of_key(self, key: str) -> str:
+        return self.bucket(int(key.rsplit(".t", 1)[1]))
+
+    def plain(self) -> dict[str, str]:
+        """The plain streams (audit, events, results) and their subjects."""
+        return {f"{self.stem}_{part.upper()}": f"{self.prefix}.{part}.>" for part in ("audit", "events", "evt")}
+
+    @property
+    def act(self) -> str:
+        return f"{self.prefix}.act"
+
+    @property
+    def result_call(self) -> str:
+        """``writes=4``: ``result_call.<cluster>``, the agents' requests to record their results."""
+        return f"{self.prefix}.result"
+
+    @property
+    def results_durable(self) -> str:
+        return self.prefix.replace(".", "-") + "-results"
+
+    def cmd_stream(self, shard: int) -> str:
+        return f"{self.stem}_CMD_{shard:02d}"
+
     def cmd_subject(self, i: int) -> str:
-        return f"benchsw.cmd.{i % self.shards:02d}.{self.cluster(i)}"
+        return f"{self.prefix}.cmd.{i % self.shards:02d}.{self.cluster(i)}"
 
 
 def payload(seq: int, kind: int, key: str, size: int) -> bytes:
@@ -117,20 +160,23 @@ async def declare(layout: Layout) -> None:
     js = nc.jetstream()
     try:
         await remove(js, layout)
-        await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=5, storage=StorageType.FILE))
-        for name, subject in PLAIN.items():
+        for bucket in layout.bucket_names():
+            await js.create_key_value(KeyValueConfig(bucket=bucket, history=5, storage=StorageType.FILE))
+        for name, subject in layout.plain().items():
             await js.add_stream(
                 StreamConfig(name=name, subjects=[subject], storage=StorageType.FILE, duplicate_window=120.0)
             )
         await js.add_consumer(
-            "BENCHSW_EVT",
-            ConsumerConfig(durable_name=RESULTS, ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_ack_pending=10_000),
+            f"{layout.stem}_EVT",
+            ConsumerConfig(
+                durable_name=layout.results_durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_ack_pending=10_000
+            ),
         )
         for shard in range(layout.shards if layout.writes >= 6 else 0):
             await js.add_stream(
                 StreamConfig(
-                    name=CMD_STREAM.format(shard),
-                    subjects=[f"benchsw.cmd.{shard:02d}.>"],
+                    name=layout.cmd_stream(shard),
+                    subjects=[f"{layout.prefix}.cmd.{shard:02d}.>"],
                     retention=RetentionPolicy.WORK_QUEUE,
                     storage=StorageType.FILE,
                     duplicate_window=24 * 3600.0,
@@ -164,12 +210,16 @@ async def declare(layout: Layout) -> None:
 def agent_source(layout: Layout, i: int) -> tuple[str, str]:
     """(stream, filter) an agent reads its commands from."""
     if layout.writes >= 6:
-        return CMD_STREAM.format(i % layout.shards), layout.cmd_subject(i)
-    return f"KV_{BUCKET}", f"{KV_SUBJECTS}.{layout.cluster(i)}.>"
+        return layout.cmd_stream(i % layout.shards), layout.cmd_subject(i)
+    return f"KV_{layout.bucket(i)}", f"$KV.{layout.bucket(i)}.{layout.cluster(i)}.>"
 
 
 async def remove(js: Any, layout: Layout) -> None:
-    names = [f"KV_{BUCKET}", *PLAIN, *(CMD_STREAM.format(s) for s in range(layout.shards))]
+    names = [
+        *(f"KV_{b}" for b in layout.bucket_names()),
+        *layout.plain(),
+        *(layout.cmd_stream(s) for s in range(layout.shards)),
+    ]
     for name in names:
         with contextlib.suppress(Exception):
             await js.delete_stream(name)
@@ -190,29 +240,33 @@ class Lifecycle:
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> list[Awaitable[None]]:
-        self.kv = await self.js.key_value(BUCKET)
+        self.kvs = {b: await self.js.key_value(b) for b in self.layout.bucket_names()}
         sem = asyncio.Semaphore(64)
 
         async def seed(i: int) -> None:
             key = self.layout.key(i)
             async with sem:
-                self.revisions[key] = await self.kv.put(key, payload(0, RESULT, key, self.layout.sizes["record"]))
+                kv = self.kvs[self.layout.bucket_of_key(key)]
+                self.revisions[key] = await kv.put(key, payload(0, RESULT, key, self.layout.sizes["record"]))
 
         await asyncio.gather(*(seed(i) for i in range(self.layout.clusters)))
-        await self.nc.subscribe(ACT, cb=self._on_request)
+        await self.nc.subscribe(self.layout.act, cb=self._on_request)
         if self.layout.writes <= 4:
-            await self.nc.subscribe(f"{RESULT_CALL}.*", queue="lifecycle", cb=self._on_result_call)
+            await self.nc.subscribe(f"{self.layout.result_call}.*", queue="lifecycle", cb=self._on_result_call)
             return []
         return [self._results()]
 
     async def _write(self, key: str, value: bytes) -> None:
         """Compare-and-set on the remembered revision; on a conflict read it and write again (lifecycle's
         rule; rare here: the bench uses a key again only after ~all others)."""
-        try:
-            self.revisions[key] = await self.kv.update(key, value, last=self.revisions[key])
-        except KeyWrongLastSequenceError:
-            entry = await self.kv.get(key)
-            self.revisions[key] = await self.kv.update(key, value, last=entry.revision)
+        kv = self.kvs[self.layout.bucket_of_key(key)]
+        for _ in range(CAS_TRIES - 1):
+            try:
+                self.revisions[key] = await kv.update(key, value, last=self.revisions[key])
+                return
+            except KeyWrongLastSequenceError:
+                self.revisions[key] = (await kv.get(key)).revision
+        self.revisions[key] = await kv.update(key, value, last=self.revisions[key])
 
     async def _on_request(self, msg: Any) -> None:
         task = asyncio.create_task(self._act(msg))  # a subscription's callbacks run one at a time
@@ -225,8 +279,12 @@ class Lifecycle:
         sizes, small = self.layout.sizes, self.layout.sizes["small"]
         await self._write(key, payload(seq, DESIRED, key, sizes["record"]))
         writes = [
-            self.js.publish(f"benchsw.audit.{key}", payload(seq, 0, key, small), headers={"Nats-Msg-Id": f"a{seq}"}),
-            self.js.publish(f"benchsw.events.{key}", payload(seq, 0, key, small), headers={"Nats-Msg-Id": f"e{seq}"}),
+            self.js.publish(
+                f"{self.layout.prefix}.audit.{key}", payload(seq, 0, key, small), headers={"Nats-Msg-Id": f"a{seq}"}
+            ),
+            self.js.publish(
+                f"{self.layout.prefix}.events.{key}", payload(seq, 0, key, small), headers={"Nats-Msg-Id": f"e{seq}"}
+            ),
         ]
         if self.layout.writes >= 6:
             command = payload(seq, DESIRED, key, sizes["command"])
@@ -245,7 +303,7 @@ class Lifecycle:
         await msg.respond(b"ok")
 
     async def _results(self) -> None:
-        psub = await self.js.pull_subscribe_bind(durable=RESULTS, stream="BENCHSW_EVT")
+        psub = await self.js.pull_subscribe_bind(durable=self.layout.results_durable, stream=f"{self.layout.stem}_EVT")
         gate = asyncio.Semaphore(32)
         while True:
             try:
@@ -288,7 +346,7 @@ class Agents:
 
     async def _run(self, nc: nats.aio.client.Client, psub: Any, i: int) -> None:
         js = nc.jetstream()
-        subject, small = f"benchsw.evt.{self.layout.cluster(i)}", self.layout.sizes["small"]
+        subject, small = f"{self.layout.prefix}.evt.{self.layout.cluster(i)}", self.layout.sizes["small"]
         while True:
             try:
                 msgs = await psub.fetch(1, timeout=20)
@@ -297,7 +355,8 @@ class Agents:
             for msg in msgs:
                 seq, kind, key = unpack(msg.data)
                 if kind == DESIRED and self.layout.writes <= 4:
-                    await self._ask(nc, f"{RESULT_CALL}.{self.layout.cluster(i)}", payload(seq, RESULT, key, small))
+                    call = f"{self.layout.result_call}.{self.layout.cluster(i)}"
+                    await self._ask(nc, call, payload(seq, RESULT, key, small))
                 elif kind == DESIRED:
                     await js.publish(subject, payload(seq, RESULT, key, small), headers={"Nats-Msg-Id": f"r{seq}"})
                 await msg.ack_sync(timeout=5)
@@ -378,7 +437,8 @@ class SameWrites:
             if line.strip() != b"ready":
                 raise RuntimeError(f"samewrites {role} did not start (exit {proc.returncode})")
         self.nc = await self.connect_client()
-        await self.nc.subscribe(f"{KV_SUBJECTS}.>", cb=self._on_write, pending_msgs_limit=1_000_000)
+        for bucket in self.layout.bucket_names():
+            await self.nc.subscribe(f"$KV.{bucket}.>", cb=self._on_write, pending_msgs_limit=1_000_000)
         await self.nc.flush()
         return self
 
@@ -414,7 +474,7 @@ class SameWrites:
             fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
             self.waiting[seq] = fut
             start = time.time()
-            await self.nc.request(ACT, payload(seq, DESIRED, self.layout.key(i), 64), timeout=30)
+            await self.nc.request(self.layout.act, payload(seq, DESIRED, self.layout.key(i), 64), timeout=30)
             return await asyncio.wait_for(fut, 60) - start
         finally:
             self.free.put_nowait(i)
