@@ -32,8 +32,8 @@ class Side:
     """How the printout names it (``"platform"`` is the one the others are compared with)."""
     fixed: Callable[[float, float], Awaitable[list[float]]]
     """Commands offered at a rate (per second) for a time (seconds): the round trips (seconds)."""
-    top: Callable[[float], Awaitable[float]]
-    """A closed loop for a time (seconds): commands per second."""
+    top: Callable[[float], Awaitable[tuple[float, float]]]
+    """A closed loop for a time (seconds): commands per second, and nats-server's CPU ms per command in it."""
 
 
 @dataclass
@@ -42,6 +42,8 @@ class Round:
 
     p99: dict[str, float] = field(default_factory=dict)
     per_s: dict[str, float] = field(default_factory=dict)
+    nats_ms: dict[str, float] = field(default_factory=dict)
+    """nats-server's CPU ms per command at each side's maximum."""
     round_trips: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -68,7 +70,7 @@ async def measure(
         names = order(list(by_name), i)
         for name in names:
             await between()
-            r.per_s[name] = await by_name[name].top(seconds)
+            r.per_s[name], r.nats_ms[name] = await by_name[name].top(seconds)
         for name in names:
             await between()
             lat = await by_name[name].fixed(rate, seconds)
@@ -76,7 +78,9 @@ async def measure(
             r.p99[name] = pct(lat, 0.99)
         log(
             f"(3) round {i + 1}/{rounds} ({' → '.join(names)}): "
-            + "; ".join(f"{n} {r.per_s[n]:.0f}/s, p99 {r.p99[n] * 1e3:.1f} ms" for n in names)
+            + "; ".join(
+                f"{n} {r.per_s[n]:.0f}/s (nats {r.nats_ms[n]:.2f} ms each), p99 {r.p99[n] * 1e3:.1f} ms" for n in names
+            )
         )
         out.append(r)
     return out
@@ -106,6 +110,7 @@ def summarize(rounds: list[Round], rate: float) -> dict[str, Any]:
         "sides": {
             n: {
                 "per_s": _spread([r.per_s[n] for r in rounds]),
+                "nats_ms_per_command": _spread([r.nats_ms.get(n, math.nan) for r in rounds]),
                 "p99": _spread([r.p99[n] for r in rounds]),
                 "pooled_p99": pct(pooled[n], 0.99),
                 "pooled_p50": pct(pooled[n], 0.50),
@@ -135,7 +140,8 @@ def render(s: dict[str, Any]) -> list[str]:
     lines = [f"interleaved rounds: {s['rounds']}, fixed rate {s['rate']:g}/s"]
     for n, v in s["sides"].items():
         lines.append(
-            f"  {n}: max {v['per_s']['median']:.0f}/s (rounds {v['per_s']['min']:.0f}-{v['per_s']['max']:.0f}); "
+            f"  {n}: max {v['per_s']['median']:.0f}/s (rounds {v['per_s']['min']:.0f}-{v['per_s']['max']:.0f}), "
+            f"nats-server {v['nats_ms_per_command']['median']:.2f} ms a command; "
             f"p99 pooled {v['pooled_p99'] * 1e3:.1f} ms, rounds' median {v['p99']['median'] * 1e3:.1f} ms "
             f"({v['p99']['min'] * 1e3:.1f}-{v['p99']['max'] * 1e3:.1f}); p50 {v['pooled_p50'] * 1e3:.1f} ms"
         )

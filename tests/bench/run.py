@@ -791,8 +791,9 @@ class Bench:
                 await self.fixed_rate(free, r, "round: platform", duration=s, keep=kept)
                 return kept
 
-            async def platform_top(s: float) -> float:
-                return float((await self.max_rate(free, duration=s))["per_s"])
+            async def platform_top(s: float) -> tuple[float, float]:
+                top = await self.max_rate(free, duration=s)
+                return float(top["per_s"]), float(top["cpu_ms_per_command"]["nats"])
 
             async def lat_of(
                 label: str, fixed: Callable[..., Awaitable[dict[str, Any]]], r: float, s: float
@@ -807,14 +808,14 @@ class Bench:
                 rounds.Side(
                     f"same writes ({self.args.same_writes})",
                     lambda r, s: lat_of("round: same writes", sw.fixed_rate, r, s),
-                    lambda s: self._per_s(sw.max_rate(self.args.concurrency, s, lambda: {})),
+                    lambda s: self._top_of(sw.max_rate(self.args.concurrency, s, lambda: {})),
                 ),
                 *(
                     [
                         rounds.Side(
                             f"same writes ({self.args.same_writes}), {n} buckets",
                             lambda r, s: lat_of(f"round: same writes, {n} buckets", sw_split.fixed_rate, r, s),
-                            lambda s: self._per_s(sw_split.max_rate(self.args.concurrency, s, lambda: {})),
+                            lambda s: self._top_of(sw_split.max_rate(self.args.concurrency, s, lambda: {})),
                         )
                     ]
                     if sw_split is not None
@@ -823,7 +824,7 @@ class Bench:
                 rounds.Side(
                     "raw JetStream (1 write)",
                     lambda r, s: lat_of("round: raw JetStream", raw.fixed_rate, r, s),
-                    lambda s: self._per_s(raw.max_rate(self.args.concurrency, s)),
+                    lambda s: self._top_of(raw.max_rate(self.args.concurrency, s)),
                 ),
             ]
 
@@ -837,9 +838,13 @@ class Bench:
             log(f"(3) {line}")
         return out
 
-    @staticmethod
-    async def _per_s(top: Awaitable[dict[str, Any]]) -> float:
-        return float((await top)["per_s"])
+    async def _top_of(self, top: Awaitable[dict[str, Any]]) -> tuple[float, float]:
+        """A baseline's maximum: commands per second, and nats-server's CPU ms per command meanwhile."""
+        nats_pid = self.stack.pids()["nats"]
+        cpu0 = steps.cpu_seconds(nats_pid)
+        out = await top
+        used = steps.cpu_seconds(nats_pid) - cpu0
+        return float(out["per_s"]), used * 1e3 / max(1, out["count"])
 
     async def same_writes_layout(self, command_bytes: int) -> samewrites.Layout:
         """The same-writes baseline's shape: the platform's cluster count and record sizes."""

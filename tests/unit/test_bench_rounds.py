@@ -23,9 +23,10 @@ def _side(name: str, per_s: list[float], lat: list[list[float]], calls: list[str
         calls.append(f"{name} fixed {rate:g}/s {seconds:g}s")
         return next(fixes)
 
-    async def top(seconds: float) -> float:
+    async def top(seconds: float) -> tuple[float, float]:
         calls.append(f"{name} max")
-        return next(tops)
+        per_s = next(tops)
+        return per_s, 400 / per_s  # nats-server's ms a command: 4 ms at 100/s
 
     return rounds.Side(name, fixed, top)
 
@@ -71,6 +72,7 @@ def test_rounds_measure_every_side_back_to_back_and_settle_before_each_window() 
     assert math.isclose(s["sides"]["platform"]["pooled_p99"], 0.020)
     assert math.isclose(against["pooled_p99_multiple"], 5.0)
     assert s["sides"]["raw"]["commands"] == 200
+    assert s["sides"]["platform"]["nats_ms_per_command"] == {"median": 4.5, "min": 4.0, "max": 5.0}
     lines = rounds.render(s)
     assert lines[0] == "interleaved rounds: 2, fixed rate 50/s"
     assert "platform against raw: max 32.5% (25.0%-40.0%)" in lines[-1]
