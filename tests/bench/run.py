@@ -778,12 +778,11 @@ class Bench:
         assert self.stack.nats is not None
         seconds = min(self.args.duration, 10)
         n = self.args.same_writes_buckets
-        split = dataclasses.replace(await self.same_writes_layout(command_bytes), variant=f"b{n}", buckets=n)
+        layout = await self.same_writes_layout(command_bytes)
+        split = dataclasses.replace(layout, variant=f"b{n}", buckets=n)
         async with contextlib.AsyncExitStack() as stack:
             raw = await stack.enter_async_context(baseline.JsRoundTrip(self.connect, command_bytes))
-            sw = await stack.enter_async_context(
-                samewrites.SameWrites(await self.same_writes_layout(command_bytes), self.connect)
-            )
+            sw = await stack.enter_async_context(samewrites.SameWrites(layout, self.connect))
             sw_split = await stack.enter_async_context(samewrites.SameWrites(split, self.connect)) if n > 1 else None
 
             async def platform_fixed(r: float, s: float) -> list[float]:
@@ -799,6 +798,7 @@ class Bench:
                 label: str, fixed: Callable[..., Awaitable[dict[str, Any]]], r: float, s: float
             ) -> list[float]:
                 record: list[tuple[float, float]] = []
+                quiet_heap()  # the platform's own windows do this in ``fixed_rate``
                 await fixed(r, s, record)
                 self.timeline_window(label, r, record)
                 return [lat for _, lat in record]
@@ -828,11 +828,7 @@ class Bench:
                 ),
             ]
 
-            async def between() -> None:
-                await self.settle(idle)
-                quiet_heap()
-
-            done = await rounds.measure(sides, self.args.rounds, rate, seconds, between, log)
+            done = await rounds.measure(sides, self.args.rounds, rate, seconds, lambda: self.settle(idle), log)
         out = rounds.summarize(done, rate)
         for line in rounds.render(out):
             log(f"(3) {line}")
@@ -939,7 +935,6 @@ class Bench:
         """Max throughput: closed loop, `concurrency` commands in flight, for ``duration`` (``--duration``)."""
         rts2: list[float] = []
         errors2 = 0
-        stop_at = math.inf
 
         async def loop() -> None:
             nonlocal errors2

@@ -310,12 +310,17 @@ def bins(samples: Samples, t0: float, t1: float, width: float) -> Iterator[tuple
         t += width
 
 
+def window_p99(commands: list[dict[str, float]]) -> float:
+    """The commands' p99 round trip (0 for none), as every line of ``show`` counts it."""
+    rts = sorted(c["rt"] for c in commands)
+    return rts[min(len(rts) - 1, int(len(rts) * 0.99))] if rts else 0.0
+
+
 def slow_bursts(commands: list[dict[str, float]], gap: float = 0.5) -> tuple[float, list[list[dict[str, float]]]]:
     """The window's p99 and its commands at or above it, grouped into bursts of sends ``gap`` s apart."""
-    rts = sorted(c["rt"] for c in commands)
-    if not rts:
+    if not commands:
         return 0.0, []
-    p99 = rts[min(len(rts) - 1, int(len(rts) * 0.99))]
+    p99 = window_p99(commands)
     slow = sorted((c for c in commands if c["rt"] >= p99), key=lambda c: c["sent"])
     bursts: list[list[dict[str, float]]] = []
     for c in slow:
@@ -412,7 +417,7 @@ def split_by_collections(
 
 def _p99_line(clear: list[dict[str, float]], overlapping: list[dict[str, float]]) -> str:
     def p99(cs: list[dict[str, float]]) -> str:
-        return f"{slow_bursts(cs)[0] * 1e3:.1f} ms" if cs else "n/a"
+        return f"{window_p99(cs) * 1e3:.1f} ms" if cs else "n/a"
 
     return (
         f"  p99 clear of collections {p99(clear)} ({len(clear)} commands); "
