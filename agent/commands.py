@@ -1,9 +1,9 @@
 """Applying one command: decode, check, apply through the driver, report, acknowledge.
 
 A command is a desired-state record of this cluster (``command_of``): the agent's durable consumer follows
-its cluster's records in ``tether-desired``, from the last record of each object when it is created, then
-every write in order. A record already observed at its generation (lifecycle's own write of a result, or
-a tombstone) asks for nothing and is only acknowledged; a deletion marker likewise.
+its cluster's records in its desired-state bucket (``desired_bucket``), from the last record of each object
+when it is created, then every write in order. A record already observed at its generation (lifecycle's own
+write of a result, or a tombstone) asks for nothing and is only acknowledged; a deletion marker likewise.
 
 The order is what makes a command *exactly once in effect* (promises 3 and 8):
 
@@ -133,7 +133,7 @@ def command_of(subject: str, data: bytes, headers: Mapping[str, str], cluster: s
         return None
     record = decode(data, WorkloadRecord)
     spec = record.spec
-    where = f"{subjects.DESIRED_PREFIX}{desired_key(spec.cluster, workload_key(spec))}"
+    where = f"{subjects.desired_prefix(spec.cluster)}{desired_key(spec.cluster, workload_key(spec))}"
     if subject != where or spec.cluster != cluster:
         raise InvalidInput(f"a record of {spec.cluster}/{spec.kind}/{spec.project}/{spec.name} arrived on {subject!r}")
     if record.observed is not None and record.observed.generation >= record.generation:

@@ -438,7 +438,7 @@ def workload_key(w: Identified) -> str:
 
 
 def desired_key(cluster: str, k: str) -> str:
-    """The KV key (``tether-desired``) of the record of workload ``k`` (a ``workload_key``) placed on
+    """The KV key (in ``desired_bucket(cluster)``) of the record of workload ``k`` (a ``workload_key``) placed on
     ``cluster``: cluster first, so one cluster's records are one subject filter (its agent's consumer)."""
     return f"{check_name(cluster, 'cluster name')}.{k}"
 
@@ -651,8 +651,8 @@ class Unseen(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class WorkloadRecord(Message, frozen=True, tag="workload-record.v1"):
-    """Lifecycle KV ``tether-desired``, key ``<cluster>.<kind>.<project>.<name>`` (``desired_key``): desired
-    and observed."""
+    """Lifecycle KV ``desired_bucket(cluster)``, key ``<cluster>.<kind>.<project>.<name>`` (``desired_key``):
+    desired and observed."""
 
     spec: WorkloadSpec
     generation: int
@@ -676,6 +676,17 @@ class WorkloadRecord(Message, frozen=True, tag="workload-record.v1"):
     ``MAX_EARLIER``): each ends when the cluster reports its generation (its result), or one above it
     (superseded by that operation: desired state is level-triggered, the cluster applied what was wanted
     later)."""
+
+
+class WorkloadName(Message, frozen=True, tag="workload-name.v1"):
+    """Lifecycle KV ``tether-workload-names``, key ``<kind>.<project>.<name>`` (``workload_key``): the cluster
+    whose desired-state bucket holds the workload's record. Written compare-and-set when the name moves to a
+    cluster (a create, a recreate elsewhere), so one name is live on one cluster only."""
+
+    cluster: str
+    at: float = 0.0
+    """When it was written (the writer's clock): a name whose record never arrived is free again after
+    ``store.NAME_LEASE`` seconds (its creator failed between the two writes)."""
 
 
 class WorkloadCreate(Message, frozen=True, tag="workload-create.v1"):

@@ -168,7 +168,7 @@ class CommandQueue:
         self._conn = conn
         self.cluster = cluster
         self.consumer = subjects.agent_consumer(cluster)
-        self.stream = subjects.DESIRED_STREAM
+        self.stream = subjects.desired_stream(cluster)
         self._fetch_timeout = fetch_timeout
         self._declare_timeout = declare_timeout
         self._on_missing = on_missing

@@ -9,7 +9,7 @@ from services.bus.endpoints import ServiceHost, call
 from services.bus.interface import Bus, Consumer, Delivery, Endpoints, Handler, Host, Subscription
 from services.bus.kv import Bucket
 from services.bus.patience import until_done
-from services.bus.records import Records, View
+from services.bus.records import Keep, Latest, Records, View
 from services.bus.service import Options, Runtime, Service, serve
 from services.bus.settings import BusSettings, FromEnv, ServiceSettings, TelemetrySettings, env
 from services.bus.streams import ensure_bucket, ensure_platform_streams
@@ -25,6 +25,8 @@ __all__ = [
     "FromEnv",
     "Handler",
     "Host",
+    "Keep",
+    "Latest",
     "Options",
     "Records",
     "Runtime",

@@ -12,7 +12,7 @@ async def forget_cluster_commands(js: JetStreamContext, cluster: str) -> list[st
     """Delete the cluster's durable consumer; say what was there. Its records are lifecycle's (a removal is
     refused while it holds live ones, and its deletions become tombstones)."""
     try:
-        await js.delete_consumer(subjects.DESIRED_STREAM, subjects.agent_consumer(cluster))
+        await js.delete_consumer(subjects.desired_stream(cluster), subjects.agent_consumer(cluster))
     except NotFoundError:
         return []
     return [f"desired-state consumer {subjects.agent_consumer(cluster)}"]

@@ -120,11 +120,27 @@ def _not_theirs(stream: str) -> tuple[str, ...]:
 def _agent_consumers() -> tuple[str, ...]:
     """Make, check and remove agents' consumers of the desired state, each filtered on one cluster's records
     (``desired_records``: the filter is the last tokens of the create subject, so no wider one is allowed)."""
-    stream = subjects.DESIRED_STREAM
+    return tuple(
+        p
+        for bucket, stream in zip(subjects.DESIRED_BUCKETS, subjects.DESIRED_STREAMS, strict=True)
+        for p in (
+            f"$JS.API.CONSUMER.CREATE.{stream}.*.$KV.{bucket}.*.*.*.*",
+            f"$JS.API.CONSUMER.INFO.{stream}.*",
+            f"$JS.API.CONSUMER.DELETE.{stream}.*",
+        )
+    )
+
+
+def _reads_retired_bucket(bucket: str) -> tuple[str, ...]:
+    """Read every record of an earlier version's bucket (to move them), then delete it."""
+    stream = f"KV_{bucket}"
     return (
-        f"$JS.API.CONSUMER.CREATE.{stream}.*.{subjects.DESIRED_PREFIX}*.*.*.*",
-        f"$JS.API.CONSUMER.INFO.{stream}.*",
-        f"$JS.API.CONSUMER.DELETE.{stream}.*",
+        f"$JS.API.DIRECT.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.FC.{stream}.>",
+        f"$JS.API.STREAM.DELETE.{stream}",
     )
 
 
@@ -152,7 +168,7 @@ SERVICE_GRANTS: dict[str, ServiceGrant] = {
         pub=(
             REPLIES,
             STREAM_INFO,
-            *_declares(*PLATFORM_STREAMS, subjects.DESIRED_STREAM),
+            *_declares(*PLATFORM_STREAMS, *subjects.DESIRED_STREAMS),
             *_agent_consumers(),
             *(
                 p
@@ -186,7 +202,9 @@ SERVICE_GRANTS: dict[str, ServiceGrant] = {
             *_declares(*PLATFORM_STREAMS),
             *RETIRED_CMD,
             RETIRED_RESULTS,
-            *_owns_bucket(subjects.BUCKET_DESIRED, named_consumers=False),
+            *(p for b in subjects.DESIRED_BUCKETS for p in _owns_bucket(b, named_consumers=False)),
+            *_owns_bucket(subjects.BUCKET_WORKLOAD_NAMES),
+            *_reads_retired_bucket(subjects.RETIRED_DESIRED_BUCKET),
             *_durable(subjects.EVT_STREAM, subjects.LIFECYCLE_INVENTORY_CONSUMER),
             *_durable(subjects.EVENTS_STREAM, subjects.LIFECYCLE_MEMBERSHIP_CONSUMER),
             subjects.AUDIT_COMMAND_ANY,

@@ -187,7 +187,7 @@ def write_secret(path: Path, text: str) -> None:
 def agent_permissions(cluster: str) -> tuple[list[str], list[str]]:
     """(publish, subscribe) allow-lists for one cluster's agent: its own subjects and nothing else."""
     consumer = subjects.agent_consumer(cluster)
-    stream = subjects.DESIRED_STREAM
+    stream = subjects.desired_stream(cluster)
     publish = [
         subjects.heartbeat(cluster),
         # Only the event kind the platform reads: every other subject would be one more per-subject limit

@@ -209,6 +209,14 @@ class Bus(ABC):
     async def bucket(self, name: str, type_: type[M], *, history: int = 1, ttl: float | None = None) -> Records[M]:
         """Open bucket ``name`` of ``type_`` records, creating it on first use."""
 
+    @abstractmethod
+    async def retired_bucket(self, name: str, type_: type[M]) -> Records[M] | None:
+        """Bucket ``name`` of an earlier version if it still exists (to move its records), else None."""
+
+    @abstractmethod
+    async def delete_bucket(self, name: str) -> None:
+        """Delete bucket ``name`` of an earlier version with its history (nothing when it is gone)."""
+
     # --- each agent's consumer of its cluster's desired state -------------------------------------------
     @abstractmethod
     async def ensure_agent_consumer(self, cluster: str, *, look_up: bool = True) -> bool:

@@ -94,11 +94,12 @@ its own older events, never another cluster's."""
 EVENTS_MAX_BYTES = 512 * MiB
 AUDIT_MAX_BYTES = 2 * GiB
 DESIRED_HISTORY = 5
-"""Records kept per key of the desired state (``tether-desired``): what an agent away finds waiting for each
+"""Records kept per key of the desired state (``DESIRED_BUCKETS``): what an agent away finds waiting for each
 object (its consumer delivers every one still kept, in order; a new consumer, the last of each)."""
 BUCKET_MAX_BYTES = 64 * MiB
 """Per KV bucket unless ``BUCKET_MAX_BYTES_OF`` says otherwise."""
-BUCKET_MAX_BYTES_OF = {"tether-desired": 1 * GiB, "tether-presence": 256 * MiB, "tether-clusters": 256 * MiB}
-"""JetStream reserves every stream's ``max_bytes`` from the server's ``max_file_store`` (20 GB in the embedded
-and compose configs) when the stream is created: all of the above come to about 10.5 GiB, so a server's store
+BUCKET_MAX_BYTES_OF = {"tether-presence": 256 * MiB, "tether-clusters": 256 * MiB}
+"""The desired state's 16 buckets take the default each (1 GiB together, as its one bucket did). JetStream
+reserves every stream's ``max_bytes`` from the server's ``max_file_store`` (20 GB in the embedded and compose
+configs) when the stream is created: all of the above come to about 10.5 GiB, so a server's store
 keeps room for the benchmark's and operators' own streams."""

@@ -201,6 +201,12 @@ class MemoryBus(Bus):
     async def bucket(self, name: str, type_: type[M], *, history: int = 1, ttl: float | None = None) -> Records[M]:
         return self._buckets.setdefault(name, MemoryRecords(name, type_))
 
+    async def retired_bucket(self, name: str, type_: type[M]) -> Records[M] | None:
+        return self._buckets.get(name)
+
+    async def delete_bucket(self, name: str) -> None:
+        self._buckets.pop(name, None)
+
     # --- each agent's command queue -------------------------------------------------------------------
     async def ensure_agent_consumer(self, cluster: str, *, look_up: bool = True) -> bool:
         had = cluster in self._agent_consumers

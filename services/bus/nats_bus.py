@@ -170,6 +170,12 @@ class NatsBus(Bus):
             self._js, name, type_, replicas=self._settings.replicas, history=history, ttl=ttl
         )
 
+    async def retired_bucket(self, name: str, type_: type[M]) -> Records[M] | None:
+        return await streams.open_retired_bucket(self._js, name, type_)
+
+    async def delete_bucket(self, name: str) -> None:
+        await streams.delete_bucket(self._js, name)
+
     # --- each agent's command queue -------------------------------------------------------------------
     async def ensure_agent_consumer(self, cluster: str, *, look_up: bool = True) -> bool:
         return await streams.ensure_agent_consumer(self._js, cluster, look_up=look_up)

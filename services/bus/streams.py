@@ -206,7 +206,7 @@ async def ensure_bucket(
     direct = replicas == 1
     max_bytes = limits.BUCKET_MAX_BYTES_OF.get(name, limits.BUCKET_MAX_BYTES)
     # The desired state's stream carries one durable consumer per agent.
-    max_consumers = AGENT_CONSUMERS_MAX if name == subjects.BUCKET_DESIRED else None
+    max_consumers = AGENT_CONSUMERS_MAX if name in subjects.DESIRED_BUCKETS else None
 
     stream = f"KV_{name}"
 
@@ -248,6 +248,31 @@ async def ensure_bucket(
     return Bucket(await _declare(f"bucket {name}", step), type_)
 
 
+async def open_retired_bucket(js: JetStreamContext, name: str, type_: type[M]) -> Bucket[M] | None:
+    """Bucket ``name`` of an earlier version, if it still exists (its records are to be moved), else None."""
+
+    async def step() -> KeyValue | None:
+        try:
+            config = (await js.stream_info(f"KV_{name}")).config
+        except NotFoundError:
+            return None
+        return KeyValue(name=name, stream=f"KV_{name}", pre=f"$KV.{name}.", js=js, direct=bool(config.allow_direct))
+
+    kv = await _declare(f"bucket {name} (retired)", step)
+    return Bucket(kv, type_) if kv is not None else None
+
+
+async def delete_bucket(js: JetStreamContext, name: str) -> None:
+    """Delete bucket ``name`` of an earlier version, with its history and consumers (nothing if it is gone)."""
+
+    async def step() -> None:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_stream(f"KV_{name}")
+            logger.warning("deleted the bucket %s of an earlier version", name)
+
+    await _declare(f"bucket {name} (retired)", step)
+
+
 # --- each agent's consumer of its cluster's desired state: created by the platform, only read by the agent ---
 AGENT_ACK_WAIT = 30.0
 """Seconds the server waits for an agent's acknowledgement before delivering a record again."""
@@ -261,9 +286,10 @@ def agent_consumer_config(cluster: str) -> ConsumerConfig:
     cluster's records or squat a name.
 
     What it costs nats-server (2.15): each consumer finds its next record by walking the stream from its last
-    delivery, copying every record's subject to match it, so a command costs about as many copies as the
-    fleet wrote since that cluster's previous one (1,000 clusters: 70-85 % of nats-server's allocations, so
-    most of its collections, and ~0.5 ms of its CPU per command). Nothing in this config avoids the walk: the
+    delivery, copying every record's subject to match it, so a command costs about as many copies as its
+    bucket was written since that cluster's previous one (one bucket for 1,000 clusters: 70-85 % of
+    nats-server's allocations, so most of its collections, and ~0.5 ms of its CPU per command; hence the
+    ``DESIRED_SHARDS`` buckets, which cut the walk to a sixteenth). Nothing in this config avoids the walk: the
     per-subject index cannot shorten it while the bucket keeps ``DESIRED_HISTORY`` records per object (it
     knows each subject's first and last record in a block only, and the object's earlier records lie before
     the consumer's position), a ``<cluster>.>`` filter is the same walk, and two filters (nats-server's other
@@ -292,7 +318,7 @@ async def ensure_agent_consumer(
     """Create (or put right) one agent's consumer; True when it had to. Not looked up with ``look_up=False``
     (the caller knows it is new: asking first would only cost a request)."""
     want = agent_consumer_config(cluster)
-    stream = subjects.DESIRED_STREAM
+    stream = subjects.desired_stream(cluster)
     if not look_up:
         await _create_agent_consumer(js, stream, want, timeout)
         return True
@@ -326,4 +352,4 @@ async def _create_agent_consumer(js: JetStreamContext, stream: str, want: Consum
 async def delete_agent_consumer(js: JetStreamContext, cluster: str) -> None:
     """Remove a disconnected cluster's consumer (its records stay: a new consumer starts from them)."""
     with contextlib.suppress(NotFoundError):
-        await js.delete_consumer(subjects.DESIRED_STREAM, subjects.agent_consumer(cluster))
+        await js.delete_consumer(subjects.desired_stream(cluster), subjects.agent_consumer(cluster))

@@ -1,7 +1,7 @@
 """Lifecycle: the service and ``run``.
 
-Every change is one write of the desired state (KV ``tether-desired``, with a new generation and operation
-id, compare-and-set, under ``<cluster>.<kind>.<project>.<name>``): the record is the command, and the
+Every change is one write of the desired state (KV ``desired_bucket(cluster)``, with a new generation and
+operation id, compare-and-set, under ``<cluster>.<kind>.<project>.<name>``): the record is the command, and the
 cluster's agent follows its cluster's records through its own durable consumer. The audit record is
 published after; a crash between the two is repaired at start (every record not yet observed at its
 generation has its audit record published again, and the stream drops the copies it already has).
@@ -10,7 +10,8 @@ record is durable); its inventories come on the EVT stream through a durable con
 
 The parts, each its own module: ``workloads`` (the endpoints), ``sending`` (audit records and events),
 ``results``, ``resync`` (inventories), ``membership`` (RBAC fan-out), ``autosleep``, ``removal`` (a
-removed cluster's deletions), over ``store`` (the desired state) and ``peers`` (the other services).
+removed cluster's deletions), over ``store`` (the desired state: its ``shards`` and the ``names``; the
+``migration`` from earlier versions' one bucket) and ``peers`` (the other services).
 """
 
 from __future__ import annotations
@@ -27,21 +28,23 @@ from schemas.messages import (
     NameRequest,
     WorkloadAction,
     WorkloadCreate,
+    WorkloadName,
     WorkloadQuery,
-    WorkloadRecord,
     WorkloadRef,
 )
-from services.bus import Bus, Consumer, Endpoints, Options, Records, Runtime, Telemetry, limits, serve, until_done
+from services.bus import Bus, Consumer, Endpoints, Options, Records, Runtime, Telemetry, serve, until_done
 from services.bus.admission import AdmissionLimits
 from services.bus.settings import FromEnv, ServiceSettings, env
 from services.lifecycle.autosleep import AutoSleep
 from services.lifecycle.membership import MembershipFanout
 from services.lifecycle.metrics import Metrics
+from services.lifecycle.migration import move_retired
 from services.lifecycle.peers import Peers
 from services.lifecycle.removal import Removal
 from services.lifecycle.results import Results
 from services.lifecycle.resync import InventoryResync
 from services.lifecycle.sending import Sender
+from services.lifecycle.shards import Shards, open_shards
 from services.lifecycle.store import Desired
 from services.lifecycle.workloads import Workloads
 
@@ -84,13 +87,18 @@ class Settings(FromEnv):
 
 
 class Lifecycle:
-    """Wires lifecycle's parts over one desired-state bucket."""
+    """Wires lifecycle's parts over the desired-state buckets and the names' bucket."""
 
     def __init__(
-        self, settings: Settings, bus: Bus, bucket: Records[WorkloadRecord], telemetry: Telemetry | None = None
+        self,
+        settings: Settings,
+        bus: Bus,
+        shards: Shards,
+        names: Records[WorkloadName],
+        telemetry: Telemetry | None = None,
     ) -> None:
         metrics = Metrics(telemetry or Telemetry.create("lifecycle"))
-        self.desired = Desired(bucket)
+        self.desired = Desired(shards, names)
         sender = Sender(bus, metrics)
         peers = Peers(bus, settings.common.bus.request_timeout)
         self.workloads = Workloads(self.desired, sender, peers)
@@ -129,12 +137,15 @@ class Lifecycle:
 
 
 async def setup(rt: Runtime, settings: Settings) -> None:
-    _, bucket = await asyncio.gather(  # at once, as the registry's
+    _, shards, names = await asyncio.gather(  # at once, as the registry's
         rt.bus.declare_streams("platform", "commands"),
-        rt.bus.bucket(subjects.BUCKET_DESIRED, WorkloadRecord, history=limits.DESIRED_HISTORY),
+        open_shards(rt.bus),
+        rt.bus.bucket(subjects.BUCKET_WORKLOAD_NAMES, WorkloadName),
     )
-    lifecycle = Lifecycle(settings, rt.bus, bucket, rt.telemetry)
-    await until_done("moving records to their cluster's keys", lifecycle.desired.migrate)
+    lifecycle = Lifecycle(settings, rt.bus, shards, names, rt.telemetry)
+    await until_done(
+        "moving the desired state into its buckets", functools.partial(move_retired, rt.bus, shards, names)
+    )
     await until_done("loading the desired state", lifecycle.desired.keep)
     rt.on_stop(lifecycle.desired.stop)
     await lifecycle.workloads.republish_pending()

@@ -1,20 +1,20 @@
-"""The desired state (KV ``tether-desired``) as lifecycle reads and writes it.
+"""The desired state (``DESIRED_BUCKETS``, one per group of clusters) as lifecycle reads and writes it.
 
 Every write is a compare-and-set on the revision read (or remembered); the records this replica wrote
 last are remembered with their revision, so the next write on one of them needs no read first.
 
-A record is stored under ``<cluster>.<kind>.<project>.<name>`` (``desired_key``), so that one cluster's
-records are one subject filter. Lifecycle names a workload by ``<kind>.<project>.<name>`` (``k``, the
-``workload_key``) and reads it as the newest entry of its family ``*.<k>`` (one message get), and a write is a
-compare-and-set on that family's newest revision (``Records.write_over``): a name recreated on another
-cluster, or two replicas placing the same new name on two clusters, can never leave two live records.
+A record is stored under ``<cluster>.<kind>.<project>.<name>`` (``desired_key``) in its cluster's bucket
+(``shards``), so that one cluster's records are one subject filter of one bucket. Lifecycle names a workload
+by ``<kind>.<project>.<name>`` (``k``, the ``workload_key``); which cluster it lives on is its entry in the
+names' bucket (``names``), and its record is the newest entry of its key there.
 
 A write on top of a live record on the same cluster (an action, a result: nearly every write) guards only its
-own key. That is the same condition: the family's other keys are written only while its newest entry is no
-live record (a create, an orphan's deletion: each family-guarded), and a live record stops being the newest
-only through a write on its own key (its deletion, or a marker left by hand). The key-only guard is cheaper
-for nats-server by far: a wildcard guard matches the family's subject against every key in the bucket
-(measured, 1,000 keys: 0.20 against 0.12 ms of server CPU per write; 5,000 keys: 0.29-0.36 against 0.10-0.14).
+own key: one request. A write that places the name on a cluster (a create, a recreate elsewhere, an orphan's
+deletion, a confirmation) first moves the name's entry, compare-and-set (``Names.move``): a name recreated on
+another cluster, or two replicas placing the same new name on two clusters, can never leave two live records.
+That is the same condition for the key-only writes: a live record stops being the name's newest only through
+a write on its own key (its deletion, or a marker left by hand), and the name moves only while its newest
+record is no live one.
 """
 
 from __future__ import annotations
@@ -24,23 +24,22 @@ import logging
 from collections.abc import Callable
 
 from schemas.errors import Conflict, Internal, InvalidInput, NotFound
-from schemas.messages import WorkloadRecord, WorkloadRef, desired_family, desired_key, workload_key
+from schemas.messages import WorkloadName, WorkloadRecord, WorkloadRef, desired_key, workload_key
 from schemas.names import dns1123_label_error
-from services.bus import Records, View
+from services.bus import Records
 from services.lifecycle import logic
 from services.lifecycle.concurrency import KeyedLocks, Recent
+from services.lifecycle.names import Names
+from services.lifecycle.shards import ShardedView, Shards, bucket_revision, revision_token
 
 KNOWN_RECORDS = 20_000
 """Records this replica wrote last, remembered with their revision (about 1 KB each): the next action or
 result on one of them writes on top of it (compare-and-set) without reading it first."""
 
 Found = tuple[WorkloadRecord, int]
-"""A record and its revision."""
+"""A record and its revision (``revision_token``: which bucket, and where in it)."""
 
 logger = logging.getLogger(__name__)
-
-OLD_KEY_TOKENS = 3
-"""``<kind>.<project>.<name>``: the key form before the cluster came first."""
 
 
 def _stored_where_it_belongs(key: str, record: WorkloadRecord) -> bool:
@@ -49,18 +48,19 @@ def _stored_where_it_belongs(key: str, record: WorkloadRecord) -> bool:
 
 
 class Desired:
-    def __init__(self, bucket: Records[WorkloadRecord]) -> None:
-        self.bucket = bucket
+    def __init__(self, shards: Shards, names: Records[WorkloadName]) -> None:
+        self.shards = shards
+        self.names = Names(names, shards)
         self.known: Recent[Found] = Recent(KNOWN_RECORDS)
         self.writes = asyncio.Lock()
         """One writer at a time per replica where quota and placement are checked (creates, upgrades)."""
         self.objects = KeyedLocks()
         """One action at a time per object."""
-        self._view: View[WorkloadRecord] | None = None
+        self._view: ShardedView | None = None
         self._viewing = asyncio.Lock()
 
-    async def keep(self) -> View[WorkloadRecord]:
-        """The bucket's live records kept in this process (``Records.view``), made at the first call.
+    async def keep(self) -> ShardedView:
+        """The buckets' live records kept in this process (``Records.view``), made at the first call.
 
         ``all_records`` reads them there: every create (quota, placement), upgrade, list, the auto-sleep
         check and a membership change need every record, and a read of the whole bucket for each delivered
@@ -71,7 +71,7 @@ class Desired:
         writers' lock is per replica; the create-only write settles a race on one name)."""
         async with self._viewing:
             if self._view is None:
-                self._view = await self.bucket.view(_stored_where_it_belongs)
+                self._view = await self.shards.view(_stored_where_it_belongs)
             return self._view
 
     async def stop(self) -> None:
@@ -103,11 +103,12 @@ class Desired:
         return list(view.under(cluster).values())
 
     async def get(self, k: str) -> Found | None:
-        """Workload ``k``'s record (on whichever cluster) and its revision, or None."""
-        latest = await self.bucket.latest(desired_family(k))
-        if latest is None or latest.record is None:
+        """Workload ``k``'s record (on whichever cluster its name lives) and its revision, or None. Two reads:
+        the name's entry, then the record's key in that cluster's bucket."""
+        home = await self.names.home(k)
+        if home is None or home.newest is None or home.newest.record is None:
             return None
-        return latest.record, latest.revision
+        return home.newest.record, home.revision
 
     async def get_live(self, ref: WorkloadRef) -> Found:
         """The record of ``ref``; NotFound when there is none or only its tombstone."""
@@ -133,24 +134,22 @@ class Desired:
         ):
             # A copy of a waiting command at a later position of the stream: per-cluster order (logic.asks).
             raise Internal(f"{k!r}: generation {record.generation} still waits for its cluster; not written again")
-        key, family = desired_key(record.spec.cluster, k), desired_family(k)
+        cluster = record.spec.cluster
+        key, bucket = desired_key(cluster, k), self.shards.of(cluster)
         same_key = (
             revision is not None
             and replaces is not None
             and not logic.is_tombstone(replaces)
-            and replaces.spec.cluster == record.spec.cluster
+            and replaces.spec.cluster == cluster
         )
         try:
-            try:
-                written = await self.bucket.write_over(key, record, key if same_key else family, revision or 0)
-            except Conflict:
-                if revision is not None:
-                    raise
-                # A create over a deletion marker (a key removed by hand): the marker is no record.
-                latest = await self.bucket.latest(family)
-                if latest is None or latest.record is not None:
-                    raise Conflict(f"{k!r} already exists") from None
-                written = await self.bucket.write_over(key, record, family, latest.revision)
+            if same_key:
+                over = bucket_revision(cluster, revision or 0)
+                if over is None:
+                    raise Conflict(f"{k!r} was written meanwhile")  # read on another cluster: stale
+            else:
+                over = await self.names.move(k, cluster, revision)
+            written = revision_token(cluster, await bucket.write_over(key, record, key, over))
         except Exception:
             self.known.forget(k)
             raise
@@ -173,31 +172,3 @@ class Desired:
                 continue
             return new
         raise Internal(f"gave up updating {k!r} after {attempts} concurrent changes")
-
-    async def migrate(self) -> int:
-        """Move records stored under the old key form (``<kind>.<project>.<name>``) to ``desired_key``; returns
-        how many this replica moved. Idempotent, and safe with two replicas starting at once: the new key is
-        created compare-and-set on the workload's family being empty (a replica that finds it written, by the
-        other or since, only removes the old key), and the old key is removed after."""
-        moved = 0
-        for key, record in (await self.bucket.items()).items():
-            if key.count(".") != OLD_KEY_TOKENS - 1:
-                continue
-            try:
-                k = workload_key(record.spec)
-                new_key = desired_key(record.spec.cluster, k)
-            except InvalidInput as exc:
-                logger.warning("desired state: left %r under its old key: %s", key, exc.description)
-                continue
-            if k != key:
-                logger.warning("desired state: left %r under its old key: it holds %s", key, k)
-                continue
-            try:
-                await self.bucket.write_over(new_key, record, desired_family(k), 0)
-                moved += 1
-            except Conflict:
-                pass  # moved already (by another replica), or written since under the new form
-            await self.bucket.purge(key)
-        if moved:
-            logger.info("desired state: moved %d records to cluster-first keys", moved)
-        return moved

@@ -542,9 +542,15 @@ async def setup(rt: Runtime, settings: Settings) -> None:
         sys_creds = str(settings.auth_dir / "sys.creds")
         return await rt.connect("registry-sys", replace(settings.common.bus, creds_file=sys_creds))
 
+    async def desired_buckets() -> None:
+        # Agents' consumers are made on them (lifecycle writes them; whichever starts first creates them).
+        await asyncio.gather(
+            *(rt.bus.bucket(b, WorkloadRecord, history=limits.DESIRED_HISTORY) for b in subjects.DESIRED_BUCKETS)
+        )
+
     _, _, clusters, uids, projects, sys_bus = await asyncio.gather(
         rt.bus.declare_streams("platform"),
-        rt.bus.bucket(subjects.BUCKET_DESIRED, WorkloadRecord, history=limits.DESIRED_HISTORY),
+        desired_buckets(),
         rt.bus.bucket(subjects.BUCKET_CLUSTERS, ClusterRecord, history=5),
         rt.bus.bucket(subjects.BUCKET_CLUSTER_UIDS, ClusterUidClaim),
         rt.bus.bucket(subjects.BUCKET_PROJECTS, ProjectRecord, history=5),

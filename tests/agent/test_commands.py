@@ -47,7 +47,7 @@ def record(cmd: Command, observed: int | None = None) -> bytes:
 
 
 def where(spec: WorkloadSpec) -> str:
-    return f"{subjects.DESIRED_PREFIX}{spec.cluster}.{spec.kind}.{spec.project}.{spec.name}"
+    return f"{subjects.desired_prefix(spec.cluster)}{spec.cluster}.{spec.kind}.{spec.project}.{spec.name}"
 
 
 @dataclass
@@ -65,7 +65,7 @@ class FakeReceipt:
             try:
                 self.subject = where(msgspec.json.decode(self.data, type=WorkloadRecord).spec)
             except msgspec.MsgspecError:
-                self.subject = f"{subjects.DESIRED_PREFIX}c1.tenant.p1.t1"
+                self.subject = f"{subjects.desired_prefix('c1')}c1.tenant.p1.t1"
 
     async def ack(self) -> None:
         self.events.append("ack")
@@ -335,9 +335,11 @@ def test_a_record_is_a_command_until_it_is_observed_at_its_generation() -> None:
 @pytest.mark.parametrize(
     "subject",
     [
-        f"{subjects.DESIRED_PREFIX}c1.tenant.p1.other",  # another object's key
-        f"{subjects.DESIRED_PREFIX}c1.space.p1.t1",  # another kind
-        f"{subjects.DESIRED_PREFIX}c2.tenant.p1.t1",  # another cluster's key
+        f"{subjects.desired_prefix('c1')}c1.tenant.p1.other",  # another object's key
+        f"{subjects.desired_prefix('c1')}c1.space.p1.t1",  # another kind
+        f"{subjects.desired_prefix('c2')}c2.tenant.p1.t1",  # another cluster's key
+        # its own key in another cluster's bucket
+        f"$KV.{subjects.DESIRED_BUCKETS[(subjects.desired_shard('c1') + 1) % subjects.DESIRED_SHARDS]}.c1.tenant.p1.t1",
     ],
 )
 def test_a_record_not_stored_where_it_says_is_refused(subject: str) -> None:

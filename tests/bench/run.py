@@ -168,18 +168,21 @@ class BenchStack(Stack):
 
 
 class Observer:
-    """Sees every write of the desired-state bucket (a core subscription on its KV subjects), so a command
+    """Sees every write of the desired-state buckets (a core subscription on their KV subjects), so a command
     is 'applied and observed' the moment lifecycle records the agent's result for its generation."""
 
     def __init__(self) -> None:
         self.observed: dict[str, tuple[int, float]] = {}
         self.waiting: dict[str, tuple[int, asyncio.Future[float]]] = {}
-        self.sub: Any = None
+        self.subs: list[Any] = []
         self.stamps: dict[str, Stamps] = {}
         """Per key, the clocks of its latest command (for the per-hop profile of phase 3)."""
 
     async def start(self, nc: nats.aio.client.Client) -> None:
-        self.sub = await nc.subscribe(f"$KV.{subjects.BUCKET_DESIRED}.>", cb=self._on, pending_msgs_limit=1_000_000)
+        self.subs = [
+            await nc.subscribe(f"$KV.{bucket}.>", cb=self._on, pending_msgs_limit=1_000_000)
+            for bucket in subjects.DESIRED_BUCKETS
+        ]
 
     async def _on(self, msg: Any) -> None:
         now = time.time()
@@ -425,13 +428,14 @@ class Bench:
             f"baseline: {bare_n} bare connections, creds read whole: {took_whole:.2f}s; CPU ms per connection: "
             f"{cpu_text(self.results['baseline_connect']['cpu_ms_per_connection_creds_read_whole'])}"
         )
-        # Agents' consumers are on the desired-state stream (one limits stream, last per subject).
-        created = await baseline.consumer_creation(self.connect, n, streams=1, work_queue=False)
+        # Agents' consumers are on the desired-state streams (limits streams, last per subject).
+        created = await baseline.consumer_creation(self.connect, n, streams=subjects.DESIRED_SHARDS, work_queue=False)
         created["seconds_consumers"] = created.pop("seconds")  # "seconds" stays the connections'
         created["cpu_ms_per_consumer"] = cpu_ms_each(cpu1, self.cpu(), n)
         self.results["baseline_connect"].update(created)
         log(
-            f"baseline: {n} consumers created on one stream in {created['seconds_consumers']:.1f}s; CPU ms per "
+            f"baseline: {n} consumers created on {subjects.DESIRED_SHARDS} streams in "
+            f"{created['seconds_consumers']:.1f}s; CPU ms per "
             f"consumer: {cpu_text(created['cpu_ms_per_consumer'])}"
         )
 
@@ -783,7 +787,8 @@ class Bench:
         async with contextlib.AsyncExitStack() as stack:
             raw = await stack.enter_async_context(baseline.JsRoundTrip(self.connect, command_bytes))
             sw = await stack.enter_async_context(samewrites.SameWrites(layout, self.connect))
-            sw_split = await stack.enter_async_context(samewrites.SameWrites(split, self.connect)) if n > 1 else None
+            other = n > 0 and n != layout.buckets
+            sw_split = await stack.enter_async_context(samewrites.SameWrites(split, self.connect)) if other else None
 
             async def platform_fixed(r: float, s: float) -> list[float]:
                 kept: list[float] = []
@@ -845,8 +850,8 @@ class Bench:
     async def same_writes_layout(self, command_bytes: int) -> samewrites.Layout:
         """The same-writes baseline's shape: the platform's cluster count and record sizes."""
         assert self.nc is not None
-        bucket = await self.nc.jetstream().key_value(subjects.BUCKET_DESIRED)
         first = self.tenants[0]
+        bucket = await self.nc.jetstream().key_value(subjects.desired_bucket(first.cluster))
         entry = await bucket.get(f"{first.cluster}.{first.key}")
         return samewrites.Layout(
             url=self.stack.nats_url,
@@ -854,6 +859,7 @@ class Bench:
             clusters=len(self.tenants),
             writes=self.args.same_writes,
             sizes={"record": len(entry.value or b""), "command": command_bytes, "small": 320},
+            buckets=subjects.DESIRED_SHARDS,  # as the platform's desired state
         )
 
     def timeline_window(self, label: str, rate: float, record: list[tuple[float, float]] | None) -> None:
@@ -1103,14 +1109,15 @@ class Bench:
         await wait_for(lambda: all(c in self.online for c in victims), timeout=120, interval=0.2, what="revived")
 
     # --- (5) reconnect storm -------------------------------------------------------------------------
-    async def desired_bucket(self, deadline: float) -> KeyValue:
-        """The desired-state bucket, looked up again until ``deadline``: right after the restart the JetStream
-        API is busy with every agent's reconnect and one stream-info request can time out (it ended a 10,000
-        run before anything was measured)."""
+    async def desired_buckets(self, deadline: float) -> dict[str, KeyValue]:
+        """The desired-state buckets by name, looked up again until ``deadline``: right after the restart the
+        JetStream API is busy with every agent's reconnect and one stream-info request can time out (it ended a
+        10,000 run before anything was measured)."""
         assert self.nc is not None
         while True:
             try:
-                return await self.nc.jetstream().key_value(subjects.BUCKET_DESIRED)
+                js = self.nc.jetstream()
+                return {b: await js.key_value(b) for b in subjects.DESIRED_BUCKETS}
             except Exception as exc:
                 if time.monotonic() > deadline:
                     raise
@@ -1156,7 +1163,7 @@ class Bench:
             back = resynced = applied = 0.0
             observed: set[str] = set()
             deadline = time.monotonic() + self.args.storm_timeout
-            bucket = await self.desired_bucket(deadline)
+            buckets = await self.desired_buckets(deadline)
             stats: dict[str, Any] = {}
             while time.monotonic() < deadline and not (back and resynced and applied):
                 await asyncio.sleep(0.5)
@@ -1192,6 +1199,7 @@ class Bench:
                     if len(observed) < len(pending):
                         for p in [p for p in pending if p.tenant.key not in observed][:200]:
                             with contextlib.suppress(Exception):
+                                bucket = buckets[subjects.desired_bucket(p.tenant.cluster)]
                                 entry = await bucket.get(f"{p.tenant.cluster}.{p.tenant.key}")
                                 rec = decode(entry.value or b"", WorkloadRecord)
                                 if rec.observed is not None and rec.observed.generation >= p.generation:
@@ -1450,9 +1458,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--same-writes-buckets",
         type=int,
-        default=1,
+        default=0,
         help="with --rounds: one more side, the same writes with the desired state spread over this many buckets "
-        "(each agent's consumer then walks only its bucket's writes)",
+        "instead of the platform's 16 (1: one bucket, as before 2026-12-04's nineteenth stop; each agent's consumer "
+        "walks its bucket's writes)",
     )
     p.add_argument("--hb-window", type=float, default=10.0, help="seconds the steady heartbeat rate is measured")
     p.add_argument("--hb-burst", type=int, default=20000, help="heartbeats in the capacity burst")

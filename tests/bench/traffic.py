@@ -64,6 +64,15 @@ class Snapshot:
     """JetStream API requests served so far (``/jsz`` ``api.total``)."""
 
 
+DESIRED_STREAMS = "KV_tether-desired-*"
+"""The desired state's buckets, counted as one (``stream_group``)."""
+
+
+def stream_group(stream: str) -> str:
+    """The name a stream's writes are counted under: the desired state's buckets together."""
+    return DESIRED_STREAMS if stream in subjects.DESIRED_STREAMS else stream
+
+
 def snapshot(port: int) -> Snapshot:
     connz = monitor_json(port, f"/connz?limit={MAX_CONNECTIONS}")
     conns = {
@@ -74,7 +83,8 @@ def snapshot(port: int) -> Snapshot:
     streams: dict[str, int] = {}
     for account in jsz.get("account_details", []):
         for stream in account.get("stream_detail", []):
-            streams[str(stream["name"])] = int(stream.get("state", {}).get("last_seq", 0))
+            name = stream_group(str(stream["name"]))
+            streams[name] = streams.get(name, 0) + int(stream.get("state", {}).get("last_seq", 0))
     varz = monitor_json(port, "/varz")
     return Snapshot(
         time.monotonic(),
@@ -147,7 +157,7 @@ def of_objects(objects: dict[WorkloadRef, tuple[str, str]]) -> Attribute:
     stream), its cluster's command audit records (nothing else on the cluster issues commands meanwhile) and
     the public events naming it."""
     records = {
-        f"{subjects.DESIRED_PREFIX}{desired_key(c, workload_key(ref))}": group for ref, (c, group) in objects.items()
+        f"{subjects.desired_prefix(c)}{desired_key(c, workload_key(ref))}": group for ref, (c, group) in objects.items()
     }
     reports = {subjects.audit_command(c): group for c, group in objects.values()}
     named = {(ref.kind, ref.project, ref.name): group for ref, (_, group) in objects.items()}
@@ -185,7 +195,7 @@ class Writers:
         self.owners = inbox_owners(self.port)
         for stream, patterns in stream_subjects(self.port).items():
             for subject in patterns:
-                self.subs.append(await nc.subscribe(subject, cb=self._counter(stream)))
+                self.subs.append(await nc.subscribe(subject, cb=self._counter(stream_group(stream))))
 
     def _counter(self, stream: str) -> Callable[[Any], Awaitable[None]]:
         async def on(msg: Any) -> None:

@@ -1,5 +1,6 @@
-"""Lifecycle's desired state under cluster-first keys, on both buses: lookups by reference, one live record per
-name whatever its cluster, and the migration of the old key form (two replicas starting at once)."""
+"""Lifecycle's desired state under cluster-first keys in its cluster's bucket, on both buses: lookups by
+reference, one live record per name whatever its cluster (c1 and c2 are in different buckets), a name whose
+record never arrived, and the migration from earlier versions' one bucket (two replicas starting at once)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,16 @@ from schemas.messages import (
     Membership,
     ProjectRecord,
     WorkloadCreate,
+    WorkloadName,
     WorkloadRecord,
     desired_key,
     workload_key,
 )
-from services.bus import Bus
+from services.bus import Bus, Records
 from services.lifecycle import logic
+from services.lifecycle.migration import move_retired
+from services.lifecycle.names import NAME_LEASE
+from services.lifecycle.shards import open_shards
 from services.lifecycle.store import Desired
 from tests.harness import wait_for
 
@@ -39,7 +44,11 @@ def record(name: str, cluster: str, generation: int = 1) -> WorkloadRecord:
 
 
 async def desired(bus: Bus) -> Desired:
-    return Desired(await bus.bucket(subjects.BUCKET_DESIRED, WorkloadRecord, history=5))
+    return Desired(await open_shards(bus), await bus.bucket(subjects.BUCKET_WORKLOAD_NAMES, WorkloadName))
+
+
+def test_the_clusters_here_are_in_different_buckets() -> None:
+    assert subjects.desired_shard("c1") != subjects.desired_shard("c2")
 
 
 async def test_a_name_has_one_live_record_whatever_its_cluster(bus: Bus) -> None:
@@ -53,7 +62,8 @@ async def test_a_name_has_one_live_record_whatever_its_cluster(bus: Bus) -> None
     found = await a.get(k)
     assert found is not None
     first, revision = found
-    assert (await a.bucket.get(desired_key(first.spec.cluster, k))) == found
+    stored = await a.shards.of(first.spec.cluster).get(desired_key(first.spec.cluster, k))
+    assert stored is not None and stored[0] == first
     assert len(await a.all_records()) == 1
 
     # Deleted (a tombstone), then created again on the other cluster: the lookup finds the new one.
@@ -78,31 +88,60 @@ async def test_a_name_has_one_live_record_whatever_its_cluster(bus: Bus) -> None
     assert await a.get("tenant.p1.none") is None
 
 
-async def test_old_keys_move_to_cluster_first_keys_once_with_two_replicas_at_once(bus: Bus) -> None:
-    bucket = await bus.bucket(subjects.BUCKET_DESIRED, WorkloadRecord, history=5)
-    old = {f"t{i}": record(f"t{i}", f"c{i % 3}", generation=i + 1) for i in range(12)}
-    for r in old.values():
-        await bucket.put(workload_key(r.spec), r)  # how earlier versions stored them
+async def test_the_one_bucket_of_earlier_versions_moves_once_with_two_replicas_at_once(bus: Bus) -> None:
+    old = await bus.bucket(subjects.RETIRED_DESIRED_BUCKET, WorkloadRecord, history=5)
+    records = {f"t{i}": record(f"t{i}", f"c{i % 3}", generation=i + 1) for i in range(12)}
+    for name, r in records.items():
+        k = workload_key(r.spec)
+        # How earlier versions stored them: cluster first, and a few under the key form before that.
+        await old.put(k if name in ("t0", "t4") else desired_key(r.spec.cluster, k), r)
+    # A name deleted on c2 and live again on c0: both records were kept, the live one is the name's.
+    t0 = records["t0"]
+    gone = logic.confirm_deleted(
+        msgspec.structs.replace(t0, spec=msgspec.structs.replace(t0.spec, cluster="c2", state="deleted")), 1.0
+    )
+    await old.put(desired_key("c2", workload_key(t0.spec)), gone)
+    # The same record under both key forms (an earlier move cut short): moved once.
+    t5 = records["t5"]
+    await old.put(workload_key(t5.spec), t5)
     a, b = await desired(bus), await desired(bus)
 
-    moved = await asyncio.gather(a.migrate(), b.migrate())
-    assert sum(moved) == len(old), moved
-    stored = await bucket.items()
-    assert stored == {desired_key(r.spec.cluster, workload_key(r.spec)): r for r in old.values()}
-    for name in old:
-        assert await a.get(f"tenant.p1.{name}") is not None
-        assert await bucket.get(f"tenant.p1.{name}") is None
-    assert await a.migrate() == 0, "idempotent"
+    moved = await asyncio.gather(
+        move_retired(bus, a.shards, a.names.bucket), move_retired(bus, b.shards, b.names.bucket)
+    )
+    assert sum(moved) == len(records) + 1, moved
+    assert await bus.retired_bucket(subjects.RETIRED_DESIRED_BUCKET, WorkloadRecord) is None, "deleted"
+    for name, r in records.items():
+        k = workload_key(r.spec)
+        assert await a.get(k) is not None, name
+        found = await b.get(k)
+        assert found is not None and found[0] == r, name
+        stored = await a.shards.of(r.spec.cluster).get(desired_key(r.spec.cluster, k))
+        assert stored is not None and stored[0] == r
+    assert await a.shards.of("c2").get(desired_key("c2", workload_key(t0.spec))) is not None, "the tombstone too"
+    assert sorted(r.spec.name for r in await a.all_records()) == sorted(records)
+    assert await move_retired(bus, a.shards, a.names.bucket) == 0, "idempotent"
 
-    # A record written under the new form since is not overwritten by a late copy of the old one.
-    newer = msgspec.structs.replace(old["t1"], generation=40)
-    found = await a.get("tenant.p1.t1")
-    assert found is not None
-    await a.write("tenant.p1.t1", newer, found[1])
-    await bucket.put("tenant.p1.t1", old["t1"])
-    assert await b.migrate() == 0
-    assert (await a.get("tenant.p1.t1") or (None, 0))[0] == newer
-    assert await bucket.get("tenant.p1.t1") is None
+
+async def test_a_name_whose_record_never_arrived_is_free_again_after_its_lease(bus: Bus) -> None:
+    """A creator that failed between the name's entry and the record leaves the entry: another creator on
+    another cluster is told the name is being created, until ``NAME_LEASE`` has passed; then it may."""
+    store = await desired(bus)
+    k = "tenant.p1.t1"
+    now = time.time()
+    await store.names.bucket.create(k, WorkloadName(cluster="c1", at=now))  # and then the creator died
+    assert await store.get(k) is None
+    with pytest.raises(Conflict, match="being created on c1"):
+        await store.write(k, record("t1", "c2"), None)
+    store.names._clock = lambda: now + NAME_LEASE + 1
+    revision = await store.write(k, record("t1", "c2"), None)
+    found = await store.get(k)
+    assert found is not None and found[0].spec.cluster == "c2" and found[1] == revision
+    entry = await store.names.bucket.get(k)
+    assert entry is not None and entry[0].cluster == "c2"
+    # On its own cluster the name is no one else's: the same cluster's creator may go on at once.
+    await store.names.bucket.create("tenant.p1.t2", WorkloadName(cluster="c1", at=now))
+    assert await store.write("tenant.p1.t2", record("t2", "c1"), None) > 0
 
 
 async def test_a_write_over_a_live_record_guards_its_own_key_and_no_stale_write_gets_through(bus: Bus) -> None:
@@ -126,7 +165,7 @@ async def test_a_write_over_a_live_record_guards_its_own_key_and_no_stale_write_
         await b.write(k, msgspec.structs.replace(slept, generation=3), r2, replaces=slept)
     with pytest.raises(Conflict):  # b remembers the tombstone at r3: a create on c1 now would be a second live one
         await b.write(k, record("t1", "c1", generation=4), r3, replaces=gone)
-    assert r4 > r3
+    assert len({r1, r2, r3, r4}) == 4, "a revision of one bucket is never one of another"
     assert [(r.spec.cluster, r.generation) for r in await a.all_records()] == [("c2", 3)]
 
 
@@ -147,7 +186,8 @@ async def test_an_inventory_reads_its_own_clusters_records_from_the_kept_ones(bu
     async def read_the_bus(*args: object, **kwargs: object) -> dict[str, WorkloadRecord]:
         raise AssertionError("the bucket was read for one cluster's records")
 
-    store.bucket.items = read_the_bus  # type: ignore[method-assign]
+    for bucket in store.shards.buckets:
+        bucket.items = read_the_bus  # type: ignore[method-assign]
     got = await store.cluster_records("c1")
     assert sorted(r.spec.name for r in got) == ["t1", "t2"]
     assert await store.cluster_records("c3") == []
@@ -192,13 +232,18 @@ async def test_every_record_is_kept_not_read_from_the_bucket_each_time(bus: Bus)
     a, b = await desired(bus), await desired(bus)  # two replicas
     await a.write("tenant.p1.t1", record("t1", "c1"), None)
     reads = {"whole": 0}
-    whole_bucket = a.bucket.items
 
-    async def counted(timeout: float = 10.0) -> dict[str, WorkloadRecord]:
-        reads["whole"] += 1
-        return await whole_bucket(timeout)
+    def counting(bucket: Records[WorkloadRecord]) -> None:
+        whole_bucket = bucket.items
 
-    a.bucket.items = counted  # type: ignore[method-assign]
+        async def counted(timeout: float = 10.0) -> dict[str, WorkloadRecord]:
+            reads["whole"] += 1
+            return await whole_bucket(timeout)
+
+        bucket.items = counted  # type: ignore[method-assign]
+
+    for bucket in a.shards.buckets:
+        counting(bucket)
 
     def names() -> list[str]:
         return sorted(r.spec.name for r in (a._view.values() if a._view else []))

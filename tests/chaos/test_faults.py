@@ -118,7 +118,7 @@ async def test_agent_paused_past_ack_wait_and_agent_cut_off(stack: Stack, tmp_pa
             assert a.proc is not None
             a.proc.send_signal(signal.SIGSTOP)
             paused_at = time.monotonic()
-            info_a = await nc.jetstream().consumer_info(subjects.DESIRED_STREAM, subjects.agent_consumer("ca"))
+            info_a = await nc.jetstream().consumer_info(subjects.desired_stream("ca"), subjects.agent_consumer("ca"))
             assert info_a.num_ack_pending == 1, "the agent was not caught in the middle of an apply"
 
             # While ca sleeps: two more operations for it, and cb's link is cut with operations going on.
@@ -144,7 +144,7 @@ async def test_agent_paused_past_ack_wait_and_agent_cut_off(stack: Stack, tmp_pa
 
             async def drained() -> ConsumerInfo | None:
                 # Lifecycle's write of the last result follows the settle: the agent acks it without applying.
-                info = await nc.jetstream().consumer_info(subjects.DESIRED_STREAM, subjects.agent_consumer("ca"))
+                info = await nc.jetstream().consumer_info(subjects.desired_stream("ca"), subjects.agent_consumer("ca"))
                 return info if info.num_pending == 0 and info.num_ack_pending == 0 else None
 
             info_a = await wait_for(drained, timeout=30, what="ca's consumer to drain")

@@ -29,10 +29,10 @@ async def pending_commands(stack: Stack, cluster: str) -> int:
     nc = await stack.nc()
     try:
         js = nc.jetstream()
-        info = await js.stream_info(subjects.DESIRED_STREAM, subjects_filter=subjects.desired_records(cluster))
+        info = await js.stream_info(subjects.desired_stream(cluster), subjects_filter=subjects.desired_records(cluster))
         pending = 0
         for subject in info.state.subjects or {}:
-            msg = await js.get_msg(subjects.DESIRED_STREAM, subject=subject)
+            msg = await js.get_msg(subjects.desired_stream(cluster), subject=subject)
             if not msg.data:
                 continue
             record = decode(msg.data, WorkloadRecord)
@@ -45,7 +45,7 @@ async def pending_commands(stack: Stack, cluster: str) -> int:
 async def consumers(stack: Stack, cluster: str) -> list[str]:
     nc = await stack.nc()
     try:
-        return [c.name for c in await nc.jetstream().consumers_info(subjects.DESIRED_STREAM)]
+        return [c.name for c in await nc.jetstream().consumers_info(subjects.desired_stream(cluster))]
     finally:
         await nc.close()
 

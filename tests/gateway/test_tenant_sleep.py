@@ -13,7 +13,7 @@ import pytest
 
 from agent.drivers.kube import KubeApi
 from schemas import subjects
-from schemas.messages import WorkloadRecord, decode
+from schemas.messages import WorkloadName, WorkloadRecord, decode, desired_key
 from services.api.gateway import RESOLVE_TTL
 from tests.gateway.tenant_rig import https_stack, member_tenant, phase_is
 from tests.harness import Stack, wait_for
@@ -32,13 +32,16 @@ async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
 
 
 async def desired_state(stack: Stack, key: str) -> tuple[int, float]:
-    """(the bucket's last sequence, the record's last activity) of lifecycle's desired-state bucket; ``key`` is
-    the workload's ``<kind>.<project>.<name>`` (its record is the newest of ``*.<key>``, whatever the cluster)."""
+    """(the bucket's last sequence, the record's last activity) of the workload's desired-state bucket; ``key``
+    is the workload's ``<kind>.<project>.<name>`` (its name's entry says its cluster, whose bucket holds it)."""
     nc = await stack.nc()
     try:
-        kv = await nc.jetstream().key_value(subjects.BUCKET_DESIRED)
-        entry = await nc.jetstream().get_msg(
-            f"KV_{subjects.BUCKET_DESIRED}", subject=f"$KV.{subjects.BUCKET_DESIRED}.*.{key}"
+        js = nc.jetstream()
+        names = await js.key_value(subjects.BUCKET_WORKLOAD_NAMES)
+        cluster = decode((await names.get(key)).value or b"", WorkloadName).cluster
+        kv = await js.key_value(subjects.desired_bucket(cluster))
+        entry = await js.get_msg(
+            subjects.desired_stream(cluster), subject=f"{subjects.desired_prefix(cluster)}{desired_key(cluster, key)}"
         )
         status = await kv.status()
         record = decode(entry.data or b"", WorkloadRecord)

@@ -41,7 +41,22 @@ SERVICES = ("registry", "access", "lifecycle", "health", "api")
 MICRO = ("registry", "access", "lifecycle", "health")
 """The services with NATS micro endpoints (the API answers HTTP)."""
 STREAMS = (subjects.AUDIT_STREAM, subjects.EVENTS_STREAM, subjects.EVT_STREAM)
-BUCKETS = (subjects.BUCKET_TOKENS, subjects.BUCKET_USERS, subjects.BUCKET_DESIRED, subjects.BUCKET_CLUSTERS)
+BUCKETS = (
+    subjects.BUCKET_TOKENS,
+    subjects.BUCKET_USERS,
+    subjects.BUCKET_CLUSTERS,
+    subjects.BUCKET_WORKLOAD_NAMES,
+    *subjects.DESIRED_BUCKETS,
+)
+"""Every desired-state bucket, not only the victim's: an attack on any of them (the attacker's own, another
+shard's) must leave it standing too."""
+OTHER_BUCKET, SAME_BUCKET = "evil", "neighbour"
+"""Attacker clusters whose desired-state records are in another bucket than the victim's (the default), and in
+the same one (``desired_bucket``): an attack on the desired state must be refused in both layouts."""
+both_layouts = pytest.mark.parametrize(
+    "hostile", [OTHER_BUCKET, SAME_BUCKET], indirect=True, ids=["attacker-in-another-bucket", "attacker-in-same-bucket"]
+)
+"""Run a test with the attacker's records in another desired-state bucket than the victim's, then in the same."""
 
 
 @dataclass
@@ -50,13 +65,15 @@ class Snapshot:
 
     messages: dict[str, int]
     victim_filter: str
+    strays: list[str]
+    """Keys of the victim's records found in a desired-state bucket other than its own."""
 
 
 @dataclass
 class Hostile:
     stack: Stack
     tmp: Path
-    attacker: str = "evil"
+    attacker: str = OTHER_BUCKET
     victim: str = "victim"
     victim_agent: Proc | None = None
     attacker_agent: Proc | None = None
@@ -130,8 +147,14 @@ class Hostile:
                 counts[stream] = (await js.stream_info(stream)).state.messages
             for bucket in BUCKETS:
                 counts[f"KV_{bucket}"] = (await js.stream_info(f"KV_{bucket}")).state.messages
-            consumer = await js.consumer_info(subjects.DESIRED_STREAM, subjects.agent_consumer(self.victim))
-            return Snapshot(messages=counts, victim_filter=str(consumer.config.filter_subject))
+            victim = subjects.desired_stream(self.victim)
+            consumer = await js.consumer_info(victim, subjects.agent_consumer(self.victim))
+            strays: list[str] = []
+            for bucket in subjects.DESIRED_BUCKETS:
+                if bucket != subjects.desired_bucket(self.victim):
+                    info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.{self.victim}.>")
+                    strays.extend(info.state.subjects or {})
+            return Snapshot(messages=counts, victim_filter=str(consumer.config.filter_subject), strays=strays)
         finally:
             await nc.close()
 
@@ -149,13 +172,15 @@ class Hostile:
 
     async def intact(self) -> None:
         """Every service alive and answering; streams and buckets not shrunk (not deleted, not purged); the
-        victim's consumer still there with its own filter; the victim still online."""
+        victim's consumer still there with its own filter, and no record of the victim in another cluster's
+        desired-state bucket; the victim still online."""
         await self.services_answer()
         assert self.before is not None
         after = await self.snapshot()
         for name, count in self.before.messages.items():
             assert after.messages[name] >= count, f"{name} lost messages: {count} -> {after.messages[name]}"
         assert after.victim_filter == subjects.desired_records(self.victim), after.victim_filter
+        assert after.strays == [], after.strays
         assert (await self.stack.cluster(self.victim))["online"]
 
     async def legit_command_applies(self) -> None:
@@ -192,7 +217,8 @@ class Hostile:
 @pytest.fixture
 async def hostile(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Hostile]:
     stack = Stack(tmp=tmp_path)
-    h = Hostile(stack=stack, tmp=tmp_path)
+    # ``both_layouts`` names the attacker cluster; every other test gets the default one.
+    h = Hostile(stack=stack, tmp=tmp_path, attacker=getattr(request, "param", OTHER_BUCKET))
     try:
         await stack.start()
         h.victim_agent = await stack.connected(h.victim, tmp_path / h.victim)

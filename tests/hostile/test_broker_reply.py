@@ -20,14 +20,19 @@ RESULT = subjects.Lifecycle.AGENT_RESULT
 
 def targets(h: Hostile) -> list[str]:
     """Reply subjects an attacker would like the platform's own user to publish on."""
-    victim_stream = subjects.DESIRED_STREAM
+    victim_stream, victim_consumer = subjects.desired_stream(h.victim), subjects.agent_consumer(h.victim)
     return [
         f"$JS.API.STREAM.DELETE.{subjects.AUDIT_STREAM}",
         f"$JS.API.STREAM.PURGE.KV_{subjects.BUCKET_TOKENS}",
-        f"$JS.API.STREAM.PURGE.KV_{subjects.BUCKET_DESIRED}",
-        f"$JS.API.CONSUMER.DELETE.{victim_stream}.{subjects.agent_consumer(h.victim)}",
+        f"$JS.API.STREAM.PURGE.{victim_stream}",
+        f"$JS.API.CONSUMER.DELETE.{victim_stream}.{victim_consumer}",
+        # The registry may make agents' consumers: the victim's re-filtered onto the attacker's records.
+        f"$JS.API.CONSUMER.CREATE.{victim_stream}.{victim_consumer}.{subjects.desired_records(h.attacker)}",
         f"$KV.{subjects.BUCKET_TOKENS}.forged",
-        f"$KV.{subjects.BUCKET_DESIRED}.{h.victim}.space.p1.before",
+        # Lifecycle writes the victim's bucket and the workload names, and may delete the retired bucket.
+        f"{subjects.desired_prefix(h.victim)}{h.victim}.space.p1.before",
+        f"$KV.{subjects.BUCKET_WORKLOAD_NAMES}.space.p1.before",
+        f"$JS.API.STREAM.DELETE.KV_{subjects.RETIRED_DESIRED_BUCKET}",
         f"_INBOX_{h.victim}.stolen",
         "_INBOX.platform-looking",
         f"{h.attacker_inbox}",  # the bare prefix, no token after it

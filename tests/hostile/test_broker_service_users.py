@@ -21,7 +21,7 @@ from schemas.credentials import read_creds
 from services.bus import grants, identity
 from services.bus.memory_parts import matches
 from tests.harness import wait_for
-from tests.hostile.conftest import Hostile
+from tests.hostile.conftest import OTHER_BUCKET, SAME_BUCKET, Hostile
 
 A, H, L, P, R = subjects.Access, subjects.Health, subjects.Lifecycle, subjects.Projects, subjects.Registry
 AGENT_ENDPOINTS = (R.AGENT_BOOTSTRAP, R.AGENT_HELLO, R.AGENT_RENEW, L.AGENT_RESULT)
@@ -61,21 +61,38 @@ def dangerous(victim: str) -> list[str]:
     """What no service may ever publish: destroying streams and buckets, forging agents' traffic, the system
     account, an agent's inbox."""
     kv = [f"KV_{b}" for b in grants.ALL_BUCKETS]
-    # (Lifecycle may delete the retired command streams and results consumer of earlier versions: not in this
-    # list.)
+    # (Lifecycle may delete the retired command streams, results consumer and desired-state bucket of earlier
+    # versions: not in this list. It may only read and delete that bucket, never purge nor write it: what it
+    # holds is moved into the desired state at start.)
+    retired = f"KV_{subjects.RETIRED_DESIRED_BUCKET}"
     streams = [subjects.AUDIT_STREAM, subjects.EVENTS_STREAM, subjects.EVT_STREAM, *kv]
-    desired, consumer = subjects.DESIRED_STREAM, subjects.agent_consumer(victim)
+    desired, consumer = subjects.desired_stream(victim), subjects.agent_consumer(victim)
+    # Another bucket's stream than the victim's (each carries the consumers of its own clusters' agents).
+    other = subjects.desired_stream(OTHER_BUCKET)
+    assert other != desired
     return [
         *(f"$JS.API.STREAM.DELETE.{s}" for s in streams),
         *(f"$JS.API.STREAM.PURGE.{s}" for s in (subjects.AUDIT_STREAM, subjects.EVENTS_STREAM, subjects.EVT_STREAM)),
-        *(f"$JS.API.STREAM.PURGE.{s}" for s in kv),
-        *(f"$JS.API.STREAM.MSG.DELETE.{s}" for s in streams),
+        *(f"$JS.API.STREAM.PURGE.{s}" for s in (*kv, retired)),
+        *(f"$JS.API.STREAM.MSG.DELETE.{s}" for s in (*streams, retired)),
+        f"$KV.{subjects.RETIRED_DESIRED_BUCKET}.{victim}.space.p1.forged",
         "$JS.API.STREAM.CREATE.FORGED",
-        f"$JS.API.CONSUMER.DURABLE.CREATE.{desired}.{consumer}",
-        # Named with no filter in the subject: the request body's filter (or several) would then be anyone's.
-        f"$JS.API.CONSUMER.CREATE.{desired}.{consumer}",
-        # The victim's consumer re-filtered wider than one cluster (the filter is the create subject's tail).
-        f"$JS.API.CONSUMER.CREATE.{desired}.{consumer}.{subjects.DESIRED_PREFIX}>",
+        *(
+            p
+            for stream, bucket in (
+                (desired, subjects.desired_bucket(victim)),
+                (other, subjects.desired_bucket(OTHER_BUCKET)),
+            )
+            for p in (
+                f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
+                # Named with no filter in the subject: the request body's filter (or several) would then be anyone's.
+                f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}",
+                # The victim's consumer re-filtered wider than one cluster (the filter is the create subject's tail).
+                f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}.$KV.{bucket}.>",
+            )
+        ),
+        # A consumer on one bucket's stream filtered on another bucket's records (the victim's).
+        f"$JS.API.CONSUMER.CREATE.{other}.{consumer}.{subjects.desired_records(victim)}",
         *(f"$JS.API.CONSUMER.DELETE.{stream}.{name}" for stream, names in grants.DURABLES.items() for name in names),
         subjects.heartbeat(victim),
         subjects.evt(victim, subjects.EVT_INVENTORY),
@@ -90,10 +107,12 @@ def dangerous(victim: str) -> list[str]:
 
 
 def agent_consumer_changes(victim: str) -> list[str]:
-    """Creating (here: re-filtering onto the attacker's records) or deleting the victim agent's consumer."""
-    desired, consumer = subjects.DESIRED_STREAM, subjects.agent_consumer(victim)
+    """Creating (here: re-filtering onto the records of an attacker in the victim's bucket, the only other
+    records its stream holds) or deleting the victim agent's consumer."""
+    desired, consumer = subjects.desired_stream(victim), subjects.agent_consumer(victim)
+    assert subjects.desired_stream(SAME_BUCKET) == desired
     return [
-        f"$JS.API.CONSUMER.CREATE.{desired}.{consumer}.{subjects.desired_records('evil')}",
+        f"$JS.API.CONSUMER.CREATE.{desired}.{consumer}.{subjects.desired_records(SAME_BUCKET)}",
         f"$JS.API.CONSUMER.DELETE.{desired}.{consumer}",
     ]
 
@@ -114,7 +133,7 @@ def corpus(victim: str) -> list[str]:
             for op in ("CREATE", "DURABLE.CREATE", "INFO", "MSG.NEXT")
         ),
         f"$JS.API.CONSUMER.CREATE.{subjects.EVENTS_STREAM}.{subjects.LIFECYCLE_MEMBERSHIP_CONSUMER}.{subjects.ROOT}.>",
-        f"{subjects.DESIRED_PREFIX}{victim}.space.p1.forged",
+        f"{subjects.desired_prefix(victim)}{victim}.space.p1.forged",
         # Agents' consumers of the desired state: only the registry makes (one cluster's filter) and removes them.
         *agent_consumer_changes(victim),
         subjects.control(victim),
@@ -133,7 +152,7 @@ def corpus(victim: str) -> list[str]:
 def subscriptions(victim: str) -> list[str]:
     return [
         ">",
-        f"{subjects.DESIRED_PREFIX}>",
+        f"{subjects.desired_prefix(victim)}>",
         subjects.EVT_ANY,
         subjects.HEARTBEAT_ANY,
         subjects.gateway_agent_inbound(victim),
@@ -156,10 +175,45 @@ def test_each_service_calls_exactly_the_endpoints_its_code_calls(service: str) -
 
 @pytest.mark.parametrize("service", ["registry", "access", "lifecycle", "health", "api"])
 def test_only_the_registry_may_create_or_remove_an_agents_consumer(service: str) -> None:
-    # Lifecycle owns the desired state's bucket, yet its reads are ordered consumers created on the bare
+    # Lifecycle owns the desired state's buckets, yet its reads are ordered consumers created on the bare
     # subject: it may neither name a consumer (and its filter) in a create nor delete one.
     for subject in agent_consumer_changes("victim"):
         assert publishes(service, subject) == (service == "registry"), (service, subject)
+
+
+def _a_cluster_per_bucket() -> dict[str, str]:
+    """One cluster name for each desired-state bucket (bucket -> cluster)."""
+    found: dict[str, str] = {}
+    i = 0
+    while len(found) < subjects.DESIRED_SHARDS:
+        found.setdefault(subjects.desired_bucket(f"c{i}"), f"c{i}")
+        i += 1
+    return found
+
+
+@pytest.mark.parametrize("service", ["registry", "access", "lifecycle", "health", "api"])
+def test_agents_consumers_on_every_desired_stream(service: str) -> None:
+    """Each desired-state bucket's stream carries the consumers of its clusters' agents: on every one, only the
+    registry makes one (filtered on one cluster's records of that very bucket), looks it up and removes it;
+    no service makes one with a wider filter, another bucket's records, no filter in the subject, or the
+    durable form."""
+    registry = service == "registry"
+    clusters = _a_cluster_per_bucket()
+    for bucket, cluster in clusters.items():
+        stream, consumer = subjects.desired_stream(cluster), subjects.agent_consumer(cluster)
+        assert stream == f"KV_{bucket}"
+        create = f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}"
+        assert publishes(service, f"{create}.{subjects.desired_records(cluster)}") == registry, (service, stream)
+        assert publishes(service, f"$JS.API.CONSUMER.INFO.{stream}.{consumer}") == registry, (service, stream)
+        assert publishes(service, f"$JS.API.CONSUMER.DELETE.{stream}.{consumer}") == registry, (service, stream)
+        refused = [
+            create,
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
+            f"{create}.$KV.{bucket}.>",
+            f"{create}.$KV.{bucket}.{cluster}.>",
+            *(f"{create}.{subjects.desired_records(other)}" for other in clusters.values() if other != cluster),
+        ]
+        assert not [s for s in refused if publishes(service, s)], (service, stream)
 
 
 @pytest.mark.parametrize("service", ["registry", "access", "lifecycle", "health", "api"])

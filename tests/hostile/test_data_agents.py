@@ -266,7 +266,7 @@ async def test_inventories_touch_only_the_senders_records_and_clamp_time(fleet: 
 async def test_giant_and_unknown_inventories_are_bounded(fleet: Fleet) -> None:
     nc = await fleet.stack.nc()
     # An orphan's deletion is a deletion record under c1's key (the ghosts are all in project p9).
-    stream, subject = subjects.DESIRED_STREAM, f"{subjects.DESIRED_PREFIX}c1.space.p9.*"
+    stream, subject = subjects.desired_stream("c1"), f"{subjects.desired_prefix('c1')}c1.space.p9.*"
 
     async def queued() -> int:
         info = await nc.jetstream().stream_info(stream, subjects_filter=subject)

@@ -53,6 +53,7 @@ from schemas.messages import (
     encode,
     workload_key,
 )
+from services.bus import limits
 from services.bus.endpoints import call
 from services.bus.settings import BusSettings, ServiceSettings
 from services.bus.streams import ensure_bucket, platform_streams, retire_cmd_streams
@@ -111,7 +112,7 @@ class Platform:
             updated_at=command.issued_at,
         )
         await self.js.publish(
-            f"{subjects.DESIRED_PREFIX}{desired_key(spec.cluster, workload_key(spec))}", encode(record)
+            f"{subjects.desired_prefix(spec.cluster)}{desired_key(spec.cluster, workload_key(spec))}", encode(record)
         )
 
     async def evt(self, cluster: str, kind: str, type_: type[M]) -> list[M]:
@@ -133,13 +134,14 @@ class Platform:
 
     async def cmd_pending(self) -> int:
         """Records c1's agent has not acknowledged yet."""
-        info = await self.js.consumer_info(subjects.DESIRED_STREAM, subjects.agent_consumer("c1"))
+        info = await self.js.consumer_info(subjects.desired_stream("c1"), subjects.agent_consumer("c1"))
         return int(info.num_pending + info.num_ack_pending)
 
 
-async def desired_bucket(js: JetStreamContext) -> None:
-    """The desired-state bucket, as lifecycle declares it."""
-    await ensure_bucket(js, subjects.BUCKET_DESIRED, WorkloadRecord, replicas=1, history=5)
+async def desired_buckets(js: JetStreamContext) -> None:
+    """The desired-state buckets, as lifecycle declares them."""
+    for bucket in subjects.DESIRED_BUCKETS:
+        await ensure_bucket(js, bucket, WorkloadRecord, replicas=1, history=limits.DESIRED_HISTORY)
 
 
 @pytest.fixture
@@ -147,7 +149,7 @@ async def platform(nats_server: NatsServer) -> AsyncIterator[Platform]:
     await nats_server.wait_ready()
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
-    await desired_bucket(js)
+    await desired_buckets(js)
     for config in platform_streams(1):
         await js.add_stream(config)
     registry = asyncio.create_task(
@@ -311,7 +313,7 @@ async def test_failures_are_reported_and_do_not_block_the_queue(
     async with Agent(settings):
         await platform.send(command(1, "broken", 1))
         # Malformed: not reported (nothing to attribute it to), terminated, and the queue moves on.
-        await platform.js.publish(f"{subjects.DESIRED_PREFIX}c1.tenant.p1.garbage", b"{garbage")
+        await platform.js.publish(f"{subjects.desired_prefix('c1')}c1.tenant.p1.garbage", b"{garbage")
         await platform.send(command(2, "fine", 1))
         results = await wait_for(lambda: _at_least(platform.results("c1"), 2), what="two results")
         assert [(r.op_id, r.ok, r.reason) for r in results] == [("op-1", False, "SimulatedFailure"), ("op-2", True, "")]

@@ -157,7 +157,7 @@ async def test_a_new_clusters_agent_says_no_first_hello(platform: Platform, tmp_
     info = await call(
         platform.services, subjects.Registry.CLUSTER_CREATE, ClusterCreate(name=CLUSTER), ClusterConnectInfo
     )
-    assert await platform.consumer_exists(subjects.DESIRED_STREAM), "no consumer made at the registration"
+    assert await platform.consumer_exists(subjects.desired_stream(CLUSTER)), "no consumer made at the registration"
     settings = AgentSettings(
         server=platform.url, token=info.token, state_dir=tmp_path / "agent", heartbeat_interval=0.5
     )

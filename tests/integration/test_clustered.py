@@ -331,7 +331,7 @@ async def test_clustered_platform_survives_a_nats_node_and_a_replica_of_each_ser
 
             async def drained() -> bool:
                 # Every record was acknowledged by the cluster's agent: nothing waits for it.
-                info = await js.consumer_info(subjects.DESIRED_STREAM, subjects.agent_consumer(CLUSTER))
+                info = await js.consumer_info(subjects.desired_stream(CLUSTER), subjects.agent_consumer(CLUSTER))
                 return info.num_pending + info.num_ack_pending == 0
 
             await wait_for(drained, timeout=15, what="the agent's consumer drained")

@@ -38,7 +38,7 @@ async def test_a_result_folded_in_never_moves_a_waiting_command(stack: Stack, tm
     await stack.wait_synced("tenant", "p1", "t2")
     nc = await stack.nc()
     js = nc.jetstream()
-    kv = await js.key_value(subjects.BUCKET_DESIRED)
+    kv = await js.key_value(subjects.desired_bucket("c1"))
     try:
         create = (await stack.ok("POST", "/api/v1/projects/p1/tenants", json={"name": "t1", "cluster": "c1"}))[
             "desired"
@@ -47,7 +47,7 @@ async def test_a_result_folded_in_never_moves_a_waiting_command(stack: Stack, tm
         written = (await kv.get("c1.tenant.p1.t1")).revision or 0
 
         async def holding() -> bool:
-            info = await js.consumer_info(subjects.DESIRED_STREAM, subjects.agent_consumer("c1"))
+            info = await js.consumer_info(subjects.desired_stream("c1"), subjects.agent_consumer("c1"))
             delivered = info.delivered.stream_seq if info.delivered is not None else 0
             return info.num_ack_pending == 1 and delivered >= written
 

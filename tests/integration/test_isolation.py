@@ -43,7 +43,7 @@ async def test_an_agent_is_confined_to_its_own_subjects(stack: Stack, tmp_path: 
             "ask lifecycle to record b's result",
             nc.publish(subjects.agent_call(subjects.Lifecycle.AGENT_RESULT, "b"), b"{}"),
         )
-        b_stream = subjects.DESIRED_STREAM
+        b_stream = subjects.desired_stream("b")
         await refused(
             "create b's consumer",
             nc.publish(f"$JS.API.CONSUMER.CREATE.{b_stream}.agent-b.{subjects.desired_records('b')}", b"{}"),

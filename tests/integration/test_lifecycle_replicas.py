@@ -7,6 +7,7 @@ from schemas import subjects
 from schemas.messages import (
     Action,
     WorkloadAction,
+    WorkloadName,
     WorkloadRecord,
     WorkloadRef,
     desired_key,
@@ -15,6 +16,7 @@ from schemas.messages import (
 from services.bus import Bus
 from services.lifecycle import logic
 from services.lifecycle.service import Lifecycle, Settings
+from services.lifecycle.shards import Shards, open_shards
 from tests.harness import CountingBucket
 from tests.lifecycle_records import new_tenant, report
 
@@ -27,11 +29,17 @@ def act(action: Action) -> WorkloadAction:
 
 async def test_replicas_write_on_top_of_their_own_writes_and_see_each_others(lifecycle_bus: Bus) -> None:
     await lifecycle_bus.declare_streams("platform", "commands")
-    plain = await lifecycle_bus.bucket(subjects.BUCKET_DESIRED, WorkloadRecord, history=5)
+    shards = await open_shards(lifecycle_bus)
+    names = await lifecycle_bus.bucket(subjects.BUCKET_WORKLOAD_NAMES, WorkloadName)
+    plain = shards.of("c1")
+    # Replica a counts its reads of c1's desired-state bucket and of the names' bucket.
     a_bucket = CountingBucket[WorkloadRecord](plain.kv, WorkloadRecord)  # type: ignore[attr-defined]
-    a = Lifecycle(Settings(), lifecycle_bus, a_bucket)
-    b = Lifecycle(Settings(), lifecycle_bus, plain)
+    a_names = CountingBucket[WorkloadName](names.kv, WorkloadName)  # type: ignore[attr-defined]
+    a_shards = Shards([a_bucket if bucket is plain else bucket for bucket in shards.buckets])
+    a = Lifecycle(Settings(), lifecycle_bus, a_shards, a_names)
+    b = Lifecycle(Settings(), lifecycle_bus, shards, names)
     seed = new_tenant("op-create")
+    await names.create(workload_key(seed.spec), WorkloadName(cluster="c1", at=0.0))
     await plain.create(KEY, seed)
 
     async def stored() -> WorkloadRecord:
@@ -41,10 +49,10 @@ async def test_replicas_write_on_top_of_their_own_writes_and_see_each_others(lif
 
     slept = await a.workloads.action(act("sleep"))  # nothing remembered yet: read
     await a.results.record(report(slept), "c1")
-    reads = a_bucket.reads
+    reads = a_bucket.reads, a_names.reads
     woken = await a.workloads.action(act("wake"))
     await a.results.record(report(woken), "c1")
-    assert a_bucket.reads == reads, "a replica writes on top of its own last write without a read"
+    assert (a_bucket.reads, a_names.reads) == reads, "a replica writes on top of its own last write without a read"
     assert logic.in_sync(await stored()) and (await stored()).spec.state == "running"
 
     # The other replica puts it to sleep; a's memory of it ("running", in sync) is now old.

@@ -48,7 +48,7 @@ async def test_one_trace_from_api_call_to_agent_and_back(tmp_path: Path) -> None
         names = {s["name"] for s in mine}
         assert "POST /api/v1/projects/{project}/spaces" in names
         assert "tether.svc.lifecycle.workload.create" in names
-        assert any(n.startswith(f"agent apply {subjects.DESIRED_PREFIX}c1.space.p1.s1") for n in names)
+        assert any(n.startswith(f"agent apply {subjects.desired_prefix('c1')}c1.space.p1.s1") for n in names)
         assert subjects.Lifecycle.AGENT_RESULT in names, "the agent's result request continues the trace"
     finally:
         stack.stop()

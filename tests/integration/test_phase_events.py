@@ -10,13 +10,14 @@ from nats.aio.client import Client
 from schemas import subjects
 from schemas.messages import (
     WorkloadEvent,
-    WorkloadRecord,
+    WorkloadName,
     WorkloadRef,
     desired_key,
     workload_key,
 )
 from services.bus import Bus
 from services.lifecycle.service import Lifecycle, Settings
+from services.lifecycle.shards import open_shards
 from tests.lifecycle_records import new_tenant, report
 
 KEY = desired_key("c1", workload_key(WorkloadRef(kind="tenant", project="p1", name="t1")))
@@ -36,10 +37,12 @@ async def stored_phases(nc: Client) -> list[str]:
 
 async def test_a_phase_entered_again_at_one_generation_is_announced_again(lifecycle_bus: Bus, nc: Client) -> None:
     await lifecycle_bus.declare_streams("platform", "commands")
-    bucket = await lifecycle_bus.bucket(subjects.BUCKET_DESIRED, WorkloadRecord, history=5)
-    lifecycle = Lifecycle(Settings(), lifecycle_bus, bucket)
+    shards = await open_shards(lifecycle_bus)
+    names = await lifecycle_bus.bucket(subjects.BUCKET_WORKLOAD_NAMES, WorkloadName)
+    lifecycle = Lifecycle(Settings(), lifecycle_bus, shards, names)
     created = new_tenant("0" * 32)
-    await bucket.create(KEY, created)
+    await names.create(workload_key(created.spec), WorkloadName(cluster="c1", at=0.0))
+    await shards.of("c1").create(KEY, created)
 
     # Ready; its control plane restarts (Pending, same generation); Ready again, all within seconds.
     for settled in (True, False, True):

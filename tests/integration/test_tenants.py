@@ -137,14 +137,14 @@ async def test_a_record_written_again_is_not_applied_again(stack: Stack, tmp_pat
     await stack.wait_synced("tenant", "p1", "t1")
     nc = await stack.nc()
     try:
-        kv = await nc.jetstream().key_value(subjects.BUCKET_DESIRED)
+        kv = await nc.jetstream().key_value(subjects.desired_bucket("c1"))
         entry = await kv.get("c1.tenant.p1.t1")
         record = decode(entry.value or b"", WorkloadRecord)
         await kv.put("c1.tenant.p1.t1", encode(msgspec.structs.replace(record, observed=None)))
         await kv.put("c1.tenant.p1.t1", entry.value or b"")
 
         async def drained() -> bool:
-            info = await nc.jetstream().consumer_info(subjects.DESIRED_STREAM, subjects.agent_consumer("c1"))
+            info = await nc.jetstream().consumer_info(subjects.desired_stream("c1"), subjects.agent_consumer("c1"))
             return info.num_pending + info.num_ack_pending == 0
 
         await wait_for(drained, timeout=20, what="the agent to take both copies")
@@ -186,7 +186,7 @@ async def test_lifecycle_killed_between_desired_write_and_publish(stack: Stack, 
     nc = await stack.nc()
     try:
         js = nc.jetstream()
-        kv = await js.key_value(subjects.BUCKET_DESIRED)
+        kv = await js.key_value(subjects.desired_bucket("c1"))
         written = decode((await kv.get("c1.tenant.p1.t1")).value or b"", WorkloadRecord)
         assert written.generation == 1 and written.observed is None
         # Nothing else was needed for the command: the record is what the agent follows.

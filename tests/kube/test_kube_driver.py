@@ -351,7 +351,7 @@ async def test_too_little_rbac_is_a_clear_failed_command(
         return ResultRecorded(outcome="recorded")
 
     class Receipt:
-        subject, num_delivered, settled = f"{subjects.DESIRED_PREFIX}c1.space.rb.s1", 1, ""
+        subject, num_delivered, settled = f"{subjects.desired_prefix('c1')}c1.space.rb.s1", 1, ""
 
         def __init__(self, data: bytes) -> None:
             self.data = data

@@ -70,9 +70,10 @@ def test_writes_are_attributed_to_the_commands_objects_by_subject_and_event() ->
     event = WorkloadEvent(kind="tenant", project="bench", name="t1", cluster="c1", phase="Sleeping", at=1.0)
     woken = WorkloadEvent(kind="tenant", project="bench", name="t3", cluster="c3", phase="Ready", at=1.0)
     other = WorkloadEvent(kind="tenant", project="bench", name="t2", cluster="c1", phase="Sleeping", at=1.0)
-    assert mine(f"{subjects.DESIRED_PREFIX}c1.tenant.bench.t1", b"") == "sleep"
-    assert mine(f"{subjects.DESIRED_PREFIX}c3.tenant.bench.t3", b"") == "wake"
-    assert mine(f"{subjects.DESIRED_PREFIX}c1.tenant.bench.t2", b"") is None, "another object's record"
+    assert mine(f"{subjects.desired_prefix('c1')}c1.tenant.bench.t1", b"") == "sleep"
+    assert mine(f"{subjects.desired_prefix('c3')}c3.tenant.bench.t3", b"") == "wake"
+    assert mine(f"{subjects.desired_prefix('c1')}c1.tenant.bench.t2", b"") is None, "another object's record"
+    assert mine(f"{subjects.desired_prefix('c3')}c1.tenant.bench.t1", b"") is None, "another bucket's subject"
     assert mine(subjects.evt("c1", subjects.EVT_INVENTORY), b"") is None, "inventories are background"
     assert mine(subjects.audit_command("c1"), b"") == "sleep"
     assert mine(subjects.public_event("tenant.sleeping"), encode(event)) == "sleep"
@@ -80,7 +81,7 @@ def test_writes_are_attributed_to_the_commands_objects_by_subject_and_event() ->
     assert mine(subjects.public_event("tenant.sleeping"), encode(other)) is None
     assert mine(subjects.public_event("tenant.sleeping"), b"{not json") is None
     assert mine(subjects.public_event("tenant.sleeping"), b"[1]") is None
-    assert mine(f"{subjects.BUCKET_DESIRED}.x", b"") is None
+    assert mine(f"{subjects.desired_bucket('c1')}.x", b"") is None
 
 
 def test_attributed_writes_are_counted_per_command_of_each_group() -> None:
@@ -99,7 +100,7 @@ def test_attributed_writes_are_counted_per_command_of_each_group() -> None:
 
 def test_attributed_writes_are_rendered_per_command() -> None:
     profile = per_command(Window(seconds=1.0), Window(seconds=1.0), commands=4)
-    profile["attributed"] = {"KV_tether-desired": 2.0, "AUDIT": 1.0}
+    profile["attributed"] = {"KV_tether-desired-*": 2.0, "AUDIT": 1.0}
     profile["attributed_per_command"] = 3.0
     text = "\n".join(render(profile))
     assert "writes naming the commands' objects (counted, nothing subtracted): 3.00 per command" in text

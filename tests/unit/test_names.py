@@ -52,7 +52,19 @@ def test_a_clusters_desired_state_is_one_filter_that_matches_only_its_records() 
     from services.bus.memory_parts import matches
 
     mine = subjects.desired_records("c1")
-    assert mine == "$KV.tether-desired.c1.*.*.*"
-    assert matches(mine, f"{subjects.DESIRED_PREFIX}{desired_key('c1', 'tenant.p1.t1')}")
+    assert mine == f"$KV.{subjects.desired_bucket('c1')}.c1.*.*.*"
+    assert matches(mine, f"{subjects.desired_prefix('c1')}{desired_key('c1', 'tenant.p1.t1')}")
     for other in ("c2.tenant.p1.t1", "c10.tenant.p1.t1", "tenant.p1.t1", "c1.tenant.p1.t1.x"):
-        assert not matches(mine, f"{subjects.DESIRED_PREFIX}{other}"), other
+        assert not matches(mine, f"{subjects.desired_prefix('c1')}{other}"), other
+    elsewhere = next(b for b in subjects.DESIRED_BUCKETS if b != subjects.desired_bucket("c1"))
+    assert not matches(mine, f"$KV.{elsewhere}.c1.tenant.p1.t1"), "another bucket"
+
+
+def test_clusters_are_spread_over_the_desired_state_buckets_the_same_way_everywhere() -> None:
+    # A checksum, not Python's per-process hash: the registry, lifecycle and every agent agree.
+    assert subjects.desired_shard("c1") == 1 and subjects.desired_bucket("c1") == "tether-desired-01"
+    assert subjects.desired_stream("victim") == "KV_tether-desired-09"
+    used = {subjects.desired_shard(f"cluster-{i}") for i in range(1000)}
+    assert used == set(range(subjects.DESIRED_SHARDS))
+    counts = [sum(1 for i in range(1000) if subjects.desired_shard(f"cluster-{i}") == s) for s in sorted(used)]
+    assert max(counts) < 2 * min(counts), counts
