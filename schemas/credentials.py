@@ -97,6 +97,16 @@ def jwt_claims(jwt: str) -> dict[str, object] | None:
     return claims if isinstance(claims, dict) else None
 
 
+def jwt_publish_allows(jwt: str) -> list[str]:
+    """The subjects a NATS user JWT lists as allowed to publish (``nats.pub.allow``), unverified; empty for one
+    that lists none or is malformed."""
+    claims = jwt_claims(jwt) or {}
+    nats = claims.get("nats")
+    pub = nats.get("pub") if isinstance(nats, dict) else None
+    allow = pub.get("allow") if isinstance(pub, dict) else None
+    return [str(s) for s in allow] if isinstance(allow, list) else []
+
+
 def jwt_times(jwt: str) -> tuple[float, float]:
     """(issued at, expires at or 0) of a JWT, unverified."""
     claims = jwt_claims(jwt)

@@ -11,10 +11,17 @@ import time
 from agent.identity.calls import call
 from agent.identity.session import Session
 from schemas import subjects
-from schemas.credentials import jwt_times
+from schemas.credentials import jwt_publish_allows, jwt_times
 from schemas.messages import AgentCredentials, AgentRenew
 
 logger = logging.getLogger(__name__)
+
+
+def current(jwt: str, cluster: str) -> bool:
+    """Whether the JWT allows what this version's agent does: fetching from its consumer on its cluster's
+    desired-state bucket (``desired_stream``)."""
+    fetch = f"$JS.API.CONSUMER.MSG.NEXT.{subjects.desired_stream(cluster)}.{subjects.agent_consumer(cluster)}"
+    return fetch in jwt_publish_allows(jwt)
 
 
 async def renewals(session: Session) -> None:
@@ -31,6 +38,11 @@ async def renewals(session: Session) -> None:
             return
         life = max(1.0, expires - issued)
         at = issued + life * random.uniform(0.70, 0.80)
+        if not current(jwt, credentials.cluster):
+            # Issued by an earlier version, for its subjects (the desired state's one bucket): this version's
+            # consumer is out of its reach until a JWT of this version replaces it.
+            logger.warning("NATS credentials of an earlier version; renewing them now")
+            at = time.time()
         await asyncio.sleep(max(0.0, at - time.time()))
         answer = await call(
             session.connection,
