@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -37,8 +38,28 @@ def nats_server_binary() -> str:
     return found
 
 
+FREE_PORTS = range(20_000, 32_768)
+"""Where ``free_port`` looks: below Linux's ephemeral range (32768-60999), which the kernel hands to every
+outbound connection. A port the kernel picked (bind to 0) was free when asked, but in the moment before its
+user bound it, an outbound connection of another process could take it (a test's nats-server once failed so:
+"bind: address already in use"); nothing takes a port from below that range unasked."""
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    """A port nothing listens on now, not handed out before by this process."""
+    for _ in range(200):
+        port = random.choice(FREE_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # the range is crowded: let the kernel pick
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
