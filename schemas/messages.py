@@ -443,11 +443,6 @@ def desired_key(cluster: str, k: str) -> str:
     return f"{check_name(cluster, 'cluster name')}.{k}"
 
 
-def desired_family(k: str) -> str:
-    """The keys workload ``k`` may be stored under, whatever its cluster: the newest of them is its record."""
-    return f"*.{k}"
-
-
 def ref_of(w: Identified) -> WorkloadRef:
     """``w``'s identity as a value (hashable: the key of in-memory maps of workloads)."""
     if isinstance(w, WorkloadRef):
