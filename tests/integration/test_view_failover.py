@@ -39,7 +39,9 @@ async def test_a_view_catches_up_after_a_leader_change_and_the_loss_of_its_consu
         mine = await reader.bucket(BUCKET, Presence, history=5)
         theirs = await writer.bucket(BUCKET, Presence, history=5)
         assert isinstance(mine, Bucket)
-        await theirs.put("c0", presence("c0", 0))
+        # A bucket just made on three nodes may not have elected its stream's leader yet (its first write was once
+        # answered "no responders"): the first write waits for it like the later ones wait for theirs.
+        await _stored(theirs, "c0", 0, "the first write to the new bucket")
         view = await mine.view(probe=1.0)
         try:
             # The stream's leader steps down: the writes go on on its new leader.
@@ -70,7 +72,7 @@ async def test_a_view_catches_up_after_a_leader_change_and_the_loss_of_its_consu
             server.stop()
 
 
-async def _write_and_see(records: Records[Presence], view: View[Presence], key: str, n: int, what: str) -> None:
+async def _stored(records: Records[Presence], key: str, n: int, what: str) -> None:
     async def written() -> bool:
         try:
             await records.put(key, presence(key, n))
@@ -79,6 +81,10 @@ async def _write_and_see(records: Records[Presence], view: View[Presence], key: 
         return True
 
     await wait_for(written, timeout=CATCH_UP, interval=0.5, what=f"{what} (stored)")
+
+
+async def _write_and_see(records: Records[Presence], view: View[Presence], key: str, n: int, what: str) -> None:
+    await _stored(records, key, n, what)
     await wait_for(lambda: view.get(key) == presence(key, n), timeout=CATCH_UP, what=what)
 
 
