@@ -45,15 +45,13 @@ async def move_records(old: Records[WorkloadRecord], shards: Shards, names: Reco
     records = await old.items()
     homes: dict[str, str] = {}
     moved = 0
-    # The cluster-first form first: where a name has both, that one is the newer (earlier versions moved the
-    # old form's records to it), and the old copy is skipped.
-    for key, record in sorted(records.items(), key=lambda kv: kv[0].count(".") != 3):
+    for key, record in records.items():
         placed = _placed(key, record)
         if placed is None:
             continue
         k, new_key = placed
         if key == k and new_key in records:
-            continue
+            continue  # both forms: the cluster-first one is the newer (earlier versions moved records to it)
         try:
             await shards.of(record.spec.cluster).write_over(new_key, record, new_key, 0)
             moved += 1

@@ -48,13 +48,6 @@ class Shards:
         views = await asyncio.gather(*(b.view(keep) for b in self.buckets))
         return ShardedView(views)
 
-    async def items(self) -> dict[str, WorkloadRecord]:
-        """Every live record of every bucket (a record's key names its cluster, so no key is in two)."""
-        out: dict[str, WorkloadRecord] = {}
-        for part in await asyncio.gather(*(b.items() for b in self.buckets)):
-            out.update(part)
-        return out
-
 
 class ShardedView:
     """One ``View`` per bucket, read as one: a cluster's records from its bucket's view, all of them from all."""
