@@ -38,6 +38,13 @@ V1_TOKENS = 9
 """Tokens of a delivery's reply subject without domain and account hash."""
 INACTIVE = 30.0
 """Seconds the server keeps a consumer nobody listens to any more (the process gone)."""
+STALL = 1.0
+"""Seconds a ``caught_up`` waits with the view not moving before it has the consumer made again (rather than
+leave it to the watchdog, which needs two probes to see a stuck consumer): after a JetStream node's loss, the
+consumers that lived on it are gone, and a list waiting on them must not outlast its caller's timeout."""
+RETRY = 1.0
+"""Seconds before the watchdog tries again to make a lost consumer (JetStream electing leaders after a node's
+loss answers within seconds)."""
 
 Decode = Callable[[str, dict[str, str] | None, bytes], M | None]
 """A delivered entry as a record; None for a removal (or a record this version cannot read)."""
@@ -125,17 +132,32 @@ class BucketWatch(View[M]):
         self._waiting = still
 
     async def caught_up(self, timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout):
-            newest = await self._newest()
-        if newest <= self.position:
-            return
         waiter = asyncio.get_running_loop().create_future()
-        self._waiting.append((newest, waiter))
         try:
             async with asyncio.timeout(timeout):
-                await waiter
+                newest = await self._newest()
+                if newest <= self.position:
+                    return
+                self._waiting.append((newest, waiter))
+                await self._stalled_resumes(waiter)
         except TimeoutError:
-            raise Unavailable(f"view of {self._stream}: revision {newest} not reached within {timeout:g}s") from None
+            raise Unavailable(f"view of {self._stream}: not caught up within {timeout:g}s") from None
+        finally:
+            waiter.cancel()  # dropped from ``_waiting`` at the next delivery
+
+    async def _stalled_resumes(self, waiter: asyncio.Future[None]) -> None:
+        """Wait for ``waiter``; each ``STALL`` the view has not moved, have its consumer made again."""
+        while True:
+            seen = self.position
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), STALL)
+            except TimeoutError:
+                if self.position == seen and not self._lost:
+                    logger.info("view of %s: not moving at %d while read; watching again", self._stream, seen)
+                    self._lost = True
+                    self._nudge.set()
+                continue
+            return
 
     def _reconnected(self) -> None:
         # The consumer may be gone with the server it lived on (a restart): made again from where the view is.
@@ -146,7 +168,7 @@ class BucketWatch(View[M]):
         behind = 0
         while not self._js._nc.is_closed:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(probe):
+                async with asyncio.timeout(min(probe, RETRY) if self._lost else probe):
                     await self._nudge.wait()
             self._nudge.clear()
             try:
@@ -158,7 +180,8 @@ class BucketWatch(View[M]):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.warning("view of %s: %s; trying again in %gs", self._stream, exc or type(exc).__name__, probe)
+                wait = min(probe, RETRY) if self._lost else probe
+                logger.warning("view of %s: %s; trying again in %gs", self._stream, exc or type(exc).__name__, wait)
                 continue
             if behind and self.position < behind:
                 # Writes seen a probe ago still not delivered: the consumer is lost or stuck.

@@ -15,6 +15,10 @@ from schemas import subjects
 from schemas.messages import WorkloadRecord
 from services.bus import Bus, Keep, Records, View, limits
 
+CAUGHT_UP = 4.0
+"""Seconds a read waits for the views to hold every acknowledged write: under the API's call timeout (5 s by
+default), so that its caller hears lifecycle's "not caught up" rather than nothing."""
+
 
 def revision_token(cluster: str, revision: int) -> int:
     """A record's revision as lifecycle hands it out (``Found``): its bucket's sequence and the bucket's number
@@ -65,8 +69,9 @@ class ShardedView:
     def __len__(self) -> int:
         return sum(len(v) for v in self.views)
 
-    async def caught_up(self, timeout: float = 5.0) -> None:
-        """Every write acknowledged before the call is in (``View.caught_up``, one request per bucket, at once)."""
+    async def caught_up(self, timeout: float = CAUGHT_UP) -> None:
+        """Every write acknowledged before the call is in (``View.caught_up``, one request per bucket, at once; a
+        view that does not move meanwhile has its consumer made again, ``watching.STALL``)."""
         await asyncio.gather(*(v.caught_up(timeout) for v in self.views))
 
     async def stop(self) -> None:

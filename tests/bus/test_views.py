@@ -157,6 +157,28 @@ async def test_a_lost_consumer_is_made_again_from_where_the_view_was(
         await view.stop()
 
 
+async def test_a_read_that_waits_on_a_lost_consumer_has_it_made_again(
+    bus: Bus, other: Bus, server: NatsServer | None
+) -> None:
+    """A ``caught_up`` read does not wait for the watchdog (here an hour away) or nats-py's missed heartbeats:
+    a view that does not move while read has its consumer made again, and the read returns in its deadline."""
+    if server is None:
+        pytest.skip("the memory bus's view has no consumer to lose")
+    mine = _watch(await bus.bucket(BUCKET, Presence, history=5))
+    theirs = await other.bucket(BUCKET, Presence, history=5)
+    await theirs.put("c1", presence("c1", 1))
+    view = await mine.view(probe=3600.0)
+    try:
+        lost = view._sub._consumer  # type: ignore[attr-defined]
+        await view._js.delete_consumer(view._stream, lost)  # type: ignore[attr-defined]
+        await theirs.put("c2", presence("c2", 2))
+        await view.caught_up(timeout=3.0)
+        assert view.get("c2") == presence("c2", 2)
+        assert view.resumed == 1  # type: ignore[attr-defined]
+    finally:
+        await view.stop()
+
+
 async def test_after_a_nats_restart_the_view_catches_up_with_writes_made_while_it_was_away(
     bus: Bus, server: NatsServer | None
 ) -> None:
