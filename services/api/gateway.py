@@ -50,7 +50,7 @@ from schemas.gateway import (
 from schemas.gateway_streams import spdy_refusal
 from schemas.messages import Empty, NameRequest, Presence, Principal, TeamList, WorkloadRecord, WorkloadRef
 from schemas.names import check_name
-from services.api.auth import Platform, authorize
+from services.api.auth import Platform, authorize, bearer_token
 from services.api.gateway_limits import MemberLimiter
 from services.api.gateway_wake import NotAwake, Waker, asleep, waking
 from services.bus.gateway import GatewayStream, NoAgent, StreamBroken, link_over
@@ -327,10 +327,10 @@ class Gateway:
         return who, access, path
 
     async def principal(self, conn: HTTPConnection) -> Principal:
-        scheme, _, token = conn.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer_token(conn.headers.get("authorization", ""))
+        if not token:
             raise Unauthenticated("missing API token: use a kubeconfig from 'tether space|tenant kubeconfig'")
-        who = await self.platform.authenticate(token.strip())
+        who = await self.platform.authenticate(token)
         conn.state.user = who.user
         return who
 

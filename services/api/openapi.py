@@ -6,6 +6,8 @@ tests/tools/lint/redocly.yaml) hold it to zero errors and zero warnings.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
@@ -23,6 +25,10 @@ TAGS = {
 }
 OPEN_PATHS = frozenset({"/healthz"})
 """Routes that need no token: their security is declared empty, not left out."""
+BEARER = "HTTPBearer"
+"""The one security scheme: an API token in ``Authorization: Bearer`` (read by ``auth.principal`` itself, not
+by a FastAPI dependency, so it is declared here)."""
+BEARER_SCHEME = {"type": "http", "scheme": "bearer"}
 
 
 def describe(app: FastAPI) -> None:
@@ -32,7 +38,16 @@ def describe(app: FastAPI) -> None:
     app.license_info = {"name": "Apache-2.0", "identifier": "Apache-2.0"}
     used = {tag for route in app.routes if isinstance(route, APIRoute) for tag in route.tags}
     app.openapi_tags = [{"name": name, "description": TAGS.get(str(name), str(name))} for name in sorted(used, key=str)]
-    for route in app.routes:
-        if isinstance(route, APIRoute) and route.path in OPEN_PATHS:
-            route.openapi_extra = {**(route.openapi_extra or {}), "security": []}
+    build = app.openapi
+
+    def document() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()  # FastAPI's, which keeps it in ``app.openapi_schema``
+            schema.setdefault("components", {}).setdefault("securitySchemes", {})[BEARER] = dict(BEARER_SCHEME)
+            for path, operations in schema.get("paths", {}).items():
+                for operation in operations.values():
+                    operation["security"] = [] if path in OPEN_PATHS else [{BEARER: []}]
+        return app.openapi_schema or build()
+
+    app.openapi = document  # type: ignore[method-assign]
     app.openapi_schema = None  # built on first request, with the above

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Query, Request
 
 from schemas import subjects
 from schemas.api import UpgradeIn, WorkloadIn, WorkloadListOut, WorkloadOut
@@ -23,7 +23,7 @@ from schemas.messages import (
 )
 from schemas.names import check_name
 from services.api import logic
-from services.api.audit import ApiCall, Call
+from services.api.audit import ApiCall
 from services.api.auth import ERRORS, Platform, Who, authorize, visible
 
 
@@ -44,7 +44,8 @@ class _KindRoutes:
         ref = WorkloadRef(kind=self.kind, project=project, name=name)
         return await self.platform.call(subjects.Lifecycle.GET, ref, WorkloadRecord)
 
-    async def create(self, project: str, body: WorkloadIn, who: Who, call: Call) -> WorkloadOut:
+    async def create(self, project: str, body: WorkloadIn, who: Who, request: Request) -> WorkloadOut:
+        call = ApiCall(request)
         check_name(project, "project name")
         await authorize(self.platform, who, "workload.create", project)
         # Defaults for what is not given live in lifecycle's logic only.
@@ -114,17 +115,17 @@ class _KindRoutes:
         call.issued(record.op_id)
         return logic.workload_view(record)
 
-    async def delete(self, project: str, name: str, who: Who, call: Call) -> WorkloadOut:
-        return await self.act(project, name, "delete", who, call)
+    async def delete(self, project: str, name: str, who: Who, request: Request) -> WorkloadOut:
+        return await self.act(project, name, "delete", who, ApiCall(request))
 
-    async def sleep(self, project: str, name: str, who: Who, call: Call) -> WorkloadOut:
-        return await self.act(project, name, "sleep", who, call)
+    async def sleep(self, project: str, name: str, who: Who, request: Request) -> WorkloadOut:
+        return await self.act(project, name, "sleep", who, ApiCall(request))
 
-    async def wake(self, project: str, name: str, who: Who, call: Call) -> WorkloadOut:
-        return await self.act(project, name, "wake", who, call)
+    async def wake(self, project: str, name: str, who: Who, request: Request) -> WorkloadOut:
+        return await self.act(project, name, "wake", who, ApiCall(request))
 
-    async def upgrade(self, project: str, name: str, body: UpgradeIn, who: Who, call: Call) -> WorkloadOut:
-        return await self.act(project, name, "upgrade", who, call, body.version)
+    async def upgrade(self, project: str, name: str, body: UpgradeIn, who: Who, request: Request) -> WorkloadOut:
+        return await self.act(project, name, "upgrade", who, ApiCall(request), body.version)
 
     def install(self, app: FastAPI, plural: str) -> None:
         kind, tags = self.kind, [plural]
