@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from schemas.messages import WorkloadRecord
 from services.bus import Telemetry
@@ -14,17 +14,36 @@ LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 """Seconds: commands take milliseconds when the agent is there, minutes when it is not."""
 
 
+class Tally:
+    """A counter per cluster, counted in a dict and read when the metrics are collected (an observable counter).
+
+    A command counts twice (issued, applied); an OpenTelemetry counter's ``add`` hashes its attributes and walks
+    the SDK's readers and views on every call (10 us, against 0.1 for the dict), and the exporter reads the same
+    cumulative sums either way."""
+
+    def __init__(self, meter: Meter, name: str, description: str) -> None:
+        self.counts: dict[str, int] = {}
+        meter.create_observable_counter(name, callbacks=[self._observe], description=description)
+
+    def add(self, cluster: str, n: int = 1) -> None:
+        self.counts[cluster] = self.counts.get(cluster, 0) + n
+
+    def _observe(self, _options: CallbackOptions) -> list[Observation]:
+        return [Observation(n, {"cluster": cluster}) for cluster, n in self.counts.items()]
+
+
 class Metrics:
     def __init__(self, telemetry: Telemetry) -> None:
         meter = telemetry.meter("tether.lifecycle")
-        self.issued = meter.create_counter("tether.commands.issued", description="Commands sent to agents")
-        self.applied = meter.create_counter("tether.commands.applied", description="Commands agents applied")
-        self.failed = meter.create_counter("tether.commands.failed", description="Commands agents could not apply")
-        self.superseded = meter.create_counter(
+        self.issued = Tally(meter, "tether.commands.issued", "Commands sent to agents")
+        self.applied = Tally(meter, "tether.commands.applied", "Commands agents applied")
+        self.failed = Tally(meter, "tether.commands.failed", "Commands agents could not apply")
+        self.superseded = Tally(
+            meter,
             "tether.commands.superseded",
-            description="Commands superseded by a newer one before their cluster saw them (coalesced)",
+            "Commands superseded by a newer one before their cluster saw them (coalesced)",
         )
-        self.resyncs = meter.create_counter("tether.resyncs", description="Inventories reconciled")
+        self.resyncs = Tally(meter, "tether.resyncs", "Inventories reconciled")
         self.latency = meter.create_histogram(
             "tether.command.latency",
             unit="s",

@@ -83,11 +83,11 @@ class Results:
     async def _count(self, record: WorkloadRecord, new: WorkloadRecord, result: CommandResult) -> None:
         outcome = logic.result_outcome(record, result)
         if outcome == "applied":
-            self.metrics.applied.add(1, {"cluster": result.cluster})
+            self.metrics.applied.add(result.cluster)
             at = logic.agent_time(result.at, time.time())
             self.metrics.latency.record(max(0.0, at - record.updated_at), {"cluster": result.cluster})
         elif outcome == "failed":
-            self.metrics.failed.add(1, {"cluster": result.cluster})
+            self.metrics.failed.add(result.cluster)
             await self.sender.announce_failed(new, result)
 
     async def _announce(

@@ -77,7 +77,7 @@ class InventoryResync:
             self.empty_since.pop(cluster, None)
         else:
             self.empty_since.setdefault(cluster, now)
-        self.metrics.resyncs.add(1, {"cluster": cluster})
+        self.metrics.resyncs.add(cluster)
         plan = logic.reconcile(
             desired, inventory.items, empty_since=self.empty_since.get(cluster), now=now, grace=self.empty_grace
         )

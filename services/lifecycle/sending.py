@@ -96,7 +96,7 @@ class Sender:
             call=clip(call, MAX_CALL),
         )
         await self.bus.publish(subjects.audit_command(spec.cluster), audit, msg_id=f"audit-{op}")
-        self.metrics.issued.add(1, {"cluster": spec.cluster})
+        self.metrics.issued.add(spec.cluster)
 
     async def superseded(self, record: WorkloadRecord, ops: Sequence[Unseen], by: str) -> None:
         """Each of ``ops`` (earlier operations on ``record``'s object its cluster never saw) ends superseded by
@@ -115,7 +115,7 @@ class Sender:
                 op_id=op.op_id,
             )
             await self.bus.publish(subjects.audit_command(spec.cluster), audit, msg_id=f"superseded-{op.op_id}")
-            self.metrics.superseded.add(1, {"cluster": spec.cluster})
+            self.metrics.superseded.add(spec.cluster)
 
     async def announce(self, old: WorkloadRecord | None, new: WorkloadRecord, revision: int, reason: str = "") -> None:
         """The phase the cluster put ``new``'s object in, if it is not the one ``old`` said (``observed_phase``:
