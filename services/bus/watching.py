@@ -43,8 +43,8 @@ STALL = 1.0
 leave it to the watchdog, which needs two probes to see a stuck consumer): after a JetStream node's loss, the
 consumers that lived on it are gone, and a list waiting on them must not outlast its caller's timeout."""
 RETRY = 1.0
-"""Seconds before the watchdog tries again to make a lost consumer (JetStream electing leaders after a node's
-loss answers within seconds)."""
+"""Seconds before the watchdog first tries again to make a lost consumer (JetStream electing leaders after a
+node's loss answers within seconds), doubled at each failure up to the probe (a long outage is not hammered)."""
 
 Decode = Callable[[str, dict[str, str] | None, bytes], M | None]
 """A delivered entry as a record; None for a removal (or a record this version cannot read)."""
@@ -165,22 +165,24 @@ class BucketWatch(View[M]):
         self._nudge.set()
 
     async def _watch(self, probe: float) -> None:
-        behind = 0
+        behind = failures = 0
         while not self._js._nc.is_closed:
+            wait = min(probe, RETRY * 2**failures) if self._lost else probe
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(probe, RETRY) if self._lost else probe):
+                async with asyncio.timeout(wait):
                     await self._nudge.wait()
             self._nudge.clear()
             try:
                 if self._lost:
                     await self._resume()
-                    behind = 0
+                    behind = failures = 0
                     continue
                 last = (await self._js.stream_info(self._stream)).state.last_seq
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                wait = min(probe, RETRY) if self._lost else probe
+                failures = min(failures + 1, 8)
+                wait = min(probe, RETRY * 2**failures) if self._lost else probe
                 logger.warning("view of %s: %s; trying again in %gs", self._stream, exc or type(exc).__name__, wait)
                 continue
             if behind and self.position < behind:
