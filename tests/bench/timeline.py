@@ -287,6 +287,7 @@ def bins(samples: Samples, t0: float, t1: float, width: float) -> Iterator[tuple
         m = _delta(a.get("machine"), b.get("machine"))
         if m:
             out["idle"], out["iowait"], out["steal"] = m[2] * tick_ms, m[3] * tick_ms, m[4] * tick_ms
+            out["busy"] = (m[0] + m[1]) * tick_ms
             # The machine's busy time that none of the sampled processes used: other processes on the same
             # cores (another lane's build or test, the sampler itself, the kernel's own threads).
             out["others"] = max(0.0, (m[0] + m[1]) * tick_ms - sum(v for k, v in out.items() if k in b["cpu"]))
@@ -425,6 +426,21 @@ def _p99_line(clear: list[dict[str, float]], overlapping: list[dict[str, float]]
     )
 
 
+def load_line(r: dict[str, float], groups: Iterable[str], seconds: float, commands: int) -> str:
+    """A window's load from its one whole-window bin ``r``: how busy the machine was and how long some task
+    waited for a core (CPU pressure), each group's cores and CPU ms per command. At a fixed rate well under the
+    maximum, CPU per command is higher than at the maximum (each message its own wake-up, nothing batched),
+    and a busy machine's run queue is what every hop of the slowest commands waits in."""
+    cores = 2 * seconds * 1e3 if "busy" not in r else r["busy"] + r.get("idle", 0) + r.get("iowait", 0)
+    busy = 100 * r.get("busy", 0) / cores if cores else 0.0
+    pressure = 100 * r.get("psi_cpu", 0) / (seconds * 1e3) if seconds else 0.0
+    used = sorted(((g, r[g]) for g in groups if r.get(g, 0) > 0), key=lambda x: -x[1])
+    return (
+        f"  load: machine busy {busy:.0f} %, CPU pressure {pressure:.0f} %; cores (CPU ms per command): "
+        + ", ".join(f"{g} {ms / (seconds * 1e3):.2f} ({ms / commands:.2f})" for g, ms in used if commands)
+    )
+
+
 def window_summary(samples: Samples, marks: list[Mark], window: dict[str, Any]) -> list[str]:
     cmds = window["commands"]
     t0 = min(c["sent"] for c in cmds)
@@ -446,6 +462,8 @@ def window_summary(samples: Samples, marks: list[Mark], window: dict[str, Any]) 
             + ", ".join(f"{k} {r[k]:.0f}" for k in ("others", "steal", "iowait", "idle", "flushes", "writes") if k in r)
             + (f"; flush mean {r['f_ms']:.2f} ms" if "f_ms" in r else "")
         )
+        groups = {g for row in samples.between(t0, t1) for g in row.get("cpu", {})}
+        lines.append(load_line(r, groups, t1 - t0, len(cmds)))
     worst = sorted(bins(samples, t0, t1, 0.05), key=lambda x: -x[1].get("f_ms", 0.0))[:3]
     if worst:
         lines.append(

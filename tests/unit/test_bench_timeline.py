@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.timeline import Mark, Samples, bins, gc_marks, slow_bursts, split_by_collections
+from tests.bench.timeline import Mark, Samples, bins, gc_marks, load_line, slow_bursts, split_by_collections
 
 
 def test_collections_are_placed_on_the_wall_clock(tmp_path: Path) -> None:
@@ -83,3 +83,12 @@ def test_commands_in_flight_during_a_collection_are_told_apart() -> None:
     assert [c["sent"] for c in clear] == [9.90, 10.25]
     assert [c["sent"] for c in overlapping] == [9.95, 10.10, 10.20]
     assert split_by_collections(commands, []) == (commands, [])
+
+
+def test_a_windows_load_line_shares_the_machine_and_each_groups_cpu_per_command() -> None:
+    # 10 s on 2 cores: 15 s busy, 4 idle, 1 waiting on the disk; some task waited for a core 6 s of the 10.
+    whole = {"busy": 15_000.0, "idle": 4_000.0, "iowait": 1_000.0, "psi_cpu": 6_000.0, "nats": 6_000.0, "api": 0.0}
+    line = load_line(whole, ["nats", "api", "lifecycle"], 10.0, 2000)
+    assert "machine busy 75 %, CPU pressure 60 %" in line
+    assert "nats 0.60 (3.00)" in line
+    assert "api" not in line and "lifecycle" not in line  # no CPU, or not sampled: left out
