@@ -789,6 +789,10 @@ class Bench:
             sw = await stack.enter_async_context(samewrites.SameWrites(layout, self.connect))
             other = n > 0 and n != layout.buckets
             sw_split = await stack.enter_async_context(samewrites.SameWrites(split, self.connect)) if other else None
+            groups = {f"sw-{role}": pids for role, pids in sw.pids().items()}
+            for role, pids in (sw_split.pids() if sw_split else {}).items():
+                groups[f"sw-{role}"] = groups.get(f"sw-{role}", []) + pids
+            self.timeline_pids(groups)  # the rounds' own same-writes processes (the windows' load lines)
 
             async def platform_fixed(r: float, s: float) -> list[float]:
                 kept: list[float] = []
