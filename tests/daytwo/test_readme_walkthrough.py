@@ -4,6 +4,7 @@ a real platform on the default ports with a fresh home directory. The README can
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -88,7 +89,8 @@ async def test_readme_quick_start_runs_literally(tmp_path: Path) -> None:
         assert "bob@127.0.0.1:8080" in said and "switched to context 'tether'" in said
         assert "project demo deleted" in said and "user bob deleted" in said
     finally:
-        os.killpg(up.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # `make up` may have exited already: its error is the news
+            os.killpg(up.pid, signal.SIGTERM)
         try:
             up.wait(timeout=30)
         except subprocess.TimeoutExpired:
