@@ -4,6 +4,7 @@ after its consumer is lost and after a restart of nats-server."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,6 +14,7 @@ from services.bus import Bus, BusSettings, Records
 from services.bus.kv import Bucket
 from services.bus.nats_bus import NatsBus
 from services.bus.records import View
+from services.bus.watching import BucketWatch
 from services.platform.natsd import NatsServer
 from tests.harness import wait_for
 
@@ -133,19 +135,31 @@ def _watch(records: Records[Presence]) -> Bucket[Presence]:
     return records
 
 
-async def test_a_lost_consumer_is_made_again_from_where_the_view_was(
-    bus: Bus, other: Bus, server: NatsServer | None
-) -> None:
-    """The consumer gone on the server while the connection stays (its node failed, a leader change moved the
-    stream): nats-py misses its heartbeats and makes it again, or the watchdog does; no write is missed."""
+@contextlib.asynccontextmanager
+async def _consumer_lost(
+    bus: Bus, other: Bus, server: NatsServer | None, probe: float
+) -> AsyncIterator[tuple[BucketWatch[Presence], Records[Presence]]]:
+    """A view loaded with c1 whose consumer is then deleted on the server while the connection stays (its node
+    failed, a leader change moved the stream), and another process's bucket to write with."""
     if server is None:
         pytest.skip("the memory bus's view has no consumer to lose")
     mine = _watch(await bus.bucket(BUCKET, Presence, history=5))
     theirs = await other.bucket(BUCKET, Presence, history=5)
     await theirs.put("c1", presence("c1", 1))
-    view = await mine.view(probe=1.0)
+    view = await mine.view(probe=probe)
+    assert isinstance(view, BucketWatch)
     try:
-        await view._js.delete_consumer(view._stream, view._sub._consumer)  # type: ignore[attr-defined]
+        await view._js.delete_consumer(view._stream, view._sub._consumer)  # type: ignore[union-attr]
+        yield view, theirs
+    finally:
+        await view.stop()
+
+
+async def test_a_lost_consumer_is_made_again_from_where_the_view_was(
+    bus: Bus, other: Bus, server: NatsServer | None
+) -> None:
+    """nats-py misses its heartbeats and makes the consumer again, or the watchdog does; no write is missed."""
+    async with _consumer_lost(bus, other, server, probe=1.0) as (view, theirs):
         await theirs.put("c2", presence("c2", 2))
         await theirs.delete("c1")
         await wait_for(
@@ -153,8 +167,6 @@ async def test_a_lost_consumer_is_made_again_from_where_the_view_was(
             timeout=15,
             what="the writes made after the consumer was lost",
         )
-    finally:
-        await view.stop()
 
 
 async def test_a_read_that_waits_on_a_lost_consumer_has_it_made_again(
@@ -162,21 +174,11 @@ async def test_a_read_that_waits_on_a_lost_consumer_has_it_made_again(
 ) -> None:
     """A ``caught_up`` read does not wait for the watchdog (here an hour away) or nats-py's missed heartbeats:
     a view that does not move while read has its consumer made again, and the read returns in its deadline."""
-    if server is None:
-        pytest.skip("the memory bus's view has no consumer to lose")
-    mine = _watch(await bus.bucket(BUCKET, Presence, history=5))
-    theirs = await other.bucket(BUCKET, Presence, history=5)
-    await theirs.put("c1", presence("c1", 1))
-    view = await mine.view(probe=3600.0)
-    try:
-        lost = view._sub._consumer  # type: ignore[attr-defined]
-        await view._js.delete_consumer(view._stream, lost)  # type: ignore[attr-defined]
+    async with _consumer_lost(bus, other, server, probe=3600.0) as (view, theirs):
         await theirs.put("c2", presence("c2", 2))
         await view.caught_up(timeout=3.0)
         assert view.get("c2") == presence("c2", 2)
-        assert view.resumed == 1  # type: ignore[attr-defined]
-    finally:
-        await view.stop()
+        assert view.resumed == 1
 
 
 async def test_after_a_nats_restart_the_view_catches_up_with_writes_made_while_it_was_away(
