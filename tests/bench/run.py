@@ -783,11 +783,13 @@ class Bench:
         seconds = min(self.args.duration, 10)
         n = self.args.same_writes_buckets
         layout = await self.same_writes_layout(command_bytes)
-        split = dataclasses.replace(layout, variant=f"b{n}", buckets=n)
+        split, what = dataclasses.replace(layout, variant=f"b{n}", buckets=n), f"{n} buckets"
+        if self.args.same_writes_views:
+            split, what = dataclasses.replace(layout, variant="v", views=True), "lifecycle's views"
         async with contextlib.AsyncExitStack() as stack:
             raw = await stack.enter_async_context(baseline.JsRoundTrip(self.connect, command_bytes))
             sw = await stack.enter_async_context(samewrites.SameWrites(layout, self.connect))
-            other = n > 0 and n != layout.buckets
+            other = self.args.same_writes_views or (n > 0 and n != layout.buckets)
             sw_split = await stack.enter_async_context(samewrites.SameWrites(split, self.connect)) if other else None
             groups = {f"sw-{role}": pids for role, pids in sw.pids().items()}
             for role, pids in (sw_split.pids() if sw_split else {}).items():
@@ -822,8 +824,8 @@ class Bench:
                 *(
                     [
                         rounds.Side(
-                            f"same writes ({self.args.same_writes}), {n} buckets",
-                            lambda r, s: lat_of(f"round: same writes, {n} buckets", sw_split.fixed_rate, r, s),
+                            f"same writes ({self.args.same_writes}), {what}",
+                            lambda r, s: lat_of(f"round: same writes, {what}", sw_split.fixed_rate, r, s),
                             lambda s: self._top_of(sw_split.max_rate(self.args.concurrency, s, lambda: {})),
                         )
                     ]
@@ -1466,6 +1468,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="with --rounds: one more side, the same writes with the desired state spread over this many buckets "
         "instead of the platform's 16 (1: one bucket, as before 2026-12-04's nineteenth stop; each agent's consumer "
         "walks its bucket's writes)",
+    )
+    p.add_argument(
+        "--same-writes-views",
+        action="store_true",
+        help="with --rounds: one more side, the same writes with their lifecycle also watching every bucket as the "
+        "platform's lifecycle keeps its views (each write delivered back to it); instead of --same-writes-buckets",
     )
     p.add_argument("--hb-window", type=float, default=10.0, help="seconds the steady heartbeat rate is measured")
     p.add_argument("--hb-burst", type=int, default=20000, help="heartbeats in the capacity burst")

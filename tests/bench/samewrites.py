@@ -96,6 +96,9 @@ class Layout:
     buckets: int = 1
     """Desired-state buckets, the clusters spread over them (``i % buckets``): each agent's consumer walks
     only its own bucket's writes."""
+    views: bool = False
+    """"lifecycle" also watches every bucket, as the platform's lifecycle keeps its views (an ordered push
+    consumer per bucket from each key's last entry on): each of its writes comes back to it once more."""
 
     @property
     def prefix(self) -> str:
@@ -250,11 +253,31 @@ class Lifecycle:
                 self.revisions[key] = await kv.put(key, payload(0, RESULT, key, self.layout.sizes["record"]))
 
         await asyncio.gather(*(seed(i) for i in range(self.layout.clusters)))
+        if self.layout.views:
+            await self._watch_buckets()
         await self.nc.subscribe(self.layout.act, cb=self._on_request)
         if self.layout.writes <= 4:
             await self.nc.subscribe(f"{self.layout.result_call}.*", queue="lifecycle", cb=self._on_result_call)
             return []
         return [self._results()]
+
+    async def _watch_buckets(self) -> None:
+        """Lifecycle's views: every bucket followed, each delivery's stream sequence kept per key."""
+        self.seen: dict[str, int] = {}
+
+        async def seen(msg: Any) -> None:
+            self.seen[msg.subject] = msg.metadata.sequence.stream
+
+        for bucket in self.layout.bucket_names():
+            await self.js.subscribe(
+                f"$KV.{bucket}.>",
+                cb=seen,
+                ordered_consumer=True,
+                config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
+                idle_heartbeat=2.0,
+                pending_msgs_limit=0,
+                pending_bytes_limit=0,
+            )
 
     async def _write(self, key: str, value: bytes) -> None:
         """Compare-and-set on the remembered revision; on a conflict read it and write again (lifecycle's
