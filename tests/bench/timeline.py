@@ -431,7 +431,7 @@ def load_line(r: dict[str, float], groups: Iterable[str], seconds: float, comman
     waited for a core (CPU pressure), each group's cores and CPU ms per command. At a fixed rate well under the
     maximum, CPU per command is higher than at the maximum (each message its own wake-up, nothing batched),
     and a busy machine's run queue is what every hop of the slowest commands waits in."""
-    cores = 2 * seconds * 1e3 if "busy" not in r else r["busy"] + r.get("idle", 0) + r.get("iowait", 0)
+    cores = r.get("busy", 0) + r.get("idle", 0) + r.get("iowait", 0)  # the machine's CPU ms in the window
     busy = 100 * r.get("busy", 0) / cores if cores else 0.0
     pressure = 100 * r.get("psi_cpu", 0) / (seconds * 1e3) if seconds else 0.0
     used = sorted(((g, r[g]) for g in groups if r.get(g, 0) > 0), key=lambda x: -x[1])
