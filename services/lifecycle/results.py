@@ -85,7 +85,7 @@ class Results:
         if outcome == "applied":
             self.metrics.applied.add(result.cluster)
             at = logic.agent_time(result.at, time.time())
-            self.metrics.latency.record(max(0.0, at - record.updated_at), {"cluster": result.cluster})
+            self.metrics.latency.record(max(0.0, at - record.updated_at))
         elif outcome == "failed":
             self.metrics.failed.add(result.cluster)
             await self.sender.announce_failed(new, result)

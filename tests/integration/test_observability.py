@@ -92,7 +92,9 @@ async def test_prometheus_metrics(stack: Stack, tmp_path: Path) -> None:
         what="lifecycle metrics",
     )
     assert re.search(r'tether_commands_issued_total\{cluster="c1"[^}]*\} 1\.0', lifecycle)
-    assert re.search(r'tether_command_latency_seconds_bucket\{cluster="c1",le="0.05"', lifecycle)
+    # Fleet-wide: no series per cluster (the counters and the pending gauge have those).
+    assert re.search(r'tether_command_latency_seconds_bucket\{le="0.05"', lifecycle)
+    assert not re.search(r"tether_command_latency_seconds_bucket\{[^}]*cluster=", lifecycle)
     await wait_for(
         lambda: scrape("health", "tether_heartbeat_lag_seconds_bucket", r"tether_clusters_online\{[^}]*\} 1\.0"),
         what="health metrics",
