@@ -14,6 +14,7 @@ import uvicorn
 
 from services.api.app import create_app
 from services.api.auth import Platform
+from services.api.httpwire import OneWriteHttpProtocol
 from services.bus import Options, Runtime, serve
 from services.bus.settings import FromEnv, ServiceSettings, env
 
@@ -98,6 +99,7 @@ async def setup(rt: Runtime, settings: Settings) -> None:
         # kubectl's port-forward offers the subprotocol "SPDY/3.1+portforward.k8s.io", not an RFC 6455 token:
         # websockets' sans-I/O server (uvicorn's default) refuses the handshake, wsproto accepts it.
         ws="wsproto",
+        http=OneWriteHttpProtocol,  # a response's head and body in one write (``httpwire``)
     )
     server = _Server(config)
     serving = await _listen(server)
