@@ -233,6 +233,7 @@ class Agent:
         queue = self._commands.queue
         queue.confirmed(session.consumer)
         session.consumer_bound = lambda: queue.fetching
+        session.consumer_gone = lambda: queue.gone
         conn.on_reconnected(self.metrics.reconnected)
         context = Context(connection=conn, cluster=cluster, driver=driver, tracer_provider=self._tracer_provider)
         for name, make in CAPABILITIES:
@@ -251,6 +252,9 @@ class Agent:
     def _after_hello(self) -> None:
         self.heartbeats.now.set()
         self.inventory.now.set()
+        # A hello that said the consumer was not bound (gone after a restart of NATS) has it made again, and
+        # the welcome names it: bound without a look-up. A welcome naming none leaves the next bind looking up.
+        self.commands.queue.confirmed(self.session.consumer)
 
     async def _serve(self) -> None:
         session, commands = self.session, self.commands

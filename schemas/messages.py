@@ -267,6 +267,10 @@ class AgentHello(Message, frozen=True, tag="agent-hello.v1"):
     """The agent is bound to its command consumer and its fetches find it (a hello after a reconnect): the
     registry need not look it up. False (and from older agents): the registry makes sure of it. An agent whose
     fetch finds the consumer gone says hello again with False."""
+    consumer_gone: bool = False
+    """A fetch found the command consumer gone (its state is in nats-server's memory: a lone server's restart
+    loses it): the registry makes it without looking it up first (a look-up that can only answer "not found",
+    for each agent of a restarted server)."""
 
 
 class AgentWelcome(Message, frozen=True, tag="agent-welcome.v1"):

@@ -42,6 +42,12 @@ API requests one after another (10,000 agents connecting at once queue for secon
 after a short timeout is still processed, so impatience only lengthens the queue."""
 RECHECK_AFTER = 300.0
 """Seconds of idle fetching after which the consumer's existence is checked again."""
+ASKED_PATIENCE = 120.0
+"""Seconds an agent that asked the platform for its gone consumer waits for the answer naming it before it
+looks the consumer up itself. After a lone NATS server's restart every agent's consumer is gone, and the
+platform's services start on the same server: 10,000 agents looking theirs up every few backoff steps (27,000
+look-ups) held JetStream's API, the services' start behind them (27-30 s instead of 6-18), and so the answers
+they waited for."""
 BIND_BACKOFF = (1.0, 30.0)
 """(base, cap) seconds between attempts to set up the consumer."""
 
@@ -193,6 +199,10 @@ class CommandQueue:
         with 503 may be JetStream starting or a leader election, not a consumer gone for good)."""
         self.declarations = 0
         """Times this queue found its consumer missing and asked the platform to create it again."""
+        self.gone = False
+        """A fetch found the consumer gone, and no bind has worked since (told in the hello that asks for it)."""
+        self._asked_at: float | None = None
+        """When the platform was asked for the gone consumer (the loop's clock)."""
 
     @property
     def bound(self) -> bool:
@@ -212,9 +222,12 @@ class CommandQueue:
             self._sub.end()
 
     def confirmed(self, consumer: str) -> None:
-        """A hello's answer named ``consumer`` as made sure of by the platform: when it is this queue's, the
-        next bind needs no look-up (a fetch still finds out at once if it is gone since)."""
+        """A hello's answer named ``consumer`` as made sure of by the platform (or named none: ""): when it is
+        this queue's, the next bind needs no look-up (a fetch still finds out at once if it is gone since),
+        and a backoff waiting for it ends."""
         self._confirmed = consumer == self.consumer
+        if self._confirmed:
+            self._relinked.set()
 
     @staticmethod
     async def _unsubscribe(sub: Puller) -> None:
@@ -262,8 +275,14 @@ class CommandQueue:
 
     async def _set_up(self) -> bool:
         """Bind to the consumer (looked up first unless confirmed); False after a backoff."""
+        if self._awaiting_answer():
+            # Asked for and not yet named by the platform's answer (which ends this backoff): no look-up,
+            # which could only find it still missing.
+            await self._backoff("the command consumer is gone; the platform was asked to make it again")
+            return False
         try:
             self._sub = await self._bind()
+            self.gone = False
             logger.info("bound to consumer %s on stream %s for commands", self.consumer, self.stream)
         except JsNotFound as exc:
             await self._backoff(
@@ -282,6 +301,11 @@ class CommandQueue:
             return False
         self._idle_since = None
         return True
+
+    def _awaiting_answer(self) -> bool:
+        if not self.gone or self._confirmed or self._asked_at is None:
+            return False
+        return asyncio.get_running_loop().time() - self._asked_at < ASKED_PATIENCE
 
     async def next(self) -> Delivery | None:
         """The next command, or None after a quiet fetch or a backoff."""
@@ -345,6 +369,14 @@ class CommandQueue:
         except (NatsError, PullRefused) as exc:
             # The consumer gone, a closed connection.
             self._stale = True
+            if isinstance(exc, PullRefused) and self._on_missing is not None:
+                # Gone (its state is in nats-server's memory: a restart of a lone server loses it): the hello
+                # says so, the platform makes it again and names it in the answer (``confirmed``), which ends
+                # the backoff. Not a look-up first: 10,000 agents after a restart would each make one.
+                self.declarations += 1
+                self.gone = True
+                self._asked_at = asyncio.get_running_loop().time()
+                self._on_missing()
             await self._backoff(f"cannot fetch commands: {str(exc) or type(exc).__name__}")
             return None
         self._trouble.over()

@@ -123,6 +123,8 @@ class Session:
         """(base, cap) seconds between hellos nobody listens to; the cap as the last welcome sized it."""
         self.consumer_bound: Callable[[], bool] = lambda: False
         """Whether the command consumer is bound and found by its fetches (told in each hello)."""
+        self.consumer_gone: Callable[[], bool] = lambda: False
+        """Whether a fetch found the command consumer gone since it was last bound (told in each hello)."""
         self.reconnected = asyncio.Event()
         """Set after every reconnect (and when the command consumer is missing): say hello again."""
         self.greeting = False
@@ -237,6 +239,7 @@ class Session:
             driver=self._driver,
             protocol=AGENT_PROTOCOL,
             consumer_bound=self.consumer_bound(),
+            consumer_gone=self.consumer_gone(),
         )
         try:
             welcome = await call(

@@ -221,9 +221,10 @@ class Bus(ABC):
     @abstractmethod
     async def ensure_agent_consumer(self, cluster: str, *, look_up: bool = True) -> bool:
         """Create (or put right) the cluster's agent consumer (``streams.agent_consumer_config``); True when
-        it had to. ``look_up=False``: the
-        caller expects it missing (a new cluster's bootstrap), so it is created without asking first (one
-        JetStream API request fewer; an identical existing one is left as it is by the server)."""
+        it had to. ``look_up=False``: the caller expects it missing (a new cluster's bootstrap, an agent whose
+        fetch found it gone), so it is created without asking first (one JetStream API request fewer; an
+        identical existing one is left as it is by the server, one with another config is looked up and made
+        again)."""
 
     @abstractmethod
     async def delete_agent_consumer(self, cluster: str) -> None:

@@ -472,7 +472,8 @@ class Registry:
             fresh = await self.new_consumers.settled(req.cluster)
             if not fresh:
                 async with self._look_ups:
-                    await self.bus.ensure_agent_consumer(req.cluster)
+                    # Gone (a lone NATS server's restart loses every agent's consumer): made without a look-up.
+                    await self.bus.ensure_agent_consumer(req.cluster, look_up=not req.consumer_gone)
         # Named in the answer: the agent binds to it without a look-up of its own (one JetStream API request
         # fewer per connect; the longest wait of 10,000 agents connecting, p50 4 s, was that look-up).
         return self._welcome(req.cluster, consumer=True)

@@ -248,9 +248,9 @@ async def test_hundreds_of_agents_reconnect_at_once(stack: Stack, tmp_path: Path
         verdict(history, dirs, final)
         stats = await fleet.stats(since=since)
         assert stats["live"] == n, "agents stopped"
-        # The consumers survived the restart (file storage): coming back only looks them up. Declaring
-        # them again would queue 500 consumer creations, each checked against every other consumer.
-        assert stats["declarations"] == 0, f"{stats['declarations']} command consumers missing after the restart"
+        # The consumers' state is in nats-server's memory, so the lone server's restart lost them: each agent's
+        # first fetch found its own gone and asked for it once with its hello (no look-up first), not in a loop.
+        assert n <= stats["declarations"] <= 2 * n, f"{stats['declarations']} asks for {n} lost command consumers"
 
         # No storm of failures: jittered reconnects, and JetStream's API was not overrun.
         jsz = monitor(stack.nats, "/jsz") or {}

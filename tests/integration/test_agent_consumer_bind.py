@@ -3,8 +3,9 @@
 At 10,000 agents connecting, the agent's own look-up of its consumer right after the hello (whose handler
 had just made sure of it) was the longest wait of a connect (p50 4 s on JetStream's API queue). The welcome
 names the consumer now and the agent binds without a ``CONSUMER.INFO``; after a reconnect nothing is looked
-up either. A consumer gone meanwhile is found by the next fetch (JetStream answers 503 at once) and only then
-looked up, and the platform asked (a hello) to make it again. Real nats-server, real registry, real agent.
+up either. A consumer gone meanwhile (its state is in nats-server's memory: a lone server's restart loses it)
+is found by the next fetch (JetStream answers 503 at once), the platform asked (a hello) to make it again,
+and the agent binds to the one the answer names. Real nats-server, real registry, real agent.
 """
 
 from __future__ import annotations
@@ -126,28 +127,40 @@ async def test_the_agent_binds_to_the_consumer_its_hello_named_without_a_look_up
         looked_up = platform.looked_up
         assert looked_up.by_all == [], "the first hello looked up the consumer its bootstrap had just made"
 
-        # A restart of NATS: the consumer survives (file storage); the agent fetches again and says hello,
-        # bound and fetching: neither it nor the registry looks the consumer up.
+        # A reconnect to the same server: the agent fetches again and says hello, bound and fetching: neither
+        # it nor the registry looks the consumer up.
         welcomed = looked_up.welcomes
+        await agent.connection.force_reconnect()
+        await wait_for(lambda: looked_up.welcomes > welcomed, what="the hello after the reconnect answered", timeout=30)
+        seq = await platform.probe(queue.stream)
+        await wait_for(lambda: platform.delivered(queue.stream, seq), what="the probe after the reconnect")
+        assert looked_up.seen == [], "the agent looked its consumer up after a reconnect"
+        assert looked_up.by_all == [], "the registry looked up the consumer of an agent bound to it"
+        assert queue.declarations == 0
+
+        # A restart of the lone NATS server: the consumer's state was in its memory, so the consumer is gone.
+        # The agent's first fetch finds out, its hello says so, the registry makes the consumer again and names
+        # it, and the agent binds to it without a look-up of its own.
         nats_server.stop()
         await asyncio.sleep(0.5)
         nats_server.start()
         await nats_server.wait_ready()
         await wait_for(lambda: agent.connection.is_connected and platform.nc.is_connected, what="reconnects")
+        await wait_for(lambda: platform.consumer_exists(queue.stream), what="the consumer made again", timeout=30)
         seq = await platform.probe(queue.stream)
-        await wait_for(lambda: platform.delivered(queue.stream, seq), what="the probe after the restart")
-        await wait_for(lambda: looked_up.welcomes > welcomed, what="the hello after the restart answered", timeout=30)
-        assert looked_up.seen == [], "the agent looked its consumer up after a reconnect"
-        assert looked_up.by_all == [], "the registry looked up the consumer of an agent bound to it"
-        assert queue.declarations == 0
+        await wait_for(lambda: platform.delivered(queue.stream, seq), what="the probe after the restart", timeout=30)
+        assert queue.declarations >= 1
+        assert looked_up.seen == [], "the agent looked up the consumer the registry had named"
 
-        # The consumer goes away (as with its stream): the next fetch finds out, the agent looks it up, and it
-        # is made again (by the hello after the reconnect, or the one the look-up asks for).
+        # The consumer goes away (as with its stream): the pull waiting on it is told at once (409 Consumer
+        # Deleted), the agent asks, and the consumer is made again and named; still no look-up by the agent.
+        asked = queue.declarations
         await platform.nc.jetstream().delete_consumer(queue.stream, subjects.agent_consumer(CLUSTER))
-        await agent.connection.force_reconnect()  # ends the fetch in progress (a quiet one waits up to 20 s)
+        await wait_for(lambda: queue.declarations > asked, what="the gone consumer asked for", timeout=30)
         await wait_for(lambda: platform.consumer_exists(queue.stream), what="the consumer made again", timeout=30)
         seq = await platform.probe(queue.stream)
         await wait_for(lambda: platform.delivered(queue.stream, seq), what="the probe on the new consumer", timeout=30)
+        assert looked_up.seen == []
 
 
 async def test_a_new_clusters_agent_says_no_first_hello(platform: Platform, tmp_path: Path) -> None:
@@ -182,9 +195,14 @@ async def test_a_confirmed_consumer_that_is_gone_is_found_by_the_fetch_and_asked
     js = platform.nc.jetstream()
     made: list[asyncio.Task[bool]] = []
 
+    async def make_and_name() -> bool:
+        made_now = await ensure_agent_consumer(js, CLUSTER)
+        queue.confirmed(queue.consumer)  # the welcome names it
+        return made_now
+
     def missing() -> None:
-        # What the hello asked for does: the platform makes the consumer again.
-        made.append(asyncio.ensure_future(ensure_agent_consumer(js, CLUSTER)))
+        # What the hello asked for does: the platform makes the consumer again and names it in its answer.
+        made.append(asyncio.ensure_future(make_and_name()))
 
     queue = CommandQueue(conn, CLUSTER, fetch_timeout=0.5, on_missing=missing)
     try:
@@ -215,7 +233,8 @@ async def test_a_confirmed_consumer_that_is_gone_is_found_by_the_fetch_and_asked
 
         await wait_for(probe_then_wait, what="commands again from the consumer made again", timeout=30)
         assert queue.declarations >= 1, "the missing consumer was never asked for"
-        assert len(platform.looked_up.seen) >= 2  # the look-up that found it missing, the one that found it back
+        # Asked for at the fetch that found it gone, and bound again to the one named: never looked up.
+        assert platform.looked_up.seen == []
     finally:
         await queue.close()
         await conn.close()
