@@ -99,6 +99,7 @@ class JsRoundTrip:
                     ack_policy=AckPolicy.EXPLICIT,
                     ack_wait=30,
                     max_ack_pending=1,
+                    mem_storage=True,  # as the platform's agent consumers (``agent_consumer_config``)
                 ),
             )
             psub = await sjs.pull_subscribe_bind(durable=name, stream=self.STREAM)
@@ -261,6 +262,7 @@ async def consumer_creation(
                         deliver_policy=DeliverPolicy.ALL if work_queue else DeliverPolicy.LAST_PER_SUBJECT,
                         ack_policy=AckPolicy.EXPLICIT,
                         max_ack_pending=1,
+                        mem_storage=True,  # as the platform's agent consumers
                     ),
                     timeout=120,
                 )

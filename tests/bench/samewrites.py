@@ -201,6 +201,7 @@ async def declare(layout: Layout) -> None:
                         ack_policy=AckPolicy.EXPLICIT,
                         ack_wait=30,
                         max_ack_pending=1,
+                        mem_storage=True,  # as the platform's agent consumers
                     ),
                     timeout=60,
                 )
