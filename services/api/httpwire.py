@@ -35,7 +35,9 @@ class OneWriteTransport:
             return
         if not self._pending:
             self._loop.call_soon(self.flush)
-        self._pending.append(bytes(data))
+        # uvicorn hands bytes; a streamed body's chunk is not copied once more (a view or bytearray is, as the
+        # transport would keep it past the caller's reuse).
+        self._pending.append(data if isinstance(data, bytes) else bytes(data))
         self._size += len(data)
         if self._size >= FLUSH_AT:
             self.flush()
