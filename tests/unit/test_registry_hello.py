@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from schemas import subjects
-from schemas.errors import Overloaded, Unauthenticated
+from schemas.errors import Forbidden, Overloaded, Unauthenticated
 from schemas.messages import AGENT_PROTOCOL, AgentHello, ClusterRecord
 from schemas.retrying import NOT_LISTENING_BACKOFF
 from services.bus import Endpoints
@@ -159,3 +159,29 @@ async def test_the_welcome_sizes_the_unheard_backoff_to_the_fleet() -> None:
     assert (await small.hello(hello("c1", bound=True), "c1")).unheard_backoff == NOT_LISTENING_BACKOFF[1]
     assert logic.unheard_backoff(10_000) == pytest.approx(13.33, abs=0.01)  # 1,000 unheard requests a second
     assert logic.unheard_backoff(10**7) == 30.0
+
+
+class RecordedEnsures(MemoryBus):
+    """Records each consumer ensure's ``(cluster, look_up)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ensures: list[tuple[str, bool]] = []
+
+    async def ensure_agent_consumer(self, cluster: str, *, look_up: bool = True) -> bool:
+        self.ensures.append((cluster, look_up))
+        return await super().ensure_agent_consumer(cluster, look_up=look_up)
+
+
+async def test_a_hello_saying_its_consumer_is_gone_has_it_made_without_a_look_up_and_only_its_own() -> None:
+    bus = RecordedEnsures()
+    reg = await registry(bus, Settings(), ["c1", "c2"])
+    gone = msgspec.structs.replace(hello("c1", bound=False), consumer_gone=True)
+    welcome = await reg.hello(gone, "c1")
+    assert welcome.consumer == subjects.agent_consumer("c1")  # named: the agent binds without a look-up
+    await reg.hello(hello("c2", bound=False), "c2")
+    assert bus.ensures == [("c1", False), ("c2", True)]
+    # Sent on another cluster's subject, the same hello is refused before anything is made.
+    with pytest.raises(Forbidden):
+        await reg.hello(gone, "c2")
+    assert bus.ensures == [("c1", False), ("c2", True)]
