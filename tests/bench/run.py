@@ -568,6 +568,8 @@ class Bench:
                 {
                     "t": now - started,
                     "online": online,
+                    # Up in their workers (the start returned) but not yet shown online: health's lag.
+                    "up": len(ours.intersection(self.fleet.up)) if self.fleet is not None else 0,
                     "per_s": (online - last_online) / (now - last_t),
                     "cores": {k: (v - last_cpu.get(k, 0.0)) / (now - last_t) for k, v in cpu.items()},
                 }
@@ -1314,7 +1316,7 @@ def connect_profile(c: dict[str, Any]) -> list[str]:
     )
     lines = [f"CPU over the {took:.1f}s to all bound: {cpu}"]
     lines += [
-        f"  at {p['t']:.0f}s: {p['online']} online ({p['per_s']:.0f}/s); cores: "
+        f"  at {p['t']:.0f}s: {p['online']} online ({p['per_s']:.0f}/s), {p.get('up', 0)} up; cores: "
         + ", ".join(f"{k} {v:.2f}" for k, v in sorted(p["cores"].items(), key=lambda x: -x[1]) if v >= 0.01)
         for p in c.get("progress", [])
     ]
