@@ -64,7 +64,7 @@ from schemas.messages import (
 )
 from services.bus import call
 from services.platform.natsd import free_port
-from tests.bench import accepting, baseline, rounds, samewrites, steps, traffic
+from tests.bench import accepting, baseline, connectwrites, rounds, samewrites, steps, traffic
 from tests.bench.fleet import Fleet
 from tests.bench.http import LeanHttp
 from tests.bench.stats import (
@@ -439,6 +439,17 @@ class Bench:
             f"consumer: {cpu_text(created['cpu_ms_per_consumer'])}"
         )
 
+        # The fsynced writes the platform makes per agent connect, raw, at the platform's concurrency: nats-server's
+        # own share of phase 1 beyond the bare connections and consumers (``connectwrites``).
+        written = await connectwrites.run(
+            self.stack.nats_url, str(self.stack.auth / "platform.creds"), n, max(2, math.ceil(n / 2500)), self.connect
+        )
+        self.results["baseline_connect"]["seconds_writes"] = written["seconds"]
+        log(
+            f"baseline: the connect's fsynced writes of {n} agents ({written['writes_per_agent']} each, the "
+            f"platform's concurrency) in {written['seconds']:.1f}s"
+        )
+
         # Register the clusters (setup, not measured: one connect token each, from the registry).
         t0 = time.monotonic()
         tokens = await self.register(self.clusters)
@@ -521,6 +532,12 @@ class Bench:
             f"{(bound_at - started) / raw_s:.2f}x (with the creds read whole {raw_whole:.1f}s: "
             f"{(bound_at - started) / raw_whole:.2f}x)"
         )
+        if "seconds_writes" in raw:
+            raw_writes = raw_s + raw["seconds_writes"]
+            log(
+                f"(1) raw {n} bare connections + consumers + the connect's fsynced writes {raw_writes:.1f}s: "
+                f"{(bound_at - started) / raw_writes:.2f}x"
+            )
         rss_connected = self.stack.rss()
         self.results["rss_connected"] = rss_connected
 
