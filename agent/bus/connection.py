@@ -49,6 +49,9 @@ class Connection:
         """Set while the link is up: from the first connect, cleared at a drop, set again at the reconnect."""
         self.events.on_disconnected.append(self._up.clear)
         self.events.on_reconnected.append(self._up.set)
+        self._next_relink = asyncio.Event()
+        """Set at the next reconnect, then replaced (``relinked``)."""
+        self.events.on_reconnected.append(self._relinked_now)
         self.watchdog = LinkWatchdog(self.events, self._patched, lambda: self._up.is_set() and self.is_connected)
         """Starts the reconnect again when nats-py stops trying (``agent.bus.watchdog``)."""
         self.events.on_disconnected.append(self.watchdog.link_down)
@@ -65,6 +68,14 @@ class Connection:
     def lost(self) -> asyncio.Event:
         """Set when the server closed the connection for good: the agent must stop, and be restarted."""
         return self.events.lost
+
+    def _relinked_now(self) -> None:
+        done, self._next_relink = self._next_relink, asyncio.Event()
+        done.set()
+
+    async def relinked(self) -> None:
+        """Until the link is next made again (a reconnect after this call began)."""
+        await self._next_relink.wait()
 
     def on_reconnected(self, hook: Hook) -> None:
         """Call ``hook`` after every successful reconnect (subscriptions are already restored)."""

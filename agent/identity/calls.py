@@ -9,6 +9,9 @@ connections carried no answer for 5.5 minutes (nats-server's read loops had fall
 links dropped, all within two seconds, and each one's next request on a new connection was answered at once.
 So after ``RELINK_SILENCE`` of unanswered requests in a row the connection is made again. Not sooner: in a
 restart storm a request may well go unanswered once, and a reconnect costs the busy server a connect.
+
+A request still waiting when its link is made again is asked again at once: the request, or its answer, went
+with the old connection, and waiting out its timeout (30 s for a hello) only delayed the retry.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 from agent.bus import Connection, request
 from schemas.errors import Internal, NoReply, NoResponders, Overloaded, TetherError, Unavailable
@@ -61,7 +65,7 @@ async def call(
         if wake is not None:
             wake.clear()  # a notice from here on is news for this attempt
         try:
-            return await request(conn, subject, message, reply_type, timeout)
+            answer = await _answer_or_relink(conn, subject, message, reply_type, timeout)
         except (Unavailable, Internal) as exc:
             now = time.monotonic()
             silent_since = (silent_since or now - timeout) if isinstance(exc, NoReply) else None
@@ -74,6 +78,33 @@ async def call(
                 silent_since = None
                 await conn.force_reconnect()
             await _pause(delay, wake if isinstance(exc, NoResponders) else None)
+            continue
+        if answer is not None:
+            return answer
+        logger.info("%s: the link to NATS was made again while the answer was awaited; asking again", what)
+        silent_since = None
+
+
+async def _answer_or_relink(
+    conn: Connection, subject: str, message: Message, reply_type: type[M], timeout: float
+) -> M | None:
+    """The answer; None when the link is made again before it comes."""
+    asked = asyncio.ensure_future(request(conn, subject, message, reply_type, timeout))
+    relink = asyncio.ensure_future(conn.relinked())
+    try:
+        await asyncio.wait({asked, relink}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        relink.cancel()
+        if not asked.done():
+            # Not awaited: a cancellation of our own caller meanwhile must not be swallowed with it.
+            asked.cancel()
+            asked.add_done_callback(_settled)
+    return asked.result() if asked.done() else None
+
+
+def _settled(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: an error of an abandoned request is not reported as unhandled
 
 
 async def _pause(delay: float, wake: asyncio.Event | None) -> None:

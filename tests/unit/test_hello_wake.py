@@ -19,6 +19,9 @@ from schemas.messages import Empty, InventoryItem
 class Link:
     is_connected = True
 
+    async def relinked(self) -> None:
+        await asyncio.Event().wait()  # never made again here
+
 
 class Registry:
     """Answers ``request``: nobody listening for the first ``unheard`` attempts, then an answer."""
