@@ -14,10 +14,11 @@ from nats.errors import Error as NatsError
 from nats.js.errors import APIError
 from nats.js.errors import NotFoundError as JsNotFound
 
+from agent.bus.acks import RidingAck
 from agent.bus.client import api_text
 from agent.bus.connection import Connection
 from agent.bus.events import Hook
-from agent.bus.pull import ACK, Puller, PullRefused
+from agent.bus.pull import Puller, PullRefused
 from schemas import subjects
 from schemas.errors import Unavailable
 from schemas.retrying import backoff_delay, jittered
@@ -33,9 +34,6 @@ cannot be answered: a reconnect ends it, and so does the server's 409 (leader ch
 consumer deleted)."""
 ACK_TIMEOUT = 10.0
 """Seconds an acknowledgement waits for the server's confirmation."""
-ACK_GIVE_UP = 15.0
-"""Seconds an unconfirmed ack is sent again with each pull (a reconnect, a JetStream restart or leader change
-answering 503 meanwhile); then it is left to the server's redelivery, which the revision check makes harmless."""
 DECLARE_TIMEOUT = 30.0
 """Seconds a consumer lookup or declaration may take. Generous on purpose: nats-server answers JetStream
 API requests one after another (10,000 agents connecting at once queue for seconds); a request asked again
@@ -187,16 +185,8 @@ class CommandQueue:
         self._confirmed = False
         self._relinked = asyncio.Event()
         """Set by a reconnect: ends a backoff (``_backoff``)."""
-        self._acking: Msg | None = None
-        self._acking_since = 0.0
-        """A delivery acknowledged (``Delivery.ack``) and not yet confirmed: the next pull carries its ack.
-
-        An ack on its own was a request (the ack, the server's confirmation, nats-py's request machinery) and
-        then a pull of its own, for each of the two records a command brings (the command, then lifecycle's
-        write of its result on the same key): four messages per command for nats-server and the agent that
-        one ``+NXT`` each does in two. Unconfirmed (the pull ended by a reconnect, or lost) it goes with the
-        next pull again, for up to ``ACK_GIVE_UP`` seconds, as the request was asked again (a fetch refused
-        with 503 may be JetStream starting or a leader election, not a consumer gone for good)."""
+        self._ack = RidingAck()
+        """The last delivery's ack, sent with the next pull (``agent.bus.acks``)."""
         self.declarations = 0
         """Times this queue found its consumer missing and asked the platform to create it again."""
         self.gone = False
@@ -352,20 +342,11 @@ class CommandQueue:
             logger.debug("checking consumer %s: %s", self.consumer, exc or type(exc).__name__)
             return False
 
-    def _ack_with_next(self, msg: Msg) -> None:
-        self._acking, self._acking_since = msg, asyncio.get_running_loop().time()
-
-    def _ack_to_send(self) -> Msg | None:
-        if self._acking is not None and asyncio.get_running_loop().time() - self._acking_since > ACK_GIVE_UP:
-            logger.info("an acknowledgement was not confirmed within %gs; left to the redelivery", ACK_GIVE_UP)
-            self._acking = None
-        return self._acking
-
     async def _fetch_one(self, sub: Puller) -> Delivery | None:
         try:
-            msg = await sub.next(jittered(self._fetch_timeout), self._ack_to_send())
+            msg = await sub.next(jittered(self._fetch_timeout), self._ack.to_send())
             if sub.answered:
-                self._acking = None
+                self._ack.confirmed()
         except (NatsError, PullRefused) as exc:
             # The consumer gone, a closed connection.
             self._stale = True
@@ -386,17 +367,12 @@ class CommandQueue:
                 self._idle_since = asyncio.get_running_loop().time()
             return None
         self._idle_since = None
-        return Delivery(msg, ack_timeout=ACK_TIMEOUT, ack_with_next=self._ack_with_next)
+        return Delivery(msg, ack_timeout=ACK_TIMEOUT, ack_with_next=self._ack.hold)
 
     async def close(self) -> None:
         """Stop fetching; the consumer stays (it is durable). Safe twice."""
         self._closed = True
-        acking, self._acking = self._acking, None
-        if acking is not None and self._conn.is_connected:
-            # No next pull: sent alone (the connection's drain takes it out), or the command would wait for
-            # the ack wait after the next start before anything else is delivered.
-            with contextlib.suppress(NatsError):
-                await self._conn.client.publish(acking.reply, ACK)
+        await self._ack.send_alone(self._conn)
         sub, self._sub = self._sub, None
         if sub is not None:
             await self._unsubscribe(sub)
