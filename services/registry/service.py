@@ -53,6 +53,7 @@ from services.registry import logic
 from services.registry.changes import REMOVED_PREFIX, Changes, live
 from services.registry.consumers import NewConsumers
 from services.registry.steps import Steps
+from services.registry.sweep import sweep_consumers
 from services.registry.wake import FleetWake
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,13 @@ class Settings(FromEnv):
     """New clusters' command consumers created at once, at their registration or beside their bootstraps (a
     bootstrap waits for a free slot, so creations never run ahead of JetStream), and hellos' look-ups of
     their consumer at once: JetStream API requests, which its API queue serves one at a time."""
+
+    consumer_sweep_delay: float = env("TETHER_CONSUMER_SWEEP_DELAY", 120.0)
+    """Seconds after its start before the registry checks every connected cluster's consumer and makes again
+    those of an earlier version's config (``sweep``); negative: never."""
+
+    consumer_sweep_rate: float = env("TETHER_CONSUMER_SWEEP_RATE", 20.0)
+    """Consumers that check looks up a second (a JetStream API request each)."""
 
     @property
     def admission(self) -> AdmissionLimits:
@@ -571,6 +579,13 @@ async def setup(rt: Runtime, settings: Settings) -> None:
     # keeps the last pushed account in its resolver across restarts, so this push only makes sure of it; a push
     # of a disconnect meanwhile is not undone by it (``_pushing``).
     rt.task("revocations", registry.push_revocations_at_start)
+    if settings.consumer_sweep_delay >= 0:
+
+        async def consumer_sweep() -> None:  # returns when done; the service serves on
+            rate = max(0.1, settings.consumer_sweep_rate)
+            await sweep_consumers(rt.bus, registry.connected_clusters, delay=settings.consumer_sweep_delay, rate=rate)
+
+        rt.task("consumer-sweep", consumer_sweep)
     install(registry, rt.endpoints)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import nats
@@ -30,8 +30,11 @@ from schemas.credentials import agent_inbox_prefix
 from schemas.errors import TetherError
 from schemas.messages import AgentWelcome, ClusterConnectInfo, ClusterCreate, decode
 from services.bus.endpoints import call
-from services.bus.streams import ensure_agent_consumer
+from services.bus.nats_bus import NatsBus
+from services.bus.settings import BusSettings
+from services.bus.streams import agent_consumer_config, ensure_agent_consumer
 from services.platform.natsd import NatsServer
+from services.registry.sweep import sweep_consumers
 from tests.harness import registry_in_process, wait_for
 
 CLUSTER = "c1"
@@ -241,3 +244,38 @@ async def test_a_confirmed_consumer_that_is_gone_is_found_by_the_fetch_and_asked
         for task in made:
             with contextlib.suppress(BaseException):
                 await task
+
+
+async def test_an_earlier_versions_consumer_is_made_again_by_the_sweep_and_its_agent_follows(
+    platform: Platform, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """Agents that stay connected through an upgrade say they are bound: nothing looked their consumers up, so
+    an earlier version's (its state in a file, fsynced after each delivery and ack) stayed. The registry's sweep
+    makes it again with this version's config; the agent finds it gone at its next fetch and follows."""
+    info = await call(
+        platform.services, subjects.Registry.CLUSTER_CREATE, ClusterCreate(name=CLUSTER), ClusterConnectInfo
+    )
+    js, stream = platform.nc.jetstream(), subjects.desired_stream(CLUSTER)
+    earlier = replace(agent_consumer_config(CLUSTER), mem_storage=False)  # as made until 2026-12-05
+    await js.delete_consumer(stream, subjects.agent_consumer(CLUSTER))
+    await js.add_consumer(stream, earlier)
+    settings = AgentSettings(
+        server=platform.url, token=info.token, state_dir=tmp_path / "agent", heartbeat_interval=0.5
+    )
+    bus = await NatsBus.connect(BusSettings(url=platform.url), "sweep-test")
+    try:
+        async with Agent(settings) as agent:
+            queue = agent.commands.queue
+            await wait_for(lambda: queue.bound, what="the agent bound to the earlier consumer", timeout=30)
+            seq = await platform.probe(stream)
+            await wait_for(lambda: platform.delivered(stream, seq), what="the probe taken", timeout=30)
+
+            made = await sweep_consumers(bus, lambda: [CLUSTER], delay=0.0, rate=100.0)
+            assert made == 1
+            found = await js.consumer_info(stream, subjects.agent_consumer(CLUSTER), timeout=5)
+            assert found.config.mem_storage, "made again with this version's config"
+            seq = await platform.probe(stream)
+            await wait_for(lambda: platform.delivered(stream, seq), what="the probe on the new consumer", timeout=30)
+            assert await sweep_consumers(bus, lambda: [CLUSTER], delay=0.0, rate=100.0) == 0, "checked, kept"
+    finally:
+        await bus.close()
