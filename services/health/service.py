@@ -121,6 +121,8 @@ class HealthMonitor:
         self._holding = False
         self.transitions = TransitionWriter(settings.transition_lanes, settings.transition_depth)
         """Where transitions and purges go: written beside the heartbeats, each cluster's in order."""
+        self.transiting: dict[str, int] = {}
+        """Clusters with transitions handed to ``transitions`` and not yet written (how many): not flushed."""
 
     async def load(self) -> None:
         self.presence = await self.bucket.items()
@@ -158,7 +160,24 @@ class HealthMonitor:
         await self._submit(new, transition, now)
 
     async def _submit(self, new: Presence, kind: str, now: float) -> None:
-        await self.transitions.submit(new.cluster, functools.partial(self._transition, new, kind, now))
+        name = new.cluster
+        self.transiting[name] = self.transiting.get(name, 0) + 1
+        try:
+            await self.transitions.submit(name, functools.partial(self._transition_once, new, kind, now))
+        except BaseException:
+            self._transited(name)  # never queued (a stop while its lane was full)
+            raise
+
+    async def _transition_once(self, new: Presence, kind: str, now: float) -> None:
+        try:
+            await self._transition(new, kind, now)
+        finally:
+            self._transited(new.cluster)
+
+    def _transited(self, name: str) -> None:
+        left = self.transiting.pop(name, 1) - 1
+        if left > 0:
+            self.transiting[name] = left
 
     async def _transition(self, new: Presence, kind: str, now: float) -> None:
         """Write a transition with CAS; publish the event only if this replica wrote it."""
@@ -224,6 +243,11 @@ class HealthMonitor:
         for name in dirty:
             mine = self.presence.get(name)
             if mine is None:
+                continue
+            if name in self.transiting:
+                # Its transition is still to be written: written first by the flush, it would read as already
+                # recorded (by another replica), and its event would never be published.
+                self.dirty.add(name)
                 continue
             try:
                 if not await self._flush(name, mine, refreshes):

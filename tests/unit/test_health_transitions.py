@@ -148,3 +148,30 @@ async def test_a_full_lane_holds_the_submitter_and_stop_writes_what_is_queued() 
         await third
     await writer.stop()
     assert written == [0, 1, 2, 3], "stop writes what was queued"
+
+
+async def test_a_flush_does_not_write_a_presence_whose_transition_is_still_queued() -> None:
+    """Written first by the flush (later heartbeats made the cluster dirty), the transition would read it as
+    already recorded by another replica and never publish the cluster's online event."""
+    bus = MemoryBus()
+    await bus.declare_streams("platform")
+    bucket = await bus.bucket(subjects.BUCKET_PRESENCE, Presence)
+    monitor = HealthMonitor(Settings(), bus, bucket, clock=lambda: 100.0)
+    # The lanes not started yet: the transition stays queued, as behind a backlog.
+    await heartbeat(monitor, "c1", 100.0)
+    await heartbeat(monitor, "c1", 100.0)  # a later heartbeat: nothing to announce, only to flush
+    assert "c1" in monitor.dirty
+    await monitor.flush_once()
+    assert await bucket.get("c1") is None, "flushed before its transition"
+    assert "c1" in monitor.dirty, "left for a later flush"
+    monitor.transitions.start()
+    try:
+        async with asyncio.timeout(DEADLINE):
+            await monitor.transitions.settled()
+        assert await online_events(bus) == {"c1"}
+        assert monitor.transiting == {}
+        await monitor.flush_once()
+        stored = await bucket.get("c1")
+        assert stored is not None and stored[0].online
+    finally:
+        await monitor.transitions.stop()
