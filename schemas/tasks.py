@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -30,3 +33,24 @@ async def cancel_and_wait(tasks: Collection[asyncio.Task[None]], timeout: float)
         for task in running:
             task.cancel()
         await asyncio.wait(running, timeout=min(CANCEL_AGAIN, left))
+
+
+async def unless(work: Coroutine[Any, Any, T], interruption: Coroutine[Any, Any, object]) -> asyncio.Future[T] | None:
+    """Run ``work`` until it ends or ``interruption`` does, whichever is first: the ended work (its result or
+    error), or None when interrupted. Interrupted work is cancelled and not waited for (its error, if any, is
+    retrieved when it ends), so a cancellation of the caller meanwhile is never swallowed with it."""
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(interruption)
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not task.done():
+            task.cancel()
+            task.add_done_callback(_retrieved)
+    return task if task.done() else None
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -30,6 +30,7 @@ from agent.settings import AgentSettings
 from schemas.credentials import read_creds
 from schemas.errors import Unauthenticated
 from schemas.retrying import backoff_delay
+from schemas.tasks import unless
 
 logger = logging.getLogger(__name__)
 
@@ -140,16 +141,8 @@ class Dialer:
         """One connect attempt, abandoned at once when the server's certificate cannot be verified
         (nats-py reports that through the error callback and keeps the attempt waiting)."""
         self.events.fatal.clear()
-        attempt = asyncio.ensure_future(self._attempt(servers))
-        fatal = asyncio.ensure_future(self.events.fatal.wait())
-        try:
-            await asyncio.wait({attempt, fatal}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            fatal.cancel()
-        if not attempt.done():
-            attempt.cancel()
-            with contextlib.suppress(BaseException):
-                await attempt
+        attempt = await unless(self._attempt(servers), self.events.fatal.wait())
+        if attempt is None:
             error = self.events.last_error
             raise _unverifiable(error.verify_message if isinstance(error, ssl.SSLCertVerificationError) else error)
         return attempt.result()

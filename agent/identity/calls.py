@@ -20,12 +20,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
 
 from agent.bus import Connection, request
 from schemas.errors import Internal, NoReply, NoResponders, Overloaded, TetherError, Unavailable
 from schemas.messages import M, Message
 from schemas.retrying import NOT_LISTENING_BACKOFF, Retries
+from schemas.tasks import unless
 
 logger = logging.getLogger(__name__)
 
@@ -89,22 +89,8 @@ async def _answer_or_relink(
     conn: Connection, subject: str, message: Message, reply_type: type[M], timeout: float
 ) -> M | None:
     """The answer; None when the link is made again before it comes."""
-    asked = asyncio.ensure_future(request(conn, subject, message, reply_type, timeout))
-    relink = asyncio.ensure_future(conn.relinked())
-    try:
-        await asyncio.wait({asked, relink}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        relink.cancel()
-        if not asked.done():
-            # Not awaited: a cancellation of our own caller meanwhile must not be swallowed with it.
-            asked.cancel()
-            asked.add_done_callback(_settled)
-    return asked.result() if asked.done() else None
-
-
-def _settled(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # retrieved: an error of an abandoned request is not reported as unhandled
+    asked = await unless(request(conn, subject, message, reply_type, timeout), conn.relinked())
+    return asked.result() if asked is not None else None
 
 
 async def _pause(delay: float, wake: asyncio.Event | None) -> None:
