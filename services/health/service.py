@@ -30,6 +30,7 @@ from schemas.messages import (
     Presence,
     PresenceList,
 )
+from schemas.ratelimit import RateLimiter
 from services.bus import Bus, Delivery, Options, Records, Runtime, serve, until_done
 from services.bus.settings import FromEnv, ServiceSettings, env
 from services.health import logic
@@ -114,7 +115,7 @@ class HealthMonitor:
         """When this replica started hearing heartbeats: silence before it is not counted."""
         self.last_first_heard = 0.0
         """When a cluster not heard since ``listening_since`` was heard last (the fleet coming back)."""
-        self.limiter = logic.RateLimiter(settings.heartbeat_rate, settings.heartbeat_burst)
+        self.limiter = RateLimiter(settings.heartbeat_rate, settings.heartbeat_burst)
         self.inbox: Callable[[], tuple[int, int]] | None = None
         """(heartbeats waiting, reconnects so far) of this replica's connection, once subscribed."""
         self._reconnects = 0

@@ -212,7 +212,7 @@ def test_views_survive_absurd_stored_values() -> None:
 
 # --- heartbeat floods ----------------------------------------------------------------------------------------
 def test_rate_limiter_cuts_one_cluster_not_another() -> None:
-    from services.health.logic import RateLimiter
+    from schemas.ratelimit import RateLimiter
 
     limiter = RateLimiter(rate=10, burst=20)
     t = 100.0
@@ -225,14 +225,14 @@ def test_rate_limiter_cuts_one_cluster_not_another() -> None:
 
 
 def test_rate_limiter_lets_honest_agents_through() -> None:
-    from services.health.logic import RateLimiter
+    from schemas.ratelimit import RateLimiter
 
     limiter = RateLimiter(rate=10, burst=50)
     assert all(limiter.allow(f"tether.hb.c{i % 100}", 100.0 + i * 0.005) for i in range(2_000))
 
 
 def test_rate_limiter_memory_is_bounded() -> None:
-    from services.health.logic import RateLimiter
+    from schemas.ratelimit import RateLimiter
 
     limiter = RateLimiter(rate=1, burst=1, max_clusters=10)
     for i in range(100):
