@@ -43,6 +43,7 @@ from schemas.messages import (
     WorkloadRecord,
 )
 from schemas.names import check_name
+from schemas.ratelimit import RateLimiter
 from schemas.retrying import backoff_delay
 from services.bus import Bus, Endpoints, Options, Records, Runtime, View, identity, limits, serve
 from services.bus.admission import AdmissionLimits
@@ -57,6 +58,14 @@ from services.registry.sweep import sweep_consumers
 from services.registry.wake import FleetWake
 
 logger = logging.getLogger(__name__)
+
+CONSUMER_ASK_EVERY = 10.0
+"""Seconds between the JetStream requests (a look-up, or a creation) one cluster's hellos may cost, past a burst
+of ``CONSUMER_ASK_BURST``. An agent asks once after a restart or a lost consumer; one that says hello in a loop,
+not bound or its consumer gone, would otherwise hold the look-ups every other agent's recovery waits for.
+Beyond it the hello is still answered, naming the consumer: if it really is gone the agent's next fetch says
+so at once, and it asks again."""
+CONSUMER_ASK_BURST = 3.0
 
 
 @dataclass(frozen=True)
@@ -157,6 +166,8 @@ class Registry:
         self.new_consumers = NewConsumers(bus, settings.consumer_creations, self.steps)
         """Command consumers made at registration (or, failing that, beside the bootstrap): the first hello
         trusts the one made here, or waits for its creation, and does not look it up (``NewConsumers``)."""
+        self._consumer_asks = RateLimiter(rate=1.0 / CONSUMER_ASK_EVERY, burst=CONSUMER_ASK_BURST)
+        """Each cluster's hellos cost JetStream a consumer request at most this often (``CONSUMER_ASK_EVERY``)."""
         self._look_ups = asyncio.Semaphore(settings.consumer_creations)
         """Hellos' look-ups of their consumer (JetStream API requests) at once, however many hellos and
         bootstraps are admitted (``Settings.hello_concurrency``, ``admission_concurrency``)."""
@@ -481,7 +492,7 @@ class Registry:
             return self._welcome(req.cluster, consumer=False)
         with self.steps.timed("hello: consumer (creation awaited, or looked up)"):
             fresh = await self.new_consumers.settled(req.cluster)
-            if not fresh:
+            if not fresh and self._consumer_asks.allow(req.cluster, time.monotonic()):
                 async with self._look_ups:
                     # Gone (a lone NATS server's restart loses every agent's consumer): made without a look-up.
                     await self.bus.ensure_agent_consumer(req.cluster, look_up=not req.consumer_gone)

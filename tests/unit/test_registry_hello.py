@@ -16,7 +16,7 @@ from services.bus import Endpoints
 from services.bus.admission import Admission, AdmissionLimits
 from services.bus.memory import MemoryBus
 from services.registry import logic
-from services.registry.service import Registry, Settings, install
+from services.registry.service import CONSUMER_ASK_BURST, Registry, Settings, install
 
 R = subjects.Registry
 
@@ -186,3 +186,17 @@ async def test_a_hello_saying_its_consumer_is_gone_has_it_made_without_a_look_up
     with pytest.raises(Forbidden):
         await reg.hello(gone, "c2")
     assert bus.ensures == [("c1", False), ("c2", True)]
+
+
+async def test_one_clusters_hello_loop_costs_jetstream_a_bounded_number_of_consumer_requests() -> None:
+    """An agent saying hello in a loop, its consumer "gone", must not hold the look-ups every other agent's
+    recovery waits for: its hellos are answered, but past a small burst they cost JetStream nothing."""
+    bus = RecordedEnsures()
+    reg = await registry(bus, Settings(), ["loud", "quiet"])
+    gone = msgspec.structs.replace(hello("loud", bound=False), consumer_gone=True)
+    welcomes = [await reg.hello(gone, "loud") for _ in range(50)]
+    assert all(w.consumer == subjects.agent_consumer("loud") for w in welcomes), "answered, naming the consumer"
+    loud = [c for c, _ in bus.ensures if c == "loud"]
+    assert len(loud) == int(CONSUMER_ASK_BURST), f"{len(loud)} consumer requests for 50 hellos"
+    await reg.hello(hello("quiet", bound=False), "quiet")
+    assert bus.ensures[-1] == ("quiet", True), "another cluster's ask is not held back"
