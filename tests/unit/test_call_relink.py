@@ -13,6 +13,7 @@ import pytest
 from agent.identity import calls
 from schemas.errors import NoReply
 from schemas.messages import Empty
+from tests.harness import wait_for
 
 
 class Link:
@@ -63,8 +64,7 @@ async def test_a_request_waiting_when_the_link_is_made_again_is_asked_again_at_o
         link.relink()
         assert await hello == Empty()
     assert registry.attempts == 2
-    await asyncio.sleep(0)  # the abandoned attempt's cancellation runs
-    assert registry.first_cancelled, "the first attempt is not left waiting"
+    await wait_for(lambda: registry.first_cancelled, timeout=2, what="the abandoned attempt cancelled")
 
 
 async def test_a_caller_cancelled_while_waiting_is_cancelled(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,5 +75,5 @@ async def test_a_caller_cancelled_while_waiting_is_cancelled(monkeypatch: pytest
     hello.cancel()
     with pytest.raises(asyncio.CancelledError):
         await hello
-    await asyncio.sleep(0)
-    assert registry.first_cancelled and registry.attempts == 1
+    await wait_for(lambda: registry.first_cancelled, timeout=2, what="the attempt cancelled with its caller")
+    assert registry.attempts == 1
