@@ -118,14 +118,16 @@ def _not_theirs(stream: str) -> tuple[str, ...]:
 
 
 def _agent_consumers() -> tuple[str, ...]:
-    """Make, check and remove agents' consumers of the desired state, each filtered on one cluster's records
-    (``desired_records``: the filter is the last tokens of the create subject, so no wider one is allowed)."""
+    """Make, check, list and remove agents' consumers of the desired state, each filtered on one cluster's
+    records (``desired_records``: the filter is the last tokens of the create subject, so no wider one is
+    allowed). The list finds an earlier version's consumers a page at a time (``sweep``)."""
     return tuple(
         p
         for bucket, stream in zip(subjects.DESIRED_BUCKETS, subjects.DESIRED_STREAMS, strict=True)
         for p in (
             f"$JS.API.CONSUMER.CREATE.{stream}.*.$KV.{bucket}.*.*.*.*",
             f"$JS.API.CONSUMER.INFO.{stream}.*",
+            f"$JS.API.CONSUMER.LIST.{stream}",
             f"$JS.API.CONSUMER.DELETE.{stream}.*",
         )
     )

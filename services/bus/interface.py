@@ -227,6 +227,12 @@ class Bus(ABC):
         again)."""
 
     @abstractmethod
+    async def stale_agent_consumers(self, *, pause: float = 0.0) -> list[str]:
+        """The clusters whose agent consumer exists with another config than this version's (an earlier
+        version's), found by listing consumers a page at a time (``pause`` seconds between requests), not by a
+        look-up each."""
+
+    @abstractmethod
     async def delete_agent_consumer(self, cluster: str) -> None:
         """Remove the cluster's agent consumer (its records stay: a new consumer starts from them)."""
 

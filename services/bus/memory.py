@@ -213,6 +213,9 @@ class MemoryBus(Bus):
         self._agent_consumers.add(cluster)
         return not had
 
+    async def stale_agent_consumers(self, *, pause: float = 0.0) -> list[str]:
+        return []  # made by this version only: no earlier config to find
+
     async def delete_agent_consumer(self, cluster: str) -> None:
         self._agent_consumers.discard(cluster)
 

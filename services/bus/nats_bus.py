@@ -180,6 +180,9 @@ class NatsBus(Bus):
     async def ensure_agent_consumer(self, cluster: str, *, look_up: bool = True) -> bool:
         return await streams.ensure_agent_consumer(self._js, cluster, look_up=look_up)
 
+    async def stale_agent_consumers(self, *, pause: float = 0.0) -> list[str]:
+        return await streams.stale_agent_consumers(self._js, pause=pause)
+
     async def delete_agent_consumer(self, cluster: str) -> None:
         await streams.delete_agent_consumer(self._js, cluster)
 

@@ -26,6 +26,7 @@ from nats.js.kv import KeyValue
 from schemas import subjects
 from schemas.errors import Unavailable
 from schemas.messages import M
+from schemas.names import dns1123_label_error
 from services.bus import limits, patience
 from services.bus.kv import Bucket
 
@@ -353,8 +354,7 @@ async def ensure_agent_consumer(
         if exc.err_code == STREAM_NOT_FOUND:
             raise Unavailable(f"stream {stream} does not exist yet (the lifecycle service creates it)") from None
     else:
-        have = info.config
-        if all(getattr(have, f) == getattr(want, f) for f in _AGENT_CONSUMER_FIELDS):
+        if _same_config(info.config, want):
             return False
         # Changing a durable's filter or deliver policy is refused: make it again (a new one starts from
         # the last record of each object, so nothing is missed).
@@ -363,6 +363,49 @@ async def ensure_agent_consumer(
             await js.delete_consumer(stream, want.durable_name or "")
     await _create_agent_consumer(js, stream, want, timeout)
     return True
+
+
+_AGENT_CONSUMER_PREFIX = subjects.agent_consumer("x").removesuffix("x")
+LIST_PAGE = 256
+"""Consumers nats-server returns per ``CONSUMER.LIST`` page (its ``JSApiListLimit``)."""
+
+
+async def stale_agent_consumers(js: JetStreamContext, *, pause: float = 0.0) -> list[str]:
+    """The clusters whose agent consumer is not of this version's config, found by listing each desired-state
+    stream's consumers (``LIST_PAGE`` to a request, ``pause`` seconds between requests): 10,000 clusters cost
+    ~48 requests instead of a look-up each. Consumers not named for their own stream's cluster (lifecycle's
+    views', an operator's) are not agents' and are left alone."""
+    stale: list[str] = []
+    for stream in subjects.DESIRED_STREAMS:
+        offset = 0
+        while True:
+            try:
+                page = await js.consumers_info(stream, offset=offset)
+            except NotFoundError as exc:
+                if exc.err_code == STREAM_NOT_FOUND:
+                    break  # no bucket yet: no consumer either
+                raise
+            stale.extend(c.name for c in page if _stale_on(stream, c.name, c.config))
+            offset += len(page)
+            if len(page) < LIST_PAGE:
+                break
+            await asyncio.sleep(pause)
+        await asyncio.sleep(pause)
+    return [name.removeprefix(_AGENT_CONSUMER_PREFIX) for name in stale]
+
+
+def _stale_on(stream: str, name: str | None, have: ConsumerConfig) -> bool:
+    """An agent's consumer (named for a cluster whose records live in ``stream``) of another config."""
+    if not name or not name.startswith(_AGENT_CONSUMER_PREFIX):
+        return False
+    cluster = name.removeprefix(_AGENT_CONSUMER_PREFIX)
+    if dns1123_label_error(cluster) or subjects.desired_stream(cluster) != stream:
+        return False
+    return not _same_config(have, agent_consumer_config(cluster))
+
+
+def _same_config(have: ConsumerConfig, want: ConsumerConfig) -> bool:
+    return all(getattr(have, f) == getattr(want, f) for f in _AGENT_CONSUMER_FIELDS)
 
 
 async def _create_agent_consumer(js: JetStreamContext, stream: str, want: ConsumerConfig, timeout: float) -> None:

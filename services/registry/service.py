@@ -109,11 +109,12 @@ class Settings(FromEnv):
     their consumer at once: JetStream API requests, which its API queue serves one at a time."""
 
     consumer_sweep_delay: float = env("TETHER_CONSUMER_SWEEP_DELAY", 120.0)
-    """Seconds after its start before the registry checks every connected cluster's consumer and makes again
-    those of an earlier version's config (``sweep``); negative: never."""
+    """Seconds after its start before the registry lists the agents' consumers and makes again those of an
+    earlier version's config (``sweep``); negative: never."""
 
     consumer_sweep_rate: float = env("TETHER_CONSUMER_SWEEP_RATE", 20.0)
-    """Consumers that check looks up a second (a JetStream API request each)."""
+    """JetStream API requests a second of that sweep: its listing's pages (256 consumers each), then the
+    consumers it makes again."""
 
     @property
     def admission(self) -> AdmissionLimits:

@@ -216,7 +216,9 @@ class Hostile:
 
 @pytest.fixture
 async def hostile(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Hostile]:
-    stack = Stack(tmp=tmp_path)
+    # The registry's sweep of the agents' consumers runs at once, under its own user's allow-list
+    # (``test_the_services_own_traffic_stays_within_their_allow_lists``).
+    stack = Stack(tmp=tmp_path, env_overrides={"TETHER_CONSUMER_SWEEP_DELAY": "0"})
     # ``both_layouts`` names the attacker cluster; every other test gets the default one.
     h = Hostile(stack=stack, tmp=tmp_path, attacker=getattr(request, "param", OTHER_BUCKET))
     try:

@@ -194,9 +194,9 @@ def _a_cluster_per_bucket() -> dict[str, str]:
 @pytest.mark.parametrize("service", ["registry", "access", "lifecycle", "health", "api"])
 def test_agents_consumers_on_every_desired_stream(service: str) -> None:
     """Each desired-state bucket's stream carries the consumers of its clusters' agents: on every one, only the
-    registry makes one (filtered on one cluster's records of that very bucket), looks it up and removes it;
-    no service makes one with a wider filter, another bucket's records, no filter in the subject, or the
-    durable form."""
+    registry makes one (filtered on one cluster's records of that very bucket), looks it up, lists them and
+    removes one; no service makes one with a wider filter, another bucket's records, no filter in the subject,
+    or the durable form."""
     registry = service == "registry"
     clusters = _a_cluster_per_bucket()
     for bucket, cluster in clusters.items():
@@ -205,6 +205,7 @@ def test_agents_consumers_on_every_desired_stream(service: str) -> None:
         create = f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}"
         assert publishes(service, f"{create}.{subjects.desired_records(cluster)}") == registry, (service, stream)
         assert publishes(service, f"$JS.API.CONSUMER.INFO.{stream}.{consumer}") == registry, (service, stream)
+        assert publishes(service, f"$JS.API.CONSUMER.LIST.{stream}") == registry, (service, stream)
         assert publishes(service, f"$JS.API.CONSUMER.DELETE.{stream}.{consumer}") == registry, (service, stream)
         refused = [
             create,
@@ -265,7 +266,7 @@ def violations_of_service_users(h: Hostile) -> list[str]:
 async def test_the_services_own_traffic_stays_within_their_allow_lists(hostile: Hostile) -> None:
     """The other side of the allow-lists: a platform doing a wide range of its work (the fixture's connects and
     applied space, then users, teams, tokens, projects, history reads, events credentials, a disconnect and a
-    removal) makes no service hit its own allow-list."""
+    removal, and the registry's listing of the agents' consumers) makes no service hit its own allow-list."""
     h, s = hostile, hostile.stack
     bob = await s.user("bob")
     await s.ok("POST", "/api/v1/teams", json={"name": "devs", "members": ["bob"]})
@@ -289,4 +290,10 @@ async def test_the_services_own_traffic_stays_within_their_allow_lists(hostile: 
     await s.ok("POST", f"/api/v1/clusters/{h.attacker}/disconnect")
     await s.ok("DELETE", f"/api/v1/clusters/{h.attacker}")
     await h.legit_command_applies()
+    registry_log = h.stack.tmp / "logs" / "registry.log"
+    await wait_for(
+        lambda: "agents' consumers listed: 0 of another config" in registry_log.read_text(),
+        timeout=30,
+        what="the registry's sweep of the agents' consumers (the fixture runs it at once)",
+    )
     assert violations_of_service_users(h) == []

@@ -20,6 +20,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig
 from nats.js.errors import NotFoundError
 
 from agent.bus import CommandQueue, connect
@@ -251,7 +252,8 @@ async def test_an_earlier_versions_consumer_is_made_again_by_the_sweep_and_its_a
 ) -> None:
     """Agents that stay connected through an upgrade say they are bound: nothing looked their consumers up, so
     an earlier version's (its state in a file, fsynced after each delivery and ack) stayed. The registry's sweep
-    makes it again with this version's config; the agent finds it gone at its next fetch and follows."""
+    makes it again with this version's config; the agent finds it gone at its next fetch and follows. It finds
+    such consumers by listing them, not by a look-up each, and leaves consumers that are not agents' alone."""
     info = await call(
         platform.services, subjects.Registry.CLUSTER_CREATE, ClusterCreate(name=CLUSTER), ClusterConnectInfo
     )
@@ -259,6 +261,8 @@ async def test_an_earlier_versions_consumer_is_made_again_by_the_sweep_and_its_a
     earlier = replace(agent_consumer_config(CLUSTER), mem_storage=False)  # as made until 2026-12-05
     await js.delete_consumer(stream, subjects.agent_consumer(CLUSTER))
     await js.add_consumer(stream, earlier)
+    tap = ConsumerConfig(durable_name="operator-tap", filter_subject=earlier.filter_subject, mem_storage=False)
+    await js.add_consumer(stream, tap)
     settings = AgentSettings(
         server=platform.url, token=info.token, state_dir=tmp_path / "agent", heartbeat_interval=0.5
     )
@@ -276,6 +280,10 @@ async def test_an_earlier_versions_consumer_is_made_again_by_the_sweep_and_its_a
             assert found.config.mem_storage, "made again with this version's config"
             seq = await platform.probe(stream)
             await wait_for(lambda: platform.delivered(stream, seq), what="the probe on the new consumer", timeout=30)
+            looked_up = len(platform.looked_up.by_all)
             assert await sweep_consumers(bus, lambda: [CLUSTER], delay=0.0, rate=100.0) == 0, "checked, kept"
+            assert len(platform.looked_up.by_all) == looked_up, "listed, not looked up one by one"
+            kept = await js.consumer_info(stream, "operator-tap", timeout=5)
+            assert not kept.config.mem_storage, "a consumer that is not an agent's is left as it was"
     finally:
         await bus.close()
