@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from schemas.errors import TetherError
@@ -32,6 +33,7 @@ async def sweep_consumers(bus: Bus, clusters: Callable[[], list[str]], *, delay:
     """After ``delay`` seconds, make again (``rate`` a second) the consumers of ``clusters()`` that are of
     another config; how many were made again. A failure is logged and the walk goes on."""
     await asyncio.sleep(delay)
+    began = time.monotonic()
     try:
         stale = set(await bus.stale_agent_consumers(pause=1.0 / rate))
     except asyncio.CancelledError:
@@ -39,6 +41,7 @@ async def sweep_consumers(bus: Bus, clusters: Callable[[], list[str]], *, delay:
     except Exception as exc:  # JetStream busy or restarting: each agent's own asking still covers its consumer
         logger.warning("agents' consumers not checked: listing them failed: %s", _text(exc))
         return 0
+    listed = time.monotonic() - began
     names = [name for name in clusters() if name in stale]
     made = failed = 0
     for name in names:
@@ -51,7 +54,8 @@ async def sweep_consumers(bus: Bus, clusters: Callable[[], list[str]], *, delay:
             logger.debug("making the consumer of %s again: %s", name, _text(exc))
         await asyncio.sleep(1.0 / rate)
     logger.info(
-        "agents' consumers listed: %d of another config, %d made again with this version's, %d failed",
+        "agents' consumers listed (%.1fs): %d of another config, %d made again with this version's, %d failed",
+        listed,
         len(stale),
         made,
         failed,
