@@ -387,10 +387,9 @@ async def stale_agent_consumers(js: JetStreamContext, *, pause: float = 0.0) -> 
                 raise
             stale.extend(c.name for c in page if _stale_on(stream, c.name, c.config))
             offset += len(page)
+            await asyncio.sleep(pause)
             if len(page) < LIST_PAGE:
                 break
-            await asyncio.sleep(pause)
-        await asyncio.sleep(pause)
     return [name.removeprefix(_AGENT_CONSUMER_PREFIX) for name in stale]
 
 

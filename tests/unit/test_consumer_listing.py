@@ -58,7 +58,7 @@ async def stale(js: ListingJetStream) -> list[str]:
 async def test_only_agents_consumers_of_another_config_are_stale() -> None:
     stream = subjects.DESIRED_STREAMS[3]
     old, current, elsewhere = on_stream(stream, 3)
-    other_stream = subjects.desired_stream(on_stream(subjects.DESIRED_STREAMS[4], 1)[0])
+    other_stream = subjects.DESIRED_STREAMS[4]
     misplaced = on_stream(other_stream, 1)[0]
     js = ListingJetStream(
         {
