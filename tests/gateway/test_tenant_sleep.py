@@ -15,6 +15,7 @@ from agent.drivers.kube import KubeApi
 from schemas import subjects
 from schemas.messages import WorkloadName, WorkloadRecord, decode, desired_key
 from services.api.gateway import RESOLVE_TTL
+from services.lifecycle.logic import ACTIVITY_RESOLUTION
 from tests.gateway.tenant_rig import https_stack, member_tenant, phase_is
 from tests.harness import Stack, wait_for
 from tests.kube.cluster import ControlPlane
@@ -58,6 +59,13 @@ async def test_a_sleeping_tenant_wakes_on_use_and_use_is_activity(
 
     # --- activity: a burst of requests is one write per inventory, not one per request ----------------
     seq_before, active_before = await desired_state(stack, "tenant.sp.t1")
+    # Activity is written when it is at least ACTIVITY_RESOLUTION past the recorded one (the create's own):
+    # a burst within that second of the create is the same activity and rightly not written again.
+    await wait_for(
+        lambda: time.time() >= active_before + ACTIVITY_RESOLUTION,
+        timeout=ACTIVITY_RESOLUTION + 5,
+        what="the create's activity a resolution behind us",
+    )
     began = time.time()
     async with stack.http(bob) as http:  # type: ignore[attr-defined]
         for _ in range(60):
