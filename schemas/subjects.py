@@ -124,8 +124,12 @@ def desired_records(cluster: str) -> str:
     return f"{desired_prefix(cluster)}{_cluster(cluster)}.*.*.*"
 
 
+AGENT_CONSUMER_PREFIX = "agent-"
+"""Every agent's consumer is named this and its cluster (``agent_consumer``)."""
+
+
 def agent_consumer(cluster: str) -> str:
-    return f"agent-{_cluster(cluster)}"
+    return f"{AGENT_CONSUMER_PREFIX}{_cluster(cluster)}"
 
 
 def evt(cluster: str, kind: str) -> str:

@@ -365,7 +365,6 @@ async def ensure_agent_consumer(
     return True
 
 
-_AGENT_CONSUMER_PREFIX = subjects.agent_consumer("x").removesuffix("x")
 LIST_PAGE = 256
 """Consumers nats-server returns per ``CONSUMER.LIST`` page (its ``JSApiListLimit``)."""
 
@@ -385,22 +384,23 @@ async def stale_agent_consumers(js: JetStreamContext, *, pause: float = 0.0) -> 
                 if exc.err_code == STREAM_NOT_FOUND:
                     break  # no bucket yet: no consumer either
                 raise
-            stale.extend(c.name for c in page if _stale_on(stream, c.name, c.config))
+            stale.extend(cluster for c in page if (cluster := _stale_cluster(stream, c.name, c.config)))
             offset += len(page)
             await asyncio.sleep(pause)
             if len(page) < LIST_PAGE:
                 break
-    return [name.removeprefix(_AGENT_CONSUMER_PREFIX) for name in stale]
+    return stale
 
 
-def _stale_on(stream: str, name: str | None, have: ConsumerConfig) -> bool:
-    """An agent's consumer (named for a cluster whose records live in ``stream``) of another config."""
-    if not name or not name.startswith(_AGENT_CONSUMER_PREFIX):
-        return False
-    cluster = name.removeprefix(_AGENT_CONSUMER_PREFIX)
+def _stale_cluster(stream: str, name: str | None, have: ConsumerConfig) -> str | None:
+    """The cluster of an agent's consumer (named for a cluster whose records live in ``stream``) of another
+    config; None for anything else."""
+    if not name or not name.startswith(subjects.AGENT_CONSUMER_PREFIX):
+        return None
+    cluster = name.removeprefix(subjects.AGENT_CONSUMER_PREFIX)
     if dns1123_label_error(cluster) or subjects.desired_stream(cluster) != stream:
-        return False
-    return not _same_config(have, agent_consumer_config(cluster))
+        return None
+    return None if _same_config(have, agent_consumer_config(cluster)) else cluster
 
 
 def _same_config(have: ConsumerConfig, want: ConsumerConfig) -> bool:
