@@ -62,7 +62,7 @@ class Changes:
         took += await self.registry.bus.forget_agent_commands(record.name)
         await self.registry.clusters.purge(record.name)
         await self._prune_removed(now)
-        await self.registry.push_revocations()
+        await self.registry.account.push()
         await self.registry._event("removed", record.name)
         logger.info("cluster %s removed (%s)", record.name, ", ".join(took) or "nothing else")
         return Removed(kind="cluster", name=record.name, took=tuple(took))

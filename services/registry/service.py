@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import itertools
 import logging
 import secrets
 import time
@@ -16,8 +15,8 @@ from typing import Unpack
 from opentelemetry.metrics import Observation
 
 from schemas import subjects
-from schemas.credentials import bootstrap_seed, events_inbox_prefix, parse_connect_token
-from schemas.errors import Conflict, NotFound, TetherError, Unavailable
+from schemas.credentials import parse_connect_token
+from schemas.errors import Conflict, NotFound, TetherError
 from schemas.messages import (
     AGENT_PROTOCOL,
     AgentBootstrap,
@@ -33,19 +32,16 @@ from schemas.messages import (
     ClusterUidClaim,
     ControlNotice,
     Empty,
-    EventsCreds,
     EventsCredsRequest,
     NameRequest,
     NamesRequest,
     ProjectCreate,
-    ProjectList,
     ProjectRecord,
     WorkloadRecord,
 )
 from schemas.names import check_name
 from schemas.ratelimit import RateLimiter
-from schemas.retrying import backoff_delay
-from services.bus import Bus, Endpoints, Options, Records, Runtime, View, identity, limits, serve
+from services.bus import Bus, Endpoints, Options, Records, Runtime, View, limits, serve
 from services.bus.admission import AdmissionLimits
 from services.bus.identity import Trust
 from services.bus.patience import until_done
@@ -53,8 +49,12 @@ from services.bus.settings import FromEnv, ServiceSettings, env
 from services.registry import logic
 from services.registry.changes import REMOVED_PREFIX, Changes, live
 from services.registry.consumers import NewConsumers
+from services.registry.projects import Projects
+from services.registry.revocations import AccountPush
+from services.registry.signing import EventsReaders, agent_user_jwt, bootstrap_user_jwt
 from services.registry.steps import Steps
 from services.registry.sweep import sweep_consumers
+from services.registry.uids import UidClaims
 from services.registry.wake import FleetWake
 
 logger = logging.getLogger(__name__)
@@ -134,10 +134,6 @@ def credential_key(trust: Trust | None) -> bytes:
     return hashlib.sha256(b"tether agent credential\0" + trust.account.encode()).digest()
 
 
-PUSH_RETRY_BASE = 1.0
-"""Seconds before the first retry of the account push at start (doubling, at most 30 s)."""
-
-
 class Registry:
     def __init__(
         self,
@@ -153,17 +149,15 @@ class Registry:
         self.projects = projects
         self.steps = steps or Steps()
         self.trust = trust
-        self.sys_bus = sys_bus
-        """Connected as the system account's user: the only one the server takes account updates from."""
         self.settings = settings
         self.bus = bus
         self.clusters = clusters
         self.uids = uids
+        self.uid_claims = UidClaims(uids, clusters)
+        self.account = AccountPush(trust, sys_bus, clusters)
+        """Revokes disconnected agents in the broker (``AccountPush``)."""
         self.credential_key = credential_key(trust)
         """Agents' credentials are derived with it (``logic.agent_credential``): a retry gets the same one."""
-        self._pushing = asyncio.Lock()
-        """One account push at a time, each reading the records inside: the last push sent is never built
-        from an older read than one before it (a revocation is never undone by a slower, older push)."""
         self.new_consumers = NewConsumers(bus, settings.consumer_creations, self.steps)
         """Command consumers made at registration (or, failing that, beside the bootstrap): the first hello
         trusts the one made here, or waits for its creation, and does not look it up (``NewConsumers``)."""
@@ -206,76 +200,10 @@ class Registry:
         assert record is not None
         if self.trust is not None:
             # The token carries a bootstrap NATS user, derived from its secret, good for one call.
-            _cluster, secret, _ = parse_connect_token(token)
-            seed = bootstrap_seed(secret)
-            pub_allow, sub_allow = identity.bootstrap_permissions(record.name)
-            jwt = identity.user_jwt(
-                identity.public_key(seed),
-                f"bootstrap-{record.name}",
-                self.trust.account_pub,
-                self.trust.account_signing,
-                pub_allow=pub_allow,
-                sub_allow=sub_allow,
-                expires=record.token_expires_at,
-                payload=limits.BOOTSTRAP_MAX_PAYLOAD,
-                subs=limits.BOOTSTRAP_MAX_SUBS,
-            )
-            token = f"{token}.{jwt}"
+            token = f"{token}.{bootstrap_user_jwt(self.trust, record, token)}"
         # Its command consumer now, not in its agent's connect (``NewConsumers``), beside the event's write.
         await asyncio.gather(self.new_consumers.at_registration(record.name), self._event("registered", record.name))
         return ClusterConnectInfo(cluster=record, token=token, expires_at=record.token_expires_at)
-
-    def _agent_jwt(self, cluster: str, user_key: str) -> tuple[str, float]:
-        assert self.trust is not None
-        expires = time.time() + self.settings.agent_credential_ttl
-        pub_allow, sub_allow = identity.agent_permissions(cluster)
-        jwt = identity.user_jwt(
-            user_key,
-            f"agent-{cluster}",
-            self.trust.account_pub,
-            self.trust.account_signing,
-            pub_allow=pub_allow,
-            sub_allow=sub_allow,
-            expires=expires,
-            tags=[f"cluster:{cluster}"],
-            payload=limits.AGENT_MAX_PAYLOAD,
-            subs=limits.AGENT_MAX_SUBS,
-            data=limits.AGENT_MAX_DATA,
-        )
-        return jwt, expires
-
-    async def push_revocations(self, *, unless_held: bool = False) -> None:
-        """Send the account, with every disconnected agent revoked, to the server: it closes their links.
-
-        ``unless_held``: not when the server holds the same account already (``logic.same_account``). At the
-        registry's start it mostly does, and an update costs nats-server seconds with 10,000 agents connected
-        ("Internal subscription on $SYS.REQ.CLAIMS.UPDATE took too long: 5.2s", every read loop of the account
-        waiting meanwhile)."""
-        if self.trust is None or self.sys_bus is None:
-            return
-        async with self._pushing:
-            revoked = logic.revocations(list((await self.clusters.items()).values()))
-            wanted = self.trust.account_jwt(revoked)
-            if unless_held and logic.same_account(await self.sys_bus.held_account(self.trust.account_pub), wanted):
-                logger.info("the account NATS holds is current (%d revoked agent(s)); not pushed", len(revoked))
-                return
-            await self.sys_bus.update_account(wanted)
-        logger.info("account pushed to NATS with %d revoked agent(s)", len(revoked))
-
-    async def push_revocations_at_start(self) -> None:
-        """``push_revocations``, tried again until it is done: at a restart of the whole platform it runs while
-        every agent reconnects, and one account update timed out after 5 s at 10,000 agents. That is no reason
-        to stop serving hellos (the task's failure ended the registry); the server keeps the last account it
-        was sent meanwhile."""
-        for attempt in itertools.count():
-            try:
-                await self.push_revocations(unless_held=True)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                logger.warning("account not pushed to NATS: %s; trying again", exc or type(exc).__name__)
-                await asyncio.sleep(backoff_delay(attempt, base=PUSH_RETRY_BASE, cap=30.0))
 
     async def renew(self, req: AgentRenew, caller: str) -> AgentCredentials:
         logic.check_caller(caller, req.cluster)
@@ -283,7 +211,7 @@ class Registry:
         logic.check_renewal(record, req)
         if self.trust is None or not record.nats_user:
             return AgentCredentials(cluster=record.name, credential="")
-        jwt, expires = self._agent_jwt(record.name, record.nats_user)
+        jwt, expires = agent_user_jwt(self.trust, record.name, record.nats_user, self.settings.agent_credential_ttl)
         return AgentCredentials(cluster=record.name, credential="", jwt=jwt, expires_at=expires)
 
     async def get(self, req: NameRequest) -> ClusterRecord:
@@ -306,9 +234,7 @@ class Registry:
         if updated is not record:
             await self.clusters.update(record.name, updated, revision)
             if record.cluster_uid:
-                claim = await self.uids.get(record.cluster_uid)
-                if claim and claim[0].cluster == record.name:
-                    await self.uids.delete(record.cluster_uid)
+                await self.uid_claims.release(record.cluster_uid, record.name)
             await self.bus.send(
                 subjects.control(record.name),
                 ControlNotice(kind="revoked", reason=f"cluster {record.name!r} was disconnected"),
@@ -319,7 +245,7 @@ class Registry:
         await self.new_consumers.settled(record.name)
         await self.bus.delete_agent_consumer(record.name)
         # Also when already disconnected: a crash before the push is repaired by asking again.
-        await self.push_revocations()
+        await self.account.push()
         return updated
 
     async def bootstrap(self, req: AgentBootstrap, caller: str) -> AgentCredentials:
@@ -347,7 +273,7 @@ class Registry:
         if self.trust is None:
             return AgentCredentials(cluster=name, credential=credential, welcome=welcome)
         with self.steps.timed("sign jwt"):
-            jwt, expires = self._agent_jwt(name, req.user_public_key)
+            jwt, expires = agent_user_jwt(self.trust, name, req.user_public_key, self.settings.agent_credential_ttl)
         return AgentCredentials(cluster=name, credential=credential, jwt=jwt, expires_at=expires, welcome=welcome)
 
     def _welcome(self, name: str, *, consumer: bool) -> AgentWelcome:
@@ -364,13 +290,13 @@ class Registry:
         name, steps = record.name, self.steps
         connected, credential = logic.redeem(record, req, time.time(), self.credential_key)
         with steps.timed("uid claim"):
-            created = await self._claim_uid(req.cluster_uid, name)
+            created = await self.uid_claims.claim(req.cluster_uid, name)
         with steps.timed("spend token"):
             try:
                 await self.clusters.update(name, connected, revision)
             except Conflict:
                 if created:
-                    await self._release_uid(req.cluster_uid, name)
+                    await self.uid_claims.release(req.cluster_uid, name)
                 return None
         # The consumer is created meanwhile (``NewConsumers``): the agent needs it only after its hello. The
         # event is stored while the bootstrap waits for a free creation slot, not after it (both before the
@@ -391,70 +317,6 @@ class Registry:
             await self.clusters.update(record.name, changed, revision)
         logger.info("cluster %s: its agent asked to bootstrap again; answered again", record.name)
         return credential
-
-    async def _release_uid(self, uid: str, name: str) -> None:
-        """Drop a claim made for a bootstrap that lost the token to another request."""
-        claim = await self.uids.get(uid)
-        if claim is not None and claim[0].cluster == name:
-            await self.uids.delete(uid)
-
-    async def _claim_uid(self, uid: str, name: str) -> bool:
-        """The duplicate guard: a create-only key per physical cluster UID. Created first (a new cluster's
-        UID is free: no read before), read only when taken. True when this call made the claim."""
-        for _ in range(2):
-            try:
-                await self.uids.create(uid, ClusterUidClaim(cluster=name))
-                return True
-            except Conflict:
-                claim = await self.uids.get(uid)
-            if claim is None:
-                continue  # released in between (its cluster disconnected): claim it again
-            if claim[0].cluster == name:
-                return False  # this cluster's own claim (a token issued again)
-            holder = await self.clusters.get(claim[0].cluster)
-            if holder is not None and holder[0].state != "disconnected":
-                raise logic.duplicate_error(uid, claim[0].cluster)
-            await self.uids.put(uid, ClusterUidClaim(cluster=name))
-            return True
-        raise Unavailable(f"the claim of cluster UID {uid} keeps changing; try again")
-
-    async def events_creds(self, req: EventsCredsRequest) -> EventsCreds:
-        """A subscribe-only NATS user for an outside consumer of the public events (signed here, the seed
-        made here and handed over once: the platform keeps no copy)."""
-        name = check_name(req.name, "events reader name")
-        ttl = logic.events_creds_ttl(req.ttl)
-        if self.trust is None:
-            raise Unavailable("this platform's NATS runs without identities; no credentials to sign")
-        prefix = events_inbox_prefix(name)
-        pub_allow, sub_allow = identity.events_reader_permissions(prefix)
-        expires = time.time() + ttl
-        text = self.trust.user_creds(
-            f"events-{name}", pub_allow=pub_allow, sub_allow=sub_allow, expires=expires, tags=["events-reader"]
-        )
-        logger.info("events reader credentials for %r signed (expire in %.0f days)", name, ttl / 86400)
-        return EventsCreds(name=name, creds=text, inbox_prefix=prefix, expires_at=expires)
-
-    async def project_create(self, req: ProjectCreate) -> ProjectRecord:
-        check_name(req.name, "project name")
-        known = set((await self.clusters.items()).keys()) if req.clusters else set()
-        record = logic.new_project(req, known, time.time())
-        try:
-            await self.projects.create(req.name, record)
-        except Conflict:
-            raise Conflict(f"project {req.name!r} already exists") from None
-        return record
-
-    async def project_get(self, req: NameRequest) -> ProjectRecord:
-        check_name(req.name, "project name")
-        found = await self.projects.get(req.name)
-        if found is None:
-            raise NotFound(f"project {req.name!r} not found")
-        return found[0]
-
-    async def project_list(self, req: NamesRequest) -> ProjectList:
-        items = await self.projects.items()
-        wanted = items.values() if req.all else (items[n] for n in req.names if n in items)
-        return ProjectList(projects=sorted(wanted, key=lambda p: p.name))
 
     def _welcome_as_kept(self, req: AgentHello) -> bool:
         """Whether the kept records alone admit ``req`` with nothing to write (a reconnect: same credential,
@@ -515,10 +377,11 @@ def install(registry: Registry, served: Endpoints) -> None:
     served.agent(R.AGENT_BOOTSTRAP, AgentBootstrap, registry.bootstrap, admission)
     served.agent(R.AGENT_HELLO, AgentHello, registry.hello, registry.settings.hello_admission)
     served.agent(R.AGENT_RENEW, AgentRenew, registry.renew)
-    served.platform(R.EVENTS_CREDS, EventsCredsRequest, registry.events_creds)
-    served.platform(subjects.Projects.CREATE, ProjectCreate, registry.project_create)
-    served.platform(subjects.Projects.GET, NameRequest, registry.project_get)
-    served.platform(subjects.Projects.LIST, NamesRequest, registry.project_list)
+    served.platform(R.EVENTS_CREDS, EventsCredsRequest, EventsReaders(registry.trust).creds)
+    projects = Projects(registry.projects, registry.clusters)
+    served.platform(subjects.Projects.CREATE, ProjectCreate, projects.create)
+    served.platform(subjects.Projects.GET, NameRequest, projects.get)
+    served.platform(subjects.Projects.LIST, NamesRequest, projects.list)
     Changes(registry).install(served)
 
 
@@ -589,8 +452,8 @@ async def setup(rt: Runtime, settings: Settings) -> None:
     # Beside the endpoints, not before them: the push reads every record from the bucket (removed clusters too,
     # which the kept records leave out) while a restarted platform's agents wait for their hellos. The server
     # keeps the last pushed account in its resolver across restarts, so this push only makes sure of it; a push
-    # of a disconnect meanwhile is not undone by it (``_pushing``).
-    rt.task("revocations", registry.push_revocations_at_start)
+    # of a disconnect meanwhile is not undone by it (``AccountPush``).
+    rt.task("revocations", registry.account.push_at_start)
     if settings.consumer_sweep_delay >= 0:
 
         async def consumer_sweep() -> None:  # returns when done; the service serves on

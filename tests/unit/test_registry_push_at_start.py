@@ -16,7 +16,7 @@ from schemas.messages import ClusterRecord
 from services.bus.identity import Trust as RealTrust
 from services.bus.identity import encode_jwt
 from services.bus.memory import MemoryBus
-from services.registry import logic, service
+from services.registry import logic, revocations
 from services.registry.service import Registry, Settings
 
 
@@ -44,21 +44,21 @@ class Trust:
 
 
 async def test_the_push_at_start_outlasts_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(service, "PUSH_RETRY_BASE", 0.01)
+    monkeypatch.setattr(revocations, "PUSH_RETRY_BASE", 0.01)
     bus, sys_bus = MemoryBus(), FlakySystemBus(fails=3)
     clusters = await bus.bucket(subjects.BUCKET_CLUSTERS, ClusterRecord)
     registry = Registry(Settings(), bus, clusters, clusters, clusters, Trust(), sys_bus)  # type: ignore[arg-type]
     async with asyncio.timeout(10):
-        await registry.push_revocations_at_start()
+        await registry.account.push_at_start()
     assert len(sys_bus.pushed) == 1 and sys_bus.fails == 0
     # A push asked for by a handler (a disconnect) still says it failed: its caller answers with the error.
     sys_bus.fails = 1
     with pytest.raises(TimeoutError):
-        await registry.push_revocations()
+        await registry.account.push()
 
 
 async def test_an_update_refused_is_tried_again_too(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(service, "PUSH_RETRY_BASE", 0.01)
+    monkeypatch.setattr(revocations, "PUSH_RETRY_BASE", 0.01)
 
     class Refusing(FlakySystemBus):
         async def update_account(self, account_jwt: str) -> None:
@@ -71,7 +71,7 @@ async def test_an_update_refused_is_tried_again_too(monkeypatch: pytest.MonkeyPa
     clusters = await bus.bucket(subjects.BUCKET_CLUSTERS, ClusterRecord)
     registry = Registry(Settings(), bus, clusters, clusters, clusters, Trust(), sys_bus)  # type: ignore[arg-type]
     async with asyncio.timeout(10):
-        await registry.push_revocations_at_start()
+        await registry.account.push_at_start()
     assert sys_bus.pushed
 
 
@@ -81,18 +81,18 @@ async def test_the_push_at_start_is_skipped_when_the_server_holds_the_same_accou
     sys_bus.account_jwt = trust.account_jwt()  # what the server was started with (its preload)
     clusters = await bus.bucket(subjects.BUCKET_CLUSTERS, ClusterRecord)
     registry = Registry(Settings(), bus, clusters, clusters, clusters, trust, sys_bus)
-    await registry.push_revocations_at_start()
+    await registry.account.push_at_start()
     assert sys_bus.pushed == [], "the same account (issued at another time) is not pushed again"
 
     # A revocation decided while the registry was away: the held account lacks it, so it is pushed.
     record = ClusterRecord(name="c1", state="disconnected", nats_user="UAGENT", disconnected_at=1000.0)
     await clusters.create("c1", record)
-    await registry.push_revocations_at_start()
+    await registry.account.push_at_start()
     assert len(sys_bus.pushed) == 1
     assert jwt_claims(sys_bus.pushed[0])["nats"]["revocations"] == {"UAGENT": 1001}  # type: ignore[index]
 
     # A push asked for by a handler (a disconnect) is always made.
-    await registry.push_revocations()
+    await registry.account.push()
     assert len(sys_bus.pushed) == 2
 
 
