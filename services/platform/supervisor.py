@@ -4,32 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import logging
 import os
 import secrets
-import signal
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 from schemas.retrying import backoff_delay
 from services.bus import identity
+from services.platform import api_client
+from services.platform.children import Child, ChildBuilder, metrics_lines, public_nats_url
 from services.platform.endpoint import ApiEndpoint
-from services.platform.environment import SERVICES, PlatformPaths, platform_env, service_env
+from services.platform.environment import SERVICES, PlatformPaths
+from services.platform.errors import PlatformError
 from services.platform.natsd import GO_GC, GO_MEMORY_LIMIT, NatsServer, NatsServerConfig, NatsServerError
 from services.platform.tls import ensure_tls
 
-logger = logging.getLogger(__name__)
+# The CLI and the tests import SERVICES and PlatformError from here too (they are defined elsewhere).
+__all__ = ["SERVICES", "Platform", "PlatformError", "UpSettings", "default_data_dir", "detect_local_driver"]
 
 PERMANENT_EXIT = 2  # the agent's "do not restart me" code (revoked, bad token)
-
-
-class PlatformError(Exception):
-    """``tether up`` could not start."""
 
 
 def default_data_dir() -> Path:
@@ -96,44 +90,6 @@ class UpSettings:
     ``tether up``'s environment wins."""
 
 
-@dataclass
-class Child:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log: Path
-    proc: asyncio.subprocess.Process | None = None
-    restarts: int = 0
-    permanent_exit: bool = False
-
-    async def start(self) -> None:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.argv, env=self.env, stdout=fd, stderr=fd, start_new_session=True
-            )
-        finally:
-            os.close(fd)
-
-    async def stop(self, timeout: float = 10.0) -> None:
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout)
-        except TimeoutError:
-            logger.warning("%s did not stop within %gs; killing it", self.name, timeout)
-            proc.kill()
-            await proc.wait()
-
-    def kill_now(self) -> None:
-        """SIGKILL without waiting; a ``stop()`` in progress then returns at once."""
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-
-
 class Platform:
     def __init__(
         self,
@@ -147,6 +103,7 @@ class Platform:
         self.data = settings.data_dir.resolve()
         self.logs = self.data / "logs"
         self.auth = self.data / "auth"
+        self.agent_state = self.data / "agents" / "local"
         self.nats = NatsServer(
             NatsServerConfig(
                 store_dir=self.data / "nats",
@@ -191,125 +148,22 @@ class Platform:
         return token, True
 
     # -- children --------------------------------------------------------------
-    def _env(self, **extra: str) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(platform_env(self.paths))
-        env.update(
-            TETHER_HEARTBEAT_INTERVAL=str(self.s.heartbeat_interval),
-            TETHER_OFFLINE_AFTER=str(self.s.offline_after),
-            PYTHONUNBUFFERED="1",
-        )
-        env.update(extra)
-        return env
-
-    def metrics_port(self, name: str) -> int | None:
-        """Each service's own scrape port under ``tether up``: ``TETHER_PROMETHEUS_PORT`` is the first, the
-        others follow in SERVICES order (one port each: they are separate processes; the same port for all
-        made every one but the first crash). None: no endpoints."""
-        base = os.environ.get("TETHER_PROMETHEUS_PORT", "").strip()
-        if not base or name not in SERVICES:
-            return None
-        if not base.isdigit() or not 0 < int(base) <= 65535 - len(SERVICES):
-            raise PlatformError(
-                f"TETHER_PROMETHEUS_PORT={base!r}: expected a port number (the first of {len(SERVICES)})"
-            )
-        return int(base) + SERVICES.index(name)
-
-    def metrics_lines(self) -> list[str]:
-        """What ``tether up`` prints about its scrape endpoints."""
-        host = os.environ.get("TETHER_PROMETHEUS_HOST") or "127.0.0.1"
-        ports = {name: self.metrics_port(name) for name in SERVICES}
-        return [f"metrics of {name}: http://{host}:{port}/metrics" for name, port in ports.items() if port]
-
     @property
     def paths(self) -> PlatformPaths:
         return PlatformPaths(self.nats.url, self.auth, self.data / "admin.token", self.ca_file)
 
-    def public_nats_url(self) -> str:
-        """The NATS URL agents are told to dial: this host's name when NATS listens on every address."""
-        if self.s.nats_host not in ("0.0.0.0", "::"):
-            return self.nats.url
-        import socket
-
-        return f"{'tls' if self.s.tls else 'nats'}://{socket.getfqdn()}:{self.s.nats_port}"
-
-    def service_child(self, name: str) -> Child:
-        extra = service_env(
-            name,
-            self.paths,
-            http_port=self.s.http_port,
-            public_nats_url=self.public_nats_url(),
-            metrics_port=self.metrics_port(name),
-            http=self.endpoint.serving(),
+    def child_builder(self) -> ChildBuilder:
+        """Only once NATS and TLS are set up: every child's environment carries the bus's URL and CA."""
+        s = self.s
+        return ChildBuilder(
+            paths=self.paths,
+            endpoint=self.endpoint,
+            logs=self.logs,
+            agent_state=self.agent_state,
+            public_nats_url=public_nats_url(self.nats.url, s.nats_host, s.nats_port, tls=s.tls),
+            heartbeat_interval=s.heartbeat_interval,
+            offline_after=s.offline_after,
         )
-        return Child(
-            name=name,
-            argv=[sys.executable, "-m", f"services.{name}"],
-            env=self._env(**extra),
-            log=self.logs / f"{name}.log",
-        )
-
-    def agent_child(self, driver: str, token: str | None) -> Child:
-        argv = [
-            sys.executable,
-            "-m",
-            "agent",
-            "run",
-            "--server",
-            self.nats.url,
-            "--driver",
-            driver,
-            "--state-dir",
-            str(self.data / "agents" / "local"),
-        ]
-        if self.ca_file:
-            argv += ["--ca-file", self.ca_file]
-        # The connect token goes in the environment, never the command line: any local user can read a
-        # process's arguments (ps, /proc/<pid>/cmdline), only its owner its environment.
-        env = self._env(TETHER_AGENT_TOKEN=token) if token else self._env()
-        env.pop("TETHER_PROMETHEUS_PORT", None)  # the services' ports, not the agent's
-        return Child(name="agent-local", argv=argv, env=env, log=self.logs / "agent-local.log")
-
-    async def wait_healthy(self, token: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        last = ""
-        async with httpx.AsyncClient(base_url=self.api_url, timeout=2, verify=self.endpoint.verify()) as http:
-            while time.monotonic() < deadline:
-                for child in self.children:
-                    if child.proc and child.proc.returncode is not None:
-                        raise PlatformError(f"{child.name} exited during start; see {child.log}")
-                try:
-                    resp = await http.get("/healthz")
-                    if resp.status_code == 200:
-                        return
-                    last = resp.text
-                except httpx.HTTPError as exc:
-                    last = str(exc)
-                await asyncio.sleep(0.2)
-        raise PlatformError(f"platform not healthy within {timeout:g}s: {last}")
-
-    async def local_agent_token(self, token: str) -> str | None:
-        """A connect token for cluster ``local``, or None when its agent already has credentials."""
-        if (self.data / "agents" / "local" / "credentials.json").exists():
-            return None
-        headers = {"Authorization": f"Bearer {token}"}
-        async with httpx.AsyncClient(
-            base_url=self.api_url, timeout=10, headers=headers, verify=self.endpoint.verify()
-        ) as http:
-            body = {
-                "name": "local",
-                "display_name": "Platform cluster",
-                "local": True,
-                "description": "The cluster the platform runs on",
-                "rotate_token": True,  # a local cluster registered before but never connected: a new token
-            }
-            resp = await http.post("/api/v1/clusters", json=body)
-            if resp.status_code == 409:
-                # Connected before, but its credentials are gone (state dir wiped): start over.
-                await http.post("/api/v1/clusters/local/disconnect")
-                resp = await http.post("/api/v1/clusters", json=body)
-            resp.raise_for_status()
-            return str(resp.json()["token"])
 
     async def supervise(self, child: Child) -> None:
         """Restart a child that dies, with backoff, until the platform stops."""
@@ -375,16 +229,17 @@ class Platform:
         try:
             await self.nats.wait_ready()
             self.say(f"nats-server with JetStream on {self.nats.url}")
-            self.children = [self.service_child(name) for name in SERVICES]
+            build = self.child_builder()
+            self.children = [build.service(name) for name in SERVICES]
             for child in self.children:
                 await child.start()
-            await self.wait_healthy(token)
-            agent_token = await self.local_agent_token(token)
-            agent = self.agent_child(driver, agent_token)
+            await api_client.wait_healthy(self.endpoint, self.children)
+            agent_token = await api_client.local_agent_token(self.endpoint, token, self.agent_state)
+            agent = build.agent(driver, agent_token)
             self.children.append(agent)
             await agent.start()
             self.say(f"local cluster agent: driver {driver} ({why})")
-            for line in self.metrics_lines():
+            for line in metrics_lines():
                 self.say(line)
             if self.on_ready is not None:
                 self.on_ready(self.api_url, token, self.endpoint.ca_file)
