@@ -80,7 +80,7 @@ async def test_the_push_at_start_is_skipped_when_the_server_holds_the_same_accou
     bus, sys_bus = MemoryBus(), FlakySystemBus(fails=0)
     sys_bus.account_jwt = trust.account_jwt()  # what the server was started with (its preload)
     clusters = await bus.bucket(subjects.BUCKET_CLUSTERS, ClusterRecord)
-    registry = Registry(Settings(), bus, clusters, clusters, clusters, trust, sys_bus)
+    registry = Registry(Settings(), bus, clusters, clusters, clusters, trust, sys_bus)  # type: ignore[arg-type]
     await registry.account.push_at_start()
     assert sys_bus.pushed == [], "the same account (issued at another time) is not pushed again"
 
