@@ -56,9 +56,7 @@ class Changes:
             await self.registry.clusters.put(f"{REMOVED_PREFIX}{record.name}.{int(now * 1000)}", record)
             took.append("agent identity (stays revoked)")
         if record.cluster_uid:
-            claim = await self.registry.uids.get(record.cluster_uid)
-            if claim and claim[0].cluster == record.name:
-                await self.registry.uids.purge(record.cluster_uid)
+            await self.registry.uid_claims.release(record.cluster_uid, record.name, purge=True)
         took += await self.registry.bus.forget_agent_commands(record.name)
         await self.registry.clusters.purge(record.name)
         await self._prune_removed(now)

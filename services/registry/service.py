@@ -152,7 +152,6 @@ class Registry:
         self.settings = settings
         self.bus = bus
         self.clusters = clusters
-        self.uids = uids
         self.uid_claims = UidClaims(uids, clusters)
         self.account = AccountPush(trust, sys_bus, clusters)
         """Revokes disconnected agents in the broker (``AccountPush``)."""

@@ -34,9 +34,10 @@ class UidClaims:
             return True
         raise Unavailable(f"the claim of cluster UID {uid} keeps changing; try again")
 
-    async def release(self, uid: str, name: str) -> None:
+    async def release(self, uid: str, name: str, *, purge: bool = False) -> None:
         """Drop ``name``'s claim of ``uid`` (a disconnect, or a bootstrap that lost the token to another
-        request); a claim another cluster has made since is left alone."""
+        request); a claim another cluster has made since is left alone. ``purge``: its history too (the
+        cluster's removal leaves nothing of it behind)."""
         claim = await self.uids.get(uid)
         if claim is not None and claim[0].cluster == name:
-            await self.uids.delete(uid)
+            await (self.uids.purge(uid) if purge else self.uids.delete(uid))
