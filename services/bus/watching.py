@@ -21,11 +21,14 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from schemas.errors import Unavailable
 from schemas.messages import M
+from schemas.retrying import backoff_delay
 from services.bus.records import Keep, View
 
 logger = logging.getLogger(__name__)
@@ -45,6 +48,12 @@ consumers that lived on it are gone, and a list waiting on them must not outlast
 RETRY = 1.0
 """Seconds before the watchdog first tries again to make a lost consumer (JetStream electing leaders after a
 node's loss answers within seconds), doubled at each failure up to the probe (a long outage is not hammered)."""
+NEWEST_ATTEMPT = 1.0
+"""Seconds one ask for the bucket's newest revision may take before it is asked again, within ``caught_up``'s
+deadline: while a stream elects a new leader after its node's loss (4-9 s, nats-server's election timeout), the
+followers leave direct gets unanswered or there are no responders at all; a new leader answers at once."""
+LEADERLESS = (NoRespondersError, NoStreamResponseError, ServiceUnavailableError, TimeoutError)
+"""What a direct get gets from a stream without a leader (``TimeoutError``: one attempt ran out)."""
 
 Decode = Callable[[str, dict[str, str] | None, bytes], M | None]
 """A delivered entry as a record; None for a removal (or a record this version cannot read)."""
@@ -135,7 +144,7 @@ class BucketWatch(View[M]):
         waiter = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.timeout(timeout):
-                newest = await self._newest()
+                newest = await self._newest_through_election()
                 if newest <= self.position:
                     return
                 self._waiting.append((newest, waiter))
@@ -144,6 +153,19 @@ class BucketWatch(View[M]):
             raise Unavailable(f"view of {self._stream}: not caught up within {timeout:g}s") from None
         finally:
             waiter.cancel()  # dropped from ``_waiting`` at the next delivery
+
+    async def _newest_through_election(self) -> int:
+        """The bucket's newest revision, asked again while the stream has no leader to say (``NEWEST_ATTEMPT``);
+        the caller's deadline ends the asking (it once ended at the first "no responders", a list's 503)."""
+        attempt = 0
+        while True:
+            try:
+                return await asyncio.wait_for(self._newest(), NEWEST_ATTEMPT)
+            except LEADERLESS as exc:
+                if attempt == 0:
+                    logger.info("view of %s: newest revision not read (%s); asking again", self._stream, _named(exc))
+                await asyncio.sleep(backoff_delay(attempt, base=0.1, cap=0.5))
+                attempt += 1
 
     async def _stalled_resumes(self, waiter: asyncio.Future[None]) -> None:
         """Wait for ``waiter``; each ``STALL`` the view has not moved, have its consumer made again."""
@@ -217,6 +239,10 @@ class BucketWatch(View[M]):
         sub, self._sub = self._sub, None
         if sub is not None:
             await _drop(sub)
+
+
+def _named(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
 
 
 def _stream_sequence(reply: str) -> int:

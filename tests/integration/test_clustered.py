@@ -317,8 +317,14 @@ async def test_clustered_platform_survives_a_nats_node_and_a_replica_of_each_ser
             else:
                 assert sim["tombstones"][chain.key]["generation"] == len(chain.ops)
         # A list waits until lifecycle's view of each of the 16 desired-state buckets has every acknowledged write
-        # (``caught_up``). The views whose consumers lived on the lost node are made again as soon as a read waits on
-        # them (``watching.STALL``), so the lists answer, without a 503 (they did not, before e22c52b, in one run).
+        # (``caught_up``, which asks each bucket's stream for its newest revision). A stream whose leader lived on
+        # the lost node cannot say until the nodes left elect another (4-9 s, nats-server's election timeout):
+        # meanwhile a list answers 503, try again. Once they have, the views whose consumers lived on the lost node
+        # are made again as soon as a read waits on them (``watching.STALL``), so the lists answer, without a 503
+        # (they did not, before e22c52b, in one run).
+        await wait_for(
+            functools.partial(_desired_streams_led, stack), timeout=30, what="a leader for every desired stream"
+        )
         listed = {
             f"{w['kind']}/{w['project']}/{w['name']}": (w["desired"]["state"], w["version"], w["phase"])
             for kind in ("tenant", "space")
@@ -364,6 +370,24 @@ async def test_clustered_platform_survives_a_nats_node_and_a_replica_of_each_ser
         stack.stop()
         if failed:
             print(stack.logs())
+
+
+async def _desired_streams_led(stack: ClusteredStack) -> bool:
+    """Every desired-state stream has a leader on a node still running."""
+    live = {n.config.server_name for n in stack.live_nodes}
+    nc = await stack.nc()
+    try:
+        js = nc.jetstream(timeout=1.0)
+        for stream in subjects.DESIRED_STREAMS:
+            try:
+                cluster = (await js.stream_info(stream)).cluster
+            except Exception:
+                return False  # no leader to answer yet
+            if cluster is None or cluster.leader not in live:
+                return False
+        return True
+    finally:
+        await nc.close()
 
 
 async def _healthy(http: httpx.AsyncClient, api: str) -> bool:

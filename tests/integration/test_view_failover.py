@@ -21,6 +21,8 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(180)]
 BUCKET = "tether-failover-view"
 CATCH_UP = 30.0
 """Seconds the view may take to catch up after a failover (elections, the consumer made again)."""
+ELECTION_READ = 20.0
+"""A read's deadline here: past nats-server's longest election timeout (9 s), with room for a loaded machine."""
 
 
 def presence(cluster: str, n: int) -> Presence:
@@ -63,6 +65,45 @@ async def test_a_view_catches_up_after_a_leader_change_and_the_loss_of_its_consu
             await theirs.delete("c0")
             await wait_for(lambda: view.get("c0") is None, timeout=CATCH_UP, what="a deletion after the failover")
             assert set(view.items()) == {"c1", "c2"}
+        finally:
+            await view.stop()
+    finally:
+        for bus in buses:
+            await bus.close()
+        for server in nodes:
+            server.stop()
+
+
+async def test_a_read_waiting_for_the_view_answers_once_the_stream_has_a_new_leader(tmp_path: Path) -> None:
+    """``caught_up`` asks the stream for its newest revision (a direct get). After the node holding the stream's
+    leader dies, nothing answers those until the two nodes left elect a new leader (4-9 s, nats-server's
+    election timeout): the read asks again until it does, within its deadline, and then holds the write made just
+    before the loss (it once failed at the first "no responders": a list's 503 after a failover, in CI)."""
+    auth = tmp_path / "auth"
+    nodes = start_nats_cluster(tmp_path, auth)
+    buses: list[NatsBus] = []
+    try:
+        await wait_jetstream_cluster(nodes)
+        settings = BusSettings(url=",".join(n.url for n in nodes), creds_file=str(auth / "platform.creds"), replicas=3)
+        writer = await NatsBus.connect(settings, "view-writer")
+        buses.append(writer)
+        theirs = await writer.bucket(BUCKET, Presence, history=5)
+        assert isinstance(theirs, Bucket)
+        await _stored(theirs, "c0", 0, "the first write to the new bucket")
+        cluster = (await theirs.kv._js.stream_info(theirs.kv._stream)).cluster
+        assert cluster is not None and cluster.leader
+        victim = next(n for n in nodes if n.config.server_name == cluster.leader)
+        # The reader is on the nodes that stay: what is waited for is the stream's election, not a reconnect.
+        others = ",".join(n.url for n in nodes if n is not victim)
+        reader = await NatsBus.connect(BusSettings(url=others, creds_file=settings.creds_file, replicas=3), "reader")
+        buses.append(reader)
+        mine = await reader.bucket(BUCKET, Presence, history=5)
+        view = await mine.view()
+        try:
+            await theirs.put("c1", presence("c1", 1))
+            victim.kill()
+            await view.caught_up(timeout=ELECTION_READ)
+            assert view.get("c1") == presence("c1", 1)
         finally:
             await view.stop()
     finally:
