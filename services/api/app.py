@@ -50,7 +50,12 @@ def create_app(platform: Platform) -> FastAPI:
         status = logic.http_status(exc)
         if status >= 500:
             logger.error("request failed: %s", exc.description)
-        return JSONResponse(status_code=status, content={"error": {"code": exc.code, "message": exc.description}})
+        wait = logic.retry_after(exc)
+        return JSONResponse(
+            status_code=status,
+            content={"error": {"code": exc.code, "message": exc.description}},
+            headers={"Retry-After": str(wait)} if wait is not None else None,
+        )
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:

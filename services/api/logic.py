@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shlex
 from datetime import UTC, datetime
 
@@ -21,7 +22,7 @@ from schemas.api import (
     UserOut,
     WorkloadOut,
 )
-from schemas.errors import TetherError
+from schemas.errors import Overloaded, TetherError
 from schemas.messages import (
     ClusterHealth,
     ClusterRecord,
@@ -34,11 +35,21 @@ from schemas.messages import (
     WorkloadRecord,
 )
 
-HTTP_STATUS = {"400": 400, "401": 401, "403": 403, "404": 404, "409": 409, "410": 410, "503": 503}
+HTTP_STATUS = {"400": 400, "401": 401, "403": 403, "404": 404, "409": 409, "410": 410, "429": 429, "503": 503}
+UNAVAILABLE_RETRY_AFTER = 1
+"""Seconds a caller is told to wait after a 503: what stays unavailable longest is a JetStream election (4-9 s),
+and a client that asks again each second hears the answer within a second of it."""
 
 
 def http_status(error: TetherError) -> int:
     return HTTP_STATUS.get(error.code, 500)
+
+
+def retry_after(error: TetherError) -> int | None:
+    """The ``Retry-After`` seconds for an error worth trying again (a busy service says how long), else None."""
+    if isinstance(error, Overloaded):
+        return max(1, math.ceil(error.retry_after))
+    return UNAVAILABLE_RETRY_AFTER if error.retryable else None
 
 
 LATEST = 4_102_444_800.0

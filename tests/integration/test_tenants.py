@@ -180,6 +180,7 @@ async def test_lifecycle_killed_between_desired_write_and_publish(stack: Stack, 
     await stack.wait_healthy()
     resp = await stack.req("POST", "/api/v1/projects/p1/tenants", json={"name": "t1"})
     assert resp.status_code == 503  # the service died answering
+    assert resp.headers["Retry-After"] == "1"  # told when to try again
     assert await faulty.wait_exit() == 137
     # The crash came after the desired state was written (the command: its agent follows it) and before its
     # audit record and event were published.
