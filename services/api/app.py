@@ -49,7 +49,8 @@ def create_app(platform: Platform) -> FastAPI:
     async def tether_error(_request: Request, exc: TetherError) -> JSONResponse:
         status = logic.http_status(exc)
         if status >= 500:
-            logger.error("request failed: %s", exc.description)
+            # A part away for a moment (a restart, an election) is told to try again; only the rest is a failure.
+            logger.log(logging.WARNING if exc.retryable else logging.ERROR, "request failed: %s", exc.description)
         wait = logic.retry_after(exc)
         return JSONResponse(
             status_code=status,
