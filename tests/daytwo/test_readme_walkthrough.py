@@ -60,9 +60,13 @@ async def test_readme_quick_start_runs_literally(tmp_path: Path) -> None:
     data = home / ".local" / "share" / "tether"
     try:
 
-        async def healthy() -> bool:
+        async def ready() -> bool:
             if up.poll() is not None:
                 raise Abort(f"make up exited {up.returncode}:\n{(tmp_path / 'make-up.log').read_text()}")
+            # What a person waits for: the "ready" line, printed once the CLI context is written (the API answers
+            # /healthz a moment before; the walkthrough once started in that moment and found no context).
+            if "ready. Try:" not in (tmp_path / "make-up.log").read_text():
+                return False
             ca = data / "tls" / "ca.pem"  # HTTPS by default, with the platform's own CA (made at its first start)
             try:
                 async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(ca))) as http:
@@ -70,7 +74,7 @@ async def test_readme_quick_start_runs_literally(tmp_path: Path) -> None:
             except (httpx.HTTPError, OSError, ssl.SSLError):
                 return False
 
-        await wait_for(healthy, timeout=120, what="make up to serve the API")
+        await wait_for(ready, timeout=120, what="make up to say it is ready")
         script = "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + "\n".join(rest)
         (tmp_path / "walkthrough.sh").write_text(script)
         run = subprocess.run(
