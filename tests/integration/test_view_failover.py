@@ -5,6 +5,8 @@ process reach the view within a deadline; it is never left silently stale."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -29,13 +31,28 @@ def presence(cluster: str, n: int) -> Presence:
     return Presence(cluster=cluster, online=True, last_seen=float(n))
 
 
-async def test_a_view_catches_up_after_a_leader_change_and_the_loss_of_its_consumer_node(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def _cluster(tmp_path: Path) -> AsyncIterator[tuple[list[NatsServer], BusSettings, list[NatsBus]]]:
+    """Three nodes, the settings to reach them all, and a list of the buses to close when done."""
     auth = tmp_path / "auth"
     nodes = start_nats_cluster(tmp_path, auth)
     buses: list[NatsBus] = []
     try:
         await wait_jetstream_cluster(nodes)
-        settings = BusSettings(url=",".join(n.url for n in nodes), creds_file=str(auth / "platform.creds"), replicas=3)
+        yield (
+            nodes,
+            BusSettings(url=",".join(n.url for n in nodes), creds_file=str(auth / "platform.creds"), replicas=3),
+            buses,
+        )
+    finally:
+        for bus in buses:
+            await bus.close()
+        for server in nodes:
+            server.stop()
+
+
+async def test_a_view_catches_up_after_a_leader_change_and_the_loss_of_its_consumer_node(tmp_path: Path) -> None:
+    async with _cluster(tmp_path) as (nodes, settings, buses):
         reader, writer = await NatsBus.connect(settings, "view-reader"), await NatsBus.connect(settings, "view-writer")
         buses += [reader, writer]
         mine = await reader.bucket(BUCKET, Presence, history=5)
@@ -67,11 +84,6 @@ async def test_a_view_catches_up_after_a_leader_change_and_the_loss_of_its_consu
             assert set(view.items()) == {"c1", "c2"}
         finally:
             await view.stop()
-    finally:
-        for bus in buses:
-            await bus.close()
-        for server in nodes:
-            server.stop()
 
 
 async def test_a_read_waiting_for_the_view_answers_once_the_stream_has_a_new_leader(tmp_path: Path) -> None:
@@ -79,12 +91,7 @@ async def test_a_read_waiting_for_the_view_answers_once_the_stream_has_a_new_lea
     leader dies, nothing answers those until the two nodes left elect a new leader (4-9 s, nats-server's
     election timeout): the read asks again until it does, within its deadline, and then holds the write made just
     before the loss (it once failed at the first "no responders": a list's 503 after a failover, in CI)."""
-    auth = tmp_path / "auth"
-    nodes = start_nats_cluster(tmp_path, auth)
-    buses: list[NatsBus] = []
-    try:
-        await wait_jetstream_cluster(nodes)
-        settings = BusSettings(url=",".join(n.url for n in nodes), creds_file=str(auth / "platform.creds"), replicas=3)
+    async with _cluster(tmp_path) as (nodes, settings, buses):
         writer = await NatsBus.connect(settings, "view-writer")
         buses.append(writer)
         theirs = await writer.bucket(BUCKET, Presence, history=5)
@@ -106,11 +113,6 @@ async def test_a_read_waiting_for_the_view_answers_once_the_stream_has_a_new_lea
             assert view.get("c1") == presence("c1", 1)
         finally:
             await view.stop()
-    finally:
-        for bus in buses:
-            await bus.close()
-        for server in nodes:
-            server.stop()
 
 
 async def _stored(records: Records[Presence], key: str, n: int, what: str) -> None:
