@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import uuid
 from datetime import datetime
 
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import ServiceUnavailableError
 
+from schemas.errors import Unavailable
 from schemas.messages import M, decode
 from schemas.retrying import backoff_delay
 
 logger = logging.getLogger(__name__)
 
-UNREACHABLE_FOR = 5.0
-"""Seconds a read asks its new consumer again while no server answers for it. On a JetStream cluster the
-consumer's leader may live on another node than the reader's, and its interest takes a moment to reach the
-reader's node (longer while a lost node's consumers are elected again): a fetch meanwhile answers 503."""
+READ_FOR = 10.0
+"""Seconds a read may take to get every message its consumer had pending when made. Until then a fetch that
+times out, or that no server answers for yet, is asked again: on a JetStream cluster the consumer's leader may
+live on another node than the reader's, and its interest takes a moment to reach the reader's node (longer
+while a lost node's consumers are elected again); a busy server may be slow. Past it the read fails rather
+than return a short history as if it were all."""
+FETCH = 0.5
+"""Seconds one fetch waits for its batch."""
+BATCH = 256
 
 
 async def read_since(
@@ -36,12 +45,16 @@ async def read_since(
 ) -> list[M]:
     """Messages on ``subject`` stored since ``start``, oldest first, at most ``limit`` kept.
 
-    ``keep`` is an optional predicate: only messages it accepts count towards the limit.
+    ``keep`` is an optional predicate: only messages it accepts count towards the limit. The consumer says at
+    its creation how many messages it has for the read (``num_pending``): the read ends when it has them all
+    (or ``limit`` kept), not at the first fetch that comes back empty.
     """
-    sub = await js.pull_subscribe(
-        subject,
-        stream=stream,
-        config=ConsumerConfig(
+    name = f"read-{uuid.uuid4().hex}"
+    made = await js.add_consumer(
+        stream,
+        ConsumerConfig(
+            name=name,
+            filter_subject=subject,
             deliver_policy=DeliverPolicy.BY_START_TIME,
             opt_start_time=start,
             ack_policy=AckPolicy.NONE,
@@ -49,37 +62,53 @@ async def read_since(
             mem_storage=True,
         ),
     )
-    out: list[M] = []
-    give_up = asyncio.get_running_loop().time() + UNREACHABLE_FOR
     try:
-        while len(out) < limit:
-            msgs = await _next_batch(sub, stream, give_up)
-            if msgs is None:
-                break
+        return await _read(js, stream, name, made.num_pending or 0, type_, limit, keep)
+    finally:
+        # At once rather than after its inactive threshold: a stream's consumers are limited in number.
+        with contextlib.suppress(NatsError):
+            await js.delete_consumer(stream, name)
+
+
+async def _read(
+    js: JetStreamContext, stream: str, name: str, pending: int, type_: type[M], limit: int, keep: object
+) -> list[M]:
+    if not pending:
+        return []
+    sub = await js.pull_subscribe_bind(name, stream=stream)
+    out: list[M] = []
+    read = 0
+    give_up = asyncio.get_running_loop().time() + READ_FOR
+    try:
+        while read < pending and len(out) < limit:
+            msgs = await _next_batch(sub, stream, give_up, f"{read} of {pending}")
+            read += len(msgs)
+            if msgs and msgs[-1].metadata.num_pending == 0:
+                read = pending  # nothing more: some were removed since (a stream's age limit)
             for msg in msgs:
                 item = decode(msg.data, type_)
                 if keep is None or keep(item):  # type: ignore[operator]
                     out.append(item)
-            if msgs and msgs[-1].metadata.num_pending == 0:
-                break
     finally:
         await sub.unsubscribe()
     return out[:limit]
 
 
-async def _next_batch(sub: JetStreamContext.PullSubscription, stream: str, give_up: float) -> list[Msg] | None:
-    """The next messages; None when there are none (the fetch timed out); asked again while the consumer is
-    unreachable (``UNREACHABLE_FOR``)."""
-    unreachable = 0
+async def _next_batch(sub: JetStreamContext.PullSubscription, stream: str, give_up: float, progress: str) -> list[Msg]:
+    """The next messages, asked again while the fetch times out or nothing answers for the consumer, until
+    ``give_up`` (then Unavailable, saying how far the read got)."""
+    attempt = 0
     while True:
         try:
-            return await sub.fetch(256, timeout=0.5)
-        except NatsTimeout:
-            return None
-        except (ServiceUnavailableError, NoRespondersError):
+            return await sub.fetch(BATCH, timeout=FETCH)
+        except (NatsTimeout, ServiceUnavailableError, NoRespondersError) as exc:
             if asyncio.get_running_loop().time() > give_up:
-                raise
-            if not unreachable:
-                logger.info("reading %s: its consumer does not answer yet; asking again", stream)
-            await asyncio.sleep(backoff_delay(unreachable, base=0.1, cap=1.0))
-            unreachable += 1
+                raise Unavailable(f"reading {stream}: read {progress} messages within {READ_FOR:g}s") from None
+            if not attempt:
+                logger.info("reading %s: %s after %s messages; asking again", stream, _named(exc), progress)
+            await asyncio.sleep(backoff_delay(attempt, base=0.1, cap=1.0))
+            attempt += 1
+
+
+def _named(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

@@ -126,6 +126,31 @@ async def test_a_message_over_the_payload_limit_is_refused_and_the_bus_stays(bus
         await host.stop()
 
 
+async def test_a_history_longer_than_a_batch_is_read_whole_and_leaves_no_consumer(
+    bus: Bus, server: NatsServer | None
+) -> None:
+    """600 events (three fetches' worth): every one, in order; the read's consumer is gone once it returns."""
+    start = datetime.now(UTC) - timedelta(seconds=1)
+    for i in range(600):
+        await bus.publish(subjects.public_event("cluster.connected"), event(f"c{i}"))
+    stored = await bus.read_since(subjects.EVENTS_STREAM, subjects.public_event("cluster.*"), start, ClusterEvent)
+    assert [e.cluster for e in stored] == [f"c{i}" for i in range(600)]
+    kept = await bus.read_since(
+        subjects.EVENTS_STREAM, subjects.public_event("cluster.*"), start, ClusterEvent, limit=10
+    )
+    assert [e.cluster for e in kept] == [f"c{i}" for i in range(10)]
+    if server is not None:
+        streams = (monitor(server, "/jsz?streams=true&consumers=true") or {}).get("account_details") or []
+        consumers = [
+            c["name"]
+            for account in streams
+            for stream in account.get("stream_detail") or []
+            if stream["name"] == subjects.EVENTS_STREAM
+            for c in stream.get("consumer_detail") or []
+        ]
+        assert not [c for c in consumers if c.startswith("read-")], consumers
+
+
 async def test_the_stream_drops_a_duplicate_id_and_keeps_the_rest_for_reading(bus: Bus) -> None:
     seen = Inbox()
     sub = await bus.subscribe(subjects.public_event("cluster.*"), seen)
