@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
+import time
 import uuid
 from datetime import datetime
 
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import ServiceUnavailableError
 
 from schemas.errors import Unavailable
 from schemas.messages import M, decode
-from schemas.retrying import backoff_delay
-
-logger = logging.getLogger(__name__)
+from services.bus.patience import busy, until_done
 
 READ_FOR = 10.0
 """Seconds a read may take to get every message its consumer had pending when made. Until then a fetch that
@@ -78,7 +72,7 @@ async def _read(
     sub = await js.pull_subscribe_bind(name, stream=stream)
     out: list[M] = []
     read = 0
-    give_up = asyncio.get_running_loop().time() + READ_FOR
+    give_up = time.monotonic() + READ_FOR
     try:
         while read < pending and len(out) < limit:
             msgs = await _next_batch(sub, stream, give_up, f"{read} of {pending}")
@@ -95,20 +89,15 @@ async def _read(
 
 
 async def _next_batch(sub: JetStreamContext.PullSubscription, stream: str, give_up: float, progress: str) -> list[Msg]:
-    """The next messages, asked again while the fetch times out or nothing answers for the consumer, until
-    ``give_up`` (then Unavailable, saying how far the read got)."""
-    attempt = 0
-    while True:
-        try:
-            return await sub.fetch(BATCH, timeout=FETCH)
-        except (NatsTimeout, ServiceUnavailableError, NoRespondersError) as exc:
-            if asyncio.get_running_loop().time() > give_up:
-                raise Unavailable(f"reading {stream}: read {progress} messages within {READ_FOR:g}s") from None
-            if not attempt:
-                logger.info("reading %s: %s after %s messages; asking again", stream, _named(exc), progress)
-            await asyncio.sleep(backoff_delay(attempt, base=0.1, cap=1.0))
-            attempt += 1
-
-
-def _named(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
+    """The next messages, asked again while the fetch times out or nothing answers for the consumer
+    (``patience.busy``), until ``give_up`` (then Unavailable, saying how far the read got)."""
+    try:
+        return await until_done(
+            f"reading {stream} after {progress} messages",
+            lambda: sub.fetch(BATCH, timeout=FETCH),
+            deadline=give_up - time.monotonic(),
+        )
+    except Exception as exc:
+        if not busy(exc):
+            raise
+        raise Unavailable(f"reading {stream}: read {progress} messages within {READ_FOR:g}s") from None

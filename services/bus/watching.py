@@ -21,14 +21,12 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from schemas.errors import Unavailable
 from schemas.messages import M
-from schemas.retrying import backoff_delay
+from services.bus.patience import until_done
 from services.bus.records import Keep, View
 
 logger = logging.getLogger(__name__)
@@ -52,8 +50,6 @@ NEWEST_ATTEMPT = 1.0
 """Seconds one ask for the bucket's newest revision may take before it is asked again, within ``caught_up``'s
 deadline: while a stream elects a new leader after its node's loss (4-9 s, nats-server's election timeout), the
 followers leave direct gets unanswered or there are no responders at all; a new leader answers at once."""
-LEADERLESS = (NoRespondersError, NoStreamResponseError, ServiceUnavailableError, TimeoutError)
-"""What a direct get gets from a stream without a leader (``TimeoutError``: one attempt ran out)."""
 
 Decode = Callable[[str, dict[str, str] | None, bytes], M | None]
 """A delivered entry as a record; None for a removal (or a record this version cannot read)."""
@@ -155,17 +151,13 @@ class BucketWatch(View[M]):
             waiter.cancel()  # dropped from ``_waiting`` at the next delivery
 
     async def _newest_through_election(self) -> int:
-        """The bucket's newest revision, asked again while the stream has no leader to say (``NEWEST_ATTEMPT``);
-        the caller's deadline ends the asking (it once ended at the first "no responders", a list's 503)."""
-        attempt = 0
-        while True:
-            try:
-                return await asyncio.wait_for(self._newest(), NEWEST_ATTEMPT)
-            except LEADERLESS as exc:
-                if attempt == 0:
-                    logger.info("view of %s: newest revision not read (%s); asking again", self._stream, _named(exc))
-                await asyncio.sleep(backoff_delay(attempt, base=0.1, cap=0.5))
-                attempt += 1
+        """The bucket's newest revision, asked again while the stream has no leader to say (``patience.busy``:
+        no responders, a timed-out ask); the caller's deadline ends the asking (it once ended at the first "no
+        responders", a list's 503)."""
+        return await until_done(
+            f"view of {self._stream}: newest revision",
+            lambda: asyncio.wait_for(self._newest(), NEWEST_ATTEMPT),
+        )
 
     async def _stalled_resumes(self, waiter: asyncio.Future[None]) -> None:
         """Wait for ``waiter``; each ``STALL`` the view has not moved, have its consumer made again."""
@@ -239,10 +231,6 @@ class BucketWatch(View[M]):
         sub, self._sub = self._sub, None
         if sub is not None:
             await _drop(sub)
-
-
-def _named(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
 
 
 def _stream_sequence(reply: str) -> int:
