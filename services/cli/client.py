@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from schemas.errors import parse_retry_after
 from services.cli.config import Context
 
 PATIENCE = 20.0
@@ -50,13 +51,10 @@ def verify_with(ctx: Context) -> ssl.SSLContext | bool:
 def retry_after(resp: httpx.Response) -> float | None:
     """Seconds to wait before asking again, when the answer says to (503 or 429 with ``Retry-After`` in
     seconds), capped at ``MAX_WAIT``; else None."""
-    if resp.status_code not in (429, 503):
+    header = resp.headers.get("Retry-After")
+    if resp.status_code not in (429, 503) or header is None:
         return None
-    try:
-        wait = float(resp.headers.get("Retry-After", ""))
-    except ValueError:
-        return None
-    return min(max(wait, MIN_WAIT), MAX_WAIT)
+    return min(max(parse_retry_after(header), MIN_WAIT), MAX_WAIT)  # NaN or not a number: its default, 1 s
 
 
 def _message(resp: httpx.Response) -> str:

@@ -46,9 +46,10 @@ def test_a_read_gives_up_after_its_patience_with_the_api_s_reason() -> None:
 
 
 def test_waits_are_bounded_whatever_the_header_says() -> None:
-    client, _, waits = _client([_unavailable("3600"), _unavailable("0"), httpx.Response(200, json={})])
+    answers = [_unavailable("3600"), _unavailable("0"), _unavailable("nan"), httpx.Response(200, json={})]
+    client, _, waits = _client(answers)
     client.get("/api/v1/clusters")
-    assert waits == [MAX_WAIT, MIN_WAIT]
+    assert waits == [MAX_WAIT, MIN_WAIT, 1.0]
 
 
 def test_a_write_or_an_answer_without_retry_after_is_not_repeated() -> None:
