@@ -424,6 +424,13 @@ AccessAction = Literal[
 """What access decides about (``Authorize.action``); its permission matrix says who may do each."""
 
 
+def own_only(user: str, project: str, owner: str = "") -> str:
+    """Why a project user may not manage a tenant cluster or space: it is not theirs. Said by access when asked
+    about a known owner, and by lifecycle when an action says whose the record must be (``owned_by``)."""
+    theirs = f" (this one belongs to {owner!r})" if owner else ""
+    return f"user {user!r} may manage only their own tenants and spaces in project {project!r}{theirs}"
+
+
 class Identified(Protocol):
     """Anything that names one tenant cluster or space: a spec, a ref, a result, an inventory item, ..."""
 
@@ -731,6 +738,10 @@ class WorkloadAction(Message, frozen=True, tag="workload-action.v1"):
     """The operation id the API chose (32 hex digits); empty: lifecycle picks one."""
     call: str = ""
     """The API call that asked for it (``POST /api/v1/...``), named in the command's audit record."""
+    owned_by: str = ""
+    """Act only if the record was created by this user (a project user, who may manage only their own);
+    empty: whoever created it (a platform or project admin). Checked by lifecycle on the record it writes
+    over, so the API needs no read of the record first and no owner can change in between."""
 
 
 class WorkloadQuery(Message, frozen=True, tag="workload-query.v1"):

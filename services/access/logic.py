@@ -23,6 +23,7 @@ from schemas.messages import (
     TokenRecord,
     UserCreate,
     UserRecord,
+    own_only,
 )
 from schemas.names import check_name
 
@@ -314,7 +315,6 @@ def decide(
         return Decision(
             allowed=False,
             role=role,
-            reason=f"user {user!r} may manage only their own tenants and spaces in {where}"
-            + (f" (this one belongs to {owner!r})" if owner else ""),
+            reason=own_only(user, project, owner),
         )
     return Decision(allowed=True, role=role, reason=f"user {user!r} is {_a(role)} in {where}")

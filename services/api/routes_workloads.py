@@ -95,12 +95,13 @@ class _KindRoutes:
     ) -> WorkloadOut:
         check_name(project, "project name")
         check_name(name, f"{self.kind} name")
+        owned_by = ""
         if not who.platform_admin:
-            # Whether a project user may manage it depends on who owns it. A platform admin may manage
-            # anything: no read of the record first (lifecycle answers 404 for a missing one all the same).
-            await authorize(self.platform, who, "workload.read", project)
-            current = await self.fetch(project, name)
-            await authorize(self.platform, who, "workload.manage", project, owner=current.created_by)
+            # May they manage their own here? A project admin may manage anyone's; a project user only their own,
+            # which lifecycle checks on the record it writes over: no read of it first, and no owner can change in
+            # between (lifecycle answers 404 for a missing one all the same).
+            decision = await authorize(self.platform, who, "workload.manage", project, owner=who.user)
+            owned_by = "" if decision.role == "admin" else who.user
         request = WorkloadAction(
             kind=self.kind,
             project=project,
@@ -110,6 +111,7 @@ class _KindRoutes:
             by=who.user,
             op_id=call.op_id,
             call=call.line,
+            owned_by=owned_by,
         )
         record = await self.platform.call(subjects.Lifecycle.ACTION, request, WorkloadRecord)
         call.issued(record.op_id)

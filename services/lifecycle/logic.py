@@ -39,6 +39,7 @@ from schemas.messages import (
     WorkloadRef,
     WorkloadSpec,
     clip,
+    own_only,
     ref_of,
     workload_key,
 )
@@ -340,6 +341,12 @@ def settle_earlier(record: WorkloadRecord, result: CommandResult) -> tuple[Workl
     seen = set(result.earlier)
     superseded = tuple(u for u in record.earlier if u.generation < result.generation and u.generation not in seen)
     return msgspec.structs.replace(record, earlier=kept), superseded
+
+
+def check_owner(record: WorkloadRecord, owned_by: str) -> None:
+    """Refuse an action asked only for a user's own records (``WorkloadAction.owned_by``) on someone else's."""
+    if owned_by and record.created_by != owned_by:
+        raise Forbidden(own_only(owned_by, record.spec.project, record.created_by))
 
 
 def act(record: WorkloadRecord, action: Action, version: str, op_id: str, now: float) -> WorkloadRecord | None:

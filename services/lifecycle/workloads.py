@@ -147,6 +147,12 @@ class Workloads:
         record, revision = found
         if not fresh and logic.is_tombstone(record):
             return None
+        try:
+            logic.check_owner(record, req.owned_by)
+        except TetherError:
+            if not fresh:
+                return None
+            raise
         if logic.repeats_pending(record, req.action, req.version):
             if not fresh:
                 return None

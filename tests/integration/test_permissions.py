@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from nats.aio.msg import Msg
 
 from agent.drivers.sim import read_state
+from schemas import subjects
+from schemas.messages import Authorize, Message, WorkloadAction, WorkloadRef, decode
 from tests.harness import Stack, wait_for
 
 P = "/api/v1/projects/p1"
@@ -103,3 +108,52 @@ async def test_removing_a_member_removes_their_access_on_the_cluster(stack: Stac
     assert (await stack.req("GET", f"{P}/spaces/s1", token=carol)).status_code == 403
     space = await stack.wait_synced("space", "p1", "s1")
     assert space["desired"]["operation"] == "access" and space["desired"]["generation"] == 2
+
+
+async def test_a_project_users_action_asks_access_once_and_lifecycle_once_with_no_read(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The owner check rides on the action (``WorkloadAction.owned_by``): no read of the record before it."""
+    await stack.connected("c1", tmp_path / "c1")
+    bob, erin = await stack.user("bob"), await stack.user("erin")
+    await stack.ok("POST", "/api/v1/projects", json={"name": "p1"})
+    for who in ("bob", "erin"):
+        await stack.ok("PUT", f"{P}/members", json={"user": who, "role": "user"})
+    await stack.ok("POST", f"{P}/tenants", token=bob, json={"name": "bobs"})
+    await stack.wait_synced("tenant", "p1", "bobs")
+
+    asked: list[tuple[str, Any]] = []
+    nc = await stack.nc()
+    try:
+        for subject, type_ in (
+            (subjects.Access.AUTHORIZE, Authorize),
+            (subjects.Lifecycle.GET, WorkloadRef),
+            (subjects.Lifecycle.ACTION, WorkloadAction),
+        ):
+
+            async def seen(msg: Msg, t: type[Message] = type_) -> None:
+                asked.append((msg.subject, decode(msg.data, t)))
+
+            # A plain subscription beside the services' queue groups sees every request and answers none.
+            await nc.subscribe(subject, cb=seen)
+        await nc.flush()
+
+        assert (await stack.req("POST", f"{P}/tenants/bobs/sleep", token=bob)).status_code == 200
+        denied = await stack.req("POST", f"{P}/tenants/bobs/wake", token=erin)
+        assert denied.status_code == 403
+        assert denied.json()["error"]["message"] == (
+            "user 'erin' may manage only their own tenants and spaces in project 'p1' (this one belongs to 'bob')"
+        )
+        await nc.flush()
+        await wait_for(lambda: len(asked) >= 4, timeout=5, what="the four requests seen")
+    finally:
+        await nc.close()
+
+    assert [(s, getattr(m, "user", getattr(m, "owned_by", ""))) for s, m in asked] == [
+        (subjects.Access.AUTHORIZE, "bob"),
+        (subjects.Lifecycle.ACTION, "bob"),
+        (subjects.Access.AUTHORIZE, "erin"),
+        (subjects.Lifecycle.ACTION, "erin"),
+    ]
+    bobs = await stack.workload("tenant", "p1", "bobs")
+    assert bobs is not None and bobs["desired"]["state"] == "sleeping"  # erin's wake changed nothing

@@ -162,6 +162,19 @@ def test_stale_results_do_not_move_state_backwards() -> None:
 
 
 # --- access ------------------------------------------------------------------------------------------
+def test_an_action_for_ones_own_only_is_refused_on_someone_elses_naming_the_owner() -> None:
+    bobs = tenant(owner="bob")
+    logic.check_owner(bobs, "")  # anyone's: a platform or project admin
+    logic.check_owner(bobs, "bob")
+    with pytest.raises(Forbidden) as refused:
+        logic.check_owner(bobs, "erin")
+    assert refused.value.description == (
+        "user 'erin' may manage only their own tenants and spaces in project 'p1' (this one belongs to 'bob')"
+    )
+    with pytest.raises(Forbidden):
+        logic.check_owner(tenant(owner=""), "erin")  # a record from before owners were kept is nobody's own
+
+
 def test_members_for_gives_admins_and_the_owner_admin_others_view() -> None:
     members = {m.subject: m.access for m in logic.members_for(MEMBERS, owner="bob")}
     assert members == {"user:alice": "admin", "user:bob": "admin", "user:carol": "view", "team:devs": "view"}
