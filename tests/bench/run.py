@@ -605,9 +605,22 @@ class Bench:
 
         return dict(await asyncio.gather(*(one(c) for c in clusters)))
 
+    async def become_project_user(self, name: str) -> None:
+        """From here on the bench calls the API as ``name``, a user of the bench's project (not an admin), who
+        then owns the tenants it creates: each command takes a member's path (access asked, the owner checked)."""
+        assert self.http is not None
+        user = await self.api("POST", "/api/v1/users", json={"name": name})
+        await self.api("PUT", f"/api/v1/projects/{PROJECT}/members", json={"user": name, "role": "user"})
+        await self.http.close()
+        self.http = LeanHttp("127.0.0.1", self.stack.http_port, str(user["token"]), size=256)
+        self.results["as_user"] = name
+        log(f"commands go through {name!r}, a project user")
+
     async def create_tenants(self) -> None:
         count = min(self.args.tenants, self.n) if self.args.tenants else min(self.n, 1000)
         await self.api("POST", "/api/v1/projects", json={"name": PROJECT})
+        if self.args.as_user:
+            await self.become_project_user(self.args.as_user)
         self.tenants = [Tenant(name=f"t{i:05d}", cluster=self.clusters[i % self.n]) for i in range(count)]
         sem = asyncio.Semaphore(8)
 
@@ -1493,6 +1506,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="with --rounds: one more side, the same writes with their lifecycle also watching every bucket as the "
         "platform's lifecycle keeps its views (each write delivered back to it); instead of --same-writes-buckets",
+    )
+    p.add_argument(
+        "--as-user",
+        default="",
+        metavar="NAME",
+        help="create the tenants and send the commands as NAME, a project user, instead of the platform admin "
+        "(a member's path: access asked on each command, the owner checked by lifecycle)",
     )
     p.add_argument("--hb-window", type=float, default=10.0, help="seconds the steady heartbeat rate is measured")
     p.add_argument("--hb-burst", type=int, default=20000, help="heartbeats in the capacity burst")
