@@ -741,7 +741,8 @@ class WorkloadAction(Message, frozen=True, tag="workload-action.v1"):
     owned_by: str = ""
     """Act only if the record was created by this user (a project user, who may manage only their own);
     empty: whoever created it (a platform or project admin). Checked by lifecycle on the record it writes
-    over, so the API needs no read of the record first and no owner can change in between."""
+    over, so the API needs no read of the record first and no owner can change in between. Sent on
+    ``Lifecycle.ACTION_OWN`` (which requires it), never on ``ACTION``."""
 
 
 class WorkloadQuery(Message, frozen=True, tag="workload-query.v1"):

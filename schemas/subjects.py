@@ -265,6 +265,10 @@ class Lifecycle:
     GET = svc(SERVICE, "workload.get")
     LIST = svc(SERVICE, "workload.list")
     ACTION = svc(SERVICE, "workload.action")
+    ACTION_OWN = svc(SERVICE, "workload.action.own")
+    """A project user's action, on their own records only (``WorkloadAction.owned_by``, required here). A subject
+    of its own so that a lifecycle from before the owner check, which would ignore the field, has no responder
+    for it: the call fails (503) rather than acting on someone else's record while the services are upgraded."""
     FORGET_CLUSTER = svc(SERVICE, "cluster.forget")
     AGENT_RESULT = svc(SERVICE, "agent.result")
     """A base (``agent_call``): an agent asks lifecycle to record a result (``CommandResult``) in the desired

@@ -113,7 +113,8 @@ class _KindRoutes:
             call=call.line,
             owned_by=owned_by,
         )
-        record = await self.platform.call(subjects.Lifecycle.ACTION, request, WorkloadRecord)
+        endpoint = subjects.Lifecycle.ACTION_OWN if owned_by else subjects.Lifecycle.ACTION
+        record = await self.platform.call(endpoint, request, WorkloadRecord)
         call.issued(record.op_id)
         return logic.workload_view(record)
 

@@ -115,6 +115,7 @@ class Lifecycle:
         endpoints.platform(L.GET, WorkloadRef, self.workloads.get)
         endpoints.platform(L.LIST, WorkloadQuery, self.workloads.list)
         endpoints.platform(L.ACTION, WorkloadAction, self.workloads.action)
+        endpoints.platform(L.ACTION_OWN, WorkloadAction, self.workloads.action_own)
         endpoints.platform(L.FORGET_CLUSTER, NameRequest, self.removal.forget_cluster)
         endpoints.agent(L.AGENT_RESULT, CommandResult, self.results.record, admission=self.result_admission)
 

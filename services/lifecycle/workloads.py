@@ -141,6 +141,12 @@ class Workloads:
         await all_done(*steps)
         return new
 
+    async def action_own(self, req: WorkloadAction) -> WorkloadRecord:
+        """``action`` asked on ``Lifecycle.ACTION_OWN``: only on the record of the user it names."""
+        if not req.owned_by:
+            raise InvalidInput("an action on one's own records names whose (owned_by)")
+        return await self.action(req)
+
     async def _act(self, req: WorkloadAction, found: Found, op_id: str, *, fresh: bool = False) -> Acted | None:
         """What ``req`` does to ``found``; None when ``found`` is a remembered record that may be old
         (anything but a successful write on top of it): the caller reads the record and decides again."""

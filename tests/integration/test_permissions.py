@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from nats.aio.msg import Msg
 
 from agent.drivers.sim import read_state
 from schemas import subjects
-from schemas.messages import Authorize, Message, WorkloadAction, WorkloadRef, decode
+from schemas.errors import InvalidInput
+from schemas.messages import Authorize, Message, WorkloadAction, WorkloadRecord, WorkloadRef, decode
+from services.bus.endpoints import call
 from tests.harness import Stack, wait_for
 
 P = "/api/v1/projects/p1"
@@ -129,6 +132,7 @@ async def test_a_project_users_action_asks_access_once_and_lifecycle_once_with_n
             (subjects.Access.AUTHORIZE, Authorize),
             (subjects.Lifecycle.GET, WorkloadRef),
             (subjects.Lifecycle.ACTION, WorkloadAction),
+            (subjects.Lifecycle.ACTION_OWN, WorkloadAction),
         ):
 
             async def seen(msg: Msg, t: type[Message] = type_) -> None:
@@ -146,14 +150,18 @@ async def test_a_project_users_action_asks_access_once_and_lifecycle_once_with_n
         )
         await nc.flush()
         await wait_for(lambda: len(asked) >= 4, timeout=5, what="the four requests seen")
+        answered = list(asked)
+        nobodys = WorkloadAction(kind="tenant", project="p1", name="bobs", action="wake", by="erin")
+        with pytest.raises(InvalidInput, match="owned_by"):
+            await call(nc, subjects.Lifecycle.ACTION_OWN, nobodys, WorkloadRecord)
     finally:
         await nc.close()
 
-    assert [(s, getattr(m, "user", getattr(m, "owned_by", ""))) for s, m in asked] == [
+    assert [(s, getattr(m, "user", getattr(m, "owned_by", ""))) for s, m in answered] == [
         (subjects.Access.AUTHORIZE, "bob"),
-        (subjects.Lifecycle.ACTION, "bob"),
+        (subjects.Lifecycle.ACTION_OWN, "bob"),
         (subjects.Access.AUTHORIZE, "erin"),
-        (subjects.Lifecycle.ACTION, "erin"),
+        (subjects.Lifecycle.ACTION_OWN, "erin"),
     ]
     bobs = await stack.workload("tenant", "p1", "bobs")
     assert bobs is not None and bobs["desired"]["state"] == "sleeping"  # erin's wake changed nothing
