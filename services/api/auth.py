@@ -43,12 +43,15 @@ class Platform:
     nats_url: str
     request_timeout: float = 5.0
     auth_cache_ttl: float = 5.0
+    """Seconds a session (a token's user) and an allowed decision are reused. A change made through this replica
+    forgets them at once (``forget_sessions``); another replica's copies expire after this long."""
     telemetry: Telemetry | None = None
     ca_file: str = ""
     """The CA agents verify a TLS NATS server with (printed in their command)."""
 
     def __post_init__(self) -> None:
         self._auth_cache: dict[str, tuple[float, Principal]] = {}
+        self._allowed: dict[Authorize, tuple[float, Decision]] = {}
 
     async def call(self, subject: str, message: Message, reply_type: type[M]) -> M:
         return await self.bus.call(subject, message, reply_type, timeout=self.request_timeout)
@@ -63,6 +66,7 @@ class Platform:
     def forget_sessions(self) -> None:
         """After a token, a user or a role goes away: no cached answer may outlive it here."""
         self._auth_cache.clear()
+        self._allowed.clear()
 
     async def authenticate(self, token: str) -> Principal:
         now = time.monotonic()
@@ -74,6 +78,21 @@ class Platform:
             self._auth_cache.clear()
         self._auth_cache[token] = (now + self.auth_cache_ttl, principal)
         return principal
+
+    async def decide(self, ask: Authorize) -> Decision:
+        """Access's decision on ``ask``. An allowed one is reused for ``auth_cache_ttl`` seconds, as a session is,
+        so that a member's commands do not each ask access first; a change of roles made through this replica
+        forgets it at once (``forget_sessions``). A refusal is never kept: a role just granted works at once."""
+        now = time.monotonic()
+        hit = self._allowed.get(ask)
+        if hit and hit[0] > now:
+            return hit[1]
+        decision = await self.call(subjects.Access.AUTHORIZE, ask, Decision)
+        if decision.allowed:
+            if len(self._allowed) > 10_000:
+                self._allowed.clear()
+            self._allowed[ask] = (now + self.auth_cache_ttl, decision)
+        return decision
 
 
 def platform_of(request: Request) -> Platform:
@@ -112,9 +131,7 @@ async def authorize(
     """Ask access whether ``who`` may do ``action``; raise Forbidden with its reason when not."""
     if who.platform_admin:
         return Decision(allowed=True, reason="platform admin")
-    decision = await platform.call(
-        subjects.Access.AUTHORIZE, Authorize(user=who.user, action=action, project=project, owner=owner), Decision
-    )
+    decision = await platform.decide(Authorize(user=who.user, action=action, project=project, owner=owner))
     if not decision.allowed:
         raise Forbidden(decision.reason)
     return decision

@@ -158,6 +158,7 @@ def install_access_routes(app: FastAPI, platform: Platform) -> None:
             MemberChange(project=name, user=body.user, team=body.team, role=body.role),
             Membership,
         )
+        platform.forget_sessions()  # a role may have been lowered
         return await project_out(name, who, decision.role)
 
     @app.delete(
@@ -174,4 +175,5 @@ def install_access_routes(app: FastAPI, platform: Platform) -> None:
             project=name, user=member if kind == "user" else "", team=member if kind == "team" else "", role=None
         )
         await platform.call(subjects.Access.MEMBER_SET, change, Membership)
+        platform.forget_sessions()
         return await project_out(name, who, decision.role)

@@ -113,10 +113,11 @@ async def test_removing_a_member_removes_their_access_on_the_cluster(stack: Stac
     assert space["desired"]["operation"] == "access" and space["desired"]["generation"] == 2
 
 
-async def test_a_project_users_action_asks_access_once_and_lifecycle_once_with_no_read(
+async def test_a_project_users_actions_ask_access_once_then_only_lifecycle_with_no_read(
     stack: Stack, tmp_path: Path
 ) -> None:
-    """The owner check rides on the action (``WorkloadAction.owned_by``): no read of the record before it."""
+    """The owner check rides on the action (``WorkloadAction.owned_by``): no read of the record before it. An
+    allowed decision is reused for a while; a refusal is not, and removing the member forgets it at once."""
     await stack.connected("c1", tmp_path / "c1")
     bob, erin = await stack.user("bob"), await stack.user("erin")
     await stack.ok("POST", "/api/v1/projects", json={"name": "p1"})
@@ -148,8 +149,9 @@ async def test_a_project_users_action_asks_access_once_and_lifecycle_once_with_n
         assert denied.json()["error"]["message"] == (
             "user 'erin' may manage only their own tenants and spaces in project 'p1' (this one belongs to 'bob')"
         )
+        assert (await stack.req("POST", f"{P}/tenants/bobs/wake", token=bob)).status_code == 200
         await nc.flush()
-        await wait_for(lambda: len(asked) >= 4, timeout=5, what="the four requests seen")
+        await wait_for(lambda: len(asked) >= 5, timeout=5, what="the five requests seen")
         answered = list(asked)
         nobodys = WorkloadAction(kind="tenant", project="p1", name="bobs", action="wake", by="erin")
         with pytest.raises(InvalidInput, match="owned_by"):
@@ -162,6 +164,10 @@ async def test_a_project_users_action_asks_access_once_and_lifecycle_once_with_n
         (subjects.Lifecycle.ACTION_OWN, "bob"),
         (subjects.Access.AUTHORIZE, "erin"),
         (subjects.Lifecycle.ACTION_OWN, "erin"),
+        (subjects.Lifecycle.ACTION_OWN, "bob"),  # access's yes kept; erin's wake in between changed nothing
     ]
+    await stack.ok("DELETE", f"{P}/members/user/bob")
+    removed = await stack.req("POST", f"{P}/tenants/bobs/sleep", token=bob)
+    assert removed.status_code == 403 and "not a member" in removed.json()["error"]["message"]
     bobs = await stack.workload("tenant", "p1", "bobs")
-    assert bobs is not None and bobs["desired"]["state"] == "sleeping"  # erin's wake changed nothing
+    assert bobs is not None and bobs["desired"]["state"] == "running"
