@@ -56,12 +56,19 @@ class Workloads:
 
     async def create(self, req: WorkloadCreate) -> WorkloadRecord:
         logic.validate_create(req)
-        project = await self.peers.project(req.project)
+        # Four questions to three services, none depending on another's answer: asked together, one round trip
+        # instead of four in turn. A failure is the first in this order (a missing project before all else).
+        asks = (
+            asyncio.create_task(self.peers.project(req.project), name="create-project"),
+            asyncio.create_task(self.peers.membership(req.project), name="create-membership"),
+            asyncio.create_task(self.peers.role_of(req.created_by, req.project), name="create-owner-role"),
+            asyncio.create_task(self.peers.placement_view(req.cluster), name="create-placement"),
+        )
+        await all_done(*asks)
+        project, membership, owner_role = asks[0].result(), asks[1].result(), asks[2].result()
+        clusters, presence = asks[3].result()
         if project.deleting:
             raise Conflict(f"project {req.project!r} is being deleted")
-        membership = await self.peers.membership(req.project)
-        owner_role = await self.peers.role_of(req.created_by, req.project)
-        clusters, presence = await self.peers.placement_view(req.cluster)
         need = logic.resources_for(req)
         # One writer at a time per replica keeps quota and placement checks honest; the
         # create-only KV write settles races between replicas on the same name.
