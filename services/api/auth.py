@@ -43,8 +43,9 @@ class Platform:
     nats_url: str
     request_timeout: float = 5.0
     auth_cache_ttl: float = 5.0
-    """Seconds a session (a token's user) and an allowed decision are reused. A change made through this replica
-    forgets them at once (``forget_sessions``); another replica's copies expire after this long."""
+    """Seconds a session (a token's user) and an allowed decision are reused. A change made through this replica,
+    or any change of members and roles (access announces those), forgets them at once (``forget_sessions``);
+    otherwise another replica's copies expire after this long."""
     telemetry: Telemetry | None = None
     ca_file: str = ""
     """The CA agents verify a TLS NATS server with (printed in their command)."""

@@ -12,10 +12,11 @@ from typing import Unpack
 
 import uvicorn
 
+from schemas import subjects
 from services.api.app import create_app
 from services.api.auth import Platform
 from services.api.httpwire import OneWriteHttpProtocol
-from services.bus import Options, Runtime, serve
+from services.bus import Delivery, Options, Runtime, serve
 from services.bus.settings import FromEnv, ServiceSettings, env
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,13 @@ async def setup(rt: Runtime, settings: Settings) -> None:
         ws="wsproto",
         http=OneWriteHttpProtocol,  # a response's head and body in one write (``httpwire``)
     )
+
+    async def roles_changed(_: Delivery) -> None:
+        # A project's members or roles changed, through any replica (access announces it): no session or
+        # decision this replica keeps may outlive the change by the few seconds it would keep them.
+        platform.forget_sessions()
+
+    await rt.subscribe(subjects.MEMBERSHIP_CHANGED, roles_changed)
     server = _Server(config)
     serving = await _listen(server)
     rt.task("http", functools.partial(_serve_until_cancelled, server, serving))

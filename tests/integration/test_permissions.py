@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,16 @@ from nats.aio.msg import Msg
 from agent.drivers.sim import read_state
 from schemas import subjects
 from schemas.errors import InvalidInput
-from schemas.messages import Authorize, Message, WorkloadAction, WorkloadRecord, WorkloadRef, decode
+from schemas.messages import (
+    Authorize,
+    MemberChange,
+    Membership,
+    Message,
+    WorkloadAction,
+    WorkloadRecord,
+    WorkloadRef,
+    decode,
+)
 from services.bus.endpoints import call
 from tests.harness import Stack, wait_for
 
@@ -171,3 +181,30 @@ async def test_a_project_users_actions_ask_access_once_then_only_lifecycle_with_
     assert removed.status_code == 403 and "not a member" in removed.json()["error"]["message"]
     bobs = await stack.workload("tenant", "p1", "bobs")
     assert bobs is not None and bobs["desired"]["state"] == "running"
+
+
+async def test_a_role_removed_by_any_replica_is_refused_at_once_not_after_the_kept_decision(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The API forgets its kept decisions when access announces a change of members (``MembershipChanged``),
+    whoever made it: here access itself, as another API replica would."""
+    await stack.connected("c1", tmp_path / "c1")
+    bob = await stack.user("bob")
+    await stack.ok("POST", "/api/v1/projects", json={"name": "p1"})
+    await stack.ok("PUT", f"{P}/members", json={"user": "bob", "role": "user"})
+    await stack.ok("POST", f"{P}/tenants", token=bob, json={"name": "bobs"})
+    assert (await stack.req("GET", f"{P}/tenants/bobs", token=bob)).status_code == 200  # the read's yes is kept
+
+    nc = await stack.nc()
+    try:
+        await call(nc, subjects.Access.MEMBER_SET, MemberChange(project="p1", user="bob"), Membership)
+        removed_at = time.monotonic()
+
+        async def refused() -> bool:
+            return (await stack.req("GET", f"{P}/tenants/bobs", token=bob)).status_code == 403
+
+        # Well within the 5 s a decision is kept: only the announcement can have made it forget.
+        await wait_for(refused, timeout=2.5, what="bob's read refused after his removal")
+        assert time.monotonic() - removed_at < 2.5
+    finally:
+        await nc.close()
