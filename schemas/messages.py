@@ -597,6 +597,13 @@ class VisibleProjects(Message, frozen=True, tag="visible-projects.v1"):
     projects: dict[str, Role] = msgspec.field(default_factory=dict)
 
 
+class SessionsEnded(Message, frozen=True, tag="sessions-ended.v1"):
+    """Sent on ``subjects.API_SESSIONS_ENDED`` by the API replica that revoked or rotated a token, deleted or
+    disabled a user, or removed a team or a project: no replica may keep answering for what ended."""
+
+    at: float = 0.0
+
+
 class MembershipChanged(Message, frozen=True, tag="membership-changed.v1"):
     """Published on ``tether.events.project.members``: lifecycle re-sends the project's RBAC."""
 

@@ -197,6 +197,12 @@ def parse_gateway_frames(subject: str) -> tuple[str, str] | None:
     return parts[2], f"{parts[3]}.{parts[4]}"
 
 
+# --- the API's replicas among themselves --------------------------------------------
+API_SESSIONS_ENDED = f"{ROOT}.api.sessions.ended"
+"""An API replica ended sessions (``SessionsEnded``): every replica forgets the sessions and decisions it keeps.
+Not stored: a notice lost on its way leaves another replica's copies to expire (``Platform.auth_cache_ttl``)."""
+
+
 # --- audit -----------------------------------------------------------------------------
 AUDIT_API = f"{ROOT}.audit.api"
 AUDIT_ANY = f"{ROOT}.audit.>"

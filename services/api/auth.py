@@ -3,6 +3,7 @@ they may (every route module imports this, never ``app``)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Annotated
@@ -11,7 +12,7 @@ from fastapi import Depends, Request
 
 from schemas import subjects
 from schemas.api import ErrorResponse
-from schemas.errors import Forbidden, NotFound, Unauthenticated
+from schemas.errors import Forbidden, NotFound, TetherError, Unauthenticated
 from schemas.messages import (
     AccessAction,
     Authenticate,
@@ -25,9 +26,12 @@ from schemas.messages import (
     Principal,
     ProjectList,
     ProjectRecord,
+    SessionsEnded,
     VisibleProjects,
 )
 from services.bus import Bus, Telemetry
+
+logger = logging.getLogger(__name__)
 
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 410, 413, 503)
@@ -68,6 +72,15 @@ class Platform:
         """After a token, a user or a role goes away: no cached answer may outlive it here."""
         self._auth_cache.clear()
         self._allowed.clear()
+
+    async def end_sessions(self) -> None:
+        """``forget_sessions`` here, and tell the other API replicas to (``subjects.API_SESSIONS_ENDED``)."""
+        self.forget_sessions()
+        try:
+            await self.bus.send(subjects.API_SESSIONS_ENDED, SessionsEnded(at=time.time()))
+        except TetherError as exc:
+            # What ended has ended (access said so); other replicas' copies expire within auth_cache_ttl.
+            logger.warning("could not tell the other API replicas that sessions ended: %s", exc)
 
     async def authenticate(self, token: str) -> Principal:
         now = time.monotonic()

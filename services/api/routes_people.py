@@ -54,14 +54,14 @@ def install_people_routes(app: FastAPI, platform: "Platform") -> None:
         require_admin(who)
         check_name(name, "user name")
         removed = await platform.call(subjects.Access.USER_DELETE, NameRequest(name=name), Removed)
-        platform.forget_sessions()
+        await platform.end_sessions()
         return removed_view(removed)
 
     async def set_disabled(name: str, who: Principal, disabled: bool) -> UserOut:
         require_admin(who)
         check_name(name, "user name")
         user = await platform.call(subjects.Access.USER_DISABLE, UserDisable(name=name, disabled=disabled), UserRecord)
-        platform.forget_sessions()
+        await platform.end_sessions()
         return logic.user_view(user)
 
     @app.post("/api/v1/users/{name}/disable", response_model=UserOut, responses=ERRORS, tags=tags)
@@ -94,7 +94,7 @@ def install_people_routes(app: FastAPI, platform: "Platform") -> None:
     async def revoke_token(name: str, token_id: str, who: Who) -> RemovedOut:
         _own_or_admin(who, name)
         removed = await platform.call(subjects.Access.TOKEN_REVOKE, TokenRef(user=name, id=token_id), Removed)
-        platform.forget_sessions()
+        await platform.end_sessions()
         return removed_view(removed)
 
     @app.post(
@@ -104,7 +104,7 @@ def install_people_routes(app: FastAPI, platform: "Platform") -> None:
         """A new token with the same name and lifetime; the old one stops working at once."""
         _own_or_admin(who, name)
         created = await platform.call(subjects.Access.TOKEN_ROTATE, TokenRef(user=name, id=token_id), TokenCreated)
-        platform.forget_sessions()
+        await platform.end_sessions()
         return TokenCreatedOut(info=token_view(created.info), token=created.token)
 
     @app.delete("/api/v1/teams/{team}/members/{user}", response_model=TeamOut, responses=ERRORS, tags=tags)
@@ -115,7 +115,7 @@ def install_people_routes(app: FastAPI, platform: "Platform") -> None:
         record = await platform.call(
             subjects.Access.TEAM_REMOVE_MEMBER, TeamMemberRemove(team=team, user=user), TeamRecord
         )
-        platform.forget_sessions()
+        await platform.end_sessions()
         return logic.team_view(record)
 
     @app.delete("/api/v1/teams/{team}", response_model=RemovedOut, responses=ERRORS, tags=tags)
@@ -124,5 +124,5 @@ def install_people_routes(app: FastAPI, platform: "Platform") -> None:
         require_admin(who)
         check_name(team, "team name")
         removed = await platform.call(subjects.Access.TEAM_DELETE, NameRequest(name=team), Removed)
-        platform.forget_sessions()
+        await platform.end_sessions()
         return removed_view(removed)

@@ -254,8 +254,15 @@ SERVICE_GRANTS: dict[str, ServiceGrant] = {
             *_reads(subjects.EVENTS_STREAM),
             subjects.GATEWAY_REQUESTS_ANY,
             subjects.GATEWAY_CONTROL_ANY,
+            subjects.API_SESSIONS_ENDED,
         ),
-        sub=(REPLIES, "$SRV.>", subjects.PUBLIC_EVENTS_ANY, subjects.gateway_frames_for_api("*")),
+        sub=(
+            REPLIES,
+            "$SRV.>",
+            subjects.PUBLIC_EVENTS_ANY,
+            subjects.gateway_frames_for_api("*"),
+            subjects.API_SESSIONS_ENDED,
+        ),
         pub_deny=(*_not_theirs(subjects.AUDIT_STREAM), *_not_theirs(subjects.EVENTS_STREAM)),
     ),
 }

@@ -11,16 +11,20 @@ from nats.aio.msg import Msg
 
 from agent.drivers.sim import read_state
 from schemas import subjects
+from schemas.changes import UserDisable
 from schemas.errors import InvalidInput
 from schemas.messages import (
     Authorize,
     MemberChange,
     Membership,
     Message,
+    SessionsEnded,
+    UserRecord,
     WorkloadAction,
     WorkloadRecord,
     WorkloadRef,
     decode,
+    encode,
 )
 from services.bus.endpoints import call
 from tests.harness import Stack, wait_for
@@ -204,7 +208,46 @@ async def test_a_role_removed_by_any_replica_is_refused_at_once_not_after_the_ke
             return (await stack.req("GET", f"{P}/tenants/bobs", token=bob)).status_code == 403
 
         # Well within the 5 s a decision is kept: only the announcement can have made it forget.
-        await wait_for(refused, timeout=2.5, what="bob's read refused after his removal")
+        assert await wait_for(refused, timeout=2.5, what="bob's read refused after his removal")
         assert time.monotonic() - removed_at < 2.5
+    finally:
+        await nc.close()
+
+
+async def test_a_replica_that_ends_sessions_tells_the_others_and_they_forget_theirs(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Ending a session through one API replica (here: disabling a user) sends ``SessionsEnded``; a replica that
+    hears one forgets the sessions it keeps, so what another replica ended is refused at once here too."""
+    bob = await stack.user("bob")
+    kept_at = time.monotonic()
+    assert (await stack.req("GET", "/api/v1/clusters", token=bob)).status_code == 200  # bob's session is kept
+
+    notices: list[SessionsEnded] = []
+    nc = await stack.nc()
+    try:
+
+        async def heard(msg: Msg) -> None:
+            notices.append(decode(msg.data, SessionsEnded))
+
+        await nc.subscribe(subjects.API_SESSIONS_ENDED, cb=heard)
+        await nc.flush()
+        # Another replica's doing, as access sees it: bob disabled behind this replica's back. Its kept session
+        # still answers for him until it hears of it.
+        await call(nc, subjects.Access.USER_DISABLE, UserDisable(name="bob", disabled=True), UserRecord)
+        await nc.publish(subjects.API_SESSIONS_ENDED, encode(SessionsEnded(at=time.time())))
+
+        async def refused() -> bool:
+            return (await stack.req("GET", "/api/v1/clusters", token=bob)).status_code == 401
+
+        # Before the kept session would have expired by itself (5 s after it was kept).
+        within = kept_at + 4.0 - time.monotonic()
+        assert await wait_for(
+            refused, timeout=within, what="bob's disabled session refused once the replica heard of it"
+        )
+
+        notices.clear()
+        await stack.ok("POST", "/api/v1/users/bob/enable")  # through this replica: it tells the others
+        await wait_for(lambda: notices, timeout=5, what="the API's SessionsEnded notice")
     finally:
         await nc.close()
