@@ -3,6 +3,7 @@ they may (every route module imports this, never ``app``)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from fastapi import Depends, Request
 
 from schemas import subjects
 from schemas.api import ErrorResponse
-from schemas.errors import Forbidden, NotFound, TetherError, Unauthenticated
+from schemas.errors import Forbidden, NotFound, Unauthenticated
 from schemas.messages import (
     AccessAction,
     Authenticate,
@@ -32,6 +33,9 @@ from schemas.messages import (
 from services.bus import Bus, Telemetry
 
 logger = logging.getLogger(__name__)
+
+NOTICE_TIMEOUT = 1.0
+"""Seconds a call that ended sessions waits to tell the other API replicas (``Platform.end_sessions``)."""
 
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 410, 413, 503)
@@ -77,10 +81,11 @@ class Platform:
         """``forget_sessions`` here, and tell the other API replicas to (``subjects.API_SESSIONS_ENDED``)."""
         self.forget_sessions()
         try:
-            await self.bus.send(subjects.API_SESSIONS_ENDED, SessionsEnded(at=time.time()))
-        except TetherError as exc:
+            async with asyncio.timeout(NOTICE_TIMEOUT):
+                await self.bus.send(subjects.API_SESSIONS_ENDED, SessionsEnded(at=time.time()))
+        except Exception as exc:  # a lost link, a flush that timed out: best effort, as the notice is
             # What ended has ended (access said so); other replicas' copies expire within auth_cache_ttl.
-            logger.warning("could not tell the other API replicas that sessions ended: %s", exc)
+            logger.warning("could not tell the other API replicas that sessions ended: %r", exc)
 
     async def authenticate(self, token: str) -> Principal:
         now = time.monotonic()

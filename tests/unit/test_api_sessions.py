@@ -1,0 +1,56 @@
+"""Ending sessions: forgotten here at once; the notice to the other API replicas is best effort and bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, cast
+
+import pytest
+
+from schemas.messages import Authorize, Decision, Principal, SessionsEnded
+from services.api import auth
+from services.api.auth import Platform
+from services.bus import Bus
+
+
+class _Link:
+    """A stand-in bus: ``send`` fails, hangs, or records what it was given."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+        self.sent: list[tuple[str, Any]] = []
+
+    async def send(self, subject: str, message: Any, **_: Any) -> None:
+        if self.how == "fails":
+            raise ConnectionError("nats: connection closed")
+        if self.how == "hangs":
+            await asyncio.Event().wait()
+        self.sent.append((subject, message))
+
+
+def _platform(link: _Link) -> Platform:
+    platform = Platform(bus=cast(Bus, link), nats_url="nats://127.0.0.1:4222")
+    platform._auth_cache["tok"] = (1e18, Principal(user="bob"))
+    platform._allowed[Authorize(user="bob", action="workload.read", project="p1")] = (1e18, Decision(allowed=True))
+    return platform
+
+
+async def test_ending_sessions_forgets_them_and_tells_the_other_replicas() -> None:
+    link = _Link("works")
+    platform = _platform(link)
+    await platform.end_sessions()
+    assert not platform._auth_cache and not platform._allowed
+    assert [(s, type(m)) for s, m in link.sent] == [("tether.api.sessions.ended", SessionsEnded)]
+
+
+@pytest.mark.parametrize("how", ["fails", "hangs"])
+async def test_a_notice_that_cannot_go_out_is_logged_not_raised_and_bounded(
+    how: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(auth, "NOTICE_TIMEOUT", 0.05)
+    platform = _platform(_Link(how))
+    with caplog.at_level(logging.WARNING, logger="services.api.auth"):
+        await asyncio.wait_for(platform.end_sessions(), timeout=5)
+    assert not platform._auth_cache and not platform._allowed
+    assert "could not tell the other API replicas" in caplog.text
