@@ -61,6 +61,8 @@ class Platform:
     def __post_init__(self) -> None:
         self._auth_cache: dict[str, tuple[float, Principal]] = {}
         self._allowed: dict[Authorize, tuple[float, Decision]] = {}
+        self._forgotten = 0
+        """How many times kept answers were forgotten: an answer asked for before the last time is not kept."""
 
     async def call(self, subject: str, message: Message, reply_type: type[M]) -> M:
         return await self.bus.call(subject, message, reply_type, timeout=self.request_timeout)
@@ -76,6 +78,7 @@ class Platform:
         """After a token, a user or a role goes away: no cached answer may outlive it here."""
         self._auth_cache.clear()
         self._allowed.clear()
+        self._forgotten += 1
 
     async def end_sessions(self) -> None:
         """``forget_sessions`` here, and tell the other API replicas to (``subjects.API_SESSIONS_ENDED``)."""
@@ -88,11 +91,13 @@ class Platform:
             logger.warning("could not tell the other API replicas that sessions ended: %r", exc)
 
     async def authenticate(self, token: str) -> Principal:
-        now = time.monotonic()
+        now, forgotten = time.monotonic(), self._forgotten
         hit = self._auth_cache.get(token)
         if hit and hit[0] > now:
             return hit[1]
         principal = await self.call(subjects.Access.AUTHENTICATE, Authenticate(token=token), Principal)
+        if forgotten != self._forgotten:
+            return principal  # asked before a revocation that came in meanwhile: answer it, never keep it
         if len(self._auth_cache) > 10_000:
             self._auth_cache.clear()
         self._auth_cache[token] = (now + self.auth_cache_ttl, principal)
@@ -102,12 +107,12 @@ class Platform:
         """Access's decision on ``ask``. An allowed one is reused for ``auth_cache_ttl`` seconds, as a session is,
         so that a member's commands do not each ask access first; a change of roles made through this replica
         forgets it at once (``forget_sessions``). A refusal is never kept: a role just granted works at once."""
-        now = time.monotonic()
+        now, forgotten = time.monotonic(), self._forgotten
         hit = self._allowed.get(ask)
         if hit and hit[0] > now:
             return hit[1]
         decision = await self.call(subjects.Access.AUTHORIZE, ask, Decision)
-        if decision.allowed:
+        if decision.allowed and forgotten == self._forgotten:  # not asked before a change that came in meanwhile
             if len(self._allowed) > 10_000:
                 self._allowed.clear()
             self._allowed[ask] = (now + self.auth_cache_ttl, decision)

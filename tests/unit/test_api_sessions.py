@@ -54,3 +54,38 @@ async def test_a_notice_that_cannot_go_out_is_logged_not_raised_and_bounded(
         await asyncio.wait_for(platform.end_sessions(), timeout=5)
     assert not platform._auth_cache and not platform._allowed
     assert "could not tell the other API replicas" in caplog.text
+
+
+class _Slow:
+    """A stand-in bus whose answers wait until released: a revocation can come in while a question is out."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.asked = 0
+
+    async def call(self, subject: str, message: Any, reply_type: type[Any], **_: Any) -> Any:
+        self.asked += 1
+        await self.release.wait()
+        return Principal(user="bob") if reply_type is Principal else Decision(allowed=True, role="user")
+
+
+async def test_an_answer_asked_for_before_a_revocation_is_given_but_not_kept() -> None:
+    link = _Slow()
+    platform = Platform(bus=cast(Bus, link), nats_url="nats://127.0.0.1:4222")
+    ask = Authorize(user="bob", action="workload.manage", project="p1", owner="bob")
+    session = asyncio.create_task(platform.authenticate("tok"))
+    decision = asyncio.create_task(platform.decide(ask))
+    await asyncio.sleep(0)  # both run up to their question, and wait for its answer
+    assert link.asked == 2
+    platform.forget_sessions()  # bob's token revoked while both questions were out
+    link.release.set()
+    assert (await session).user == "bob" and (await decision).allowed
+    assert not platform._auth_cache and not platform._allowed
+
+    # Asked after the revocation: kept as usual.
+    await platform.authenticate("tok")
+    await platform.decide(ask)
+    assert link.asked == 4 and "tok" in platform._auth_cache and ask in platform._allowed
+    await platform.authenticate("tok")
+    await platform.decide(ask)
+    assert link.asked == 4
