@@ -103,13 +103,13 @@ async def setup(rt: Runtime, settings: Settings) -> None:
         http=OneWriteHttpProtocol,  # a response's head and body in one write (``httpwire``)
     )
 
-    async def roles_changed(_: Delivery) -> None:
+    async def forget_kept(_: Delivery) -> None:
         # A project's members or roles changed (access announces it), or another replica ended sessions: no session
         # or decision this replica keeps may outlive the change by the few seconds it would keep them.
         platform.forget_sessions()
 
-    await rt.subscribe(subjects.MEMBERSHIP_CHANGED, roles_changed)
-    await rt.subscribe(subjects.API_SESSIONS_ENDED, roles_changed)  # another replica ended sessions
+    await rt.subscribe(subjects.MEMBERSHIP_CHANGED, forget_kept)
+    await rt.subscribe(subjects.API_SESSIONS_ENDED, forget_kept)
     server = _Server(config)
     serving = await _listen(server)
     rt.task("http", functools.partial(_serve_until_cancelled, server, serving))

@@ -109,6 +109,23 @@ async def test_an_agent_may_call_only_its_own_clusters_endpoints(hostile: Hostil
     await h.intact()
 
 
+async def test_an_agent_may_neither_act_for_a_user_nor_end_the_apis_sessions(hostile: Hostile) -> None:
+    """A user's actions (``Lifecycle.ACTION``, ``ACTION_OWN``) and the API replicas' notices are the platform's."""
+    h = hostile
+    nc = await h.attacker_nc()
+    attempts = {
+        "an action as a platform caller": (subjects.Lifecycle.ACTION, b"{}"),
+        "an action on one's own records": (subjects.Lifecycle.ACTION_OWN, b"{}"),
+        "a notice that sessions ended": (subjects.API_SESSIONS_ENDED, b"{}"),
+    }
+    await h.all_refused(nc, attempts)
+    before = len(h.errors)
+    await nc.subscribe(subjects.API_SESSIONS_ENDED)
+    await nc.flush()
+    await h.refused("a subscription to the API's notices", before)
+    await h.intact()
+
+
 async def test_speaking_for_another_cluster_from_ones_own_subject_is_refused(hostile: Hostile) -> None:
     h = hostile
     nc = await h.attacker_nc()
