@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -63,6 +64,8 @@ class Platform:
         self._allowed: dict[Authorize, tuple[float, Decision]] = {}
         self._forgotten = 0
         """How many times kept answers were forgotten: an answer asked for before the last time is not kept."""
+        self.on_forget: list[Callable[[], None]] = []
+        """Called by ``forget_sessions``: whatever else was allowed on those answers (the gateway's open streams)."""
 
     async def call(self, subject: str, message: Message, reply_type: type[M]) -> M:
         return await self.bus.call(subject, message, reply_type, timeout=self.request_timeout)
@@ -74,11 +77,19 @@ class Platform:
         except NotFound:
             return None
 
+    @property
+    def forgotten(self) -> int:
+        """How many times kept answers were forgotten: read it before a question whose answer is to be kept, and
+        keep the answer only if it has not moved meanwhile (the question may predate a revocation)."""
+        return self._forgotten
+
     def forget_sessions(self) -> None:
         """After a token, a user or a role goes away: no cached answer may outlive it here."""
         self._auth_cache.clear()
         self._allowed.clear()
         self._forgotten += 1
+        for listener in self.on_forget:
+            listener()
 
     async def end_sessions(self) -> None:
         """``forget_sessions`` here, and tell the other API replicas to (``subjects.API_SESSIONS_ENDED``)."""

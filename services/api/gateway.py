@@ -51,6 +51,7 @@ from schemas.gateway_streams import spdy_refusal
 from schemas.messages import Empty, NameRequest, Presence, Principal, TeamList, WorkloadRecord, WorkloadRef
 from schemas.names import check_name
 from services.api.auth import Platform, authorize, bearer_token
+from services.api.gateway_holds import AccessEnded, Holder, OpenStreams
 from services.api.gateway_limits import MemberLimiter
 from services.api.gateway_wake import NotAwake, Waker, asleep, waking
 from services.bus.gateway import GatewayStream, NoAgent, StreamBroken, link_over
@@ -174,6 +175,9 @@ class Gateway:
         self.refusals = RecentRefusals()
         """Why a member's WebSocket was refused, for kubectl's SPDY retry (``services.api.gateway_streams``)."""
         self.limiter = MemberLimiter()
+        self.holds = OpenStreams(self.recheck)
+        """The open streams and who opened them: they end when that access does (``gateway_holds``)."""
+        platform.on_forget.append(self.access_changed)
         self.waker = Waker(
             lambda action: platform.call(subjects.Lifecycle.ACTION, action, WorkloadRecord),
             lambda ref: platform.call(subjects.Lifecycle.GET, ref, WorkloadRecord),
@@ -188,6 +192,20 @@ class Gateway:
                 self._started = True
 
     # --- who and what -------------------------------------------------------------------------------
+    def access_changed(self) -> None:
+        """Access ended something (a token, a membership, a role): nothing resolved before may be reused, and
+        every open stream is checked again now."""
+        self._cache.clear()
+        self._teams = (0.0, {})
+        self.holds.recheck_soon()
+
+    async def recheck(self, holder: Holder) -> None:
+        """Is ``holder`` still let in where their stream goes? Raises the refusal, as admission would."""
+        who = await self.platform.authenticate(holder.token)
+        if who.user != holder.user:
+            raise Unauthenticated(f"the token is no longer user {holder.user!r}'s")
+        await self._fresh_access(who, holder.target, holder.project, holder.name)
+
     async def teams_of(self, user: str) -> tuple[str, ...]:
         now = time.monotonic()
         at, by_user = self._teams
@@ -255,7 +273,7 @@ class Gateway:
 
     async def _fresh_access(self, who: Principal, target: str, project: str, name: str) -> Access:
         key = (who.user, target, project, name)
-        now = time.monotonic()
+        now, forgotten = time.monotonic(), self.platform.forgotten
         await authorize(self.platform, who, "workload.read", project)
         record, teams = await asyncio.gather(
             self.platform.call(
@@ -268,6 +286,8 @@ class Gateway:
         if not is_member(record, who.user, teams):
             raise Forbidden(f"user {who.user!r} is not a member of {target} {project}/{name}")
         access = Access(user=who.user, teams=teams, record=record)
+        if forgotten != self.platform.forgotten:
+            return access  # asked for before access changed: answered, never reused
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[key] = (now, access)
@@ -301,7 +321,7 @@ class Gateway:
         self._cache[(access.user, spec.kind, spec.project, spec.name)] = (time.monotonic(), access)
         return access
 
-    async def admit(self, conn: HTTPConnection, project: str, target: str, name: str) -> tuple[Principal, Access, str]:
+    async def admit(self, conn: HTTPConnection, project: str, target: str, name: str) -> tuple[Holder, Access, str]:
         """Every check before a request or tunnel is forwarded: who, on what, at which path (Refused if not)."""
         if target not in ("space", "tenant"):
             raise Refused(404, f"unknown kind {target!r}: expected space or tenant")
@@ -324,7 +344,8 @@ class Gateway:
         if refused := readiness_refusal(access.record):
             raise refused
         await self.require_online(access.cluster)
-        return who, access, path
+        token = bearer_token(conn.headers.get("authorization", ""))
+        return Holder(token=token, user=who.user, target=target, project=project, name=name), access, path
 
     async def principal(self, conn: HTTPConnection) -> Principal:
         token = bearer_token(conn.headers.get("authorization", ""))
@@ -369,13 +390,17 @@ class Gateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def body(self, stream: GatewayStream) -> AsyncIterator[bytes]:
-        """The answer's bytes as the agent sends them; the upstream call is cancelled if the client goes."""
+    async def body(self, stream: GatewayStream, holder: Holder) -> AsyncIterator[bytes]:
+        """The answer's bytes as the agent sends them; the upstream call is cancelled if the client goes, or when
+        ``holder``'s access ends meanwhile."""
         ended = False
+        self.holds.hold(holder, stream)
         try:
             while True:
                 try:
                     frame = await stream.next(IDLE_TIMEOUT)
+                except AccessEnded:
+                    return  # logged where it was decided (``gateway_holds``)
                 except StreamBroken as exc:
                     logger.warning("gateway stream %s on cluster %r ended: %s", stream.id, stream.cluster, exc)
                     return
@@ -390,6 +415,7 @@ class Gateway:
                     logger.warning("gateway stream %s on cluster %r: %s", stream.id, stream.cluster, frame.error)
                     return
         finally:
+            self.holds.release(stream)
             if ended:
                 self.link.forget(stream.id)
             else:
@@ -484,8 +510,8 @@ def install_gateway(app: FastAPI, platform: Platform) -> Gateway:
             return status(refused.code, refused.message)
 
     async def _proxy(request: Request, project: str, target: str, name: str) -> Response:
-        who, access, path = await gateway.admit(request, project, target, name)
-        if refused := upgrade_refusal(request, gateway.refusals.recall(who.user, f"{path}?{request.url.query}")):
+        holder, access, path = await gateway.admit(request, project, target, name)
+        if refused := upgrade_refusal(request, gateway.refusals.recall(holder.user, f"{path}?{request.url.query}")):
             raise refused
         forward = forward_request(access, request, path, request.method, body=await read_body(request))
         try:
@@ -499,7 +525,7 @@ def install_gateway(app: FastAPI, platform: Platform) -> Gateway:
         if head.last:  # a small answer, whole in its head frame
             gateway.link.forget(stream.id)
             return Response(head.data, status_code=head.status, headers=dict(head.headers))
-        return StreamingResponse(gateway.body(stream), status_code=head.status, headers=dict(head.headers))
+        return StreamingResponse(gateway.body(stream, holder), status_code=head.status, headers=dict(head.headers))
 
     app.add_api_route(
         f"{PREFIX}/{{project}}/{{target}}/{{name}}/{{path:path}}",

@@ -34,6 +34,7 @@ from schemas.errors import TetherError
 from schemas.gateway import IDLE_TIMEOUT, PING_INTERVAL, GatewayControl
 from schemas.gateway_streams import INPUT_WINDOW, carried_subprotocols, split_message
 from services.api.gateway import PREFIX, Gateway, Refused, _audit, forward_request, refusal_of, status
+from services.api.gateway_holds import AccessEnded
 from services.bus.gateway import GatewayStream, StreamBroken
 
 if TYPE_CHECKING:
@@ -123,6 +124,8 @@ class Tunnel:
                 if frame.kind == "error":
                     code, reason = 1011, frame.error[:120]
                 return
+        except AccessEnded as exc:
+            code, reason = 1008, str(exc)[:120]  # policy violation: the member may no longer be here
         except StreamBroken as exc:
             code, reason = 1011, str(exc)[:120]
         except (WebSocketDisconnect, RuntimeError, OSError):
@@ -165,8 +168,8 @@ def install_tunnels(app: FastAPI, platform: Platform, gateway: Gateway) -> None:
     async def tunnel(websocket: WebSocket, project: str, target: str, name: str, path: str) -> None:
         user, where = "", ""
         try:
-            who, access, kube_path = await gateway.admit(websocket, project, target, name)
-            user, where = who.user, f"{kube_path}?{websocket.url.query}"
+            holder, access, kube_path = await gateway.admit(websocket, project, target, name)
+            user, where = holder.user, f"{kube_path}?{websocket.url.query}"
             offered = carried_subprotocols(list(websocket.scope.get("subprotocols") or []))
             if not offered:
                 raise Refused(
@@ -192,7 +195,11 @@ def install_tunnels(app: FastAPI, platform: Platform, gateway: Gateway) -> None:
             return
         chosen = dict(head.headers).get("sec-websocket-protocol") or None
         await websocket.accept(subprotocol=chosen)
-        await Tunnel(gateway, websocket, stream, chosen or "").run()
+        gateway.holds.hold(holder, stream)  # the tunnel ends with its member's access (``gateway_holds``)
+        try:
+            await Tunnel(gateway, websocket, stream, chosen or "").run()
+        finally:
+            gateway.holds.release(stream)
 
     app.add_api_websocket_route(f"{PREFIX}/{{project}}/{{target}}/{{name}}/{{path:path}}", tunnel)
 

@@ -87,8 +87,9 @@ async def setup(rt: Runtime, settings: Settings) -> None:
         telemetry=rt.telemetry,
         ca_file=settings.public_ca_file,
     )
+    app = create_app(platform)
     config = uvicorn.Config(
-        create_app(platform),
+        app,
         host=settings.host,
         port=settings.port,
         log_level="warning",
@@ -110,6 +111,8 @@ async def setup(rt: Runtime, settings: Settings) -> None:
 
     await rt.subscribe(subjects.MEMBERSHIP_CHANGED, forget_kept)
     await rt.subscribe(subjects.API_SESSIONS_ENDED, forget_kept)
+    # Open gateway streams are checked again when access changes, and once a minute (``gateway_holds``).
+    rt.task("gateway-recheck", app.state.gateway.holds.run)
     server = _Server(config)
     serving = await _listen(server)
     rt.task("http", functools.partial(_serve_until_cancelled, server, serving))

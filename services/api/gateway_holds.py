@@ -1,0 +1,131 @@
+"""Open gateway streams end when the access that opened them does.
+
+Kubernetes checks a request once, when it starts. Through the gateway that would let a watch, a ``logs -f``, an
+exec shell or a port-forward outlive the token, the project membership or the project that allowed it, for as long
+as the member keeps it open. So the gateway keeps who opened each stream (their token and the workload: a
+``Holder``) and checks each distinct holder again, the way it admitted them (``Gateway.recheck``):
+
+- at once when access ended something: a project's members or roles changed (access announces it), another API
+  replica ended sessions, or this one revoked a token or removed a user, team or project
+  (``Platform.forget_sessions``'s listeners);
+- every ``RECHECK_INTERVAL`` seconds otherwise: a token that expired, a notice lost on its way.
+
+A holder refused (401, 403, 404) has its streams ended with the reason (``AccessEnded``): a tunnel's client gets
+a close saying why, a watch or ``logs -f`` ends, and kubectl's next request is refused with the reason. A check
+that cannot be made now (a service away: 503, a timeout) keeps the streams: an outage of access must not cut every
+member's shell, and the next round checks again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from schemas.errors import Forbidden, NotFound, Unauthenticated
+from services.bus.gateway import GatewayStream, StreamBroken
+
+logger = logging.getLogger(__name__)
+
+RECHECK_INTERVAL = 60.0
+"""Seconds between two checks of every open stream's access when nothing announced a change."""
+RECHECK_CONCURRENCY = 8
+"""Holders checked at once: a round over thousands of open watches must not flood access and lifecycle."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who opened a stream, on what: the unit a check is made for (one per token and workload)."""
+
+    token: str
+    user: str
+    target: str
+    project: str
+    name: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.target} {self.project}/{self.name}"
+
+
+class AccessEnded(StreamBroken):
+    """The member's access to the stream's workload ended while it was open."""
+
+
+def ending(exc: BaseException) -> str | None:
+    """Why a refused check ends its streams; None when the check only could not be made (keep them)."""
+    if isinstance(exc, Unauthenticated):
+        return f"the API token is no longer valid ({exc.description})"
+    if isinstance(exc, Forbidden | NotFound):
+        return exc.description
+    return None
+
+
+class OpenStreams:
+    """The open streams by holder, and the rounds that check them (``run``: the API's task)."""
+
+    def __init__(self, check: Callable[[Holder], Awaitable[object]], interval: float = RECHECK_INTERVAL) -> None:
+        self._check = check
+        self.interval = interval
+        self._held: dict[str, tuple[Holder, GatewayStream]] = {}
+        self._wanted = asyncio.Event()
+        self.rounds = 0
+        """Rounds completed (tests wait on it)."""
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def hold(self, holder: Holder, stream: GatewayStream) -> None:
+        self._held[stream.id] = (holder, stream)
+
+    def release(self, stream: GatewayStream) -> None:
+        self._held.pop(stream.id, None)
+
+    def recheck_soon(self) -> None:
+        """Access changed somewhere: the next round starts now (rounds asked for meanwhile fold into one)."""
+        self._wanted.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.interval):
+                    await self._wanted.wait()
+            except TimeoutError:
+                pass
+            self._wanted.clear()
+            if self._held:
+                await self.recheck()
+            self.rounds += 1
+
+    async def recheck(self) -> int:
+        """Check every holder once; end the streams of those refused. Returns how many streams ended."""
+        by_holder: dict[Holder, list[GatewayStream]] = {}
+        for holder, stream in list(self._held.values()):
+            by_holder.setdefault(holder, []).append(stream)
+        gate = asyncio.Semaphore(RECHECK_CONCURRENCY)
+
+        async def one(holder: Holder, streams: list[GatewayStream]) -> int:
+            async with gate:
+                reason = await self._refusal(holder)
+            if reason is None:
+                return 0
+            for stream in streams:
+                text = "gateway: ended stream %s of user %r on %s: access ended: %s"
+                logger.warning(text, stream.id, holder.user, holder.where, reason)
+                self.release(stream)
+                stream.fail("", AccessEnded(f"access ended: {reason}"))
+            return len(streams)
+
+        ended = await asyncio.gather(*(one(h, s) for h, s in by_holder.items()))
+        return sum(ended)
+
+    async def _refusal(self, holder: Holder) -> str | None:
+        try:
+            await self._check(holder)
+        except Exception as exc:  # every failure is judged by ``ending``; only a refusal ends streams
+            reason = ending(exc)
+            if reason is None:
+                logger.info("gateway: could not check user %r's open streams now (%r); kept", holder.user, exc)
+            return reason
+        return None

@@ -1,0 +1,134 @@
+"""Open gateway streams end with their member's access: which refusals end them, once per holder, and when."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+
+from schemas.errors import Forbidden, NotFound, TetherError, Unauthenticated, Unavailable
+from schemas.messages import Authorize, Decision, Principal
+from services.api.auth import Platform
+from services.api.gateway import Gateway
+from services.api.gateway_holds import AccessEnded, Holder, OpenStreams, ending
+from services.bus import Bus
+from services.bus.gateway import GatewayLink, GatewayStream
+from tests.harness import wait_for
+
+LINK = GatewayLink(None, api_id="api1")
+
+
+def _holder(user: str, name: str = "s1", token: str = "") -> Holder:
+    return Holder(token=token or f"tok-{user}", user=user, target="space", project="p1", name=name)
+
+
+def _stream() -> GatewayStream:
+    return LINK.open("edge-1", 16)
+
+
+class _Checks:
+    """Access as the holds see it: a refusal (or an outage) per user, and every question asked."""
+
+    def __init__(self, refusals: dict[str, Exception]) -> None:
+        self.refusals = refusals
+        self.asked: list[Holder] = []
+
+    async def __call__(self, holder: Holder) -> None:
+        self.asked.append(holder)
+        if (refusal := self.refusals.get(holder.user)) is not None:
+            raise refusal
+
+
+async def _ended(stream: GatewayStream) -> str | None:
+    """The stream's end as its reader sees it (None: still open)."""
+    try:
+        await stream.next(0.01)
+    except AccessEnded as exc:
+        return str(exc)
+    except Exception:
+        return None
+    return None
+
+
+@pytest.mark.parametrize(
+    ("refusal", "said"),
+    [
+        (Unauthenticated("token revoked"), "the API token is no longer valid (token revoked)"),
+        (Forbidden("user 'bob' is not a member of project 'p1'"), "user 'bob' is not a member of project 'p1'"),
+        (NotFound("space p1/s1 not found"), "space p1/s1 not found"),
+    ],
+)
+def test_a_refusal_ends_streams_with_its_reason(refusal: TetherError, said: str) -> None:
+    assert ending(refusal) == said
+
+
+@pytest.mark.parametrize("outage", [Unavailable("access is not answering"), TimeoutError(), ConnectionError()])
+def test_a_check_that_could_not_be_made_ends_nothing(outage: Exception) -> None:
+    assert ending(outage) is None
+
+
+async def test_a_round_ends_only_the_refused_holders_streams_asking_once_per_holder() -> None:
+    checks = _Checks({"bob": Forbidden("user 'bob' is not a member of project 'p1'"), "dan": Unavailable("away")})
+    holds = OpenStreams(checks)
+    bob, carol, dan = _holder("bob"), _holder("carol"), _holder("dan")
+    streams = {who: [_stream(), _stream()] for who in ("bob", "carol", "dan")}
+    for who, holder in (("bob", bob), ("carol", carol), ("dan", dan)):
+        for stream in streams[who]:
+            holds.hold(holder, stream)
+
+    assert await holds.recheck() == 2
+    assert sorted(h.user for h in checks.asked) == ["bob", "carol", "dan"], "one question per holder"
+    for stream in streams["bob"]:
+        assert await _ended(stream) == "access ended: user 'bob' is not a member of project 'p1'"
+    for stream in streams["carol"] + streams["dan"]:  # allowed, or access away: kept
+        assert await _ended(stream) is None
+    assert len(holds) == 4, "the ended streams are no longer held"
+
+
+async def test_a_change_starts_a_round_at_once_and_rounds_also_come_on_their_own() -> None:
+    checks = _Checks({})
+    holds = OpenStreams(checks, interval=3600)
+    holds.hold(_holder("bob"), _stream())
+    runner = asyncio.create_task(holds.run(), name="holds")
+    try:
+        await asyncio.sleep(0.05)
+        assert not checks.asked, "no round before a change or the interval"
+        holds.recheck_soon()
+        await wait_for(lambda: holds.rounds >= 1, timeout=5, what="a round after a change")
+        assert len(checks.asked) == 1
+        holds.interval = 0.05
+        holds.recheck_soon()  # wakes the loop so that the shorter interval applies
+        await wait_for(lambda: holds.rounds >= 4, timeout=5, what="rounds on the interval")
+    finally:
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+
+
+async def test_forgetting_sessions_makes_the_gateway_forget_and_check_its_streams() -> None:
+    platform = Platform(bus=cast(Bus, object()), nats_url="nats://127.0.0.1:4222")
+    gateway = Gateway(platform)
+    asked: list[Any] = []
+
+    async def recheck(holder: Holder) -> None:
+        asked.append(holder)
+        raise Unauthenticated("token revoked")
+
+    gateway.holds = OpenStreams(recheck, interval=3600)
+    stream = _stream()
+    gateway.holds.hold(_holder("bob"), stream)
+    gateway._teams = (1e18, {"bob": ("t1",)})
+    platform._allowed[Authorize(user="bob", action="workload.read", project="p1")] = (1e18, Decision(allowed=True))
+    platform._auth_cache["tok-bob"] = (1e18, Principal(user="bob"))
+    runner = asyncio.create_task(gateway.holds.run(), name="holds")
+    try:
+        platform.forget_sessions()
+        assert gateway._teams == (0.0, {}) and not platform._allowed and not platform._auth_cache
+        await wait_for(lambda: gateway.holds.rounds >= 1, timeout=5, what="the gateway's round after a forget")
+        assert asked == [_holder("bob")]
+        assert await _ended(stream) == "access ended: the API token is no longer valid (token revoked)"
+    finally:
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
