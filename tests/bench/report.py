@@ -250,3 +250,10 @@ def rounds_rows(rd: dict[str, Any], row: Callable[..., None]) -> None:
             f"p99 {mult['median']:.1f}x ({mult['min']:.1f}-{mult['max']:.1f}x)",
             f"{_get(side, 'per_s', 'median'):.0f}/s; p99 {_ms(_get(side, 'pooled_p99'))}",
         )
+    for name, h in rd.get("own_half", {}).items():
+        m = h["multiple_of_raw"]
+        row(
+            f"      {name} at half its own max ({h['rate']['median']:.0f}/s)",
+            f"p99 {m['median']:.1f}x raw ({m['min']:.1f}-{m['max']:.1f}x): the tail target, applied to it",
+            f"{_ms(h['p99']['median'])}; raw {_ms(h['raw_p99']['median'])}",
+        )

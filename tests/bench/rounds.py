@@ -22,6 +22,8 @@ from typing import Any
 from tests.bench.stats import pct
 
 PLATFORM = "platform"
+RAW = "raw JetStream (1 write)"
+"""The side every side's tail is a multiple of (the target's yardstick)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class Side:
     """Commands offered at a rate (per second) for a time (seconds): the round trips (seconds)."""
     top: Callable[[float], Awaitable[tuple[float, float]]]
     """A closed loop for a time (seconds): commands per second, and nats-server's CPU ms per command in it."""
+    own_half: bool = False
+    """Also measured at half its own maximum in each round, beside raw JetStream at that rate: the tail target
+    (p99 at half one's own maximum <= 3x raw's at that rate) applied to a baseline, not only to the platform."""
 
 
 @dataclass
@@ -45,6 +50,8 @@ class Round:
     nats_ms: dict[str, float] = field(default_factory=dict)
     """nats-server's CPU ms per command at each side's maximum."""
     round_trips: dict[str, list[float]] = field(default_factory=dict)
+    own_half: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    """Per ``Side.own_half`` side: the rate (half its maximum in this round), its p99 there and raw's."""
 
 
 def order(names: list[str], i: int) -> list[str]:
@@ -76,6 +83,7 @@ async def measure(
             lat = await by_name[name].fixed(rate, seconds)
             r.round_trips[name] = lat
             r.p99[name] = pct(lat, 0.99)
+        await _own_halves(by_name, r, seconds, between, log)
         log(
             f"(3) round {i + 1}/{rounds} ({' → '.join(names)}): "
             + "; ".join(
@@ -84,6 +92,27 @@ async def measure(
         )
         out.append(r)
     return out
+
+
+async def _own_halves(
+    by_name: dict[str, Side],
+    r: Round,
+    seconds: float,
+    between: Callable[[], Awaitable[object]],
+    log: Callable[[str], None],
+) -> None:
+    """Each ``own_half`` side at half its maximum of this round, then raw JetStream at that rate."""
+    raw = by_name.get(RAW)
+    for name, side in by_name.items():
+        if not side.own_half or raw is None or not r.per_s.get(name):
+            continue
+        rate = max(1.0, round(r.per_s[name] / 2))
+        await between()
+        mine = pct(await side.fixed(rate, seconds), 0.99)
+        await between()
+        theirs = pct(await raw.fixed(rate, seconds), 0.99)
+        r.own_half[name] = (rate, mine, theirs)
+        log(f"(3)   {name} at half its own max ({rate:g}/s): p99 {mine * 1e3:.1f} ms, raw {theirs * 1e3:.1f} ms")
 
 
 def _ratio(a: float, b: float) -> float:
@@ -120,6 +149,16 @@ def summarize(rounds: list[Round], rate: float) -> dict[str, Any]:
         },
         "against": {},
     }
+    halves = {n for r in rounds for n in r.own_half}
+    out["own_half"] = {
+        n: {
+            "rate": _spread([r.own_half[n][0] for r in rounds if n in r.own_half]),
+            "p99": _spread([r.own_half[n][1] for r in rounds if n in r.own_half]),
+            "raw_p99": _spread([r.own_half[n][2] for r in rounds if n in r.own_half]),
+            "multiple_of_raw": _spread([_ratio(r.own_half[n][1], r.own_half[n][2]) for r in rounds if n in r.own_half]),
+        }
+        for n in sorted(halves)
+    }
     if PLATFORM not in names:
         return out
     for n in names:
@@ -144,6 +183,13 @@ def render(s: dict[str, Any]) -> list[str]:
             f"nats-server {v['nats_ms_per_command']['median']:.2f} ms a command; "
             f"p99 pooled {v['pooled_p99'] * 1e3:.1f} ms, rounds' median {v['p99']['median'] * 1e3:.1f} ms "
             f"({v['p99']['min'] * 1e3:.1f}-{v['p99']['max'] * 1e3:.1f}); p50 {v['pooled_p50'] * 1e3:.1f} ms"
+        )
+    for n, h in s.get("own_half", {}).items():
+        m = h["multiple_of_raw"]
+        lines.append(
+            f"  {n} at half its own max ({h['rate']['median']:.0f}/s): p99 rounds' median "
+            f"{h['p99']['median'] * 1e3:.1f} ms, raw at that rate {h['raw_p99']['median'] * 1e3:.1f} ms: "
+            f"{m['median']:.2f}x raw ({m['min']:.2f}-{m['max']:.2f}x), the tail target applied to it"
         )
     for n, a in s["against"].items():
         share, mult = a["share_of_max"], a["p99_multiple"]

@@ -852,6 +852,7 @@ class Bench:
                     f"same writes ({self.args.same_writes})",
                     lambda r, s: lat_of("round: same writes", sw.fixed_rate, r, s),
                     lambda s: self._top_of(sw.max_rate(self.args.concurrency, s, lambda: {})),
+                    own_half=True,
                 ),
                 *(
                     [
@@ -865,7 +866,7 @@ class Bench:
                     else []
                 ),
                 rounds.Side(
-                    "raw JetStream (1 write)",
+                    rounds.RAW,
                     lambda r, s: lat_of("round: raw JetStream", raw.fixed_rate, r, s),
                     lambda s: self._top_of(raw.max_rate(self.args.concurrency, s)),
                 ),

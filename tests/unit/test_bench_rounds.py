@@ -84,3 +84,25 @@ def test_a_side_with_no_round_trips_gives_no_ratio_rather_than_a_crash() -> None
     assert math.isnan(s["against"]["raw"]["share_of_max"]["median"])
     assert math.isnan(s["against"]["raw"]["p99_multiple"]["median"])
     assert rounds.summarize([], 5.0) == {}
+
+
+def test_a_baseline_is_also_held_to_the_tail_target_at_half_its_own_maximum() -> None:
+    """The same writes at half their own maximum of the round, then raw JetStream at that rate: the target the
+    platform is held to (p99 at half its own maximum against raw's at that rate), applied to the baseline."""
+    calls: list[str] = []
+
+    async def settle() -> None:
+        return None
+
+    same = _side("same", [300], [[0.004] * 100, [0.030] * 100], calls)
+    sides = [
+        _side("platform", [100], [[0.010] * 100], calls),
+        rounds.Side(same.name, same.fixed, same.top, own_half=True),
+        _side(rounds.RAW, [1000], [[0.002] * 100, [0.005] * 100], calls),
+    ]
+    done = asyncio.run(rounds.measure(sides, 1, 50.0, 10.0, settle, lambda _line: None))
+    assert calls[-2:] == ["same fixed 150/s 10s", f"{rounds.RAW} fixed 150/s 10s"], calls
+    assert done[0].own_half == {"same": (150.0, 0.030, 0.005)}
+    s = rounds.summarize(done, 50.0)
+    assert math.isclose(s["own_half"]["same"]["multiple_of_raw"]["median"], 6.0)
+    assert any("same at half its own max (150/s)" in line and "6.00x raw" in line for line in rounds.render(s))
