@@ -156,6 +156,10 @@ def summarize(rounds: list[Round], rate: float) -> dict[str, Any]:
             "p99": _spread([r.own_half[n][1] for r in rounds if n in r.own_half]),
             "raw_p99": _spread([r.own_half[n][2] for r in rounds if n in r.own_half]),
             "multiple_of_raw": _spread([_ratio(r.own_half[n][1], r.own_half[n][2]) for r in rounds if n in r.own_half]),
+            # Each side at half its own maximum (an equally loaded machine): the platform's p99 over this side's.
+            "platform_multiple": _spread(
+                [_ratio(r.p99.get(PLATFORM, math.nan), r.own_half[n][1]) for r in rounds if n in r.own_half]
+            ),
         }
         for n in sorted(halves)
     }
@@ -190,6 +194,11 @@ def render(s: dict[str, Any]) -> list[str]:
             f"  {n} at half its own max ({h['rate']['median']:.0f}/s): p99 rounds' median "
             f"{h['p99']['median'] * 1e3:.1f} ms, raw at that rate {h['raw_p99']['median'] * 1e3:.1f} ms: "
             f"{m['median']:.2f}x raw ({m['min']:.2f}-{m['max']:.2f}x), the tail target applied to it"
+        )
+        e = h["platform_multiple"]
+        lines.append(
+            f"  platform at half its max against {n} at half its own: p99 {e['median']:.2f}x "
+            f"({e['min']:.2f}-{e['max']:.2f}x)"
         )
     for n, a in s["against"].items():
         share, mult = a["share_of_max"], a["p99_multiple"]
