@@ -12,7 +12,7 @@ import pytest
 from agent.drivers.kube import KubeApi
 from tests.gateway.conftest import wait_gateway_served
 from tests.gateway.test_streams_kubectl import space_with_shell
-from tests.gateway.test_streams_portforward import FORWARDING, echo_through, port_forward, stop_kubectl
+from tests.gateway.test_streams_portforward import echo_through, open_streams, port_forward, stop_kubectl
 from tests.harness import Stack, wait_for
 from tests.kube.cluster import ControlPlane
 
@@ -44,39 +44,19 @@ async def test_streams_end_when_the_link_breaks_and_work_again_after(
     stack: Stack, control_plane: ControlPlane, admin_api: KubeApi, kubeconfig: Path, tmp_path: Path
 ) -> None:
     kb, _kc, _bob = await space_with_shell(stack, kubeconfig, tmp_path, "kube-rc", "rc")
-    execing = await kb.spawn("exec", "shell", "--", "sh", "-c", "echo started; sleep 40")
-    watching = await kb.spawn("get", "pods", "--watch", "-o", "name")
-    forwarding = await kb.spawn("port-forward", "pod/shell", ":8080")
-    procs = (execing, watching, forwarding)
-    reader = writer = None
+    streams = await open_streams(kb, sleep=40)
     try:
-        for proc, first in ((execing, b"started"), (watching, b"pod/shell"), (forwarding, b"Forwarding from")):
-            assert proc.stdout is not None
-            line = await asyncio.wait_for(proc.stdout.readline(), 30)
-            assert first in line, line
-            if proc is forwarding:
-                found = FORWARDING.search(line)
-                assert found is not None
-                reader, writer = await asyncio.open_connection("127.0.0.1", int(found.group(1)))
-                writer.write(b"before\n")
-                assert await asyncio.wait_for(reader.readexactly(7), 10) == b"before\n"
-
         # NATS goes away and comes back: the agent and the API each lose what was in flight on the link.
         assert stack.nats is not None
         stack.nats.stop()
         stack.nats.start()
         await stack.nats.wait_ready()
-        await _exited(execing, ENDS_WITHIN, "kubectl exec")
-        await _exited(watching, ENDS_WITHIN, "kubectl get --watch")
-        assert reader is not None
+        await _exited(streams.execing, ENDS_WITHIN, "kubectl exec")
+        await _exited(streams.watching, ENDS_WITHIN, "kubectl get --watch")
         # kubectl port-forward keeps listening after its tunnel ended; the connection through it is closed.
-        assert await asyncio.wait_for(reader.read(), ENDS_WITHIN) == b"", "the forwarded connection stayed open"
+        assert await asyncio.wait_for(streams.reader.read(), ENDS_WITHIN) == b"", "the forwarded connection stayed open"
     finally:
-        if writer is not None:
-            writer.close()
-        for proc in procs:
-            if proc.returncode is None:
-                await stop_kubectl(proc)
+        await streams.stop()
 
     # Everything works again once the agent serves its gateway again.
     await wait_gateway_served(stack, "kube-rc")

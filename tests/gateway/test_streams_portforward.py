@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,51 @@ async def echo_through(port: int, data: bytes) -> bytes:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+
+
+@dataclass
+class OpenStreams:
+    """A member's exec (its command sleeping), watch of pods and port-forward, each serving, and one connection
+    through the forwarded port (it echoed a line)."""
+
+    execing: asyncio.subprocess.Process
+    watching: asyncio.subprocess.Process
+    forwarding: asyncio.subprocess.Process
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    async def stop(self) -> None:
+        self.writer.close()
+        for proc in (self.execing, self.watching, self.forwarding):
+            if proc.returncode is None:
+                await stop_kubectl(proc)
+
+
+async def open_streams(kubectl: Kubectl, sleep: int) -> OpenStreams:
+    """``kubectl``'s three kinds of stream on the pod ``shell``, each past its first answer."""
+    execing = await kubectl.spawn("exec", "shell", "--", "sh", "-c", f"echo started; sleep {sleep}")
+    watching = await kubectl.spawn("get", "pods", "--watch", "-o", "name")
+    forwarding = await kubectl.spawn("port-forward", "pod/shell", ":8080")
+    try:
+        await first_line(execing, b"started")
+        await first_line(watching, b"pod/shell")
+        found = FORWARDING.search(await first_line(forwarding, b"Forwarding from"))
+        assert found is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(found.group(1)))
+        writer.write(b"before\n")
+        assert await asyncio.wait_for(reader.readexactly(7), 10) == b"before\n"
+    except BaseException:
+        for proc in (execing, watching, forwarding):
+            await stop_kubectl(proc)
+        raise
+    return OpenStreams(execing, watching, forwarding, reader, writer)
+
+
+async def first_line(proc: asyncio.subprocess.Process, expected: bytes) -> bytes:
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    assert expected in line, line
+    return line
 
 
 async def test_port_forward_through_the_gateway(

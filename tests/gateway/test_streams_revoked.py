@@ -11,7 +11,7 @@ import pytest
 
 from agent.drivers.kube import KubeApi
 from tests.gateway.test_streams_kubectl import space_with_shell
-from tests.gateway.test_streams_portforward import FORWARDING, stop_kubectl
+from tests.gateway.test_streams_portforward import first_line, open_streams, stop_kubectl
 from tests.harness import Stack
 from tests.kube.cluster import ControlPlane
 
@@ -19,13 +19,6 @@ pytestmark = pytest.mark.kube
 
 ENDS_WITHIN = 10.0
 """Seconds an open stream may take to end after its member's access did (the periodic check is 60 s: not that)."""
-
-
-async def _first_line(proc: asyncio.subprocess.Process, expected: bytes) -> bytes:
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 30)
-    assert expected in line, line
-    return line
 
 
 async def _ended(proc: asyncio.subprocess.Process, what: str) -> str:
@@ -42,30 +35,21 @@ async def test_open_streams_end_when_their_members_access_does(
     stack: Stack, control_plane: ControlPlane, admin_api: KubeApi, kubeconfig: Path, tmp_path: Path
 ) -> None:
     kb, kc, _bob = await space_with_shell(stack, kubeconfig, tmp_path, "kube-rv", "rv")
-    execing = await kb.spawn("exec", "shell", "--", "sh", "-c", "echo started; sleep 120")
-    watching = await kb.spawn("get", "pods", "--watch", "-o", "name")
-    forwarding = await kb.spawn("port-forward", "pod/shell", ":8080")
+    streams = await open_streams(kb, sleep=120)
     carol_watching = await kc.spawn("get", "pods", "--watch", "-o", "name")
-    procs = (execing, watching, forwarding, carol_watching)
     try:
-        await _first_line(execing, b"started")
-        await _first_line(watching, b"pod/shell")
-        found = FORWARDING.search(await _first_line(forwarding, b"Forwarding from"))
-        assert found is not None
-        reader, writer = await asyncio.open_connection("127.0.0.1", int(found.group(1)))
-        writer.write(b"before\n")
-        assert await asyncio.wait_for(reader.readexactly(7), 10) == b"before\n"
-        await _first_line(carol_watching, b"pod/shell")
+        await first_line(carol_watching, b"pod/shell")
 
         # bob leaves the project: everything bob has open ends, with the reason where kubectl can show one.
         await stack.ok("DELETE", "/api/v1/projects/rv/members/user/bob")
-        err = await _ended(execing, "bob's kubectl exec")
-        assert execing.returncode != 0, "an exec cut short is not a success"
+        err = await _ended(streams.execing, "bob's kubectl exec")
+        assert streams.execing.returncode != 0, "an exec cut short is not a success"
         assert "bob" in err and "not a member" in err, f"kubectl exec says why it ended: {err!r}"
-        await _ended(watching, "bob's kubectl get --watch")
+        await _ended(streams.watching, "bob's kubectl get --watch")
         # kubectl port-forward keeps listening after its tunnel ended; the connection through it is closed.
-        assert await asyncio.wait_for(reader.read(), ENDS_WITHIN) == b"", "bob's forwarded connection stayed open"
-        writer.close()
+        assert await asyncio.wait_for(streams.reader.read(), ENDS_WITHIN) == b"", (
+            "bob's forwarded connection stayed open"
+        )
         refused = await kb.refused("get", "pods")
         assert "bob" in refused and "forbidden" in refused.lower(), refused
 
@@ -75,6 +59,6 @@ async def test_open_streams_end_when_their_members_access_does(
         await _ended(carol_watching, "carol's kubectl get --watch")
         assert "must be logged in" in await kc.refused("get", "pods")
     finally:
-        for proc in procs:
-            if proc.returncode is None:
-                await stop_kubectl(proc)
+        await streams.stop()
+        if carol_watching.returncode is None:
+            await stop_kubectl(carol_watching)
