@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from schemas.errors import Forbidden, NotFound, Unauthenticated
 from services.bus.gateway import GatewayStream, StreamBroken
@@ -38,7 +38,7 @@ RECHECK_CONCURRENCY = 8
 class Holder:
     """Who opened a stream, on what: the unit a check is made for (one per token and workload)."""
 
-    token: str
+    token: str = field(repr=False)  # a bearer token: never in a log line
     user: str
     target: str
     project: str
@@ -117,8 +117,9 @@ class OpenStreams:
                 stream.fail("", AccessEnded(f"access ended: {reason}"))
             return len(streams)
 
-        ended = await asyncio.gather(*(one(h, s) for h, s in by_holder.items()))
-        return sum(ended)
+        async with asyncio.TaskGroup() as tasks:  # ``one`` never raises: a failed check keeps the streams
+            checks = [tasks.create_task(one(h, s), name=f"recheck-{h.user}") for h, s in by_holder.items()]
+        return sum(c.result() for c in checks)
 
     async def _refusal(self, holder: Holder) -> str | None:
         try:

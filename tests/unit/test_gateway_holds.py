@@ -84,6 +84,7 @@ async def test_a_round_ends_only_the_refused_holders_streams_asking_once_per_hol
     for stream in streams["carol"] + streams["dan"]:  # allowed, or access away: kept
         assert await _ended(stream) is None
     assert len(holds) == 4, "the ended streams are no longer held"
+    assert "tok-bob" not in repr(bob), "a holder's token never reaches a log line"
 
 
 async def test_a_change_starts_a_round_at_once_and_rounds_also_come_on_their_own() -> None:
