@@ -61,6 +61,8 @@ logger = logging.getLogger(__name__)
 PREFIX = "/kubernetes/project"
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+AUDIT_RESULT_MAX = 300
+"""Characters of a reason kept in an audit record's result (access's reasons are a line)."""
 RESOLVE_TTL = 2.0
 """Seconds a member's resolved access (workload, teams, presence) is reused: kubectl sends bursts."""
 
@@ -175,7 +177,7 @@ class Gateway:
         self.refusals = RecentRefusals()
         """Why a member's WebSocket was refused, for kubectl's SPDY retry (``services.api.gateway_streams``)."""
         self.limiter = MemberLimiter()
-        self.holds = OpenStreams(self.recheck)
+        self.holds = OpenStreams(self.recheck, self.audit_ended)
         """The open streams and who opened them: they end when that access does (``gateway_holds``)."""
         platform.on_forget.append(self.access_changed)
         self.waker = Waker(
@@ -205,6 +207,22 @@ class Gateway:
         if who.user != holder.user:
             raise Unauthenticated(f"the token is no longer user {holder.user!r}'s")
         await self._fresh_access(who, holder.target, holder.project, holder.name)
+
+    async def audit_ended(self, holder: Holder, stream: GatewayStream, what: str, reason: str) -> None:
+        """A stream ended because its member's access did: in the audit trail, beside the call that opened it."""
+        entry = AuditRecord(
+            kind="api",
+            at=time.time(),
+            user=holder.user,
+            action=what,
+            target=f"{holder.target}/{holder.project}/{holder.name}",
+            cluster=stream.cluster,
+            result=f"ended: access ended: {reason}"[:AUDIT_RESULT_MAX],
+        )
+        try:
+            await self.platform.bus.publish(subjects.AUDIT_API, entry)
+        except TetherError as exc:  # the stream has ended; losing its record is logged loudly, never silently
+            logger.error("audit record lost for the end of %s by %r: %s", what, holder.user, exc.description)
 
     async def teams_of(self, user: str) -> tuple[str, ...]:
         now = time.monotonic()
@@ -390,11 +408,11 @@ class Gateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def body(self, stream: GatewayStream, holder: Holder) -> AsyncIterator[bytes]:
+    async def body(self, stream: GatewayStream, holder: Holder, what: str) -> AsyncIterator[bytes]:
         """The answer's bytes as the agent sends them; the upstream call is cancelled if the client goes, or when
         ``holder``'s access ends meanwhile."""
         ended = False
-        self.holds.hold(holder, stream)
+        self.holds.hold(holder, stream, what)
         try:
             while True:
                 try:
@@ -525,7 +543,10 @@ def install_gateway(app: FastAPI, platform: Platform) -> Gateway:
         if head.last:  # a small answer, whole in its head frame
             gateway.link.forget(stream.id)
             return Response(head.data, status_code=head.status, headers=dict(head.headers))
-        return StreamingResponse(gateway.body(stream, holder), status_code=head.status, headers=dict(head.headers))
+        what = f"{forward.method} {forward.path}"
+        return StreamingResponse(
+            gateway.body(stream, holder, what), status_code=head.status, headers=dict(head.headers)
+        )
 
     app.add_api_route(
         f"{PREFIX}/{{project}}/{{target}}/{{name}}/{{path:path}}",

@@ -11,7 +11,8 @@ as the member keeps it open. So the gateway keeps who opened each stream (their 
 - every ``RECHECK_INTERVAL`` seconds otherwise: a token that expired, a notice lost on its way.
 
 A holder refused (401, 403, 404) has its streams ended with the reason (``AccessEnded``): a tunnel's client gets
-a close saying why, a watch or ``logs -f`` ends, and kubectl's next request is refused with the reason. A check
+a close saying why, a watch or ``logs -f`` ends, kubectl's next request is refused with the reason, and each
+ended stream is recorded (``Ended``: the gateway writes it to the audit trail). A check
 that cannot be made now (a service away: 503, a timeout) keeps the streams: an outage of access must not cut every
 member's shell, and the next round checks again.
 """
@@ -49,6 +50,10 @@ class Holder:
         return f"{self.target} {self.project}/{self.name}"
 
 
+Ended = Callable[[Holder, GatewayStream, str, str], Awaitable[None]]
+"""Told of each stream a round ended: its holder, the stream, what it was (``GET <path>``) and why. Must not raise."""
+
+
 class AccessEnded(StreamBroken):
     """The member's access to the stream's workload ended while it was open."""
 
@@ -65,10 +70,13 @@ def ending(exc: BaseException) -> str | None:
 class OpenStreams:
     """The open streams by holder, and the rounds that check them (``run``: the API's task)."""
 
-    def __init__(self, check: Callable[[Holder], Awaitable[object]], interval: float = RECHECK_INTERVAL) -> None:
+    def __init__(
+        self, check: Callable[[Holder], Awaitable[object]], ended: Ended, interval: float = RECHECK_INTERVAL
+    ) -> None:
         self._check = check
+        self._ended = ended
         self.interval = interval
-        self._held: dict[str, tuple[Holder, GatewayStream]] = {}
+        self._held: dict[str, tuple[Holder, GatewayStream, str]] = {}
         self._wanted = asyncio.Event()
         self.rounds = 0
         """Rounds completed (tests wait on it)."""
@@ -76,8 +84,9 @@ class OpenStreams:
     def __len__(self) -> int:
         return len(self._held)
 
-    def hold(self, holder: Holder, stream: GatewayStream) -> None:
-        self._held[stream.id] = (holder, stream)
+    def hold(self, holder: Holder, stream: GatewayStream, what: str) -> None:
+        """``stream`` stays open only while ``holder`` is let in; ``what`` names it (``GET <path>``)."""
+        self._held[stream.id] = (holder, stream, what)
 
     def release(self, stream: GatewayStream) -> None:
         self._held.pop(stream.id, None)
@@ -100,21 +109,23 @@ class OpenStreams:
 
     async def recheck(self) -> int:
         """Check every holder once; end the streams of those refused. Returns how many streams ended."""
-        by_holder: dict[Holder, list[GatewayStream]] = {}
-        for holder, stream in list(self._held.values()):
-            by_holder.setdefault(holder, []).append(stream)
+        by_holder: dict[Holder, list[tuple[GatewayStream, str]]] = {}
+        for holder, stream, what in list(self._held.values()):
+            by_holder.setdefault(holder, []).append((stream, what))
         gate = asyncio.Semaphore(RECHECK_CONCURRENCY)
 
-        async def one(holder: Holder, streams: list[GatewayStream]) -> int:
+        async def one(holder: Holder, streams: list[tuple[GatewayStream, str]]) -> int:
             async with gate:
                 reason = await self._refusal(holder)
             if reason is None:
                 return 0
-            for stream in streams:
-                text = "gateway: ended stream %s of user %r on %s: access ended: %s"
-                logger.warning(text, stream.id, holder.user, holder.where, reason)
+            for stream, what in streams:
+                text = "gateway: ended stream %s (%s) of user %r on %s: access ended: %s"
+                logger.warning(text, stream.id, what, holder.user, holder.where, reason)
                 self.release(stream)
                 stream.fail("", AccessEnded(f"access ended: {reason}"))
+            for stream, what in streams:
+                await self._ended(holder, stream, what, reason)
             return len(streams)
 
         async with asyncio.TaskGroup() as tasks:  # ``one`` never raises: a failed check keeps the streams

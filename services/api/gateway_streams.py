@@ -195,7 +195,7 @@ def install_tunnels(app: FastAPI, platform: Platform, gateway: Gateway) -> None:
             return
         chosen = dict(head.headers).get("sec-websocket-protocol") or None
         await websocket.accept(subprotocol=chosen)
-        gateway.holds.hold(holder, stream)  # the tunnel ends with its member's access (``gateway_holds``)
+        gateway.holds.hold(holder, stream, f"GET {kube_path}")  # it ends with its member's access (``gateway_holds``)
         try:
             await Tunnel(gateway, websocket, stream, chosen or "").run()
         finally:

@@ -12,7 +12,7 @@ import pytest
 from agent.drivers.kube import KubeApi
 from tests.gateway.test_streams_kubectl import space_with_shell
 from tests.gateway.test_streams_portforward import first_line, open_streams, stop_kubectl
-from tests.harness import Stack
+from tests.harness import Stack, wait_for
 from tests.kube.cluster import ControlPlane
 
 pytestmark = pytest.mark.kube
@@ -52,6 +52,18 @@ async def test_open_streams_end_when_their_members_access_does(
         )
         refused = await kb.refused("get", "pods")
         assert "bob" in refused and "forbidden" in refused.lower(), refused
+
+        # Each stream's end is in the audit trail, with what it was and why.
+        async def ends_audited() -> list[str]:
+            trail = (await stack.ok("GET", "/api/v1/audit?user=bob&since=1h"))["items"]
+            ended = [r for r in trail if r["result"].startswith("ended:") and "not a member" in r["result"]]
+            return sorted(r["action"].rsplit("/", 1)[-1] for r in ended) if len(ended) >= 3 else []
+
+        assert await wait_for(ends_audited, timeout=10, what="the streams' ends in the audit trail") == [
+            "exec",
+            "pods",
+            "portforward",
+        ]
 
         # carol is still a member: her watch goes on, until her own access ends (her user disabled).
         assert carol_watching.returncode is None, "another member's watch ended with bob's access"

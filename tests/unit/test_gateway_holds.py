@@ -40,6 +40,16 @@ class _Checks:
             raise refusal
 
 
+class _Ended:
+    """What the holds reported ended: (user, stream id, what, reason)."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, str, str, str]] = []
+
+    async def __call__(self, holder: Holder, stream: GatewayStream, what: str, reason: str) -> None:
+        self.told.append((holder.user, stream.id, what, reason))
+
+
 async def _ended(stream: GatewayStream) -> str | None:
     """The stream's end as its reader sees it (None: still open)."""
     try:
@@ -70,12 +80,13 @@ def test_a_check_that_could_not_be_made_ends_nothing(outage: Exception) -> None:
 
 async def test_a_round_ends_only_the_refused_holders_streams_asking_once_per_holder() -> None:
     checks = _Checks({"bob": Forbidden("user 'bob' is not a member of project 'p1'"), "dan": Unavailable("away")})
-    holds = OpenStreams(checks)
+    told = _Ended()
+    holds = OpenStreams(checks, told)
     bob, carol, dan = _holder("bob"), _holder("carol"), _holder("dan")
     streams = {who: [_stream(), _stream()] for who in ("bob", "carol", "dan")}
     for who, holder in (("bob", bob), ("carol", carol), ("dan", dan)):
         for stream in streams[who]:
-            holds.hold(holder, stream)
+            holds.hold(holder, stream, f"GET /api/v1/namespaces/x/pods/{stream.id}/exec")
 
     assert await holds.recheck() == 2
     assert sorted(h.user for h in checks.asked) == ["bob", "carol", "dan"], "one question per holder"
@@ -84,13 +95,15 @@ async def test_a_round_ends_only_the_refused_holders_streams_asking_once_per_hol
     for stream in streams["carol"] + streams["dan"]:  # allowed, or access away: kept
         assert await _ended(stream) is None
     assert len(holds) == 4, "the ended streams are no longer held"
+    reason = "user 'bob' is not a member of project 'p1'"
+    assert told.told == [("bob", s.id, f"GET /api/v1/namespaces/x/pods/{s.id}/exec", reason) for s in streams["bob"]]
     assert "tok-bob" not in repr(bob), "a holder's token never reaches a log line"
 
 
 async def test_a_change_starts_a_round_at_once_and_rounds_also_come_on_their_own() -> None:
     checks = _Checks({})
-    holds = OpenStreams(checks, interval=3600)
-    holds.hold(_holder("bob"), _stream())
+    holds = OpenStreams(checks, _Ended(), interval=3600)
+    holds.hold(_holder("bob"), _stream(), "GET /api/v1/pods")
     runner = asyncio.create_task(holds.run(), name="holds")
     try:
         await asyncio.sleep(0.05)
@@ -116,9 +129,9 @@ async def test_forgetting_sessions_makes_the_gateway_forget_and_check_its_stream
         asked.append(holder)
         raise Unauthenticated("token revoked")
 
-    gateway.holds = OpenStreams(recheck, interval=3600)
+    gateway.holds = OpenStreams(recheck, _Ended(), interval=3600)
     stream = _stream()
-    gateway.holds.hold(_holder("bob"), stream)
+    gateway.holds.hold(_holder("bob"), stream, "GET /api/v1/pods")
     gateway._teams = (1e18, {"bob": ("t1",)})
     platform._allowed[Authorize(user="bob", action="workload.read", project="p1")] = (1e18, Decision(allowed=True))
     platform._auth_cache["tok-bob"] = (1e18, Principal(user="bob"))
