@@ -119,13 +119,17 @@ class OpenStreams:
                 reason = await self._refusal(holder)
             if reason is None:
                 return 0
+            streams = [(s, what) for s, what in streams if s.id in self._held]  # not those closed meanwhile
             for stream, what in streams:
                 text = "gateway: ended stream %s (%s) of user %r on %s: access ended: %s"
                 logger.warning(text, stream.id, what, holder.user, holder.where, reason)
                 self.release(stream)
                 stream.fail("", AccessEnded(f"access ended: {reason}"))
             for stream, what in streams:
-                await self._ended(holder, stream, what, reason)
+                try:
+                    await self._ended(holder, stream, what, reason)
+                except Exception:  # a record lost must not stop the rounds that end other streams
+                    logger.exception("gateway: could not record the end of stream %s", stream.id)
             return len(streams)
 
         async with asyncio.TaskGroup() as tasks:  # ``one`` never raises: a failed check keeps the streams

@@ -100,6 +100,26 @@ async def test_a_round_ends_only_the_refused_holders_streams_asking_once_per_hol
     assert "tok-bob" not in repr(bob), "a holder's token never reaches a log line"
 
 
+async def test_a_stream_closed_during_the_round_is_not_ended_again_and_a_lost_record_stops_nothing() -> None:
+    gone, kept = _stream(), _stream()
+    ended: list[str] = []
+
+    async def refuse(holder: Holder) -> None:
+        holds.release(gone)  # its client went away while access was being asked
+        raise Unauthenticated("token revoked")
+
+    async def record(holder: Holder, stream: GatewayStream, what: str, reason: str) -> None:
+        ended.append(stream.id)
+        raise RuntimeError("the audit stream is full")
+
+    holds = OpenStreams(refuse, record)
+    holds.hold(_holder("bob"), gone, "GET /a")
+    holds.hold(_holder("bob"), kept, "GET /b")
+    assert await holds.recheck() == 1
+    assert ended == [kept.id]
+    assert await _ended(kept) is not None and await _ended(gone) is None
+
+
 async def test_a_change_starts_a_round_at_once_and_rounds_also_come_on_their_own() -> None:
     checks = _Checks({})
     holds = OpenStreams(checks, _Ended(), interval=3600)
