@@ -345,7 +345,7 @@ class Gateway:
             raise Refused(404, f"unknown kind {target!r}: expected space or tenant")
         check_name(project, "project name")
         check_name(name, f"{target} name")
-        who = await self.principal(conn)
+        token, who = await self.principal(conn)
         if wait := self.limiter.take(who.user):
             raise Refused(429, f"too many requests through the gateway from user {who.user!r}: slow down", wait)
         if asked := impersonation_headers(list(conn.headers.items())):
@@ -362,16 +362,16 @@ class Gateway:
         if refused := readiness_refusal(access.record):
             raise refused
         await self.require_online(access.cluster)
-        token = bearer_token(conn.headers.get("authorization", ""))
         return Holder(token=token, user=who.user, target=target, project=project, name=name), access, path
 
-    async def principal(self, conn: HTTPConnection) -> Principal:
+    async def principal(self, conn: HTTPConnection) -> tuple[str, Principal]:
+        """The caller's token and who it is (the token is kept for the checks of an open stream)."""
         token = bearer_token(conn.headers.get("authorization", ""))
         if not token:
             raise Unauthenticated("missing API token: use a kubeconfig from 'tether space|tenant kubeconfig'")
         who = await self.platform.authenticate(token)
         conn.state.user = who.user
-        return who
+        return token, who
 
     # --- the exchange -------------------------------------------------------------------------------
     async def open(self, access: Access, request: GatewayRequest) -> tuple[GatewayStream, GatewayFrame]:
