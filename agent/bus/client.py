@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from nats.aio.client import Client
+from nats.aio.client import PING_PROTO, Client
 from nats.js.errors import APIError
 
 HANDSHAKE_TIMEOUT = 15
@@ -22,7 +22,7 @@ wave starting ~40 s after NATS started, when the first was nearly over."""
 
 
 class PatchedClient(Client):
-    """nats-py's client with three fixes, each for a link that looked up and carried nothing.
+    """nats-py's client with four fixes: three for a link that looked up and carried nothing, one for a flush.
 
     PONGs that outlive the flush that asked for them: nats-py 2.16 cancels a
     flush's PONG future when the flush times out (on a slow server: in a
@@ -36,6 +36,9 @@ class PatchedClient(Client):
     (``_process_connect_init``).
 
     A reconnect attempt that failed after its handshake (``_connect_to_server``).
+
+    A flush that returned before the server read what was sent ahead of it
+    (``_send_ping``).
 
     And for what is still unknown, a reconnect that stopped trying is started
     again (``restart_reconnect``, by ``agent.bus.watchdog``).
@@ -90,6 +93,18 @@ class PatchedClient(Client):
             self.options["connect_timeout"] = dial_timeout
         if self._status == Client.CONNECTING:
             self._status = Client.CONNECTED
+
+    async def _send_ping(self, future: asyncio.Future[Any] | None = None) -> None:
+        """A PING behind everything already buffered, so its PONG proves the server read them.
+
+        nats-py 2.16 writes a flush's PING straight to the socket while the
+        commands before it (a SUB, a PUB) still wait in the buffer for the
+        flusher task: the PONG can come back before the server saw them. An
+        agent's service that "flushed" after subscribing could then miss a
+        request sent to it at once. Queued in order, as nats.go does."""
+        self._pongs.append(future if future is not None else asyncio.get_running_loop().create_future())
+        await self._send_command(PING_PROTO)
+        await self._flush_pending()
 
     async def flush(self, timeout: int = 10) -> None:
         """nats-py's flush; the one that ends a reconnect attempt waits ``RECONNECT_FLUSH_TIMEOUT``."""
