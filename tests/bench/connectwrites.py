@@ -75,8 +75,14 @@ async def remove(nc: nats.aio.client.Client) -> None:
             await js.delete_stream(_bucket(name))
 
 
+WRITE_TIMEOUT = 120.0
+"""Seconds each write may wait for its acknowledgement. A child's 2,500 inventories go out at once, as a fleet's
+would; with nats-py's 5 s the last of them timed out behind the others on a slow hour (the baseline is the time
+all take, not a latency)."""
+
+
 async def writes(plan: Plan, nc: nats.aio.client.Client, go: asyncio.Event) -> float:
-    js = nc.jetstream()
+    js = nc.jetstream(timeout=WRITE_TIMEOUT)
     uids, clusters, presence = [await js.key_value(_bucket(n)) for n in ("UIDS", "CLUSTERS", "PRESENCE")]
     record, event, inventory = b"r" * 512, b"e" * 200, b"i" * 2048
     registry_turns = asyncio.Semaphore(plan.registry_at_once)
