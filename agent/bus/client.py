@@ -99,9 +99,9 @@ class PatchedClient(Client):
 
         nats-py 2.16 writes a flush's PING straight to the socket while the
         commands before it (a SUB, a PUB) still wait in the buffer for the
-        flusher task: the PONG can come back before the server saw them. An
-        agent's service that "flushed" after subscribing could then miss a
-        request sent to it at once. Queued in order, as nats.go does."""
+        flusher task: the PONG can come back before the server saw them, and
+        a subscription the agent flushed could miss a message sent to it at
+        once. Queued in order, as nats.go does."""
         self._pongs.append(future if future is not None else asyncio.get_running_loop().create_future())
         await self._send_command(PING_PROTO)
         await self._flush_pending()

@@ -739,9 +739,9 @@ class Bench:
         free: deque[Tenant] = deque(self.tenants)
         random.shuffle(free)
         if self.args.rate > 0:
-            # The setup's creates are still being applied, reported and announced when it returns (a first
-            # window 3x slower for its first seconds): the window starts once the platform's CPU is back to the
-            # connected fleet's idle rate (phase 1's).
+            # The setup's creates end just before (one window's first seconds were 3-4x slower than its last):
+            # like the half-maximum window, this one starts once the platform's CPU is back to the connected
+            # fleet's idle rate (phase 1's).
             settled_s = await self.settle(self.results["connect"]["idle_cpu_ms_per_s"])
             fixed = await self.fixed_rate(free, self.args.rate, "fixed")
             fixed["settled_s"] = settled_s
