@@ -23,8 +23,7 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,7 +34,7 @@ from starlette.requests import HTTPConnection
 
 from schemas import subjects
 from schemas.audit import AuditRecord
-from schemas.errors import Forbidden, InvalidInput, NotFound, TetherError, Unauthenticated, Unavailable
+from schemas.errors import InvalidInput, TetherError, Unauthenticated, Unavailable
 from schemas.gateway import (
     HEAD_TIMEOUT,
     IDLE_TIMEOUT,
@@ -48,9 +47,10 @@ from schemas.gateway import (
     request_headers,
 )
 from schemas.gateway_streams import spdy_refusal
-from schemas.messages import Empty, NameRequest, Presence, Principal, TeamList, WorkloadRecord, WorkloadRef
+from schemas.messages import Presence, Principal, WorkloadRecord
 from schemas.names import check_name
-from services.api.auth import Platform, authorize, bearer_token
+from services.api.auth import Platform, bearer_token
+from services.api.gateway_access import Access, Resolver
 from services.api.gateway_holds import AccessEnded, Holder, OpenStreams
 from services.api.gateway_limits import MemberLimiter
 from services.api.gateway_wake import NotAwake, Waker, asleep, waking
@@ -63,8 +63,6 @@ MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 AUDIT_RESULT_MAX = 300
 """Characters of a reason kept in an audit record's result (access's reasons are a line)."""
-RESOLVE_TTL = 2.0
-"""Seconds a member's resolved access (workload, teams, presence) is reused: kubectl sends bursts."""
 
 REASONS = {
     400: "BadRequest",
@@ -116,24 +114,6 @@ def refusal_of(exc: TetherError) -> Refused:
     return Refused(code, exc.description)
 
 
-@dataclass(frozen=True)
-class Access:
-    """Who is calling, on what, through which cluster."""
-
-    user: str
-    teams: tuple[str, ...]
-    record: WorkloadRecord
-
-    @property
-    def cluster(self) -> str:
-        return self.record.spec.cluster
-
-
-def is_member(record: WorkloadRecord, user: str, teams: tuple[str, ...]) -> bool:
-    subjects_ = {m.subject for m in record.spec.members}
-    return f"user:{user}" in subjects_ or any(f"team:{t}" in subjects_ for t in teams)
-
-
 RECONNECT_RETRY_AFTER = 1
 """Seconds kubectl is told to wait (it retries by itself) when a cluster's agent has not reconnected yet since
 the platform restarted."""
@@ -160,18 +140,16 @@ def readiness_refusal(record: WorkloadRecord) -> Refused | None:
 
 
 class Gateway:
-    """The routes' state: the bus link and a short cache of resolved access."""
+    """The routes' state: the bus link, who may reach what (``resolver``) and the open streams (``holds``)."""
 
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
         self.link = link_over(platform.bus)
         self._started = False
         self._start_lock = asyncio.Lock()
-        self._cache: dict[tuple[str, str, str, str], tuple[float, Access]] = {}
-        self._teams: tuple[float, dict[str, tuple[str, ...]]] = (0.0, {})
-        self._presence: dict[str, tuple[float, Presence | None]] = {}
+        self.resolver = Resolver(platform)
+        """Who may reach what, and whether its cluster is there, kept for a moment (``gateway_access``)."""
         self._background: set[asyncio.Task[None]] = set()
-        self._renewing: set[tuple[str, ...]] = set()
         from services.api.gateway_streams import RecentRefusals
 
         self.refusals = RecentRefusals()
@@ -197,8 +175,7 @@ class Gateway:
     def access_changed(self) -> None:
         """Access ended something (a token, a membership, a role): nothing resolved before may be reused, and
         every open stream is checked again now."""
-        self._cache.clear()
-        self._teams = (0.0, {})
+        self.resolver.forget()
         self.holds.recheck_soon()
 
     async def recheck(self, holder: Holder) -> None:
@@ -206,7 +183,7 @@ class Gateway:
         who = await self.platform.authenticate(holder.token)
         if who.user != holder.user:
             raise Unauthenticated(f"the token is no longer user {holder.user!r}'s")
-        await self._fresh_access(who, holder.target, holder.project, holder.name)
+        await self.resolver.fresh_access(who, holder.target, holder.project, holder.name)
 
     async def audit_ended(self, holder: Holder, stream: GatewayStream, what: str, reason: str) -> None:
         """A stream ended because its member's access did: in the audit trail, beside the call that opened it."""
@@ -224,102 +201,15 @@ class Gateway:
         except TetherError as exc:  # the stream has ended; losing its record is logged loudly, never silently
             logger.error("audit record lost for the end of %s by %r: %s", what, holder.user, exc.description)
 
-    async def teams_of(self, user: str) -> tuple[str, ...]:
-        now = time.monotonic()
-        at, by_user = self._teams
-        if now - at > RESOLVE_TTL:
-            teams = await self.platform.call(subjects.Access.TEAM_LIST, Empty(), TeamList)
-            grouped: dict[str, list[str]] = {}
-            for team in teams.teams:
-                for member in team.members:
-                    grouped.setdefault(member, []).append(team.name)
-            by_user = {u: tuple(sorted(t)) for u, t in grouped.items()}
-            self._teams = (now, by_user)
-        return by_user.get(user, ())
-
-    async def presence(self, cluster: str) -> Presence | None:
-        now = time.monotonic()
-        hit = self._presence.get(cluster)
-        if hit and now - hit[0] < RESOLVE_TTL:
-            self._refresh_early(("presence", cluster), hit[0], lambda: self._fresh_presence(cluster))
-            return hit[1]
-        return await self._fresh_presence(cluster)
-
-    async def _fresh_presence(self, cluster: str) -> Presence | None:
-        now = time.monotonic()
-        try:
-            found: Presence | None = await self.platform.call(
-                subjects.Health.PRESENCE_GET, NameRequest(name=cluster), Presence
-            )
-        except NotFound:
-            found = None
-        if len(self._presence) > 10_000:
-            self._presence.clear()
-        self._presence[cluster] = (now, found)
-        return found
-
-    async def resolve(self, who: Principal, target: str, project: str, name: str) -> Access:
-        key = (who.user, target, project, name)
-        now = time.monotonic()
-        hit = self._cache.get(key)
-        if hit and now - hit[0] < RESOLVE_TTL:
-            self._refresh_early(key, hit[0], lambda: self._fresh_access(who, target, project, name))
-            return hit[1]
-        return await self._fresh_access(who, target, project, name)
-
-    def _refresh_early(self, key: tuple[str, ...], at: float, fresh: Callable[[], Awaitable[object]]) -> None:
-        """Past half its life, a cached answer is renewed in the background: no request waits for the
-        renewal (the p99), and a refusal still lands within ``RESOLVE_TTL`` (a failed renewal drops it)."""
-        if time.monotonic() - at < RESOLVE_TTL / 2 or key in self._renewing:
-            return
-
-        async def renew() -> None:
-            try:
-                await fresh()
-            except (TetherError, Refused):
-                if len(key) == 2:
-                    self._presence.pop(key[1], None)
-                else:
-                    self._cache.pop(key, None)  # type: ignore[arg-type]
-            finally:
-                self._renewing.discard(key)
-
-        self._renewing.add(key)
-        task = asyncio.get_running_loop().create_task(renew())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _fresh_access(self, who: Principal, target: str, project: str, name: str) -> Access:
-        key = (who.user, target, project, name)
-        now, forgotten = time.monotonic(), self.platform.forgotten
-        await authorize(self.platform, who, "workload.read", project)
-        record, teams = await asyncio.gather(
-            self.platform.call(
-                subjects.Lifecycle.GET,
-                WorkloadRef(kind=target, project=project, name=name),  # type: ignore[arg-type]
-                WorkloadRecord,
-            ),
-            self.teams_of(who.user),
-        )
-        if not is_member(record, who.user, teams):
-            raise Forbidden(f"user {who.user!r} is not a member of {target} {project}/{name}")
-        access = Access(user=who.user, teams=teams, record=record)
-        if forgotten != self.platform.forgotten:
-            return access  # asked for before access changed: answered, never reused
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[key] = (now, access)
-        return access
-
     async def require_online(self, cluster: str) -> None:
-        presence = await self.presence(cluster)
+        presence = await self.resolver.presence(cluster)
         if presence is None or not presence.online:
             # No Retry-After: kubectl would retry it silently until its timeout instead of saying why.
             raise Refused(503, offline_text(cluster, presence))
 
     async def no_agent(self, cluster: str, exc: NoAgent) -> Refused:
         """Nobody serves the cluster's gateway although presence says online."""
-        presence = await self.presence(cluster)
+        presence = await self.resolver.presence(cluster)
         if presence is not None and presence.unheard:
             # Not heard since the platform restarted: its agent is most likely still reconnecting. kubectl
             # tries again by itself after Retry-After, so a restart is not an error to the member; a cluster
@@ -335,8 +225,7 @@ class Gateway:
         except NotAwake as exc:
             raise Refused(503, exc.message, exc.retry_after) from None
         access = dataclasses.replace(access, record=record)
-        spec = record.spec
-        self._cache[(access.user, spec.kind, spec.project, spec.name)] = (time.monotonic(), access)
+        self.resolver.remember(access)
         return access
 
     async def admit(self, conn: HTTPConnection, project: str, target: str, name: str) -> tuple[Holder, Access, str]:
@@ -355,7 +244,7 @@ class Gateway:
                 f"the caller, tether:user:{who.user}",
             )
         path = kube_path(conn, project, target, name)
-        access = await self.resolve(who, target, project, name)
+        access = await self.resolver.resolve(who, target, project, name)
         if asleep(access.record) or waking(access.record):  # wake on use (services.api.gateway_wake)
             await self.require_online(access.cluster)
             access = await self.woken(access)

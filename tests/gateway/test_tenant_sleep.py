@@ -14,7 +14,7 @@ import pytest
 from agent.drivers.kube import KubeApi
 from schemas import subjects
 from schemas.messages import WorkloadName, WorkloadRecord, decode, desired_key
-from services.api.gateway import RESOLVE_TTL
+from services.api.gateway_access import RESOLVE_TTL
 from services.lifecycle.logic import ACTIVITY_RESOLUTION
 from tests.gateway.tenant_rig import https_stack, member_tenant, phase_is
 from tests.harness import Stack, wait_for

@@ -152,13 +152,13 @@ async def test_forgetting_sessions_makes_the_gateway_forget_and_check_its_stream
     gateway.holds = OpenStreams(recheck, _Ended(), interval=3600)
     stream = _stream()
     gateway.holds.hold(_holder("bob"), stream, "GET /api/v1/pods")
-    gateway._teams = (1e18, {"bob": ("t1",)})
+    gateway.resolver._teams = (1e18, {"bob": ("t1",)})
     platform._allowed[Authorize(user="bob", action="workload.read", project="p1")] = (1e18, Decision(allowed=True))
     platform._auth_cache["tok-bob"] = (1e18, Principal(user="bob"))
     runner = asyncio.create_task(gateway.holds.run(), name="holds")
     try:
         platform.forget_sessions()
-        assert gateway._teams == (0.0, {}) and not platform._allowed and not platform._auth_cache
+        assert gateway.resolver._teams == (0.0, {}) and not platform._allowed and not platform._auth_cache
         await wait_for(lambda: gateway.holds.rounds >= 1, timeout=5, what="the gateway's round after a forget")
         assert asked == [_holder("bob")]
         assert await _ended(stream) == "access ended: the API token is no longer valid (token revoked)"
