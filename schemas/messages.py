@@ -602,6 +602,11 @@ class SessionsEnded(Message, frozen=True, tag="sessions-ended.v1"):
     disabled a user, or removed a team or a project: no replica may keep answering for what ended."""
 
     at: float = 0.0
+    project: str = ""
+    """The project whose access ended (a project removed), if only one project's did."""
+    user: str = ""
+    """The user whose access ended (a token, the user removed or disabled), if only one user's did. Neither:
+    anything may have ended (a team removed); every open gateway stream is checked again."""
 
 
 class MembershipChanged(Message, frozen=True, tag="membership-changed.v1"):

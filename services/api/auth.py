@@ -44,6 +44,27 @@ ERRORS: dict[int | str, dict[str, object]] = {
 """The error answers every route documents."""
 
 
+@dataclass(frozen=True)
+class Change:
+    """What a change of access may have ended: one project's access, one user's, or (neither) anything.
+
+    Kept sessions and decisions are forgotten whatever it says (cheap, and asked again on use); the gateway's
+    open streams are checked again only where the change reaches (each check is a question to access and
+    lifecycle, and a fleet may hold thousands of streams open)."""
+
+    project: str = ""
+    user: str = ""
+
+    def reaches(self, project: str, user: str) -> bool:
+        if not self.project and not self.user:
+            return True
+        return (bool(self.project) and self.project == project) or (bool(self.user) and self.user == user)
+
+
+EVERYTHING = Change()
+"""A change that may have ended anything."""
+
+
 @dataclass
 class Platform:
     """What the routes reach: the bus, and where agents connect."""
@@ -64,7 +85,7 @@ class Platform:
         self._allowed: dict[Authorize, tuple[float, Decision]] = {}
         self._forgotten = 0
         """How many times kept answers were forgotten: an answer asked for before the last time is not kept."""
-        self.on_forget: list[Callable[[], None]] = []
+        self.on_forget: list[Callable[[Change], None]] = []
         """Called by ``forget_sessions``: whatever else was allowed on those answers (the gateway's open streams)."""
 
     async def call(self, subject: str, message: Message, reply_type: type[M]) -> M:
@@ -83,20 +104,22 @@ class Platform:
         keep the answer only if it has not moved meanwhile (the question may predate a revocation)."""
         return self._forgotten
 
-    def forget_sessions(self) -> None:
-        """After a token, a user or a role goes away: no cached answer may outlive it here."""
+    def forget_sessions(self, change: Change = EVERYTHING) -> None:
+        """After a token, a user or a role goes away (``change`` says whose, if known): no cached answer may
+        outlive it here."""
         self._auth_cache.clear()
         self._allowed.clear()
         self._forgotten += 1
         for listener in self.on_forget:
-            listener()
+            listener(change)
 
-    async def end_sessions(self) -> None:
+    async def end_sessions(self, change: Change = EVERYTHING) -> None:
         """``forget_sessions`` here, and tell the other API replicas to (``subjects.API_SESSIONS_ENDED``)."""
-        self.forget_sessions()
+        self.forget_sessions(change)
+        notice = SessionsEnded(at=time.time(), project=change.project, user=change.user)
         try:
             async with asyncio.timeout(NOTICE_TIMEOUT):
-                await self.bus.send(subjects.API_SESSIONS_ENDED, SessionsEnded(at=time.time()))
+                await self.bus.send(subjects.API_SESSIONS_ENDED, notice)
         except Exception as exc:  # a lost link, a flush that timed out: best effort, as the notice is
             # What ended has ended (access said so); other replicas' copies expire within auth_cache_ttl.
             logger.warning("could not tell the other API replicas that sessions ended: %r", exc)

@@ -49,7 +49,7 @@ from schemas.gateway import (
 from schemas.gateway_streams import spdy_refusal
 from schemas.messages import Presence, Principal, WorkloadRecord
 from schemas.names import check_name
-from services.api.auth import Platform, bearer_token
+from services.api.auth import Change, Platform, bearer_token
 from services.api.gateway_access import Access, Resolver
 from services.api.gateway_holds import AccessEnded, Holder, OpenStreams
 from services.api.gateway_limits import MemberLimiter
@@ -172,11 +172,11 @@ class Gateway:
                 self._started = True
 
     # --- who and what -------------------------------------------------------------------------------
-    def access_changed(self) -> None:
+    def access_changed(self, change: Change) -> None:
         """Access ended something (a token, a membership, a role): nothing resolved before may be reused, and
-        every open stream is checked again now."""
+        the open streams ``change`` reaches are checked again now."""
         self.resolver.forget()
-        self.holds.recheck_soon()
+        self.holds.recheck_soon(change)
 
     async def recheck(self, holder: Holder) -> None:
         """Is ``holder`` still let in where their stream goes? Raises the refusal, as admission would."""

@@ -7,8 +7,10 @@ as the member keeps it open. So the gateway keeps who opened each stream (their 
 
 - at once when access ended something: a project's members or roles changed (access announces it), another API
   replica ended sessions, or this one revoked a token or removed a user, team or project
-  (``Platform.forget_sessions``'s listeners);
-- every ``RECHECK_INTERVAL`` seconds otherwise: a token that expired, a notice lost on its way.
+  (``Platform.forget_sessions``'s listeners). Only the holders the change reaches are checked (``Change``: a
+  project's, a user's, or everyone's when it may have ended anything): each check is a question to access and
+  lifecycle, and a fleet's members may hold thousands of streams open;
+- every ``RECHECK_INTERVAL`` seconds otherwise, every holder: a token that expired, a notice lost on its way.
 
 A holder refused (401, 403, 404) has its streams ended with the reason (``AccessEnded``): a tunnel's client gets
 a close saying why, a watch or ``logs -f`` ends, kubectl's next request is refused with the reason, and each
@@ -21,10 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 
 from schemas.errors import Forbidden, NotFound, Unauthenticated
+from services.api.auth import EVERYTHING, Change
 from services.bus.gateway import GatewayStream, StreamBroken
 
 logger = logging.getLogger(__name__)
@@ -78,6 +81,8 @@ class OpenStreams:
         self.interval = interval
         self._held: dict[str, tuple[Holder, GatewayStream, str]] = {}
         self._wanted = asyncio.Event()
+        self._changes: set[Change] = set()
+        """What changed since the last round began (its holders are checked in the next)."""
         self.rounds = 0
         """Rounds completed (tests wait on it)."""
 
@@ -91,27 +96,34 @@ class OpenStreams:
     def release(self, stream: GatewayStream) -> None:
         self._held.pop(stream.id, None)
 
-    def recheck_soon(self) -> None:
-        """Access changed somewhere: the next round starts now (rounds asked for meanwhile fold into one)."""
+    def recheck_soon(self, change: Change = EVERYTHING) -> None:
+        """Access changed: the next round starts now, for the holders ``change`` reaches (changes asked for
+        meanwhile fold into one round)."""
+        self._changes.add(change)
         self._wanted.set()
 
     async def run(self) -> None:
         while True:
+            changes: Collection[Change] | None = None  # a round on its own: every holder
             try:
                 async with asyncio.timeout(self.interval):
                     await self._wanted.wait()
+                changes = self._changes
             except TimeoutError:
                 pass
             self._wanted.clear()
+            self._changes = set()
             if self._held:
-                await self.recheck()
+                await self.recheck(changes)
             self.rounds += 1
 
-    async def recheck(self) -> int:
-        """Check every holder once; end the streams of those refused. Returns how many streams ended."""
+    async def recheck(self, changes: Collection[Change] | None = None) -> int:
+        """Check once each holder one of ``changes`` reaches (None: every holder); end the streams of those
+        refused. Returns how many streams ended."""
         by_holder: dict[Holder, list[tuple[GatewayStream, str]]] = {}
         for holder, stream, what in list(self._held.values()):
-            by_holder.setdefault(holder, []).append((stream, what))
+            if changes is None or any(c.reaches(holder.project, holder.user) for c in changes):
+                by_holder.setdefault(holder, []).append((stream, what))
         gate = asyncio.Semaphore(RECHECK_CONCURRENCY)
 
         async def one(holder: Holder, streams: list[tuple[GatewayStream, str]]) -> int:

@@ -45,7 +45,7 @@ from schemas.messages import (
 )
 from schemas.names import check_name
 from services.api import logic
-from services.api.auth import ERRORS, Platform, Who, authorize, require_admin, visible
+from services.api.auth import ERRORS, Change, Platform, Who, authorize, require_admin, visible
 
 
 async def all_workloads(platform: Platform) -> list[WorkloadRecord]:
@@ -158,7 +158,7 @@ def install_access_routes(app: FastAPI, platform: Platform) -> None:
             MemberChange(project=name, user=body.user, team=body.team, role=body.role),
             Membership,
         )
-        platform.forget_sessions()  # a role may have been lowered
+        platform.forget_sessions(Change(project=name))  # a role may have been lowered
         return await project_out(name, who, decision.role)
 
     @app.delete(
@@ -175,5 +175,5 @@ def install_access_routes(app: FastAPI, platform: Platform) -> None:
             project=name, user=member if kind == "user" else "", team=member if kind == "team" else "", role=None
         )
         await platform.call(subjects.Access.MEMBER_SET, change, Membership)
-        platform.forget_sessions()
+        platform.forget_sessions(Change(project=name))
         return await project_out(name, who, decision.role)

@@ -26,7 +26,7 @@ from schemas.errors import Forbidden
 from schemas.messages import NameRequest, Principal, TeamRecord, UserRecord
 from schemas.names import check_name
 from services.api import logic
-from services.api.auth import ERRORS, Platform, Who, require_admin
+from services.api.auth import ERRORS, Change, Platform, Who, require_admin
 
 
 def removed_view(r: Removed) -> RemovedOut:
@@ -54,14 +54,14 @@ def install_people_routes(app: FastAPI, platform: "Platform") -> None:
         require_admin(who)
         check_name(name, "user name")
         removed = await platform.call(subjects.Access.USER_DELETE, NameRequest(name=name), Removed)
-        await platform.end_sessions()
+        await platform.end_sessions(Change(user=name))
         return removed_view(removed)
 
     async def set_disabled(name: str, who: Principal, disabled: bool) -> UserOut:
         require_admin(who)
         check_name(name, "user name")
         user = await platform.call(subjects.Access.USER_DISABLE, UserDisable(name=name, disabled=disabled), UserRecord)
-        await platform.end_sessions()
+        await platform.end_sessions(Change(user=name))
         return logic.user_view(user)
 
     @app.post("/api/v1/users/{name}/disable", response_model=UserOut, responses=ERRORS, tags=tags)
@@ -94,7 +94,7 @@ def install_people_routes(app: FastAPI, platform: "Platform") -> None:
     async def revoke_token(name: str, token_id: str, who: Who) -> RemovedOut:
         _own_or_admin(who, name)
         removed = await platform.call(subjects.Access.TOKEN_REVOKE, TokenRef(user=name, id=token_id), Removed)
-        await platform.end_sessions()
+        await platform.end_sessions(Change(user=name))
         return removed_view(removed)
 
     @app.post(
@@ -104,7 +104,7 @@ def install_people_routes(app: FastAPI, platform: "Platform") -> None:
         """A new token with the same name and lifetime; the old one stops working at once."""
         _own_or_admin(who, name)
         created = await platform.call(subjects.Access.TOKEN_ROTATE, TokenRef(user=name, id=token_id), TokenCreated)
-        await platform.end_sessions()
+        await platform.end_sessions(Change(user=name))
         return TokenCreatedOut(info=token_view(created.info), token=created.token)
 
     @app.delete("/api/v1/teams/{team}/members/{user}", response_model=TeamOut, responses=ERRORS, tags=tags)
@@ -115,7 +115,7 @@ def install_people_routes(app: FastAPI, platform: "Platform") -> None:
         record = await platform.call(
             subjects.Access.TEAM_REMOVE_MEMBER, TeamMemberRemove(team=team, user=user), TeamRecord
         )
-        await platform.end_sessions()
+        await platform.end_sessions(Change(user=user))  # access announces the team's projects too
         return logic.team_view(record)
 
     @app.delete("/api/v1/teams/{team}", response_model=RemovedOut, responses=ERRORS, tags=tags)
@@ -124,5 +124,5 @@ def install_people_routes(app: FastAPI, platform: "Platform") -> None:
         require_admin(who)
         check_name(team, "team name")
         removed = await platform.call(subjects.Access.TEAM_DELETE, NameRequest(name=team), Removed)
-        await platform.end_sessions()
+        await platform.end_sessions()  # its members' roles in every project it was in
         return removed_view(removed)

@@ -33,7 +33,7 @@ from schemas.messages import (
 )
 from schemas.names import check_name
 from services.api import logic
-from services.api.auth import ERRORS, Platform, Who, require_admin
+from services.api.auth import ERRORS, Change, Platform, Who, require_admin
 
 
 def label(r: WorkloadRecord) -> str:
@@ -119,7 +119,7 @@ def install_project_routes(app: FastAPI, platform: "Platform") -> None:
             return JSONResponse(status_code=202, content=body.model_dump())
         members = await platform.call(subjects.Access.MEMBERS_DELETE, NameRequest(name=name), Removed)
         await platform.call(subjects.Projects.DELETE, NameRequest(name=name), Removed)
-        await platform.end_sessions()
+        await platform.end_sessions(Change(project=name))
         took = [f"member {m}" for m in members.took]
         return JSONResponse(status_code=200, content=ProjectDeletionOut(deleted=True, took=took).model_dump())
 

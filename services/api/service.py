@@ -13,8 +13,10 @@ from typing import Unpack
 import uvicorn
 
 from schemas import subjects
+from schemas.errors import InvalidInput
+from schemas.messages import MembershipChanged, SessionsEnded
 from services.api.app import create_app
-from services.api.auth import Platform
+from services.api.auth import EVERYTHING, Change, Platform
 from services.api.httpwire import OneWriteHttpProtocol
 from services.bus import Delivery, Options, Runtime, serve
 from services.bus.settings import FromEnv, ServiceSettings, env
@@ -104,10 +106,10 @@ async def setup(rt: Runtime, settings: Settings) -> None:
         http=OneWriteHttpProtocol,  # a response's head and body in one write (``httpwire``)
     )
 
-    async def forget_kept(_: Delivery) -> None:
+    async def forget_kept(d: Delivery) -> None:
         # A project's members or roles changed (access announces it), or another replica ended sessions: no session
         # or decision this replica keeps may outlive the change by the few seconds it would keep them.
-        platform.forget_sessions()
+        platform.forget_sessions(change_noticed(d))
 
     await rt.subscribe(subjects.MEMBERSHIP_CHANGED, forget_kept)
     await rt.subscribe(subjects.API_SESSIONS_ENDED, forget_kept)
@@ -119,6 +121,19 @@ async def setup(rt: Runtime, settings: Settings) -> None:
     rt.on_stop(functools.partial(_shut, server, serving))  # also when the service fails before its tasks run
     scheme = "https" if settings.tls_cert else "http"
     logger.info("api listening on %s://%s:%d", scheme, settings.host, settings.port)
+
+
+def change_noticed(d: Delivery) -> Change:
+    """Whose access a notice says may have ended: a project's (its members or roles changed, or it went), a
+    user's, or anything. A notice that cannot be read is taken as anything: forgetting too much only costs a
+    few questions asked again."""
+    try:
+        if d.subject == subjects.MEMBERSHIP_CHANGED:
+            return Change(project=d.decode(MembershipChanged).project)
+        notice = d.decode(SessionsEnded)
+    except InvalidInput:
+        return EVERYTHING
+    return Change(project=notice.project, user=notice.user)
 
 
 async def run(settings: Settings, **options: Unpack[Options]) -> None:

@@ -8,10 +8,12 @@ from typing import Any, cast
 
 import pytest
 
-from schemas.messages import Authorize, Decision, Principal, SessionsEnded
+from schemas import subjects
+from schemas.messages import Authorize, Decision, MembershipChanged, Principal, SessionsEnded, encode
 from services.api import auth
-from services.api.auth import Platform
-from services.bus import Bus
+from services.api.auth import EVERYTHING, Change, Platform
+from services.api.service import change_noticed
+from services.bus import Bus, Delivery
 
 
 class _Link:
@@ -89,3 +91,17 @@ async def test_an_answer_asked_for_before_a_revocation_is_given_but_not_kept() -
     await platform.authenticate("tok")
     await platform.decide(ask)
     assert link.asked == 4
+
+
+async def test_a_notice_says_whose_access_ended_and_the_replica_hearing_it_reads_that() -> None:
+    link = _Link("works")
+    platform = _platform(link)
+    await platform.end_sessions(Change(user="bob"))
+    [(subject, notice)] = link.sent
+    assert notice.user == "bob" and notice.project == ""
+    assert change_noticed(Delivery(subject, encode(notice))) == Change(user="bob")
+    members = MembershipChanged(project="p1", at=1.0)
+    assert change_noticed(Delivery(subjects.MEMBERSHIP_CHANGED, encode(members))) == Change(project="p1")
+    # A notice of an older replica says nothing of whose; one that cannot be read may have ended anything.
+    assert change_noticed(Delivery(subject, encode(SessionsEnded(at=1.0)))) == EVERYTHING
+    assert change_noticed(Delivery(subject, b"\x00not json")) == EVERYTHING

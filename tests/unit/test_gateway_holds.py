@@ -9,7 +9,7 @@ import pytest
 
 from schemas.errors import Forbidden, NotFound, TetherError, Unauthenticated, Unavailable
 from schemas.messages import Authorize, Decision, Principal
-from services.api.auth import Platform
+from services.api.auth import EVERYTHING, Change, Platform
 from services.api.gateway import Gateway
 from services.api.gateway_holds import AccessEnded, Holder, OpenStreams, ending
 from services.bus import Bus
@@ -19,8 +19,8 @@ from tests.harness import wait_for
 LINK = GatewayLink(None, api_id="api1")
 
 
-def _holder(user: str, name: str = "s1", token: str = "") -> Holder:
-    return Holder(token=token or f"tok-{user}", user=user, target="space", project="p1", name=name)
+def _holder(user: str, name: str = "s1", token: str = "", project: str = "p1") -> Holder:
+    return Holder(token=token or f"tok-{user}", user=user, target="space", project=project, name=name)
 
 
 def _stream() -> GatewayStream:
@@ -134,6 +134,57 @@ async def test_a_change_starts_a_round_at_once_and_rounds_also_come_on_their_own
         holds.interval = 0.05
         holds.recheck_soon()  # wakes the loop so that the shorter interval applies
         await wait_for(lambda: holds.rounds >= 4, timeout=5, what="rounds on the interval")
+    finally:
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+
+
+async def test_a_change_checks_only_the_holders_it_reaches() -> None:
+    checks = _Checks({})
+    holds = OpenStreams(checks, _Ended(), interval=3600)
+    holders = {
+        "bob@p1": _holder("bob"),
+        "bob@p2": _holder("bob", project="p2"),
+        "carol@p1": _holder("carol"),
+        "dan@p3": _holder("dan", project="p3"),
+    }
+    for holder in holders.values():
+        holds.hold(holder, _stream(), "GET /api/v1/pods?watch=1")
+
+    async def asked_for(*changes: Change) -> list[str]:
+        checks.asked.clear()
+        await holds.recheck(changes)
+        return sorted(f"{h.user}@{h.project}" for h in checks.asked)
+
+    assert await asked_for(Change(project="p1")) == ["bob@p1", "carol@p1"]
+    assert await asked_for(Change(user="bob")) == ["bob@p1", "bob@p2"]
+    assert await asked_for(Change(project="p3"), Change(user="carol")) == ["carol@p1", "dan@p3"]
+    assert await asked_for(Change(project="p9")) == []
+    assert await asked_for(Change(project="p9"), EVERYTHING) == sorted(holders)
+    checks.asked.clear()
+    await holds.recheck()  # a round on its own (the interval): everyone
+    assert sorted(f"{h.user}@{h.project}" for h in checks.asked) == sorted(holders)
+
+
+async def test_changes_asked_for_meanwhile_fold_into_one_round_for_the_holders_they_reach() -> None:
+    checks = _Checks({"bob": Unauthenticated("token revoked")})
+    holds = OpenStreams(checks, _Ended(), interval=3600)
+    bob, carol, dan = _holder("bob"), _holder("carol", project="p2"), _holder("dan", project="p3")
+    streams = {h.user: _stream() for h in (bob, carol, dan)}
+    for holder in (bob, carol, dan):
+        holds.hold(holder, streams[holder.user], "GET /api/v1/pods?watch=1")
+    holds.recheck_soon(Change(user="bob"))
+    holds.recheck_soon(Change(project="p2"))
+    runner = asyncio.create_task(holds.run(), name="holds")
+    try:
+        await wait_for(lambda: holds.rounds >= 1, timeout=5, what="the round after the changes")
+        assert sorted(h.user for h in checks.asked) == ["bob", "carol"]
+        assert await _ended(streams["bob"]) == "access ended: the API token is no longer valid (token revoked)"
+        assert await _ended(streams["dan"]) is None
+        holds.interval = 0.05
+        holds.recheck_soon(Change(project="p9"))  # reaches nobody; wakes the loop for the shorter interval
+        await wait_for(lambda: "dan" in [h.user for h in checks.asked], timeout=5, what="dan checked on the interval")
     finally:
         runner.cancel()
         with pytest.raises(asyncio.CancelledError):
