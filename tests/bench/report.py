@@ -254,11 +254,13 @@ def rounds_rows(rd: dict[str, Any], row: Callable[..., None]) -> None:
         m = h["multiple_of_raw"]
         row(
             f"      {name} at half its own max ({h['rate']['median']:.0f}/s)",
-            f"p99 {m['median']:.1f}x raw ({m['min']:.1f}-{m['max']:.1f}x): the tail target, applied to it",
+            f"p99 {m['median']:.1f}x raw ({m['min']:.1f}-{m['max']:.1f}x), pooled "
+            f"{h.get('pooled_multiple_of_raw', math.nan):.1f}x: the tail target, applied to it",
             f"{_ms(h['p99']['median'])}; raw {_ms(h['raw_p99']['median'])}",
         )
         e = h["platform_multiple"]
         row(
             f"      platform at half its max against {name} at half its own",
-            f"p99 {e['median']:.1f}x ({e['min']:.1f}-{e['max']:.1f}x)",
+            f"p99 {e['median']:.1f}x ({e['min']:.1f}-{e['max']:.1f}x), "
+            f"pooled {h.get('pooled_platform_multiple', math.nan):.1f}x",
         )

@@ -52,6 +52,8 @@ class Round:
     round_trips: dict[str, list[float]] = field(default_factory=dict)
     own_half: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     """Per ``Side.own_half`` side: the rate (half its maximum in this round), its p99 there and raw's."""
+    own_half_trips: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    """Per ``Side.own_half`` side: its round trips at that rate, and raw's (pooled over the rounds)."""
 
 
 def order(names: list[str], i: int) -> list[str]:
@@ -108,10 +110,12 @@ async def _own_halves(
             continue
         rate = max(1.0, round(r.per_s[name] / 2))
         await between()
-        mine = pct(await side.fixed(rate, seconds), 0.99)
+        mine_trips = await side.fixed(rate, seconds)
         await between()
-        theirs = pct(await raw.fixed(rate, seconds), 0.99)
+        theirs_trips = await raw.fixed(rate, seconds)
+        mine, theirs = pct(mine_trips, 0.99), pct(theirs_trips, 0.99)
         r.own_half[name] = (rate, mine, theirs)
+        r.own_half_trips[name] = (mine_trips, theirs_trips)
         log(f"(3)   {name} at half its own max ({rate:g}/s): p99 {mine * 1e3:.1f} ms, raw {theirs * 1e3:.1f} ms")
 
 
@@ -151,17 +155,7 @@ def summarize(rounds: list[Round], rate: float) -> dict[str, Any]:
     }
     halves = {n for r in rounds for n in r.own_half}
     out["own_half"] = {
-        n: {
-            "rate": _spread([r.own_half[n][0] for r in rounds if n in r.own_half]),
-            "p99": _spread([r.own_half[n][1] for r in rounds if n in r.own_half]),
-            "raw_p99": _spread([r.own_half[n][2] for r in rounds if n in r.own_half]),
-            "multiple_of_raw": _spread([_ratio(r.own_half[n][1], r.own_half[n][2]) for r in rounds if n in r.own_half]),
-            # Each side at half its own maximum (an equally loaded machine): the platform's p99 over this side's.
-            "platform_multiple": _spread(
-                [_ratio(r.p99.get(PLATFORM, math.nan), r.own_half[n][1]) for r in rounds if n in r.own_half]
-            ),
-        }
-        for n in sorted(halves)
+        n: _own_half(rounds, n, out["sides"].get(PLATFORM, {}).get("pooled_p99", math.nan)) for n in sorted(halves)
     }
     if PLATFORM not in names:
         return out
@@ -174,6 +168,27 @@ def summarize(rounds: list[Round], rate: float) -> dict[str, Any]:
             "pooled_p99_multiple": _ratio(out["sides"][PLATFORM]["pooled_p99"], out["sides"][n]["pooled_p99"]),
         }
     return out
+
+
+def _own_half(rounds: list[Round], n: str, platform_pooled_p99: float) -> dict[str, Any]:
+    """Side ``n`` at half its own maximum: per round (median, min, max) and pooled over the rounds, whose single
+    rounds moved by 10x either way at 10,000 agents."""
+    mine = [x for r in rounds if n in r.own_half_trips for x in r.own_half_trips[n][0]]
+    theirs = [x for r in rounds if n in r.own_half_trips for x in r.own_half_trips[n][1]]
+    pooled = pct(mine, 0.99) if mine else math.nan
+    return {
+        "rate": _spread([r.own_half[n][0] for r in rounds if n in r.own_half]),
+        "p99": _spread([r.own_half[n][1] for r in rounds if n in r.own_half]),
+        "raw_p99": _spread([r.own_half[n][2] for r in rounds if n in r.own_half]),
+        "multiple_of_raw": _spread([_ratio(r.own_half[n][1], r.own_half[n][2]) for r in rounds if n in r.own_half]),
+        # Each side at half its own maximum (an equally loaded machine): the platform's p99 over this side's.
+        "platform_multiple": _spread(
+            [_ratio(r.p99.get(PLATFORM, math.nan), r.own_half[n][1]) for r in rounds if n in r.own_half]
+        ),
+        "pooled_p99": pooled,
+        "pooled_multiple_of_raw": _ratio(pooled, pct(theirs, 0.99) if theirs else math.nan),
+        "pooled_platform_multiple": _ratio(platform_pooled_p99, pooled),
+    }
 
 
 def render(s: dict[str, Any]) -> list[str]:
@@ -193,12 +208,13 @@ def render(s: dict[str, Any]) -> list[str]:
         lines.append(
             f"  {n} at half its own max ({h['rate']['median']:.0f}/s): p99 rounds' median "
             f"{h['p99']['median'] * 1e3:.1f} ms, raw at that rate {h['raw_p99']['median'] * 1e3:.1f} ms: "
-            f"{m['median']:.2f}x raw ({m['min']:.2f}-{m['max']:.2f}x), the tail target applied to it"
+            f"{m['median']:.2f}x raw ({m['min']:.2f}-{m['max']:.2f}x), pooled {h['pooled_multiple_of_raw']:.2f}x, "
+            "the tail target applied to it"
         )
         e = h["platform_multiple"]
         lines.append(
             f"  platform at half its max against {n} at half its own: p99 {e['median']:.2f}x "
-            f"({e['min']:.2f}-{e['max']:.2f}x)"
+            f"({e['min']:.2f}-{e['max']:.2f}x), pooled {h['pooled_platform_multiple']:.2f}x"
         )
     for n, a in s["against"].items():
         share, mult = a["share_of_max"], a["p99_multiple"]

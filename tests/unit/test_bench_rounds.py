@@ -108,3 +108,29 @@ def test_a_baseline_is_also_held_to_the_tail_target_at_half_its_own_maximum() ->
     # Each at half its own maximum: the platform's 10 ms against the same writes' 30 ms.
     assert math.isclose(s["own_half"]["same"]["platform_multiple"]["median"], 1 / 3)
     assert any("same at half its own max (150/s)" in line and "6.00x raw" in line for line in rounds.render(s))
+
+
+def test_the_equal_load_comparison_is_also_pooled_over_the_rounds() -> None:
+    """Single rounds moved by 10x either way: the round trips of every round at half each side's own maximum are
+    also pooled, and the p99 taken over them all."""
+    calls: list[str] = []
+
+    async def settle() -> None:
+        return None
+
+    # Round 1: the same writes at half their maximum have one slow window; round 2 none.
+    same = _side("same", [300, 300], [[0.004] * 100, [0.030] * 100, [0.004] * 100, [0.006] * 100], calls)
+    sides = [
+        _side("platform", [100, 100], [[0.010] * 100, [0.012] * 100], calls),
+        rounds.Side(same.name, same.fixed, same.top, own_half=True),
+        _side(rounds.RAW, [1000, 1000], [[0.002] * 100, [0.005] * 100, [0.002] * 100, [0.003] * 100], calls),
+    ]
+    done = asyncio.run(rounds.measure(sides, 2, 50.0, 10.0, settle, lambda _line: None))
+    h = rounds.summarize(done, 50.0)["own_half"]["same"]
+    # Per round: 10/30 and 12/6 (the median of two, 1.17x); pooled over 400 round trips: 12 ms against 30 ms.
+    assert math.isclose(h["platform_multiple"]["median"], (1 / 3 + 2) / 2)
+    assert math.isclose(h["pooled_p99"], 0.030)
+    assert math.isclose(h["pooled_platform_multiple"], 0.4)
+    assert math.isclose(h["pooled_multiple_of_raw"], 6.0)
+    lines = rounds.render(rounds.summarize(done, 50.0))
+    assert any("pooled 0.40x" in line for line in lines), lines
