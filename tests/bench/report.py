@@ -258,9 +258,12 @@ def rounds_rows(rd: dict[str, Any], row: Callable[..., None]) -> None:
             f"{h.get('pooled_multiple_of_raw', math.nan):.1f}x: the tail target, applied to it",
             f"{_ms(h['p99']['median'])}; raw {_ms(h['raw_p99']['median'])}",
         )
+        if "platform_multiple" not in h:  # the platform itself, held to its target round by round
+            continue
         e = h["platform_multiple"]
+        at = "its own max of each round" if h.get("platform_at_own_half") else "its max"
         row(
-            f"      platform at half its max against {name} at half its own",
+            f"      platform at half {at} against {name} at half its own",
             f"p99 {e['median']:.1f}x ({e['min']:.1f}-{e['max']:.1f}x), "
             f"pooled {h.get('pooled_platform_multiple', math.nan):.1f}x",
         )

@@ -154,9 +154,7 @@ def summarize(rounds: list[Round], rate: float) -> dict[str, Any]:
         "against": {},
     }
     halves = {n for r in rounds for n in r.own_half}
-    out["own_half"] = {
-        n: _own_half(rounds, n, out["sides"].get(PLATFORM, {}).get("pooled_p99", math.nan)) for n in sorted(halves)
-    }
+    out["own_half"] = {n: _own_half(rounds, n) for n in sorted(halves)}
     if PLATFORM not in names:
         return out
     for n in names:
@@ -170,25 +168,42 @@ def summarize(rounds: list[Round], rate: float) -> dict[str, Any]:
     return out
 
 
-def _own_half(rounds: list[Round], n: str, platform_pooled_p99: float) -> dict[str, Any]:
+def _platform_at_equal_load(r: Round) -> tuple[float, list[float]]:
+    """The platform's p99 and round trips to set beside a baseline at half the baseline's own maximum: at half
+    the platform's own maximum of the same round when it was measured there, else its window at the fixed rate
+    (half the throughput phase's maximum: in a round where the platform is slower than in that phase, that
+    window runs above half, and the comparison is no longer at equal load)."""
+    if PLATFORM in r.own_half:
+        return r.own_half[PLATFORM][1], r.own_half_trips[PLATFORM][0]
+    return r.p99.get(PLATFORM, math.nan), r.round_trips.get(PLATFORM, [])
+
+
+def _own_half(rounds: list[Round], n: str) -> dict[str, Any]:
     """Side ``n`` at half its own maximum: per round (median, min, max) and pooled over the rounds, whose single
     rounds moved by 10x either way at 10,000 agents."""
-    mine = [x for r in rounds if n in r.own_half_trips for x in r.own_half_trips[n][0]]
-    theirs = [x for r in rounds if n in r.own_half_trips for x in r.own_half_trips[n][1]]
+    measured = [r for r in rounds if n in r.own_half]
+    mine = [x for r in measured for x in r.own_half_trips[n][0]]
+    theirs = [x for r in measured for x in r.own_half_trips[n][1]]
     pooled = pct(mine, 0.99) if mine else math.nan
-    return {
-        "rate": _spread([r.own_half[n][0] for r in rounds if n in r.own_half]),
-        "p99": _spread([r.own_half[n][1] for r in rounds if n in r.own_half]),
-        "raw_p99": _spread([r.own_half[n][2] for r in rounds if n in r.own_half]),
-        "multiple_of_raw": _spread([_ratio(r.own_half[n][1], r.own_half[n][2]) for r in rounds if n in r.own_half]),
-        # Each side at half its own maximum (an equally loaded machine): the platform's p99 over this side's.
-        "platform_multiple": _spread(
-            [_ratio(r.p99.get(PLATFORM, math.nan), r.own_half[n][1]) for r in rounds if n in r.own_half]
-        ),
+    out: dict[str, Any] = {
+        "rate": _spread([r.own_half[n][0] for r in measured]),
+        "p99": _spread([r.own_half[n][1] for r in measured]),
+        "raw_p99": _spread([r.own_half[n][2] for r in measured]),
+        "multiple_of_raw": _spread([_ratio(r.own_half[n][1], r.own_half[n][2]) for r in measured]),
         "pooled_p99": pooled,
         "pooled_multiple_of_raw": _ratio(pooled, pct(theirs, 0.99) if theirs else math.nan),
-        "pooled_platform_multiple": _ratio(platform_pooled_p99, pooled),
     }
+    if n == PLATFORM:
+        return out
+    # Each side at half its own maximum (an equally loaded machine): the platform's p99 over this side's.
+    platform = [_platform_at_equal_load(r) for r in measured]
+    platform_trips = [x for _, trips in platform for x in trips]
+    out["platform_multiple"] = _spread(
+        [_ratio(p99, r.own_half[n][1]) for (p99, _), r in zip(platform, measured, strict=True)]
+    )
+    out["pooled_platform_multiple"] = _ratio(pct(platform_trips, 0.99) if platform_trips else math.nan, pooled)
+    out["platform_at_own_half"] = all(PLATFORM in r.own_half for r in measured)
+    return out
 
 
 def render(s: dict[str, Any]) -> list[str]:
@@ -211,9 +226,12 @@ def render(s: dict[str, Any]) -> list[str]:
             f"{m['median']:.2f}x raw ({m['min']:.2f}-{m['max']:.2f}x), pooled {h['pooled_multiple_of_raw']:.2f}x, "
             "the tail target applied to it"
         )
+        if "platform_multiple" not in h:
+            continue
         e = h["platform_multiple"]
+        at = "its own max of each round" if h["platform_at_own_half"] else "its max"
         lines.append(
-            f"  platform at half its max against {n} at half its own: p99 {e['median']:.2f}x "
+            f"  platform at half {at} against {n} at half its own: p99 {e['median']:.2f}x "
             f"({e['min']:.2f}-{e['max']:.2f}x), pooled {h['pooled_platform_multiple']:.2f}x"
         )
     for n, a in s["against"].items():

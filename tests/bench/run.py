@@ -852,7 +852,7 @@ class Bench:
                 return [lat for _, lat in record]
 
             sides = [
-                rounds.Side(rounds.PLATFORM, platform_fixed, platform_top),
+                rounds.Side(rounds.PLATFORM, platform_fixed, platform_top, own_half=True),
                 rounds.Side(
                     f"same writes ({self.args.same_writes})",
                     lambda r, s: lat_of("round: same writes", sw.fixed_rate, r, s),

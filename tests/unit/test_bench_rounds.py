@@ -134,3 +134,34 @@ def test_the_equal_load_comparison_is_also_pooled_over_the_rounds() -> None:
     assert math.isclose(h["pooled_multiple_of_raw"], 6.0)
     lines = rounds.render(rounds.summarize(done, 50.0))
     assert any("pooled 0.40x" in line for line in lines), lines
+
+
+def test_at_equal_load_the_platform_is_measured_at_half_its_own_maximum_of_the_round() -> None:
+    """The fixed rate is half the throughput phase's maximum; in a round where the platform is slower than in
+    that phase, its fixed-rate window runs above half its maximum. Held to half its own maximum of the round as
+    well, that window is what the same writes at half theirs are compared with."""
+    calls: list[str] = []
+
+    async def settle() -> None:
+        return None
+
+    # The fixed rate (50/s) is 5/6 of this round's platform maximum (60/s): its window there is slow (90 ms).
+    platform = _side("platform", [60], [[0.090] * 100, [0.012] * 100], calls)
+    same = _side("same", [300], [[0.004] * 100, [0.010] * 100], calls)
+    sides = [
+        rounds.Side(platform.name, platform.fixed, platform.top, own_half=True),
+        rounds.Side(same.name, same.fixed, same.top, own_half=True),
+        _side(rounds.RAW, [1000], [[0.002] * 100, [0.003] * 100, [0.005] * 100], calls),
+    ]
+    done = asyncio.run(rounds.measure(sides, 1, 50.0, 10.0, settle, lambda _line: None))
+    assert "platform fixed 30/s 10s" in calls and "same fixed 150/s 10s" in calls, calls
+    s = rounds.summarize(done, 50.0)
+    # The platform held to its own target in the round: 12 ms against raw's 3 ms at 30/s.
+    assert math.isclose(s["own_half"]["platform"]["multiple_of_raw"]["median"], 4.0)
+    assert "platform_multiple" not in s["own_half"]["platform"]
+    # At equal load: 12 ms against the same writes' 10 ms, not the fixed-rate window's 90 ms.
+    h = s["own_half"]["same"]
+    assert math.isclose(h["platform_multiple"]["median"], 1.2)
+    assert math.isclose(h["pooled_platform_multiple"], 1.2)
+    assert h["platform_at_own_half"] is True
+    assert any("half its own max of each round against same" in line for line in rounds.render(s))
