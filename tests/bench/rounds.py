@@ -85,7 +85,7 @@ async def measure(
             lat = await by_name[name].fixed(rate, seconds)
             r.round_trips[name] = lat
             r.p99[name] = pct(lat, 0.99)
-        await _own_halves(by_name, r, seconds, between, log)
+        await _own_halves(by_name, names, r, seconds, between, log)
         log(
             f"(3) round {i + 1}/{rounds} ({' → '.join(names)}): "
             + "; ".join(
@@ -98,14 +98,17 @@ async def measure(
 
 async def _own_halves(
     by_name: dict[str, Side],
+    names: list[str],
     r: Round,
     seconds: float,
     between: Callable[[], Awaitable[object]],
     log: Callable[[str], None],
 ) -> None:
-    """Each ``own_half`` side at half its maximum of this round, then raw JetStream at that rate."""
+    """Each ``own_half`` side at half its maximum of this round, then raw JetStream at that rate; the sides in
+    the round's order, so none is always the first after the fixed-rate windows."""
     raw = by_name.get(RAW)
-    for name, side in by_name.items():
+    for name in names:
+        side = by_name[name]
         if not side.own_half or raw is None or not r.per_s.get(name):
             continue
         rate = max(1.0, round(r.per_s[name] / 2))

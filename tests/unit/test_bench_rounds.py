@@ -165,3 +165,21 @@ def test_at_equal_load_the_platform_is_measured_at_half_its_own_maximum_of_the_r
     assert math.isclose(h["pooled_platform_multiple"], 1.2)
     assert h["platform_at_own_half"] is True
     assert any("half its own max of each round against same" in line for line in rounds.render(s))
+
+
+def test_the_half_maximum_windows_follow_the_rounds_order() -> None:
+    calls: list[str] = []
+
+    async def settle() -> None:
+        return None
+
+    a = _side("a", [100, 100], [[0.01] * 10] * 4, calls)
+    b = _side("b", [300, 300], [[0.01] * 10] * 4, calls)
+    sides = [
+        rounds.Side(a.name, a.fixed, a.top, own_half=True),
+        rounds.Side(b.name, b.fixed, b.top, own_half=True),
+        _side(rounds.RAW, [1000, 1000], [[0.001] * 10] * 6, calls),
+    ]
+    asyncio.run(rounds.measure(sides, 2, 40.0, 10.0, settle, lambda _line: None))
+    halves = [c for c in calls if "fixed" in c and "fixed 40/s" not in c and not c.startswith(rounds.RAW)]
+    assert halves == ["a fixed 50/s 10s", "b fixed 150/s 10s", "b fixed 150/s 10s", "a fixed 50/s 10s"]
