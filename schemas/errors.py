@@ -95,6 +95,12 @@ MAX_RETRY_AFTER = 600.0
 """A retry-after read from the wire is clamped to this: a bad value must not park a caller for ever."""
 
 
+def describe(exc: BaseException) -> str:
+    """What an exception says, for a log line or an error's description; its type's name when it says nothing
+    (``asyncio.TimeoutError`` and others have no text, and a log line ending in ": " tells nobody anything)."""
+    return str(exc) or type(exc).__name__
+
+
 def parse_retry_after(text: str | None, default: float = 1.0) -> float:
     """Seconds from a ``Tether-Retry-After`` value, clamped to [0, ``MAX_RETRY_AFTER``]; ``default`` when
     missing or not a number."""

@@ -9,6 +9,8 @@ from urllib.parse import urlsplit, urlunsplit
 from nats.aio.client import PING_PROTO, Client
 from nats.js.errors import APIError
 
+from schemas.errors import describe
+
 HANDSHAKE_TIMEOUT = 15
 """Seconds the handshake may wait for the server's INFO and for its answer to CONNECT (the TCP connect keeps the
 dialer's shorter ``connect_timeout``). A server busy with a fleet's reconnects answers late, not never: read loops
@@ -182,4 +184,4 @@ def api_text(exc: Exception) -> str:
     """What a JetStream API error says, for logs and Unavailable."""
     if isinstance(exc, APIError) and exc.description:
         return str(exc.description)
-    return str(exc) or type(exc).__name__
+    return describe(exc)

@@ -20,7 +20,7 @@ from agent.bus.connection import Connection
 from agent.bus.events import Hook
 from agent.bus.pull import Puller, PullRefused
 from schemas import subjects
-from schemas.errors import Unavailable
+from schemas.errors import Unavailable, describe
 from schemas.retrying import backoff_delay, jittered
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class Delivery:
         try:
             await step()
         except (NatsError, TimeoutError) as exc:
-            raise Unavailable(f"cannot {what} command {self.stream_seq}: {exc or type(exc).__name__}") from None
+            raise Unavailable(f"cannot {what} command {self.stream_seq}: {describe(exc)}") from None
 
     async def ack(self) -> None:
         """Done: the server removes the command. From a queue: sent with the queue's next pull, one message
@@ -224,7 +224,7 @@ class CommandQueue:
         try:
             await sub.close()
         except (NatsError, TimeoutError) as exc:
-            logger.debug("unbinding the command consumer: %s", exc or type(exc).__name__)
+            logger.debug("unbinding the command consumer: %s", describe(exc))
 
     async def _declare(self) -> None:
         """Make sure the consumer exists. The platform creates it (at bootstrap and at every hello); the
@@ -287,7 +287,7 @@ class CommandQueue:
             await self._backoff(f"JetStream refused the command consumer: {api_text(exc)}", expected=False)
             return False
         except NatsError as exc:
-            await self._backoff(f"cannot bind to the command consumer: {exc or type(exc).__name__}")
+            await self._backoff(f"cannot bind to the command consumer: {describe(exc)}")
             return False
         self._idle_since = None
         return True
@@ -339,7 +339,7 @@ class CommandQueue:
         try:
             return not await self._still_there()
         except (NatsError, TimeoutError) as exc:
-            logger.debug("checking consumer %s: %s", self.consumer, exc or type(exc).__name__)
+            logger.debug("checking consumer %s: %s", self.consumer, describe(exc))
             return False
 
     async def _fetch_one(self, sub: Puller) -> Delivery | None:
@@ -358,7 +358,7 @@ class CommandQueue:
                 self.gone = True
                 self._asked_at = asyncio.get_running_loop().time()
                 self._on_missing()
-            await self._backoff(f"cannot fetch commands: {str(exc) or type(exc).__name__}")
+            await self._backoff(f"cannot fetch commands: {describe(exc)}")
             return None
         self._trouble.over()
         if msg is None:

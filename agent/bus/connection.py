@@ -27,7 +27,7 @@ from agent.bus.messages import NatsIdentity, Published, Subscription
 from agent.bus.watchdog import LinkWatchdog
 from agent.settings import AgentSettings
 from schemas import tracing
-from schemas.errors import RETRY_AFTER_HEADER, NoReply, NoResponders, Unavailable, from_wire
+from schemas.errors import RETRY_AFTER_HEADER, NoReply, NoResponders, Unavailable, describe, from_wire
 from schemas.messages import M, Message, decode, encode
 
 logger = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class Connection:
         try:
             await self.client.publish(subject, data, headers=headers or None)
         except NatsError as exc:
-            raise Unavailable(f"cannot publish on {subject}: {exc or type(exc).__name__}") from None
+            raise Unavailable(f"cannot publish on {subject}: {describe(exc)}") from None
 
     async def request(self, subject: str, message: Message, reply_type: type[M], timeout: float) -> M:
         return await request(self, subject, message, reply_type, timeout)
@@ -151,7 +151,7 @@ class Connection:
         try:
             return Subscription(await self.client.subscribe(subject))
         except NatsError as exc:
-            raise Unavailable(f"cannot subscribe to {subject}: {exc or type(exc).__name__}") from None
+            raise Unavailable(f"cannot subscribe to {subject}: {describe(exc)}") from None
 
     async def js_publish(
         self, subject: str, message: Message, *, msg_id: str | None = None, timeout: float = 5.0
@@ -179,7 +179,7 @@ class Connection:
         except APIError as exc:
             raise Unavailable(f"JetStream refused {subject}: {api_text(exc)}") from None
         except NatsError as exc:
-            raise Unavailable(f"cannot publish on {subject}: {exc or type(exc).__name__}") from None
+            raise Unavailable(f"cannot publish on {subject}: {describe(exc)}") from None
         return Published(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
 
     # --- closing ------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ class Connection:
             if drain and nc.is_connected:
                 await asyncio.wait_for(nc.drain(), timeout)
         except (TimeoutError, NatsError) as exc:
-            logger.debug("nats (%s): drain: %s", self.name, exc or type(exc).__name__)
+            logger.debug("nats (%s): drain: %s", self.name, describe(exc))
         finally:
             if not nc.is_closed:
                 with contextlib.suppress(Exception):
@@ -239,7 +239,7 @@ async def request(conn: Connection, subject: str, message: Message, reply_type: 
     except NatsTimeout:
         raise NoReply(f"no reply on {subject} within {timeout:g}s") from None
     except NatsError as exc:
-        raise Unavailable(f"request on {subject} failed: {exc or type(exc).__name__}") from None
+        raise Unavailable(f"request on {subject} failed: {describe(exc)}") from None
     headers = msg.headers or {}
     if ERROR_CODE in headers:
         raise from_wire(headers[ERROR_CODE], headers.get(ERROR_TEXT, ""), headers.get(RETRY_AFTER_HEADER))

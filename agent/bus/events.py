@@ -13,6 +13,7 @@ from typing import Any
 from nats.aio.client import Server as NatsServer
 
 from agent.bus.client import is_auth_error
+from schemas.errors import describe
 from schemas.retrying import backoff_delay
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class LinkEvents:
             # First connect: the retry loop logs once per attempt instead.
             logger.debug("nats (%s): %s", self.name, exc)
         else:
-            logger.warning("nats (%s): %s", self.name, exc or type(exc).__name__)
+            logger.warning("nats (%s): %s", self.name, describe(exc))
 
     async def disconnected(self) -> None:
         if not self.established or self.closing:

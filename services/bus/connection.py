@@ -13,6 +13,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
+from schemas.errors import describe
 from schemas.retrying import backoff_delay
 from services.bus import running
 from services.bus.limits import GuardedClient
@@ -48,7 +49,7 @@ async def connect(settings: BusSettings, name: str, watchdog_times: WatchdogTime
 
     async def on_error(exc: Exception) -> None:
         # A connect that timed out is a bare TimeoutError: its text is empty, so say what it was.
-        logger.warning("nats (%s): %s", name, str(exc) or type(exc).__name__)
+        logger.warning("nats (%s): %s", name, describe(exc))
 
     async def on_reconnected() -> None:
         await reset()
@@ -103,10 +104,10 @@ async def close(nc: Client, timeout: float = 5.0) -> None:
     try:
         await asyncio.wait_for(nc.drain(), timeout)
     except Exception as exc:  # TimeoutError, or the connection already gone
-        logger.warning("nats: drain did not finish (%s); closing", exc or type(exc).__name__)
+        logger.warning("nats: drain did not finish (%s); closing", describe(exc))
     finally:
         if not nc.is_closed:
             try:
                 await nc.close()
             except OSError as exc:  # stopped mid-reconnect: the socket is already gone, so closed is what we wanted
-                logger.warning("nats: close found the connection already broken (%s)", exc or type(exc).__name__)
+                logger.warning("nats: close found the connection already broken (%s)", describe(exc))

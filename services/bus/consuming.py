@@ -28,7 +28,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry.trace import SpanKind, Tracer
 
 from schemas import subjects, tracing
-from schemas.errors import TetherError
+from schemas.errors import TetherError, describe
 from schemas.messages import MessageDropped, encode
 from schemas.retrying import backoff_delay
 
@@ -99,7 +99,7 @@ async def consume(
         except Exception as exc:
             delay = backoff_delay(failures, base=0.5, cap=10.0)
             failures += 1
-            logger.warning("consumer %s: %s; retrying in %.1fs", durable, exc or type(exc).__name__, delay)
+            logger.warning("consumer %s: %s; retrying in %.1fs", durable, describe(exc), delay)
             await asyncio.sleep(delay)
 
 
@@ -222,4 +222,4 @@ async def _drop(js: JetStreamContext, msg: Msg, durable: str, reason: str) -> No
     try:
         await js.publish(subjects.MESSAGE_DROPPED, encode(event), timeout=5)
     except (NatsError, TimeoutError) as exc:
-        logger.warning("%s: the message.dropped event was not published: %s", durable, exc or type(exc).__name__)
+        logger.warning("%s: the message.dropped event was not published: %s", durable, describe(exc))

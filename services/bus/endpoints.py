@@ -24,7 +24,7 @@ from opentelemetry.trace import Span, SpanKind, Tracer
 
 from schemas import subjects, tracing
 from schemas.credentials import agent_inbox_prefix
-from schemas.errors import RETRY_AFTER_HEADER, Overloaded, TetherError, Unavailable, from_wire
+from schemas.errors import RETRY_AFTER_HEADER, Overloaded, TetherError, Unavailable, describe, from_wire
 from schemas.messages import M, Message, decode, encode
 from schemas.names import dns1123_label_error
 from services.bus.admission import Admission
@@ -227,7 +227,7 @@ async def answer(
         raise
     except BUS_TROUBLE as exc:
         # JetStream did not answer (a leader election, a lost node): the caller may try again.
-        logger.warning("%s: %s", subject, exc or type(exc).__name__)
+        logger.warning("%s: %s", subject, describe(exc))
         span.record_exception(exc)
         return error_reply(Unavailable.code, f"{service}: NATS did not answer in time; try again")
     except Exception as exc:
@@ -257,7 +257,7 @@ async def _send(req: Request, data: bytes, headers: dict[str, str] | None = None
     try:
         await req.respond(data, headers=headers)
     except NatsError as exc:
-        logger.warning("reply on %s not sent: %s", req.subject, exc or type(exc).__name__)
+        logger.warning("reply on %s not sent: %s", req.subject, describe(exc))
 
 
 async def call(nc: Client, subject: str, message: Message, reply_type: type[M], *, timeout: float = 5.0) -> M:

@@ -29,7 +29,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
 from schemas import subjects, tracing
-from schemas.errors import TetherError, Unavailable
+from schemas.errors import TetherError, Unavailable, describe
 from schemas.gateway import GatewayControl, GatewayFrame, GatewayRequest, decode, encode
 from services.bus.interface import Bus
 from services.bus.limits import GuardedClient
@@ -193,7 +193,7 @@ class GatewayLink:
         try:
             await self.nc.publish(subject, data, reply=reply, headers=headers or None)
         except NatsError as exc:
-            raise Unavailable(f"cannot publish on {subject}: {exc or type(exc).__name__}") from None
+            raise Unavailable(f"cannot publish on {subject}: {describe(exc)}") from None
 
     async def close(self) -> None:
         sub, self._sub = self._sub, None

@@ -17,7 +17,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import APIError, KeyValueError, ServiceUnavailableError
 
-from schemas.errors import Unavailable
+from schemas.errors import Unavailable, describe
 from schemas.retrying import backoff_delay
 
 logger = logging.getLogger(__name__)
@@ -57,5 +57,5 @@ async def until_done(
                 raise
             delay = backoff_delay(attempt, base=0.25, cap=3.0)
             attempt += 1
-            logger.warning("%s: %s; trying again in %.1fs", what, exc or type(exc).__name__, delay)
+            logger.warning("%s: %s; trying again in %.1fs", what, describe(exc), delay)
             await asyncio.sleep(delay)

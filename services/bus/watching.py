@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from schemas.errors import Unavailable
+from schemas.errors import Unavailable, describe
 from schemas.messages import M
 from services.bus.patience import until_done
 from services.bus.records import Keep, View
@@ -197,7 +197,7 @@ class BucketWatch(View[M]):
             except Exception as exc:
                 failures = min(failures + 1, 8)
                 wait = min(probe, RETRY * 2**failures) if self._lost else probe
-                logger.warning("view of %s: %s; trying again in %gs", self._stream, exc or type(exc).__name__, wait)
+                logger.warning("view of %s: %s; trying again in %gs", self._stream, describe(exc), wait)
                 continue
             if behind and self.position < behind:
                 # Writes seen a probe ago still not delivered: the consumer is lost or stuck.
@@ -246,7 +246,7 @@ async def _drop(sub: JetStreamContext.PushSubscription) -> None:
     try:
         await sub.unsubscribe()
     except Exception as exc:  # closed, draining, or already unsubscribed
-        logger.debug("view: unsubscribe: %s", exc or type(exc).__name__)
+        logger.debug("view: unsubscribe: %s", describe(exc))
     jsi = sub._sub._jsi
     for task in (jsi._hbtask, jsi._fctask) if jsi is not None else ():
         if task is not None:

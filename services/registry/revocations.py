@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import logging
 
+from schemas.errors import describe
 from schemas.messages import ClusterRecord
 from schemas.retrying import backoff_delay
 from services.bus import Bus, Records
@@ -61,5 +62,5 @@ class AccountPush:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.warning("account not pushed to NATS: %s; trying again", exc or type(exc).__name__)
+                logger.warning("account not pushed to NATS: %s; trying again", describe(exc))
                 await asyncio.sleep(backoff_delay(attempt, base=PUSH_RETRY_BASE, cap=30.0))

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from schemas.errors import TetherError
+from schemas.errors import TetherError, describe
 from services.bus import Bus
 
 logger = logging.getLogger(__name__)
@@ -64,4 +64,4 @@ async def sweep_consumers(bus: Bus, clusters: Callable[[], list[str]], *, delay:
 
 
 def _text(exc: Exception) -> str:
-    return exc.description if isinstance(exc, TetherError) else str(exc) or type(exc).__name__
+    return exc.description if isinstance(exc, TetherError) else describe(exc)

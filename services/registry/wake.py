@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 
 from schemas import subjects
+from schemas.errors import describe
 from schemas.messages import ControlNotice
 from services.bus import Bus
 
@@ -110,7 +111,7 @@ class FleetWake:
         try:
             await self._tell(window)
         except Exception as exc:  # the bus's trouble: the agents' own backoff still brings their hellos
-            logger.warning("stopped telling agents the registry listens: %s", exc or type(exc).__name__)
+            logger.warning("stopped telling agents the registry listens: %s", describe(exc))
             return
         finally:
             self._done = True
