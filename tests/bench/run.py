@@ -25,11 +25,12 @@ import signal
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import nats
@@ -55,6 +56,7 @@ from schemas.messages import (
     PresenceList,
     Quota,
     Resources,
+    WorkloadAction,
     WorkloadRecord,
     WorkloadRef,
     WorkloadSpec,
@@ -79,6 +81,8 @@ from tests.bench.stats import (
 from tests.bench.timeline import Timeline
 from tests.bench.worker import rss_bytes
 from tests.harness import Proc, Stack, wait_for
+
+T = TypeVar("T")
 
 SERVICES = ("registry", "access", "lifecycle", "health", "api")
 
@@ -293,6 +297,8 @@ class Bench:
         """Seconds after NATS was started again until each service answered (phase 5)."""
         self.http: LeanHttp | None = None
         self.issued: list[Issued] = []
+        self.without_api = False
+        """Commands go straight to lifecycle's endpoint over NATS, as the API would send them (``--without-api``)."""
         self.progress: list[dict[str, Any]] = []
         """Phase 1's course (``connect_progress``)."""
         self.timeline: Timeline | None = None
@@ -712,11 +718,31 @@ class Bench:
     async def command(self, t: Tenant) -> Issued:
         action = "sleep" if t.state == "running" else "wake"
         sent = time.time()
-        out = await self.api("POST", f"/api/v1/projects/{PROJECT}/tenants/{t.name}/{action}")
+        path = f"/api/v1/projects/{PROJECT}/tenants/{t.name}/{action}"
+        if self.without_api:
+            desired = await self.lifecycle_action(t, action, path)
+        else:
+            desired = (await self.api("POST", path))["desired"]
         t.state = "sleeping" if action == "sleep" else "running"
-        issued = Issued(tenant=t, generation=out["desired"]["generation"], op_id=out["desired"]["op_id"], sent=sent)
+        issued = Issued(tenant=t, generation=desired["generation"], op_id=desired["op_id"], sent=sent)
         self.issued.append(issued)
         return issued
+
+    async def lifecycle_action(self, t: Tenant, action: str, path: str) -> dict[str, Any]:
+        """The platform admin's action sent to lifecycle's endpoint as the API sends it, without the API: the
+        same writes, records and audit, one process and one HTTP hop fewer."""
+        assert self.nc is not None
+        request = WorkloadAction(
+            kind="tenant",
+            project=PROJECT,
+            name=t.name,
+            action="sleep" if action == "sleep" else "wake",
+            by="admin",
+            op_id=uuid.uuid4().hex,
+            call=f"POST {path}",
+        )
+        record = await call(self.nc, subjects.Lifecycle.ACTION, request, WorkloadRecord)
+        return {"generation": record.generation, "op_id": record.op_id}
 
     async def round_trip(self, t: Tenant) -> tuple[float, float, dict[str, float] | None]:
         """(round trip, API call) seconds of one command, and its hops (None when a clock was missed)."""
@@ -842,6 +868,13 @@ class Bench:
                 top = await self.max_rate(free, duration=s)
                 return float(top["per_s"]), float(top["cpu_ms_per_command"]["nats"])
 
+            async def without_api(measured: Awaitable[T]) -> T:
+                self.without_api = True
+                try:
+                    return await measured
+                finally:
+                    self.without_api = False
+
             async def lat_of(
                 label: str, fixed: Callable[..., Awaitable[dict[str, Any]]], r: float, s: float
             ) -> list[float]:
@@ -868,6 +901,18 @@ class Bench:
                         )
                     ]
                     if sw_split is not None
+                    else []
+                ),
+                *(
+                    [
+                        rounds.Side(
+                            "platform without the API",
+                            lambda r, s: without_api(platform_fixed(r, s)),
+                            lambda s: without_api(platform_top(s)),
+                            own_half=True,
+                        )
+                    ]
+                    if self.args.without_api
                     else []
                 ),
                 rounds.Side(
@@ -1491,6 +1536,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="stream + KV writes per command of the raw same-writes baseline in phase 3 (4, the default: the "
         "platform's chain today, desired state twice, audit, event; 5: with a result stream; 6: and the command "
         "copied to a stream, the chain of early 2026-12; 0: not run)",
+    )
+    p.add_argument(
+        "--without-api",
+        action="store_true",
+        help="with --rounds: one more side, the platform's commands sent straight to lifecycle's endpoint over "
+        "NATS as the API sends them (the API's share of the round trip)",
     )
     p.add_argument(
         "--rounds",
