@@ -31,6 +31,7 @@ from schemas.messages import (
     SessionsEnded,
     VisibleProjects,
 )
+from services.api.asking import OneAtATime
 from services.bus import Bus, Telemetry
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,8 @@ class Platform:
         self._allowed: dict[Authorize, tuple[float, Decision]] = {}
         self._forgotten = 0
         """How many times kept answers were forgotten: an answer asked for before the last time is not kept."""
+        self._sessions: OneAtATime[str, Principal] = OneAtATime("session")
+        self._deciding: OneAtATime[Authorize, Decision] = OneAtATime("decision")
         self.on_forget: list[Callable[[Change], None]] = []
         """Called by ``forget_sessions``: whatever else was allowed on those answers (the gateway's open streams)."""
 
@@ -109,6 +112,8 @@ class Platform:
         outlive it here."""
         self._auth_cache.clear()
         self._allowed.clear()
+        self._sessions.forget()
+        self._deciding.forget()
         self._forgotten += 1
         for listener in self.on_forget:
             listener(change)
@@ -125,10 +130,13 @@ class Platform:
             logger.warning("could not tell the other API replicas that sessions ended: %r", exc)
 
     async def authenticate(self, token: str) -> Principal:
-        now, forgotten = time.monotonic(), self._forgotten
         hit = self._auth_cache.get(token)
-        if hit and hit[0] > now:
+        if hit and hit[0] > time.monotonic():
             return hit[1]
+        return await self._sessions.ask(token, lambda: self._ask_session(token))
+
+    async def _ask_session(self, token: str) -> Principal:
+        now, forgotten = time.monotonic(), self._forgotten
         principal = await self.call(subjects.Access.AUTHENTICATE, Authenticate(token=token), Principal)
         if forgotten != self._forgotten:
             return principal  # asked before a revocation that came in meanwhile: answer it, never keep it
@@ -141,10 +149,13 @@ class Platform:
         """Access's decision on ``ask``. An allowed one is reused for ``auth_cache_ttl`` seconds, as a session is,
         so that a member's commands do not each ask access first; a change of roles made through this replica
         forgets it at once (``forget_sessions``). A refusal is never kept: a role just granted works at once."""
-        now, forgotten = time.monotonic(), self._forgotten
         hit = self._allowed.get(ask)
-        if hit and hit[0] > now:
+        if hit and hit[0] > time.monotonic():
             return hit[1]
+        return await self._deciding.ask(ask, lambda: self._ask_decision(ask))
+
+    async def _ask_decision(self, ask: Authorize) -> Decision:
+        now, forgotten = time.monotonic(), self._forgotten
         decision = await self.call(subjects.Access.AUTHORIZE, ask, Decision)
         if decision.allowed and forgotten == self._forgotten:  # not asked before a change that came in meanwhile
             if len(self._allowed) > 10_000:

@@ -9,11 +9,18 @@ from typing import Any, cast
 import pytest
 
 from schemas import subjects
+from schemas.errors import Unavailable
 from schemas.messages import Authorize, Decision, MembershipChanged, Principal, SessionsEnded, encode
 from services.api import auth
 from services.api.auth import EVERYTHING, Change, Platform
 from services.api.service import change_noticed
 from services.bus import Bus, Delivery
+
+
+async def _turns(n: int = 10) -> None:
+    """Let every task that can run do so, ``n`` times over (a question now runs in a task of its own)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
 
 
 class _Link:
@@ -77,7 +84,7 @@ async def test_an_answer_asked_for_before_a_revocation_is_given_but_not_kept() -
     ask = Authorize(user="bob", action="workload.manage", project="p1", owner="bob")
     session = asyncio.create_task(platform.authenticate("tok"))
     decision = asyncio.create_task(platform.decide(ask))
-    await asyncio.sleep(0)  # both run up to their question, and wait for its answer
+    await _turns()  # both run up to their question, and wait for its answer
     assert link.asked == 2
     platform.forget_sessions()  # bob's token revoked while both questions were out
     link.release.set()
@@ -105,3 +112,62 @@ async def test_a_notice_says_whose_access_ended_and_the_replica_hearing_it_reads
     # A notice of an older replica says nothing of whose; one that cannot be read may have ended anything.
     assert change_noticed(Delivery(subject, encode(SessionsEnded(at=1.0)))) == EVERYTHING
     assert change_noticed(Delivery(subject, b"\x00not json")) == EVERYTHING
+
+
+async def test_requests_that_find_an_answer_expired_together_ask_access_once() -> None:
+    link = _Slow()
+    platform = Platform(bus=cast(Bus, link), nats_url="nats://127.0.0.1:4222")
+    ask = Authorize(user="bob", action="workload.manage", project="p1", owner="bob")
+    sessions = [asyncio.create_task(platform.authenticate("tok")) for _ in range(20)]
+    decisions = [asyncio.create_task(platform.decide(ask)) for _ in range(20)]
+    await _turns()
+    assert link.asked == 2  # one question each, not one per request
+    link.release.set()
+    assert {p.user for p in await asyncio.gather(*sessions)} == {"bob"}
+    assert all(d.allowed for d in await asyncio.gather(*decisions))
+    await platform.authenticate("tok")
+    await platform.decide(ask)
+    assert link.asked == 2  # and the answers are kept
+
+
+async def test_a_request_after_a_revocation_does_not_wait_for_a_question_asked_before_it() -> None:
+    link = _Slow()
+    platform = Platform(bus=cast(Bus, link), nats_url="nats://127.0.0.1:4222")
+    before = asyncio.create_task(platform.authenticate("tok"))
+    await _turns()
+    assert link.asked == 1
+    platform.forget_sessions()  # the token revoked while the question was out
+    after = asyncio.create_task(platform.authenticate("tok"))
+    await _turns()
+    assert link.asked == 2  # asked again: the old answer may say the token is good
+    link.release.set()
+    assert (await before).user == (await after).user == "bob"
+    assert "tok" in platform._auth_cache  # the question asked after the revocation is kept
+
+
+class _FailsOnce:
+    """A stand-in bus whose first answer is a failure, once released."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.asked = 0
+
+    async def call(self, subject: str, message: Any, reply_type: type[Any], **_: Any) -> Any:
+        self.asked += 1
+        if self.asked == 1:
+            await self.release.wait()
+            raise Unavailable("access is restarting")
+        return Principal(user="bob")
+
+
+async def test_a_failed_question_fails_every_request_waiting_and_the_next_one_asks_again() -> None:
+    link = _FailsOnce()
+    platform = Platform(bus=cast(Bus, link), nats_url="nats://127.0.0.1:4222")
+    waiting = [asyncio.create_task(platform.authenticate("tok")) for _ in range(5)]
+    gone = asyncio.create_task(platform.authenticate("tok"))
+    await _turns()
+    gone.cancel()  # its client went away: the question stays out for the others
+    link.release.set()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(r, Unavailable) for r in results) and link.asked == 1
+    assert (await platform.authenticate("tok")).user == "bob" and link.asked == 2
