@@ -66,15 +66,20 @@ async def test_a_notice_that_cannot_go_out_is_logged_not_raised_and_bounded(
 
 
 class _Slow:
-    """A stand-in bus whose answers wait until released: a revocation can come in while a question is out."""
+    """A stand-in bus whose answers wait until released: a revocation can come in while a question is out.
+    With ``fail_first`` the first question's answer is a failure."""
 
-    def __init__(self) -> None:
+    def __init__(self, fail_first: bool = False) -> None:
         self.release = asyncio.Event()
         self.asked = 0
+        self.fail_first = fail_first
 
     async def call(self, subject: str, message: Any, reply_type: type[Any], **_: Any) -> Any:
         self.asked += 1
+        first = self.asked == 1
         await self.release.wait()
+        if first and self.fail_first:
+            raise Unavailable("access is restarting")
         return Principal(user="bob") if reply_type is Principal else Decision(allowed=True, role="user")
 
 
@@ -145,23 +150,8 @@ async def test_a_request_after_a_revocation_does_not_wait_for_a_question_asked_b
     assert "tok" in platform._auth_cache  # the question asked after the revocation is kept
 
 
-class _FailsOnce:
-    """A stand-in bus whose first answer is a failure, once released."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-        self.asked = 0
-
-    async def call(self, subject: str, message: Any, reply_type: type[Any], **_: Any) -> Any:
-        self.asked += 1
-        if self.asked == 1:
-            await self.release.wait()
-            raise Unavailable("access is restarting")
-        return Principal(user="bob")
-
-
 async def test_a_failed_question_fails_every_request_waiting_and_the_next_one_asks_again() -> None:
-    link = _FailsOnce()
+    link = _Slow(fail_first=True)
     platform = Platform(bus=cast(Bus, link), nats_url="nats://127.0.0.1:4222")
     waiting = [asyncio.create_task(platform.authenticate("tok")) for _ in range(5)]
     gone = asyncio.create_task(platform.authenticate("tok"))
