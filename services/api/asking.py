@@ -20,9 +20,6 @@ class OneAtATime(Generic[K, V]):
         self._what = what
         self._out: dict[K, asyncio.Task[V]] = {}
 
-    def __len__(self) -> int:
-        return len(self._out)
-
     def forget(self) -> None:
         """From now on callers ask afresh: an answer to a question asked before a revocation must not reach a
         request that came after it. Those already waiting still get theirs."""
