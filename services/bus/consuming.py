@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import MaxPayloadError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry.trace import SpanKind, Tracer
@@ -82,7 +81,10 @@ async def consume(
             while True:
                 try:
                     msgs = await sub.fetch(batch, timeout=2)
-                except NatsTimeout:
+                except TimeoutError:
+                    # Nothing came: nats-py's TimeoutError, or asyncio's bare one when the fetch's deadline ran
+                    # out before its second pull (nats-py 2.16). Not a failure: a busy server's fetches did
+                    # that, and each was logged, backed off and its consumer declared again.
                     continue
                 if concurrency <= 1:
                     for msg in msgs:
