@@ -43,6 +43,7 @@ from agent.drivers.sim import read_state
 from schemas import subjects
 from schemas.errors import Unavailable
 from schemas.messages import (
+    Action,
     ClusterConnectInfo,
     ClusterCreate,
     ClusterEvent,
@@ -716,7 +717,7 @@ class Bench:
 
     # --- (3) commands ---------------------------------------------------------------------------
     async def command(self, t: Tenant) -> Issued:
-        action = "sleep" if t.state == "running" else "wake"
+        action: Action = "sleep" if t.state == "running" else "wake"
         sent = time.time()
         path = f"/api/v1/projects/{PROJECT}/tenants/{t.name}/{action}"
         if self.without_api:
@@ -728,7 +729,7 @@ class Bench:
         self.issued.append(issued)
         return issued
 
-    async def lifecycle_action(self, t: Tenant, action: str, path: str) -> dict[str, Any]:
+    async def lifecycle_action(self, t: Tenant, action: Action, path: str) -> dict[str, Any]:
         """The platform admin's action sent to lifecycle's endpoint as the API sends it, without the API: the
         same writes, records and audit, one process and one HTTP hop fewer."""
         assert self.nc is not None
@@ -736,7 +737,7 @@ class Bench:
             kind="tenant",
             project=PROJECT,
             name=t.name,
-            action="sleep" if action == "sleep" else "wake",
+            action=action,
             by="admin",
             op_id=uuid.uuid4().hex,
             call=f"POST {path}",
