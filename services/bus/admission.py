@@ -8,6 +8,11 @@ estimated from the recent handling time, would pass ``max_wait``: on a slower ma
 answers the rest at once with ``Overloaded`` and a retry-after. The retry-afters are appointments spaced at
 the rate the endpoint serves (Little's law: ``concurrency / handling time``), so a storm of N callers is
 told to come back over N / rate seconds instead of all at once; callers add their own jitter on top.
+
+While every turn is taken, the handling time is at least the age of the youngest running request, so a stall
+counts while it lasts, not only once the stalled requests finish: a 10,000-agent run queued results behind a
+5-second stall of its server, each admitted on the quick handling learnt before it, and each cost its agent a
+whole request timeout.
 """
 
 from __future__ import annotations
@@ -65,16 +70,26 @@ class Admission:
         self._running = 0
         self._waiting = 0
         self._handling = limits.initial_handling
+        self._last_start = 0.0
         self._next_slot = 0.0
         self.admitted = 0
         self.refused = 0
         self._refused_reported = 0
         self._reported_at: float | None = None
 
+    def handling(self) -> float:
+        """Seconds one request is taken to need now: the recent average, and while every turn is taken, at
+        least the age of the youngest running request. Then the request that started last is still running
+        (had it finished, a turn would be free, or someone would have started after it), so none has
+        finished since it started: no running request can be quicker than that."""
+        if self._running < self.limits.concurrency:
+            return self._handling
+        return max(self._handling, self._clock() - self._last_start)
+
     @property
     def rate(self) -> float:
-        """Requests per second this endpoint serves now (Little's law over the recent handling time)."""
-        return self.limits.concurrency / max(self._handling, 1e-3)
+        """Requests per second this endpoint serves now (Little's law over the handling time)."""
+        return self.limits.concurrency / max(self.handling(), 1e-3)
 
     def expected_wait(self) -> float:
         """Seconds a request queued now is expected to wait for its turn."""
@@ -107,7 +122,7 @@ class Admission:
         finally:
             self._waiting -= 1
         self._running += 1
-        started = self._clock()
+        started = self._last_start = self._clock()
         try:
             return await work()
         finally:

@@ -52,7 +52,7 @@ async def test_runs_a_few_queues_some_and_refuses_the_rest_with_spaced_appointme
 
 async def test_a_slow_endpoint_queues_fewer_and_an_idle_one_takes_again() -> None:
     clock = Clock()
-    admission = Admission("x", AdmissionLimits(concurrency=1, queue=100, max_wait=1.0), clock=clock)
+    admission = Admission("x", AdmissionLimits(concurrency=1, queue=100, max_wait=1.2), clock=clock)
     gate = asyncio.Event()
 
     async def slow() -> None:
@@ -133,3 +133,42 @@ async def test_results_refused_after_a_stall_are_told_to_come_back_within_a_few_
     assert max(retry_afters) <= limits.max_retry_after <= 5.0
     hold.set()
     await asyncio.gather(*running, return_exceptions=True)  # those the queue had no room for were refused
+
+
+async def test_a_stall_counts_while_it_lasts_not_only_once_the_stalled_requests_finish() -> None:
+    clock = Clock()
+    limits = AdmissionLimits(concurrency=4, queue=100, max_wait=1.0, initial_handling=0.05)
+    admission = Admission("lifecycle agent-result", limits, clock=clock)
+    hold = asyncio.Event()
+    held = [asyncio.create_task(admission.run(hold.wait)) for _ in range(4 + 10)]
+    await asyncio.sleep(0)
+    assert admission.expected_wait() == pytest.approx(10 * 0.05 / 4), "ten queued at the handling learnt so far"
+    clock.now += 3.0  # every turn taken, and none has finished for 3 s: the server stalled
+    assert admission.handling() == pytest.approx(3.0)
+    with pytest.raises(Overloaded) as refused:
+        await asyncio.wait_for(admission.run(hold.wait), timeout=5)
+    # Ten waiting at 4 per 3 s: the refused caller comes back once they have had their turn, not into the stall.
+    assert refused.value.retry_after >= 10 * 3.0 / 4
+    hold.set()
+    await asyncio.gather(*held)
+    assert admission.handling() < 3.0, "once turns are free, the average again"
+    await admission.run(hold.wait)  # taken at once
+
+
+async def test_one_slow_request_among_quick_ones_is_not_a_stall() -> None:
+    clock = Clock()
+    admission = Admission("x", AdmissionLimits(concurrency=4, queue=100, max_wait=1.0), clock=clock)
+    slow, quick = asyncio.Event(), asyncio.Event()
+    stuck = asyncio.create_task(admission.run(slow.wait))
+    await asyncio.sleep(0)
+    clock.now += 10.0  # one request has run for 10 s; the others start now
+    running = [asyncio.create_task(admission.run(quick.wait)) for _ in range(3 + 5)]
+    await asyncio.sleep(0)
+    # Every turn is taken, but three started just now: the oldest's age says nothing of the rate served.
+    assert admission.handling() == pytest.approx(0.05)
+    queued = asyncio.create_task(admission.run(quick.wait))
+    await asyncio.sleep(0)
+    assert not queued.done(), "queued for a turn, not refused"
+    quick.set()
+    slow.set()
+    await asyncio.gather(stuck, queued, *running)
