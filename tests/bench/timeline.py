@@ -17,7 +17,7 @@ costs ~1 % of a core) records, every ``interval``:
   (``/proc/pressure``);
 
 and the bench writes each fixed window's commands (send time, round trip, and the platform's own clocks:
-decided, stored, applied, folded) and keeps nats-server's log with ``GODEBUG=gctrace=1`` (each collection with
+decided, published, applied, folded) and keeps nats-server's log with ``GODEBUG=gctrace=1`` (each collection with
 its start and its mark's wall time). ``python -m tests.bench.timeline show DIR`` prints, per window, its
 collections and disk and steal figures, and around each burst of slow commands a table of 50 ms rows.
 """
@@ -396,7 +396,7 @@ def _stalled_span(burst: list[dict[str, float]]) -> str:
     """When the slow commands' stamps say they were held: the latest first stamp after their send and the
     earliest stamp that came late, i.e. where each hop's clock read."""
     parts = []
-    for stamp in ("decided", "stored", "api", "applied", "folded"):
+    for stamp in ("decided", "published", "api", "applied", "folded"):
         got = [c[stamp] - c["sent"] for c in burst if c.get(stamp)]
         if got:
             parts.append(f"{stamp} +{min(got) * 1e3:.0f}..{max(got) * 1e3:.0f}")
