@@ -39,6 +39,9 @@ SERVICES = ("registry", "access", "lifecycle", "health")
 
 def create_app(platform: Platform) -> FastAPI:
     app = FastAPI(
+        # The API traces and measures itself on the providers it is given (``Observe``); FastAPI's own telemetry
+        # would report each request again to OpenTelemetry's global providers, and look them up on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         title="Tether API",
         version="1",
         description="Run many Kubernetes clusters as one. Every call needs `Authorization: Bearer <token>`.",
