@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.bench.accepting import Sample, accept_queue, lines
+from tests.bench.accepting import Sample, accept_queue, from_varz, lines
 
 HEAD = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
 
@@ -32,9 +32,24 @@ def test_the_lines_say_how_many_handshakes_were_given_up_on() -> None:
     samples = [Sample(0.5, 0, 0, -1), Sample(1.0, 3, 5, 40), Sample(2.6, 10, 14, 2)]
     out = lines(samples, expected=10)
     assert out[0].startswith("  at   0.5s: 0 open")
-    assert "at   2.6s: 10 open, 14 accepted, 2 in the accept queue" in out[1]
+    assert "at   2.6s: 10 open, 14 accepted, 2 in the accept queue; JetStream API requests 0 taken" in out[1]
     assert len(out) == 3
     assert out[-1] == (
         "connections accepted since NATS started: 14 for 10 open (4 given up on, 0.40 per agent); "
         "accept queue at most 40"
     )
+
+
+def test_a_sample_carries_what_the_jetstream_api_took_and_has_in_flight() -> None:
+    varz = {
+        "connections": 9,
+        "total_connections": 12,
+        "jetstream": {"stats": {"api": {"total": 4103, "errors": 2, "inflight": 17}}},
+    }
+    taken = from_varz(3.5, varz, 40)
+    assert taken == Sample(3.5, 9, 12, 40, 4103, 17)
+    assert lines([taken], expected=9)[0] == (
+        "  at   3.5s: 9 open, 12 accepted, 40 in the accept queue; JetStream API requests 4103 taken, 17 in flight"
+    )
+    # A server without JetStream (or before it is ready) says nothing of its API.
+    assert from_varz(1.0, {"connections": 3, "total_connections": 3, "jetstream": None}, 0) == Sample(1.0, 3, 3, 0)
