@@ -53,7 +53,7 @@ def accept_queue(port: int, tables: tuple[str, ...] = ("/proc/net/tcp", "/proc/n
 
 def from_varz(at: float, varz: dict[str, Any], queued: int) -> Sample:
     """A sample from nats-server's ``/varz`` (no JetStream section: no API figures)."""
-    api = (varz.get("jetstream") or {}).get("stats", {}).get("api", {})
+    api = ((varz.get("jetstream") or {}).get("stats") or {}).get("api") or {}
     return Sample(
         at,
         int(varz.get("connections", 0)),

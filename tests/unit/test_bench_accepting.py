@@ -53,3 +53,5 @@ def test_a_sample_carries_what_the_jetstream_api_took_and_has_in_flight() -> Non
     )
     # A server without JetStream (or before it is ready) says nothing of its API.
     assert from_varz(1.0, {"connections": 3, "total_connections": 3, "jetstream": None}, 0) == Sample(1.0, 3, 3, 0)
+    # JetStream still starting: its section there, its figures not yet (a crash here would end the sampling).
+    assert from_varz(1.5, {"connections": 3, "jetstream": {"stats": None}}, 0) == Sample(1.5, 3, 0, 0)
