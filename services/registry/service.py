@@ -97,6 +97,14 @@ class Settings(FromEnv):
     50 ms on average (p99 up to 1 s) on a server busy with 10,000 reconnects, so 32 at a time served a few
     hundred a second and told 6,324 of 10,000 agents to come back up to 90 s later."""
 
+    hello_max_retry_after: float = env("TETHER_HELLO_MAX_RETRY_AFTER", 4.0)
+    """Seconds at most a refused hello is told to wait before it says hello again. The appointments are spaced
+    at the rate the hellos were served when the agent was refused; after a restart of NATS that is the slowest
+    moment (every consumer made again), and agents kept appointments given then while the registry idled
+    later: 120 s at most gave restarts of 10,000 agents of 53.6-71.4 s, the last hello 32-51 s after the
+    registry answered; 4 s at most 47.4-56.8 s, 23-27 s (three runs each, alternated; issue 17). A hello asked
+    again is cheap (refused again, or answered), as lifecycle's results are (``result_max_retry_after``)."""
+
     admission_queue: int = env("TETHER_ADMISSION_QUEUE", 512)
     """Bootstraps (and hellos) waiting at most; more are told when to come back (retry-after)."""
 
@@ -122,7 +130,12 @@ class Settings(FromEnv):
 
     @property
     def hello_admission(self) -> AdmissionLimits:
-        return AdmissionLimits(self.hello_concurrency, self.admission_queue, self.admission_max_wait)
+        return AdmissionLimits(
+            self.hello_concurrency,
+            self.admission_queue,
+            self.admission_max_wait,
+            max_retry_after=self.hello_max_retry_after,
+        )
 
 
 def credential_key(trust: Trust | None) -> bytes:

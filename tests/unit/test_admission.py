@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 
 import pytest
 
@@ -106,30 +107,44 @@ def test_limits_are_checked() -> None:
         AdmissionLimits(concurrency=0)
 
 
-async def test_results_refused_after_a_stall_are_told_to_come_back_within_a_few_seconds() -> None:
+def _result_limits() -> AdmissionLimits:
     from services.lifecycle.service import Settings
 
-    limits = Settings().result_admission
+    return Settings().result_admission
+
+
+def _hello_limits() -> AdmissionLimits:
+    from services.registry.service import Settings
+
+    return Settings().hello_admission
+
+
+@pytest.mark.parametrize("endpoint", [_result_limits, _hello_limits], ids=["results", "hellos"])
+async def test_requests_refused_after_a_stall_are_told_to_come_back_within_a_few_seconds(
+    endpoint: Callable[[], AdmissionLimits],
+) -> None:
+    limits = endpoint()
     clock = Clock()
-    admission = Admission("lifecycle agent-result", limits, clock=clock)
+    admission = Admission("an agents' endpoint", limits, clock=clock)
 
     async def stalled() -> None:
         clock.now += 1.0  # each took a second: the server stalled
 
     for _ in range(40):
         await admission.run(stalled)
-    assert admission.rate < 40, "the stall's handling times were learnt"
+    assert admission.rate < 1.25 * limits.concurrency, "the stall's handling times were learnt"
     hold = asyncio.Event()
-    running = [asyncio.create_task(admission.run(hold.wait)) for _ in range(limits.concurrency + 128)]
+    # Every turn taken and the queue full (those beyond its room are refused at once).
+    running = [asyncio.create_task(admission.run(hold.wait)) for _ in range(limits.concurrency + limits.queue)]
     await asyncio.sleep(0)
     retry_afters = []
     async with asyncio.timeout(5):  # a request admitted would wait for ``hold``: the test's failure, not a hang
-        for _ in range(1000):  # a wave of results: every pending command's at once
+        for _ in range(1000):  # a wave: every pending command's result, or every agent's hello, at once
             with pytest.raises(Overloaded) as refused:
                 await admission.run(hold.wait)
             retry_afters.append(refused.value.retry_after)
-    # Spaced at the stalled rate the last would come back after 1000 / 32 s; they are asked again sooner, when
-    # the rate is learnt again from the requests handled meanwhile.
+    # Spaced at the stalled rate the last would come back after 1000 / concurrency s; they are asked again
+    # sooner, when the rate is learnt again from the requests handled meanwhile.
     assert max(retry_afters) <= limits.max_retry_after <= 5.0
     hold.set()
     await asyncio.gather(*running, return_exceptions=True)  # those the queue had no room for were refused
