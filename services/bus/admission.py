@@ -13,6 +13,13 @@ While every turn is taken, the handling time is at least the age of the youngest
 counts while it lasts, not only once the stalled requests finish: a 10,000-agent run queued results behind a
 5-second stall of its server, each admitted on the quick handling learnt before it, and each cost its agent a
 whole request timeout.
+
+An overload may start with a short limit on the appointments (``first_retry_after``) that doubles each time the
+endpoint has refused for a whole limit's length, up to ``max_retry_after``: the rate at the moment of refusal
+is often the slowest (a restart's first seconds), and appointments sized then left the endpoint idle later;
+but a short limit held for good tells a crowd the endpoint cannot serve soon the same few seconds, again and
+again. A crowd still refused after coming back is told to come back later each time, and a quiet limit's
+length starts the next overload short again.
 """
 
 from __future__ import annotations
@@ -51,12 +58,42 @@ class AdmissionLimits:
     they ask again while their first request is still queued."""
     max_retry_after: float = 120.0
     """The latest appointment given: a caller is never told to come back later than this."""
+    first_retry_after: float | None = None
+    """The latest appointment given early in an overload; it doubles for each whole length of it the endpoint
+    keeps refusing, up to ``max_retry_after``. None: ``max_retry_after`` from the start."""
     initial_handling: float = 0.05
     """Seconds one request is assumed to take until some have been handled."""
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.queue < 0 or self.max_wait <= 0 or self.max_retry_after <= 0:
             raise ValueError(f"admission limits out of range: {self}")
+        if self.first_retry_after is not None and not 0 < self.first_retry_after <= self.max_retry_after:
+            raise ValueError(f"admission limits out of range: {self}")
+
+
+class RetryLimit:
+    """The latest appointment an endpoint gives now: ``first_retry_after`` when an overload starts, doubled for
+    each whole length of it the endpoint goes on refusing, up to ``max_retry_after`` (see the module)."""
+
+    def __init__(self, limits: AdmissionLimits, clock: Callable[[], float]) -> None:
+        self._first = limits.first_retry_after or limits.max_retry_after
+        self._max = limits.max_retry_after
+        self._clock = clock
+        self.current = self._first
+        self._since: float | None = None
+        """When the current limit began to be given."""
+        self._last = 0.0
+
+    def refused(self) -> float:
+        """The limit for an appointment given now (a refusal)."""
+        now = self._clock()
+        if self._since is None or now - self._last > self.current:
+            self.current, self._since = self._first, now  # none refused for a whole limit: a new overload
+        elif now - self._since >= self.current:
+            # Refused for a whole limit's length: those told then are back and still do not fit.
+            self.current, self._since = min(2.0 * self.current, self._max), now
+        self._last = now
+        return self.current
 
 
 class Admission:
@@ -72,6 +109,7 @@ class Admission:
         self._handling = limits.initial_handling
         self._last_start = 0.0
         self._next_slot = 0.0
+        self._limit = RetryLimit(limits, clock)
         self.admitted = 0
         self.refused = 0
         self._refused_reported = 0
@@ -104,9 +142,10 @@ class Admission:
         """Seconds until a refused caller should come back: the next free slot after everyone already told,
         spaced one handling apart at the endpoint's rate, and not before the queue has drained."""
         now = self._clock()
+        limit = self._limit.refused()
         start = max(self._next_slot, now + self.expected_wait())
-        self._next_slot = min(start + 1.0 / self.rate, now + self.limits.max_retry_after)
-        return min(max(self._next_slot - now, MIN_RETRY_AFTER), self.limits.max_retry_after)
+        self._next_slot = min(start + 1.0 / self.rate, now + limit)
+        return min(max(self._next_slot - now, MIN_RETRY_AFTER), limit)
 
     async def run(self, work: Callable[[], Awaitable[T]]) -> T:
         """Run ``work`` when its turn comes; ``Overloaded`` (with the appointment) when there is no room."""

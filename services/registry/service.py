@@ -97,16 +97,18 @@ class Settings(FromEnv):
     50 ms on average (p99 up to 1 s) on a server busy with 10,000 reconnects, so 32 at a time served a few
     hundred a second and told 6,324 of 10,000 agents to come back up to 90 s later."""
 
-    hello_max_retry_after: float = env("TETHER_HELLO_MAX_RETRY_AFTER", 4.0)
-    """Seconds at most a refused hello is told to wait before it says hello again. The appointments are spaced
-    at the rate the hellos were served when the agent was refused; after a restart of NATS that is the slowest
-    moment (every consumer made again), and agents kept appointments given then while the registry idled
-    later. Restarts of 10,000 agents on two cores (issue 17): all done in 47.4-73.5 s with 4 s at most (ten
-    runs), 49.9-100.8 s with 120 s (nine runs), the long tails in the slower hours. The price is paid where
-    the registry serves the fleet slower than every few seconds: those beyond the first few hundred are told
-    the same 4 s and refused again and again (on one core, platform and simulated fleet together: 60,405-67,629
-    refusals against 9,470-10,316, most of their CPU the agents'). An appointment that grows while an overload
-    lasts would serve both; not built yet."""
+    hello_first_retry_after: float = env("TETHER_HELLO_FIRST_RETRY_AFTER", 4.0)
+    """Seconds at most a refused hello is told to wait early in an overload; the limit doubles for each whole
+    length of it the registry goes on refusing, up to ``hello_max_retry_after`` (``services.bus.admission``).
+    The appointments are spaced at the rate the hellos are served when the agent is refused. After a restart
+    of NATS that is the slowest moment (every consumer made again): with 120 s from the start, restarts of
+    10,000 agents on two cores took 49.9-100.8 s (nine runs), with 4 s for good 47.4-73.5 s (ten). But 4 s for
+    good told a fleet the registry serves slower than that the same 4 s again and again: on one core 60,405-
+    67,629 refusals, 212-227 s, 3,542-4,521 clusters shown offline meanwhile; growing, 31,173, 157.6 s and
+    1,142 (one run), and 64.6 and 66.2 s on two cores (issue 17, thirty-fifth stop)."""
+
+    hello_max_retry_after: float = env("TETHER_HELLO_MAX_RETRY_AFTER", 120.0)
+    """Seconds at most a refused hello is told to wait, however long an overload lasts."""
 
     admission_queue: int = env("TETHER_ADMISSION_QUEUE", 512)
     """Bootstraps (and hellos) waiting at most; more are told when to come back (retry-after)."""
@@ -138,6 +140,7 @@ class Settings(FromEnv):
             self.admission_queue,
             self.admission_max_wait,
             max_retry_after=self.hello_max_retry_after,
+            first_retry_after=min(self.hello_first_retry_after, self.hello_max_retry_after),
         )
 
 

@@ -145,7 +145,8 @@ async def test_requests_refused_after_a_stall_are_told_to_come_back_within_a_few
             retry_afters.append(refused.value.retry_after)
     # Spaced at the stalled rate the last would come back after 1000 / concurrency s; they are asked again
     # sooner, when the rate is learnt again from the requests handled meanwhile.
-    assert max(retry_afters) <= limits.max_retry_after <= 5.0
+    # Early in an overload, that is (the limit grows only while the overload lasts).
+    assert max(retry_afters) <= (limits.first_retry_after or limits.max_retry_after) <= 5.0
     hold.set()
     await asyncio.gather(*running, return_exceptions=True)  # those the queue had no room for were refused
 
@@ -188,3 +189,74 @@ async def test_one_slow_request_among_quick_ones_is_not_a_stall() -> None:
     quick.set()
     slow.set()
     await asyncio.gather(stuck, queued, *running)
+
+
+async def _refuse(admission: Admission, count: int) -> list[float]:
+    """``count`` requests refused now (every turn held, the queue full); their retry-afters."""
+    retry_afters = []
+    for _ in range(count):
+        with pytest.raises(Overloaded) as refused:
+            await admission.run(asyncio.Event().wait)
+        retry_afters.append(refused.value.retry_after)
+    return retry_afters
+
+
+async def test_a_hello_storm_is_told_a_few_seconds_first_and_later_each_time_it_comes_back_refused() -> None:
+    from services.registry.service import Settings
+
+    limits = Settings().hello_admission
+    assert limits.first_retry_after is not None and limits.first_retry_after < limits.max_retry_after
+    clock = Clock()
+    admission = Admission("registry agent-hello", limits, clock=clock)
+
+    async def slow() -> None:
+        clock.now += 2.0  # each hello took two seconds: a slow machine making every agent's consumer again
+
+    for _ in range(60):
+        await admission.run(slow)
+    rate = admission.rate
+    hold = asyncio.Event()
+    running = [asyncio.create_task(admission.run(hold.wait)) for _ in range(limits.concurrency + limits.queue)]
+    await asyncio.sleep(0)
+    storm, limit, longest = 10_000, limits.first_retry_after, []
+    async with asyncio.timeout(10):
+        # The registry serves ~128 a second and nobody finishes meanwhile: each wave comes back after the
+        # latest appointment it was given, and is refused again.
+        while True:
+            told = await _refuse(admission, storm)
+            longest.append(max(told))
+            assert max(told) <= limit, "never later than the limit of the moment"
+            if limit == limits.max_retry_after:
+                break
+            clock.now += max(told)
+            limit = min(2 * limit, limits.max_retry_after)
+    # A few seconds first (a restart's slowest moment passes), then longer each time the crowd is back and
+    # still does not fit: 4, 8, 16, 32, 64, 120 s, not the same few seconds for good.
+    assert longest == sorted(longest) and longest[0] <= limits.first_retry_after
+    assert longest[-1] > 0.8 * storm / rate, "spread over the time serving the crowd takes"
+    hold.set()
+    await asyncio.gather(*running, return_exceptions=True)
+
+
+async def test_an_overload_that_ended_starts_the_next_one_with_short_appointments_again() -> None:
+    clock = Clock()
+    limits = AdmissionLimits(concurrency=1, queue=0, max_retry_after=120.0, first_retry_after=4.0)
+    admission = Admission("registry agent-hello", limits, clock=clock)
+    hold = asyncio.Event()
+    running = asyncio.create_task(admission.run(hold.wait))
+    await asyncio.sleep(0)
+    for limit in (4.0, 8.0, 16.0):  # refused for a whole limit's length, three times over
+        await _refuse(admission, 1)
+        clock.now += limit
+    assert max(await _refuse(admission, 300)) == 32.0
+    clock.now += 121.0  # nobody refused for longer than the limit: that overload is over
+    assert max(await _refuse(admission, 300)) <= 4.0
+    hold.set()
+    await running
+
+
+def test_the_first_limit_is_checked() -> None:
+    with pytest.raises(ValueError):
+        AdmissionLimits(max_retry_after=4.0, first_retry_after=8.0)
+    with pytest.raises(ValueError):
+        AdmissionLimits(first_retry_after=0.0)
