@@ -34,9 +34,13 @@ from schemas.ratelimit import RateLimiter
 from services.bus import Bus, Delivery, Options, Records, Runtime, serve, until_done
 from services.bus.settings import FromEnv, ServiceSettings, env
 from services.health import logic
+from services.health.hearing import Lateness
 from services.health.transitions import TransitionWriter
 
 logger = logging.getLogger(__name__)
+
+LATE_LOGGED = 1.0
+"""Seconds of lateness (``hearing``) worth a log line when the fleet's heartbeats start or stop being that late."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,15 @@ class Settings(FromEnv):
     transition_depth: int = env("TETHER_TRANSITION_DEPTH", 1024)
     """Transitions one lane holds before the heartbeats' reading waits for it."""
 
+    heartbeat_interval: float = env("TETHER_HEARTBEAT_INTERVAL", 5.0)
+    """Seconds between an agent's heartbeats (the registry tells agents the same): the span over which the
+    fleet's lateness is taken (``hearing``), so that each cluster counts about once."""
+
+    late_allowance_max: float = env("TETHER_LATE_ALLOWANCE_MAX", 30.0)
+    """The most a silence's budget grows while the fleet's heartbeats reach health late (``hearing``: the
+    median delay beyond each cluster's usual). A silence is judged against ``offline_after`` plus that delay,
+    and never more than this: the detection budget stretches by as much as health hears late, and no more."""
+
     pending_limit: int = env("TETHER_HEARTBEAT_PENDING_LIMIT", 200_000)
     """Heartbeats waiting in health's inbox before NATS' client drops some (a slow consumer). Past a tenth
     of it, health holds its judgement of silent clusters (``logic.hold_judgement``)."""
@@ -116,6 +129,10 @@ class HealthMonitor:
         self.last_first_heard = 0.0
         """When a cluster not heard since ``listening_since`` was heard last (the fleet coming back)."""
         self.limiter = RateLimiter(settings.heartbeat_rate, settings.heartbeat_burst)
+        self.lateness = Lateness(settings.heartbeat_interval, settings.late_allowance_max)
+        """How late the fleet's heartbeats reach this replica beyond each cluster's usual."""
+        self.late = 0.0
+        """The delay the last sweep allowed for (seconds)."""
         self.inbox: Callable[[], tuple[int, int]] | None = None
         """(heartbeats waiting, reconnects so far) of this replica's connection, once subscribed."""
         self._reconnects = 0
@@ -148,8 +165,10 @@ class HealthMonitor:
         except TetherError as exc:
             logger.warning("dropped heartbeat on %s: %s", msg.subject, exc.description)
             return
-        if self.lag is not None and hb.sent_at:
-            self.lag.record(max(0.0, now - hb.sent_at))
+        if hb.sent_at:
+            self.lateness.heard(hb.cluster, now - hb.sent_at, now)
+            if self.lag is not None:
+                self.lag.record(max(0.0, now - hb.sent_at))
         current = self.presence.get(hb.cluster)
         if current is None or current.last_seen < self.listening_since:
             self.last_first_heard = now
@@ -230,12 +249,24 @@ class HealthMonitor:
             return
         since = self.listening_since
         unheard_since = logic.silence_counts_from(since, self.last_first_heard, self.settings.reconnect_hold)
+        budget = self.settings.offline_after + self._allowance(now)
         for name, current in list(self.presence.items()):
             not_before = since if current.last_seen >= since else unheard_since
-            new, transition = logic.sweep(current, now, self.settings.offline_after, not_before)
+            new, transition = logic.sweep(current, now, budget, not_before)
             if transition is not None:
                 self.presence[name] = new
                 await self._submit(new, transition, now)
+
+    def _allowance(self, now: float) -> float:
+        """How much longer than ``offline_after`` a silence may last now: how late the fleet is heard."""
+        late = self.lateness.behind(now)
+        if (late >= LATE_LOGGED) != (self.late >= LATE_LOGGED):
+            if late >= LATE_LOGGED:
+                logger.warning("the fleet's heartbeats reach health %.1fs late: silences get as much longer", late)
+            else:
+                logger.info("the fleet's heartbeats reach health in time again (%.1fs late)", late)
+        self.late = late
+        return late
 
     async def flush_once(self) -> None:
         dirty, self.dirty = self.dirty, set()
@@ -304,6 +335,7 @@ class HealthMonitor:
             return
         self.presence.pop(event.cluster, None)
         self.written.pop(event.cluster, None)
+        self.lateness.forget(event.cluster)
         # In the cluster's lane: after any transition of it still being written, which would bring it back.
         await self.transitions.submit(event.cluster, functools.partial(self._purge, event.cluster))
 
@@ -347,6 +379,13 @@ def instrument(rt: Runtime, monitor: HealthMonitor) -> None:
         "tether.clusters.online",
         callbacks=[lambda _opts: [Observation(sum(p.online for p in monitor.presence.values()))]],
         description="Clusters whose agent is connected",
+    )
+    meter.create_observable_gauge(
+        "tether.heartbeat.late",
+        unit="s",
+        callbacks=[lambda _opts: [Observation(monitor.late)]],
+        description="How late the fleet's heartbeats reach health beyond each cluster's usual (median over a "
+        "heartbeat period): the time a silence may last beyond the offline budget",
     )
 
 
