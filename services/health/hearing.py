@@ -64,8 +64,7 @@ class Lateness:
 
     def behind(self, now: float) -> float:
         """The median delay of the heartbeats heard in the last ``span`` seconds (0 with none), at most ``cap``."""
-        while self._windows and self._windows[0][0] <= now - self.span:
-            self._windows.popleft()
+        self._drop_before(now - self.span)
         delays = sorted(d for _, window in self._windows for d in window)
         if not delays:
             return 0.0
@@ -74,5 +73,10 @@ class Lateness:
     def _window(self, now: float) -> list[float]:
         # One list per second: dropping the old ones is one pop each, not one per heartbeat.
         if not self._windows or now - self._windows[-1][0] >= 1.0:
+            self._drop_before(now - self.span)  # here too: nothing piles up while no sweep asks
             self._windows.append((now, []))
         return self._windows[-1][1]
+
+    def _drop_before(self, start: float) -> None:
+        while self._windows and self._windows[0][0] <= start:
+            self._windows.popleft()

@@ -131,3 +131,11 @@ async def test_a_fleet_heard_late_stays_online_and_a_dead_cluster_still_goes_off
         assert 12.0 + 9.0 < shown_c7 - c7_heard <= 12.0 + 9.0 + 1.0
     finally:
         await monitor.transitions.stop()
+
+
+def test_what_is_kept_is_one_heartbeat_period_even_if_nobody_asks() -> None:
+    lateness = Lateness(span=5.0, cap=30.0)
+    for second in range(600):
+        for name in SKEW:
+            lateness.heard(name, 0.0, 1000.0 + second)
+    assert sum(len(w) for _, w in lateness._windows) <= 6 * len(SKEW)
