@@ -254,6 +254,11 @@ class Bus(ABC):
     async def another(self, settings: BusSettings, name: str) -> Bus:
         """Another connection to the same bus as ``settings`` say (another NATS user), named ``name``."""
 
+    @abstractmethod
+    async def round_trip(self, timeout: float) -> None:
+        """Return once the server has answered a ping sent now: everything it sent this connection before it
+        has been read (not yet handled). Raises ``Unavailable`` after ``timeout`` seconds without its answer."""
+
     @property
     @abstractmethod
     def connected(self) -> bool: ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
@@ -14,10 +15,11 @@ from nats.aio.subscription import (
     DEFAULT_SUB_PENDING_MSGS_LIMIT,
 )
 from nats.aio.subscription import Subscription as NatsSubscription
+from nats.errors import Error as NatsError
 from nats.js.api import DeliverPolicy
 from opentelemetry.trace import NoOpTracer
 
-from schemas.errors import Unavailable
+from schemas.errors import Unavailable, describe
 from schemas.messages import M, Message, encode
 from services.bus import cleanup, consuming, endpoints, publishing, reading, streams
 from services.bus.connection import close, connect
@@ -203,6 +205,12 @@ class NatsBus(Bus):
     # --- the connection -------------------------------------------------------------------------------
     async def another(self, settings: BusSettings, name: str) -> Bus:
         return await NatsBus.connect(settings, name)
+
+    async def round_trip(self, timeout: float) -> None:
+        try:
+            await self._nc.flush(timeout=max(1, math.ceil(timeout)))
+        except (TimeoutError, NatsError) as exc:
+            raise Unavailable(f"NATS did not answer a ping within {timeout:g}s: {describe(exc)}") from None
 
     @property
     def connected(self) -> bool:

@@ -133,6 +133,7 @@ class HealthMonitor:
         """How late the fleet's heartbeats reach this replica beyond each cluster's usual."""
         self.late = 0.0
         """The delay the last sweep allowed for (seconds)."""
+        self._deaf = False
         self.inbox: Callable[[], tuple[int, int]] | None = None
         """(heartbeats waiting, reconnects so far) of this replica's connection, once subscribed."""
         self._reconnects = 0
@@ -244,6 +245,8 @@ class HealthMonitor:
         return False
 
     async def sweep_once(self) -> None:
+        if not await self._heard_until_now():
+            return
         now = self.clock()
         if not self.judging(now):
             return
@@ -256,6 +259,21 @@ class HealthMonitor:
             if transition is not None:
                 self.presence[name] = new
                 await self._submit(new, transition, now)
+
+    async def _heard_until_now(self) -> bool:
+        """Wait until what NATS sent this replica so far has been read; False when it does not answer in time
+        (nothing is judged then: silence is not evidence while health cannot hear)."""
+        try:
+            await self.bus.round_trip(timeout=self.settings.offline_after)
+        except TetherError as exc:
+            if not self._deaf:
+                logger.warning("no cluster judged until NATS answers health again: %s", exc.description)
+            self._deaf = True
+            return False
+        if self._deaf:
+            logger.warning("NATS answers health again")
+        self._deaf = False
+        return True
 
     def _allowance(self, now: float) -> float:
         """How much longer than ``offline_after`` a silence may last now: how late the fleet is heard."""
