@@ -167,9 +167,10 @@ class HealthMonitor:
             logger.warning("dropped heartbeat on %s: %s", msg.subject, exc.description)
             return
         if hb.sent_at:
-            self.lateness.heard(hb.cluster, now - hb.sent_at, now)
+            lateness = now - hb.sent_at
+            self.lateness.heard(hb.cluster, lateness, now)
             if self.lag is not None:
-                self.lag.record(max(0.0, now - hb.sent_at))
+                self.lag.record(max(0.0, lateness))
         current = self.presence.get(hb.cluster)
         if current is None or current.last_seen < self.listening_since:
             self.last_first_heard = now

@@ -74,10 +74,10 @@ async def test_a_server_that_stood_still_is_not_the_fleet_going_silent(tmp_path:
         os.kill(server.proc.pid, signal.SIGCONT)
         stopped = False
         await bus.round_trip(timeout=10)
-        await asyncio.sleep(2 * settings.offline_after)  # heartbeats flow again: any wrong offline shows now
-        assert online() == set(names)
 
-        beating["edge-2"].cancel()  # a cluster that really stops is still shown offline
+        # A cluster that really stops is still shown offline; the events read after it say whether any other
+        # cluster went offline at any moment since the start (a flap ends online again, so only they show it).
+        beating["edge-2"].cancel()
         await wait_for(lambda: "edge-2" not in online(), timeout=10, what="edge-2 shown offline")
         await monitor.transitions.settled()
         events = await bus.read_since(
