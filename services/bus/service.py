@@ -19,6 +19,7 @@ from opentelemetry.trace import Tracer
 
 from schemas.tasks import cancel_and_wait
 from services import VERSION
+from services.bus import patience
 from services.bus.interface import Bus, Endpoints, Handler, Host, Subscription
 from services.bus.settings import BusSettings, ServiceSettings
 from services.bus.telemetry import Telemetry
@@ -114,7 +115,8 @@ class Service:
             connected = time.monotonic()
             runtime = Runtime(self.name, self._bus, telemetry, self._settings)
             self.runtime = runtime
-            await self._setup(runtime)
+            with patience.starting(self._settings.start_patience):
+                await self._setup(runtime)
             self.host = await self._bus.serve(self.name, VERSION, runtime.endpoints, telemetry.tracer(__name__))
             self._tasks = [asyncio.create_task(run(), name=name) for name, run in runtime._tasks]
         except BaseException:

@@ -120,5 +120,10 @@ class ServiceSettings(FromEnv):
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     """Where traces and metrics go."""
 
+    start_patience: float = env("TETHER_START_PATIENCE", 600.0)
+    """Seconds a start keeps trying its declarations and loads while NATS is busy (``services.bus.patience``),
+    all its steps together; then the service ends, and its supervisor restarts it. A one-core machine's
+    restart of 10,000 agents kept JetStream busy for over a minute."""
+
 
 __all__ = ["BusSettings", "FromEnv", "ServiceSettings", "TelemetrySettings", "env", "read_env"]

@@ -33,8 +33,6 @@ from services.bus.kv import Bucket
 logger = logging.getLogger(__name__)
 
 DAY = 24 * 3600.0
-DECLARE_DEADLINE = 60.0
-"""Seconds a service keeps trying to declare its streams and buckets at start."""
 STREAM_NOT_FOUND = 10059
 """JetStream's error code for a missing stream (a missing consumer is 10014)."""
 STREAM_NAME_IN_USE = 10058
@@ -56,8 +54,9 @@ def _passing(exc: Exception) -> bool:
     )
 
 
-async def _declare(what: str, step: Callable[[], Awaitable[T]], deadline: float = DECLARE_DEADLINE) -> T:
-    return await patience.until_done(f"declaring {what}", step, deadline=deadline, passing=_passing)
+async def _declare(what: str, step: Callable[[], Awaitable[T]]) -> T:
+    """``step``, tried again through what passes, for as long as the start's patience lasts."""
+    return await patience.until_done(f"declaring {what}", step, passing=_passing)
 
 
 def platform_streams(replicas: int) -> list[StreamConfig]:
