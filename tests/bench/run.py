@@ -303,6 +303,8 @@ class Bench:
         self.offline: dict[str, float] = {}
         self.answering: dict[str, float] = {}
         """Seconds after NATS was started again until each service answered (phase 5)."""
+        self.exits: list[dict[str, Any]] = []
+        """Services that ended during phase 5 (name, exit code, seconds after NATS started), each started again."""
         self.http: LeanHttp | None = None
         self.issued: list[Issued] = []
         self.without_api = False
@@ -1254,6 +1256,7 @@ class Bench:
                 self.stack.restart_service(name)
             nats_ready = time.time()
             helpers.append(asyncio.create_task(self.services_answering(t0)))
+            helpers.append(asyncio.create_task(self.supervise(t0)))
             cpu_start = self.cpu()
             log(f"(5) NATS back after {nats_ready - t0:.1f}s; waiting for {self.n} agents")
 
@@ -1327,6 +1330,7 @@ class Bench:
             "profile": await self.restart_profile(t0, cpu_start),
         }
         self.results["storm"]["profile"]["services_answering_s"] = dict(self.answering)
+        self.results["storm"]["profile"]["service_exits"] = list(self.exits)
         for line in restart_profile(self.results["storm"]["profile"]):
             log(f"(5) {line}")
         for line in accepting.lines(accepts, self.n):
@@ -1346,6 +1350,20 @@ class Bench:
                     self.answering[name] = time.time() - t0
                     log(f"(5) {name} answers after {self.answering[name]:.1f}s")
             await asyncio.sleep(0.1)
+
+    async def supervise(self, t0: float) -> None:
+        """Start again a service that ended, as ``tether up``'s supervisor would (the benchmark measures the
+        platform as it runs), and say so: the restart's figures then include that service's second start."""
+        self.exits.clear()
+        while True:
+            for name in SERVICES:
+                proc = self.stack.services[name]
+                if proc.proc is not None and proc.proc.poll() is not None:
+                    after = time.time() - t0
+                    self.exits.append({"service": name, "code": proc.proc.returncode, "after_s": after})
+                    log(f"(5) {name} ended (exit code {proc.proc.returncode}) after {after:.1f}s; started again")
+                    self.stack.restart_service(name)
+            await asyncio.sleep(0.5)
 
     async def restart_profile(self, t0: float, cpu_start: dict[str, float]) -> dict[str, Any]:
         """Where the restart's time went: each agent's reconnect, hello and inventory after NATS was started
@@ -1452,6 +1470,8 @@ def restart_profile(p: dict[str, Any]) -> list[str]:
     ]
     answering = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(p.get("services_answering_s", {}).items()))
     lines.append(f"services answering after NATS started: {answering or '?'}")
+    for e in p.get("service_exits", []):
+        lines.append(f"service ended and started again: {e['service']} (exit code {e['code']}) at {e['after_s']:.1f} s")
     cpu = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(p.get("cpu_s", {}).items(), key=lambda x: -x[1]))
     lines.append(f"CPU since the services started again: {cpu}")
     lines += step_lines(p.get("steps", {}), p.get("registry_steps", {}))
