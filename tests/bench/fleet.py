@@ -174,6 +174,15 @@ class Fleet:
                     merged.setdefault(what, []).extend(values)
         return merged
 
+    async def silences(self, marks: dict[str, float], since: float) -> dict[str, float]:
+        """For each cluster marked offline at ``marks[cluster]``, how long its agent had sent no heartbeat then."""
+        out: dict[str, float] = {}
+        for w in self.procs:
+            mine = {c: at for c, at in marks.items() if c in w.clusters}
+            if mine:
+                out.update((await self.ask(w, op="silences", marks=mine, since=since))["silences"])
+        return out
+
     async def steps(self, *, clear: bool = False) -> dict[str, list[float]]:
         """Every worker's connect-path step durations (``tests.bench.steps``), merged; ``clear``: then forgotten."""
         merged: dict[str, list[float]] = {}

@@ -1312,7 +1312,9 @@ class Bench:
             for helper in helpers:  # also when the storm fails: no sampler left polling
                 helper.cancel()
         # Health marking a cluster offline and online again costs two fsynced writes and two public events.
-        marked_offline = sum(1 for at in self.offline.values() if at >= t0)
+        marks = {c: at for c, at in self.offline.items() if at >= t0}
+        marked_offline = len(marks)
+        silences = await self.fleet.silences(marks, since=stop_t) if marks else {}
         done = max(back, resynced, applied) if back and resynced and applied else math.nan
         self.results["storm"] = {
             "agents": self.n,
@@ -1326,6 +1328,7 @@ class Bench:
             "lost": lost,
             "applied_twice": twice,
             "marked_offline": marked_offline,
+            "marked_offline_silences": offline_silences(silences, marks, t0),
             "last_stats": stats,
             "profile": await self.restart_profile(t0, cpu_start),
         }
@@ -1336,6 +1339,8 @@ class Bench:
         for line in accepting.lines(accepts, self.n):
             log(f"(5) {line}")
         log(f"(5) clusters health marked offline since NATS started: {marked_offline}")
+        if marks:
+            log(f"(5)   {silence_line(self.results['storm']['marked_offline_silences'])}")
         log(f"(5) storm: total {self.results['storm']['total_s']:.1f}s; lost {lost}, twice {twice}")
 
     async def services_answering(self, t0: float) -> None:
@@ -1457,6 +1462,33 @@ def cpu_ms_each(before: dict[str, float], after: dict[str, float], count: int) -
 
 def cpu_text(ms: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.2f}" for k, v in sorted(ms.items(), key=lambda x: -x[1]) if v >= 0.005) or "-"
+
+
+OFFLINE_AFTER = float(PROD_ENV["TETHER_OFFLINE_AFTER"])
+
+
+def offline_silences(silences: dict[str, float], marks: dict[str, float], t0: float) -> dict[str, Any]:
+    """How long each cluster's agent had itself sent no heartbeat when health marked it offline: a mark after
+    less than ``OFFLINE_AFTER`` is the platform's (it did not hear a cluster that spoke); after longer, the
+    agent was silent (not reconnected yet, or its worker too busy to beat: the fleet shares the cores)."""
+    silent = [s for s in silences.values() if s >= OFFLINE_AFTER]
+    none_since = [c for c, s in silences.items() if s >= marks[c] - t0]
+    return {
+        "agent_silent": len(silent),
+        "agent_silent_s": summary(silent),
+        "no_beat_since_nats_started": len(none_since),
+        "agent_beating": sorted(s for s in silences.values() if s < OFFLINE_AFTER),
+    }
+
+
+def silence_line(s: dict[str, Any]) -> str:
+    silent = s["agent_silent_s"]
+    return (
+        f"of them, {s['agent_silent']} after their agent had sent nothing for ≥ {OFFLINE_AFTER:g} s (p50 "
+        f"{silent.get('p50', math.nan):.1f} s, max {silent.get('max', math.nan):.1f} s; "
+        f"{s['no_beat_since_nats_started']} none since NATS started), {len(s['agent_beating'])} while their "
+        f"agent was beating (the platform's)"
+    )
 
 
 def restart_profile(p: dict[str, Any]) -> list[str]:

@@ -17,6 +17,9 @@ Requests (stdin) and their answers (stdout, ``{"id": <request id>, ...}``):
   command consumers created or updated), the latest of those times, and this process's RSS.
 - ``{"op": "times", "since": t}``: per live agent, seconds after ``since`` of its last reconnect, hello and
   inventory (those after ``since``).
+- ``{"op": "silences", "marks": {cluster: t}, "since": t}``: per cluster, seconds from its agent's last
+  heartbeat sent before ``t`` (or from ``since``, if none since) to ``t``: how long the agent itself had been
+  silent when health marked it offline at ``t``.
 - ``{"op": "steps", "clear": bool}``: the connect path's step durations so far (``tests.bench.steps``);
   with ``clear``, forgotten after the answer (a later phase then sees only its own).
 - ``{"op": "stop"}``: stop every agent in order, answer, exit.
@@ -25,6 +28,7 @@ Requests (stdin) and their answers (stdout, ``{"id": <request id>, ...}``):
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import gc
 import json
@@ -32,6 +36,7 @@ import logging
 import os
 import sys
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +48,9 @@ from agent.telemetry import tracer_provider
 from tests.bench import steps
 
 logger = logging.getLogger("tests.bench.worker")
+
+KEPT_BEATS = 128
+"""Heartbeat times kept per agent at least (10 minutes at the benchmark's 5 s): 8 bytes each."""
 
 
 def rss_bytes(pid: int | str = "self") -> int:
@@ -66,6 +74,8 @@ class BenchAgent(Agent):
         self.reconnected_at = 0.0
         self.hello_at = 0.0
         self.up_at = 0.0
+        self.beats = array("d")
+        """When this agent's recent heartbeats went out (the latest ``KEPT_BEATS`` at least)."""
 
     @property
     def last_beat(self) -> float:
@@ -99,6 +109,24 @@ class BenchAgent(Agent):
 
         queue.next = gated  # type: ignore[method-assign]
         self.connection.on_reconnected(self._note_reconnect)
+        heartbeats = self.heartbeats
+        beat = heartbeats.beat
+
+        async def noted() -> None:
+            before = heartbeats.last_at
+            await beat()
+            if heartbeats.last_at != before:  # sent (a beat with the link down is skipped)
+                if len(self.beats) >= 2 * KEPT_BEATS:
+                    del self.beats[:KEPT_BEATS]
+                self.beats.append(heartbeats.last_at)
+
+        heartbeats.beat = noted  # type: ignore[method-assign]
+
+    def silence(self, at: float, since: float) -> float:
+        """Seconds this agent had sent no heartbeat for at ``at`` (counted from ``since`` at most)."""
+        i = bisect.bisect_right(self.beats, at)
+        last = self.beats[i - 1] if i else since
+        return at - max(last, since)
 
     def _note_reconnect(self) -> None:
         self.reconnected_at = time.time()
@@ -234,6 +262,15 @@ class Worker:
                     ("hello", "hello_at"),
                     ("inventory", "inventory_at"),
                 )
+            }
+        if op == "silences":
+            since = float(req["since"])
+            return {
+                "silences": {
+                    name: self.agents[name].silence(float(at), since)
+                    for name, at in req["marks"].items()
+                    if name in self.agents
+                }
             }
         if op == "steps":
             answer = {"steps": dict(steps.STEPS)}
