@@ -12,7 +12,9 @@ had 14 s between two of them: shown offline although it never stopped. A cluster
 other cluster late. So the fleet's median delay (each cluster's latest heartbeat of the last heartbeat period,
 once) is what health adds to a silence's budget before it calls a cluster offline, never more than a cap: one
 cluster's own lateness, or a few hostile agents' made-up ``sent_at`` however often they send, moves the lower
-median of the whole fleet by nothing (over half the clusters heard would have to be late).
+median of the whole fleet by nothing (over half the clusters heard would have to be late). Nor can one or two
+clusters when few are heard (``CORROBORATED``): with the median of those heard alone, one hostile agent of a
+two-cluster platform was the whole median once the other stopped, and put off that one's offline by the cap.
 
 Pure: no I/O, the clock passed in.
 """
@@ -21,6 +23,9 @@ from __future__ import annotations
 
 import math
 
+CORROBORATED = 3
+"""Clusters that must be heard at least as late as the delay allowed for: fewer can be hostile agents (or one
+cluster's own trouble). A fleet's stall is heard from every cluster within a heartbeat period."""
 RELAX = 0.01
 """How fast a cluster's baseline rises to follow its clock, in seconds per second since its last heartbeat: a
 baseline never rises on its own otherwise, and a platform clock stepped forward by NTP would read as delay for
@@ -64,10 +69,11 @@ class Lateness:
         self._latest.pop(cluster, None)
 
     def behind(self, now: float) -> float:
-        """The lower median of the clusters' delays heard in the last ``span`` seconds (0 with none), at most
-        ``cap``: to move it, over half the clusters heard must be late."""
+        """The lower median of the clusters' delays heard in the last ``span`` seconds, at most ``cap``, and at
+        most the delay of the ``CORROBORATED``-th latest (0 with fewer heard): to move it, over half the clusters
+        heard, and at least three, must be late."""
         since = now - self.span
         delays = sorted(delay for delay, at in self._latest.values() if at > since)
-        if not delays:
+        if len(delays) < CORROBORATED:
             return 0.0
-        return min(self.cap, delays[(len(delays) - 1) // 2])
+        return min(self.cap, delays[min((len(delays) - 1) // 2, len(delays) - CORROBORATED)])

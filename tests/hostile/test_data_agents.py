@@ -386,6 +386,43 @@ async def test_health_that_cannot_keep_up_holds_its_judgement(fleet: Fleet) -> N
     await fleet.legit_command_applies()
 
 
+async def test_made_up_lateness_does_not_put_off_another_cluster_s_offline(fleet: Fleet) -> None:
+    """Health allows a silence as much longer as the fleet's heartbeats reach it late (``services.health.hearing``):
+    c1 claims every heartbeat is 25 s late (its ``sent_at``, after one on time for its baseline) while c2's
+    agent stops. Of the two clusters only c1 is heard: counted alone, its claim would put off c2's offline by
+    25 s; c2 is shown offline within the budget (3 s here) and its sweep instead."""
+    stack = fleet.stack
+    hb = subjects.heartbeat("c1")
+
+    def beat(late: float) -> Heartbeat:
+        return Heartbeat(cluster="c1", session="late", seq=1, sent_at=time.time() - late, health=ClusterHealth())
+
+    await fleet.publish(hb, beat(0.0))
+    victim = next(proc for proc in stack.agents if proc.name == "agent-c2")
+
+    async def claim() -> None:
+        while True:
+            await fleet.attacker.publish(hb, encode(beat(25.0)))
+            await asyncio.sleep(0.2)  # within the rate limit (10/s): every one of them is heard
+
+    claiming = asyncio.create_task(claim())
+    try:
+        victim.kill9()
+        killed = time.monotonic()
+        await stack.wait_online("c2", online=False, timeout=20)
+        took = time.monotonic() - killed
+    finally:
+        claiming.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await claiming
+    print(f"c2 shown offline {took:.1f} s after its agent was killed, c1 claiming 25 s of lateness")
+    assert took < 10.0, f"c2's offline was put off by c1's claim: {took:.1f} s"
+    stack.agent(fleet.c1_state.parent / "c2", name="agent-c2-again")
+    await stack.wait_online("c2")
+    await fleet.still_answering()
+    await fleet.legit_command_applies()
+
+
 async def test_oversized_and_malformed_heartbeats_are_dropped(fleet: Fleet) -> None:
     hb = subjects.heartbeat("c1")
     honest = Heartbeat(cluster="c1", session="s1", seq=1, sent_at=time.time(), health=ClusterHealth(nodes_total=1))

@@ -85,6 +85,21 @@ def test_an_agent_that_floods_or_makes_up_its_sent_at_counts_once() -> None:
     assert lateness.behind(1005.0) == 0.0, "one of two: the lower median"
 
 
+def test_one_or_two_clusters_cannot_move_it_however_few_are_heard() -> None:
+    # A platform of three: one stops, and the other two (hostile together) claim 25 s of lateness from then on.
+    # The median of those heard would be theirs, and put off the stopped one's offline by 25 s.
+    lateness = Lateness(span=5.0, cap=30.0)
+    for name in ("stopped", "h1", "h2"):
+        lateness.heard(name, 0.0, 1000.0)
+    for tick in range(1, 40):
+        for name in ("h1", "h2"):
+            lateness.heard(name, 25.0, 1000.0 + tick)
+        assert lateness.behind(1000.0 + tick) == 0.0, f"{tick} s after the other stopped"
+    lateness.heard("third", 0.0, 1039.0)
+    lateness.heard("third", 25.0, 1040.0)
+    assert 24.0 < lateness.behind(1040.0) <= 25.0, "three clusters heard late, all of those heard: late"
+
+
 def test_nonsense_from_an_agent_is_ignored() -> None:
     lateness = Lateness(span=5.0, cap=30.0)
     lateness.heard("c1", float("nan"), 1000.0)
@@ -107,7 +122,9 @@ async def test_a_fleet_heard_late_stays_online_and_a_dead_cluster_still_goes_off
     clock = Clock(1000.0)
     monitor = HealthMonitor(Settings(offline_after=12.0, heartbeat_interval=5.0), bus, bucket, clock=clock)
     monitor.transitions.start()
-    names = [f"c{i}" for i in range(20)]
+    names = [
+        f"c{i}" for i in range(40)
+    ]  # three or more heard late by the first sweep after the stall (hearing.CORROBORATED)
     path = 0.005  # how long the way from an agent to health takes
     c7_heard = 0.0
 
