@@ -17,9 +17,8 @@ from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
-from nats.micro import add_service
 from nats.micro.request import Request
-from nats.micro.service import Service
+from nats.micro.service import Service, ServiceConfig
 from opentelemetry.trace import Span, SpanKind, Tracer
 
 from schemas import subjects, tracing
@@ -30,6 +29,7 @@ from schemas.names import dns1123_label_error
 from services.bus.admission import Admission
 from services.bus.interface import Endpoint, Endpoints, Host
 from services.bus.limits import wire_size
+from services.bus.patience import until_done
 
 logger = logging.getLogger(__name__)
 
@@ -155,19 +155,24 @@ class ServiceHost(Host):
     async def start(self) -> None:
         # A description and metadata always (nats-py sends null for unset ones, which the micro schema
         # io.nats.micro.v1.info_response refuses: `nats schema validate` and stricter clients reject the reply).
-        self._service = await add_service(
-            self._nc,
+        config = ServiceConfig(
             name=f"tether-{self._name}",
             version=self._version,
             description=f"Tether {self._name} service",
             metadata={"tether.service": self._name},
             queue_group=f"tether-{self._name}",
         )
+        self._service = service = Service(self._nc, config)
+        # Its start subscribes, then flushes (10 s); a start again after a flush that timed out on a busy server
+        # finds the subscriptions made and returns (the flush below is behind them too).
+        await until_done("starting the service", service.start)
         for endpoint_name, subject, handler in self._pending:
-            await self._service.add_endpoint(name=endpoint_name, subject=subject, handler=handler)
+            await service.add_endpoint(name=endpoint_name, subject=subject, handler=handler)
         # Started means subscribed: nats-py only buffers the subscriptions, and a request another connection
-        # sends before the server has read them finds no responders. A flush is a round trip behind them.
-        await self._nc.flush()
+        # sends before the server has read them finds no responders. A flush is a round trip behind them; on a
+        # server busy with a fleet's reconnects it took longer than one flush waits (10 s), and that ended a
+        # restarted registry and health (tests/bench/RESULTS.md, thirty-seventh stop).
+        await until_done("subscribing the endpoints", self._nc.flush)
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop taking requests, then let in-flight ones finish (up to ``timeout``)."""

@@ -117,7 +117,7 @@ class Service:
             self.runtime = runtime
             with patience.starting(self._settings.start_patience):
                 await self._setup(runtime)
-            self.host = await self._bus.serve(self.name, VERSION, runtime.endpoints, telemetry.tracer(__name__))
+                self.host = await self._bus.serve(self.name, VERSION, runtime.endpoints, telemetry.tracer(__name__))
             self._tasks = [asyncio.create_task(run(), name=name) for name, run in runtime._tasks]
         except BaseException:
             await self.stop()
