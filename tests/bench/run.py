@@ -65,6 +65,7 @@ from schemas.messages import (
     encode,
     workload_key,
 )
+from schemas.retrying import backoff_delay
 from services.bus import call
 from services.platform.natsd import free_port
 from tests.bench import accepting, baseline, connectwrites, rounds, samewrites, steps, traffic
@@ -1357,16 +1358,26 @@ class Bench:
             await asyncio.sleep(0.1)
 
     async def supervise(self, t0: float) -> None:
-        """Start again a service that ended, as ``tether up``'s supervisor would (the benchmark measures the
-        platform as it runs), and say so: the restart's figures then include that service's second start."""
+        """Start again a service that ended, after the delay ``tether up``'s supervisor waits (the benchmark
+        measures the platform as it runs), and say so: the restart's figures then include its next start."""
         self.exits.clear()
+        due: dict[str, float] = {}
         while True:
             for name in SERVICES:
                 proc = self.stack.services[name]
-                if proc.proc is not None and proc.proc.poll() is not None:
+                if proc.proc is None or proc.proc.poll() is None:
+                    continue
+                if name not in due:
                     after = time.time() - t0
+                    restarts = sum(1 for e in self.exits if e["service"] == name)
+                    delay = backoff_delay(min(restarts, 6), base=0.5, cap=10.0)
                     self.exits.append({"service": name, "code": proc.proc.returncode, "after_s": after})
-                    log(f"(5) {name} ended (exit code {proc.proc.returncode}) after {after:.1f}s; started again")
+                    log(
+                        f"(5) {name} ended (exit code {proc.proc.returncode}) after {after:.1f}s; again in {delay:.1f}s"
+                    )
+                    due[name] = time.monotonic() + delay
+                elif time.monotonic() >= due[name]:
+                    del due[name]
                     self.stack.restart_service(name)
             await asyncio.sleep(0.5)
 
