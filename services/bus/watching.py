@@ -160,14 +160,17 @@ class BucketWatch(View[M]):
         )
 
     async def _stalled_resumes(self, waiter: asyncio.Future[None]) -> None:
-        """Wait for ``waiter``; each ``STALL`` the view has not moved, have its consumer made again."""
+        """Wait for ``waiter``; each ``STALL`` the view has not moved, have its consumer made again, also when
+        the watchdog is already at it: after failed tries it waits up to a probe before the next, longer than a
+        read's deadline (a list's 503 after a JetStream node's loss, once in CI)."""
         while True:
             seen = self.position
             try:
                 await asyncio.wait_for(asyncio.shield(waiter), STALL)
             except TimeoutError:
-                if self.position == seen and not self._lost:
-                    logger.info("view of %s: not moving at %d while read; watching again", self._stream, seen)
+                if self.position == seen:
+                    if not self._lost:
+                        logger.info("view of %s: not moving at %d while read; watching again", self._stream, seen)
                     self._lost = True
                     self._nudge.set()
                 continue

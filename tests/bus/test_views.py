@@ -7,7 +7,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+import nats.errors
 import pytest
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig
 
 from schemas.messages import Presence
 from services.bus import Bus, BusSettings, Records
@@ -175,6 +178,32 @@ async def test_a_read_that_waits_on_a_lost_consumer_has_it_made_again(
     """A ``caught_up`` read does not wait for the watchdog (here an hour away) or nats-py's missed heartbeats:
     a view that does not move while read has its consumer made again, and the read returns in its deadline."""
     async with _consumer_lost(bus, other, server, probe=3600.0) as (view, theirs):
+        await theirs.put("c2", presence("c2", 2))
+        await view.caught_up(timeout=3.0)
+        assert view.get("c2") == presence("c2", 2)
+        assert view.resumed == 1
+
+
+async def test_a_read_has_a_lost_consumer_made_again_while_the_watchdog_backs_off(
+    bus: Bus, other: Bus, server: NatsServer | None
+) -> None:
+    """The watchdog's tries to make a lost consumer again failed (JetStream electing leaders) and it now waits
+    half a minute before the next: a read does not wait for that, it has the next try made at once."""
+    async with _consumer_lost(bus, other, server, probe=3600.0) as (view, theirs):
+        subscribe, tries = view._subscribe, 0
+
+        async def refused(config: ConsumerConfig) -> JetStreamContext.PushSubscription:
+            nonlocal tries
+            tries += 1
+            raise nats.errors.TimeoutError
+
+        view._subscribe = refused  # type: ignore[method-assign]
+        view._reconnected()  # as after a reconnect: the watchdog tries at once
+        for n in range(1, 6):  # five refusals: its next try is 2**5 s away
+            await wait_for(lambda n=n: tries >= n, timeout=5, what=f"try {n} to make the consumer again")  # type: ignore[misc]
+            if n < 5:
+                view._nudge.set()
+        view._subscribe = subscribe  # type: ignore[method-assign]
         await theirs.put("c2", presence("c2", 2))
         await view.caught_up(timeout=3.0)
         assert view.get("c2") == presence("c2", 2)
