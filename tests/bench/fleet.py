@@ -40,6 +40,8 @@ class Fleet:
     start_concurrency: int = 0
     """Agents starting at once per worker (0: all at once)."""
     env: dict[str, str] = field(default_factory=dict)
+    cpus: frozenset[int] | None = None
+    """The CPUs the workers run on (``--fleet-cpus``); None: wherever the bench runs."""
     on_event: Callable[[dict[str, Any]], None] | None = None
     procs: list[WorkerProc] = field(default_factory=list)
     up: dict[str, float] = field(default_factory=dict)
@@ -84,6 +86,8 @@ class Fleet:
                 env=env,
                 limit=64 * 1024 * 1024,
                 start_new_session=True,
+                # In the child before it runs, so that every thread it starts is held to them too.
+                preexec_fn=(lambda cpus=self.cpus: os.sched_setaffinity(0, cpus)) if self.cpus else None,
             )
             w = WorkerProc(index=i, clusters=part, proc=proc, log=log)
             ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()

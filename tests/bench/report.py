@@ -105,6 +105,11 @@ def render(r: dict[str, Any]) -> str:
     lines = [
         f"Tether benchmark: {r.get('agents')} agents — {m.get('nproc')} CPUs ({m.get('cpu')}), "
         f"{m.get('memory_bytes', 0) / 1024**3:.1f} GiB, Python {m.get('python')}",
+        *(
+            [f"the simulated agents on CPUs {cpus['fleet']}, everything else on {cpus['platform']} (--fleet-cpus)"]
+            if (cpus := r.get("cpus"))
+            else []
+        ),
         "",
         f"| {'figure':<52} | {'tether':<34} | {'raw NATS baseline (same run)':<40} |",
         f"|{'-' * 54}|{'-' * 36}|{'-' * 42}|",

@@ -27,7 +27,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -286,6 +286,8 @@ class Bench:
         self.args = args
         self.n: int = args.agents
         self.results: dict[str, Any] = {"agents": self.n, "machine": machine()}
+        if args.fleet_cpus:
+            self.results["cpus"] = {"fleet": sorted(args.fleet_cpus), "platform": sorted(os.sched_getaffinity(0))}
         if args.work_dir:
             shutil.rmtree(args.work_dir, ignore_errors=True)  # a run starts from nothing
         root = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="tether-bench-"))
@@ -373,37 +375,23 @@ class Bench:
         ours = set(self.clusters)
         return {p.cluster: p for p in listed.items if p.cluster in ours}
 
-    # --- the run ----------------------------------------------------------------------------
-    async def run(self) -> dict[str, Any]:
-        # A SIGTERM (``timeout``, a CI job's end) stops the run like Ctrl-C does: through the cleanup, so no
-        # nats-server, service or agent worker is left behind.
-        task = asyncio.current_task()
-        assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    @contextlib.contextmanager
+    def as_the_fleet(self) -> Iterator[None]:
+        """With ``--fleet-cpus``, the bench's own thread on the fleet's CPUs meanwhile: the yardstick's clients
+        stand for the agents, so they run where the agents do (nats-server stays on the platform's)."""
+        if not self.args.fleet_cpus:
+            yield
+            return
+        mine = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, self.args.fleet_cpus)
         try:
-            await self._run()
+            yield
         finally:
-            await self.cleanup()
-        return self.results
+            os.sched_setaffinity(0, mine)
 
-    async def _run(self) -> None:
-        n = self.n
-        log(f"platform: starting nats-server and {', '.join(SERVICES)} (work dir {self.root})")
-        await self.stack.start()
-        if self.args.timeline and self.stack.nats is not None:
-            self.timeline = Timeline(Path(self.args.timeline), self.stack.nats.config.store_dir)
-            self.timeline_pids()
-        self.nc = await self.connect()
-        await self.observer.start(self.nc)
-        await self.nc.subscribe(subjects.public_event("cluster.*"), cb=self._on_cluster_event)
-        self.http = LeanHttp("127.0.0.1", self.stack.http_port, self.stack.admin_token, size=256)
-        await asyncio.sleep(2)
-        rss_idle = self.stack.rss()
-        self.results["rss_idle"] = rss_idle
-
-        # Raw NATS: memory per bare connection, and how fast bare connections open (JWT auth): as many as
-        # there are agents, a thousand open at a time (the opening is timed, not the closing).
-        bare_n = n if self.args.bare_all else min(n, 1000)
+    async def connect_yardstick(self, n: int, bare_n: int) -> None:
+        """Phase 1's yardstick: ``bare_n`` bare connections (JWT auth), opened a thousand at a time (the opening
+        is timed, not the closing), then ``n`` consumers."""
         took = 0.0
         nats_grew = 0
         cpu0 = self.cpu()
@@ -456,6 +444,40 @@ class Bench:
             f"consumer: {cpu_text(created['cpu_ms_per_consumer'])}"
         )
 
+    # --- the run ----------------------------------------------------------------------------
+    async def run(self) -> dict[str, Any]:
+        # A SIGTERM (``timeout``, a CI job's end) stops the run like Ctrl-C does: through the cleanup, so no
+        # nats-server, service or agent worker is left behind.
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            await self._run()
+        finally:
+            await self.cleanup()
+        return self.results
+
+    async def _run(self) -> None:
+        n = self.n
+        log(f"platform: starting nats-server and {', '.join(SERVICES)} (work dir {self.root})")
+        await self.stack.start()
+        if self.args.timeline and self.stack.nats is not None:
+            self.timeline = Timeline(Path(self.args.timeline), self.stack.nats.config.store_dir)
+            self.timeline_pids()
+        self.nc = await self.connect()
+        await self.observer.start(self.nc)
+        await self.nc.subscribe(subjects.public_event("cluster.*"), cb=self._on_cluster_event)
+        self.http = LeanHttp("127.0.0.1", self.stack.http_port, self.stack.admin_token, size=256)
+        await asyncio.sleep(2)
+        rss_idle = self.stack.rss()
+        self.results["rss_idle"] = rss_idle
+
+        # Raw NATS: memory per bare connection, and how fast bare connections open (JWT auth): as many as
+        # there are agents, a thousand open at a time (the opening is timed, not the closing).
+        bare_n = n if self.args.bare_all else min(n, 1000)
+        with self.as_the_fleet():
+            await self.connect_yardstick(n, bare_n)
+
         # The fsynced writes the platform makes per agent connect, raw, at the platform's concurrency: nats-server's
         # own share of phase 1 beyond the bare connections and consumers (``connectwrites``).
         written = await connectwrites.run(
@@ -483,6 +505,7 @@ class Bench:
             workers=workers,
             env={"TETHER_LOG_LEVEL": "WARNING"},
             start_concurrency=max(1, self.args.start_concurrency // workers),
+            cpus=self.args.fleet_cpus,
         )
         await self.fleet.spawn()
         self.timeline_pids()
@@ -1667,6 +1690,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--profile-window", type=float, default=5.0, help="seconds of commands (and as many idle) in phase 7"
     )
+    p.add_argument(
+        "--fleet-cpus",
+        type=cpu_list,
+        default=None,
+        metavar="LIST",
+        help="run the simulated agents on these CPUs (e.g. 1 or 2-3) and everything else (nats-server, the "
+        "services, the load generator, the baselines) on the others: the platform on cores of its own, as in a "
+        "deployment, where each agent runs on its own cluster (default: all on the same cores). The clients of "
+        "the connect's yardstick (bare connections, consumers) run on the fleet's CPUs too, as the agents do",
+    )
     p.add_argument("--work-dir", help="emptied, then everything is kept here (default: a temporary dir, removed)")
     p.add_argument("--keep", action="store_true", help="keep the temporary work dir (logs)")
     p.add_argument(
@@ -1677,10 +1710,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def cpu_list(text: str) -> frozenset[int]:
+    """``1``, ``2-3`` or ``0,2-3`` as a set of CPUs this process may run on, at least one left for the rest."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, dash, last = part.partition("-")
+            cpus.update(range(int(first), int(last if dash else first) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a CPU list: {text!r} (e.g. 1, 2-3 or 0,2-3)") from None
+    allowed = os.sched_getaffinity(0)
+    if not cpus or not cpus <= allowed:
+        raise argparse.ArgumentTypeError(f"CPUs {text!r} are not all among this process's {sorted(allowed)}")
+    if not allowed - cpus:
+        raise argparse.ArgumentTypeError(f"CPUs {text!r} leave none for the platform")
+    return frozenset(cpus)
+
+
 def main(argv: list[str] | None = None) -> int:
     from tests.bench.report import render, targets
 
     args = parse_args(argv)
+    if args.fleet_cpus:
+        # Before any thread or child: nats-server, the services and the baselines' processes inherit it.
+        os.sched_setaffinity(0, os.sched_getaffinity(0) - args.fleet_cpus)
     bench = Bench(args)
     try:
         results = asyncio.run(bench.run())
