@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from typing import Any
 
 from nats.aio.client import Client
+from nats.errors import SlowConsumerError
 
 from schemas.errors import describe
 from schemas.retrying import backoff_delay
@@ -21,6 +23,33 @@ from services.bus.settings import BusSettings
 from services.bus.watchdog import LinkWatchdog, WatchdogTimes
 
 logger = logging.getLogger(__name__)
+
+SLOW_CONSUMER_REPORT_EVERY = 5.0
+"""Seconds between log lines about one subscription's dropped messages (not one line per message)."""
+
+
+class _Drops:
+    """nats-py calls the error callback once per message it drops (a subscription's pending limit reached):
+    counted per subscription (``GuardedClient.dropped``), said once in a while rather than once a message."""
+
+    def __init__(self, name: str, nc: GuardedClient) -> None:
+        self._name, self._nc = name, nc
+        self._reported: dict[int, tuple[float, int]] = {}
+        """Per subscription id: when its drops were last said, and how many there were then."""
+
+    def count(self, exc: SlowConsumerError) -> None:
+        dropped = self._nc.dropped
+        dropped[exc.sid] += 1
+        at, told = self._reported.get(exc.sid, (-SLOW_CONSUMER_REPORT_EVERY, 0))
+        now = time.monotonic()
+        if now - at >= SLOW_CONSUMER_REPORT_EVERY:
+            self._reported[exc.sid] = (now, dropped[exc.sid])
+            logger.warning(
+                "nats (%s): slow consumer on %s: %d message(s) dropped since the last report",
+                self._name,
+                exc.subject,
+                dropped[exc.sid] - told,
+            )
 
 
 def _jittered_reconnects(watchdog: LinkWatchdog) -> tuple[Any, Any]:
@@ -47,7 +76,12 @@ async def connect(settings: BusSettings, name: str, watchdog_times: WatchdogTime
     nc.watchdog = watchdog = LinkWatchdog(name, nc, watchdog_times)
     pick, reset = _jittered_reconnects(watchdog)
 
+    drops = _Drops(name, nc)
+
     async def on_error(exc: Exception) -> None:
+        if isinstance(exc, SlowConsumerError):
+            drops.count(exc)
+            return
         # A connect that timed out is a bare TimeoutError: its text is empty, so say what it was.
         logger.warning("nats (%s): %s", name, describe(exc))
 

@@ -67,6 +67,12 @@ class Subscription(ABC):
     def pending(self) -> int:
         """Messages received and not handled yet."""
 
+    @property
+    @abstractmethod
+    def dropped(self) -> int:
+        """Messages dropped since the subscription began because ``pending`` was at its limit (a slow
+        consumer): a sample of ``pending`` taken between two drains misses them."""
+
     @abstractmethod
     async def stop(self) -> None:
         """Stop receiving; safe to call twice."""

@@ -9,6 +9,7 @@ other failed write.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -59,6 +60,9 @@ class GuardedClient(LinkClient):
         super().__init__()
         self.reconnected_hooks: list[Callable[[], None]] = []
         """Called after each reconnect (``services.bus.connection``): what was in flight meanwhile is lost."""
+        self.dropped: Counter[int] = Counter()
+        """Messages nats-py dropped per subscription id, its pending limit reached (``connection``'s error
+        callback counts them)."""
 
     async def publish(
         self, subject: str, payload: bytes = b"", reply: str = "", headers: dict[str, str] | None = None

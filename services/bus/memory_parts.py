@@ -47,11 +47,15 @@ class MemorySubscription(Subscription):
         self._handler = handler
         self._inbox: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=limit)
         self._worker: asyncio.Task[None] | None = asyncio.create_task(self._work(), name=f"memory-sub {subject}")
-        self.dropped = 0
+        self._dropped = 0
 
     @property
     def pending(self) -> int:
         return self._inbox.qsize()
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped
 
     @property
     def active(self) -> bool:
@@ -61,7 +65,7 @@ class MemorySubscription(Subscription):
         try:
             self._inbox.put_nowait(delivery)
         except asyncio.QueueFull:
-            self.dropped += 1
+            self._dropped += 1
 
     async def _work(self) -> None:
         while True:

@@ -52,12 +52,17 @@ def _stream_delivery(msg: Msg) -> Delivery:
 
 
 class _Subscription(Subscription):
-    def __init__(self, sub: NatsSubscription) -> None:
+    def __init__(self, sub: NatsSubscription, dropped: Callable[[], int]) -> None:
         self._sub: NatsSubscription | None = sub
+        self._dropped = dropped
 
     @property
     def pending(self) -> int:
         return self._sub.pending_msgs if self._sub is not None else 0
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped()
 
     async def stop(self) -> None:
         sub, self._sub = self._sub, None
@@ -122,7 +127,8 @@ class NatsBus(Bus):
             pending_msgs_limit=pending_limit or DEFAULT_SUB_PENDING_MSGS_LIMIT,
             pending_bytes_limit=256 * MiB if pending_limit else DEFAULT_SUB_PENDING_BYTES_LIMIT,
         )
-        return _Subscription(sub)
+        counts, sid = self._nc.dropped, sub._id
+        return _Subscription(sub, lambda: counts[sid])
 
     # --- streams --------------------------------------------------------------------------------------
     async def publish(self, subject: str, message: Message, *, msg_id: str | None = None) -> bool:

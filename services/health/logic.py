@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import msgspec
 
@@ -176,14 +176,29 @@ def _cluster_level(health: ClusterHealth) -> ClusterHealth:
 
 
 # --- heartbeat floods --------------------------------------------------------------------------------------
-def hold_judgement(backlog: int, limit: int, reconnects: int, last_reconnects: int) -> str | None:
-    """Why this replica must not judge any cluster's silence right now (None: it may).
+class Inbox(NamedTuple):
+    """What this replica's heartbeat subscription and connection say of its hearing, at a sweep."""
+
+    backlog: int
+    """Heartbeats received and not handled yet."""
+    dropped: int
+    """Heartbeats its client dropped unhandled since it subscribed, its inbox full (a slow consumer)."""
+    reconnects: int
+    """Times its connection was made again."""
+
+
+def hold_judgement(now: Inbox, last: Inbox, limit: int) -> str | None:
+    """Why this replica must not judge any cluster's silence right now (None: it may), from its inbox at this
+    sweep and at the last one.
 
     Silence is only evidence when this replica would have heard a heartbeat: not while its own inbox is
-    backed up (heartbeats wait in it, or were dropped when it was full: a slow consumer) and not after its
-    connection was lost (heartbeats sent meanwhile went nowhere)."""
-    if reconnects != last_reconnects:
+    backed up, not when its client dropped heartbeats since the last sweep (its inbox was full: a slow
+    consumer; the backlog alone, sampled when the handler had just emptied the inbox, missed that), and not
+    after its connection was lost (heartbeats sent meanwhile went nowhere)."""
+    if now.reconnects != last.reconnects:
         return "health's connection to NATS was re-established"
-    if backlog >= max(1, limit // 10):
-        return f"{backlog} heartbeats are waiting to be handled (limit {limit})"
+    if now.dropped != last.dropped:
+        return f"{now.dropped - last.dropped} heartbeats were dropped unheard, the inbox full (limit {limit})"
+    if now.backlog >= max(1, limit // 10):
+        return f"{now.backlog} heartbeats are waiting to be handled (limit {limit})"
     return None

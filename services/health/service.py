@@ -134,9 +134,9 @@ class HealthMonitor:
         self.late = 0.0
         """The delay the last sweep allowed for (seconds)."""
         self._deaf = False
-        self.inbox: Callable[[], tuple[int, int]] | None = None
-        """(heartbeats waiting, reconnects so far) of this replica's connection, once subscribed."""
-        self._reconnects = 0
+        self.inbox: Callable[[], logic.Inbox] | None = None
+        """This replica's heartbeat inbox and connection, once subscribed."""
+        self._inbox = logic.Inbox(0, 0, 0)
         self._holding = False
         self.transitions = TransitionWriter(settings.transition_lanes, settings.transition_depth)
         """Where transitions and purges go: written beside the heartbeats, each cluster's in order."""
@@ -231,9 +231,9 @@ class HealthMonitor:
             logger.warning("dropped %d heartbeats on %s: over %.0f/s", n, subject, self.settings.heartbeat_rate)
         if self.inbox is None:
             return True
-        backlog, reconnects = self.inbox()
-        why = logic.hold_judgement(backlog, self.settings.pending_limit, reconnects, self._reconnects)
-        self._reconnects = reconnects
+        inbox = self.inbox()
+        why = logic.hold_judgement(inbox, self._inbox, self.settings.pending_limit)
+        self._inbox = inbox
         if why is None:
             if self._holding:
                 logger.info("judging silent clusters again")
@@ -416,7 +416,7 @@ async def setup(rt: Runtime, settings: Settings) -> None:
     await until_done("loading every cluster's presence", monitor.load)
     instrument(rt, monitor)
     heartbeats = await rt.subscribe(subjects.HEARTBEAT_ANY, monitor.on_heartbeat, pending_limit=settings.pending_limit)
-    monitor.inbox = lambda: (heartbeats.pending, rt.bus.reconnects)
+    monitor.inbox = lambda: logic.Inbox(heartbeats.pending, heartbeats.dropped, rt.bus.reconnects)
     monitor.listening_since = monitor.clock()
     await rt.subscribe(subjects.public_event("cluster.disconnected"), monitor.on_disconnected)
     await rt.subscribe(subjects.public_event("cluster.removed"), monitor.on_removed)

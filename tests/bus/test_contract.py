@@ -89,6 +89,28 @@ async def test_a_served_endpoint_is_subscribed_when_serve_returns(bus: Bus, serv
         await host.stop()
 
 
+async def test_a_subscription_counts_what_it_drops_past_its_pending_limit(bus: Bus) -> None:
+    """A handler that cannot keep up: past ``pending_limit`` waiting, messages are dropped and counted, so
+    a sample of ``pending`` taken once the inbox is empty again still tells that some were lost."""
+    release, handled = asyncio.Event(), Inbox()
+
+    async def slow(delivery: Delivery) -> None:
+        await release.wait()
+        await handled(delivery)
+
+    sub = await bus.subscribe("tether.contract.slow", slow, pending_limit=5)
+    try:
+        assert sub.dropped == 0
+        await bus.send_many([("tether.contract.slow", NameRequest(name=str(i))) for i in range(50)])
+        await wait_for(lambda: sub.dropped + sub.pending >= 49, timeout=5, what="the burst received")
+        assert sub.dropped >= 40
+        release.set()
+        await wait_for(lambda: len(handled.got) + sub.dropped == 50, timeout=5, what="the rest handled")
+        assert sub.pending == 0 and sub.dropped >= 40  # still told once nothing waits
+    finally:
+        await sub.stop()
+
+
 async def test_replies_go_only_to_inboxes_the_caller_may_read(bus: Bus) -> None:
     host = await bus.serve("contract", "1.0.0", served(bus))
     stolen, mine = Inbox(), Inbox()

@@ -241,14 +241,18 @@ def test_rate_limiter_memory_is_bounded() -> None:
 
 
 def test_hold_judgement_when_health_itself_could_not_hear() -> None:
-    from services.health.logic import hold_judgement
+    from services.health.logic import Inbox, hold_judgement
 
-    assert hold_judgement(0, 200_000, 0, 0) is None
-    assert hold_judgement(19_999, 200_000, 0, 0) is None
-    backlog = hold_judgement(20_000, 200_000, 0, 0)
+    quiet = Inbox(backlog=0, dropped=5, reconnects=2)
+    assert hold_judgement(quiet, quiet, 200_000) is None
+    assert hold_judgement(quiet._replace(backlog=19_999), quiet, 200_000) is None
+    backlog = hold_judgement(quiet._replace(backlog=20_000), quiet, 200_000)
     assert backlog is not None and "waiting" in backlog
-    reconnected = hold_judgement(0, 200_000, 3, 2)
+    reconnected = hold_judgement(quiet._replace(reconnects=3), quiet, 200_000)
     assert reconnected is not None and "re-established" in reconnected
+    # Dropped since the last sweep, the inbox emptied again by now: still not evidence.
+    dropped = hold_judgement(quiet._replace(dropped=8), quiet, 200_000)
+    assert dropped is not None and "3 heartbeats were dropped" in dropped
 
 
 def test_result_for_an_operation_never_sent_is_refused() -> None:
