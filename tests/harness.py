@@ -98,9 +98,14 @@ async def registry_in_process(url: str) -> AsyncIterator[None]:
             await service
 
 
-def start_nats(tmp: Path, name: str = "nats", auth: Path | None = None, tls: TlsFiles | None = None) -> NatsServer:
-    """A real nats-server on a free port; with ``auth``, in operator mode with the platform's trust."""
-    config = NatsServerConfig(store_dir=tmp / name / "js", port=free_port(), server_name=name)
+def start_nats(
+    tmp: Path, name: str = "nats", auth: Path | None = None, tls: TlsFiles | None = None, profiling_port: int = 0
+) -> NatsServer:
+    """A real nats-server on a free port; with ``auth``, in operator mode with the platform's trust; with
+    ``profiling_port``, its Go profiler there (the benchmark's ``--nats-profile``)."""
+    config = NatsServerConfig(
+        store_dir=tmp / name / "js", port=free_port(), server_name=name, profiling_port=profiling_port
+    )
     if tls is not None:
         config.tls_cert, config.tls_key = tls.cert, tls.key
     if auth is not None:
@@ -176,6 +181,8 @@ class Stack:
     http_port: int = 0
     admin_token: str = ""
     tls: bool = False
+    nats_profiling_port: int = 0
+    """nats-server's Go profiler port (``NatsServerConfig.profiling_port``); 0: off."""
 
     @property
     def nats_url(self) -> str:
@@ -228,7 +235,12 @@ class Stack:
         )
 
     async def start(self, services: tuple[str, ...] = ("registry", "access", "lifecycle", "health", "api")) -> None:
-        self.nats = start_nats(self.tmp, auth=self.auth, tls=ensure_tls(self.tmp / "tls") if self.tls else None)
+        self.nats = start_nats(
+            self.tmp,
+            auth=self.auth,
+            tls=ensure_tls(self.tmp / "tls") if self.tls else None,
+            profiling_port=self.nats_profiling_port,
+        )
         await self.nats.wait_ready()
         self.http_port = free_port()
         self.admin_token = "tat_" + os.urandom(24).hex()

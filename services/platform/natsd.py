@@ -117,6 +117,11 @@ class NatsServerConfig:
     collects more often, whatever ``go_gc`` says, so the larger target cannot take the machine's memory.
     ``GOMEMLIMIT`` in the environment wins over this."""
 
+    profiling_port: int = 0
+    """Port of nats-server's Go profiler (``prof_port``: ``/debug/pprof/`` on the client listen host, no
+    authentication), for the benchmark's profiles of nats-server's own CPU (``tests/bench/natsprofile.py``);
+    0: off, as it must be wherever the listen host is reachable by others."""
+
     tls_cert: Path | None = None
     """Server certificate (PEM): with it, clients must speak TLS (``tls://``)."""
 
@@ -137,6 +142,7 @@ class NatsServerConfig:
             f"server_name: {json.dumps(self.server_name)}",
             f"listen: {json.dumps(f'{self.host}:{self.port}')}",
             f"http: {json.dumps(f'127.0.0.1:{self.monitor_port}')}",
+            *([f"prof_port: {self.profiling_port}"] if self.profiling_port else []),
             "max_payload: 8MB",
             f"authorization {{ timeout: {self.auth_timeout:g} }}",
             "jetstream {",

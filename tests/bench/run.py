@@ -68,7 +68,7 @@ from schemas.messages import (
 from schemas.retrying import backoff_delay
 from services.bus import call
 from services.platform.natsd import free_port
-from tests.bench import accepting, baseline, connectwrites, rounds, samewrites, steps, traffic
+from tests.bench import accepting, baseline, connectwrites, natsprofile, rounds, samewrites, steps, traffic
 from tests.bench.fleet import Fleet
 from tests.bench.http import LeanHttp
 from tests.bench.stats import (
@@ -292,7 +292,11 @@ class Bench:
             shutil.rmtree(args.work_dir, ignore_errors=True)  # a run starts from nothing
         root = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="tether-bench-"))
         self.root = root
-        self.stack = BenchStack(tmp=root / "platform", env_overrides=dict(PROD_ENV))
+        self.stack = BenchStack(
+            tmp=root / "platform",
+            env_overrides=dict(PROD_ENV),
+            nats_profiling_port=free_port() if args.nats_profile else 0,
+        )
         # Agent state on tmpfs when there is one: the sim driver fsyncs its whole state on every apply,
         # which would measure this machine's disk, not the platform.
         shm = Path("/dev/shm")
@@ -518,10 +522,14 @@ class Bench:
         want = set(self.clusters)
         fleet_up = self.fleet.up
         progress = asyncio.create_task(self.connect_progress(started, max(2.0, n / 1000)), name="bench-progress")
+        ramp = self.nats_slices("connect")
+        profiling = asyncio.create_task(ramp.run(), name="bench-nats-profile") if ramp else None
         try:
             await wait_for(lambda: want <= set(self.online), timeout=self.args.connect_timeout, interval=0.2)
         except AssertionError:
             progress.cancel()
+            if profiling:
+                profiling.cancel()
             # Counted now, not when the wait began.
             raise AssertionError(
                 f"not all {n} agents online after {self.args.connect_timeout:g}s: {len(want & set(self.online))} "
@@ -538,6 +546,8 @@ class Bench:
         bound_at = time.time()
         cpu_after = self.cpu()
         progress.cancel()
+        if profiling:
+            profiling.cancel()
         # Idle traffic is not subtracted here (heartbeats start as agents come online: part of connecting).
         per_agent_traffic = traffic.per_command(
             traffic.Window(seconds=1.0), traffic.difference(traffic_before, traffic.snapshot(port)), n
@@ -559,10 +569,16 @@ class Bench:
         }
         # What the fleet costs once online and idle (heartbeats, PINGs, pulls): the part of phase 1's CPU the
         # agents already online take from those still connecting. Also the pause before measuring memory.
-        idle = await self.idle_cpu(5.0)
+        idle_slice = self.nats_slices("idle")
+        idle, _ = await asyncio.gather(self.idle_cpu(5.0), idle_slice.once() if idle_slice else asyncio.sleep(0))
         self.results["connect"]["idle_cpu_ms_per_s"] = idle
         for line in connect_profile(self.results["connect"]):
             log(f"(1) {line}")
+        for name, slices in (("to all bound", ramp), ("idle, all online", idle_slice)):
+            if slices is not None:
+                for line in await slices.report(name):
+                    log(f"(1) {line}")
+                self.results["connect"][f"nats_cpu_{slices.label}"] = slices.split.seconds if slices.split else None
         raw = self.results["baseline_connect"]
         raw_s = raw["seconds"] * n / raw["connections"] + raw["seconds_consumers"]
         raw_whole = raw["seconds_creds_read_whole"] * n / raw["connections"] + raw["seconds_consumers"]
@@ -611,6 +627,12 @@ class Bench:
         # (5) reconnect storm.
         if "5" in phases:
             await self.storm()
+
+    def nats_slices(self, label: str) -> natsprofile.Slices | None:
+        """Profiles of nats-server's CPU for ``label``'s window (``--nats-profile``); None when not asked for."""
+        if not self.args.nats_profile:
+            return None
+        return natsprofile.Slices(self.stack.nats_profiling_port, Path(self.args.nats_profile), label)
 
     async def connect_progress(self, started: float, every: float) -> None:
         """Phase 1's course: every ``every`` seconds, the agents online and each process's CPU (cores) since the
@@ -1273,6 +1295,7 @@ class Bench:
         accepts: list[accepting.Sample] = []
         config = self.stack.nats.config
         helpers = [asyncio.create_task(accepting.sample(config.monitor_port, config.port, t0, 0.5, accepts))]
+        restart = self.nats_slices("restart")
         try:
             self.stack.nats.start()
             await self.stack.nats.wait_ready(120)
@@ -1281,6 +1304,8 @@ class Bench:
             nats_ready = time.time()
             helpers.append(asyncio.create_task(self.services_answering(t0)))
             helpers.append(asyncio.create_task(self.supervise(t0)))
+            if restart is not None:
+                helpers.append(asyncio.create_task(restart.run(), name="bench-nats-profile"))
             cpu_start = self.cpu()
             log(f"(5) NATS back after {nats_ready - t0:.1f}s; waiting for {self.n} agents")
 
@@ -1363,6 +1388,10 @@ class Bench:
         for line in accepting.lines(accepts, self.n):
             log(f"(5) {line}")
         log(f"(5) clusters health marked offline since NATS started: {marked_offline}")
+        if restart is not None:
+            for line in await restart.report("from its start to all back and applied"):
+                log(f"(5) {line}")
+            self.results["storm"]["nats_cpu"] = restart.split.seconds if restart.split else None
         if marks:
             log(f"(5)   {silence_line(self.results['storm']['marked_offline_silences'])}")
         log(f"(5) storm: total {self.results['storm']['total_s']:.1f}s; lost {lost}, twice {twice}")
@@ -1699,6 +1728,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "services, the load generator, the baselines) on the others: the platform on cores of its own, as in a "
         "deployment, where each agent runs on its own cluster (default: all on the same cores). The clients of "
         "the connect's yardstick (bare connections, consumers) run on the fleet's CPUs too, as the agents do",
+    )
+    p.add_argument(
+        "--nats-profile",
+        metavar="DIR",
+        help="profile nats-server's own CPU (its Go profiler, in 5 s slices) through the connect, the idle fleet "
+        "and the restart, keep the profiles here and print each activity's share (reading them needs Go)",
     )
     p.add_argument("--work-dir", help="emptied, then everything is kept here (default: a temporary dir, removed)")
     p.add_argument("--keep", action="store_true", help="keep the temporary work dir (logs)")
