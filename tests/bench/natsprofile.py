@@ -34,6 +34,15 @@ ACTIVITIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("authentication (JWT and nonce checks)", ("server.(*client).processConnect",)),
     (
+        "connections accepted and closed (and their system events)",
+        (
+            "server.(*Server).acceptConnections",
+            "server.(*Server).saveClosedClient",
+            "server.(*client).closeConnection",
+            "server.(*Server).internalSendLoop",
+        ),
+    ),
+    (
         "JetStream stores (fsynced writes)",
         ("server.(*msgBlock).", "server.(*fileStore).", "server.(*stream).internalLoop"),
     ),

@@ -76,3 +76,12 @@ def test_the_profiler_is_configured_only_when_asked_for() -> None:
     on = NatsServerConfig(store_dir=Path("/nonexistent"), port=4222, profiling_port=6061).render()
     assert "prof_port" not in off
     assert "prof_port: 6061" in on.splitlines()
+
+
+def test_a_closed_connections_jwt_redaction_is_the_closes_not_authentication() -> None:
+    stack = [
+        "github.com/nats-io/jwt/v2.DecodeUserClaims",
+        f"{SRV}.redactBearerJWT",
+        f"{SRV}.(*Server).saveClosedClient",
+    ]
+    assert activity_of(stack) == "connections accepted and closed (and their system events)"
