@@ -117,6 +117,17 @@ class NatsServerConfig:
     collects more often, whatever ``go_gc`` says, so the larger target cannot take the machine's memory.
     ``GOMEMLIMIT`` in the environment wins over this."""
 
+    sublist_cache: bool = False
+    """nats-server's cache of subject matches (per account, up to 1,024 subjects; off: ``disable_sublist_cache``).
+    Every new wildcard subscription is matched against every cached subject, and each agent makes three
+    (its gateway's, its pulls' answers, its requests' inbox) at each connect and reconnect: in a restart of
+    10,000 agents that upkeep took 11-13.5 % of nats-server's CPU, and the restart took 44.5-49.3 s without
+    the cache against 51.5-57.0 s with it. Without the cache a message's subscribers are found by walking the
+    subject tree, a few map look-ups: the commands' maximum at 1,000 agents was about 5 % lower beside the
+    same writes (61 % against 65 %; 28-29 % of raw JetStream either way). A reconnect storm is when the
+    platform is closest to falling over, so the storm wins (tests/bench/RESULTS.md, issue 17, thirty-ninth
+    stop)."""
+
     profiling_port: int = 0
     """Port of nats-server's Go profiler (``prof_port``: ``/debug/pprof/`` on the client listen host, no
     authentication), for the benchmark's profiles of nats-server's own CPU (``tests/bench/natsprofile.py``);
@@ -143,6 +154,7 @@ class NatsServerConfig:
             f"listen: {json.dumps(f'{self.host}:{self.port}')}",
             f"http: {json.dumps(f'127.0.0.1:{self.monitor_port}')}",
             *([f"prof_port: {self.profiling_port}"] if self.profiling_port else []),
+            *([] if self.sublist_cache else ["disable_sublist_cache: true"]),
             "max_payload: 8MB",
             f"authorization {{ timeout: {self.auth_timeout:g} }}",
             "jetstream {",
