@@ -183,7 +183,11 @@ class Slices:
         where = f"{len(self.files)} profiles of {SLICE_SECONDS} s in {self.directory}"
         if not self.files:
             return [f"nats-server's CPU {what}: no profile taken ({self.failures} refused)"]
-        self.split = split = await asyncio.to_thread(split_files, self.files)
+        try:
+            self.split = split = await asyncio.to_thread(split_files, self.files)
+        except (OSError, subprocess.SubprocessError) as exc:
+            # A diagnostic that cannot be read must not end the run whose figures it sits beside.
+            return [f"nats-server's CPU {what}: {where} (go tool pprof failed: {exc})"]
         if split is None:
             return [f"nats-server's CPU {what}: {where} (no Go toolchain here to read them: go tool pprof)"]
         return [f"nats-server's CPU {what} ({where}): {split.line()}"]

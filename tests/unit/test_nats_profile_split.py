@@ -85,3 +85,15 @@ def test_a_closed_connections_jwt_redaction_is_the_closes_not_authentication() -
         f"{SRV}.(*Server).saveClosedClient",
     ]
     assert activity_of(stack) == "connections accepted and closed (and their system events)"
+
+
+async def test_a_profile_go_cannot_read_is_said_not_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.bench.natsprofile import Slices
+
+    broken = tmp_path / "connect-00.pprof"
+    broken.write_bytes(b"not a profile")
+    monkeypatch.setenv("GO", "/bin/false")  # a toolchain that fails whatever it is asked
+    slices = Slices(0, tmp_path, "connect", files=[broken])
+    lines = await slices.report("to all bound")
+    assert len(lines) == 1 and "go tool pprof failed" in lines[0]
+    assert slices.split is None
