@@ -6,6 +6,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from tests.bench.targets import Target
+
 KB = 1024
 
 
@@ -38,66 +40,6 @@ def _ratio(ours: Any, raw: Any) -> str:
     except (TypeError, ValueError, ZeroDivisionError):
         return "n/a"
     return "n/a" if math.isnan(value) else (f"{value:.0%}" if value < 1 else f"{value:.1f}x")
-
-
-def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
-    n = r.get("agents", 0)
-    out = []
-
-    def add(name: str, ok: bool | None, measured: str, note: str = "") -> None:
-        out.append({"target": name, "met": ok, "measured": measured, "note": note})
-
-    connected = "connect" in r
-    add(
-        "10,000 agents on one machine",
-        connected and n >= 10_000,
-        f"{n} agents connected and online" if connected else "not connected",
-        "" if n >= 10_000 else "run with --agents 10000",
-    )
-    p99 = _get(r, "commands", "fixed", "p99")
-    add(
-        "command round trip p99 ≤ 50 ms at 100/s with 1,000 agents",
-        (not math.isnan(p99)) and p99 <= 0.050 and n >= 1000,
-        f"p99 {_ms(p99)} at {_get(r, 'commands', 'fixed', 'rate'):g}/s with {n} agents",
-    )
-    top = _get(r, "commands", "max", "per_s")
-    add("≥ 1,000 commands/s sustained", (not math.isnan(top)) and top >= 1000, f"{top:.0f} commands/s")
-    off_max = _get(r, "offline", "max")
-    missing = _get(r, "offline", "missing", default=[])
-    add(
-        "every killed agent offline within 15 s",
-        (not math.isnan(off_max)) and off_max <= 15.0 and not missing,
-        f"max {_s(off_max)}, {len(missing)} never shown offline",
-    )
-    total = _get(r, "storm", "total_s")
-    lost = _get(r, "storm", "lost", default=None)
-    twice = _get(r, "storm", "applied_twice", default=None)
-    add(
-        "full resync of 10,000 agents after a NATS restart within 60 s, zero lost commands",
-        (not math.isnan(total)) and total <= 60.0 and lost == 0 and twice == 0 and n >= 10_000,
-        f"{_s(total)} for {n} agents; lost {lost}, applied twice {twice}",
-    )
-    bound = _get(r, "connect", "all_bound_s")
-    raw = _get(r, "baseline_connect", "seconds") * n / max(1, _get(r, "baseline_connect", "connections", default=1))
-    raw += _get(r, "baseline_connect", "seconds_consumers", default=math.nan)
-    add(
-        "agents online and bound ≤ 3x bare connections + consumer creations of the same run",
-        (not math.isnan(bound / raw)) and bound <= 3 * raw,
-        f"{_s(bound)} vs {_s(raw)} raw: {bound / raw:.1f}x at {n} agents",
-    )
-    add(
-        "full restart with pending commands ≤ 60 s, 0 lost, 0 applied twice",
-        (not math.isnan(total)) and total <= 60.0 and lost == 0 and twice == 0,
-        f"{_s(total)} for {n} agents and {_get(r, 'storm', 'pending_commands', default='?')} pending commands; "
-        f"lost {lost}, applied twice {twice}",
-    )
-    per = _get(r, "memory", "services_bytes_per_cluster")
-    add(
-        "platform services ≤ 50 KB per connected cluster",
-        (not math.isnan(per)) and per <= 50 * KB,
-        f"{per / KB:.1f} KB per cluster" if not math.isnan(per) else "n/a",
-    )
-    return out
 
 
 def render(r: dict[str, Any]) -> str:
@@ -231,10 +173,7 @@ def render(r: dict[str, Any]) -> str:
         lines += ["", "(7) messages and stream/KV writes"]
         lines += render_traffic(r["traffic"])
     lines += ["", "Targets:"]
-    for t in r.get("targets", []):
-        mark = "met" if t["met"] else "NOT met"
-        note = f" ({t['note']})" if t.get("note") else ""
-        lines.append(f"  [{mark:>7}] {t['target']}: {t['measured']}{note}")
+    lines += [Target(**t).line() for t in r.get("targets", [])]
     return "\n".join(lines)
 
 

@@ -1763,7 +1763,8 @@ def cpu_list(text: str) -> frozenset[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tests.bench.report import render, targets
+    from tests.bench.report import render
+    from tests.bench.targets import targets
 
     args = parse_args(argv)
     if args.fleet_cpus:
@@ -1774,7 +1775,7 @@ def main(argv: list[str] | None = None) -> int:
         results = asyncio.run(bench.run())
     except (KeyboardInterrupt, asyncio.CancelledError):
         return 130
-    results["targets"] = targets(results)
+    results["targets"] = [dataclasses.asdict(t) for t in targets(results)]
     print(render(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str, allow_nan=True))
