@@ -125,9 +125,8 @@ class NatsServerConfig:
     the cache against 51.5-57.0 s with it. Without the cache a message's subscribers are found by walking the
     subject tree, a few map look-ups: the commands' maximum at 1,000 agents was about 5 % lower beside the
     same writes (61 % against 65 %; 28-29 % of raw JetStream either way), unchanged at 10,000 (60.1 % against
-    60.8 %). A reconnect storm is when the
-    platform is closest to falling over, so the storm wins (tests/bench/RESULTS.md, issue 17, thirty-ninth
-    stop)."""
+    60.8 %). A reconnect storm is when the platform is closest to falling over, so the storm wins
+    (tests/bench/RESULTS.md, issue 17, thirty-ninth stop)."""
 
     profiling_port: int = 0
     """Port of nats-server's Go profiler (``prof_port``: ``/debug/pprof/`` on the client listen host, no

@@ -6,9 +6,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from tests.bench.targets import Target
-
-KB = 1024
+from tests.bench.targets import KB, Target
 
 
 def _ms(x: float) -> str:

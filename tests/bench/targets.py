@@ -20,10 +20,13 @@ FLEET = 10_000
 @dataclass(frozen=True)
 class Target:
     target: str
+    """What is promised, as the issue words it."""
     met: bool | None
     """None: not measured in this run (its phase not run, or another fleet size needed)."""
     measured: str
+    """The run's figure, and beside it what the raw baseline of the same run reached where that decides."""
     note: str = ""
+    """What to run to measure it, when this run could not."""
 
     def line(self) -> str:
         mark = {True: "met", False: "NOT met", None: "n/a"}[self.met]
@@ -128,10 +131,10 @@ def restart(r: dict[str, Any]) -> Target:
 
 def offline(r: dict[str, Any]) -> Target:
     name = "every killed agent shown offline within 15 s"
-    worst = _num(_get(r, "offline", "max"))
-    missing = _get(r, "offline", "missing") or []
     if "offline" not in r:
         return Target(name, None, "phase 4 did not run")
+    worst = _num(_get(r, "offline", "max"))
+    missing = _get(r, "offline", "missing") or []
     met = worst is not None and worst <= 15.0 and not missing
     return Target(name, met, f"max {'n/a' if worst is None else f'{worst:.1f} s'}, {len(missing)} never shown offline")
 
